@@ -1,0 +1,48 @@
+# GasGuard: every target sets itself up on a fresh machine.
+# make demo   - the simulated district, on embedded defaults
+# make test   - the whole test suite
+
+PY        ?= python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+NODE_MODS := tools/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
+JOBS      ?= 2
+
+.PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto bench
+
+demo: setup
+	$(VENV)/bin/gasguard sim demo
+
+test: setup
+	$(VPY) -m pytest -n $(JOBS) -v $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/gasguard bench all
+
+setup: $(STAMP) $(NODE_MODS) mosquitto
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip==24.3.1
+	$(VPY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+$(NODE_MODS): tools/package.json tools/package-lock.json
+	@command -v node >/dev/null || { echo "node (>= 18) is needed to run MicroPython on the host: apt-get install nodejs"; exit 1; }
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_MODS)
+
+# The real broker for tests (Debian's mosquitto). Installed when missing and we are root.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+	  echo "installing mosquitto (Debian package)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
+	    || { echo "apt-get install mosquitto failed: install it by hand, then re-run make"; exit 1; }; \
+	else \
+	  echo "mosquitto is missing and this is not root: run 'sudo apt-get install mosquitto' (tests need a real broker; make demo falls back to an embedded one)"; \
+	fi
+
+clean:
+	rm -rf $(VENV) tools/node_modules build *.egg-info

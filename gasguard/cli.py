@@ -1,0 +1,40 @@
+"""The `gasguard` command. Each group lives in the package it drives; this file only assembles them."""
+
+import click
+
+from gasguard import __version__
+from gasguard.gateway.cli import gateway
+from gasguard.gateway.console_cli import command
+from gasguard.provisioning.cli import device
+from gasguard.tools.bench_cli import bench
+from gasguard.tools.sim_cli import sim
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="gasguard")
+def cli():
+    """GasGuard: gas-leak and pressure nodes, substation gateway, district alarm grading.
+
+    \b
+    Groups:
+      device   technician CLI: keys, registry, flashing, configuration, calibration
+      gateway  the substation daemon and its checks
+      command  district console: incidents, acknowledgements, reports
+      sim      virtual boards (real firmware in MicroPython) and the fleet simulator
+      bench    benchmarks that print figures
+    """
+
+
+cli.add_command(device)
+cli.add_command(gateway)
+cli.add_command(command)
+cli.add_command(sim)
+cli.add_command(bench)
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()

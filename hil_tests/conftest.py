@@ -1,0 +1,1 @@
+# Hardware-in-the-loop suite (pytest-embedded). Fixtures arrive with the HIL issue.
