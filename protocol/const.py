@@ -96,8 +96,11 @@ P_SAMPLE_MS = 5
 P_REPORT_S = 6
 P_DEBOUNCE_MS = 7
 P_HYSTERESIS = 8
+P_SETPOINT = 9       # station outlet set point (pressure encoding)
+P_OPSO_PCT = 10      # station OPSO, % of set point
+P_UPSO_PCT = 11      # station UPSO, % of set point
 PARAM_NAMES = {1: "gas_l1", 2: "gas_l2", 3: "opso", 4: "upso", 5: "sample_ms",
-               6: "report_s", 7: "debounce_ms", 8: "hysteresis"}
+               6: "report_s", 7: "debounce_ms", 8: "hysteresis", 9: "setpoint", 10: "opso_pct", 11: "upso_pct"}
 
 # ack results (SPEC 3.7)
 R_OK = 0
