@@ -1,0 +1,292 @@
+# The node application: sensing -> safety -> valve, persistence, link and downlink commands.
+#
+# Everything hardware-shaped is handed in (`hw`, built by firmware/boards.py); nothing here opens a bus.
+# Order inside one tick, for every sample: read -> safety step -> drive the valve -> persist -> report.
+# The valve moves first (safety before bookkeeping); the latch is persisted before anything reports it,
+# so the gateway never hears of a shut-off that a power cut could forget (issue 3).
+
+from gasguard.firmware import bounds, safety, sensing
+from gasguard.protocol import const, units
+
+FW_MAJOR = 1
+FW_MINOR = 0
+POLL_MS = 100
+
+
+class Hardware:
+    """What a board gives the application. Any channel may be None when the board does not have it."""
+
+    def __init__(self, gas_adc, pressure_adc, inlet_adc, battery_adc, valve, uart, wdt=None):
+        self.gas_adc = gas_adc
+        self.pressure_adc = pressure_adc
+        self.inlet_adc = inlet_adc
+        self.battery_adc = battery_adc
+        self.valve = valve
+        self.uart = uart
+        self.wdt = wdt
+
+
+class Valve:
+    """A shut-off valve driven by one output pin (1 = drive closed). A latching valve holds its position
+    without power; the driver re-asserts the commanded position at boot from the persisted state."""
+
+    def __init__(self, pin):
+        self.pin = pin
+
+    def close(self):
+        self.pin.value(1)
+
+    def open(self):
+        self.pin.value(0)
+
+    def closed(self):
+        return self.pin.value() == 1
+
+
+def params_for(cfg, state, log):
+    """Full parameter dict: defaults < gg_config.json params < SET_PARAM overrides, checked by bounds."""
+    profile = cfg.get("profile", bounds.HOUSEHOLD)
+    p = bounds.defaults(profile)
+    extra = dict(cfg.get("params") or {})
+    extra.update(state.get("params") or {})
+    bad = bounds.problems(profile, extra)
+    if bad:
+        for b in bad:
+            log("config: %s; running the %s defaults" % (b, profile))
+        return p, False
+    p.update(extra)
+    return p, True
+
+
+class App:
+    def __init__(self, cfg, key, hw, store, link, log=print, now=0):
+        self.cfg = cfg
+        self.hw = hw
+        self.store = store
+        self.link = link
+        self.log = log
+        self.profile = cfg.get("profile", bounds.HOUSEHOLD)
+        st = store.state
+        self.params, ok = params_for(cfg, st, log)
+        self.safety = safety.Safety(self.profile, self.params, latched=bool(st.get("latched")),
+                                    latch_cause=int(st.get("latch_cause", 0)))
+        cal = cfg.get("calibration") or {}
+        self.gas = sensing.gas_channel(cal.get("gas"))
+        self.pressure = None
+        self.inlet = None
+        if hw.pressure_adc is not None:
+            self.pressure = sensing.pressure_channel(cal.get("pressure") or {"full_scale": 10000})
+        if hw.inlet_adc is not None and self.profile == bounds.STATION:
+            self.inlet = sensing.pressure_channel(cal.get("inlet") or {"full_scale": 1600000}, const.SENSOR_INLET)
+        self.since = {}           # alarm code -> ticks when first detected (for the age field)
+        self.faults_seen = 0
+        self.next_sample = now
+        self.next_report = now
+        self.battery = -1
+        self.healthy = True
+        self.steps = 0
+        # the persisted latch wins over whatever the valve did while unpowered
+        if self.safety.latched:
+            hw.valve.close()
+        self.valve_state = const.VALVE_CLOSED if hw.valve.closed() else const.VALVE_OPEN
+        self.safety.valve = const.VALVE_CLOSED if self.safety.latched else self.valve_state
+        prof = 2 if self.profile == bounds.STATION else 1
+        link.event(now, const.EV_BOOT, bytes([0, FW_MAJOR, FW_MINOR, prof]))
+        if not ok:
+            link.event(now, const.EV_CONFIG, bytes([0, 0, 0]))
+
+    @property
+    def sample_ms(self):
+        return self.params["sample_ms"]
+
+    def _faults(self):
+        f = 0
+        if self.gas.fault:
+            f |= safety.F_GAS
+        if self.pressure is not None and self.pressure.fault:
+            f |= safety.F_PRESSURE
+        if self.inlet is not None and self.inlet.fault:
+            f |= safety.F_INLET
+        return f
+
+    def sample(self, now):
+        """One sample through the safety logic; drives the valve, persists, queues reports."""
+        hw = self.hw
+        gas = self.gas.update(hw.gas_adc.read_u16())
+        p = self.pressure.update(hw.pressure_adc.read_u16()) if self.pressure is not None else safety.NO_VALUE
+        if self.inlet is not None:
+            self.inlet.update(hw.inlet_adc.read_u16())
+        faults = self._faults()
+        s = self.safety
+        act = s.step(now, gas, p, faults)
+        self.steps += 1
+        if act & safety.ACT_CLOSE:
+            hw.valve.close()
+        if act & safety.ACT_PERSIST:
+            self.store.save(latched=bool(s.latched), latch_cause=s.latch_cause, valve=s.valve)
+        if act & safety.ACT_CLOSE:
+            self.link.event(now, const.EV_VALVE, bytes([const.VALVE_CLOSED, s.latch_cause or const.CAUSE_GAS]))
+        if act & (safety.ACT_ALARM | safety.ACT_CLEAR):
+            self._report_alarms(now)
+        if faults != self.faults_seen:
+            self._report_faults(now, faults)
+        if s.over_range and gas >= 0:
+            pass  # carried in the state byte of every reading and alarm
+
+    def _alarm_value(self, code):
+        if code == const.AL_GAS_L1 or code == const.AL_GAS_L2:
+            g = self.safety.gas
+            return 0xFFFF if g < 0 else min(g, 1000)
+        if code == const.AL_OPSO or code == const.AL_UPSO:
+            p = self.safety.pressure
+            return None if p < 0 else p
+        if code == const.AL_SENSOR_FAULT:
+            for ch in (self.gas, self.pressure, self.inlet):
+                if ch is not None and ch.fault:
+                    return (ch.sensor << 8) | ch.fault
+        return 0
+
+    def _report_alarms(self, now):
+        s = self.safety
+        st = s.state_byte()
+        for code in range(1, 9):
+            bit = 1 << code
+            if s.raised & bit:
+                self.since[code] = now
+                self.link.alarm(now, code, False, 0, self._alarm_value(code), st)
+                self.log("alarm: %s" % const.ALARM_NAMES[code])
+            elif s.cleared & bit:
+                t0 = self.since.pop(code, now)
+                age = ((now - t0) & safety.TICKS_MASK) // 1000
+                self.link.alarm(now, code, True, age, self._alarm_value(code) or 0, st)
+                self.log("alarm cleared: %s" % const.ALARM_NAMES[code])
+
+    def _report_faults(self, now, faults):
+        for ch in (self.gas, self.pressure, self.inlet):
+            if ch is None:
+                continue
+            bit = 1 << (ch.sensor - 1)
+            was = self.faults_seen & bit
+            if ch.fault and not was:
+                self.link.event(now, const.EV_FAULT, bytes([ch.sensor, ch.fault]))
+            elif was and not ch.fault:
+                self.link.event(now, const.EV_FAULT_CLEARED, bytes([ch.sensor]))
+        self.faults_seen = faults
+
+    def report(self, now):
+        s = self.safety
+        inlet = -1
+        if self.inlet is not None:
+            inlet = self.inlet.value if self.inlet.value >= 0 else -2
+        self.link.reading(now, s.gas, s.pressure, self.battery, s.state_byte(), inlet)
+
+    def read_battery(self):
+        adc = self.hw.battery_adc
+        if adc is None:
+            self.battery = -1
+            return
+        # Li-SOCl2 / Li-ion pack through a 1:2 divider: 3.0 V empty .. 4.2 V full on a 3.3 V ADC
+        mv = adc.read_u16() * 6600 // 65535
+        pct = (mv - 3000) * 100 // 1200
+        self.battery = 0 if pct < 0 else (100 if pct > 100 else pct)
+
+    # ---- downlink commands (SPEC 3.6) ----
+    def command(self, now, f):
+        cmd = f["cmd"]
+        cid = f["cid"]
+        args = f["args"]
+        link = self.link
+        if cmd == const.CMD_RESET:
+            r, act = self.safety.reset()
+            if r == const.R_OK:
+                if act & safety.ACT_OPEN:
+                    self.hw.valve.open()
+                if act & safety.ACT_PERSIST:
+                    self.store.save(latched=False, latch_cause=0, valve=self.safety.valve)
+                link.ack(now, const.COMMAND, cid, r)
+                if act & safety.ACT_OPEN:
+                    link.event(now, const.EV_VALVE, bytes([const.VALVE_OPEN, const.CAUSE_RESET]))
+                self.log("reset: accepted, valve open")
+            else:
+                link.ack(now, const.COMMAND, cid, r)
+                self.log("reset: refused, the condition persists")
+        elif cmd == const.CMD_SET_PARAM:
+            link.ack(now, const.COMMAND, cid, self._set_param(now, args))
+        elif cmd == const.CMD_STATUS:
+            link.ack(now, const.COMMAND, cid, const.R_OK)
+            s = self.safety
+            data = bytes([s.state_byte(), s.level, s.fault & 0xFF, self.battery & 0xFF,
+                          min(link.dropped_readings, 255), min(link.pending(), 255)])
+            link.event(now, const.EV_STATUS, data)
+            self.report(now)
+        elif cmd == const.CMD_SELFTEST:
+            mask = args[0] if args else 7
+            link.ack(now, const.COMMAND, cid, const.R_OK)
+            link.event(now, const.EV_SELFTEST, bytes([self._selftest(now, mask), mask & 7]))
+        else:
+            link.ack(now, const.COMMAND, cid, const.R_UNKNOWN)
+
+    def _set_param(self, now, args):
+        if len(args) != 3:
+            return const.R_BAD_ARGS
+        pid = args[0]
+        raw = (args[1] << 8) | args[2]
+        name = const.PARAM_NAMES.get(pid)
+        if name is None or name not in bounds.BOUNDS[self.profile]:
+            return const.R_BAD_ARGS
+        value = units.pressure_from_wire(raw) if pid in (const.P_OPSO, const.P_UPSO, const.P_SETPOINT) else raw
+        if value is None:
+            return const.R_BAD_ARGS
+        overrides = dict(self.store.state.get("params") or {})
+        overrides[name] = value
+        merged = dict(self.cfg.get("params") or {})
+        merged.update(overrides)
+        if bounds.problems(self.profile, merged):
+            return const.R_OUT_OF_BOUNDS
+        self.store.save(params=overrides)
+        self.params[name] = value
+        self.safety.configure(self.params)
+        self.link.event(now, const.EV_CONFIG, bytes([pid, raw >> 8, raw & 0xFF]))
+        return const.R_OK
+
+    def _selftest(self, now, mask):
+        ok = 0
+        if mask & 1:
+            v = self.hw.valve
+            if self.safety.latched or self.safety.valve == const.VALVE_CLOSED:
+                good = v.closed()  # never stroke open a shut valve
+            else:
+                v.close()
+                good = v.closed()
+                v.open()
+                good = good and not v.closed()
+            if good:
+                ok |= 1
+        if mask & 2 and not self._faults():
+            ok |= 2
+        if mask & 4:
+            ok |= 4  # the command arrived and verified: the link works both ways
+        return ok
+
+    # ---- the loop body ----
+    def tick(self, now):
+        """One pass of the main loop. Returns ms until the next sample is due (never negative)."""
+        if ((now - self.next_sample) & safety.TICKS_MASK) < 0x20000000:
+            self.sample(now)
+            self.next_sample = (self.next_sample + self.sample_ms) & safety.TICKS_MASK
+            if ((now - self.next_sample) & safety.TICKS_MASK) < 0x20000000:
+                self.next_sample = (now + self.sample_ms) & safety.TICKS_MASK  # we fell behind: resync
+        if ((now - self.next_report) & safety.TICKS_MASK) < 0x20000000:
+            self.read_battery()
+            self.report(now)
+            self.next_report = (now + self.params["report_s"] * 1000) & safety.TICKS_MASK
+        for f in self.link.poll(now):
+            self.command(now, f)
+        self.link.pump(now)
+        if self.hw.wdt is not None and self.healthy:
+            self.hw.wdt.feed()  # only a loop that got here is healthy
+        wait = (self.next_sample - now) & safety.TICKS_MASK
+        if wait > 0x20000000:
+            wait = 0
+        # wake at least every POLL_MS so downlink commands and acks are handled between samples
+        return wait if wait < POLL_MS else POLL_MS

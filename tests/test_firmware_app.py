@@ -1,0 +1,207 @@
+"""The node application on CPython with hardware-edge fakes (ADC counts, an output pin, a byte-pipe UART).
+
+The same behaviour is checked end to end over the virtual board's pty in tests/test_vboard_*.py.
+"""
+
+import json
+
+import pytest
+
+from gasguard.firmware import app as app_mod
+from gasguard.firmware import link, store
+from gasguard.protocol import const, frame, framing
+
+KEY = bytes(range(16))
+DEV = 0x1234
+GAS_ZERO, GAS_SPAN = 7944, 23831  # sensing defaults: 0 and 50 % LEL
+
+
+def raw_for_gas(tenths):
+    return GAS_ZERO + (GAS_SPAN - GAS_ZERO) * tenths // 500
+
+
+class ADC:
+    def __init__(self, v):
+        self.v = v
+        self.n = 0
+
+    def read_u16(self):
+        self.n += 1
+        return self.v + (self.n & 1)  # a live ADC always has an LSB of noise
+
+
+class Pin:
+    def __init__(self):
+        self.v = 0
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+
+
+class UART:
+    def __init__(self):
+        self.tx = bytearray()
+        self.rx = bytearray()
+
+    def write(self, b):
+        self.tx += b
+
+    def any(self):
+        return len(self.rx)
+
+    def read(self, n):
+        d = bytes(self.rx[:n])
+        del self.rx[:n]
+        return d
+
+
+class WDT:
+    def __init__(self):
+        self.fed = 0
+
+    def feed(self):
+        self.fed += 1
+
+
+class Node:
+    def __init__(self, root, profile="household", params=None):
+        self.root = root
+        self.cfg = {"dev_id": DEV, "profile": profile, "board": "virtual", "params": params or {}}
+        self.gas = ADC(raw_for_gas(0))
+        self.p = ADC(6619 + (59578 - 6619) * 2000 // 10000)  # 2 kPa on a 10 kPa ratiometric transducer
+        self.pin = Pin()
+        self.uart = UART()
+        self.wdt = WDT()
+        self.down = 0
+        self.boot()
+
+    def boot(self):
+        self.uart = UART()
+        st = store.StateStore(str(self.root))
+        st.load()
+        hw = app_mod.Hardware(self.gas, self.p, None, None, app_mod.Valve(self.pin), self.uart, self.wdt)
+        self.link = link.Link(self.uart, DEV, KEY, st, lambda m: None)
+        self.app = app_mod.App(self.cfg, KEY, hw, st, self.link, log=lambda m: None, now=0)
+        self.t = 0
+
+    def run(self, ms, step=100):
+        end = self.t + ms
+        while self.t < end:
+            self.app.tick(self.t)
+            self.t += step
+
+    def frames(self):
+        d = framing.Deframer()
+        out = [p for k, p in d.feed(bytes(self.uart.tx)) if k == framing.FRAME]
+        self.uart.tx.clear()
+        return [frame.decode(p) | {"raw": p} for p in out]
+
+    def send(self, f, key=KEY, fcnt=None):
+        self.down = fcnt if fcnt is not None else self.down + 1
+        raw = frame.seal(dict(f, dev=DEV, fcnt=self.down), key, const.DOWN)
+        self.uart.rx += framing.wrap(raw)
+        return raw
+
+
+def acks(frames):
+    return [(f["ref_type"], f["ref"], f["result"]) for f in frames if f["type"] == "ack"]
+
+
+def test_gas_alarm_closes_latches_persists_and_reset_rules(tmp_path):
+    n = Node(tmp_path)
+    n.run(1000)
+    assert n.pin.v == 0
+    n.gas.v = raw_for_gas(300)
+    n.run(2000)
+    assert n.pin.v == 0  # debounce (2 s) not yet met
+    n.run(1000)
+    assert n.pin.v == 1
+    assert json.loads((tmp_path / "gg_state.json").read_text())["latched"] is True
+    fr = n.frames()
+    assert any(f["type"] == "alarm" and f["code"] == const.AL_GAS_L2 for f in fr)
+    # refused while gas is high
+    n.send({"type": "command", "cmd": const.CMD_RESET, "cid": 1, "args": b""})
+    n.run(200)
+    assert (const.COMMAND, 1, const.R_REFUSED) in acks(n.frames())
+    assert n.pin.v == 1
+    # reboot: still shut
+    n.boot()
+    n.run(500)
+    assert n.pin.v == 1
+    n.gas.v = raw_for_gas(0)
+    n.run(1000)
+    # forged (wrong key) and replayed resets are refused
+    n.send({"type": "command", "cmd": const.CMD_RESET, "cid": 2, "args": b""}, key=bytes(16))
+    n.run(200)
+    assert n.pin.v == 1 and n.link.refused.get("mic") == 1
+    n.down = 0  # replay the first command's counter
+    n.send({"type": "command", "cmd": const.CMD_RESET, "cid": 3, "args": b""}, fcnt=1)
+    n.run(200)
+    assert n.pin.v == 1 and n.link.refused.get("replay") == 1
+    n.send({"type": "command", "cmd": const.CMD_RESET, "cid": 4, "args": b""}, fcnt=2)
+    n.run(200)
+    assert n.pin.v == 0
+    assert (const.COMMAND, 4, const.R_OK) in acks(n.frames())
+
+
+def test_alarm_retransmitted_until_acked_with_new_counters(tmp_path):
+    n = Node(tmp_path)
+    n.gas.v = raw_for_gas(300)
+    n.run(30000)
+    alarms = [f for f in n.frames() if f["type"] == "alarm" and f["code"] == const.AL_GAS_L2]
+    assert len(alarms) >= 3  # 2 s, 4 s, 8 s, 16 s backoff
+    assert len({a["fcnt16"] for a in alarms}) == len(alarms)
+    assert len({a["aseq"] for a in alarms}) == 1
+    n.send({"type": "ack", "ref_type": const.ALARM, "ref": alarms[0]["aseq"], "result": 0})
+    n.run(200)
+    n.frames()
+    n.run(60000)
+    assert not [f for f in n.frames() if f["type"] == "alarm" and f["code"] == const.AL_GAS_L2]
+
+
+def test_counters_never_reused_across_reboots(tmp_path):
+    n = Node(tmp_path, params={"report_s": 60})
+    seen = []
+    for _ in range(3):
+        n.run(130000, step=1000)
+        seen += [frame.verify(f["raw"], f, KEY, const.UP, 0, max_gap=1 << 31) for f in n.frames()]
+        n.boot()
+    assert len(seen) == len(set(seen)) and len(seen) > 6
+    assert json.loads((tmp_path / "gg_state.json").read_text())["up_ceiling"] >= 3 * 256
+
+
+def test_readings_dropped_counted_alarms_kept(tmp_path):
+    n = Node(tmp_path)
+    for i in range(10):
+        n.link.reading(0, 0, 2000, 90, 0)
+    assert n.link.dropped_readings == 10 - link.MAX_READINGS and len(n.link.readings) == link.MAX_READINGS
+    for code in range(1, 9):
+        n.link.alarm(0, code, False, 0, 0, 0)
+    assert len(n.link.alarms) == 8
+
+
+def test_set_param_within_bounds_only_and_persisted(tmp_path):
+    n = Node(tmp_path)
+    n.send({"type": "command", "cmd": const.CMD_SET_PARAM, "cid": 5, "args": bytes([const.P_GAS_L2, 0, 200])})
+    n.send({"type": "command", "cmd": const.CMD_SET_PARAM, "cid": 6, "args": bytes([const.P_GAS_L2, 1, 44])})
+    n.run(300)
+    a = acks(n.frames())
+    assert (const.COMMAND, 5, const.R_OK) in a and (const.COMMAND, 6, const.R_OUT_OF_BOUNDS) in a
+    assert n.app.safety.gas_l2 == 200
+    n.boot()
+    assert n.app.safety.gas_l2 == 200
+
+
+def test_open_circuit_raises_fault_and_closes_household(tmp_path):
+    n = Node(tmp_path)
+    n.run(500)
+    n.gas.v = 0
+    n.run(1100)
+    fr = n.frames()
+    al = [f for f in fr if f["type"] == "alarm" and f["code"] == const.AL_SENSOR_FAULT]
+    assert al and al[0]["value"] == (const.SENSOR_GAS << 8) | const.FAULT_OPEN
+    assert frame.state_fields(al[0]["state"])["fault"]
+    assert n.pin.v == 1
+    assert n.wdt.fed > 0
