@@ -15,3 +15,8 @@ def demo(nodes):
     from gasguard.tools.protocol_demo import run_demo
 
     run_demo(nodes)
+
+
+from gasguard.tools.vboard_cli import vboard  # noqa: E402
+
+sim.add_command(vboard)

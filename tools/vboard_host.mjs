@@ -1,0 +1,297 @@
+// The virtual board's "chip": the official MicroPython WebAssembly port plus a HAL (module `vbhal`),
+// driven by the Python launcher (tools/vboard.py) over stdin/stdout, one JSON object per line.
+//
+//   node vboard_host.mjs --flash DIR [--virtual-clock] [--heap BYTES] [--rom machine.py]
+//
+// Launcher -> host ops: {op:"boot"} {op:"rx",hex} {op:"interrupt"} {op:"exec",id,code}
+//   {op:"soft_reset",id,run_main} {op:"power",id,on} {op:"set",id,...} {op:"get",id} {op:"advance",id,ms}
+// Host -> launcher events: {ev:"uart",hex} (bytes the board put on its UART/console), {ev:"mode",mode},
+//   {ev:"reply",id,...}, {ev:"log",msg}.
+// The board's flash is DIR on the host: it is copied into the interpreter's filesystem at every boot,
+// and written back after every raw-REPL command and whenever the firmware flushes a file (machine.flash_sync).
+// Writes that were not flushed are lost on a power cut, as on real hardware with a write cache.
+import { readFileSync, writeFileSync, readdirSync, statSync, mkdirSync, existsSync, unlinkSync, rmSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { createInterface } from "node:readline";
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+
+const argv = process.argv.slice(2);
+let flash = null, vclock = false, heap = 512 * 1024, rom = null;
+for (let i = 0; i < argv.length; i++) {
+  if (argv[i] === "--flash") flash = argv[++i];
+  else if (argv[i] === "--virtual-clock") vclock = true;
+  else if (argv[i] === "--heap") heap = parseInt(argv[++i], 10);
+  else if (argv[i] === "--rom") rom = argv[++i];
+  else { process.stderr.write(`vboard_host: unknown argument ${argv[i]}\n`); process.exit(2); }
+}
+if (!flash || !rom) { process.stderr.write("vboard_host: --flash DIR and --rom FILE are required\n"); process.exit(2); }
+
+const MASK = 0x3FFFFFFF;
+const VALVE_PIN = 5;            // harness wiring: the valve driver input (boards.py "virtual")
+const SKIP_TOP = new Set(["dev", "proc", "tmp", "home", "rom"]);
+const t0 = Date.now();
+let now = 0;                    // virtual ms since the host started (virtual clock)
+const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+const ms = () => (vclock ? now : Date.now() - t0);
+
+const hw = {
+  adc: { 1: 7944, 2: 17210, 3: 30000, 4: 38725 },  // clean air, 2 kPa of 10 kPa, ..., battery ~80 %
+  noise: true, n: 0,
+  pins: {}, valve: 0,
+  rx: [],
+  nvs: {},
+};
+const board = {
+  mp: null, gen: 0, mode: "off", interrupt: false, capture: null,
+  wdt: null, wdtResets: 0, boots: 0, resetCause: 1, pendingReset: false, sleepers: [],
+};
+try { hw.nvs = JSON.parse(readFileSync(join(flash, ".nvs.json"), "utf8")); } catch { hw.nvs = {}; }
+
+function setMode(m) { board.mode = m; emit({ ev: "mode", mode: m }); }
+
+function toHex(str) { return Buffer.from(str, "latin1").toString("hex"); }
+
+function consoleOut(s) {
+  if (typeof s !== "string") s = Buffer.from(s).toString("utf8");
+  if (board.capture) { board.capture.out += s; return; }
+  // the console is the UART: a log line reaches the pty like the frames do (SPEC 6: text segments)
+  emit({ ev: "uart", hex: Buffer.from(s.replace(/\r?\n/g, "\r\n"), "utf8").toString("hex") });
+}
+
+// ---- flash <-> interpreter filesystem ----
+function copyIn(FS, hostDir, mpDir) {
+  for (const name of readdirSync(hostDir)) {
+    if (name.startsWith(".")) continue;
+    const h = join(hostDir, name), m = (mpDir === "/" ? "" : mpDir) + "/" + name;
+    if (statSync(h).isDirectory()) { try { FS.mkdir(m); } catch {} copyIn(FS, h, m); }
+    else FS.writeFile(m, readFileSync(h));
+  }
+}
+
+function walk(FS, mpDir, out) {
+  for (const name of FS.readdir(mpDir)) {
+    if (name === "." || name === "..") continue;
+    if (mpDir === "/" && SKIP_TOP.has(name)) continue;
+    const m = (mpDir === "/" ? "" : mpDir) + "/" + name;
+    const st = FS.stat(m);
+    if (FS.isDir(st.mode)) { out.dirs.add(m); walk(FS, m, out); } else out.files.add(m);
+  }
+  return out;
+}
+
+function syncFile(FS, m) {
+  const h = join(flash, m);
+  const data = Buffer.from(FS.readFile(m));
+  mkdirSync(dirname(h), { recursive: true });
+  let same = false;
+  try { same = readFileSync(h).equals(data); } catch {}
+  if (!same) writeFileSync(h, data);
+}
+
+function syncOut() {
+  if (!board.mp) return;
+  const FS = board.mp.FS;
+  const seen = walk(FS, "/", { files: new Set(), dirs: new Set() });
+  for (const m of seen.files) syncFile(FS, m);
+  const prune = (hostDir, mpDir) => {
+    for (const name of readdirSync(hostDir)) {
+      if (name.startsWith(".")) continue;
+      const h = join(hostDir, name), m = (mpDir === "/" ? "" : mpDir) + "/" + name;
+      if (statSync(h).isDirectory()) {
+        if (!seen.dirs.has(m)) rmSync(h, { recursive: true, force: true }); else prune(h, m);
+      } else if (!seen.files.has(m)) unlinkSync(h);
+    }
+  };
+  prune(flash, "/");
+}
+
+// ---- the HAL seen from Python as `vbhal` ----
+function sleepersOf(g) { return board.sleepers.filter((s) => s.g === g); }
+
+const hal = {
+  ticks_ms: () => ms() & MASK,
+  sleep: (d) => {
+    const g = board.gen;
+    if (board.interrupt) { board.interrupt = false; return Promise.resolve(1); }
+    return new Promise((res) => {
+      const s = { deadline: ms() + Math.max(0, d | 0), res, g };
+      board.sleepers.push(s);
+      if (!vclock) s.timer = setTimeout(() => wake(s, 0), Math.max(0, d | 0));
+    });
+  },
+  adc: (ch) => {
+    let v = hw.adc[ch] ?? 0;
+    if (hw.noise && v > 0) { hw.n = (hw.n + 1) % 3; v += hw.n - 1; }  // a live ADC has LSB noise
+    return Math.max(0, Math.min(65535, v));
+  },
+  pin_set: (id, v) => { hw.pins[id] = v ? 1 : 0; if (id === VALVE_PIN) hw.valve = v ? 1 : 0; },
+  pin_get: (id) => hw.pins[id] ?? 0,
+  uart_any: () => hw.rx.length,
+  uart_read: (n) => {
+    const k = n < 0 ? hw.rx.length : Math.min(n, hw.rx.length);
+    if (!k) return "";
+    return Buffer.from(hw.rx.splice(0, k)).toString("hex");
+  },
+  uart_write: (hex) => { emit({ ev: "uart", hex }); return hex.length >> 1; },
+  wdt_start: (timeout) => { board.wdt = { timeout, last: ms() }; },
+  wdt_feed: () => { if (board.wdt) board.wdt.last = ms(); },
+  flash_sync: (path) => { if (!board.mp) return; if (path) { try { syncFile(board.mp.FS, path); } catch { syncOut(); } } else syncOut(); },
+  hard_reset: () => { board.pendingReset = true; },
+  reset_cause: () => board.resetCause,
+  nvs_set: (ns, k, v) => { (hw.nvs[ns] ??= {})[k] = v; },
+  nvs_get: (ns, k) => (hw.nvs[ns] && k in hw.nvs[ns] ? hw.nvs[ns][k] : null),
+  nvs_erase: (ns, k) => { if (hw.nvs[ns]) delete hw.nvs[ns][k]; },
+  nvs_commit: () => writeFileSync(join(flash, ".nvs.json"), JSON.stringify(hw.nvs)),
+};
+
+function wake(s, v) {
+  const i = board.sleepers.indexOf(s);
+  if (i < 0) return;
+  board.sleepers.splice(i, 1);
+  if (s.timer) clearTimeout(s.timer);
+  if (s.g === board.gen) s.res(v);
+}
+
+// ---- power, reset, firmware ----
+function powerOff() {
+  board.gen++;
+  for (const s of board.sleepers) if (s.timer) clearTimeout(s.timer);
+  board.sleepers = [];
+  board.mp = null; board.wdt = null; board.interrupt = false; board.capture = null;
+  for (const k of Object.keys(hw.pins)) hw.pins[k] = 0;  // lines float low; a latching valve keeps its position
+  hw.rx = [];
+  setMode("off");
+}
+
+async function start(runMain, cause) {
+  powerOff();
+  const g = board.gen;
+  board.boots++; board.resetCause = cause;
+  const mp = await loadMicroPython({ heapsize: heap, linebuffer: false, stdout: consoleOut, stderr: consoleOut });
+  if (g !== board.gen) return;
+  mp.FS.mkdirTree("/rom");
+  mp.FS.writeFile("/rom/machine.py", readFileSync(rom));
+  copyIn(mp.FS, flash, "/");
+  mp.registerJsModule("vbhal", hal);
+  mp.runPython("import sys\nsys.path.insert(0, '/rom')\nif '/lib' not in sys.path: sys.path.append('/lib')");
+  board.mp = mp;
+  if (runMain && existsSync(join(flash, "main.py"))) runFirmware(g);
+  else setMode("repl");
+}
+
+async function runFirmware(g) {
+  setMode("firmware");
+  try {
+    // /main.py is the stub `from gasguard.firmware import main; main.run()`; on this port run() returns the
+    // coroutine, which only a top-level await can drive (no asyncio.run on WebAssembly).
+    await board.mp.runPythonAsync("from gasguard.firmware import main as _gg_main\nawait _gg_main.arun()\n");
+  } catch (e) {
+    if (g !== board.gen) return;
+    consoleOut(String(e && e.message ? e.message : e) + "\n");
+  }
+  if (g !== board.gen) return;
+  if (board.pendingReset) { board.pendingReset = false; return start(true, 2); }
+  setMode("repl");
+}
+
+async function settle(g, before) {
+  // let the resumed Python task run until it awaits again (it registers a new sleeper) or stops
+  for (let i = 0; i < 50; i++) {
+    await new Promise((r) => setImmediate(r));
+    if (g !== board.gen || board.mode !== "firmware" || sleepersOf(g).length >= before) return;
+  }
+}
+
+function checkWdt() {
+  if (board.wdt && board.mp && ms() - board.wdt.last > board.wdt.timeout) {
+    board.wdtResets++;
+    emit({ ev: "log", msg: "watchdog reset" });
+    start(true, 3);
+    return true;
+  }
+  return false;
+}
+
+async function advance(d) {
+  const target = now + d;
+  for (;;) {
+    const g = board.gen;
+    const due = sleepersOf(g).filter((s) => s.deadline <= target).sort((a, b) => a.deadline - b.deadline);
+    if (!due.length) break;
+    const s = due[0];
+    now = Math.max(now, s.deadline);
+    if (checkWdt()) { await new Promise((r) => setTimeout(r, 0)); continue; }
+    const before = sleepersOf(g).length;
+    wake(s, 0);
+    await settle(g, before);
+  }
+  now = target;
+  checkWdt();
+}
+
+function snapshot() {
+  return {
+    now: ms(), mode: board.mode, pins: hw.pins, valve: hw.valve, adc: hw.adc, noise: hw.noise,
+    boots: board.boots, wdt_resets: board.wdtResets, reset_cause: board.resetCause, rx_pending: hw.rx.length,
+    virtual_clock: vclock,
+  };
+}
+
+async function execCode(id, code) {
+  if (!board.mp) { emit({ ev: "reply", id, out: "", err: "the board is powered off\n" }); return; }
+  board.capture = { out: "" };
+  let err = "";
+  try { await board.mp.runPythonAsync(code); }
+  catch (e) { err = String(e && e.message ? e.message : e); if (!err.endsWith("\n")) err += "\n"; }
+  const out = board.capture.out;
+  board.capture = null;
+  try { syncOut(); } catch (e) { err += `vboard: flash write-back failed: ${e}\n`; }
+  if (board.pendingReset) { board.pendingReset = false; err = ""; emit({ ev: "reply", id, out, err }); return start(true, 2); }
+  emit({ ev: "reply", id, out: out.replace(/\r?\n/g, "\r\n"), err: err.replace(/\r?\n/g, "\r\n") });
+}
+
+// ---- the launcher's commands ----
+const rl = createInterface({ input: process.stdin });
+rl.on("line", async (line) => {
+  let m;
+  try { m = JSON.parse(line); } catch { emit({ ev: "log", msg: `bad line from launcher: ${line.slice(0, 80)}` }); return; }
+  const id = m.id;
+  switch (m.op) {
+    case "boot": await start(true, 1); break;
+    case "rx": if (board.mode === "firmware") for (const b of Buffer.from(m.hex, "hex")) if (hw.rx.length < 512) hw.rx.push(b); break;
+    case "interrupt":
+      if (board.mode === "firmware") {
+        board.interrupt = true;
+        const g = board.gen;
+        for (const s of sleepersOf(g)) { board.interrupt = false; wake(s, 1); }
+      }
+      break;
+    case "exec": await execCode(id, m.code); break;
+    case "soft_reset": {
+      if (board.mp) { try { syncOut(); } catch {} }
+      await start(!!m.run_main, 5);
+      emit({ ev: "reply", id, ok: true });
+      break;
+    }
+    case "power":
+      if (m.on) { if (!board.mp) await start(true, 1); } else powerOff();
+      emit({ ev: "reply", id, ok: true, ...snapshot() });
+      break;
+    case "set":
+      for (const k of ["gas", "pressure", "inlet", "battery"]) {
+        if (m[k] !== undefined) hw.adc[{ gas: 1, pressure: 2, inlet: 3, battery: 4 }[k]] = m[k] | 0;
+      }
+      if (m.noise !== undefined) hw.noise = !!m.noise;
+      emit({ ev: "reply", id, ok: true, ...snapshot() });
+      break;
+    case "get": emit({ ev: "reply", id, ok: true, ...snapshot() }); break;
+    case "advance":
+      if (!vclock) { emit({ ev: "reply", id, ok: false, error: "start the board with --virtual-clock to advance time" }); break; }
+      await advance(Math.max(0, m.ms | 0));
+      emit({ ev: "reply", id, ok: true, ...snapshot() });
+      break;
+    default: emit({ ev: "reply", id, ok: false, error: `unknown op ${m.op}` });
+  }
+});
+rl.on("close", () => process.exit(0));
+if (!vclock) setInterval(checkWdt, 100);
