@@ -16,7 +16,4 @@ def demo(nodes):
 
     run_demo(nodes)
 
-
-from gasguard.tools.vboard_cli import vboard  # noqa: E402
-
-sim.add_command(vboard)
+from gasguard.tools.vboard_cli import vboard; sim.add_command(vboard)  # noqa: E402,E702

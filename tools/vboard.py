@@ -277,6 +277,7 @@ class VBoard:
             except OSError:
                 time.sleep(0.05)
                 continue
+            rx = bytearray()
             for b in data:
                 if self.mode == "firmware" and not self.interrupting:
                     # frames are 0x00 ... 0x00 and a frame's first bytes are never CR then ETX,
@@ -284,23 +285,27 @@ class VBoard:
                     if held_cr:
                         held_cr = False
                         if b == 0x03:
+                            self._rx(bytes(rx))
+                            rx.clear()
                             self._interrupt()
                             prev = None
                             continue
-                        self._rx(b"\r")
+                        rx.append(0x0D)
                     if b == 0x0D and (prev is None or prev == 0):
                         held_cr = True
                         continue
                     if b == 0x03 and prev is None:
+                        self._rx(bytes(rx))
+                        rx.clear()
                         self._interrupt()
                         continue
-                    self._rx(bytes([b]))
+                    rx.append(b)
                     prev = b
-                elif self.interrupting:
-                    buf.append(b)
                 else:
                     prev = None
                     buf.append(b)
+            if rx:
+                self._rx(bytes(rx))
             if self.interrupting:
                 if not self._wait_mode("repl", 5.0):
                     self.interrupting = False
@@ -314,6 +319,8 @@ class VBoard:
                 buf.clear()
 
     def _rx(self, data: bytes):
+        if not data:
+            return
         if self.faults.stall:
             self.rx_stats["stalled"] += len(data)
             return

@@ -28,7 +28,7 @@ if (!flash || !rom) { process.stderr.write("vboard_host: --flash DIR and --rom F
 
 const MASK = 0x3FFFFFFF;
 const VALVE_PIN = 5;            // harness wiring: the valve driver input (boards.py "virtual")
-const SKIP_TOP = new Set(["dev", "proc", "tmp", "home", "rom"]);
+const SKIP_TOP = new Set(["dev", "proc", "rom"]);
 const t0 = Date.now();
 let now = 0;                    // virtual ms since the host started (virtual clock)
 const emit = (o) => process.stdout.write(JSON.stringify(o) + "\n");
@@ -169,6 +169,7 @@ async function start(runMain, cause) {
   board.boots++; board.resetCause = cause;
   const mp = await loadMicroPython({ heapsize: heap, linebuffer: false, stdout: consoleOut, stderr: consoleOut });
   if (g !== board.gen) return;
+  for (const d of ["/home/web_user", "/home", "/tmp"]) { try { mp.FS.rmdir(d); } catch {} }
   mp.FS.mkdirTree("/rom");
   mp.FS.writeFile("/rom/machine.py", readFileSync(rom));
   copyIn(mp.FS, flash, "/");
@@ -237,12 +238,20 @@ function snapshot() {
   };
 }
 
+// The WebAssembly port reports emscripten errno numbers (ENOENT = 44); a real board reports the POSIX
+// ones, and tools such as mpremote look for "[Errno 2] ENOENT" in a traceback.
+const ERRNO = { 44: [2, "ENOENT"], 20: [17, "EEXIST"], 54: [20, "ENOTDIR"], 31: [21, "EISDIR"], 28: [22, "EINVAL"],
+  55: [39, "ENOTEMPTY"], 2: [13, "EACCES"], 29: [5, "EIO"], 10: [16, "EBUSY"], 51: [28, "ENOSPC"] };
+function posixErrors(text) {
+  return text.replace(/OSError: (\d+)$/gm, (m, n) => (ERRNO[n] ? `OSError: [Errno ${ERRNO[n][0]}] ${ERRNO[n][1]}` : m));
+}
+
 async function execCode(id, code) {
   if (!board.mp) { emit({ ev: "reply", id, out: "", err: "the board is powered off\n" }); return; }
   board.capture = { out: "" };
   let err = "";
   try { await board.mp.runPythonAsync(code); }
-  catch (e) { err = String(e && e.message ? e.message : e); if (!err.endsWith("\n")) err += "\n"; }
+  catch (e) { err = posixErrors(String(e && e.message ? e.message : e)); if (!err.endsWith("\n")) err += "\n"; }
   const out = board.capture.out;
   board.capture = null;
   try { syncOut(); } catch (e) { err += `vboard: flash write-back failed: ${e}\n`; }
