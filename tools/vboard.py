@@ -324,8 +324,8 @@ class VBoard:
         if self.faults.stall:
             self.rx_stats["stalled"] += len(data)
             return
-        self.rx_stats["to_board"] += len(data)
         self._send({"op": "rx", "hex": data.hex()})
+        self.rx_stats["to_board"] += len(data)  # counted once queued to the board, ahead of later control ops
 
     def _interrupt(self):
         self.interrupting = True
