@@ -59,7 +59,7 @@ def params_for(cfg, state, log):
 
 
 class App:
-    def __init__(self, cfg, key, hw, store, link, log=print, now=0):
+    def __init__(self, cfg, key, hw, store, link, log=print, now=0, reset_cause=0):
         self.cfg = cfg
         self.hw = hw
         self.store = store
@@ -91,7 +91,7 @@ class App:
         self.valve_state = const.VALVE_CLOSED if hw.valve.closed() else const.VALVE_OPEN
         self.safety.valve = const.VALVE_CLOSED if self.safety.latched else self.valve_state
         prof = 2 if self.profile == bounds.STATION else 1
-        link.event(now, const.EV_BOOT, bytes([0, FW_MAJOR, FW_MINOR, prof]))
+        link.event(now, const.EV_BOOT, bytes([reset_cause & 0xFF, FW_MAJOR, FW_MINOR, prof]))
         if not ok:
             link.event(now, const.EV_CONFIG, bytes([0, 0, 0]))
 

@@ -35,7 +35,8 @@ def setup(machine, clock, root="/", flush=None, log=print):
     st.load()
     hw = boards.build(machine, cfg.get("board", "virtual" if VIRTUAL else "esp32"), cfg)
     ln = link.Link(hw.uart, int(cfg["dev_id"]), key, st, log)
-    a = app_mod.App(cfg, key, hw, st, ln, log=log, now=clock.ticks_ms())
+    cause = machine.reset_cause() if hasattr(machine, "reset_cause") else 0
+    a = app_mod.App(cfg, key, hw, st, ln, log=log, now=clock.ticks_ms(), reset_cause=cause)
     # the watchdog starts last: from here on only a healthy loop feeds it
     hw.wdt = machine.WDT(timeout=hw.wdt_ms)
     return a

@@ -235,3 +235,17 @@ def test_uart_corruption_is_seen_as_noise_and_dropped_frames_are_missing(board):
     assert not fr and st["uart"]["stalled_bytes"] > 0
     board.ctl.uart(stall=False)
     assert len(board.port.frames) == before
+
+
+def test_watchdog_resets_a_hung_loop_and_the_latch_holds(board):
+    trip(board)
+    step(board, 5000)
+    assert board.ctl.get()["wdt_resets"] == 0  # a healthy loop feeds it
+    board.ctl.request("hang")  # the main loop stops making progress
+    st = board.ctl.advance(9000)  # watchdog timeout 8 s (boards.py)
+    assert st["wdt_resets"] == 1 and st["reset_cause"] == 3
+    board.wait_console("firmware")
+    st, fr = step(board, 2 * SAMPLE)
+    assert st["valve"] == 1
+    boot = [f for f in fr + board.port.read() if f["type"] == "event" and f["code"] == const.EV_BOOT]
+    assert boot and boot[-1]["data"][0] == 3  # reset cause: WDT_RESET

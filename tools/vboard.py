@@ -405,7 +405,7 @@ class VBoard:
     # ---- the control channel ----
     def control(self, req: dict) -> dict:
         op = req.get("op")
-        if op in ("get", "set", "advance"):
+        if op in ("get", "set", "advance", "hang"):
             rep = self.call(req)
         elif op == "power":
             on = bool(req.get("on"))
@@ -430,7 +430,7 @@ class VBoard:
             rep = {"ok": True}
         else:
             return {"ok": False, "error": f"unknown op {op!r}: use get, set, power, power_cycle, reset, "
-                                          f"advance, uart or info"}
+                                          f"advance, uart, hang or info"}
         rep = dict(rep)
         rep.pop("id", None)
         rep.pop("ev", None)

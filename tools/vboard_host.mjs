@@ -112,6 +112,7 @@ const hal = {
   ticks_ms: () => ms() & MASK,
   sleep: (d) => {
     const g = board.gen;
+    if (board.hang) return new Promise(() => {});  // a hung loop: never resumes, never feeds the watchdog
     if (board.interrupt) { board.interrupt = false; return Promise.resolve(1); }
     return new Promise((res) => {
       const s = { deadline: ms() + Math.max(0, d | 0), res, g };
@@ -157,7 +158,7 @@ function powerOff() {
   board.gen++;
   for (const s of board.sleepers) if (s.timer) clearTimeout(s.timer);
   board.sleepers = [];
-  board.mp = null; board.wdt = null; board.interrupt = false; board.capture = null;
+  board.mp = null; board.wdt = null; board.interrupt = false; board.capture = null; board.hang = false;
   for (const k of Object.keys(hw.pins)) hw.pins[k] = 0;  // lines float low; a latching valve keeps its position
   hw.rx = [];
   setMode("off");
@@ -204,8 +205,11 @@ async function settle(g, before) {
 }
 
 function checkWdt() {
-  if (board.wdt && board.mp && ms() - board.wdt.last > board.wdt.timeout) {
+  // the watchdog counts while the firmware runs; at the REPL the chip is treated as halted by a debugger,
+  // so technician sessions (mpremote) are not cut by a reset
+  if (board.wdt && board.mp && board.mode === "firmware" && ms() - board.wdt.last > board.wdt.timeout) {
     board.wdtResets++;
+    board.wdt = null;
     emit({ ev: "log", msg: "watchdog reset" });
     start(true, 3);
     return true;
@@ -294,6 +298,7 @@ rl.on("line", async (line) => {
       emit({ ev: "reply", id, ok: true, ...snapshot() });
       break;
     case "get": emit({ ev: "reply", id, ok: true, ...snapshot() }); break;
+    case "hang": board.hang = true; emit({ ev: "reply", id, ok: true, ...snapshot() }); break;
     case "advance":
       if (!vclock) { emit({ ev: "reply", id, ok: false, error: "start the board with --virtual-clock to advance time" }); break; }
       await advance(Math.max(0, m.ms | 0));
