@@ -16,7 +16,7 @@ POLL_MS = 100
 class Hardware:
     """What a board gives the application. Any channel may be None when the board does not have it."""
 
-    def __init__(self, gas_adc, pressure_adc, inlet_adc, battery_adc, valve, uart, wdt=None):
+    def __init__(self, gas_adc, pressure_adc, inlet_adc, battery_adc, valve, uart, wdt=None, wdt_ms=8000):
         self.gas_adc = gas_adc
         self.pressure_adc = pressure_adc
         self.inlet_adc = inlet_adc
@@ -24,6 +24,7 @@ class Hardware:
         self.valve = valve
         self.uart = uart
         self.wdt = wdt
+        self.wdt_ms = wdt_ms
 
 
 class Valve:

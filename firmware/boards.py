@@ -52,6 +52,6 @@ def build(machine, board, cfg):
         battery_adc=None if station else _adc(machine, pr["battery"], board),
         valve=Valve(valve_pin),
         uart=uart,
+        wdt_ms=pr["wdt_ms"],
     )
-    hw.wdt_ms = pr["wdt_ms"]
     return hw
