@@ -92,3 +92,13 @@ def test_machine_reset_through_mpremote_reboots_into_the_firmware(board):
     st = board.wait_console("firmware")
     g = board.ctl.get()
     assert g["reset_cause"] == 2 and g["mode"] == "firmware" and st["console"] == "firmware"  # HARD_RESET
+
+
+def test_nvs_storage_survives_a_power_cycle_uncommitted_does_not(board):
+    mpremote(board, "exec", "import esp32; n = esp32.NVS('gg'); n.set_i32('boots', 41); n.commit(); "
+                            "n.set_i32('lost', 1)")
+    board.ctl.power_cycle()
+    board.wait_console("firmware")
+    out = mpremote(board, "exec", "import machine\nn = machine.NVS('gg')\nprint(n.get_i32('boots'))\n"
+                                  "try:\n  n.get_i32('lost')\nexcept OSError:\n  print('gone')")
+    assert out.split() == ["41", "gone"]

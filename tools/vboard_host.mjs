@@ -45,7 +45,10 @@ const board = {
   mp: null, gen: 0, mode: "off", interrupt: false, capture: null,
   wdt: null, wdtResets: 0, boots: 0, resetCause: 1, pendingReset: false, sleepers: [],
 };
-try { hw.nvs = JSON.parse(readFileSync(join(flash, ".nvs.json"), "utf8")); } catch { hw.nvs = {}; }
+function loadNvs() {  // what was committed; uncommitted NVS writes do not survive a reset
+  try { hw.nvs = JSON.parse(readFileSync(join(flash, ".nvs.json"), "utf8")); } catch { hw.nvs = {}; }
+}
+loadNvs();
 
 function setMode(m) { board.mode = m; emit({ ev: "mode", mode: m }); }
 
@@ -159,8 +162,10 @@ function powerOff() {
   for (const s of board.sleepers) if (s.timer) clearTimeout(s.timer);
   board.sleepers = [];
   board.mp = null; board.wdt = null; board.interrupt = false; board.capture = null; board.hang = false;
+  board.halted = false;
   for (const k of Object.keys(hw.pins)) hw.pins[k] = 0;  // lines float low; a latching valve keeps its position
   hw.rx = [];
+  loadNvs();
   setMode("off");
 }
 
@@ -173,6 +178,7 @@ async function start(runMain, cause) {
   for (const d of ["/home/web_user", "/home", "/tmp"]) { try { mp.FS.rmdir(d); } catch {} }
   mp.FS.mkdirTree("/rom");
   mp.FS.writeFile("/rom/machine.py", readFileSync(rom));
+  mp.FS.writeFile("/rom/esp32.py", "from machine import NVS  # esp32.NVS on a real ESP32\n");
   copyIn(mp.FS, flash, "/");
   mp.registerJsModule("vbhal", hal);
   mp.runPython("import sys\nsys.path.insert(0, '/rom')\nif '/lib' not in sys.path: sys.path.append('/lib')");
@@ -205,9 +211,10 @@ async function settle(g, before) {
 }
 
 function checkWdt() {
-  // the watchdog counts while the firmware runs; at the REPL the chip is treated as halted by a debugger,
-  // so technician sessions (mpremote) are not cut by a reset
-  if (board.wdt && board.mp && board.mode === "firmware" && ms() - board.wdt.last > board.wdt.timeout) {
+  // the watchdog counts while the firmware runs, and after it died (a crashed loop must be reset); once a
+  // technician interrupts it (Ctrl-C) the chip is treated as halted by a debugger, so REPL sessions
+  // (mpremote) are not cut by a reset
+  if (board.wdt && board.mp && !board.halted && ms() - board.wdt.last > board.wdt.timeout) {
     board.wdtResets++;
     board.wdt = null;
     emit({ ev: "log", msg: "watchdog reset" });
@@ -273,6 +280,7 @@ rl.on("line", async (line) => {
     case "boot": await start(true, 1); break;
     case "rx": if (board.mode === "firmware") for (const b of Buffer.from(m.hex, "hex")) if (hw.rx.length < 512) hw.rx.push(b); break;
     case "interrupt":
+      board.halted = true;
       if (board.mode === "firmware") {
         board.interrupt = true;
         const g = board.gen;
