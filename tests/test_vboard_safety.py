@@ -249,3 +249,28 @@ def test_watchdog_resets_a_hung_loop_and_the_latch_holds(board):
     assert st["valve"] == 1
     boot = [f for f in fr + board.port.read() if f["type"] == "event" and f["code"] == const.EV_BOOT]
     assert boot and boot[-1]["data"][0] == 3  # reset cause: WDT_RESET
+
+
+def test_station_opso_from_the_pressure_transducer_closes_slam_shut(tmp_path):
+    from gasguard.tools.vboard_client import pressure_raw
+
+    cfg = {"dev_id": DEV, "profile": "station", "board": "virtual",
+           "calibration": {"pressure": {"kind": "4-20mA", "full_scale": 10000}}}
+    flash = install(tmp_path / "flash", cfg, KEY)
+    with VBoardProcess(flash, virtual_clock=True) as vb:
+        vb.wait_console("firmware")
+        vb.port = Port(vb.pty, vb.ctl)
+        vb.ctl.set(pressure=pressure_raw(2500, 10000, "4-20mA"))  # at the 2.5 kPa set point
+        st, _ = step(vb, 1000)
+        assert st["valve"] == 0
+        vb.ctl.set(pressure=pressure_raw(4300, 10000, "4-20mA"))  # above 165 % of the set point
+        st, _ = wait_for(vb, lambda st, fr: st["valve"] == 1, ms=100)
+        al = alarms(vb.port.frames + vb.port.read(), const.AL_OPSO)
+        assert al and abs(al[0]["value"] - 4300) <= 10 and frame.state_fields(al[0]["state"])["ptrip"]
+        vb.port.command(const.CMD_STATUS, 9)
+        wait_for(vb, lambda st, fr: any(f["type"] == "reading" for f in fr), ms=100)
+        readings = [f for f in vb.port.frames if f["type"] == "reading"]
+        assert readings[-1]["inlet"] is not None  # a station reports its inlet pressure
+        assert abs(readings[-1]["pressure"] - 4300) <= 10
+        assert (9, const.R_OK) in acks(vb.port.frames)
+        assert [f for f in vb.port.frames if f["type"] == "event" and f["code"] == const.EV_STATUS]
