@@ -205,3 +205,25 @@ def test_open_circuit_raises_fault_and_closes_household(tmp_path):
     assert frame.state_fields(al[0]["state"])["fault"]
     assert n.pin.v == 1
     assert n.wdt.fed > 0
+
+
+def test_selftest_strokes_an_open_valve_and_unknown_commands_are_answered(tmp_path):
+    n = Node(tmp_path)
+    n.run(200)
+    n.frames()
+    n.send({"type": "command", "cmd": const.CMD_SELFTEST, "cid": 7, "args": bytes([7])})
+    n.send({"type": "command", "cmd": 99, "cid": 8, "args": b""})
+    n.send({"type": "command", "cmd": const.CMD_SET_PARAM, "cid": 9, "args": b"\x01"})
+    n.run(300)
+    fr = n.frames()
+    a = acks(fr)
+    assert (const.COMMAND, 7, const.R_OK) in a
+    assert (const.COMMAND, 8, const.R_UNKNOWN) in a and (const.COMMAND, 9, const.R_BAD_ARGS) in a
+    ev = [f for f in fr if f["type"] == "event" and f["code"] == const.EV_SELFTEST]
+    assert ev and ev[0]["data"] == bytes([7, 7]) and n.pin.v == 0  # all passed; the valve is open again
+
+
+def test_unsafe_provisioned_params_fall_back_to_defaults(tmp_path):
+    n = Node(tmp_path, params={"gas_l2": 400})  # above the household bound (25 % LEL)
+    assert n.app.safety.gas_l2 == 250
+    assert any(f["type"] == "event" and f["code"] == const.EV_CONFIG for f in (n.run(200) or n.frames()))

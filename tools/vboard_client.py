@@ -121,7 +121,9 @@ class Control:
 class VBoardProcess:
     """`gasguard sim vboard` as a child process (its own process tree); stops it on exit."""
 
-    def __init__(self, flash: Path, virtual_clock: bool = False, ctl: Path | None = None, start_timeout: float = 30):
+    def __init__(self, flash: Path, virtual_clock: bool = False, ctl: Path | None = None, start_timeout: float = 30,
+                 keep: bool = False):
+        self.keep = keep  # keep the temp dir (launcher log vboard.log, info.json) after stop()
         self.flash = Path(flash)
         self.virtual_clock = virtual_clock
         self.tmp = Path(tempfile.mkdtemp(prefix="vboard-"))
@@ -141,8 +143,9 @@ class VBoardProcess:
         deadline = time.monotonic() + self.start_timeout
         while not self.info_path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.tmp / "vboard.log").read_text()[-2000:]
                 self.stop()
-                raise VBoardError(f"the virtual board did not start; log: {(self.tmp / 'vboard.log').read_text()[-2000:]}")
+                raise VBoardError(f"the virtual board did not start (is node installed? run make setup); log: {log}")
             time.sleep(0.05)
         self.info = json.loads(self.info_path.read_text())
         self.pty = self.info["pty"]
@@ -176,6 +179,9 @@ class VBoardProcess:
                 self.proc.wait(5)
         if getattr(self, "log", None):
             self.log.close()
+            self.log = None
+        if self.proc is not None and not self.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
