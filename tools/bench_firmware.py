@@ -113,7 +113,8 @@ def firmware_bench(steps, as_json):
         return
     s = out["step"]
     click.echo(f"safety step in MicroPython {s['n']} iterations (WebAssembly port, best of 5):")
-    click.echo(f"  step loop {s['step_us'] / s['n']:.2f} us/iter, empty loop {s['per_empty_us']:.2f} us/iter "
+    click.echo(f"  step loop {s['step_us'] / s['n']:.2f} us/iter, empty loop (same loop, empty function) "
+               f"{s['per_empty_us']:.2f} us/iter "
                f"-> step cost {s['per_step_us']:.2f} us/iter")
     click.echo(f"  heap allocated: {s['alloc_per_step']:.3f} B/step ({s['alloc_step']} B over the step loop)")
     for profile, t in out["trip"].items():

@@ -118,7 +118,8 @@ class VBoard:
     def __init__(self, flash: Path, ctl: Path | None = None, virtual_clock: bool = False, heap: int = 512 * 1024):
         self.flash = Path(flash).resolve()
         self.flash.mkdir(parents=True, exist_ok=True)
-        self.ctl_path = Path(ctl) if ctl else Path(tempfile.mkdtemp(prefix="vboard-")) / "ctl.sock"
+        self.own_ctl_dir = None if ctl else Path(tempfile.mkdtemp(prefix="vboard-"))
+        self.ctl_path = Path(ctl) if ctl else self.own_ctl_dir / "ctl.sock"
         self.virtual_clock = virtual_clock
         self.heap = heap
         self.ids = itertools.count(1)
@@ -191,6 +192,8 @@ class VBoard:
                 pass
         try:
             self.ctl_path.unlink()
+            if self.own_ctl_dir:
+                self.own_ctl_dir.rmdir()
         except OSError:
             pass
 
