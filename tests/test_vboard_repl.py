@@ -102,3 +102,28 @@ def test_nvs_storage_survives_a_power_cycle_uncommitted_does_not(board):
     out = mpremote(board, "exec", "import machine\nn = machine.NVS('gg')\nprint(n.get_i32('boots'))\n"
                                   "try:\n  n.get_i32('lost')\nexcept OSError:\n  print('gone')")
     assert out.split() == ["41", "gone"]
+
+
+def test_an_empty_board_flashed_with_mpremote_boots_the_firmware(tmp_path):
+    """What the technician CLI does: mkdir, cp every module, config, key and /main.py, then reset."""
+    from gasguard.tools.micropython import device_files
+    from gasguard.tools.vboard_client import MAIN_STUB
+
+    (tmp_path / "cfg.json").write_text(json.dumps({"dev_id": 3, "profile": "household", "board": "virtual"}))
+    (tmp_path / "key.bin").write_bytes(KEY)
+    (tmp_path / "main.py").write_text(MAIN_STUB)
+    args = ["fs", "mkdir", ":/lib"]
+    for d in ("/lib/gasguard", "/lib/gasguard/protocol", "/lib/gasguard/firmware"):
+        args += ["+", "fs", "mkdir", ":" + d]
+    for host, target in device_files():
+        args += ["+", "fs", "cp", str(host), ":" + target]
+    for src, dst in (("cfg.json", "/gg_config.json"), ("key.bin", "/gg_key.bin"), ("main.py", "/main.py")):
+        args += ["+", "fs", "cp", str(tmp_path / src), ":" + dst]
+    with VBoardProcess(tmp_path / "flash", virtual_clock=True) as vb:
+        vb.wait_console("friendly")  # nothing to run yet
+        mpremote(vb, *args, "+", "reset")
+        vb.wait_console("firmware")
+        assert (vb.flash / "gg_key.bin").read_bytes() == KEY
+        assert (vb.flash / "lib" / "gasguard" / "firmware" / "safety.py").exists()
+        vb.ctl.advance(1000)
+        assert json.loads((vb.flash / "gg_state.json").read_text())["up_ceiling"] == 257

@@ -274,3 +274,19 @@ def test_station_opso_from_the_pressure_transducer_closes_slam_shut(tmp_path):
         assert abs(readings[-1]["pressure"] - 4300) <= 10
         assert (9, const.R_OK) in acks(vb.port.frames)
         assert [f for f in vb.port.frames if f["type"] == "event" and f["code"] == const.EV_STATUS]
+
+
+def test_uart_drop_and_duplicate(board):
+    from gasguard.protocol.errors import ProtocolError
+
+    board.port.command(const.CMD_STATUS, 1)  # answers with an ack, a STATUS event and a reading
+    board.ctl.uart(drop=1)
+    st, fr = wait_for(board, lambda st, fr: fr, ms=100)
+    assert st["uart"]["dropped"] == 1
+    assert not [f for f in fr if f["type"] == "ack"]  # the ack went first and was lost
+    board.ctl.uart(dup=1)
+    board.port.command(const.CMD_STATUS, 2)
+    with pytest.raises(ProtocolError) as e:
+        step(board, 300)
+    assert e.value.reason == "replay"  # the second copy of a frame is an authentic replay to the gateway
+    assert board.ctl.get()["uart"]["duplicated"] == 1
