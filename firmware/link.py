@@ -1,7 +1,8 @@
 # The node's link: protocol v1 frames over a UART (wired serial or a LoRa modem in transparent mode).
 #
 # - Bounded transmit queues with priority alarm > event > reading. Readings are the only thing ever
-#   dropped (oldest first, counted in .dropped_readings). Alarms and events that need an ack are
+#   dropped (oldest first, counted in .dropped_readings); a newer alarm or event of the same kind
+#   supersedes an unacked older one, which bounds those queues without losing the current state. Alarms and events that need an ack are
 #   retransmitted with capped exponential backoff until the gateway acks them (SPEC 3.4: every copy gets a
 #   new frame counter, the same aseq/eseq).
 # - Uplink counters come from protocol.counter.CounterReservation; a new ceiling is persisted BEFORE the
@@ -17,7 +18,8 @@ from gasguard.protocol.errors import ProtocolError
 RETX_FIRST_MS = 2000
 RETX_CAP_MS = 60000
 MAX_ALARMS = 16       # one per (code, cleared): a newer copy supersedes, so an alarm is never dropped
-MAX_EVENTS = 8
+MAX_EVENTS = 16       # one per (code, first data byte): a newer copy supersedes; the cap is a last resort
+MAX_ACKS = 4          # answers to commands; a gateway that misses one repeats the command
 MAX_READINGS = 4
 RX_CHUNK = 128        # bytes read per poll
 TX_BURST = 3          # frames written per pump
@@ -53,10 +55,13 @@ class Link:
         self.eseq = int(st.get("eseq", 0))
         self.alarms = []
         self.events = []
+        self.acks = []
         self.readings = []
         self.deframer = framing.Deframer()
         self.dropped_readings = 0
         self.dropped_events = 0
+        self.dropped_acks = 0
+        self.superseded = 0
         self.sent = 0
         self.retransmits = 0
         self.refused = {}      # downlink refusals by reason (mic, replay, ...)
@@ -84,7 +89,15 @@ class Link:
 
     def event(self, now, code, data=b"", ack=True):
         self.eseq = (self.eseq + 1) & 0xFF
-        f = {"type": "event", "dev": self.dev, "code": code, "eseq": self.eseq, "data": bytes(data)}
+        data = bytes(data)
+        f = {"type": "event", "dev": self.dev, "code": code, "eseq": self.eseq, "data": data}
+        first = data[0] if data else -1
+        for i in range(len(self.events)):
+            o = self.events[i].fields
+            if o["code"] == code and (o["data"][0] if o["data"] else -1) == first:
+                self.events.pop(i)  # the newer event of this kind carries the current state
+                self.superseded += 1
+                break
         if len(self.events) >= MAX_EVENTS:
             self.events.pop(0)
             self.dropped_events += 1
@@ -93,11 +106,11 @@ class Link:
 
     def ack(self, now, ref_type, ref, result):
         f = {"type": "ack", "dev": self.dev, "ref_type": ref_type, "ref": ref, "result": result}
-        # acks share the event priority and are never acked themselves
-        if len(self.events) >= MAX_EVENTS:
-            self.events.pop(0)
-            self.dropped_events += 1
-        self.events.append(_Out(f, False, now))
+        # answers to commands go ahead of events and are never acked themselves
+        if len(self.acks) >= MAX_ACKS:
+            self.acks.pop(0)
+            self.dropped_acks += 1
+        self.acks.append(_Out(f, False, now))
 
     def reading(self, now, gas, pressure, battery, state, inlet=-1):
         f = {"type": "reading", "dev": self.dev, "gas": None if gas < 0 else min(gas, 1000),
@@ -111,7 +124,7 @@ class Link:
         self.readings.append(_Out(f, False, now))
 
     def pending(self):
-        return len(self.alarms) + len(self.events) + len(self.readings)
+        return len(self.alarms) + len(self.acks) + len(self.events) + len(self.readings)
 
     # ---- transmit ----
     def _next_counter(self):
@@ -137,7 +150,7 @@ class Link:
     def pump(self, now):
         """Write up to TX_BURST due frames. Returns how many were written."""
         n = 0
-        for q in (self.alarms, self.events, self.readings):
+        for q in (self.alarms, self.acks, self.events, self.readings):
             i = 0
             while i < len(q) and n < TX_BURST:
                 out = q[i]

@@ -179,7 +179,16 @@ def test_readings_dropped_counted_alarms_kept(tmp_path):
     assert n.link.dropped_readings == 10 - link.MAX_READINGS and len(n.link.readings) == link.MAX_READINGS
     for code in range(1, 9):
         n.link.alarm(0, code, False, 0, 0, 0)
-    assert len(n.link.alarms) == 8
+        n.link.alarm(0, code, False, 0, 0, 0)  # a newer copy supersedes the unacked older one
+    assert len(n.link.alarms) == 8 and {o.fields["aseq"] for o in n.link.alarms} == set(range(2, 17, 2))
+    before = len(n.link.events)
+    for i in range(30):
+        n.link.event(0, const.EV_FAULT, bytes([1 + i % 3, 1]))
+    assert len(n.link.events) == before + 3 and n.link.dropped_events == 0
+    assert sorted(o.fields["data"][0] for o in n.link.events[-3:]) == [1, 2, 3]
+    for i in range(6):
+        n.link.ack(0, const.COMMAND, i, 0)
+    assert len(n.link.acks) == link.MAX_ACKS and n.link.dropped_acks == 2
 
 
 def test_set_param_within_bounds_only_and_persisted(tmp_path):
