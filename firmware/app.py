@@ -131,8 +131,6 @@ class App:
             self._report_alarms(now)
         if faults != self.faults_seen:
             self._report_faults(now, faults)
-        if s.over_range and gas >= 0:
-            pass  # carried in the state byte of every reading and alarm
 
     def _alarm_value(self, code):
         if code == const.AL_GAS_L1 or code == const.AL_GAS_L2:
