@@ -48,9 +48,6 @@ HOUSEHOLD_BASE = 0x0300_0000
 LAT0, LAT1 = 36.620, 36.690
 LON0, LON1 = 117.020, 117.120
 
-# nominal inlet pressure per GB 50028 class, Pa (middle of the class range)
-INLET_NOMINAL = {"high_a": 3_200_000, "high_b": 2_000_000, "subhigh_a": 1_200_000, "subhigh_b": 600_000,
-                 "medium_a": 300_000, "medium_b": 100_000, "low": 3_000}
 FEEDER_SETPOINT = 300_000    # feeder stations: sub-high -> medium A 0.3 MPa
 LOW_SETPOINTS = (2_300, 2_500, 2_800, 3_000)   # boxes and stations: low-pressure outlet, Pa
 

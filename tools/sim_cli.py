@@ -2,6 +2,9 @@
 
 import click
 
+from gasguard.tools.district_cli import district
+from gasguard.tools.fleet_cli import fleet
+
 
 @click.group()
 def sim():
@@ -15,3 +18,7 @@ def demo(nodes):
     from gasguard.tools.protocol_demo import run_demo
 
     run_demo(nodes)
+
+
+sim.add_command(district)
+sim.add_command(fleet)
