@@ -24,7 +24,8 @@ def play(devs, name, ack=True, realtime=False, **kw):
         r = oracle.reply(f) if ack else None
         return [r] if r else []
 
-    fleet = Fleet.from_devices(devs, CallbackTransport(deliver), seed=5, record=True, speed=kw.pop("speed", 60.0))
+    fleet = Fleet.from_devices(devs, CallbackTransport(deliver), seed=5, record=True, speed=kw.pop("speed", 60.0),
+                               rate=kw.pop("rate", 0.0))
     scen = scenarios.make(name, seed=5, **kw.pop("params", {}))
     rep = fleet.run(scen, realtime=realtime, **kw)
     return fleet, scen, rep, oracle
@@ -178,3 +179,14 @@ def test_bad_scenarios_say_what_to_choose():
         scenarios.make("earthquake")
     with pytest.raises(ValueError, match="choose one of"):
         scenarios.make("pressure_falling", pclass="ultra")
+    with pytest.raises(ValueError, match="must be a number"):
+        scenarios.make("alarm_storm", count="x5")
+    with pytest.raises(ValueError, match="takes seed, count, window, start"):
+        scenarios.make("alarm_storm", cnt=5)
+
+
+def test_rate_caps_frames_per_wall_second(devs):
+    _f, _s, rep, oracle = play(devs, "quiet", realtime=True, speed=10_000.0, duration=86_400, wall_timeout=1.0,
+                               rate=300.0)
+    assert rep.stopped_by == "wall_timeout"
+    assert 150 <= rep.frames <= 300 * rep.wall_s + 1 and len(oracle.frames) == rep.frames

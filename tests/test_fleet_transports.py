@@ -89,6 +89,18 @@ def test_pty_multiplexes_every_node_and_retransmits_until_acked(registry, tmp_pa
     assert rep.downlinks == {"ack": 5} and pty.stats["downlinks"] == 5
 
 
+def test_fast_wrap_gives_the_same_bytes_as_the_protocol():
+    import random
+
+    from gasguard.tools.fleet_transport import wrap
+
+    rng = random.Random(1)
+    for n in list(range(0, 40)) + [251, 252, 253, 254, 300]:
+        for _ in range(30):
+            data = bytes(rng.choice((0, 0, rng.randrange(256))) for _ in range(n))
+            assert wrap(data) == framing.wrap(data)
+
+
 def test_pty_nobody_reading_drops_and_counts_instead_of_hanging():
     pty = PtyTransport(write_timeout=0.2)
     try:

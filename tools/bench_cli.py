@@ -32,3 +32,8 @@ def air():
         click.echo(f"{name:26} {len(raw):5d} {framed:8d} {t[0]:8.1f} {t[1]:8.1f} {t[2]:8.1f}")
     click.echo(f"largest payload under 1 s: SF11 {airtime.max_payload_under(1_000_000, 11)} B, "
                f"SF12 {airtime.max_payload_under(1_000_000, 12)} B")
+
+
+from gasguard.tools.bench_fleet import fleet as _fleet_bench  # noqa: E402  (the fleet simulator's figures)
+
+bench.add_command(_fleet_bench)

@@ -51,6 +51,7 @@ class FleetReport:
     transport: dict = field(default_factory=dict)
     nodes: int = 0
     dynamic_nodes: int = 0
+    steps: int = 0                                       # safety steps run by dynamic nodes
 
     @property
     def frames(self) -> int:
@@ -288,6 +289,7 @@ class Fleet:
             self._push(t + node.params["report_s"], _REPORT, node)
         elif kind == _STEP:
             node = obj
+            self.report.steps += 1
             out = node.step(t, rng)
             if out:
                 for f in out:
@@ -333,7 +335,8 @@ class Fleet:
                 if wall >= wall_timeout:
                     rep.stopped_by = "wall_timeout"
                     break
-                vnow = wall * self.speed if realtime else (heap[0][0] if heap else duration)
+                # fast mode: take a virtual second at a time (one batch, one send), order unchanged
+                vnow = wall * self.speed if realtime else (heap[0][0] + 1.0 if heap else duration)
                 batch: list = []
                 n = 0
                 budget = self.rate * wall - rep.frames if self.rate else None

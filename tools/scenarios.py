@@ -18,6 +18,7 @@ in virtual seconds, and a bounded number of nodes it drives.
 
 from __future__ import annotations
 
+import inspect
 import random
 
 from gasguard.protocol import const
@@ -206,7 +207,13 @@ def make(name: str, **params) -> Scenario:
         cls = SCENARIOS[name]
     except KeyError:
         raise ValueError(f"scenario {name!r}: choose one of {', '.join(SCENARIOS)}") from None
-    try:
-        return cls(**params)
-    except TypeError as e:
-        raise ValueError(f"scenario {name}: {e}") from None
+    sig = inspect.signature(cls.__init__).parameters
+    for k, v in params.items():
+        if k not in sig:
+            known = ", ".join(p for p in sig if p != "self")
+            raise ValueError(f"scenario {name} has no parameter {k!r} (it takes {known})")
+        default = sig[k].default
+        numeric = default is None or (isinstance(default, (int, float)) and not isinstance(default, bool))
+        if numeric and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise ValueError(f"scenario {name}: {k} must be a number, got {v!r}")
+    return cls(**params)
