@@ -52,6 +52,7 @@ class FleetReport:
     nodes: int = 0
     dynamic_nodes: int = 0
     steps: int = 0                                       # safety steps run by dynamic nodes
+    max_lag_s: float = 0.0     # realtime: how far (wall s) sending fell behind the schedule; ~0 = kept up
 
     @property
     def frames(self) -> int:
@@ -350,6 +351,10 @@ class Fleet:
                     n += 1
                 if batch:
                     self._send(batch)
+                    if realtime:
+                        lag = (time.monotonic() - w0) - self.now / self.speed
+                        if lag > rep.max_lag_s:
+                            rep.max_lag_s = round(lag, 4)
                 self.now = max(self.now, min(vnow, duration))
                 if self.transport.has_downlink:
                     downs = self.transport.receive()

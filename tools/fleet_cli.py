@@ -115,5 +115,8 @@ def fleet(path, transport, target, scenario, params, duration, speed, fast, rate
     click.echo(f"alarms: raised {a['raised']}, retransmitted {a['retransmitted']}, acked {a['acked']}, "
                f"unacked {a['unacked']}; by code {json.dumps(d['alarm_codes'])}")
     click.echo(f"downlinks: {json.dumps(d['downlinks'])}; transport: {json.dumps(d['transport'])}")
+    if not fast and d["max_lag_s"] > 1.0:
+        click.echo(f"warning: sending fell {d['max_lag_s']:.1f} s behind the schedule: lower --speed or load fewer "
+                   "--households", err=True)
     if scen.targets:
         click.echo(f"targets: {', '.join(d['targets'][:10])}{' ...' if len(d['targets']) > 10 else ''}")
