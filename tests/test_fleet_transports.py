@@ -220,3 +220,31 @@ def test_udp_target_must_be_loopback():
         parse_target("192.0.2.1:1700")
     with pytest.raises(TransportError, match="HOST:PORT"):
         parse_target("localhost:x")
+
+
+def test_pty_mixed_line_carries_a_foreign_board_and_routes_its_downlinks(registry):
+    """A mixed bench: a board that is not in the fleet (its own key) shares the line through inject()."""
+    from gasguard.protocol import frame
+
+    path, keys = registry
+    board, bkey = 0x7F000001, bytes(range(16))
+    oracle = Oracle({**keys, board: bkey})
+    pty = PtyTransport()
+    gw = SerialGateway(pty.port, oracle)
+    gw.start()
+    foreign = []
+    try:
+        fleet = Fleet.from_registry(path, pty, seed=4, speed=100.0, on_foreign=foreign.append)
+        alarm = frame.seal({"type": "alarm", "dev": board, "fcnt": 1, "code": const.AL_GAS_L2, "aseq": 1, "age": 0,
+                            "value": 300, "state": 0x15}, bkey, const.UP)
+        threading.Timer(0.3, lambda: pty.inject(b"boot: household v0.1\n" + framing.wrap(alarm))).start()
+        rep = fleet.run("quiet", duration=100, wall_timeout=10)
+    finally:
+        gw.stop.set()
+        gw.join(5)
+        pty.close()
+    assert gw.errors == [(framing.TEXT, b"boot: household v0.1\n")]
+    assert any(f["dev"] == board and f["type"] == "alarm" for f in oracle.frames)
+    assert len(oracle.frames) == rep.frames + 1
+    (down,) = foreign                                              # the board's ack came back to the bench
+    assert frame.open_frame(down, bkey, const.DOWN, 0)["ref"] == 1 and rep.downlinks == {"foreign": 1}

@@ -69,7 +69,7 @@ class Fleet:
     """Simulated nodes plus a transport. See the module docstring and tools/SIMULATOR.md."""
 
     def __init__(self, nodes: list[SimNode], transport, *, seed: int = 0, speed: float = 60.0, rate: float = 0.0,
-                 log: str | os.PathLike | None = None, record: bool = False):
+                 log: str | os.PathLike | None = None, record: bool = False, on_foreign=None):
         if speed <= 0:
             raise ValueError("speed must be above 0 (virtual seconds per wall second)")
         if rate < 0:
@@ -86,6 +86,9 @@ class Fleet:
         self.rate = rate
         self.log_path = log
         self.records = [] if record else None     # every frame sent, as logged (tests, oracles)
+        # mixed benches: downlinks for devices that are not in this fleet (e.g. a virtual board sharing
+        # the line) go to on_foreign(raw) instead of being counted as unknown
+        self.on_foreign = on_foreign
         self._stop = threading.Event()
         self._heap: list = []
         self._seq = 0
@@ -231,7 +234,10 @@ class Fleet:
                 continue
             node = self.by_dev.get(dev)
             if node is None:
-                rep.downlinks["unknown_device"] = rep.downlinks.get("unknown_device", 0) + 1
+                status = "foreign" if self.on_foreign else "unknown_device"
+                rep.downlinks[status] = rep.downlinks.get(status, 0) + 1
+                if self.on_foreign:
+                    self.on_foreign(raw)
                 continue
             status, ups = node.on_downlink(raw, self.now)
             rep.downlinks[status] = rep.downlinks.get(status, 0) + 1

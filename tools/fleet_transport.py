@@ -15,6 +15,7 @@ import ipaddress
 import os
 import select
 import socket
+import threading
 import time
 import tty
 
@@ -112,9 +113,16 @@ class PtyTransport:
                                      "path or remove the file") from None
             self.link = link
         self.write_timeout = write_timeout
+        self.lock = threading.Lock()        # the fleet and inject() may write from different threads
         self.deframer = framing.Deframer()
         self.stalled = False
         self.stats = {"frames": 0, "bytes": 0, "tx_dropped": 0, "downlinks": 0, "rx_noise": 0, "rx_text": 0}
+
+    def inject(self, data):
+        """Write raw bytes onto the same line (mixed benches: a virtual board's UART output, line noise).
+        Returns how many bytes went out (the rest was dropped: nobody is reading)."""
+        with self.lock:
+            return self._write(bytes(data))
 
     def _write(self, data):
         view = memoryview(data)
@@ -136,7 +144,8 @@ class PtyTransport:
     def send(self, batch):
         frames = [wrap(raw) for raw, _node in batch]
         data = b"".join(frames)
-        sent = self._write(data)
+        with self.lock:
+            sent = self._write(data)
         # count whole frames that made it; a partial one is line noise to the reader (CRC catches it)
         done, acc = 0, 0
         for fr in frames:
@@ -218,6 +227,7 @@ class UdpTransport:
         self.down.connect((host, port_down or port))
         self.keepalive_s = keepalive_s
         self.stat_s = stat_s
+        self.lock = threading.Lock()        # send() may be called from the fleet and a mixed bench
         self.token = int.from_bytes(os.urandom(2), "big")
         self.unacked_push = {}        # token -> send time
         self.tmst0 = time.monotonic()
@@ -265,6 +275,12 @@ class UdpTransport:
         return False
 
     def send(self, batch):
+        """Forward frames as received packets. `batch` items are (frame, node); only node.radio is read,
+        so a mixed bench can pass any object with a `radio` (fleet_node.Radio) for a virtual board."""
+        with self.lock:
+            self._send_batch(batch)
+
+    def _send_batch(self, batch):
         now = time.time()
         for i in range(0, len(batch), semtech.MAX_RXPK):
             part = batch[i:i + semtech.MAX_RXPK]
