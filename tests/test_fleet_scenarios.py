@@ -190,3 +190,21 @@ def test_rate_caps_frames_per_wall_second(devs):
                                rate=300.0)
     assert rep.stopped_by == "wall_timeout"
     assert 150 <= rep.frames <= 300 * rep.wall_s + 1 and len(oracle.frames) == rep.frames
+
+
+def test_runs_in_sequence_continue_the_clock_and_the_demo_story_plays_both(devs):
+    fleet, scen, rep, oracle = play(devs, "leak_then_trip")
+    leak, trip = scen.parts
+    got = set(oracle.alarms())
+    assert {(leak.targets[0], const.AL_GAS_L2), (trip.targets[0], const.AL_OPSO)} <= got
+    assert {d for d, _c in got} == set(scen.expect)
+    first_opso = min(f["fcnt"] for f in oracle.frames if f["type"] == "alarm" and f["code"] == const.AL_OPSO)
+    assert first_opso and fleet.now == 900.0
+    # a second run on the same fleet continues at t=900: its leak starts 60 s in, counters keep rising
+    n = len(fleet.records)
+    rep2 = fleet.run(scenarios.make("single_leak", seed=9), duration=300, realtime=False)
+    assert fleet.t0 == 900.0 and fleet.now == 1200.0 and rep2.virtual_s == 300.0
+    later = fleet.records[n:]
+    assert min(r["vt"] for r in later) >= 900.0 and rep2.alarms["raised"] >= 2
+    assert min(r["vt"] for r in later if r["type"] == "alarm") >= 960.0
+    assert len(oracle.frames) == len(fleet.records)                 # every frame verified: no counter reused

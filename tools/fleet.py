@@ -11,6 +11,9 @@ virtual time runs `speed` times faster than the wall clock (speed=60: a minute p
 `realtime=False` the fleet jumps from one due item to the next as fast as it can (benchmarks, oracles that
 need no gateway pacing). Given a seed, the frames sent are the same in both modes (downlinks aside).
 
+Runs in sequence: the virtual clock, the reading schedule and node state (latched valves, unacked alarms)
+carry over from one run() to the next; each scenario's times count from the start of its run.
+
 Bounds: a run stops at `duration` virtual seconds, after `max_frames` frames, or after `wall_timeout`
 wall seconds, whichever comes first; `stop()` ends it from another thread. Counters (next uplink FCnt and
 last downlink FCnt per device) can be kept in a state file so a second run against the same gateway is
@@ -95,7 +98,9 @@ class Fleet:
         self._retx_at: dict[int, float] = {}
         self._log = None
         self.report: FleetReport | None = None
-        self.now = 0.0
+        self.now = 0.0            # virtual clock; it keeps running across run() calls
+        self.t0 = 0.0             # virtual time the current run started at (scenarios offset from it)
+        self._started = False
 
     # -- building a fleet --------------------------------------------------------------------------
     @classmethod
@@ -326,11 +331,14 @@ class Fleet:
             raise ValueError("duration and wall_timeout must be above 0")
         self.report = rep = FleetReport(scenario=scen.name, nodes=len(self.nodes))
         self._stop.clear()
-        self._heap = []
-        self.now = 0.0
-        # first readings spread over one report period, as nodes powered up at random times would
-        for node in self.nodes:
-            self._push(self.rng.uniform(0, node.params["report_s"]), _REPORT, node)
+        t0 = self.t0 = self.now
+        end = t0 + duration
+        if not self._started:
+            # first readings spread over one report period, as nodes powered up at random times would;
+            # a later run continues this schedule (and node state: latched valves stay latched)
+            self._started = True
+            for node in self.nodes:
+                self._push(t0 + self.rng.uniform(0, node.params["report_s"]), _REPORT, node)
         scen.setup(self, duration)
         rep.dynamic_nodes = sum(1 for n in self.nodes if n.dynamic)
         self._log = open(self.log_path, "a", buffering=1 << 16) if self.log_path else None
@@ -343,12 +351,12 @@ class Fleet:
                     rep.stopped_by = "wall_timeout"
                     break
                 # fast mode: take a virtual second at a time (one batch, one send), order unchanged
-                vnow = wall * self.speed if realtime else (heap[0][0] + 1.0 if heap else duration)
+                vnow = t0 + wall * self.speed if realtime else (heap[0][0] + 1.0 if heap else end)
                 batch: list = []
                 n = 0
                 budget = self.rate * wall - rep.frames if self.rate else None
                 cap = max_frames - rep.frames if max_frames is not None else None
-                while heap and heap[0][0] <= vnow and heap[0][0] < duration and n < BATCH:
+                while heap and heap[0][0] <= vnow and heap[0][0] < end and n < BATCH:
                     if (budget is not None and len(batch) >= budget) or (cap is not None and len(batch) >= cap):
                         break
                     t, _s, kind, obj = heapq.heappop(heap)
@@ -358,10 +366,10 @@ class Fleet:
                 if batch:
                     self._send(batch)
                     if realtime:
-                        lag = (time.monotonic() - w0) - self.now / self.speed
+                        lag = (time.monotonic() - w0) - (self.now - t0) / self.speed
                         if lag > rep.max_lag_s:
                             rep.max_lag_s = round(lag, 4)
-                self.now = max(self.now, min(vnow, duration))
+                self.now = max(self.now, min(vnow, end))
                 if self.transport.has_downlink:
                     downs = self.transport.receive()
                     if downs:
@@ -369,11 +377,12 @@ class Fleet:
                 if max_frames is not None and rep.frames >= max_frames:
                     rep.stopped_by = "max_frames"
                     break
-                if not heap or heap[0][0] >= duration:
-                    if not realtime or vnow >= duration:
+                if not heap or heap[0][0] >= end:
+                    if not realtime or vnow >= end:
+                        self.now = end      # the whole duration has been played
                         break
                 if realtime and (not heap or heap[0][0] > vnow or n < BATCH):
-                    nxt = (heap[0][0] / self.speed) if heap else wall + POLL_S
+                    nxt = ((heap[0][0] - t0) / self.speed) if heap else wall + POLL_S
                     time.sleep(max(0.0, min(POLL_S, nxt - (time.monotonic() - w0))))
             else:
                 rep.stopped_by = "stop"
@@ -384,7 +393,7 @@ class Fleet:
                 self._log.close()
                 self._log = None
             rep.wall_s = round(time.monotonic() - w0, 3)
-            rep.virtual_s = round(min(self.now, duration), 3)
+            rep.virtual_s = round(min(self.now, end) - t0, 3)
             rep.alarms["unacked"] = sum(1 for n in self.nodes for k in n.pending if k[0] == 1)
             rep.transport = dict(self.transport.stats)
         return rep

@@ -14,6 +14,7 @@ in virtual seconds, and a bounded number of nodes it drives.
                      (plan 3.3: red/orange warning); a feeder on it trips UPSO once
                      its inlet can no longer hold the outlet set point
     alarm_storm      `count` households reach the gas alarm level within `window` seconds
+    leak_then_trip   the demo's story: single_leak at 60 s, then station_trip at 300 s
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class SingleLeak(Scenario):
             raise ValueError("single_leak needs at least one residential household node in the fleet")
         else:
             node = self.rng.choice(homes)
-        node.gas_fn = _leak(self.start, self.peak)
+        node.gas_fn = _leak(fleet.t0 + self.start, self.peak)
         fleet.make_dynamic(node)
         self.targets = [node.dev]
         codes = {const.AL_GAS_L1}
@@ -120,7 +121,8 @@ class StationTrip(Scenario):
             node = max(stations, key=lambda s: (size[id(s)], s.households, -s.dev))
         opso, _upso = node.trips()
         peak = min(opso * 1.3, node.inlet_nom * 0.98)
-        node.p_fn = _ramp(self.start, self.start + self.rise, node.p_nom, peak)
+        s0 = fleet.t0 + self.start
+        node.p_fn = _ramp(s0, s0 + self.rise, node.p_nom, peak)
         fleet.make_dynamic(node)
         self.targets = [node.dev]
         self.expect = {node.dev: {const.AL_OPSO}}
@@ -153,17 +155,18 @@ class PressureFalling(Scenario):
         hit = [s for s in fleet.stations() if s.pressure_class == self.pclass and s.parent is None]
         if not hit:
             raise ValueError(f"no station of this fleet takes its inlet from a {self.pclass} network")
-        t_cross = self.start + (duration - self.start) * self.cross
+        s0 = fleet.t0 + self.start
+        t_cross = s0 + (duration - self.start) * self.cross
         for s in hit:
             nominal = s.inlet_nom
-            slope = (nominal - self.bound) / max(1.0, t_cross - self.start)
-            s.inlet_fn = _falling(self.start, nominal, slope)
+            slope = (nominal - self.bound) / max(1.0, t_cross - s0)
+            s.inlet_fn = _falling(s0, nominal, slope)
             fleet.make_dynamic(s)
             for n in fleet.subtree(s):
                 fleet.make_dynamic(n)
         self.targets = [s.dev for s in hit]
         # UPSO only where the outlet cannot be held: inlet*0.9 under the UPSO bound before the end
-        end_inlet = {s.dev: s.inlet_fn(duration) for s in hit}
+        end_inlet = {s.dev: s.inlet_fn(fleet.t0 + duration) for s in hit}
         self.expect = {s.dev: {const.AL_UPSO} for s in hit if end_inlet[s.dev] * 0.9 < s.trips()[1]}
 
 
@@ -191,14 +194,31 @@ class AlarmStorm(Scenario):
             raise ValueError("alarm_storm needs household nodes in the fleet")
         chosen = self.rng.sample(homes, min(self.count, len(homes)))
         for node in chosen:
-            t0 = self.start + self.rng.uniform(0, self.window)
+            t0 = fleet.t0 + self.start + self.rng.uniform(0, self.window)
             node.gas_fn = _leak(t0, peak=self.rng.randint(300, 600), rise=10.0, hold=duration, fall=1.0)
             fleet.make_dynamic(node)
         self.targets = [n.dev for n in chosen]
         self.expect = {n.dev: {const.AL_GAS_L1, const.AL_GAS_L2} for n in chosen}
 
 
-SCENARIOS = {c.name: c for c in (Quiet, SingleLeak, StationTrip, PressureFalling, AlarmStorm)}
+class LeakThenTrip(Scenario):
+    """The demo's story: a leak at a household at `leak_at`, then a regulator station trips at `trip_at`."""
+    name = "leak_then_trip"
+    duration = 900.0
+
+    def __init__(self, seed=0, leak_at: float = 60.0, trip_at: float = 300.0):
+        super().__init__(seed)
+        self.parts = [SingleLeak(seed, start=leak_at), StationTrip(seed, start=trip_at)]
+
+    def setup(self, fleet, duration):
+        for part in self.parts:
+            part.setup(fleet, duration)
+            self.targets += part.targets
+            for dev, codes in part.expect.items():
+                self.expect.setdefault(dev, set()).update(codes)
+
+
+SCENARIOS = {c.name: c for c in (Quiet, SingleLeak, StationTrip, PressureFalling, AlarmStorm, LeakThenTrip)}
 
 
 def make(name: str, **params) -> Scenario:
