@@ -394,7 +394,7 @@ class Fleet:
                 self._log = None
             rep.wall_s = round(time.monotonic() - w0, 3)
             rep.virtual_s = round(min(self.now, end) - t0, 3)
-            rep.alarms["unacked"] = sum(1 for n in self.nodes for k in n.pending if k[0] == 1)
+            rep.alarms["unacked"] = sum(1 for n in self.nodes for k in (n.pending or ()) if k[0] == 1)
             rep.transport = dict(self.transport.stats)
         return rep
 

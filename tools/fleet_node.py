@@ -74,7 +74,7 @@ class SimNode:
                  "inlet_nom", "pressure_class", "households", "user_class", "upstream", "parent", "battery",
                  "valve", "latched", "level", "ptrip", "fault", "gas", "pressure", "inlet", "gas_fn", "p_fn",
                  "inlet_fn", "dynamic", "pending", "rise_since", "trip_since", "low_batt_sent", "radio",
-                 "last_t", "downlink", "stats")
+                 "last_t", "downlink")
 
     def __init__(self, dev, key, profile, rng, *, config=None, pressure_class="low", households=0,
                  user_class="residential", upstream=None, fcnt=1, downlink=True):
@@ -118,14 +118,13 @@ class SimNode:
         self.p_fn = None
         self.inlet_fn = None
         self.dynamic = False
-        self.pending = {}                 # (frame type, seq) -> Pending
+        self.pending = None               # (frame type, seq) -> Pending; made on the first alarm (memory)
         self.rise_since = None
         self.trip_since = None
         self.low_batt_sent = False
         self.radio = Radio(rng)
         self.last_t = 0.0
         self.downlink = downlink
-        self.stats = None
 
     # -- state -------------------------------------------------------------------------------------
     def state(self):
@@ -213,6 +212,8 @@ class SimNode:
         return f
 
     def _track(self, ftype, seq, f, t):
+        if self.pending is None:
+            self.pending = {}
         self.pending[(ftype, seq)] = Pending(f, t, t + RETX_S[0])
 
     def boot_event(self, t, cause=1):
@@ -221,12 +222,12 @@ class SimNode:
 
     def next_retx(self):
         """Virtual time of the next retransmission due, or None."""
-        return min((p.next_t for p in self.pending.values()), default=None)
+        return min((p.next_t for p in self.pending.values()), default=None) if self.pending else None
 
     def retransmits(self, t):
         """Copies of unacked alarms/events due at `t` (same aseq/eseq, a new counter at seal())."""
         out = []
-        for k in list(self.pending):
+        for k in list(self.pending or ()):
             p = self.pending[k]
             if p.next_t > t:
                 continue
@@ -338,7 +339,7 @@ class SimNode:
             return e.reason, []
         self.last_down = f["fcnt"]
         if f["type"] == "ack":
-            p = self.pending.pop((f["ref_type"], f["ref"]), None)
+            p = self.pending.pop((f["ref_type"], f["ref"]), None) if self.pending else None
             return ("ack" if p is not None else "ack_stale"), []
         if f["type"] != "command":
             return "type", []
