@@ -334,3 +334,61 @@ class UdpTransport:
         self.stats["push_unacked"] = len(self.unacked_push)
         self.up.close()
         self.down.close()
+
+
+class OverlapTransport:
+    """Several gateways hearing one fleet (issue 8 scale-out): each node has a home transport, and a share
+    `overlap` of the nodes is also heard by the next one, as a node between two substations is.
+
+    Which nodes overlap depends only on the device id, so runs are repeatable. Downlinks from every
+    transport come back to the fleet (a node takes an ack from whichever gateway sends it first; the copy
+    from the other gateway is then a replay or a stale ack, as on air).
+    """
+
+    def __init__(self, transports, overlap=0.0):
+        if len(transports) < 2:
+            raise TransportError("overlap needs at least two transports")
+        if not 0.0 <= overlap <= 1.0:
+            raise TransportError("overlap is a share of the nodes, 0.0 to 1.0")
+        self.transports = list(transports)
+        self.overlap = overlap
+        self.has_downlink = any(t.has_downlink for t in transports)
+        self.heard_twice = 0
+
+    def route(self, dev):
+        """Indexes of the transports that hear `dev`: its home, and the next one for the overlapping share."""
+        h = (dev * 2654435761) & 0xFFFFFFFF            # Knuth multiplicative hash: spreads sequential ids
+        home = h % len(self.transports)
+        if (h >> 8) % 10_000 < self.overlap * 10_000:
+            return (home, (home + 1) % len(self.transports))
+        return (home,)
+
+    def send(self, batch):
+        parts = [[] for _ in self.transports]
+        for item in batch:
+            r = self.route(item[1].dev)
+            if len(r) > 1:
+                self.heard_twice += 1
+            for i in r:
+                parts[i].append(item)
+        for t, part in zip(self.transports, parts):
+            if part:
+                t.send(part)
+
+    def receive(self):
+        out = []
+        for t in self.transports:
+            if t.has_downlink:
+                out.extend(t.receive())
+        return out
+
+    @property
+    def stats(self):
+        d = {"heard_twice": self.heard_twice}
+        for i, t in enumerate(self.transports):
+            d.update({f"{i}.{k}": v for k, v in t.stats.items()})
+        return d
+
+    def close(self):
+        for t in self.transports:
+            t.close()
