@@ -208,3 +208,17 @@ def test_runs_in_sequence_continue_the_clock_and_the_demo_story_plays_both(devs)
     assert min(r["vt"] for r in later) >= 900.0 and rep2.alarms["raised"] >= 2
     assert min(r["vt"] for r in later if r["type"] == "alarm") >= 960.0
     assert len(oracle.frames) == len(fleet.records)                 # every frame verified: no counter reused
+
+
+def test_scheduled_actions_send_what_they_return(devs):
+    """fleet.at() is how a scenario injects frames at a virtual time: here, a power cut and BOOT events."""
+    oracle = Oracle({d.dev_id: d.key for d in devs})
+    fleet = Fleet.from_devices(devs, CallbackTransport(lambda raw, node: [oracle.reply(oracle.accept(raw))]
+                                                       if raw[0] >> 3 & 7 == const.EVENT else []), record=True)
+    homes = fleet.households()[:3]
+    fleet.at(42.0, lambda fl, t: [n.boot_event(t, cause=2) for n in homes])
+    rep = fleet.run("quiet", duration=100, realtime=False)
+    boots = [r for r in fleet.records if r["type"] == "event"]
+    assert [(r["dev"], r["vt"], r["code"]) for r in boots] == [(n.dev, 42.0, const.EV_BOOT) for n in homes]
+    got = [f for f in oracle.frames if f["type"] == "event"]
+    assert all(f["data"] == bytes([2, 0, 1, 1]) for f in got) and rep.downlinks == {"ack": 3}
