@@ -1,6 +1,7 @@
 """`gasguard sim district` and `gasguard sim fleet` as a technician or a script runs them."""
 
 import json
+import time
 
 from click.testing import CliRunner
 
@@ -45,3 +46,48 @@ def test_fleet_refuses_bad_arguments_with_exit_2(tmp_path):
     assert r.exit_code == 2 and "loopback" in r.output
     r = CliRunner().invoke(cli, ["sim", "fleet", "--registry", str(reg), "--param", "count"])
     assert r.exit_code == 2 and "NAME=VALUE" in r.output
+
+
+def test_fleet_to_two_udp_gateways_with_overlap(tmp_path):
+    import socket
+    import threading
+
+    reg = tmp_path / "d.db"
+    CliRunner().invoke(cli, ["sim", "district", "--registry", str(reg), "--scale", "0.01", "--households", "40"])
+    socks, got, stop = [], [0, 0], threading.Event()
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.02)
+        socks.append(s)
+
+    def drain(i):                      # read while the fleet sends: a full socket buffer drops datagrams
+        while not stop.is_set():
+            try:
+                dg = socks[i].recv(65535)
+            except socket.timeout:
+                continue
+            if dg[3] == 0:             # PUSH_DATA
+                got[i] += len(json.loads(dg[12:]).get("rxpk", []))
+
+    readers = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for t in readers:
+        t.start()
+    args = ["sim", "fleet", "--registry", str(reg), "--transport", "udp", "--overlap", "0.5", "--fast",
+            "--duration", "900", "--json"]
+    for s in socks:
+        args += ["--target", f"127.0.0.1:{s.getsockname()[1]}"]
+    try:
+        r = CliRunner().invoke(cli, args)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(2)
+        for s in socks:
+            s.close()
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{"):])
+    t = rep["transport"]
+    assert t["heard_twice"] > 0 and got == [t["0.frames"], t["1.frames"]]
+    assert sum(got) == rep["frames"] + t["heard_twice"]

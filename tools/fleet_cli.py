@@ -29,9 +29,11 @@ def _param(items):
 @click.option("--registry", "path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="registry with the devices (and keys) to simulate, e.g. from 'gasguard sim district'")
 @click.option("--transport", type=click.Choice(["pty", "udp"]), default="pty", show_default=True)
-@click.option("--target", default=None,
+@click.option("--target", "targets", multiple=True,
               help="pty: a path to symlink to the pty's slave device (optional); udp: 127.0.0.1:PORT of the "
-                   "gateway's packet-forwarder port (required)")
+                   "gateway's packet-forwarder port (required; repeat it for several gateways, see --overlap)")
+@click.option("--overlap", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="udp with several --target: share of the nodes heard by two gateways")
 @click.option("--scenario", type=click.Choice(sorted(SCENARIOS)), default="quiet", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="scenario parameter, repeatable: target=0x03000001, count=100, pclass=subhigh_a, start=30 ...")
@@ -54,7 +56,7 @@ def _param(items):
 @click.option("--wall-timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-frames", type=click.IntRange(1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def fleet(path, transport, target, scenario, params, duration, speed, fast, rate, households, seed, log_path,
+def fleet(path, transport, targets, overlap, scenario, params, duration, speed, fast, rate, households, seed, log_path,
           state_path, delay, wall_timeout, max_frames, as_json):
     """Simulated household and station nodes speaking protocol v1 to a gateway, playing a scenario.
 
@@ -69,17 +71,27 @@ def fleet(path, transport, target, scenario, params, duration, speed, fast, rate
 
     from gasguard.tools import scenarios
     from gasguard.tools.fleet import Fleet
-    from gasguard.tools.fleet_transport import PtyTransport, TransportError, UdpTransport
+    from gasguard.tools.fleet_transport import OverlapTransport, PtyTransport, TransportError, UdpTransport
 
     try:
         scen = scenarios.make(scenario, **dict(_param(params), seed=seed))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--param")
-    if transport == "udp" and not target:
+    if transport == "udp" and not targets:
         raise click.BadParameter("udp needs the gateway's port, e.g. --target 127.0.0.1:1700", param_hint="--target")
+    if transport == "pty" and len(targets) > 1:
+        raise click.BadParameter("a pty takes one --target (the symlink to make)", param_hint="--target")
+    target = targets[0] if targets else None
+    links = []
     try:
-        link = PtyTransport(link=target) if transport == "pty" else UdpTransport(target)
+        if transport == "pty":
+            link = PtyTransport(link=target)
+        else:
+            links = [UdpTransport(t) for t in targets]
+            link = OverlapTransport(links, overlap) if len(links) > 1 else links[0]
     except TransportError as e:
+        for t in links:
+            t.close()
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2 if transport == "udp" else 1)
     try:
@@ -89,8 +101,8 @@ def fleet(path, transport, target, scenario, params, duration, speed, fast, rate
         link.close()
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2)
-    where = f"pty {link.port}" + (f" (linked from {target})" if transport == "pty" and target else "") \
-        if transport == "pty" else f"udp {target}"
+    where = f"pty {link.port}" + (f" (linked from {target})" if target else "") \
+        if transport == "pty" else f"udp {', '.join(targets)}" + (f", overlap {overlap}" if len(targets) > 1 else "")
     click.echo(f"{len(fl.nodes):,} nodes, scenario {scen.name}, {where}"
                + (f", counters resumed for {resumed:,}" if resumed else ""), err=True)
     signal.signal(signal.SIGTERM, lambda *_: fl.stop())
