@@ -1,6 +1,7 @@
 """Scenarios against an in-process receiver that verifies every frame (MIC, counter) with the keys."""
 
 import json
+import time
 
 import pytest
 
@@ -222,3 +223,29 @@ def test_scheduled_actions_send_what_they_return(devs):
     assert [(r["dev"], r["vt"], r["code"]) for r in boots] == [(n.dev, 42.0, const.EV_BOOT) for n in homes]
     got = [f for f in oracle.frames if f["type"] == "event"]
     assert all(f["data"] == bytes([2, 0, 1, 1]) for f in got) and rep.downlinks == {"ack": 3}
+
+
+def test_downlinks_handed_in_from_another_thread_reach_the_node(devs):
+    """The demo bridges acks from MQTT in its own thread: deliver_downlink() queues them for the run loop."""
+    import threading
+
+    oracle = Oracle({d.dev_id: d.key for d in devs})
+    fleet = Fleet.from_devices(devs, CallbackTransport(lambda raw, node: (oracle.accept(raw), [])[1]), speed=200.0)
+    queued = []
+
+    def bridge():
+        # ack every alarm seen so far, from this thread, while the fleet runs
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not queued:
+            alarms = [f for f in oracle.frames if f["type"] == "alarm"]
+            if alarms:
+                f = alarms[0]
+                queued.append(fleet.deliver_downlink(oracle.downlink(f["dev"], {"type": "ack", "ref_type": 1,
+                                                                                 "ref": f["aseq"], "result": 0})))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=bridge)
+    t.start()
+    rep = fleet.run("single_leak", duration=200, params={"seed": 5}, wall_timeout=10)
+    t.join()
+    assert queued == [[]] and rep.downlinks.get("ack") == 1 and rep.alarms["acked"] == 1

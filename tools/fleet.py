@@ -22,6 +22,7 @@ not refused as a replay.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import json
 import os
@@ -101,6 +102,8 @@ class Fleet:
         self.now = 0.0            # virtual clock; it keeps running across run() calls
         self.t0 = 0.0             # virtual time the current run started at (scenarios offset from it)
         self._started = False
+        self._run_thread = None   # thread id while run() is going on
+        self._inbox = collections.deque()         # downlinks handed in from other threads
 
     # -- building a fleet --------------------------------------------------------------------------
     @classmethod
@@ -225,7 +228,15 @@ class Fleet:
     def deliver_downlink(self, raw: bytes) -> list:
         """Hand one downlink frame (bytes) to its node, as if it came over the transport.
 
-        Returns the (raw, node) uplinks it caused (acks to commands, events), already sent."""
+        From the thread running run() (or when no run is going on) it is handled at once and the (raw, node)
+        uplinks it caused (acks to commands, events) are returned, already sent. From any other thread it is
+        queued for the running loop (handled within a few ms) and [] is returned.
+        """
+        if self._run_thread is not None and self._run_thread != threading.get_ident():
+            self._inbox.append(bytes(raw))        # deque.append is atomic: no lock needed
+            return []
+        if self.report is None:
+            self.report = FleetReport(scenario="none", nodes=len(self.nodes))
         return self._downlinks([raw])
 
     def _downlinks(self, raws):
@@ -344,6 +355,7 @@ class Fleet:
         self._log = open(self.log_path, "a", buffering=1 << 16) if self.log_path else None
         w0 = time.monotonic()
         heap = self._heap
+        self._run_thread = threading.get_ident()
         try:
             while not self._stop.is_set():
                 wall = time.monotonic() - w0
@@ -370,10 +382,11 @@ class Fleet:
                         if lag > rep.max_lag_s:
                             rep.max_lag_s = round(lag, 4)
                 self.now = max(self.now, min(vnow, end))
-                if self.transport.has_downlink:
-                    downs = self.transport.receive()
-                    if downs:
-                        self._downlinks(downs)
+                downs = self.transport.receive() if self.transport.has_downlink else []
+                while self._inbox:
+                    downs.append(self._inbox.popleft())
+                if downs:
+                    self._downlinks(downs)
                 if max_frames is not None and rep.frames >= max_frames:
                     rep.stopped_by = "max_frames"
                     break
@@ -389,6 +402,7 @@ class Fleet:
         except KeyboardInterrupt:
             rep.stopped_by = "interrupted"
         finally:
+            self._run_thread = None
             if self._log:
                 self._log.close()
                 self._log = None
