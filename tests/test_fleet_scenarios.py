@@ -249,3 +249,14 @@ def test_downlinks_handed_in_from_another_thread_reach_the_node(devs):
     rep = fleet.run("single_leak", duration=200, params={"seed": 5}, wall_timeout=10)
     t.join()
     assert queued == [[]] and rep.downlinks.get("ack") == 1 and rep.alarms["acked"] == 1
+
+
+def test_a_fleet_is_made_from_a_registry_path_or_devices(devs, tmp_path):
+    path = tmp_path / "d.db"
+    district.write(path, seed=11, scale=0.05, households=400, sim_keys=True)
+    a = Fleet(str(path), CallbackTransport(lambda raw, node: []))
+    b = Fleet(devs, CallbackTransport(lambda raw, node: []))
+    assert [(n.dev, n.key, n.profile, n.upstream) for n in a.nodes] == \
+        [(n.dev, n.key, n.profile, n.upstream) for n in sorted(b.nodes, key=lambda n: n.dev)]
+    with pytest.raises(FileNotFoundError, match="gasguard sim district"):
+        Fleet(str(tmp_path / "missing.db"), CallbackTransport(lambda raw, node: []))

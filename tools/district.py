@@ -153,7 +153,7 @@ def generate(seed: int = 1, scale: float = 1.0, households: int = 2000, sim_keys
             upstream[b] = f
             pclass[b] = "medium_a"
         pos += 12
-    coords = []
+    coords: list[tuple[float, float]] = []
     for i, k in enumerate(kinds):
         dev_id = STATION_BASE + i + 1
         lat, lon = rng.uniform(LAT0, LAT1), rng.uniform(LON0, LON1)

@@ -2,7 +2,7 @@
 
     from gasguard.tools.fleet import Fleet
     from gasguard.tools.fleet_transport import PtyTransport
-    fleet = Fleet.from_registry("district.db", PtyTransport(), speed=60)
+    fleet = Fleet("district.db", PtyTransport(), speed=60)       # or a list of Devices / SimNodes
     report = fleet.run("single_leak", duration=600)      # virtual seconds
     print(report.as_dict())
 
@@ -30,6 +30,7 @@ import random
 import sqlite3
 import threading
 import time
+import typing
 from dataclasses import dataclass, field
 
 from gasguard.protocol import ProtocolError, frame
@@ -72,12 +73,21 @@ class FleetReport:
 class Fleet:
     """Simulated nodes plus a transport. See the module docstring and tools/SIMULATOR.md."""
 
-    def __init__(self, nodes: list[SimNode], transport, *, seed: int = 0, speed: float = 60.0, rate: float = 0.0,
+    def __init__(self, source, transport, *, seed: int = 0, speed: float = 60.0, rate: float = 0.0,
                  log: str | os.PathLike | None = None, record: bool = False, on_foreign=None):
+        """`source`: a registry path, a list of registry Devices, or a list of SimNodes."""
         if speed <= 0:
             raise ValueError("speed must be above 0 (virtual seconds per wall second)")
         if rate < 0:
             raise ValueError("rate must be 0 (no limit) or a number of frames per second")
+        if isinstance(source, (str, os.PathLike)):
+            nodes = registry_nodes(source, seed)
+        elif source and not isinstance(source[0], SimNode):
+            nodes = device_nodes(source, seed)
+        else:
+            nodes = list(source)
+        if not nodes:
+            raise ValueError("a fleet needs at least one node")
         self.nodes = nodes
         self.by_dev = {n.dev: n for n in nodes}
         for n in nodes:
@@ -89,7 +99,7 @@ class Fleet:
         self.speed = speed
         self.rate = rate
         self.log_path = log
-        self.records = [] if record else None     # every frame sent, as logged (tests, oracles)
+        self.records: list[dict] | None = [] if record else None     # every frame sent, as logged (tests, oracles)
         # mixed benches: downlinks for devices that are not in this fleet (e.g. a virtual board sharing
         # the line) go to on_foreign(raw) instead of being counted as unknown
         self.on_foreign = on_foreign
@@ -97,56 +107,29 @@ class Fleet:
         self._heap: list = []
         self._seq = 0
         self._retx_at: dict[int, float] = {}
-        self._log = None
+        self._log: typing.TextIO | None = None
         self.report: FleetReport | None = None
         self.now = 0.0            # virtual clock; it keeps running across run() calls
         self.t0 = 0.0             # virtual time the current run started at (scenarios offset from it)
         self._started = False
-        self._run_thread = None   # thread id while run() is going on
-        self._inbox = collections.deque()         # downlinks handed in from other threads
+        self._run_thread: int | None = None   # thread id while run() is going on
+        self._inbox: collections.deque[bytes] = collections.deque()         # downlinks handed in from other threads
 
     # -- building a fleet --------------------------------------------------------------------------
     @classmethod
     def from_registry(cls, path, transport, *, households: int | None = None, stations: bool = True,
                       seed: int = 0, **kw) -> "Fleet":
-        """Nodes for the commissioned/provisioned devices of a registry (keys read from it).
+        """Nodes for the active devices of a registry file (keys read from it).
 
         `households` caps how many household-profile nodes are loaded (None = all), `stations=False` leaves
         regulator stations out.
         """
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"registry {path} does not exist: make one with 'gasguard sim district "
-                                    f"--registry {path}'")
-        rng = random.Random(seed ^ 0x5EED)
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT dev_id, key, profile, config, pressure_class, households, user_class, upstream "
-                              "FROM devices WHERE state != 'decommissioned' ORDER BY dev_id").fetchall()
-        finally:
-            db.close()
-        nodes, n_house = [], 0
-        for dev, key, profile, config, pclass, hh, uclass, up in rows:
-            if profile == "station" and not stations:
-                continue
-            if profile == "household":
-                if households is not None and n_house >= households:
-                    continue
-                n_house += 1
-            cfg = json.loads(config) if config and config != "{}" else None
-            nodes.append(SimNode(dev, bytes(key), profile, rng, config=cfg, pressure_class=pclass, households=hh,
-                                 user_class=uclass, upstream=up))
-        if not nodes:
-            raise ValueError(f"registry {path} has no active devices to simulate")
-        return cls(nodes, transport, seed=seed, **kw)
+        return cls(registry_nodes(path, seed, households, stations), transport, seed=seed, **kw)
 
     @classmethod
     def from_devices(cls, devices, transport, *, seed: int = 0, **kw) -> "Fleet":
         """Nodes for registry Device objects (e.g. straight from district.generate())."""
-        rng = random.Random(seed ^ 0x5EED)
-        nodes = [SimNode(d.dev_id, d.key, d.profile, rng, config=d.config, pressure_class=d.pressure_class,
-                         households=d.households, user_class=d.user_class, upstream=d.upstream)
-                 for d in devices if d.state != "decommissioned"]
-        return cls(nodes, transport, seed=seed, **kw)
+        return cls(device_nodes(devices, seed), transport, seed=seed, **kw)
 
     # -- counters kept across runs -------------------------------------------------------------------
     def load_counters(self, path) -> int:
@@ -411,6 +394,42 @@ class Fleet:
             rep.alarms["unacked"] = sum(1 for n in self.nodes for k in (n.pending or ()) if k[0] == 1)
             rep.transport = dict(self.transport.stats)
         return rep
+
+
+def registry_nodes(path, seed: int = 0, households: int | None = None, stations: bool = True) -> list[SimNode]:
+    """SimNodes for the active devices of the registry at `path` (read-only; keys come from it)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"registry {path} does not exist: make one with 'gasguard sim district "
+                                f"--registry {path}'")
+    rng = random.Random(seed ^ 0x5EED)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT dev_id, key, profile, config, pressure_class, households, user_class, upstream "
+                          "FROM devices WHERE state != 'decommissioned' ORDER BY dev_id").fetchall()
+    finally:
+        db.close()
+    nodes, n_house = [], 0
+    for dev, key, profile, config, pclass, hh, uclass, up in rows:
+        if profile == "station" and not stations:
+            continue
+        if profile == "household":
+            if households is not None and n_house >= households:
+                continue
+            n_house += 1
+        cfg = json.loads(config) if config and config != "{}" else None
+        nodes.append(SimNode(dev, bytes(key), profile, rng, config=cfg, pressure_class=pclass, households=hh,
+                             user_class=uclass, upstream=up))
+    if not nodes:
+        raise ValueError(f"registry {path} has no active devices to simulate")
+    return nodes
+
+
+def device_nodes(devices, seed: int = 0) -> list[SimNode]:
+    """SimNodes for registry Device objects (decommissioned ones left out)."""
+    rng = random.Random(seed ^ 0x5EED)
+    return [SimNode(d.dev_id, d.key, d.profile, rng, config=d.config, pressure_class=d.pressure_class,
+                    households=d.households, user_class=d.user_class, upstream=d.upstream)
+            for d in devices if d.state != "decommissioned"]
 
 
 def _alarm_name(code):
