@@ -5,6 +5,7 @@ import click
 from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
+from gasguard.tools.bench_fleet import fleet as fleet_bench
 
 
 @click.group()
@@ -34,6 +35,4 @@ def air():
                f"SF12 {airtime.max_payload_under(1_000_000, 12)} B")
 
 
-from gasguard.tools.bench_fleet import fleet as _fleet_bench  # noqa: E402  (the fleet simulator's figures)
-
-bench.add_command(_fleet_bench)
+bench.add_command(fleet_bench)
