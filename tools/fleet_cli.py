@@ -45,7 +45,7 @@ def _param(items):
 @click.option("--rate", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="at most this many frames per wall second (0: no limit)")
 @click.option("--households", type=click.IntRange(0), default=None, help="load at most this many household nodes")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="same seed, same noise and scenario targets")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="append one JSON line per frame sent (dev, fcnt, type, aseq, time) to this file")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
@@ -53,8 +53,9 @@ def _param(items):
                    "gateway that saw an earlier run refuses the frames as replays)")
 @click.option("--delay", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="wall seconds to wait before starting (time to start a gateway on the pty)")
-@click.option("--wall-timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--max-frames", type=click.IntRange(1), default=None)
+@click.option("--wall-timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="stop after this many wall seconds whatever the duration")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help="stop after sending this many frames")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def fleet(path, transport, targets, overlap, scenario, params, duration, speed, fast, rate, households, seed, log_path,
           state_path, delay, wall_timeout, max_frames, as_json):
