@@ -5,6 +5,8 @@ import click
 from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
+from gasguard.tools.bench_firmware import firmware_bench
+from gasguard.tools.bench_fleet import fleet as fleet_bench
 
 
 @click.group()
@@ -34,4 +36,5 @@ def air():
                f"SF12 {airtime.max_payload_under(1_000_000, 12)} B")
 
 
-from gasguard.tools.bench_firmware import firmware_bench; bench.add_command(firmware_bench)  # noqa: E402,E702
+bench.add_command(fleet_bench)
+bench.add_command(firmware_bench)

@@ -2,6 +2,10 @@
 
 import click
 
+from gasguard.tools.district_cli import district
+from gasguard.tools.fleet_cli import fleet
+from gasguard.tools.vboard_cli import vboard
+
 
 @click.group()
 def sim():
@@ -16,4 +20,7 @@ def demo(nodes):
 
     run_demo(nodes)
 
-from gasguard.tools.vboard_cli import vboard; sim.add_command(vboard)  # noqa: E402,E702
+
+sim.add_command(district)
+sim.add_command(fleet)
+sim.add_command(vboard)
