@@ -1,0 +1,39 @@
+"""The grading plugin for the gateway daemon: observations in, incident publications out.
+
+Enable it in the gateway config with `plugins = ["grading"]` and a `[grading]` table (keys in
+gateway/GRADING_README.md). The daemon calls `observe` for every accepted uplink after it is spooled,
+`tick` periodically with its (injectable) clock, and `on_message` for the topics in `subscriptions`; every
+returned `(topic, payload, lane)` is spooled and published at QoS 1. Incidents go on the "alarm" lane:
+they are never dropped.
+"""
+
+from __future__ import annotations
+
+from gasguard.gateway import grading as G
+from gasguard.gateway.incidents import IncidentEngine, command_subscriptions
+
+LANE = "alarm"
+
+
+class GradingPlugin:
+    name = "grading"
+
+    def __init__(self, config: dict | None = None, registry=None, downstream=None):
+        """`config`: the [grading] table (or the whole gateway config holding one); `registry`: a
+        gateway.registry.Registry used only for downstream lookups (or pass `downstream` directly)."""
+        self.cfg = G.load_config(config or {})
+        if downstream is None and registry is not None:
+            downstream = lambda dev_id: [d.public() for d in registry.downstream(dev_id) if d.active]  # noqa: E731
+        self.engine = IncidentEngine(self.cfg, downstream=downstream)
+        self.subscriptions: list[str] = command_subscriptions(self.cfg)
+
+    def observe(self, obs: dict) -> list[tuple[str, dict, str]]:
+        return [(t, p, LANE) for t, p in self.engine.observe(obs)]
+
+    def tick(self, now: float) -> list[tuple[str, dict, str]]:
+        return [(t, p, LANE) for t, p in self.engine.tick(now)]
+
+    def on_message(self, topic: str, payload: dict, now: float) -> list[tuple[str, dict, str]]:
+        if not isinstance(payload, dict):
+            payload = {}
+        return [(t, p, LANE) for t, p in self.engine.on_message(topic, payload, now)]
