@@ -26,6 +26,12 @@ class GradingPlugin:
             downstream = lambda dev_id: [d.public() for d in registry.downstream(dev_id) if d.active]  # noqa: E731
         self.engine = IncidentEngine(self.cfg, downstream=downstream)
         self.subscriptions: list[str] = command_subscriptions(self.cfg)
+        self._registry = None            # owned (and closed) when make_plugin opened it
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
 
     def observe(self, obs: dict) -> list[tuple[str, dict, str]]:
         return [(t, p, LANE) for t, p in self.engine.observe(obs)]
@@ -37,3 +43,20 @@ class GradingPlugin:
         if not isinstance(payload, dict):
             payload = {}
         return [(t, p, LANE) for t, p in self.engine.on_message(topic, payload, now)]
+
+
+def make_plugin(options: dict, context) -> GradingPlugin:
+    """Factory for the daemon's PLUGINS registry: `[plugins.grading]` options + the daemon's context.
+
+    The district and gateway id come from the gateway's own config unless the options set them."""
+    opts = dict(options or {})
+    opts.setdefault("district", context.district)
+    opts.setdefault("gateway_id", context.gateway_id)
+    registry = None
+    if getattr(context, "registry_path", None):
+        from gasguard.gateway.registry import Registry
+        registry = Registry(context.registry_path, readonly=True)
+    plugin = GradingPlugin(opts, registry=registry)
+    plugin._registry = registry
+    return plugin
+

@@ -74,6 +74,7 @@ class Incident:
         self.warning_reasons: list[str] = []
         self.households = 0
         self.households_confirmed = 0
+        self.households_peak = 0
 
     def add_timeline(self, t: float, text: str, **data) -> None:
         if len(self.timeline) == self.timeline.maxlen:
@@ -410,7 +411,10 @@ class IncidentEngine:
         if inc.kind == "supply":
             cur = sum(d.get("households") or 0 for d in self._affected(inc, now, False).values())
             conf = sum(d.get("households") or 0 for d in self._affected(inc, now, True).values())
-            inc.households = max(inc.households, cur) if inc.status == "resolved" else cur
+            inc.households_peak = max(inc.households_peak, cur)
+            # once every station is back, the final report grades what the incident reached
+            ended = all(st["restored_at"] is not None for st in inc.stations.values())
+            inc.households = inc.households_peak if ended else cur
             inc.households_confirmed = max(inc.households_confirmed, conf)
             lv = G.households_level(cfg, inc.households)
             if lv is not None:
