@@ -64,7 +64,7 @@ class IncidentBoard:
         with self._lock:
             items = [m for m in self.incidents.values()
                      if m["status"] == "open" or now - (m.get("resolved_at") or now) < self.keep_resolved_s]
-        return sorted(items, key=lambda m: (m["status"] != "open", m["level"] or 9, _SEVERITY[m["warning"]],
+        return sorted(items, key=lambda m: (m["status"] != "open", _SEVERITY[m["warning"]], m["level"] or 9,
                                             m["detected_at"]))
 
 

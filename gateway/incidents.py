@@ -76,10 +76,10 @@ class Incident:
         self.households_confirmed = 0
         self.households_peak = 0
 
-    def add_timeline(self, t: float, text: str, **data) -> None:
+    def add_timeline(self, t: float, text: str, zh: str, **data) -> None:
         if len(self.timeline) == self.timeline.maxlen:
             self.timeline_dropped += 1            # bounded: the oldest entry goes, and is counted
-        self.timeline.append({"t": t, "text": text, **data})
+        self.timeline.append({"t": t, "text": text, "text_zh": zh, **data})
 
     def add_measure(self, t: float, text: str, text_zh: str) -> None:
         if not any(m["text"] == text for m in self.measures):
@@ -223,7 +223,9 @@ class IncidentEngine:
             text = {"upso": "slam-shut tripped on under-pressure (UPSO)", "opso":
                     "slam-shut tripped on over-pressure (OPSO)", "valve": "station valve closed",
                     "outlet": "outlet pressure lost"}.get(cause, cause)
-            inc.add_timeline(detected, f"{dev.get('site_name') or dev['dev']}: {text}", dev=dev["dev"],
+            zh = {"upso": "欠压切断阀动作（UPSO）", "opso": "超压切断阀动作（OPSO）", "valve": "调压站阀门关闭",
+                  "outlet": "出口压力丧失"}.get(cause, cause)
+            inc.add_timeline(detected, f"{_site(dev)}: {text}", f"{_site(dev)}：{zh}，停止供气", dev=dev["dev"],
                              pressure_pa=fr.get("pressure") if typ == "reading" else fr.get("value"))
             if cause in ("upso", "opso", "valve"):
                 inc.add_measure(detected, f"station {dev['dev']} shut off automatically at "
@@ -234,7 +236,7 @@ class IncidentEngine:
         if inc is None or did not in inc.stations or inc.stations[did]["restored_at"] is not None:
             return set()
         inc.stations[did]["restored_at"] = t
-        inc.add_timeline(t, f"{dev.get('site_name') or dev['dev']}: supply restored ({cause})", dev=dev["dev"],
+        inc.add_timeline(t, f"{_site(dev)}: supply restored ({cause})", f"{_site(dev)}：恢复供气", dev=dev["dev"],
                          pressure_pa=fr.get("pressure"))
         inc.add_measure(t, f"station {dev['dev']} supply restored at {self._hms(t)}",
                         f"调压站{dev.get('site_name') or dev['dev']}于{self._hms(t)}恢复供气")
@@ -278,7 +280,7 @@ class IncidentEngine:
                 if inc is None:
                     return set()
                 inc.members[did]["cleared_at"] = t
-                inc.add_timeline(t, f"{dev.get('site_name') or dev['dev']}: gas alarm cleared", dev=dev["dev"],
+                inc.add_timeline(t, f"{_site(dev)}: gas alarm cleared", f"{_site(dev)}：燃气报警解除", dev=dev["dev"],
                                  gas_lel=_lel(fr.get("value")))
                 return {inc} | self._maybe_resolve_leak(inc, t)
             detected = t - float(fr.get("age") or 0)
@@ -289,8 +291,9 @@ class IncidentEngine:
                 inc = self._new("leak", dev, detected, t)
             inc.members[did] = {"device": dev, "t": detected, "gas": fr.get("value"), "cleared_at": None,
                                 "valve": st.get("valve")}
-            inc.add_timeline(detected, f"{dev.get('site_name') or dev['dev']}: gas alarm "
-                             f"{_lel(fr.get('value'))} %LEL", dev=dev["dev"], gas_lel=_lel(fr.get("value")))
+            inc.add_timeline(detected, f"{_site(dev)}: gas alarm {_lel(fr.get('value'))} %LEL",
+                             f"{_site(dev)}：燃气浓度 {_lel(fr.get('value'))} %LEL 报警", dev=dev["dev"],
+                             gas_lel=_lel(fr.get("value")))
             if st.get("valve") == VALVE_CLOSED:
                 inc.add_measure(detected, f"valve at {dev['dev']} closed automatically at {self._hms(detected)}",
                                 f"{dev.get('address') or dev['dev']}处阀门于{self._hms(detected)}自动关闭")
@@ -312,7 +315,7 @@ class IncidentEngine:
             inc.add_measure(t, f"valve at {dev['dev']} closed at {self._hms(t)}",
                             f"{dev.get('address') or dev['dev']}处阀门于{self._hms(t)}关闭")
         elif valve == VALVE_OPEN:
-            inc.add_timeline(t, f"{dev.get('site_name') or dev['dev']}: valve re-opened", dev=dev["dev"])
+            inc.add_timeline(t, f"{_site(dev)}: valve re-opened", f"{_site(dev)}：阀门已重新开启", dev=dev["dev"])
         return {inc} | self._maybe_resolve_leak(inc, t)
 
     def _maybe_resolve_leak(self, inc, t) -> set:
@@ -367,12 +370,16 @@ class IncidentEngine:
             return set()
         if state["warning"]:
             inc.add_timeline(t, f"inlet {fr['inlet'] / 1e6:.3f} MPa under {state['bound_mpa']} MPa "
-                             f"({dev['pressure_class']}) and still falling", dev=dev["dev"], inlet_pa=fr["inlet"])
+                             f"({dev['pressure_class']}) and still falling",
+                             f"进口压力 {fr['inlet'] / 1e6:.3f} MPa，低于 {state['bound_mpa']} MPa 且仍持续下降",
+                             dev=dev["dev"], inlet_pa=fr["inlet"])
         elif state["below"]:
-            inc.add_timeline(t, f"inlet {fr['inlet'] / 1e6:.3f} MPa: pressure recovering", dev=dev["dev"],
+            inc.add_timeline(t, f"inlet {fr['inlet'] / 1e6:.3f} MPa: pressure recovering",
+                             f"进口压力 {fr['inlet'] / 1e6:.3f} MPa，压力回升", dev=dev["dev"],
                              inlet_pa=fr["inlet"])
         else:
-            inc.add_timeline(t, f"inlet {fr['inlet'] / 1e6:.3f} MPa: back above the bound", dev=dev["dev"],
+            inc.add_timeline(t, f"inlet {fr['inlet'] / 1e6:.3f} MPa: back above the bound",
+                             f"进口压力 {fr['inlet'] / 1e6:.3f} MPa，已恢复至限值以上", dev=dev["dev"],
                              inlet_pa=fr["inlet"])
             self._regrade(inc, t)
             self._resolve(inc, t, "inlet pressure recovered")
@@ -456,7 +463,7 @@ class IncidentEngine:
             inc.status = "resolved"
             inc.resolved_at = now
             inc.escalation = None
-            inc.add_timeline(now, f"resolved: {why}")
+            inc.add_timeline(now, f"resolved: {why}", "事件结束：" + _WHY_ZH.get(why, why))
 
     def _publish_changed(self, changed: set, now: float) -> list:
         out = []
@@ -478,6 +485,15 @@ class IncidentEngine:
 
     def _hms(self, t: float) -> str:
         return G.local_time(self.cfg, t).strftime("%H:%M:%S")
+
+
+_WHY_ZH = {"supply restored at every station": "各调压站均已恢复供气", "gas alarm cleared": "燃气报警解除",
+           "gas cleared and valves re-opened": "燃气浓度恢复正常且阀门已重新开启",
+           "inlet pressure recovered": "进口压力已恢复", "closed by the command": "指挥部确认结束"}
+
+
+def _site(dev: dict) -> str:
+    return dev.get("site_name") or dev["dev"]
 
 
 def _lel(v) -> float | None:

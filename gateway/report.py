@@ -172,7 +172,7 @@ def render_zh(cfg: dict, msg: dict) -> str:
     lines.append(f"四、事件类别：{G.CATEGORY_NAMES_ZH[r['category']]}")
     lines.append("五、基本过程：")
     for e in r["what_happened"]["timeline"]:
-        lines.append(f"    {e['time'][11:19]} {e['text']}")
+        lines.append(f"    {e['time'][11:19]} {e.get('text_zh') or e['text']}")
     hh = r.get("households_cut_off")
     if hh:
         lines.append(f"    停气居民户数：预计 {hh['projected']} 户，已连续停气24小时以上 {hh['confirmed_24h']} 户")

@@ -35,7 +35,7 @@ def test_board_keeps_latest_revision_only():
     first = msgs[0]
     assert board.apply(first) is False                    # an old revision arriving late
     assert board.get(first["incident_id"])["kind"] == "escalation"
-    assert [m["level"] for m in board.rows(T0 + 1200)] == [3, 4]     # most severe first
+    assert [m["level"] for m in board.rows(T0 + 1200)] == [3, 4]     # most severe warning first
 
 
 def test_render_board_shows_warning_colour_level_households_deadlines():

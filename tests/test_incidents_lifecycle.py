@@ -173,7 +173,7 @@ def test_leak_resolves_when_gas_clears_and_valve_reopens():
     assert payloads(out)[0]["status"] == "open"                                 # valve still latched shut
     out = check(eng.observe(reading(h, T0 + 4000, pressure=2000, valve=0)))
     msg = payloads(out)[0]
-    assert msg["kind"] == "final" and "valve re-opened" in msg["text_zh"]
+    assert msg["kind"] == "final" and "阀门已重新开启" in msg["text_zh"]
 
 
 # --- network pressure (plan 3.3.1(2)) ------------------------------------------------------------------------
