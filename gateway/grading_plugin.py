@@ -26,12 +26,9 @@ class GradingPlugin:
             downstream = lambda dev_id: [d.public() for d in registry.downstream(dev_id) if d.active]  # noqa: E731
         self.engine = IncidentEngine(self.cfg, downstream=downstream)
         self.subscriptions: list[str] = command_subscriptions(self.cfg)
-        self._registry = None            # owned (and closed) when make_plugin opened it
 
     def close(self) -> None:
-        if self._registry is not None:
-            self._registry.close()
-            self._registry = None
+        pass
 
     def observe(self, obs: dict) -> list[tuple[str, dict, str]]:
         return [(t, p, LANE) for t, p in self.engine.observe(obs)]
@@ -45,6 +42,17 @@ class GradingPlugin:
         return [(t, p, LANE) for t, p in self.engine.on_message(topic, payload, now)]
 
 
+def registry_downstream(path):
+    """downstream(dev_id) reading the registry file at each call: station trips are rare, the file is
+    written by the technician CLI meanwhile, and an SQLite connection must not cross threads."""
+    from gasguard.gateway.registry import Registry
+
+    def downstream(dev_id: int) -> list[dict]:
+        with Registry(path, readonly=True) as reg:
+            return [d.public() for d in reg.downstream(dev_id) if d.active]
+    return downstream
+
+
 def make_plugin(options: dict, context) -> GradingPlugin:
     """Factory for the daemon's PLUGINS registry: `[plugins.grading]` options + the daemon's context.
 
@@ -52,11 +60,5 @@ def make_plugin(options: dict, context) -> GradingPlugin:
     opts = dict(options or {})
     opts.setdefault("district", context.district)
     opts.setdefault("gateway_id", context.gateway_id)
-    registry = None
-    if getattr(context, "registry_path", None):
-        from gasguard.gateway.registry import Registry
-        registry = Registry(context.registry_path, readonly=True)
-    plugin = GradingPlugin(opts, registry=registry)
-    plugin._registry = registry
-    return plugin
-
+    path = getattr(context, "registry_path", None)
+    return GradingPlugin(opts, downstream=registry_downstream(path) if path else None)
