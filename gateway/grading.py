@@ -70,6 +70,7 @@ DEFAULTS: dict = {
     "reack_on_upgrade": True,             # a higher level or warning needs a new acknowledgement
     "resolved_keep_s": 3600.0,            # a resolved incident answers sync requests this long
     "history_len": 64,                    # readings kept per incident (bounded; overflow counted)
+    "state_path": "",                     # incident state file ("" = next to the registry, see the plugin)
 }
 
 _WARN_IDX = {w: i for i, w in enumerate(WARNINGS)}

@@ -76,6 +76,22 @@ class Incident:
         self.households_confirmed = 0
         self.households_peak = 0
 
+    def to_dict(self) -> dict:
+        d = dict(vars(self))
+        d["timeline"] = list(self.timeline)
+        d["stations"] = {str(k): v for k, v in self.stations.items()}
+        d["members"] = {str(k): v for k, v in self.members.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, cfg: dict, d: dict) -> "Incident":
+        inc = cls.__new__(cls)
+        vars(inc).update(d)
+        inc.timeline = deque(d["timeline"], maxlen=cfg["history_len"])
+        inc.stations = {int(k): v for k, v in d["stations"].items()}
+        inc.members = {int(k): v for k, v in d["members"].items()}
+        return inc
+
     def add_timeline(self, t: float, text: str, zh: str, **data) -> None:
         if len(self.timeline) == self.timeline.maxlen:
             self.timeline_dropped += 1            # bounded: the oldest entry goes, and is counted
@@ -100,6 +116,19 @@ class IncidentEngine:
         self.incidents: dict[str, Incident] = {}
         self.inlet: dict[int, deque] = {}           # station dev_id -> (t, inlet Pa), bounded
         self._seen_alarms: deque = deque(maxlen=4096)   # (dev, aseq, code, cleared): retransmissions
+
+    # --- state across restarts (the plugin writes it to disk) ---------------------------------------
+    def snapshot(self) -> dict:
+        """Everything needed to carry on after a restart (escalation must not stop with the process)."""
+        return {"schema": "gasguard.grading-state/1",
+                "incidents": [i.to_dict() for i in self.incidents.values()],
+                "inlet": {str(k): list(v) for k, v in self.inlet.items()}}
+
+    def restore(self, snap: dict) -> None:
+        if snap.get("schema") != "gasguard.grading-state/1":
+            raise ValueError(f"unknown grading state schema {snap.get('schema')!r}")
+        self.incidents = {d["id"]: Incident.from_dict(self.cfg, d) for d in snap["incidents"]}
+        self.inlet = {int(k): deque([tuple(x) for x in v], maxlen=512) for k, v in snap["inlet"].items()}
 
     # --- inputs ----------------------------------------------------------------------------------
     def observe(self, obs: dict) -> list[tuple[str, dict]]:

@@ -60,3 +60,28 @@ def test_plugin_on_message_and_bad_payload():
 def test_plugin_refuses_bad_config():
     with pytest.raises(GradingConfigError, match="did you mean"):
         GradingPlugin({"phone_deadline_min": 20})
+
+
+def test_open_incidents_survive_a_restart_and_keep_escalating(tmp_path):
+    from grading_helpers import device
+    state = tmp_path / "grading.json"
+    p1 = GradingPlugin({}, state_path=state)
+    out = p1.observe(alarm(device(0xA001, households=12_000), T0, 4, value=900, ptrip=True))
+    iid, rev = out[0][1]["incident_id"], out[0][1]["revision"]
+    assert state.exists()
+    p2 = GradingPlugin({}, state_path=state)                 # the gateway restarted
+    esc = p2.tick(T0 + 1200)
+    assert esc and esc[0][1]["incident_id"] == iid and esc[0][1]["kind"] == "escalation"
+    assert esc[0][1]["revision"] == rev + 1 and esc[0][1]["households"] == 12_000
+    p2.on_message(f"gasguard/v1/lixia/command/ack/{iid}", {"by": "duty"}, T0 + 1300)
+    p3 = GradingPlugin({}, state_path=state)
+    assert p3.tick(T0 + 2700) == []                          # the acknowledgement survived too
+    out = p3.observe(alarm(device(0xA001, households=12_000), T0 + 3000, 4, cleared=True, aseq=2))
+    assert out == []                                         # trip cleared: the reading tells when gas flows
+
+
+def test_corrupt_state_file_is_set_aside(tmp_path):
+    state = tmp_path / "grading.json"
+    state.write_text("{not json")
+    p = GradingPlugin({}, state_path=state)
+    assert p.engine.incidents == {} and (tmp_path / "grading.corrupt").exists()
