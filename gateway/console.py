@@ -182,15 +182,24 @@ class CommandClient:
         self.client.publish(f"{self.base}/sync", json.dumps({"t": time.time()}), qos=1)
 
     def wait_for(self, iid: str, timeout: float, pred=lambda m: True) -> dict:
+        """The incident `iid` once `pred` holds for its latest revision; ConsoleError after `timeout` s."""
+        try:
+            return self.wait_match(lambda m: m["incident_id"] == iid and pred(m), timeout)
+        except ConsoleError:
+            raise ConsoleError(f"incident {iid} not seen within {timeout:.0f} s: check the id "
+                               "(gasguard command list) and that the gateway is running") from None
+
+    def wait_match(self, pred, timeout: float) -> dict:
+        """The first incident on the board (latest revisions) for which `pred` holds."""
         deadline = time.monotonic() + timeout
         while True:
-            m = self.board.get(iid)
-            if m is not None and pred(m):
-                return m
+            with self.board._lock:
+                hit = next((m for m in self.board.incidents.values() if pred(m)), None)
+            if hit is not None:
+                return hit
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ConsoleError(f"incident {iid} not seen within {timeout:.0f} s: check the id "
-                                   "(gasguard command list) and that the gateway is running")
+                raise ConsoleError(f"no matching incident within {timeout:.0f} s")
             try:
                 self.updates.get(timeout=min(left, 0.2))
             except queue.Empty:
