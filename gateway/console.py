@@ -275,13 +275,17 @@ class _Keys:
         return ch
 
 
-def watch(client: CommandClient, console, *, by: str, refresh: float = 1.0, clock=time.time) -> int:
-    """The live view. Returns an exit code."""
+def watch(client: CommandClient, console, *, by: str, refresh: float = 1.0, clock=time.time, keys=None,
+          ask=None) -> int:
+    """The live view. `keys` (get(timeout) -> str|None, a context manager) and `ask` (prompt -> str) default
+    to the terminal; tests pass scripted ones. Returns an exit code."""
     from rich.live import Live
+    keys = keys or _Keys()
+    ask = ask or console.input
     selected: str | None = None
     show_report = False
     status = ""
-    with _Keys() as keys, Live(console=console, auto_refresh=False, screen=False) as live:
+    with keys, Live(console=console, auto_refresh=False, screen=False) as live:
         while True:
             now = clock()
             rows = client.board.rows(now)
@@ -309,10 +313,10 @@ def watch(client: CommandClient, console, *, by: str, refresh: float = 1.0, cloc
                     status = str(e)
             elif k == "i" and selected:
                 live.stop()
-                keys.__exit__()
+                keys.__exit__(None, None, None)        # the terminal back in line mode for the prompt
                 try:
-                    text = console.input(f"operator input for {selected} (e.g. deaths=0 evacuated=300 "
-                                         "on_site_lead='张三 138...' note='...'; empty cancels): ")
+                    text = ask(f"operator input for {selected} (e.g. deaths=0 evacuated=300 "
+                               "on_site_lead='张三 138...' note='...'; empty cancels): ")
                     fields = parse_input(text) if text.strip() else {}
                     if fields:
                         client.send_input(selected, {**fields, "by": by})

@@ -143,3 +143,57 @@ def test_cli_report_ack_input_json(mosquitto, gateway):
         assert [m["incident_id"] for m in json.loads(r.output)] == [iid]
     finally:
         gateway.stop_pumping()
+
+
+class ScriptedKeys:
+    """Key presses for watch(): each get() waits until `ready()` holds, then gives the next key."""
+
+    def __init__(self, steps):
+        self.steps = list(steps)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def get(self, timeout):
+        import time
+        ready, key = self.steps[0]
+        deadline = time.monotonic() + 10
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready(), f"watch test: condition for key {key!r} never held"
+        self.steps.pop(0)
+        return key
+
+
+def test_watch_keys_report_ack_input(mosquitto, gateway):
+    import io
+
+    from gasguard.gateway.console import watch
+    gateway.observe(alarm(device(0xA001, households=12_000, site="燕山调压站"), T0, 4, value=900, ptrip=True))
+    iid = gateway.published[0][1]["incident_id"]
+    gateway.pump_in_background()
+    out = io.StringIO()
+    con = Console(file=out, width=200, record=True, force_terminal=False)
+    asked = []
+    try:
+        with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+            seen = lambda pred: (lambda: (client.board.get(iid) is not None and pred(client.board.get(iid))))  # noqa
+            keys = ScriptedKeys([
+                (seen(lambda m: True), "r"),                                   # open the draft report
+                (seen(lambda m: True), "a"),                                   # acknowledge
+                (seen(lambda m: bool(m["acked"])), "i"),                       # operator input
+                (seen(lambda m: m["report"]["evacuated"] == 300), "q"),
+            ])
+            code = watch(client, con, by="王值班", refresh=0.05, clock=lambda: T0 + 60, keys=keys,
+                         ask=lambda prompt: asked.append(prompt) or "evacuated=300 note='警戒已设置'")
+        text = con.export_text()
+    finally:
+        gateway.stop_pumping()
+    assert code == 0
+    assert "初判级别：较大（Ⅲ级）" in text                                   # the report panel was shown
+    assert f"acknowledged {iid}" in text and "王值班" in text
+    assert "sent evacuated, note" in text and asked and iid in asked[0]
+    assert "19:00" in text                                                  # phone deadline 19 min away
