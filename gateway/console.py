@@ -214,11 +214,16 @@ class CommandClient:
         if not info.is_published():
             raise ConsoleError(f"the broker did not confirm {topic} within {timeout:.0f} s")
 
+    def _base_of(self, iid: str) -> str:
+        # a city console answers to the district that owns the incident
+        m = self.board.get(iid)
+        return f"gasguard/v1/{m['district']}/command" if m and m.get("district") else self.base
+
     def ack(self, iid: str, by: str, revision: int | None = None, timeout: float = 10.0) -> None:
-        self._publish(f"{self.base}/ack/{iid}", {"by": by, "revision": revision, "t": time.time()}, timeout)
+        self._publish(f"{self._base_of(iid)}/ack/{iid}", {"by": by, "revision": revision, "t": time.time()}, timeout)
 
     def send_input(self, iid: str, fields: dict, timeout: float = 10.0) -> None:
-        self._publish(f"{self.base}/input/{iid}", fields, timeout)
+        self._publish(f"{self._base_of(iid)}/input/{iid}", fields, timeout)
 
 
 def parse_input(text: str) -> dict:

@@ -15,6 +15,7 @@ _OPTS = [
     click.option("--port", default=1883, show_default=True, type=int, help="MQTT broker port"),
     click.option("--district", default="lixia", show_default=True, help="district topic segment"),
     click.option("--timeout", default=10.0, show_default=True, type=float, help="seconds to wait for answers"),
+    click.option("--city", is_flag=True, help="the city's view: incidents routed to the city topic (level III+)"),
 ]
 
 
@@ -24,9 +25,9 @@ def _common(f):
     return f
 
 
-def _client(host, port, district, timeout):
+def _client(host, port, district, timeout, city=False):
     from gasguard.gateway.console import CommandClient
-    return CommandClient(host, port, district).connect(timeout)
+    return CommandClient(host, port, district, city=city).connect(timeout)
 
 
 def _fail(e) -> None:
@@ -43,14 +44,14 @@ def command():
 @_common
 @click.option("--by", default=None, help="name recorded with acknowledgements (default: login name)")
 @click.option("--refresh", default=1.0, show_default=True, type=float, help="seconds between redraws")
-def watch(host, port, district, timeout, by, refresh):
+def watch(host, port, district, timeout, city, by, refresh):
     """Live view of open incidents: j/k select, a acknowledge, i operator input, r report, q quit."""
     from rich.console import Console
 
     from gasguard.gateway.console import ConsoleError
     from gasguard.gateway.console import watch as run_watch
     try:
-        with _client(host, port, district, timeout) as client:
+        with _client(host, port, district, timeout, city) as client:
             code = run_watch(client, Console(), by=by or getpass.getuser(), refresh=refresh)
     except ConsoleError as e:
         _fail(e)
@@ -63,7 +64,7 @@ def watch(host, port, district, timeout, by, refresh):
 @_common
 @click.option("--wait", default=2.0, show_default=True, type=float, help="seconds to collect incidents")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def list_(host, port, district, timeout, wait, as_json):
+def list_(host, port, district, timeout, city, wait, as_json):
     """Incidents the gateway holds now (asks it to re-publish them)."""
     import time
 
@@ -71,7 +72,7 @@ def list_(host, port, district, timeout, wait, as_json):
 
     from gasguard.gateway.console import ConsoleError, render_board
     try:
-        with _client(host, port, district, timeout) as client:
+        with _client(host, port, district, timeout, city) as client:
             time.sleep(wait)
             rows = client.board.rows(time.time())
             if as_json:
@@ -88,11 +89,11 @@ def list_(host, port, district, timeout, wait, as_json):
 @_common
 @click.argument("incident_id")
 @click.option("--json", "as_json", is_flag=True, help="the full JSON publication instead of the Chinese text")
-def report(host, port, district, timeout, incident_id, as_json):
+def report(host, port, district, timeout, city, incident_id, as_json):
     """Print the draft report (plan 4.1.3) of one incident."""
     from gasguard.gateway.console import ConsoleError
     try:
-        with _client(host, port, district, timeout) as client:
+        with _client(host, port, district, timeout, city) as client:
             m = client.wait_for(incident_id, timeout)
     except ConsoleError as e:
         _fail(e)
@@ -104,11 +105,11 @@ def report(host, port, district, timeout, incident_id, as_json):
 @click.argument("incident_id")
 @click.option("--by", default=None, help="name recorded with the acknowledgement (default: login name)")
 @click.option("--json", "as_json", is_flag=True, help="print the acknowledged incident as JSON")
-def ack(host, port, district, timeout, incident_id, by, as_json):
+def ack(host, port, district, timeout, city, incident_id, by, as_json):
     """Acknowledge an incident (stops its escalation); waits until the gateway confirms it."""
     from gasguard.gateway.console import ConsoleError
     try:
-        with _client(host, port, district, timeout) as client:
+        with _client(host, port, district, timeout, city) as client:
             m = client.wait_for(incident_id, timeout)
             client.ack(incident_id, by or getpass.getuser(), m["revision"], timeout)
             done = client.wait_for(incident_id, timeout, lambda x: bool(x.get("acked")) and x["revision"] > m["revision"])
@@ -127,7 +128,7 @@ def ack(host, port, district, timeout, incident_id, by, as_json):
 @click.argument("fields", nargs=-1, required=True)
 @click.option("--by", default=None, help="who reports it (default: login name)")
 @click.option("--json", "as_json", is_flag=True, help="print the re-graded incident as JSON")
-def input_(host, port, district, timeout, incident_id, fields, by, as_json):
+def input_(host, port, district, timeout, city, incident_id, fields, by, as_json):
     """Send operator facts, e.g. `deaths=0 serious_injuries=2 evacuated=300 note='...'` (re-grades)."""
     from gasguard.gateway import report as R
     from gasguard.gateway.console import ConsoleError, parse_input
@@ -142,7 +143,7 @@ def input_(host, port, district, timeout, incident_id, fields, by, as_json):
         click.echo("error: " + "; ".join(problems), err=True)
         sys.exit(2)
     try:
-        with _client(host, port, district, timeout) as client:
+        with _client(host, port, district, timeout, city) as client:
             m = client.wait_for(incident_id, timeout)
             client.send_input(incident_id, payload, timeout)
             done = client.wait_for(incident_id, timeout, lambda x: x["revision"] > m["revision"])

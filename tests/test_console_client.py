@@ -131,6 +131,8 @@ def test_cli_report_ack_input_json(mosquitto, gateway):
         assert "初判级别：较大（Ⅲ级）" in r.output and "燕山调压站" in r.output
         r = CliRunner().invoke(command, ["report", iid, "--json", *port])
         assert json.loads(r.output)["households"] == 12_000
+        r = CliRunner().invoke(command, ["report", iid, "--city", "--json", *port])    # level III: the city has it
+        assert r.exit_code == 0 and json.loads(r.output)["routes"] == ["district", "city"]
         r = CliRunner().invoke(command, ["ack", iid, "--by", "duty", "--json", *port])
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["acked"]["by"] == "duty"
