@@ -141,7 +141,7 @@ def test_cli_report_ack_input_json(mosquitto, gateway):
         assert json.loads(r.output)["level"] == 2
         r = CliRunner().invoke(command, ["input", iid, "deaths=-1", *port])
         assert r.exit_code == 2 and "cannot be negative" in r.output
-        r = CliRunner().invoke(command, ["list", "--json", "--wait", "0.5", *port])
+        r = CliRunner().invoke(command, ["list", "--json", "--wait", "3", *port])
         assert [m["incident_id"] for m in json.loads(r.output)] == [iid]
     finally:
         gateway.stop_pumping()
