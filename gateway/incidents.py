@@ -311,10 +311,12 @@ class IncidentEngine:
                 inc.members[did]["cleared_at"] = t
                 inc.add_timeline(t, f"{_site(dev)}: gas alarm cleared", f"{_site(dev)}：燃气报警解除", dev=dev["dev"],
                                  gas_lel=_lel(fr.get("value")))
-                return {inc} | self._maybe_resolve_leak(inc, t)
+                self._maybe_resolve_leak(inc, t)
+                return {inc}
             detected = t - float(fr.get("age") or 0)
-            if self._leak_of(did) is not None and self._leak_of(did).members[did]["cleared_at"] is None:
-                return set()
+            current = self._leak_of(did)
+            if current is not None and current.members[did]["cleared_at"] is None:
+                return set()                     # the same leak reported again (e.g. after a node reboot)
             inc = self._cluster_for(dev, detected)
             if inc is None:
                 inc = self._new("leak", dev, detected, t)
@@ -345,13 +347,13 @@ class IncidentEngine:
                             f"{dev.get('address') or dev['dev']}处阀门于{self._hms(t)}关闭")
         elif valve == VALVE_OPEN:
             inc.add_timeline(t, f"{_site(dev)}: valve re-opened", f"{_site(dev)}：阀门已重新开启", dev=dev["dev"])
-        return {inc} | self._maybe_resolve_leak(inc, t)
+        self._maybe_resolve_leak(inc, t)
+        return {inc}
 
-    def _maybe_resolve_leak(self, inc, t) -> set:
+    def _maybe_resolve_leak(self, inc, t) -> None:
         # safe again when every alarm has cleared and no valve is still shut (latched until a reset)
         if all(m["cleared_at"] is not None and m["valve"] != VALVE_CLOSED for m in inc.members.values()):
             self._resolve(inc, t, "gas cleared and valves re-opened")
-        return set()
 
     def _leak_of(self, did) -> Incident | None:
         for inc in self.incidents.values():
