@@ -74,3 +74,11 @@ def normalise(out) -> tuple[str, dict, str, bool]:
         payload = dict(payload)
         retain = bool(payload.pop("_retain")) or retain
     return topic, payload, lane, retain
+
+
+def _grading(options: dict, context: PluginContext) -> Plugin:
+    from .grading_plugin import make_plugin    # lazy: keeps the daemon's import light
+    return make_plugin(options, context)
+
+
+PLUGINS["grading"] = _grading
