@@ -229,8 +229,13 @@ class CommandClient:
 def parse_input(text: str) -> dict:
     """`deaths=1 evacuated=300 note="..."` -> typed dict (numbers and true/false parsed)."""
     import shlex
+    return parse_fields(shlex.split(text))
+
+
+def parse_fields(tokens) -> dict:
+    """["deaths=1", "note=消防已到场"] -> {"deaths": 1, "note": "消防已到场"}."""
     out: dict = {}
-    for tok in shlex.split(text):
+    for tok in tokens:
         if "=" not in tok:
             raise ValueError(f"{tok!r}: write field=value, e.g. deaths=1 or note='fire brigade on site'")
         k, v = tok.split("=", 1)

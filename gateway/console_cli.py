@@ -129,11 +129,15 @@ def ack(host, port, district, timeout, city, incident_id, by, as_json):
 @click.option("--by", default=None, help="who reports it (default: login name)")
 @click.option("--json", "as_json", is_flag=True, help="print the re-graded incident as JSON")
 def input_(host, port, district, timeout, city, incident_id, fields, by, as_json):
-    """Send operator facts, e.g. `deaths=0 serious_injuries=2 evacuated=300 note='...'` (re-grades)."""
+    """Send operator facts (re-grades): FIELDS like deaths=0 evacuated=300 note='...'.
+
+    Numbers: deaths, serious_injuries, direct_loss_cny, evacuated. Text: secondary_hazards,
+    hazard_sources_nearby, warnings_issued, support_needed, on_site_lead, note. Yes/no: evacuation_advised,
+    resolved (closes the incident with a final report)."""
     from gasguard.gateway import report as R
-    from gasguard.gateway.console import ConsoleError, parse_input
+    from gasguard.gateway.console import ConsoleError, parse_fields
     try:
-        payload = parse_input(" ".join(f"'{f}'" if " " in f else f for f in fields))
+        payload = parse_fields(fields)
     except ValueError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -199,3 +199,8 @@ def test_watch_keys_report_ack_input(mosquitto, gateway):
     assert f"acknowledged {iid}" in text and "王值班" in text
     assert "sent evacuated, note" in text and asked and iid in asked[0]
     assert "19:00" in text                                                  # phone deadline 19 min away
+
+
+def test_cli_input_keeps_spaces_and_quotes_in_one_field():
+    from gasguard.gateway.console import parse_fields
+    assert parse_fields(["note=it's on fire, 3 floors", "deaths=0"]) == {"note": "it's on fire, 3 floors", "deaths": 0}
