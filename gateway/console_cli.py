@@ -131,7 +131,7 @@ def ack(host, port, district, timeout, city, incident_id, by, as_json):
 def input_(host, port, district, timeout, city, incident_id, fields, by, as_json):
     """Send operator facts (re-grades): FIELDS like deaths=0 evacuated=300 note='...'.
 
-    Numbers: deaths, serious_injuries, direct_loss_cny, evacuated. Text: secondary_hazards,
+    Numbers: deaths, serious_injuries, direct_loss_cny, evacuated, forecast_excess_pct. Text: secondary_hazards,
     hazard_sources_nearby, warnings_issued, support_needed, on_site_lead, note. Yes/no: evacuation_advised,
     resolved (closes the incident with a final report)."""
     from gasguard.gateway import report as R

@@ -47,6 +47,9 @@ DEFAULTS: dict = {
     "projection_hours": 24.0,             # 1.6.2.x(2) "连续停止供气24小时以上": until then a projection (初判)
     # --- plan 3.3 warning tables -------------------------------------------------------------
     "warning_households": {"red": 50_000, "orange": 30_000, "yellow": 10_000, "blue": 1},
+    # 3.3.1-3.3.4(1) first half: next 3 days' daily load above the upstream daily supply plan, in %:
+    # red "高于…50%" (> 50), orange "30%至50%" (30..50), yellow "10%至30%" (10..<30), blue up to 10 (> 0)
+    "forecast_excess_pct": {"red": 50.0, "orange": 30.0, "yellow": 10.0},
     # 3.3.1(2): 次高压A类 < 0.2 MPa, 高压A类 < 0.8 MPa and still falling -> red
     "pressure_red_mpa": {"subhigh_a": 0.2, "high_a": 0.8},
     # 3.3.2(2): 次高压 (P > 0.4 MPa) < 0.4 MPa, 高压 < 1.6 MPa and still falling -> orange
@@ -127,6 +130,9 @@ def load_config(source: dict | str | Path | None = None) -> dict:
     wh = cfg["warning_households"]
     if set(wh) != set(WARNINGS) or not (wh["red"] > wh["orange"] > wh["yellow"] > wh["blue"] > 0):
         raise GradingConfigError("warning_households needs red > orange > yellow > blue > 0 (households)")
+    fe = cfg["forecast_excess_pct"]
+    if set(fe) != {"red", "orange", "yellow"} or not (fe["red"] > fe["orange"] > fe["yellow"] > 0):
+        raise GradingConfigError("forecast_excess_pct needs red > orange > yellow > 0 (percent)")
     if cfg["written_deadline_s"] <= cfg["phone_deadline_s"]:
         raise GradingConfigError("written_deadline_s must be later than phone_deadline_s (plan 4.1.2: 20/45 min)")
     for p in cfg["key_periods"]:
@@ -188,6 +194,20 @@ def households_warning(cfg: dict, households: int) -> str | None:
         if households >= wh[w]:
             return w
     return None
+
+
+def forecast_warning(cfg: dict, excess_pct: float | None) -> str | None:
+    """plan 3.3.x(1): supply forecast (an operator fact: the gateway cannot forecast load)."""
+    if excess_pct is None or excess_pct <= 0:
+        return None
+    f = cfg["forecast_excess_pct"]
+    if excess_pct > f["red"]:            # "高于…50%": strictly above
+        return "red"
+    if excess_pct >= f["orange"]:        # "30%至50%": both ends included (50 itself is not "above 50")
+        return "orange"
+    if excess_pct >= f["yellow"]:
+        return "yellow"
+    return "blue"
 
 
 def pressure_bound(cfg: dict, pressure_class: str) -> list[tuple[str, float]]:

@@ -475,7 +475,8 @@ class IncidentEngine:
         inc.projected = level is not None and all(b["projected"] for b in basis if b["level"] == level)
         base = G.warning_max(G.LEVEL_WARNING.get(level) if level else None,
                              G.households_warning(cfg, inc.households) if inc.households else None,
-                             inc.pressure.get("peak") if inc.kind == "pressure" else None)
+                             inc.pressure.get("peak") if inc.kind == "pressure" else None,
+                             G.forecast_warning(cfg, inc.operator.get("forecast_excess_pct")))
         key_area = any(d.get("key_area") for d in inc.devices()) or any(
             d.get("key_area") for s in inc.stations.values() for d in s["affected"])
         inc.warning, inc.warning_reasons = G.final_warning(cfg, base, key_area,

@@ -21,11 +21,12 @@ SCHEMA_PATH = Path(__file__).with_name("schemas") / "incident.schema.json"
 # what the command may send on .../command/input/<id>, and its type
 OPERATOR_FIELDS = {
     "deaths": int, "serious_injuries": int, "direct_loss_cny": (int, float), "evacuated": int,
+    "forecast_excess_pct": (int, float),
     "secondary_hazards": str, "hazard_sources_nearby": str, "warnings_issued": str,
     "evacuation_advised": bool, "support_needed": str, "on_site_lead": str, "resolved": bool,
     "note": str, "by": str,
 }
-_NUMERIC = ("deaths", "serious_injuries", "direct_loss_cny", "evacuated")
+_NUMERIC = ("deaths", "serious_injuries", "direct_loss_cny", "evacuated", "forecast_excess_pct")
 
 
 def validate_operator_input(payload: dict) -> list[str]:

@@ -171,3 +171,11 @@ def test_config_changes_thresholds(tmp_path):
 def test_bad_config_says_what_to_fix(table, hint):
     with pytest.raises(G.GradingConfigError, match=hint):
         G.load_config(table)
+
+
+# plan 3.3.x(1): next 3 days' load above the upstream plan: >50 % red, 30-50 % orange, 10-30 % yellow, <=10 % blue
+@pytest.mark.parametrize("pct,warning", [
+    (None, None), (0, None), (0.1, "blue"), (9.9, "blue"), (10, "yellow"), (29.9, "yellow"), (30, "orange"),
+    (50, "orange"), (50.1, "red"), (120, "red")])
+def test_supply_forecast_warning(pct, warning):
+    assert G.forecast_warning(CFG, pct) == warning

@@ -305,3 +305,13 @@ def test_timeline_is_bounded_and_counts_what_it_dropped():
     msg = payloads(eng.sync(T0 + 10))[0]
     assert len(msg["report"]["what_happened"]["timeline"]) == 4
     assert msg["report"]["what_happened"]["timeline_dropped"] == 2
+
+
+def test_operator_supply_forecast_raises_warning_and_routes_to_city():
+    eng = engine()
+    out = trip(eng, device(0xA001, households=2_000), T0)
+    iid = payloads(out)[0]["incident_id"]
+    assert not any("/city/" in t for t, _ in out)
+    out = check(eng.operator_input(iid, {"forecast_excess_pct": 35.0}, T0 + 60))
+    msg = payloads(out, "/lixia/")[0]
+    assert msg["warning"] == "orange" and msg["level"] == 4 and any("/city/" in t for t, _ in out)
