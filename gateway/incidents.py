@@ -26,6 +26,7 @@ VALVE_OPEN = 0
 TRIP_CODES = {3: "opso", 4: "upso"}
 CAUSES = {1: "gas", 2: "opso", 3: "upso", 4: "fault", 5: "reset", 6: "selftest", 7: "manual"}
 GAS_CODES = {1: "gas_l1", 2: "gas_l2"}
+MAX_NOTES = 100
 
 
 def district_topic(cfg: dict, incident_id: str) -> str:
@@ -96,6 +97,13 @@ class Incident:
         if len(self.timeline) == self.timeline.maxlen:
             self.timeline_dropped += 1            # bounded: the oldest entry goes, and is counted
         self.timeline.append({"t": t, "text": text, "text_zh": zh, **data})
+
+    def add_note(self, t: float, by, text: str) -> None:
+        # bounded like the timeline: a chatty console cannot grow the report (or the state file) without end
+        if len(self.notes) >= MAX_NOTES:
+            self.notes.pop(0)
+            self.notes_dropped = getattr(self, "notes_dropped", 0) + 1
+        self.notes.append({"t": t, "by": str(by or "command")[:80], "text": text[:2000]})
 
     def add_measure(self, t: float, text: str, text_zh: str) -> None:
         if not any(m["text"] == text for m in self.measures):
@@ -194,14 +202,13 @@ class IncidentEngine:
             return []
         problems = R.validate_operator_input(payload)
         if problems:
-            inc.notes.append({"t": now, "by": str(payload.get("by", "command"))[:80],
-                              "text": "rejected input: " + "; ".join(problems)})
+            inc.add_note(now, payload.get("by"), "rejected input: " + "; ".join(problems))
             return self._publish(inc, now, "update")
         for k, v in payload.items():
             if k in R.OPERATOR_FIELDS:
                 inc.operator[k] = v
         if payload.get("note"):
-            inc.notes.append({"t": now, "by": str(payload.get("by", "command"))[:80], "text": str(payload["note"])})
+            inc.add_note(now, payload.get("by"), str(payload["note"]))
         self._regrade(inc, now)
         if payload.get("resolved"):
             self._resolve(inc, now, "closed by the command")

@@ -315,3 +315,12 @@ def test_operator_supply_forecast_raises_warning_and_routes_to_city():
     out = check(eng.operator_input(iid, {"forecast_excess_pct": 35.0}, T0 + 60))
     msg = payloads(out, "/lixia/")[0]
     assert msg["warning"] == "orange" and msg["level"] == 4 and any("/city/" in t for t, _ in out)
+
+
+def test_operator_notes_are_bounded():
+    eng = engine()
+    iid = payloads(trip(eng, device(0xA001, households=2_000), T0))[0]["incident_id"]
+    for i in range(105):
+        eng.operator_input(iid, {"note": f"n{i}" + "x" * 3000}, T0 + i)
+    notes = payloads(eng.sync(T0 + 200))[0]["report"]["notes"]
+    assert len(notes) == 100 and notes[0]["text"].startswith("n5") and len(notes[-1]["text"]) == 2000
