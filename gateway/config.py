@@ -1,0 +1,256 @@
+"""Gateway configuration: TOML in, a validated `Config` out, or a `ConfigError` naming the key and the fix.
+
+Validation happens before any port, socket or file is opened (STYLE 7), so `gasguard gateway check-config`
+and `gasguard gateway run` give the same answer.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """Bad configuration: `key` is the dotted TOML key, the message says the fix."""
+
+    def __init__(self, key: str, msg: str):
+        super().__init__(f"{key}: {msg}")
+        self.key = key
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass
+class SerialPort:
+    port: str               # a path (prefer /dev/serial/by-id/...) or a pyserial URL
+    baud: int = 115200
+    kind: str = "serial"    # "serial" (wired) or "lora_uart" (LoRa modem in transparent mode, same framing)
+    name: str = ""
+
+
+@dataclass
+class Config:
+    gateway_id: str
+    district: str
+    registry: Path
+    spool: Path
+    serial: list[SerialPort] = field(default_factory=list)
+    udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_client_id: str = ""
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keepalive: int = 30
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    inflight: int = 200
+    batch_count: int = 200             # readings per batch message
+    batch_bytes: int = 64_000          # bytes per batch message
+    batch_delay: float = 1.0           # oldest reading waits at most this long for company
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_audit: bool = False          # keep a log of every accepted id (forensics, fault tests)
+    spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
+    rate_per_min: float = 60.0         # per-device readings per minute (token bucket)
+    rate_burst: int = 30
+    offline_after: float = 900.0       # seconds without a frame before a device is published offline
+    stats_interval: float = 60.0
+    command_timeout: float = 120.0
+    command_retry: float = 10.0
+    tick_interval: float = 1.0
+    metrics_bind: str | None = None    # "host:port" for Prometheus, or None
+    plugins: dict = field(default_factory=dict)
+    log_level: str = "INFO"
+    log_json: bool = False
+    source: Path | None = None
+
+    @property
+    def root(self) -> str:
+        return f"gasguard/v1/{self.district}/{self.gateway_id}"
+
+
+def _get(d: dict, key: str, typ, default=..., path: str = ""):
+    full = f"{path}.{key}" if path else key
+    if key not in d:
+        if default is ...:
+            raise ConfigError(full, "is required")
+        return default
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        want = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                list: "a list", dict: "a table"}.get(typ, str(typ))
+        raise ConfigError(full, f"must be {want}, got {v!r}")
+    return v
+
+
+def _positive(v, key, minimum=0):
+    if v <= minimum:
+        raise ConfigError(key, f"must be greater than {minimum}, got {v}")
+    return v
+
+
+def _hostport(v: str, key: str) -> str:
+    host, _, port = v.rpartition(":")
+    if not host or not port.isdigit() or not (0 < int(port) < 65536):
+        raise ConfigError(key, f"{v!r} is not host:port, e.g. \"0.0.0.0:1700\"")
+    return v
+
+
+_KNOWN = {
+    "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
+    "serial": {"port", "baud", "kind", "name"},
+    "udp": {"bind"},
+    "mqtt": {"host", "port", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+             "keepalive", "reconnect_min", "reconnect_max", "inflight"},
+    "batch": {"count", "bytes", "delay"},
+    "spool": {"max_mb", "audit", "synchronous"},
+    "limits": {"rate_per_min", "burst", "offline_after", "command_timeout", "command_retry"},
+    "metrics": {"bind", "stats_interval", "tick_interval"},
+}
+
+
+def _unknown(table: dict, name: str):
+    for k in table:
+        if k not in _KNOWN[name]:
+            close = [c for c in sorted(_KNOWN[name]) if c[:3] == k[:3]]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(_KNOWN[name]))}"
+            raise ConfigError(f"{name}.{k}", f"unknown key{hint}")
+
+
+def parse(doc: dict, base: Path = Path(".")) -> Config:
+    """A TOML document (already parsed) -> Config. Relative paths are relative to `base`."""
+    for top in doc:
+        if top not in _KNOWN and top != "plugins":
+            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins")
+    g = _get(doc, "gateway", dict)
+    _unknown(g, "gateway")
+    gid = _get(g, "id", str, path="gateway")
+    district = _get(g, "district", str, path="gateway")
+    for k, v in (("gateway.id", gid), ("gateway.district", district)):
+        if not _NAME.match(v):
+            raise ConfigError(k, f"{v!r} must be 1-64 of A-Z a-z 0-9 _ - (it becomes an MQTT topic level)")
+
+    def p(v):
+        q = Path(v).expanduser()
+        return q if q.is_absolute() else (base / q)
+
+    cfg = Config(gateway_id=gid, district=district, registry=p(_get(g, "registry", str, path="gateway")),
+                 spool=p(_get(g, "spool", str, path="gateway")))
+    cfg.log_level = _get(g, "log_level", str, "INFO", "gateway").upper()
+    if cfg.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("gateway.log_level", "choose DEBUG, INFO, WARNING or ERROR")
+    cfg.log_json = _get(g, "log_json", bool, False, "gateway")
+
+    for i, s in enumerate(_get(doc, "serial", list, [])):
+        key = f"serial[{i}]"
+        if not isinstance(s, dict):
+            raise ConfigError(key, "each [[serial]] entry is a table with port = \"/dev/ttyUSB0\"")
+        _unknown(s, "serial")
+        sp = SerialPort(port=_get(s, "port", str, path=key), baud=_get(s, "baud", int, 115200, key),
+                        kind=_get(s, "kind", str, "serial", key), name=_get(s, "name", str, "", key))
+        if sp.kind not in ("serial", "lora_uart"):
+            raise ConfigError(f"{key}.kind", f"{sp.kind!r}: choose \"serial\" or \"lora_uart\"")
+        if sp.baud not in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600):
+            raise ConfigError(f"{key}.baud", f"{sp.baud} is not a standard rate; use e.g. 115200")
+        sp.name = sp.name or Path(sp.port).name
+        cfg.serial.append(sp)
+    if "udp" in doc:
+        u = _get(doc, "udp", dict)
+        _unknown(u, "udp")
+        cfg.udp_bind = _hostport(_get(u, "bind", str, path="udp"), "udp.bind")
+    if not cfg.serial and not cfg.udp_bind:
+        raise ConfigError("serial", "no transport: add a [[serial]] port or [udp] bind = \"0.0.0.0:1700\"")
+
+    m = _get(doc, "mqtt", dict, {})
+    _unknown(m, "mqtt")
+    cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
+    cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
+    if not 0 < cfg.mqtt_port < 65536:
+        raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")
+    cfg.mqtt_client_id = _get(m, "client_id", str, f"gasguard-gw-{gid}", "mqtt")
+    cfg.mqtt_username = _get(m, "username", str, None, "mqtt")
+    cfg.mqtt_password = _get(m, "password", str, None, "mqtt")
+    for k in ("tls_ca", "tls_cert", "tls_key"):
+        if k in m:
+            path = p(_get(m, k, str, path="mqtt"))
+            if not path.is_file():
+                raise ConfigError(f"mqtt.{k}", f"{path} does not exist; give the PEM file's path")
+            setattr(cfg, k, path)
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ConfigError("mqtt.tls_key", "a client certificate needs both tls_cert and tls_key")
+    if cfg.tls_cert and not cfg.tls_ca:
+        raise ConfigError("mqtt.tls_ca", "client certificates need TLS: set tls_ca to the broker's CA file")
+    cfg.keepalive = _positive(_get(m, "keepalive", int, 30, "mqtt"), "mqtt.keepalive", 4)
+    cfg.reconnect_min = _positive(_get(m, "reconnect_min", float, 0.5, "mqtt"), "mqtt.reconnect_min")
+    cfg.reconnect_max = _get(m, "reconnect_max", float, 30.0, "mqtt")
+    if cfg.reconnect_max < cfg.reconnect_min:
+        raise ConfigError("mqtt.reconnect_max", "must be at least mqtt.reconnect_min")
+    cfg.inflight = _positive(_get(m, "inflight", int, 200, "mqtt"), "mqtt.inflight")
+
+    b = _get(doc, "batch", dict, {})
+    _unknown(b, "batch")
+    cfg.batch_count = _positive(_get(b, "count", int, 200, "batch"), "batch.count")
+    cfg.batch_bytes = _get(b, "bytes", int, 64_000, "batch")
+    if cfg.batch_bytes < 1024:
+        raise ConfigError("batch.bytes", "must be at least 1024 so one reading fits")
+    cfg.batch_delay = _get(b, "delay", float, 1.0, "batch")
+    if not 0 <= cfg.batch_delay <= 60:
+        raise ConfigError("batch.delay", "seconds between 0 and 60 (readings wait at most this long)")
+
+    s = _get(doc, "spool", dict, {})
+    _unknown(s, "spool")
+    cfg.spool_max_bytes = int(_positive(_get(s, "max_mb", float, 256.0, "spool"), "spool.max_mb") * 1024 * 1024)
+    cfg.spool_audit = _get(s, "audit", bool, False, "spool")
+    cfg.spool_sync = _get(s, "synchronous", str, "FULL", "spool").upper()
+    if cfg.spool_sync not in ("FULL", "NORMAL"):
+        raise ConfigError("spool.synchronous", "FULL (survives power loss) or NORMAL (survives a crash only)")
+
+    lim = _get(doc, "limits", dict, {})
+    _unknown(lim, "limits")
+    cfg.rate_per_min = _positive(_get(lim, "rate_per_min", float, 60.0, "limits"), "limits.rate_per_min")
+    cfg.rate_burst = _positive(_get(lim, "burst", int, 30, "limits"), "limits.burst")
+    cfg.offline_after = _positive(_get(lim, "offline_after", float, 900.0, "limits"), "limits.offline_after")
+    cfg.command_timeout = _positive(_get(lim, "command_timeout", float, 120.0, "limits"), "limits.command_timeout")
+    cfg.command_retry = _positive(_get(lim, "command_retry", float, 10.0, "limits"), "limits.command_retry")
+
+    mt = _get(doc, "metrics", dict, {})
+    _unknown(mt, "metrics")
+    if "bind" in mt:
+        cfg.metrics_bind = _hostport(_get(mt, "bind", str, path="metrics"), "metrics.bind")
+    cfg.stats_interval = _positive(_get(mt, "stats_interval", float, 60.0, "metrics"), "metrics.stats_interval")
+    cfg.tick_interval = _positive(_get(mt, "tick_interval", float, 1.0, "metrics"), "metrics.tick_interval")
+
+    pl = _get(doc, "plugins", dict, {})
+    from .plugin import PLUGINS
+    for name, opts in pl.items():
+        if name not in PLUGINS:
+            raise ConfigError(f"plugins.{name}", f"unknown plugin; available: {', '.join(sorted(PLUGINS)) or 'none'}")
+        if opts is False:
+            continue
+        if not (opts is True or isinstance(opts, dict)):
+            raise ConfigError(f"plugins.{name}", "use true, false or a table of the plugin's options")
+        cfg.plugins[name] = {} if opts is True else dict(opts)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError("file", f"cannot read {path} ({e.strerror}); copy gateway/gateway.example.toml") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("file", f"{path} is not valid TOML: {e}") from None
+    cfg = parse(doc, path.parent)
+    cfg.source = path
+    return cfg

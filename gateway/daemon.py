@@ -1,0 +1,455 @@
+"""The gateway daemon: transports -> verify -> spool (durable, with counters) -> ack -> publish.
+
+Order of effects for one accepted frame (the invariants the fault test checks):
+  1. verify (MIC, counter, registry, policy);
+  2. one SQLite transaction: the messages + the device's uplink counter + the downlink counter of the ack;
+  3. the ack downlink (alarms, events) - only after 2, so an acked alarm is never lost;
+  4. plugins observe it (their outputs are spooled in turn);
+  5. the publisher sends it; the rows are deleted on PUBACK.
+Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
+is paid per group, not per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from gasguard import __version__
+from gasguard.protocol import frame
+from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
+
+from . import payloads
+from .burstlog import BurstLog
+from .commands import BadCommand, Commands, parse_request
+from .metrics import Metrics
+from .plugin import PLUGINS, Plugin, PluginContext, normalise
+from .publisher import Publisher
+from .spool import ALARM, EVENT, LANE_NAMES, LANE_OF, READING, STATE, Item, Spool, SpoolFull
+from .supervisor import supervise
+from .transports.semtech_udp import listen
+from .transports.serial import SerialTransport
+from .verify import Rejected, RegistryCache, Verifier
+
+log = logging.getLogger("gasguard.gateway")
+
+QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
+GROUP_MAX = 512        # frames per transaction
+EVENT_KIND = 0x100     # seqs table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
+
+
+def _mtopic_match(sub: str, topic: str) -> bool:
+    s, t = sub.split("/"), topic.split("/")
+    for i, part in enumerate(s):
+        if part == "#":
+            return True
+        if i >= len(t) or (part != "+" and part != t[i]):
+            return False
+    return len(s) == len(t)
+
+
+def _hexify(f: dict) -> dict:
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
+
+
+class Daemon:
+    def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
+        self.cfg, self.clock = cfg, clock
+        self.metrics = Metrics()
+        self.burst = BurstLog(log)
+        self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
+                           audit=cfg.spool_audit, max_pages=spool_max_pages)
+        self.registry = RegistryCache(cfg.registry)
+        counters = self.spool.counters()
+        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
+        self.seqs = self.spool.seqs()
+        self.topics = payloads.Topics(cfg.root)
+        self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
+        self.commands = Commands(cfg.command_timeout, cfg.command_retry)
+        self.queue: asyncio.Queue | None = None
+        self.routes: dict[int, tuple] = {}          # dev -> (transport, rx) it was last heard on
+        self.devstate: dict[int, dict] = {}         # dev -> online, last_seen, last state publish
+        self.serial = [SerialTransport(sp, self._deliver, self.metrics) for sp in cfg.serial]
+        self.udp = None
+        self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
+        self.stopping = False
+        if plugins is None:
+            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock)
+            plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
+        self.plugins = plugins
+        for p in plugins:
+            self.publisher.subscriptions.extend(p.subscriptions)
+        self.accepted_count = 0
+
+    # -- ingest ----------------------------------------------------------------------------------
+    async def _deliver(self, raw, rx, route) -> None:
+        await self.queue.put((raw, rx, route))
+
+    def _deliver_nowait(self, raw, rx, route) -> None:
+        try:
+            self.queue.put_nowait((raw, rx, route))
+        except asyncio.QueueFull:
+            self._reject("ingest_overflow", None, rx, "verification queue full")
+
+    def _reject(self, reason: str, dev, rx, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        self.burst.event("reject:" + reason, "rejected %s frame from %s via %s: %s", reason,
+                         "?" if dev is None else f"{dev:08x}", rx.get("transport") if rx else "?", detail)
+
+    async def ingest(self) -> None:
+        while True:
+            group = [await self.queue.get()]
+            while len(group) < GROUP_MAX and not self.queue.empty():
+                group.append(self.queue.get_nowait())
+            self.process(group)
+
+    def process(self, group: list) -> None:
+        """Verify a group of frames and commit what is accepted in one transaction."""
+        now = self.clock()
+        cfg, gid, dist = self.cfg, self.cfg.gateway_id, self.cfg.district
+        items: list[Item] = []
+        counters: dict = {}
+        seqs: dict = {}
+        undo: list = []
+        acks: list = []          # (dev, ack fields) to seal after commit
+        accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
+        results: list = []
+        down = {}
+        for raw, rx, route in group:
+            self.metrics.frames_in.labels(rx.get("transport", "?")).inc()
+            if raw is None:
+                self._reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
+                continue
+            try:
+                v = self.verifier.check(raw, now)
+            except Rejected as r:
+                self._reject(r.reason, r.dev, rx, str(r))
+                continue
+            f, dev = v.f, v.f["dev"]
+            undo.append((dev, self.verifier.accept(v)))
+            counters[(dev, UP)] = f["fcnt"]
+            mid = payloads.msg_id(gid, dev, f["fcnt"])
+            typ = f["type"]
+            repeat = False
+            if typ == "reading":
+                items.append(Item(READING, dev, payloads.dumps(payloads.reading_entry(mid, f, now, rx)), mid, now,
+                                  routine=(f["state"] & 0xF8) == 0))
+            elif typ in ("alarm", "event"):
+                kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
+                sq = f["aseq"] if typ == "alarm" else f["eseq"]
+                key = (dev, kind)
+                # SPEC 3.4: a retransmission has a new counter and the same aseq: ack it, publish once
+                repeat = seqs.get(key, self.seqs.get(key)) == sq
+                if not repeat:
+                    seqs[key] = sq
+                    if typ == "alarm":
+                        body = payloads.alarm(gid, dist, mid, f, now, rx, v.device)
+                        items.append(Item(ALARM, dev, payloads.dumps(body), mid, now,
+                                          topic=self.topics.device(dev, "alarm")))
+                    else:
+                        body = payloads.event(gid, dist, mid, f, now, rx)
+                        items.append(Item(EVENT, dev, payloads.dumps(body), mid, now,
+                                          topic=self.topics.device(dev, "event")))
+                dfc = down.get(dev, self.verifier.last.get((dev, DOWN), 0)) + 1
+                down[dev] = dfc
+                counters[(dev, DOWN)] = dfc
+                acks.append((dev, {"type": "ack", "dev": dev, "fcnt": dfc, "ref_type": T_ALARM if typ == "alarm"
+                                   else T_EVENT, "ref": sq, "result": R_OK}))
+            elif typ == "ack":
+                p = self.commands.acked(dev, f)
+                if p is not None:
+                    res = payloads.result_name(f["result"])
+                    results.append(res)
+                    items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
+                        gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
+                        topic=self.topics.device(dev, "cmd/result")))
+            items.extend(self._state_items(dev, f, now, mid))
+            accepted.append((mid, f, v.device, rx, route, repeat))
+        if not accepted:
+            return
+        try:
+            self.spool.commit(items, counters, seqs)
+        except SpoolFull as e:
+            for dev, prev in reversed(undo):
+                self.verifier.rollback(dev, prev)
+            self.metrics.spool_errors.inc()
+            self.metrics.rejected.labels("spool_full").inc(len(accepted))
+            log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
+                         len(accepted), e)
+            return
+        self.seqs.update(seqs)
+        for dev, dfc in down.items():
+            self.verifier.last[(dev, DOWN)] = dfc
+        for r in results:
+            self.metrics.commands.labels(r).inc()
+        # acks only now: the alarm is on disk
+        for dev, fields in acks:
+            self._send(dev, frame.seal(fields, self.verifier.registry.get(dev).key, DOWN), "ack")
+        for mid, f, device, rx, route, repeat in accepted:
+            self.routes[f["dev"]] = (route, rx)
+            self.metrics.accepted.labels(f["type"]).inc()
+        self.accepted_count += len(accepted)
+        self.publisher.notify({it.lane for it in items})
+        self.publisher.kick()
+        if self.plugins:
+            self._observe(accepted, now)
+        if self.spool.over():
+            self._thin(now)
+
+    def _state_items(self, dev: int, f: dict, now: float, mid: str) -> list[Item]:
+        """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
+        every offline_after/3 s (so the retained last reading stays fresh without one message per reading)."""
+        st = self.devstate.get(dev)
+        sbyte = f.get("state")
+        if st is None:
+            st = self.devstate[dev] = {"online": False, "last_seen": now, "sbyte": None, "pub": -1e18, "last": None}
+        st["last_seen"] = now
+        if f["type"] == "reading":
+            st["last"] = payloads.reading_entry(mid, f, now, {})
+            st["last"].pop("rx")
+        changed = sbyte is not None and sbyte != st["sbyte"]
+        if sbyte is not None:
+            st["sbyte"] = sbyte
+        if st["online"] and not changed and now - st["pub"] < self.cfg.offline_after / 3:
+            return []
+        st["online"], st["pub"] = True, now
+        return [self._state_item(dev, now, st)]
+
+    def _state_item(self, dev: int, now: float, st: dict) -> Item:
+        body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], st["last"])
+        return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
+                    topic=self.topics.device(dev, "state"), retain=True)
+
+    def _send(self, dev: int, buf: bytes, kind: str) -> bool:
+        route = self.routes.get(dev)
+        if route is None or not hasattr(route[0], "send"):
+            return False
+        ok = route[0].send(buf, route[1])
+        if ok:
+            self.metrics.downlinks.labels(kind).inc()
+        return ok
+
+    # -- plugins -------------------------------------------------------------------------------
+    def _observe(self, accepted, now) -> None:
+        out = []
+        for mid, f, device, rx, route, repeat in accepted:
+            if repeat:
+                continue
+            st = frame.state_fields(f["state"]) if "state" in f else None
+            obs = {"id": mid, "t": now, "dev": f["dev"], "type": f["type"], "frame": _hexify(f), "state": st,
+                   "device": device.public(), "rx": dict(rx)}
+            if f["type"] not in ("reading", "alarm", "event"):
+                continue
+            for p in self.plugins:
+                out.extend(self._call(p, "observe", obs))
+        self._spool_outputs(out, now)
+
+    def _call(self, plugin, method, *args) -> list:
+        try:
+            res = getattr(plugin, method)(*args) or []
+            return [normalise(o) for o in res]
+        except Exception:
+            log.exception("plugin %s.%s failed; the gateway carries on without its output",
+                          getattr(plugin, "name", plugin), method)
+            return []
+
+    def _spool_outputs(self, outs, now) -> None:
+        items = self.held
+        for topic, payload, lane, retain in outs:
+            mid = payload.get("id") or f"{self.cfg.gateway_id}:plugin:{now:.6f}:{len(items)}"
+            items.append(Item(LANE_OF[lane], 0, payloads.dumps(payload), str(mid), now, topic=topic, retain=retain))
+        if not items:
+            return
+        try:
+            self.spool.commit(items)
+            self.held = []
+        except SpoolFull as e:
+            self.held = items   # retried on every tick: plugin alarms are never dropped
+            self.metrics.spool_errors.inc()
+            log.critical("SPOOL WRITE FAILED for %d plugin/command messages, holding them in memory: %s",
+                         len(items), e)
+            return
+        self.publisher.notify({it.lane for it in items})
+        self.publisher.kick()
+
+    def _thin(self, now) -> None:
+        dropped = self.spool.thin(self.publisher.loaded_upto())
+        n = sum(dropped.values())
+        if n:
+            self.metrics.thinned.inc(n)
+            log.warning("spool past %d bytes: thinned %d routine readings of %d devices (alarms and events kept)",
+                        self.cfg.spool_max_bytes, n, len(dropped))
+            body = payloads.gateway_event(self.cfg.gateway_id, now, "thinned",
+                                          {"readings": n, "devices": {f"{d:08x}": c for d, c in dropped.items()},
+                                           "spool_max_bytes": self.cfg.spool_max_bytes})
+            self._spool_outputs([(self.topics.event, body, "event", False)], now)
+
+    # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
+    def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        now = self.clock()
+        dev = self.topics.dev_of_cmd(topic) if topic.startswith(self.topics.root + "/") else None
+        if dev is not None:
+            self._command(dev, payload, now)
+            return
+        outs = []
+        for p in self.plugins:
+            if any(_mtopic_match(s, topic) for s in p.subscriptions):
+                try:
+                    doc = json.loads(payload)
+                except ValueError:
+                    self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
+                    continue
+                outs.extend(self._call(p, "on_message", topic, doc, now))
+        self._spool_outputs(outs, now)
+
+    def _command(self, dev: int, payload: bytes, now: float) -> None:
+        try:
+            req = parse_request(payload)
+            device = self.registry.get(dev)
+            if device is None or device.state != "commissioned":
+                raise BadCommand(f"device {dev:08x} is not a commissioned device of this gateway")
+            p = self.commands.add(dev, req, now)
+        except BadCommand as e:
+            rid = ""
+            try:
+                rid = str(json.loads(payload).get("request_id", ""))
+            except (ValueError, AttributeError):
+                pass
+            self.metrics.commands.labels("rejected").inc()
+            log.warning("command for %08x rejected: %s", dev, e)
+            body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
+            self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
+            return
+        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, p.request_id)
+        self._commands_due(now)
+
+    def _commands_due(self, now: float) -> None:
+        send, dead = self.commands.due(now)
+        for p in send:
+            device = self.registry.get(p.dev)
+            if device is None:
+                continue
+            # SPEC 1: the downlink counter is persisted before it is used
+            dfc = self.verifier.last.get((p.dev, DOWN), 0) + 1
+            try:
+                self.spool.commit([], {(p.dev, DOWN): dfc})
+            except SpoolFull as e:
+                log.critical("cannot persist a downlink counter (%s); command waits", e)
+                continue
+            self.verifier.last[(p.dev, DOWN)] = dfc
+            buf = frame.seal(dict(self.commands.fields(p), fcnt=dfc), device.key, DOWN)
+            if not self._send(p.dev, buf, "command"):
+                self.burst.event("no_route", "command for %08x waits: the device was not heard on any transport yet",
+                                 p.dev)
+        outs = []
+        for p in dead:
+            self.metrics.commands.labels("timeout").inc()
+            log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
+            outs.append((self.topics.device(p.dev, "cmd/result"), payloads.command_result(
+                self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
+                f"no ack after {p.tries} tries"), "event", False))
+        if outs:
+            self._spool_outputs(outs, now)
+
+    # -- periodic --------------------------------------------------------------------------------
+    async def ticker(self) -> None:
+        last_stats = last_gauges = -1e18
+        while True:
+            await asyncio.sleep(self.cfg.tick_interval)
+            self.tick(self.clock())
+            mono = time.monotonic()
+            if mono - last_gauges >= 5:
+                last_gauges = mono
+                self.update_gauges()
+            if mono - last_stats >= self.cfg.stats_interval:
+                last_stats = mono
+                self.publisher.publish_direct(self.topics.stats, self.stats())
+
+    def tick(self, now: float) -> None:
+        """Everything time-driven, with the daemon clock (tests call this with virtual time)."""
+        self.burst.flush()
+        items = []
+        for dev, st in self.devstate.items():
+            if st["online"] and now - st["last_seen"] > self.cfg.offline_after:
+                st["online"], st["pub"] = False, now
+                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st["last_seen"])
+                items.append(self._state_item(dev, now, st))
+        if items:
+            try:
+                self.spool.commit(items)
+                self.publisher.notify({STATE})
+                self.publisher.kick()
+            except SpoolFull as e:
+                log.critical("spool full, offline state not recorded: %s", e)
+        self._commands_due(now)
+        outs = []
+        for p in self.plugins:
+            outs.extend(self._call(p, "tick", now))
+        self._spool_outputs(outs, now)
+
+    def update_gauges(self) -> None:
+        depth = self.spool.depth()
+        oldest = [t for _, t in depth.values() if t is not None]
+        for lane, (n, _) in depth.items():
+            self.metrics.spool_depth.labels(lane).set(n)
+        self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
+        self.metrics.spool_bytes.set(self.spool.size)
+
+    def stats(self) -> dict:
+        m = self.metrics
+        rej = {}
+        for metric in m.rejected.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    rej[s.labels["reason"]] = int(s.value)
+        return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),
+                "accepted": self.accepted_count, "rejected": rej, "spool_bytes": self.spool.size,
+                "connected": self.publisher.connected, "thinned": int(m.value("gasguard_gateway_thinned_readings_total"))}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.queue = asyncio.Queue(QUEUE_MAX)
+        if self.cfg.metrics_bind:
+            self.metrics.serve(self.cfg.metrics_bind)
+            log.info("prometheus metrics on http://%s/metrics", self.cfg.metrics_bind)
+        depth = self.spool.depth()
+        log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
+                 self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
+        self.publisher.start()
+        udp_transport = None
+        if self.cfg.udp_bind:
+            udp_transport, self.udp = await listen(self.cfg.udp_bind, self._deliver_nowait, self.metrics, self.burst)
+        ingest_tasks = [asyncio.create_task(supervise(t.name, t.run, metrics=self.metrics)) for t in self.serial]
+        core = [asyncio.create_task(supervise("ingest", self.ingest, metrics=self.metrics)),
+                asyncio.create_task(supervise("publisher", self.publisher.run, metrics=self.metrics)),
+                asyncio.create_task(supervise("ticker", self.ticker, metrics=self.metrics))]
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: ingest first, then flushing what the broker takes in 3 s")
+            self.stopping = True
+            for t in ingest_tasks:
+                t.cancel()
+            if udp_transport:
+                udp_transport.close()
+            await asyncio.gather(*ingest_tasks, return_exceptions=True)
+            rest = []
+            while not self.queue.empty():
+                rest.append(self.queue.get_nowait())
+            if rest:
+                self.process(rest)
+            deadline = time.monotonic() + 3.0
+            while self.publisher.connected and self.publisher.inflight and time.monotonic() < deadline:
+                self.publisher.fill()
+                await asyncio.sleep(0.05)
+            for t in core:
+                t.cancel()
+            await asyncio.gather(*core, return_exceptions=True)
+            self.publisher.stop()
+            for p in self.plugins:
+                self._call(p, "close")
+            left = self.spool.depth()
+            log.info("stopped; left in spool: %s", ", ".join(f"{k} {v[0]}" for k, v in left.items()))
+            self.spool.close()

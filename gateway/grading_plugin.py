@@ -1,0 +1,99 @@
+"""The grading plugin for the gateway daemon: observations in, incident publications out.
+
+Enable it in the gateway config with `plugins = ["grading"]` and a `[grading]` table (keys in
+gateway/GRADING_README.md). The daemon calls `observe` for every accepted uplink after it is spooled,
+`tick` periodically with its (injectable) clock, and `on_message` for the topics in `subscriptions`; every
+returned `(topic, payload, lane)` is spooled and published at QoS 1. Incidents go on the "alarm" lane:
+they are never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from gasguard.gateway import grading as G
+from gasguard.gateway.incidents import IncidentEngine, command_subscriptions
+
+LANE = "alarm"
+log = logging.getLogger("gasguard.grading")
+
+
+class GradingPlugin:
+    name = "grading"
+
+    def __init__(self, config: dict | None = None, registry=None, downstream=None, state_path=None):
+        """`config`: the [grading] table (or the whole gateway config holding one); `registry`: a
+        gateway.registry.Registry used only for downstream lookups (or pass `downstream` directly);
+        `state_path`: where open incidents are kept across restarts (overrides the `state_path` key)."""
+        self.cfg = G.load_config(config or {})
+        if downstream is None and registry is not None:
+            downstream = lambda dev_id: [d.public() for d in registry.downstream(dev_id) if d.active]  # noqa: E731
+        self.engine = IncidentEngine(self.cfg, downstream=downstream)
+        self.subscriptions: list[str] = command_subscriptions(self.cfg)
+        self.state_path = Path(state_path or self.cfg["state_path"]) if (state_path or self.cfg["state_path"]) else None
+        if self.state_path and self.state_path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            self.engine.restore(json.loads(self.state_path.read_text(encoding="utf-8")))
+            log.info("grading: %d incidents restored from %s", len(self.engine.incidents), self.state_path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            bad = self.state_path.with_suffix(".corrupt")
+            os.replace(self.state_path, bad)
+            log.critical("grading state %s unreadable (%s): moved to %s, starting with no open incidents",
+                         self.state_path, e, bad)
+
+    def _save(self, outs: list) -> list:
+        """Write the state after every change, atomically (tmp + fsync + rename), before publishing."""
+        if outs and self.state_path:
+            tmp = self.state_path.with_suffix(".tmp")
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(self.engine.snapshot(), f, ensure_ascii=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.state_path)
+            except OSError as e:       # publishing matters more than the file: say so loudly, carry on
+                log.critical("grading state not saved to %s: %s", self.state_path, e)
+        return outs
+
+    def close(self) -> None:
+        pass
+
+    def observe(self, obs: dict) -> list[tuple[str, dict, str]]:
+        return self._save([(t, p, LANE) for t, p in self.engine.observe(obs)])
+
+    def tick(self, now: float) -> list[tuple[str, dict, str]]:
+        return self._save([(t, p, LANE) for t, p in self.engine.tick(now)])
+
+    def on_message(self, topic: str, payload: dict, now: float) -> list[tuple[str, dict, str]]:
+        if not isinstance(payload, dict):
+            payload = {}
+        return self._save([(t, p, LANE) for t, p in self.engine.on_message(topic, payload, now)])
+
+
+def registry_downstream(path):
+    """downstream(dev_id) reading the registry file at each call: station trips are rare, the file is
+    written by the technician CLI meanwhile, and an SQLite connection must not cross threads."""
+    from gasguard.gateway.registry import Registry
+
+    def downstream(dev_id: int) -> list[dict]:
+        with Registry(path, readonly=True) as reg:
+            return [d.public() for d in reg.downstream(dev_id) if d.active]
+    return downstream
+
+
+def make_plugin(options: dict, context) -> GradingPlugin:
+    """Factory for the daemon's PLUGINS registry: `[plugins.grading]` options + the daemon's context.
+
+    The district and gateway id come from the gateway's own config unless the options set them."""
+    opts = dict(options or {})
+    opts.setdefault("district", context.district)
+    opts.setdefault("gateway_id", context.gateway_id)
+    path = getattr(context, "registry_path", None)
+    state = opts.get("state_path") or (str(Path(path).parent / f"grading-{opts['gateway_id']}.json") if path else None)
+    return GradingPlugin(opts, downstream=registry_downstream(path) if path else None, state_path=state)

@@ -1,0 +1,119 @@
+"""JSON payloads and topics the gateway publishes (schemas in gateway/schemas/, tree in README.md).
+
+Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire), pressures in Pa.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gasguard.protocol import frame
+from gasguard.protocol.const import ALARM_NAMES, COMMAND_NAMES, EVENT_NAMES, RESULT_NAMES
+
+SITE_FIELDS = ("site_name", "address", "profile", "households", "user_class", "pressure_class", "key_area",
+               "lat", "lon", "upstream")
+
+
+def dev_hex(dev: int) -> str:
+    return f"{dev:08x}"
+
+
+def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
+    """Stable across restarts and retransmissions of one frame: consumers drop duplicates by it."""
+    return f"{gateway_id}:{dev:08x}:{fcnt}"
+
+
+class Topics:
+    def __init__(self, root: str):
+        self.root = root
+        self.status = f"{root}/status"
+        self.stats = f"{root}/stats"
+        self.event = f"{root}/event"
+        self.reading = f"{root}/reading"
+        self.cmd_sub = f"{root}/+/cmd"
+
+    def device(self, dev: int, leaf: str) -> str:
+        return f"{self.root}/{dev:08x}/{leaf}"
+
+    def dev_of_cmd(self, topic: str) -> int | None:
+        parts = topic[len(self.root) + 1:].split("/")
+        if len(parts) != 2 or parts[1] != "cmd" or len(parts[0]) != 8:
+            return None
+        try:
+            return int(parts[0], 16)
+        except ValueError:
+            return None
+
+
+def dumps(d: dict) -> str:
+    return json.dumps(d, separators=(",", ":"))
+
+
+def _gas(v):
+    return None if v is None else v / 10.0
+
+
+def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
+    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": _gas(f["gas"]),
+         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": frame.state_fields(f["state"]),
+         "rx": rx}
+    if f.get("inlet") is not None:
+        e["inlet_pa"] = f["inlet"]
+    return e
+
+
+def batch(gateway_id: str, district: str, t: float, entries_json: list[str]) -> str:
+    """The aggregated reading message; entries are already JSON (joined, not re-encoded: hot path)."""
+    head = dumps({"schema": "gasguard.readings/1", "gateway": gateway_id, "district": district, "t": round(t, 3)})
+    return head[:-1] + ',"readings":[' + ",".join(entries_json) + "]}"
+
+
+def site(device) -> dict:
+    pub = device.public()
+    return {k: pub.get(k) for k in SITE_FIELDS}
+
+
+def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict, device) -> dict:
+    code = f["code"]
+    pressure = code in (3, 4)
+    return {"schema": "gasguard.alarm/1", "id": mid, "gateway": gateway_id, "district": district,
+            "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": code,
+            "name": ALARM_NAMES.get(code, f"code_{code}"), "cleared": f["cleared"], "aseq": f["aseq"],
+            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else _gas(f["value"]),
+            "value_unit": "Pa" if pressure else ("pct_lel" if code in (1, 2) else "raw"),
+            "state": frame.state_fields(f["state"]), "rx": rx, "site": site(device)}
+
+
+def event(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict) -> dict:
+    return {"schema": "gasguard.event/1", "id": mid, "gateway": gateway_id, "district": district,
+            "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": f["code"],
+            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "data_hex": f["data"].hex(),
+            "rx": rx}
+
+
+def state(gateway_id: str, dev: int, t: float, online: bool, last_seen: float | None, last: dict | None) -> dict:
+    return {"schema": "gasguard.state/1", "gateway": gateway_id, "dev": dev_hex(dev), "t": round(t, 3),
+            "online": online, "last_seen": None if last_seen is None else round(last_seen, 3), "last_reading": last}
+
+
+def status(gateway_id: str, district: str, t: float, online: bool, version: str) -> dict:
+    return {"schema": "gasguard.gateway-status/1", "gateway": gateway_id, "district": district,
+            "online": online, "t": round(t, 3), "version": version}
+
+
+def gateway_event(gateway_id: str, t: float, name: str, detail: dict) -> dict:
+    return {"schema": "gasguard.gateway-event/1", "gateway": gateway_id, "t": round(t, 3), "event": name,
+            "detail": detail}
+
+
+def command_result(gateway_id: str, dev: int, t: float, request_id: str, cmd: str, cid: int | None,
+                   result: str, detail: str = "") -> dict:
+    return {"schema": "gasguard.command-result/1", "gateway": gateway_id, "dev": dev_hex(dev), "t": round(t, 3),
+            "request_id": request_id, "cmd": cmd, "cid": cid, "result": result, "detail": detail}
+
+
+def result_name(code: int) -> str:
+    return RESULT_NAMES[code] if 0 <= code < len(RESULT_NAMES) else f"code_{code}"
+
+
+COMMANDS = {v: k for k, v in COMMAND_NAMES.items()}

@@ -1,0 +1,231 @@
+"""MQTT side: drains the spool in lane order, aggregates readings, deletes rows on PUBACK.
+
+paho-mqtt 2.x runs its network loop in its own thread; every callback is handed to the asyncio loop with
+call_soon_threadsafe, so all bookkeeping (mid -> spool rows) happens on one thread. paho keeps QoS 1
+messages that were in flight when the connection dropped and re-sends them on reconnect, so the mid map
+survives reconnects; after a restart the spool itself is re-sent (at-least-once, ids make it harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections import deque
+
+import paho.mqtt.client as mqtt
+
+from . import payloads
+from .spool import ALARM, EVENT, LANE_NAMES, READING, ROW_OVERHEAD, STATE, Row, Spool
+
+log = logging.getLogger("gasguard.gateway.mqtt")
+
+PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog)
+PRIORITY_SLOTS = 16   # in-flight slots readings may never take, so an alarm always goes out at once
+
+
+class Publisher:
+    def __init__(self, cfg, spool: Spool, metrics, clock, version: str, on_message=None):
+        self.cfg, self.spool, self.metrics, self.clock = cfg, spool, metrics, clock
+        self.topics = payloads.Topics(cfg.root)
+        self.version = version
+        self.on_message_cb = on_message          # (topic, payload bytes) on the loop
+        self.subscriptions: list[str] = [self.topics.cmd_sub]
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connected = False
+        self.inflight: dict[int, tuple[list[int], int, int, list[float], float]] = {}
+        self.cursor = {lane: 0 for lane in range(4)}
+        self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
+        self.exhausted = {lane: False for lane in range(4)}
+        self.batch_wait_since: float | None = None
+        self.wake = asyncio.Event()
+        self.client = self._client()
+
+    def _client(self) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=True)
+        c.max_inflight_messages_set(self.cfg.inflight + PRIORITY_SLOTS)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(min_delay=max(1, int(self.cfg.reconnect_min)), max_delay=int(self.cfg.reconnect_max))
+        if self.cfg.mqtt_username:
+            c.username_pw_set(self.cfg.mqtt_username, self.cfg.mqtt_password)
+        if self.cfg.tls_ca:
+            c.tls_set(ca_certs=str(self.cfg.tls_ca), certfile=str(self.cfg.tls_cert) if self.cfg.tls_cert else None,
+                      keyfile=str(self.cfg.tls_key) if self.cfg.tls_key else None, cert_reqs=ssl.CERT_REQUIRED)
+        # Last Will: the command sees a dead gateway (retained, so late subscribers see it too)
+        c.will_set(self.topics.status, payloads.dumps(payloads.status(
+            self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
+        c.on_connect = lambda *a: self._threadsafe(self._on_connect, a[3])
+        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, a[3])
+        c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, mid, rc)
+        c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload)
+        return c
+
+    def _threadsafe(self, fn, *args):
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass  # loop shutting down
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        log.info("connecting to mqtt %s:%d%s", self.cfg.mqtt_host, self.cfg.mqtt_port, " (TLS)" if self.cfg.tls_ca else "")
+        self.client.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
+        if self.connected:
+            try:
+                self.client.publish(self.topics.status, payloads.dumps(payloads.status(
+                    self.cfg.gateway_id, self.cfg.district, self.clock(), False, self.version)), qos=1,
+                    retain=True).wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.loop = None
+
+    def _on_connect(self, rc) -> None:
+        if rc.is_failure:
+            log.error("broker refused the connection: %s (check mqtt.username/password/TLS)", rc)
+            return
+        self.connected = True
+        self.metrics.connected.set(1)
+        log.info("connected to mqtt broker; %d messages in flight will be re-sent", len(self.inflight))
+        self.client.publish(self.topics.status, payloads.dumps(payloads.status(
+            self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
+        for t in self.subscriptions:
+            self.client.subscribe(t, qos=1)
+        self.kick()
+
+    def _on_disconnect(self, rc) -> None:
+        if self.connected:
+            log.warning("lost the mqtt broker (%s); spooling, reconnecting with backoff up to %.0f s", rc,
+                        self.cfg.reconnect_max)
+        self.connected = False
+        self.metrics.connected.set(0)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.on_message_cb:
+            self.on_message_cb(topic, payload)
+
+    def _on_puback(self, mid: int, rc) -> None:
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
+            return   # birth/status/stats, not from the spool
+        seqs, nbytes, lane, rx_times, _sent = entry
+        self.spool.delete(seqs, nbytes)
+        now = self.clock()
+        name = LANE_NAMES[lane]
+        self.metrics.published.labels(name).inc()
+        hist = self.metrics.publish_latency.labels(name)
+        for t in rx_times:
+            hist.observe(max(0.0, now - t))
+        self.kick()
+
+    # -- draining --------------------------------------------------------------------------------
+    def _peek(self, lane: int) -> Row | None:
+        b = self.buf[lane]
+        if not b and not self.exhausted[lane]:
+            rows = self.spool.fetch(lane, self.cursor[lane], PAGE)
+            if rows:
+                b.extend(rows)
+                self.cursor[lane] = rows[-1].seq
+            else:
+                self.exhausted[lane] = True
+        return b[0] if b else None
+
+    def notify(self, lanes) -> None:
+        """New rows were committed in these lanes."""
+        for lane in lanes:
+            self.exhausted[lane] = False
+
+    def loaded_upto(self) -> int:
+        """Reading rows at or below this seq may be in memory or in flight (thinning leaves them alone)."""
+        return self.cursor[READING]
+
+    def kick(self) -> None:
+        if self.connected:
+            self.fill()
+        else:
+            self.wake.set()
+
+    def fill(self) -> None:
+        window = self.cfg.inflight + PRIORITY_SLOTS
+        while self.connected and len(self.inflight) < window:
+            row = None
+            for lane in (ALARM, EVENT, STATE):
+                row = self._peek(lane)
+                if row is not None:
+                    self.buf[lane].popleft()
+                    self._send_one(row)
+                    break
+            if row is not None:
+                continue
+            if len(self.inflight) >= self.cfg.inflight or not self._send_readings():
+                break
+
+    def _send_one(self, row: Row) -> None:
+        info = self.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+        self.inflight[info.mid] = ([row.seq], len(row.payload) + ROW_OVERHEAD, row.lane, [row.t], time.monotonic())
+
+    def _send_readings(self) -> bool:
+        """Publish one batch if it is full, or its oldest reading waited batch.delay. False if nothing sent."""
+        b = self.buf[READING]
+        first = self._peek(READING)
+        if first is None:
+            self.batch_wait_since = None
+            return False
+        if first.topic is not None:       # a plugin's message in the reading lane: alone, in order
+            b.popleft()
+            self._send_one(first)
+            return True
+        entries, seqs, times, size = [], [], [], 200
+        while len(entries) < self.cfg.batch_count:
+            row = self._peek(READING)
+            if row is None or row.topic is not None or size + len(row.payload) + 1 > self.cfg.batch_bytes:
+                break
+            b.popleft()
+            entries.append(row.payload)
+            seqs.append(row.seq)
+            times.append(row.t)
+            size += len(row.payload) + 1
+        more = self._peek(READING) is not None
+        full = more or len(entries) >= self.cfg.batch_count
+        now = time.monotonic()
+        if not full:
+            if self.batch_wait_since is None:
+                self.batch_wait_since = now
+            if now - self.batch_wait_since < self.cfg.batch_delay:
+                # not yet: put them back (in order) and wait for company
+                for p, s, t in zip(reversed(entries), reversed(seqs), reversed(times)):
+                    b.appendleft(Row(s, READING, 0, None, p, "", t, False))
+                self.wake.set()
+                return False
+        self.batch_wait_since = None
+        body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), entries)
+        info = self.client.publish(self.topics.reading, body, qos=1)
+        self.inflight[info.mid] = (seqs, size - 200 - len(seqs) + ROW_OVERHEAD * len(seqs), READING, times, now)
+        return True
+
+    async def run(self) -> None:
+        """Periodic drain: batches waiting for company, and a reconnect that found a backlog."""
+        tick = max(0.01, min(0.25, self.cfg.batch_delay / 2 or 0.05))
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), tick)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            if self.connected:
+                self.fill()
+
+    def publish_direct(self, topic: str, payload: dict, qos: int = 0, retain: bool = False) -> None:
+        """Best-effort messages that are not worth spooling (periodic stats)."""
+        if self.connected:
+            self.client.publish(topic, json.dumps(payload), qos=qos, retain=retain)

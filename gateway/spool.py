@@ -1,0 +1,207 @@
+"""The durable store-and-forward spool (SQLite, WAL).
+
+One transaction holds, together, the messages an accepted frame produces AND the device's new uplink
+counter (and downlink counter, when the frame is acked), so after a kill -9 or a power loss either both
+exist or neither does: a replay can never slip through, and an acked frame is never lost.
+
+Rows leave the spool only when the broker's PUBACK for the message carrying them arrives.
+
+Lanes, highest priority first: alarm, event, state, reading. Routine readings (no gas level, no fault,
+no trip) may be thinned when the spool passes its size bound; nothing else ever is.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("gasguard.gateway.spool")
+
+ALARM, EVENT, STATE, READING = 0, 1, 2, 3
+LANE_NAMES = ("alarm", "event", "state", "reading")
+LANE_OF = {"alarm": ALARM, "event": EVENT, "state": STATE, "reading": READING}
+ROW_OVERHEAD = 64     # bytes a row costs beyond its payload (ids, index), for the size bound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (dev INTEGER NOT NULL, dir INTEGER NOT NULL, last INTEGER NOT NULL,
+                                     PRIMARY KEY (dev, dir)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seqs (dev INTEGER NOT NULL, kind INTEGER NOT NULL, seq INTEGER NOT NULL,
+                                 PRIMARY KEY (dev, kind)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    topic TEXT,              -- NULL: a reading that travels in a batch message
+    payload TEXT NOT NULL,   -- JSON
+    msg_id TEXT NOT NULL,
+    t REAL NOT NULL,
+    routine INTEGER NOT NULL DEFAULT 0,
+    retain INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_lane ON outbox(lane, seq);
+CREATE TABLE IF NOT EXISTS audit (msg_id TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+class SpoolFull(Exception):
+    """The disk (or the spool's page limit) is full: the write did not happen, nothing was accepted."""
+
+
+@dataclass
+class Item:
+    lane: int
+    dev: int
+    payload: str
+    msg_id: str
+    t: float
+    topic: str | None = None
+    routine: bool = False
+    retain: bool = False
+
+
+@dataclass
+class Row:
+    seq: int
+    lane: int
+    dev: int
+    topic: str | None
+    payload: str
+    msg_id: str
+    t: float
+    retain: bool
+
+
+class Spool:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
+                 audit: bool = False, max_pages: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.executescript(_SCHEMA)
+        if max_pages:   # tests: a tiny "disk" that fills up like a real one
+            self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        self.max_bytes = max_bytes
+        self.audit = audit
+        self.size = self._measure()
+
+    def _measure(self) -> int:
+        n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
+        return b + n * ROW_OVERHEAD
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- counters ----------------------------------------------------------------------------------
+    def counters(self) -> dict[tuple[int, int], int]:
+        return {(d, r): last for d, r, last in self.db.execute("SELECT dev, dir, last FROM counters")}
+
+    def seqs(self) -> dict[tuple[int, int], int]:
+        return {(d, k): s for d, k, s in self.db.execute("SELECT dev, kind, seq FROM seqs")}
+
+    # -- the one write path ------------------------------------------------------------------------
+    def commit(self, items: list[Item], counters: dict | None = None, seqs: dict | None = None) -> list[int]:
+        """Write items + counter/sequence updates atomically. Returns the items' seqs. Raises SpoolFull."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if counters:
+                    db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                                   [(d, r, v) for (d, r), v in counters.items()])
+                if seqs:
+                    db.executemany("INSERT OR REPLACE INTO seqs VALUES (?, ?, ?)",
+                                   [(d, k, v) for (d, k), v in seqs.items()])
+                out = []
+                ins = ("INSERT INTO outbox (lane, dev, topic, payload, msg_id, t, routine, retain) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                for it in items:
+                    cur = db.execute(ins, (it.lane, it.dev, it.topic, it.payload, it.msg_id, it.t,
+                                           1 if it.routine else 0, 1 if it.retain else 0))
+                    out.append(cur.lastrowid)
+                if self.audit and items:
+                    db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)",
+                                   [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if "full" in str(e) or "disk I/O" in str(e):
+                raise SpoolFull(f"spool {self.path}: {e}; free disk space, nothing was accepted") from None
+            raise
+        self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
+        return out
+
+    # -- reading out ---------------------------------------------------------------------------
+    def fetch(self, lane: int, after: int, limit: int) -> list[Row]:
+        q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain FROM outbox "
+             "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
+        return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+
+    def delete(self, seqs: list[int], nbytes: int) -> None:
+        """Called on PUBACK. A failure here only means a duplicate after restart (ids make it harmless)."""
+        if not seqs:
+            return
+        try:
+            self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        except sqlite3.OperationalError as e:
+            log.error("spool delete failed (%s); the messages will be re-sent after restart", e)
+            return
+        self.size -= nbytes
+
+    def depth(self) -> dict[str, tuple[int, float | None]]:
+        """lane name -> (rows, oldest receive time)."""
+        out = {n: (0, None) for n in LANE_NAMES}
+        for lane, n, oldest in self.db.execute("SELECT lane, count(*), min(t) FROM outbox GROUP BY lane"):
+            out[LANE_NAMES[lane]] = (n, oldest)
+        return out
+
+    def audit_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT msg_id FROM audit")}
+
+    # -- the size bound ------------------------------------------------------------------------
+    def over(self) -> bool:
+        return self.size > self.max_bytes
+
+    def thin(self, protect_below: int) -> dict[int, int]:
+        """Past the bound, drop every other routine reading, oldest first, until under 90 % of it.
+
+        Rows with seq <= protect_below may already be in flight and are left alone. Returns {dev: dropped}.
+        Alarms, events, state and non-routine readings are never touched.
+        """
+        dropped: dict[int, int] = {}
+        target = int(self.max_bytes * 0.9)
+        after = protect_below
+        while self.size > target:
+            rows = self.db.execute("SELECT seq, dev, length(payload) FROM outbox WHERE lane = ? AND routine = 1 "
+                                   "AND seq > ? ORDER BY seq LIMIT 2000", (READING, after)).fetchall()
+            if len(rows) < 2:
+                if after == protect_below:
+                    break
+                after = protect_below   # another pass over what is left, thinning it again
+                continue
+            victims = rows[1::2]
+            try:
+                self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in victims])
+            except sqlite3.OperationalError as e:
+                log.error("spool thinning failed: %s", e)
+                break
+            for _, dev, n in victims:
+                dropped[dev] = dropped.get(dev, 0) + 1
+                self.size -= n + ROW_OVERHEAD
+            after = rows[-1][0]
+        return dropped
+
+    def wait_checkpoint(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass
+
+

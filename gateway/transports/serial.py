@@ -1,0 +1,102 @@
+"""A UART: a wired node or a LoRa modem in transparent mode (same SPEC 6 framing).
+
+Survives unplug/replug and a busy port: each failure is logged once with what to do, and the port is
+re-opened with capped backoff. Reads are non-blocking on the event loop (add_reader), never a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import serial
+
+from gasguard.protocol import framing
+
+log = logging.getLogger("gasguard.gateway.serial")
+
+
+class SerialTransport:
+    def __init__(self, spec, deliver, metrics, *, backoff_min: float = 0.2, backoff_max: float = 5.0):
+        self.spec = spec                 # config.SerialPort
+        self.name = f"{spec.kind}:{spec.name}"
+        self.deliver = deliver           # async (raw, rx, route) -> None
+        self.metrics = metrics
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.ser: serial.Serial | None = None
+        self.deframer = framing.Deframer()
+        self.opened = 0                  # how many times the port was (re)opened
+
+    def _open(self) -> serial.Serial:
+        s = serial.serial_for_url(self.spec.port, baudrate=self.spec.baud, timeout=0, write_timeout=0.5,
+                                  do_not_open=True)
+        if hasattr(s, "exclusive"):
+            s.exclusive = True           # flock: a second program on the port is an error, not a silent split
+        s.open()
+        return s
+
+    async def run(self) -> None:
+        delay = self.backoff_min
+        failing = None
+        while True:
+            try:
+                self.ser = self._open()
+            except (serial.SerialException, OSError) as e:
+                msg = str(e)
+                why = ("busy: another program holds it (find it with 'fuser %s')" % self.spec.port
+                       if "lock" in msg.lower() or "busy" in msg.lower() else
+                       "not present: check the cable / USB adapter and the path in [[serial]] port")
+                if failing != why:
+                    log.error("serial %s %s (%s); retrying every <= %.0f s", self.spec.port, why, msg, self.backoff_max)
+                    failing = why
+                await asyncio.sleep(delay)
+                delay = min(self.backoff_max, delay * 2)
+                continue
+            delay, failing = self.backoff_min, None
+            self.opened += 1
+            self.deframer = framing.Deframer()   # a partial frame from before the unplug is noise, not a frame
+            log.info("serial %s open (%s, %d baud)%s", self.spec.port, self.spec.kind, self.spec.baud,
+                     " again after a disconnect" if self.opened > 1 else "")
+            try:
+                await self._pump(self.ser)
+            except (serial.SerialException, OSError) as e:
+                log.warning("serial %s disconnected (%s); waiting for it to come back", self.spec.port, e)
+            finally:
+                try:
+                    self.ser.close()
+                except Exception:  # noqa: BLE001 - closing a dead port may fail any way it likes
+                    pass
+                self.ser = None
+
+    async def _pump(self, ser: serial.Serial) -> None:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = ser.fileno()
+        loop.add_reader(fd, ready.set)
+        rx = {"transport": self.spec.kind, "port": self.spec.name, "rssi": None, "snr": None}
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                data = ser.read(4096)
+                for kind, payload in self.deframer.feed(data):
+                    if kind == framing.FRAME:
+                        await self.deliver(payload, rx, self)
+                    elif kind == framing.TEXT:
+                        self.metrics.text_lines.inc()
+                        log.info("node log on %s: %s", self.spec.name, payload.decode("utf-8", "replace").strip())
+                    else:
+                        await self.deliver(None, rx, payload)   # noise: counted by reason
+        finally:
+            loop.remove_reader(fd)
+
+    def send(self, frame: bytes, rx: dict | None = None) -> bool:
+        s = self.ser
+        if s is None:
+            return False
+        try:
+            s.write(framing.wrap(frame))
+            return True
+        except (serial.SerialException, OSError) as e:
+            log.warning("serial %s write failed (%s)", self.spec.port, e)
+            return False
