@@ -117,8 +117,13 @@ class Daemon:
         accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
         results: list = []
         down = {}
+        per_transport: dict = {}
+        for _raw, rx, _route in group:   # counted per group, not per frame (hot path)
+            t = rx.get("transport", "?")
+            per_transport[t] = per_transport.get(t, 0) + 1
+        for t, n in per_transport.items():
+            self.metrics.frames_in.labels(t).inc(n)
         for raw, rx, route in group:
-            self.metrics.frames_in.labels(rx.get("transport", "?")).inc()
             if raw is None:
                 self._reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
@@ -134,8 +139,8 @@ class Daemon:
             typ = f["type"]
             repeat = False
             if typ == "reading":
-                items.append(Item(READING, dev, payloads.dumps(payloads.reading_entry(mid, f, now, rx)), mid, now,
-                                  routine=(f["state"] & 0xF8) == 0))
+                entry = payloads.reading_entry(mid, f, now, rx)
+                items.append(Item(READING, dev, payloads.dumps(entry), mid, now, routine=(f["state"] & 0xF8) == 0))
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
@@ -207,8 +212,7 @@ class Daemon:
             st = self.devstate[dev] = {"online": False, "last_seen": now, "sbyte": None, "pub": -1e18, "last": None}
         st["last_seen"] = now
         if f["type"] == "reading":
-            st["last"] = payloads.reading_entry(mid, f, now, {})
-            st["last"].pop("rx")
+            st["last"] = (mid, f, now)     # the entry is built only when a state message is (hot path)
         changed = sbyte is not None and sbyte != st["sbyte"]
         if sbyte is not None:
             st["sbyte"] = sbyte
@@ -218,7 +222,11 @@ class Daemon:
         return [self._state_item(dev, now, st)]
 
     def _state_item(self, dev: int, now: float, st: dict) -> Item:
-        body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], st["last"])
+        last = None
+        if st["last"] is not None:
+            last = payloads.reading_entry(*st["last"], {})
+            last.pop("rx")
+        body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
                     topic=self.topics.device(dev, "state"), retain=True)
 

@@ -40,6 +40,8 @@ class Publisher:
         self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
         self.exhausted = {lane: False for lane in range(4)}
         self.batch_wait_since: float | None = None
+        self.acked: list[int] = []               # PUBACKed rows not yet deleted (one delete per loop pass)
+        self.acked_bytes = 0
         self.wake = asyncio.Event()
         self.client = self._client()
 
@@ -89,6 +91,7 @@ class Publisher:
         self.client.disconnect()
         self.client.loop_stop()
         self.loop = None
+        self._flush_acked()
 
     def _on_connect(self, rc) -> None:
         if rc.is_failure:
@@ -119,7 +122,10 @@ class Publisher:
         if entry is None:
             return   # birth/status/stats, not from the spool
         seqs, nbytes, lane, rx_times, _sent = entry
-        self.spool.delete(seqs, nbytes)
+        if not self.acked and self.loop is not None:
+            self.loop.call_soon(self._flush_acked)   # after every PUBACK already queued: one transaction
+        self.acked.extend(seqs)
+        self.acked_bytes += nbytes
         now = self.clock()
         name = LANE_NAMES[lane]
         self.metrics.published.labels(name).inc()
@@ -127,6 +133,11 @@ class Publisher:
         for t in rx_times:
             hist.observe(max(0.0, now - t))
         self.kick()
+
+    def _flush_acked(self) -> None:
+        if self.acked:
+            seqs, nbytes, self.acked, self.acked_bytes = self.acked, self.acked_bytes, [], 0
+            self.spool.delete(seqs, nbytes)
 
     # -- draining --------------------------------------------------------------------------------
     def _peek(self, lane: int) -> Row | None:

@@ -7,6 +7,7 @@ from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
 from gasguard.tools.bench_firmware import firmware_bench
 from gasguard.tools.bench_fleet import fleet as fleet_bench
+from gasguard.tools.bench_gateway import gateway_bench, memory_bench
 
 
 @click.group()
@@ -38,3 +39,5 @@ def air():
 
 bench.add_command(fleet_bench)
 bench.add_command(firmware_bench)
+bench.add_command(gateway_bench)
+bench.add_command(memory_bench)
