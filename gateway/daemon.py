@@ -50,6 +50,27 @@ def _mtopic_match(sub: str, topic: str) -> bool:
     return len(s) == len(t)
 
 
+def alarms_first(group: list) -> tuple[list, list]:
+    """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
+    frame in this group moves to a group of its own, committed and published before the rest. Nothing
+    else moves, so readings keep their arrival order and each device its frame order (counters verify as
+    they would). ([], group) when no alarm can move."""
+    if not any(raw is not None and len(raw) > 5 and (raw[0] >> 3) & 7 == T_ALARM for raw, _, _ in group):
+        return [], group
+    first, rest, seen = [], [], set()
+    for g in group:
+        raw = g[0]
+        if raw is not None and len(raw) > 5:
+            dev = bytes(raw[1:5])
+            if dev not in seen and (raw[0] >> 3) & 7 == T_ALARM:
+                first.append(g)
+                seen.add(dev)
+                continue
+            seen.add(dev)
+        rest.append(g)
+    return first, rest
+
+
 def _hexify(f: dict) -> dict:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
 
@@ -103,7 +124,11 @@ class Daemon:
             group = [await self.queue.get()]
             while len(group) < GROUP_MAX and not self.queue.empty():
                 group.append(self.queue.get_nowait())
-            self.process(group)
+            first, rest = alarms_first(group)
+            if first:
+                self.process(first)    # its own, small transaction: on disk and published before the rest
+            if rest:
+                self.process(rest)
 
     def process(self, group: list) -> None:
         """Verify a group of frames and commit what is accepted in one transaction."""

@@ -69,6 +69,13 @@ class Probe:
         self.latencies: list[float] = []
         self.last_ack = 0.0
         orig_send, orig_ack = p._send_one, p._on_puback
+        self.acked_at: dict[int, float] = {}      # mid -> when the PUBACK reached the gateway (paho's thread)
+        orig_cb = p.client.on_publish
+
+        def on_publish(c, u, mid, rc, props):
+            self.acked_at[mid] = time.perf_counter()
+            orig_cb(c, u, mid, rc, props)
+        p.client.on_publish = on_publish
 
         def send_one(row):
             orig_send(row)
@@ -77,7 +84,7 @@ class Probe:
 
         def on_puback(mid, rc):
             entry = p.inflight.get(mid)
-            now = time.perf_counter()
+            now = self.acked_at.pop(mid, None) or time.perf_counter()
             if entry is not None:
                 if entry[2] == 3:
                     self.readings += len(entry[0])
