@@ -237,7 +237,8 @@ class Daemon:
             st = self.devstate[dev] = {"online": False, "last_seen": now, "sbyte": None, "pub": -1e18, "last": None}
         st["last_seen"] = now
         if f["type"] == "reading":
-            st["last"] = (mid, f, now)     # the entry is built only when a state message is (hot path)
+            # the entry is built only when a state message is (hot path); a tuple, not the frame (memory)
+            st["last"] = (f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
         changed = sbyte is not None and sbyte != st["sbyte"]
         if sbyte is not None:
             st["sbyte"] = sbyte
@@ -249,7 +250,10 @@ class Daemon:
     def _state_item(self, dev: int, now: float, st: dict) -> Item:
         last = None
         if st["last"] is not None:
-            last = payloads.reading_entry(*st["last"], {})
+            fcnt, gas, pressure, battery, sbyte, inlet, t = st["last"]
+            f = {"dev": dev, "fcnt": fcnt, "gas": gas, "pressure": pressure, "battery": battery, "state": sbyte,
+                 "inlet": inlet}
+            last = payloads.reading_entry(payloads.msg_id(self.cfg.gateway_id, dev, fcnt), f, t, {})
             last.pop("rx")
         body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,

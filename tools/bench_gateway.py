@@ -36,6 +36,7 @@ import click
 
 ALARM_EVERY = 0.02       # s between alarms in the latency and drain runs
 BG_TICK = 0.005          # s between background slices
+TOTAL_DEVICES = 330_000  # bench memory: the district's devices (issue 8)
 PER_DEV = 10             # readings per device in a run (the rate limit allows a burst of 30)
 
 
@@ -417,10 +418,9 @@ def memory_figures(*, households=None, echo=click.echo) -> dict:
     with tempfile.TemporaryDirectory(prefix="gg-bench-mem-", dir="/var/tmp") as tmp:
         d = Path(tmp)
         t = time.perf_counter()
-        hh = district.HOUSEHOLDS if households is None else households
-        hh = min(hh, district.HOUSEHOLDS)
-        devs = district.generate(seed=1, households=hh - district.STATIONS if households is None else hh,
-                                 sim_keys=True)
+        if households is None:   # 330,000 devices in all: the stations and users, the rest household nodes
+            households = TOTAL_DEVICES - len(district.generate(seed=1, households=0, sim_keys=True))
+        devs = district.generate(seed=1, households=households, sim_keys=True)
         for dv in devs:
             dv.state = "commissioned"
         with Registry(d / "registry.db") as r:
