@@ -24,6 +24,7 @@ log = logging.getLogger("gasguard.gateway.mqtt")
 
 PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog)
 PRIORITY_SLOTS = 16   # in-flight slots readings may never take, so an alarm always goes out at once
+FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the event loop for a whole window
 
 
 class Publisher:
@@ -40,7 +41,8 @@ class Publisher:
         self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
         self.exhausted = {lane: False for lane in range(4)}
         self.batch_wait_since: float | None = None
-        self.acked: list[int] = []               # PUBACKed rows not yet deleted (one delete per loop pass)
+        self.batch_timer: asyncio.TimerHandle | None = None
+        self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
         self.acked_bytes = 0
         self.wake = asyncio.Event()
         self.client = self._client()
@@ -124,20 +126,26 @@ class Publisher:
         seqs, nbytes, lane, rx_times, _sent = entry
         if not self.acked and self.loop is not None:
             self.loop.call_soon(self._flush_acked)   # after every PUBACK already queued: one transaction
-        self.acked.extend(seqs)
+        # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
+        # touches rows in flight): deleted as a range, not row by row
+        self.acked.append((lane, min(seqs), max(seqs)))
         self.acked_bytes += nbytes
         now = self.clock()
         name = LANE_NAMES[lane]
         self.metrics.published.labels(name).inc()
-        hist = self.metrics.publish_latency.labels(name)
-        for t in rx_times:
-            hist.observe(max(0.0, now - t))
-        self.kick()
+        # one observation per message: a batch of readings counts once, with its oldest reading (the worst
+        # latency in it) - per reading it cost more than building the batch
+        self.metrics.publish_latency.labels(name).observe(max(0.0, now - min(rx_times)))
+        self.wake.set()   # refill once per loop pass (run()), not per PUBACK: ingest gets every other turn
+
+    def _batch_due(self) -> None:
+        self.batch_timer = None
+        self.wake.set()
 
     def _flush_acked(self) -> None:
         if self.acked:
-            seqs, nbytes, self.acked, self.acked_bytes = self.acked, self.acked_bytes, [], 0
-            self.spool.delete(seqs, nbytes)
+            ranges, nbytes, self.acked, self.acked_bytes = self.acked, self.acked_bytes, [], 0
+            self.spool.delete_ranges(ranges, nbytes)
 
     # -- draining --------------------------------------------------------------------------------
     def _peek(self, lane: int) -> Row | None:
@@ -168,6 +176,7 @@ class Publisher:
 
     def fill(self) -> None:
         window = self.cfg.inflight + PRIORITY_SLOTS
+        batches = 0
         while self.connected and len(self.inflight) < window:
             row = None
             for lane in (ALARM, EVENT, STATE):
@@ -178,8 +187,13 @@ class Publisher:
                     break
             if row is not None:
                 continue
+            if batches >= FILL_BATCHES:
+                if self.loop is not None:   # the rest on a later pass: ingest (and a new alarm) go in between
+                    self.loop.call_soon(self.wake.set)
+                break
             if len(self.inflight) >= self.cfg.inflight or not self._send_readings():
                 break
+            batches += 1
 
     def _send_one(self, row: Row) -> None:
         info = self.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
@@ -216,7 +230,10 @@ class Publisher:
                 # not yet: put them back (in order) and wait for company
                 for p, s, t in zip(reversed(entries), reversed(seqs), reversed(times)):
                     b.appendleft(Row(s, READING, 0, None, p, "", t, False))
-                self.wake.set()
+                # a timer, not wake.set(): run() would spin on a set event until the delay ran out
+                if self.batch_timer is None and self.loop is not None:
+                    self.batch_timer = self.loop.call_later(self.cfg.batch_delay - (now - self.batch_wait_since),
+                                                            self._batch_due)
                 return False
         self.batch_wait_since = None
         body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), entries)
@@ -228,9 +245,12 @@ class Publisher:
         """Periodic drain: batches waiting for company, and a reconnect that found a backlog."""
         tick = max(0.01, min(0.25, self.cfg.batch_delay / 2 or 0.05))
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands while the event
+            # is being set, and the graceful stop then waits for this task forever
             try:
-                await asyncio.wait_for(self.wake.wait(), tick)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(tick):
+                    await self.wake.wait()
+            except TimeoutError:
                 pass
             self.wake.clear()
             if self.connected:

@@ -32,7 +32,8 @@ def table(air, fw, gw, mem) -> list[tuple]:
              f"{la['p50_ms']:.1f} / {la['p99_ms']:.1f} ms", "p99 <= 20 ms, at 50,000/s",
              la["p99_ms"] <= 20 and not la["capped"]),
         _row(f"drain of {dr['backlog']:,} spooled readings", f"{dr['drain_per_s']:,.0f}/s; alarms meanwhile "
-             f"p99 {dr['p99_ms']:.1f} ms", ">= 50,000/s, alarms first", dr["drain_per_s"] >= 50_000),
+             f"p99 {dr['p99_ms']:.1f} ms", ">= 50,000/s; alarms first (p99 <= 20 ms)",
+             dr["drain_per_s"] >= 50_000 and dr["p99_ms"] <= 20),
         _row(f"gateway RSS, {mem['devices']:,} devices ({mem['stations']:,} stations) heard once",
              f"{mem['after_all_heard_mb']} MB (registry alone {mem['registry_loaded_mb']} MB)", "<= 150 MB",
              mem["after_all_heard_mb"] <= 150),
