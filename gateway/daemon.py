@@ -184,12 +184,13 @@ class Daemon:
             self.verifier.last[(dev, DOWN)] = dfc
         for r in results:
             self.metrics.commands.labels(r).inc()
-        # acks only now: the alarm is on disk
-        for dev, fields in acks:
-            self._send(dev, frame.seal(fields, self.verifier.registry.get(dev).key, DOWN), "ack")
+        # routes first: a device's first frame may be the alarm we are about to ack
         for mid, f, device, rx, route, repeat in accepted:
             self.routes[f["dev"]] = (route, rx)
             self.metrics.accepted.labels(f["type"]).inc()
+        # acks only now: the alarm is on disk
+        for dev, fields in acks:
+            self._send(dev, frame.seal(fields, self.verifier.registry.get(dev).key, DOWN), "ack")
         self.accepted_count += len(accepted)
         self.publisher.notify({it.lane for it in items})
         self.publisher.kick()

@@ -217,9 +217,12 @@ class Publisher:
         """Periodic drain: batches waiting for company, and a reconnect that found a backlog."""
         tick = max(0.01, min(0.25, self.cfg.batch_delay / 2 or 0.05))
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands while the event
+            # is being set, and the graceful stop then waits for this task forever
             try:
-                await asyncio.wait_for(self.wake.wait(), tick)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(tick):
+                    await self.wake.wait()
+            except TimeoutError:
                 pass
             self.wake.clear()
             if self.connected:
