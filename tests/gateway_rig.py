@@ -85,7 +85,10 @@ class Rig:
             gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}")
         self.cfg = gwconfig.load(self.config_path)
         self.root = self.cfg.root
-        self.sub = testkit.Subscriber(broker_port, sub_topic) if sub else None
+        # a persistent session: what the gateway publishes while a restarted broker waits for this
+        # subscriber to come back is queued for it, as for the district's real consumers
+        self.sub = testkit.Subscriber(broker_port, sub_topic, client_id=f"rig-{os.getpid()}-{id(self)}",
+                                      clean=False) if sub else None
         self.daemon: Daemon | None = None
         self.runner: testkit.DaemonThread | None = None
 
