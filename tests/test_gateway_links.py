@@ -141,3 +141,20 @@ def test_serial_unplug_and_replug_logs_and_resumes(rig, caplog):
     assert rig.daemon.serial[0].opened == 2
     lines = [r.getMessage() for r in caplog.records if r.name == "gasguard.gateway.serial"]
     assert any("disconnected" in m and "waiting for it to come back" in m for m in lines), lines
+
+
+def test_lora_modem_on_a_uart_uses_the_serial_framing_and_says_so(tmp_path, mosquitto):
+    rig = Rig(tmp_path, mosquitto.port, extra="[batch]\ndelay = 0.1\n")
+    text = rig.config_path.read_text().replace(f'port = "{rig.cables[0].link}"',
+                                               f'port = "{rig.cables[0].link}"\nkind = "lora_uart"\nname = "modem0"')
+    rig.config_path.write_text(text)
+    from gasguard.gateway import config as gwconfig
+    rig.cfg = gwconfig.load(rig.config_path)
+    try:
+        rig.start()
+        rig.cables[0].send(rig.nodes[0].reading())
+        rig.sub.wait(lambda ms: rig.readings(), 10)
+        assert rig.readings()[0]["rx"] == {"transport": "lora_uart", "port": "modem0", "rssi": None, "snr": None}
+        rig.validated()
+    finally:
+        rig.close()

@@ -160,6 +160,8 @@ def test_sigterm_stops_ingest_flushes_and_leaves_the_rest_in_the_spool(tmp_path,
         assert ids == [f"gw1:{a.dev:08x}:{n}" for n in range(1, 13)]    # in order, each once
         order = [t.rsplit("/", 1)[-1] for t, _, _ in rig.sub.messages]
         assert order.index("alarm") < len(order) - 1 - order[::-1].index("reading")
+        for log in (gw.log(), gw2.log()):          # key material never reaches a log line
+            assert a.key.hex() not in log.lower() and a.key.hex().upper() not in log
         goodbye = [d for t, d, _ in rig.sub.messages if t.endswith("/status") and not d["online"]]
         assert goodbye and goodbye[-1]["t"] > 0            # a graceful stop says offline itself (not the Will)
         rig.validated()
