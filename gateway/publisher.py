@@ -47,6 +47,8 @@ class Publisher:
         self.batch_wait_since: float | None = None
         self.wake = asyncio.Event()
         self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
+        self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
+        self.resend_deadline = 0.0
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -106,6 +108,11 @@ class Publisher:
         self.fail_logged = (None, 0.0)
         self.metrics.connected.set(1)
         log.info("connected to mqtt broker; %d messages in flight will be re-sent", len(self.inflight))
+        # paho re-sends what was in flight when the link dropped, but only after its on_connect returns, from
+        # its own thread: rows published now could overtake them and break the per-device order. New rows
+        # wait for those PUBACKs (one round trip), at most a keepalive.
+        self.resending = set(self.inflight)
+        self.resend_deadline = time.monotonic() + self.cfg.keepalive
         self.client.publish(self.topics.status, payloads.dumps(payloads.status(
             self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
         for t in self.subscriptions:
@@ -150,6 +157,7 @@ class Publisher:
 
     def _on_puback(self, mid: int, rc) -> None:
         entry = self.inflight.pop(mid, None)
+        self.resending.discard(mid)
         if entry is None:
             return   # birth/status/stats, not from the spool
         seqs, nbytes, lane, rx_times, _sent = entry
@@ -190,6 +198,12 @@ class Publisher:
             self.wake.set()
 
     def fill(self) -> None:
+        if self.resending:
+            if time.monotonic() < self.resend_deadline:
+                return
+            log.warning("%d re-sent messages not acknowledged within %d s; publishing on (order may slip)",
+                        len(self.resending), self.cfg.keepalive)
+            self.resending = set()
         window = self.cfg.inflight + PRIORITY_SLOTS
         while self.connected and len(self.inflight) < window:
             row = None

@@ -96,7 +96,9 @@ def test_bad_frames_are_rejected_and_counted_by_reason(rig, tmp_path):
     cable.write(b"\x00\x13\x37\xde\xad\xbe\xef\x00")  # line noise (a COBS frame with a bad CRC)
     for _ in range(5):                                 # rate limit: node b only has 3 tokens
         cable.send(b.reading())
-    wait_until(lambda: rig.rejected("rate_limit") >= 2, 10, "rate limit")
+    # (metrics are read from this thread while the daemon's loop may be mid-group: wait for the end state)
+    wait_until(lambda: rig.rejected("rate_limit") >= 2 and
+               rig.metric("gasguard_gateway_accepted_total", type="reading") == 4, 10, "all frames handled")
 
     got = {r: rig.rejected(r) for r in ("mic", "replay", "unknown_device", "decommissioned", "rate_limit")}
     assert got == {"mic": 1, "replay": 1, "unknown_device": 1, "decommissioned": 1, "rate_limit": 2}
@@ -124,7 +126,8 @@ def test_one_frame_over_two_paths_is_published_once(tmp_path, mosquitto):
         rd = a.reading()
         rig.cables[1].send(rd)
         rig.cables[0].send(rd)
-        wait_until(lambda: rig.rejected("duplicate") == 2, 10, "both copies counted as duplicates")
+        wait_until(lambda: rig.rejected("duplicate") == 2 and
+                   rig.metric("gasguard_gateway_accepted_total", type="reading") == 1, 10, "both copies counted")
         rig.sub.wait(lambda ms: rig.readings(), 10)
         time.sleep(0.5)
         assert len(rig.sub.on("/alarm")) == 1 and len(rig.readings()) == 1
