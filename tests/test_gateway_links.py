@@ -158,3 +158,18 @@ def test_lora_modem_on_a_uart_uses_the_serial_framing_and_says_so(tmp_path, mosq
         rig.validated()
     finally:
         rig.close()
+
+
+def test_busy_port_is_logged_and_opened_once_free(rig, caplog):
+    import serial
+    caplog.set_level(logging.INFO, logger="gasguard.gateway.serial")
+    holder = serial.Serial(str(rig.cables[0].link), exclusive=True)   # another program holds the port
+    try:
+        rig.start(wait=False)
+        wait_until(lambda: "busy: another program holds it" in caplog.text, 10, "the busy port is logged")
+        assert "fuser" in caplog.text and rig.daemon.serial[0].ser is None
+    finally:
+        holder.close()
+    wait_until(lambda: rig.daemon.serial[0].ser is not None, 15, "opened once free")
+    rig.cables[0].send(rig.nodes[0].reading())
+    rig.sub.wait(lambda ms: rig.readings(), 10)
