@@ -181,7 +181,11 @@ async function start(runMain, cause) {
   mp.FS.writeFile("/rom/esp32.py", "from machine import NVS  # esp32.NVS on a real ESP32\n");
   copyIn(mp.FS, flash, "/");
   mp.registerJsModule("vbhal", hal);
-  mp.runPython("import sys\nsys.path.insert(0, '/rom')\nif '/lib' not in sys.path: sys.path.append('/lib')");
+  // machine/esp32 are built in on a real board: import the shims once with /rom on the path and take it off
+  // again, so they win over any file (as built-ins do) and sys.path is a board's ['', '.frozen', '/lib'];
+  // leaving '/rom' at sys.path[0] broke code that expects the current directory there (mpremote, mip)
+  mp.runPython("import sys\nsys.path.insert(0, '/rom')\nimport machine, esp32\ndel machine, esp32\nsys.path.remove('/rom')\n" +
+               "if '/lib' not in sys.path: sys.path.append('/lib')");
   board.mp = mp;
   if (runMain && existsSync(join(flash, "main.py"))) runFirmware(g);
   else setMode("repl");
