@@ -38,6 +38,10 @@ def test_new_then_flash_compiled_boots_with_the_new_identity_and_the_gateway_ver
         assert frames, "no frame from the flashed node"
         v = gateway_verifier(reg).check(frames[0], time.time())
         assert v.device.dev_id == int(dev, 16) and v.f["type"] == "event"
+        # the REPL is reached again after .mpy firmware has run a while (Board.repl's clean-answer check)
+        time.sleep(3)
+        got = cli_json("device", "config", dev, "--port", vb.pty, registry=reg)
+        assert got["params"]["gas_l2"] == 250 and got["source"]["gas_l2"] == "default"
     with Registry(reg) as r:
         assert r.get(int(dev, 16)).state == "commissioned"
         assert [h["action"] for h in r.history(int(dev, 16))] == ["new", "flash"]
