@@ -61,19 +61,6 @@ class Board:
             raise ProvisioningError(f"no MicroPython REPL on {self.port} ({e}): is MicroPython on the board "
                                     "(flash it with esptool / the UF2 first), and is this its console port?") from None
         self.in_repl = True
-        # A first command proves the REPL answers cleanly. The virtual board (tools/vboard_host.mjs) can come
-        # out of the soft reset after interrupting .mpy firmware with an interpreter whose every command
-        # fails (print raises); a second soft reset clears it. A real board answers the first time.
-        for _ in range(3):
-            try:
-                out, err = self.t.exec_raw("print(40 + 2)", timeout=10)
-            except TransportError:
-                out, err = b"", b"no answer"
-            if out.strip() == b"42" and not err:
-                return
-            self.t.enter_raw_repl(soft_reset=True)
-        raise ProvisioningError(f"the REPL on {self.port} does not answer cleanly: press the board's reset "
-                                "button (or power-cycle it) and run the command again")
 
     def exec(self, code: str, timeout: float = 10) -> str:
         self.repl()
