@@ -47,6 +47,7 @@ class Publisher:
         self.batch_wait_since: float | None = None
         self.wake = asyncio.Event()
         self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
+        self.stopping = False
         self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
         self.resend_deadline = 0.0
         self.client = self._client()
@@ -89,6 +90,7 @@ class Publisher:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
+        self.stopping = True
         if self.connected:
             try:
                 self.client.publish(self.topics.status, payloads.dumps(payloads.status(
@@ -142,7 +144,7 @@ class Publisher:
                       self.cfg.mqtt_host, self.cfg.mqtt_port, err, hint, self.cfg.reconnect_max)
 
     def _on_disconnect(self, rc) -> None:
-        if not self.connected:
+        if not self.connected and not self.stopping:
             # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
             self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
         else:

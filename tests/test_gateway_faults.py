@@ -78,6 +78,11 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
     alarms = [d for t, d, _ in rig.sub.messages if t.endswith("/alarm")]
     received = _received(rig)
 
+    n_readings = sum(1 for m in accepted if m in {r["id"] for r in got_readings})
+    print(f"faults: {kills} SIGKILLs, {restarts} broker restarts; fleet sent {rep.frames} frames "
+          f"({rep.sent['reading']} readings, {rep.alarms['raised']} alarms raised, {rep.alarms['retransmitted']} "
+          f"retransmitted); accepted {n_readings} readings + {len(accepted) - n_readings} alarms; subscriber got "
+          f"{len(got_readings)} reading entries ({len(got_readings) - len({r['id'] for r in got_readings})} duplicates)")
     assert kills >= KILLS - 1 and restarts >= 1
     assert rep.sent["reading"] > 1000 and rep.alarms["raised"] >= 40, rep.as_dict()
     assert accepted - received == set(), f"{len(accepted - received)} accepted messages never published"
