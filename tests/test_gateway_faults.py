@@ -80,9 +80,11 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
 
     n_readings = sum(1 for m in accepted if m in {r["id"] for r in got_readings})
     print(f"faults: {kills} SIGKILLs, {restarts} broker restarts; fleet sent {rep.frames} frames "
-          f"({rep.sent['reading']} readings, {rep.alarms['raised']} alarms raised, {rep.alarms['retransmitted']} "
-          f"retransmitted); accepted {n_readings} readings + {len(accepted) - n_readings} alarms; subscriber got "
-          f"{len(got_readings)} reading entries ({len(got_readings) - len({r['id'] for r in got_readings})} duplicates)")
+          f"({rep.sent['reading']} readings, {rep.alarms['raised']} alarms raised, "
+          f"{rep.alarms['retransmitted']} retransmitted; {rep.transport.get('tx_dropped')} dropped on the line "
+          f"while no gateway read it); accepted {n_readings} readings + {len(accepted) - n_readings} alarms; "
+          f"subscriber got {len(got_readings)} reading entries "
+          f"({len(got_readings) - len({r['id'] for r in got_readings})} duplicates)")
     assert kills >= KILLS - 1 and restarts >= 1
     assert rep.sent["reading"] > 1000 and rep.alarms["raised"] >= 40, rep.as_dict()
     assert accepted - received == set(), f"{len(accepted - received)} accepted messages never published"
