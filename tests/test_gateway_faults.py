@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from gasguard.gateway import testkit
 from gasguard.protocol.const import ALARM
 from gasguard.tools.fleet import Fleet
 from gasguard.tools.fleet_transport import PtyTransport
@@ -25,7 +26,6 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
     rig = Rig(tmp_path, mosquitto.port, nodes=0, cables=0, udp=True,
               extra="[spool]\naudit = true\n[limits]\nrate_per_min = 100000\nburst = 1000\n[batch]\ndelay = 0.2\n")
     # the rig's UDP listener is unused; the fleet talks over its own pty, configured like a real port
-    from gasguard.gateway import testkit
     nodes = [testkit.Node(0x00F00000 + i) for i in range(40)]
     testkit.make_registry(rig.registry, nodes, config={"report_s": 60})
     link = tmp_path / "ttyFLEET"

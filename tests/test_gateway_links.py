@@ -8,7 +8,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+import serial
 
+from gasguard.gateway import config as gwconfig
 from gasguard.gateway import testkit
 from gasguard.protocol.const import ALARM, CMD_SET_PARAM, CMD_STATUS, COMMAND
 from gateway_rig import VALIDATORS, Rig, wait_until
@@ -148,7 +150,6 @@ def test_lora_modem_on_a_uart_uses_the_serial_framing_and_says_so(tmp_path, mosq
     text = rig.config_path.read_text().replace(f'port = "{rig.cables[0].link}"',
                                                f'port = "{rig.cables[0].link}"\nkind = "lora_uart"\nname = "modem0"')
     rig.config_path.write_text(text)
-    from gasguard.gateway import config as gwconfig
     rig.cfg = gwconfig.load(rig.config_path)
     try:
         rig.start()
@@ -161,7 +162,6 @@ def test_lora_modem_on_a_uart_uses_the_serial_framing_and_says_so(tmp_path, mosq
 
 
 def test_busy_port_is_logged_and_opened_once_free(rig, caplog):
-    import serial
     caplog.set_level(logging.INFO, logger="gasguard.gateway.serial")
     holder = serial.Serial(str(rig.cables[0].link), exclusive=True)   # another program holds the port
     try:

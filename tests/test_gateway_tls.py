@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gasguard.gateway import config as gwconfig
 from gasguard.tools.broker import Mosquitto, free_port
 from gateway_rig import Rig, wait_until
 
@@ -85,7 +86,6 @@ def _rig(tmp_path, broker, port, tls: str):
     # the gateway talks TLS on `port`; the test's subscriber stays on the plain listener
     text = rig.config_path.read_text().replace(f"port = {broker.port}", f"port = {port}\n{tls}")
     rig.config_path.write_text(text)
-    from gasguard.gateway import config as gwconfig
     rig.cfg = gwconfig.load(rig.config_path)
     return rig
 
