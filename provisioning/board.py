@@ -37,9 +37,11 @@ class Board:
         self.log_lines: list[str] = []
 
     def close(self) -> None:
+        """Release the port; a firmware this session stopped is started again, even after an error, so a
+        failed command never leaves a node at the REPL protecting nothing."""
         try:
             if self.in_repl:
-                self.t.exit_raw_repl()
+                self.run_firmware()
             self.t.close()
         except Exception:  # noqa: BLE001 - a cable pulled mid-command fails any way it likes; closing is best effort
             pass

@@ -117,3 +117,19 @@ def test_decommission_frames_rejected_and_board_wiped(setup):
     assert e.value.reason == "decommissioned"
     code, _, err = cli("device", "flash", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
     assert code == 2 and "decommissioned" in err              # a retired identity is never flashed again
+
+
+def test_monitor_shows_verified_frames_and_rejects_what_the_registry_does_not_know(setup, tmp_path):
+    reg, dev, vb = setup
+    code, out, err = cli("device", "monitor", "--port", vb.pty, "--count", "1", "--duration", "15", "--json",
+                         registry=reg)
+    recs = [json.loads(x) for x in out.splitlines() if '"dev"' in x]
+    assert code == 0 and recs, out + err
+    assert recs[0]["verified"] and recs[0]["dev"] == f"{dev.dev_id:08x}" and recs[0]["fcnt"] > 0
+    assert vb.ctl.request("info")["console"] == "firmware"     # monitoring never stops the node
+    other = tmp_path / "other.db"
+    Registry(other).close()
+    code, out, _ = cli("device", "monitor", "--port", vb.pty, "--count", "1", "--duration", "15", "--json",
+                       registry=other)
+    recs = [json.loads(x) for x in out.splitlines() if '"dev"' in x]
+    assert code == 0 and recs and not recs[0]["verified"] and recs[0]["reason"] == "unknown_device"

@@ -131,3 +131,39 @@ def test_every_command_has_help_with_examples():
     for name, cmd in list(device.commands.items()) + [("import-registry", import_registry)]:
         text = cmd.get_help(click.Context(cmd, info_name=name))
         assert "Examples:" in text and f"gasguard " in text, name
+
+
+def test_a_key_leaves_the_registry_only_when_asked_by_name_and_0600(tmp_path):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg)
+    d = f"{dev.dev_id:08x}"
+    code, _, err = cli("device", "export-key", d, registry=reg)
+    assert code == 2 and "--out FILE" in err
+    out = tmp_path / "k" / "dev.key"
+    code, stdout, _ = cli("device", "export-key", d, "--out", str(out), registry=reg)
+    assert code == 0 and dev.key.hex() not in stdout
+    assert out.read_text().strip() == dev.key.hex() and stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert cli("device", "export-key", d, "--print", registry=reg)[1].strip() == dev.key.hex()
+    with Registry(reg) as r:
+        assert [h["action"] for h in r.history(dev.dev_id)] == ["new", "export-key", "export-key"]
+        assert dev.key.hex() not in json.dumps(r.history(dev.dev_id))
+
+
+def test_radio_settings_at_creation_are_checked_and_kept(tmp_path):
+    reg = tmp_path / "reg.db"
+    code, _, err = cli("device", "new", "--profile", "household", "--set", "radio.uart=0", registry=reg)
+    assert code == 2 and "USB console" in err
+    made = cli_json("device", "new", "--profile", "household", "--set", "radio.baud=9600", registry=reg)
+    with Registry(reg) as r:
+        assert r.get(int(made["dev"], 16)).config["radio"] == {"uart": 1, "baud": 9600}
+
+
+def test_calibration_accepts_a_reading_only_once_a_whole_window_is_stable(monkeypatch):
+    from gasguard.provisioning import calibration
+    windows = iter([[8000, 8400, 8100] * 3 + [8000], [8100, 8160] * 5, [8100, 8101] * 5])
+    monkeypatch.setattr(calibration, "window", lambda board, pin: next(windows))
+    assert calibration.settle(None, 1, "zero") == 8130          # the first window within 96 counts
+    t = iter(range(0, 1000, 50))
+    monkeypatch.setattr(calibration, "window", lambda board, pin: [8000, 8500])
+    with pytest.raises(ProvisioningError, match="did not settle within 120 s"):
+        calibration.settle(None, 1, "span", clock=lambda: next(t))
