@@ -218,6 +218,10 @@ def flash(dev, port, baud, compile_mpy, boot_timeout, registry, as_json):
             rep = flashing.flash(b, d, compile_mpy=compile_mpy, boot_timeout=boot_timeout, app=app,
                                  progress=progress)
         reg.update(d.dev_id, state="commissioned")
+        gone = reg.get(int(rep["replaced"], 16)) if rep["replaced"] else None
+        if gone is not None and gone.active and not as_json:
+            click.echo(f"warning: this board was {gone.dev_id:08x}, still active in the registry: retire it with "
+                       f"'gasguard device decommission {gone.dev_id:08x} --no-board'", err=True)
         reg.log(d.dev_id, "flash", {k: rep[k] for k in ("port", "files", "bytes", "written", "compiled")})
     boot = rep["boot"]
     _out(as_json, dict(rep, ok=True),

@@ -130,7 +130,8 @@ def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None
                                 "run the flash again, and replace the board if it fails twice")
     board.run_firmware()
     boot = board.wait_boot(dev.dev_id, dev.key, boot_timeout)
-    return {"dev": f"{dev.dev_id:08x}", "port": board.port, "files": len(items), "bytes": total,
+    replaced = f"{old_id:08x}" if isinstance(old_id, int) and old_id != dev.dev_id else None
+    return {"dev": f"{dev.dev_id:08x}", "port": board.port, "replaced": replaced, "files": len(items), "bytes": total,
             "written": written, "unchanged": skipped, "removed": removed, "verified": len(items),
             "compiled": compile_mpy, "fresh_identity": fresh, "boot": _boot_info(boot)}
 

@@ -22,7 +22,8 @@ def describe(f: dict) -> str:
         gas = "--" if f["gas"] is None else f"{f['gas'] / 10:g} %LEL"
         p = "--" if f["pressure"] is None else f"{f['pressure']} Pa"
         extra = f" inlet {f['inlet']} Pa" if f.get("inlet") is not None else ""
-        return (f"reading gas {gas} pressure {p}{extra} battery {f['battery']} valve "
+        bat = "mains" if f["battery"] is None else f"{f['battery']} %"
+        return (f"reading gas {gas} pressure {p}{extra} battery {bat} valve "
                 f"{'closed' if st['valve'] == 1 else 'open'}{' LATCHED' if st['latched'] else ''}"
                 f"{' FAULT' if st['fault'] else ''}")
     if t == "alarm":

@@ -133,3 +133,17 @@ def test_monitor_shows_verified_frames_and_rejects_what_the_registry_does_not_kn
                        registry=other)
     recs = [json.loads(x) for x in out.splitlines() if '"dev"' in x]
     assert code == 0 and recs and not recs[0]["verified"] and recs[0]["reason"] == "unknown_device"
+
+
+def test_flashing_a_new_identity_over_an_old_one_starts_its_counters_over_and_warns(setup):
+    reg, old, vb = setup
+    capture(vb.pty, 10)                                          # the old identity has used counters
+    new = new_device(reg, profile="station", households=300)
+    code, out, err = cli("device", "flash", f"{new.dev_id:08x}", "--port", vb.pty, registry=reg)
+    assert code == 0, out + err
+    assert f"this board was {old.dev_id:08x}, still active" in err
+    assert "counter 1)" in out                                   # the new identity's first frame counter
+    cfg = json.loads((vb.flash / "gg_config.json").read_text())
+    assert cfg["dev_id"] == new.dev_id and cfg["profile"] == "station"
+    frames = capture(vb.pty, 15)
+    assert frames and gateway_verifier(reg).check(frames[0], time.time()).device.dev_id == new.dev_id
