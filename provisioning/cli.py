@@ -321,7 +321,7 @@ def monitor(port, baud, duration, count, registry, as_json):
 
 @device.command("calibrate")
 @dev_arg
-@click.option("--span-gas", default=500, show_default=True, help="test gas concentration in 0.1 %% LEL")
+@click.option("--span-gas", default=500, show_default=True, help="test gas concentration in 0.1 % LEL (500 = 50 % LEL)")
 @click.option("--settle", default=120.0, show_default=True, help="seconds to wait for a stable reading")
 @click.option("--yes", is_flag=True, help="do not wait for Enter between steps (gas applied by a rig)")
 @port_opt
