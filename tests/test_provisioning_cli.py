@@ -167,3 +167,20 @@ def test_calibration_accepts_a_reading_only_once_a_whole_window_is_stable(monkey
     monkeypatch.setattr(calibration, "window", lambda board, pin: [8000, 8500])
     with pytest.raises(ProvisioningError, match="did not settle within 120 s"):
         calibration.settle(None, 1, "span", clock=lambda: next(t))
+
+
+def test_a_port_held_by_another_program_is_reported_busy_with_the_fix(tmp_path):
+    import os
+    import serial
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg)
+    holder = serial.Serial(path, exclusive=True)        # e.g. the gateway's serial input
+    try:
+        code, _, err = cli("device", "config", f"{dev.dev_id:08x}", "--port", path, registry=reg)
+    finally:
+        holder.close()
+        os.close(master)
+        os.close(slave)
+    assert code == 1 and "is busy" in err and f"fuser {path}" in err
