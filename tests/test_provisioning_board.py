@@ -147,3 +147,18 @@ def test_flashing_a_new_identity_over_an_old_one_starts_its_counters_over_and_wa
     assert cfg["dev_id"] == new.dev_id and cfg["profile"] == "station"
     frames = capture(vb.pty, 15)
     assert frames and gateway_verifier(reg).check(frames[0], time.time()).device.dev_id == new.dev_id
+
+
+def test_the_firmware_watchdog_is_fed_while_the_technician_works_at_the_repl(setup):
+    """The node's watchdog outlives the soft reset into the REPL (as on an ESP32): a session must feed it."""
+    reg, dev, vb = setup
+    with Board(vb.pty, wdt_ms=1000) as b:        # a short watchdog so the test is quick
+        b.repl()
+        with b.keepalive():
+            time.sleep(2.5)                      # a technician fitting the calibration cap
+        assert b.exec("print(1)").strip() == "1"
+    assert vb.ctl.get()["wdt_resets"] == 0
+    with Board(vb.pty, wdt_ms=1000) as b:        # the control: an unfed session is reset under our feet
+        b.repl()
+        time.sleep(2.5)
+    assert vb.ctl.get()["wdt_resets"] == 1
