@@ -17,7 +17,7 @@ import click
 
 from gasguard.gateway.registry import Registry, RegistryError
 
-from . import bundle, configure, identity, keys, ports
+from . import bundle, configure, identity, keys, ports, settings
 from .errors import BadInput, ProvisioningError
 
 DATA = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "gasguard"
@@ -58,6 +58,10 @@ dev_arg = click.argument("dev", metavar="DEV")
 
 
 def _reg(path) -> Registry:
+    """Open (creating) the registry; a new folder for it is the owner's only, like the file (0600)."""
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True)
     return Registry(path)
 
 
@@ -153,7 +157,6 @@ def new(profile, board, dev_id, site_name, address, lat, lon, households, user_c
       gasguard device new --profile station --board esp32 --households 4200 --pressure-class subhigh_b \\
           --set setpoint=2500 --key-area --json
     """
-    from . import settings
     dev_id = identity.parse_dev_id(dev_id) if dev_id else None
     up = identity.parse_dev_id(upstream) if upstream else None
     params, radio = settings.parse(profile, board, list(assignments))
@@ -263,8 +266,6 @@ def config(dev, assignments, port, baud, registry_only, registry, as_json):
                 return
             with _open(port, baud) as b:
                 got = configure.read(b, d)
-                from . import onboard
-                onboard.boot_and_check(b, d)
             _out(as_json, dict(got, ok=True),
                  [f"{k:15} {v!s:8} ({got['source'][k]})" for k, v in sorted(got["params"].items())] +
                  [f"radio.{k:9} {v}" for k, v in sorted(got["radio"].items())])
