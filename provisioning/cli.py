@@ -192,6 +192,30 @@ def list_(show_all, registry, as_json):
          [f"{d['dev']}  {d['profile']:9}  {d['state']:14}  v{d['key_version']:<3} {d['site_name']}" for d in rows])
 
 
+@device.command("show")
+@dev_arg
+@registry_opt
+@json_opt
+@command
+def show(dev, registry, as_json):
+    """One device's registry entry and what technicians did to it (never its key).
+
+    \b
+    Examples:
+      gasguard device show 00c0ffee
+      gasguard device show 00c0ffee --json
+    """
+    import time
+    with _existing_reg(registry) as reg:
+        d = identity.get(reg, identity.parse_dev_id(dev), active=False)
+        hist = reg.history(d.dev_id)
+    pub = d.public()
+    _out(as_json, {"ok": True, "device": pub, "history": hist},
+         [f"{k:15} {v}" for k, v in pub.items() if k not in ("dev", "dev_id")] + ["history:"] +
+         [f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(h['at']))}Z  {h['action']:13} "
+          f"{json.dumps(h['detail'], sort_keys=True)}" for h in hist])
+
+
 @device.command("flash")
 @dev_arg
 @port_opt

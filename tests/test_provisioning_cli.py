@@ -184,3 +184,13 @@ def test_a_port_held_by_another_program_is_reported_busy_with_the_fix(tmp_path):
         os.close(master)
         os.close(slave)
     assert code == 1 and "is busy" in err and f"fuser {path}" in err
+
+
+def test_show_gives_the_entry_and_history_without_the_key(tmp_path):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg, site_name="Lane 3")
+    cli("device", "config", f"{dev.dev_id:08x}", "report_s=600", "--registry-only", registry=reg)
+    code, out, _ = cli("device", "show", f"{dev.dev_id:08x}", registry=reg)
+    assert code == 0 and "Lane 3" in out and "new" in out and "config" in out and dev.key.hex() not in out
+    got = cli_json("device", "show", f"{dev.dev_id:08x}", registry=reg)
+    assert got["device"]["config"]["report_s"] == 600 and [h["action"] for h in got["history"]] == ["new", "config"]
