@@ -25,6 +25,7 @@ from . import ports
 from .errors import ProvisioningError
 
 CHUNK = 1024   # bytes per raw-REPL write: fewer round trips than mpremote's 256, fits any board's RX buffer
+MAX_LOG = 50   # node log lines kept for error messages
 WDT_MS = min(p["wdt_ms"] for p in boards.PROFILES.values())   # the firmware's watchdog (firmware/boards.py)
 FEED = b"try:\n _gg_wdt.feed()\nexcept NameError:\n pass\n"
 
@@ -173,8 +174,9 @@ class Board:
         self.in_repl = False
         self.deframer = framing.Deframer()
 
-    def frames(self, deadline: float):
-        """Yield decoded frames ({"raw": bytes, fields...}) until `deadline` (time.monotonic())."""
+    def frames(self, deadline: float, on_text=None):
+        """Yield decoded frames ({"raw": bytes, fields...}) until `deadline` (time.monotonic()); the node's
+        log lines go to on_text(line) as they arrive (and are kept, bounded, in .log_lines)."""
         ser = self.t.serial
         while time.monotonic() < deadline:
             ser.timeout = max(0.01, min(0.2, deadline - time.monotonic()))
@@ -182,8 +184,12 @@ class Board:
             if not data:
                 continue
             for kind, payload in self.deframer.feed(data):
-                if kind == framing.TEXT:
-                    self.log_lines.append(payload.decode("utf-8", "replace").strip())
+                if kind == framing.TEXT:   # one segment between frames may hold several lines
+                    for line in payload.decode("utf-8", "replace").splitlines():
+                        if line.strip():
+                            self.log_lines = self.log_lines[-(MAX_LOG - 1):] + [line.strip()]
+                            if on_text is not None:
+                                on_text(line.strip())
                 elif kind == framing.FRAME:
                     try:
                         f = frame.decode(payload)

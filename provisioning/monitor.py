@@ -42,12 +42,12 @@ def watch(board: Board, reg: Registry, duration: float | None, count: int | None
     keys = {}
     tally = {"frames": 0, "verified": 0, "rejected": 0, "log_lines": 0}
     deadline = time.monotonic() + (duration if duration is not None else 10 ** 9)
-    seen_logs = 0
-    for f in board.frames(deadline):
-        for line in board.log_lines[seen_logs:]:
-            emit({"log": line})
-            tally["log_lines"] += 1
-        seen_logs = len(board.log_lines)
+
+    def text(line):
+        tally["log_lines"] += 1
+        emit({"log": line})
+
+    for f in board.frames(deadline, on_text=text):
         dev = f["dev"]
         if dev not in keys:
             d = reg.get(dev)

@@ -162,3 +162,11 @@ def test_the_firmware_watchdog_is_fed_while_the_technician_works_at_the_repl(set
         b.repl()
         time.sleep(2.5)
     assert vb.ctl.get()["wdt_resets"] == 1
+
+
+def test_monitor_shows_an_alarm_and_the_nodes_log_line_as_they_happen(setup):
+    reg, dev, vb = setup
+    vb.ctl.set(gas=gas_raw(300))                                 # 30 % LEL: above the household alarm level
+    code, out, err = cli("device", "monitor", "--port", vb.pty, "--duration", "12", "--count", "6", registry=reg)
+    assert code == 0, out + err
+    assert "alarm gas_l2" in out and "log   alarm: gas_l2" in out and "LATCHED" not in out.split("alarm gas_l2")[0]
