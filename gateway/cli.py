@@ -35,8 +35,12 @@ def check_config(path, as_json):
     try:
         with Registry(cfg.registry, readonly=True) as r:
             n = r.count()
-    except (RegistryError, Exception) as e:  # noqa: BLE001 - any failure to read is reported the same way
-        click.echo(f"gateway.registry: cannot read {cfg.registry} ({e}); create it with 'gasguard device new'", err=True)
+    except RegistryError as e:      # its message already says what to do
+        click.echo(f"gateway.registry: {e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - any other failure to read is reported the same way
+        click.echo(f"gateway.registry: cannot read {cfg.registry} ({e}); check the path and its permissions",
+                   err=True)
         sys.exit(1)
     summary = {"gateway": cfg.gateway_id, "district": cfg.district, "root": cfg.root, "devices": n,
                "serial": [s.port for s in cfg.serial], "udp": cfg.udp_bind, "spool": str(cfg.spool),
