@@ -194,3 +194,19 @@ def test_show_gives_the_entry_and_history_without_the_key(tmp_path):
     assert code == 0 and "Lane 3" in out and "new" in out and "config" in out and dev.key.hex() not in out
     got = cli_json("device", "show", f"{dev.dev_id:08x}", registry=reg)
     assert got["device"]["config"]["report_s"] == 600 and [h["action"] for h in got["history"]] == ["new", "config"]
+
+
+def test_a_schema_1_registry_is_upgraded_in_place_and_still_readable_before(tmp_path):
+    import sqlite3
+    p = tmp_path / "old.db"
+    dev = new_device(p)
+    db = sqlite3.connect(p)
+    db.executescript("DROP TABLE device_log; UPDATE meta SET v = '1' WHERE k = 'schema_version';")
+    db.commit()
+    db.close()
+    with Registry(p, readonly=True) as r:                       # a gateway that reads it untouched
+        assert r.get(dev.dev_id).key == dev.key and r.history(dev.dev_id) == []
+    with Registry(p) as r:                                       # the technician's CLI upgrades it
+        assert r.meta_get("schema_version") == "2"
+        r.log(dev.dev_id, "flash", {"port": "/dev/ttyUSB0"})
+        assert r.history(dev.dev_id)[0]["action"] == "flash"
