@@ -133,7 +133,10 @@ class Node:
                 self.noise[p] = self.noise.get(p, 0) + 1
             else:
                 self._frame(p)
-        # text not closed by a delimiter yet (a log line waiting for the next frame)
+
+    def console(self) -> bytes:
+        """Log lines and REPL output so far, with the last line even when no frame has closed it yet."""
+        return bytes(self.text) + self.deframer.pending_text()
 
     def _frame(self, p: bytes) -> None:
         try:
@@ -191,7 +194,7 @@ class Node:
         recent = "\n  ".join(_short(f) for f in self.frames[-12:]) or "(none)"
         raise AssertionError(
             f"{msg}\nlast frames from {self.dev:08x}:\n  {recent}\nrejected: {[r for r, _ in self.rejected]} "
-            f"noise: {self.noise}\ntext (last 600 bytes): {bytes(self.text[-600:])!r}\n"
+            f"noise: {self.noise}\ntext (last 600 bytes): {self.console()[-600:]!r}\n"
             f"pytest-embedded buffer: {self.dut.pexpect_proc.buffer_debug_str}\nfull device log: {self.dut.logfile}")
 
     # ---- stimulus through the rig ----
