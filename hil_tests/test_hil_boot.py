@@ -16,6 +16,14 @@ def test_boot_event_after_power_on_is_signed_and_carries_the_profile(household):
     assert not state_of(reading)["latched"] and not household.rejected
 
 
+def test_household_identifies_itself_on_status(household):
+    household.command(const.CMD_STATUS, 8)
+    assert household.expect_ack(8)["result"] == const.R_OK        # MIC with its key, its dev id, a fresh counter
+    ev = household.expect_frame(is_event(const.EV_STATUS), 1000, "STATUS event", since=0)
+    assert len(ev["data"]) == 6 and ev["data"][1] == 0   # state, gas level (0: clean air), faults, battery, ...
+    assert not household.rejected
+
+
 def test_station_identifies_itself_on_status(station):
     station.command(const.CMD_STATUS, 7)
     ack = station.expect_ack(7)

@@ -14,6 +14,20 @@ def _trip(n):
     return n.expect_frame(is_alarm(const.AL_GAS_L2), DEBOUNCE + 3 * SAMPLE, "level-2 alarm")
 
 
+def test_forged_and_replayed_commands_get_no_answer(household):
+    """Needs no rig: on a real board this checks the key and the persisted replay window through the port."""
+    n = household
+    n.command(const.CMD_STATUS, 20)
+    assert n.expect_ack(20)["result"] == const.R_OK
+    accepted = n.down
+    n.command(const.CMD_STATUS, 21, key=bytes(16))             # forged
+    n.command(const.CMD_STATUS, 22, fcnt=accepted)            # replay of the accepted counter
+    n.expect_no_frame(lambda f: f["type"] == "ack", 1500, "an answer to a forged or replayed command")
+    n.command(const.CMD_STATUS, 23)                           # the next authentic one still works
+    assert n.expect_ack(23)["result"] == const.R_OK
+    assert not n.rejected
+
+
 def test_reset_is_refused_while_gas_persists_forged_or_replayed_and_accepted_when_authentic(household):
     need_rig(household, "gas input and valve line")
     n = household
