@@ -79,19 +79,12 @@ class Node:
     # ---- reading the port ----
     def start(self) -> "Node":
         """Drain what the board said before the test (its boot) and start counting from here."""
+        base = None
         if self.rig is not None:
             self.rig.start()
-        last, stable = None, 0
-        deadline = time.monotonic() + 10
-        while self.rig is not None and self.rig.tx_bytes() is not None and time.monotonic() < deadline:
-            n = self.rig.tx_bytes()
-            stable = stable + 1 if n == last else 0
-            last = n
-            if stable >= 3:
-                break
-            time.sleep(0.05)
+            base = self.rig.settle()          # the board has finished speaking (virtual: its boot frames)
         self._read_quiet(0.3)
-        self.tx_base = last if last is not None else 0
+        self.tx_base = base or 0
         self.received = 0
         return self
 
@@ -108,7 +101,7 @@ class Node:
         while self._read_once(gap) and time.monotonic() < deadline:
             pass
 
-    def pump(self, timeout: float = 5.0) -> None:
+    def pump(self, timeout: float = 15.0) -> None:
         """Take in everything the node has sent so far. On the virtual board the rig counts the bytes it put
         on the port, so this waits exactly until all of them arrived; on hardware, until the line is quiet."""
         sent = self.rig.tx_bytes() if self.rig is not None else None
@@ -207,6 +200,14 @@ class Node:
 
     def valve(self) -> int:
         return self.rig.valve()
+
+    def valve_closes_within(self, limit_ms: int, step: int) -> int | None:
+        """Board time (ms, to a step) until the rig sees the valve line closed; None if not within limit_ms."""
+        for t in range(step, limit_ms + 1, step):
+            self.run(step)
+            if self.rig.valve() == 1:
+                return t
+        return None
 
     # ---- downlink ----
     def send(self, fields: dict, key: bytes | None = None) -> bytes:

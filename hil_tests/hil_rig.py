@@ -88,6 +88,21 @@ class VBoardRig:
                 raise RigError(f"the board's UART got {got['rx_to_board']} of {want} bytes in {timeout} s")
             time.sleep(0.005)
 
+    def settle(self, timeout: float = 30.0) -> int:
+        """Wait until the board has spoken (a booted firmware always sends its BOOT event first) and has
+        been silent for 0.3 s; returns its TX byte count then. Nothing more comes until time is advanced."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while True:
+            n = self.tx_bytes()
+            if n != last:
+                last, since = n, time.monotonic()
+            elif n > 0 and time.monotonic() - since >= 0.3:
+                return n
+            if time.monotonic() > deadline:
+                raise RigError(f"the board did not finish booting in {timeout} s (TX bytes: {n})")
+            time.sleep(0.05)
+
     def start(self) -> None:
         u = self.ctl.request("info")["uart"]
         self._rx_base = u["rx_to_board"] + u["rx_stalled"]
@@ -162,6 +177,9 @@ class SerialRig:
         self.request("cut_on_valve", n=n)
 
     def tx_bytes(self) -> int | None:
+        return None
+
+    def settle(self) -> None:
         return None
 
     def rx_settled(self, nbytes: int, timeout: float = 5.0) -> None:

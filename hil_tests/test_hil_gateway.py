@@ -51,6 +51,13 @@ def acked_quietly(board, what):
               step=1000)
 
 
+def leak_while_broker_down(board, mosquitto):
+    """A leak while the broker is down: the gateway acks once the alarm is in its spool, broker or not."""
+    mosquitto.stop()
+    board.rig.set_inputs(gas=board_gas(board, 300))
+    acked_quietly(board, "the alarm acked from the spool while the broker is down")
+
+
 def check_leak_incident(sub):
     inc = incidents(sub)[0]
     assert inc["kind"] == "new" and inc["level"] == 4 and inc["category"] == "safety_accident", inc
@@ -96,10 +103,7 @@ def test_bit_errors_at_1e_3_both_ways_lose_nothing_and_publish_once(stack):
 
 def test_broker_restart_loses_no_alarm(stack, mosquitto):
     board, gw, sub = stack
-    mosquitto.stop()
-    board.rig.set_inputs(gas=board_gas(board, 300))
-    # the gateway acks once the alarm is in its spool, broker or not: the node falls quiet
-    acked_quietly(board, "the alarm acked from the spool while the broker is down")
+    leak_while_broker_down(board, mosquitto)
     mosquitto.start()
     run_until(board, lambda: alarms(sub) and incidents(sub), "the spooled alarm published after the broker restart")
     assert len(alarms(sub)) == 1
@@ -109,9 +113,7 @@ def test_broker_restart_loses_no_alarm(stack, mosquitto):
 def test_gateway_sigkill_loses_neither_a_spooled_nor_an_unsent_alarm(stack, mosquitto):
     board, gw, sub = stack
     # 1. an alarm acked into the spool while the broker is down, then the gateway dies hard
-    mosquitto.stop()
-    board.rig.set_inputs(gas=board_gas(board, 300))
-    acked_quietly(board, "the alarm acked from the spool while the broker is down")
+    leak_while_broker_down(board, mosquitto)
     gw.kill()
     # 2. while the gateway is dead the gas clears: the cleared alarm has nobody to ack it
     board.rig.set_inputs(gas=board_gas(board, 0))

@@ -39,12 +39,7 @@ def test_gas_alarm_closes_and_latches_the_valve_within_two_samples_of_the_deboun
     need_rig(household, "the gas input and the valve line")
     n = household
     n.set_gas(300)
-    closed_after = None
-    for t in range(250, 6001, 250):
-        n.run(250)
-        if n.valve() == 1:
-            closed_after = t
-            break
+    closed_after = n.valve_closes_within(6000, 250)
     # first sample <= 1 s after the gas arrives, median filter + 1 sample, then the 2 s debounce
     assert closed_after is not None and DEBOUNCE <= closed_after <= DEBOUNCE + 2 * SAMPLE + 250, closed_after
     al = n.expect_frame(is_alarm(const.AL_GAS_L2), 1000, "level-2 alarm", since=0)
@@ -72,12 +67,7 @@ def test_station_upso_trips_the_slam_shut_fast(station):
     n.run(1000, 100)
     assert n.valve() == 0
     n.set_pressure(1000)                                      # 40 % of the set point: under UPSO 50 %
-    closed_after = None
-    for t in range(100, 2001, 100):
-        n.run(100)
-        if n.valve() == 1:
-            closed_after = t
-            break
+    closed_after = n.valve_closes_within(2000, 100)
     assert closed_after is not None and closed_after <= 500 + 2 * 100 + 100, closed_after
     al = n.expect_frame(is_alarm(const.AL_UPSO), 500, "UPSO alarm", since=0)
     assert abs(al["value"] - 1000) <= 20 and state_of(al)["latched"]
