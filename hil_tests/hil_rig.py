@@ -177,7 +177,11 @@ class SerialRig:
         self.request("cut_on_valve", n=n)
 
     def tx_bytes(self) -> int | None:
-        return None
+        """With the link passthrough the rig counts the node's TX bytes; without it, None."""
+        try:
+            return self.request("uart").get("uart", {}).get("tx_bytes")
+        except RigUnsupported:
+            return None
 
     def settle(self) -> None:
         return None
