@@ -53,9 +53,10 @@ class VBoardRig:
     def elapse(self, ms: int) -> dict:
         return self.ctl.advance(ms)
 
-    def power(self, on: bool) -> None:
+    def power(self, on: bool, wait: bool = True) -> None:
+        """wait: until the firmware runs (not when the test expects the boot itself to fail)."""
         self.ctl.power(on)
-        if on:
+        if on and wait:
             self.vb.wait_console("firmware")
 
     def power_cycle(self) -> None:
@@ -158,9 +159,9 @@ class SerialRig:
         time.sleep(ms / 1000)
         return {}
 
-    def power(self, on: bool) -> None:
+    def power(self, on: bool, wait: bool = True) -> None:
         self.request("power", on=bool(on))
-        if on:
+        if on and wait:
             time.sleep(self.boot_s)  # MicroPython boot + the firmware's first tick
 
     def power_cycle(self) -> None:

@@ -145,6 +145,7 @@ class VBoard:
         self.repl = "friendly"     # friendly | raw (when mode == repl)
         self.interrupting = False
         self.mode_changed = threading.Condition()
+        self.modes_seen: list[str] = []   # since the last power op: a boot that dies at once still booted
         self.faults = UartFaults()
         self.stop = threading.Event()
         self.rx_stats = {"to_board": 0, "stalled": 0}
@@ -255,6 +256,7 @@ class VBoard:
         with self.mode_changed:
             prev = self.mode
             self.mode = mode
+            self.modes_seen.append(mode)
             if mode == "repl" and (prev == "firmware" or self.interrupting):
                 self.interrupting = False
                 self.repl = "friendly"
@@ -429,8 +431,9 @@ class VBoard:
             rep = self.call(req)
         elif op == "power":
             on = bool(req.get("on"))
+            self.modes_seen = []
             rep = self.call({"op": "power", "on": on})
-            if on:
+            if on and not {"firmware", "repl"} & set(self.modes_seen):
                 self._wait_mode("firmware", 10) or self._wait_mode("repl", 1)
         elif op == "power_cycle":
             self.call({"op": "power", "on": False})
