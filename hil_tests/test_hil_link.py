@@ -69,6 +69,15 @@ def test_counters_are_never_reused_across_reboots_and_power_cuts_mid_write(house
         n.run(2000, 1000)
         n.rig.power_cycle()
         n.expect_frame(is_event(const.EV_BOOT), 2000, "BOOT after power cycle")
+    # power fails during the first write after a boot: the reservation of the next counter block
+    rig_feature(n.rig.cut_at_write, 1)
+    before = len(n.frames)
+    n.rig.power(False)
+    n.rig.power(True, wait=False)
+    n.run(3000, 1000)
+    assert len(n.frames) == before, "frames left the node although its counter block never reached the flash"
+    n.rig.power(True)
+    n.expect_frame(is_event(const.EV_BOOT), 2000, "BOOT after the cut during the counter reservation")
     # power fails in the middle of the next flash write (the latch write of a gas trip)
     n.set_gas(300)
     rig_feature(n.rig.cut_at_write, 1)
