@@ -51,9 +51,6 @@ class Mosquitto:
             f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
             f"max_inflight_messages 1000\nlog_dest file {self.log}\nlog_type error\nlog_type warning\n"
-            # started as root, mosquitto drops to the 'mosquitto' user, which cannot write this folder: the
-            # persistence file and the log were silently never written (QoS 1 sessions lost on a restart)
-            f"{'user root' + chr(10) if os.geteuid() == 0 else ''}"
             f"{extra_config}")
         self.proc: subprocess.Popen | None = None
 
