@@ -20,11 +20,18 @@ import pytest
 
 from gasguard.tools.broker import Mosquitto
 from gasguard.tools.vboard_client import VBoardProcess, install
+import hil_provision
 from hil_node import BoardInfo, Node
 from hil_rig import RigUnsupported, SerialRig, VBoardRig
 
 HERE = Path(__file__).resolve().parent
 ROLES = ("household", "station")
+# fixtures that hand pytest-embedded a board's port, and the role of that board
+PORT_FIXTURES = {"household": "household_board", "station": "station_board",
+                 "provisioned_household": "provisioned_household_board"}
+ROLE_OF = {"household": "household", "household_board": "household", "station": "station",
+           "station_board": "station", "provisioned_household": "household",
+           "provisioned_household_board": "household"}
 VIRTUAL = {
     "household": {"dev_id": 0x00480001, "profile": "household", "board": "virtual"},
     "station": {"dev_id": 0x00530001, "profile": "station", "board": "virtual"},
@@ -86,7 +93,7 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for it in items:
         here = HERE in Path(str(it.path)).resolve().parents
-        used = {r for r in ROLES if {r, r + "_board"} & set(getattr(it, "fixturenames", ()))}
+        used = {ROLE_OF[f] for f in getattr(it, "fixturenames", ()) if f in ROLE_OF}
         (drop if here and used - roles else keep).append(it)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -108,9 +115,9 @@ def port(request):
     """Overrides pytest-embedded's `port`: the port of the role board this test uses (a virtual board's pty
     by default). Tests without a DUT get None, so pytest-embedded opens nothing for them."""
     if "dut" in request.fixturenames:
-        for role in ROLES:
-            if role in request.fixturenames:
-                return request.getfixturevalue(role + "_board").port
+        for node, board in PORT_FIXTURES.items():
+            if node in request.fixturenames:
+                return request.getfixturevalue(board).port
     return None
 
 
@@ -188,6 +195,49 @@ def household(household_board, dut):
 def station(station_board, dut):
     """The regulator-station node under test."""
     yield from _node(station_board, dut)
+
+
+@pytest.fixture
+def provisioned_household_board(request, tmp_path):
+    """A household board flashed and configured (gas_l1=120) by `gasguard device` before the DUT opens it.
+    `.cli` holds the commands' JSON answers."""
+    reg = tmp_path / "registry.db"
+    if _hardware(request.config):
+        board = _real_board(request, "household")
+        dev = hil_provision.registry_from_node_dir(reg, board.config, board.key)
+        vb = None
+    else:
+        vb = VBoardProcess(tmp_path / "blank-flash", virtual_clock=True, keep=True).start()  # MicroPython only
+        vb.wait_console("friendly")
+        dev = hil_provision.device(reg, "new", "--profile", "household", "--board", "virtual", "--site",
+                                   "HIL bench", "--households", "1")["dev"]
+    try:
+        cli = {"flash": hil_provision.device(reg, "flash", dev, "--port", vb.pty if vb else board.port)}
+        port = vb.pty if vb else board.port
+        cli["config"] = hil_provision.device(reg, "config", dev, "gas_l1=120", "--port", port)
+        cli["show"] = hil_provision.device(reg, "config", dev, "--port", port)
+        config, key = hil_provision.entry(reg, dev)
+        if vb is not None:
+            board = BoardInfo("household", vb.pty, config, key, VBoardRig(vb), vb.flash, vb)
+            vb.wait_console("firmware")
+        else:
+            board.config = config
+        board.cli = cli
+        board.registry = reg
+        yield board
+        if vb is None:   # leave the bench board as its node dir describes it
+            old = (json.loads((board.state_dir / "gg_config.json").read_text()).get("params") or {}).get("gas_l1")
+            hil_provision.device(reg, "config", dev, f"gas_l1={old or 100}", "--port", board.port)
+    finally:
+        if vb is not None:
+            vb.stop()
+            shutil.rmtree(vb.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def provisioned_household(provisioned_household_board, dut):
+    """The household node after `gasguard device flash` and `config`, as a Node on the DUT."""
+    yield from _node(provisioned_household_board, dut)
 
 
 @pytest.fixture
