@@ -86,7 +86,12 @@ def _bench(config) -> list[dict]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """On hardware, tests for a role that has no board on this bench are deselected (and said so)."""
+    """On hardware, tests for a role that has no board on this bench are deselected (and said so).
+    On virtual boards every test here runs the firmware in real MicroPython: marked so."""
+    if not _hardware(config):
+        for it in items:
+            if HERE in Path(str(it.path)).resolve().parents:
+                it.add_marker(pytest.mark.micropython)
     if not _hardware(config) or not config.getoption("node_dir"):
         return
     roles = {b["role"] for b in _bench(config)}
