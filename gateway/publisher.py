@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import ssl
+import sys
 import time
 from collections import deque
 
@@ -25,6 +26,10 @@ log = logging.getLogger("gasguard.gateway.mqtt")
 PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog)
 PRIORITY_SLOTS = 16   # in-flight slots readings may never take, so an alarm always goes out at once
 FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the event loop for a whole window
+
+
+class _ClosedBeforeConnack(ConnectionError):
+    """The TCP/TLS connection was made, then closed by the broker before its CONNACK."""
 
 
 class Publisher:
@@ -45,6 +50,10 @@ class Publisher:
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
         self.acked_bytes = 0
         self.wake = asyncio.Event()
+        self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
+        self.stopping = False
+        self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
+        self.resend_deadline = 0.0
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -60,6 +69,8 @@ class Publisher:
         # Last Will: the command sees a dead gateway (retained, so late subscribers see it too)
         c.will_set(self.topics.status, payloads.dumps(payloads.status(
             self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
+        # called by paho's thread inside its `except OSError`: exc_info is the reason (TLS, refused, DNS)
+        c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, sys.exc_info()[1])
         c.on_connect = lambda *a: self._threadsafe(self._on_connect, a[3])
         c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, a[3])
         c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, mid, rc)
@@ -83,6 +94,7 @@ class Publisher:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
+        self.stopping = True
         if self.connected:
             try:
                 self.client.publish(self.topics.status, payloads.dumps(payloads.status(
@@ -100,16 +112,47 @@ class Publisher:
             log.error("broker refused the connection: %s (check mqtt.username/password/TLS)", rc)
             return
         self.connected = True
+        self.fail_logged = (None, 0.0)
         self.metrics.connected.set(1)
         log.info("connected to mqtt broker; %d messages in flight will be re-sent", len(self.inflight))
+        # paho re-sends what was in flight when the link dropped, but only after its on_connect returns, from
+        # its own thread: rows published now could overtake them and break the per-device order. New rows
+        # wait for those PUBACKs (one round trip), at most a keepalive.
+        self.resending = set(self.inflight)
+        self.resend_deadline = time.monotonic() + self.cfg.keepalive
         self.client.publish(self.topics.status, payloads.dumps(payloads.status(
             self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
         for t in self.subscriptions:
             self.client.subscribe(t, qos=1)
         self.kick()
 
+    def _on_connect_fail(self, err) -> None:
+        """paho retries by itself with backoff (mqtt.reconnect_min..max); say why and what to do, once per
+        reason and then at most once a minute, so a broker that stays away does not flood the log."""
+        if isinstance(err, ssl.SSLCertVerificationError):
+            hint = ("the broker's certificate does not verify against mqtt.tls_ca: give the CA that signed it, "
+                    "and check that mqtt.host is a name or address in the certificate")
+        elif isinstance(err, ssl.SSLError):
+            hint = ("TLS handshake failed: check that mqtt.port is the broker's TLS listener and, if it asks for "
+                    "client certificates, mqtt.tls_cert / mqtt.tls_key")
+        elif isinstance(err, _ClosedBeforeConnack):
+            hint = ("the broker closed the connection before accepting it: check mqtt.username / mqtt.password, "
+                    "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)")
+        elif isinstance(err, ConnectionRefusedError):
+            hint = "connection refused: is the broker running, and is mqtt.port right?"
+        else:
+            hint = "check mqtt.host / mqtt.port and the network"
+        key, now = (type(err).__name__, hint), time.monotonic()
+        if key != self.fail_logged[0] or now - self.fail_logged[1] >= 60:
+            self.fail_logged = (key, now)
+            log.error("cannot connect to mqtt %s:%d (%s); %s. Retrying with backoff up to %.0f s, spooling meanwhile",
+                      self.cfg.mqtt_host, self.cfg.mqtt_port, err, hint, self.cfg.reconnect_max)
+
     def _on_disconnect(self, rc) -> None:
-        if self.connected:
+        if not self.connected and not self.stopping:
+            # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
+            self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
+        else:
             log.warning("lost the mqtt broker (%s); spooling, reconnecting with backoff up to %.0f s", rc,
                         self.cfg.reconnect_max)
         self.connected = False
@@ -121,6 +164,7 @@ class Publisher:
 
     def _on_puback(self, mid: int, rc) -> None:
         entry = self.inflight.pop(mid, None)
+        self.resending.discard(mid)
         if entry is None:
             return   # birth/status/stats, not from the spool
         seqs, nbytes, lane, rx_times, _sent = entry
@@ -175,6 +219,12 @@ class Publisher:
             self.wake.set()
 
     def fill(self) -> None:
+        if self.resending:
+            if time.monotonic() < self.resend_deadline:
+                return
+            log.warning("%d re-sent messages not acknowledged within %d s; publishing on (order may slip)",
+                        len(self.resending), self.cfg.keepalive)
+            self.resending = set()
         window = self.cfg.inflight + PRIORITY_SLOTS
         batches = 0
         while self.connected and len(self.inflight) < window:
