@@ -68,6 +68,7 @@ class Probe:
         self.arrived: dict[str, float] = {}
         self.mid_of: dict[int, str] = {}
         self.latencies: list[float] = []
+        self.readings_at_alarm: list[int] = []   # readings PUBACKed when each alarm was (drain: alarms first)
         self.last_ack = 0.0
         orig_send, orig_ack = p._send_one, p._on_puback
         self.acked_at: dict[int, float] = {}      # mid -> when the PUBACK reached the gateway (paho's thread)
@@ -94,6 +95,7 @@ class Probe:
                     t = self.arrived.pop(self.mid_of.pop(mid, ""), None)
                     if t is not None:
                         self.latencies.append(now - t)
+                        self.readings_at_alarm.append(self.readings)
             orig_ack(mid, rc)
         p._send_one, p._on_puback = send_one, on_puback
 
@@ -248,7 +250,7 @@ def drain_run(d: Path, port: int, backlog: int, alarms: list[tuple[str, bytes]])
         stop.set()
         await asyncio.wait_for(task, 15)
         return {"backlog": backlog, "drain_per_s": rate, "fill_s": fill_s, "alarms": len(probe.latencies),
-                "lat_ms": sorted(x * 1000 for x in probe.latencies)}
+                "lat_ms": sorted(x * 1000 for x in probe.latencies), "readings_at_alarm": probe.readings_at_alarm}
     return asyncio.run(go())
 
 
