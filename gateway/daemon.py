@@ -211,6 +211,7 @@ class Daemon:
             accepted.append((mid, f, v.device, rx, route, repeat))
         if not accepted:
             return
+        self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
             self.spool.commit(items, counters, seqs)
         except SpoolFull as e:

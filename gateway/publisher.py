@@ -105,7 +105,7 @@ class Publisher:
         self.client.disconnect()
         self.client.loop_stop()
         self.loop = None
-        self._flush_acked()
+        self.flush_acked()
 
     def _on_connect(self, rc) -> None:
         if rc.is_failure:
@@ -169,7 +169,7 @@ class Publisher:
             return   # birth/status/stats, not from the spool
         seqs, nbytes, lane, rx_times, _sent = entry
         if not self.acked and self.loop is not None:
-            self.loop.call_soon(self._flush_acked)   # after every PUBACK already queued: one transaction
+            self.loop.call_soon(self.flush_acked)   # after every PUBACK already queued: one transaction
         # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
         # touches rows in flight): deleted as a range, not row by row
         self.acked.append((lane, min(seqs), max(seqs)))
@@ -186,7 +186,7 @@ class Publisher:
         self.batch_timer = None
         self.wake.set()
 
-    def _flush_acked(self) -> None:
+    def flush_acked(self) -> None:
         if self.acked:
             ranges, nbytes, self.acked, self.acked_bytes = self.acked, self.acked_bytes, [], 0
             self.spool.delete_ranges(ranges, nbytes)
