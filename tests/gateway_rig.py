@@ -98,8 +98,7 @@ class Rig:
         self.runner = testkit.DaemonThread(self.daemon)
         if not wait:
             return self.daemon
-        for t in self.daemon.serial:
-            wait_until(lambda t=t: t.ser is not None, 10, f"gateway opens {t.spec.port}")
+        self.runner.wait_ports(10)
         wait_until(lambda: self.daemon.publisher.connected, 10, "gateway connects to the broker")
         return self.daemon
 
