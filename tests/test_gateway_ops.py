@@ -131,6 +131,7 @@ def test_sigterm_stops_ingest_flushes_and_leaves_the_rest_in_the_spool(tmp_path,
     gw = GatewayProcess(rig.config_path, tmp_path / "gateway.log").start()
     try:
         rig.sub.wait(lambda ms: [d for t, d, _ in ms if t.endswith("/status") and d["online"]], 20)
+        wait_until(lambda: "baud)" in gw.log(), 10, "serial port open")     # (its open flushes the line)
         for _ in range(5):
             cable.send(a.reading())
         rig.sub.wait(lambda ms: len(rig.readings()) == 5, 10)
