@@ -148,6 +148,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0   # this run's part of the log
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
                                       str(self.config)], stdout=self.logf, stderr=subprocess.STDOUT)
@@ -165,6 +166,10 @@ class GatewayProcess:
             return self.proc.wait(timeout)
         finally:
             self.logf.close()
+
+    def started(self) -> bool:
+        """The daemon logged its start: signal handlers are set, SIGTERM now means a graceful stop."""
+        return "starting; spool" in self.log_path.read_bytes()[self.offset:].decode(errors="replace")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
