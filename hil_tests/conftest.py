@@ -142,6 +142,9 @@ def _real_board(request, role):
     cfg = request.config
     for b in _bench(cfg):
         if b["role"] == role:
+            if "://" not in b["port"] and not os.path.exists(b["port"]):
+                pytest.fail(f"no serial port {b['port']} for the {role} board: check the USB cable (a data cable, "
+                            "not power-only), 'ls /dev/serial/by-id' and 'dmesg | tail'", pytrace=False)
             rig = SerialRig(b["rig"], cfg.getoption("rig_baud"), boot_s=cfg.getoption("hil_boot_s")) if b["rig"] else None
             return BoardInfo(role, b["port"], b["config"], b["key"], rig, state_dir=b["dir"])
     pytest.fail(f"no board with profile {role!r} among --node-dir (deselection should have caught this)")
