@@ -72,14 +72,20 @@ def sub_dev(inc):
     return inc["report"]["source"]["devices"][0]
 
 
-def test_gas_leak_reaches_the_district_graded_and_the_node_stops_retransmitting(stack):
+def test_gas_leak_reaches_the_district_graded_once_over_drops_and_duplicates(stack):
     board, gw, sub = stack
+    board.rig.link(drop=1, dup=2)       # the first frame of the leak is lost, the next two arrive twice
     trip_and_wait(board, sub, "the leak alarm and its incident on the broker")
+    u = board.rig.link()
+    assert u["dropped"] == 1 and u["duplicated"] == 2, u
     al = alarms(sub)
     assert len(al) == 1 and al[0]["dev"] == f"{board.dev:08x}", al
     inc = check_leak_incident(sub)
     assert inc["report"]["place"]["site_name"] == "HIL bench household"
     acked_quietly(board, "the node falling quiet: every alarm and event acked")
+    assert len(alarms(sub)) == 1                                     # duplicates refused, not published
+    stats = sub.wait(lambda ms: [d for t, d, _ in ms if t.endswith("/stats") and d.get("rejected")], 10)
+    assert stats[-1]["rejected"].get("duplicate") == 2, stats[-1]   # each copy seen and counted once
     assert len(alarms(sub)) == 1
 
 
