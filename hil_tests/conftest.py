@@ -225,7 +225,7 @@ def provisioned_household_board(request, tmp_path):
         dev = hil_provision.device(reg, "new", "--profile", "household", "--board", "virtual", "--site",
                                    "HIL bench", "--households", "1")["dev"]
     try:
-        cli = {"flash": hil_provision.device(reg, "flash", dev, "--port", vb.pty if vb else board.port)}
+        cli = {"flash": hil_provision.device(reg, "flash", dev, "--compile", "--port", vb.pty if vb else board.port)}
         port = vb.pty if vb else board.port
         cli["config"] = hil_provision.device(reg, "config", dev, "gas_l1=120", "--port", port)
         cli["show"] = hil_provision.device(reg, "config", dev, "--port", port)
