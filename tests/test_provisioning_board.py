@@ -93,6 +93,7 @@ def test_rotate_key_old_key_frames_rejected_new_key_frames_verified(setup):
     reg, dev, vb = setup
     old_frames = capture(vb.pty, 10)
     assert old_frames and gateway_verifier(reg).check(old_frames[0], time.time())
+    running = gateway_verifier(reg, refresh=30.0)               # a gateway that loaded the registry before
     rep = cli_json("device", "rotate-key", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
     assert rep["key_version"] == 2 and rep["on_board"]
     with Registry(reg) as r:
@@ -104,6 +105,10 @@ def test_rotate_key_old_key_frames_rejected_new_key_frames_verified(setup):
     assert e.value.reason == "mic"
     new_frames = capture(vb.pty, 10)
     assert new_frames and gateway_verifier(reg).check(new_frames[0], time.time()).device.key_version == 2
+    # the running gateway takes the new key at its first MIC failure, not after its 30 s registry refresh
+    assert running.check(new_frames[0], time.time()).device.key_version == 2
+    with pytest.raises(Rejected):
+        running.check(old_frames[0], time.time())
 
 
 def test_decommission_frames_rejected_and_board_wiped(setup):
