@@ -134,6 +134,10 @@ class Board:
     def eval(self, expr: str):
         return ast.literal_eval(self.exec(f"print(repr({expr}))").strip())
 
+    def eval_code(self, code: str, timeout: float = 10):
+        """Run `code`, whose last line prints one Python literal; return that value."""
+        return ast.literal_eval(self.exec(code, timeout).strip().splitlines()[-1])
+
     def read_file(self, path: str) -> bytes | None:
         self.repl()
         try:

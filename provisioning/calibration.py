@@ -9,7 +9,6 @@ registry.
 
 from __future__ import annotations
 
-import ast
 import time
 
 from gasguard.firmware import boards, sensing
@@ -39,7 +38,7 @@ def check_span_gas(span_gas: int) -> int:
 def window(board: Board, pin: int) -> list[int]:
     code = ("import machine, time\na = machine.ADC(machine.Pin(%d))\nv = []\nfor i in range(%d):\n"
             " v.append(a.read_u16())\n time.sleep_ms(%d)\nprint(v)" % (pin, WINDOW, INTERVAL_MS))
-    return [int(x) for x in ast.literal_eval(board.exec(code, timeout=30).strip())]
+    return [int(x) for x in board.eval_code(code, timeout=30)]
 
 
 def settle(board: Board, pin: int, what: str, timeout: float = SETTLE_S, clock=time.monotonic) -> int:
