@@ -21,7 +21,7 @@ from gasguard.gateway.registry import Device
 from gasguard.tools.micropython import device_files
 from gasguard.tools.vboard_client import MAIN_STUB
 
-from . import settings
+from . import onboard, settings
 from .board import Board, file_hash
 from .errors import ProvisioningError
 from .identity import node_config
@@ -145,8 +145,7 @@ def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None
     if bad:
         raise ProvisioningError(f"verification failed for {', '.join(bad)}: the flash may be full or failing; "
                                 "run the flash again, and replace the board if it fails twice")
-    board.run_firmware()
-    boot = board.wait_boot(dev.dev_id, dev.key, boot_timeout)
+    boot = onboard.boot_and_check(board, dev, timeout=boot_timeout)
     replaced = f"{old_id:08x}" if isinstance(old_id, int) and old_id != dev.dev_id else None
     return {"dev": f"{dev.dev_id:08x}", "port": board.port, "replaced": replaced, "files": len(items), "bytes": total,
             "written": written, "unchanged": skipped, "removed": removed, "verified": len(items),
