@@ -175,3 +175,17 @@ def test_monitor_shows_an_alarm_and_the_nodes_log_line_as_they_happen(setup):
     code, out, err = cli("device", "monitor", "--port", vb.pty, "--duration", "12", "--count", "6", registry=reg)
     assert code == 0, out + err
     assert "alarm gas_l2" in out and "log   alarm: gas_l2" in out and "LATCHED" not in out.split("alarm gas_l2")[0]
+
+
+def test_selftest_never_strokes_open_a_valve_that_is_latched_shut(setup):
+    reg, dev, vb = setup
+    vb.ctl.set(gas=gas_raw(300))                                 # 30 % LEL: shut-off, latched
+    deadline = time.monotonic() + 15
+    while vb.ctl.get()["valve"] != 1:
+        assert time.monotonic() < deadline, "the node did not shut the valve"
+        time.sleep(0.2)
+    vb.ctl.set(gas=gas_raw(0))                                   # gas gone, but the latch holds
+    time.sleep(1)
+    rep = cli_json("device", "selftest", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
+    assert rep["valve_latched"] and rep["checks"]["valve"]       # closed, as it must be
+    assert vb.ctl.get()["valve"] == 1 and json.loads((vb.flash / "gg_state.json").read_text())["latched"]
