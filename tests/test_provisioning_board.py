@@ -51,19 +51,31 @@ def test_calibration_zero_and_span_with_stability_lands_on_board_and_in_registry
     reg, dev, vb = setup
     steps = []
 
-    def prompt(step, _msg):                 # the rig applies the test gas when asked
+    def prompt(step, _msg):                 # the rig applies the test gas when asked, and takes it off
         steps.append(step)
-        vb.ctl.set(gas=8100 if step == "zero" else 24500)
+        vb.ctl.set(gas=24500 if step == "span" else 8100)
 
     with Registry(reg) as r, Board(vb.pty) as b:
         rep = calibration.calibrate(b, r, r.get(dev.dev_id), 500, prompt)
-    assert steps == ["zero", "span"]
+    assert steps == ["zero", "span", "clear"]
     g = rep["gas"]
     assert abs(g["zero"] - 8100) <= 2 and abs(g["span"] - 24500) <= 2 and g["span_gas"] == 500
     assert json.loads((vb.flash / "gg_config.json").read_text())["calibration"]["gas"] == g
     with Registry(reg) as r:
         assert r.get(dev.dev_id).calibration["gas"] == g
     assert vb.ctl.request("info")["console"] == "firmware"      # rebooted into the firmware with it
+    time.sleep(2.5)
+    assert vb.ctl.get()["valve"] == 0                            # in clean air: no alarm, valve open
+
+
+def test_calibration_waits_for_the_test_gas_to_come_off_before_restarting_the_node(setup):
+    reg, dev, vb = setup
+    before = (vb.flash / "gg_config.json").read_text()
+    with Registry(reg) as r, Board(vb.pty) as b:
+        with pytest.raises(ProvisioningError, match="still reads gas"):
+            calibration.calibrate(b, r, r.get(dev.dev_id), 500,
+                                  lambda step, _m: vb.ctl.set(gas=8100 if step == "zero" else 24500), settle_s=3)
+    assert (vb.flash / "gg_config.json").read_text() == before   # nothing stored
 
 
 def test_calibration_refuses_a_dead_sensor_and_changes_nothing(setup):
