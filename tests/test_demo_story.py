@@ -1,0 +1,75 @@
+"""`gasguard sim demo --fast --no-tui` end to end, judged on what reached a real mosquitto: the demo's own
+checks are not trusted, a separate subscriber reads every publication of the story and grades it again."""
+
+import collections
+import subprocess
+import sys
+
+import pytest
+
+from gasguard.gateway import testkit
+
+pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.slow]
+
+BOARD1, BOARD2 = "03f00001", "03f00002"        # tools/demo.py BOARD_BASE: the leak, the home under the trip
+OPERATOR = "值班员 (demo)"
+
+
+def _by_incident(messages, prefix):
+    """incident id -> [payload, ...] in arrival order, for the topics starting with `prefix`."""
+    out = collections.defaultdict(list)
+    for topic, doc, _ in messages:
+        if topic.startswith(prefix) and "incident_id" in doc:
+            out[doc["incident_id"]].append(doc)
+    return out
+
+
+def test_fast_demo_grades_the_story_on_the_broker(tmp_path, mosquitto):
+    sub = testkit.Subscriber(mosquitto.port, "gasguard/v1/#")
+    try:
+        run = subprocess.run([sys.executable, "-m", "gasguard.cli", "sim", "demo", "--fast", "--no-tui",
+                              "--broker", f"127.0.0.1:{mosquitto.port}", "--workdir", str(tmp_path / "demo")],
+                             capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # the gateway said goodbye: the daemon was stopped gracefully, not killed
+        sub.wait(lambda ms: [d for t, d, _ in ms if t.endswith("/sub-017/status") and d.get("online") is False], 10)
+        with sub.lock:
+            msgs = list(sub.messages)
+    finally:
+        sub.close()
+
+    district = _by_incident(msgs, "gasguard/v1/lixia/command/incident/")
+    city = _by_incident(msgs, "gasguard/v1/city/incident/")
+
+    # 1. the leak: board 1's real firmware raised GAS_L2 with its valve shut and latched; level IV, district only
+    gas_l2 = [d for t, d, _ in msgs if t.endswith(f"/{BOARD1}/alarm") and d["name"] == "gas_l2" and not d["cleared"]]
+    assert gas_l2 and gas_l2[0]["state"]["valve"] == 1 and gas_l2[0]["state"]["latched"], gas_l2
+    leaks = [i for i in district if i.startswith(f"lixia-leak-{BOARD1}-")]
+    assert len(leaks) == 1, sorted(district)
+    leak = district[leaks[0]]
+    assert leak[0]["kind"] == "new" and leak[0]["level"] == 4 and leak[0]["warning"] == "blue"
+    assert leak[0]["category"] == "safety_accident" and leak[0]["routes"] == ["district"]
+    assert leaks[0] not in city
+
+    # 2. the trip: projected level III, over 10,000 households, on the district and the city topics
+    supply = [i for i in district if i.startswith("lixia-supply-")]
+    assert len(supply) == 1, sorted(district)
+    sup = district[supply[0]]
+    assert sup[0]["kind"] == "new" and sup[0]["level"] == 3 and sup[0]["projected"] is True
+    assert 10_000 <= sup[0]["households"] < 30_000 and sup[0]["routes"] == ["district", "city"]
+    assert [m["revision"] for m in city[supply[0]]] == [m["revision"] for m in sup]
+    # board 2, fed by a station under the trip, shut its valve on under-pressure (real firmware)
+    upso = [d for t, d, _ in msgs if t.endswith(f"/{BOARD2}/alarm") and d["name"] == "upso"]
+    assert upso and upso[0]["state"]["valve"] == 1, upso
+
+    # 3. and 4. each escalated at the 20-minute phone deadline, then was acknowledged and escalated no more
+    for revs in (leak, sup):
+        esc = [m for m in revs if m["kind"] == "escalation"]
+        assert esc, [m["kind"] for m in revs]
+        assert esc[0]["escalation"]["stage"] == "phone"
+        assert 1200 <= esc[0]["published_at"] - esc[0]["detected_at"] < 1200 + 120
+        acked = [m for m in revs if m.get("acked")]
+        assert acked and acked[0]["acked"]["by"] == OPERATOR and acked[0]["escalation"] is None
+        assert acked[0]["revision"] > esc[0]["revision"]
+        assert not [m for m in revs if m["revision"] > acked[0]["revision"] and m["kind"] == "escalation"]
+    assert "story complete" in run.stdout and "FAIL" not in run.stdout
