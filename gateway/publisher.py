@@ -218,8 +218,11 @@ class Publisher:
         tick = max(0.01, min(0.25, self.cfg.batch_delay / 2 or 0.05))
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), tick)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the event
+                # fires (CPython gh-86296), and the daemon's shutdown then waits for this task forever
+                async with asyncio.timeout(tick):
+                    await self.wake.wait()
+            except TimeoutError:
                 pass
             self.wake.clear()
             if self.connected:

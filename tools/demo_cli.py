@@ -18,7 +18,7 @@ import click
                                              "stdout is not a terminal)")
 @click.option("--keep", is_flag=True, help="keep the working folder (registry, spool, gateway and broker logs)")
 @click.option("--households", type=click.IntRange(1, 50_000), default=None,
-              help="simulated household-meter nodes [default: 2,000, --fast 400]")
+              help="simulated household-meter nodes [default: 2,000, --fast 200]")
 @click.option("--boards", type=click.IntRange(1, 4), default=2, show_default=True,
               help="virtual boards running the real firmware (board 1 leaks, board 2 sits under the trip)")
 @click.option("--broker", metavar="HOST:PORT", default=None,
