@@ -16,10 +16,11 @@ OPERATOR = "值班员 (demo)"
 
 
 def _by_incident(messages, prefix):
-    """incident id -> [payload, ...] in arrival order, for the topics starting with `prefix`."""
+    """incident id -> [payload, ...] in arrival order, for the topics starting with `prefix` (sync repeats
+    of a revision, asked for by a console that connects, left out)."""
     out = collections.defaultdict(list)
     for topic, doc, _ in messages:
-        if topic.startswith(prefix) and "incident_id" in doc:
+        if topic.startswith(prefix) and "incident_id" in doc and doc.get("kind") != "sync":
             out[doc["incident_id"]].append(doc)
     return out
 
@@ -51,13 +52,19 @@ def test_fast_demo_grades_the_story_on_the_broker(tmp_path, mosquitto):
     assert leak[0]["category"] == "safety_accident" and leak[0]["routes"] == ["district"]
     assert leaks[0] not in city
 
-    # 2. the trip: projected level III, over 10,000 households, on the district and the city topics
+    # 2. the trip: projected level III, over 10,000 households, on the district and the city topics. The
+    # incident may open with the first station heard (on a loaded machine a station the feeder feeds) and
+    # grow as the others come in; once at level III it is on the city topic too, revision for revision
     supply = [i for i in district if i.startswith("lixia-supply-")]
     assert len(supply) == 1, sorted(district)
     sup = district[supply[0]]
-    assert sup[0]["kind"] == "new" and sup[0]["level"] == 3 and sup[0]["projected"] is True
-    assert 10_000 <= sup[0]["households"] < 30_000 and sup[0]["routes"] == ["district", "city"]
-    assert [m["revision"] for m in city[supply[0]]] == [m["revision"] for m in sup]
+    assert sup[0]["kind"] == "new"
+    third = [m for m in sup if m["level"] == 3]
+    assert third and third[0]["projected"] is True and 10_000 <= third[0]["households"] < 30_000
+    assert third[0]["routes"] == ["district", "city"] and min(m["level"] or 9 for m in sup) == 3
+    routed = [m["revision"] for m in city[supply[0]]]
+    assert third[0]["revision"] in routed
+    assert routed == [m["revision"] for m in sup if m["revision"] >= routed[0]]
     # board 2, fed by a station under the trip, shut its valve on under-pressure (real firmware)
     upso = [d for t, d, _ in msgs if t.endswith(f"/{BOARD2}/alarm") and d["name"] == "upso"]
     assert upso and upso[0]["state"]["valve"] == 1, upso
