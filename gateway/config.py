@@ -6,6 +6,7 @@ and `gasguard gateway run` give the same answer.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -120,7 +121,9 @@ _KNOWN = {
 def _unknown(table: dict, name: str):
     for k in table:
         if k not in _KNOWN[name]:
-            close = [c for c in sorted(_KNOWN[name]) if c[:3] == k[:3]]
+            # typos (prot, delai) and near names (tls_cafile) both get a suggestion
+            close = difflib.get_close_matches(k, sorted(_KNOWN[name]), n=1, cutoff=0.6) or \
+                [c for c in sorted(_KNOWN[name]) if c[:3] == k[:3]]
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(_KNOWN[name]))}"
             raise ConfigError(f"{name}.{k}", f"unknown key{hint}")
 

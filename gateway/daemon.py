@@ -37,6 +37,7 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
+THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
 EVENT_KIND = 0x100     # seqs table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
@@ -82,6 +83,8 @@ class Daemon:
         for p in plugins:
             self.publisher.subscriptions.extend(p.subscriptions)
         self.accepted_count = 0
+        self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
+        self.thinned_reported = -1e18
 
     # -- ingest ----------------------------------------------------------------------------------
     async def _deliver(self, raw, rx, route) -> None:
@@ -184,12 +187,13 @@ class Daemon:
             self.verifier.last[(dev, DOWN)] = dfc
         for r in results:
             self.metrics.commands.labels(r).inc()
-        # acks only now: the alarm is on disk
-        for dev, fields in acks:
-            self._send(dev, frame.seal(fields, self.verifier.registry.get(dev).key, DOWN), "ack")
+        # routes first: a device's first frame may be the alarm we are about to ack
         for mid, f, device, rx, route, repeat in accepted:
             self.routes[f["dev"]] = (route, rx)
             self.metrics.accepted.labels(f["type"]).inc()
+        # acks only now: the alarm is on disk
+        for dev, fields in acks:
+            self._send(dev, frame.seal(fields, self.verifier.registry.get(dev).key, DOWN), "ack")
         self.accepted_count += len(accepted)
         self.publisher.notify({it.lane for it in items})
         self.publisher.kick()
@@ -279,12 +283,22 @@ class Daemon:
         n = sum(dropped.values())
         if n:
             self.metrics.thinned.inc(n)
-            log.warning("spool past %d bytes: thinned %d routine readings of %d devices (alarms and events kept)",
-                        self.cfg.spool_max_bytes, n, len(dropped))
-            body = payloads.gateway_event(self.cfg.gateway_id, now, "thinned",
-                                          {"readings": n, "devices": {f"{d:08x}": c for d, c in dropped.items()},
-                                           "spool_max_bytes": self.cfg.spool_max_bytes})
-            self._spool_outputs([(self.topics.event, body, "event", False)], now)
+            for d, c in dropped.items():
+                self.thinned_acc[d] = self.thinned_acc.get(d, 0) + c
+            self.burst.event("thinned", "spool past %d bytes: thinned %d routine readings of %d devices "
+                             "(alarms and events kept)", self.cfg.spool_max_bytes, n, len(dropped))
+        self._report_thinned(now)
+
+    def _report_thinned(self, now) -> None:
+        """One published `thinned` event per THIN_REPORT_S with the counts since the last one: an event per
+        thinning pass would itself fill the spool it is trying to keep bounded (events are never dropped)."""
+        if not self.thinned_acc or now - self.thinned_reported < THIN_REPORT_S:
+            return
+        acc, self.thinned_acc, self.thinned_reported = self.thinned_acc, {}, now
+        body = payloads.gateway_event(self.cfg.gateway_id, now, "thinned",
+                                      {"readings": sum(acc.values()), "devices": {f"{d:08x}": c for d, c in acc.items()},
+                                       "spool_max_bytes": self.cfg.spool_max_bytes})
+        self._spool_outputs([(self.topics.event, body, "event", False)], now)
 
     # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
@@ -384,6 +398,7 @@ class Daemon:
             except SpoolFull as e:
                 log.critical("spool full, offline state not recorded: %s", e)
         self._commands_due(now)
+        self._report_thinned(now)
         outs = []
         for p in self.plugins:
             outs.extend(self._call(p, "tick", now))

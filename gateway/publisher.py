@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import ssl
+import sys
 import time
 from collections import deque
 
@@ -24,6 +25,10 @@ log = logging.getLogger("gasguard.gateway.mqtt")
 
 PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog)
 PRIORITY_SLOTS = 16   # in-flight slots readings may never take, so an alarm always goes out at once
+
+
+class _ClosedBeforeConnack(ConnectionError):
+    """The TCP/TLS connection was made, then closed by the broker before its CONNACK."""
 
 
 class Publisher:
@@ -41,6 +46,7 @@ class Publisher:
         self.exhausted = {lane: False for lane in range(4)}
         self.batch_wait_since: float | None = None
         self.wake = asyncio.Event()
+        self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -56,6 +62,8 @@ class Publisher:
         # Last Will: the command sees a dead gateway (retained, so late subscribers see it too)
         c.will_set(self.topics.status, payloads.dumps(payloads.status(
             self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
+        # called by paho's thread inside its `except OSError`: exc_info is the reason (TLS, refused, DNS)
+        c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, sys.exc_info()[1])
         c.on_connect = lambda *a: self._threadsafe(self._on_connect, a[3])
         c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, a[3])
         c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, mid, rc)
@@ -95,6 +103,7 @@ class Publisher:
             log.error("broker refused the connection: %s (check mqtt.username/password/TLS)", rc)
             return
         self.connected = True
+        self.fail_logged = (None, 0.0)
         self.metrics.connected.set(1)
         log.info("connected to mqtt broker; %d messages in flight will be re-sent", len(self.inflight))
         self.client.publish(self.topics.status, payloads.dumps(payloads.status(
@@ -103,8 +112,33 @@ class Publisher:
             self.client.subscribe(t, qos=1)
         self.kick()
 
+    def _on_connect_fail(self, err) -> None:
+        """paho retries by itself with backoff (mqtt.reconnect_min..max); say why and what to do, once per
+        reason and then at most once a minute, so a broker that stays away does not flood the log."""
+        if isinstance(err, ssl.SSLCertVerificationError):
+            hint = ("the broker's certificate does not verify against mqtt.tls_ca: give the CA that signed it, "
+                    "and check that mqtt.host is a name or address in the certificate")
+        elif isinstance(err, ssl.SSLError):
+            hint = ("TLS handshake failed: check that mqtt.port is the broker's TLS listener and, if it asks for "
+                    "client certificates, mqtt.tls_cert / mqtt.tls_key")
+        elif isinstance(err, _ClosedBeforeConnack):
+            hint = ("the broker closed the connection before accepting it: check mqtt.username / mqtt.password, "
+                    "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)")
+        elif isinstance(err, ConnectionRefusedError):
+            hint = "connection refused: is the broker running, and is mqtt.port right?"
+        else:
+            hint = "check mqtt.host / mqtt.port and the network"
+        key, now = (type(err).__name__, hint), time.monotonic()
+        if key != self.fail_logged[0] or now - self.fail_logged[1] >= 60:
+            self.fail_logged = (key, now)
+            log.error("cannot connect to mqtt %s:%d (%s); %s. Retrying with backoff up to %.0f s, spooling meanwhile",
+                      self.cfg.mqtt_host, self.cfg.mqtt_port, err, hint, self.cfg.reconnect_max)
+
     def _on_disconnect(self, rc) -> None:
-        if self.connected:
+        if not self.connected:
+            # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
+            self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
+        else:
             log.warning("lost the mqtt broker (%s); spooling, reconnecting with backoff up to %.0f s", rc,
                         self.cfg.reconnect_max)
         self.connected = False
@@ -217,9 +251,9 @@ class Publisher:
         """Periodic drain: batches waiting for company, and a reconnect that found a backlog."""
         tick = max(0.01, min(0.25, self.cfg.batch_delay / 2 or 0.05))
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands while the event
+            # is being set, and the graceful stop then waits for this task forever
             try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the event
-                # fires (CPython gh-86296), and the daemon's shutdown then waits for this task forever
                 async with asyncio.timeout(tick):
                     await self.wake.wait()
             except TimeoutError:

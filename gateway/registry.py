@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: device_log table (compatible: version 1 readers ignore it)
 
 PROFILES = ("household", "station")
 # plan 5.1.2: supply priority order, most protected first
@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS devices (
     updated_at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS devices_upstream ON devices(upstream);
+-- what technicians did to each device (gasguard device ...): flash, config, calibrate, rotate-key, ...
+-- Never holds a key; added in schema 2 (older readers ignore the table).
+CREATE TABLE IF NOT EXISTS device_log (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    dev_id          INTEGER NOT NULL,
+    at              REAL NOT NULL,
+    action          TEXT NOT NULL,
+    detail          TEXT NOT NULL DEFAULT '{}'              -- JSON
+);
+CREATE INDEX IF NOT EXISTS device_log_dev ON device_log(dev_id);
 """
 
 
@@ -135,6 +145,8 @@ class Registry:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.db.execute("UPDATE meta SET v = ? WHERE k = 'schema_version' AND CAST(v AS INTEGER) < ?",
+                            (str(SCHEMA_VERSION), SCHEMA_VERSION))
             self.db.commit()
         self.db.row_factory = sqlite3.Row
 
@@ -223,3 +235,26 @@ class Registry:
 
     def decommission(self, dev_id: int) -> Device:
         return self.update(dev_id, state="decommissioned")
+
+    # -- technician log and metadata (schema 2) ----------------------------------------------------------
+    def log(self, dev_id: int, action: str, detail: dict | None = None) -> None:
+        """Record what a technician did to a device (never pass a key in `detail`)."""
+        with self.db:
+            self.db.execute("INSERT INTO device_log (dev_id, at, action, detail) VALUES (?, ?, ?, ?)",
+                            (dev_id, time.time(), action, json.dumps(detail or {}, sort_keys=True)))
+
+    def history(self, dev_id: int) -> list[dict]:
+        try:
+            rows = self.db.execute("SELECT at, action, detail FROM device_log WHERE dev_id = ? ORDER BY seq",
+                                   (dev_id,)).fetchall()
+        except sqlite3.OperationalError:   # a schema-1 file opened read-only has no log yet
+            return []
+        return [{"at": r[0], "action": r[1], "detail": json.loads(r[2])} for r in rows]
+
+    def meta_get(self, k: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, k: str, v: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))

@@ -129,7 +129,10 @@ class Spool:
                                    [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
+                # would raise "no transaction is active" and hide the real error
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as e:
             if "full" in str(e) or "disk I/O" in str(e):

@@ -92,6 +92,13 @@ class PtyCable:
         os.set_blocking(m, False)
 
     def unplug(self) -> None:
+        # The link goes first, as /dev/serial/by-id does on a real unplug: a closed pty's number is reused
+        # by the next openpty() anywhere on the machine, and a stale link would hand the gateway a stranger's
+        # port (seen under parallel tests as frames from another test's devices).
+        try:
+            self.link.unlink()
+        except FileNotFoundError:
+            pass
         for fd in (self.master, self._slave_keep):
             try:
                 os.close(fd)

@@ -9,6 +9,7 @@ Persistence is on, so QoS 1 sessions survive a restart like a production broker'
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -43,8 +44,11 @@ class Mosquitto:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
         self.log = self.dir / "mosquitto.log"
+        # as root, mosquitto switches to the 'mosquitto' user, which cannot write our persistence folder:
+        # sessions would then be lost on restart. Staying root keeps the broker's state like production's.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
             f"max_inflight_messages 1000\nlog_dest file {self.log}\nlog_type error\nlog_type warning\n"
             f"{extra_config}")

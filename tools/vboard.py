@@ -140,7 +140,7 @@ class VBoard:
         tty.setraw(self.slave)
         os.set_blocking(self.master, False)
         self.pty = os.ttyname(self.slave)
-        args = ["node", str(HOST), "--flash", str(self.flash), "--rom", str(ROM), "--heap", str(self.heap)]
+        args = ["node", "--expose-gc", str(HOST), "--flash", str(self.flash), "--rom", str(ROM), "--heap", str(self.heap)]
         if self.virtual_clock:
             args.append("--virtual-clock")
         self.node = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(TOOLS),

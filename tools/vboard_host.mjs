@@ -171,20 +171,48 @@ function powerOff() {
 
 async function start(runMain, cause) {
   powerOff();
+  // collect the previous interpreter now (node --expose-gc): its memory goes back at once, and any
+  // finalizer of its objects runs at a known point, before the next interpreter exists
+  if (globalThis.gc) globalThis.gc();
   const g = board.gen;
   board.boots++; board.resetCause = cause;
   const mp = await loadMicroPython({ heapsize: heap, linebuffer: false, stdout: consoleOut, stderr: consoleOut });
   if (g !== board.gen) return;
+  isolateFinalizers(mp, g);
   for (const d of ["/home/web_user", "/home", "/tmp"]) { try { mp.FS.rmdir(d); } catch {} }
   mp.FS.mkdirTree("/rom");
   mp.FS.writeFile("/rom/machine.py", readFileSync(rom));
   mp.FS.writeFile("/rom/esp32.py", "from machine import NVS  # esp32.NVS on a real ESP32\n");
   copyIn(mp.FS, flash, "/");
   mp.registerJsModule("vbhal", hal);
-  mp.runPython("import sys\nsys.path.insert(0, '/rom')\nif '/lib' not in sys.path: sys.path.append('/lib')");
+  // machine/esp32 are built in on a real board: import the shims once with /rom on the path and take it off
+  // again, so they win over any file (as built-ins do) and sys.path is a board's ['', '.frozen', '/lib'];
+  // leaving '/rom' at sys.path[0] broke code that expects the current directory there (mpremote, mip)
+  mp.runPython("import sys\nsys.path.insert(0, '/rom')\nimport machine, esp32\ndel machine, esp32\nsys.path.remove('/rom')\n" +
+               "if '/lib' not in sys.path: sys.path.append('/lib')");
   board.mp = mp;
   if (runMain && existsSync(join(flash, "main.py"))) runFirmware(g);
   else setMode("repl");
+}
+
+// micropython.mjs keeps its PyProxy bookkeeping in globals: a FinalizationRegistry whose callback frees the
+// collected proxy's reference number through globalThis.Module, which is always the NEWEST interpreter.
+// After a soft reset V8 still collects the previous interpreter's proxies (e.g. of the interrupted firmware),
+// and that callback then freed live objects of the new interpreter by number: every REPL command after it
+// failed ("Traceback ... in" and nothing more), depending on GC timing. Each interpreter gets its own
+// registry bound to its own module and generation; frees through the package's shared path are dropped.
+function isolateFinalizers(mp, g) {
+  const mod = mp._module;
+  const ccall = mod.ccall.bind(mod);
+  const map = globalThis.proxy_js_map;
+  const del = Map.prototype.delete.bind(map);
+  mod.ccall = (name, ...rest) => (name === "proxy_c_free_obj" ? null : ccall(name, ...rest));
+  map.delete = () => false;  // only the package's (stale) finalizers call it
+  globalThis.pyProxyFinalizationRegistry = new FinalizationRegistry((cRef) => {
+    if (g !== board.gen) return;  // a previous boot's proxy: its interpreter is gone with it
+    del(cRef);
+    ccall("proxy_c_free_obj", "null", ["number"], [cRef]);
+  });
 }
 
 async function runFirmware(g) {

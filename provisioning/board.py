@@ -1,0 +1,173 @@
+"""A board on a serial port: its raw REPL through mpremote (the library), and its link frames.
+
+One connection serves both, as a technician's cable does: `repl()` interrupts the firmware and gives a
+clean interpreter (mpremote's soft reset in raw mode), `run_firmware()` leaves the REPL and soft-resets so
+/main.py runs, and `frames()` reads what the node sends, deframed (SPEC 6) and decoded. Every wait here
+has a deadline.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import time
+
+from mpremote.transport import TransportError, TransportExecError
+from mpremote.transport_serial import SerialTransport
+
+from gasguard.protocol import const, frame, framing
+from gasguard.protocol.errors import ProtocolError
+
+from . import ports
+from .errors import ProvisioningError
+
+CHUNK = 1024   # bytes per raw-REPL write: fewer round trips than mpremote's 256, fits any board's RX buffer
+
+
+class Board:
+    def __init__(self, port: str, baud: int = 115200):
+        ports.probe(port)      # turns "busy / not there / permission" into a fix before mpremote hides it
+        self.port = port
+        try:
+            self.t = SerialTransport(port, baudrate=baud, exclusive=True)
+        except TransportError as e:
+            raise ports.explain(port, e) from None
+        self.in_repl = False
+        self.deframer = framing.Deframer()
+        self.log_lines: list[str] = []
+
+    def close(self) -> None:
+        try:
+            if self.in_repl:
+                self.t.exit_raw_repl()
+            self.t.close()
+        except Exception:  # noqa: BLE001 - a cable pulled mid-command fails any way it likes; closing is best effort
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- the REPL ----
+    def repl(self) -> None:
+        """Stop the firmware and enter the raw REPL with a fresh interpreter (idempotent)."""
+        if self.in_repl:
+            return
+        try:
+            self.t.enter_raw_repl(soft_reset=True)
+        except TransportError as e:
+            raise ProvisioningError(f"no MicroPython REPL on {self.port} ({e}): is MicroPython on the board "
+                                    "(flash it with esptool / the UF2 first), and is this its console port?") from None
+        self.in_repl = True
+
+    def exec(self, code: str, timeout: float = 10) -> str:
+        self.repl()
+        try:
+            out, err = self.t.exec_raw(code, timeout=timeout)
+        except TransportError as e:
+            raise ProvisioningError(f"the board stopped answering on {self.port} ({e}): check the cable, "
+                                    "then run the command again") from None
+        if err:
+            last = err.decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise ProvisioningError(f"on the board: {' '.join(last)}")
+        return out.decode("utf-8", "replace")
+
+    def eval(self, expr: str):
+        return ast.literal_eval(self.exec(f"print(repr({expr}))").strip())
+
+    def read_file(self, path: str) -> bytes | None:
+        self.repl()
+        try:
+            return bytes(self.t.fs_readfile(path, chunk_size=CHUNK))
+        except OSError:
+            return None
+        except TransportExecError as e:
+            if "ENOENT" in e.error_output:
+                return None
+            raise ProvisioningError(f"cannot read {path} on the board: {e.error_output.strip()!r}") from None
+
+    def write_file(self, path: str, data: bytes, progress=None) -> None:
+        """Write `data` to `path` through a temporary name and a rename, so a pulled cable never leaves a
+        half-written config or key under the real name."""
+        self.repl()
+        tmp = path + ".part"
+        try:
+            self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=progress)
+        except (TransportExecError, OSError) as e:
+            raise ProvisioningError(f"cannot write {path} on the board ({e}): is the flash full? "
+                                    "(check with 'mpremote df')") from None
+        self.exec(f"import os\nos.rename({tmp!r}, {path!r})")
+
+    def sha256(self, path: str) -> bytes | None:
+        self.repl()
+        try:
+            return self.t.fs_hashfile(path, "sha256", chunk_size=CHUNK)
+        except (TransportExecError, OSError):
+            return None
+
+    def makedirs(self, path: str) -> None:
+        self.exec("import os\np = ''\nfor part in %r.strip('/').split('/'):\n p += '/' + part\n try:\n"
+                  "  os.mkdir(p)\n except OSError:\n  pass" % (path,))
+
+    def remove(self, path: str) -> None:
+        self.exec(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:\n pass")
+
+    # ---- the running firmware ----
+    def run_firmware(self) -> None:
+        """Leave the REPL and soft-reset: /main.py runs, as after power-on."""
+        self.repl()
+        self.t.exit_raw_repl()
+        self.t.serial.read(self.t.serial.in_waiting or 0)
+        self.t.serial.write(b"\x04")   # Ctrl-D at the friendly prompt: soft reboot, runs /main.py
+        self.in_repl = False
+        self.deframer = framing.Deframer()
+
+    def frames(self, deadline: float):
+        """Yield decoded frames ({"raw": bytes, fields...}) until `deadline` (time.monotonic())."""
+        ser = self.t.serial
+        while time.monotonic() < deadline:
+            ser.timeout = max(0.01, min(0.2, deadline - time.monotonic()))
+            data = ser.read(4096)
+            if not data:
+                continue
+            for kind, payload in self.deframer.feed(data):
+                if kind == framing.TEXT:
+                    self.log_lines.append(payload.decode("utf-8", "replace").strip())
+                elif kind == framing.FRAME:
+                    try:
+                        f = frame.decode(payload)
+                    except ProtocolError:
+                        continue
+                    f["raw"] = payload
+                    yield f
+
+    def write_frame(self, raw: bytes) -> None:
+        self.t.serial.write(framing.wrap(raw))
+        self.t.serial.flush()
+
+    def wait_boot(self, dev_id: int, key: bytes, timeout: float = 30.0) -> dict:
+        """The node's BOOT event, MIC-verified with `key`: proof it runs with this identity."""
+        deadline = time.monotonic() + timeout
+        wrong = 0
+        for f in self.frames(deadline):
+            if f["dev"] != dev_id:
+                wrong += 1
+                continue
+            if f["type"] != "event" or f["code"] != const.EV_BOOT:
+                continue
+            try:
+                f["fcnt"] = frame.verify(f["raw"], f, key, const.UP, 0, max_gap=const.MAX_FCNT)
+            except ProtocolError as e:
+                raise ProvisioningError(f"the board boots as {dev_id:08x} but its frames do not verify with "
+                                        f"the registry's key ({e.reason}): flash it again") from None
+            return f
+        seen = f"; it sent frames as another device ({wrong})" if wrong else ""
+        logs = f"; last log lines: {' | '.join(self.log_lines[-3:])}" if self.log_lines else ""
+        raise ProvisioningError(f"no BOOT event from {dev_id:08x} within {timeout:.0f} s{seen}{logs}: "
+                                "check the log with 'gasguard device monitor', then flash again")
+
+
+def file_hash(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

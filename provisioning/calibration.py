@@ -1,0 +1,83 @@
+"""Guided zero and span calibration of the gas channel with test gas.
+
+The board is stopped at the REPL and its gas ADC read directly (the pin from firmware/boards.py), a window
+at a time. A reading is accepted only when a whole window stays within STABLE_COUNTS, and the result must
+be a working sensor: a live zero (not open, not shorted) and a sensitivity near the transmitter's nominal.
+The coefficients go into /gg_config.json "calibration.gas" (raw counts, firmware/sensing.py) and into the
+registry.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+
+from gasguard.firmware import boards, sensing
+from gasguard.gateway.registry import Device, Registry
+
+from . import onboard
+from .board import Board
+from .errors import BadInput, ProvisioningError
+
+WINDOW = 10           # samples per stability window
+INTERVAL_MS = 100     # between samples: a window is 1 s, longer than a catalytic bead's noise period
+STABLE_COUNTS = 96    # max - min inside a window: ~0.3 % LEL at the nominal 31.8 counts per 0.1 % LEL
+SETTLE_S = 120.0      # how long to wait for a gas flow to settle before giving up
+# the nominal transmitter (sensing.py defaults): 0.4 V live zero, 1.2 V at 50 % LEL
+NOMINAL = (sensing.GAS_SPAN_DEFAULT - sensing.GAS_ZERO_DEFAULT) / sensing.GAS_SPAN_GAS_DEFAULT
+ZERO_RANGE = (sensing.GAS_ZERO_DEFAULT // 2, sensing.GAS_ZERO_DEFAULT * 3 // 2)   # 0.2 .. 0.6 V
+SENSITIVITY_RANGE = (0.5, 2.0)   # of nominal; outside it the sensor head is poisoned or the wrong model
+
+
+def check_span_gas(span_gas: int) -> int:
+    if not 100 <= span_gas <= 1000:
+        raise BadInput(f"span gas {span_gas}: give the test gas concentration in 0.1 % LEL, 100..1000 "
+                       "(e.g. 500 for the usual 50 % LEL bottle)")
+    return span_gas
+
+
+def window(board: Board, pin: int) -> list[int]:
+    code = ("import machine, time\na = machine.ADC(machine.Pin(%d))\nv = []\nfor i in range(%d):\n"
+            " v.append(a.read_u16())\n time.sleep_ms(%d)\nprint(v)" % (pin, WINDOW, INTERVAL_MS))
+    return [int(x) for x in ast.literal_eval(board.exec(code, timeout=30).strip())]
+
+
+def settle(board: Board, pin: int, what: str, timeout: float = SETTLE_S, clock=time.monotonic) -> int:
+    """The mean of the first window whose spread is within STABLE_COUNTS; raises when none comes in time."""
+    deadline = clock() + timeout
+    spread = None
+    while clock() < deadline:
+        v = window(board, pin)
+        spread = max(v) - min(v)
+        if spread <= STABLE_COUNTS:
+            return sum(v) // len(v)
+    raise ProvisioningError(f"the {what} reading did not settle within {timeout:.0f} s (spread {spread} counts, "
+                            f"at most {STABLE_COUNTS}): check the gas flows steadily through the cap, wait, retry")
+
+
+def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, settle_s: float = SETTLE_S) -> dict:
+    """prompt(step, message) is called before each step ("zero", "span") and returns when the gas is on."""
+    check_span_gas(span_gas)
+    board.repl()
+    cfg = onboard.config_of(board, dev)
+    pin = boards.profile(cfg.get("board", "esp32"))["gas"]
+    prompt("zero", "Apply zero gas (clean air or nitrogen) to the sensor and let it flow.")
+    zero = settle(board, pin, "zero", settle_s)
+    if not ZERO_RANGE[0] <= zero <= ZERO_RANGE[1]:
+        raise ProvisioningError(f"zero reading {zero} counts is outside {ZERO_RANGE[0]}..{ZERO_RANGE[1]} "
+                                "(the transmitter's 0.4 V live zero): check the sensor wiring and supply")
+    prompt("span", f"Apply the span gas ({span_gas / 10:g} % LEL) to the sensor and let it flow.")
+    span = settle(board, pin, "span", settle_s)
+    sens = (span - zero) / span_gas / NOMINAL
+    if span >= sensing.SHORT_ABOVE or not SENSITIVITY_RANGE[0] <= sens <= SENSITIVITY_RANGE[1]:
+        raise ProvisioningError(f"span reading {span} counts gives {sens:.0%} of the nominal sensitivity "
+                                f"(allowed {SENSITIVITY_RANGE[0]:.0%}..{SENSITIVITY_RANGE[1]:.0%}): check the test "
+                                "gas bottle and concentration; a sensor below 50 % is poisoned: replace it")
+    gas = {"zero": zero, "span": span, "span_gas": span_gas}
+    cal = dict(cfg.get("calibration") or {}, gas=gas)
+    cfg["calibration"] = cal
+    onboard.write_json(board, "/gg_config.json", cfg)
+    onboard.boot_and_check(board, dev)
+    reg.update(dev.dev_id, calibration=dict(dev.calibration, gas=gas))
+    reg.log(dev.dev_id, "calibrate", {"gas": gas, "sensitivity": round(sens, 3)})
+    return {"dev": f"{dev.dev_id:08x}", "gas": gas, "sensitivity": round(sens, 3)}

@@ -1,0 +1,119 @@
+"""What follows a flash, against a real-time virtual board: config, calibration, self-test, key rotation and
+decommissioning, each checked on the board's flash, in the registry and with the gateway's verifier."""
+
+import json
+import time
+
+import pytest
+
+from gasguard.gateway.registry import Registry
+from gasguard.gateway.verify import Rejected
+from gasguard.provisioning import calibration
+from gasguard.provisioning.board import Board
+from gasguard.provisioning.errors import ProvisioningError
+from gasguard.tools.vboard_client import gas_raw
+
+from provisioning_helpers import capture, cli, cli_json, gateway_verifier, installed_board, new_device
+
+pytestmark = [pytest.mark.micropython, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg, site_name="Lane 3 No. 12", households=1)
+    vb = installed_board(tmp_path, dev)
+    yield reg, dev, vb
+    vb.stop()
+
+
+def test_config_change_reaches_the_board_drops_an_older_override_and_is_recorded(setup):
+    reg, dev, vb = setup
+    d = f"{dev.dev_id:08x}"
+    # a gateway's SET_PARAM override of gas_l1 in the node's state must not hide the technician's value
+    vb.ctl.power(False)
+    (vb.flash / "gg_state.json").write_text(json.dumps({"params": {"gas_l1": 150, "report_s": 120}}))
+    vb.ctl.power(True)
+    rep = cli_json("device", "config", d, "gas_l1=120", "radio.baud=57600", "--port", vb.pty, registry=reg)
+    assert rep["changed"] == {"gas_l1": 120} and rep["dropped_overrides"] == ["gas_l1"]
+    cfg = json.loads((vb.flash / "gg_config.json").read_text())
+    assert cfg["params"]["gas_l1"] == 120 and cfg["radio"]["baud"] == 57600
+    assert json.loads((vb.flash / "gg_state.json").read_text())["params"] == {"report_s": 120}
+    got = cli_json("device", "config", d, "--port", vb.pty, registry=reg)
+    assert got["params"]["gas_l1"] == 120 and got["source"]["gas_l1"] == "config"
+    assert got["source"]["report_s"] == "override" and got["source"]["gas_l2"] == "default"
+    with Registry(reg) as r:
+        assert r.get(dev.dev_id).config["gas_l1"] == 120
+        assert r.history(dev.dev_id)[-1]["action"] == "config"
+
+
+def test_calibration_zero_and_span_with_stability_lands_on_board_and_in_registry(setup):
+    reg, dev, vb = setup
+    steps = []
+
+    def prompt(step, _msg):                 # the rig applies the test gas when asked
+        steps.append(step)
+        vb.ctl.set(gas=8100 if step == "zero" else 24500)
+
+    with Registry(reg) as r, Board(vb.pty) as b:
+        rep = calibration.calibrate(b, r, r.get(dev.dev_id), 500, prompt)
+    assert steps == ["zero", "span"]
+    g = rep["gas"]
+    assert abs(g["zero"] - 8100) <= 2 and abs(g["span"] - 24500) <= 2 and g["span_gas"] == 500
+    assert json.loads((vb.flash / "gg_config.json").read_text())["calibration"]["gas"] == g
+    with Registry(reg) as r:
+        assert r.get(dev.dev_id).calibration["gas"] == g
+    assert vb.ctl.request("info")["console"] == "firmware"      # rebooted into the firmware with it
+
+
+def test_calibration_refuses_a_dead_sensor_and_changes_nothing(setup):
+    reg, dev, vb = setup
+    before = (vb.flash / "gg_config.json").read_text()
+    with Registry(reg) as r, Board(vb.pty) as b:
+        with pytest.raises(ProvisioningError, match="nominal sensitivity"):
+            calibration.calibrate(b, r, r.get(dev.dev_id), 500,
+                                  lambda step, _m: vb.ctl.set(gas=8000 if step == "zero" else 9000))
+    assert (vb.flash / "gg_config.json").read_text() == before
+
+
+def test_selftest_strokes_the_valve_checks_sensors_and_the_link(setup):
+    reg, dev, vb = setup
+    code, out, err = cli("device", "selftest", f"{dev.dev_id:08x}", "--port", vb.pty, "--json", registry=reg)
+    rep = json.loads(out)
+    assert code == 0, out + err
+    assert rep["passed"] and rep["checks"] == {"valve": True, "sensors": True, "link": True}
+    assert vb.ctl.get()["valve"] == 0                            # stroked and opened again
+    vb.ctl.set(gas=0)                                            # sensor unplugged: open circuit
+    time.sleep(1.5)
+    code, out, _ = cli("device", "selftest", f"{dev.dev_id:08x}", "--port", vb.pty, "--json", registry=reg)
+    assert code == 1 and json.loads(out)["checks"]["sensors"] is False
+
+
+def test_rotate_key_old_key_frames_rejected_new_key_frames_verified(setup):
+    reg, dev, vb = setup
+    old_frames = capture(vb.pty, 10)
+    assert old_frames and gateway_verifier(reg).check(old_frames[0], time.time())
+    rep = cli_json("device", "rotate-key", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
+    assert rep["key_version"] == 2 and rep["on_board"]
+    with Registry(reg) as r:
+        new_key = r.get(dev.dev_id).key
+    assert new_key != dev.key and (vb.flash / "gg_key.bin").read_bytes() == new_key
+    assert not (vb.flash / "gg_key.new").exists()
+    with pytest.raises(Rejected) as e:
+        gateway_verifier(reg).check(old_frames[0], time.time())
+    assert e.value.reason == "mic"
+    new_frames = capture(vb.pty, 10)
+    assert new_frames and gateway_verifier(reg).check(new_frames[0], time.time()).device.key_version == 2
+
+
+def test_decommission_frames_rejected_and_board_wiped(setup):
+    reg, dev, vb = setup
+    frames = capture(vb.pty, 10)
+    rep = cli_json("device", "decommission", f"{dev.dev_id:08x}", "--port", vb.pty, "--reason", "meter replaced",
+                   registry=reg)
+    assert "/gg_key.bin" in rep["wiped"] and not (vb.flash / "gg_key.bin").exists()
+    with pytest.raises(Rejected) as e:
+        gateway_verifier(reg).check(frames[0], time.time())
+    assert e.value.reason == "decommissioned"
+    code, _, err = cli("device", "flash", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
+    assert code == 2 and "decommissioned" in err              # a retired identity is never flashed again

@@ -1,0 +1,133 @@
+"""The technician CLI without a board: input checked before any port opens (exit 2), registry bundles signed
+by the authority (tampered / foreign / stale refused), keys 0600 and never printed, --help with examples."""
+
+import base64
+import json
+import stat
+
+import click
+import pytest
+
+from gasguard.gateway.registry import Registry
+from gasguard.provisioning import ports
+from gasguard.provisioning.cli import device
+from gasguard.provisioning.errors import ProvisioningError
+
+from provisioning_helpers import cli, cli_json, new_device
+
+MISSING = "/dev/ttyGASGUARD-nothing-here"
+
+
+@pytest.mark.parametrize("setting,why", [
+    ("gas_l2=300", "gas_l2=300 outside the safe range 100..250"),     # above 25 % LEL at a home
+    ("gas_l2=100", "gas_l1 (100) must be below gas_l2 (100)"),
+    ("upso=8000", "upso=8000 outside the safe range 300..1500"),
+    ("setpoint=2000", "setpoint: not a household setting"),
+    ("fault_action=ignore", "fault_action=ignore: choose one of"),
+    ("radio.baud=11520", "radio.baud=11520: choose one of"),
+    ("gas_l1=ten", "must be a whole number"),
+])
+def test_out_of_bounds_config_is_refused_before_the_port_is_opened(tmp_path, setting, why):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg)
+    code, out, err = cli("device", "config", f"{dev.dev_id:08x}", setting, "--port", MISSING, registry=reg)
+    assert code == 2, out + err                 # a port that is not there would have been exit 1
+    assert why in err and MISSING not in err
+    with Registry(reg) as r:
+        assert r.get(dev.dev_id).config == dev.config
+
+
+def test_a_missing_port_is_an_operational_error_that_says_what_to_do(tmp_path):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg)
+    code, _, err = cli("device", "config", f"{dev.dev_id:08x}", "gas_l1=120", "--port", MISSING, registry=reg)
+    assert code == 1 and "check the cable" in err
+
+
+def test_port_problems_are_explained(monkeypatch):
+    assert "dialout" in str(ports.explain("/dev/ttyUSB0", PermissionError(13, "Permission denied")))
+    assert "fuser /dev/ttyUSB0" in str(ports.explain("/dev/ttyUSB0", OSError(11, "Could not exclusively lock port")))
+    monkeypatch.setattr(ports, "candidates", lambda: [])
+    with pytest.raises(ProvisioningError, match="plug in the USB cable"):
+        ports.resolve("auto")
+    monkeypatch.setattr(ports, "candidates", lambda: ["/dev/ttyUSB0"])
+    assert ports.resolve("auto") == "/dev/ttyUSB0"
+    monkeypatch.setattr(ports, "candidates", lambda: ["/dev/ttyUSB0", "/dev/ttyUSB1"])
+    with pytest.raises(ProvisioningError, match="several serial ports"):
+        ports.resolve("auto")
+    assert ports.resolve("auto", choose=lambda found: found[1]) == "/dev/ttyUSB1"
+
+
+def test_new_validates_site_data_and_never_prints_the_key(tmp_path):
+    reg = tmp_path / "reg.db"
+    code, _, err = cli("device", "new", "--profile", "household", "--user-class", "boiler", registry=reg)
+    assert code == 2 and "residential" in err
+    code, _, err = cli("device", "new", "--profile", "station", "--set", "opso=7000", registry=reg)
+    assert code == 2 and "not a station setting" in err
+    made = cli_json("device", "new", "--profile", "station", "--id", "00c0ffee", "--households", "4200",
+                    "--pressure-class", "subhigh_b", "--key-area", "--set", "setpoint=3000", registry=reg)
+    assert made["dev"] == "00c0ffee" and "ID 00C0FFEE" in made["label"] and "key v1  KEY AREA" in made["label"]
+    with Registry(reg) as r:
+        d = r.get(0xC0FFEE)
+    assert d.config["setpoint"] == 3000 and d.config["board"] == "esp32"
+    listing = cli("device", "list", "--json", registry=reg)[1]
+    assert d.key.hex() not in listing and "key" not in json.loads(listing)["devices"][0]
+    code, _, err = cli("device", "new", "--profile", "station", "--id", "00c0ffee", registry=reg)
+    assert code == 2 and "never reused" in err
+
+
+def _bundle_setup(tmp_path):
+    reg = tmp_path / "tech.db"
+    a = new_device(reg)
+    b = new_device(reg, profile="station", households=900)
+    auth = tmp_path / "auth" / "authority.pem"
+    cli_json("device", "authority-init", "--authority", str(auth))
+    return reg, a, b, auth
+
+
+def test_signed_bundle_loads_into_a_gateway_registry(tmp_path):
+    reg, a, b, auth = _bundle_setup(tmp_path)
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    out = tmp_path / "district.bundle"
+    rep = cli_json("device", "export", "--out", str(out), "--authority", str(auth), registry=reg)
+    assert rep["devices"] == 2 and stat.S_IMODE(out.stat().st_mode) == 0o600
+    gw = tmp_path / "gw.db"
+    pub = str(auth.with_name("authority.pub.pem"))
+    code, o, e = cli("gateway", "import-registry", str(out), "--registry", str(gw), "--trust", pub, "--json")
+    assert code == 0, o + e
+    assert json.loads(o)["devices"] == 2
+    with Registry(gw) as g:
+        assert g.get(a.dev_id).key == a.key and g.get(b.dev_id).households == 900
+    # the same bundle again is stale: it could bring back a rotated key
+    code, _, e = cli("gateway", "import-registry", str(out), "--registry", str(gw), "--trust", pub)
+    assert code == 2 and "not after the bundle already loaded" in e
+
+
+def test_tampered_or_foreign_bundles_are_refused_and_change_nothing(tmp_path):
+    reg, a, _, auth = _bundle_setup(tmp_path)
+    out = tmp_path / "district.bundle"
+    cli_json("device", "export", "--out", str(out), "--authority", str(auth), registry=reg)
+    doc = json.loads(out.read_text())
+    body = json.loads(base64.b64decode(doc["payload"]))
+    body["devices"][0]["key"] = "00" * 16                        # an attacker's key for a real device
+    doc["payload"] = base64.b64encode(json.dumps(body, sort_keys=True).encode()).decode()
+    bad = tmp_path / "tampered.bundle"
+    bad.write_text(json.dumps(doc))
+    gw = tmp_path / "gw.db"
+    pub = str(auth.with_name("authority.pub.pem"))
+    code, _, e = cli("gateway", "import-registry", str(bad), "--registry", str(gw), "--trust", pub)
+    assert code == 2 and "signature does not verify" in e
+    other = tmp_path / "other" / "authority.pem"
+    cli_json("device", "authority-init", "--authority", str(other))
+    code, _, e = cli("gateway", "import-registry", str(out), "--registry", str(gw), "--trust",
+                     str(other.with_name("authority.pub.pem")))
+    assert code == 2 and "this gateway trusts" in e
+    with Registry(gw) as g:
+        assert g.count() == 0
+
+
+def test_every_command_has_help_with_examples():
+    from gasguard.gateway.cli import import_registry
+    for name, cmd in list(device.commands.items()) + [("import-registry", import_registry)]:
+        text = cmd.get_help(click.Context(cmd, info_name=name))
+        assert "Examples:" in text and f"gasguard " in text, name

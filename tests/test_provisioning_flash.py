@@ -1,0 +1,59 @@
+"""`gasguard device flash` with mpremote over the virtual board's raw REPL: write, verify, boot, and the
+gateway's verifier accepts the node's frames with the registry entry just created."""
+
+import stat
+import time
+
+import pytest
+
+from gasguard.gateway.registry import Registry
+from gasguard.provisioning.board import Board
+from gasguard.tools.vboard_client import VBoardProcess
+
+from provisioning_helpers import capture, cli_json, gateway_verifier
+
+pytestmark = [pytest.mark.micropython, pytest.mark.timeout(180)]
+
+
+def test_new_then_flash_compiled_boots_with_the_new_identity_and_the_gateway_verifies_it(tmp_path):
+    reg = tmp_path / "reg.db"
+    made = cli_json("device", "new", "--profile", "household", "--board", "virtual", "--site", "Lane 3 No. 12",
+                    "--households", "1", registry=reg)
+    dev = made["dev"]
+    assert stat.S_IMODE(reg.stat().st_mode) == 0o600
+    with Registry(reg) as r:
+        key = r.get(int(dev, 16)).key
+    assert key.hex() not in str(made)
+    with VBoardProcess(tmp_path / "flash") as vb:        # an empty board: MicroPython only
+        vb.wait_console("friendly")
+        rep = cli_json("device", "flash", dev, "--port", vb.pty, "--compile", registry=reg)
+        assert rep["verified"] == rep["files"] == 22 and rep["compiled"]
+        assert rep["boot"]["profile"] == "household" and rep["boot"]["reset_cause"] == "soft"
+        lib = vb.flash / "lib" / "gasguard" / "firmware"
+        assert (lib / "safety.mpy").exists() and not (lib / "safety.py").exists()
+        assert (vb.flash / "gg_key.bin").read_bytes() == key
+        assert vb.ctl.request("info")["console"] == "firmware"
+        # the node retransmits its unacked BOOT event: the gateway's verifier takes it with the new entry
+        frames = capture(vb.pty, 15)
+        assert frames, "no frame from the flashed node"
+        v = gateway_verifier(reg).check(frames[0], time.time())
+        assert v.device.dev_id == int(dev, 16) and v.f["type"] == "event"
+        # the REPL is reached again after .mpy firmware has run a while (Board.repl's clean-answer check)
+        time.sleep(3)
+        got = cli_json("device", "config", dev, "--port", vb.pty, registry=reg)
+        assert got["params"]["gas_l2"] == 250 and got["source"]["gas_l2"] == "default"
+    with Registry(reg) as r:
+        assert r.get(int(dev, 16)).state == "commissioned"
+        assert [h["action"] for h in r.history(int(dev, 16))] == ["new", "flash"]
+
+
+def test_after_flash_soft_reset_and_a_new_raw_repl_sys_path_is_a_boards(tmp_path):
+    """Regression: the vboard host put '/rom' at sys.path[0]; a board has the current directory there."""
+    reg = tmp_path / "reg.db"
+    dev = cli_json("device", "new", "--profile", "station", "--board", "virtual", registry=reg)["dev"]
+    with VBoardProcess(tmp_path / "flash") as vb:
+        vb.wait_console("friendly")
+        cli_json("device", "flash", dev, "--port", vb.pty, registry=reg)
+        with Board(vb.pty) as b:
+            assert b.eval("__import__('sys').path") == ["", ".frozen", "/lib"]
+            assert b.eval("__import__('machine').__name__") == "machine"   # the shim is still "built in"
