@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,9 +45,9 @@ from .broker import BrokerError
 from .demo_broker import start_broker
 from .demo_gateway import demo_clock
 from .fleet import Fleet, device_nodes
-from .fleet_transport import PtyTransport
+from .fleet_transport import PtyTransport, TransportError
 from .scenarios import StationTrip
-from .vboard_client import VBoardProcess, gas_raw, install, pressure_raw
+from .vboard_client import VBoardError, VBoardProcess, gas_raw, install, pressure_raw
 
 DISTRICT = "lixia"
 GATEWAY = "sub-017"
@@ -221,6 +222,7 @@ class Demo:
         self.history: dict = collections.defaultdict(list)   # (district|city, incident id) -> revisions seen
         self.trip_at = [float("inf")]          # fleet time the feeder's outlet starts rising (set by the story)
         self.fleet_report = None
+        self.failed = False                    # keep the working folder then: its logs say what went wrong
 
     # -- helpers -----------------------------------------------------------------------------------
     def t(self) -> float:
@@ -261,6 +263,11 @@ class Demo:
         if o.broker:
             host, _, port = o.broker.rpartition(":")
             self.broker_desc, self.port = f"broker at {o.broker}", int(port)
+            try:
+                socket.create_connection((host, self.port), timeout=3).close()
+            except OSError as e:
+                raise DemoError(f"no MQTT broker answers at {o.broker} ({e}): start it, or leave --broker out "
+                                "and the demo starts its own") from None
         else:
             try:
                 self.broker = start_broker(self.dir)
@@ -436,10 +443,19 @@ class Demo:
         try:
             self.start()
             self.story()
+            self.failed = not all(c.ok for c in self.checks.values())
+        except DemoError:
+            self.failed = True
+            raise
         except TimeoutError as e:
+            self.failed = True
             self.say(f"the story stopped: {e}", "red")
         except Stopped:
             self.say("stopping: fleet, console, gateway, boards, then the broker", "bold")
+        except (VBoardError, TransportError, ConsoleError, OSError) as e:
+            # a part that would not start: say which, after everything started so far is stopped
+            self.failed = True
+            raise DemoError(f"{type(e).__name__}: {e}") from None
         finally:
             self.close()
         return self.checks
@@ -484,8 +500,10 @@ class Demo:
             if self.broker:
                 self.broker.stop()
                 self.broker = None
-            if self.own_dir and not self.o.keep:
+            if self.own_dir and not self.o.keep and not self.failed:
                 shutil.rmtree(self.dir, ignore_errors=True)
+            elif self.failed:
+                self.say(f"working folder kept (registry, gateway.log, broker log): {self.dir}", "yellow")
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
