@@ -93,3 +93,40 @@ def test_demo_stops_everything_on_a_signal(sig):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_a_killed_demo_takes_its_gateway_and_broker_with_it():
+    """SIGKILL gives the demo no chance to clean up: the gateway and the broker die with it all the same
+    (PR_SET_PDEATHSIG, tools/demo_gateway.py). The virtual boards do not (their launcher starts them in a
+    session of their own, tools/vboard_client.py): this test stops them by pid, as tools/DEMO.md tells users."""
+    proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "sim", "demo", "--fast", "--no-tui"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    tree: set[int] = set()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "fleet:" in line:
+                break
+        text = "".join(lines)
+        broker = int(re.search(r"mosquitto on \S+ \(pid (\d+)\)", text).group(1))
+        gateway = int(re.search(r"gateway sub-017: .*\(pid (\d+)\)", text).group(1))
+        tree = _tree(proc.pid)
+        assert {broker, gateway} <= tree, (tree, text)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_alive(broker) or _alive(gateway)):
+            time.sleep(0.1)
+        assert not _alive(broker) and not _alive(gateway), text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for pid in tree:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        workdir = re.search(r"in (\S+)/registry\.db", "".join(lines))
+        if workdir:
+            import shutil
+            shutil.rmtree(workdir.group(1), ignore_errors=True)

@@ -467,7 +467,7 @@ class Demo:
     def close(self) -> None:
         """Stop everything, in the order that loses nothing and logs no false alarm: the fleet, the console,
         the gateway (it flushes what it holds to the broker), the boards and ptys it read, the broker."""
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} \
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} \
             if threading.current_thread() is threading.main_thread() else {}
         try:
             if self.fleet:

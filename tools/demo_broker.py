@@ -6,7 +6,8 @@ amqtt 0.11.4 was checked with paho-mqtt 2.x for what the gateway and console rel
 retained messages, and the gateway's will (tools/DEMO.md). It is installed by `make demo` only when
 mosquitto is missing; tests always use mosquitto. As a module this file runs the amqtt broker:
 
-    python -m gasguard.tools.demo_broker --port 1883
+    python -m gasguard.tools.demo_broker --port 1883 --log amqtt.log
+    python -m gasguard.tools.demo_broker --exec /usr/sbin/mosquitto -c mosquitto.conf   # dies with its parent
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +42,12 @@ class AmqttBroker(Mosquitto):
 
 
 class _Mosquitto(Mosquitto):
+    """mosquitto started through `--exec` below, so it dies with the demo even when the demo is killed."""
+
     kind = "mosquitto"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gasguard.tools.demo_broker", "--exec", *super().command()]
 
 
 def available() -> str | None:
@@ -65,6 +72,11 @@ def start_broker(workdir: Path, prefer: str | None = None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from .demo_gateway import die_with_parent
+    die_with_parent()
+    if argv[:1] == ["--exec"]:
+        os.execv(argv[1], argv[1:])        # the parent-death signal survives exec: mosquitto inherits it
     ap = argparse.ArgumentParser(description="amqtt broker on 127.0.0.1 (the demo's fallback)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log", required=True, help="amqtt's log file (its stderr is a pipe nobody drains)")

@@ -1,6 +1,6 @@
 """`gasguard sim demo` (what `make demo` runs): thin, over tools/demo.py. Exit 0 when the story's checks
-all passed, 1 when one failed or something could not start, 2 bad options, 130/143 when stopped by
-Ctrl-C / SIGTERM (everything is stopped first)."""
+all passed, 1 when one failed or something could not start, 2 bad options, 128 + the signal when stopped by
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal): everything is stopped first."""
 
 import signal
 import sys
@@ -47,7 +47,7 @@ def demo(speed, duration, fast, no_tui, keep, households, boards, broker, workdi
         def on_signal(sig, _frame):
             stopped["sig"] = sig
             d.stop()
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal closed
             signal.signal(s, on_signal)
         try:
             checks = d.run()

@@ -11,9 +11,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGTERM when the process that started us dies, even by SIGKILL (prctl PR_SET_PDEATHSIG), so a
+    killed demo leaves no gateway or broker behind. Elsewhere, or if prctl is missing, nothing happens."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:                                # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def demo_clock(t0: float, speed: float):
@@ -27,6 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--t0", type=float, required=True, help="wall time (Unix s) the demo clock starts from")
     ap.add_argument("--speed", type=float, required=True, help="demo seconds per wall second")
     a = ap.parse_args(argv)
+    die_with_parent()
     from gasguard.gateway import logs
     from gasguard.gateway.config import ConfigError, load
     from gasguard.gateway.daemon import Daemon

@@ -114,7 +114,10 @@ class TuiView:
         return self
 
     def __exit__(self, *exc):
-        self.live.stop()
+        try:
+            self.live.stop()
+        except OSError:         # the terminal is gone (SIGHUP): everything is already stopped, nothing to show
+            pass
         return False
 
     def say(self, t: float, text: str, style: str = "") -> None:
