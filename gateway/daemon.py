@@ -51,6 +51,15 @@ def _mtopic_match(sub: str, topic: str) -> bool:
     return len(s) == len(t)
 
 
+async def _cancelled(tasks: list, what: str, timeout: float = 5.0) -> None:
+    """Wait for cancelled tasks to end, bounded: a task that ignores its cancel must not hang the stop."""
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=timeout)
+    if stuck:
+        log.error("%d %s task(s) did not stop within %.0f s; stopping without them", len(stuck), what, timeout)
+
+
 def _hexify(f: dict) -> dict:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
 
@@ -449,7 +458,7 @@ class Daemon:
                 t.cancel()
             if udp_transport:
                 udp_transport.close()
-            await asyncio.gather(*ingest_tasks, return_exceptions=True)
+            await _cancelled(ingest_tasks, "ingest")
             rest = []
             while not self.queue.empty():
                 rest.append(self.queue.get_nowait())
@@ -461,7 +470,7 @@ class Daemon:
                 await asyncio.sleep(0.05)
             for t in core:
                 t.cancel()
-            await asyncio.gather(*core, return_exceptions=True)
+            await _cancelled(core, "core")
             self.publisher.stop()
             for p in self.plugins:
                 self._call(p, "close")

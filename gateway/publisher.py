@@ -47,6 +47,9 @@ class Publisher:
         self.batch_wait_since: float | None = None
         self.wake = asyncio.Event()
         self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
+        self.stopping = False
+        self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
+        self.resend_deadline = 0.0
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -87,6 +90,7 @@ class Publisher:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
+        self.stopping = True
         if self.connected:
             try:
                 self.client.publish(self.topics.status, payloads.dumps(payloads.status(
@@ -106,6 +110,11 @@ class Publisher:
         self.fail_logged = (None, 0.0)
         self.metrics.connected.set(1)
         log.info("connected to mqtt broker; %d messages in flight will be re-sent", len(self.inflight))
+        # paho re-sends what was in flight when the link dropped, but only after its on_connect returns, from
+        # its own thread: rows published now could overtake them and break the per-device order. New rows
+        # wait for those PUBACKs (one round trip), at most a keepalive.
+        self.resending = set(self.inflight)
+        self.resend_deadline = time.monotonic() + self.cfg.keepalive
         self.client.publish(self.topics.status, payloads.dumps(payloads.status(
             self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
         for t in self.subscriptions:
@@ -135,7 +144,7 @@ class Publisher:
                       self.cfg.mqtt_host, self.cfg.mqtt_port, err, hint, self.cfg.reconnect_max)
 
     def _on_disconnect(self, rc) -> None:
-        if not self.connected:
+        if not self.connected and not self.stopping:
             # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
             self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
         else:
@@ -150,6 +159,7 @@ class Publisher:
 
     def _on_puback(self, mid: int, rc) -> None:
         entry = self.inflight.pop(mid, None)
+        self.resending.discard(mid)
         if entry is None:
             return   # birth/status/stats, not from the spool
         seqs, nbytes, lane, rx_times, _sent = entry
@@ -190,6 +200,12 @@ class Publisher:
             self.wake.set()
 
     def fill(self) -> None:
+        if self.resending:
+            if time.monotonic() < self.resend_deadline:
+                return
+            log.warning("%d re-sent messages not acknowledged within %d s; publishing on (order may slip)",
+                        len(self.resending), self.cfg.keepalive)
+            self.resending = set()
         window = self.cfg.inflight + PRIORITY_SLOTS
         while self.connected and len(self.inflight) < window:
             row = None

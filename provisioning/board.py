@@ -9,12 +9,15 @@ has a deadline.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import threading
 import time
 
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
+from gasguard.firmware import boards
 from gasguard.protocol import const, frame, framing
 from gasguard.protocol.errors import ProtocolError
 
@@ -22,24 +25,46 @@ from . import ports
 from .errors import ProvisioningError
 
 CHUNK = 1024   # bytes per raw-REPL write: fewer round trips than mpremote's 256, fits any board's RX buffer
+MAX_LOG = 50   # node log lines kept for error messages
+WDT_MS = min(p["wdt_ms"] for p in boards.PROFILES.values())   # the firmware's watchdog (firmware/boards.py)
+FEED = b"try:\n _gg_wdt.feed()\nexcept NameError:\n pass\n"
+
+
+class _Transport(SerialTransport):
+    """mpremote's transport, feeding the board's watchdog at the start of every command it sends.
+
+    The firmware starts a hardware watchdog that survives a soft reset and cannot be stopped (ESP32 task
+    WDT, RP2040 watchdog): a REPL session on a board that ran the firmware must keep feeding it, or the board
+    resets under the technician's feet (mid-flash)."""
+
+    feeding = False
+
+    def exec_raw_no_follow(self, command):
+        if self.feeding:
+            command = FEED + (command if isinstance(command, bytes) else command.encode())
+        return super().exec_raw_no_follow(command)
 
 
 class Board:
-    def __init__(self, port: str, baud: int = 115200):
+    def __init__(self, port: str, baud: int = 115200, wdt_ms: int = WDT_MS):
         ports.probe(port)      # turns "busy / not there / permission" into a fix before mpremote hides it
         self.port = port
         try:
-            self.t = SerialTransport(port, baudrate=baud, exclusive=True)
+            self.t = _Transport(port, baudrate=baud, exclusive=True)
         except TransportError as e:
             raise ports.explain(port, e) from None
         self.in_repl = False
         self.deframer = framing.Deframer()
         self.log_lines: list[str] = []
+        self.wdt_ms = wdt_ms
+        self.lock = threading.RLock()      # one command at a time on the wire (keepalive() runs in a thread)
 
     def close(self) -> None:
+        """Release the port; a firmware this session stopped is started again, even after an error, so a
+        failed command never leaves a node at the REPL protecting nothing."""
         try:
             if self.in_repl:
-                self.t.exit_raw_repl()
+                self.run_firmware()
             self.t.close()
         except Exception:  # noqa: BLE001 - a cable pulled mid-command fails any way it likes; closing is best effort
             pass
@@ -61,11 +86,36 @@ class Board:
             raise ProvisioningError(f"no MicroPython REPL on {self.port} ({e}): is MicroPython on the board "
                                     "(flash it with esptool / the UF2 first), and is this its console port?") from None
         self.in_repl = True
+        # a board with /main.py ran the firmware, whose watchdog still counts: take it over and feed it
+        self.t.feeding = False
+        out, _ = self.t.exec_raw("import os, machine\ntry:\n os.stat('/main.py')\n _gg_wdt = machine.WDT(timeout=%d)"
+                                 "\n print('fed')\nexcept Exception:\n pass" % self.wdt_ms)
+        self.t.feeding = b"fed" in out
+
+    @contextlib.contextmanager
+    def keepalive(self):
+        """While the technician is busy (a prompt), feed the watchdog from a thread every quarter timeout."""
+        stop = threading.Event()
+
+        def feed():
+            while not stop.wait(self.wdt_ms / 4000):
+                with self.lock:
+                    if self.in_repl and self.t.feeding:
+                        self.t.exec_raw("pass")   # the transport puts the feed in front
+
+        th = threading.Thread(target=feed, daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            th.join(self.wdt_ms / 1000)
 
     def exec(self, code: str, timeout: float = 10) -> str:
         self.repl()
         try:
-            out, err = self.t.exec_raw(code, timeout=timeout)
+            with self.lock:
+                out, err = self.t.exec_raw(code, timeout=timeout)
         except TransportError as e:
             raise ProvisioningError(f"the board stopped answering on {self.port} ({e}): check the cable, "
                                     "then run the command again") from None
@@ -124,8 +174,9 @@ class Board:
         self.in_repl = False
         self.deframer = framing.Deframer()
 
-    def frames(self, deadline: float):
-        """Yield decoded frames ({"raw": bytes, fields...}) until `deadline` (time.monotonic())."""
+    def frames(self, deadline: float, on_text=None):
+        """Yield decoded frames ({"raw": bytes, fields...}) until `deadline` (time.monotonic()); the node's
+        log lines go to on_text(line) as they arrive (and are kept, bounded, in .log_lines)."""
         ser = self.t.serial
         while time.monotonic() < deadline:
             ser.timeout = max(0.01, min(0.2, deadline - time.monotonic()))
@@ -133,8 +184,12 @@ class Board:
             if not data:
                 continue
             for kind, payload in self.deframer.feed(data):
-                if kind == framing.TEXT:
-                    self.log_lines.append(payload.decode("utf-8", "replace").strip())
+                if kind == framing.TEXT:   # one segment between frames may hold several lines
+                    for line in payload.decode("utf-8", "replace").splitlines():
+                        if line.strip():
+                            self.log_lines = self.log_lines[-(MAX_LOG - 1):] + [line.strip()]
+                            if on_text is not None:
+                                on_text(line.strip())
                 elif kind == framing.FRAME:
                     try:
                         f = frame.decode(payload)

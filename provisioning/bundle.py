@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -78,11 +79,16 @@ def load(path: str | Path, trusted: Ed25519PublicKey, reg: Registry, allow_older
     if issued <= last and not allow_older:
         raise BadInput(f"{path} was issued {time.ctime(issued)}, not after the bundle already loaded "
                        f"({time.ctime(last)}): refused, it could bring back retired keys (--allow-older to force)")
+    known = {f.name for f in fields(Device)}
     devs = []
-    for d in body["devices"]:
-        d = dict(d)
-        d["key"] = bytes.fromhex(d["key"])
-        devs.append(Device(**d))
+    try:
+        for d in body["devices"]:
+            # fields a newer authority added are left out; the signed values of the known ones are kept
+            d = {k: v for k, v in d.items() if k in known}
+            d["key"] = bytes.fromhex(d["key"])
+            devs.append(Device(**d))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadInput(f"{path}: a device entry is incomplete ({e}): export the bundle again") from None
     try:
         reg.add_many(devs)
     except RegistryError as e:

@@ -61,12 +61,14 @@ def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, s
     board.repl()
     cfg = onboard.config_of(board, dev)
     pin = boards.profile(cfg.get("board", "esp32"))["gas"]
-    prompt("zero", "Apply zero gas (clean air or nitrogen) to the sensor and let it flow.")
+    with board.keepalive():   # the technician may take minutes to fit the cap: the watchdog must not fire
+        prompt("zero", "Apply zero gas (clean air or nitrogen) to the sensor and let it flow.")
     zero = settle(board, pin, "zero", settle_s)
     if not ZERO_RANGE[0] <= zero <= ZERO_RANGE[1]:
         raise ProvisioningError(f"zero reading {zero} counts is outside {ZERO_RANGE[0]}..{ZERO_RANGE[1]} "
                                 "(the transmitter's 0.4 V live zero): check the sensor wiring and supply")
-    prompt("span", f"Apply the span gas ({span_gas / 10:g} % LEL) to the sensor and let it flow.")
+    with board.keepalive():
+        prompt("span", f"Apply the span gas ({span_gas / 10:g} % LEL) to the sensor and let it flow.")
     span = settle(board, pin, "span", settle_s)
     sens = (span - zero) / span_gas / NOMINAL
     if span >= sensing.SHORT_ABOVE or not SENSITIVITY_RANGE[0] <= sens <= SENSITIVITY_RANGE[1]:

@@ -6,6 +6,7 @@ The interfaces of `flash` and `config` are used by the HIL suite: keep them stab
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ import click
 
 from gasguard.gateway.registry import Registry, RegistryError
 
-from . import bundle, configure, identity, keys, ports
+from . import bundle, configure, identity, keys, ports, settings
 from .errors import BadInput, ProvisioningError
 
 DATA = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "gasguard"
@@ -57,6 +58,10 @@ dev_arg = click.argument("dev", metavar="DEV")
 
 
 def _reg(path) -> Registry:
+    """Open (creating) the registry; a new folder for it is the owner's only, like the file (0600)."""
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True)
     return Registry(path)
 
 
@@ -86,6 +91,20 @@ def _out(as_json, obj, lines=()):
     else:
         for line in lines:
             click.echo(line)
+
+
+@contextlib.contextmanager
+def _progress(as_json, what):
+    """A byte progress bar on stderr (none under --json); yields progress(done, total, current_file)."""
+    if as_json:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+    with Progress(TextColumn("{task.description:14}"), BarColumn(), DownloadColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=1)
+        yield lambda n, total, name: bar.update(task, completed=n, total=total, description=name.rsplit("/", 1)[-1])
 
 
 @click.group()
@@ -138,14 +157,14 @@ def new(profile, board, dev_id, site_name, address, lat, lon, households, user_c
       gasguard device new --profile station --board esp32 --households 4200 --pressure-class subhigh_b \\
           --set setpoint=2500 --key-area --json
     """
-    from . import settings
     dev_id = identity.parse_dev_id(dev_id) if dev_id else None
     up = identity.parse_dev_id(upstream) if upstream else None
-    params, _ = settings.parse(profile, board, list(assignments))
+    params, radio = settings.parse(profile, board, list(assignments))
     with _reg(registry) as reg:
         dev = identity.new(reg, profile=profile, board=board, dev_id=dev_id, site_name=site_name, address=address,
                            lat=lat, lon=lon, households=households, user_class=user_class,
-                           pressure_class=pressure_class, key_area=key_area, upstream=up, params=params)
+                           pressure_class=pressure_class, key_area=key_area, upstream=up, params=params,
+                           radio=radio)
     lab = identity.label(dev)
     _out(as_json, {"ok": True, "dev": f"{dev.dev_id:08x}", "label": lab, "registry": registry},
          ["Device created. Label:", *("  " + x for x in lab),
@@ -173,6 +192,30 @@ def list_(show_all, registry, as_json):
          [f"{d['dev']}  {d['profile']:9}  {d['state']:14}  v{d['key_version']:<3} {d['site_name']}" for d in rows])
 
 
+@device.command("show")
+@dev_arg
+@registry_opt
+@json_opt
+@command
+def show(dev, registry, as_json):
+    """One device's registry entry and what technicians did to it (never its key).
+
+    \b
+    Examples:
+      gasguard device show 00c0ffee
+      gasguard device show 00c0ffee --json
+    """
+    import time
+    with _existing_reg(registry) as reg:
+        d = identity.get(reg, identity.parse_dev_id(dev), active=False)
+        hist = reg.history(d.dev_id)
+    pub = d.public()
+    _out(as_json, {"ok": True, "device": pub, "history": hist},
+         [f"{k:15} {v}" for k, v in pub.items() if k not in ("dev", "dev_id")] + ["history:"] +
+         [f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(h['at']))}Z  {h['action']:13} "
+          f"{json.dumps(h['detail'], sort_keys=True)}" for h in hist])
+
+
 @device.command("flash")
 @dev_arg
 @port_opt
@@ -196,24 +239,16 @@ def flash(dev, port, baud, compile_mpy, boot_timeout, registry, as_json):
     from . import flashing
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev))
-        identity.node_config(d)
-        from . import settings
-        params, board_name, radio = settings.split(d.config)
-        settings.check_params(d.profile, params)
-        settings.check_radio(board_name, radio)
+        flashing.check(d)
         app = flashing.application(compile_mpy)   # mpy-cross runs before the port is opened
-        with _open(port, baud) as b:
-            if as_json:
-                rep = flashing.flash(b, d, compile_mpy=compile_mpy, boot_timeout=boot_timeout, app=app)
-            else:
-                from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-                with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                              console=__import__("rich.console").console.Console(stderr=True)) as bar:
-                    task = bar.add_task("flashing", total=1)
-                    rep = flashing.flash(b, d, compile_mpy=compile_mpy, boot_timeout=boot_timeout, app=app,
-                                         progress=lambda n, t, tg: bar.update(task, completed=n, total=t,
-                                                                             description=tg.rsplit("/", 1)[-1]))
+        with _open(port, baud) as b, _progress(as_json, "flashing") as progress:
+            rep = flashing.flash(b, d, compile_mpy=compile_mpy, boot_timeout=boot_timeout, app=app,
+                                 progress=progress)
         reg.update(d.dev_id, state="commissioned")
+        gone = reg.get(int(rep["replaced"], 16)) if rep["replaced"] else None
+        if gone is not None and gone.active and not as_json:
+            click.echo(f"warning: this board was {gone.dev_id:08x}, still active in the registry: retire it with "
+                       f"'gasguard device decommission {gone.dev_id:08x} --no-board'", err=True)
         reg.log(d.dev_id, "flash", {k: rep[k] for k in ("port", "files", "bytes", "written", "compiled")})
     boot = rep["boot"]
     _out(as_json, dict(rep, ok=True),
@@ -255,8 +290,6 @@ def config(dev, assignments, port, baud, registry_only, registry, as_json):
                 return
             with _open(port, baud) as b:
                 got = configure.read(b, d)
-                from . import onboard
-                onboard.boot_and_check(b, d)
             _out(as_json, dict(got, ok=True),
                  [f"{k:15} {v!s:8} ({got['source'][k]})" for k, v in sorted(got["params"].items())] +
                  [f"radio.{k:9} {v}" for k, v in sorted(got["radio"].items())])
@@ -313,7 +346,7 @@ def monitor(port, baud, duration, count, registry, as_json):
 
 @device.command("calibrate")
 @dev_arg
-@click.option("--span-gas", default=500, show_default=True, help="test gas concentration in 0.1 %% LEL")
+@click.option("--span-gas", default=500, show_default=True, help="test gas concentration in 0.1 % LEL (500 = 50 % LEL)")
 @click.option("--settle", default=120.0, show_default=True, help="seconds to wait for a stable reading")
 @click.option("--yes", is_flag=True, help="do not wait for Enter between steps (gas applied by a rig)")
 @port_opt
@@ -445,6 +478,36 @@ def decommission(dev, reason, no_board, yes, port, baud, registry, as_json):
     _out(as_json, dict(rep, ok=True), [f"{rep['dev']} decommissioned" +
                                        (f"; wiped {', '.join(rep['wiped'])} from the board" if rep["wiped"] else ""),
                                        "export a new bundle for the gateways: gasguard device export --out FILE"])
+
+
+@device.command("export-key")
+@dev_arg
+@click.option("--out", type=click.Path(dir_okay=False), help="write the key (32 hex digits) to this file, 0600")
+@click.option("--print", "to_stdout", is_flag=True, help="print the key on stdout (it ends up in your terminal "
+                                                         "history and scrollback)")
+@registry_opt
+@command
+def export_key(dev, out, to_stdout, registry):
+    """Hand out one device's key, only when asked by name: to a 0600 file, or printed with --print.
+
+    For programming a board by other means (a production jig); the export is logged in the registry.
+
+    \b
+    Examples:
+      gasguard device export-key 00c0ffee --out /secure/00c0ffee.key
+      gasguard device export-key 00c0ffee --print
+    """
+    if bool(out) == bool(to_stdout):
+        raise BadInput("say where the key goes: --out FILE (0600) or --print")
+    with _existing_reg(registry) as reg:
+        d = identity.get(reg, identity.parse_dev_id(dev))
+        if out:
+            keys.write_secret(out, (d.key.hex() + "\n").encode())
+        reg.log(d.dev_id, "export-key", {"to": "stdout" if to_stdout else str(out), "key_version": d.key_version})
+    if to_stdout:
+        click.echo(d.key.hex())
+    else:
+        click.echo(f"key v{d.key_version} of {d.dev_id:08x} written to {out} (0600)", err=True)
 
 
 authority_opt = click.option("--authority", envvar="GASGUARD_AUTHORITY", show_default=True,

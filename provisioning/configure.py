@@ -30,6 +30,7 @@ def read(board: Board, dev: Device) -> dict:
     overrides = st.get("params") or {}
     eff = settings.effective(dev.profile, dict(file_params, **overrides))
     source = {k: ("override" if k in overrides else "config" if k in file_params else "default") for k in eff}
+    onboard.boot_and_check(board, dev)    # back to work, and proof it still boots with what we read
     return {"params": eff, "source": source, "radio": cfg.get("radio") or {}, "board": cfg.get("board")}
 
 

@@ -21,6 +21,7 @@ from gasguard.gateway.registry import Device
 from gasguard.tools.micropython import device_files
 from gasguard.tools.vboard_client import MAIN_STUB
 
+from . import settings
 from .board import Board, file_hash
 from .errors import ProvisioningError
 from .identity import node_config
@@ -54,6 +55,14 @@ def application(compile_mpy: bool = False) -> list[Item]:
             else:
                 items.append(Item(target, host.read_bytes()))
     return items
+
+
+def check(dev: Device) -> None:
+    """Everything about `dev` that can be wrong before a port is opened (BadInput, exit 2)."""
+    params, board, radio = settings.split(dev.config)
+    settings.check_board(board)
+    settings.check_params(dev.profile, params)
+    settings.check_radio(board, radio)
 
 
 def device_items(dev: Device) -> list[Item]:
@@ -121,7 +130,8 @@ def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None
                                 "run the flash again, and replace the board if it fails twice")
     board.run_firmware()
     boot = board.wait_boot(dev.dev_id, dev.key, boot_timeout)
-    return {"dev": f"{dev.dev_id:08x}", "port": board.port, "files": len(items), "bytes": total,
+    replaced = f"{old_id:08x}" if isinstance(old_id, int) and old_id != dev.dev_id else None
+    return {"dev": f"{dev.dev_id:08x}", "port": board.port, "replaced": replaced, "files": len(items), "bytes": total,
             "written": written, "unchanged": skipped, "removed": removed, "verified": len(items),
             "compiled": compile_mpy, "fresh_identity": fresh, "boot": _boot_info(boot)}
 

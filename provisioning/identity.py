@@ -44,7 +44,7 @@ def get(reg: Registry, dev_id: int, *, active: bool = True) -> Device:
 def new(reg: Registry, *, profile: str, board: str = "esp32", dev_id: int | None = None, site_name: str = "",
         address: str = "", lat: float | None = None, lon: float | None = None, households: int = 0,
         user_class: str = "residential", pressure_class: str = "low", key_area: bool = False,
-        upstream: int | None = None, params: dict | None = None) -> Device:
+        upstream: int | None = None, params: dict | None = None, radio: dict | None = None) -> Device:
     """Create the identity and key and add it to the registry; raises BadInput before writing anything."""
     settings.check_board(board)
     if profile not in ("household", "station"):
@@ -67,7 +67,8 @@ def new(reg: Registry, *, profile: str, board: str = "esp32", dev_id: int | None
                 break
     elif reg.get(dev_id) is not None:
         raise BadInput(f"device {dev_id:08x} is already in the registry: ids are never reused")
-    config = dict(params, board=board, radio=settings.DEFAULT_RADIO[board])
+    radio = dict(settings.DEFAULT_RADIO[board], **settings.check_radio(board, dict(radio or {})))
+    config = dict(params, board=board, radio=radio)
     dev = Device(dev_id=dev_id, key=keys.new_device_key(), profile=profile, site_name=site_name, address=address,
                  lat=lat, lon=lon, households=households, user_class=user_class, pressure_class=pressure_class,
                  key_area=key_area, upstream=upstream, config=config)

@@ -48,12 +48,13 @@ def rotate_key(reg: Registry, dev: Device, board: Board | None) -> dict:
 def decommission(reg: Registry, dev: Device, board: Board | None, reason: str = "") -> dict:
     """Retire the identity in the registry first (the gateway rejects its frames from then on), then wipe
     the key and configuration from the board if it is connected (the firmware stays; it cannot run)."""
+    if board is not None:
+        board.repl()
+        onboard.config_of(board, dev)       # the right board, before anything changes
     reg.decommission(dev.dev_id)
     reg.log(dev.dev_id, "decommission", {"reason": reason, "wiped": board is not None})
     wiped = []
     if board is not None:
-        board.repl()
-        onboard.config_of(board, dev)
         for p in WIPE:
             if board.read_file(p) is not None:
                 board.remove(p)

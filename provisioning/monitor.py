@@ -22,7 +22,8 @@ def describe(f: dict) -> str:
         gas = "--" if f["gas"] is None else f"{f['gas'] / 10:g} %LEL"
         p = "--" if f["pressure"] is None else f"{f['pressure']} Pa"
         extra = f" inlet {f['inlet']} Pa" if f.get("inlet") is not None else ""
-        return (f"reading gas {gas} pressure {p}{extra} battery {f['battery']} valve "
+        bat = "mains" if f["battery"] is None else f"{f['battery']} %"
+        return (f"reading gas {gas} pressure {p}{extra} battery {bat} valve "
                 f"{'closed' if st['valve'] == 1 else 'open'}{' LATCHED' if st['latched'] else ''}"
                 f"{' FAULT' if st['fault'] else ''}")
     if t == "alarm":
@@ -41,12 +42,12 @@ def watch(board: Board, reg: Registry, duration: float | None, count: int | None
     keys = {}
     tally = {"frames": 0, "verified": 0, "rejected": 0, "log_lines": 0}
     deadline = time.monotonic() + (duration if duration is not None else 10 ** 9)
-    seen_logs = 0
-    for f in board.frames(deadline):
-        for line in board.log_lines[seen_logs:]:
-            emit({"log": line})
-            tally["log_lines"] += 1
-        seen_logs = len(board.log_lines)
+
+    def text(line):
+        tally["log_lines"] += 1
+        emit({"log": line})
+
+    for f in board.frames(deadline, on_text=text):
         dev = f["dev"]
         if dev not in keys:
             d = reg.get(dev)

@@ -59,7 +59,8 @@ def explain(port: str, exc: BaseException) -> ProvisioningError:
         hint = (" you are in the group but this session is older: log out and in again" if _in_dialout() else
                 f" run 'sudo usermod -aG dialout {os.environ.get('USER', '$USER')}', then log out and in again")
         return ProvisioningError(f"{port}: permission denied; serial ports belong to the 'dialout' group:{hint}")
-    if err == errno.EBUSY or "lock" in text.lower() or "busy" in text.lower():
+    # flock() on a port another program holds exclusively fails with EWOULDBLOCK (== EAGAIN)
+    if err in (errno.EBUSY, errno.EAGAIN) or "lock" in text.lower() or "busy" in text.lower():
         return ProvisioningError(f"{port} is busy: another program holds it (find it with 'fuser {port}'; "
                                  "stop the gateway's serial input or close the other terminal)")
     return ProvisioningError(f"{port} cannot be opened ({text}): check the cable and that it is a serial port")

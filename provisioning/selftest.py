@@ -58,7 +58,10 @@ def run(board: Board, reg: Registry, dev: Device, timeout: float = 20.0) -> dict
                                 "ways (check the radio/UART wiring and the baud rate in 'device config')")
     if acked not in (None, const.R_OK):
         raise ProvisioningError(f"the node refused the self-test (result {acked}): flash it again")
-    ok = result[0] if result else 0
+    if result is None:
+        raise ProvisioningError(f"the node acked the self-test but its report did not arrive within {timeout:.0f} s: "
+                                "the uplink drops frames (check the antenna / line), then run it again")
+    ok = result[0]
     checks = {name: bool(ok & bit) for name, bit, _ in CHECKS}
     report = {"dev": f"{dev.dev_id:08x}", "passed": all(checks.values()), "checks": checks, "round_trip_ms": rtt,
               "valve_latched": latched}

@@ -92,9 +92,12 @@ class Rig:
         self.daemon: Daemon | None = None
         self.runner: testkit.DaemonThread | None = None
 
-    def start(self, **kw) -> Daemon:
+    def start(self, wait: bool = True, **kw) -> Daemon:
+        """Run the daemon; with `wait`, return once its ports are open and it is connected to the broker."""
         self.daemon = Daemon(self.cfg, **kw)
         self.runner = testkit.DaemonThread(self.daemon)
+        if not wait:
+            return self.daemon
         for t in self.daemon.serial:
             wait_until(lambda t=t: t.ser is not None, 10, f"gateway opens {t.spec.port}")
         wait_until(lambda: self.daemon.publisher.connected, 10, "gateway connects to the broker")

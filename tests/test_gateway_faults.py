@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from gasguard.gateway import testkit
 from gasguard.protocol.const import ALARM
 from gasguard.tools.fleet import Fleet
 from gasguard.tools.fleet_transport import PtyTransport
@@ -25,7 +26,6 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
     rig = Rig(tmp_path, mosquitto.port, nodes=0, cables=0, udp=True,
               extra="[spool]\naudit = true\n[limits]\nrate_per_min = 100000\nburst = 1000\n[batch]\ndelay = 0.2\n")
     # the rig's UDP listener is unused; the fleet talks over its own pty, configured like a real port
-    from gasguard.gateway import testkit
     nodes = [testkit.Node(0x00F00000 + i) for i in range(40)]
     testkit.make_registry(rig.registry, nodes, config={"report_s": 60})
     link = tmp_path / "ttyFLEET"
@@ -78,6 +78,13 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
     alarms = [d for t, d, _ in rig.sub.messages if t.endswith("/alarm")]
     received = _received(rig)
 
+    n_readings = sum(1 for m in accepted if m in {r["id"] for r in got_readings})
+    print(f"faults: {kills} SIGKILLs, {restarts} broker restarts; fleet sent {rep.frames} frames "
+          f"({rep.sent['reading']} readings, {rep.alarms['raised']} alarms raised, "
+          f"{rep.alarms['retransmitted']} retransmitted; {rep.transport.get('tx_dropped')} dropped on the line "
+          f"while no gateway read it); accepted {n_readings} readings + {len(accepted) - n_readings} alarms; "
+          f"subscriber got {len(got_readings)} reading entries "
+          f"({len(got_readings) - len({r['id'] for r in got_readings})} duplicates)")
     assert kills >= KILLS - 1 and restarts >= 1
     assert rep.sent["reading"] > 1000 and rep.alarms["raised"] >= 40, rep.as_dict()
     assert accepted - received == set(), f"{len(accepted - received)} accepted messages never published"

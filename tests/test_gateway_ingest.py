@@ -1,14 +1,17 @@
 """The gateway daemon over real ptys and a real mosquitto: what it publishes (topics, JSON Schemas), what it
 rejects (by reason, counted), duplicates over two paths, alarms while readings stream, retained state."""
 
+import sqlite3
+import threading
 import time
 
 import pytest
 
-from gasguard.protocol import frame, framing
-from gasguard.protocol.const import ACK, ALARM, DOWN, EVENT, R_OK
+from gasguard.protocol import frame
+from gasguard.protocol.const import ALARM, EVENT, R_OK
 from gasguard.gateway import testkit
-from gateway_rig import Rig, validate, wait_until
+from gasguard.gateway.registry import Device, Registry
+from gateway_rig import Rig, wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 
@@ -63,19 +66,15 @@ def test_valid_frames_are_published_on_the_documented_topics_and_schemas(rig):
     assert [(f["type"], f["ref_type"], f["ref"]) for f in acks_b] == [("ack", EVENT, 1)]
     (status,) = sub.on("gw1/status")
     assert status["online"] is True
-    # the alarm went out alone on its own topic and ahead of the readings batch that waited for company
-    order = [t for t, _, _ in sub.messages]
-    assert order.index(f"{root}/{a.dev:08x}/alarm") < order.index(f"{root}/reading")
+    # (that alarms overtake readings is shown without timing luck in test_gateway_spool's backlog test)
     assert rig.metric("gasguard_gateway_accepted_total", type="reading") == 3
     assert rig.metric("gasguard_gateway_frames_in_total", transport="serial") == 5
 
 
 def test_bad_frames_are_rejected_and_counted_by_reason(rig, tmp_path):
-    from gasguard.gateway.registry import Registry
     stranger = testkit.Node(0x00BEEF01)
     gone = testkit.Node(0x00BEEF02)
     with Registry(rig.registry) as r:
-        from gasguard.gateway.registry import Device
         r.add_many([Device(dev_id=gone.dev, key=gone.key, profile="household", state="decommissioned")])
     rig.cfg.rate_burst, rig.cfg.rate_per_min = 3, 1.0   # a runaway node: 3 readings, then refused
     rig.start()
@@ -96,7 +95,9 @@ def test_bad_frames_are_rejected_and_counted_by_reason(rig, tmp_path):
     cable.write(b"\x00\x13\x37\xde\xad\xbe\xef\x00")  # line noise (a COBS frame with a bad CRC)
     for _ in range(5):                                 # rate limit: node b only has 3 tokens
         cable.send(b.reading())
-    wait_until(lambda: rig.rejected("rate_limit") >= 2, 10, "rate limit")
+    # (metrics are read from this thread while the daemon's loop may be mid-group: wait for the end state)
+    wait_until(lambda: rig.rejected("rate_limit") >= 2 and
+               rig.metric("gasguard_gateway_accepted_total", type="reading") == 4, 10, "all frames handled")
 
     got = {r: rig.rejected(r) for r in ("mic", "replay", "unknown_device", "decommissioned", "rate_limit")}
     assert got == {"mic": 1, "replay": 1, "unknown_device": 1, "decommissioned": 1, "rate_limit": 2}
@@ -124,7 +125,8 @@ def test_one_frame_over_two_paths_is_published_once(tmp_path, mosquitto):
         rd = a.reading()
         rig.cables[1].send(rd)
         rig.cables[0].send(rd)
-        wait_until(lambda: rig.rejected("duplicate") == 2, 10, "both copies counted as duplicates")
+        wait_until(lambda: rig.rejected("duplicate") == 2 and
+                   rig.metric("gasguard_gateway_accepted_total", type="reading") == 1, 10, "both copies counted")
         rig.sub.wait(lambda ms: rig.readings(), 10)
         time.sleep(0.5)
         assert len(rig.sub.on("/alarm")) == 1 and len(rig.readings()) == 1
@@ -135,9 +137,6 @@ def test_one_frame_over_two_paths_is_published_once(tmp_path, mosquitto):
 
 
 def test_alarm_is_spooled_acked_and_published_while_readings_stream(tmp_path, mosquitto):
-    import sqlite3
-    import threading
-
     rig = Rig(tmp_path, mosquitto.port, nodes=20, extra="[spool]\naudit = true\n[limits]\nrate_per_min = 60000\n"
                                                          "burst = 1000\n[batch]\ndelay = 0.2\n")
     try:

@@ -8,7 +8,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+import serial
 
+from gasguard.gateway import config as gwconfig
 from gasguard.gateway import testkit
 from gasguard.protocol.const import ALARM, CMD_SET_PARAM, CMD_STATUS, COMMAND
 from gateway_rig import VALIDATORS, Rig, wait_until
@@ -148,7 +150,6 @@ def test_lora_modem_on_a_uart_uses_the_serial_framing_and_says_so(tmp_path, mosq
     text = rig.config_path.read_text().replace(f'port = "{rig.cables[0].link}"',
                                                f'port = "{rig.cables[0].link}"\nkind = "lora_uart"\nname = "modem0"')
     rig.config_path.write_text(text)
-    from gasguard.gateway import config as gwconfig
     rig.cfg = gwconfig.load(rig.config_path)
     try:
         rig.start()
@@ -158,3 +159,17 @@ def test_lora_modem_on_a_uart_uses_the_serial_framing_and_says_so(tmp_path, mosq
         rig.validated()
     finally:
         rig.close()
+
+
+def test_busy_port_is_logged_and_opened_once_free(rig, caplog):
+    caplog.set_level(logging.INFO, logger="gasguard.gateway.serial")
+    holder = serial.Serial(str(rig.cables[0].link), exclusive=True)   # another program holds the port
+    try:
+        rig.start(wait=False)
+        wait_until(lambda: "busy: another program holds it" in caplog.text, 10, "the busy port is logged")
+        assert "fuser" in caplog.text and rig.daemon.serial[0].ser is None
+    finally:
+        holder.close()
+    wait_until(lambda: rig.daemon.serial[0].ser is not None, 15, "opened once free")
+    rig.cables[0].send(rig.nodes[0].reading())
+    rig.sub.wait(lambda ms: rig.readings(), 10)

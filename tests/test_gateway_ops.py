@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from gasguard.cli import cli
 from gasguard.gateway import testkit
 from gasguard.tools.broker import free_port
-from gateway_rig import GatewayProcess, Rig, validate, wait_until
+from gateway_rig import GatewayProcess, Rig, wait_until
 
 GOOD = '[gateway]\nid = "g1"\ndistrict = "d1"\nregistry = "registry.db"\nspool = "spool.db"\n[udp]\nbind = "127.0.0.1:1700"\n'
 

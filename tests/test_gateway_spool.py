@@ -127,7 +127,8 @@ def test_full_disk_is_loud_accepts_nothing_and_recovers(tmp_path, mosquitto, cap
 def test_backlog_drains_while_a_new_alarm_goes_first(tmp_path, mosquitto):
     rig = Rig(tmp_path, mosquitto.port, extra=FAST + "[batch]\ncount = 10\ndelay = 0.05\n")
     try:
-        rig.cfg.inflight = 4                         # a narrow window, so the drain takes many round trips
+        rig.cfg.inflight = 1                         # one batch per round trip: the drain takes ~300 of them,
+        #                                              while alarms keep their own in-flight slots
         rig.start()
         _broker_down(rig, mosquitto)
         a, b = rig.nodes

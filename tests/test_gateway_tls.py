@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gasguard.gateway import config as gwconfig
 from gasguard.tools.broker import Mosquitto, free_port
 from gateway_rig import Rig, wait_until
 
@@ -85,7 +86,6 @@ def _rig(tmp_path, broker, port, tls: str):
     # the gateway talks TLS on `port`; the test's subscriber stays on the plain listener
     text = rig.config_path.read_text().replace(f"port = {broker.port}", f"port = {port}\n{tls}")
     rig.config_path.write_text(text)
-    from gasguard.gateway import config as gwconfig
     rig.cfg = gwconfig.load(rig.config_path)
     return rig
 
@@ -106,10 +106,7 @@ def test_wrong_ca_is_a_clear_error_retried_without_crash(tmp_path, tls_broker, c
     caplog.set_level(logging.INFO, logger="gasguard.gateway.mqtt")
     rig = _rig(tmp_path, tls_broker, tls_broker.tls_port, f'tls_ca = "{tls_broker.pki}/other-ca.pem"')
     try:
-        from gasguard.gateway.daemon import Daemon
-        from gasguard.gateway import testkit
-        rig.daemon = Daemon(rig.cfg)
-        rig.runner = testkit.DaemonThread(rig.daemon)
+        rig.start(wait=False)
         wait_until(lambda: "does not verify against mqtt.tls_ca" in caplog.text, 10, "a clear TLS error")
         a = rig.nodes[0]
         wait_until(lambda: rig.daemon.serial[0].ser is not None, 10, "serial open")
@@ -141,10 +138,7 @@ def test_client_certificate(tmp_path, tls_broker, caplog):
     (tmp_path / "no-cert").mkdir()
     rig = _rig(tmp_path / "no-cert", tls_broker, tls_broker.mtls_port, f'tls_ca = "{pki}/ca.pem"')
     try:
-        from gasguard.gateway.daemon import Daemon
-        from gasguard.gateway import testkit
-        rig.daemon = Daemon(rig.cfg)
-        rig.runner = testkit.DaemonThread(rig.daemon)
+        rig.start(wait=False)
         wait_until(lambda: "closed the connection before accepting it" in caplog.text, 10, "the refusal is logged")
         assert "mqtt.tls_cert" in caplog.text
         assert rig.runner.thread.is_alive() and not rig.daemon.publisher.connected

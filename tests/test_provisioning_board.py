@@ -117,3 +117,56 @@ def test_decommission_frames_rejected_and_board_wiped(setup):
     assert e.value.reason == "decommissioned"
     code, _, err = cli("device", "flash", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
     assert code == 2 and "decommissioned" in err              # a retired identity is never flashed again
+
+
+def test_monitor_shows_verified_frames_and_rejects_what_the_registry_does_not_know(setup, tmp_path):
+    reg, dev, vb = setup
+    code, out, err = cli("device", "monitor", "--port", vb.pty, "--count", "1", "--duration", "15", "--json",
+                         registry=reg)
+    recs = [json.loads(x) for x in out.splitlines() if '"dev"' in x]
+    assert code == 0 and recs, out + err
+    assert recs[0]["verified"] and recs[0]["dev"] == f"{dev.dev_id:08x}" and recs[0]["fcnt"] > 0
+    assert vb.ctl.request("info")["console"] == "firmware"     # monitoring never stops the node
+    other = tmp_path / "other.db"
+    Registry(other).close()
+    code, out, _ = cli("device", "monitor", "--port", vb.pty, "--count", "1", "--duration", "15", "--json",
+                       registry=other)
+    recs = [json.loads(x) for x in out.splitlines() if '"dev"' in x]
+    assert code == 0 and recs and not recs[0]["verified"] and recs[0]["reason"] == "unknown_device"
+
+
+def test_flashing_a_new_identity_over_an_old_one_starts_its_counters_over_and_warns(setup):
+    reg, old, vb = setup
+    capture(vb.pty, 10)                                          # the old identity has used counters
+    new = new_device(reg, profile="station", households=300)
+    code, out, err = cli("device", "flash", f"{new.dev_id:08x}", "--port", vb.pty, registry=reg)
+    assert code == 0, out + err
+    assert f"this board was {old.dev_id:08x}, still active" in err
+    assert "counter 1)" in out                                   # the new identity's first frame counter
+    cfg = json.loads((vb.flash / "gg_config.json").read_text())
+    assert cfg["dev_id"] == new.dev_id and cfg["profile"] == "station"
+    frames = capture(vb.pty, 15)
+    assert frames and gateway_verifier(reg).check(frames[0], time.time()).device.dev_id == new.dev_id
+
+
+def test_the_firmware_watchdog_is_fed_while_the_technician_works_at_the_repl(setup):
+    """The node's watchdog outlives the soft reset into the REPL (as on an ESP32): a session must feed it."""
+    reg, dev, vb = setup
+    with Board(vb.pty, wdt_ms=1000) as b:        # a short watchdog so the test is quick
+        b.repl()
+        with b.keepalive():
+            time.sleep(2.5)                      # a technician fitting the calibration cap
+        assert b.exec("print(1)").strip() == "1"
+    assert vb.ctl.get()["wdt_resets"] == 0
+    with Board(vb.pty, wdt_ms=1000) as b:        # the control: an unfed session is reset under our feet
+        b.repl()
+        time.sleep(2.5)
+    assert vb.ctl.get()["wdt_resets"] == 1
+
+
+def test_monitor_shows_an_alarm_and_the_nodes_log_line_as_they_happen(setup):
+    reg, dev, vb = setup
+    vb.ctl.set(gas=gas_raw(300))                                 # 30 % LEL: above the household alarm level
+    code, out, err = cli("device", "monitor", "--port", vb.pty, "--duration", "12", "--count", "6", registry=reg)
+    assert code == 0, out + err
+    assert "alarm gas_l2" in out and "log   alarm: gas_l2" in out and "LATCHED" not in out.split("alarm gas_l2")[0]

@@ -131,3 +131,82 @@ def test_every_command_has_help_with_examples():
     for name, cmd in list(device.commands.items()) + [("import-registry", import_registry)]:
         text = cmd.get_help(click.Context(cmd, info_name=name))
         assert "Examples:" in text and f"gasguard " in text, name
+
+
+def test_a_key_leaves_the_registry_only_when_asked_by_name_and_0600(tmp_path):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg)
+    d = f"{dev.dev_id:08x}"
+    code, _, err = cli("device", "export-key", d, registry=reg)
+    assert code == 2 and "--out FILE" in err
+    out = tmp_path / "k" / "dev.key"
+    code, stdout, _ = cli("device", "export-key", d, "--out", str(out), registry=reg)
+    assert code == 0 and dev.key.hex() not in stdout
+    assert out.read_text().strip() == dev.key.hex() and stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert cli("device", "export-key", d, "--print", registry=reg)[1].strip() == dev.key.hex()
+    with Registry(reg) as r:
+        assert [h["action"] for h in r.history(dev.dev_id)] == ["new", "export-key", "export-key"]
+        assert dev.key.hex() not in json.dumps(r.history(dev.dev_id))
+
+
+def test_radio_settings_at_creation_are_checked_and_kept(tmp_path):
+    reg = tmp_path / "reg.db"
+    code, _, err = cli("device", "new", "--profile", "household", "--set", "radio.uart=0", registry=reg)
+    assert code == 2 and "USB console" in err
+    made = cli_json("device", "new", "--profile", "household", "--set", "radio.baud=9600", registry=reg)
+    with Registry(reg) as r:
+        assert r.get(int(made["dev"], 16)).config["radio"] == {"uart": 1, "baud": 9600}
+
+
+def test_calibration_accepts_a_reading_only_once_a_whole_window_is_stable(monkeypatch):
+    from gasguard.provisioning import calibration
+    windows = iter([[8000, 8400, 8100] * 3 + [8000], [8100, 8160] * 5, [8100, 8101] * 5])
+    monkeypatch.setattr(calibration, "window", lambda board, pin: next(windows))
+    assert calibration.settle(None, 1, "zero") == 8130          # the first window within 96 counts
+    t = iter(range(0, 1000, 50))
+    monkeypatch.setattr(calibration, "window", lambda board, pin: [8000, 8500])
+    with pytest.raises(ProvisioningError, match="did not settle within 120 s"):
+        calibration.settle(None, 1, "span", clock=lambda: next(t))
+
+
+def test_a_port_held_by_another_program_is_reported_busy_with_the_fix(tmp_path):
+    import os
+    import serial
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg)
+    holder = serial.Serial(path, exclusive=True)        # e.g. the gateway's serial input
+    try:
+        code, _, err = cli("device", "config", f"{dev.dev_id:08x}", "--port", path, registry=reg)
+    finally:
+        holder.close()
+        os.close(master)
+        os.close(slave)
+    assert code == 1 and "is busy" in err and f"fuser {path}" in err
+
+
+def test_show_gives_the_entry_and_history_without_the_key(tmp_path):
+    reg = tmp_path / "reg.db"
+    dev = new_device(reg, site_name="Lane 3")
+    cli("device", "config", f"{dev.dev_id:08x}", "report_s=600", "--registry-only", registry=reg)
+    code, out, _ = cli("device", "show", f"{dev.dev_id:08x}", registry=reg)
+    assert code == 0 and "Lane 3" in out and "new" in out and "config" in out and dev.key.hex() not in out
+    got = cli_json("device", "show", f"{dev.dev_id:08x}", registry=reg)
+    assert got["device"]["config"]["report_s"] == 600 and [h["action"] for h in got["history"]] == ["new", "config"]
+
+
+def test_a_schema_1_registry_is_upgraded_in_place_and_still_readable_before(tmp_path):
+    import sqlite3
+    p = tmp_path / "old.db"
+    dev = new_device(p)
+    db = sqlite3.connect(p)
+    db.executescript("DROP TABLE device_log; UPDATE meta SET v = '1' WHERE k = 'schema_version';")
+    db.commit()
+    db.close()
+    with Registry(p, readonly=True) as r:                       # a gateway that reads it untouched
+        assert r.get(dev.dev_id).key == dev.key and r.history(dev.dev_id) == []
+    with Registry(p) as r:                                       # the technician's CLI upgrades it
+        assert r.meta_get("schema_version") == "2"
+        r.log(dev.dev_id, "flash", {"port": "/dev/ttyUSB0"})
+        assert r.history(dev.dev_id)[0]["action"] == "flash"

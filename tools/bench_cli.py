@@ -7,6 +7,7 @@ from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
 from gasguard.tools.bench_firmware import firmware_bench
 from gasguard.tools.bench_fleet import fleet as fleet_bench
+from gasguard.tools.bench_provisioning import provisioning_bench
 
 
 @click.group()
@@ -38,3 +39,4 @@ def air():
 
 bench.add_command(fleet_bench)
 bench.add_command(firmware_bench)
+bench.add_command(provisioning_bench)

@@ -11,6 +11,7 @@ caller down, and every call has a timeout.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -47,9 +48,11 @@ def available() -> str | None:
 
 def device_files(packages=DEVICE_PACKAGES) -> list[tuple[Path, str]]:
     """(host path, path in the interpreter) for every module a board carries."""
-    out = [(REPO / "gasguard" / "__init__.py", "/lib/gasguard/__init__.py")]
+    # found through the import system, so an installed (non-editable) gasguard works as the checkout does
+    import gasguard
+    out = [(Path(gasguard.__file__), "/lib/gasguard/__init__.py")]
     for pkg in packages:
-        for f in sorted((REPO / pkg).glob("*.py")):
+        for f in sorted(Path(importlib.import_module(f"gasguard.{pkg}").__file__).parent.glob("*.py")):
             out.append((f, f"/lib/gasguard/{pkg}/{f.name}"))
     return out
 

@@ -41,8 +41,9 @@ def main(out: str) -> int:
 
     def run(*args, stdin=None):
         t0 = time.monotonic()
-        p = subprocess.run([GG, *args], capture_output=True, text=True, env=env, timeout=300, input=stdin)
-        show(["gasguard", *args], p.stdout + p.stderr, p.returncode, time.monotonic() - t0)
+        p = subprocess.run([GG, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                           timeout=300, input=stdin)
+        show(["gasguard", *args], p.stdout, p.returncode, time.monotonic() - t0)
         return p
 
     def say(text):
@@ -57,7 +58,7 @@ def main(out: str) -> int:
         say("Flash firmware (compiled with mpy-cross), configuration and key; every file is verified:")
         run("device", "flash", dev, "--port", vb.pty, "--compile")
         say("Watch what it sends, verified with the registry's key:")
-        run("device", "monitor", "--port", vb.pty, "--duration", "5")
+        run("device", "monitor", "--port", vb.pty, "--duration", "8")
         say("A threshold outside the firmware's safe bounds is refused before the port is opened:")
         run("device", "config", dev, "gas_l2=300", "--port", vb.pty)
         say("A safe change, then what the board runs:")
@@ -68,6 +69,7 @@ def main(out: str) -> int:
         proc = subprocess.Popen([GG, "device", "calibrate", dev, "--span-gas", "500", "--port", vb.pty],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 text=True, bufsize=1)
+        assert proc.stdout is not None and proc.stdin is not None
         text = ""
         for gas in (8100, 24400):
             line = ""

@@ -57,9 +57,25 @@ class UartFaults:
         self.drop = 0
         self.dup = 0
         self.flip = 0
-        self.stats = {"stalled_bytes": 0, "dropped": 0, "duplicated": 0, "flipped": 0, "overflow": 0}
+        self.ber = 0.0  # bit error rate on the line, both directions (independent bit flips)
+        self.stats = {"stalled_bytes": 0, "dropped": 0, "duplicated": 0, "flipped": 0, "overflow": 0,
+                      "bit_errors_tx": 0, "bit_errors_rx": 0}
         self.seg = bytearray()
         self.rng = random.Random(1)
+
+    def noise(self, data: bytes, direction: str) -> bytes:
+        """Flip each bit with probability `ber` (a noisy line); counted per direction."""
+        if not self.ber or not data:
+            return data
+        b = bytearray(data)
+        n = 0
+        for i in range(len(b)):
+            for bit in range(8):
+                if self.rng.random() < self.ber:
+                    b[i] ^= 1 << bit
+                    n += 1
+        self.stats["bit_errors_" + direction] += n
+        return bytes(b)
 
     def active(self):
         return self.drop or self.dup or self.flip
@@ -129,10 +145,12 @@ class VBoard:
         self.repl = "friendly"     # friendly | raw (when mode == repl)
         self.interrupting = False
         self.mode_changed = threading.Condition()
+        self.modes_seen: list[str] = []   # since the last power op: a boot that dies at once still booted
         self.faults = UartFaults()
         self.stop = threading.Event()
         self.rx_stats = {"to_board": 0, "stalled": 0}
         self.out_overflow = 0
+        self.tx_bytes = 0  # bytes written to the pty: a reader knows when it has seen all of them
 
     # ---- lifecycle ----
     def start(self):
@@ -223,7 +241,7 @@ class VBoard:
                 continue
             kind = ev.get("ev")
             if kind == "uart":
-                self._to_pty(self.faults.apply(bytes.fromhex(ev["hex"])))
+                self._to_pty(self.faults.noise(self.faults.apply(bytes.fromhex(ev["hex"])), "tx"))
             elif kind == "reply":
                 q = self.replies.get(ev.get("id"))
                 if q:
@@ -238,6 +256,7 @@ class VBoard:
         with self.mode_changed:
             prev = self.mode
             self.mode = mode
+            self.modes_seen.append(mode)
             if mode == "repl" and (prev == "firmware" or self.interrupting):
                 self.interrupting = False
                 self.repl = "friendly"
@@ -258,7 +277,7 @@ class VBoard:
         if not data:
             return
         try:
-            os.write(self.master, data)
+            self.tx_bytes += os.write(self.master, data)
         except BlockingIOError:
             self.out_overflow += len(data)  # nobody is reading the port: bytes are lost, as on a real UART
         except OSError:
@@ -327,7 +346,7 @@ class VBoard:
         if self.faults.stall:
             self.rx_stats["stalled"] += len(data)
             return
-        self._send({"op": "rx", "hex": data.hex()})
+        self._send({"op": "rx", "hex": self.faults.noise(data, "rx").hex()})
         self.rx_stats["to_board"] += len(data)  # counted once queued to the board, ahead of later control ops
 
     def _interrupt(self):
@@ -408,12 +427,13 @@ class VBoard:
     # ---- the control channel ----
     def control(self, req: dict) -> dict:
         op = req.get("op")
-        if op in ("get", "set", "advance", "hang"):
+        if op in ("get", "set", "advance", "hang", "cut_at_write"):
             rep = self.call(req)
         elif op == "power":
             on = bool(req.get("on"))
+            self.modes_seen = []
             rep = self.call({"op": "power", "on": on})
-            if on:
+            if on and not {"firmware", "repl"} & set(self.modes_seen):
                 self._wait_mode("firmware", 10) or self._wait_mode("repl", 1)
         elif op == "power_cycle":
             self.call({"op": "power", "on": False})
@@ -428,12 +448,17 @@ class VBoard:
                     setattr(f, k, max(0, int(req[k])))
             if "stall" in req:
                 f.stall = bool(req["stall"])
+            if "ber" in req:
+                ber = float(req["ber"])
+                if not 0 <= ber < 0.5:
+                    return {"ok": False, "error": f"ber {ber}: a bit error rate is 0 <= ber < 0.5 (e.g. 1e-3)"}
+                f.ber = ber
             rep = {"ok": True}
         elif op == "info":
             rep = {"ok": True}
         else:
             return {"ok": False, "error": f"unknown op {op!r}: use get, set, power, power_cycle, reset, "
-                                          f"advance, uart, hang or info"}
+                                          f"advance, uart, hang, cut_at_write or info"}
         rep = dict(rep)
         rep.pop("id", None)
         rep.pop("ev", None)
@@ -441,7 +466,7 @@ class VBoard:
         rep["uart"] = dict(self.faults.stats, stall=self.faults.stall, pending_drop=self.faults.drop,
                            pending_dup=self.faults.dup, pending_flip=self.faults.flip,
                            rx_to_board=self.rx_stats["to_board"], rx_stalled=self.rx_stats["stalled"],
-                           out_overflow=self.out_overflow)
+                           out_overflow=self.out_overflow, tx_bytes=self.tx_bytes, ber=self.faults.ber)
         rep["console"] = self.mode if self.mode != "repl" else self.repl
         return rep
 

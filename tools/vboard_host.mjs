@@ -56,6 +56,7 @@ function toHex(str) { return Buffer.from(str, "latin1").toString("hex"); }
 
 function consoleOut(s) {
   if (typeof s !== "string") s = Buffer.from(s).toString("utf8");
+  if (board.dead) return;
   if (board.capture) { board.capture.out += s; return; }
   // the console is the UART: a log line reaches the pty like the frames do (SPEC 6: text segments)
   emit({ ev: "uart", hex: Buffer.from(s.replace(/\r?\n/g, "\r\n"), "utf8").toString("hex") });
@@ -91,6 +92,19 @@ function syncFile(FS, m) {
   if (!same) writeFileSync(h, data);
 }
 
+// A flush of one file also settles its folder's other files (not sub-folders): a file the firmware
+// removed (a left-over /gg_state.tmp) is gone from the flash too, as on a real filesystem.
+function syncDir(FS, path) {
+  syncFile(FS, path);
+  const dir = dirname(path);
+  const inFs = new Set(FS.readdir(dir));
+  for (const name of readdirSync(join(flash, dir))) {
+    if (name.startsWith(".") || inFs.has(name)) continue;
+    const h = join(flash, dir, name);
+    if (!statSync(h).isDirectory()) unlinkSync(h);
+  }
+}
+
 function syncOut() {
   if (!board.mp) return;
   const FS = board.mp.FS;
@@ -115,7 +129,7 @@ const hal = {
   ticks_ms: () => ms() & MASK,
   sleep: (d) => {
     const g = board.gen;
-    if (board.hang) return new Promise(() => {});  // a hung loop: never resumes, never feeds the watchdog
+    if (board.hang || board.dead) return new Promise(() => {});  // a hung loop: never resumes, never feeds the watchdog
     if (board.interrupt) { board.interrupt = false; return Promise.resolve(1); }
     return new Promise((res) => {
       const s = { deadline: ms() + Math.max(0, d | 0), res, g };
@@ -128,7 +142,7 @@ const hal = {
     if (hw.noise && v > 0) { hw.n = (hw.n + 1) % 3; v += hw.n - 1; }  // a live ADC has LSB noise
     return Math.max(0, Math.min(65535, v));
   },
-  pin_set: (id, v) => { hw.pins[id] = v ? 1 : 0; if (id === VALVE_PIN) hw.valve = v ? 1 : 0; },
+  pin_set: (id, v) => { if (board.dead) return; hw.pins[id] = v ? 1 : 0; if (id === VALVE_PIN) hw.valve = v ? 1 : 0; },
   pin_get: (id) => hw.pins[id] ?? 0,
   uart_any: () => hw.rx.length,
   uart_read: (n) => {
@@ -136,10 +150,13 @@ const hal = {
     if (!k) return "";
     return Buffer.from(hw.rx.splice(0, k)).toString("hex");
   },
-  uart_write: (hex) => { emit({ ev: "uart", hex }); return hex.length >> 1; },
+  uart_write: (hex) => { if (board.dead) return hex.length >> 1; emit({ ev: "uart", hex }); return hex.length >> 1; },
   wdt_start: (timeout) => { board.wdt = { timeout, last: ms() }; },
   wdt_feed: () => { if (board.wdt) board.wdt.last = ms(); },
-  flash_sync: (path) => { if (!board.mp) return; if (path) { try { syncFile(board.mp.FS, path); } catch { syncOut(); } } else syncOut(); },
+  flash_sync: (path) => {
+    if (!board.mp) return;
+    if (board.cutAtWrite > 0 && --board.cutAtWrite === 0) { cutMidWrite(path); return; }
+    if (path) { try { syncDir(board.mp.FS, path); } catch { syncOut(); } } else syncOut(); },
   hard_reset: () => { board.pendingReset = true; },
   reset_cause: () => board.resetCause,
   nvs_set: (ns, k, v) => { (hw.nvs[ns] ??= {})[k] = v; },
@@ -147,6 +164,23 @@ const hal = {
   nvs_erase: (ns, k) => { if (hw.nvs[ns]) delete hw.nvs[ns][k]; },
   nvs_commit: () => writeFileSync(join(flash, ".nvs.json"), JSON.stringify(hw.nvs)),
 };
+
+// Fault injection: power fails while the firmware writes a file. What reaches the flash is a torn copy of
+// the file's temp sibling (half its bytes); the file itself keeps its old content. The interpreter that
+// was cut is dead: until its next await (where it stays forever) its UART writes, pin changes and console
+// output go nowhere, as nothing leaves a chip without power. (A JS exception cannot unwind it: the port
+// does not turn a host function's throw into a Python exception.)
+function cutMidWrite(path) {
+  const FS = board.mp.FS;
+  let data = Buffer.alloc(0);
+  try { data = Buffer.from(FS.readFile(path)); } catch {}
+  const tmp = path.replace(/\.json$/, ".tmp");
+  writeFileSync(join(flash, tmp), data.subarray(0, data.length >> 1));
+  emit({ ev: "log", msg: `power cut while writing ${path} (torn ${tmp} left on flash)` });
+  board.cuts = (board.cuts || 0) + 1;
+  powerOff();
+  board.dead = true;
+}
 
 function wake(s, v) {
   const i = board.sleepers.indexOf(s);
@@ -171,6 +205,7 @@ function powerOff() {
 
 async function start(runMain, cause) {
   powerOff();
+  board.dead = false;
   // collect the previous interpreter now (node --expose-gc): its memory goes back at once, and any
   // finalizer of its objects runs at a known point, before the next interpreter exists
   if (globalThis.gc) globalThis.gc();
@@ -273,7 +308,7 @@ function snapshot() {
   return {
     now: ms(), mode: board.mode, pins: hw.pins, valve: hw.valve, adc: hw.adc, noise: hw.noise,
     boots: board.boots, wdt_resets: board.wdtResets, reset_cause: board.resetCause, rx_pending: hw.rx.length,
-    virtual_clock: vclock,
+    virtual_clock: vclock, cut_at_write: board.cutAtWrite || 0, power_cuts: board.cuts || 0,
   };
 }
 
@@ -334,6 +369,7 @@ rl.on("line", async (line) => {
       emit({ ev: "reply", id, ok: true, ...snapshot() });
       break;
     case "get": emit({ ev: "reply", id, ok: true, ...snapshot() }); break;
+    case "cut_at_write": board.cutAtWrite = Math.max(0, m.n | 0); emit({ ev: "reply", id, ok: true, ...snapshot() }); break;
     case "hang": board.hang = true; emit({ ev: "reply", id, ok: true, ...snapshot() }); break;
     case "advance":
       if (!vclock) { emit({ ev: "reply", id, ok: false, error: "start the board with --virtual-clock to advance time" }); break; }

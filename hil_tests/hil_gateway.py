@@ -1,0 +1,113 @@
+"""The real gateway daemon (`gasguard gateway run`) as its own process on a board's port, for the end-to-end
+and fault tests: it can be stopped, SIGKILLed and restarted with the same spool, registry and grading state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gasguard.gateway import testkit
+from gasguard.gateway.registry import Device, Registry
+
+DISTRICT = "lixia"
+GATEWAY_ID = "hil-gw"
+
+
+def registry_for(path: Path, board, **extra) -> Path:
+    """A registry holding the board as a commissioned device (what 'gasguard device' writes)."""
+    with Registry(path) as r:
+        r.add_many([Device(dev_id=board.dev, key=board.key, profile=board.config["profile"], state="commissioned",
+                           site_name=f"HIL bench {board.role}", address="bench", **extra)])
+    return path
+
+
+class GatewayProcess:
+    def __init__(self, workdir: Path, port: str, mqtt_port: int, registry: Path):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = testkit.write_config(
+            self.dir / "gateway.toml", registry=registry, spool=self.dir / "spool.db", mqtt_port=mqtt_port,
+            serial=[port], gateway_id=GATEWAY_ID, district=DISTRICT,
+            # a command not acked within 1 s (real time) is repeated: the board runs faster than real time here
+            extra=f'[limits]\ncommand_retry = 1\ncommand_timeout = 60\n\n'
+                  f'[metrics]\ntick_interval = 0.2\nstats_interval = 1\n\n[plugins.grading]\n'
+                  f'state_path = "{self.dir / "grading.json"}"\nreporter_unit = "HIL bench"\n')
+        self.log = self.dir / "gateway.log"   # the daemon's log, kept with the test's files
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> "GatewayProcess":
+        self.starts += 1
+        with open(self.log, "ab") as lf:
+            lf.write(f"---- start {self.starts} ----\n".encode())
+            self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(self.cfg)],
+                                         stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_log(" open (", timeout=20)
+        return self
+
+    def wait_log(self, needle: str, timeout: float = 10) -> None:
+        """Wait for the daemon to log `needle` (after its latest start); fail with the log's tail."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log.read_text(errors="replace").rsplit("---- start", 1)[-1]
+            if needle in text:
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway: {needle!r} not logged in {timeout} s (exit {self.proc.poll()}); "
+                                     f"log {self.log}:\n{text[-2000:]}")
+            time.sleep(0.05)
+
+    def command(self, sub, dev: int, request_id: str, cmd: str = "status") -> None:
+        """A command from the district over MQTT (QoS 1), as the console sends it."""
+        topic = f"gasguard/v1/{DISTRICT}/{GATEWAY_ID}/{dev:08x}/cmd"
+        sub.c.publish(topic, json.dumps({"request_id": request_id, "cmd": cmd}), qos=1).wait_for_publish(5)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye, as when the gateway's machine loses power."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+
+def run_until(board, cond, what: str, board_ms: int = 60_000, step: int = 500, wall_s: float = 60,
+              min_wall_s: float = 15):
+    """Let the board run (its time) in steps while the gateway works (real time) until cond() holds.
+    Fails once the board has run `board_ms` and at least `min_wall_s` have passed (the gateway and broker
+    need real time whatever the board's clock says; a loaded CI machine is slow), or after `wall_s`."""
+    t = 0
+    t0 = time.monotonic()
+    while True:
+        r = cond()
+        if r:
+            return r
+        waited = time.monotonic() - t0
+        if (t >= board_ms and waited > min_wall_s) or waited > wall_s:
+            raise AssertionError(f"{what}: not after {t} ms of board time / {waited:.0f} s wall; gateway log: "
+                                 f"{getattr(board, 'gateway_log', '(no gateway)')}")
+        if t < board_ms:
+            board.rig.elapse(step)
+            t += step
+        time.sleep(0.02)  # the gateway (real time) reads, acks; the board takes the ack at its next pass
+
+
+def quiet(board, ms: int, step: int = 1000) -> int:
+    """Bytes the node put on the line over `ms` of board time (0 = every alarm and event was acked)."""
+    before = board.rig.tx_bytes()
+    for _ in range(ms // step):
+        board.rig.elapse(step)
+        time.sleep(0.01)
+    return board.rig.tx_bytes() - before
