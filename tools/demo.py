@@ -23,8 +23,8 @@ process, pty and temporary file is gone when run() returns (unless `keep`).
 
 from __future__ import annotations
 
-import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -57,6 +57,9 @@ TRIP_MIN, TRIP_MAX = 12_000, 29_000   # plan 1.6.2.3(2): 10,000 to < 30,000 hous
 PRESSURE_FS = 10_000             # the household transducer's full scale (firmware default, Pa)
 SERVICE_PA = 2_000               # household service pressure; the firmware's UPSO is at 750 Pa
 PHONE_S, WRITTEN_S = 1200, 2700  # plan 4.1.2: phone report within 20 minutes, written within 45
+
+
+log = logging.getLogger("gasguard.demo")
 
 
 class DemoError(RuntimeError):
@@ -198,8 +201,8 @@ class _Client(CommandClient):
         if self.on_update and self.board.version != before:
             try:
                 self.on_update(self, json.loads(m.payload))
-            except Exception:       # a view that fails must not stop the MQTT thread
-                pass
+            except Exception:       # a view that fails must not stop the MQTT thread; say so on stderr
+                log.exception("demo: showing an incident update failed")
 
 
 class Demo:
@@ -219,7 +222,8 @@ class Demo:
         self.district_client: _Client | None = None
         self.city_client: _Client | None = None
         self.checks: dict[str, Check] = {}
-        self.history: dict = collections.defaultdict(list)   # (district|city, incident id) -> revisions seen
+        self.history: dict[tuple, list] = {}   # (district|city, incident id) -> revisions seen, in order
+        self.history_lock = threading.Lock()   # paho's thread appends, the story reads
         self.trip_at = [float("inf")]          # fleet time the feeder's outlet starts rising (set by the story)
         self.fleet_report = None
         self.failed = False                    # keep the working folder then: its logs say what went wrong
@@ -310,15 +314,20 @@ class Demo:
     def _update(self, client, m: dict) -> None:
         """Every new revision either console client takes (paho's thread): kept for the checks, shown."""
         where = "city" if client.topic.startswith("gasguard/v1/city/") else "district"
-        self.history[(where, m["incident_id"])].append(m)      # list.append is atomic: no lock needed
+        with self.history_lock:
+            self.history.setdefault((where, m["incident_id"]), []).append(m)
         self.view.incident(client, m)
+
+    def _revisions(self, where: str, iid: str) -> list[dict]:
+        with self.history_lock:
+            return list(self.history.get((where, iid), ()))
 
     def _first(self, iid: str, pred, what: str, demo_s: float, where: str = "district") -> dict:
         """The first revision of `iid` received on `where` for which `pred` holds (waits like _wait)."""
         client = self.district_client if where == "district" else self.city_client
-        self._wait(client, lambda m: m["incident_id"] == iid and any(pred(r) for r in self.history[(where, iid)]),
+        self._wait(client, lambda m: m["incident_id"] == iid and any(pred(r) for r in self._revisions(where, iid)),
                    what, demo_s)
-        return next(r for r in self.history[(where, iid)] if pred(r))
+        return next(r for r in self._revisions(where, iid) if pred(r))
 
     def _station(self, dev_id):
         return next(d for d in self.world.devices if d.dev_id == dev_id)
