@@ -11,7 +11,7 @@ import click
 @click.command("demo")
 @click.option("--speed", type=click.FloatRange(min=1), default=None,
               help="demo seconds per wall second [default: 30, --fast 120]")
-@click.option("--duration", type=click.FloatRange(min=60), default=2700.0, show_default=True,
+@click.option("--duration", type=click.FloatRange(min=60), default=3600.0, show_default=True,
               help="demo seconds at most: the story stops where it is after this")
 @click.option("--fast", is_flag=True, help="CI: faster clock, fewer nodes, no pauses; the same story and checks")
 @click.option("--no-tui", is_flag=True, help="plain log lines instead of the live console (the default when "
