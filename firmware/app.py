@@ -119,7 +119,7 @@ class App:
             self.inlet.update(hw.inlet_adc.read_u16())
         faults = self._faults()
         s = self.safety
-        act = s.step(now, gas, p, faults)
+        act = s.step(now, gas, p, faults, self.gas.raw_value)
         self.steps += 1
         if act & safety.ACT_PERSIST:
             # The latch reaches the flash before the valve moves: a latching valve holds its position

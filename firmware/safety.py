@@ -76,6 +76,8 @@ class Safety:
         self.t_upso = -1
         self.gas = NO_VALUE
         self.pressure = NO_VALUE
+        self.t_prev = -1          # the previous step's time and raw gas (see step)
+        self.raw_prev = NO_VALUE
 
     def configure(self, params):
         """Apply a (validated) parameter dict. Not on the hot path: may allocate."""
@@ -120,11 +122,21 @@ class Safety:
             act |= ACT_CLOSE | ACT_PERSIST
         return act
 
-    def step(self, now, gas, pressure, faults):
+    def step(self, now, gas, pressure, faults, gas_raw=NO_VALUE):
         """One sample. `now` in ticks ms; gas 0.1 % LEL or NO_VALUE; pressure Pa or NO_VALUE; faults bits.
 
-        Returns ACT_* bits. Allocates nothing.
+        `gas_raw`, when the caller filters `gas` (median of 3), is the sample unfiltered. Then a gas debounce
+        is timed from the first raw sample over the threshold (a filtered crossing whose previous raw sample
+        had crossed too is a step the median delayed by one sample), and it is met only in a sample whose
+        raw value is over the threshold too, so a burst the median stretches by a sample never trips early.
+        Without it (NO_VALUE) the debounce runs on `gas` alone. Returns ACT_* bits. Allocates nothing.
         """
+        t_prev = self.t_prev
+        raw_prev = self.raw_prev
+        self.t_prev = now
+        self.raw_prev = gas_raw
+        if t_prev < 0:
+            raw_prev = NO_VALUE
         act = 0
         active = self.active
         self.gas = gas
@@ -136,8 +148,8 @@ class Safety:
             self.over_range = 1 if gas > 1000 else 0
             if gas >= self.gas_l2:
                 if self.t_l2 < 0:
-                    self.t_l2 = now
-                if _elapsed(now, self.t_l2) >= deb:
+                    self.t_l2 = t_prev if raw_prev >= self.gas_l2 else now
+                if _elapsed(now, self.t_l2) >= deb and (gas_raw < 0 or gas_raw >= self.gas_l2):
                     self.level = 2
             else:
                 self.t_l2 = -1
@@ -145,8 +157,8 @@ class Safety:
                     self.level = 1
             if gas >= self.gas_l1:
                 if self.t_l1 < 0:
-                    self.t_l1 = now
-                if self.level == 0 and _elapsed(now, self.t_l1) >= deb:
+                    self.t_l1 = t_prev if raw_prev >= self.gas_l1 else now
+                if self.level == 0 and _elapsed(now, self.t_l1) >= deb and (gas_raw < 0 or gas_raw >= self.gas_l1):
                     self.level = 1
             else:
                 self.t_l1 = -1

@@ -3,7 +3,10 @@
 # A dead sensor is never read as zero gas (issue 3): open circuit, short circuit, out of range and a stuck
 # value each raise a FAULT with the SPEC 3.4 fault kind, and the value becomes NO_VALUE.
 # The filter is a median of the last three samples: it rejects a single-sample spike and delays a
-# step change by exactly one sample (the issue's bound). Integer arithmetic only; no allocation per sample.
+# step change by exactly one sample (the issue's bound). That one sample is given back to the trip: the
+# channel also gives the newest raw sample (`raw_value`), and safety times a gas debounce from the first
+# raw sample over the threshold, so the valve closes in the sample at which the debounce measured on the
+# raw samples is met. Integer arithmetic only; no allocation per sample.
 
 from gasguard.protocol import const
 
@@ -57,6 +60,8 @@ class Channel:
         self.last_raw = -1
         self.same = 0
         self.value = NO_VALUE
+        self.raw_value = NO_VALUE     # the newest sample unfiltered (>= 0; NO_VALUE on a fault): lets safety
+                                      # time a debounce from a step's first sample (see safety.step)
         self.fault = 0                # 0 or a SPEC fault kind
         self.over = 0
 
@@ -98,6 +103,8 @@ class Channel:
         elif self.same >= self.stuck_limit:
             fault = const.FAULT_STUCK
         v = self.convert(med)
+        r = self.convert(raw)
+        self.raw_value = NO_VALUE if fault else (r if r > 0 else 0)
         if not fault:
             if v < self.low_limit or (self.high_limit >= 0 and v > self.high_limit):
                 fault = const.FAULT_RANGE

@@ -51,6 +51,27 @@ def _mtopic_match(sub: str, topic: str) -> bool:
     return len(s) == len(t)
 
 
+def alarms_first(group: list) -> tuple[list, list]:
+    """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
+    frame in this group moves to a group of its own, committed and published before the rest. Nothing
+    else moves, so readings keep their arrival order and each device its frame order (counters verify as
+    they would). ([], group) when no alarm can move."""
+    if not any(raw is not None and len(raw) > 5 and (raw[0] >> 3) & 7 == T_ALARM for raw, _, _ in group):
+        return [], group
+    first, rest, seen = [], [], set()
+    for g in group:
+        raw = g[0]
+        if raw is not None and len(raw) > 5:
+            dev = bytes(raw[1:5])
+            if dev not in seen and (raw[0] >> 3) & 7 == T_ALARM:
+                first.append(g)
+                seen.add(dev)
+                continue
+            seen.add(dev)
+        rest.append(g)
+    return first, rest
+
+
 async def _cancelled(tasks: list, what: str, timeout: float = 5.0) -> None:
     """Wait for cancelled tasks to end, bounded: a task that ignores its cancel must not hang the stop."""
     if not tasks:
@@ -115,7 +136,11 @@ class Daemon:
             group = [await self.queue.get()]
             while len(group) < GROUP_MAX and not self.queue.empty():
                 group.append(self.queue.get_nowait())
-            self.process(group)
+            first, rest = alarms_first(group)
+            if first:
+                self.process(first)    # its own, small transaction: on disk and published before the rest
+            if rest:
+                self.process(rest)
 
     def process(self, group: list) -> None:
         """Verify a group of frames and commit what is accepted in one transaction."""
@@ -129,8 +154,13 @@ class Daemon:
         accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
         results: list = []
         down = {}
+        per_transport: dict = {}
+        for _raw, rx, _route in group:   # counted per group, not per frame (hot path)
+            t = rx.get("transport", "?")
+            per_transport[t] = per_transport.get(t, 0) + 1
+        for t, n in per_transport.items():
+            self.metrics.frames_in.labels(t).inc(n)
         for raw, rx, route in group:
-            self.metrics.frames_in.labels(rx.get("transport", "?")).inc()
             if raw is None:
                 self._reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
@@ -146,8 +176,8 @@ class Daemon:
             typ = f["type"]
             repeat = False
             if typ == "reading":
-                items.append(Item(READING, dev, payloads.dumps(payloads.reading_entry(mid, f, now, rx)), mid, now,
-                                  routine=(f["state"] & 0xF8) == 0))
+                entry = payloads.reading_entry(mid, f, now, rx)
+                items.append(Item(READING, dev, payloads.dumps(entry), mid, now, routine=(f["state"] & 0xF8) == 0))
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
@@ -181,6 +211,7 @@ class Daemon:
             accepted.append((mid, f, v.device, rx, route, repeat))
         if not accepted:
             return
+        self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
             self.spool.commit(items, counters, seqs)
         except SpoolFull as e:
@@ -220,8 +251,8 @@ class Daemon:
             st = self.devstate[dev] = {"online": False, "last_seen": now, "sbyte": None, "pub": -1e18, "last": None}
         st["last_seen"] = now
         if f["type"] == "reading":
-            st["last"] = payloads.reading_entry(mid, f, now, {})
-            st["last"].pop("rx")
+            # the entry is built only when a state message is (hot path); a tuple, not the frame (memory)
+            st["last"] = (f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
         changed = sbyte is not None and sbyte != st["sbyte"]
         if sbyte is not None:
             st["sbyte"] = sbyte
@@ -231,7 +262,14 @@ class Daemon:
         return [self._state_item(dev, now, st)]
 
     def _state_item(self, dev: int, now: float, st: dict) -> Item:
-        body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], st["last"])
+        last = None
+        if st["last"] is not None:
+            fcnt, gas, pressure, battery, sbyte, inlet, t = st["last"]
+            f = {"dev": dev, "fcnt": fcnt, "gas": gas, "pressure": pressure, "battery": battery, "state": sbyte,
+                 "inlet": inlet}
+            last = payloads.reading_entry(payloads.msg_id(self.cfg.gateway_id, dev, fcnt), f, t, {})
+            last.pop("rx")
+        body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
                     topic=self.topics.device(dev, "state"), retain=True)
 

@@ -25,6 +25,7 @@ log = logging.getLogger("gasguard.gateway.mqtt")
 
 PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog)
 PRIORITY_SLOTS = 16   # in-flight slots readings may never take, so an alarm always goes out at once
+FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the event loop for a whole window
 
 
 class _ClosedBeforeConnack(ConnectionError):
@@ -45,6 +46,9 @@ class Publisher:
         self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
         self.exhausted = {lane: False for lane in range(4)}
         self.batch_wait_since: float | None = None
+        self.batch_timer: asyncio.TimerHandle | None = None
+        self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
+        self.acked_bytes = 0
         self.wake = asyncio.Event()
         self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
         self.stopping = False
@@ -101,6 +105,7 @@ class Publisher:
         self.client.disconnect()
         self.client.loop_stop()
         self.loop = None
+        self.flush_acked()
 
     def _on_connect(self, rc) -> None:
         if rc.is_failure:
@@ -165,14 +170,28 @@ class Publisher:
         if entry is None:
             return   # birth/status/stats, not from the spool
         seqs, nbytes, lane, rx_times, _sent = entry
-        self.spool.delete(seqs, nbytes)
+        if not self.acked and self.loop is not None:
+            self.loop.call_soon(self.flush_acked)   # after every PUBACK already queued: one transaction
+        # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
+        # touches rows in flight): deleted as a range, not row by row
+        self.acked.append((lane, min(seqs), max(seqs)))
+        self.acked_bytes += nbytes
         now = self.clock()
         name = LANE_NAMES[lane]
         self.metrics.published.labels(name).inc()
-        hist = self.metrics.publish_latency.labels(name)
-        for t in rx_times:
-            hist.observe(max(0.0, now - t))
-        self.kick()
+        # one observation per message: a batch of readings counts once, with its oldest reading (the worst
+        # latency in it) - per reading it cost more than building the batch
+        self.metrics.publish_latency.labels(name).observe(max(0.0, now - min(rx_times)))
+        self.wake.set()   # refill once per loop pass (run()), not per PUBACK: ingest gets every other turn
+
+    def _batch_due(self) -> None:
+        self.batch_timer = None
+        self.wake.set()
+
+    def flush_acked(self) -> None:
+        if self.acked:
+            ranges, nbytes, self.acked, self.acked_bytes = self.acked, self.acked_bytes, [], 0
+            self.spool.delete_ranges(ranges, nbytes)
 
     # -- draining --------------------------------------------------------------------------------
     def _peek(self, lane: int) -> Row | None:
@@ -209,6 +228,7 @@ class Publisher:
                         len(self.resending), self.cfg.keepalive)
             self.resending = set()
         window = self.cfg.inflight + PRIORITY_SLOTS
+        batches = 0
         while self.connected and len(self.inflight) < window:
             row = None
             for lane in (ALARM, EVENT, STATE):
@@ -219,8 +239,13 @@ class Publisher:
                     break
             if row is not None:
                 continue
+            if batches >= FILL_BATCHES:
+                if self.loop is not None:   # the rest on a later pass: ingest (and a new alarm) go in between
+                    self.loop.call_soon(self.wake.set)
+                break
             if len(self.inflight) >= self.cfg.inflight or not self._send_readings():
                 break
+            batches += 1
 
     def _send_one(self, row: Row) -> None:
         info = self.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
@@ -257,7 +282,10 @@ class Publisher:
                 # not yet: put them back (in order) and wait for company
                 for p, s, t in zip(reversed(entries), reversed(seqs), reversed(times)):
                     b.appendleft(Row(s, READING, 0, None, p, "", t, False))
-                self.wake.set()
+                # a timer, not wake.set(): run() would spin on a set event until the delay ran out
+                if self.batch_timer is None and self.loop is not None:
+                    self.batch_timer = self.loop.call_later(self.cfg.batch_delay - (now - self.batch_wait_since),
+                                                            self._batch_due)
                 return False
         self.batch_wait_since = None
         body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), entries)

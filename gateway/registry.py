@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -62,7 +63,7 @@ class RegistryError(Exception):
     """A registry operation that cannot be done; the message says what to do."""
 
 
-@dataclass
+@dataclass(slots=True)     # slots: a gateway holds the whole district (330,000 devices) in memory
 class Device:
     dev_id: int
     key: bytes = field(repr=False)
@@ -115,7 +116,13 @@ def _row_to_device(row: sqlite3.Row) -> Device:
     d["key_area"] = bool(d["key_area"])
     d["config"] = json.loads(d["config"] or "{}")
     d["calibration"] = json.loads(d["calibration"] or "{}")
+    for k in _INTERNED:      # a handful of distinct values: one string object each, not one per device
+        if d.get(k) is not None:
+            d[k] = sys.intern(d[k])
     return Device(**d)
+
+
+_INTERNED = ("profile", "user_class", "pressure_class", "state")
 
 
 def _device_to_row(dev: Device) -> dict:
