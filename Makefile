@@ -11,8 +11,16 @@ JOBS      ?= 2
 
 .PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto bench
 
+# The demo needs an MQTT broker: mosquitto when installed, else amqtt (pure Python), installed here on first use.
+# DEMO_ARGS: e.g. --fast, --no-tui, --speed 60, --keep (gasguard sim demo --help)
 demo: setup
-	$(VENV)/bin/gasguard sim demo
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || $(VPY) -c "import amqtt" 2>/dev/null; then :; \
+	else \
+	  echo "mosquitto is missing: installing the pure-Python broker amqtt 0.11.4 into $(VENV) for the demo"; \
+	  $(VPY) -m pip install --quiet -c requirements.lock 'amqtt==0.11.4' \
+	    || { echo "could not install amqtt: install mosquitto ('sudo apt-get install mosquitto') and re-run make demo"; exit 1; }; \
+	fi
+	$(VENV)/bin/gasguard sim demo $(DEMO_ARGS)
 
 test: setup
 	$(VPY) -m pytest -n $(JOBS) -v $(PYTEST_ARGS)
@@ -41,7 +49,7 @@ mosquitto:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
 	    || { echo "apt-get install mosquitto failed: install it by hand, then re-run make"; exit 1; }; \
 	else \
-	  echo "mosquitto is missing and this is not root: run 'sudo apt-get install mosquitto' (tests need a real broker; make demo falls back to an embedded one)"; \
+	  echo "mosquitto is missing and this is not root: run 'sudo apt-get install mosquitto' (tests need a real broker; make demo falls back to amqtt, installed into .venv on first use)"; \
 	fi
 
 clean:

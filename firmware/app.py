@@ -1,9 +1,9 @@
 # The node application: sensing -> safety -> valve, persistence, link and downlink commands.
 #
 # Everything hardware-shaped is handed in (`hw`, built by firmware/boards.py); nothing here opens a bus.
-# Order inside one tick, for every sample: read -> safety step -> drive the valve -> persist -> report.
-# The valve moves first (safety before bookkeeping); the latch is persisted before anything reports it,
-# so the gateway never hears of a shut-off that a power cut could forget (issue 3).
+# Order inside one tick, for every sample: read -> safety step -> persist the latch -> drive the valve -> report.
+# The latch is persisted before the valve moves and before anything reports it, so neither the node nor the
+# gateway can be left believing in an open valve that a power cut closed (issue 3; see `sample`).
 
 from gasguard.firmware import bounds, safety, sensing
 from gasguard.protocol import const, units
@@ -121,16 +121,29 @@ class App:
         s = self.safety
         act = s.step(now, gas, p, faults, self.gas.raw_value)
         self.steps += 1
+        if act & safety.ACT_PERSIST:
+            # The latch reaches the flash before the valve moves: a latching valve holds its position
+            # unpowered and has no position feedback, so a cut between "valve closed" and "latch written"
+            # would boot a node that believes its shut valve is open and never reports it. Written first,
+            # a cut before the write leaves valve and state consistent (gas still high trips again at
+            # boot); a cut after it re-closes the valve at boot. One small atomic write (ms) stays well
+            # inside the one-sample budget after debounce.
+            self._persist(s, now)
         if act & safety.ACT_CLOSE:
             hw.valve.close()
-        if act & safety.ACT_PERSIST:
-            self.store.save(latched=bool(s.latched), latch_cause=s.latch_cause, valve=s.valve)
-        if act & safety.ACT_CLOSE:
             self.link.event(now, const.EV_VALVE, bytes([const.VALVE_CLOSED, s.latch_cause or const.CAUSE_GAS]))
         if act & (safety.ACT_ALARM | safety.ACT_CLEAR):
             self._report_alarms(now)
         if faults != self.faults_seen:
             self._report_faults(now, faults)
+
+    def _persist(self, s, now):
+        try:
+            self.store.save(latched=bool(s.latched), latch_cause=s.latch_cause, valve=s.valve)
+        except OSError as e:
+            # a broken or full flash must never keep a valve open: close anyway, say so, report a fault
+            self.log("state write failed (%s): valve acts, latch not persisted" % e)
+            self.link.event(now, const.EV_FAULT, bytes([const.SENSOR_STORAGE, const.FAULT_WRITE]))
 
     def _alarm_value(self, code):
         if code == const.AL_GAS_L1 or code == const.AL_GAS_L2:

@@ -149,12 +149,14 @@ class Publisher:
                       self.cfg.mqtt_host, self.cfg.mqtt_port, err, hint, self.cfg.reconnect_max)
 
     def _on_disconnect(self, rc) -> None:
-        if not self.connected and not self.stopping:
-            # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
-            self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
-        else:
+        if self.stopping:
+            log.info("disconnected from the mqtt broker (%s)", rc)
+        elif self.connected:
             log.warning("lost the mqtt broker (%s); spooling, reconnecting with backoff up to %.0f s", rc,
                         self.cfg.reconnect_max)
+        else:
+            # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
+            self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
         self.connected = False
         self.metrics.connected.set(0)
 

@@ -287,6 +287,16 @@ class DaemonThread:
         self.thread.start()
         ready.wait(10)
 
+    def wait_ports(self, timeout: float = 10.0) -> None:
+        """Block until every serial port of the daemon is open. Send nothing before: pyserial's open()
+        flushes the input buffer, so a frame written to the pty earlier is gone (as on a real UART)."""
+        deadline = time.monotonic() + timeout
+        while any(t.ser is None for t in self.daemon.serial):
+            if self.error or time.monotonic() > deadline:
+                raise TimeoutError(f"serial ports not open within {timeout} s: "
+                                   f"{[t.spec.port for t in self.daemon.serial if t.ser is None]}") from self.error
+            time.sleep(0.01)
+
     def call(self, fn, *args, timeout: float = 5.0):
         """Run fn(*args) on the daemon's loop and return its result."""
         import concurrent.futures

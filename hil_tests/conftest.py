@@ -142,7 +142,11 @@ def _real_board(request, role):
     cfg = request.config
     for b in _bench(cfg):
         if b["role"] == role:
-            rig = SerialRig(b["rig"], cfg.getoption("rig_baud"), boot_s=cfg.getoption("hil_boot_s")) if b["rig"] else None
+            if "://" not in b["port"] and not os.path.exists(b["port"]):
+                pytest.fail(f"no serial port {b['port']} for the {role} board: check the USB cable (a data cable, "
+                            "not power-only), 'ls /dev/serial/by-id' and 'dmesg | tail'", pytrace=False)
+            rig = (SerialRig(b["rig"], cfg.getoption("rig_baud"), boot_s=cfg.getoption("hil_boot_s"))
+                   if b["rig"] else None)
             return BoardInfo(role, b["port"], b["config"], b["key"], rig, state_dir=b["dir"])
     pytest.fail(f"no board with profile {role!r} among --node-dir (deselection should have caught this)")
 
@@ -151,14 +155,18 @@ def _board(request, role, tmp_path):
     board = _real_board(request, role) if _hardware(request.config) else _virtual_board(role, tmp_path)
     yield board
     if board.vb is not None:
-        board.vb.stop()
-        # the virtual board's own log (launcher and interpreter errors) next to the test's files
-        log = board.vb.tmp / "vboard.log"
-        if log.exists():
-            shutil.copyfile(log, tmp_path / f"{role}-vboard.log")
-        shutil.rmtree(board.vb.tmp, ignore_errors=True)
+        _stop_virtual(board.vb, tmp_path / f"{role}-vboard.log")
     elif board.rig is not None:
         board.rig.close()
+
+
+def _stop_virtual(vb, keep_log: Path):
+    """Stop a virtual board; its own log (launcher and interpreter errors) stays with the test's files."""
+    vb.stop()
+    log = vb.tmp / "vboard.log"
+    if log.exists():
+        shutil.copyfile(log, keep_log)
+    shutil.rmtree(vb.tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -217,7 +225,7 @@ def provisioned_household_board(request, tmp_path):
         dev = hil_provision.device(reg, "new", "--profile", "household", "--board", "virtual", "--site",
                                    "HIL bench", "--households", "1")["dev"]
     try:
-        cli = {"flash": hil_provision.device(reg, "flash", dev, "--port", vb.pty if vb else board.port)}
+        cli = {"flash": hil_provision.device(reg, "flash", dev, "--compile", "--port", vb.pty if vb else board.port)}
         port = vb.pty if vb else board.port
         cli["config"] = hil_provision.device(reg, "config", dev, "gas_l1=120", "--port", port)
         cli["show"] = hil_provision.device(reg, "config", dev, "--port", port)
@@ -235,8 +243,7 @@ def provisioned_household_board(request, tmp_path):
             hil_provision.device(reg, "config", dev, f"gas_l1={old or 100}", "--port", board.port)
     finally:
         if vb is not None:
-            vb.stop()
-            shutil.rmtree(vb.tmp, ignore_errors=True)
+            _stop_virtual(vb, tmp_path / "household-vboard.log")
 
 
 @pytest.fixture

@@ -234,7 +234,7 @@ class Node:
         ref_type, ref = (const.ALARM, f["aseq"]) if f["type"] == "alarm" else (const.EVENT, f["eseq"])
         self.send({"type": "ack", "fcnt": self.next_down(), "ref_type": ref_type, "ref": ref, "result": 0})
 
-    def expect_ack(self, cid: int, within_ms: int = 2000, since: int | None = None) -> dict:
+    def expect_ack(self, cid: int, within_ms: int = 3000, since: int | None = None) -> dict:
         return self.expect_frame(lambda f: f["type"] == "ack" and f["ref_type"] == const.COMMAND and f["ref"] == cid,
                                  within_ms, f"ack of command cid {cid}", since=since, step=100)
 

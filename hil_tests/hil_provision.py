@@ -26,7 +26,8 @@ def device(registry: Path, *args: str, timeout: float = 240) -> dict:
     argv = [sys.executable, "-m", "gasguard.cli", "device", *args, "--registry", str(registry), "--json"]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
-        raise CliFailed(f"gasguard device {' '.join(args)}: exit {p.returncode}\n{p.stdout[-1500:]}\n{p.stderr[-1500:]}")
+        raise CliFailed(f"gasguard device {' '.join(args)}: exit {p.returncode}\n"
+                        f"{p.stdout[-1500:]}\n{p.stderr[-1500:]}")
     return json.loads(p.stdout)
 
 

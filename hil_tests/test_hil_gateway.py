@@ -9,24 +9,34 @@ import pytest
 
 from gasguard.gateway import testkit
 from gasguard.protocol import const
+from gasguard.tools.vboard_client import pressure_raw
 from hil_gateway import DISTRICT, GatewayProcess, quiet, registry_for, run_until
 from hil_node import need_rig
 
 
-@pytest.fixture
-def stack(household_board, mosquitto, tmp_path):
-    """The gateway on the household board's port, a registry holding the board, a subscriber on all topics."""
-    need_rig(household_board, "the gas input")
-    if household_board.rig.tx_bytes() is None:
+def _stack(board, mosquitto, tmp_path, **registry):
+    """The gateway on the board's port, a registry holding the board, a subscriber on all topics."""
+    need_rig(board, "the node's inputs")
+    if board.rig.tx_bytes() is None:
         pytest.skip("needs the rig's link passthrough: it counts the node's TX bytes, which tells when every "
                     "alarm was acked (hil_tests/README.md, 'Link passthrough')")
-    reg = registry_for(tmp_path / "registry.db", household_board, households=1)
-    gw = GatewayProcess(tmp_path / "gateway", household_board.port, mosquitto.port, reg).start()
-    household_board.gateway_log = gw.log        # named by every failure of run_until
+    reg = registry_for(tmp_path / "registry.db", board, **registry)
+    gw = GatewayProcess(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
+    board.gateway_log = gw.log        # named by every failure of run_until
     sub = testkit.Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
-    yield household_board, gw, sub
+    yield board, gw, sub
     sub.close()
     gw.stop()
+
+
+@pytest.fixture
+def stack(household_board, mosquitto, tmp_path):
+    yield from _stack(household_board, mosquitto, tmp_path, households=1)
+
+
+@pytest.fixture
+def station_stack(station_board, mosquitto, tmp_path):
+    yield from _stack(station_board, mosquitto, tmp_path, households=12_000, pressure_class="subhigh_a")
 
 
 def alarms(sub, code=const.AL_GAS_L2, cleared=False):
@@ -72,14 +82,20 @@ def sub_dev(inc):
     return inc["report"]["source"]["devices"][0]
 
 
-def test_gas_leak_reaches_the_district_graded_and_the_node_stops_retransmitting(stack):
+def test_gas_leak_reaches_the_district_graded_once_over_drops_and_duplicates(stack):
     board, gw, sub = stack
+    board.rig.link(drop=1, dup=2)       # the first frame of the leak is lost, the next two arrive twice
     trip_and_wait(board, sub, "the leak alarm and its incident on the broker")
+    u = board.rig.link()
+    assert u["dropped"] == 1 and u["duplicated"] == 2, u
     al = alarms(sub)
     assert len(al) == 1 and al[0]["dev"] == f"{board.dev:08x}", al
     inc = check_leak_incident(sub)
     assert inc["report"]["place"]["site_name"] == "HIL bench household"
     acked_quietly(board, "the node falling quiet: every alarm and event acked")
+    assert len(alarms(sub)) == 1                                     # duplicates refused, not published
+    stats = sub.wait(lambda ms: [d for t, d, _ in ms if t.endswith("/stats") and d.get("rejected")], 10)
+    assert stats[-1]["rejected"].get("duplicate") == 2, stats[-1]   # each copy seen and counted once
     assert len(alarms(sub)) == 1
 
 
@@ -130,3 +146,15 @@ def test_gateway_sigkill_loses_neither_a_spooled_nor_an_unsent_alarm(stack, mosq
     assert len(alarms(sub)) == 1 and len(alarms(sub, cleared=True)) == 1
     check_leak_incident(sub)
     acked_quietly(board, "the node falling quiet after the restart")
+
+
+def test_station_slam_shut_trip_is_graded_by_the_households_it_cuts_off(station_stack):
+    board, gw, sub = station_stack
+    board.rig.set_inputs(pressure=pressure_raw(1000, 10000))   # outlet at 40 % of the set point: UPSO
+    run_until(board, lambda: alarms(sub, const.AL_UPSO) and incidents(sub), "the UPSO alarm and its incident")
+    assert board.rig.valve() == 1
+    inc = incidents(sub)[0]
+    # plan 1.6.2: 10,000-29,999 households cut off is level III; a projection until 24 h have passed
+    assert inc["level"] == 3 and inc["projected"] is True and inc["households"] == 12_000, inc
+    assert inc["category"] == "supply_assurance" and inc["routes"] == ["district", "city"]
+    assert inc["report"]["source"]["devices"] == [f"{board.dev:08x}"]

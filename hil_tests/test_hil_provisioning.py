@@ -14,6 +14,7 @@ def test_device_flash_and_config_make_a_commissioned_node(provisioned_household)
     flash, config, show = n.board.cli["flash"], n.board.cli["config"], n.board.cli["show"]
     assert flash["verified"] == flash["files"] > 0                 # every file checked by SHA-256 on the board
     assert flash["boot"]["profile"] == "household"                 # a BOOT event verified with the registry key
+    assert flash["compiled"]                                       # .mpy bytecode, as the technician flashes it
     assert config["changed"] == {"gas_l1": 120} and config["ok"]
     with Registry(n.board.registry) as r:
         assert r.get(n.dev).state == "commissioned"

@@ -53,10 +53,12 @@ ALARM_NAMES = {1: "gas_l1", 2: "gas_l2", 3: "opso", 4: "upso", 5: "sensor_fault"
 SENSOR_GAS = 1
 SENSOR_PRESSURE = 2
 SENSOR_INLET = 3
+SENSOR_STORAGE = 4
 FAULT_OPEN = 1
 FAULT_SHORT = 2
 FAULT_RANGE = 3
 FAULT_STUCK = 4
+FAULT_WRITE = 5
 
 # event codes (SPEC 3.5)
 EV_BOOT = 1

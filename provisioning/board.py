@@ -65,8 +65,11 @@ class Board:
         try:
             if self.in_repl:
                 self.run_firmware()
+        except Exception:  # noqa: BLE001 - a cable pulled mid-command fails any way it likes; best effort
+            pass
+        try:
             self.t.close()
-        except Exception:  # noqa: BLE001 - a cable pulled mid-command fails any way it likes; closing is best effort
+        except Exception:  # noqa: BLE001 - as above
             pass
 
     def __enter__(self):
@@ -100,8 +103,12 @@ class Board:
         def feed():
             while not stop.wait(self.wdt_ms / 4000):
                 with self.lock:
-                    if self.in_repl and self.t.feeding:
+                    if not (self.in_repl and self.t.feeding):
+                        continue
+                    try:
                         self.t.exec_raw("pass")   # the transport puts the feed in front
+                    except TransportError:
+                        return                    # the next command on the main thread reports the cable
 
         th = threading.Thread(target=feed, daemon=True)
         th.start()
@@ -126,6 +133,10 @@ class Board:
 
     def eval(self, expr: str):
         return ast.literal_eval(self.exec(f"print(repr({expr}))").strip())
+
+    def eval_code(self, code: str, timeout: float = 10):
+        """Run `code`, whose last line prints one Python literal; return that value."""
+        return ast.literal_eval(self.exec(code, timeout).strip().splitlines()[-1])
 
     def read_file(self, path: str) -> bytes | None:
         self.repl()

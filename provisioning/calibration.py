@@ -9,7 +9,6 @@ registry.
 
 from __future__ import annotations
 
-import ast
 import time
 
 from gasguard.firmware import boards, sensing
@@ -26,6 +25,7 @@ SETTLE_S = 120.0      # how long to wait for a gas flow to settle before giving 
 # the nominal transmitter (sensing.py defaults): 0.4 V live zero, 1.2 V at 50 % LEL
 NOMINAL = (sensing.GAS_SPAN_DEFAULT - sensing.GAS_ZERO_DEFAULT) / sensing.GAS_SPAN_GAS_DEFAULT
 ZERO_RANGE = (sensing.GAS_ZERO_DEFAULT // 2, sensing.GAS_ZERO_DEFAULT * 3 // 2)   # 0.2 .. 0.6 V
+CLEAR_TENTHS = 30    # 3 % LEL: below the lowest gas_l1 bound (5 %), so the restarted node does not alarm
 SENSITIVITY_RANGE = (0.5, 2.0)   # of nominal; outside it the sensor head is poisoned or the wrong model
 
 
@@ -39,24 +39,31 @@ def check_span_gas(span_gas: int) -> int:
 def window(board: Board, pin: int) -> list[int]:
     code = ("import machine, time\na = machine.ADC(machine.Pin(%d))\nv = []\nfor i in range(%d):\n"
             " v.append(a.read_u16())\n time.sleep_ms(%d)\nprint(v)" % (pin, WINDOW, INTERVAL_MS))
-    return [int(x) for x in ast.literal_eval(board.exec(code, timeout=30).strip())]
+    return [int(x) for x in board.eval_code(code, timeout=30)]
 
 
-def settle(board: Board, pin: int, what: str, timeout: float = SETTLE_S, clock=time.monotonic) -> int:
-    """The mean of the first window whose spread is within STABLE_COUNTS; raises when none comes in time."""
+def settle(board: Board, pin: int, what: str, timeout: float = SETTLE_S, clock=time.monotonic,
+           below: int | None = None) -> int:
+    """The mean of the first window whose spread is within STABLE_COUNTS (and, given `below`, whose mean is
+    under it); raises when none comes in time."""
     deadline = clock() + timeout
-    spread = None
+    spread = mean = None
     while clock() < deadline:
         v = window(board, pin)
         spread = max(v) - min(v)
-        if spread <= STABLE_COUNTS:
-            return sum(v) // len(v)
+        mean = sum(v) // len(v)
+        if spread <= STABLE_COUNTS and (below is None or mean < below):
+            return mean
+    if below is not None and spread is not None and spread <= STABLE_COUNTS:
+        raise ProvisioningError(f"the sensor still reads gas after {timeout:.0f} s ({mean} counts, clean air is "
+                                f"below {below}): take the calibration cap off, ventilate, run calibrate again")
     raise ProvisioningError(f"the {what} reading did not settle within {timeout:.0f} s (spread {spread} counts, "
                             f"at most {STABLE_COUNTS}): check the gas flows steadily through the cap, wait, retry")
 
 
 def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, settle_s: float = SETTLE_S) -> dict:
-    """prompt(step, message) is called before each step ("zero", "span") and returns when the gas is on."""
+    """prompt(step, message) is called before each step ("zero", "span", "clear") and returns when the
+    technician has done what it says."""
     check_span_gas(span_gas)
     board.repl()
     cfg = onboard.config_of(board, dev)
@@ -75,6 +82,11 @@ def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, s
         raise ProvisioningError(f"span reading {span} counts gives {sens:.0%} of the nominal sensitivity "
                                 f"(allowed {SENSITIVITY_RANGE[0]:.0%}..{SENSITIVITY_RANGE[1]:.0%}): check the test "
                                 "gas bottle and concentration; a sensor below 50 % is poisoned: replace it")
+    # the node restarts with the new coefficients: with the span gas still on it would alarm and latch its
+    # valve shut, so wait until the sensor reads clean air again (below CLEAR_TENTHS on the new scale)
+    with board.keepalive():
+        prompt("clear", "Remove the test gas and the cap; the node restarts once the sensor reads clean air.")
+    settle(board, pin, "clean-air", settle_s, below=zero + (span - zero) * CLEAR_TENTHS // span_gas)
     gas = {"zero": zero, "span": span, "span_gas": span_gas}
     cal = dict(cfg.get("calibration") or {}, gas=gas)
     cfg["calibration"] = cal

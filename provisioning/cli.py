@@ -357,8 +357,9 @@ def monitor(port, baud, duration, count, registry, as_json):
 def calibrate(dev, span_gas, settle, yes, port, baud, registry, as_json):
     """Guided zero and span calibration of the gas sensor with test gas.
 
-    Prompts for zero gas, then span gas; each reading is accepted only once it is stable. The
-    coefficients are stored on the board and in the registry, and the node is rebooted with them.
+    Prompts for zero gas, then span gas; each reading is accepted only once it is stable. Then the test
+    gas must come off (the node would alarm and shut its valve with it on); once the sensor reads clean
+    air, the coefficients are stored on the board and in the registry and the node restarts with them.
 
     \b
     Examples:
@@ -372,8 +373,9 @@ def calibrate(dev, span_gas, settle, yes, port, baud, registry, as_json):
     def prompt(step, message):
         click.echo(message, err=True)
         if not yes:
-            click.prompt("Press Enter when the gas flows", default="", show_default=False, err=True)
-        click.echo(f"waiting for a stable {step} reading...", err=True)
+            click.prompt("Press Enter when done" if step == "clear" else "Press Enter when the gas flows",
+                         default="", show_default=False, err=True)
+        click.echo(f"waiting for a stable {'clean-air' if step == 'clear' else step} reading...", err=True)
 
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev))

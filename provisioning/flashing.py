@@ -21,7 +21,7 @@ from gasguard.gateway.registry import Device
 from gasguard.tools.micropython import device_files
 from gasguard.tools.vboard_client import MAIN_STUB
 
-from . import settings
+from . import onboard, settings
 from .board import Board, file_hash
 from .errors import ProvisioningError
 from .identity import node_config
@@ -83,12 +83,29 @@ def check_mpy_version(board: Board, items: list[Item]) -> None:
                                 "flash without --compile, or update MicroPython on the board")
 
 
+SPACE = ("import os\ndef _du(p):\n t = 0\n try:\n  for e in os.ilistdir(p):\n   q = p + '/' + e[0]\n"
+         "   t += _du(q) if e[1] & 0x4000 else os.stat(q)[6]\n except OSError:\n  pass\n return t\n"
+         "s = os.statvfs('/')\nprint(repr((s[0] * s[4], _du('/lib/gasguard'))))")
+MARGIN = 8192   # the filesystem's own blocks (LittleFS metadata) and the .part copy of the largest file
+
+
+def check_space(board: Board, items: list[Item]) -> None:
+    """Refuse before writing anything when the application cannot fit (a half-flashed board does not boot)."""
+    free, ours = board.eval_code(SPACE)
+    need = sum(len(i.data) for i in items) + MARGIN
+    if free + ours < need:
+        raise ProvisioningError(f"the board has {free + ours} bytes for the application, it needs {need}: "
+                                "flash with --compile (about 40 % of the size), or remove other files "
+                                "('mpremote fs ls' / 'mpremote rm')")
+
+
 def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None, boot_timeout: float = 30.0,
           app: list[Item] | None = None) -> dict:
     """Write, verify, reboot, check the BOOT event. `progress(done_bytes, total_bytes, target)`."""
     items = (app if app is not None else application(compile_mpy)) + device_items(dev)
     board.repl()
     check_mpy_version(board, items)
+    check_space(board, items)
     old = board.read_file("/gg_config.json")
     try:
         old_id = json.loads(old)["dev_id"] if old else None
@@ -128,8 +145,7 @@ def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None
     if bad:
         raise ProvisioningError(f"verification failed for {', '.join(bad)}: the flash may be full or failing; "
                                 "run the flash again, and replace the board if it fails twice")
-    board.run_firmware()
-    boot = board.wait_boot(dev.dev_id, dev.key, boot_timeout)
+    boot = onboard.boot_and_check(board, dev, timeout=boot_timeout)
     replaced = f"{old_id:08x}" if isinstance(old_id, int) and old_id != dev.dev_id else None
     return {"dev": f"{dev.dev_id:08x}", "port": board.port, "replaced": replaced, "files": len(items), "bytes": total,
             "written": written, "unchanged": skipped, "removed": removed, "verified": len(items),

@@ -2,8 +2,8 @@
 
 The firmware reads /gg_config.json at boot and keeps SET_PARAM overrides in /gg_state.json "params"
 (firmware/README.md). A technician's change must win over an older override of the same name, so the
-override is dropped with the firmware's own atomic write (tmp file, then rename) while the firmware is
-stopped at the REPL.
+override is dropped with an atomic write (a temporary file, then a rename, as the firmware writes it) while
+the firmware is stopped at the REPL; every other state field (counters, latch) is kept as it was.
 """
 
 from __future__ import annotations
@@ -59,9 +59,7 @@ def drop_overrides(board: Board, names) -> list[str]:
     if gone:
         for n in gone:
             del st["params"][n]
-        data = json.dumps(st).encode()
-        board.t.fs_writefile("/gg_state.tmp", data)
-        board.exec("import os\nos.rename('/gg_state.tmp', '/gg_state.json')")
+        write_json(board, "/gg_state.json", st)   # through a temporary name and a rename, as the firmware does
     return gone
 
 

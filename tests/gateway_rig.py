@@ -98,8 +98,7 @@ class Rig:
         self.runner = testkit.DaemonThread(self.daemon)
         if not wait:
             return self.daemon
-        for t in self.daemon.serial:
-            wait_until(lambda t=t: t.ser is not None, 10, f"gateway opens {t.spec.port}")
+        self.runner.wait_ports(10)
         wait_until(lambda: self.daemon.publisher.connected, 10, "gateway connects to the broker")
         return self.daemon
 
@@ -149,6 +148,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0   # this run's part of the log
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
                                       str(self.config)], stdout=self.logf, stderr=subprocess.STDOUT)
@@ -166,6 +166,10 @@ class GatewayProcess:
             return self.proc.wait(timeout)
         finally:
             self.logf.close()
+
+    def started(self) -> bool:
+        """The daemon logged its start: signal handlers are set, SIGTERM now means a graceful stop."""
+        return "starting; spool" in self.log_path.read_bytes()[self.offset:].decode(errors="replace")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -57,6 +57,6 @@ def capture(pty, seconds, want=1):
     return out
 
 
-def gateway_verifier(reg_path):
+def gateway_verifier(reg_path, refresh=0.0):
     """The gateway's own verifier over the registry file, fresh counters."""
-    return Verifier(RegistryCache(reg_path, refresh=0.0), {})
+    return Verifier(RegistryCache(reg_path, refresh=refresh), {})

@@ -236,3 +236,45 @@ def test_unsafe_provisioned_params_fall_back_to_defaults(tmp_path):
     n = Node(tmp_path, params={"gas_l2": 400})  # above the household bound (25 % LEL)
     assert n.app.safety.gas_l2 == 250
     assert any(f["type"] == "event" and f["code"] == const.EV_CONFIG for f in (n.run(200) or n.frames()))
+
+
+class WatchedPin(Pin):
+    """The valve line, noting what the flash held when it was first driven closed."""
+
+    def __init__(self, state_path):
+        super().__init__()
+        self.state_path = state_path
+        self.latched_on_flash_at_close = None
+
+    def value(self, v=None):
+        if v == 1 and self.v == 0 and self.latched_on_flash_at_close is None:
+            self.latched_on_flash_at_close = json.loads(self.state_path.read_text())["latched"]
+        return super().value(v)
+
+
+def test_latch_reaches_the_flash_before_the_valve_moves(tmp_path):
+    # a latching valve has no position feedback: a power cut between "valve shut" and "latch written" would
+    # boot a node that believes its shut valve is open, so the write comes first
+    n = Node(tmp_path)
+    n.pin = WatchedPin(tmp_path / "gg_state.json")
+    n.boot()
+    n.run(1000)
+    n.gas.v = raw_for_gas(300)
+    n.run(3000)
+    assert n.pin.v == 1
+    assert n.pin.latched_on_flash_at_close is True
+
+
+def test_a_failed_state_write_never_keeps_the_valve_open(tmp_path):
+    n = Node(tmp_path)
+    n.run(1000)
+    n.frames()
+
+    def broken(**changes):
+        raise OSError(28, "no space left on device")
+    n.app.store.save = broken
+    n.gas.v = raw_for_gas(300)
+    n.run(3000)
+    assert n.pin.v == 1                                        # the valve acted
+    faults = [f for f in n.frames() if f["type"] == "event" and f["code"] == const.EV_FAULT]
+    assert faults and faults[0]["data"][:2] == bytes([const.SENSOR_STORAGE, const.FAULT_WRITE])

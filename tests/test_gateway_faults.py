@@ -63,6 +63,8 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
         assert not runner.is_alive(), "the fleet did not finish"
         # let the last gateway drain its spool, then stop it gracefully
         wait_until(lambda: _spool_empty(rig.spool), 30, "spool drained")
+        # the last one must be past its start (signal handlers set: it logs "starting" after) to stop cleanly
+        wait_until(gw.started, 20, "last gateway started")
         assert gw.terminate(20) == 0
         with sqlite3.connect(rig.spool) as db:
             accepted = {m for (m,) in db.execute("SELECT msg_id FROM audit")}

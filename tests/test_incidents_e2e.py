@@ -41,6 +41,7 @@ def test_station_trip_12000_households_escalates_until_acknowledged(tmp_path, mo
     raw = testkit.Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
     runner = testkit.DaemonThread(daemon)
     try:
+        runner.wait_ports()        # a frame sent before the port is open is flushed by the open
         with CommandClient("127.0.0.1", mosquitto.port, "lixia") as district, \
                 CommandClient("127.0.0.1", mosquitto.port, "lixia", city=True) as city:
             # the slam-shut trips on under-pressure: valve closed and latched, PTRIP set

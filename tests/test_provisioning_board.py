@@ -51,29 +51,37 @@ def test_calibration_zero_and_span_with_stability_lands_on_board_and_in_registry
     reg, dev, vb = setup
     steps = []
 
-    def prompt(step, _msg):                 # the rig applies the test gas when asked
+    def prompt(step, _msg):                 # the rig applies the test gas when asked, and takes it off
         steps.append(step)
-        vb.ctl.set(gas=8100 if step == "zero" else 24500)
+        vb.ctl.set(gas=24500 if step == "span" else 8100)
 
     with Registry(reg) as r, Board(vb.pty) as b:
         rep = calibration.calibrate(b, r, r.get(dev.dev_id), 500, prompt)
-    assert steps == ["zero", "span"]
+    assert steps == ["zero", "span", "clear"]
     g = rep["gas"]
     assert abs(g["zero"] - 8100) <= 2 and abs(g["span"] - 24500) <= 2 and g["span_gas"] == 500
     assert json.loads((vb.flash / "gg_config.json").read_text())["calibration"]["gas"] == g
     with Registry(reg) as r:
         assert r.get(dev.dev_id).calibration["gas"] == g
     assert vb.ctl.request("info")["console"] == "firmware"      # rebooted into the firmware with it
+    time.sleep(2.5)
+    assert vb.ctl.get()["valve"] == 0                            # in clean air: no alarm, valve open
 
 
-def test_calibration_refuses_a_dead_sensor_and_changes_nothing(setup):
+@pytest.mark.parametrize("span_raw,why", [
+    (9000, "nominal sensitivity"),   # a poisoned sensor barely answers the span gas
+    (24500, "still reads gas"),      # the span gas left on: the node must not restart into an alarm
+])
+def test_calibration_refused_stores_nothing(setup, span_raw, why):
     reg, dev, vb = setup
     before = (vb.flash / "gg_config.json").read_text()
     with Registry(reg) as r, Board(vb.pty) as b:
-        with pytest.raises(ProvisioningError, match="nominal sensitivity"):
+        with pytest.raises(ProvisioningError, match=why):
             calibration.calibrate(b, r, r.get(dev.dev_id), 500,
-                                  lambda step, _m: vb.ctl.set(gas=8000 if step == "zero" else 9000))
+                                  lambda step, _m: vb.ctl.set(gas=8100 if step == "zero" else span_raw), settle_s=3)
     assert (vb.flash / "gg_config.json").read_text() == before
+    with Registry(reg) as r:
+        assert r.get(dev.dev_id).calibration == {}
 
 
 def test_selftest_strokes_the_valve_checks_sensors_and_the_link(setup):
@@ -93,6 +101,7 @@ def test_rotate_key_old_key_frames_rejected_new_key_frames_verified(setup):
     reg, dev, vb = setup
     old_frames = capture(vb.pty, 10)
     assert old_frames and gateway_verifier(reg).check(old_frames[0], time.time())
+    running = gateway_verifier(reg, refresh=30.0)               # a gateway that loaded the registry before
     rep = cli_json("device", "rotate-key", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
     assert rep["key_version"] == 2 and rep["on_board"]
     with Registry(reg) as r:
@@ -104,6 +113,10 @@ def test_rotate_key_old_key_frames_rejected_new_key_frames_verified(setup):
     assert e.value.reason == "mic"
     new_frames = capture(vb.pty, 10)
     assert new_frames and gateway_verifier(reg).check(new_frames[0], time.time()).device.key_version == 2
+    # the running gateway takes the new key at its first MIC failure, not after its 30 s registry refresh
+    assert running.check(new_frames[0], time.time()).device.key_version == 2
+    with pytest.raises(Rejected):
+        running.check(old_frames[0], time.time())
 
 
 def test_decommission_frames_rejected_and_board_wiped(setup):
@@ -170,3 +183,17 @@ def test_monitor_shows_an_alarm_and_the_nodes_log_line_as_they_happen(setup):
     code, out, err = cli("device", "monitor", "--port", vb.pty, "--duration", "12", "--count", "6", registry=reg)
     assert code == 0, out + err
     assert "alarm gas_l2" in out and "log   alarm: gas_l2" in out and "LATCHED" not in out.split("alarm gas_l2")[0]
+
+
+def test_selftest_never_strokes_open_a_valve_that_is_latched_shut(setup):
+    reg, dev, vb = setup
+    vb.ctl.set(gas=gas_raw(300))                                 # 30 % LEL: shut-off, latched
+    deadline = time.monotonic() + 15
+    while vb.ctl.get()["valve"] != 1:
+        assert time.monotonic() < deadline, "the node did not shut the valve"
+        time.sleep(0.2)
+    vb.ctl.set(gas=gas_raw(0))                                   # gas gone, but the latch holds
+    time.sleep(1)
+    rep = cli_json("device", "selftest", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
+    assert rep["valve_latched"] and rep["checks"]["valve"]       # closed, as it must be
+    assert vb.ctl.get()["valve"] == 1 and json.loads((vb.flash / "gg_state.json").read_text())["latched"]

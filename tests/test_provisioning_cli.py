@@ -210,3 +210,18 @@ def test_a_schema_1_registry_is_upgraded_in_place_and_still_readable_before(tmp_
         assert r.meta_get("schema_version") == "2"
         r.log(dev.dev_id, "flash", {"port": "/dev/ttyUSB0"})
         assert r.history(dev.dev_id)[0]["action"] == "flash"
+
+
+def test_a_board_without_room_for_the_application_is_refused_before_writing():
+    from gasguard.provisioning import flashing
+
+    class Full:                                  # only the board's answer to the space query is faked
+        def eval_code(self, code):
+            assert "statvfs" in code
+            return (20000, 5000)                 # bytes free, bytes of an older application
+
+    items = flashing.application(False)
+    with pytest.raises(ProvisioningError, match="flash with --compile"):
+        flashing.check_space(Full(), items)
+    small = flashing.application(True)
+    assert sum(len(i.data) for i in small) < 0.5 * sum(len(i.data) for i in items)

@@ -48,7 +48,7 @@ def provisioning_bench():
                     b, reg, dev, configure.plan(dev, ["gas_l1=120"])))
                 d = reg.get(dev.dev_id)
                 _timed(rows, "calibrate (gas already on)", lambda: calibration.calibrate(
-                    b, reg, d, 500, lambda step, _m: vb.ctl.set(gas=8000 if step == "zero" else 24000)))
+                    b, reg, d, 500, lambda step, _m: vb.ctl.set(gas=24000 if step == "span" else 8000)))
                 d = reg.get(dev.dev_id)
                 r = _timed(rows, "selftest", lambda: selftest.run(b, reg, d))
                 rows[-1] = rows[-1][:2] + (f"round trip {r['round_trip_ms']} ms",)

@@ -54,9 +54,11 @@ class Mosquitto:
             f"{extra_config}")
         self.proc: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
     def start(self, timeout: float = 10.0) -> "Mosquitto":
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

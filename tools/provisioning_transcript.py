@@ -64,16 +64,17 @@ def main(out: str) -> int:
         say("A safe change, then what the board runs:")
         run("device", "config", dev, "gas_l1=120", "report_s=600", "--port", vb.pty)
         run("device", "config", dev, "--port", vb.pty)
-        say("Calibration with test gas (the technician opens the zero gas, then the 50 % LEL bottle):")
+        say("Calibration with test gas (the technician opens the zero gas, then the 50 % LEL bottle, then takes "
+            "the cap off):")
         t0 = time.monotonic()
         proc = subprocess.Popen([GG, "device", "calibrate", dev, "--span-gas", "500", "--port", vb.pty],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 text=True, bufsize=1)
         assert proc.stdout is not None and proc.stdin is not None
         text = ""
-        for gas in (8100, 24400):
+        for gas in (8100, 24400, 7944):          # zero gas, span gas, then the cap off (clean air)
             line = ""
-            while "gas flows: " not in line:
+            while "Press Enter when" not in line or not line.endswith(": "):
                 ch = proc.stdout.read(1)
                 if not ch:
                     break
