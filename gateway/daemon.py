@@ -100,8 +100,8 @@ class Daemon:
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
         self.commands = Commands(cfg.command_timeout, cfg.command_retry)
         self.queue: asyncio.Queue | None = None
-        self.routes: dict[int, tuple] = {}          # dev -> (transport, rx) it was last heard on
-        self.devstate: dict[int, dict] = {}         # dev -> online, last_seen, last state publish
+        # per heard device: route, online, last_seen, last state publish (with the verifier's: one object each)
+        self.devstate = self.verifier.states
         self.serial = [SerialTransport(sp, self._deliver, self.metrics) for sp in cfg.serial]
         self.udp = None
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
@@ -194,7 +194,7 @@ class Daemon:
                         body = payloads.event(gid, dist, mid, f, now, rx)
                         items.append(Item(EVENT, dev, payloads.dumps(body), mid, now,
                                           topic=self.topics.device(dev, "event")))
-                dfc = down.get(dev, self.verifier.last.get((dev, DOWN), 0)) + 1
+                dfc = down.get(dev, self.verifier.down.get(dev, 0)) + 1
                 down[dev] = dfc
                 counters[(dev, DOWN)] = dfc
                 acks.append((dev, {"type": "ack", "dev": dev, "fcnt": dfc, "ref_type": T_ALARM if typ == "alarm"
@@ -224,12 +224,13 @@ class Daemon:
             return
         self.seqs.update(seqs)
         for dev, dfc in down.items():
-            self.verifier.last[(dev, DOWN)] = dfc
+            self.verifier.down[dev] = dfc
         for r in results:
             self.metrics.commands.labels(r).inc()
         # routes first: a device's first frame may be the alarm we are about to ack
         for mid, f, device, rx, route, repeat in accepted:
-            self.routes[f["dev"]] = (route, rx)
+            st = self.devstate[f["dev"]]
+            st.via, st.rx = route, rx
             self.metrics.accepted.labels(f["type"]).inc()
         # acks only now: the alarm is on disk
         for dev, fields in acks:
@@ -245,39 +246,37 @@ class Daemon:
     def _state_items(self, dev: int, f: dict, now: float, mid: str) -> list[Item]:
         """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
         every offline_after/3 s (so the retained last reading stays fresh without one message per reading)."""
-        st = self.devstate.get(dev)
+        st = self.verifier.state(dev)      # new: online False, never published
         sbyte = f.get("state")
-        if st is None:
-            st = self.devstate[dev] = {"online": False, "last_seen": now, "sbyte": None, "pub": -1e18, "last": None}
-        st["last_seen"] = now
+        st.last_seen = now
         if f["type"] == "reading":
             # the entry is built only when a state message is (hot path); a tuple, not the frame (memory)
-            st["last"] = (f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
-        changed = sbyte is not None and sbyte != st["sbyte"]
+            st.last = (f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
+        changed = sbyte is not None and sbyte != st.sbyte
         if sbyte is not None:
-            st["sbyte"] = sbyte
-        if st["online"] and not changed and now - st["pub"] < self.cfg.offline_after / 3:
+            st.sbyte = sbyte
+        if st.online and not changed and now - st.pub < self.cfg.offline_after / 3:
             return []
-        st["online"], st["pub"] = True, now
+        st.online, st.pub = True, now
         return [self._state_item(dev, now, st)]
 
-    def _state_item(self, dev: int, now: float, st: dict) -> Item:
+    def _state_item(self, dev: int, now: float, st) -> Item:
         last = None
-        if st["last"] is not None:
-            fcnt, gas, pressure, battery, sbyte, inlet, t = st["last"]
+        if st.last is not None:
+            fcnt, gas, pressure, battery, sbyte, inlet, t = st.last
             f = {"dev": dev, "fcnt": fcnt, "gas": gas, "pressure": pressure, "battery": battery, "state": sbyte,
                  "inlet": inlet}
             last = payloads.reading_entry(payloads.msg_id(self.cfg.gateway_id, dev, fcnt), f, t, {})
             last.pop("rx")
-        body = payloads.state(self.cfg.gateway_id, dev, now, st["online"], st["last_seen"], last)
+        body = payloads.state(self.cfg.gateway_id, dev, now, st.online, st.last_seen, last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
                     topic=self.topics.device(dev, "state"), retain=True)
 
     def _send(self, dev: int, buf: bytes, kind: str) -> bool:
-        route = self.routes.get(dev)
-        if route is None or not hasattr(route[0], "send"):
+        st = self.devstate.get(dev)
+        if st is None or not hasattr(st.via, "send"):
             return False
-        ok = route[0].send(buf, route[1])
+        ok = st.via.send(buf, st.rx)
         if ok:
             self.metrics.downlinks.labels(kind).inc()
         return ok
@@ -393,13 +392,13 @@ class Daemon:
             if device is None:
                 continue
             # SPEC 1: the downlink counter is persisted before it is used
-            dfc = self.verifier.last.get((p.dev, DOWN), 0) + 1
+            dfc = self.verifier.down.get(p.dev, 0) + 1
             try:
                 self.spool.commit([], {(p.dev, DOWN): dfc})
             except SpoolFull as e:
                 log.critical("cannot persist a downlink counter (%s); command waits", e)
                 continue
-            self.verifier.last[(p.dev, DOWN)] = dfc
+            self.verifier.down[p.dev] = dfc
             buf = frame.seal(dict(self.commands.fields(p), fcnt=dfc), device.key, DOWN)
             if not self._send(p.dev, buf, "command"):
                 self.burst.event("no_route", "command for %08x waits: the device was not heard on any transport yet",
@@ -433,9 +432,9 @@ class Daemon:
         self.burst.flush()
         items = []
         for dev, st in self.devstate.items():
-            if st["online"] and now - st["last_seen"] > self.cfg.offline_after:
-                st["online"], st["pub"] = False, now
-                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st["last_seen"])
+            if st.online and now - st.last_seen > self.cfg.offline_after:
+                st.online, st.pub = False, now
+                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
                 items.append(self._state_item(dev, now, st))
         if items:
             try:

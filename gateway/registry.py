@@ -63,7 +63,7 @@ class RegistryError(Exception):
     """A registry operation that cannot be done; the message says what to do."""
 
 
-@dataclass(slots=True)     # slots: a gateway holds the whole district (330,000 devices) in memory
+@dataclass(slots=True)     # slots: a gateway caches tens of thousands of these (verify.RegistryCache)
 class Device:
     dev_id: int
     key: bytes = field(repr=False)
@@ -123,6 +123,23 @@ def _row_to_device(row: sqlite3.Row) -> Device:
 
 
 _INTERNED = ("profile", "user_class", "pressure_class", "state")
+_SELECT_ONE = f"SELECT {', '.join(_COLUMNS)} FROM devices WHERE dev_id = ?"
+_AT = {c: i for i, c in enumerate(_COLUMNS)}
+
+
+def _values_to_device(v: tuple) -> Device:
+    """_row_to_device for a positional row in _COLUMNS order (the gateway's per-frame lookup: no sqlite3.Row,
+    no intermediate dict)."""
+    v = list(v)
+    v[_AT["key"]] = bytes(v[_AT["key"]])
+    v[_AT["key_area"]] = bool(v[_AT["key_area"]])
+    for k in ("config", "calibration"):
+        j = v[_AT[k]]
+        v[_AT[k]] = {} if not j or j == "{}" else json.loads(j)
+    for k in _INTERNED:
+        if v[_AT[k]] is not None:
+            v[_AT[k]] = sys.intern(v[_AT[k]])
+    return Device(*v)
 
 
 def _device_to_row(dev: Device) -> dict:
@@ -136,12 +153,12 @@ def _device_to_row(dev: Device) -> dict:
 class Registry:
     """Open (creating if needed) a registry file. Use as a context manager or call close()."""
 
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, check_same_thread: bool = True):
         self.path = Path(path)
         if readonly:
             if not self.path.exists():
                 raise RegistryError(f"registry {self.path} does not exist: create it with 'gasguard device new'")
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=check_same_thread)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -156,6 +173,8 @@ class Registry:
                             (str(SCHEMA_VERSION), SCHEMA_VERSION))
             self.db.commit()
         self.db.row_factory = sqlite3.Row
+        self._plain = self.db.cursor()     # positional rows for lookup()
+        self._plain.row_factory = None
 
     def close(self) -> None:
         self.db.close()
@@ -170,6 +189,18 @@ class Registry:
     def get(self, dev_id: int) -> Device | None:
         row = self.db.execute("SELECT * FROM devices WHERE dev_id = ?", (dev_id,)).fetchone()
         return _row_to_device(row) if row else None
+
+    def lookup(self, dev_id: int) -> Device | None:
+        """get(), faster (the gateway looks a device up per frame when its cache misses). fetchall, not
+        fetchone: the statement is finished, so no read transaction stays open on an old snapshot."""
+        rows = self._plain.execute(_SELECT_ONE, (dev_id,)).fetchall()
+        return _values_to_device(rows[0]) if rows else None
+
+    def ids_and_keys(self, batch: int = 2000):
+        """(dev_id, key) of every device, in batches (benchmarks: no Device objects, no whole list)."""
+        cur = self.db.execute("SELECT dev_id, key FROM devices ORDER BY dev_id")
+        while rows := cur.fetchmany(batch):
+            yield [(r[0], bytes(r[1])) for r in rows]
 
     def all(self, *, include_decommissioned: bool = True) -> list[Device]:
         q = "SELECT * FROM devices" + ("" if include_decommissioned else " WHERE state != 'decommissioned'")

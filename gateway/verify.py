@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from gasguard.protocol import frame
-from gasguard.protocol.const import UP
+from gasguard.protocol.const import MIC_LEN, UP
 from gasguard.protocol.errors import ProtocolError
 
 from .registry import Device, Registry
@@ -33,16 +34,24 @@ class Verified:
 
 
 class RegistryCache:
-    """Devices by id. Reloaded when the registry files change (checked with a stat at most every `check` s),
-    every `refresh` s regardless, and on a miss at most once a second: a technician's decommissioning or
-    key rotation reaches a running gateway within about a second, without a restart, while a quiet
-    registry of 330,000 devices is never re-read for nothing."""
+    """Devices by id, read from the registry's SQLite file by primary key (a few µs: the file is local) and
+    kept in a bounded LRU, not the whole district in memory (330,000 `Device` objects were ~280 MB).
 
-    def __init__(self, path, refresh: float = 30.0, clock=time.monotonic, check: float = 1.0):
+    The LRU is dropped (and the file reopened, in case it was replaced) when the registry files change,
+    checked with a stat at most every `check` s, and every `refresh` s regardless: a technician's
+    decommissioning or key rotation reaches a running gateway within about a second, without a restart.
+    A device not in the LRU is always read from the file, so a newly added one is seen at once."""
+
+    SIZE = 32_768   # devices: holds a burst's working set (the ingest benchmark cycles through 25,000
+                    # devices; a miss costs ~10 µs); a district's quiet 15-min cycle misses anyway, cheaply
+
+    def __init__(self, path, refresh: float = 30.0, clock=time.monotonic, check: float = 1.0,
+                 size: int | None = None):
         self.path, self.refresh, self.clock, self.check = path, refresh, clock, check
-        self.devices: dict[int, Device] = {}
+        self.size = size or self.SIZE
+        self.cached: OrderedDict[int, Device] = OrderedDict()
+        self.db: Registry | None = None
         self.loaded = -1e18
-        self.miss_reload = -1e18
         self.checked = -1e18
         self.sig: tuple = ()
         self.reload()
@@ -61,11 +70,23 @@ class RegistryCache:
         return tuple(out)
 
     def reload(self) -> None:
+        """Forget every cached device; the next lookups read the file (reopened: it may have been replaced)."""
         sig = self._signature()
-        with Registry(self.path, readonly=True) as r:
-            self.devices = {d.dev_id: d for d in r.all()}
+        db = Registry(self.path, readonly=True, check_same_thread=False)   # raises if the file is gone
+        if self.db is not None:
+            self.db.close()
+        self.db = db
+        self.cached.clear()
         self.sig = sig
         self.loaded = self.checked = self.clock()
+
+    def _read(self, dev: int) -> Device | None:
+        d = self.db.lookup(dev)
+        if d is not None:
+            self.cached[dev] = d
+            if len(self.cached) > self.size:
+                self.cached.popitem(last=False)
+        return d
 
     def get(self, dev: int) -> Device | None:
         now = self.clock()
@@ -75,35 +96,77 @@ class RegistryCache:
             self.checked = now
             if self._signature() != self.sig:
                 self.reload()
-        d = self.devices.get(dev)
-        if d is None and now - self.miss_reload > 1.0:
-            self.miss_reload = now
-            self.reload()
-            d = self.devices.get(dev)
+        d = self.cached.get(dev)
+        if d is None:
+            return self._read(dev)
+        self.cached.move_to_end(dev)
         return d
 
     def recheck(self, dev: int) -> Device | None:
-        """Reload (at most once a second, shared with misses) after a MIC failure: a technician may just have
-        rotated this device's key (gasguard device rotate-key), and its new frames must not wait `refresh`."""
-        now = self.clock()
-        if now - self.miss_reload > 1.0:
-            self.miss_reload = now
-            self.reload()
-        return self.devices.get(dev)
+        """Read this device again from the file after a MIC failure: a technician may just have rotated its
+        key (gasguard device rotate-key), and its new frames must not wait for the next stat."""
+        self.cached.pop(dev, None)
+        return self._read(dev)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+class DeviceState:
+    """What the gateway keeps per heard device, as one slotted object in one dict (`Verifier.states`): the
+    uplink counter, rate bucket and duplicate memory (verifier), and the retained-state bookkeeping and
+    downlink route (daemon). Six dicts of small tuples/lists/dicts were ~1 KB per device, 330 MB for the
+    district. States are never dropped: `up` is the replay protection (durable in the spool's `counters`
+    table, committed with each accepted frame, and loaded back into these objects at start)."""
+
+    __slots__ = ("up", "tokens", "t_bucket", "recent", "online", "last_seen", "sbyte", "pub", "last", "via", "rx")
+
+    def __init__(self, up: int = 0):
+        self.up = up                       # highest accepted uplink counter
+        self.tokens: float | None = None   # rate bucket: tokens at t_bucket; None until the first reading
+        self.t_bucket = 0.0
+        self.recent = b""                  # the last RECENT accepted frames: (fcnt u32 LE + mic) each
+        self.online = False                # retained <dev>/state: as last published
+        self.last_seen = 0.0
+        self.sbyte: int | None = None      # the last state byte heard
+        self.pub = -1e18                   # when <dev>/state was last published
+        self.last: tuple | None = None     # the last reading (fcnt, gas, pressure, battery, state, inlet, t)
+        self.via = None                    # the transport (and its rx) the device was last heard on
+        self.rx: dict | None = None
+
+    def saw(self, fcnt: int, mic: bytes) -> bool:
+        rec, r = fcnt.to_bytes(4, "little") + mic, self.recent
+        return any(r[i:i + _REC] == rec for i in range(0, len(r), _REC))
+
+
+_REC = 4 + MIC_LEN
 
 
 class Verifier:
-    def __init__(self, registry: RegistryCache, last: dict[tuple[int, int], int], *, rate_per_min: float = 60.0,
+    def __init__(self, registry: RegistryCache, counters: dict[tuple[int, int], int], *, rate_per_min: float = 60.0,
                  burst: int = 30):
         self.registry = registry
-        self.last = last                      # (dev, direction) -> highest accepted counter
-        self.recent: dict[int, list] = {}
+        # `counters`: the spool's durable (dev, direction) -> highest counter used: uplink ones go into the
+        # device's state, downlink ones (only devices that were acked or commanded) stay in `down`
+        self.states: dict[int, DeviceState] = {}
+        self.down: dict[int, int] = {}
+        for (dev, direction), c in counters.items():
+            if direction == UP:
+                self.state(dev).up = c
+            else:
+                self.down[dev] = c
         self.rate = rate_per_min / 60.0
         self.burst = float(burst)
-        self.buckets: dict[int, list[float]] = {}
+
+    def state(self, dev: int) -> DeviceState:
+        st = self.states.get(dev)
+        if st is None:
+            st = self.states[dev] = DeviceState()
+        return st
 
     def check(self, raw: bytes, now: float) -> Verified:
-        """Verify one uplink frame; raises Rejected(reason). Does not change any state."""
+        """Verify one uplink frame; raises Rejected(reason). Does not change any state (but the rate bucket)."""
         try:
             f = frame.decode(raw)
         except ProtocolError as e:
@@ -116,7 +179,8 @@ class Verifier:
             raise Rejected("unknown_device", dev, f"{dev:08x} is not in the registry")
         if not device.active:
             raise Rejected("decommissioned", dev, f"{dev:08x} is decommissioned")
-        last = self.last.get((dev, UP), 0)
+        st = self.states.get(dev)
+        last = st.up if st is not None else 0
         try:
             try:
                 f["fcnt"] = frame.verify(raw, f, device.key, UP, last)
@@ -132,7 +196,7 @@ class Verifier:
             reason = e.reason
             # SPEC 4 step 4: an exact copy of a frame we just accepted came by another path (a second
             # radio or forwarder): "duplicate", harmless; anything else older is a "replay"
-            if reason == "replay" and (e.fcnt, f["mic"]) in self.recent.get(dev, ()):
+            if reason == "replay" and st is not None and e.fcnt is not None and st.saw(e.fcnt, f["mic"]):
                 reason = "duplicate"
             raise Rejected(reason, dev, str(e)) from None
         if f["type"] == "reading" and not self._take_token(dev, now):
@@ -141,31 +205,26 @@ class Verifier:
 
     def _take_token(self, dev: int, now: float) -> bool:
         # alarms, events and acks are never rate limited: only a runaway reading stream is
-        b = self.buckets.get(dev)
-        if b is None:
-            b = self.buckets[dev] = [self.burst, now]
-        b[0] = min(self.burst, b[0] + (now - b[1]) * self.rate)
-        b[1] = now
-        if b[0] < 1.0:
+        b = self.state(dev)
+        if b.tokens is None:
+            b.tokens, b.t_bucket = self.burst, now
+        b.tokens = min(self.burst, b.tokens + (now - b.t_bucket) * self.rate)
+        b.t_bucket = now
+        if b.tokens < 1.0:
             return False
-        b[0] -= 1.0
+        b.tokens -= 1.0
         return True
 
     def accept(self, v: Verified) -> int:
         """Record an accepted frame in the working state. Returns the previous counter (for rollback)."""
-        dev = v.f["dev"]
-        prev = self.last.get((dev, UP), 0)
-        self.last[(dev, UP)] = v.f["fcnt"]
-        r = self.recent.get(dev)
-        if r is None:
-            r = self.recent[dev] = []     # a short list, not a deque: 330,000 of them (a deque is 600+ bytes)
-        r.append((v.f["fcnt"], v.f["mic"]))
-        if len(r) > RECENT:
-            del r[0]
+        st = self.state(v.f["dev"])
+        prev, st.up = st.up, v.f["fcnt"]
+        r = st.recent + v.f["fcnt"].to_bytes(4, "little") + v.f["mic"]
+        st.recent = r[-RECENT * _REC:]      # one small bytes object, not a list of tuples (memory)
         return prev
 
     def rollback(self, dev: int, prev: int) -> None:
-        self.last[(dev, UP)] = prev
-        r = self.recent.get(dev)
-        if r:
-            r.pop()
+        st = self.states[dev]
+        st.up = prev
+        if st.recent:
+            st.recent = st.recent[:-_REC]

@@ -41,3 +41,36 @@ def test_an_unchanged_registry_is_not_reread(tmp_path, monkeypatch):
         clock.t += 1.5
         cache.get(0x00A00001)
     assert reads == []
+
+
+def test_the_cache_is_bounded_and_a_new_device_is_read_at_once(tmp_path):
+    path = tmp_path / "registry.db"
+    a, b, c = testkit.Node(0x00A00001), testkit.Node(0x00A00002), testkit.Node(0x00A00003)
+    testkit.make_registry(path, [a, b])
+    clock = Clock()
+    cache = RegistryCache(path, refresh=3600, clock=clock, check=1.0, size=1)
+    assert cache.get(a.dev).key == a.key
+    assert cache.get(b.dev).key == b.key
+    assert list(cache.cached) == [b.dev]          # bounded: a was evicted, and is read again from the file
+    assert cache.get(a.dev).key == a.key
+    assert cache.get(c.dev) is None
+    testkit.make_registry(path, [c])
+    assert cache.get(c.dev).key == c.key          # a miss reads the file: no wait for the stat
+
+
+def test_replay_protection_survives_a_restart_through_the_spool_counters(tmp_path):
+    from gasguard.gateway.verify import Rejected, Verifier
+    from gasguard.protocol.const import DOWN, UP
+    import pytest
+    path = tmp_path / "registry.db"
+    a = testkit.Node(0x00A00001)
+    testkit.make_registry(path, [a])
+    old = [a.reading() for _ in range(3)]
+    v = Verifier(RegistryCache(path), {(a.dev, UP): 3, (a.dev, DOWN): 7})
+    assert v.down == {a.dev: 7}
+    for raw in old:
+        with pytest.raises(Rejected) as e:
+            v.check(raw, 0.0)
+        assert e.value.reason == "replay"
+    fresh = v.check(a.reading(), 0.0)
+    assert v.accept(fresh) == 3 and v.states[a.dev].up == 4

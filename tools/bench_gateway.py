@@ -388,6 +388,7 @@ MEM_CHILD = r'''
 import json, sys, time
 from pathlib import Path
 from gasguard.gateway.daemon import Daemon
+from gasguard.gateway.registry import Registry
 from gasguard.tools.bench_gateway import _cfg, RX
 from gasguard.protocol import frame
 from gasguard.protocol.const import UP
@@ -401,16 +402,19 @@ d, seed, heard = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 base = rss()
 daemon = Daemon(_cfg(d, 1), plugins=[])
 loaded = rss()
-devs = list(daemon.registry.devices.values())[:heard]
-t = time.time()
-for i in range(0, len(devs), 2000):
-    group = []
-    for dv in devs[i:i + 2000]:
-        group.append((frame.seal({"type": "reading", "dev": dv.dev_id, "fcnt": 1, "gas": 0, "pressure": 2000,
-                                  "battery": 90, "state": 0}, dv.key, UP), RX, "bench"))
-    daemon.process(group)
+# the devices are read from the file in batches of 2,000 (dev_id, key): the feeder holds no Device objects
+n = 0
+with Registry(d / "registry.db", readonly=True) as reg:
+    total = reg.count()
+    for batch in reg.ids_and_keys(2000):
+        batch = batch[:max(0, heard - n)]
+        if not batch:
+            break
+        n += len(batch)
+        daemon.process([(frame.seal({"type": "reading", "dev": dev, "fcnt": 1, "gas": 0, "pressure": 2000,
+                                     "battery": 90, "state": 0}, key, UP), RX, "bench") for dev, key in batch])
 print(json.dumps({"python_mb": base[0], "registry_loaded_mb": loaded[0], "after_all_heard_mb": rss()[0],
-                  "peak_mb": rss()[1], "devices": len(daemon.registry.devices), "heard": daemon.accepted_count}))
+                  "peak_mb": rss()[1], "devices": total, "heard": daemon.accepted_count}))
 '''
 
 
