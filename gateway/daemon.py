@@ -250,8 +250,9 @@ class Daemon:
         sbyte = f.get("state")
         st.last_seen = now
         if f["type"] == "reading":
-            # the entry is built only when a state message is (hot path); a tuple, not the frame (memory)
-            st.last = (f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
+            # the entry is built only when a state message is (hot path); the fields, not the frame (memory)
+            st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
+                f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
         changed = sbyte is not None and sbyte != st.sbyte
         if sbyte is not None:
             st.sbyte = sbyte
@@ -262,11 +263,10 @@ class Daemon:
 
     def _state_item(self, dev: int, now: float, st) -> Item:
         last = None
-        if st.last is not None:
-            fcnt, gas, pressure, battery, sbyte, inlet, t = st.last
-            f = {"dev": dev, "fcnt": fcnt, "gas": gas, "pressure": pressure, "battery": battery, "state": sbyte,
-                 "inlet": inlet}
-            last = payloads.reading_entry(payloads.msg_id(self.cfg.gateway_id, dev, fcnt), f, t, {})
+        if st.r_t is not None:
+            f = {"dev": dev, "fcnt": st.r_fcnt, "gas": st.r_gas, "pressure": st.r_pressure, "battery": st.r_battery,
+                 "state": st.r_state, "inlet": st.r_inlet}
+            last = payloads.reading_entry(payloads.msg_id(self.cfg.gateway_id, dev, st.r_fcnt), f, st.r_t, {})
             last.pop("rx")
         body = payloads.state(self.cfg.gateway_id, dev, now, st.online, st.last_seen, last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,

@@ -120,7 +120,8 @@ class DeviceState:
     district. States are never dropped: `up` is the replay protection (durable in the spool's `counters`
     table, committed with each accepted frame, and loaded back into these objects at start)."""
 
-    __slots__ = ("up", "tokens", "t_bucket", "recent", "online", "last_seen", "sbyte", "pub", "last", "via", "rx")
+    __slots__ = ("up", "tokens", "t_bucket", "recent", "online", "last_seen", "sbyte", "pub", "via", "rx",
+                 "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t")
 
     def __init__(self, up: int = 0):
         self.up = up                       # highest accepted uplink counter
@@ -131,9 +132,12 @@ class DeviceState:
         self.last_seen = 0.0
         self.sbyte: int | None = None      # the last state byte heard
         self.pub = -1e18                   # when <dev>/state was last published
-        self.last: tuple | None = None     # the last reading (fcnt, gas, pressure, battery, state, inlet, t)
         self.via = None                    # the transport (and its rx) the device was last heard on
         self.rx: dict | None = None
+        # the last reading, for the retained state (slots, not a 7-tuple: 48 bytes less per device);
+        # r_t is None until the device sent one
+        self.r_fcnt = self.r_gas = self.r_pressure = self.r_battery = self.r_state = self.r_inlet = None
+        self.r_t: float | None = None
 
     def saw(self, fcnt: int, mic: bytes) -> bool:
         rec, r = fcnt.to_bytes(4, "little") + mic, self.recent
