@@ -514,3 +514,4 @@ class Daemon:
             left = self.spool.depth()
             log.info("stopped; left in spool: %s", ", ".join(f"{k} {v[0]}" for k, v in left.items()))
             self.spool.close()
+            self.registry.close()      # its read-only connection to the registry file
