@@ -60,7 +60,8 @@ class Config:
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
     rate_per_min: float = 60.0         # per-device readings per minute (token bucket)
     rate_burst: int = 30
-    offline_after: float = 900.0       # seconds without a frame before a device is published offline
+    offline_after: float = 900.0       # seconds without a frame before a device is published offline (floor)
+    offline_missed: float = 3.0        # ... or this many of the device's own report periods, if longer
     stats_interval: float = 60.0
     command_timeout: float = 120.0
     command_retry: float = 10.0
@@ -113,7 +114,7 @@ _KNOWN = {
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
-    "limits": {"rate_per_min", "burst", "offline_after", "command_timeout", "command_retry"},
+    "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
     "metrics": {"bind", "stats_interval", "tick_interval"},
 }
 
@@ -221,6 +222,9 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.rate_per_min = _positive(_get(lim, "rate_per_min", float, 60.0, "limits"), "limits.rate_per_min")
     cfg.rate_burst = _positive(_get(lim, "burst", int, 30, "limits"), "limits.burst")
     cfg.offline_after = _positive(_get(lim, "offline_after", float, 900.0, "limits"), "limits.offline_after")
+    cfg.offline_missed = _get(lim, "offline_missed_reports", float, 3.0, "limits")
+    if cfg.offline_missed < 0:
+        raise ConfigError("limits.offline_missed_reports", "0 (use offline_after alone) or more report periods")
     cfg.command_timeout = _positive(_get(lim, "command_timeout", float, 120.0, "limits"), "limits.command_timeout")
     cfg.command_retry = _positive(_get(lim, "command_retry", float, 10.0, "limits"), "limits.command_retry")
 

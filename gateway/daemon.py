@@ -18,6 +18,7 @@ import logging
 import time
 
 from gasguard import __version__
+from gasguard.firmware import bounds
 from gasguard.protocol import frame
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
 
@@ -84,6 +85,21 @@ async def _cancelled(tasks: list, what: str, timeout: float = 5.0) -> None:
 def _hexify(f: dict) -> dict:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
 
+
+
+def offline_timeout(cfg, device) -> float:
+    """Seconds of silence before a device is published offline: `limits.offline_after`, or
+    `limits.offline_missed_reports` of the device's own report periods if that is longer. A household meter
+    on battery reports every 900 s; one fixed timeout either calls it offline between two reports or
+    notices a dead regulator station far too late."""
+    report_s = None
+    if device is not None:
+        report_s = (device.config or {}).get("report_s")
+        if not report_s:
+            report_s = bounds.DEFAULTS.get(device.profile, {}).get("report_s")
+    if not report_s:
+        return cfg.offline_after
+    return max(cfg.offline_after, cfg.offline_missed * float(report_s))
 
 class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
@@ -207,7 +223,7 @@ class Daemon:
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
                         gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
                         topic=self.topics.device(dev, "cmd/result")))
-            items.extend(self._state_items(dev, f, now, mid))
+            items.extend(self._state_items(dev, f, now, mid, v.device))
             accepted.append((mid, f, v.device, rx, route, repeat))
         if not accepted:
             return
@@ -243,10 +259,13 @@ class Daemon:
         if self.spool.over():
             self._thin(now)
 
-    def _state_items(self, dev: int, f: dict, now: float, mid: str) -> list[Item]:
+    def _state_items(self, dev: int, f: dict, now: float, mid: str, device=None) -> list[Item]:
         """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
-        every offline_after/3 s (so the retained last reading stays fresh without one message per reading)."""
+        every third of the device's offline timeout (so the retained last reading stays fresh without one
+        message per reading)."""
         st = self.verifier.state(dev)      # new: online False, never published
+        if not st.silence:
+            st.silence = offline_timeout(self.cfg, device)
         sbyte = f.get("state")
         st.last_seen = now
         if f["type"] == "reading":
@@ -256,7 +275,7 @@ class Daemon:
         changed = sbyte is not None and sbyte != st.sbyte
         if sbyte is not None:
             st.sbyte = sbyte
-        if st.online and not changed and now - st.pub < self.cfg.offline_after / 3:
+        if st.online and not changed and now - st.pub < st.silence / 3:
             return []
         st.online, st.pub = True, now
         return [self._state_item(dev, now, st)]
@@ -432,7 +451,7 @@ class Daemon:
         self.burst.flush()
         items = []
         for dev, st in self.devstate.items():
-            if st.online and now - st.last_seen > self.cfg.offline_after:
+            if st.online and now - st.last_seen > (st.silence or self.cfg.offline_after):
                 st.online, st.pub = False, now
                 log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
                 items.append(self._state_item(dev, now, st))

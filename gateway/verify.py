@@ -121,7 +121,7 @@ class DeviceState:
     table, committed with each accepted frame, and loaded back into these objects at start)."""
 
     __slots__ = ("up", "tokens", "t_bucket", "recent", "online", "last_seen", "sbyte", "pub", "via", "rx",
-                 "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t")
+                 "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t", "silence")
 
     def __init__(self, up: int = 0):
         self.up = up                       # highest accepted uplink counter
@@ -138,6 +138,7 @@ class DeviceState:
         # r_t is None until the device sent one
         self.r_fcnt = self.r_gas = self.r_pressure = self.r_battery = self.r_state = self.r_inlet = None
         self.r_t: float | None = None
+        self.silence = 0.0                 # seconds of silence before offline (offline_timeout), 0 = not yet set
 
     def saw(self, fcnt: int, mic: bytes) -> bool:
         rec, r = fcnt.to_bytes(4, "little") + mic, self.recent

@@ -180,7 +180,7 @@ def test_alarm_is_spooled_acked_and_published_while_readings_stream(tmp_path, mo
 
 
 def test_retained_state_goes_offline_after_silence_and_back_online(tmp_path, mosquitto):
-    rig = Rig(tmp_path, mosquitto.port, extra="[limits]\noffline_after = 1.0\n")
+    rig = Rig(tmp_path, mosquitto.port, extra="[limits]\noffline_after = 1.0\noffline_missed_reports = 0\n")
     try:
         rig.start()
         a = rig.nodes[0]
@@ -203,3 +203,35 @@ def test_retained_state_goes_offline_after_silence_and_back_online(tmp_path, mos
         rig.validated()
     finally:
         rig.close()
+
+
+def test_a_household_is_not_offline_between_two_of_its_reports(tmp_path, mosquitto):
+    # offline_after alone (1 s here) would flap a battery meter that reports every 900 s; the default
+    # timeout is also 3 of the device's report periods (its profile default: 900 s) when that is longer
+    rig = Rig(tmp_path, mosquitto.port, extra="[limits]\noffline_after = 1.0\n")
+    try:
+        rig.start()
+        a = rig.nodes[0]
+        rig.cables[0].send(a.reading(gas=30, pressure=2050))
+        st = f"{a.dev:08x}/state"
+        rig.sub.wait(lambda ms: rig.sub.on(st), 10)
+        time.sleep(3.5)                                  # several ticks past offline_after
+        assert [s["online"] for s in rig.sub.on(st)] == [True]
+    finally:
+        rig.close()
+
+
+def test_offline_timeout_follows_the_devices_report_period():
+    from gasguard.gateway.config import Config
+    from gasguard.gateway.daemon import offline_timeout
+    from gasguard.gateway.registry import Device
+    cfg = Config(gateway_id="g1", district="d1", registry=None, spool=None)
+    household = Device(dev_id=1, key=bytes(16), profile="household")
+    station = Device(dev_id=2, key=bytes(16), profile="station")
+    slow = Device(dev_id=3, key=bytes(16), profile="station", config={"report_s": 600})
+    assert offline_timeout(cfg, household) == 2700.0          # 3 x 900 s
+    assert offline_timeout(cfg, station) == 900.0             # 3 x 60 s < the 900 s floor
+    assert offline_timeout(cfg, slow) == 1800.0
+    assert offline_timeout(cfg, None) == 900.0
+    cfg.offline_missed = 0
+    assert offline_timeout(cfg, household) == 900.0
