@@ -126,3 +126,27 @@ def test_a_duplicated_frame_is_an_authentic_replay_and_is_refused(household, rig
     n.run(300, 100)
     assert [r for r, _ in n.rejected] == ["replay"]           # the copy: valid MIC, counter already seen
     assert n.rig.link()["duplicated"] == 1
+
+
+def test_a_cut_during_the_latch_write_never_leaves_a_shut_valve_the_node_believes_open(household, rig_feature):
+    """The latch reaches the flash before the valve moves. Cut power in the middle of that write and clear
+    the gas while the board is off: at power-on the valve line and the state the node reports agree (here:
+    never driven, open, not latched). With the valve driven first, the valve stayed shut while the node
+    reported it open, and nobody was ever told of the shut-off."""
+    need_rig(household, "power, gas input and valve line")
+    n = household
+    n.run(2000, 1000)
+    n.set_gas(300)
+    rig_feature(n.rig.cut_at_write, 1)
+    n.run(6000, 500)
+    n.set_gas(0)
+    n.rig.power(True)
+    n.expect_frame(is_event(const.EV_BOOT), 3000, "BOOT after the cut during the latch write")
+    since = len(n.frames)
+    n.command(const.CMD_STATUS, 30)
+    n.expect_ack(30, since=since)
+    rd = n.expect_frame(lambda f: f["type"] == "reading", 3000, "the reading a STATUS command sends", since=since)
+    st = state_of(rd)
+    closed_line = n.valve() == 1
+    assert closed_line == (st["valve"] == const.VALVE_CLOSED), (closed_line, st)
+    assert st["latched"] == closed_line
