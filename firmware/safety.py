@@ -135,8 +135,6 @@ class Safety:
         raw_prev = self.raw_prev
         self.t_prev = now
         self.raw_prev = gas_raw
-        if t_prev < 0:
-            raw_prev = NO_VALUE
         act = 0
         active = self.active
         self.gas = gas

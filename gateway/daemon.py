@@ -57,18 +57,17 @@ def alarms_first(group: list) -> tuple[list, list]:
     frame in this group moves to a group of its own, committed and published before the rest. Nothing
     else moves, so readings keep their arrival order and each device its frame order (counters verify as
     they would). ([], group) when no alarm can move."""
-    if not any(raw is not None and len(raw) > 5 and (raw[0] >> 3) & 7 == T_ALARM for raw, _, _ in group):
+    heads = [frame.peek(raw) if raw is not None else None for raw, _, _ in group]
+    if not any(h is not None and h[0] == T_ALARM for h in heads):
         return [], group
     first, rest, seen = [], [], set()
-    for g in group:
-        raw = g[0]
-        if raw is not None and len(raw) > 5:
-            dev = bytes(raw[1:5])
-            if dev not in seen and (raw[0] >> 3) & 7 == T_ALARM:
+    for g, h in zip(group, heads):
+        if h is not None:
+            if h[1] not in seen and h[0] == T_ALARM:
                 first.append(g)
-                seen.add(dev)
+                seen.add(h[1])
                 continue
-            seen.add(dev)
+            seen.add(h[1])
         rest.append(g)
     return first, rest
 
@@ -86,20 +85,16 @@ def _hexify(f: dict) -> dict:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
 
 
-
 def offline_timeout(cfg, device) -> float:
     """Seconds of silence before a device is published offline: `limits.offline_after`, or
     `limits.offline_missed_reports` of the device's own report periods if that is longer. A household meter
     on battery reports every 900 s; one fixed timeout either calls it offline between two reports or
     notices a dead regulator station far too late."""
-    report_s = None
-    if device is not None:
-        report_s = (device.config or {}).get("report_s")
-        if not report_s:
-            report_s = bounds.DEFAULTS.get(device.profile, {}).get("report_s")
-    if not report_s:
+    if device is None:
         return cfg.offline_after
+    report_s = (device.config or {}).get("report_s") or bounds.DEFAULTS[device.profile]["report_s"]
     return max(cfg.offline_after, cfg.offline_missed * float(report_s))
+
 
 class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
@@ -451,7 +446,7 @@ class Daemon:
         self.burst.flush()
         items = []
         for dev, st in self.devstate.items():
-            if st.online and now - st.last_seen > (st.silence or self.cfg.offline_after):
+            if st.online and now - st.last_seen > st.silence:   # set with the first online state
                 st.online, st.pub = False, now
                 log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
                 items.append(self._state_item(dev, now, st))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from contextlib import contextmanager
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +107,25 @@ class Spool:
         return {(d, k): s for d, k, s in self.db.execute("SELECT dev, kind, seq FROM seqs")}
 
     # -- the one write path ------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self):
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
+            # would raise "no transaction is active" and hide the real error
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     def commit(self, items: list[Item], counters: dict | None = None, seqs: dict | None = None) -> None:
         """Write items + counter/sequence updates atomically (one executemany per table). Raises SpoolFull."""
         db = self.db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 if counters:
                     db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                    [(d, r, v) for (d, r), v in counters.items()])
@@ -125,13 +139,6 @@ class Spool:
                 if self.audit and items:
                     db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)",
                                    [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
-                db.execute("COMMIT")
-            except BaseException:
-                # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
-                # would raise "no transaction is active" and hide the real error
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.OperationalError as e:
             if "full" in str(e) or "disk I/O" in str(e):
                 raise SpoolFull(f"spool {self.path}: {e}; free disk space, nothing was accepted") from None
@@ -144,16 +151,10 @@ class Spool:
              "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
         return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
 
-    def delete(self, seqs: list[int], nbytes: int) -> None:
-        """Called on PUBACK. A failure here only means a duplicate after restart (ids make it harmless)."""
-        self._delete("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs], nbytes)
-
     def delete_ranges(self, ranges: list[tuple[int, int, int]], nbytes: int) -> None:
-        """delete() for (lane, first seq, last seq) ranges: every row of that lane between the two."""
-        self._delete("DELETE FROM outbox WHERE lane = ? AND seq BETWEEN ? AND ?", ranges, nbytes)
-
-    def _delete(self, sql: str, params: list, nbytes: int) -> None:
-        if not params:
+        """Called with PUBACKed (lane, first seq, last seq) ranges: every row of that lane between the two.
+        A failure here only means a duplicate after restart (ids make it harmless)."""
+        if not ranges:
             return
         # one transaction, without its own fsync: a delete lost to a power cut only re-sends (ids dedupe);
         # the next accepting commit (synchronous=FULL) makes it durable anyway
@@ -161,13 +162,8 @@ class Spool:
         try:
             db.execute("PRAGMA synchronous=NORMAL")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany(sql, params)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                with self._transaction():
+                    db.executemany("DELETE FROM outbox WHERE lane = ? AND seq BETWEEN ? AND ?", ranges)
             finally:
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.OperationalError as e:

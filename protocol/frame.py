@@ -88,6 +88,15 @@ def _expect(n, want, name):
         raise ProtocolError("long", "%s needs %d bytes, got %d" % (name, want, n))
 
 
+def peek(buf):
+    """(frame type, device id) from the header alone, unchecked, or None when shorter than a header: for
+    routing before the full decode and verification (the gateway moves alarms ahead at ingest)."""
+    if len(buf) < HEAD_LEN:
+        return None
+    hdr, dev = struct.unpack_from(">BI", buf, 0)
+    return (hdr >> 3) & 7, dev
+
+
 def decode(buf):
     """Structural decode without a key: every field, "fcnt16" and "mic". Raises ProtocolError."""
     n = len(buf)
