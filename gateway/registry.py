@@ -111,15 +111,7 @@ _COLUMNS = [f.name for f in fields(Device)]
 
 
 def _row_to_device(row: sqlite3.Row) -> Device:
-    d = dict(row)
-    d["key"] = bytes(d["key"])
-    d["key_area"] = bool(d["key_area"])
-    d["config"] = json.loads(d["config"] or "{}")
-    d["calibration"] = json.loads(d["calibration"] or "{}")
-    for k in _INTERNED:      # a handful of distinct values: one string object each, not one per device
-        if d.get(k) is not None:
-            d[k] = sys.intern(d[k])
-    return Device(**d)
+    return _values_to_device([row[c] for c in _COLUMNS])
 
 
 _INTERNED = ("profile", "user_class", "pressure_class", "state")
@@ -127,9 +119,9 @@ _SELECT_ONE = f"SELECT {', '.join(_COLUMNS)} FROM devices WHERE dev_id = ?"
 _AT = {c: i for i, c in enumerate(_COLUMNS)}
 
 
-def _values_to_device(v: tuple) -> Device:
-    """_row_to_device for a positional row in _COLUMNS order (the gateway's per-frame lookup: no sqlite3.Row,
-    no intermediate dict)."""
+def _values_to_device(v) -> Device:
+    """A Device from a positional row in _COLUMNS order (the gateway's per-frame lookup uses it directly:
+    no sqlite3.Row, no intermediate dict)."""
     v = list(v)
     v[_AT["key"]] = bytes(v[_AT["key"]])
     v[_AT["key_area"]] = bool(v[_AT["key_area"]])

@@ -189,11 +189,9 @@ def _node(board, dut):
 def restore(node):
     """Hardware: leave the board as the next test expects it (clean inputs, latch reset)."""
     from gasguard.protocol import const
-    from gasguard.tools.vboard_client import pressure_raw
-    c = node.cal.get("pressure") or {}
-    fs = int(c.get("full_scale", 10000))
+    fs = int((node.cal.get("pressure") or {}).get("full_scale", 10000))
     node.set_gas(0)
-    node.rig.set_inputs(pressure=pressure_raw(min(2000, fs), fs, c.get("kind", "ratiometric")))
+    node.set_pressure(min(2000, fs))
     node.run(3000)
     node.command(const.CMD_RESET, 250)
 
@@ -225,8 +223,8 @@ def provisioned_household_board(request, tmp_path):
         dev = hil_provision.device(reg, "new", "--profile", "household", "--board", "virtual", "--site",
                                    "HIL bench", "--households", "1")["dev"]
     try:
-        cli = {"flash": hil_provision.device(reg, "flash", dev, "--compile", "--port", vb.pty if vb else board.port)}
         port = vb.pty if vb else board.port
+        cli = {"flash": hil_provision.device(reg, "flash", dev, "--compile", "--port", port)}
         cli["config"] = hil_provision.device(reg, "config", dev, "gas_l1=120", "--port", port)
         cli["show"] = hil_provision.device(reg, "config", dev, "--port", port)
         config, key = hil_provision.entry(reg, dev)

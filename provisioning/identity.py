@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from gasguard.gateway.registry import PRESSURE_CLASSES, USER_CLASSES, Device, Registry, RegistryError
+from gasguard.gateway.registry import PRESSURE_CLASSES, PROFILES, USER_CLASSES, Device, Registry, RegistryError
 
 from . import keys, settings
 from .errors import BadInput
@@ -47,7 +47,7 @@ def new(reg: Registry, *, profile: str, board: str = "esp32", dev_id: int | None
         upstream: int | None = None, params: dict | None = None, radio: dict | None = None) -> Device:
     """Create the identity and key and add it to the registry; raises BadInput before writing anything."""
     settings.check_board(board)
-    if profile not in ("household", "station"):
+    if profile not in PROFILES:
         raise BadInput(f"profile {profile!r}: choose household (meter) or station (regulator station)")
     if user_class not in USER_CLASSES:
         raise BadInput(f"user class {user_class!r}: choose one of {', '.join(USER_CLASSES)}")

@@ -39,7 +39,7 @@ def describe(f: dict) -> str:
 def watch(board: Board, reg: Registry, duration: float | None, count: int | None, emit) -> dict:
     """Call emit(record) per frame and log line until `duration` s or `count` frames; returns the tally."""
     last: dict[int, int] = {}
-    keys = {}
+    devices = {}   # dev id -> its registry entry (None: unknown), read once
     tally = {"frames": 0, "verified": 0, "rejected": 0, "log_lines": 0}
     deadline = time.monotonic() + (duration if duration is not None else 10 ** 9)
 
@@ -49,17 +49,17 @@ def watch(board: Board, reg: Registry, duration: float | None, count: int | None
 
     for f in board.frames(deadline, on_text=text):
         dev = f["dev"]
-        if dev not in keys:
-            d = reg.get(dev)
-            keys[dev] = d.key if d is not None and d.active else None
+        if dev not in devices:
+            devices[dev] = reg.get(dev)
+        d = devices[dev]
         rec = {"dev": f"{dev:08x}", "type": f["type"]}
-        if keys[dev] is None:
+        if d is None or not d.active:
             rec["verified"] = False
-            rec["reason"] = "unknown_device" if reg.get(dev) is None else "decommissioned"
+            rec["reason"] = "unknown_device" if d is None else "decommissioned"
         else:
             try:
                 gap = const.MAX_GAP if dev in last else const.MAX_FCNT
-                f["fcnt"] = frame.verify(f["raw"], f, keys[dev], const.UP, last.get(dev, 0), max_gap=gap)
+                f["fcnt"] = frame.verify(f["raw"], f, d.key, const.UP, last.get(dev, 0), max_gap=gap)
                 last[dev] = f["fcnt"]
                 rec.update(verified=True, fcnt=f["fcnt"], text=describe(f))
             except ProtocolError as e:

@@ -20,8 +20,9 @@ from . import onboard
 from .board import Board
 from .errors import ProvisioningError
 
-MASK = 7   # bit 0 valve stroke, bit 1 sensors, bit 2 link (the firmware's _selftest)
+# the firmware's _selftest bits: bit 0 valve stroke, bit 1 sensors, bit 2 link
 CHECKS = (("valve", 1, "valve stroke"), ("sensors", 2, "sensor check"), ("link", 4, "UART/radio loopback"))
+MASK = sum(bit for _, bit, _ in CHECKS)   # run them all (7)
 
 
 def run(board: Board, reg: Registry, dev: Device, timeout: float = 20.0) -> dict:

@@ -19,10 +19,11 @@ from gasguard.provisioning.board import Board
 from gasguard.tools.vboard_client import VBoardProcess
 
 
-def _timed(rows, name, fn):
+def _timed(rows, name, fn, note=None):
+    """Run fn(); append (name, wall s, note(result) or "") to rows; return the result."""
     t0 = time.monotonic()
     out = fn()
-    rows.append((name, time.monotonic() - t0, out))
+    rows.append((name, time.monotonic() - t0, note(out) if note else ""))
     return out
 
 
@@ -38,21 +39,21 @@ def provisioning_bench():
         with VBoardProcess(tmp / "flash") as vb:
             vb.wait_console("friendly")
             with Board(vb.pty) as b:
-                r = _timed(rows, "flash .py, empty board", lambda: flashing.flash(b, dev, app=src))
-                rows[-1] = rows[-1][:2] + (f"{r['bytes']} B, {r['written']} files written",)
-                r = _timed(rows, "flash .py, unchanged", lambda: flashing.flash(b, dev, app=src))
-                rows[-1] = rows[-1][:2] + (f"{r['written']} written, {r['unchanged']} unchanged",)
-                r = _timed(rows, "flash .mpy over .py", lambda: flashing.flash(b, dev, app=mpy, compile_mpy=True))
-                rows[-1] = rows[-1][:2] + (f"{r['bytes']} B, {len(r['removed'])} .py removed",)
+                _timed(rows, "flash .py, empty board", lambda: flashing.flash(b, dev, app=src),
+                       lambda r: f"{r['bytes']} B, {r['written']} files written")
+                _timed(rows, "flash .py, unchanged", lambda: flashing.flash(b, dev, app=src),
+                       lambda r: f"{r['written']} written, {r['unchanged']} unchanged")
+                _timed(rows, "flash .mpy over .py", lambda: flashing.flash(b, dev, app=mpy, compile_mpy=True),
+                       lambda r: f"{r['bytes']} B, {len(r['removed'])} .py removed")
                 _timed(rows, "config gas_l1=120", lambda: configure.apply(
                     b, reg, dev, configure.plan(dev, ["gas_l1=120"])))
                 d = reg.get(dev.dev_id)
                 _timed(rows, "calibrate (gas already on)", lambda: calibration.calibrate(
                     b, reg, d, 500, lambda step, _m: vb.ctl.set(gas=24000 if step == "span" else 8000)))
                 d = reg.get(dev.dev_id)
-                r = _timed(rows, "selftest", lambda: selftest.run(b, reg, d))
-                rows[-1] = rows[-1][:2] + (f"round trip {r['round_trip_ms']} ms",)
+                _timed(rows, "selftest", lambda: selftest.run(b, reg, d),
+                       lambda r: f"round trip {r['round_trip_ms']} ms")
                 _timed(rows, "rotate-key", lambda: lifecycle.rotate_key(reg, reg.get(dev.dev_id), b))
     click.echo(f"{'step':30} {'wall s':>7}  notes")
     for name, dt, note in rows:
-        click.echo(f"{name:30} {dt:7.2f}  {note if isinstance(note, str) else ''}")
+        click.echo(f"{name:30} {dt:7.2f}  {note}")

@@ -19,7 +19,6 @@ import subprocess
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
-REPO = TOOLS.parent
 HOST_SCRIPT = TOOLS / "mpy_host.mjs"
 PORT_PACKAGE = TOOLS / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 
