@@ -112,9 +112,8 @@ def test_alarm_is_retransmitted_until_acked_over_a_link_that_drops_frames(househ
     assert len({c["fcnt"] for c in copies}) == len(copies)                     # ... new counter each copy
     n.ack(first)
     n.run(200, 100)
-    before = len([f for f in n.frames if f["type"] == "alarm"])
+    # past the 60 s retransmission cap: an unacked alarm would have gone out again by now
     n.expect_no_frame(is_alarm(const.AL_GAS_L2), 70_000, "a retransmission after the ack")
-    assert before >= len(copies)
 
 
 def test_a_duplicated_frame_is_an_authentic_replay_and_is_refused(household, rig_feature):
