@@ -31,29 +31,30 @@ def _timed(rows, name, fn, note=None):
 def provisioning_bench():
     """Wall time of flash (source / .mpy, first / unchanged), config, calibrate, selftest, rotate-key."""
     rows: list = []
-    tmp = Path(tempfile.mkdtemp(prefix="gg-bench-prov-"))
-    with Registry(tmp / "reg.db") as reg:
-        dev = identity.new(reg, profile="household", board="virtual")
-        src = flashing.application(False)
-        mpy = _timed(rows, "mpy-cross all modules", lambda: flashing.application(True))
-        with VBoardProcess(tmp / "flash") as vb:
-            vb.wait_console("friendly")
-            with Board(vb.pty) as b:
-                _timed(rows, "flash .py, empty board", lambda: flashing.flash(b, dev, app=src),
-                       lambda r: f"{r['bytes']} B, {r['written']} files written")
-                _timed(rows, "flash .py, unchanged", lambda: flashing.flash(b, dev, app=src),
-                       lambda r: f"{r['written']} written, {r['unchanged']} unchanged")
-                _timed(rows, "flash .mpy over .py", lambda: flashing.flash(b, dev, app=mpy, compile_mpy=True),
-                       lambda r: f"{r['bytes']} B, {len(r['removed'])} .py removed")
-                _timed(rows, "config gas_l1=120", lambda: configure.apply(
-                    b, reg, dev, configure.plan(dev, ["gas_l1=120"])))
-                d = reg.get(dev.dev_id)
-                _timed(rows, "calibrate (gas already on)", lambda: calibration.calibrate(
-                    b, reg, d, 500, lambda step, _m: vb.ctl.set(gas=24000 if step == "span" else 8000)))
-                d = reg.get(dev.dev_id)
-                _timed(rows, "selftest", lambda: selftest.run(b, reg, d),
-                       lambda r: f"round trip {r['round_trip_ms']} ms")
-                _timed(rows, "rotate-key", lambda: lifecycle.rotate_key(reg, reg.get(dev.dev_id), b))
+    with tempfile.TemporaryDirectory(prefix="gg-bench-prov-") as td:
+        tmp = Path(td)
+        with Registry(tmp / "reg.db") as reg:
+            dev = identity.new(reg, profile="household", board="virtual")
+            src = flashing.application(False)
+            mpy = _timed(rows, "mpy-cross all modules", lambda: flashing.application(True))
+            with VBoardProcess(tmp / "flash") as vb:
+                vb.wait_console("friendly")
+                with Board(vb.pty) as b:
+                    _timed(rows, "flash .py, empty board", lambda: flashing.flash(b, dev, app=src),
+                           lambda r: f"{r['bytes']} B, {r['written']} files written")
+                    _timed(rows, "flash .py, unchanged", lambda: flashing.flash(b, dev, app=src),
+                           lambda r: f"{r['written']} written, {r['unchanged']} unchanged")
+                    _timed(rows, "flash .mpy over .py", lambda: flashing.flash(b, dev, app=mpy, compile_mpy=True),
+                           lambda r: f"{r['bytes']} B, {len(r['removed'])} .py removed")
+                    _timed(rows, "config gas_l1=120", lambda: configure.apply(
+                        b, reg, dev, configure.plan(dev, ["gas_l1=120"])))
+                    d = reg.get(dev.dev_id)
+                    _timed(rows, "calibrate (gas already on)", lambda: calibration.calibrate(
+                        b, reg, d, 500, lambda step, _m: vb.ctl.set(gas=24000 if step == "span" else 8000)))
+                    d = reg.get(dev.dev_id)
+                    _timed(rows, "selftest", lambda: selftest.run(b, reg, d),
+                           lambda r: f"round trip {r['round_trip_ms']} ms")
+                    _timed(rows, "rotate-key", lambda: lifecycle.rotate_key(reg, reg.get(dev.dev_id), b))
     click.echo(f"{'step':30} {'wall s':>7}  notes")
     for name, dt, note in rows:
         click.echo(f"{name:30} {dt:7.2f}  {note}")
