@@ -8,3 +8,5 @@ def mosquitto(tmp_path):
     """A real mosquitto on a free loopback port, for one test."""
     with Mosquitto(workdir=tmp_path / "broker") as broker:
         yield broker
+
+pytest_plugins = ["gasguard.testing.postgres"]
