@@ -86,12 +86,14 @@ class DistrictGrader:
             changed: list = []
             inlet_changed: set = set()
             alarms = False
-            for topic, doc in msgs:
+            for topic, doc, *req in msgs:
                 try:
-                    alarms |= self._one(tx, topic, doc, now, out, changed, inlet_changed)
-                except (KeyError, TypeError, ValueError) as e:
+                    alarms |= self._one(tx, topic, doc, now, out, changed, inlet_changed, req[0] if req else None)
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
                     # a malformed message is refused and counted; it does not stop the batch
                     out.refused.append((topic, f"malformed: {e!r}"[:200]))
+                    if req:
+                        tx.request_done(req[0], f"refused: malformed: {e!r}"[:200], now)
             self._persist(tx, changed, now, out)
             for did in inlet_changed:
                 tx.engine(f"inlet:{did}", list(self.engine.inlet.get(did, ())))
@@ -99,10 +101,13 @@ class DistrictGrader:
                 tx.engine("seen_alarms", list(self.engine._seen_alarms))
         return out
 
-    def _one(self, tx, topic: str, doc: dict, now: float, out: Outcome, changed: list, inlet_changed: set) -> bool:
+    def _one(self, tx, topic: str, doc: dict, now: float, out: Outcome, changed: list, inlet_changed: set,
+             request: int | None = None) -> bool:
         parts = topic.split("/")
         if parts[:4] == self.cmd_base.split("/"):
-            self._command(tx, parts[4:], doc, now, out, changed)
+            outcome = self._command(tx, parts[4:], doc, now, out, changed)
+            if request is not None:
+                tx.request_done(request, outcome or "refused: not an act", now)
             return False
         if len(parts) < 5 or parts[:3] != self.base.split("/"):
             return False
@@ -190,13 +195,14 @@ class DistrictGrader:
                 "online": g["online"], "silent": g["silent"], "last_seen": g["last_seen"], "t": now}, True)
 
     # --- the command's own inputs ----------------------------------------------------------------
-    def _command(self, tx, rest: list, doc: dict, now, out, changed) -> None:
+    def _command(self, tx, rest: list, doc: dict, now, out, changed) -> str | None:
+        """An act from a console (ack, input) or a sync request; returns the act's outcome."""
         if rest == ["sync"]:
             out.direct.extend((t, p, False) for t, p in self.engine.sync(now))
             out.direct.extend(self._gateway_msg(g, now) for g in self.gateways)
-            return
+            return None
         if len(rest) != 2 or rest[0] not in ("ack", "input"):
-            return
+            return None
         kind, iid = rest
         ok, who, why = (True, str(doc.get("by") or "command")[:80], "unsigned: no authority configured")
         if self.authority is not None:
@@ -224,6 +230,7 @@ class DistrictGrader:
         if not ok:
             out.refused.append((f"{kind}/{iid}", why))
         changed.extend(res)
+        return outcome
 
     # --- time ------------------------------------------------------------------------------------
     def tick(self, now: float, fence) -> Outcome:

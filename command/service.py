@@ -263,13 +263,18 @@ class CommandService:
             if fence is None:
                 continue
             now = self.clock()
-            if batch:
-                out = self.grader.handle([(topic, doc) for _, _, _, topic, doc, _ in batch], now, fence)
+            # acts submitted through the store by consoles in other processes (the web console)
+            reqs = [(f"{self.base}/command/{r['kind']}/{r['incident_id']}", r["payload"], r["seq"])
+                    for r in self.store.pending_requests()]
+            if batch or reqs:
+                out = self.grader.handle([(topic, doc) for _, _, _, topic, doc, _ in batch] + reqs, now, fence)
                 for client, mid, qos, *_ in batch:       # only now: the batch is committed
                     if qos and client is self.client:
                         client.ack(mid, qos)
                 self.metrics.inbox_depth.set(self.inbox.qsize())
                 self._account(out, batch)
+                if reqs:
+                    self.kick.set()
             if time.monotonic() - self.last_tick >= self.cfg.tick_interval:
                 self.last_tick = time.monotonic()
                 self._account(self.grader.tick(now, fence), [])

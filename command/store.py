@@ -118,6 +118,15 @@ CREATE TABLE notifications (
     UNIQUE (incident_id, revision, channel, recipient)
 );
 CREATE INDEX notifications_due ON notifications(status, next_at);
+CREATE TABLE deliveries (                        -- every attempt at a notification, kept
+    seq           {pk},
+    notification  {big} NOT NULL,
+    attempt       INTEGER NOT NULL,
+    t             {real} NOT NULL,
+    ok            INTEGER NOT NULL,
+    error         TEXT
+);
+CREATE INDEX deliveries_notification ON deliveries(notification, attempt);
 CREATE TABLE gateways (
     gateway_id    TEXT PRIMARY KEY,
     district      TEXT NOT NULL,
@@ -136,6 +145,18 @@ CREATE TABLE frames (
     PRIMARY KEY (dev, dir, fcnt)
 );
 CREATE INDEX frames_t ON frames(t);
+CREATE TABLE requests (                          -- acts submitted by consoles (web, CLI) for the leader
+    seq           {pk},
+    t             {real} NOT NULL,
+    kind          TEXT NOT NULL,                 -- ack | input
+    incident_id   TEXT NOT NULL,
+    payload       TEXT NOT NULL,                 -- the signed request as the operator's console made it
+    source        TEXT NOT NULL DEFAULT '',      -- which console (address, client)
+    done          INTEGER NOT NULL DEFAULT 0,
+    outcome       TEXT,                          -- accepted | refused: why
+    done_at       {real}
+);
+CREATE INDEX requests_pending ON requests(done, seq);
 CREATE TABLE engine (
     k             TEXT PRIMARY KEY,              -- station inlet samples, alarm retransmission keys
     v             TEXT NOT NULL
@@ -508,10 +529,45 @@ class Store:
             args.append(status)
         return self._rows(q + " ORDER BY seq LIMIT ?", tuple(args) + (int(limit),))
 
+    def deliveries(self, notification: int) -> list[dict]:
+        """Every attempt at one notification, oldest first: {attempt, t, ok, error}."""
+        return [dict(r, ok=bool(r["ok"])) for r in self._rows(
+            "SELECT attempt, t, ok, error FROM deliveries WHERE notification = ? ORDER BY attempt", (notification,))]
+
     def due_notifications(self, now: float, limit: int = 50) -> list[dict]:
         return [dict(r, payload=json.loads(r["payload"])) for r in self._rows(
             "SELECT seq, incident_id, revision, reason, channel, recipient, attempts, payload FROM notifications "
             "WHERE status = 'pending' AND next_at <= ? ORDER BY next_at, seq LIMIT ?", (now, int(limit)))]
+
+    # --- acts from consoles in other processes (the web console) ------------------------------------
+    def submit(self, kind: str, incident_id: str, payload: dict, source: str = "") -> int:
+        """Queue an acknowledgement (`kind` "ack") or operator input ("input") for the leader, which verifies,
+        applies, audits and answers it in one transaction; returns the request's number for `request()`.
+        Any process may submit; no lease is needed (nothing changes until the leader has checked it)."""
+        if kind not in ("ack", "input"):
+            raise ValueError(f"kind {kind!r}: ack or input")
+        with self._tx():
+            cur = self._x("INSERT INTO requests (t, kind, incident_id, payload, source) VALUES (?, ?, ?, ?, ?) "
+                          "RETURNING seq", (time.time(), kind, incident_id, _j(payload), source))
+            return cur.fetchone()[0]
+
+    def request(self, seq: int) -> dict | None:
+        """{seq, kind, incident_id, done, outcome, done_at}: outcome "accepted" or "refused: why" once done."""
+        rows = self._rows("SELECT seq, kind, incident_id, done, outcome, done_at FROM requests WHERE seq = ?", (seq,))
+        return dict(rows[0], done=bool(rows[0]["done"])) if rows else None
+
+    def wait_request(self, seq: int, timeout: float, poll: float = 0.05) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.request(seq)
+            if r is None or r["done"] or time.monotonic() >= deadline:
+                return r
+            time.sleep(poll)
+
+    def pending_requests(self, limit: int = 100) -> list[dict]:
+        return [dict(r, payload=json.loads(r["payload"])) for r in self._rows(
+            "SELECT seq, kind, incident_id, payload, source FROM requests WHERE done = 0 ORDER BY seq LIMIT ?",
+            (int(limit),))]
 
     def gateways(self) -> list[dict]:
         return [dict(r, online=bool(r["online"]), silent=bool(r["silent"])) for r in self._rows(
@@ -595,9 +651,11 @@ class _Writer:
     def delivery(self, seq: int, *, ok: bool, t: float, error: str | None, next_at: float | None) -> None:
         """One delivery attempt: sent, failed for good (next_at None), or pending again at next_at."""
         status = "sent" if ok else ("pending" if next_at is not None else "failed")
-        self.x("UPDATE notifications SET status = ?, attempts = attempts + 1, delivered_at = ?, last_error = ?, "
-               "next_at = ? WHERE seq = ?", (status, t if ok else None, error, next_at if next_at is not None else t,
-                                             seq))
+        self.x("UPDATE notifications SET status = ?, attempts = attempts + 1, delivered_at = ?, "
+               "last_error = COALESCE(?, last_error), next_at = ? WHERE seq = ?",
+               (status, t if ok else None, error, next_at if next_at is not None else t, seq))
+        self.x("INSERT INTO deliveries (notification, attempt, t, ok, error) "
+               "SELECT seq, attempts, ?, ?, ? FROM notifications WHERE seq = ?", (t, int(ok), error, seq))
 
     def gateway(self, gateway_id: str, district: str, t: float, *, online: bool | None = None,
                 silent: bool | None = None, status_t: float | None = None, version: str | None = None) -> None:
@@ -611,6 +669,9 @@ class _Writer:
                 None if online is None else int(online), None if silent is None else int(silent),
                 # a silence verdict does not move last_seen; anything heard from the gateway does
                 int(silent is True)))
+
+    def request_done(self, seq: int, outcome: str, t: float) -> None:
+        self.x("UPDATE requests SET done = 1, outcome = ?, done_at = ? WHERE seq = ?", (outcome, t, seq))
 
     def engine(self, k: str, v) -> None:
         self.x("INSERT INTO engine VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (k, _j(v)))

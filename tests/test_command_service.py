@@ -100,6 +100,16 @@ def test_two_gateways_one_district_picture_escalation_and_ack(tmp_path, mosquitt
             _wait(lambda: all(r["published"] for r in svc.store.get_incident(supply["incident_id"])["revisions"]),
                   10, "every revision PUBACKed")
             assert svc.metrics.value("gasguard_command_time_to_acknowledge_seconds_count") == 1
+
+            # a console in another process (the web) acts through the store; the leader answers there
+            other = open_store(store_url)
+            rid = other.submit("input", supply["incident_id"], {"by": "李现场", "evacuated": 300, "note": "疏散完毕"})
+            bad = other.submit("ack", "lixia-leak-ffffffff-0", {"by": "李现场"})
+            assert other.wait_request(rid, 10)["outcome"] == "accepted"
+            assert other.wait_request(bad, 10)["outcome"] == "refused: unknown incident"
+            assert console.wait_for(supply["incident_id"], 10,
+                                    lambda m: m["report"]["evacuated"] == 300)
+            other.close()
     finally:
         for runner, cable in gws:
             runner.stop()
