@@ -133,8 +133,8 @@ def _unknown(table: dict, name: str):
 def parse(doc: dict, base: Path = Path(".")) -> Config:
     """A TOML document (already parsed) -> Config. Relative paths are relative to `base`."""
     for top in doc:
-        if top not in _KNOWN and top != "plugins":
-            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins")
+        if top not in _KNOWN and top not in ("plugins", "sparkplug"):
+            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins, sparkplug")
     g = _get(doc, "gateway", dict)
     _unknown(g, "gateway")
     gid = _get(g, "id", str, path="gateway")
@@ -240,6 +240,12 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         raise ConfigError("metrics.stall_after", f"{cfg.stall_after} s is under two ticks ({cfg.tick_interval} s "
                           "each): a healthy ticker would look stuck; use e.g. 20 (below the unit's WatchdogSec=30)")
 
+    if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
+        from .sparkplug.plugin import OptionError, check_options
+        try:
+            cfg.plugins["sparkplug"] = check_options(_get(doc, "sparkplug", dict))
+        except OptionError as e:
+            raise ConfigError(e.key, str(e).split(": ", 1)[1]) from None
     pl = _get(doc, "plugins", dict, {})
     from .plugin import PLUGINS
     for name, opts in pl.items():
