@@ -3,6 +3,7 @@
 import click
 
 from gasguard import __version__
+from gasguard.authority.cli import audit, authority
 from gasguard.gateway.cli import gateway
 from gasguard.command.serve_cli import serve
 from gasguard.gateway.console_cli import command
@@ -23,6 +24,8 @@ def cli():
       command  district command: the service (serve), console, incidents, acknowledgements, reports
       sim      virtual boards (real firmware in MicroPython) and the fleet simulator
       bench    benchmarks that print figures
+      authority  district operators, their roles and keys; broker access
+      audit    the tamper-evident record: verify, show
     """
 
 
@@ -32,6 +35,8 @@ command.add_command(serve)
 cli.add_command(command)
 cli.add_command(sim)
 cli.add_command(bench)
+cli.add_command(authority)
+cli.add_command(audit)
 
 
 def main():
