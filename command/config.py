@@ -22,6 +22,7 @@ anything is opened. A bad value exits 2 with one message naming the file, the ke
 
     [grading]   # the plan's tables (grading/README.md); district and city topic come from here
     [notify]    # who is told what (command/notify.py)
+    [authority] # operators' acts verified and audited (command/acts.py); without it acts are unsigned
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Config:
     mqtt_tls_ca: str = ""
     grading: dict = field(default_factory=dict)      # validated by grading.load_config
     notify: dict = field(default_factory=dict)       # validated by notify.load_config
+    authority: dict = field(default_factory=dict)    # [authority]: roster, trust, replay, audit (command/acts.py)
     source: str = ""
 
     def __post_init__(self):
@@ -69,7 +71,7 @@ class Config:
 
 
 _SCALARS = {f.name: f.type for f in fields(Config) if not f.name.startswith("mqtt_")
-            and f.name not in ("grading", "notify", "source")}
+            and f.name not in ("grading", "notify", "authority", "source")}
 
 
 def load(path: str | os.PathLike | None = None, **overrides) -> Config:
@@ -104,6 +106,7 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
         kw[name] = v
     kw.setdefault("grading", dict(data.get("grading", {})))
     kw.setdefault("notify", dict(data.get("notify", {})))
+    kw.setdefault("authority", dict(data.get("authority", {})))
     kw.update(overrides)
     cfg = Config(**kw, source=where)
     cfg.grading = dict(cfg.grading)
@@ -119,6 +122,15 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
         raise ConfigError(f"{where}: {e}") from None
     if cfg.lease_ttl < 1 or cfg.tick_interval <= 0:
         raise ConfigError(f"{where}: [command] lease_ttl >= 1 s and tick_interval > 0 s (e.g. 5.0 and 1.0)")
+    if cfg.authority:
+        need = {"roster", "trust", "replay", "audit"}
+        if set(cfg.authority) != need:
+            raise ConfigError(f"{where}: [authority] needs exactly {sorted(need)} (the roster file, the authority's "
+                              f"public key, a replay store path, an audit folder); got {sorted(cfg.authority)}")
+        for k in ("roster", "trust"):
+            if not Path(cfg.authority[k]).exists():
+                raise ConfigError(f"{where}: [authority] {k} = {cfg.authority[k]!r} does not exist "
+                                  "(gasguard authority init writes them)")
     if cfg.registry and not Path(cfg.registry).exists():
         raise ConfigError(f"{where}: [command] registry = {cfg.registry!r} does not exist: give the district "
                           "registry file (gasguard device ... writes it)")

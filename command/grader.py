@@ -29,6 +29,8 @@ from gasguard.gateway import report as R
 from gasguard.gateway.dedup import frame_key
 from gasguard.gateway.incidents import Incident, IncidentEngine
 
+from .acts import Unsigned
+
 log = logging.getLogger("gasguard.command")
 
 
@@ -46,17 +48,17 @@ class Outcome:
 
 
 class DistrictGrader:
-    def __init__(self, cfg: dict, store, *, devices, downstream, notify_routes=None, authority=None,
+    def __init__(self, cfg: dict, store, *, devices, downstream, notify_routes=None, acts=None,
                  gateway_silent_s: float = 180.0):
         """`cfg`: the validated [grading] table (district, deadlines, levels); `devices(dev_id) -> dict|None`
         and `downstream(dev_id) -> [dict]` read the registry; `notify_routes(level, reason) -> [(channel,
-        recipient)]`; `authority.check(kind, incident_id, payload, now) -> (ok, who, why)` verifies signed
-        acknowledgements and operator input (None: unsigned requests are taken, and the journal says so)."""
+        recipient)]`; `acts` verifies and audits acknowledgements and operator input (command/acts.py; None:
+        unsigned acts are taken, and every record says so)."""
         self.cfg = cfg
         self.store = store
         self.devices = devices
         self.routes = notify_routes or (lambda level, reason: [])
-        self.authority = authority
+        self.acts = acts or Unsigned()
         self.gateway_silent_s = gateway_silent_s
         self.engine = IncidentEngine(cfg, downstream=downstream)
         self.base = f"gasguard/v1/{cfg['district']}"
@@ -204,29 +206,40 @@ class DistrictGrader:
         if len(rest) != 2 or rest[0] not in ("ack", "input"):
             return None
         kind, iid = rest
-        ok, who, why = (True, str(doc.get("by") or "command")[:80], "unsigned: no authority configured")
-        if self.authority is not None:
-            ok, who, why = self.authority.check(kind, iid, doc, now)
+        topic = f"{self.cmd_base}/{kind}/{iid}"
+        ok, who, why, body, ticket = self.acts.check(kind, iid, doc, topic, self.store)
+        known = iid in self.engine.incidents
+        res: list = []
+        if not ok:
+            outcome = f"refused: {why}"
+        elif not known:
+            outcome = "refused: unknown incident"
+        elif kind == "ack":
+            res = self.engine.acknowledge(iid, body, now)
+            outcome = "accepted" if res else "refused: acknowledges a revision before the last upgrade"
+        else:
+            problems = R.validate_operator_input(body)
+            res = self.engine.operator_input(iid, body, now)
+            outcome = "refused: " + "; ".join(problems) if problems else "accepted"
+        note = f" ({why})" if why and ok else ""      # e.g. unsigned: no authority configured
+        nonce = getattr(ticket, "nonce", None)
+        record = dict(body)        # what the record keeps: the request, and the console that signed for the person
+        if ticket is not None and ticket.signer.id != ticket.operator.id:
+            record.update(console=ticket.signer.id, client_id=ticket.client_id, address=ticket.address)
         if kind == "ack":
-            res = self.engine.acknowledge(iid, doc, now) if ok else []
-            outcome = "accepted" if res else f"refused: {why}" if not ok else \
-                ("refused: unknown incident" if iid not in self.engine.incidents
-                 else "refused: acknowledges a revision before the last upgrade")
-            tx.ack(iid, doc.get("revision"), who, now, outcome, doc)
-            tx.journal(now, "ack", f"acknowledged by {who}" if res else f"acknowledgement by {who} {outcome}",
-                       incident_id=iid, revision=doc.get("revision"), who=who, data={"outcome": outcome})
+            tx.ack(iid, body.get("revision"), who, now, outcome, record, nonce)
+            tx.journal(now, "ack", (f"acknowledged by {who}" if res else f"acknowledgement by {who} {outcome}") + note,
+                       incident_id=iid, revision=body.get("revision"), who=who,
+                       data={"outcome": outcome, "signed": ticket is not None})
             if res:
                 out.acks.append(now - self.engine.incidents[iid].detected_at)
         else:
-            problems = R.validate_operator_input(doc) if ok else [why]
-            known = iid in self.engine.incidents
-            res = self.engine.operator_input(iid, dict(doc, by=who), now) if ok else []
-            outcome = ("accepted" if not problems else "refused: " + "; ".join(problems)) if known and ok else \
-                (f"refused: {why}" if not ok else "refused: unknown incident")
-            fields = {k: v for k, v in doc.items() if k not in ("sig", "signature", "auth")}
-            tx.operator_input(iid, who, now, outcome, fields)
-            tx.journal(now, "input", f"operator input by {who}: {outcome}", incident_id=iid, who=who,
-                       data={"fields": sorted(k for k in fields if k in R.OPERATOR_FIELDS or k == "note")})
+            fields = {k: v for k, v in record.items() if k != "by"}
+            tx.operator_input(iid, who, now, outcome, fields, nonce)
+            tx.journal(now, "input", f"operator input by {who}: {outcome}{note}", incident_id=iid, who=who,
+                       data={"fields": sorted(k for k in fields if k in R.OPERATOR_FIELDS or k == "note"),
+                             "signed": ticket is not None})
+        self.acts.done(ticket, kind, iid, outcome)
         if not ok:
             out.refused.append((f"{kind}/{iid}", why))
         changed.extend(res)

@@ -34,6 +34,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from . import notify
+from .acts import GateActs, Unsigned
 from .grader import DistrictGrader
 from .metrics import Metrics
 from .store import LeaseLost, open_store
@@ -71,17 +72,24 @@ class Registry:
 
 
 class CommandService:
-    def __init__(self, cfg, *, clock=time.time, authority=None, notifiers=None, wall=time.time):
-        """`clock`: the time deadlines are graded in (virtual in tests); `wall`: the lease's clock (real)."""
+    def __init__(self, cfg, *, clock=time.time, acts=None, notifiers=None, wall=time.time):
+        """`clock`: the time deadlines are graded in (virtual in tests); `wall`: the lease's clock (real);
+        `acts`: how operators' acts are verified (default: the [authority] table, command/acts.py)."""
         self.cfg = cfg
         self.clock, self.wall = clock, wall
         self.store = open_store(cfg.store)
         self.store.migrate()
         self.registry = Registry(cfg.registry)
+        if acts is None:
+            acts = GateActs.from_config(cfg.authority, cfg.district, cfg.instance) if cfg.authority else Unsigned()
+            if not cfg.authority:
+                log.warning("no [authority] configured: operators' acts are taken UNSIGNED (a bench or the demo "
+                            "only); configure the district's roster for production")
+        self.acts = acts
         self.metrics = Metrics()
         self.grader = DistrictGrader(cfg.grading, self.store, devices=self.registry.device,
                                      downstream=self.registry.downstream, notify_routes=notify.routes(cfg.notify),
-                                     authority=authority, gateway_silent_s=cfg.gateway_silent_s)
+                                     acts=acts, gateway_silent_s=cfg.gateway_silent_s)
         self.dispatcher = notify.Dispatcher(cfg.notify, open_store(cfg.store), notifiers)
         self.district = cfg.district
         self.base = f"gasguard/v1/{cfg.district}"
@@ -277,6 +285,7 @@ class CommandService:
                     self.kick.set()
             if time.monotonic() - self.last_tick >= self.cfg.tick_interval:
                 self.last_tick = time.monotonic()
+                self.acts.reload()          # a changed operator roster is taken up (and audited) by the Gate
                 self._account(self.grader.tick(now, fence), [])
                 self._gauges(now)
                 if now - self.last_prune > 3600:

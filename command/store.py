@@ -81,16 +81,20 @@ CREATE TABLE acks (
     who           TEXT NOT NULL,
     t             {real} NOT NULL,
     outcome       TEXT NOT NULL,                 -- accepted | refused: why
-    request       TEXT NOT NULL DEFAULT '{}'
+    request       TEXT NOT NULL DEFAULT '{}',
+    nonce         TEXT                           -- the signed request's nonce (exactly once across a crash)
 );
+CREATE INDEX acks_nonce ON acks(nonce);
 CREATE TABLE operator_input (
     seq           {pk},
     incident_id   TEXT NOT NULL,
     who           TEXT NOT NULL,
     t             {real} NOT NULL,
     outcome       TEXT NOT NULL,
-    fields        TEXT NOT NULL
+    fields        TEXT NOT NULL,
+    nonce         TEXT
 );
+CREATE INDEX operator_input_nonce ON operator_input(nonce);
 CREATE TABLE escalations (
     seq           {pk},
     incident_id   TEXT NOT NULL,
@@ -583,6 +587,13 @@ class Store:
         extra = {r["k"]: json.loads(r["v"]) for r in self._rows("SELECT k, v FROM engine")}
         return incs, extra
 
+    def act_nonce_seen(self, nonce: str) -> bool:
+        """Has an act with this signed nonce been recorded (applied or refused) by the command?"""
+        if not nonce:
+            return False
+        return bool(self._rows("SELECT 1 AS x FROM acks WHERE nonce = ? UNION ALL "
+                               "SELECT 1 AS x FROM operator_input WHERE nonce = ?", (nonce, nonce)))
+
     def timeline_counts(self) -> dict[str, int]:
         return {r["id"]: r["timeline_n"] for r in self._rows("SELECT id, timeline_n FROM incidents")}
 
@@ -630,13 +641,15 @@ class _Writer:
         self.x("INSERT INTO journal (t, incident_id, revision, category, who, text, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
                (t, incident_id, revision, category, who, text, _j(data or {})))
 
-    def ack(self, incident_id: str, revision, who: str, t: float, outcome: str, request: dict) -> None:
-        self.x("INSERT INTO acks (incident_id, revision, who, t, outcome, request) VALUES (?, ?, ?, ?, ?, ?)",
-               (incident_id, revision, who, t, outcome, _j(request)))
+    def ack(self, incident_id: str, revision, who: str, t: float, outcome: str, request: dict,
+            nonce: str | None = None) -> None:
+        self.x("INSERT INTO acks (incident_id, revision, who, t, outcome, request, nonce) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (incident_id, revision, who, t, outcome, _j(request), nonce))
 
-    def operator_input(self, incident_id: str, who: str, t: float, outcome: str, fields: dict) -> None:
-        self.x("INSERT INTO operator_input (incident_id, who, t, outcome, fields) VALUES (?, ?, ?, ?, ?)",
-               (incident_id, who, t, outcome, _j(fields)))
+    def operator_input(self, incident_id: str, who: str, t: float, outcome: str, fields: dict,
+                       nonce: str | None = None) -> None:
+        self.x("INSERT INTO operator_input (incident_id, who, t, outcome, fields, nonce) VALUES (?, ?, ?, ?, ?, ?)",
+               (incident_id, who, t, outcome, _j(fields), nonce))
 
     def escalation(self, incident_id: str, revision: int, stage: str, n: int, t: float, overdue_s: float) -> None:
         self.x("INSERT INTO escalations (incident_id, revision, stage, n, t, overdue_s) VALUES (?, ?, ?, ?, ?, ?) "
