@@ -23,7 +23,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gasguard.gateway import grading as G
+from gasguard.grading import engine as G
+from gasguard.protocol.topics import ROOT, CommandTopics, Topics
 
 WARNING_STYLE = {"red": "bold white on red", "orange": "bold black on dark_orange", "yellow": "black on yellow",
                  "blue": "bold white on blue", None: "dim"}
@@ -122,11 +123,13 @@ class CommandClient:
     """MQTT side of the console for one district. Use as a context manager."""
 
     def __init__(self, host: str, port: int, district: str, *, board: IncidentBoard | None = None,
-                 client_id: str | None = None, city: bool = False, city_topic: str = "city"):
+                 client_id: str | None = None, city: bool = False, city_topic: str = "city",
+                 topic_root: str = ROOT):
         self.host, self.port, self.district = host, port, district
         self.board = board or IncidentBoard()
-        self.base = f"gasguard/v1/{district}/command"
-        self.topic = f"gasguard/v1/{city_topic}/incident/+" if city else f"{self.base}/incident/+"
+        self.tree = Topics(topic_root)
+        self.command_topics = self.tree.command(district)
+        self.topic = self.tree.city_incidents(city_topic) if city else self.command_topics.incidents
         self.updates: queue.Queue = queue.Queue(maxsize=10_000)
         self.overflow = 0
         self.connected = threading.Event()
@@ -179,7 +182,7 @@ class CommandClient:
 
     def request_sync(self) -> None:
         """Ask the gateway to re-publish every incident it holds (a console that just started knows none)."""
-        self.client.publish(f"{self.base}/sync", json.dumps({"t": time.time()}), qos=1)
+        self.client.publish(self.command_topics.sync, json.dumps({"t": time.time()}), qos=1)
 
     def wait_for(self, iid: str, timeout: float, pred=lambda m: True) -> dict:
         """The incident `iid` once `pred` holds for its latest revision; ConsoleError after `timeout` s."""
@@ -214,16 +217,16 @@ class CommandClient:
         if not info.is_published():
             raise ConsoleError(f"the broker did not confirm {topic} within {timeout:.0f} s")
 
-    def _base_of(self, iid: str) -> str:
+    def _command_of(self, iid: str) -> CommandTopics:
         # a city console answers to the district that owns the incident
         m = self.board.get(iid)
-        return f"gasguard/v1/{m['district']}/command" if m and m.get("district") else self.base
+        return self.tree.command(m["district"]) if m and m.get("district") else self.command_topics
 
     def ack(self, iid: str, by: str, revision: int | None = None, timeout: float = 10.0) -> None:
-        self._publish(f"{self._base_of(iid)}/ack/{iid}", {"by": by, "revision": revision, "t": time.time()}, timeout)
+        self._publish(self._command_of(iid).ack(iid), {"by": by, "revision": revision, "t": time.time()}, timeout)
 
     def send_input(self, iid: str, fields: dict, timeout: float = 10.0) -> None:
-        self._publish(f"{self._base_of(iid)}/input/{iid}", fields, timeout)
+        self._publish(self._command_of(iid).input(iid), fields, timeout)
 
 
 def parse_input(text: str) -> dict:

@@ -1,6 +1,6 @@
 """`gasguard command ...`: the district command's console.
 
-Thin: parse, call gateway/console.py, print. Exit 0 ok, 1 operational error (broker, timeout, unknown
+Thin: parse, call command/console.py, print. Exit 0 ok, 1 operational error (broker, timeout, unknown
 incident), 2 bad usage.
 """
 
@@ -26,7 +26,7 @@ def _common(f):
 
 
 def _client(host, port, district, timeout, city=False):
-    from gasguard.gateway.console import CommandClient
+    from gasguard.command.console import CommandClient
     return CommandClient(host, port, district, city=city).connect(timeout)
 
 
@@ -48,8 +48,8 @@ def watch(host, port, district, timeout, city, by, refresh):
     """Live view of open incidents: j/k select, a acknowledge, i operator input, r report, q quit."""
     from rich.console import Console
 
-    from gasguard.gateway.console import ConsoleError
-    from gasguard.gateway.console import watch as run_watch
+    from gasguard.command.console import ConsoleError
+    from gasguard.command.console import watch as run_watch
     try:
         with _client(host, port, district, timeout, city) as client:
             code = run_watch(client, Console(), by=by or getpass.getuser(), refresh=refresh)
@@ -70,7 +70,7 @@ def list_(host, port, district, timeout, city, wait, as_json):
 
     from rich.console import Console
 
-    from gasguard.gateway.console import ConsoleError, render_board
+    from gasguard.command.console import ConsoleError, render_board
     try:
         with _client(host, port, district, timeout, city) as client:
             time.sleep(wait)
@@ -91,7 +91,7 @@ def list_(host, port, district, timeout, city, wait, as_json):
 @click.option("--json", "as_json", is_flag=True, help="the full JSON publication instead of the Chinese text")
 def report(host, port, district, timeout, city, incident_id, as_json):
     """Print the draft report (plan 4.1.3) of one incident."""
-    from gasguard.gateway.console import ConsoleError
+    from gasguard.command.console import ConsoleError
     try:
         with _client(host, port, district, timeout, city) as client:
             m = client.wait_for(incident_id, timeout)
@@ -107,7 +107,7 @@ def report(host, port, district, timeout, city, incident_id, as_json):
 @click.option("--json", "as_json", is_flag=True, help="print the acknowledged incident as JSON")
 def ack(host, port, district, timeout, city, incident_id, by, as_json):
     """Acknowledge an incident (stops its escalation); waits until the gateway confirms it."""
-    from gasguard.gateway.console import ConsoleError
+    from gasguard.command.console import ConsoleError
     try:
         with _client(host, port, district, timeout, city) as client:
             m = client.wait_for(incident_id, timeout)
@@ -134,8 +134,8 @@ def input_(host, port, district, timeout, city, incident_id, fields, by, as_json
     Numbers: deaths, serious_injuries, direct_loss_cny, evacuated, forecast_excess_pct. Text: secondary_hazards,
     hazard_sources_nearby, warnings_issued, support_needed, on_site_lead, note. Yes/no: evacuation_advised,
     resolved (closes the incident with a final report)."""
-    from gasguard.gateway import report as R
-    from gasguard.gateway.console import ConsoleError, parse_fields
+    from gasguard.grading import report as R
+    from gasguard.command.console import ConsoleError, parse_fields
     try:
         payload = parse_fields(fields)
     except ValueError as e:

@@ -29,6 +29,7 @@ LEVEL_CRITERIA = ("deaths", "serious_injuries", "direct_loss_cny", "households_c
 
 DEFAULTS: dict = {
     # --- identity and routing ------------------------------------------------------------------
+    "topic_root": "gasguard/v1",          # the topic tree's root (protocol/topics.py ROOT; the gateway's mqtt.topic_root)
     "district": "lixia",                  # topic segment of the district command
     "city_topic": "city",                 # topic segment of the city command
     "gateway_id": "gw-lixia-01",          # reporter (plan 4.1.3: 报告人 unit)
@@ -108,7 +109,7 @@ def load_config(source: dict | str | Path | None = None) -> dict:
         if k not in DEFAULTS:
             hint = difflib.get_close_matches(k, DEFAULTS, n=1)
             raise GradingConfigError(f"unknown [grading] key {k!r}"
-                                     + (f": did you mean {hint[0]!r}?" if hint else "; see gateway/GRADING_README.md"))
+                                     + (f": did you mean {hint[0]!r}?" if hint else "; see grading/README.md"))
         d = DEFAULTS[k]
         if isinstance(d, bool):
             ok = isinstance(v, bool)

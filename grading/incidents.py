@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from gasguard.gateway import grading as G
-from gasguard.gateway import report as R
+from gasguard.grading import engine as G
+from gasguard.grading import report as R
+from gasguard.protocol.topics import ACK, SYNC, CommandTopics, Topics
 
 VALVE_CLOSED = 1
 VALVE_OPEN = 0
@@ -29,17 +30,21 @@ GAS_CODES = {1: "gas_l1", 2: "gas_l2"}
 MAX_NOTES = 100
 
 
+def command_topics(cfg: dict) -> CommandTopics:
+    """The district command's subtree, under the configured topic root."""
+    return Topics(cfg["topic_root"]).command(cfg["district"])
+
+
 def district_topic(cfg: dict, incident_id: str) -> str:
-    return f"gasguard/v1/{cfg['district']}/command/incident/{incident_id}"
+    return command_topics(cfg).incident(incident_id)
 
 
 def city_topic(cfg: dict, incident_id: str) -> str:
-    return f"gasguard/v1/{cfg['city_topic']}/incident/{incident_id}"
+    return Topics(cfg["topic_root"]).city_incident(cfg["city_topic"], incident_id)
 
 
 def command_subscriptions(cfg: dict) -> list[str]:
-    base = f"gasguard/v1/{cfg['district']}/command"
-    return [f"{base}/ack/+", f"{base}/input/+", f"{base}/sync"]
+    return list(command_topics(cfg).subscriptions)
 
 
 class Incident:
@@ -223,17 +228,15 @@ class IncidentEngine:
         return out
 
     def on_message(self, topic: str, payload: dict, now: float) -> list[tuple[str, dict]]:
-        parts = topic.split("/")
-        base = ["gasguard", "v1", self.cfg["district"], "command"]
-        if parts[:4] != base or len(parts) < 5:
+        msg = command_topics(self.cfg).parse(topic)
+        if msg is None:
             return []
-        if parts[4] == "sync":
+        kind, incident_id = msg
+        if kind == SYNC:
             return self.sync(now)
-        if len(parts) == 6 and parts[4] == "ack":
-            return self.acknowledge(parts[5], payload, now)
-        if len(parts) == 6 and parts[4] == "input":
-            return self.operator_input(parts[5], payload, now)
-        return []
+        if kind == ACK:
+            return self.acknowledge(incident_id, payload, now)
+        return self.operator_input(incident_id, payload, now)
 
     def open_incidents(self) -> list[Incident]:
         return [i for i in self.incidents.values() if i.status == "open"]

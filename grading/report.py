@@ -1,4 +1,4 @@
-"""The draft report of plan 4.1.3, as JSON (schema: schemas/incident.schema.json) and as Chinese text.
+"""The draft report of plan 4.1.3, as JSON (schema: gateway/schemas/incident.schema.json) and as Chinese text.
 
 "突发事件发生的时间、地点、信息来源、事件类别、基本过程、财产损失、人员伤亡情况、对事件的初判级别、
 已经采取的措施、有无次生或衍生危害、周边有无危险源、警报发布情况、是否需要疏散群众、需要支援事项和亟需
@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gasguard.gateway import grading as G
+import gasguard.gateway
+from gasguard.grading import engine as G
 
 SCHEMA_ID = "gasguard.incident/1"
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "incident.schema.json"
+# the MQTT payload schemas live together with the gateway that publishes them (gateway/schemas/)
+SCHEMA_PATH = Path(gasguard.gateway.__file__).with_name("schemas") / "incident.schema.json"
 
 # what the command may send on .../command/input/<id>, and its type
 OPERATOR_FIELDS = {

@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+__all__ = ["SCHEMA_VERSION", "PROFILES", "USER_CLASSES", "PRESSURE_CLASSES", "STATES", "RegistryError", "Device",
+           "Registry"]
+
 SCHEMA_VERSION = 2   # 2: device_log table (compatible: version 1 readers ignore it)
 
 PROFILES = ("household", "station")

@@ -7,11 +7,11 @@ import click
 from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
-from gasguard.tools.bench_firmware import firmware_bench
-from gasguard.tools.bench_fleet import fleet as fleet_bench
-from gasguard.tools.bench_all import bench_all
-from gasguard.tools.bench_gateway import gateway_bench, memory_bench
-from gasguard.tools.bench_provisioning import provisioning_bench
+from gasguard.tools.bench.firmware import firmware_bench
+from gasguard.tools.bench.fleet import fleet as fleet_bench
+from gasguard.tools.bench.suite import bench_all
+from gasguard.tools.bench.gateway import gateway_bench, memory_bench
+from gasguard.tools.bench.provisioning import provisioning_bench
 
 
 @click.group()

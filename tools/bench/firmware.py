@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from gasguard.tools import micropython
+from gasguard.tools.sim import micropython
 
 STEP_BENCH = '''
 import gc, json, time
@@ -61,7 +61,7 @@ def step_cost(n=10000):
 def trip_latency(profile, virtual_clock):
     """(ms from the gas reaching the sensor to the valve pin closing, debounce, sample) on a fresh vboard."""
     from gasguard.firmware import bounds
-    from gasguard.tools.vboard_client import VBoardProcess, gas_raw, install
+    from gasguard.tools.sim.vboard_client import VBoardProcess, gas_raw, install
 
     params = bounds.defaults(profile)
     extra = {"shutoff_on_gas": True} if profile == "station" else {}

@@ -53,8 +53,8 @@ def _seal(devs, frames, wrap):
 
 
 def _fleet(devs, frames, scenario, transport_factory, params=None, count_steps=False):
-    from gasguard.tools import scenarios
-    from gasguard.tools.fleet import Fleet
+    from gasguard.tools.sim import scenarios
+    from gasguard.tools.sim.fleet import Fleet
 
     def run():
         tr = transport_factory()
@@ -73,8 +73,8 @@ def _fleet(devs, frames, scenario, transport_factory, params=None, count_steps=F
 @click.option("--json", "as_json", is_flag=True)
 def fleet(households, frames, runs, as_json):
     """Frames per second the fleet simulator generates and signs, per core (median of runs)."""
-    from gasguard.tools import district
-    from gasguard.tools.fleet_transport import NullTransport, UdpTransport
+    from gasguard.tools.sim import district
+    from gasguard.tools.sim.fleet_transport import NullTransport, UdpTransport
 
     devs = district.generate(seed=1, scale=1.0, households=households, sim_keys=True)
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

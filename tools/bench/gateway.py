@@ -45,7 +45,7 @@ def _key(dev: int) -> bytes:
 
 
 def _nodes(n: int, first: int = 0x100000):
-    from gasguard.gateway.testkit import Node
+    from gasguard.testing.node import Node
     return [Node(first + i, _key(first + i)) for i in range(n)]
 
 
@@ -275,7 +275,7 @@ def _alarm_frames(nodes, count):
 
 
 def _setup(d: Path, n_readings: int, n_alarm_nodes: int = 200):
-    from gasguard.gateway.testkit import make_registry
+    from gasguard.testing.node import make_registry
     nodes = _nodes(max(1, n_readings // PER_DEV))
     alarm_nodes = _nodes(n_alarm_nodes, first=0x800000)
     make_registry(d / "registry.db", nodes + alarm_nodes)
@@ -288,7 +288,7 @@ def load() -> str:
 
 def gateway_figures(*, readings=200_000, runs=3, rate=50_000, seconds=5.0, backlog=1_000_000,
                     drain_runs=1, profile=False, echo=click.echo, workdir=None) -> dict:
-    from gasguard.tools.broker import Mosquitto
+    from gasguard.testing.mosquitto import Mosquitto
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-gw-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     out: dict = {"load_before": load()}
@@ -388,11 +388,11 @@ MEM_CHILD = r'''
 import json, sys, time
 from pathlib import Path
 from gasguard.gateway.daemon import Daemon
-from gasguard.gateway.registry import Registry
-from gasguard.tools.bench_gateway import _cfg, RX
+from gasguard.registry import Registry
+from gasguard.tools.bench.gateway import _cfg, RX
 from gasguard.protocol import frame
 from gasguard.protocol.const import UP
-from gasguard.tools.district import sim_key
+from gasguard.tools.sim.district import sim_key
 
 def rss():
     f = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
@@ -419,8 +419,8 @@ print(json.dumps({"python_mb": base[0], "registry_loaded_mb": loaded[0], "after_
 
 
 def memory_figures(*, households=None, echo=click.echo) -> dict:
-    from gasguard.gateway.registry import Registry
-    from gasguard.tools import district
+    from gasguard.registry import Registry
+    from gasguard.tools.sim import district
     with tempfile.TemporaryDirectory(prefix="gg-bench-mem-", dir="/var/tmp") as tmp:
         d = Path(tmp)
         t = time.perf_counter()

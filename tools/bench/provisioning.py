@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.provisioning import calibration, configure, flashing, identity, lifecycle, selftest
 from gasguard.provisioning.board import Board
-from gasguard.tools.vboard_client import VBoardProcess
+from gasguard.tools.sim.vboard_client import VBoardProcess
 
 
 def _timed(rows, name, fn, note=None):

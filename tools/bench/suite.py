@@ -11,8 +11,8 @@ import time
 
 import click
 
-from gasguard.tools.bench_firmware import firmware_figures, print_firmware
-from gasguard.tools.bench_gateway import gateway_figures, memory_figures, print_gateway, print_memory
+from gasguard.tools.bench.firmware import firmware_figures, print_firmware
+from gasguard.tools.bench.gateway import gateway_figures, memory_figures, print_gateway, print_memory
 
 
 def _row(goal, figure, target, ok):
@@ -68,7 +68,7 @@ def print_table(rows, echo=click.echo) -> None:
 @click.option("--json", "as_json", is_flag=True, help="all figures as JSON")
 def bench_all(quick, as_json):
     """Run every benchmark (air, firmware, gateway, memory) in bounded time; print a table of the goals."""
-    from gasguard.tools.bench_cli import air_figures, print_air
+    from gasguard.tools.bench.cli import air_figures, print_air
 
     echo = (lambda *_: None) if as_json else click.echo
     t0 = time.monotonic()

@@ -3,11 +3,11 @@
     broker = start_broker(workdir)      # .kind "mosquitto" | "amqtt", .port, .stop()
 
 amqtt 0.11.4 was checked with paho-mqtt 2.x for what the gateway and console rely on: QoS 1 with PUBACK,
-retained messages, and the gateway's will (tools/DEMO.md). It is installed by `make demo` only when
+retained messages, and the gateway's will (tools/demo/README.md). It is installed by `make demo` only when
 mosquitto is missing; tests always use mosquitto. As a module this file runs the amqtt broker:
 
-    python -m gasguard.tools.demo_broker --port 1883 --log amqtt.log
-    python -m gasguard.tools.demo_broker --exec /usr/sbin/mosquitto -c mosquitto.conf   # dies with its parent
+    python -m gasguard.tools.demo.broker --port 1883 --log amqtt.log
+    python -m gasguard.tools.demo.broker --exec /usr/sbin/mosquitto -c mosquitto.conf   # dies with its parent
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import os
 import sys
 from pathlib import Path
 
-from .broker import BrokerError, Mosquitto, find_mosquitto, free_port
+from gasguard.testing.mosquitto import BrokerError, Mosquitto, find_mosquitto, free_port
 
 INSTALL_HINT = ("an MQTT broker is needed: install mosquitto ('sudo apt-get install mosquitto'; 'make demo' does "
                 "it when run as root) or the pure-Python fallback ('.venv/bin/pip install amqtt==0.11.4')")
 
 
 class AmqttBroker(Mosquitto):
-    """amqtt in a child process, started and stopped like tools/broker.py's mosquitto."""
+    """amqtt in a child process, started and stopped like testing/mosquitto.py's mosquitto."""
 
     kind = "amqtt"
 
@@ -38,7 +38,7 @@ class AmqttBroker(Mosquitto):
         self.proc = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "gasguard.tools.demo_broker", "--port", str(self.port), "--log", str(self.log)]
+        return [sys.executable, "-m", "gasguard.tools.demo.broker", "--port", str(self.port), "--log", str(self.log)]
 
 
 class _Mosquitto(Mosquitto):
@@ -47,7 +47,7 @@ class _Mosquitto(Mosquitto):
     kind = "mosquitto"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "gasguard.tools.demo_broker", "--exec", *super().command()]
+        return [sys.executable, "-m", "gasguard.tools.demo.broker", "--exec", *super().command()]
 
 
 def available() -> str | None:
@@ -73,7 +73,7 @@ def start_broker(workdir: Path, prefer: str | None = None):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from .demo_gateway import die_with_parent
+    from gasguard.tools.demo.gateway import die_with_parent
     die_with_parent()
     if argv[:1] == ["--exec"]:
         os.execv(argv[1], argv[1:])        # the parent-death signal survives exec: mosquitto inherits it

@@ -1,4 +1,4 @@
-"""`gasguard sim demo` (what `make demo` runs): thin, over tools/demo.py. Exit 0 when the story's checks
+"""`gasguard sim demo` (what `make demo` runs): thin, over tools/demo/run.py. Exit 0 when the story's checks
 all passed, 1 when one failed or something could not start, 2 bad options, 128 + the signal when stopped by
 Ctrl-C, SIGTERM or SIGHUP (a closed terminal): everything is stopped first."""
 
@@ -26,11 +26,11 @@ import click
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="working folder (default: a new temporary one, removed at exit unless --keep)")
 def demo(speed, duration, fast, no_tui, keep, households, boards, broker, workdir):
-    """The simulated district end to end: a leak, a station trip, escalation, acknowledgement (tools/DEMO.md)."""
+    """The simulated district end to end: a leak, a station trip, escalation, acknowledgement (tools/demo/README.md)."""
     from pathlib import Path
 
-    from gasguard.tools.demo import Demo, DemoError, DemoOptions
-    from gasguard.tools.demo_view import LogView, TuiView
+    from gasguard.tools.demo.run import Demo, DemoError, DemoOptions
+    from gasguard.tools.demo.view import LogView, TuiView
 
     kw = {k: v for k, v in dict(speed=speed, households=households).items() if v is not None}
     kw.update(duration=duration, boards=boards, broker=broker, keep=keep,

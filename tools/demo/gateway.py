@@ -1,6 +1,6 @@
 """The real gateway daemon on a sped-up clock, for the demo.
 
-    python -m gasguard.tools.demo_gateway --config gateway.toml --t0 1795462055.0 --speed 30
+    python -m gasguard.tools.demo.gateway --config gateway.toml --t0 1795462055.0 --speed 30
 
 Only the clock differs from `gasguard gateway run`: daemon time is `t0 + (wall - t0) * speed`, so the plan's
 20- and 45-minute reporting deadlines (plan 4.1.2) fall due in 40 s and 90 s of wall time at speed 30. The

@@ -1,6 +1,6 @@
 """Record a full technician's provisioning run against a virtual board, as provisioning/TRANSCRIPT.md.
 
-    .venv/bin/python -m gasguard.tools.provisioning_transcript provisioning/TRANSCRIPT.md
+    .venv/bin/python -m gasguard.tools.demo.provisioning_transcript provisioning/TRANSCRIPT.md
 
 Runs the installed `gasguard` command in subprocesses exactly as typed at a bench (new -> flash --compile
 -> monitor -> config -> calibrate -> selftest -> export -> import-registry -> rotate-key -> decommission).
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gasguard.tools.vboard_client import VBoardProcess
+from gasguard.tools.sim.vboard_client import VBoardProcess
 
 GG = str(Path(sys.executable).parent / "gasguard")
 
@@ -29,7 +29,7 @@ def main(out: str) -> int:
     env = dict(os.environ, GASGUARD_REGISTRY=str(tmp / "registry.db"),
                GASGUARD_AUTHORITY=str(tmp / "authority.pem"), COLUMNS="100")
     lines = ["# A provisioning run against the virtual board", "",
-             "Recorded by `python -m gasguard.tools.provisioning_transcript` on "
+             "Recorded by `python -m gasguard.tools.demo.provisioning_transcript` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. The registry and the authority key are",
              "set once in the shell (`GASGUARD_REGISTRY`, `GASGUARD_AUTHORITY`); `$PORT` is the board's port",
              "(a virtual board's pty here, `/dev/ttyUSB0` at a bench).", ""]

@@ -1,12 +1,12 @@
 """`make demo`: a small simulated district end to end, on one sped-up clock, told as a story.
 
 What runs (every part real except the gas and the pipes):
-  broker    mosquitto (or amqtt when mosquitto is missing, tools/demo_broker.py), own process
-  registry  tools/district.py at a small scale, plus the virtual boards' devices (SQLite, as the CLI writes)
-  gateway   the real daemon with the grading plugin (tools/demo_gateway.py: only its clock is sped up)
-  boards    virtual boards running the real firmware in MicroPython (tools/vboard_client.py), each on its pty
-  fleet     tools/fleet.py: every station, user and a few thousand household nodes on one pty
-  console   gateway/console.py: the district's and the city's MQTT clients and the rich board
+  broker    mosquitto (or amqtt when mosquitto is missing, tools/demo/broker.py), own process
+  registry  tools/sim/district.py at a small scale, plus the virtual boards' devices (SQLite, as the CLI writes)
+  gateway   the real daemon with the grading plugin (tools/demo/gateway.py: only its clock is sped up)
+  boards    virtual boards running the real firmware in MicroPython (tools/sim/vboard_client.py), each on its pty
+  fleet     tools/sim/fleet.py: every station, user and a few thousand household nodes on one pty
+  console   command/console.py: the district's and the city's MQTT clients and the rich board
 
 The story (demo time; the plan's deadlines are not shortened, the clock is sped up):
   1. a leak at a household on virtual board 1: gas rises, the firmware shuts the valve itself, alarms;
@@ -37,17 +37,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gasguard.gateway.console import CommandClient, ConsoleError
-from gasguard.gateway.registry import Device, Registry
+from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.registry import Device, Registry
 
-from . import district
-from .broker import BrokerError
-from .demo_broker import start_broker
-from .demo_gateway import demo_clock
-from .fleet import Fleet, device_nodes
-from .fleet_transport import PtyTransport, TransportError
-from .scenarios import StationTrip
-from .vboard_client import VBoardError, VBoardProcess, gas_raw, install, pressure_raw
+from gasguard.tools.sim import district
+from gasguard.testing.mosquitto import BrokerError
+from gasguard.tools.demo.broker import start_broker
+from gasguard.tools.demo.gateway import demo_clock
+from gasguard.tools.sim.fleet import Fleet, device_nodes
+from gasguard.tools.sim.fleet_transport import PtyTransport, TransportError
+from gasguard.tools.sim.scenarios import StationTrip
+from gasguard.tools.sim.vboard_client import VBoardError, VBoardProcess, gas_raw, install, pressure_raw
 
 DISTRICT = "lixia"
 GATEWAY = "sub-017"
@@ -153,7 +153,7 @@ def build_district(path: Path, opts: DemoOptions) -> DemoDistrict:
 def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: list[str]) -> Path:
     ports = "".join(f'[[serial]]\nport = "{p}"\n\n' for p in serial)
     path.write_text(
-        f'# written by the demo (tools/demo.py)\n[gateway]\nid = "{GATEWAY}"\ndistrict = "{DISTRICT}"\n'
+        f'# written by the demo (tools/demo/run.py)\n[gateway]\nid = "{GATEWAY}"\ndistrict = "{DISTRICT}"\n'
         f'registry = "{registry}"\nspool = "{spool}"\nlog_level = "INFO"\n\n{ports}'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.5\nreconnect_max = 2\n\n'
         # households report every 900 s: three missed reports before a node counts as offline
@@ -296,7 +296,7 @@ class Demo:
                            serial=[self.pty.port] + [b.pty for b in self.boards])
         self.gateway_log = open(self.dir / "gateway.log", "wb")
         self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "gasguard.tools.demo_gateway", "-c", str(cfg), "--t0", repr(self.t0),
+            [sys.executable, "-m", "gasguard.tools.demo.gateway", "-c", str(cfg), "--t0", repr(self.t0),
              "--speed", str(o.speed)], stdout=self.gateway_log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_gateway()
         self.say(f"gateway {GATEWAY}: the real daemon with the grading plugin (pid {self.gateway.pid}), "

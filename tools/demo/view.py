@@ -1,6 +1,6 @@
 """How the demo shows itself: plain log lines (CI, pipes, `--no-tui`) or the district console live (rich).
 
-Both views take the same calls from tools/demo.py: `say` (a line of the story), `incident` (a new revision
+Both views take the same calls from tools/demo/run.py: `say` (a line of the story), `incident` (a new revision
 taken by the district's or the city's console client, from paho's thread), `attach` (the demo is up),
 `select` (the operator's cursor and status line, as the console's own `a` key shows them).
 """
@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from gasguard.gateway import grading as G
-from gasguard.gateway.console import WARNING_STYLE, render_board
+from gasguard.grading import engine as G
+from gasguard.command.console import WARNING_STYLE, render_board
 
 
 def clock(t: float) -> str:
@@ -96,7 +96,7 @@ class LogView:
 
 
 class TuiView:
-    """The district console's board (gateway/console.py render_board) live, the city's routing under it,
+    """The district console's board (command/console.py render_board) live, the city's routing under it,
     and the story's last lines in a panel. Redrawn 4 times a second by rich's own thread."""
 
     def __init__(self, console: Console | None = None, lines: int = 12):

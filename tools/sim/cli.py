@@ -2,10 +2,10 @@
 
 import click
 
-from gasguard.tools.demo_cli import demo
-from gasguard.tools.district_cli import district
-from gasguard.tools.fleet_cli import fleet
-from gasguard.tools.vboard_cli import vboard
+from gasguard.tools.demo.cli import demo
+from gasguard.tools.sim.district_cli import district
+from gasguard.tools.sim.fleet_cli import fleet
+from gasguard.tools.sim.vboard_cli import vboard
 
 
 @click.group()

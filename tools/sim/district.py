@@ -29,7 +29,7 @@ import os
 import random
 from dataclasses import dataclass
 
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 
 # plan 1.5: scale of the district
 STATIONS = 1326

@@ -1,11 +1,11 @@
-"""`gasguard sim district`: write a registry shaped like the district (tools/district.py)."""
+"""`gasguard sim district`: write a registry shaped like the district (tools/sim/district.py)."""
 
 import json
 import time
 
 import click
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 
 
 @click.command("district")
@@ -27,7 +27,7 @@ def district(path, scale, seed, households, sim_keys, replace, as_json):
     Example:
       gasguard sim district --registry /tmp/district.db --households 5000 --sim-keys
     """
-    from gasguard.tools import district as gen
+    from gasguard.tools.sim import district as gen
 
     with Registry(path) as reg:
         existing = reg.count()

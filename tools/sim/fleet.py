@@ -1,7 +1,7 @@
 """The fleet simulator: thousands of SimNodes on one virtual clock, sending through one transport.
 
-    from gasguard.tools.fleet import Fleet
-    from gasguard.tools.fleet_transport import PtyTransport
+    from gasguard.tools.sim.fleet import Fleet
+    from gasguard.tools.sim.fleet_transport import PtyTransport
     fleet = Fleet("district.db", PtyTransport(), speed=60)       # or a list of Devices / SimNodes
     report = fleet.run("single_leak", duration=600)      # virtual seconds
     print(report.as_dict())
@@ -71,7 +71,7 @@ class FleetReport:
 
 
 class Fleet:
-    """Simulated nodes plus a transport. See the module docstring and tools/SIMULATOR.md."""
+    """Simulated nodes plus a transport. See the module docstring and tools/sim/README.md."""
 
     def __init__(self, source, transport, *, seed: int = 0, speed: float = 60.0, rate: float = 0.0,
                  log: str | os.PathLike | None = None, record: bool = False, on_foreign=None):
@@ -316,7 +316,7 @@ class Fleet:
 
     def run(self, scenario="quiet", duration: float | None = None, *, realtime: bool = True,
             wall_timeout: float = 120.0, max_frames: int | None = None, params: dict | None = None) -> FleetReport:
-        """Play `scenario` (a name from tools/scenarios.py or a Scenario) for `duration` virtual seconds."""
+        """Play `scenario` (a name from tools/sim/scenarios.py or a Scenario) for `duration` virtual seconds."""
         from . import scenarios
 
         scen = scenarios.make(scenario, **(params or {})) if isinstance(scenario, str) else scenario

@@ -1,11 +1,11 @@
-"""`gasguard sim fleet`: play a scenario with the simulated fleet against a gateway (tools/fleet.py)."""
+"""`gasguard sim fleet`: play a scenario with the simulated fleet against a gateway (tools/sim/fleet.py)."""
 
 import json
 import signal
 
 import click
 
-from gasguard.tools.scenarios import SCENARIOS
+from gasguard.tools.sim.scenarios import SCENARIOS
 
 
 def _param(items):
@@ -70,9 +70,9 @@ def fleet(path, transport, targets, overlap, scenario, params, duration, speed, 
     """
     import time
 
-    from gasguard.tools import scenarios
-    from gasguard.tools.fleet import Fleet
-    from gasguard.tools.fleet_transport import OverlapTransport, PtyTransport, TransportError, UdpTransport
+    from gasguard.tools.sim import scenarios
+    from gasguard.tools.sim.fleet import Fleet
+    from gasguard.tools.sim.fleet_transport import OverlapTransport, PtyTransport, TransportError, UdpTransport
 
     try:
         scen = scenarios.make(scenario, **dict(_param(params), seed=seed))

@@ -2,7 +2,7 @@
 
 Pure logic: inputs are virtual time `t` (seconds) and a random generator; outputs are field dicts that
 `seal()` turns into signed frames with this node's own counter. No clock, no socket: the fleet
-(tools/fleet.py) schedules nodes and moves bytes.
+(tools/sim/fleet.py) schedules nodes and moves bytes.
 
 What it models (firmware/bounds.py defaults, overridable by the registry `config`):
 - readings at the profile's report period: gas noise 0-2 % LEL, service/outlet pressure noise around the

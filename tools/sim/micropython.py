@@ -5,25 +5,24 @@ The project's MicroPython-side modules are importable exactly as on a board:
 filesystem. Each call is a fresh interpreter in its own Node process, so a crash cannot take the
 caller down, and every call has a timeout.
 
-    from gasguard.tools.micropython import run
+    from gasguard.tools.sim.micropython import run
     out = run("from gasguard.protocol import frame\\nprint(frame.VERSION)")
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from gasguard.provisioning.image import DEVICE_PACKAGES, device_files  # noqa: F401 - the board's image, re-used
+
 TOOLS = Path(__file__).resolve().parent
 HOST_SCRIPT = TOOLS / "mpy_host.mjs"
 PORT_PACKAGE = TOOLS / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 
-# Folders whose *.py files go on the board (and into the host interpreter) as gasguard.<name>.
-DEVICE_PACKAGES = ("protocol", "firmware")
 RESULT_MARK = "@@RESULT@@"
 
 
@@ -41,19 +40,8 @@ def available() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed (apt-get install nodejs, or run make setup)"
     if not (PORT_PACKAGE / "micropython.mjs").exists():
-        return "the MicroPython WebAssembly port is not installed: run 'make setup' (npm ci in tools/)"
+        return "the MicroPython WebAssembly port is not installed: run 'make setup' (npm ci in tools/sim/)"
     return None
-
-
-def device_files(packages=DEVICE_PACKAGES) -> list[tuple[Path, str]]:
-    """(host path, path in the interpreter) for every module a board carries."""
-    # found through the import system, so an installed (non-editable) gasguard works as the checkout does
-    import gasguard
-    out = [(Path(gasguard.__file__), "/lib/gasguard/__init__.py")]
-    for pkg in packages:
-        for f in sorted(Path(importlib.import_module(f"gasguard.{pkg}").__file__).parent.glob("*.py")):
-            out.append((f, f"/lib/gasguard/{pkg}/{f.name}"))
-    return out
 
 
 def run(code: str, *, timeout: float = 120.0, heap: int = 1024 * 1024,

@@ -1,9 +1,9 @@
 """The virtual board's launcher: a pty for the board's UART, raw-REPL emulation, and the control channel.
 
-    python -m gasguard.tools.vboard --flash DIR [--ctl SOCKET] [--virtual-clock] [--info FILE]
+    python -m gasguard.tools.sim.vboard --flash DIR [--ctl SOCKET] [--virtual-clock] [--info FILE]
 
 Process tree: this launcher (Python) + one Node process running the official MicroPython WebAssembly
-port with the board's HAL (tools/vboard_host.mjs). The launcher owns
+port with the board's HAL (tools/sim/vboard_host.mjs). The launcher owns
 
 - the pty: its slave path is printed on stdout (one JSON line: pty, ctl, flash, pid) and written to --info.
   pyserial, mpremote and the gateway open it like /dev/ttyUSB0. While the firmware runs, bytes from the pty

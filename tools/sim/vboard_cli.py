@@ -20,7 +20,8 @@ def vboard(flash, ctl, virtual_clock, info):
     Open the pty like /dev/ttyUSB0 (pyserial, mpremote, the gateway); drive the analog front end, the power
     and the clock over the control socket (JSON lines; see firmware/README.md).
     """
-    from gasguard.tools import micropython, vboard as vb
+    from gasguard.tools.sim import micropython
+    from gasguard.tools.sim import vboard as vb
 
     why = micropython.available()
     if why:

@@ -1,6 +1,6 @@
 """Start a virtual board and drive it: the Python side used by tests, the HIL suite and the demo.
 
-    from gasguard.tools.vboard_client import VBoardProcess, install
+    from gasguard.tools.sim.vboard_client import VBoardProcess, install
     install(flash_dir, config, key)                      # lay out the board's flash like a flashed board
     with VBoardProcess(flash_dir, virtual_clock=True) as vb:
         vb.pty                                           # open with pyserial / mpremote / the gateway
@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 
 from gasguard.firmware import sensing
-from gasguard.tools.micropython import device_files
-
-MAIN_STUB = "from gasguard.firmware import main\nmain.run()\n"
+from gasguard.provisioning.image import MAIN_STUB, device_files
 
 
 class VBoardError(RuntimeError):
@@ -134,7 +132,7 @@ class VBoardProcess:
         self.ctl: Control | None = None
 
     def start(self):
-        args = [sys.executable, "-m", "gasguard.tools.vboard", "--flash", str(self.flash), "--ctl", str(self.ctl_path),
+        args = [sys.executable, "-m", "gasguard.tools.sim.vboard", "--flash", str(self.flash), "--ctl", str(self.ctl_path),
                 "--info", str(self.info_path)]
         if self.virtual_clock:
             args.append("--virtual-clock")

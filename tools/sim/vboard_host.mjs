@@ -1,5 +1,5 @@
 // The virtual board's "chip": the official MicroPython WebAssembly port plus a HAL (module `vbhal`),
-// driven by the Python launcher (tools/vboard.py) over stdin/stdout, one JSON object per line.
+// driven by the Python launcher (tools/sim/vboard.py) over stdin/stdout, one JSON object per line.
 //
 //   node vboard_host.mjs --flash DIR [--virtual-clock] [--heap BYTES] [--rom machine.py]
 //

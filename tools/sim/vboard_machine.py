@@ -1,6 +1,6 @@
 # `machine` for the virtual board: runs INSIDE MicroPython (WebAssembly port), installed as /rom/machine.py.
 #
-# Every class talks to the board's HAL in the Node host (tools/vboard_host.mjs) through the JS module
+# Every class talks to the board's HAL in the Node host (tools/sim/vboard_host.mjs) through the JS module
 # `vbhal`, and behaves like the hardware it stands for: ADC.read_u16() returns what the analog front end
 # is set to (with a few LSB of noise), an output Pin drives a line the host can read, UART.read() never
 # waits, WDT resets the board when it is not fed in time, NVS keeps values across power cycles.

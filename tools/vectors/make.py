@@ -1,4 +1,4 @@
-"""Regenerate protocol/vectors.json (run: python -m gasguard.tools.make_vectors).
+"""Regenerate protocol/vectors.json (run: python -m gasguard.tools.vectors.make).
 
 Keys and fields are fixed, so the output is deterministic; the expected bytes come from the CPython
 implementation and are then checked on MicroPython, and the MICs independently with the stdlib hmac.
@@ -7,11 +7,12 @@ implementation and are then checked on MicroPython, and the MICs independently w
 import json
 from pathlib import Path
 
+import gasguard.protocol
 from gasguard.protocol import frame, framing
 from gasguard.protocol.const import DOWN, UP
-from gasguard.tools.vector_check import fields_from_json, fields_to_json
+from gasguard.tools.vectors.check import fields_from_json, fields_to_json
 
-OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors.json"
+OUT = Path(gasguard.protocol.__file__).resolve().parent / "vectors.json"
 K1 = "000102030405060708090a0b0c0d0e0f"
 K2 = "8f3a1c5e9b7d2f4061a3c5e7092b4d6f"
 
