@@ -140,8 +140,8 @@ def _unknown(table: dict, name: str):
 def parse(doc: dict, base: Path = Path(".")) -> Config:
     """A TOML document (already parsed) -> Config. Relative paths are relative to `base`."""
     for top in doc:
-        if top not in _KNOWN and top != "plugins":
-            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins")
+        if top not in _KNOWN and top not in ("plugins", "sparkplug"):
+            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins, sparkplug")
     g = _get(doc, "gateway", dict)
     _unknown(g, "gateway")
     gid = _get(g, "id", str, path="gateway")
@@ -248,6 +248,12 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.stats_interval = _positive(_get(mt, "stats_interval", float, 60.0, "metrics"), "metrics.stats_interval")
     cfg.tick_interval = _positive(_get(mt, "tick_interval", float, 1.0, "metrics"), "metrics.tick_interval")
 
+    if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
+        from .sparkplug.plugin import OptionError, check_options
+        try:
+            cfg.plugins["sparkplug"] = check_options(_get(doc, "sparkplug", dict))
+        except OptionError as e:
+            raise ConfigError(e.key, str(e).split(": ", 1)[1]) from None
     pl = _get(doc, "plugins", dict, {})
     from .plugin import PLUGINS
     for name, opts in pl.items():

@@ -118,7 +118,12 @@ class Daemon:
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
         self.stopping = False
         if plugins is None:
-            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, cfg.topic_root)
+            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, topic_root=cfg.topic_root, mqtt={
+                "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
+                "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
+                "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
+                "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
+                "spool_dir": str(cfg.spool.parent), "version": __version__})
             plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
         self.plugins = plugins
         for p in plugins:
