@@ -77,8 +77,9 @@ class GatewayProcess:
     of its own. Its log goes to a file (kept with the test's files) that a failing test can show; every start
     appends a marker, so `run_log()` is this run's part."""
 
-    def __init__(self, config: Path, log: Path):
+    def __init__(self, config: Path, log: Path, env: dict | None = None):
         self.config, self.log_path = Path(config), Path(log)
+        self.env = None if env is None else {**os.environ, **env}     # e.g. NOTIFY_SOCKET (systemd)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.offset = 0            # where this run's part of the log begins
@@ -92,7 +93,7 @@ class GatewayProcess:
             self.offset = lf.tell()
             self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
                                           str(self.config)], stdout=lf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env=self.env)
         return self
 
     def log(self) -> str:
