@@ -74,8 +74,8 @@ class DaemonThread:
 
 class GatewayProcess:
     """`gasguard gateway run --config ...` as a child process (SIGKILL / SIGTERM / restart tests), in a session
-    of its own. Its log goes to a file (kept with the test's files) that a failing test can show; every start
-    appends a marker, so `run_log()` is this run's part."""
+    of its own. Its log goes to a file (kept with the test's files) that a failing test can show; restarts
+    append to it, and `run_log()` is this run's part."""
 
     def __init__(self, config: Path, log: Path, env: dict | None = None):
         self.config, self.log_path = Path(config), Path(log)
@@ -88,9 +88,7 @@ class GatewayProcess:
         self.starts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as lf:
-            lf.write(f"---- start {self.starts} ----\n".encode())
-            lf.flush()
-            self.offset = lf.tell()
+            self.offset = lf.tell()          # the log holds only the daemon's lines: tests parse every one
             self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
                                           str(self.config)], stdout=lf, stderr=subprocess.STDOUT,
                                          start_new_session=True, env=self.env)
