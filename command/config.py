@@ -34,7 +34,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from gasguard.gateway import grading as G
+from gasguard.grading import engine as G
 
 from . import notify
 

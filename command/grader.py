@@ -24,10 +24,11 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from gasguard.gateway import grading as G
-from gasguard.gateway import report as R
-from gasguard.gateway.dedup import frame_key
-from gasguard.gateway.incidents import Incident, IncidentEngine
+from gasguard.grading import engine as G
+from gasguard.grading import report as R
+from gasguard.command.dedup import frame_key
+from gasguard.grading.incidents import Incident, IncidentEngine
+from gasguard.protocol.topics import ALARM, EVENT, READING, STATUS, SYNC, Topics
 
 from .acts import Unsigned
 
@@ -61,8 +62,9 @@ class DistrictGrader:
         self.acts = acts or Unsigned()
         self.gateway_silent_s = gateway_silent_s
         self.engine = IncidentEngine(cfg, downstream=downstream)
-        self.base = f"gasguard/v1/{cfg['district']}"
-        self.cmd_base = f"{self.base}/command"
+        self.topics = Topics(cfg["topic_root"])
+        self.cmd = self.topics.command(cfg["district"])
+        self.base = f"{self.topics.root}/{cfg['district']}/"      # every gateway of the district under it
         self.timeline_n: dict[str, int] = {}     # engine timeline entries already journaled, per incident
         self.levels: dict[str, tuple] = {}       # (level, warning) last notified, per incident
         self.gateways: dict[str, dict] = {}      # gateway id -> {"last_seen", "online", "silent"}
@@ -105,25 +107,25 @@ class DistrictGrader:
 
     def _one(self, tx, topic: str, doc: dict, now: float, out: Outcome, changed: list, inlet_changed: set,
              request: int | None = None) -> bool:
-        parts = topic.split("/")
-        if parts[:4] == self.cmd_base.split("/"):
-            outcome = self._command(tx, parts[4:], doc, now, out, changed)
+        act = self.cmd.parse(topic)
+        if act is not None:
+            outcome = self._command(tx, act[0], act[1], doc, now, out, changed)
             if request is not None:
                 tx.request_done(request, outcome or "refused: not an act", now)
             return False
-        if len(parts) < 5 or parts[:3] != self.base.split("/"):
+        if not topic.startswith(self.base) or topic.startswith(self.cmd.base + "/"):
             return False
-        gid = parts[3]
-        leaf = parts[-1]
-        if len(parts) == 5 and leaf == "status":
+        parts = topic[len(self.base):].split("/")
+        gid, leaf = parts[0], parts[-1]
+        if len(parts) == 2 and leaf == STATUS:
             self._gateway_status(tx, gid, doc, now, out)
             return False
         self._heard(tx, gid, now, out)
-        if len(parts) == 5 and leaf == "reading":
+        if len(parts) == 2 and leaf == READING:
             for entry in doc.get("readings") or ():
                 self._reading(tx, gid, entry, now, out, changed, inlet_changed)
             return False
-        if len(parts) == 6 and leaf in ("alarm", "event"):
+        if len(parts) == 3 and leaf in (ALARM, EVENT):
             key = frame_key(doc)
             if key is None or not tx.first_frame(key, gid, float(doc["t"])):
                 out.duplicates += key is not None
@@ -132,9 +134,9 @@ class DistrictGrader:
             if dev is None:
                 out.refused.append((topic, f"device {doc.get('dev')} is not in the registry"))
                 return False
-            obs = _alarm_obs(doc, dev) if leaf == "alarm" else _event_obs(doc, dev)
+            obs = _alarm_obs(doc, dev) if leaf == ALARM else _event_obs(doc, dev)
             self._observe(obs, now, out, changed)
-            return leaf == "alarm"
+            return leaf == ALARM
         return False
 
     def _reading(self, tx, gid, e: dict, now, out, changed, inlet_changed) -> None:
@@ -193,20 +195,17 @@ class DistrictGrader:
 
     def _gateway_msg(self, gid, now) -> tuple:
         g = self.gateways[gid]
-        return (f"{self.cmd_base}/gateway/{gid}", {"schema": "gasguard.command-gateway/1", "gateway": gid,
+        return (self.cmd.gateway(gid), {"schema": "gasguard.command-gateway/1", "gateway": gid,
                 "online": g["online"], "silent": g["silent"], "last_seen": g["last_seen"], "t": now}, True)
 
     # --- the command's own inputs ----------------------------------------------------------------
-    def _command(self, tx, rest: list, doc: dict, now, out, changed) -> str | None:
+    def _command(self, tx, kind: str, iid: str | None, doc: dict, now, out, changed) -> str | None:
         """An act from a console (ack, input) or a sync request; returns the act's outcome."""
-        if rest == ["sync"]:
+        if kind == SYNC:
             out.direct.extend((t, p, False) for t, p in self.engine.sync(now))
             out.direct.extend(self._gateway_msg(g, now) for g in self.gateways)
             return None
-        if len(rest) != 2 or rest[0] not in ("ack", "input"):
-            return None
-        kind, iid = rest
-        topic = f"{self.cmd_base}/{kind}/{iid}"
+        topic = self.cmd.ack(iid) if kind == "ack" else self.cmd.input(iid)
         ok, who, why, body, ticket = self.acts.check(kind, iid, doc, topic, self.store)
         known = iid in self.engine.incidents
         res: list = []
@@ -262,7 +261,7 @@ class DistrictGrader:
 
     # --- output: every revision stored with what goes with it ------------------------------------
     def _persist(self, tx, outputs: list, now: float, out: Outcome) -> None:
-        district_prefix = f"{self.cmd_base}/incident/"
+        district_prefix = self.cmd.incident("")
         for topic, payload in outputs:
             if not topic.startswith(district_prefix):
                 continue                     # the city copy of the same payload: one stored revision

@@ -33,6 +33,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from gasguard.protocol.topics import ALARM, EVENT, READING, STATS, STATUS, Topics
+
 from . import notify
 from .acts import GateActs, Unsigned
 from .grader import DistrictGrader
@@ -46,7 +48,7 @@ class Registry:
     """The district registry, read-only, cached (device rows change rarely; a restart re-reads)."""
 
     def __init__(self, path: str):
-        from gasguard.gateway.registry import Registry as Reg
+        from gasguard.registry import Registry as Reg
         self.path = path
         self._reg = Reg(path, readonly=True, check_same_thread=False) if path else None
         self._cache: dict[int, dict | None] = {}
@@ -92,7 +94,8 @@ class CommandService:
                                      acts=acts, gateway_silent_s=cfg.gateway_silent_s)
         self.dispatcher = notify.Dispatcher(cfg.notify, open_store(cfg.store), notifiers)
         self.district = cfg.district
-        self.base = f"gasguard/v1/{cfg.district}"
+        self.topics = Topics(cfg.grading["topic_root"])
+        self.cmd = self.topics.command(cfg.district)
         self.fence = None                   # the lease we hold (None: standby)
         self.leader = threading.Event()
         self.stopping = threading.Event()
@@ -220,9 +223,10 @@ class CommandService:
             self.inflight.clear()
 
     def subscriptions(self) -> list[str]:
-        b = self.base
-        return [f"{b}/+/status", f"{b}/+/stats", f"{b}/+/reading", f"{b}/+/+/alarm", f"{b}/+/+/event",
-                f"{b}/command/ack/+", f"{b}/command/input/+", f"{b}/command/sync"]
+        t, d = self.topics, self.cfg.district
+        # a gateway is found by its birth (status, retained) and heard by everything it publishes
+        return ([t.district_gateway_leaf(d, leaf) for leaf in (STATUS, STATS, READING)]
+                + [t.district_gateways(d, leaf) for leaf in (ALARM, EVENT)] + list(self.cmd.subscriptions))
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -272,7 +276,7 @@ class CommandService:
                 continue
             now = self.clock()
             # acts submitted through the store by consoles in other processes (the web console)
-            reqs = [(f"{self.base}/command/{r['kind']}/{r['incident_id']}", r["payload"], r["seq"])
+            reqs = [((self.cmd.ack if r["kind"] == "ack" else self.cmd.input)(r["incident_id"]), r["payload"], r["seq"])
                     for r in self.store.pending_requests()]
             if batch or reqs:
                 out = self.grader.handle([(topic, doc) for _, _, _, topic, doc, _ in batch] + reqs, now, fence)
@@ -337,8 +341,7 @@ class CommandService:
 
     # --- outbox: stored revisions -> district and city topics --------------------------------------
     def _outbox_loop(self) -> None:
-        cmd = f"{self.base}/command/incident"
-        city = f"gasguard/v1/{self.cfg.grading['city_topic']}/incident"
+        city = self.cfg.grading["city_topic"]
         while not self.stopping.is_set():
             self.kick.wait(0.5)
             self.kick.clear()
@@ -350,9 +353,9 @@ class CommandService:
                     continue
                 p = row["payload"]
                 body = json.dumps(p, ensure_ascii=False)
-                infos = [c.publish(f"{cmd}/{p['incident_id']}", body, qos=1)]
+                infos = [c.publish(self.cmd.incident(p["incident_id"]), body, qos=1)]
                 if "city" in p.get("routes", ()):
-                    infos.append(c.publish(f"{city}/{p['incident_id']}", body, qos=1))
+                    infos.append(c.publish(self.topics.city_incident(city, p["incident_id"]), body, qos=1))
                 self.pending_pub.add(row["seq"])
                 with self.inflight_lock:
                     # the revision counts as published when the district copy is PUBACKed

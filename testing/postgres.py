@@ -19,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-try:  # TEMP until the layout move lands
-    from gasguard.testing.mosquitto import free_port
-except ImportError:
-    from gasguard.tools.broker import free_port
+from gasguard.testing.mosquitto import free_port
 
 
 class PostgresError(RuntimeError):
@@ -114,30 +111,3 @@ def wait_ready(url: str, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-
-
-# --- pytest plugin: `pytest_plugins = ["gasguard.testing.postgres"]` -----------------------------------
-try:
-    import pytest
-except ImportError:          # product code never imports this module; benchmarks may, without pytest
-    pytest = None
-
-if pytest is not None:
-    @pytest.fixture(scope="session")
-    def postgres_server():
-        """One throwaway PostgreSQL per test process (xdist worker); each test gets its own database."""
-        with Postgres() as pg:
-            yield pg
-
-    @pytest.fixture
-    def postgres_url(postgres_server, request):
-        import re
-        name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
-        return postgres_server.create_database(name)
-
-    @pytest.fixture(params=["sqlite", "postgresql"])
-    def store_url(request, tmp_path):
-        """The command store's URL, once per backend: the same test runs on SQLite and on PostgreSQL."""
-        if request.param == "sqlite":
-            return f"sqlite:///{tmp_path / 'command.db'}"
-        return request.getfixturevalue("postgres_url")

@@ -9,7 +9,7 @@ from gasguard.command.grader import DistrictGrader
 from gasguard.command.service import Registry as CachedRegistry
 from gasguard.command.store import open_store
 from gasguard.gateway import payloads
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 from gasguard.protocol import frame
 from grading_helpers import T0
 

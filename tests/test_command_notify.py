@@ -11,7 +11,7 @@ from aiosmtpd.controller import Controller
 
 from gasguard.command import notify
 from gasguard.command.store import open_store
-from gasguard.tools.broker import free_port
+from gasguard.testing.mosquitto import free_port
 
 
 class Inbox:

@@ -19,9 +19,13 @@ from gasguard.command.service import CommandService
 from gasguard.command.store import open_store
 from gasguard.gateway import config as gwconfig
 from gasguard.gateway import daemon as gwdaemon
-from gasguard.gateway import testkit
-from gasguard.gateway.console import CommandClient
-from gasguard.gateway.registry import Device, Registry
+from gasguard.testing.config import write_config
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.links import PtyCable
+from gasguard.testing.node import Node
+from gasguard.testing.subscriber import Subscriber
+from gasguard.command.console import CommandClient
+from gasguard.registry import Device, Registry
 from gasguard.protocol import frame
 
 D = "lixia"
@@ -30,11 +34,11 @@ TRIP = frame.make_state(1, True, 0, False, False, True)
 
 
 def _gateway(tmp_path, mosquitto, gid, registry):
-    cable = testkit.PtyCable(tmp_path / f"tty-{gid}")
-    path = testkit.write_config(tmp_path / f"{gid}.toml", registry=registry, spool=tmp_path / f"{gid}-spool.db",
+    cable = PtyCable(tmp_path / f"tty-{gid}")
+    path = write_config(tmp_path / f"{gid}.toml", registry=registry, spool=tmp_path / f"{gid}-spool.db",
                                 mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id=gid, district=D,
                                 extra="[metrics]\ntick_interval = 0.2\n")
-    runner = testkit.DaemonThread(gwdaemon.Daemon(gwconfig.load(path)))     # no plugins: off in a district
+    runner = DaemonThread(gwdaemon.Daemon(gwconfig.load(path)))     # no plugins: off in a district
     runner.wait_ports()
     return runner, cable
 
@@ -50,7 +54,7 @@ def _wait(pred, timeout, what):
 
 
 def test_two_gateways_one_district_picture_escalation_and_ack(tmp_path, mosquitto, store_url):
-    a, b, home = testkit.Node(0xA001), testkit.Node(0xA002), testkit.Node(0xB001)
+    a, b, home = Node(0xA001), Node(0xA002), Node(0xB001)
     reg = tmp_path / "registry.db"
     with Registry(reg) as r:
         r.add_many([
@@ -125,7 +129,7 @@ def _serve(cfg_path, instance, log):
 
 def test_sigkill_of_the_leader_during_an_alarm_storm_loses_and_duplicates_nothing(tmp_path, mosquitto, store_url):
     n = 160
-    nodes = [testkit.Node(0x00C00000 + i) for i in range(n)]
+    nodes = [Node(0x00C00000 + i) for i in range(n)]
     reg = tmp_path / "registry.db"
     with Registry(reg) as r:       # homes ~330 m apart: every alarm is its own leak incident
         r.add_many([Device(dev_id=x.dev, key=x.key, profile="household", households=1, lat=36.60 + 0.003 * i,
@@ -133,7 +137,7 @@ def test_sigkill_of_the_leader_during_an_alarm_storm_loses_and_duplicates_nothin
     cfg_path = tmp_path / "command.toml"
     cfg_path.write_text(f'[command]\ndistrict = "{D}"\nstore = "{store_url}"\nregistry = "{reg}"\nlease_ttl = 2.0\n'
                         f'tick_interval = 0.2\n\n[command.mqtt]\nport = {mosquitto.port}\n')
-    raw = testkit.Subscriber(mosquitto.port, f"gasguard/v1/{D}/command/incident/+")
+    raw = Subscriber(mosquitto.port, f"gasguard/v1/{D}/command/incident/+")
     logs = [open(tmp_path / f"serve-{x}.log", "wb") for x in ("a", "b")]
     leader = _serve(cfg_path, "cmd-a", logs[0])
     store = open_store(store_url)
