@@ -143,8 +143,8 @@ class GatewayProcess:
     """`gasguard gateway run --config ...` as a child process (SIGKILL / SIGTERM tests). Its log goes to a
     file so a failing test can show it."""
 
-    def __init__(self, config: Path, log: Path, env: dict | None = None):
-        self.config, self.log_path = config, log
+    def __init__(self, config: Path, log: Path, env: dict | None = None, args: tuple = ()):
+        self.config, self.log_path, self.args = config, log, list(args)     # args: e.g. ("--clock", "speed=60")
         self.env = None if env is None else {**os.environ, **env}     # e.g. NOTIFY_SOCKET (systemd)
         self.proc: subprocess.Popen | None = None
 
@@ -152,7 +152,7 @@ class GatewayProcess:
         self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0   # this run's part of the log
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
-                                      str(self.config)], stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
+                                      str(self.config), *self.args], stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
         return self
 
     def kill(self) -> None:
