@@ -8,15 +8,18 @@ import pytest
 from click.testing import CliRunner
 
 from gasguard.cli import cli
-from gasguard.gateway import testkit
-from gateway_rig import GatewayProcess, Rig, validate, wait_until
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.rig import Rig
+from gasguard.testing.schemas import validate
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.waits import wait_until
 
 GRADING = "[plugins]\ngrading = true\n"
 
 
 def _run(tmp_path, mosquitto, clock: str):
     rig = Rig(tmp_path, mosquitto.port, extra=GRADING + "[batch]\ndelay = 0.05\n")
-    sub = testkit.Subscriber(mosquitto.port, "gasguard/#")
+    sub = Subscriber(mosquitto.port, "gasguard/#")
     gw = GatewayProcess(rig.config_path, tmp_path / "gw.log", args=("--clock", clock)).start()
     wait_until(lambda: "open (serial" in gw.log(), 30, "the port opens")
     return rig, sub, gw
