@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
