@@ -7,10 +7,10 @@ helpers let the board run in steps while the gateway works."""
 
 import pytest
 
-from gasguard.gateway import testkit
+from gasguard.testing.subscriber import Subscriber
 from gasguard.protocol import const
-from gasguard.tools.vboard_client import pressure_raw
-from hil_gateway import DISTRICT, GatewayProcess, quiet, registry_for, run_until
+from gasguard.tools.sim.vboard_client import pressure_raw
+from hil_gateway import DISTRICT, HilGateway, quiet, registry_for, run_until
 from hil_node import need_rig
 
 
@@ -21,9 +21,9 @@ def _stack(board, mosquitto, tmp_path, **registry):
         pytest.skip("needs the rig's link passthrough: it counts the node's TX bytes, which tells when every "
                     "alarm was acked (hil_tests/README.md, 'Link passthrough')")
     reg = registry_for(tmp_path / "registry.db", board, **registry)
-    gw = GatewayProcess(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
-    board.gateway_log = gw.log        # named by every failure of run_until
-    sub = testkit.Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
+    gw = HilGateway(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
+    board.gateway_log = gw.log_path        # named by every failure of run_until
+    sub = Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
     yield board, gw, sub
     sub.close()
     gw.stop()
@@ -53,7 +53,7 @@ def trip_and_wait(board, sub, what):
 
 
 def board_gas(board, tenths):
-    from gasguard.tools.vboard_client import gas_raw
+    from gasguard.tools.sim.vboard_client import gas_raw
     return gas_raw(tenths, (board.config.get("calibration") or {}).get("gas"))
 
 

@@ -7,8 +7,9 @@ hil_tests/test_hil_gateway.py and tests/test_firmware_app.py."""
 import pytest
 
 from gasguard.gateway import config as gwconfig
-from gasguard.gateway import testkit
-from gateway_rig import Rig, wait_until
+from gasguard.testing.config import write_config
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -40,7 +41,7 @@ def test_a_frame_replayed_an_hour_later_is_a_replay_and_a_copy_within_seconds_a_
 
 def test_the_duplicate_window_is_configuration(tmp_path):
     def cfg(name, extra):
-        return testkit.write_config(tmp_path / name, registry=tmp_path / "r.db", spool=tmp_path / "s.db",
+        return write_config(tmp_path / name, registry=tmp_path / "r.db", spool=tmp_path / "s.db",
                                     mqtt_port=1883, serial=["/dev/ttyUSB0"], extra=extra)
     assert gwconfig.load(cfg("g.toml", "[limits]\nduplicate_window = 2.5\n")).duplicate_window == 2.5
     with pytest.raises(gwconfig.ConfigError, match="duplicate_window"):

@@ -14,10 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import gasguard
 from gasguard.gateway import daemon as gwdaemon, metrics as gwmetrics, verify
-from gasguard.gateway.incidents import IncidentEngine
+from gasguard.grading.incidents import IncidentEngine
 from gasguard.protocol.errors import REASONS
-from gasguard.tools.broker import free_port
-from gateway_rig import Rig, wait_until
+from gasguard.testing.mosquitto import free_port
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 from grading_helpers import T0, alarm, device
 
 ROOT = Path(__file__).resolve().parent.parent
