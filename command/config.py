@@ -54,7 +54,8 @@ class Config:
     gateway_silent_s: float = 180.0
     metrics_bind: str = ""
     frames_keep_s: float = 7 * 86400.0
-    batch_max: int = 500                # broker messages graded in one transaction at most
+    batch_max: int = 50                 # broker messages graded in one transaction at most (a reading batch
+                                        # holds up to 200 readings: transactions stay well inside the lease)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_client_id: str = ""

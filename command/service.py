@@ -45,6 +45,11 @@ from .store import LeaseLost, open_store
 log = logging.getLogger("gasguard.command")
 
 
+def _bulk(topic: str) -> bool:
+    """Reading batches and gateway status/stats: graded after the alarms of the same inbox batch."""
+    return topic.endswith(("/" + READING, "/" + STATS, "/" + STATUS))
+
+
 class Registry:
     """The district registry, read-only, cached (device rows change rarely; a restart re-reads)."""
 
@@ -87,6 +92,7 @@ class CommandService:
             self.client_class = drill_client(drill)
         self.store = open_store(cfg.store)
         self.store.migrate()
+        self.lease_store = open_store(cfg.store)     # its own connection: renewals never queue behind grading
         self.registry = Registry(cfg.registry)
         if acts is None:
             acts = GateActs.from_config(cfg.authority, cfg.district, cfg.instance) if cfg.authority else Unsigned()
@@ -116,6 +122,7 @@ class CommandService:
         self.became_leader_at: float | None = None     # wall time of the last take-over
         self.last_tick = 0.0
         self.last_prune = 0.0
+        self.grading_alive = time.monotonic()          # the grading loop's last pass (the lease depends on it)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "CommandService":
@@ -136,13 +143,14 @@ class CommandService:
         self._disconnect()
         if release and self.fence is not None:
             try:
-                self.store.release_lease(self.fence)     # a clean stop hands over at once
+                self.lease_store.release_lease(self.fence)     # a clean stop hands over at once
             except Exception:
                 log.exception("could not release the leader lease (the standby takes over when it runs out)")
         self.fence = None
         self.leader.clear()
         self.registry.close()
         self.dispatcher.store.close()
+        self.lease_store.close()
         self.store.close()
 
     def _supervise(self, name, fn) -> None:
@@ -164,17 +172,22 @@ class CommandService:
         ttl = self.cfg.lease_ttl
         while not self.stopping.is_set():
             if self.fence is None:
-                fence = self.store.acquire_lease(self.cfg.instance, ttl, self.wall())
+                fence = self.lease_store.acquire_lease(self.cfg.instance, ttl, self.wall())
                 if fence is not None:
                     self._take_over(fence)
             else:
-                fence = self.store.acquire_lease(self.cfg.instance, ttl, self.wall())   # renew while idle
+                if time.monotonic() - self.grading_alive > 2 * ttl:
+                    # a wedged grading loop must not keep the lease: let it run out, the standby takes over
+                    raise LeaseLost(f"{self.cfg.instance}: the grading loop made no progress for "
+                                    f"{time.monotonic() - self.grading_alive:.0f} s")
+                fence = self.lease_store.acquire_lease(self.cfg.instance, ttl, self.wall())   # renew
                 if fence is None or fence.epoch != self.fence.epoch:
                     raise LeaseLost(f"{self.cfg.instance} lost the leader lease")
             self.stopping.wait(ttl / 5)
 
     def _take_over(self, fence) -> None:
         t0 = time.monotonic()
+        self.grading_alive = t0
         self.grader.load()
         self.fence = fence
         self.metrics.leader.set(1)
@@ -192,8 +205,12 @@ class CommandService:
             return
         self.leader.clear()
         self._disconnect()
-        self.fence = None
+        fence, self.fence = self.fence, None
         self.metrics.leader.set(0)
+        try:
+            self.lease_store.release_lease(fence)     # no-op when another copy holds it at a newer epoch
+        except Exception:
+            log.exception("could not release the leader lease (it runs out by itself)")
         while True:                     # unacknowledged messages stay with the broker's session
             try:
                 self.inbox.get_nowait()
@@ -268,6 +285,7 @@ class CommandService:
     # --- grading loop ----------------------------------------------------------------------------
     def _grade_loop(self) -> None:
         while not self.stopping.is_set():
+            self.grading_alive = time.monotonic()
             if not self.leader.wait(0.2):
                 continue
             batch = []
@@ -285,18 +303,23 @@ class CommandService:
             reqs = [((self.cmd.ack if r["kind"] == "ack" else self.cmd.input)(r["incident_id"]), r["payload"], r["seq"])
                     for r in self.store.pending_requests()]
             if batch or reqs:
-                out = self.grader.handle([(topic, doc) for _, _, _, topic, doc, _ in batch] + reqs, now, fence)
-                for client, mid, qos, *_ in batch:       # only now: the batch is committed
+                # alarms, events and operators' acts first, in a small transaction of their own, published at
+                # once; then the reading batches (a batch of readings can be 200 frames to grade)
+                urgent = [(topic, doc) for _, _, _, topic, doc, _ in batch if not _bulk(topic)] + reqs
+                bulk = [(topic, doc) for _, _, _, topic, doc, _ in batch if _bulk(topic)]
+                if batch:
+                    self.metrics.queue_wait.observe(time.monotonic() - batch[0][5])
+                for part in (urgent, bulk):
+                    if part:
+                        self._account(self.grader.handle(part, now, fence))
+                for client, mid, qos, *_ in batch:       # only now: everything of the batch is committed
                     if qos and client is self.client:
                         client.ack(mid, qos)
                 self.metrics.inbox_depth.set(self.inbox.qsize())
-                self._account(out, batch)
-                if reqs:
-                    self.kick.set()
             if time.monotonic() - self.last_tick >= self.cfg.tick_interval:
                 self.last_tick = time.monotonic()
                 self.acts.reload()          # a changed operator roster is taken up (and audited) by the Gate
-                self._account(self.grader.tick(now, fence), [])
+                self._account(self.grader.tick(now, fence))
                 self._gauges(now)
                 if now - self.last_prune > 3600:
                     self.last_prune = now
@@ -307,7 +330,7 @@ class CommandService:
         """Tests on a virtual clock: the next grading-loop pass runs the deadline check at once."""
         self.last_tick = 0.0
 
-    def _account(self, out, batch) -> None:
+    def _account(self, out) -> None:
         m = self.metrics
         m.graded.inc(out.graded)
         m.duplicates.inc(out.duplicates)
@@ -318,13 +341,11 @@ class CommandService:
             m.time_to_ack.observe(s)
         if out.lag is not None:
             m.lag.set(out.lag)
-        if batch:
-            m.queue_wait.observe(time.monotonic() - batch[0][5])
         for iid, rev, kind, payload in out.revisions:
             m.revisions.labels(kind).inc()
             log.info("incident %s revision %d: level %s warning %s %s", kind, rev, payload["level"],
                      payload["warning"], payload["status"], extra=logs.fields(incident=iid))
-        if out.revisions:
+        if out.revisions or out.requests:
             self.kick.set()
         c = self.client
         for topic, payload, retain in out.direct:

@@ -433,15 +433,17 @@ class Store:
     # --- writes ----------------------------------------------------------------------------------
     @contextmanager
     def write(self, fence: Fence | None, now: float | None = None):
-        """One transaction. With a fence: the lease is extended first, or LeaseLost and nothing written."""
+        """One transaction. With a fence: at its end, before the commit, the lease is extended if this holder
+        still has it at this epoch; otherwise LeaseLost and nothing of the transaction is written. (At the end,
+        not the start: a long transaction then cannot outlive the lease it started under.)"""
         with self._tx():
+            yield _Writer(self)
             if fence is not None:
                 wall = time.time() if now is None else now
                 n = self._x("UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND epoch = ?",
                             (wall + fence.ttl, LEADER, fence.holder, fence.epoch)).rowcount
                 if n != 1:
                     raise LeaseLost(f"{fence.holder} lost the leader lease (epoch {fence.epoch})")
-            yield _Writer(self)
 
     # --- reads (any process: consoles, CLI, web) --------------------------------------------------
     def list_incidents(self, status: str | None = None, limit: int = 500) -> list[dict]:

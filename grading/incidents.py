@@ -135,6 +135,15 @@ class IncidentEngine:
         # the gateway's `aid` (SPEC 3.4, never reused by a device); without one, the message id. Not the 8-bit
         # aseq: two alarms of one device share it every 256 counters (issue 12).
         self._seen_alarms: deque = deque(maxlen=4096)
+        # Lookups of open incidents by kind, by leak member and by latitude band (_OpenIndex), kept up to date
+        # as incidents open and gain members and rebuilt when one closes or goes: a district-wide engine takes
+        # thousands of readings a second while a storm holds a thousand incidents open.
+        self._idx: _OpenIndex | None = None
+
+    def _index(self) -> "_OpenIndex":
+        if self._idx is None:
+            self._idx = _OpenIndex(self.incidents.values(), self.cfg["leak_cluster_radius_m"])
+        return self._idx
 
     # --- state across restarts (the plugin writes it to disk) ---------------------------------------
     def snapshot(self) -> dict:
@@ -148,6 +157,7 @@ class IncidentEngine:
             raise ValueError(f"unknown grading state schema {snap.get('schema')!r}")
         self.incidents = {d["id"]: Incident.from_dict(self.cfg, d) for d in snap["incidents"]}
         self.inlet = {int(k): deque([tuple(x) for x in v], maxlen=512) for k, v in snap["inlet"].items()}
+        self._idx = None
 
     # --- inputs ----------------------------------------------------------------------------------
     def observe(self, obs: dict) -> list[tuple[str, dict]]:
@@ -252,7 +262,11 @@ class IncidentEngine:
         return self.operator_input(incident_id, payload, now)
 
     def open_incidents(self) -> list[Incident]:
-        return [i for i in self.incidents.values() if i.status == "open"]
+        return list(self._index().open)
+
+    def in_open_leak(self, dev_id: int) -> bool:
+        """Is this device a member of an open leak incident (then its readings can change it: its valve)?"""
+        return dev_id in self._index().leak
 
     def gauges(self, now: float) -> dict[str, dict[str, int]]:
         """Open incidents by kind, and those not acknowledged by a report deadline (plan 4.1.2), each counted
@@ -360,6 +374,8 @@ class IncidentEngine:
                 inc = self._new("leak", dev, detected, t)
             inc.members[did] = {"device": dev, "t": detected, "gas": fr.get("value"), "cleared_at": None,
                                 "valve": st.get("valve")}
+            if self._idx is not None:
+                self._idx.member(inc, did, inc.members[did])
             inc.add_timeline(detected, f"{_site(dev)}: gas alarm {_lel(fr.get('value'))} %LEL",
                              f"{_site(dev)}：燃气浓度 {_lel(fr.get('value'))} %LEL 报警", dev=dev["dev"],
                              gas_lel=_lel(fr.get("value")))
@@ -394,24 +410,21 @@ class IncidentEngine:
             self._resolve(inc, t, "gas cleared and valves re-opened")
 
     def _leak_of(self, did) -> Incident | None:
-        for inc in self.incidents.values():
-            if inc.kind == "leak" and inc.status == "open" and did in inc.members:
-                return inc
-        return None
+        return self._index().leak.get(did)
 
     def _cluster_for(self, dev, t) -> Incident | None:
+        """The first open leak incident (in opening order) with a member within the radius and time window."""
         if dev.get("lat") is None or dev.get("lon") is None:
             return None
-        for inc in self.open_incidents():
-            if inc.kind != "leak":
-                continue
-            for m in inc.members.values():
-                d = m["device"]
-                if (d.get("lat") is not None and abs(t - m["t"]) <= self.cfg["leak_cluster_window_s"]
-                        and G.haversine_m(d["lat"], d["lon"], dev["lat"], dev["lon"])
-                        <= self.cfg["leak_cluster_radius_m"]):
-                    return inc
-        return None
+        idx = self._index()
+        best = None
+        for inc, m in idx.near(dev["lat"]):
+            d = m["device"]
+            if (abs(t - m["t"]) <= self.cfg["leak_cluster_window_s"]
+                    and (best is None or idx.pos[inc.id] < idx.pos[best.id])
+                    and G.haversine_m(d["lat"], d["lon"], dev["lat"], dev["lon"]) <= self.cfg["leak_cluster_radius_m"]):
+                best = inc
+        return best
 
     # --- network pressure (plan 3.3.1(2), 3.3.2(2)) -----------------------------------------------
     def _pressure(self, obs, dev, t, typ, fr) -> set:
@@ -424,7 +437,7 @@ class IncidentEngine:
         while samples and samples[0][0] < t - 3 * window - 1:
             samples.popleft()
         state = G.pressure_warning(self.cfg, dev["pressure_class"], list(samples), t)
-        inc = next((i for i in self.open_incidents() if i.kind == "pressure" and i.origin["dev_id"] == did), None)
+        inc = next((i for i in self._index().by_kind.get("pressure", ()) if i.origin["dev_id"] == did), None)
         if inc is None:
             if not state["warning"]:
                 return set()
@@ -458,13 +471,15 @@ class IncidentEngine:
 
     # --- grading and publication ------------------------------------------------------------------
     def _open(self, kind) -> Incident | None:
-        return next((i for i in self.open_incidents() if i.kind == kind), None)
+        return next(iter(self._index().by_kind.get(kind, ())), None)
 
     def _new(self, kind, dev, detected, known) -> Incident:
         inc = Incident(self.cfg, kind, dev, detected, known)
         while inc.id in self.incidents:                  # same device, same second: keep ids unique
             inc.id += "b"
         self.incidents[inc.id] = inc
+        if self._idx is not None:
+            self._idx.add(inc)
         return inc
 
     def _affected(self, inc, now, confirmed: bool) -> dict[int, dict]:
@@ -531,6 +546,7 @@ class IncidentEngine:
     def _resolve(self, inc: Incident, now: float, why: str) -> None:
         if inc.status != "resolved":
             inc.status = "resolved"
+            self._idx = None          # rebuilt at the next lookup (closing is rare next to readings)
             inc.resolved_at = now
             inc.escalation = None
             inc.add_timeline(now, f"resolved: {why}", "事件结束：" + _WHY_ZH.get(why, why))
@@ -562,6 +578,44 @@ class IncidentEngine:
 
     def _hms(self, t: float) -> str:
         return G.local_time(self.cfg, t).strftime("%H:%M:%S")
+
+
+class _OpenIndex:
+    """Open incidents in opening order, by kind, leak members by device, and leak members by latitude band
+    (bands one cluster radius tall: a member within the radius is at most one band away, since the
+    great-circle distance is never below the north-south one)."""
+
+    BAND_M = 111_195.0           # metres per degree of latitude
+
+    def __init__(self, incidents, radius_m: float):
+        self.band = max(radius_m, 1.0) / self.BAND_M     # degrees of latitude per band
+        self.open: list[Incident] = []
+        self.pos: dict[str, int] = {}
+        self.by_kind: dict[str, list[Incident]] = {}
+        self.leak: dict[int, Incident] = {}
+        self.bands: dict[int, list[tuple[Incident, dict]]] = {}
+        for inc in incidents:
+            if inc.status == "open":
+                self.add(inc)
+
+    def add(self, inc: Incident) -> None:
+        self.pos[inc.id] = len(self.open)
+        self.open.append(inc)
+        self.by_kind.setdefault(inc.kind, []).append(inc)
+        if inc.kind == "leak":
+            for did, m in inc.members.items():
+                self.member(inc, did, m)
+
+    def member(self, inc: Incident, did: int, m: dict) -> None:
+        self.leak.setdefault(did, inc)
+        lat = m["device"].get("lat")
+        if lat is not None and m["device"].get("lon") is not None:
+            self.bands.setdefault(int(lat // self.band), []).append((inc, m))
+
+    def near(self, lat: float):
+        k = int(lat // self.band)
+        for b in (k - 1, k, k + 1):
+            yield from self.bands.get(b, ())
 
 
 _WHY_ZH = {"supply restored at every station": "各调压站均已恢复供气", "gas alarm cleared": "燃气报警解除",

@@ -87,7 +87,9 @@ def test_two_gateways_one_district_picture_escalation_and_ack(tmp_path, mosquitt
                           10, "the leak incident")
             # both gateways published the leak frame; the command graded it once: one incident, one id
             assert len(leaks) == 1 and leaks[0]["revision"] == 1
-            assert svc.metrics.value("gasguard_command_frames_duplicate_total") >= 1
+            _wait(lambda: svc.metrics.value("gasguard_command_frames_duplicate_total") >= 1, 10,
+                  "the second gateway's copy of the leak frame, dropped by its identity")
+            assert len([m for m in console.board.incidents.values() if m["category"] == "safety_accident"]) == 1
             assert {g["gateway_id"] for g in svc.store.gateways()} == {"gw1", "gw2"}
 
             # 20 minutes after detection (virtual): escalation from the service, to the district and the city
