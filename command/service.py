@@ -45,9 +45,14 @@ from .store import LeaseLost, open_store
 log = logging.getLogger("gasguard.command")
 
 
-def _bulk(topic: str) -> bool:
-    """Reading batches and gateway status/stats: graded after the alarms of the same inbox batch."""
-    return topic.endswith(("/" + READING, "/" + STATS, "/" + STATUS))
+def _drain(q: queue.Queue, n: int) -> list:
+    out: list = []
+    while len(out) < n:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return out
 
 
 class Registry:
@@ -112,11 +117,17 @@ class CommandService:
         self.leader = threading.Event()
         self.stopping = threading.Event()
         self.inbox: queue.Queue = queue.Queue(maxsize=max(100, cfg.batch_max * 4))
-        self.client: mqtt.Client | None = None
+        self.urgent: queue.Queue = queue.Queue()     # alarms, events, acts: few, never held back
+        self.arrived = threading.Event()
+        self.client: mqtt.Client | None = None          # the alarm lane's session; publishes incidents too
+        self.bulk_client: mqtt.Client | None = None     # the readings lane's session
         self.connected = threading.Event()
         self.inflight: dict[int, list] = {}            # MQTT mid -> revision seqs awaiting PUBACK
         self.inflight_lock = threading.Lock()
         self.pending_pub: set[int] = set()             # revision seqs published, not yet PUBACKed
+        self.acked: list[int] = []                     # revision seqs PUBACKed, not yet marked in the store
+        self.early: set[int] = set()                   # mids PUBACKed before they were registered
+        self.outbox_after = 0                          # the outbox's cursor: revisions up to it were handed over
         self.kick = threading.Event()
         self.threads: list[threading.Thread] = []
         self.became_leader_at: float | None = None     # wall time of the last take-over
@@ -194,6 +205,7 @@ class CommandService:
         self.metrics.takeovers.inc()
         self.became_leader_at = self.wall()
         self.pending_pub.clear()
+        self.outbox_after = 0
         self._connect()
         self.leader.set()
         self.kick.set()
@@ -211,16 +223,20 @@ class CommandService:
             self.lease_store.release_lease(fence)     # no-op when another copy holds it at a newer epoch
         except Exception:
             log.exception("could not release the leader lease (it runs out by itself)")
-        while True:                     # unacknowledged messages stay with the broker's session
-            try:
-                self.inbox.get_nowait()
-            except queue.Empty:
-                break
+        _drain(self.urgent, 1 << 30)    # unacknowledged messages stay with the broker's sessions
+        _drain(self.inbox, 1 << 30)
 
     # --- MQTT ------------------------------------------------------------------------------------
     def _connect(self) -> None:
-        c = self.client_class(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=False,
-                        manual_ack=True)
+        # Two persistent sessions, like the gateway's lanes: alarms, events and acts on one, the gateways'
+        # reading batches, status and stats on the other, so an alarm never waits behind a backlog of readings
+        # (after a take-over the broker hands over everything the dead leader had not acknowledged, in order).
+        self.client = self._client(self.cfg.mqtt_client_id, "urgent")
+        self.bulk_client = self._client(self.cfg.mqtt_client_id + "-readings", "bulk")
+
+    def _client(self, client_id: str, lane: str):
+        c = self.client_class(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                              manual_ack=True, userdata=lane)
         c.max_inflight_messages_set(200)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 30)
@@ -229,37 +245,48 @@ class CommandService:
         if self.cfg.mqtt_tls_ca:
             c.tls_set(ca_certs=self.cfg.mqtt_tls_ca)
         c.on_connect = self._on_connect
-        c.on_disconnect = lambda *a: (self.connected.clear(), self.metrics.broker_connected.set(0))
+        c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
-        self.client = c
         c.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=30)
         c.loop_start()
+        return c
 
     def _disconnect(self) -> None:
-        c, self.client = self.client, None
-        if c is not None:
-            c.disconnect()
-            c.loop_stop()
+        for name in ("client", "bulk_client"):
+            c = getattr(self, name)
+            setattr(self, name, None)
+            if c is not None:
+                c.disconnect()
+                c.loop_stop()
         self.connected.clear()
         with self.inflight_lock:
             self.inflight.clear()
+            self.early.clear()
 
-    def subscriptions(self) -> list[str]:
+    def subscriptions(self, lane: str) -> list[str]:
         t, d = self.topics, self.cfg.district
-        # a gateway is found by its birth (status, retained) and heard by everything it publishes
-        return ([t.district_gateway_leaf(d, leaf) for leaf in (STATUS, STATS, READING)]
-                + [t.district_gateways(d, leaf) for leaf in (ALARM, EVENT)] + list(self.cmd.subscriptions))
+        if lane == "bulk":       # a gateway is found by its birth (status, retained), heard by all it publishes
+            return [t.district_gateway_leaf(d, leaf) for leaf in (STATUS, STATS, READING)]
+        return [t.district_gateways(d, leaf) for leaf in (ALARM, EVENT)] + list(self.cmd.subscriptions)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
+    def _on_connect(self, client, lane, flags, reason_code, properties):
         if reason_code.is_failure:
             log.error("broker refused the command's connection: %s (check [command.mqtt])", reason_code)
             return
         # the session persists (clean_session False): subscribing again is harmless and covers a new broker
-        client.subscribe([(t, 1) for t in self.subscriptions()])
-        self.connected.set()
-        self.metrics.broker_connected.set(1)
-        self.kick.set()
+        client.subscribe([(t, 1) for t in self.subscriptions(lane)])
+        if lane == "urgent":
+            self.pending_pub.clear()
+            self.outbox_after = 0              # a new connection: send again whatever is not PUBACKed
+            self.connected.set()
+            self.metrics.broker_connected.set(1)
+            self.kick.set()
+
+    def _on_disconnect(self, client, lane, flags, reason_code, properties):
+        if lane == "urgent":
+            self.connected.clear()
+            self.metrics.broker_connected.set(0)
 
     def _on_message(self, client, userdata, m) -> None:
         # paho's thread: parse and queue. A full inbox blocks here, which stops paho reading the socket: the
@@ -272,15 +299,26 @@ class CommandService:
             self.metrics.refused.labels("not_json").inc()
             client.ack(m.mid, m.qos)
             return
-        self.inbox.put((client, m.mid, m.qos, m.topic, doc, time.monotonic()))
+        (self.urgent if userdata == "urgent" else self.inbox).put((client, m.mid, m.qos, m.topic, doc,
+                                                                   time.monotonic()))
+        self.arrived.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self.inflight_lock:
             seqs = self.inflight.pop(mid, None)
-        if seqs:
-            self.store.mark_published(seqs)
-            self.pending_pub.difference_update(seqs)
-            self.metrics.published.inc(len(seqs))
+            if seqs is None:
+                self.early.add(mid)              # PUBACKed before _sent() registered it (paho's thread is fast)
+            else:
+                self.acked.extend(seqs)          # marked published by the outbox loop, many per transaction
+
+    def _sent(self, info, seqs: list) -> None:
+        """Register a publish (its revision seqs, or [] for messages that are not stored revisions)."""
+        with self.inflight_lock:
+            if info.mid in self.early:
+                self.early.discard(info.mid)
+                self.acked.extend(seqs)
+            else:
+                self.inflight[info.mid] = seqs
 
     # --- grading loop ----------------------------------------------------------------------------
     def _grade_loop(self) -> None:
@@ -288,13 +326,13 @@ class CommandService:
             self.grading_alive = time.monotonic()
             if not self.leader.wait(0.2):
                 continue
-            batch = []
-            try:
-                batch.append(self.inbox.get(timeout=min(0.2, self.cfg.tick_interval)))
-                while len(batch) < self.cfg.batch_max:
-                    batch.append(self.inbox.get_nowait())
-            except queue.Empty:
-                pass
+            self.arrived.wait(min(0.2, self.cfg.tick_interval))
+            self.arrived.clear()
+            urgent = _drain(self.urgent, self.cfg.batch_max)
+            bulk = _drain(self.inbox, self.cfg.batch_max - len(urgent))
+            batch = urgent + bulk
+            if self.urgent.qsize() or self.inbox.qsize():
+                self.arrived.set()                  # more waiting: no pause before the next pass
             fence = self.fence
             if fence is None:
                 continue
@@ -305,17 +343,16 @@ class CommandService:
             if batch or reqs:
                 # alarms, events and operators' acts first, in a small transaction of their own, published at
                 # once; then the reading batches (a batch of readings can be 200 frames to grade)
-                urgent = [(topic, doc) for _, _, _, topic, doc, _ in batch if not _bulk(topic)] + reqs
-                bulk = [(topic, doc) for _, _, _, topic, doc, _ in batch if _bulk(topic)]
                 if batch:
                     self.metrics.queue_wait.observe(time.monotonic() - batch[0][5])
-                for part in (urgent, bulk):
+                for part in ([(topic, doc) for _, _, _, topic, doc, _ in urgent] + reqs,
+                             [(topic, doc) for _, _, _, topic, doc, _ in bulk]):
                     if part:
                         self._account(self.grader.handle(part, now, fence))
                 for client, mid, qos, *_ in batch:       # only now: everything of the batch is committed
-                    if qos and client is self.client:
+                    if qos and client in (self.client, self.bulk_client):
                         client.ack(mid, qos)
-                self.metrics.inbox_depth.set(self.inbox.qsize())
+                self.metrics.inbox_depth.set(self.inbox.qsize() + self.urgent.qsize())
             if time.monotonic() - self.last_tick >= self.cfg.tick_interval:
                 self.last_tick = time.monotonic()
                 self.acts.reload()          # a changed operator roster is taken up (and audited) by the Gate
@@ -350,7 +387,7 @@ class CommandService:
         c = self.client
         for topic, payload, retain in out.direct:
             if c is not None:
-                c.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=retain)
+                self._sent(c.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=retain), [])
 
     def _gauges(self, now) -> None:
         by_level: dict = {}
@@ -372,23 +409,30 @@ class CommandService:
     def _outbox_loop(self) -> None:
         city = self.cfg.grading["city_topic"]
         while not self.stopping.is_set():
-            self.kick.wait(0.5)
+            self.kick.wait(0.2)
             self.kick.clear()
+            with self.inflight_lock:
+                done, self.acked = self.acked, []
+            if done:
+                self.store.mark_published(done)
+                self.pending_pub.difference_update(done)
+                self.metrics.published.inc(len(done))
             c = self.client
             if not self.leader.is_set() or c is None or not self.connected.is_set():
                 continue
-            for row in self.store.unpublished(1000):
+            # only revisions stored after the last one handed to paho (the cursor goes back to 0 on a new
+            # connection or leadership: whatever was not PUBACKed is sent again; consoles drop repeats)
+            for row in self.store.unpublished(1000, after=self.outbox_after):
+                self.outbox_after = max(self.outbox_after, row["seq"])
                 if row["seq"] in self.pending_pub:
                     continue
                 p = row["payload"]
                 body = json.dumps(p, ensure_ascii=False)
-                infos = [c.publish(self.cmd.incident(p["incident_id"]), body, qos=1)]
-                if "city" in p.get("routes", ()):
-                    infos.append(c.publish(self.topics.city_incident(city, p["incident_id"]), body, qos=1))
                 self.pending_pub.add(row["seq"])
-                with self.inflight_lock:
-                    # the revision counts as published when the district copy is PUBACKed
-                    self.inflight[infos[0].mid] = [row["seq"]]
+                # the revision counts as published when the district copy is PUBACKed
+                self._sent(c.publish(self.cmd.incident(p["incident_id"]), body, qos=1), [row["seq"]])
+                if "city" in p.get("routes", ()):
+                    self._sent(c.publish(self.topics.city_incident(city, p["incident_id"]), body, qos=1), [])
 
     # --- notifications -----------------------------------------------------------------------------
     def _notify_loop(self) -> None:

@@ -511,10 +511,11 @@ class Store:
     def last_seq(self) -> int:
         return self._rows("SELECT COALESCE(MAX(seq), 0) AS n FROM revisions")[0]["n"]
 
-    def unpublished(self, limit: int = 500) -> list[dict]:
+    def unpublished(self, limit: int = 500, after: int = 0) -> list[dict]:
+        """Revisions not yet PUBACKed by the broker (the outbox), after sequence number `after`."""
         return [dict(r, payload=json.loads(r["payload"])) for r in self._rows(
-            "SELECT seq, incident_id, revision, payload FROM revisions WHERE published = 0 ORDER BY seq LIMIT ?",
-            (int(limit),))]
+            "SELECT seq, incident_id, revision, payload FROM revisions WHERE published = 0 AND seq > ? "
+            "ORDER BY seq LIMIT ?", (after, int(limit)))]
 
     def mark_published(self, seqs: list[int]) -> None:
         if seqs:
