@@ -19,9 +19,10 @@ MISSING = "/dev/ttyGASGUARD-nothing-here"
 
 
 @pytest.mark.parametrize("setting,why", [
-    ("gas_l2=300", "gas_l2=300 outside the safe range 100..250"),     # above 25 % LEL at a home
-    ("gas_l2=100", "gas_l1 (100) must be below gas_l2 (100)"),
-    ("upso=8000", "upso=8000 outside the safe range 300..1500"),
+    ("gas_l2=300", "gas_l2=300 (30.0 % LEL) outside 10.0–25.0 % LEL"),     # above 25 % LEL at a home
+    ("gas_l2=100", "gas_l1 (10.0 % LEL) must be below gas_l2 (10.0 % LEL)"),
+    ("upso=8000", "upso=8000 (8.0 kPa) outside 0.3–1.5 kPa"),
+    ("report_s=5", "report_s=5 outside 60–86400 s"),
     ("setpoint=2000", "setpoint: not a household setting"),
     ("fault_action=ignore", "fault_action=ignore: choose one of"),
     ("radio.baud=11520", "radio.baud=11520: choose one of"),
