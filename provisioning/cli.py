@@ -51,8 +51,9 @@ registry_opt = click.option("--registry", "registry", envvar="GASGUARD_REGISTRY"
                             type=click.Path(dir_okay=False), default=str(DATA / "registry.db"),
                             help="device registry (SQLite, 0600; env GASGUARD_REGISTRY)")
 json_opt = click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout, for scripts")
-port_opt = click.option("--port", "-p", default="auto", show_default=True,
-                        help="serial port of the board (/dev/ttyUSB0, a virtual board's pty) or 'auto'")
+port_opt = click.option("--port", "-p", default="auto", show_default=True, envvar="GASGUARD_PORT",
+                        help="serial port of the board (/dev/ttyUSB0, a virtual board's pty) or 'auto' "
+                             "(env GASGUARD_PORT)")
 baud_opt = click.option("--baud", default=115200, show_default=True, help="console baud rate")
 dev_arg = click.argument("dev", metavar="DEV")
 
@@ -160,6 +161,7 @@ def new(profile, board, dev_id, site_name, address, lat, lon, households, user_c
     dev_id = identity.parse_dev_id(dev_id) if dev_id else None
     up = identity.parse_dev_id(upstream) if upstream else None
     params, radio = settings.parse(profile, board, list(assignments))
+    identity.check_grading_facts(profile, lat, lon, households)
     with _reg(registry) as reg:
         dev = identity.new(reg, profile=profile, board=board, dev_id=dev_id, site_name=site_name, address=address,
                            lat=lat, lon=lon, households=households, user_class=user_class,
@@ -205,15 +207,11 @@ def show(dev, registry, as_json):
       gasguard device show 00c0ffee
       gasguard device show 00c0ffee --json
     """
-    import time
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev), active=False)
         hist = reg.history(d.dev_id)
     pub = d.public()
-    _out(as_json, {"ok": True, "device": pub, "history": hist},
-         [f"{k:15} {v}" for k, v in pub.items() if k not in ("dev", "dev_id")] + ["history:"] +
-         [f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(h['at']))}Z  {h['action']:13} "
-          f"{json.dumps(h['detail'], sort_keys=True)}" for h in hist])
+    _out(as_json, {"ok": True, "device": pub, "history": hist}, identity.describe(pub, hist))
 
 
 @device.command("flash")
@@ -470,8 +468,12 @@ def decommission(dev, reason, no_board, yes, port, baud, registry, as_json):
     from . import lifecycle
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev))
-        if not yes and not as_json:
-            click.confirm(f"Retire {d.dev_id:08x} ({d.site_name or d.profile}) for good?", abort=True, err=True)
+        if not yes:
+            if as_json or not sys.stdin.isatty():
+                raise BadInput(f"decommissioning {d.dev_id:08x} cannot be undone and nobody is at a terminal to "
+                               "confirm it: add --yes to the command")
+            if not click.confirm(f"Retire {d.dev_id:08x} ({d.site_name or d.profile}) for good?", err=True):
+                raise BadInput("not confirmed: nothing changed")
         if no_board:
             rep = lifecycle.decommission(reg, d, None, reason)
         else:
@@ -488,8 +490,9 @@ def decommission(dev, reason, no_board, yes, port, baud, registry, as_json):
 @click.option("--print", "to_stdout", is_flag=True, help="print the key on stdout (it ends up in your terminal "
                                                          "history and scrollback)")
 @registry_opt
+@json_opt
 @command
-def export_key(dev, out, to_stdout, registry):
+def export_key(dev, out, to_stdout, registry, as_json):
     """Hand out one device's key, only when asked by name: to a 0600 file, or printed with --print.
 
     For programming a board by other means (a production jig); the export is logged in the registry.
@@ -498,6 +501,7 @@ def export_key(dev, out, to_stdout, registry):
     Examples:
       gasguard device export-key 00c0ffee --out /secure/00c0ffee.key
       gasguard device export-key 00c0ffee --print
+      gasguard device export-key 00c0ffee --out /secure/00c0ffee.key --json
     """
     if bool(out) == bool(to_stdout):
         raise BadInput("say where the key goes: --out FILE (0600) or --print")
@@ -506,7 +510,10 @@ def export_key(dev, out, to_stdout, registry):
         if out:
             keys.write_secret(out, (d.key.hex() + "\n").encode())
         reg.log(d.dev_id, "export-key", {"to": "stdout" if to_stdout else str(out), "key_version": d.key_version})
-    if to_stdout:
+    rep = {"ok": True, "dev": f"{d.dev_id:08x}", "key_version": d.key_version}
+    if as_json:
+        click.echo(json.dumps(dict(rep, key=d.key.hex()) if to_stdout else dict(rep, out=str(out))))
+    elif to_stdout:
         click.echo(d.key.hex())
     else:
         click.echo(f"key v{d.key_version} of {d.dev_id:08x} written to {out} (0600)", err=True)

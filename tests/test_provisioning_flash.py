@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.micropython, pytest.mark.timeout(180)]
 
 def test_new_then_flash_compiled_boots_with_the_new_identity_and_the_gateway_verifies_it(tmp_path):
     reg = tmp_path / "reg.db"
-    made = cli_json("device", "new", "--profile", "household", "--board", "virtual", "--site", "Lane 3 No. 12",
+    made = cli_json("device", "new", "--profile", "household", "--board", "virtual", "--site", "Lane 3 No. 12", "--lat", "36.67", "--lon", "117.05",
                     "--households", "1", registry=reg)
     dev = made["dev"]
     assert stat.S_IMODE(reg.stat().st_mode) == 0o600
@@ -52,7 +52,8 @@ def test_new_then_flash_compiled_boots_with_the_new_identity_and_the_gateway_ver
 def test_after_flash_soft_reset_and_a_new_raw_repl_sys_path_is_a_boards(tmp_path):
     """Regression: the vboard host put '/rom' at sys.path[0]; a board has the current directory there."""
     reg = tmp_path / "reg.db"
-    dev = cli_json("device", "new", "--profile", "station", "--board", "virtual", registry=reg)["dev"]
+    dev = cli_json("device", "new", "--profile", "station", "--board", "virtual", "--lat", "36.67", "--lon", "117.05", "--households", "800",
+                   registry=reg)["dev"]
     with VBoardProcess(tmp_path / "flash") as vb:
         vb.wait_console("friendly")
         cli_json("device", "flash", dev, "--port", vb.pty, registry=reg)
