@@ -304,11 +304,19 @@ class Board:
         self.t.serial.write(framing.wrap(raw))
         self.t.serial.flush()
 
-    def wait_boot(self, dev_id: int, key: bytes, timeout: float = 30.0) -> dict:
-        """The node's BOOT event, MIC-verified with `key`: proof it runs with this identity."""
+    def _frames_ticking(self, deadline: float, on_wait=None):
+        """frames() until `deadline`, calling on_wait(seconds_left) about once a second meanwhile."""
+        while (now := time.monotonic()) < deadline:
+            if on_wait is not None:
+                on_wait(deadline - now)
+            yield from self.frames(min(deadline, now + 1.0))
+
+    def wait_boot(self, dev_id: int, key: bytes, timeout: float = 30.0, on_wait=None) -> dict:
+        """The node's BOOT event, MIC-verified with `key`: proof it runs with this identity.
+        on_wait(seconds_left) is called about once a second while it is awaited."""
         deadline = time.monotonic() + timeout
         wrong = 0
-        for f in self.frames(deadline):
+        for f in self._frames_ticking(deadline, on_wait):
             if f["dev"] != dev_id:
                 wrong += 1
                 continue

@@ -94,18 +94,42 @@ def _out(as_json, obj, lines=()):
             click.echo(line)
 
 
+class _Steps:
+    """Progress on stderr (nothing under --json): a bar for the bytes written, then one for each phase that
+    follows (verify, reboot, the BOOT wait with its countdown), each phase also said on a line of its own so
+    a log of the session shows where it stopped."""
+
+    PHASES = {"verify": "verifying", "reboot": "rebooting", "boot": "waiting for BOOT"}
+
+    def __init__(self, bar, task):
+        self.bar, self.task, self.phase = bar, task, None
+
+    def bytes(self, n, total, name):
+        self.bar.update(self.task, completed=n, total=total, description=name.rsplit("/", 1)[-1],
+                        detail=f"{n:,}/{total:,} bytes")
+
+    def step(self, phase, done=1, total=1):
+        if phase != self.phase:
+            self.phase = phase
+            self.bar.console.print({"verify": "verifying every file by SHA-256 on the board",
+                                    "reboot": "rebooting into the firmware",
+                                    "boot": f"waiting up to {total:.0f} s for the node's BOOT event"}[phase])
+        detail = (f"{done}/{total} files" if phase == "verify" else f"{done:.0f} s left" if phase == "boot" else "")
+        self.bar.update(self.task, description=self.PHASES[phase], completed=(total - done) if phase == "boot"
+                        else done, total=total, detail=detail)
+
+
 @contextlib.contextmanager
 def _progress(as_json, what):
-    """A byte progress bar on stderr (none under --json); yields progress(done, total, current_file)."""
+    """Yields a _Steps (None under --json)."""
     if as_json:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-    with Progress(TextColumn("{task.description:14}"), BarColumn(), DownloadColumn(),
+    from rich.progress import BarColumn, Progress, TextColumn
+    with Progress(TextColumn("{task.description:16}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   console=Console(stderr=True)) as bar:
-        task = bar.add_task(what, total=1)
-        yield lambda n, total, name: bar.update(task, completed=n, total=total, description=name.rsplit("/", 1)[-1])
+        yield _Steps(bar, bar.add_task(what, total=1, detail=""))
 
 
 @click.group()
@@ -241,7 +265,7 @@ def flash(dev, port, baud, compile_mpy, boot_timeout, registry, as_json):
         app = flashing.application(compile_mpy)   # mpy-cross runs before the port is opened
         with _open(port, baud) as b, _progress(as_json, "flashing") as progress:
             rep = flashing.flash(b, d, compile_mpy=compile_mpy, boot_timeout=boot_timeout, app=app,
-                                 progress=progress)
+                                 progress=progress and progress.bytes, step=progress and progress.step)
         reg.update(d.dev_id, state="commissioned")
         gone = reg.get(int(rep["replaced"], 16)) if rep["replaced"] else None
         if gone is not None and gone.active and not as_json:
@@ -373,12 +397,25 @@ def calibrate(dev, span_gas, settle, yes, port, baud, registry, as_json):
         if not yes:
             click.prompt("Press Enter when done" if step == "clear" else "Press Enter when the gas flows",
                          default="", show_default=False, err=True)
-        click.echo(f"waiting for a stable {'clean-air' if step == 'clear' else step} reading...", err=True)
+        click.echo(f"waiting up to {settle:.0f} s for a stable {'clean-air' if step == 'clear' else step} reading "
+                   f"(a 1 s window within {calibration.STABLE_COUNTS} counts)", err=True)
+
+    live = sys.stderr.isatty()
+
+    def watch(step, counts, pct_lel, spread, left):
+        """The live reading and the countdown: one line rewritten on a terminal, a line each otherwise."""
+        if as_json:
+            return
+        text = (f"  {step:5} {pct_lel:5.1f} % LEL  ({counts} counts, spread {spread}"
+                f"{' ok' if spread <= calibration.STABLE_COUNTS else ''})  {left:3.0f} s left")
+        click.echo(("\r" + text) if live else text, nl=not live, err=True)
 
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev))
         with _open(port, baud) as b:
-            rep = calibration.calibrate(b, reg, d, span_gas, prompt, settle)
+            rep = calibration.calibrate(b, reg, d, span_gas, prompt, settle, watch=watch)
+        if live and not as_json:
+            click.echo("", err=True)
     g = rep["gas"]
     _out(as_json, dict(rep, ok=True), [f"zero {g['zero']} counts, span {g['span']} counts at {span_gas / 10:g} % LEL "
                                        f"(sensitivity {rep['sensitivity']:.0%} of nominal): stored on the board "
