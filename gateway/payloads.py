@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from gasguard.protocol import frame
-from gasguard.protocol.const import ALARM_NAMES, COMMAND_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.const import ALARM_NAMES, EVENT_NAMES, RESULT_NAMES
 from gasguard.protocol.topics import dev_hex
 
 SITE_FIELDS = ("site_name", "address", "profile", "households", "user_class", "pressure_class", "key_area",
@@ -90,5 +90,3 @@ def command_result(gateway_id: str, dev: int, t: float, request_id: str, cmd: st
 def result_name(code: int) -> str:
     return RESULT_NAMES[code] if 0 <= code < len(RESULT_NAMES) else f"code_{code}"
 
-
-COMMANDS = {v: k for k, v in COMMAND_NAMES.items()}
