@@ -21,7 +21,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from gasguard import __version__, logs
 from gasguard.firmware import bounds
-from gasguard.protocol import frame, topics
+from gasguard.protocol import counter, frame, topics
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
 
 from . import payloads
@@ -42,7 +42,7 @@ log = logging.getLogger("gasguard.gateway")
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
 THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
-EVENT_KIND = 0x100     # seqs table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
+EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
 def alarms_first(group: list) -> tuple[list, list]:
@@ -102,8 +102,9 @@ class Daemon:
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
         self.registry = RegistryCache(cfg.registry)
         counters = self.spool.counters()
-        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
-        self.seqs = self.spool.seqs()
+        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst,
+                                 duplicate_window=cfg.duplicate_window)
+        self.idents = self.spool.idents()      # (dev, kind) -> identity of the last alarm/event taken
         self.topics = cfg.topics
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
         self.commands = Commands(cfg.command_timeout, cfg.command_retry)
@@ -162,7 +163,7 @@ class Daemon:
         cfg, gid, dist = self.cfg, self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
         counters: dict = {}
-        seqs: dict = {}
+        idents: dict = {}
         undo: list = []
         acks: list = []          # (dev, ack fields) to seal after commit
         accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
@@ -184,7 +185,7 @@ class Daemon:
                 self._reject(r.reason, r.dev, rx, str(r))
                 continue
             f, dev = v.f, v.f["dev"]
-            undo.append((dev, self.verifier.accept(v)))
+            undo.append((dev, self.verifier.accept(v, now)))
             counters[(dev, UP)] = f["fcnt"]
             mid = payloads.msg_id(gid, dev, f["fcnt"])
             typ = f["type"]
@@ -196,10 +197,12 @@ class Daemon:
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
                 key = (dev, kind)
-                # SPEC 3.4: a retransmission has a new counter and the same aseq: ack it, publish once
-                repeat = seqs.get(key, self.seqs.get(key)) == sq
+                # SPEC 3.4: a retransmission has a new counter and the same identity (the counter of its first
+                # copy, never reused by the node, across power cuts included): ack it, publish once
+                f["aid"] = ident = counter.identity(f["fcnt"], sq)
+                repeat = idents.get(key, self.idents.get(key)) == ident
                 if not repeat:
-                    seqs[key] = sq
+                    idents[key] = ident
                     if typ == "alarm":
                         body = payloads.alarm(gid, dist, mid, f, now, rx, v.device)
                         items.append(Item(ALARM, dev, payloads.dumps(body), mid, now,
@@ -229,7 +232,7 @@ class Daemon:
             return
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
-            self.spool.commit(items, counters, seqs)
+            self.spool.commit(items, counters, idents)
         except SpoolFull as e:
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
@@ -238,7 +241,7 @@ class Daemon:
             log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
                          len(accepted), e)
             return
-        self.seqs.update(seqs)
+        self.idents.update(idents)
         for dev, dfc in down.items():
             self.verifier.down[dev] = dfc
         for r in results:
