@@ -8,8 +8,6 @@
 # station: first alarm 25 % LEL, second alarm 50 % LEL (GB/T 50493); OPSO 165 % and UPSO 50 % of the
 #   outlet set point (typical slam-shut settings); shut-off on gas only when configured.
 
-from gasguard.protocol import const
-
 HOUSEHOLD = "household"
 STATION = "station"
 PROFILES = (HOUSEHOLD, STATION)
@@ -69,14 +67,6 @@ def _outside(name, v, lo, hi):
         return "%s=%d (%s) outside %s–%s" % (name, v, show(name, v), show(name, lo)[:-len(unit) - 1],
                                              show(name, hi))
     return "%s=%d outside %d–%d %s" % (name, v, lo, hi, u)
-
-# SET_PARAM / CONFIG parameter ids (protocol/const.py) <-> names
-PARAM_IDS = {
-    "gas_l1": const.P_GAS_L1, "gas_l2": const.P_GAS_L2, "opso": const.P_OPSO, "upso": const.P_UPSO,
-    "sample_ms": const.P_SAMPLE_MS, "report_s": const.P_REPORT_S, "debounce_ms": const.P_DEBOUNCE_MS,
-    "hysteresis": const.P_HYSTERESIS, "setpoint": const.P_SETPOINT, "opso_pct": const.P_OPSO_PCT,
-    "upso_pct": const.P_UPSO_PCT,
-}
 
 
 def defaults(profile):

@@ -17,6 +17,8 @@ import json
 import logging
 import time
 
+from paho.mqtt.client import topic_matches_sub
+
 from gasguard import __version__, logs
 from gasguard.firmware import bounds
 from gasguard.protocol import counter, frame, topics
@@ -41,16 +43,6 @@ QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this 
 GROUP_MAX = 512        # frames per transaction
 THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
 EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
-
-
-def _mtopic_match(sub: str, topic: str) -> bool:
-    s, t = sub.split("/"), topic.split("/")
-    for i, part in enumerate(s):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(s) == len(t)
 
 
 def alarms_first(group: list) -> tuple[list, list]:
@@ -390,7 +382,7 @@ class Daemon:
             return
         outs = []
         for p in self.plugins:
-            if any(_mtopic_match(s, topic) for s in p.subscriptions):
+            if any(topic_matches_sub(s, topic) for s in p.subscriptions):
                 try:
                     doc = json.loads(payload)
                 except ValueError:
