@@ -6,7 +6,7 @@ PY        ?= python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
-NODE_MODS := tools/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
+NODE_MODS := tools/sim/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 JOBS      ?= 2
 
 .PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto bench
@@ -36,9 +36,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VPY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-$(NODE_MODS): tools/package.json tools/package-lock.json
+$(NODE_MODS): tools/sim/package.json tools/sim/package-lock.json
 	@command -v node >/dev/null || { echo "node (>= 18) is needed to run MicroPython on the host: apt-get install nodejs"; exit 1; }
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	cd tools/sim && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_MODS)
 
 # The real broker for tests (Debian's mosquitto). Installed when missing and we are root.
@@ -53,4 +53,4 @@ mosquitto:
 	fi
 
 clean:
-	rm -rf $(VENV) tools/node_modules build *.egg-info
+	rm -rf $(VENV) tools/sim/node_modules build *.egg-info

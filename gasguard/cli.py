@@ -4,10 +4,10 @@ import click
 
 from gasguard import __version__
 from gasguard.gateway.cli import gateway
-from gasguard.gateway.console_cli import command
+from gasguard.command.console_cli import command
 from gasguard.provisioning.cli import device
-from gasguard.tools.bench_cli import bench
-from gasguard.tools.sim_cli import sim
+from gasguard.tools.bench.cli import bench
+from gasguard.tools.sim.cli import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

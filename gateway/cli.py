@@ -31,7 +31,7 @@ def _load_or_exit(path):
 def check_config(path, as_json):
     """Validate gateway.toml without opening any port; also checks the registry can be read."""
     cfg = _load_or_exit(path)
-    from .registry import Registry, RegistryError
+    from gasguard.registry import Registry, RegistryError
     try:
         with Registry(cfg.registry, readonly=True) as r:
             n = r.count()
@@ -60,7 +60,7 @@ def run(path):
     cfg = _load_or_exit(path)
     from . import logs
     from .daemon import Daemon
-    from .registry import RegistryError
+    from gasguard.registry import RegistryError
     logs.setup(cfg.log_level, cfg.log_json)
     try:
         daemon = Daemon(cfg)
@@ -103,7 +103,7 @@ def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
     from gasguard.provisioning import bundle, keys
     from gasguard.provisioning.errors import ProvisioningError
 
-    from .registry import Registry
+    from gasguard.registry import Registry
     if bool(path) == bool(registry):
         click.echo("give either --config gateway.toml or --registry FILE", err=True)
         sys.exit(2)

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gasguard.protocol.topics import ROOT, GatewayTopics, Topics
+
 
 class ConfigError(Exception):
     """Bad configuration: `key` is the dotted TOML key, the message says the fix."""
@@ -40,6 +42,7 @@ class Config:
     spool: Path
     serial: list[SerialPort] = field(default_factory=list)
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
+    topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_client_id: str = ""
@@ -73,8 +76,13 @@ class Config:
     source: Path | None = None
 
     @property
+    def topics(self) -> GatewayTopics:
+        """This gateway's subtree of the topic tree."""
+        return Topics(self.topic_root).gateway(self.district, self.gateway_id)
+
+    @property
     def root(self) -> str:
-        return f"gasguard/v1/{self.district}/{self.gateway_id}"
+        return self.topics.root
 
 
 def _get(d: dict, key: str, typ, default=..., path: str = ""):
@@ -110,7 +118,7 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind"},
-    "mqtt": {"host", "port", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+    "mqtt": {"host", "port", "topic_root", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
@@ -176,6 +184,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     m = _get(doc, "mqtt", dict, {})
     _unknown(m, "mqtt")
     cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
+    cfg.topic_root = _get(m, "topic_root", str, ROOT, "mqtt")
+    try:
+        Topics(cfg.topic_root)
+    except ValueError as e:
+        raise ConfigError("mqtt.topic_root", f"{e}; leave it out for the default {ROOT!r}") from None
     cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
     if not 0 < cfg.mqtt_port < 65536:
         raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")

@@ -19,7 +19,7 @@ import time
 
 from gasguard import __version__
 from gasguard.firmware import bounds
-from gasguard.protocol import frame
+from gasguard.protocol import frame, topics
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
 
 from . import payloads
@@ -107,7 +107,7 @@ class Daemon:
         counters = self.spool.counters()
         self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
         self.seqs = self.spool.seqs()
-        self.topics = payloads.Topics(cfg.root)
+        self.topics = cfg.topics
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
         self.commands = Commands(cfg.command_timeout, cfg.command_retry)
         self.queue: asyncio.Queue | None = None
@@ -118,7 +118,7 @@ class Daemon:
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
         self.stopping = False
         if plugins is None:
-            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock)
+            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, cfg.topic_root)
             plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
         self.plugins = plugins
         for p in plugins:
@@ -200,11 +200,11 @@ class Daemon:
                     if typ == "alarm":
                         body = payloads.alarm(gid, dist, mid, f, now, rx, v.device)
                         items.append(Item(ALARM, dev, payloads.dumps(body), mid, now,
-                                          topic=self.topics.device(dev, "alarm")))
+                                          topic=self.topics.device(dev, topics.ALARM)))
                     else:
                         body = payloads.event(gid, dist, mid, f, now, rx)
                         items.append(Item(EVENT, dev, payloads.dumps(body), mid, now,
-                                          topic=self.topics.device(dev, "event")))
+                                          topic=self.topics.device(dev, topics.EVENT)))
                 dfc = down.get(dev, self.verifier.down.get(dev, 0)) + 1
                 down[dev] = dfc
                 counters[(dev, DOWN)] = dfc
@@ -217,7 +217,7 @@ class Daemon:
                     results.append(res)
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
                         gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
-                        topic=self.topics.device(dev, "cmd/result")))
+                        topic=self.topics.device(dev, topics.CMD_RESULT)))
             items.extend(self._state_items(dev, f, now, mid, v.device))
             accepted.append((mid, f, v.device, rx, route, repeat))
         if not accepted:
@@ -284,7 +284,7 @@ class Daemon:
             last.pop("rx")
         body = payloads.state(self.cfg.gateway_id, dev, now, st.online, st.last_seen, last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
-                    topic=self.topics.device(dev, "state"), retain=True)
+                    topic=self.topics.device(dev, topics.STATE), retain=True)
 
     def _send(self, dev: int, buf: bytes, kind: str) -> bool:
         st = self.devstate.get(dev)
@@ -363,7 +363,7 @@ class Daemon:
     # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         now = self.clock()
-        dev = self.topics.dev_of_cmd(topic) if topic.startswith(self.topics.root + "/") else None
+        dev = self.topics.dev_of_cmd(topic)
         if dev is not None:
             self._command(dev, payload, now)
             return
@@ -394,7 +394,7 @@ class Daemon:
             self.metrics.commands.labels("rejected").inc()
             log.warning("command for %08x rejected: %s", dev, e)
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
-            self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
+            self._spool_outputs([(self.topics.device(dev, topics.CMD_RESULT), body, "event", False)], now)
             return
         log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, p.request_id)
         self._commands_due(now)
@@ -421,7 +421,7 @@ class Daemon:
         for p in dead:
             self.metrics.commands.labels("timeout").inc()
             log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
-            outs.append((self.topics.device(p.dev, "cmd/result"), payloads.command_result(
+            outs.append((self.topics.device(p.dev, topics.CMD_RESULT), payloads.command_result(
                 self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
                 f"no ack after {p.tries} tries"), "event", False))
         if outs:

@@ -1,4 +1,4 @@
-"""JSON payloads and topics the gateway publishes (schemas in gateway/schemas/, tree in README.md).
+"""JSON payloads the gateway publishes (schemas in gateway/schemas/; topics: protocol/topics.py).
 
 Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire), pressures in Pa.
 """
@@ -9,40 +9,15 @@ import json
 
 from gasguard.protocol import frame
 from gasguard.protocol.const import ALARM_NAMES, COMMAND_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.topics import dev_hex
 
 SITE_FIELDS = ("site_name", "address", "profile", "households", "user_class", "pressure_class", "key_area",
                "lat", "lon", "upstream")
 
 
-def dev_hex(dev: int) -> str:
-    return f"{dev:08x}"
-
-
 def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
     """Stable across restarts and retransmissions of one frame: consumers drop duplicates by it."""
     return f"{gateway_id}:{dev:08x}:{fcnt}"
-
-
-class Topics:
-    def __init__(self, root: str):
-        self.root = root
-        self.status = f"{root}/status"
-        self.stats = f"{root}/stats"
-        self.event = f"{root}/event"
-        self.reading = f"{root}/reading"
-        self.cmd_sub = f"{root}/+/cmd"
-
-    def device(self, dev: int, leaf: str) -> str:
-        return f"{self.root}/{dev:08x}/{leaf}"
-
-    def dev_of_cmd(self, topic: str) -> int | None:
-        parts = topic[len(self.root) + 1:].split("/")
-        if len(parts) != 2 or parts[1] != "cmd" or len(parts[0]) != 8:
-            return None
-        try:
-            return int(parts[0], 16)
-        except ValueError:
-            return None
 
 
 def dumps(d: dict) -> str:

@@ -15,7 +15,7 @@ from gasguard.protocol import frame
 from gasguard.protocol.const import MIC_LEN, UP
 from gasguard.protocol.errors import ProtocolError
 
-from .registry import Device, Registry
+from gasguard.registry import Device, Registry
 
 RECENT = 8   # frames per device remembered to tell a second path's copy (duplicate) from a replay
 

@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from gasguard.gateway import testkit
-from gasguard.gateway.registry import Device, Registry
+from gasguard.protocol.topics import CMD, Topics
+from gasguard.testing.config import write_config
+from gasguard.registry import Device, Registry
 
 DISTRICT = "lixia"
 GATEWAY_ID = "hil-gw"
@@ -31,7 +32,7 @@ class GatewayProcess:
     def __init__(self, workdir: Path, port: str, mqtt_port: int, registry: Path):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cfg = testkit.write_config(
+        self.cfg = write_config(
             self.dir / "gateway.toml", registry=registry, spool=self.dir / "spool.db", mqtt_port=mqtt_port,
             serial=[port], gateway_id=GATEWAY_ID, district=DISTRICT,
             # a command not acked within 1 s (real time) is repeated: the board runs faster than real time here
@@ -65,7 +66,7 @@ class GatewayProcess:
 
     def command(self, sub, dev: int, request_id: str, cmd: str = "status") -> None:
         """A command from the district over MQTT (QoS 1), as the console sends it."""
-        topic = f"gasguard/v1/{DISTRICT}/{GATEWAY_ID}/{dev:08x}/cmd"
+        topic = Topics().gateway(DISTRICT, GATEWAY_ID).device(dev, CMD)
         sub.c.publish(topic, json.dumps({"request_id": request_id, "cmd": cmd}), qos=1).wait_for_publish(5)
 
     def stop(self, timeout: float = 10) -> None:

@@ -21,7 +21,7 @@ import time
 
 import serial
 
-from gasguard.tools.vboard_client import Control
+from gasguard.tools.sim.vboard_client import Control
 
 
 class RigError(RuntimeError):

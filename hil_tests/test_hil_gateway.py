@@ -7,9 +7,9 @@ helpers let the board run in steps while the gateway works."""
 
 import pytest
 
-from gasguard.gateway import testkit
+from gasguard.testing.subscriber import Subscriber
 from gasguard.protocol import const
-from gasguard.tools.vboard_client import pressure_raw
+from gasguard.tools.sim.vboard_client import pressure_raw
 from hil_gateway import DISTRICT, GatewayProcess, quiet, registry_for, run_until
 from hil_node import need_rig
 
@@ -23,7 +23,7 @@ def _stack(board, mosquitto, tmp_path, **registry):
     reg = registry_for(tmp_path / "registry.db", board, **registry)
     gw = GatewayProcess(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
     board.gateway_log = gw.log        # named by every failure of run_until
-    sub = testkit.Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
+    sub = Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
     yield board, gw, sub
     sub.close()
     gw.stop()
@@ -53,7 +53,7 @@ def trip_and_wait(board, sub, what):
 
 
 def board_gas(board, tenths):
-    from gasguard.tools.vboard_client import gas_raw
+    from gasguard.tools.sim.vboard_client import gas_raw
     return gas_raw(tenths, (board.config.get("calibration") or {}).get("gas"))
 
 

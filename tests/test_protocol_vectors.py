@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gasguard.protocol import const, frame, framing, mic
-from gasguard.tools import micropython
-from gasguard.tools.vector_check import check
+from gasguard.tools.sim import micropython
+from gasguard.tools.vectors.check import check
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text())
@@ -23,7 +23,7 @@ def expected_report():
 
 
 def run_in_micropython():
-    files = micropython.device_files(("protocol",)) + [(REPO / "tools" / "vector_check.py", "/lib/vector_check.py")]
+    files = micropython.device_files(("protocol",)) + [(REPO / "tools" / "vectors" / "check.py", "/lib/vector_check.py")]
     code = ("import json\nimport vector_check\n"
             "v = json.loads(%r)\n" % json.dumps(VECTORS)
             + "print(%r, json.dumps(vector_check.check(v)))\n" % micropython.RESULT_MARK)

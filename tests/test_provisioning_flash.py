@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.provisioning.board import Board
-from gasguard.tools.vboard_client import VBoardProcess
+from gasguard.tools.sim.vboard_client import VBoardProcess
 
 from provisioning_helpers import capture, cli_json, gateway_verifier
 
