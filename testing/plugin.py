@@ -14,3 +14,12 @@ def mosquitto(tmp_path):
     """A real mosquitto on a free loopback port, for one test."""
     with Mosquitto(workdir=tmp_path / "broker") as broker:
         yield broker
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A real headless Chromium (selenium + Debian's chromium-driver), shared by the tests of one module:
+    starting a browser costs about a second; tests call `reset()` to drop cookies."""
+    from gasguard.testing.chromium import Chromium
+    with Chromium() as browser:
+        yield browser

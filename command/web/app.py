@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from gasguard.gateway import grading as G
+from gasguard.grading import engine as G
 
 from . import alarms as A
 from . import chart, forms, mapsvg, report_en
@@ -326,7 +326,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         back = form.get("back") or f"/incidents/{iid}"
         if not back.startswith("/") or back.startswith("//"):
             back = f"/incidents/{iid}"
-        topic = f"gasguard/v1/{cfg.district}/command/ack/{iid}"
+        topic = source.act_topic("ack", iid)
         request_ = acting.sign(op, topic, {"by": op, "revision": rev, "t": clock()})
         try:
             await asyncio.to_thread(source.acknowledge, iid, request_, cfg.confirm_timeout_s)
@@ -364,7 +364,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
             return refuse(request, op, action, iid)
         if errors:
             return incident_view(request, m, 422, errors=errors, values=dict(form))
-        topic = f"gasguard/v1/{cfg.district}/command/input/{iid}"
+        topic = source.act_topic("input", iid)
         request_ = acting.sign(op, topic, {**fields, "by": op})
         try:
             await asyncio.to_thread(source.send_input, iid, request_, cfg.confirm_timeout_s)

@@ -3,7 +3,7 @@ shown at that field. The field list and its types are the grading library's (`re
 
 from __future__ import annotations
 
-from gasguard.gateway import report as R
+from gasguard.grading import report as R
 
 NUMBERS = {"deaths": "people", "serious_injuries": "people", "evacuated": "people", "direct_loss_cny": "CNY",
            "forecast_excess_pct": "%"}

@@ -17,7 +17,10 @@ import time
 from collections import deque
 from typing import Callable, Protocol
 
-from gasguard.gateway.console import CommandClient
+import paho.mqtt.client as mqtt
+
+from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.protocol.topics import EVENT, READING
 
 Listener = Callable[[dict], None]
 VALVE_EVENT = 5          # protocol event code VALVE: data = valve u8 (1 closed, 0 open), cause u8
@@ -32,6 +35,7 @@ class IncidentSource(Protocol):
     def snapshot(self) -> list[dict]: ...                       # latest revision of every incident held
     def get(self, incident_id: str) -> dict | None: ...
     def listen(self, fn: Listener) -> Callable[[], None]: ...  # fn(msg) on every new revision; returns unlisten
+    def act_topic(self, kind: str, incident_id: str) -> str: ...   # where an "ack"/"input" goes (signed over)
     def acknowledge(self, incident_id: str, request: dict, timeout: float) -> None: ...
     def send_input(self, incident_id: str, request: dict, timeout: float) -> None: ...
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
@@ -52,8 +56,8 @@ class MqttSource:
         self.dropped = 0                       # readings dropped by the per-device bound
         self._on_incident = self.client.client.on_message
         self.client.client.on_message = self._on_message
-        district_root = f"gasguard/v1/{district}"
-        self._extra = [(f"{district_root}/+/reading", 1), (f"{district_root}/+/+/event", 1)]
+        tree = self.client.tree
+        self._extra = [(f"{tree.root}/{district}/+/{READING}", 1), (tree.district_gateways(district, EVENT), 1)]
         on_connect = self.client.client.on_connect
 
         def connected(client, userdata, flags, rc, props):
@@ -63,7 +67,6 @@ class MqttSource:
         self.client.client.on_connect = connected
 
     def start(self, timeout: float = 10.0) -> "MqttSource":
-        from gasguard.gateway.console import ConsoleError
         try:
             self.client.connect(timeout)
         except ConsoleError as e:
@@ -76,7 +79,7 @@ class MqttSource:
     # --- the feed ------------------------------------------------------------------------------
     def _on_message(self, client, userdata, m):
         topic = m.topic
-        if "/command/incident/" in topic:
+        if mqtt.topic_matches_sub(self.client.topic, topic):
             before = self.client.board.version
             self._on_incident(client, userdata, m)
             if self.client.board.version != before:
@@ -124,10 +127,12 @@ class MqttSource:
         return lambda: self._listeners.remove(fn)
 
     # --- acts (the request is already signed by the caller) ---------------------------------------
+    def act_topic(self, kind: str, incident_id: str) -> str:
+        return getattr(self.client._command_of(incident_id), kind)(incident_id)
+
     def _send(self, kind: str, incident_id: str, request: dict, timeout: float) -> None:
-        from gasguard.gateway.console import ConsoleError
         try:
-            self.client._publish(f"{self.client._base_of(incident_id)}/{kind}/{incident_id}", request, timeout)
+            self.client._publish(self.act_topic(kind, incident_id), request, timeout)
         except ConsoleError as e:
             raise SourceError(str(e)) from None
 
