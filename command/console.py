@@ -208,8 +208,10 @@ class CommandClient:
             except queue.Empty:
                 pass
 
-    def _publish(self, topic: str, payload: dict, timeout: float) -> None:
-        info = self.client.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1)
+    def _publish(self, topic: str, payload: dict | bytes, timeout: float) -> None:
+        """QoS 1, waiting for the broker's PUBACK; bytes (a signed request) are sent as they are."""
+        data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False)
+        info = self.client.publish(topic, data, qos=1)
         try:
             info.wait_for_publish(timeout)
         except RuntimeError as e:

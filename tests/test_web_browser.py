@@ -22,7 +22,7 @@ from gasguard.testing.node import Node
 from gasguard.testing.subscriber import Subscriber
 from gasguard.testing.waits import wait_until
 from gasguard.testing.webserver import WebServer
-from web_helpers import RecordingActing
+from web_helpers import RecordingActing, quick_hasher
 
 pytestmark = pytest.mark.mosquitto
 
@@ -64,7 +64,7 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
     runner = DaemonThread(Daemon(cfg))
     source = MqttSource("127.0.0.1", mosquitto.port, "lixia").start(10)
     acting = RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
-    book = new_password_file(tmp_path / "console-passwords.json", OPERATOR, PASSWORD)
+    book = new_password_file(tmp_path / "console-passwords.json", OPERATOR, PASSWORD, quick_hasher())
     app = create_app(WebConfig(district="lixia"), source, acting, book)
     try:
         runner.wait_ports()
@@ -98,7 +98,7 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             assert pubs[-1]["acked"]["by"] == OPERATOR
             iid = pubs[-1]["incident_id"]
             acks = [r for r in acting.records if r["type"] == "ack"]
-            assert [(r["operator"], r["outcome"], r["incident"]) for r in acks] == [(OPERATOR, "allowed", iid)]
+            assert [(r["operator"], r["outcome"], r["incident"]) for r in acks] == [(OPERATOR, "done", iid)]
             logins = [(r["operator"], r["outcome"]) for r in acting.records if r["type"] == "login"]
             assert logins == [(OPERATOR, "refused"), (OPERATOR, "allowed")]
             print(f"leak frame -> board row: {seen_s * 1000:.0f} ms")
@@ -116,7 +116,7 @@ def test_unknown_pages_need_a_login_and_a_stale_form_is_refused(tmp_path, chromi
     source = EngineSource(lambda: clock["t"])
     source.observe(alarm(STATIONS[0], T0, 4, ptrip=True, value=900))
     acting = RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
-    book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD)
+    book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
     app = create_app(WebConfig(), source, acting, book, stations=lambda: STATIONS, clock=lambda: clock["t"])
     iid = next(iter(source.latest))
     with WebServer(app) as web:

@@ -3,11 +3,12 @@ broker: for page and form tests), and an `Acting` that records audit records in 
 
 from __future__ import annotations
 
+import json
 import threading
 
 from gasguard.grading.incidents import IncidentEngine
 from gasguard.protocol.topics import Topics
-from grading_helpers import T0, alarm, device, reading  # noqa: F401  (re-exported for the tests)
+from grading_helpers import T0, alarm, device, reading, valve_event  # noqa: F401  (re-exported for the tests)
 
 STATIONS = [
     device(0xA001, households=8_000, pressure_class="subhigh_a", site="燕山调压站", lat=36.659, lon=117.062),
@@ -68,18 +69,24 @@ class EngineSource:
     def acknowledge(self, iid, request, timeout):
         self.sent.append(("ack", iid, request))
         with self.lock:
-            self._take(self.engine.acknowledge(iid, request, self.clock()))
+            self._take(self.engine.acknowledge(iid, json.loads(request), self.clock()))
 
     def send_input(self, iid, request, timeout):
         self.sent.append(("input", iid, request))
         with self.lock:
-            self._take(self.engine.operator_input(iid, request, self.clock()))
+            self._take(self.engine.operator_input(iid, json.loads(request), self.clock()))
 
     def readings(self, dev, since):
         return [r for r in self.readings_rows.get(dev, []) if r["t"] >= since]
 
     def valve_history(self, dev, since):
         return [r for r in self.valves.get(dev, []) if r["t"] >= since]
+
+
+def quick_hasher():
+    """argon2id with test-sized cost (the console's default costs ~0.5 s a hash on a loaded CI core)."""
+    from argon2 import PasswordHasher
+    return PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
 
 
 class RecordingActing:
@@ -89,6 +96,7 @@ class RecordingActing:
     def __init__(self, operators: dict[str, dict]):
         self.operators = operators
         self.records: list[dict] = []
+        self.signed: list[tuple] = []
 
     def operator(self, operator_id):
         o = self.operators.get(operator_id)
@@ -99,8 +107,9 @@ class RecordingActing:
         return bool(o and o["active"] and action in {"operator": {"ack", "input", "resolve", "shelve"},
                                                       "viewer": set()}.get(o["role"], set()))
 
-    def sign(self, operator_id, topic, body):
-        return {**body, "operator": operator_id, "topic": topic}
+    def sign(self, operator_id, topic, body, client_id="", address=""):
+        self.signed.append((operator_id, topic, body, client_id, address))
+        return json.dumps(body, ensure_ascii=False).encode()
 
     def audit(self, **rec):
         self.records.append(rec)

@@ -14,6 +14,8 @@ from typing import Protocol
 class Acting(Protocol):
     def operator(self, operator_id: str) -> dict | None: ...    # {"id", "name", "role", "active"}
     def may(self, operator_id: str, action: str) -> bool: ...
-    def sign(self, operator_id: str, topic: str, body: dict) -> dict: ...   # the request to publish
+    def sign(self, operator_id: str, topic: str, body: dict, *, client_id: str = "",
+             address: str = "") -> bytes: ...                             # the MQTT payload to publish
+    # categories and outcomes are the authority's (audit.py): access/incident; allowed, refused, done, failed, info
     def audit(self, *, category: str, type: str, operator: str | None, address: str | None,
               outcome: str, reason: str = "", **detail) -> None: ...

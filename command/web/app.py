@@ -139,6 +139,13 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
+def _client(request: Request) -> dict:
+    """Who is behind a signed request: the session (by a digest, never the cookie) and the address."""
+    import hashlib
+    sid = hashlib.sha256(f"{request.session.get('op')}:{request.session.get('at')}".encode()).hexdigest()[:16]
+    return {"client_id": f"web-{sid}", "address": _address(request)}
+
+
 def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords: PasswordBook,
                stations=lambda: [], *, clock=time.time) -> Starlette:
     con = Console(cfg, source, acting, passwords, stations, clock)
@@ -166,8 +173,8 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
             return None
         info = acting.operator(op)
         if now - seen > cfg.session_idle_s or info is None or not info.get("active", True):
-            acting.audit(category="authentication", type="session_end", operator=op, address=_address(request),
-                         outcome="ended", reason="idle" if info and info.get("active", True) else "revoked")
+            acting.audit(category="access", type="session_end", operator=op, address=_address(request),
+                         outcome="info", reason="idle" if info and info.get("active", True) else "revoked")
             request.session.clear()
             return None
         request.session["seen"] = now
@@ -188,7 +195,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         """The POSTed form, or None when its CSRF token is not this session's (refused and audited)."""
         form = await request.form()
         if not csrf_ok(request.session, form.get("csrf")):
-            acting.audit(category="web", type="csrf", operator=request.session.get("op"),
+            acting.audit(category="access", type="csrf", operator=request.session.get("op"),
                          address=_address(request), outcome="refused", reason="missing or wrong CSRF token",
                          path=request.url.path)
             return None
@@ -216,7 +223,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         now = clock()
         left = con.guard.locked(keys, now)
         if left > 0:
-            acting.audit(category="authentication", type="login", operator=op or None, address=addr,
+            acting.audit(category="access", type="login", operator=op or None, address=addr,
                          outcome="refused", reason=f"locked out for {left:.0f} s more")
             return page(request, "login.html", 429, next=nxt, entered=op,
                         error=f"Too many failed logins: locked for {int(left // 60) + 1} more minutes. "
@@ -228,11 +235,11 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
             request.session.clear()                     # a new session on login (no fixation)
             request.session.update(op=op, at=now, seen=now)
             csrf_token(request.session)
-            acting.audit(category="authentication", type="login", operator=op, address=addr, outcome="allowed")
+            acting.audit(category="access", type="login", operator=op, address=addr, outcome="allowed")
             return RedirectResponse(nxt, status_code=303)
         locked = con.guard.failure(keys, now)
         why = "revoked" if ok and info is not None else "unknown operator or wrong password"
-        acting.audit(category="authentication", type="login", operator=op or None, address=addr,
+        acting.audit(category="access", type="login", operator=op or None, address=addr,
                      outcome="refused", reason=why + ("; now locked out" if locked else ""))
         msg = "Operator id or password is wrong." if why != "revoked" else \
             "This operator has been revoked by the district authority."
@@ -246,7 +253,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
             return csrf_refused()
         op = request.session.get("op")
         if op:
-            acting.audit(category="authentication", type="logout", operator=op, address=_address(request),
+            acting.audit(category="access", type="logout", operator=op, address=_address(request),
                          outcome="allowed")
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
@@ -327,7 +334,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         if not back.startswith("/") or back.startswith("//"):
             back = f"/incidents/{iid}"
         topic = source.act_topic("ack", iid)
-        request_ = acting.sign(op, topic, {"by": op, "revision": rev, "t": clock()})
+        request_ = acting.sign(op, topic, {"by": op, "revision": rev, "t": clock()}, **_client(request))
         try:
             await asyncio.to_thread(source.acknowledge, iid, request_, cfg.confirm_timeout_s)
         except SourceError as e:
@@ -339,14 +346,14 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
                                   and x["revision"] > rev, cfg.confirm_timeout_s)
         if done is None:
             acting.audit(category="incident", type="ack", operator=op, address=_address(request),
-                         outcome="unconfirmed", reason=f"no confirmation within {cfg.confirm_timeout_s:g} s",
+                         outcome="failed", reason=f"no confirmation within {cfg.confirm_timeout_s:g} s",
                          incident=iid, revision=rev)
             flash(request, f"Acknowledgement of {iid} sent but NOT confirmed by the command within "
                            f"{cfg.confirm_timeout_s:g} s: it is still unacknowledged. Check the gateway link "
                            "and try again.", "error")
         else:
             acting.audit(category="incident", type="ack", operator=op, address=_address(request),
-                         outcome="allowed", incident=iid, revision=rev, confirmed_revision=done["revision"])
+                         outcome="done", incident=iid, revision=rev, confirmed_revision=done["revision"])
             flash(request, f"Acknowledged {iid} (revision {rev}); confirmed at revision {done['revision']}.")
         return RedirectResponse(back, status_code=303)
 
@@ -365,7 +372,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         if errors:
             return incident_view(request, m, 422, errors=errors, values=dict(form))
         topic = source.act_topic("input", iid)
-        request_ = acting.sign(op, topic, {**fields, "by": op})
+        request_ = acting.sign(op, topic, {**fields, "by": op}, **_client(request))
         try:
             await asyncio.to_thread(source.send_input, iid, request_, cfg.confirm_timeout_s)
         except SourceError as e:
@@ -374,16 +381,18 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
             return incident_view(request, m, 502, errors={"_form": f"not sent: {e}"}, values=dict(form))
         rev = m["revision"]
         done = await con.wait_for(iid, lambda x: x["revision"] > rev, cfg.confirm_timeout_s)
-        notes = (done or {}).get("report", {}).get("notes") or []
-        mine = [n for n in notes if n.get("by") == op and n["t"] >= clock() - cfg.confirm_timeout_s - 60]
-        rejected = next((n["text"] for n in reversed(mine) if n["text"].startswith("rejected input")), None)
+        # the engine answers refused input with a note "rejected input: ..." and applies nothing
+        before = {(n["t"], n["by"], n["text"]) for n in m["report"].get("notes") or []}
+        new = [n for n in (done or {}).get("report", {}).get("notes") or []
+               if (n["t"], n["by"], n["text"]) not in before and n["by"] == op]
+        rejected = next((n["text"] for n in new if n["text"].startswith("rejected input")), None)
         if done is None:
-            outcome, text, kind = "unconfirmed", (f"Input sent but NOT confirmed within {cfg.confirm_timeout_s:g} s: "
+            outcome, text, kind = "failed", (f"Input sent but NOT confirmed within {cfg.confirm_timeout_s:g} s: "
                                                  "nothing is applied until the command confirms it."), "error"
         elif rejected:
             outcome, text, kind = "refused", f"REJECTED by the command: {rejected}", "error"
         else:
-            outcome, text, kind = "allowed", (f"Applied: {', '.join(sorted(fields))} (revision {done['revision']}, "
+            outcome, text, kind = "done", (f"Applied: {', '.join(sorted(fields))} (revision {done['revision']}, "
                                               f"level {G.LEVEL_NAMES.get(done['level'], '-')}, "
                                               f"warning {done['warning'] or 'none'})."), "ok"
         acting.audit(category="incident", type=action, operator=op, address=_address(request), outcome=outcome,

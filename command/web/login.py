@@ -19,9 +19,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-_HASHER = PasswordHasher()          # argon2id with the library's RFC 9106 low-memory profile
-# verifying an unknown id still costs one argon2 verification, so timing does not tell which ids exist
-_DUMMY = _HASHER.hash(secrets.token_hex(16))
+# argon2id with the library's defaults (RFC 9106 low-memory profile: t=3, 64 MiB, p=4)
+DEFAULT_HASHER = PasswordHasher()
 
 
 class PasswordFileError(Exception):
@@ -31,8 +30,11 @@ class PasswordFileError(Exception):
 class PasswordBook:
     """{operator id: argon2 hash} in a JSON file (0600). Re-read when it changes on disk."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, hasher: PasswordHasher = DEFAULT_HASHER):
         self.path = Path(path)
+        self.hasher = hasher
+        # verifying an unknown id still costs one argon2 verification, so timing does not tell which ids exist
+        self._dummy = hasher.hash(secrets.token_hex(16))
         self._lock = threading.Lock()
         self._mtime = None
         self._hashes: dict[str, str] = {}
@@ -62,16 +64,16 @@ class PasswordBook:
             self._load()
             h = self._hashes.get(operator_id)
         try:
-            ok = _HASHER.verify(h or _DUMMY, password)
+            ok = self.hasher.verify(h or self._dummy, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
-        if ok and h is not None and _HASHER.check_needs_rehash(h):
+        if ok and h is not None and self.hasher.check_needs_rehash(h):
             self.set(operator_id, password)        # parameters raised since: store the stronger hash
         return ok and h is not None
 
     def set(self, operator_id: str, password: str) -> None:
         with self._lock:
-            self._hashes[operator_id] = _HASHER.hash(password)
+            self._hashes[operator_id] = self.hasher.hash(password)
             write_hashes(self.path, self._hashes)
             self._mtime = self.path.stat().st_mtime_ns
 
@@ -93,11 +95,12 @@ def write_hashes(path: Path, hashes: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def new_password_file(path: str | Path, operator_id: str, password: str) -> PasswordBook:
+def new_password_file(path: str | Path, operator_id: str, password: str,
+                      hasher: PasswordHasher = DEFAULT_HASHER) -> PasswordBook:
     p = Path(path)
     if not p.exists():
         write_hashes(p, {})
-    book = PasswordBook(p)
+    book = PasswordBook(p, hasher)
     book.set(operator_id, password)
     return book
 

@@ -36,8 +36,8 @@ class IncidentSource(Protocol):
     def get(self, incident_id: str) -> dict | None: ...
     def listen(self, fn: Listener) -> Callable[[], None]: ...  # fn(msg) on every new revision; returns unlisten
     def act_topic(self, kind: str, incident_id: str) -> str: ...   # where an "ack"/"input" goes (signed over)
-    def acknowledge(self, incident_id: str, request: dict, timeout: float) -> None: ...
-    def send_input(self, incident_id: str, request: dict, timeout: float) -> None: ...
+    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> None: ...  # signed payload
+    def send_input(self, incident_id: str, request: bytes, timeout: float) -> None: ...
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
     def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause"}
 
@@ -130,16 +130,16 @@ class MqttSource:
     def act_topic(self, kind: str, incident_id: str) -> str:
         return getattr(self.client._command_of(incident_id), kind)(incident_id)
 
-    def _send(self, kind: str, incident_id: str, request: dict, timeout: float) -> None:
+    def _send(self, kind: str, incident_id: str, request: bytes, timeout: float) -> None:
         try:
             self.client._publish(self.act_topic(kind, incident_id), request, timeout)
         except ConsoleError as e:
             raise SourceError(str(e)) from None
 
-    def acknowledge(self, incident_id: str, request: dict, timeout: float) -> None:
+    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> None:
         self._send("ack", incident_id, request, timeout)
 
-    def send_input(self, incident_id: str, request: dict, timeout: float) -> None:
+    def send_input(self, incident_id: str, request: bytes, timeout: float) -> None:
         self._send("input", incident_id, request, timeout)
 
     def readings(self, dev: str, since: float) -> list[dict]:

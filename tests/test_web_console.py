@@ -1,0 +1,150 @@
+"""The web console's pages and acts over HTTP (Starlette's test client; the browser tests are in
+test_web_browser.py): login and lockout, CSRF, acknowledgement only on confirmation, operator input with
+errors at the field and the command's rejection shown as such, shelving audited, the flood banner."""
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from gasguard.command.web.app import WebConfig, create_app
+from gasguard.command.web.alarms import FloodConfig
+from gasguard.command.web.login import LockoutConfig, new_password_file
+from web_helpers import STATIONS, T0, EngineSource, RecordingActing, alarm, device, quick_hasher
+
+OP, PW = "wang.li", "correct horse battery"
+
+
+@pytest.fixture
+def console(tmp_path):
+    clock = {"t": T0}
+    src = EngineSource(lambda: clock["t"])
+    src.observe(alarm(STATIONS[0], T0, 4, ptrip=True, value=900))
+    acting = RecordingActing({OP: {"name": "王丽", "role": "operator"}, "zhao.viewer": {"role": "viewer"}})
+    book = new_password_file(tmp_path / "pw.json", OP, PW, quick_hasher())
+    book.set("zhao.viewer", PW)
+    cfg = WebConfig(lockout=LockoutConfig(max_failures=3, window_s=600, lockout_s=900),
+                    flood=FloodConfig(window_s=600, start_above=3, end_below=2), confirm_timeout_s=1)
+    app = create_app(cfg, src, acting, book, stations=lambda: STATIONS, clock=lambda: clock["t"])
+    with TestClient(app) as client:
+        yield client, src, acting, clock
+
+
+def _csrf(client, path="/login"):
+    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def _login(client, op=OP, pw=PW):
+    return client.post("/login", data={"operator": op, "password": pw, "csrf": _csrf(client)})
+
+
+def test_lockout_after_repeated_failures_even_with_the_right_password(console):
+    client, src, acting, clock = console
+    assert client.get("/").url.path == "/login"                              # nothing without a login
+    for _ in range(3):
+        assert _login(client, pw="guess").status_code == 401
+    r = _login(client)                                                       # right password, locked out
+    assert r.status_code == 429 and "locked" in r.text
+    clock["t"] += 901
+    assert _login(client).url.path == "/"
+    outcomes = [(r["type"], r["outcome"]) for r in acting.records if r["category"] == "access"]
+    assert outcomes == [("login", "refused")] * 4 + [("login", "allowed")]
+    assert "now locked out" in acting.records[2]["reason"]
+
+
+def test_login_without_the_pages_csrf_token_is_refused_and_a_new_session_follows_login(console):
+    client, *_ = console
+    r = client.post("/login", data={"operator": OP, "password": PW, "csrf": "forged"})
+    assert r.status_code == 403
+    before = client.cookies.get("gg_session")
+    _login(client)
+    assert client.cookies.get("gg_session") != before
+
+
+def test_acknowledge_needs_the_confirmation_and_waits_for_the_command(console):
+    client, src, acting, clock = console
+    _login(client)
+    iid = next(iter(src.latest))
+    tok = _csrf(client, "/")
+    r = client.post(f"/incidents/{iid}/ack", data={"csrf": tok, "revision": 1})      # no confirm=yes
+    assert r.url.path == f"/incidents/{iid}/ack" and "Acknowledge this incident?" in r.text
+    assert src.sent == []
+    r = client.post(f"/incidents/{iid}/ack", data={"csrf": tok, "revision": 1, "confirm": "yes"})
+    assert "confirmed at revision 2" in r.text
+    assert src.get(iid)["acked"]["by"] == OP
+    assert acting.signed[-1][:3] == (OP, "gasguard/v1/lixia/command/ack/" + iid, acting.signed[-1][2])
+
+
+def test_operator_input_errors_are_shown_at_their_field_and_nothing_is_sent(console):
+    client, src, acting, clock = console
+    _login(client)
+    iid = next(iter(src.latest))
+    r = client.post(f"/incidents/{iid}/input", data={"csrf": _csrf(client, "/"), "deaths": "two",
+                                                      "evacuated": "-5", "on_site_lead": "张三"})
+    assert r.status_code == 422 and src.sent == []
+    assert re.search(r'id="e-deaths">a whole number', r.text)
+    assert re.search(r'id="e-evacuated">cannot be negative', r.text)
+    assert 'value="张三"' in r.text                                          # what was typed is kept
+
+
+def test_input_the_command_rejects_is_shown_as_rejected_not_as_sent(console):
+    client, src, acting, clock = console
+    _login(client)
+    iid = next(iter(src.latest))
+    # the command refuses a field this console version does not know (a newer form, an older gateway)
+    orig = acting.sign
+    acting.sign = lambda op, topic, body, **kw: orig(op, topic, {**body, "casualty_note": "x"}, **kw)
+    r = client.post(f"/incidents/{iid}/input", data={"csrf": _csrf(client, "/"), "deaths": "1"})
+    assert r.status_code == 409 and "REJECTED by the command" in r.text
+    assert [r["outcome"] for r in acting.records if r["type"] == "input"] == ["refused"]
+    acting.sign = orig
+    r = client.post(f"/incidents/{iid}/input", data={"csrf": _csrf(client, "/"), "deaths": "3"})
+    assert "Applied: deaths" in r.text and "level III" in r.text             # 3 deaths: level III (1.6.2.3)
+
+
+def test_a_viewer_may_not_act_and_the_refusal_is_audited(console):
+    client, src, acting, clock = console
+    _login(client, op="zhao.viewer")
+    iid = next(iter(src.latest))
+    r = client.post(f"/incidents/{iid}/ack", data={"csrf": _csrf(client, "/"), "revision": 1, "confirm": "yes"})
+    assert r.status_code == 403 and src.sent == []
+    assert acting.records[-1]["outcome"] == "refused" and acting.records[-1]["operator"] == "zhao.viewer"
+
+
+def test_shelving_hides_with_reason_until_expiry_audited_and_a_flood_raises_the_banner(console):
+    client, src, acting, clock = console
+    _login(client)
+    iid = next(iter(src.latest))
+    tok = _csrf(client, "/")
+    r = client.post(f"/incidents/{iid}/shelve", data={"csrf": tok, "reason": "", "minutes": "30"})
+    assert r.status_code == 422 and "write why" in r.text
+    client.post(f"/incidents/{iid}/shelve", data={"csrf": tok, "reason": "crew on site", "minutes": "30"})
+    rows = client.get("/api/board").json()["rows"]
+    assert rows[0]["state"] == "shelved" and rows[0]["shelf"]["reason"] == "crew on site"
+    rec = acting.records[-1]
+    assert (rec["type"], rec["outcome"], rec["operator"], rec["until"]) == ("shelve", "allowed", OP, T0 + 1800)
+    clock["t"] += 1800
+    assert client.get("/api/board").json()["rows"][0]["state"] == "unacknowledged"
+
+    assert client.get("/api/board").json()["flood"]["flood"] is False
+    for k in range(4):                                   # 4 new alarms, far apart: 4 incidents
+        src.observe(alarm(device(0x200000 + k, profile="household", site=f"泉城路{k}号", lat=36.6 + k / 10,
+                                 lon=117.0), clock["t"], 2))
+    board = client.get("/api/board").json()
+    assert board["flood"]["flood"] is True and board["flood"]["count"] == 4
+
+
+def test_password_file_holds_argon2id_hashes_only_readable_by_the_console(tmp_path):
+    import json
+
+    from gasguard.command.web.login import PasswordBook, PasswordFileError
+    from web_helpers import quick_hasher
+    p = tmp_path / "pw.json"
+    book = new_password_file(p, OP, PW, quick_hasher())
+    assert p.stat().st_mode & 0o777 == 0o600
+    stored = json.loads(p.read_text())["hashes"][OP]
+    assert stored.startswith("$argon2id$") and PW not in p.read_text()
+    assert book.verify(OP, PW) and not book.verify(OP, PW + "x") and not book.verify("nobody", PW)
+    p.chmod(0o644)
+    with pytest.raises(PasswordFileError, match="chmod 600"):
+        PasswordBook(p, quick_hasher())
