@@ -156,3 +156,11 @@ def input_(host, port, district, timeout, city, incident_id, fields, by, as_json
                                                     "projected")}, ensure_ascii=False))
     else:
         click.echo(f"{incident_id}: level {done['level']} warning {done['warning']} (revision {done['revision']})")
+
+
+def _web_group():
+    from gasguard.command.web.cli import web
+    return web
+
+
+command.add_command(_web_group(), "web")
