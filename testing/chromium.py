@@ -97,11 +97,16 @@ class Chromium:
         return self.wait(find, timeout, f"{css!r}" + (f" with {text!r}" if text else ""))
 
     def screenshot(self, path: str | Path, full_height: bool = True) -> Path:
-        """A PNG of the page; `full_height` grows the window to the document first (one image, no scroll)."""
+        """A PNG of the page; `full_height`: the whole document in one image (DevTools capture beyond the
+        viewport), else what the window shows."""
+        import base64
         p = Path(path)
-        if full_height:
-            h = self.driver.execute_script("return document.documentElement.scrollHeight")
-            self.driver.set_window_size(self.size[0], min(max(h, 400), 4000))
-        self.driver.save_screenshot(str(p))
-        self.driver.set_window_size(*self.size)
+        if not full_height:
+            self.driver.save_screenshot(str(p))
+            return p
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1}})
+        p.write_bytes(base64.b64decode(shot["data"]))
         return p

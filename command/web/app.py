@@ -124,7 +124,8 @@ class Console:
         rows.sort(key=A.sort_key)
         with self._lock:
             flood = self.flood.state(now)
-        return {"now": now, "rows": rows, "flood": flood, "district": self.cfg.district}
+        return {"now": now, "now_text": self.fmt_time(now), "rows": rows, "flood": flood,
+                "district": self.cfg.district}
 
     def fmt_time(self, t: float | None, seconds: bool = True) -> str:
         if t is None:

@@ -62,7 +62,17 @@ def render(stations: list[dict], incidents: list[dict], *, highlight: str | None
         parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no station in the registry '
                      'has coordinates: set them with gasguard device update --lat --lon</text></svg>')
         return "".join(parts)
-    xy = _projector([(s["lat"], s["lon"]) for s in placed])
+    by_dev = {s["dev"] for s in placed}
+    # incidents at places that are not stations (a leak in a home): a marker at the place's coordinates
+    spots = []
+    for m in incidents:
+        place = (m.get("report") or {}).get("place") or {}
+        devs = [d["dev"] for d in place.get("devices", [])]
+        if m.get("status") == "open" and place.get("lat") is not None and place.get("lon") is not None \
+                and not any(d in by_dev for d in devs):
+            spots.append(m)
+    xy = _projector([(s["lat"], s["lon"]) for s in placed]
+                    + [(m["report"]["place"]["lat"], m["report"]["place"]["lon"]) for m in spots])
     by_id = {s["dev_id"]: s for s in placed}
     parts.append('<g class="links">')
     for s in placed:
@@ -90,5 +100,16 @@ def render(stations: list[dict], incidents: list[dict], *, highlight: str | None
         parts.append(f'<a href="{href}" class="station {cls}" data-dev="{s["dev"]}">'
                      f'<title>{tip}</title><circle cx="{x}" cy="{y}" r="{r:.1f}"/>'
                      f'<text x="{x + r + 3:.1f}" y="{y + 4}">{name}</text></a>')
+    parts.append('</g><g class="spots">')
+    for m in spots:
+        place = m["report"]["place"]
+        x, y = xy(place["lat"], place["lon"])
+        cls = STATE_CLASS[m.get("warning")]
+        if highlight:
+            cls += " lit" if m["incident_id"] == highlight else " unlit"
+        tip = escape(f'{place.get("site_name") or m["incident_id"]}: {m.get("title", "")} ({m["incident_id"]})')
+        parts.append(f'<a href="/incidents/{escape(m["incident_id"])}" class="spot {cls}" '
+                     f'data-incident="{escape(m["incident_id"])}"><title>{tip}</title>'
+                     f'<rect x="{x - 6}" y="{y - 6}" width="12" height="12" transform="rotate(45 {x} {y})"/></a>')
     parts.append('</g></svg>')
     return "".join(parts)

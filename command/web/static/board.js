@@ -71,7 +71,7 @@
     banner.hidden = !f.flood;
     if (f.flood) banner.textContent = "ALARM FLOOD: " + f.count + " new alarms in the last " + Math.round(f.window_s / 60) +
       " minutes (more than " + f.start_above + "). Work the red and unacknowledged first; shelve what is understood.";
-    document.getElementById("clock").textContent = new Date(board.now * 1000).toLocaleTimeString("en-GB");
+    document.getElementById("clock").textContent = board.now_text;   // the district's time, from the server
     document.body.dataset.boardAt = String(board.now);
   }
 
