@@ -276,10 +276,6 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         return EventSourceResponse(stream(), ping=15, send_timeout=10)
 
     # --- incident --------------------------------------------------------------------------------
-    def incident_or_404(request: Request):
-        m = source.get(request.path_params["iid"])
-        return m
-
     def not_found(request: Request) -> Response:
         return page(request, "message.html", 404, title="No such incident",
                     text=f"The command holds no incident {request.path_params['iid']}: it may have been "
@@ -298,11 +294,11 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
                     errors=extra.pop("errors", {}), values=extra.pop("values", {}), **extra)
 
     async def incident_page(request: Request):
-        m = incident_or_404(request)
+        m = source.get(request.path_params["iid"])
         return incident_view(request, m) if m else not_found(request)
 
     async def ack_confirm(request: Request):
-        m = incident_or_404(request)
+        m = source.get(request.path_params["iid"])
         if m is None:
             return not_found(request)
         return page(request, "ack_confirm.html", m=m, row=A.board_row(m, clock(), None),
@@ -315,7 +311,9 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         return page(request, "message.html", 403, title="Not allowed",
                     text=f"Your role may not {action}. Ask an admin of the district authority.")
 
-    async def acknowledge(request: Request):
+    async def preamble(request: Request, action: str | None):
+        """(form, operator, incident id, incident) for an act on an incident, or the Response that refuses it:
+        a stale or forged form (CSRF), an incident the command no longer holds, a role that may not."""
         form = await checked_form(request)
         if form is None:
             return csrf_refused()
@@ -323,8 +321,15 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         m = source.get(iid)
         if m is None:
             return not_found(request)
-        if not acting.may(op, "ack"):
-            return refuse(request, op, "ack", iid)
+        if action is not None and not acting.may(op, action):
+            return refuse(request, op, action, iid)
+        return form, op, iid, m
+
+    async def acknowledge(request: Request):
+        got = await preamble(request, "ack")
+        if isinstance(got, Response):
+            return got
+        form, op, iid, m = got
         if form.get("confirm") != "yes":
             return RedirectResponse(f"/incidents/{iid}/ack", status_code=303)
         try:
@@ -359,13 +364,10 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         return RedirectResponse(back, status_code=303)
 
     async def operator_input(request: Request):
-        form = await checked_form(request)
-        if form is None:
-            return csrf_refused()
-        op, iid = request.state.op, request.path_params["iid"]
-        m = source.get(iid)
-        if m is None:
-            return not_found(request)
+        got = await preamble(request, None)
+        if isinstance(got, Response):
+            return got
+        form, op, iid, m = got
         fields, errors = forms.parse(form)
         action = "resolve" if fields.get("resolved") else "input"
         if not acting.may(op, action):
@@ -405,15 +407,10 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         return RedirectResponse(f"/incidents/{iid}", status_code=303)
 
     async def shelve(request: Request):
-        form = await checked_form(request)
-        if form is None:
-            return csrf_refused()
-        op, iid = request.state.op, request.path_params["iid"]
-        m = source.get(iid)
-        if m is None:
-            return not_found(request)
-        if not acting.may(op, "shelve"):
-            return refuse(request, op, "shelve", iid)
+        got = await preamble(request, "shelve")
+        if isinstance(got, Response):
+            return got
+        form, op, iid, m = got
         if form.get("unshelve"):
             gone = con.shelves.unshelve(iid)
             acting.audit(category="incident", type="unshelve", operator=op, address=_address(request),
