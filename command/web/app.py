@@ -37,7 +37,7 @@ from . import alarms as A
 from . import chart, forms, mapsvg, report_en
 from .acting import Acting
 from .login import LockoutConfig, LoginGuard, PasswordBook, csrf_ok, csrf_token
-from .source import IncidentSource, SourceError
+from .source import IncidentSource, Refused, SourceError
 
 HERE = Path(__file__).parent
 
@@ -343,6 +343,11 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         request_ = acting.sign(op, topic, {"by": op, "revision": rev, "t": clock()}, **_client(request))
         try:
             await asyncio.to_thread(source.acknowledge, iid, request_, cfg.confirm_timeout_s)
+        except Refused as e:
+            acting.audit(category="incident", type="ack", operator=op, address=_address(request),
+                         outcome="refused", reason=str(e), incident=iid, revision=rev)
+            flash(request, f"NOT acknowledged: the command refused it ({e}).", "error")
+            return RedirectResponse(back, status_code=303)
         except SourceError as e:
             acting.audit(category="incident", type="ack", operator=op, address=_address(request),
                          outcome="failed", reason=str(e), incident=iid, revision=rev)
@@ -378,6 +383,11 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         request_ = acting.sign(op, topic, {**fields, "by": op}, **_client(request))
         try:
             await asyncio.to_thread(source.send_input, iid, request_, cfg.confirm_timeout_s)
+        except Refused as e:
+            acting.audit(category="incident", type=action, operator=op, address=_address(request),
+                         outcome="refused", reason=str(e), incident=iid, fields=sorted(fields))
+            return incident_view(request, m, 409, errors={"_form": f"REFUSED by the command: {e}"},
+                                 values=dict(form))
         except SourceError as e:
             acting.audit(category="incident", type=action, operator=op, address=_address(request),
                          outcome="failed", reason=str(e), incident=iid, fields=sorted(fields))

@@ -63,12 +63,12 @@ def serve(config):
     import uvicorn
 
     from gasguard.authority import AuditLog, BadInput, secretfile
-    from gasguard.authority.cli import _trusted
+    from gasguard.provisioning import keys
 
     from .acting import AuthorityActing
     from .app import create_app
     from .login import PasswordBook, PasswordFileError
-    from .source import MqttSource, SourceError
+    from .source import MqttSource, ReadingFeed, SourceError, StoreSource
     sc = _load(config)
     a = sc.authority
     missing = [k for k in ("roster", "trusted_key", "console_id", "console_key", "audit") if k not in a]
@@ -78,13 +78,20 @@ def serve(config):
         book = PasswordBook(sc.passwords)
         passphrase = os.environ.get(a.get("passphrase_env", "GASGUARD_CONSOLE_PASSPHRASE"), "").encode() or None
         key = secretfile.load_private_key(a["console_key"], passphrase, what="console key")
-        acting = AuthorityActing(a["roster"], _trusted(a["trusted_key"], None), a["console_id"], key,
+        acting = AuthorityActing(a["roster"], keys.load_public(a["trusted_key"]), a["console_id"], key,
                                  AuditLog(a["audit"], recorder=a["console_id"]))
-    except (PasswordFileError, BadInput) as e:
+    except (PasswordFileError, BadInput, keys.BadInput) as e:
         _fail(str(e), 2)
+    m = sc.mqtt
+    feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
+                       keep_s=sc.web.readings_window_s)
     try:
-        source = MqttSource(sc.mqtt["host"], sc.mqtt["port"], sc.web.district,
-                            topic_root=sc.mqtt["topic_root"]).start(10)
+        if sc.store:                 # the district command service (issue 15): its store is the one source
+            from gasguard.command.store import open_store
+            source = StoreSource(open_store(sc.store), sc.web.district, topic_root=m["topic_root"],
+                                 feed=feed.start(), source_name=a["console_id"]).start()
+        else:                        # a substation working alone: its grading plugin's topics
+            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed).start(10)
     except SourceError as e:
         _fail(str(e), 1)
     stations = RegistryStations(sc.registry) if sc.registry else (lambda: [])

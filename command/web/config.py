@@ -11,7 +11,9 @@ naming the key and the fix (exit 2), as for the gateway's `check-config`.
     [web.lockout]  max_failures = 5, window_s = 900, lockout_s = 900
     [web.flood]    window_s = 600, start_above = 10, end_below = 5
 
-    [mqtt]         host, port, topic_root   (where the incidents are published)
+    [mqtt]         host, port, topic_root   (readings and valve events; incidents when no store is set)
+
+    [command]      store = "sqlite:///var/lib/gasguard/command.db"  (the command service's store, issue 15)
 
     [authority]    roster, trusted_key, console_id, console_key, passphrase_env, audit
 
@@ -39,6 +41,7 @@ SECTIONS = {
             "shelve_max_s": (int, float), "readings_window_s": (int, float), "keep_normal_s": (int, float),
             "lockout": dict, "flood": dict},
     "mqtt": {"host": str, "port": int, "topic_root": str},
+    "command": {"store": str},
     "authority": {"roster": str, "trusted_key": str, "console_id": str, "console_key": str,
                   "passphrase_env": str, "audit": str},
     "grading": dict,
@@ -60,6 +63,7 @@ class ServeConfig:
     passwords: Path = Path("console-passwords.json")
     mqtt: dict = field(default_factory=lambda: {"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1"})
     authority: dict = field(default_factory=dict)
+    store: str | None = None          # the command service's store URL; None: incidents from MQTT (standalone)
 
 
 def _hint(key: str, known) -> str:
@@ -116,6 +120,7 @@ def load(path: str | Path) -> ServeConfig:
                        registry=rel(w["registry"]) if "registry" in w else None,
                        passwords=rel(w.get("passwords", "console-passwords.json")),
                        mqtt={"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1", **doc.get("mqtt", {})},
+                       store=doc.get("command", {}).get("store"),
                        authority={k: (str(rel(v)) if k in ("roster", "trusted_key", "console_key", "audit") else v)
                                   for k, v in doc.get("authority", {}).items()})
 
