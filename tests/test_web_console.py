@@ -148,3 +148,29 @@ def test_password_file_holds_argon2id_hashes_only_readable_by_the_console(tmp_pa
     p.chmod(0o644)
     with pytest.raises(PasswordFileError, match="chmod 600"):
         PasswordBook(p, quick_hasher())
+
+
+def test_an_idle_session_ends_and_says_so_on_the_record(console):
+    client, src, acting, clock = console
+    _login(client)
+    assert client.get("/").url.path == "/"
+    clock["t"] += 8 * 3600 + 1                                              # a shift without a click
+    assert client.get("/").url.path == "/login"
+    assert (acting.records[-1]["type"], acting.records[-1]["reason"]) == ("session_end", "idle")
+
+
+def test_check_config_names_the_key_and_the_fix(tmp_path):
+    from click.testing import CliRunner
+
+    from gasguard.command.web.cli import web
+    cfg = tmp_path / "web.toml"
+    cfg.write_text('[web]\nport = 8080\nlockuot = { max_failures = 3 }\n')
+    r = CliRunner().invoke(web, ["check-config", "-c", str(cfg)])
+    assert r.exit_code == 2 and "web.lockuot: unknown key; did you mean 'lockout'?" in r.output
+    cfg.write_text('[web]\nflood = { start_above = 4, end_below = 9 }\n')
+    r = CliRunner().invoke(web, ["check-config", "-c", str(cfg)])
+    assert r.exit_code == 2 and "end_below must not exceed start_above" in r.output
+    cfg.write_text('[web]\nport = 8081\ndistrict = "lixia"\nflood = { start_above = 20, end_below = 8 }\n')
+    r = CliRunner().invoke(web, ["check-config", "-c", str(cfg)])
+    assert r.exit_code == 0 and "127.0.0.1:8081, district lixia" in r.output
+    assert (tmp_path / "console-session.key").stat().st_mode & 0o777 == 0o600
