@@ -110,7 +110,7 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
         cable.close()
 
 
-def test_unknown_pages_need_a_login_and_a_stale_form_is_refused(tmp_path, chromium):
+def test_pages_need_a_login_print_without_controls_and_a_forged_form_is_refused(tmp_path, chromium):
     from web_helpers import STATIONS, T0, EngineSource, alarm
     clock = {"t": T0}
     source = EngineSource(lambda: clock["t"])
@@ -127,6 +127,13 @@ def test_unknown_pages_need_a_login_and_a_stale_form_is_refused(tmp_path, chromi
         chromium.wait_css("#live", 5)
         chromium.driver.get(f"{web.url}/incidents/{iid}")
         chromium.wait_css("#input-form", 5)
+        # on paper: the report and the facts, no controls (print stylesheet)
+        d = chromium.driver
+        d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        assert d.find_element("id", "report-zh").is_displayed() and d.find_element("id", "timeline").is_displayed()
+        assert not d.find_element("id", "input-form").is_displayed() and not d.find_element("id", "ack").is_displayed()
+        assert "Printed by wang.li" in d.find_element("css selector", ".printed-by").text
+        d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
         # the token of this form is replaced by another one: the console refuses the post
         chromium.driver.execute_script("document.querySelector('#input-form input[name=csrf]').value = 'forged'")
         chromium.driver.find_element("id", "f-deaths").send_keys("1")

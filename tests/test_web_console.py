@@ -174,3 +174,12 @@ def test_check_config_names_the_key_and_the_fix(tmp_path):
     r = CliRunner().invoke(web, ["check-config", "-c", str(cfg)])
     assert r.exit_code == 0 and "127.0.0.1:8081, district lixia" in r.output
     assert (tmp_path / "console-session.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_pages_forbid_outside_scripts_framing_and_caching(console):
+    client, *_ = console
+    r = client.get("/login")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+    assert "onclick" not in r.text and "<script>" not in r.text

@@ -140,6 +140,38 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
+# Served with every response: scripts and styles from this console only (no inline script, nothing from
+# outside: the console runs without internet), never framed, no MIME sniffing, pages not cached (they hold
+# incident facts and a CSRF token).
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "same-origin",
+}
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (it must not buffer the event stream)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        static = scope["path"].startswith("/static/")
+
+        async def send_with(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+        await self.app(scope, receive, send_with)
+
+
 def _client(request: Request) -> dict:
     """Who is behind a signed request: the session (by a digest, never the cookie) and the address."""
     import hashlib
@@ -512,7 +544,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    middleware = [Middleware(SessionMiddleware, secret_key=cfg.session_secret.hex(), session_cookie="gg_session",
+    middleware = [Middleware(SecurityHeaders), Middleware(SessionMiddleware, secret_key=cfg.session_secret.hex(), session_cookie="gg_session",
                              max_age=int(cfg.session_idle_s), same_site="strict", https_only=cfg.https_only)]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.console = con
