@@ -17,7 +17,7 @@ import json
 import logging
 import time
 
-from gasguard import __version__
+from gasguard import __version__, logs
 from gasguard.firmware import bounds
 from gasguard.protocol import frame, topics
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
@@ -33,6 +33,7 @@ from .supervisor import supervise
 from .transports.semtech_udp import listen
 from .transports.serial import SerialTransport
 from .verify import Rejected, RegistryCache, Verifier
+from .watchdog import Heartbeats, Watchdog
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -100,6 +101,10 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
+        self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
+        self.metrics.clock_speed.set(1)
+        self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
@@ -118,7 +123,12 @@ class Daemon:
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
         self.stopping = False
         if plugins is None:
-            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, cfg.topic_root)
+            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, topic_root=cfg.topic_root, mqtt={
+                "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
+                "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
+                "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
+                "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
+                "spool_dir": str(cfg.spool.parent), "version": __version__})
             plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
         self.plugins = plugins
         for p in plugins:
@@ -152,6 +162,7 @@ class Daemon:
                 self.process(first)    # its own, small transaction: on disk and published before the rest
             if rest:
                 self.process(rest)
+            self.beats.beat("ingest")
 
     def process(self, group: list) -> None:
         """Verify a group of frames and commit what is accepted in one transaction."""
@@ -215,6 +226,8 @@ class Daemon:
                 if p is not None:
                     res = payloads.result_name(f["result"])
                     results.append(res)
+                    log.info("command %s (cid %d) answered: %s", p.cmd, p.cid, res,
+                             extra=logs.fields(device=dev, request=p.request_id))
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
                         gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
                         topic=self.topics.device(dev, topics.CMD_RESULT)))
@@ -392,11 +405,11 @@ class Daemon:
             except (ValueError, AttributeError):
                 pass
             self.metrics.commands.labels("rejected").inc()
-            log.warning("command for %08x rejected: %s", dev, e)
+            log.warning("command rejected: %s", e, extra=logs.fields(device=dev, request=rid or None))
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
             self._spool_outputs([(self.topics.device(dev, topics.CMD_RESULT), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, p.request_id)
+        log.info("command %s (cid %d) queued", p.cmd, p.cid, extra=logs.fields(device=dev, request=p.request_id))
         self._commands_due(now)
 
     def _commands_due(self, now: float) -> None:
@@ -420,7 +433,8 @@ class Daemon:
         outs = []
         for p in dead:
             self.metrics.commands.labels("timeout").inc()
-            log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
+            log.warning("command %s (cid %d) timed out after %d tries", p.cmd, p.cid, p.tries,
+                        extra=logs.fields(device=p.dev, request=p.request_id))
             outs.append((self.topics.device(p.dev, topics.CMD_RESULT), payloads.command_result(
                 self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
                 f"no ack after {p.tries} tries"), "event", False))
@@ -433,6 +447,9 @@ class Daemon:
         while True:
             await asyncio.sleep(self.cfg.tick_interval)
             self.tick(self.clock())
+            self.beats.beat("ticker")
+            if self.queue.empty():
+                self.beats.beat("ingest")     # waiting for frames is healthy; a queue that does not drain is not
             mono = time.monotonic()
             if mono - last_gauges >= 5:
                 last_gauges = mono
@@ -448,7 +465,7 @@ class Daemon:
         for dev, st in self.devstate.items():
             if st.online and now - st.last_seen > st.silence:   # set with the first online state
                 st.online, st.pub = False, now
-                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
+                log.warning("device offline: nothing heard for %.0f s", now - st.last_seen, extra=logs.fields(device=dev))
                 items.append(self._state_item(dev, now, st))
         if items:
             try:
@@ -471,13 +488,27 @@ class Daemon:
             self.metrics.spool_depth.labels(lane).set(n)
         self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
         self.metrics.spool_bytes.set(self.spool.size)
+        online = sum(1 for st in self.devstate.values() if st.online)
+        self.metrics.devices_online.set(online)
+        self.metrics.devices_offline.set(sum(1 for st in self.devstate.values() if st.last_seen) - online)
+        sums: dict = {}
+        for p in self.plugins:
+            try:
+                gauges = getattr(p, "gauges", None)
+                for name, values in ((gauges and gauges(self.clock())) or {}).items():
+                    for label, v in values.items():
+                        sums[(name, label)] = sums.get((name, label), 0) + v
+            except Exception:
+                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+        for (name, label), v in sums.items():
+            getattr(self.metrics, name).labels(label).set(v)
 
     def stats(self) -> dict:
         m = self.metrics
         rej = {}
         for metric in m.rejected.collect():
             for s in metric.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith("_total") and s.value:
                     rej[s.labels["reason"]] = int(s.value)
         return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),
                 "accepted": self.accepted_count, "rejected": rej, "spool_bytes": self.spool.size,
@@ -500,9 +531,15 @@ class Daemon:
         core = [asyncio.create_task(supervise("ingest", self.ingest, metrics=self.metrics)),
                 asyncio.create_task(supervise("publisher", self.publisher.run, metrics=self.metrics)),
                 asyncio.create_task(supervise("ticker", self.ticker, metrics=self.metrics))]
+        for name in ("ingest", "ticker"):
+            self.beats.beat(name)
+        watchdog = Watchdog(self.beats, self.cfg.stall_after)
+        watchdog.ready(f"gateway {self.cfg.gateway_id}: {len(self.serial)} serial port(s)"
+                       f"{', UDP ' + self.cfg.udp_bind if self.cfg.udp_bind else ''}")
         try:
             await stop.wait()
         finally:
+            watchdog.stopping()
             log.info("stopping: ingest first, then flushing what the broker takes in 3 s")
             self.stopping = True
             for t in ingest_tasks:
@@ -515,6 +552,7 @@ class Daemon:
                 rest.append(self.queue.get_nowait())
             if rest:
                 self.process(rest)
+            self.beats.beat("ingest")
             deadline = time.monotonic() + 3.0
             while self.publisher.connected and self.publisher.inflight and time.monotonic() < deadline:
                 self.publisher.fill()

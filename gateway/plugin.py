@@ -33,6 +33,7 @@ class PluginContext:
     registry_path: str
     clock: Callable[[], float]      # the daemon's clock (epoch seconds); virtual in tests
     topic_root: str = ROOT          # the topic tree's root (protocol/topics.py): district topics hang from it
+    mqtt: dict | None = None        # the gateway's broker settings, for a plugin that needs a session of its own
 
 
 class Plugin:
@@ -52,6 +53,11 @@ class Plugin:
     def on_message(self, topic: str, payload: dict, now: float) -> list[Output]:
         """A JSON message on one of `subscriptions` (MQTT wildcards allowed)."""
         return []
+
+    def gauges(self, now: float) -> dict[str, dict[str, float]]:
+        """Values for the gateway's labelled gauges, e.g. {"incidents_open": {"leak": 1}, "incidents_overdue":
+        {"phone": 1}} (gateway/metrics.py names them); called every few seconds."""
+        return {}
 
     def close(self) -> None:
         pass
@@ -84,4 +90,10 @@ def _grading(options: dict, context: PluginContext) -> Plugin:
     return make_plugin(options, context)
 
 
+def _sparkplug(options: dict, context: PluginContext) -> Plugin:
+    from .sparkplug.plugin import make_plugin    # lazy: protobuf is only imported when Sparkplug is on
+    return make_plugin(options, context)
+
+
 PLUGINS["grading"] = _grading
+PLUGINS["sparkplug"] = _sparkplug

@@ -10,7 +10,7 @@ import pytest
 from gasguard.testing.subscriber import Subscriber
 from gasguard.protocol import const
 from gasguard.tools.sim.vboard_client import pressure_raw
-from hil_gateway import DISTRICT, GatewayProcess, quiet, registry_for, run_until
+from hil_gateway import DISTRICT, HilGateway, quiet, registry_for, run_until
 from hil_node import need_rig
 
 
@@ -21,8 +21,8 @@ def _stack(board, mosquitto, tmp_path, **registry):
         pytest.skip("needs the rig's link passthrough: it counts the node's TX bytes, which tells when every "
                     "alarm was acked (hil_tests/README.md, 'Link passthrough')")
     reg = registry_for(tmp_path / "registry.db", board, **registry)
-    gw = GatewayProcess(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
-    board.gateway_log = gw.log        # named by every failure of run_until
+    gw = HilGateway(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
+    board.gateway_log = gw.log_path        # named by every failure of run_until
     sub = Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
     yield board, gw, sub
     sub.close()

@@ -10,6 +10,10 @@ from pathlib import Path
 # Folders whose *.py files go on the board (and into the host interpreter) as gasguard.<name>.
 DEVICE_PACKAGES = ("protocol", "firmware")
 
+# Protocol facts only the gateway side uses (the MQTT topic tree): defined in protocol/ with the rest, kept
+# off the node's flash.
+HOST_ONLY = ("protocol/topics.py",)
+
 # /main.py on the board: boot.py has run; this hands over to the firmware's loop.
 MAIN_STUB = "from gasguard.firmware import main\nmain.run()\n"
 
@@ -21,5 +25,7 @@ def device_files(packages=DEVICE_PACKAGES) -> list[tuple[Path, str]]:
     out = [(Path(gasguard.__file__), "/lib/gasguard/__init__.py")]
     for pkg in packages:
         for f in sorted(Path(importlib.import_module(f"gasguard.{pkg}").__file__).parent.glob("*.py")):
+            if f"{pkg}/{f.name}" in HOST_ONLY:
+                continue
             out.append((f, f"/lib/gasguard/{pkg}/{f.name}"))
     return out

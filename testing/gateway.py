@@ -3,6 +3,7 @@ metrics and spool), or as the real command in a child process (`GatewayProcess`:
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -72,40 +73,70 @@ class DaemonThread:
 
 
 class GatewayProcess:
-    """`gasguard gateway run --config ...` as a child process (SIGKILL / SIGTERM tests). Its log goes to a
-    file so a failing test can show it."""
+    """`gasguard gateway run --config ...` as a child process (SIGKILL / SIGTERM / restart tests), in a session
+    of its own. Its log goes to a file (kept with the test's files) that a failing test can show; restarts
+    append to it, and `run_log()` is this run's part."""
 
-    def __init__(self, config: Path, log: Path):
-        self.config, self.log_path = config, log
+    def __init__(self, config: Path, log: Path, env: dict | None = None):
+        self.config, self.log_path = Path(config), Path(log)
+        self.env = None if env is None else {**os.environ, **env}     # e.g. NOTIFY_SOCKET (systemd)
         self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.offset = 0            # where this run's part of the log begins
 
     def start(self) -> "GatewayProcess":
-        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0   # this run's part of the log
-        self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
-                                      str(self.config)], stdout=self.logf, stderr=subprocess.STDOUT)
+        self.starts += 1
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as lf:
+            self.offset = lf.tell()          # the log holds only the daemon's lines: tests parse every one
+            self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
+                                          str(self.config)], stdout=lf, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=self.env)
         return self
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.logf.close()
+    def log(self) -> str:
+        """The whole log file, every run."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def terminate(self, timeout: float = 20.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.logf.close()
+    def run_log(self) -> str:
+        """This run's part of the log."""
+        return self.log_path.read_bytes()[self.offset:].decode(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> None:
+        """Wait until this run has logged `needle`; fail with the exit code and the log's tail."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.run_log()
+            if needle in text:
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway: {needle!r} not logged in {timeout} s (exit {self.proc.poll()}); "
+                                     f"log {self.log_path}:\n{text[-2000:]}")
+            time.sleep(0.05)
 
     def started(self) -> bool:
         """The daemon logged its start: signal handlers are set, SIGTERM now means a graceful stop."""
-        return "starting; spool" in self.log_path.read_bytes()[self.offset:].decode(errors="replace")
+        return "starting; spool" in self.run_log()
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM (a graceful stop); the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, and SIGKILL to its session when it does not stop in time."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.terminate(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye, as when the gateway's machine loses power."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
 
     def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.kill()
+        self.kill()
