@@ -183,3 +183,45 @@ def test_pages_forbid_outside_scripts_framing_and_caching(console):
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
     assert "onclick" not in r.text and "<script>" not in r.text
+
+
+def test_acts_are_signed_by_the_console_for_the_operator_checked_and_on_both_audit_records(tmp_path):
+    """The real authority: a signed roster, the console's own key signing on behalf of the logged-in operator,
+    a Gate where the act is applied (as the command service checks it), hash-chained audit logs."""
+    from gasguard.authority import audit
+    from gasguard.testing.webconsole import Authority
+    auth = Authority(tmp_path / "authority", "lixia", {OP: ("operator", "王丽"), "li.admin": ("admin", "李管理")})
+    clock = {"t": T0}
+    src = EngineSource(lambda: clock["t"], gate=auth.gate())
+    src.observe(alarm(STATIONS[0], T0, 4, ptrip=True, value=900))
+    iid = next(iter(src.latest))
+    book = new_password_file(tmp_path / "pw.json", OP, PW, quick_hasher())
+    book.set("li.admin", PW)
+    acting = auth.acting(reload_s=0)
+    app = create_app(WebConfig(confirm_timeout_s=2), src, acting, book, stations=lambda: STATIONS,
+                     clock=lambda: clock["t"])
+    with TestClient(app) as client:
+        _login(client, op="li.admin")                    # the console relays operators and engineers only
+        r = client.post(f"/incidents/{iid}/ack", data={"csrf": _csrf(client, "/"), "revision": 1, "confirm": "yes"})
+        assert r.status_code == 403 and src.sent == []
+        client.post("/logout", data={"csrf": _csrf(client, "/")})
+        _login(client)
+        r = client.post(f"/incidents/{iid}/ack", data={"csrf": _csrf(client, "/"), "revision": 1, "confirm": "yes"})
+        assert "confirmed at revision 2" in r.text and src.get(iid)["acked"]["by"] == OP
+        raw = src.sent[-1][2]
+        assert b'"operator":"wang.li"' in raw and b'"signer":"web-console-1"' in raw   # signed, not typed
+        from gasguard.command.web.source import Refused
+        with pytest.raises(Refused, match="replayed"):    # the same signed act again changes nothing
+            src.acknowledge(iid, raw, 1)
+        auth.revoke(OP)                                   # revoked: the session ends at the next request
+        assert client.get("/").url.path == "/login"
+
+    for which in ("console", "command"):
+        assert audit.verify(tmp_path / "authority" / f"audit-{which}")["ok"]
+    console = [(r["type"], r["outcome"], r["source"].get("operator")) for r in auth.records("console")
+               if r["category"] in ("access", "incident")]
+    assert ("ack", "refused", "li.admin") in console and ("ack", "done", OP) in console
+    assert ("session_end", "info", OP) in console
+    command = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+               for r in auth.records("command") if r["category"] == "incident"]
+    assert ("ack", "allowed", OP, "web-console-1") in command

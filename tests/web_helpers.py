@@ -15,5 +15,5 @@ STATIONS = [
 ]
 
 
-def EngineSource(clock, cfg=None, stations=STATIONS):  # noqa: N802 - a class with this district's defaults
-    return _EngineSource(clock, stations, cfg)
+def EngineSource(clock, cfg=None, stations=STATIONS, gate=None):  # noqa: N802 - the class, this district's defaults
+    return _EngineSource(clock, stations, cfg, gate)
