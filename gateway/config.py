@@ -63,6 +63,7 @@ class Config:
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
     rate_per_min: float = 60.0         # per-device readings per minute (token bucket)
     rate_burst: int = 30
+    duplicate_window: float = 30.0     # an exact copy of an accepted frame within this many s is a duplicate
     offline_after: float = 900.0       # seconds without a frame before a device is published offline (floor)
     offline_missed: float = 3.0        # ... or this many of the device's own report periods, if longer
     stats_interval: float = 60.0
@@ -123,7 +124,7 @@ _KNOWN = {
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
-    "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
+    "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
     "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
 }
 
@@ -235,6 +236,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     _unknown(lim, "limits")
     cfg.rate_per_min = _positive(_get(lim, "rate_per_min", float, 60.0, "limits"), "limits.rate_per_min")
     cfg.rate_burst = _positive(_get(lim, "burst", int, 30, "limits"), "limits.burst")
+    cfg.duplicate_window = _positive(_get(lim, "duplicate_window", float, 30.0, "limits"), "limits.duplicate_window")
     cfg.offline_after = _positive(_get(lim, "offline_after", float, 900.0, "limits"), "limits.offline_after")
     cfg.offline_missed = _get(lim, "offline_missed_reports", float, 3.0, "limits")
     if cfg.offline_missed < 0:

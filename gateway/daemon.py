@@ -19,7 +19,7 @@ import time
 
 from gasguard import __version__, logs
 from gasguard.firmware import bounds
-from gasguard.protocol import frame, topics
+from gasguard.protocol import counter, frame, topics
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
 
 from . import payloads
@@ -40,7 +40,7 @@ log = logging.getLogger("gasguard.gateway")
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
 THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
-EVENT_KIND = 0x100     # seqs table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
+EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
 def _mtopic_match(sub: str, topic: str) -> bool:
@@ -102,16 +102,17 @@ class Daemon:
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
         self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
-        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
-        self.metrics.clock_speed.set(1)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, getattr(clock, "mode", "real")).set(1)
+        self.metrics.clock_speed.set(getattr(clock, "speed", 1.0))
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
         self.registry = RegistryCache(cfg.registry)
         counters = self.spool.counters()
-        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
-        self.seqs = self.spool.seqs()
+        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst,
+                                 duplicate_window=cfg.duplicate_window)
+        self.idents = self.spool.idents()      # (dev, kind) -> identity of the last alarm/event taken
         self.topics = cfg.topics
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
         self.commands = Commands(cfg.command_timeout, cfg.command_retry)
@@ -133,6 +134,8 @@ class Daemon:
         self.plugins = plugins
         for p in plugins:
             self.publisher.subscriptions.extend(p.subscriptions)
+        if hasattr(clock, "advance"):                 # a virtual drill clock moves by messages (gateway/clock.py)
+            self.publisher.subscriptions.append(self.topics.root + "/drill/clock")
         self.accepted_count = 0
         self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
         self.thinned_reported = -1e18
@@ -170,7 +173,7 @@ class Daemon:
         cfg, gid, dist = self.cfg, self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
         counters: dict = {}
-        seqs: dict = {}
+        idents: dict = {}
         undo: list = []
         acks: list = []          # (dev, ack fields) to seal after commit
         accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
@@ -192,7 +195,7 @@ class Daemon:
                 self._reject(r.reason, r.dev, rx, str(r))
                 continue
             f, dev = v.f, v.f["dev"]
-            undo.append((dev, self.verifier.accept(v)))
+            undo.append((dev, self.verifier.accept(v, now)))
             counters[(dev, UP)] = f["fcnt"]
             mid = payloads.msg_id(gid, dev, f["fcnt"])
             typ = f["type"]
@@ -204,10 +207,12 @@ class Daemon:
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
                 key = (dev, kind)
-                # SPEC 3.4: a retransmission has a new counter and the same aseq: ack it, publish once
-                repeat = seqs.get(key, self.seqs.get(key)) == sq
+                # SPEC 3.4: a retransmission has a new counter and the same identity (the counter of its first
+                # copy, never reused by the node, across power cuts included): ack it, publish once
+                f["aid"] = ident = counter.identity(f["fcnt"], sq)
+                repeat = idents.get(key, self.idents.get(key)) == ident
                 if not repeat:
-                    seqs[key] = sq
+                    idents[key] = ident
                     if typ == "alarm":
                         body = payloads.alarm(gid, dist, mid, f, now, rx, v.device)
                         items.append(Item(ALARM, dev, payloads.dumps(body), mid, now,
@@ -237,7 +242,7 @@ class Daemon:
             return
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
-            self.spool.commit(items, counters, seqs)
+            self.spool.commit(items, counters, idents)
         except SpoolFull as e:
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
@@ -246,7 +251,7 @@ class Daemon:
             log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
                          len(accepted), e)
             return
-        self.seqs.update(seqs)
+        self.idents.update(idents)
         for dev, dfc in down.items():
             self.verifier.down[dev] = dfc
         for r in results:
@@ -375,6 +380,9 @@ class Daemon:
 
     # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.root + "/drill/clock" and hasattr(self.clock, "advance"):
+            self._drill_clock(payload)
+            return
         now = self.clock()
         dev = self.topics.dev_of_cmd(topic)
         if dev is not None:
@@ -390,6 +398,18 @@ class Daemon:
                     continue
                 outs.extend(self._call(p, "on_message", topic, doc, now))
         self._spool_outputs(outs, now)
+
+    def _drill_clock(self, payload: bytes) -> None:
+        """{"advance_s": N} or {"t": epoch}: move the virtual clock, then run what fell due."""
+        try:
+            doc = json.loads(payload)
+            before = self.clock()
+            now = self.clock.advance(float(doc["advance_s"])) if "advance_s" in doc else self.clock.set(float(doc["t"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("drill clock message refused (%s): send {\"advance_s\": 1200} or {\"t\": epoch}", e)
+            return
+        log.info("drill clock moved %.0f s to %.3f", now - before, now)
+        self.tick(now)
 
     def _command(self, dev: int, payload: bytes, now: float) -> None:
         try:

@@ -54,6 +54,7 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
     return {"schema": "gasguard.alarm/1", "id": mid, "gateway": gateway_id, "district": district,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": code,
             "name": ALARM_NAMES.get(code, f"code_{code}"), "cleared": f["cleared"], "aseq": f["aseq"],
+            "aid": f.get("aid"),
             "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else _gas(f["value"]),
             "value_unit": "Pa" if pressure else ("pct_lel" if code in (1, 2) else "raw"),
             "state": frame.state_fields(f["state"]), "rx": rx, "site": site(device)}
@@ -62,7 +63,8 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
 def event(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict) -> dict:
     return {"schema": "gasguard.event/1", "id": mid, "gateway": gateway_id, "district": district,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": f["code"],
-            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "data_hex": f["data"].hex(),
+            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "aid": f.get("aid"),
+            "data_hex": f["data"].hex(),
             "rx": rx}
 
 

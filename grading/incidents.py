@@ -131,7 +131,10 @@ class IncidentEngine:
         self.downstream = downstream or (lambda dev_id: [])
         self.incidents: dict[str, Incident] = {}
         self.inlet: dict[int, deque] = {}           # station dev_id -> (t, inlet Pa), bounded
-        self._seen_alarms: deque = deque(maxlen=4096)   # (dev, aseq, code, cleared): retransmissions
+        # (dev, identity, code, cleared) of alarms taken: a copy seen again is not a new alarm. The identity is
+        # the gateway's `aid` (SPEC 3.4, never reused by a device); without one, the message id. Not the 8-bit
+        # aseq: two alarms of one device share it every 256 counters (issue 12).
+        self._seen_alarms: deque = deque(maxlen=4096)
 
     # --- state across restarts (the plugin writes it to disk) ---------------------------------------
     def snapshot(self) -> dict:
@@ -154,7 +157,8 @@ class IncidentEngine:
         t = float(obs["t"])
         typ, fr = obs.get("type"), obs.get("frame") or {}
         if typ == "alarm":
-            key = (dev["dev_id"], fr.get("aseq"), fr.get("code"), bool(fr.get("cleared")))
+            ident = fr["aid"] if fr.get("aid") is not None else obs.get("id")
+            key = (dev["dev_id"], ident, fr.get("code"), bool(fr.get("cleared")))
             if key in self._seen_alarms:
                 return []
             self._seen_alarms.append(key)

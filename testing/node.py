@@ -26,16 +26,16 @@ class Node:
                            "battery": battery, "state": state, **kw}, self.key, UP)
 
     def alarm(self, code=2, value=260, state=0x15, aseq=None, cleared=False) -> bytes:
+        """A new alarm (aseq = the low byte of its counter, SPEC 3.4), or a copy of one: aseq=node.aseq."""
         self.fcnt += 1
         if aseq is None:
-            self.aseq = (self.aseq + 1) & 0xFF
-            aseq = self.aseq
+            self.aseq = aseq = self.fcnt & 0xFF
         return frame.seal({"type": "alarm", "dev": self.dev, "fcnt": self.fcnt, "code": code, "cleared": cleared,
                            "aseq": aseq, "age": 3, "value": value, "state": state}, self.key, UP)
 
     def event(self, code=1, data=b"\x01\x01\x00\x01") -> bytes:
         self.fcnt += 1
-        self.eseq = (self.eseq + 1) & 0xFF
+        self.eseq = self.fcnt & 0xFF
         return frame.seal({"type": "event", "dev": self.dev, "fcnt": self.fcnt, "code": code, "eseq": self.eseq,
                            "data": data}, self.key, UP)
 

@@ -73,4 +73,4 @@ def test_replay_protection_survives_a_restart_through_the_spool_counters(tmp_pat
             v.check(raw, 0.0)
         assert e.value.reason == "replay"
     fresh = v.check(a.reading(), 0.0)
-    assert v.accept(fresh) == 3 and v.states[a.dev].up == 4
+    assert v.accept(fresh, 0.0) == 3 and v.states[a.dev].up == 4

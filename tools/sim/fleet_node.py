@@ -10,7 +10,8 @@ What it models (firmware/bounds.py defaults, overridable by the registry `config
 - for nodes a scenario drives ("dynamic"), a safety step once per virtual second: gas warning/alarm with
   debounce and hysteresis (household shut-off latched on level 2), OPSO/UPSO trips with the slam-shut or
   self-closing valve latched, a low-battery alarm;
-- alarms and events retransmitted with the same aseq/eseq and a new counter until acked (SPEC 3.4),
+- alarms and events retransmitted with the same aseq/eseq and a new counter until acked (SPEC 3.4: aseq/eseq
+  is the low byte of the first copy's counter, set when that copy is sealed),
   or sent a fixed number of times when there is no downlink path;
 - downlinks: acks stop retransmissions; commands (RESET, SET_PARAM, STATUS, SELFTEST) are verified
   (MIC, counter) and answered with an ack, like the firmware.
@@ -70,7 +71,7 @@ class Pending:
 class SimNode:
     """A simulated node. `dev` and `key` come from the registry; `profile` is household or station."""
 
-    __slots__ = ("dev", "key", "profile", "fcnt", "last_down", "aseq", "eseq", "params", "gas_base", "p_nom",
+    __slots__ = ("dev", "key", "profile", "fcnt", "last_down", "params", "gas_base", "p_nom",
                  "inlet_nom", "pressure_class", "households", "user_class", "upstream", "parent", "battery",
                  "valve", "latched", "level", "ptrip", "fault", "gas", "pressure", "inlet", "gas_fn", "p_fn",
                  "inlet_fn", "dynamic", "pending", "rise_since", "trip_since", "low_batt_sent", "radio",
@@ -85,8 +86,6 @@ class SimNode:
         self.profile = profile
         self.fcnt = fcnt                  # the next uplink counter to use
         self.last_down = 0                # highest downlink counter accepted (SPEC 4)
-        self.aseq = 0
-        self.eseq = 0
         params = _DEFAULTS[profile]
         cfg = {k: v for k, v in (config or {}).items() if k in params}
         if cfg:
@@ -192,29 +191,44 @@ class SimNode:
 
     def seal(self, f):
         """Assign the next uplink counter and sign. Returns the frame bytes."""
-        f["fcnt"] = self.fcnt
+        fc = f["fcnt"] = self.fcnt
         self.fcnt += 1
+        p = f.pop("_pending", None)
+        if p is not None:
+            self._identify(p, f, fc & 0xFF)
         if self.battery is not None:
             self.battery -= DRAIN_PER_FRAME
         return frame.seal(f, self.key, const.UP)
 
     def _alarm(self, t, code, value, since, cleared=False):
-        self.aseq = (self.aseq + 1) & 0xFF
-        f = {"type": "alarm", "dev": self.dev, "code": code, "cleared": cleared, "aseq": self.aseq,
+        f = {"type": "alarm", "dev": self.dev, "code": code, "cleared": cleared, "aseq": None,
              "age": max(0, int(t - since)), "value": value, "state": self.state()}
-        self._track(const.ALARM, self.aseq, f, t)
+        self._track(const.ALARM, f, t)
         return f
 
     def _event(self, t, code, data):
-        self.eseq = (self.eseq + 1) & 0xFF
-        f = {"type": "event", "dev": self.dev, "code": code, "eseq": self.eseq, "data": bytes(data)}
-        self._track(const.EVENT, self.eseq, f, t)
+        f = {"type": "event", "dev": self.dev, "code": code, "eseq": None, "data": bytes(data)}
+        self._track(const.EVENT, f, t)
         return f
 
-    def _track(self, ftype, seq, f, t):
+    def _track(self, ftype, f, t):
+        """Queue for retransmission under a placeholder key until the first copy is sealed (then (ftype, seq))."""
         if self.pending is None:
             self.pending = {}
-        self.pending[(ftype, seq)] = Pending(f, t, t + RETX_S[0])
+        p = self.pending[(ftype, ("new", id(f)))] = Pending(f, t, t + RETX_S[0])
+        f["_pending"] = p
+
+    def _identify(self, p, f, seq):
+        """The first copy's counter gives the identity (SPEC 3.4). An unacked one holding the same low byte
+        takes a new identity at its next copy, as on the firmware: one ack never retires both."""
+        ftype, key = (const.ALARM, "aseq") if f["type"] == "alarm" else (const.EVENT, "eseq")
+        self.pending.pop((ftype, ("new", id(p.fields))), None)
+        old = self.pending.pop((ftype, seq), None)
+        if old is not None:
+            old.fields[key] = None
+            self.pending[(ftype, ("new", id(old.fields)))] = old
+        p.fields[key] = f[key] = seq
+        self.pending[(ftype, seq)] = p
 
     def boot_event(self, t, cause=1):
         """The BOOT event a node sends after reset (cause u8, firmware 0.1, profile)."""
@@ -238,6 +252,8 @@ class SimNode:
             p.tries += 1
             p.next_t = t + step
             f = dict(p.fields)
+            if f["aseq" if f["type"] == "alarm" else "eseq"] is None:
+                f["_pending"] = p     # its identity was given up (_identify): this copy takes a new one
             if f["type"] == "alarm":   # age counts from detection, so it grows on every copy
                 f["age"] = min(0xFFFF, f["age"] + int(t - p.t0))
             f["retx"] = p.tries - 1

@@ -58,9 +58,11 @@ class UartFaults:
         self.dup = 0
         self.flip = 0
         self.ber = 0.0  # bit error rate on the line, both directions (independent bit flips)
+        self.drop_rx = 0  # the next N frames *to* the board are lost (an ack that never arrives)
         self.stats = {"stalled_bytes": 0, "dropped": 0, "duplicated": 0, "flipped": 0, "overflow": 0,
-                      "bit_errors_tx": 0, "bit_errors_rx": 0}
+                      "bit_errors_tx": 0, "bit_errors_rx": 0, "dropped_rx": 0}
         self.seg = bytearray()
+        self.rx_seg = bytearray()  # downlink bytes held while drop_rx decides on the frame they belong to
         self.rng = random.Random(1)
 
     def noise(self, data: bytes, direction: str) -> bytes:
@@ -79,6 +81,29 @@ class UartFaults:
 
     def active(self):
         return self.drop or self.dup or self.flip
+
+    def apply_rx(self, data: bytes) -> bytes:
+        """Downlink: drop whole 0x00-delimited frames while drop_rx lasts; pass the rest unchanged."""
+        if not self.drop_rx and not self.rx_seg:
+            return data
+        out = bytearray()
+        for b in data:
+            self.rx_seg.append(b)
+            if b == 0 and len(self.rx_seg) > 1:
+                if self.drop_rx:
+                    self.drop_rx -= 1
+                    self.stats["dropped_rx"] += 1
+                    out.append(0)
+                else:
+                    out += self.rx_seg
+                self.rx_seg.clear()
+            elif b == 0:
+                out.append(0)
+                self.rx_seg.clear()
+        if not self.drop_rx and self.rx_seg:
+            out += self.rx_seg
+            self.rx_seg.clear()
+        return bytes(out)
 
     def apply(self, data: bytes) -> bytes:
         if self.stall:
@@ -346,6 +371,11 @@ class VBoard:
         if self.faults.stall:
             self.rx_stats["stalled"] += len(data)
             return
+        n = len(data)
+        data = self.faults.apply_rx(data)
+        self.rx_stats["stalled"] += n - len(data)   # lost on the line: counted so rx_settled still adds up
+        if not data:
+            return
         self._send({"op": "rx", "hex": self.faults.noise(data, "rx").hex()})
         self.rx_stats["to_board"] += len(data)  # counted once queued to the board, ahead of later control ops
 
@@ -443,7 +473,7 @@ class VBoard:
             rep = self.call({"op": "soft_reset", "run_main": True})
         elif op == "uart":
             f = self.faults
-            for k in ("drop", "dup", "flip"):
+            for k in ("drop", "dup", "flip", "drop_rx"):
                 if k in req:
                     setattr(f, k, max(0, int(req[k])))
             if "stall" in req:
@@ -465,6 +495,7 @@ class VBoard:
         rep.update(self.info())
         rep["uart"] = dict(self.faults.stats, stall=self.faults.stall, pending_drop=self.faults.drop,
                            pending_dup=self.faults.dup, pending_flip=self.faults.flip,
+                           pending_drop_rx=self.faults.drop_rx,
                            rx_to_board=self.rx_stats["to_board"], rx_stalled=self.rx_stats["stalled"],
                            out_overflow=self.out_overflow, tx_bytes=self.tx_bytes, ber=self.faults.ber)
         rep["console"] = self.mode if self.mode != "repl" else self.repl

@@ -102,7 +102,7 @@ class Control:
         return self.request("reset")
 
     def uart(self, **kw):
-        """stall (bool), drop/dup/flip (next N frames the board sends)."""
+        """stall (bool), drop/dup/flip (next N frames the board sends), drop_rx (next N frames to the board)."""
         return self.request("uart", **kw)
 
     def valve(self) -> int:

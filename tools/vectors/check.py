@@ -4,7 +4,7 @@
 
 import binascii
 
-from gasguard.protocol import frame, framing
+from gasguard.protocol import counter, frame, framing
 from gasguard.protocol.errors import ProtocolError
 
 _BYTES = ("data", "args", "mic")
@@ -34,8 +34,11 @@ def fields_to_json(d):
 
 
 def check(vectors):
-    """{"valid": [{name, frame, wire, fields}], "invalid": [{name, reason}]} as computed here."""
-    report = {"valid": [], "invalid": []}
+    """{"valid": [{name, frame, wire, fields}], "invalid": [{name, reason}], "identity": [{name, identity}]}
+    as computed here."""
+    report = {"valid": [], "invalid": [], "identity": []}
+    for v in vectors.get("identity", ()):
+        report["identity"].append({"name": v["name"], "identity": counter.identity(v["fcnt"], v["seq"])})
     for v in vectors["valid"]:
         key = _unhex(v["key"])
         fields = fields_from_json(v["fields"])

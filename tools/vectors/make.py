@@ -59,6 +59,18 @@ VALID = [
 ]
 
 
+# SPEC 3.4 alarm identity: (counter of this copy, aseq) -> counter of the first copy. The expected values are
+# written out by hand from the SPEC text, not computed by protocol.counter.
+IDENTITY = [
+    ("first copy: aseq is the counter's low byte", 201, 201, 201),
+    ("a copy 3 counters later", 204, 201 & 0xFF, 201),
+    ("a copy across a low-byte wrap", 0x10005, 0xFE, 0x0FFFE),
+    ("a copy 255 counters later (the last exact one)", 0x1FF, 0x00, 0x100),
+    ("a copy 256 counters later is taken as a new alarm", 0x200, 0x00, 0x200),
+    ("after a power cut the counter jumps past the ceiling: a new identity", 0x301, 0x01, 0x301),
+]
+
+
 def _seal(key, direction, fields):
     return frame.seal(fields_from_json(fields), bytes.fromhex(key), direction)
 
@@ -113,7 +125,9 @@ def build():
         opened = frame.open_frame(sealed, bytes.fromhex(key), direction, last)
         valid.append({"name": name, "key": key, "direction": direction, "last": last, "fields": fields,
                       "frame": sealed.hex(), "wire": framing.wrap(sealed).hex(), "decoded": fields_to_json(opened)})
-    return {"spec": "GasGuard protocol v1 (protocol/SPEC.md)", "valid": valid, "invalid": _invalid()}
+    identity = [{"name": n, "fcnt": fc, "seq": sq, "identity": i} for n, fc, sq, i in IDENTITY]
+    return {"spec": "GasGuard protocol v1 (protocol/SPEC.md)", "valid": valid, "invalid": _invalid(),
+            "identity": identity}
 
 
 if __name__ == "__main__":
