@@ -23,16 +23,19 @@ from gasguard.protocol import frame
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
 
 from . import payloads
-from .burstlog import BurstLog
+from .burstlog import BurstLog, untrusted
 from .commands import BadCommand, Commands, parse_request
 from .metrics import Metrics
-from .plugin import PLUGINS, Plugin, PluginContext, normalise
+from .micwatch import MicWatch
+from .config import ConfigError
+from .plugin import Plugin, normalise
 from .publisher import Publisher
-from .spool import ALARM, EVENT, LANE_NAMES, LANE_OF, READING, STATE, Item, Spool, SpoolFull
+from .spool import ALARM, EVENT, LANE_NAMES, LANE_OF, READING, STATE, Item, Spool, SpoolError
+from .startup import build_plugins
 from .supervisor import supervise
 from .transports.semtech_udp import listen
 from .transports.serial import SerialTransport
-from .verify import Rejected, RegistryCache, Verifier
+from .verify import Rejected, RegistryCache, RegistryUnreadable, Verifier
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -100,10 +103,14 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
-        self.burst = BurstLog(log)
+        self.burst = BurstLog(log, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
+            key.split(":", 1)[0]).inc(n))
+        # what can refuse the start, cheapest first; the spool last, so a refused start creates no spool
+        self.registry = RegistryCache(cfg.registry)
+        if plugins is None:
+            plugins = build_plugins(cfg, clock)     # bad options: ConfigError, a refusal at start (exit 2)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
-        self.registry = RegistryCache(cfg.registry)
         counters = self.spool.counters()
         self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
         self.seqs = self.spool.seqs()
@@ -113,17 +120,15 @@ class Daemon:
         self.queue: asyncio.Queue | None = None
         # per heard device: route, online, last_seen, last state publish (with the verifier's: one object each)
         self.devstate = self.verifier.states
-        self.serial = [SerialTransport(sp, self._deliver, self.metrics) for sp in cfg.serial]
+        self.serial = [SerialTransport(sp, self._deliver, self.metrics, self.burst) for sp in cfg.serial]
         self.udp = None
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
         self.stopping = False
-        if plugins is None:
-            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock)
-            plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
         self.plugins = plugins
         for p in plugins:
             self.publisher.subscriptions.extend(p.subscriptions)
         self.accepted_count = 0
+        self.mic = MicWatch(cfg.mic_failures, cfg.mic_window)
         self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
         self.thinned_reported = -1e18
 
@@ -153,8 +158,25 @@ class Daemon:
             if rest:
                 self.process(rest)
 
+    def _storage_fault(self, store: str, kind: str, n: int, e) -> None:
+        """A spool or registry fault mid-run: n frames refused (counted by the caller), a metric, and one log
+        line per burst; the daemon keeps running and the next group tries the file again."""
+        self.metrics.storage_errors.labels(store, kind).inc()
+        what = "SPOOL WRITE FAILED" if store == "spool" else "REGISTRY UNREADABLE"
+        self.burst.event(f"storage:{store}:{kind}", "%s (%s): %d frames NOT accepted (devices retransmit alarms "
+                         "until acked): %s", what, kind, n, e, level=logging.CRITICAL)
+
     def process(self, group: list) -> None:
-        """Verify a group of frames and commit what is accepted in one transaction."""
+        """Verify a group of frames and commit what is accepted in one transaction. Every frame ends
+        accepted or counted under a rejection reason, whatever fails (a storage fault never kills ingest)."""
+        try:
+            self._process(group)
+        except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
+            self.metrics.rejected.labels("internal_error").inc(len(group))
+            self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
+                                 "internal_error): %s", len(group), e)
+
+    def _process(self, group: list) -> None:
         now = self.clock()
         cfg, gid, dist = self.cfg, self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
@@ -179,6 +201,15 @@ class Daemon:
                 v = self.verifier.check(raw, now)
             except Rejected as r:
                 self._reject(r.reason, r.dev, rx, str(r))
+                if r.reason == "registry_unreadable":
+                    self._storage_fault("registry", "unreadable", 1, r)
+                elif r.reason == "mic" and r.dev is not None:
+                    self._mic_failed(r.dev, rx, now)
+                continue
+            except Exception as e:  # noqa: BLE001 - a verifier defect refuses this frame, counted, not the group
+                self.metrics.rejected.labels("internal_error").inc()
+                self.burst.exception("internal_error:verify", "verifying a frame failed (refused, counted as "
+                                     "internal_error): %r", e)
                 continue
             f, dev = v.f, v.f["dev"]
             undo.append((dev, self.verifier.accept(v)))
@@ -225,13 +256,12 @@ class Daemon:
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
             self.spool.commit(items, counters, seqs)
-        except SpoolFull as e:
+        except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
             self.metrics.spool_errors.inc()
-            self.metrics.rejected.labels("spool_full").inc(len(accepted))
-            log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
-                         len(accepted), e)
+            self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(accepted))
+            self._storage_fault("spool", e.kind, len(accepted), e)
             return
         self.seqs.update(seqs)
         for dev, dfc in down.items():
@@ -244,8 +274,9 @@ class Daemon:
             st.via, st.rx = route, rx
             self.metrics.accepted.labels(f["type"]).inc()
         # acks only now: the alarm is on disk
+        keys = {f["dev"]: device.key for _, f, device, _, _, _ in accepted}   # verified with it just now
         for dev, fields in acks:
-            self._send(dev, frame.seal(fields, self.verifier.registry.get(dev).key, DOWN), "ack")
+            self._send(dev, frame.seal(fields, keys[dev], DOWN), "ack")
         self.accepted_count += len(accepted)
         self.publisher.notify({it.lane for it in items})
         self.publisher.kick()
@@ -253,6 +284,21 @@ class Daemon:
             self._observe(accepted, now)
         if self.spool.over():
             self._thin(now)
+
+    def _mic_failed(self, dev: int, rx: dict, now: float) -> None:
+        n = self.mic.failed(dev, now)
+        if n is None:
+            return
+        self.metrics.security_events.labels("mic_failures").inc()
+        where = {k: v for k, v in (rx or {}).items() if k in ("transport", "port", "gw") and v is not None}
+        self.burst.event("security:mic", "SECURITY: %d failed MICs for device %08x within %.0f s via %s (forged "
+                         "frames, or a node with a stale key: check it with gasguard device show)", n, dev,
+                         self.cfg.mic_window, ", ".join(f"{k}={v}" for k, v in where.items()) or "?",
+                         level=logging.CRITICAL, allow=20)
+        body = payloads.gateway_event(self.cfg.gateway_id, now, "mic_failures",
+                                      {"dev": f"{dev:08x}", "failures": n, "window_s": self.cfg.mic_window,
+                                       "rx": where})
+        self._spool_outputs([(self.topics.event, body, "event", False)], now)
 
     def _state_items(self, dev: int, f: dict, now: float, mid: str, device=None) -> list[Item]:
         """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
@@ -286,6 +332,13 @@ class Daemon:
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
                     topic=self.topics.device(dev, "state"), retain=True)
 
+    def _loop_exception(self, loop, context) -> None:
+        """asyncio's handler for an exception in a callback (a paho message, a datagram): logged with its
+        traceback once per burst and counted, not 6,648 tracebacks for 60,000 bad datagrams (issue 12.7)."""
+        e = context.get("exception")
+        where = context.get("message", "callback")
+        self.burst.exception(f"loop:{type(e).__name__}:{where}", "unexpected error in %s: %r", where, e, exc=e)
+
     def _send(self, dev: int, buf: bytes, kind: str) -> bool:
         st = self.devstate.get(dev)
         if st is None or not hasattr(st.via, "send"):
@@ -314,9 +367,10 @@ class Daemon:
         try:
             res = getattr(plugin, method)(*args) or []
             return [normalise(o) for o in res]
-        except Exception:
-            log.exception("plugin %s.%s failed; the gateway carries on without its output",
-                          getattr(plugin, "name", plugin), method)
+        except Exception as e:  # noqa: BLE001 - a plugin's defect must not stop ingest
+            name = getattr(plugin, "name", plugin)
+            self.burst.exception(f"plugin:{name}.{method}:{type(e).__name__}",
+                                 "plugin %s.%s failed; the gateway carries on without its output", name, method)
             return []
 
     def _spool_outputs(self, outs, now) -> None:
@@ -329,11 +383,12 @@ class Daemon:
         try:
             self.spool.commit(items)
             self.held = []
-        except SpoolFull as e:
+        except SpoolError as e:
             self.held = items   # retried on every tick: plugin alarms are never dropped
             self.metrics.spool_errors.inc()
-            log.critical("SPOOL WRITE FAILED for %d plugin/command messages, holding them in memory: %s",
-                         len(items), e)
+            self.metrics.storage_errors.labels("spool", e.kind).inc()
+            self.burst.event("held", "SPOOL WRITE FAILED for %d plugin/command messages, holding them in memory: %s",
+                             len(items), e, level=logging.CRITICAL)
             return
         self.publisher.notify({it.lane for it in items})
         self.publisher.kick()
@@ -381,7 +436,10 @@ class Daemon:
     def _command(self, dev: int, payload: bytes, now: float) -> None:
         try:
             req = parse_request(payload)
-            device = self.registry.get(dev)
+            try:
+                device = self.registry.get(dev)
+            except RegistryUnreadable as e:
+                raise BadCommand(str(e)) from None
             if device is None or device.state != "commissioned":
                 raise BadCommand(f"device {dev:08x} is not a commissioned device of this gateway")
             p = self.commands.add(dev, req, now)
@@ -392,25 +450,30 @@ class Daemon:
             except (ValueError, AttributeError):
                 pass
             self.metrics.commands.labels("rejected").inc()
-            log.warning("command for %08x rejected: %s", dev, e)
+            self.burst.event("cmd_rejected", "command for %08x rejected: %s", dev, untrusted(str(e)), allow=20)
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
             self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, p.request_id)
+        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, untrusted(p.request_id))
         self._commands_due(now)
 
     def _commands_due(self, now: float) -> None:
         send, dead = self.commands.due(now)
         for p in send:
-            device = self.registry.get(p.dev)
+            try:
+                device = self.registry.get(p.dev)
+            except RegistryUnreadable as e:
+                self.burst.event("cmd_registry", "commands wait: %s", e)
+                continue
             if device is None:
                 continue
             # SPEC 1: the downlink counter is persisted before it is used
             dfc = self.verifier.down.get(p.dev, 0) + 1
             try:
                 self.spool.commit([], {(p.dev, DOWN): dfc})
-            except SpoolFull as e:
-                log.critical("cannot persist a downlink counter (%s); command waits", e)
+            except SpoolError as e:
+                self.burst.event("cmd_spool", "cannot persist a downlink counter (%s); command waits", e,
+                                 level=logging.CRITICAL)
                 continue
             self.verifier.down[p.dev] = dfc
             buf = frame.seal(dict(self.commands.fields(p), fcnt=dfc), device.key, DOWN)
@@ -455,8 +518,8 @@ class Daemon:
                 self.spool.commit(items)
                 self.publisher.notify({STATE})
                 self.publisher.kick()
-            except SpoolFull as e:
-                log.critical("spool full, offline state not recorded: %s", e)
+            except SpoolError as e:
+                self.burst.event("offline_spool", "offline state not recorded: %s", e, level=logging.CRITICAL)
         self._commands_due(now)
         self._report_thinned(now)
         outs = []
@@ -465,7 +528,12 @@ class Daemon:
         self._spool_outputs(outs, now)
 
     def update_gauges(self) -> None:
-        depth = self.spool.depth()
+        try:
+            depth = self.spool.depth()
+        except SpoolError as e:
+            self.metrics.storage_errors.labels("spool", e.kind).inc()
+            self.burst.event("gauges", "spool gauges not updated: %s", e, level=logging.CRITICAL)
+            return
         oldest = [t for _, t in depth.values() if t is not None]
         for lane, (n, _) in depth.items():
             self.metrics.spool_depth.labels(lane).set(n)
@@ -486,8 +554,13 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.queue = asyncio.Queue(QUEUE_MAX)
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         if self.cfg.metrics_bind:
-            self.metrics.serve(self.cfg.metrics_bind)
+            try:
+                self.metrics.serve(self.cfg.metrics_bind)
+            except OSError as e:
+                raise ConfigError("metrics.bind", f"{self.cfg.metrics_bind}: cannot listen ({e.strerror}); "
+                                                  "stop what holds the port or choose another") from None
             log.info("prometheus metrics on http://%s/metrics", self.cfg.metrics_bind)
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
@@ -495,7 +568,13 @@ class Daemon:
         self.publisher.start()
         udp_transport = None
         if self.cfg.udp_bind:
-            udp_transport, self.udp = await listen(self.cfg.udp_bind, self._deliver_nowait, self.metrics, self.burst)
+            try:
+                udp_transport, self.udp = await listen(self.cfg.udp_bind, self._deliver_nowait, self.metrics,
+                                                       self.burst, allow=self.cfg.udp_forwarders)
+            except OSError as e:
+                self.publisher.stop()
+                raise ConfigError("udp.bind", f"{self.cfg.udp_bind}: cannot listen ({e.strerror}); stop what "
+                                              "holds the port or choose another") from None
         ingest_tasks = [asyncio.create_task(supervise(t.name, t.run, metrics=self.metrics)) for t in self.serial]
         core = [asyncio.create_task(supervise("ingest", self.ingest, metrics=self.metrics)),
                 asyncio.create_task(supervise("publisher", self.publisher.run, metrics=self.metrics)),
@@ -525,7 +604,10 @@ class Daemon:
             self.publisher.stop()
             for p in self.plugins:
                 self._call(p, "close")
-            left = self.spool.depth()
-            log.info("stopped; left in spool: %s", ", ".join(f"{k} {v[0]}" for k, v in left.items()))
+            try:
+                left = ", ".join(f"{k} {v[0]}" for k, v in self.spool.depth().items())
+            except SpoolError as e:
+                left = f"unknown ({e})"
+            log.info("stopped; left in spool: %s", left)
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file

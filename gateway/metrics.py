@@ -19,6 +19,16 @@ class Metrics:
         self.spool_bytes = Gauge("gasguard_gateway_spool_bytes", "Approximate spool size", registry=r)
         self.spool_errors = Counter("gasguard_gateway_spool_errors", "Spool writes that failed (disk full)",
                                     registry=r)
+        self.storage_errors = Counter("gasguard_gateway_storage_errors",
+                                      "Spool or registry operations that failed (the frames are refused, counted "
+                                      "under rejected{reason=spool_*|registry_unreadable})", ["store", "kind"],
+                                      registry=r)
+        self.log_suppressed = Counter("gasguard_gateway_log_lines_suppressed",
+                                      "Log lines (node text, tracebacks, rejections) held back by the burst limit",
+                                      ["what"], registry=r)
+        self.security_events = Counter("gasguard_gateway_security_events",
+                                       "Security events raised (mic_failures: limits.mic_failures failed MICs "
+                                       "for one device within limits.mic_window)", ["kind"], registry=r)
         self.thinned = Counter("gasguard_gateway_thinned_readings", "Routine readings thinned past the bound",
                                registry=r)
         self.published = Counter("gasguard_gateway_published", "Messages PUBACKed by the broker", ["lane"],
