@@ -137,8 +137,8 @@ def _unknown(table: dict, name: str):
 def parse(doc: dict, base: Path = Path(".")) -> Config:
     """A TOML document (already parsed) -> Config. Relative paths are relative to `base`."""
     for top in doc:
-        if top not in _KNOWN and top != "plugins":
-            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins")
+        if top not in _KNOWN and top not in ("plugins", "sparkplug"):
+            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins, sparkplug")
     g = _get(doc, "gateway", dict)
     _unknown(g, "gateway")
     gid = _get(g, "id", str, path="gateway")
@@ -252,8 +252,14 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.stats_interval = _positive(_get(mt, "stats_interval", float, 60.0, "metrics"), "metrics.stats_interval")
     cfg.tick_interval = _positive(_get(mt, "tick_interval", float, 1.0, "metrics"), "metrics.tick_interval")
 
+    if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
+        from .sparkplug.plugin import OptionError, check_options
+        try:
+            cfg.plugins["sparkplug"] = check_options(_get(doc, "sparkplug", dict))
+        except OptionError as e:
+            raise ConfigError(e.key, str(e).split(": ", 1)[1]) from None
     pl = _get(doc, "plugins", dict, {})
-    from .plugin import PLUGINS
+    from .plugin import CHECKS, PLUGINS
     for name, opts in pl.items():
         if name not in PLUGINS:
             raise ConfigError(f"plugins.{name}", f"unknown plugin; available: {', '.join(sorted(PLUGINS)) or 'none'}")
@@ -262,6 +268,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         if not (opts is True or isinstance(opts, dict)):
             raise ConfigError(f"plugins.{name}", "use true, false or a table of the plugin's options")
         cfg.plugins[name] = {} if opts is True else dict(opts)
+        if name in CHECKS:
+            try:
+                CHECKS[name](cfg.plugins[name])
+            except ValueError as e:
+                raise ConfigError(f"plugins.{name}", str(e)) from None
     return cfg
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+from gasguard import __version__
+
 from .config import Config, ConfigError, load
 from .plugin import PLUGINS, Plugin, PluginContext
 from .spool import Spool, SpoolError
@@ -45,7 +47,12 @@ def config(path) -> Config:
 def build_plugins(cfg: Config, clock=time.time) -> list[Plugin]:
     """The configured plugins, built from their options. A factory refuses bad options with a ValueError
     whose message names the key (and, where it can, the likely intended one)."""
-    ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock)
+    ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, mqtt={
+        "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
+        "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
+        "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
+        "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
+        "spool_dir": str(cfg.spool.parent), "version": __version__})
     out = []
     for name, opts in cfg.plugins.items():
         try:
@@ -59,10 +66,9 @@ def build_plugins(cfg: Config, clock=time.time) -> list[Plugin]:
 
 
 def check(cfg: Config) -> dict:
-    """Everything `run` opens, opened and closed again; returns the summary `check-config` prints.
-    Raises ConfigError, RegistryUnreadable or SpoolError (turn them into a Refused with `refusal`)."""
-    for p in build_plugins(cfg):
-        p.close()
+    """The registry and the spool opened as `run` opens them, and closed again (plugin options were checked
+    by `config.load`, as for `run`; plugins are not started: one may connect to a broker). Returns the
+    summary `check-config` prints. Raises RegistryUnreadable or SpoolError (a Refused with `refusal`)."""
     reg = RegistryCache(cfg.registry)
     try:
         n = reg.db.count()
