@@ -69,6 +69,8 @@ class Config:
     command_retry: float = 10.0
     mic_failures: int = 5              # MIC failures for one device within mic_window s: a security event
     mic_window: float = 60.0
+    log_window: float = 10.0           # a repeating log line (rejection, traceback, node text) per this window ...
+    node_log_lines: int = 20           # ... and this many node log lines per port; the rest counted, summarised
     tick_interval: float = 1.0
     metrics_bind: str | None = None    # "host:port" for Prometheus, or None
     plugins: dict = field(default_factory=dict)
@@ -119,7 +121,7 @@ _KNOWN = {
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
     "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry",
-               "mic_failures", "mic_window"},
+               "mic_failures", "mic_window", "log_window", "node_log_lines"},
     "metrics": {"bind", "stats_interval", "tick_interval"},
 }
 
@@ -244,6 +246,10 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.command_retry = _positive(_get(lim, "command_retry", float, 10.0, "limits"), "limits.command_retry")
     cfg.mic_failures = _positive(_get(lim, "mic_failures", int, 5, "limits"), "limits.mic_failures")
     cfg.mic_window = _positive(_get(lim, "mic_window", float, 60.0, "limits"), "limits.mic_window")
+    cfg.log_window = _positive(_get(lim, "log_window", float, 10.0, "limits"), "limits.log_window")
+    cfg.node_log_lines = _get(lim, "node_log_lines", int, 20, "limits")
+    if cfg.node_log_lines < 0:
+        raise ConfigError("limits.node_log_lines", "0 (count node lines, log none) or more lines per window")
 
     mt = _get(doc, "metrics", dict, {})
     _unknown(mt, "metrics")

@@ -103,7 +103,7 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
-        self.burst = BurstLog(log, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
+        self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
             key.split(":", 1)[0]).inc(n))
         # what can refuse the start, cheapest first; the spool last, so a refused start creates no spool
         self.registry = RegistryCache(cfg.registry)
@@ -120,7 +120,7 @@ class Daemon:
         self.queue: asyncio.Queue | None = None
         # per heard device: route, online, last_seen, last state publish (with the verifier's: one object each)
         self.devstate = self.verifier.states
-        self.serial = [SerialTransport(sp, self._deliver, self.metrics, self.burst) for sp in cfg.serial]
+        self.serial = [SerialTransport(sp, self._deliver, self.metrics, self.burst, node_lines=cfg.node_log_lines) for sp in cfg.serial]
         self.udp = None
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
         self.stopping = False
