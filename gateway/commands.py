@@ -28,7 +28,7 @@ class BadCommand(ValueError):
 def parse_request(payload: bytes) -> dict:
     try:
         req = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):     # RecursionError: nested past the parser's depth
         raise BadCommand("payload is not JSON") from None
     if not isinstance(req, dict):
         raise BadCommand("payload must be a JSON object")

@@ -336,7 +336,7 @@ class Daemon:
         """asyncio's handler for an exception in a callback (a paho message, a datagram): logged with its
         traceback once per burst and counted, not 6,648 tracebacks for 60,000 bad datagrams (issue 12.7)."""
         e = context.get("exception")
-        where = context.get("message", "callback")
+        where = str(context.get("message", "callback")).split("(")[0][:80]   # not the arguments: one key per site
         self.burst.exception(f"loop:{type(e).__name__}:{where}", "unexpected error in %s: %r", where, e, exc=e)
 
     def _send(self, dev: int, buf: bytes, kind: str) -> bool:
@@ -427,8 +427,9 @@ class Daemon:
             if any(_mtopic_match(s, topic) for s in p.subscriptions):
                 try:
                     doc = json.loads(payload)
-                except ValueError:
-                    self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
+                except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
+                    self.metrics.rejected.labels("mqtt_json").inc()
+                    self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
                     continue
                 outs.extend(self._call(p, "on_message", topic, doc, now))
         self._spool_outputs(outs, now)
@@ -446,8 +447,8 @@ class Daemon:
         except BadCommand as e:
             rid = ""
             try:
-                rid = str(json.loads(payload).get("request_id", ""))
-            except (ValueError, AttributeError):
+                rid = str(json.loads(payload).get("request_id", ""))[:128]
+            except (ValueError, AttributeError, RecursionError):
                 pass
             self.metrics.commands.labels("rejected").inc()
             self.burst.event("cmd_rejected", "command for %08x rejected: %s", dev, untrusted(str(e)), allow=20)

@@ -66,11 +66,10 @@ def test_garbage_json_is_a_counted_rejection_without_a_traceback(tmp_path, mosqu
                 fwd.sock.sendto(dgram, rig.udp_addr)
                 if reason:
                     expect[reason] = expect.get(reason, 0) + 1
-            fwd.poll(0.01)
-        try:
-            wait_until(lambda: all(rig.rejected(r) >= n for r, n in expect.items()), 20, "every bad datagram counted")
-        except TimeoutError:
-            raise AssertionError({r: (rig.rejected(r), n) for r, n in expect.items()})
+            # a round at a time: 60 kB datagrams faster than a loaded gateway reads them would overflow the
+            # socket's receive buffer, a loss in the kernel that nothing in the gateway can count
+            wait_until(lambda: all(rig.rejected(r) >= n for r, n in expect.items()), 20, "the round counted")
+            fwd.poll(0.001)
         # a good frame still goes through, and its ack comes back on the pulled route
         fwd.pull()
         fwd.push(a.alarm(code=2))

@@ -102,7 +102,7 @@ class SemtechUDP(asyncio.DatagramProtocol):
                     return                # refused and counted
                 ack = doc.get("txpk_ack")
                 err = ack.get("error", "NONE") if isinstance(ack, dict) else "BAD_JSON"
-                if err not in TX_ERRORS:
+                if not isinstance(err, str) or err not in TX_ERRORS:
                     err = "OTHER"         # a forwarder's string never becomes a log key or line as it is
             if err != "NONE":
                 self.tx_errors[err] = self.tx_errors.get(err, 0) + 1
