@@ -6,7 +6,7 @@ PY        ?= python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
-NODE_MODS := tools/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
+NODE_MODS := tools/sim/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 TAHU_MODS := testing/tahu/node_modules/sparkplug-payload/package.json
 JOBS      ?= 2
 
@@ -37,9 +37,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VPY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-$(NODE_MODS): tools/package.json tools/package-lock.json
+$(NODE_MODS): tools/sim/package.json tools/sim/package-lock.json
 	@command -v node >/dev/null || { echo "node (>= 18) is needed to run MicroPython on the host: apt-get install nodejs"; exit 1; }
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	cd tools/sim && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_MODS)
 
 # Eclipse Tahu's Sparkplug B packages: the independent decoder and host the Sparkplug tests check against
@@ -60,4 +60,4 @@ mosquitto:
 	fi
 
 clean:
-	rm -rf $(VENV) tools/node_modules testing/tahu/node_modules build *.egg-info
+	rm -rf $(VENV) tools/sim/node_modules testing/tahu/node_modules build *.egg-info

@@ -34,7 +34,8 @@ class BurstLog:
         self.open: dict[str, list] = {}   # key -> [window start, logged in window, suppressed count, level]
         self.on_suppressed = on_suppressed   # (key, n) -> None: e.g. a metric
 
-    def event(self, key: str, msg: str, *args, level: int = logging.WARNING, allow: int = 1, exc_info=None) -> bool:
+    def event(self, key: str, msg: str, *args, level: int = logging.WARNING, allow: int = 1, exc_info=None,
+              extra: dict | None = None) -> bool:
         """Log unless this key already logged `allow` lines in the current window. True if logged."""
         now = self.clock()
         b = self.open.get(key)
@@ -46,7 +47,7 @@ class BurstLog:
             b[2] += 1
             return False
         b[1] += 1
-        self.log.log(level, msg, *args, exc_info=exc_info)
+        self.log.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return True
 
     def exception(self, key: str, msg: str, *args, exc: BaseException | None = None) -> bool:

@@ -56,9 +56,10 @@ def check_config(path, as_json):
 def run(path):
     """Run the daemon until SIGTERM/SIGINT (graceful: stop ingest, flush, leave the rest in the spool)."""
     cfg = _load_or_exit(path)
-    from . import logs
+    from gasguard import logs
+
     from .daemon import Daemon
-    logs.setup(cfg.log_level, cfg.log_json)
+    logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
 
     async def main():
         stop = asyncio.Event()
@@ -101,7 +102,7 @@ def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
     from gasguard.provisioning import bundle, keys
     from gasguard.provisioning.errors import ProvisioningError
 
-    from .registry import Registry
+    from gasguard.registry import Registry
     if bool(path) == bool(registry):
         click.echo("give either --config gateway.toml or --registry FILE", err=True)
         sys.exit(2)

@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gasguard.protocol.topics import ROOT, GatewayTopics, Topics
+
 
 class ConfigError(Exception):
     """Bad configuration: `key` is the dotted TOML key, the message says the fix."""
@@ -42,6 +44,7 @@ class Config:
     serial: list[SerialPort] = field(default_factory=list)
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
     udp_forwarders: dict = field(default_factory=dict)   # EUI (16 hex) -> the IP it may speak from; {}: pin
+    topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_client_id: str = ""
@@ -62,6 +65,7 @@ class Config:
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
     rate_per_min: float = 60.0         # per-device readings per minute (token bucket)
     rate_burst: int = 30
+    duplicate_window: float = 30.0     # an exact copy of an accepted frame within this many s is a duplicate
     offline_after: float = 900.0       # seconds without a frame before a device is published offline (floor)
     offline_missed: float = 3.0        # ... or this many of the device's own report periods, if longer
     stats_interval: float = 60.0
@@ -72,6 +76,7 @@ class Config:
     log_window: float = 10.0           # a repeating log line (rejection, traceback, node text) per this window ...
     node_log_lines: int = 20           # ... and this many node log lines per port; the rest counted, summarised
     tick_interval: float = 1.0
+    stall_after: float = 20.0          # seconds a daemon loop may make no progress before the watchdog starves
     metrics_bind: str | None = None    # "host:port" for Prometheus, or None
     plugins: dict = field(default_factory=dict)
     log_level: str = "INFO"
@@ -79,8 +84,13 @@ class Config:
     source: Path | None = None
 
     @property
+    def topics(self) -> GatewayTopics:
+        """This gateway's subtree of the topic tree."""
+        return Topics(self.topic_root).gateway(self.district, self.gateway_id)
+
+    @property
     def root(self) -> str:
-        return f"gasguard/v1/{self.district}/{self.gateway_id}"
+        return self.topics.root
 
 
 def _get(d: dict, key: str, typ, default=..., path: str = ""):
@@ -116,13 +126,13 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind", "forwarders"},
-    "mqtt": {"host", "port", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+    "mqtt": {"host", "port", "topic_root", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
-    "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry",
-               "mic_failures", "mic_window", "log_window", "node_log_lines"},
-    "metrics": {"bind", "stats_interval", "tick_interval"},
+    "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout",
+               "command_retry", "mic_failures", "mic_window", "log_window", "node_log_lines"},
+    "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
 }
 
 
@@ -193,6 +203,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     m = _get(doc, "mqtt", dict, {})
     _unknown(m, "mqtt")
     cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
+    cfg.topic_root = _get(m, "topic_root", str, ROOT, "mqtt")
+    try:
+        Topics(cfg.topic_root)
+    except ValueError as e:
+        raise ConfigError("mqtt.topic_root", f"{e}; leave it out for the default {ROOT!r}") from None
     cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
     if not 0 < cfg.mqtt_port < 65536:
         raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")
@@ -238,6 +253,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     _unknown(lim, "limits")
     cfg.rate_per_min = _positive(_get(lim, "rate_per_min", float, 60.0, "limits"), "limits.rate_per_min")
     cfg.rate_burst = _positive(_get(lim, "burst", int, 30, "limits"), "limits.burst")
+    cfg.duplicate_window = _positive(_get(lim, "duplicate_window", float, 30.0, "limits"), "limits.duplicate_window")
     cfg.offline_after = _positive(_get(lim, "offline_after", float, 900.0, "limits"), "limits.offline_after")
     cfg.offline_missed = _get(lim, "offline_missed_reports", float, 3.0, "limits")
     if cfg.offline_missed < 0:
@@ -257,6 +273,10 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         cfg.metrics_bind = _hostport(_get(mt, "bind", str, path="metrics"), "metrics.bind")
     cfg.stats_interval = _positive(_get(mt, "stats_interval", float, 60.0, "metrics"), "metrics.stats_interval")
     cfg.tick_interval = _positive(_get(mt, "tick_interval", float, 1.0, "metrics"), "metrics.tick_interval")
+    cfg.stall_after = _get(mt, "stall_after", float, 20.0, "metrics")
+    if cfg.stall_after < 2 * cfg.tick_interval:
+        raise ConfigError("metrics.stall_after", f"{cfg.stall_after} s is under two ticks ({cfg.tick_interval} s "
+                          "each): a healthy ticker would look stuck; use e.g. 20 (below the unit's WatchdogSec=30)")
 
     if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
         from .sparkplug.plugin import OptionError, check_options

@@ -17,9 +17,9 @@ import json
 import logging
 import time
 
-from gasguard import __version__
+from gasguard import __version__, logs
 from gasguard.firmware import bounds
-from gasguard.protocol import frame
+from gasguard.protocol import counter, frame, topics
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
 
 from . import payloads
@@ -36,13 +36,14 @@ from .supervisor import supervise
 from .transports.semtech_udp import listen
 from .transports.serial import SerialTransport
 from .verify import Rejected, RegistryCache, RegistryUnreadable, Verifier
+from .watchdog import Heartbeats, Watchdog
 
 log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
 THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
-EVENT_KIND = 0x100     # seqs table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
+EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
 def _mtopic_match(sub: str, topic: str) -> bool:
@@ -103,6 +104,10 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
+        self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
+        self.metrics.clock_speed.set(1)
+        self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
             key.split(":", 1)[0]).inc(n))
         # what can refuse the start, cheapest first; the spool last, so a refused start creates no spool
@@ -112,9 +117,10 @@ class Daemon:
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
         counters = self.spool.counters()
-        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
-        self.seqs = self.spool.seqs()
-        self.topics = payloads.Topics(cfg.root)
+        self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst,
+                                 duplicate_window=cfg.duplicate_window)
+        self.idents = self.spool.idents()      # (dev, kind) -> identity of the last alarm/event taken
+        self.topics = cfg.topics
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
         self.commands = Commands(cfg.command_timeout, cfg.command_retry)
         self.queue: asyncio.Queue | None = None
@@ -157,6 +163,7 @@ class Daemon:
                 self.process(first)    # its own, small transaction: on disk and published before the rest
             if rest:
                 self.process(rest)
+            self.beats.beat("ingest")
 
     def _storage_fault(self, store: str, kind: str, n: int, e) -> None:
         """A spool or registry fault mid-run: n frames refused (counted by the caller), a metric, and one log
@@ -181,7 +188,7 @@ class Daemon:
         cfg, gid, dist = self.cfg, self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
         counters: dict = {}
-        seqs: dict = {}
+        idents: dict = {}
         undo: list = []
         acks: list = []          # (dev, ack fields) to seal after commit
         accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
@@ -212,7 +219,7 @@ class Daemon:
                                      "internal_error): %r", e)
                 continue
             f, dev = v.f, v.f["dev"]
-            undo.append((dev, self.verifier.accept(v)))
+            undo.append((dev, self.verifier.accept(v, now)))
             counters[(dev, UP)] = f["fcnt"]
             mid = payloads.msg_id(gid, dev, f["fcnt"])
             typ = f["type"]
@@ -224,18 +231,20 @@ class Daemon:
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
                 key = (dev, kind)
-                # SPEC 3.4: a retransmission has a new counter and the same aseq: ack it, publish once
-                repeat = seqs.get(key, self.seqs.get(key)) == sq
+                # SPEC 3.4: a retransmission has a new counter and the same identity (the counter of its first
+                # copy, never reused by the node, across power cuts included): ack it, publish once
+                f["aid"] = ident = counter.identity(f["fcnt"], sq)
+                repeat = idents.get(key, self.idents.get(key)) == ident
                 if not repeat:
-                    seqs[key] = sq
+                    idents[key] = ident
                     if typ == "alarm":
                         body = payloads.alarm(gid, dist, mid, f, now, rx, v.device)
                         items.append(Item(ALARM, dev, payloads.dumps(body), mid, now,
-                                          topic=self.topics.device(dev, "alarm")))
+                                          topic=self.topics.device(dev, topics.ALARM)))
                     else:
                         body = payloads.event(gid, dist, mid, f, now, rx)
                         items.append(Item(EVENT, dev, payloads.dumps(body), mid, now,
-                                          topic=self.topics.device(dev, "event")))
+                                          topic=self.topics.device(dev, topics.EVENT)))
                 dfc = down.get(dev, self.verifier.down.get(dev, 0)) + 1
                 down[dev] = dfc
                 counters[(dev, DOWN)] = dfc
@@ -246,16 +255,18 @@ class Daemon:
                 if p is not None:
                     res = payloads.result_name(f["result"])
                     results.append(res)
+                    log.info("command %s (cid %d) answered: %s", p.cmd, p.cid, res,
+                             extra=logs.fields(device=dev, request=p.request_id))
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
                         gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
-                        topic=self.topics.device(dev, "cmd/result")))
+                        topic=self.topics.device(dev, topics.CMD_RESULT)))
             items.extend(self._state_items(dev, f, now, mid, v.device))
             accepted.append((mid, f, v.device, rx, route, repeat))
         if not accepted:
             return
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
-            self.spool.commit(items, counters, seqs)
+            self.spool.commit(items, counters, idents)
         except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
@@ -263,7 +274,7 @@ class Daemon:
             self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(accepted))
             self._storage_fault("spool", e.kind, len(accepted), e)
             return
-        self.seqs.update(seqs)
+        self.idents.update(idents)
         for dev, dfc in down.items():
             self.verifier.down[dev] = dfc
         for r in results:
@@ -330,7 +341,7 @@ class Daemon:
             last.pop("rx")
         body = payloads.state(self.cfg.gateway_id, dev, now, st.online, st.last_seen, last)
         return Item(STATE, dev, payloads.dumps(body), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}", now,
-                    topic=self.topics.device(dev, "state"), retain=True)
+                    topic=self.topics.device(dev, topics.STATE), retain=True)
 
     def _loop_exception(self, loop, context) -> None:
         """asyncio's handler for an exception in a callback (a paho message, a datagram): logged with its
@@ -418,7 +429,7 @@ class Daemon:
     # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
         now = self.clock()
-        dev = self.topics.dev_of_cmd(topic) if topic.startswith(self.topics.root + "/") else None
+        dev = self.topics.dev_of_cmd(topic)
         if dev is not None:
             self._command(dev, payload, now)
             return
@@ -451,11 +462,12 @@ class Daemon:
             except (ValueError, AttributeError, RecursionError):
                 pass
             self.metrics.commands.labels("rejected").inc()
-            self.burst.event("cmd_rejected", "command for %08x rejected: %s", dev, untrusted(str(e)), allow=20)
+            self.burst.event("cmd_rejected", "command rejected: %s", untrusted(str(e)), allow=20,
+                             extra=logs.fields(device=dev, request=untrusted(rid) if rid else None))
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
-            self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
+            self._spool_outputs([(self.topics.device(dev, topics.CMD_RESULT), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, untrusted(p.request_id))
+        log.info("command %s (cid %d) queued", p.cmd, p.cid, extra=logs.fields(device=dev, request=untrusted(p.request_id)))
         self._commands_due(now)
 
     def _commands_due(self, now: float) -> None:
@@ -484,8 +496,9 @@ class Daemon:
         outs = []
         for p in dead:
             self.metrics.commands.labels("timeout").inc()
-            log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
-            outs.append((self.topics.device(p.dev, "cmd/result"), payloads.command_result(
+            log.warning("command %s (cid %d) timed out after %d tries", p.cmd, p.cid, p.tries,
+                        extra=logs.fields(device=p.dev, request=p.request_id))
+            outs.append((self.topics.device(p.dev, topics.CMD_RESULT), payloads.command_result(
                 self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
                 f"no ack after {p.tries} tries"), "event", False))
         if outs:
@@ -497,6 +510,9 @@ class Daemon:
         while True:
             await asyncio.sleep(self.cfg.tick_interval)
             self.tick(self.clock())
+            self.beats.beat("ticker")
+            if self.queue.empty():
+                self.beats.beat("ingest")     # waiting for frames is healthy; a queue that does not drain is not
             mono = time.monotonic()
             if mono - last_gauges >= 5:
                 last_gauges = mono
@@ -512,7 +528,7 @@ class Daemon:
         for dev, st in self.devstate.items():
             if st.online and now - st.last_seen > st.silence:   # set with the first online state
                 st.online, st.pub = False, now
-                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
+                log.warning("device offline: nothing heard for %.0f s", now - st.last_seen, extra=logs.fields(device=dev))
                 items.append(self._state_item(dev, now, st))
         if items:
             try:
@@ -540,13 +556,27 @@ class Daemon:
             self.metrics.spool_depth.labels(lane).set(n)
         self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
         self.metrics.spool_bytes.set(self.spool.size)
+        online = sum(1 for st in self.devstate.values() if st.online)
+        self.metrics.devices_online.set(online)
+        self.metrics.devices_offline.set(sum(1 for st in self.devstate.values() if st.last_seen) - online)
+        sums: dict = {}
+        for p in self.plugins:
+            try:
+                gauges = getattr(p, "gauges", None)
+                for name, values in ((gauges and gauges(self.clock())) or {}).items():
+                    for label, v in values.items():
+                        sums[(name, label)] = sums.get((name, label), 0) + v
+            except Exception:
+                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+        for (name, label), v in sums.items():
+            getattr(self.metrics, name).labels(label).set(v)
 
     def stats(self) -> dict:
         m = self.metrics
         rej = {}
         for metric in m.rejected.collect():
             for s in metric.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith("_total") and s.value:
                     rej[s.labels["reason"]] = int(s.value)
         return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),
                 "accepted": self.accepted_count, "rejected": rej, "spool_bytes": self.spool.size,
@@ -580,9 +610,15 @@ class Daemon:
         core = [asyncio.create_task(supervise("ingest", self.ingest, metrics=self.metrics)),
                 asyncio.create_task(supervise("publisher", self.publisher.run, metrics=self.metrics)),
                 asyncio.create_task(supervise("ticker", self.ticker, metrics=self.metrics))]
+        for name in ("ingest", "ticker"):
+            self.beats.beat(name)
+        watchdog = Watchdog(self.beats, self.cfg.stall_after)
+        watchdog.ready(f"gateway {self.cfg.gateway_id}: {len(self.serial)} serial port(s)"
+                       f"{', UDP ' + self.cfg.udp_bind if self.cfg.udp_bind else ''}")
         try:
             await stop.wait()
         finally:
+            watchdog.stopping()
             log.info("stopping: ingest first, then flushing what the broker takes in 3 s")
             self.stopping = True
             for t in ingest_tasks:
@@ -595,6 +631,7 @@ class Daemon:
                 rest.append(self.queue.get_nowait())
             if rest:
                 self.process(rest)
+            self.beats.beat("ingest")
             deadline = time.monotonic() + 3.0
             while self.publisher.connected and self.publisher.inflight and time.monotonic() < deadline:
                 self.publisher.fill()

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from gasguard.protocol.topics import ROOT
+
 LANES = ("alarm", "event", "reading")
 
 Output = tuple  # (topic, payload, lane[, retain])
@@ -30,6 +32,7 @@ class PluginContext:
     root: str                       # "gasguard/v1/<district>/<gateway>"
     registry_path: str
     clock: Callable[[], float]      # the daemon's clock (epoch seconds); virtual in tests
+    topic_root: str = ROOT          # the topic tree's root (protocol/topics.py): district topics hang from it
     mqtt: dict | None = None        # the gateway's broker settings, for a plugin that needs a session of its own
 
 
@@ -50,6 +53,11 @@ class Plugin:
     def on_message(self, topic: str, payload: dict, now: float) -> list[Output]:
         """A JSON message on one of `subscriptions` (MQTT wildcards allowed)."""
         return []
+
+    def gauges(self, now: float) -> dict[str, dict[str, float]]:
+        """Values for the gateway's labelled gauges, e.g. {"incidents_open": {"leak": 1}, "incidents_overdue":
+        {"phone": 1}} (gateway/metrics.py names them); called every few seconds."""
+        return {}
 
     def close(self) -> None:
         pass
@@ -88,7 +96,7 @@ def _sparkplug(options: dict, context: PluginContext) -> Plugin:
 
 
 def _grading_check(options: dict) -> None:
-    from .grading import load_config            # pure: validates the [grading] options, starts nothing
+    from gasguard.grading.engine import load_config   # pure: validates the [grading] options, starts nothing
     load_config(options)
 
 

@@ -35,7 +35,7 @@ class _ClosedBeforeConnack(ConnectionError):
 class Publisher:
     def __init__(self, cfg, spool: Spool, metrics, clock, version: str, on_message=None):
         self.cfg, self.spool, self.metrics, self.clock = cfg, spool, metrics, clock
-        self.topics = payloads.Topics(cfg.root)
+        self.topics = cfg.topics
         self.version = version
         self.on_message_cb = on_message          # (topic, payload bytes) on the loop
         self.subscriptions: list[str] = [self.topics.cmd_sub]

@@ -47,7 +47,7 @@ def config(path) -> Config:
 def build_plugins(cfg: Config, clock=time.time) -> list[Plugin]:
     """The configured plugins, built from their options. A factory refuses bad options with a ValueError
     whose message names the key (and, where it can, the likely intended one)."""
-    ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, mqtt={
+    ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, topic_root=cfg.topic_root, mqtt={
         "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
         "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
         "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,

@@ -16,9 +16,10 @@ from gasguard.protocol import frame
 from gasguard.protocol.const import MIC_LEN, UP
 from gasguard.protocol.errors import ProtocolError
 
-from .registry import Device, Registry, RegistryError
+from gasguard.registry import Device, Registry, RegistryError
 
 RECENT = 8   # frames per device remembered to tell a second path's copy (duplicate) from a replay
+DUPLICATE_WINDOW = 30.0   # s (limits.duplicate_window): a second path's copy arrives within seconds
 
 
 class RegistryUnreadable(RegistryError):
@@ -164,7 +165,7 @@ class DeviceState:
         self.up = up                       # highest accepted uplink counter
         self.tokens: float | None = None   # rate bucket: tokens at t_bucket; None until the first reading
         self.t_bucket = 0.0
-        self.recent = b""                  # the last RECENT accepted frames: (fcnt u32 LE + mic) each
+        self.recent = b""                  # the last RECENT accepted frames: (fcnt u32 LE + mic + s u32 LE) each
         self.online = False                # retained <dev>/state: as last published
         self.last_seen = 0.0
         self.sbyte: int | None = None      # the last state byte heard
@@ -177,17 +178,22 @@ class DeviceState:
         self.r_t: float | None = None
         self.silence = 0.0                 # seconds of silence before offline (offline_timeout), 0 = not yet set
 
-    def saw(self, fcnt: int, mic: bytes) -> bool:
+    def saw(self, fcnt: int, mic: bytes, now: float, window: float) -> bool:
+        """This exact frame was accepted within the last `window` seconds (a copy by another path)."""
         rec, r = fcnt.to_bytes(4, "little") + mic, self.recent
-        return any(r[i:i + _REC] == rec for i in range(0, len(r), _REC))
+        for i in range(0, len(r), _REC):
+            if r[i:i + _KEY] == rec:
+                return (int(now) - int.from_bytes(r[i + _KEY:i + _REC], "little")) & 0xFFFFFFFF <= window
+        return False
 
 
-_REC = 4 + MIC_LEN
+_KEY = 4 + MIC_LEN
+_REC = _KEY + 4     # + the accept time, whole seconds (u32 LE, wraps in 136 years)
 
 
 class Verifier:
     def __init__(self, registry: RegistryCache, counters: dict[tuple[int, int], int], *, rate_per_min: float = 60.0,
-                 burst: int = 30):
+                 burst: int = 30, duplicate_window: float = DUPLICATE_WINDOW):
         self.registry = registry
         # `counters`: the spool's durable (dev, direction) -> highest counter used: uplink ones go into the
         # device's state, downlink ones (only devices that were acked or commanded) stay in `down`
@@ -200,6 +206,7 @@ class Verifier:
                 self.down[dev] = c
         self.rate = rate_per_min / 60.0
         self.burst = float(burst)
+        self.duplicate_window = duplicate_window
 
     def state(self, dev: int) -> DeviceState:
         st = self.states.get(dev)
@@ -242,9 +249,11 @@ class Verifier:
                 f["fcnt"] = frame.verify(raw, f, device.key, UP, last)
         except ProtocolError as e:
             reason = e.reason
-            # SPEC 4 step 4: an exact copy of a frame we just accepted came by another path (a second
-            # radio or forwarder): "duplicate", harmless; anything else older is a "replay"
-            if reason == "replay" and st is not None and e.fcnt is not None and st.saw(e.fcnt, f["mic"]):
+            # SPEC 4 step 4: an exact copy of a frame we accepted seconds ago came by another path (a second
+            # radio or forwarder): "duplicate", harmless; anything older (the same frame an hour later is
+            # someone replaying a recording) is a "replay"
+            if reason == "replay" and st is not None and e.fcnt is not None and st.saw(
+                    e.fcnt, f["mic"], now, self.duplicate_window):
                 reason = "duplicate"
             raise Rejected(reason, dev, str(e)) from None
         if f["type"] == "reading" and not self._take_token(dev, now):
@@ -263,11 +272,11 @@ class Verifier:
         b.tokens -= 1.0
         return True
 
-    def accept(self, v: Verified) -> int:
+    def accept(self, v: Verified, now: float) -> int:
         """Record an accepted frame in the working state. Returns the previous counter (for rollback)."""
         st = self.state(v.f["dev"])
         prev, st.up = st.up, v.f["fcnt"]
-        r = st.recent + v.f["fcnt"].to_bytes(4, "little") + v.f["mic"]
+        r = st.recent + v.f["fcnt"].to_bytes(4, "little") + v.f["mic"] + (int(now) & 0xFFFFFFFF).to_bytes(4, "little")
         st.recent = r[-RECENT * _REC:]      # one small bytes object, not a list of tuples (memory)
         return prev
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from gasguard.gateway.registry import Registry, RegistryError
+from gasguard.registry import Registry, RegistryError
 
 from . import bundle, configure, identity, keys, ports, settings
 from .errors import BadInput, ProvisioningError

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from gasguard.tools.bench_fuzz import TARGETS, print_report, run_fuzz
+from gasguard.tools.bench.fuzz import TARGETS, print_report, run_fuzz
 
 INPUTS = 200_000
 

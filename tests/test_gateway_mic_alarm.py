@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from gasguard.gateway import testkit
-from gateway_rig import Rig, wait_until
+from gasguard.testing.node import Node
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -20,7 +21,7 @@ def test_repeated_mic_failures_for_a_device_publish_one_security_event(tmp_path,
         rig.start()
         a, b = rig.nodes
         cable = rig.cables[0]
-        forger = testkit.Node(a.dev, key=os.urandom(16))       # a's id, not a's key
+        forger = Node(a.dev, key=os.urandom(16))       # a's id, not a's key
         forger.fcnt = 1000
 
         def events():
@@ -28,7 +29,7 @@ def test_repeated_mic_failures_for_a_device_publish_one_security_event(tmp_path,
 
         for _ in range(3):
             cable.send(forger.reading())
-        cable.send(testkit.Node(b.dev, key=os.urandom(16)).alarm())   # another device's failure: its own count
+        cable.send(Node(b.dev, key=os.urandom(16)).alarm())   # another device's failure: its own count
         wait_until(lambda: rig.rejected("mic") == 4, 10, "four MIC failures counted")
         cable.send(a.reading())                                  # and the real device is still heard
         rig.sub.wait(lambda ms: rig.readings(), 10)

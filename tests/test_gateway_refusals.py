@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import gasguard.gateway
-from gasguard.gateway import testkit
+from gasguard.testing.config import write_config
+from gasguard.testing.node import Node, make_registry
 from gasguard.gateway.spool import Item, Spool
-from gasguard.tools.broker import free_port
+from gasguard.testing.mosquitto import free_port
 
 UNIT = Path(gasguard.gateway.__file__).parent / "gasguard-gateway.service"
 NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
@@ -40,8 +41,8 @@ def _gateway(*args, no_dac=False, timeout=30) -> subprocess.CompletedProcess:
 
 def _setup(tmp_path: Path, extra: str = "", udp: str | None = None) -> Path:
     reg = tmp_path / "registry.db"
-    testkit.make_registry(reg, [testkit.Node(7)])
-    return testkit.write_config(tmp_path / "gateway.toml", registry=reg, spool=tmp_path / "spool" / "spool.db",
+    make_registry(reg, [Node(7)])
+    return write_config(tmp_path / "gateway.toml", registry=reg, spool=tmp_path / "spool" / "spool.db",
                                 mqtt_port=free_port(), udp=udp or f"127.0.0.1:{free_port()}", extra=extra)
 
 

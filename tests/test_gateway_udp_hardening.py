@@ -9,9 +9,10 @@ import logging
 
 import pytest
 
-from gasguard.gateway import testkit
+from gasguard.testing.links import PacketForwarder
 from gasguard.protocol.const import ALARM
-from gateway_rig import Rig, wait_until
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -54,7 +55,7 @@ def _garbage(node) -> list[tuple[bytes, str]]:
 def test_garbage_json_is_a_counted_rejection_without_a_traceback(tmp_path, mosquitto, caplog):
     caplog.set_level(logging.INFO)
     rig = Rig(tmp_path, mosquitto.port, cables=0, udp=True, extra="[batch]\ndelay = 0.1\n")
-    fwd = testkit.PacketForwarder(rig.udp_addr, EUI)
+    fwd = PacketForwarder(rig.udp_addr, EUI)
     try:
         rig.start()
         a, _ = rig.nodes
@@ -91,9 +92,9 @@ def test_garbage_json_is_a_counted_rejection_without_a_traceback(tmp_path, mosqu
 
 def _hijack(rig, allow_listed: bool) -> None:
     a, _ = rig.nodes
-    home = testkit.PacketForwarder(rig.udp_addr, EUI)
-    stranger = testkit.PacketForwarder(rig.udp_addr, EUI, host="127.0.0.2")    # same EUI, another host
-    other = testkit.PacketForwarder(rig.udp_addr, b"\x01" * 8, host="127.0.0.2")
+    home = PacketForwarder(rig.udp_addr, EUI)
+    stranger = PacketForwarder(rig.udp_addr, EUI, host="127.0.0.2")    # same EUI, another host
+    other = PacketForwarder(rig.udp_addr, b"\x01" * 8, host="127.0.0.2")
     try:
         rig.start()
         home.pull()
