@@ -78,6 +78,7 @@ FIXES = {
                "and start again (the counters it held are lost: see the operations docs on replay protection)",
     "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
     "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
+    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
 }
 
 
@@ -92,6 +93,8 @@ def spool_error(path, e: BaseException) -> SpoolError:
         return SpoolError("readonly", path, f"read-only ({text})")
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
         return SpoolError("corrupt", path, f"damaged ({text})")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return SpoolError("busy", path, f"locked ({text})")
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         return SpoolError("open", path, f"cannot be opened ({text})")
     return SpoolError("io", path, f"I/O error ({text})")

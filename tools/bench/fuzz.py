@@ -110,7 +110,7 @@ class Fuzz:
                            "spool": str(workdir / "spool.db")},
                "udp": {"bind": "127.0.0.1:1"},            # never opened: the handler is fed in-process
                "spool": {"synchronous": "NORMAL", "max_mb": 4096.0, "audit": True},
-               "limits": {"rate_per_min": 1e9, "burst": 1_000_000, "mic_failures": 50}}
+               "limits": {"rate_per_min": 1e9, "burst": 1_000_000}}
         self.cfg = parse(doc, workdir)
         self.t = time.time()
         # the grading plugin (incident engine and its command-side topics), without its state file: a JSON
@@ -129,9 +129,9 @@ class Fuzz:
         self.accepted: list[dict] = []                     # what the verifier accepted, in order
         accept = self.d.verifier.accept
 
-        def recording(v):
+        def recording(v, *args):
             self.accepted.append(dict(v.f))
-            return accept(v)
+            return accept(v, *args)
         self.d.verifier.accept = recording                 # observed, not changed: the daemon's own call
         self.counts = dict.fromkeys(TARGETS, 0)
         self.escaped: dict[str, int] = {}
