@@ -17,6 +17,8 @@ import json
 import logging
 import time
 
+from paho.mqtt.client import topic_matches_sub
+
 from gasguard import __version__, logs
 from gasguard.firmware import bounds
 from gasguard.protocol import counter, frame, topics
@@ -44,16 +46,6 @@ QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this 
 GROUP_MAX = 512        # frames per transaction
 THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
 EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
-
-
-def _mtopic_match(sub: str, topic: str) -> bool:
-    s, t = sub.split("/"), topic.split("/")
-    for i, part in enumerate(s):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(s) == len(t)
 
 
 def alarms_first(group: list) -> tuple[list, list]:
@@ -105,8 +97,8 @@ class Daemon:
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
         self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
-        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
-        self.metrics.clock_speed.set(1)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, getattr(clock, "mode", "real")).set(1)
+        self.metrics.clock_speed.set(getattr(clock, "speed", 1.0))
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
             key.split(":", 1)[0]).inc(n))
@@ -133,6 +125,8 @@ class Daemon:
         self.plugins = plugins
         for p in plugins:
             self.publisher.subscriptions.extend(p.subscriptions)
+        if hasattr(clock, "advance"):                 # a virtual drill clock moves by messages (gateway/clock.py)
+            self.publisher.subscriptions.append(self.topics.root + "/drill/clock")
         self.accepted_count = 0
         self.mic = MicWatch(cfg.mic_failures, cfg.mic_window)
         self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
@@ -428,6 +422,9 @@ class Daemon:
 
     # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.root + "/drill/clock" and hasattr(self.clock, "advance"):
+            self._drill_clock(payload)
+            return
         now = self.clock()
         dev = self.topics.dev_of_cmd(topic)
         if dev is not None:
@@ -435,7 +432,7 @@ class Daemon:
             return
         outs = []
         for p in self.plugins:
-            if any(_mtopic_match(s, topic) for s in p.subscriptions):
+            if any(topic_matches_sub(s, topic) for s in p.subscriptions):
                 try:
                     doc = json.loads(payload)
                 except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
@@ -444,6 +441,18 @@ class Daemon:
                     continue
                 outs.extend(self._call(p, "on_message", topic, doc, now))
         self._spool_outputs(outs, now)
+
+    def _drill_clock(self, payload: bytes) -> None:
+        """{"advance_s": N} or {"t": epoch}: move the virtual clock, then run what fell due."""
+        try:
+            doc = json.loads(payload)
+            before = self.clock()
+            now = self.clock.advance(float(doc["advance_s"])) if "advance_s" in doc else self.clock.set(float(doc["t"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("drill clock message refused (%s): send {\"advance_s\": 1200} or {\"t\": epoch}", e)
+            return
+        log.info("drill clock moved %.0f s to %.3f", now - before, now)
+        self.tick(now)
 
     def _command(self, dev: int, payload: bytes, now: float) -> None:
         try:

@@ -1,8 +1,9 @@
 """Semtech UDP packet-forwarder protocol v2 (PUSH_DATA/PUSH_ACK/PULL_DATA/PULL_ACK/PULL_RESP/TX_ACK),
 so a multi-channel LoRa concentrator feeds the gateway and carries downlinks.
 
-Reference: Semtech packet_forwarder PROTOCOL.TXT. Frames travel raw (no COBS/CRC: the LoRa PHY has a CRC,
-SPEC 6); rxpk with a failed PHY CRC (stat != 1) are counted as noise.
+Reference: Semtech packet_forwarder PROTOCOL.TXT; the format is protocol/semtech.py. Frames travel raw (no
+COBS/CRC: the LoRa PHY has a CRC, SPEC 6); rxpk with a failed PHY CRC (stat != 1) are counted as noise.
+Anything else malformed is a counted refusal (`udp_*`), never a traceback (issue 12 item 6).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import json
 import logging
 import os
 
+from gasguard.protocol import semtech
+from gasguard.protocol.semtech import PULL_ACK, PULL_DATA, PUSH_ACK, PUSH_DATA, TX_ACK
+
 log = logging.getLogger("gasguard.gateway.udp")
 
-PUSH_DATA, PUSH_ACK, PULL_DATA, PULL_RESP, PULL_ACK, TX_ACK = 0, 1, 2, 3, 4, 5
-VERSION = 2
-MAX_DATAGRAM = 65507
 # rxpk fields the gateway reads, with the JSON types PROTOCOL.TXT gives them (bool is refused separately)
 RXPK_TYPES = {"data": str, "stat": int, "rssi": (int, float), "lsnr": (int, float), "freq": (int, float),
               "datr": (str, int)}    # datr: "SF11BW125" for LoRa, bits/s for FSK
@@ -57,17 +58,18 @@ class SemtechUDP(asyncio.DatagramProtocol):
             self.burst.exception("udp:internal:" + type(e).__name__, "udp: handling a datagram from %s failed", addr)
 
     def _datagram(self, data: bytes, addr) -> None:
-        if len(data) < 4 or data[0] not in (1, 2):
+        if len(data) < semtech.HEADER_LEN or data[0] not in semtech.VERSIONS:
             self._refuse("udp_junk", addr, "not Semtech v1/v2")
             return
-        ver, token, ident = data[0], data[1:3], data[3]
-        if ident not in (PUSH_DATA, PULL_DATA, TX_ACK):
+        ident = data[3]
+        if ident not in semtech.WITH_EUI:
             self._refuse("udp_junk", addr, "identifier %d is not one a forwarder sends", ident)
             return
-        if len(data) < 12:
+        body = semtech.HEADER_LEN + semtech.EUI_LEN
+        if len(data) < body:
             self._refuse("udp_short", addr, "%d bytes", len(data))
             return
-        eui = data[4:12].hex()
+        eui = data[semtech.HEADER_LEN:body].hex()
         home = self.home.get(eui)
         if home is None and self.allow:
             self._refuse("udp_unknown_forwarder", addr, "EUI %s is not in [udp] forwarders", eui)
@@ -79,13 +81,17 @@ class SemtechUDP(asyncio.DatagramProtocol):
             self.home[eui] = addr[0]
             log.info("udp: forwarder %s speaks from %s (pinned to that host)", eui, addr[0])
         if ident == PUSH_DATA:
-            self.transport.sendto(bytes([ver]) + token + bytes([PUSH_ACK]), addr)
-            doc = self._json(data[12:] or b"{}", addr, "PUSH_DATA")
+            self.transport.sendto(semtech.ack(data, PUSH_ACK), addr)
+            doc = self._json(data[body:] or b"{}", addr, "PUSH_DATA")
             if doc is None:
                 return
             rxpk = doc.get("rxpk", [])
             if not isinstance(rxpk, list):
                 self._refuse("udp_json", addr, "rxpk is %s, not a list", type(rxpk).__name__)
+                return
+            if len(rxpk) > semtech.MAX_RXPK:     # a bound: a forwarder sends at most this many per datagram
+                self._refuse("udp_rxpk", addr, "%d packets in one PUSH_DATA (at most %d)", len(rxpk),
+                             semtech.MAX_RXPK)
                 return
             for pk in rxpk:
                 self._rxpk(eui, pk, addr)
@@ -93,11 +99,11 @@ class SemtechUDP(asyncio.DatagramProtocol):
             if self.pull_addr.get(eui) != addr:
                 log.info("udp: forwarder %s pulls from %s (downlinks go there)", eui, addr)
             self.pull_addr[eui] = addr
-            self.transport.sendto(bytes([ver]) + token + bytes([PULL_ACK]), addr)
+            self.transport.sendto(semtech.ack(data, PULL_ACK), addr)
         else:   # TX_ACK
             err = "NONE"
-            if len(data) > 12:
-                doc = self._json(data[12:], addr, "TX_ACK")
+            if len(data) > body:
+                doc = self._json(data[body:], addr, "TX_ACK")
                 if doc is None:
                     return                # refused and counted
                 ack = doc.get("txpk_ack")
@@ -146,11 +152,9 @@ class SemtechUDP(asyncio.DatagramProtocol):
         addr = self.pull_addr.get(eui) if eui else None
         if addr is None or self.transport is None:
             return False
-        txpk = {"imme": True, "freq": (rx or {}).get("freq") or 470.3, "rfch": 0, "powe": 17, "modu": "LORA",
-                "datr": (rx or {}).get("datr") or "SF11BW125", "codr": "4/5", "ipol": True, "size": len(frame),
-                "data": base64.b64encode(frame).decode()}
-        self.transport.sendto(bytes([VERSION]) + os.urandom(2) + bytes([PULL_RESP])
-                              + json.dumps({"txpk": txpk}).encode(), addr)
+        txpk = semtech.txpk(frame, freq=(rx or {}).get("freq") or semtech.CN470_UP_MHZ,
+                            datr=(rx or {}).get("datr") or "SF11BW125")
+        self.transport.sendto(semtech.pull_resp(int.from_bytes(os.urandom(2), "big"), txpk), addr)
         return True
 
 
