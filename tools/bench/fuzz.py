@@ -224,8 +224,9 @@ class Fuzz:
         base = "gasguard/v1/d1/command"
         plugin = self.d.plugins[0]
         ids = list(plugin.engine.incidents) or ["none"]
-        leaf = r.choice(["ack/" + r.choice(ids), "input/" + r.choice(ids), "sync", "ack", "ack/" + r.choice(ids) + "/x",
-                         "input/\u2028", "ack/"])
+        # "sync" re-publishes every open incident with its report: rare, as from a real command service
+        leaf = "sync" if r.random() < 0.02 else r.choice(["ack/" + r.choice(ids), "input/" + r.choice(ids), "ack",
+                                                          "ack/" + r.choice(ids) + "/x", "input/\u2028", "ack/"])
         body = json.dumps(_json_value(r)).encode() if r.random() < 0.8 else r.choice(
             [b"[" * 5000, b"\xff\xfe", b"", b"null", _mutate(r, b'{"by": "op1", "note": "x"}')])
         return f"{base}/{leaf}", body
