@@ -16,10 +16,10 @@ from .spool import FIXES as SPOOL_FAULTS, LANE_NAMES
 
 # Why the gateway refuses a frame beyond the decoder's own reasons: verify.py raises the first five and
 # registry_unreadable, the daemon counts line noise, a full verification queue, a failed spool write by kind
-# (spool.FIXES), a defect (internal_error), a non-JSON plugin message; the Semtech UDP listener its udp_*
+# (spool.FIXES), a defect (internal_error); the Semtech UDP listener its udp_*
 # refusals (tests/test_ops_metrics.py checks that every reason in the code is listed here)
 GATEWAY_REASONS = ("direction", "unknown_device", "decommissioned", "duplicate", "rate_limit", "noise",
-                   "ingest_overflow", "registry_unreadable", "internal_error", "mqtt_json") \
+                   "ingest_overflow", "registry_unreadable", "internal_error") \
     + tuple(f"spool_{k}" for k in SPOOL_FAULTS) \
     + ("udp_junk", "udp_short", "udp_json", "udp_rxpk", "udp_unknown_forwarder", "udp_foreign_forwarder",
        "udp_internal", "base64")

@@ -16,6 +16,7 @@ import os
 
 from gasguard.protocol import semtech
 from gasguard.protocol.semtech import PULL_ACK, PULL_DATA, PUSH_ACK, PUSH_DATA, TX_ACK
+from gasguard.gateway.transports import DeliverNowait
 
 log = logging.getLogger("gasguard.gateway.udp")
 
@@ -29,7 +30,7 @@ TX_ERRORS = {"NONE", "TOO_LATE", "TOO_EARLY", "COLLISION_PACKET", "COLLISION_BEA
 
 class SemtechUDP(asyncio.DatagramProtocol):
     def __init__(self, deliver_nowait, metrics, burst, allow: dict[str, str] | None = None):
-        self.deliver_nowait = deliver_nowait   # (raw | None, rx, route_or_reason) -> None
+        self.deliver_nowait: DeliverNowait = deliver_nowait   # ingest's: a datagram cannot wait
         self.metrics, self.burst = metrics, burst
         self.transport: asyncio.DatagramTransport | None = None
         self.pull_addr: dict[str, tuple] = {}  # forwarder EUI -> address its PULL_DATA came from

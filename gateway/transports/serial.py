@@ -13,6 +13,7 @@ import serial
 
 from gasguard import logs
 from gasguard.protocol import framing
+from gasguard.gateway.transports import Deliver
 
 from ..burstlog import BurstLog, untrusted
 
@@ -24,7 +25,7 @@ class SerialTransport:
                  backoff_min: float = 0.2, backoff_max: float = 5.0):
         self.spec = spec                 # config.SerialPort
         self.name = f"{spec.kind}:{spec.name}"
-        self.deliver = deliver           # async (raw, rx, route) -> None
+        self.deliver: Deliver = deliver  # ingest's, with back-pressure
         self.metrics = metrics
         self.burst = burst or BurstLog(log)
         self.node_lines = node_lines     # node log lines logged per port and BurstLog window (limits.node_log_lines)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gasguard.testing.node import Node, make_registry
 from gasguard.gateway.config import parse
-from gasguard.gateway.daemon import Daemon, QUEUE_MAX
+from gasguard.gateway.daemon import Daemon
 from gasguard.gateway.grading_plugin import GradingPlugin
 from gasguard.gateway.transports.semtech_udp import SemtechUDP
 from gasguard.protocol import frame, framing
@@ -117,8 +117,7 @@ class Fuzz:
         # dump with fsync per change would be the whole cost of the run, and it is not an input path
         grading = GradingPlugin({"district": "d1", "gateway_id": "gw1"}, state_path=None)
         self.d = Daemon(self.cfg, clock=lambda: self.t, plugins=[grading])
-        import asyncio
-        self.d.queue = asyncio.Queue(QUEUE_MAX)     # the daemon's ingest queue, drained by `_drain` below
+        self.d.ingest.start()                       # its queue, drained by `_drain` below (no event loop runs)
         self.udp = SemtechUDP(self.d._deliver_nowait, self.d.metrics, self.d.burst)
         self.udp.connection_made(_Wire())
         self.deframer = framing.Deframer()
@@ -243,7 +242,7 @@ class Fuzz:
                 self.first_escape[name] = traceback.format_exc()
 
     def _drain(self) -> None:
-        q = self.d.queue
+        q = self.d.ingest.queue
         group = []
         while not q.empty():
             group.append(q.get_nowait())
