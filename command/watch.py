@@ -72,6 +72,8 @@ def ellipsise(text: str, width: int) -> str:
 
 def deadline_cell(v: dict) -> Text:
     if not v["counting"]:
+        if v["text"] == "resolved":                    # cleared, not acknowledged: no tick for that
+            return Text("cleared", style="dim")
         return Text("✓ late" if v.get("late") else "✓", style="dim")
     if v["overdue"]:
         return Text("OVER " + v["text"].split()[-1], style="bold red")
@@ -181,9 +183,15 @@ class WatchApp(App):
         self.set_interval(self.refresh_s, self.redraw)
 
     # --- drawing ---------------------------------------------------------------------------------
-    def rows(self) -> list[dict]:
+    def rows(self, keep_normal_s: float = 600.0) -> list[dict]:
+        """Open incidents, and cleared ones nobody acknowledged (ISA-18.2: they stay until someone looks);
+        cleared and acknowledged ones for `keep_normal_s`."""
         now = self.clock()
-        return sorted((A.board_row(m, now) for m in self.client.board.rows(now)), key=A.sort_key)
+        with self.client.board._lock:
+            msgs = list(self.client.board.incidents.values())
+        rows = [A.board_row(m, now) for m in msgs]
+        return sorted((r for r, m in zip(rows, msgs) if r["state"] != A.NORMAL
+                       or now - (m.get("resolved_at") or now) < keep_normal_s), key=A.sort_key)
 
     def redraw(self) -> None:
         table = self.query_one("#board", DataTable)
