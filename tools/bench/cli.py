@@ -12,6 +12,7 @@ from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
+from gasguard.tools.bench.web import web_bench
 
 
 @click.group()
@@ -98,6 +99,7 @@ bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
+bench.add_command(web_bench)
 
 
 @bench.command("dashboard")
