@@ -1,12 +1,13 @@
 """Uplink verification: decode -> registry lookup -> MIC and counter (protocol.frame.verify) -> policy.
 
-Pure logic: no I/O besides the registry cache. The daemon owns the durable counters; this class holds
-the working copy (`last`), which the daemon rolls back if the spool write fails.
+Pure logic: no I/O besides the registry cache. The spool holds the durable counters; this class holds
+the working copy (`ReplayState.up`), which ingest rolls back if the spool write fails.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,10 +16,20 @@ from gasguard.protocol import frame
 from gasguard.protocol.const import MIC_LEN, UP
 from gasguard.protocol.errors import ProtocolError
 
-from gasguard.registry import Device, Registry
+from gasguard.registry import Device, Registry, RegistryError
 
 RECENT = 8   # frames per device remembered to tell a second path's copy (duplicate) from a replay
 DUPLICATE_WINDOW = 30.0   # s (limits.duplicate_window): a second path's copy arrives within seconds
+
+
+class RegistryUnreadable(RegistryError):
+    """The registry file is missing, not a registry, or unreadable. At start: a refusal (exit 2). Mid-run:
+    every frame is refused with reason `registry_unreadable` (the registry is the authority on keys and
+    decommissioning; nodes retransmit alarms until acked) and the file is tried again every `check` s."""
+
+    def __init__(self, path, detail: str):
+        super().__init__(f"registry {path}: {detail}; restore it (gasguard gateway import-registry BUNDLE "
+                         f"--registry {path} --trust AUTHORITY.pub.pem) or point gateway.registry at the right file")
 
 
 class Rejected(Exception):
@@ -55,6 +66,7 @@ class RegistryCache:
         self.loaded = -1e18
         self.checked = -1e18
         self.sig: tuple = ()
+        self.error: str | None = None   # why the file cannot be read now; None: it can
         self.reload()
 
     def _signature(self) -> tuple:
@@ -73,16 +85,33 @@ class RegistryCache:
     def reload(self) -> None:
         """Forget every cached device; the next lookups read the file (reopened: it may have been replaced)."""
         sig = self._signature()
-        db = Registry(self.path, readonly=True, check_same_thread=False)   # raises if the file is gone
-        if self.db is not None:
-            self.db.close()
-        self.db = db
         self.cached.clear()
         self.sig = sig
         self.loaded = self.checked = self.clock()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        db = None
+        try:
+            db = Registry(self.path, readonly=True, check_same_thread=False)   # raises if the file is gone
+            db.lookup(0)      # a probe: garbage, or a file that is not a registry, fails here and not later
+        except (RegistryError, sqlite3.Error) as e:
+            if db is not None:
+                db.close()
+            self.error = str(e)
+            raise RegistryUnreadable(self.path, self.error) from None
+        self.db, self.error = db, None
 
     def _read(self, dev: int) -> Device | None:
-        d = self.db.lookup(dev)
+        if self.db is None:
+            raise RegistryUnreadable(self.path, self.error or "not open")
+        try:
+            d = self.db.lookup(dev)
+        except sqlite3.Error as e:       # overwritten in place between two stats
+            self.db.close()
+            self.db, self.error = None, str(e)
+            self.cached.clear()
+            raise RegistryUnreadable(self.path, self.error) from None
         if d is not None:
             self.cached[dev] = d
             if len(self.cached) > self.size:
@@ -90,8 +119,14 @@ class RegistryCache:
         return d
 
     def get(self, dev: int) -> Device | None:
+        """The device, None when it is not in the registry; raises RegistryUnreadable (after a retry at most
+        every `check` s, so a burst of frames does not reopen the file for each)."""
         now = self.clock()
-        if now - self.loaded > self.refresh:
+        if self.error is not None:
+            if now - self.checked <= self.check:
+                raise RegistryUnreadable(self.path, self.error)
+            self.reload()
+        elif now - self.loaded > self.refresh:
             self.reload()
         elif now - self.checked > self.check:
             self.checked = now
@@ -107,6 +142,8 @@ class RegistryCache:
         """Read this device again from the file after a MIC failure: a technician may just have rotated its
         key (gasguard device rotate-key), and its new frames must not wait for the next stat."""
         self.cached.pop(dev, None)
+        if self.error is not None:
+            raise RegistryUnreadable(self.path, self.error)
         return self._read(dev)
 
     def close(self) -> None:
@@ -114,32 +151,19 @@ class RegistryCache:
             self.db.close()
 
 
-class DeviceState:
-    """What the gateway keeps per heard device, as one slotted object in one dict (`Verifier.states`): the
-    uplink counter, rate bucket and duplicate memory (verifier), and the retained-state bookkeeping and
-    downlink route (daemon). Six dicts of small tuples/lists/dicts were ~1 KB per device, 330 MB for the
-    district. States are never dropped: `up` is the replay protection (durable in the spool's `counters`
-    table, committed with each accepted frame, and loaded back into these objects at start)."""
+class ReplayState:
+    """What verification keeps per heard device: the uplink counter (the replay protection: durable in the
+    spool's `counters` table, committed with each accepted frame, loaded back at start), the rate bucket and
+    the memory of recent frames that tells a second path's copy from a replay. Never dropped. Presence
+    (online, route, retained state) is another table: presence.PresenceTable. Slotted: ~330,000 devices."""
 
-    __slots__ = ("up", "tokens", "t_bucket", "recent", "online", "last_seen", "sbyte", "pub", "via", "rx",
-                 "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t", "silence")
+    __slots__ = ("up", "tokens", "t_bucket", "recent")
 
     def __init__(self, up: int = 0):
         self.up = up                       # highest accepted uplink counter
         self.tokens: float | None = None   # rate bucket: tokens at t_bucket; None until the first reading
         self.t_bucket = 0.0
         self.recent = b""                  # the last RECENT accepted frames: (fcnt u32 LE + mic + s u32 LE) each
-        self.online = False                # retained <dev>/state: as last published
-        self.last_seen = 0.0
-        self.sbyte: int | None = None      # the last state byte heard
-        self.pub = -1e18                   # when <dev>/state was last published
-        self.via = None                    # the transport (and its rx) the device was last heard on
-        self.rx: dict | None = None
-        # the last reading, for the retained state (slots, not a 7-tuple: 48 bytes less per device);
-        # r_t is None until the device sent one
-        self.r_fcnt = self.r_gas = self.r_pressure = self.r_battery = self.r_state = self.r_inlet = None
-        self.r_t: float | None = None
-        self.silence = 0.0                 # seconds of silence before offline (offline_timeout), 0 = not yet set
 
     def saw(self, fcnt: int, mic: bytes, now: float, window: float) -> bool:
         """This exact frame was accepted within the last `window` seconds (a copy by another path)."""
@@ -155,26 +179,19 @@ _REC = _KEY + 4     # + the accept time, whole seconds (u32 LE, wraps in 136 yea
 
 
 class Verifier:
-    def __init__(self, registry: RegistryCache, counters: dict[tuple[int, int], int], *, rate_per_min: float = 60.0,
+    def __init__(self, registry: RegistryCache, up: dict[int, int], *, rate_per_min: float = 60.0,
                  burst: int = 30, duplicate_window: float = DUPLICATE_WINDOW):
+        """`up`: the spool's durable dev -> highest accepted uplink counter."""
         self.registry = registry
-        # `counters`: the spool's durable (dev, direction) -> highest counter used: uplink ones go into the
-        # device's state, downlink ones (only devices that were acked or commanded) stay in `down`
-        self.states: dict[int, DeviceState] = {}
-        self.down: dict[int, int] = {}
-        for (dev, direction), c in counters.items():
-            if direction == UP:
-                self.state(dev).up = c
-            else:
-                self.down[dev] = c
+        self.states: dict[int, ReplayState] = {dev: ReplayState(c) for dev, c in up.items()}
         self.rate = rate_per_min / 60.0
         self.burst = float(burst)
         self.duplicate_window = duplicate_window
 
-    def state(self, dev: int) -> DeviceState:
+    def state(self, dev: int) -> ReplayState:
         st = self.states.get(dev)
         if st is None:
-            st = self.states[dev] = DeviceState()
+            st = self.states[dev] = ReplayState()
         return st
 
     def check(self, raw: bytes, now: float) -> Verified:
@@ -186,7 +203,10 @@ class Verifier:
         dev = f["dev"]
         if f["type"] == "command":
             raise Rejected("direction", dev, "a command frame travels downlink only")
-        device = self.registry.get(dev)
+        try:
+            device = self.registry.get(dev)
+        except RegistryUnreadable as e:
+            raise Rejected("registry_unreadable", dev, str(e)) from None
         if device is None:
             raise Rejected("unknown_device", dev, f"{dev:08x} is not in the registry")
         if not device.active:
@@ -197,7 +217,10 @@ class Verifier:
             try:
                 f["fcnt"] = frame.verify(raw, f, device.key, UP, last)
             except ProtocolError as e:
-                again = self.registry.recheck(dev) if e.reason == "mic" else None
+                try:
+                    again = self.registry.recheck(dev) if e.reason == "mic" else None
+                except RegistryUnreadable as u:
+                    raise Rejected("registry_unreadable", dev, str(u)) from None
                 if again is None or again.key == device.key:
                     raise
                 device = again                   # the key was rotated: the registry's new entry decides

@@ -22,6 +22,7 @@ from gasguard import logs
 from gasguard.grading import engine as G
 from gasguard.grading import report as R
 from gasguard.protocol.topics import ACK, SYNC, CommandTopics, Topics
+from gasguard.protocol.units import gas_percent_lel
 
 VALVE_CLOSED = 1
 VALVE_OPEN = 0
@@ -628,4 +629,5 @@ def _site(dev: dict) -> str:
 
 
 def _lel(v) -> float | None:
-    return None if v is None else round(v / 10, 1)
+    v = gas_percent_lel(v)
+    return None if v is None else round(v, 1)

@@ -13,6 +13,7 @@ from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
+from gasguard.tools.bench.web import web_bench
 
 
 @click.group()
@@ -75,6 +76,24 @@ def air(lbt_ms, as_json):
         print_air(out)
 
 
+@bench.command("fuzz")
+@click.option("--inputs", default=2_000_000, show_default=True, help="inputs over the five ingest paths")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def fuzz(inputs, seed, as_json):
+    """Fuzz the whole ingest path in-process (deframer, verifier, Semtech UDP, command and incident topics):
+    prints counts; exit 1 on any unexpected exception type or wrongly accepted frame (issue 12 item 11)."""
+    from gasguard.tools.bench.fuzz import print_report, run_fuzz
+    r = run_fuzz(inputs, seed, progress=None if as_json else
+                 lambda n, s: click.echo(f"  {n:,} inputs, {s:.0f} s", err=True) if n % 262_144 < 8192 else None)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        print_report(r, click.echo)
+    if r["unexpected"] or r["wrongly_accepted"]:
+        raise SystemExit(1)
+
+
 bench.add_command(fleet_bench)
 bench.add_command(command_bench)
 bench.add_command(firmware_bench)
@@ -82,3 +101,27 @@ bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
+bench.add_command(web_bench)
+
+
+@bench.command("dashboard")
+@click.option("--out", type=click.Path(dir_okay=False), default="docs/img/dashboard.png", show_default=True,
+              help="the PNG to write")
+@click.option("--seconds", type=float, default=150.0, show_default=True, help="wall seconds of the drill")
+@click.option("--keep", is_flag=True, help="keep the work folder (gateway and Prometheus logs, TSDB)")
+def dashboard_cmd(out, seconds, keep):
+    """Render monitoring/grafana/gasguard-dashboard.json with a real gateway drill scraped by a real
+    Prometheus (no Grafana: see tools/bench/dashboard.py), into a PNG for the operations guide."""
+    from pathlib import Path
+
+    from gasguard.tools.bench.dashboard import capture
+    try:
+        rep = capture(Path(out), seconds, keep, log=lambda m: click.echo(m, err=True))
+    except RuntimeError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(1)
+    empty = [t for t, n in rep["panels"].items() if not n]
+    click.echo(json.dumps(rep, indent=1))
+    click.echo(f"{len(rep['panels']) - len(empty)} of {len(rep['panels'])} panels with data; without: "
+               f"{', '.join(empty) or 'none'}", err=True)
+
