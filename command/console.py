@@ -38,6 +38,7 @@ class IncidentBoard:
 
     def __init__(self, keep_resolved_s: float = 600.0):
         self.incidents: dict[str, dict] = {}
+        self.gateways: dict[str, dict] = {}      # gateway id -> the command service's view (online, silent)
         self.keep_resolved_s = keep_resolved_s
         self.version = 0
         self._lock = threading.Lock()
@@ -58,6 +59,32 @@ class IncidentBoard:
         with self._lock:
             return self.incidents.get(iid)
 
+    def apply_gateway(self, msg: dict) -> bool:
+        """A gateway's state as the command service sees it (birth, Last Will, silence)."""
+        gid = msg.get("gateway")
+        if not isinstance(gid, str):
+            return False
+        with self._lock:
+            cur = self.gateways.get(gid)
+            if cur is not None and cur.get("t", 0) > msg.get("t", 0):
+                return False
+            self.gateways[gid] = msg
+            self.version += 1
+            return True
+
+    def gateway_line(self) -> str:
+        """"gateways: 19 heard, SILENT gw07 (last heard 10:31:02)" -- what the operator must see."""
+        with self._lock:
+            gws = list(self.gateways.values())
+        if not gws:
+            return ""
+        bad = [g for g in gws if g.get("silent") or g.get("online") is False]
+        text = f"gateways: {len(gws) - len(bad)} heard"
+        for g in sorted(bad, key=lambda g: g["gateway"]):
+            when = time.strftime("%H:%M:%S", time.localtime(g["last_seen"])) if g.get("last_seen") else "?"
+            text += f", {'SILENT' if g.get('silent') else 'OFFLINE'} {g['gateway']} (last heard {when})"
+        return text
+
     def rows(self, now: float) -> list[dict]:
         """Open incidents first (most severe, then oldest), then recently resolved ones."""
         with self._lock:
@@ -75,8 +102,9 @@ def _left(deadline: float, now: float) -> str:
 def render_board(board: IncidentBoard, now: float, *, district: str = "", selected: str | None = None,
                  status: str = "") -> Group:
     rows = board.rows(now)
+    caption = "   ".join(x for x in (board.gateway_line(), status) if x)
     table = Table(title=f"GasGuard district command {district} — open incidents", expand=True,
-                  title_style="bold", caption=status or None)
+                  title_style="bold", caption=caption or None)
     for col, kw in (("", {"width": 1}), ("incident", {"no_wrap": True}), ("warning", {}), ("level", {}),
                     ("category", {}), ("site", {}), ("households", {"justify": "right"}),
                     ("phone 20'", {"no_wrap": True}), ("written 45'", {"no_wrap": True}), ("ack", {}),
@@ -164,6 +192,8 @@ class CommandClient:
         if reason_code.is_failure:
             return
         client.subscribe(self.topic, qos=1)
+        if self.topic == self.command_topics.incidents:
+            client.subscribe(self.command_topics.gateways, qos=1)     # silent gateways (the command service)
         self.connected.set()
         self.request_sync()
 
@@ -171,6 +201,9 @@ class CommandClient:
         try:
             msg = json.loads(m.payload)
         except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("schema") == "gasguard.command-gateway/1":
+            self.board.apply_gateway(msg)
             return
         if isinstance(msg, dict) and self.board.apply(msg):
             try:

@@ -194,15 +194,18 @@ class DistrictGrader:
         if was != (online, False):
             text = f"gateway {gid} " + ("online (birth)" if online else "OFFLINE (its Last Will or a clean stop)")
             tx.journal(now, "gateway", text, who=gid, data={"online": online})
-            out.direct.append(self._gateway_msg(gid, now))
+        out.direct.append(self._gateway_msg(gid, now))      # births and Wills are rare: always shown
 
     def _heard(self, tx, gid, now, out) -> None:
         g = self.gateways.get(gid)
         if g is None or g["silent"] or now - g["last_seen"] > 1.0:     # write at most once a second per gateway
             back = g is not None and g["silent"]
+            new = g is None                     # heard before its birth was graded (alarms go first)
             g = self.gateways.setdefault(gid, {"last_seen": now, "online": True, "silent": False})
             g.update(last_seen=now, silent=False)
-            tx.gateway(gid, self.cfg["district"], now, silent=False)
+            tx.gateway(gid, self.cfg["district"], now, online=True if new else None, silent=False)
+            if new:
+                out.direct.append(self._gateway_msg(gid, now))
             if back:
                 tx.journal(now, "gateway", f"gateway {gid} heard again", who=gid)
                 out.direct.append(self._gateway_msg(gid, now))

@@ -78,6 +78,7 @@ class CommandTopics:
     def __init__(self, base):
         self.base = base                       # "<root>/<district>/command"
         self.incidents = base + "/" + INCIDENT + "/+"
+        self.gateways = base + "/" + GATEWAY + "/+"     # the command service's view of each gateway
         self.sync = base + "/" + SYNC
         # what an incident engine listens to: the command's acknowledgements, inputs and sync requests
         self.subscriptions = [base + "/" + ACK + "/+", base + "/" + INPUT + "/+", self.sync]

@@ -97,6 +97,8 @@ def test_two_gateways_one_district_picture_escalation_and_ack(tmp_path, mosquitt
             svc.tick_now()
             esc = console.wait_for(supply["incident_id"], 10, lambda m: m["kind"] == "escalation")
             assert esc["escalation"]["stage"] == "phone"
+            # the gateways as the service sees them reach the console (silence: test_command_grading)
+            _wait(lambda: {"gw1", "gw2"} <= set(console.board.gateways), 10, "the console's view of the gateways")
             console.ack(supply["incident_id"], "王值班", esc["revision"])
             acked = console.wait_for(supply["incident_id"], 10, lambda m: bool(m["acked"]))
             assert acked["acked"]["by"] == "王值班" and acked["escalation"] is None

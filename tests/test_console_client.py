@@ -246,3 +246,16 @@ def test_watch_keeps_an_alarm_that_cleared_unacknowledged_until_someone_acknowle
 def test_cli_input_keeps_spaces_and_quotes_in_one_field():
     from gasguard.command.console import parse_fields
     assert parse_fields(["note=it's on fire, 3 floors", "deaths=0"]) == {"note": "it's on fire, 3 floors", "deaths": 0}
+
+
+def test_board_shows_silent_and_offline_gateways_from_the_command_service():
+    b = IncidentBoard()
+    for gid, online, silent, t in (("gw01", True, False, 5.0), ("gw07", True, True, 6.0), ("gw09", False, False, 7.0)):
+        assert b.apply_gateway({"schema": "gasguard.command-gateway/1", "gateway": gid, "online": online,
+                                "silent": silent, "last_seen": 1_795_400_000.0, "t": t})
+    assert not b.apply_gateway({"gateway": "gw07", "online": True, "silent": False, "t": 1.0})   # older: ignored
+    line = b.gateway_line()
+    assert line.startswith("gateways: 1 heard") and "SILENT gw07" in line and "OFFLINE gw09" in line
+    rc = Console(width=200, record=True)
+    rc.print(render_board(b, 1_795_400_100.0, district="lixia"))
+    assert "SILENT gw07" in rc.export_text()
