@@ -44,7 +44,7 @@ def check_config(path, as_json):
         sys.exit(1)
     summary = {"gateway": cfg.gateway_id, "district": cfg.district, "root": cfg.root, "devices": n,
                "serial": [s.port for s in cfg.serial], "udp": cfg.udp_bind, "spool": str(cfg.spool),
-               "mqtt": f"{cfg.mqtt_host}:{cfg.mqtt_port}", "tls": bool(cfg.tls_ca), "plugins": sorted(cfg.plugins)}
+               "mqtt": ", ".join(map(str, cfg.brokers)), "tls": bool(cfg.tls_ca), "plugins": sorted(cfg.plugins)}
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gasguard.brokers import Endpoint, EndpointError, endpoints_from
+
 
 class ConfigError(Exception):
     """Bad configuration: `key` is the dotted TOML key, the message says the fix."""
@@ -40,8 +42,10 @@ class Config:
     spool: Path
     serial: list[SerialPort] = field(default_factory=list)
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
-    mqtt_host: str = "127.0.0.1"
+    mqtt_host: str = "127.0.0.1"       # the single-broker form; `brokers` wins when set
     mqtt_port: int = 1883
+    mqtt_brokers: list[Endpoint] = field(default_factory=list)   # [mqtt] brokers: a cluster's nodes, in order
+    connect_timeout: float = 5.0       # s for a node's CONNACK before the next node is tried
     mqtt_client_id: str = ""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
@@ -71,6 +75,11 @@ class Config:
     log_level: str = "INFO"
     log_json: bool = False
     source: Path | None = None
+
+    @property
+    def brokers(self) -> list[Endpoint]:
+        """The endpoints the publisher goes through (gasguard.brokers.FailoverClient)."""
+        return self.mqtt_brokers or [Endpoint(self.mqtt_host, self.mqtt_port)]
 
     @property
     def root(self) -> str:
@@ -110,7 +119,7 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind"},
-    "mqtt": {"host", "port", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+    "mqtt": {"host", "port", "brokers", "connect_timeout", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
@@ -175,10 +184,12 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
 
     m = _get(doc, "mqtt", dict, {})
     _unknown(m, "mqtt")
-    cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
-    cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
-    if not 0 < cfg.mqtt_port < 65536:
-        raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")
+    try:
+        cfg.mqtt_brokers = endpoints_from(m, "mqtt")
+    except EndpointError as e:
+        raise ConfigError(e.key, e.fix) from None
+    cfg.mqtt_host, cfg.mqtt_port = cfg.mqtt_brokers[0].host, cfg.mqtt_brokers[0].port
+    cfg.connect_timeout = _positive(_get(m, "connect_timeout", float, 5.0, "mqtt"), "mqtt.connect_timeout")
     cfg.mqtt_client_id = _get(m, "client_id", str, f"gasguard-gw-{gid}", "mqtt")
     cfg.mqtt_username = _get(m, "username", str, None, "mqtt")
     cfg.mqtt_password = _get(m, "password", str, None, "mqtt")
