@@ -7,6 +7,7 @@ VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 NODE_MODS := tools/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
+TAHU_MODS := testing/tahu/node_modules/sparkplug-payload/package.json
 JOBS      ?= 2
 
 .PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto bench
@@ -28,7 +29,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/gasguard bench all
 
-setup: $(STAMP) $(NODE_MODS) mosquitto
+setup: $(STAMP) $(NODE_MODS) $(TAHU_MODS) mosquitto
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -40,6 +41,12 @@ $(NODE_MODS): tools/package.json tools/package-lock.json
 	@command -v node >/dev/null || { echo "node (>= 18) is needed to run MicroPython on the host: apt-get install nodejs"; exit 1; }
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_MODS)
+
+# Eclipse Tahu's Sparkplug B packages: the independent decoder and host the Sparkplug tests check against
+$(TAHU_MODS): testing/tahu/package.json testing/tahu/package-lock.json
+	@command -v node >/dev/null || { echo "node (>= 18) is needed for the Sparkplug tests: apt-get install nodejs"; exit 1; }
+	cd testing/tahu && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TAHU_MODS)
 
 # The real broker for tests (Debian's mosquitto). Installed when missing and we are root.
 mosquitto:
@@ -53,4 +60,4 @@ mosquitto:
 	fi
 
 clean:
-	rm -rf $(VENV) tools/node_modules build *.egg-info
+	rm -rf $(VENV) tools/node_modules testing/tahu/node_modules build *.egg-info

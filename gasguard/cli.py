@@ -3,6 +3,7 @@
 import click
 
 from gasguard import __version__
+from gasguard.authority.cli import audit, authority
 from gasguard.gateway.cli import gateway
 from gasguard.gateway.console_cli import command
 from gasguard.provisioning.cli import device
@@ -22,6 +23,8 @@ def cli():
       command  district console: incidents, acknowledgements, reports
       sim      virtual boards (real firmware in MicroPython) and the fleet simulator
       bench    benchmarks that print figures
+      authority  district operators, their roles and keys; broker access
+      audit    the tamper-evident record: verify, show
     """
 
 
@@ -30,6 +33,8 @@ cli.add_command(gateway)
 cli.add_command(command)
 cli.add_command(sim)
 cli.add_command(bench)
+cli.add_command(authority)
+cli.add_command(audit)
 
 
 def main():

@@ -70,6 +70,7 @@ class Config:
     command_timeout: float = 120.0
     command_retry: float = 10.0
     tick_interval: float = 1.0
+    stall_after: float = 20.0          # seconds a daemon loop may make no progress before the watchdog starves
     metrics_bind: str | None = None    # "host:port" for Prometheus, or None
     plugins: dict = field(default_factory=dict)
     log_level: str = "INFO"
@@ -124,7 +125,7 @@ _KNOWN = {
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
     "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
-    "metrics": {"bind", "stats_interval", "tick_interval"},
+    "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
 }
 
 
@@ -141,8 +142,8 @@ def _unknown(table: dict, name: str):
 def parse(doc: dict, base: Path = Path(".")) -> Config:
     """A TOML document (already parsed) -> Config. Relative paths are relative to `base`."""
     for top in doc:
-        if top not in _KNOWN and top != "plugins":
-            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins")
+        if top not in _KNOWN and top not in ("plugins", "sparkplug"):
+            raise ConfigError(top, f"unknown table; known: {', '.join(sorted(_KNOWN))}, plugins, sparkplug")
     g = _get(doc, "gateway", dict)
     _unknown(g, "gateway")
     gid = _get(g, "id", str, path="gateway")
@@ -245,7 +246,17 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         cfg.metrics_bind = _hostport(_get(mt, "bind", str, path="metrics"), "metrics.bind")
     cfg.stats_interval = _positive(_get(mt, "stats_interval", float, 60.0, "metrics"), "metrics.stats_interval")
     cfg.tick_interval = _positive(_get(mt, "tick_interval", float, 1.0, "metrics"), "metrics.tick_interval")
+    cfg.stall_after = _get(mt, "stall_after", float, 20.0, "metrics")
+    if cfg.stall_after < 2 * cfg.tick_interval:
+        raise ConfigError("metrics.stall_after", f"{cfg.stall_after} s is under two ticks ({cfg.tick_interval} s "
+                          "each): a healthy ticker would look stuck; use e.g. 20 (below the unit's WatchdogSec=30)")
 
+    if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
+        from .sparkplug.plugin import OptionError, check_options
+        try:
+            cfg.plugins["sparkplug"] = check_options(_get(doc, "sparkplug", dict))
+        except OptionError as e:
+            raise ConfigError(e.key, str(e).split(": ", 1)[1]) from None
     pl = _get(doc, "plugins", dict, {})
     from .plugin import PLUGINS
     for name, opts in pl.items():

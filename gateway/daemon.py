@@ -33,6 +33,7 @@ from .supervisor import supervise
 from .transports.semtech_udp import listen
 from .transports.serial import SerialTransport
 from .verify import Rejected, RegistryCache, Verifier
+from .watchdog import Heartbeats, Watchdog
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -100,6 +101,7 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
+        self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
@@ -118,7 +120,12 @@ class Daemon:
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
         self.stopping = False
         if plugins is None:
-            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock)
+            ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, mqtt={
+                "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
+                "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
+                "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
+                "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
+                "spool_dir": str(cfg.spool.parent), "version": __version__})
             plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
         self.plugins = plugins
         for p in plugins:
@@ -152,6 +159,7 @@ class Daemon:
                 self.process(first)    # its own, small transaction: on disk and published before the rest
             if rest:
                 self.process(rest)
+            self.beats.beat("ingest")
 
     def process(self, group: list) -> None:
         """Verify a group of frames and commit what is accepted in one transaction."""
@@ -433,6 +441,9 @@ class Daemon:
         while True:
             await asyncio.sleep(self.cfg.tick_interval)
             self.tick(self.clock())
+            self.beats.beat("ticker")
+            if self.queue.empty():
+                self.beats.beat("ingest")     # waiting for frames is healthy; a queue that does not drain is not
             mono = time.monotonic()
             if mono - last_gauges >= 5:
                 last_gauges = mono
@@ -500,9 +511,15 @@ class Daemon:
         core = [asyncio.create_task(supervise("ingest", self.ingest, metrics=self.metrics)),
                 asyncio.create_task(supervise("publisher", self.publisher.run, metrics=self.metrics)),
                 asyncio.create_task(supervise("ticker", self.ticker, metrics=self.metrics))]
+        for name in ("ingest", "ticker"):
+            self.beats.beat(name)
+        watchdog = Watchdog(self.beats, self.cfg.stall_after)
+        watchdog.ready(f"gateway {self.cfg.gateway_id}: {len(self.serial)} serial port(s)"
+                       f"{', UDP ' + self.cfg.udp_bind if self.cfg.udp_bind else ''}")
         try:
             await stop.wait()
         finally:
+            watchdog.stopping()
             log.info("stopping: ingest first, then flushing what the broker takes in 3 s")
             self.stopping = True
             for t in ingest_tasks:
@@ -515,6 +532,7 @@ class Daemon:
                 rest.append(self.queue.get_nowait())
             if rest:
                 self.process(rest)
+            self.beats.beat("ingest")
             deadline = time.monotonic() + 3.0
             while self.publisher.connected and self.publisher.inflight and time.monotonic() < deadline:
                 self.publisher.fill()

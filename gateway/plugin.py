@@ -30,6 +30,7 @@ class PluginContext:
     root: str                       # "gasguard/v1/<district>/<gateway>"
     registry_path: str
     clock: Callable[[], float]      # the daemon's clock (epoch seconds); virtual in tests
+    mqtt: dict | None = None        # the gateway's broker settings, for a plugin that needs a session of its own
 
 
 class Plugin:
@@ -81,4 +82,10 @@ def _grading(options: dict, context: PluginContext) -> Plugin:
     return make_plugin(options, context)
 
 
+def _sparkplug(options: dict, context: PluginContext) -> Plugin:
+    from .sparkplug.plugin import make_plugin    # lazy: protobuf is only imported when Sparkplug is on
+    return make_plugin(options, context)
+
+
 PLUGINS["grading"] = _grading
+PLUGINS["sparkplug"] = _sparkplug

@@ -10,6 +10,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gasguard.authority.secretfile import write_secret  # noqa: F401  (one 0600 writer, shared)
+
 from .errors import BadInput, ProvisioningError
 
 KEY_LEN = 16   # SPEC 5: the HMAC-SHA256 key of a device is 128 bits
@@ -18,22 +20,6 @@ KEY_LEN = 16   # SPEC 5: the HMAC-SHA256 key of a device is 128 bits
 def new_device_key() -> bytes:
     """A device key from the OS's CSPRNG (secrets uses os.urandom / getrandom)."""
     return secrets.token_bytes(KEY_LEN)
-
-
-def write_secret(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` readable by the owner only; the file never exists with wider rights."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)   # an older tmp file may have had other rights
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, p)
-    return p
 
 
 def fingerprint(pub: Ed25519PublicKey) -> str:

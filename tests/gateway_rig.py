@@ -143,15 +143,16 @@ class GatewayProcess:
     """`gasguard gateway run --config ...` as a child process (SIGKILL / SIGTERM tests). Its log goes to a
     file so a failing test can show it."""
 
-    def __init__(self, config: Path, log: Path):
+    def __init__(self, config: Path, log: Path, env: dict | None = None):
         self.config, self.log_path = config, log
+        self.env = None if env is None else {**os.environ, **env}     # e.g. NOTIFY_SOCKET (systemd)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
         self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0   # this run's part of the log
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
-                                      str(self.config)], stdout=self.logf, stderr=subprocess.STDOUT)
+                                      str(self.config)], stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
         return self
 
     def kill(self) -> None:
