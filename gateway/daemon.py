@@ -121,7 +121,7 @@ class Daemon:
         self.stopping = False
         if plugins is None:
             ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, mqtt={
-                "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
+                "host": cfg.mqtt_host, "port": cfg.mqtt_port, "brokers": cfg.brokers, "client_id": cfg.mqtt_client_id,
                 "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
                 "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
                 "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
