@@ -17,7 +17,7 @@ import json
 import logging
 import time
 
-from gasguard import __version__
+from gasguard import __version__, logs
 from gasguard.firmware import bounds
 from gasguard.protocol import frame
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
@@ -101,6 +101,9 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
+        self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
+        self.metrics.clock_speed.set(1)
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
@@ -223,6 +226,8 @@ class Daemon:
                 if p is not None:
                     res = payloads.result_name(f["result"])
                     results.append(res)
+                    log.info("command %s (cid %d) answered: %s", p.cmd, p.cid, res,
+                             extra=logs.fields(device=dev, request=p.request_id))
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
                         gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
                         topic=self.topics.device(dev, "cmd/result")))
@@ -400,11 +405,11 @@ class Daemon:
             except (ValueError, AttributeError):
                 pass
             self.metrics.commands.labels("rejected").inc()
-            log.warning("command for %08x rejected: %s", dev, e)
+            log.warning("command rejected: %s", e, extra=logs.fields(device=dev, request=rid or None))
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
             self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, p.request_id)
+        log.info("command %s (cid %d) queued", p.cmd, p.cid, extra=logs.fields(device=dev, request=p.request_id))
         self._commands_due(now)
 
     def _commands_due(self, now: float) -> None:
@@ -428,7 +433,8 @@ class Daemon:
         outs = []
         for p in dead:
             self.metrics.commands.labels("timeout").inc()
-            log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
+            log.warning("command %s (cid %d) timed out after %d tries", p.cmd, p.cid, p.tries,
+                        extra=logs.fields(device=p.dev, request=p.request_id))
             outs.append((self.topics.device(p.dev, "cmd/result"), payloads.command_result(
                 self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
                 f"no ack after {p.tries} tries"), "event", False))
@@ -459,7 +465,7 @@ class Daemon:
         for dev, st in self.devstate.items():
             if st.online and now - st.last_seen > st.silence:   # set with the first online state
                 st.online, st.pub = False, now
-                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
+                log.warning("device offline: nothing heard for %.0f s", now - st.last_seen, extra=logs.fields(device=dev))
                 items.append(self._state_item(dev, now, st))
         if items:
             try:
@@ -482,13 +488,27 @@ class Daemon:
             self.metrics.spool_depth.labels(lane).set(n)
         self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
         self.metrics.spool_bytes.set(self.spool.size)
+        online = sum(1 for st in self.devstate.values() if st.online)
+        self.metrics.devices_online.set(online)
+        self.metrics.devices_offline.set(sum(1 for st in self.devstate.values() if st.last_seen) - online)
+        sums: dict = {}
+        for p in self.plugins:
+            try:
+                gauges = getattr(p, "gauges", None)
+                for name, values in ((gauges and gauges(self.clock())) or {}).items():
+                    for label, v in values.items():
+                        sums[(name, label)] = sums.get((name, label), 0) + v
+            except Exception:
+                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+        for (name, label), v in sums.items():
+            getattr(self.metrics, name).labels(label).set(v)
 
     def stats(self) -> dict:
         m = self.metrics
         rej = {}
         for metric in m.rejected.collect():
             for s in metric.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith("_total") and s.value:
                     rej[s.labels["reason"]] = int(s.value)
         return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),
                 "accepted": self.accepted_count, "rejected": rej, "spool_bytes": self.spool.size,
