@@ -7,6 +7,7 @@ and `gasguard gateway run` give the same answer.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Config:
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
+    verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (TOML default:
+                                       # on when the machine has 2 or more CPUs)
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_audit: bool = False          # keep a log of every accepted id (forensics, fault tests)
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
@@ -123,6 +126,7 @@ _KNOWN = {
     "mqtt": {"host", "port", "brokers", "connect_timeout", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
+    "ingest": {"verify_worker"},
     "spool": {"max_mb", "audit", "synchronous"},
     "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
     "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
@@ -220,6 +224,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.batch_delay = _get(b, "delay", float, 1.0, "batch")
     if not 0 <= cfg.batch_delay <= 60:
         raise ConfigError("batch.delay", "seconds between 0 and 60 (readings wait at most this long)")
+
+    ing = _get(doc, "ingest", dict, {})
+    _unknown(ing, "ingest")
+    # the second core: on by default where there is one (a single-core gateway would only pay the IPC)
+    cfg.verify_worker = _get(ing, "verify_worker", bool, (os.cpu_count() or 1) >= 2, "ingest")
 
     s = _get(doc, "spool", dict, {})
     _unknown(s, "spool")

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 
 from gasguard import __version__, logs
 from gasguard.firmware import bounds
@@ -32,6 +33,7 @@ from .spool import ALARM, EVENT, LANE_NAMES, LANE_OF, READING, STATE, Item, Spoo
 from .supervisor import supervise
 from .transports.semtech_udp import listen
 from .transports.serial import SerialTransport
+from .preverify import PreVerifier
 from .verify import Rejected, RegistryCache, Verifier
 from .watchdog import Heartbeats, Watchdog
 
@@ -39,6 +41,7 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
+PIPELINE = 2           # groups in the verification worker at once: one being verified, one ready
 THIN_REPORT_S = 10.0   # at most one published "thinned" event this often (counts accumulate between)
 EVENT_KIND = 0x100     # seqs table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
@@ -53,15 +56,16 @@ def _mtopic_match(sub: str, topic: str) -> bool:
     return len(s) == len(t)
 
 
-def alarms_first(group: list) -> tuple[list, list]:
+def alarms_first(group: list, busy=()) -> tuple[list, list]:
     """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
-    frame in this group moves to a group of its own, committed and published before the rest. Nothing
-    else moves, so readings keep their arrival order and each device its frame order (counters verify as
-    they would). ([], group) when no alarm can move."""
+    frame in this group (nor in `busy`: devices with frames still in the verification pipeline) moves to a
+    group of its own, committed and published before the rest. Nothing else moves, so readings keep their
+    arrival order and each device its frame order (counters verify as they would). ([], group) when no
+    alarm can move."""
     heads = [frame.peek(raw) if raw is not None else None for raw, _, _ in group]
     if not any(h is not None and h[0] == T_ALARM for h in heads):
         return [], group
-    first, rest, seen = [], [], set()
+    first, rest, seen = [], [], set(busy)
     for g, h in zip(group, heads):
         if h is not None:
             if h[1] not in seen and h[0] == T_ALARM:
@@ -111,6 +115,8 @@ class Daemon:
         self.registry = RegistryCache(cfg.registry)
         counters = self.spool.counters()
         self.verifier = Verifier(self.registry, counters, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst)
+        # the second core (ingest.verify_worker): decode + MIC + entry JSON of the next group in a worker
+        self.pre = PreVerifier(cfg.registry, cfg.gateway_id, counters) if cfg.verify_worker else None
         self.seqs = self.spool.seqs()
         self.topics = payloads.Topics(cfg.root)
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, on_message=self._on_mqtt)
@@ -152,11 +158,17 @@ class Daemon:
         self.burst.event("reject:" + reason, "rejected %s frame from %s via %s: %s", reason,
                          "?" if dev is None else f"{dev:08x}", rx.get("transport") if rx else "?", detail)
 
+    def _take(self, first) -> list:
+        group = [first]
+        while len(group) < GROUP_MAX and not self.queue.empty():
+            group.append(self.queue.get_nowait())
+        return group
+
     async def ingest(self) -> None:
+        if self.pre is not None:
+            await self._ingest_pipelined()
         while True:
-            group = [await self.queue.get()]
-            while len(group) < GROUP_MAX and not self.queue.empty():
-                group.append(self.queue.get_nowait())
+            group = self._take(await self.queue.get())
             first, rest = alarms_first(group)
             if first:
                 self.process(first)    # its own, small transaction: on disk and published before the rest
@@ -164,9 +176,51 @@ class Daemon:
                 self.process(rest)
             self.beats.beat("ingest")
 
-    def process(self, group: list) -> None:
-        """Verify a group of frames and commit what is accepted in one transaction."""
-        now = self.clock()
+    async def _ingest_pipelined(self) -> None:
+        """Two cores (gateway/preverify.py): group k+1 is decoded and MIC-checked in the worker while group k
+        is committed here. Groups are processed in the order they were taken, so per-device order holds.
+        Alarms whose device has nothing in flight skip the worker (processed at once, as without it)."""
+        pending: deque = deque()          # (group, now, future of the worker's answers), oldest first
+        busy: dict[int, int] = {}         # device -> frames of it in pending groups (their order must hold)
+        try:
+            while True:
+                while len(pending) < PIPELINE and (not pending or not self.queue.empty()):
+                    group = self._take(await self.queue.get() if not pending else self.queue.get_nowait())
+                    first, rest = alarms_first(group, busy)
+                    if first:
+                        self.process(first)
+                    if rest:
+                        now = self.clock()
+                        devs = [h[1] for h in (frame.peek(raw) for raw, _, _ in rest if raw is not None) if h]
+                        for d in devs:
+                            busy[d] = busy.get(d, 0) + 1
+                        pending.append((rest, now, devs, self.pre.submit(now, rest)))
+                if not pending:
+                    continue
+                group, now, devs, fut = pending[0]
+                try:
+                    answers = await fut
+                except Exception as e:  # noqa: BLE001 - a dead worker: verify here, say so once per burst
+                    self.burst.event("preverify", "verification worker failed (%s); verifying in-process", e)
+                    answers = None
+                pending.popleft()
+                for d in devs:
+                    n = busy.pop(d) - 1
+                    if n:
+                        busy[d] = n
+                self.process(group, answers, now)
+                self.beats.beat("ingest")
+        finally:
+            # a stop (cancel) while groups are in flight: they were taken from the queue, so they are
+            # processed here, in order and in-process, as the queue's leftovers are by run()
+            for group, now, _devs, fut in pending:
+                fut.cancel()
+                self.process(group)
+
+    def process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
+        """Verify a group of frames and commit what is accepted in one transaction. `pre`: the verification
+        worker's answer for each frame (gateway/preverify.py), or None."""
+        now = self.clock() if now is None else now
         cfg, gid, dist = self.cfg, self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
         counters: dict = {}
@@ -182,12 +236,13 @@ class Daemon:
             per_transport[t] = per_transport.get(t, 0) + 1
         for t, n in per_transport.items():
             self.metrics.frames_in.labels(t).inc(n)
-        for raw, rx, route in group:
+        for i, (raw, rx, route) in enumerate(group):
             if raw is None:
                 self._reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
+            p = pre[i] if pre is not None else None
             try:
-                v = self.verifier.check(raw, now)
+                v = self.verifier.check(raw, now, p)
             except Rejected as r:
                 self._reject(r.reason, r.dev, rx, str(r))
                 continue
@@ -198,8 +253,8 @@ class Daemon:
             typ = f["type"]
             repeat = False
             if typ == "reading":
-                entry = payloads.reading_entry(mid, f, now, rx)
-                items.append(Item(READING, dev, payloads.dumps(entry), mid, now, routine=(f["state"] & 0xF8) == 0))
+                js = p[2] if p is not None and p[0] is f else payloads.reading_json(mid, f, now, rx)
+                items.append(Item(READING, dev, js, mid, now, routine=(f["state"] & 0xF8) == 0))
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
@@ -523,6 +578,8 @@ class Daemon:
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
+        if self.pre is not None:
+            await self.pre.start()
         self.publisher.start()
         udp_transport = None
         if self.cfg.udp_bind:
@@ -567,3 +624,5 @@ class Daemon:
             log.info("stopped; left in spool: %s", ", ".join(f"{k} {v[0]}" for k, v in left.items()))
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file
+            if self.pre is not None:
+                self.pre.close()

@@ -11,6 +11,7 @@ from gasguard.tools.bench_firmware import firmware_bench
 from gasguard.tools.bench_fleet import fleet as fleet_bench
 from gasguard.tools.bench_all import bench_all
 from gasguard.tools.bench_gateway import gateway_bench, memory_bench
+from gasguard.tools.bench_peers import peers_bench
 from gasguard.tools.bench_provisioning import provisioning_bench
 
 
@@ -80,3 +81,4 @@ bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
+bench.add_command(peers_bench)
