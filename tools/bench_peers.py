@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -182,10 +183,17 @@ def _tb_session_limits(client, m):
 
 # -- one peer run ----------------------------------------------------------------------------------------
 def _write_all(cable, data: bytes, chunk: int = 4096) -> None:
-    """As fast as the reader drains the pty (its buffer is the back-pressure a UART's reader gives)."""
+    """As fast as the reader drains the pty (its buffer is the back-pressure a UART's reader gives); a slow
+    reader (ThingsBoard reads a byte at a time) is waited for up to RUN_CAP_S, not declared dead."""
     view = memoryview(data)
-    for i in range(0, len(view), chunk):
-        cable.write(bytes(view[i:i + chunk]))
+    deadline = time.monotonic() + RUN_CAP_S
+    while view and time.monotonic() < deadline:
+        select.select([], [cable.master], [], 1.0)
+        try:
+            n = os.write(cable.master, view[:chunk])
+        except BlockingIOError:
+            continue
+        view = view[n:]
 
 
 def _until_ready(cable, counter, probe_bytes: bytes, key, timeout: float, what: str, proc) -> None:
@@ -306,18 +314,19 @@ def run_thingsboard(home: Path, d: Path, data: bytes, expected: set) -> dict:
 
 
 def _nr_flow(tty: str, port: int) -> list:
+    # ids unlike any type name or value: Node-RED takes a property equal to a node id for a reference
     return [
-        {"id": "bench", "type": "tab", "label": "bench"},
-        {"id": "sp", "type": "serial-port", "serialport": tty, "serialbaud": "115200", "databits": "8",
+        {"id": "f0a1", "type": "tab", "label": "bench"},
+        {"id": "c0a1", "type": "serial-port", "serialport": tty, "serialbaud": "115200", "databits": "8",
          "parity": "none", "stopbits": "1", "waitfor": "", "dtr": "none", "rts": "none", "cts": "none",
          "dsr": "none", "newline": "\\n", "bin": "false", "out": "char", "addchar": "", "responsetimeout": "10000"},
-        {"id": "in", "type": "serial in", "z": "bench", "serial": "sp", "wires": [["join"]]},
-        {"id": "join", "type": "join", "z": "bench", "mode": "custom", "build": "string", "property": "payload",
+        {"id": "n0a1", "type": "serial in", "z": "f0a1", "serial": "c0a1", "x": 100, "y": 100, "wires": [["n0a2"]]},
+        {"id": "n0a2", "type": "join", "z": "f0a1", "x": 300, "y": 100, "mode": "custom", "build": "string", "property": "payload",
          "propertyType": "msg", "key": "topic", "joiner": "", "joinerType": "str", "accumulate": False,
-         "timeout": "0.05", "count": "200", "reduceRight": False, "wires": [["out"]]},
-        {"id": "out", "type": "mqtt out", "z": "bench", "broker": "br", "topic": "nr/readings", "qos": "1",
+         "timeout": "0.05", "count": "200", "reduceRight": False, "wires": [["n0a3"]]},
+        {"id": "n0a3", "type": "mqtt out", "z": "f0a1", "x": 500, "y": 100, "broker": "c0a2", "topic": "nr/readings", "qos": "1",
          "retain": "false", "wires": []},
-        {"id": "br", "type": "mqtt-broker", "broker": "127.0.0.1", "port": str(port), "clientid": "nr-bench",
+        {"id": "c0a2", "type": "mqtt-broker", "broker": "127.0.0.1", "port": str(port), "clientid": "nr-bench",
          "usetls": False, "protocolVersion": "4", "keepalive": "60", "cleansession": True, "autoConnect": True},
     ]
 
