@@ -5,11 +5,9 @@
 # The latch is persisted before the valve moves and before anything reports it, so neither the node nor the
 # gateway can be left believing in an open valve that a power cut closed (issue 3; see `sample`).
 
-from gasguard.firmware import bounds, safety, sensing
-from gasguard.protocol import const, units
+from gasguard.firmware import bounds, commands, safety, sensing, ticks
+from gasguard.protocol import const
 
-FW_MAJOR = 1
-FW_MINOR = 0
 POLL_MS = 100
 
 
@@ -91,8 +89,7 @@ class App:
             hw.valve.close()
         self.valve_state = const.VALVE_CLOSED if hw.valve.closed() else const.VALVE_OPEN
         self.safety.valve = const.VALVE_CLOSED if self.safety.latched else self.valve_state
-        prof = 2 if self.profile == bounds.STATION else 1
-        link.event(now, const.EV_BOOT, bytes([reset_cause & 0xFF, FW_MAJOR, FW_MINOR, prof]))
+        link.event(now, const.EV_BOOT, commands.boot_data(reset_cause, self.profile))
         if not ok:
             link.event(now, const.EV_CONFIG, bytes([0, 0, 0]))
 
@@ -169,7 +166,7 @@ class App:
                 self.log("alarm: %s" % const.ALARM_NAMES[code])
             elif s.cleared & bit:
                 t0 = self.since.pop(code, now)
-                age = ((now - t0) & safety.TICKS_MASK) // 1000
+                age = ticks.elapsed(now, t0) // 1000
                 self.link.alarm(now, code, True, age, self._alarm_value(code) or 0, st)
                 self.log("alarm cleared: %s" % const.ALARM_NAMES[code])
 
@@ -227,9 +224,8 @@ class App:
         elif cmd == const.CMD_STATUS:
             link.ack(now, const.COMMAND, cid, const.R_OK)
             s = self.safety
-            data = bytes([s.state_byte(), s.level, s.fault & 0xFF, self.battery & 0xFF,
-                          min(link.dropped_readings, 255), min(link.pending(), 255)])
-            link.event(now, const.EV_STATUS, data)
+            link.event(now, const.EV_STATUS, commands.status_data(s.state_byte(), s.level, s.fault, self.battery,
+                                                                  link.dropped_readings, link.pending()))
             self.report(now)
         elif cmd == const.CMD_SELFTEST:
             mask = args[0] if args else 7
@@ -239,26 +235,15 @@ class App:
             link.ack(now, const.COMMAND, cid, const.R_UNKNOWN)
 
     def _set_param(self, now, args):
-        if len(args) != 3:
-            return const.R_BAD_ARGS
-        pid = args[0]
-        raw = (args[1] << 8) | args[2]
-        name = const.PARAM_NAMES.get(pid)
-        if name is None or name not in bounds.BOUNDS[self.profile]:
-            return const.R_BAD_ARGS
-        value = units.pressure_from_wire(raw) if pid in (const.P_OPSO, const.P_UPSO, const.P_SETPOINT) else raw
-        if value is None:
-            return const.R_BAD_ARGS
         overrides = dict(self.store.state.get("params") or {})
+        r, name, value = commands.set_param(self.profile, self.cfg.get("params"), overrides, args)
+        if r != const.R_OK:
+            return r
         overrides[name] = value
-        merged = dict(self.cfg.get("params") or {})
-        merged.update(overrides)
-        if bounds.problems(self.profile, merged):
-            return const.R_OUT_OF_BOUNDS
         self.store.save(params=overrides)
         self.params[name] = value
         self.safety.configure(self.params)
-        self.link.event(now, const.EV_CONFIG, bytes([pid, raw >> 8, raw & 0xFF]))
+        self.link.event(now, const.EV_CONFIG, bytes(args))
         return const.R_OK
 
     def _selftest(self, now, mask):
@@ -283,22 +268,20 @@ class App:
     # ---- the loop body ----
     def tick(self, now):
         """One pass of the main loop. Returns ms until the next sample is due (never negative)."""
-        if ((now - self.next_sample) & safety.TICKS_MASK) < 0x20000000:
+        if ticks.reached(now, self.next_sample):
             self.sample(now)
-            self.next_sample = (self.next_sample + self.sample_ms) & safety.TICKS_MASK
-            if ((now - self.next_sample) & safety.TICKS_MASK) < 0x20000000:
-                self.next_sample = (now + self.sample_ms) & safety.TICKS_MASK  # we fell behind: resync
-        if ((now - self.next_report) & safety.TICKS_MASK) < 0x20000000:
+            self.next_sample = ticks.add(self.next_sample, self.sample_ms)
+            if ticks.reached(now, self.next_sample):
+                self.next_sample = ticks.add(now, self.sample_ms)  # we fell behind: resync
+        if ticks.reached(now, self.next_report):
             self.read_battery()
             self.report(now)
-            self.next_report = (now + self.params["report_s"] * 1000) & safety.TICKS_MASK
+            self.next_report = ticks.add(now, self.params["report_s"] * 1000)
         for f in self.link.poll(now):
             self.command(now, f)
         self.link.pump(now)
         if self.hw.wdt is not None and self.healthy:
             self.hw.wdt.feed()  # only a loop that got here is healthy
-        wait = (self.next_sample - now) & safety.TICKS_MASK
-        if wait > 0x20000000:
-            wait = 0
+        wait = ticks.until(now, self.next_sample)
         # wake at least every POLL_MS so downlink commands and acks are handled between samples
         return wait if wait < POLL_MS else POLL_MS

@@ -1,7 +1,7 @@
 """The grading plugin for the gateway daemon: observations in, incident publications out.
 
 Enable it in the gateway config with `plugins = ["grading"]` and a `[grading]` table (keys in
-gateway/GRADING_README.md). The daemon calls `observe` for every accepted uplink after it is spooled,
+grading/README.md). The daemon calls `observe` for every accepted uplink after it is spooled,
 `tick` periodically with its (injectable) clock, and `on_message` for the topics in `subscriptions`; every
 returned `(topic, payload, lane)` is spooled and published at QoS 1. Incidents go on the "alarm" lane:
 they are never dropped.
@@ -14,8 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from gasguard.gateway import grading as G
-from gasguard.gateway.incidents import IncidentEngine, command_subscriptions
+from gasguard.grading import engine as G
+from gasguard.grading.incidents import IncidentEngine, command_subscriptions
 
 LANE = "alarm"
 log = logging.getLogger("gasguard.grading")
@@ -82,7 +82,7 @@ class GradingPlugin:
 def registry_downstream(path):
     """downstream(dev_id) reading the registry file at each call: station trips are rare, the file is
     written by the technician CLI meanwhile, and an SQLite connection must not cross threads."""
-    from gasguard.gateway.registry import Registry
+    from gasguard.registry import Registry
 
     def downstream(dev_id: int) -> list[dict]:
         with Registry(path, readonly=True) as reg:
@@ -97,6 +97,7 @@ def make_plugin(options: dict, context) -> GradingPlugin:
     opts = dict(options or {})
     opts.setdefault("district", context.district)
     opts.setdefault("gateway_id", context.gateway_id)
+    opts.setdefault("topic_root", getattr(context, "topic_root", "gasguard/v1"))
     path = getattr(context, "registry_path", None)
     state = opts.get("state_path") or (str(Path(path).parent / f"grading-{opts['gateway_id']}.json") if path else None)
     return GradingPlugin(opts, downstream=registry_downstream(path) if path else None, state_path=state)

@@ -1,4 +1,4 @@
-"""JSON payloads and topics the gateway publishes (schemas in gateway/schemas/, tree in README.md).
+"""JSON payloads the gateway publishes (schemas in gateway/schemas/; topics: protocol/topics.py).
 
 Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire), pressures in Pa.
 """
@@ -8,41 +8,17 @@ from __future__ import annotations
 import orjson
 
 from gasguard.protocol import frame
-from gasguard.protocol.const import ALARM_NAMES, COMMAND_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.const import ALARM_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.topics import dev_hex
+from gasguard.protocol.units import gas_percent_lel
 
 SITE_FIELDS = ("site_name", "address", "profile", "households", "user_class", "pressure_class", "key_area",
                "lat", "lon", "upstream")
 
 
-def dev_hex(dev: int) -> str:
-    return f"{dev:08x}"
-
-
 def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
     """Stable across restarts and retransmissions of one frame: consumers drop duplicates by it."""
     return f"{gateway_id}:{dev:08x}:{fcnt}"
-
-
-class Topics:
-    def __init__(self, root: str):
-        self.root = root
-        self.status = f"{root}/status"
-        self.stats = f"{root}/stats"
-        self.event = f"{root}/event"
-        self.reading = f"{root}/reading"
-        self.cmd_sub = f"{root}/+/cmd"
-
-    def device(self, dev: int, leaf: str) -> str:
-        return f"{self.root}/{dev:08x}/{leaf}"
-
-    def dev_of_cmd(self, topic: str) -> int | None:
-        parts = topic[len(self.root) + 1:].split("/")
-        if len(parts) != 2 or parts[1] != "cmd" or len(parts[0]) != 8:
-            return None
-        try:
-            return int(parts[0], 16)
-        except ValueError:
-            return None
 
 
 def dumps(d: dict) -> str:
@@ -56,26 +32,21 @@ def dumps(d: dict) -> str:
 _STATE_JSON = [orjson.Fragment(orjson.dumps(frame.state_fields(b))) for b in range(256)]
 
 
-def _gas(v):
-    return None if v is None else v / 10.0
-
-
-def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
-    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": _gas(f["gas"]),
-         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": frame.state_fields(f["state"]),
-         "rx": rx}
+def _entry(mid: str, f: dict, t: float, rx: dict, state) -> dict:
+    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": gas_percent_lel(f["gas"]),
+         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": state, "rx": rx}
     if f.get("inlet") is not None:
         e["inlet_pa"] = f["inlet"]
     return e
 
 
+def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
+    return _entry(mid, f, t, rx, frame.state_fields(f["state"]))
+
+
 def reading_json(mid: str, f: dict, t: float, rx: dict) -> str:
     """reading_entry(...) as JSON text: the ingest hot path (same text, the state fields pre-encoded)."""
-    e = {"id": mid, "dev": f"{f['dev']:08x}", "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": _gas(f["gas"]),
-         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": _STATE_JSON[f["state"]], "rx": rx}
-    if f.get("inlet") is not None:
-        e["inlet_pa"] = f["inlet"]
-    return orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.dumps(_entry(mid, f, t, rx, _STATE_JSON[f["state"]]), option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def batch(gateway_id: str, district: str, t: float, entries_json: list[str]) -> str:
@@ -95,7 +66,8 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
     return {"schema": "gasguard.alarm/1", "id": mid, "gateway": gateway_id, "district": district,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": code,
             "name": ALARM_NAMES.get(code, f"code_{code}"), "cleared": f["cleared"], "aseq": f["aseq"],
-            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else _gas(f["value"]),
+            "aid": f.get("aid"),
+            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else gas_percent_lel(f["value"]),
             "value_unit": "Pa" if pressure else ("pct_lel" if code in (1, 2) else "raw"),
             "state": frame.state_fields(f["state"]), "rx": rx, "site": site(device)}
 
@@ -103,7 +75,8 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
 def event(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict) -> dict:
     return {"schema": "gasguard.event/1", "id": mid, "gateway": gateway_id, "district": district,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": f["code"],
-            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "data_hex": f["data"].hex(),
+            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "aid": f.get("aid"),
+            "data_hex": f["data"].hex(),
             "rx": rx}
 
 
@@ -131,5 +104,3 @@ def command_result(gateway_id: str, dev: int, t: float, request_id: str, cmd: st
 def result_name(code: int) -> str:
     return RESULT_NAMES[code] if 0 <= code < len(RESULT_NAMES) else f"code_{code}"
 
-
-COMMANDS = {v: k for k, v in COMMAND_NAMES.items()}

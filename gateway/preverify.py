@@ -76,8 +76,8 @@ def _verify(now: float, frames: list) -> list:
 class PreVerifier:
     """One worker process; `submit(now, group)` -> an asyncio future of its answers, in submission order."""
 
-    def __init__(self, registry_path, gateway_id: str, counters: dict):
-        up = {dev: c for (dev, d), c in counters.items() if d == UP}
+    def __init__(self, registry_path, gateway_id: str, up: dict):
+        """`up`: the spool's durable dev -> highest accepted uplink counter (the worker's first prediction)."""
         # spawn, not fork: the daemon has threads (paho, metrics) by the time a worker may be (re)started
         self.pool = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools.broker import Mosquitto
-from gasguard.tools.vboard_client import VBoardProcess, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, install
 import hil_provision
 from hil_node import BoardInfo, Node
 from hil_rig import RigUnsupported, SerialRig, VBoardRig
@@ -221,7 +220,8 @@ def provisioned_household_board(request, tmp_path):
         vb = VBoardProcess(tmp_path / "blank-flash", virtual_clock=True, keep=True).start()  # MicroPython only
         vb.wait_console("friendly")
         dev = hil_provision.device(reg, "new", "--profile", "household", "--board", "virtual", "--site",
-                                   "HIL bench", "--households", "1")["dev"]
+                                   "HIL bench", "--households", "1", "--lat", "36.67",
+                                   "--lon", "117.05")["dev"]
     try:
         port = vb.pty if vb else board.port
         cli = {"flash": hil_provision.device(reg, "flash", dev, "--compile", "--port", port)}
@@ -259,10 +259,3 @@ def rig_feature():
         except RigUnsupported as e:
             pytest.skip(f"{e}; see hil_tests/README.md for the rig features")
     return call
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    """A real mosquitto on a free loopback port, for one test."""
-    with Mosquitto(workdir=tmp_path / "broker") as broker:
-        yield broker

@@ -11,8 +11,10 @@ from gasguard.brokers import Endpoint, EndpointError, FailoverClient, endpoints_
 from gasguard.gateway.config import ConfigError, parse
 from gasguard.gateway.daemon import Daemon
 from gasguard.gateway.config import Config
-from gasguard.gateway.testkit import DaemonThread, Node, Subscriber, make_registry
-from gasguard.tools.broker import Mosquitto, free_port
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.node import Node, make_registry
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.mosquitto import Mosquitto, free_port
 
 RX = {"transport": "test"}
 

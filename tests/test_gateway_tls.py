@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gasguard.gateway import config as gwconfig
-from gasguard.tools.broker import Mosquitto, free_port
-from gateway_rig import Rig, wait_until
+from gasguard.testing.mosquitto import Mosquitto, free_port
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(60)]
 

@@ -10,9 +10,10 @@ import pytest
 
 from gasguard.gateway.config import Config
 from gasguard.gateway.daemon import Daemon
-from gasguard.gateway.registry import Registry
-from gasguard.gateway.testkit import DaemonThread, Node, make_registry
-from gasguard.tools.broker import free_port
+from gasguard.registry import Registry
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.node import Node, make_registry
+from gasguard.testing.mosquitto import free_port
 
 RX = {"transport": "test"}
 
