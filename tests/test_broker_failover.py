@@ -45,6 +45,19 @@ def test_mqtt_takes_a_list_of_brokers_and_keeps_the_single_form(tmp_path):
     assert endpoints_from({"brokers": ["h:1"]}, prefix="command.mqtt") == [Endpoint("h", 1)]
 
 
+def test_the_command_service_reads_the_same_broker_list(tmp_path):
+    from gasguard.command import config as cc
+    p = tmp_path / "command.toml"
+    p.write_text('[command]\ndistrict = "d1"\n[command.mqtt]\nbrokers = ["10.1.0.11:1883", "10.1.0.12"]\n'
+                 'client_id = "cmd"\n')
+    cfg = cc.load(p)
+    assert cfg.brokers == [Endpoint("10.1.0.11", 1883), Endpoint("10.1.0.12", 1883)]
+    assert cc.load(None).brokers == [Endpoint("127.0.0.1", 1883)]
+    p.write_text('[command]\ndistrict = "d1"\n[command.mqtt]\nbrokers = ["a:1883"]\nhost = "b"\n')
+    with pytest.raises(cc.ConfigError, match="command.mqtt.brokers"):
+        cc.load(p)
+
+
 def _wait(pred, timeout, what):
     deadline = time.monotonic() + timeout
     while not pred():
