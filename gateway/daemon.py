@@ -211,7 +211,7 @@ class Daemon:
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
         if self.pre is not None:
-            await self.pre.start()
+            self.pre.start()
         self.publisher.start()
         udp_transport = None
         if self.cfg.udp_bind:

@@ -121,12 +121,23 @@ class Ingest:
                 first, rest = alarms_first(group, self.busy)
                 if first:
                     self.process(first)
-                if rest:
+                if rest and not self.pre.ready and not self.pending:
+                    self.process(rest)        # the worker is still starting: verified here meanwhile
+                    self.beat()
+                elif rest:
                     now = self.clock()
+                    try:
+                        fut = self.pre.submit(now, rest)
+                    except Exception as e:  # noqa: BLE001 - a broken worker pool: in-process from now on
+                        self.pre.ready = False
+                        log.error("verification worker is gone (%s); verifying in-process from now on", e)
+                        self.process(rest)
+                        self.beat()
+                        continue
                     devs = [h[1] for h in (frame.peek(raw) for raw, _, _ in rest if raw is not None) if h]
                     for d in devs:
                         self.busy[d] = self.busy.get(d, 0) + 1
-                    self.pending.append((rest, now, devs, self.pre.submit(now, rest)))
+                    self.pending.append((rest, now, devs, fut))
             head = self.pending[0]
             try:
                 answers = await head[3]

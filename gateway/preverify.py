@@ -82,13 +82,20 @@ class PreVerifier:
         self.pool = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
             initargs=(str(registry_path), gateway_id, up))
-        self.used = 0           # frames whose MIC the main process did not have to compute
-        self.fallback = 0       # frames the worker's answer did not fit (full in-process verification)
+        self.ready = False      # the worker answered its first (empty) group: groups go to it from now on
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Start the worker now (an empty group), not with the first frames: spawning costs ~0.5 s."""
-        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.pool, _verify, 0.0, []), timeout)
-        log.info("verification worker started (decode, MIC and entry JSON on the second core)")
+    def start(self) -> None:
+        """Start the worker in the background (spawning costs ~0.5 s, seconds on a loaded machine): ingest
+        verifies in-process until `ready`, so a gateway restarted after a crash reads its ports at once."""
+        warm = asyncio.get_running_loop().run_in_executor(self.pool, _verify, 0.0, [])
+
+        def done(f):
+            self.ready = not f.cancelled() and f.exception() is None
+            if self.ready:
+                log.info("verification worker started (decode, MIC and entry JSON on the second core)")
+            elif not f.cancelled():
+                log.error("verification worker did not start (%s); verifying in-process", f.exception())
+        warm.add_done_callback(done)
 
     def submit(self, now: float, group: list) -> asyncio.Future:
         frames = [(raw, rx) for raw, rx, _route in group]

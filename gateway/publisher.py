@@ -158,7 +158,9 @@ class Publisher:
                     "client certificates, mqtt.tls_cert / mqtt.tls_key")
         elif isinstance(err, _ClosedBeforeConnack):
             hint = ("the broker closed the connection before accepting it: check mqtt.username / mqtt.password, "
-                    "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)")
+                    "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)"
+                    + ("; a cluster node also does this for a few seconds after another node died (it is "
+                       "re-electing its stream leaders)" if len(self.cfg.brokers) > 1 else ""))
         elif isinstance(err, ConnectionRefusedError):
             hint = "connection refused: is the broker running, and is mqtt.port right?"
         else:

@@ -147,3 +147,62 @@ class NatsCluster:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClusterConsumer:
+    """A command-side consumer on the cluster: one persistent session (fixed id, clean_session=False) with
+    the list of nodes to move to (gasguard.brokers.FailoverClient), keeping the first copy of each frame
+    (command.dedup.FrameDedup by device, direction, counter). Counts what it received, for tests and
+    `gasguard bench failover`."""
+
+    def __init__(self, endpoints, store: str, topic: str, client_id: str = "command-1", timeout: float = 15.0):
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        from gasguard.brokers import FailoverClient
+        from gasguard.command.dedup import FrameDedup
+        self.lock = threading.Lock()
+        self.raw: list[dict] = []          # every reading entry received, in order, with its gateway
+        self.kept: list[tuple] = []        # frame identities let through by the dedup, in order
+        self.times: list[float] = []       # monotonic arrival of each kept identity
+        self.dedup = FrameDedup(store)
+        self.c = FailoverClient(endpoints, mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                clean_session=False)
+        self.c.reconnect_delay_set(0.2, 1)
+        subscribed = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.on_message = self._msg
+        self.c.start(keepalive=10)
+        if not subscribed.wait(timeout):
+            raise BrokerError(f"consumer: no SUBACK from the cluster in {timeout:.0f} s")
+
+    def _msg(self, c, u, m) -> None:
+        from gasguard.command.dedup import frame_key
+        doc = json.loads(m.payload)
+        now = time.monotonic()
+        with self.lock:
+            for r in doc["readings"]:
+                r["gateway"] = doc["gateway"]
+                self.raw.append(r)
+                if self.dedup.first(r):
+                    self.kept.append(frame_key(r))
+                    self.times.append(now)
+
+    def distinct(self) -> int:
+        with self.lock:
+            return len(self.kept)
+
+    def copies(self) -> int:
+        with self.lock:
+            return len(self.raw) - len(self.kept)
+
+    def arrivals(self) -> list[float]:
+        with self.lock:
+            return list(self.times)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+        self.dedup.close()

@@ -4,59 +4,21 @@ a command-side consumer on the third node keeps a persistent session and drops c
 The node a gateway is connected to is SIGKILLed during a storm: the gateway moves to the next node, and
 every reading reaches the consumer exactly once after dedup, each gateway's in per-device order."""
 
-import json
-import threading
 import time
 
-import paho.mqtt.client as mqtt
-
-from gasguard.brokers import Endpoint, FailoverClient
+from gasguard.brokers import Endpoint
 from gasguard.gateway.config import Config
 from gasguard.gateway.daemon import Daemon
-from gasguard.command.dedup import FrameDedup, frame_key
 from gasguard.protocol.const import UP
 from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.node import Node, make_registry
 from gasguard.testing.mosquitto import free_port
+from gasguard.testing.nats import ClusterConsumer
 
 RX = {"transport": "test"}
 DEVICES = 60            # gw1 hears 0..39, gw2 hears 20..59: 20 devices heard by both
 ROUNDS = 120            # readings per device
 KILL_AT = 40            # the round after which gw1's node dies
-
-
-class Consumer:
-    """The command side: one persistent MQTT session (fixed id, clean_session=False) on its own node, with
-    the list of nodes to move to, and FrameDedup by (device, direction, counter)."""
-
-    def __init__(self, endpoints, store):
-        self.lock = threading.Lock()
-        self.raw: list[dict] = []          # every reading entry received, in order
-        self.kept: list[tuple] = []        # frame identities let through by dedup
-        self.dedup = FrameDedup(store)
-        self.c = FailoverClient(endpoints, mqtt.CallbackAPIVersion.VERSION2, client_id="command-1",
-                                clean_session=False)
-        self.c.reconnect_delay_set(0.2, 1)
-        self.subscribed = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("gasguard/v1/d1/+/reading", qos=1)
-        self.c.on_subscribe = lambda *a: self.subscribed.set()
-        self.c.on_message = self._msg
-        self.c.start(keepalive=10)
-        assert self.subscribed.wait(15), "consumer: no SUBACK from the cluster"
-
-    def _msg(self, c, u, m):
-        doc = json.loads(m.payload)
-        with self.lock:
-            for r in doc["readings"]:
-                r["gateway"] = doc["gateway"]
-                self.raw.append(r)
-                if self.dedup.first(r):
-                    self.kept.append(frame_key(r))
-
-    def close(self):
-        self.c.disconnect()
-        self.c.loop_stop()
-        self.dedup.close()
 
 
 def _wait(pred, timeout, what):
@@ -71,13 +33,14 @@ def test_gateway_node_dies_in_a_storm_nothing_lost_exactly_once_at_the_command(t
     make_registry(tmp_path / "registry.db", nodes)
     cl = nats_cluster
     ep = [Endpoint("127.0.0.1", p) for p in cl.mqtt_ports]
-    consumer = Consumer([ep[2], ep[0], ep[1]], str(tmp_path / "dedup.db"))
+    consumer = ClusterConsumer([ep[2], ep[0], ep[1]], str(tmp_path / "dedup.db"), "gasguard/v1/d1/+/reading")
     gws = {}
     for gid, order in (("gw1", [ep[0], ep[1], ep[2]]), ("gw2", [ep[1], ep[2], ep[0]])):
         cfg = Config(gateway_id=gid, district="d1", registry=tmp_path / "registry.db",
                      spool=tmp_path / f"{gid}.db", udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id=gid,
                      mqtt_brokers=order, batch_delay=0.05, reconnect_min=0.2, reconnect_max=1.0,
-                     connect_timeout=3.0, keepalive=10, rate_per_min=1e6, rate_burst=10_000)
+                     connect_timeout=3.0, keepalive=10, rate_per_min=1e6, rate_burst=10_000,
+                     verify_worker=gid == "gw1")           # one gateway with the second-core worker, one without
         gws[gid] = DaemonThread(Daemon(cfg, plugins=[]))
     heard = {"gw1": nodes[:40], "gw2": nodes[20:]}
     try:

@@ -54,6 +54,9 @@ def _run(tmp_path, name, worker: bool):
     daemon = gw.daemon
     try:
         deadline = time.monotonic() + 30
+        while worker and not daemon.pre.ready:        # it starts in the background; until then: in-process
+            assert time.monotonic() < deadline, "the verification worker did not start in 30 s"
+            time.sleep(0.02)
         gw.call(lambda: [daemon._deliver_nowait(raw, RX, "test") for raw in frames] and None)
         total = len(frames)
 
