@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections import deque
 
+from gasguard import logs
 from gasguard.protocol import counter, frame, topics
 from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, R_OK, UP
 
@@ -25,8 +26,9 @@ from .dispatch import Dispatcher
 from .observe import Observers
 from .outbox import Outbox
 from .presence import PresenceTable
+from .micwatch import MicWatch
 from .preverify import PreVerifier
-from .spool import ALARM, EVENT, READING, Item, SpoolFull
+from .spool import ALARM, EVENT, READING, Item, SpoolError
 from .transports import Route
 from .verify import Rejected, Verifier
 
@@ -62,7 +64,7 @@ def alarms_first(group: list, busy=()) -> tuple[list, list]:
 class Ingest:
     def __init__(self, cfg, verifier: Verifier, outbox: Outbox, dispatcher: Dispatcher, presence: PresenceTable,
                  observers: Observers, idents: dict, metrics, burst: BurstLog, clock, beat=lambda: None,
-                 pre: PreVerifier | None = None):
+                 mic: MicWatch | None = None, pre: PreVerifier | None = None):
         self.cfg, self.verifier, self.outbox, self.dispatcher = cfg, verifier, outbox, dispatcher
         self.presence, self.observers, self.metrics, self.burst, self.clock = presence, observers, metrics, burst, clock
         self.beat = beat                  # progress, for the systemd watchdog
@@ -70,6 +72,7 @@ class Ingest:
         self.idents = idents              # (dev, kind) -> identity of the last alarm/event taken (durable)
         self.queue: asyncio.Queue | None = None   # made on the running loop (start)
         self.accepted_count = 0
+        self.mic = mic or MicWatch(cfg.mic_failures, cfg.mic_window)   # SPEC 5: failed MICs are alarmed
         self.pre = pre                    # the verification worker (the second core), or None
         self.pending: deque = deque()     # (group, now, devices, future of the worker's answers), oldest first
         self.busy: dict[int, int] = {}    # device -> its frames in pending groups (their order must hold)
@@ -171,10 +174,47 @@ class Ingest:
         if rest:
             self.process(rest)
 
+    # -- faults: refused and counted, never a crash loop (issue 12 item 4) ----------------------------------
+    def storage_fault(self, store: str, kind: str, n: int, e) -> None:
+        """A spool or registry fault mid-run: n frames refused (counted by the caller), a metric, and one log
+        line per burst; ingest keeps running and the next group tries the file again."""
+        self.metrics.storage_errors.labels(store, kind).inc()
+        what = "SPOOL WRITE FAILED" if store == "spool" else "REGISTRY UNREADABLE"
+        self.burst.event(f"storage:{store}:{kind}", "%s (%s): %d frames NOT accepted (devices retransmit alarms "
+                         "until acked): %s", what, kind, n, e, level=logging.CRITICAL)
+
+    def mic_failed(self, dev: int, rx: dict, now: float) -> None:
+        """limits.mic_failures failed MICs for one device within limits.mic_window: a published security
+        event and a metric, once per window (SPEC 5: failed tries are counted and alarmed)."""
+        n = self.mic.failed(dev, now)
+        if n is None:
+            return
+        self.metrics.security_events.labels("mic_failures").inc()
+        where = {k: v for k, v in (rx or {}).items() if k in ("transport", "port", "gw") and v is not None}
+        self.burst.event("security:mic", "SECURITY: %d failed MICs within %.0f s via %s (forged frames, or a node "
+                         "with a stale key: check it with gasguard device show)", n, self.cfg.mic_window,
+                         ", ".join(f"{k}={v}" for k, v in where.items()) or "?", level=logging.CRITICAL, allow=20,
+                         extra=logs.fields(device=dev))
+        body = payloads.gateway_event(self.cfg.gateway_id, now, "mic_failures",
+                                      {"dev": f"{dev:08x}", "failures": n, "window_s": self.cfg.mic_window,
+                                       "rx": where})
+        self.outbox.put([(self.topics.event, body, "event", False)], now)
+
     # -- one group ---------------------------------------------------------------------------------------
     def process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
-        """Verify a group of frames and commit what is accepted in one transaction. `pre`: the verification
-        worker's answer for each frame (gateway/preverify.py), or None; `now`: when the group was taken."""
+        """Verify a group of frames and commit what is accepted in one transaction. Every frame ends accepted
+        or counted under a rejection reason, whatever fails: a defect refuses its group as `internal_error`
+        (one traceback per window), it does not kill the task and lose the frames uncounted. `pre`: the
+        verification worker's answer for each frame (gateway/preverify.py), or None; `now`: when the group
+        was taken."""
+        try:
+            self._process(group, pre, now)
+        except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
+            self.metrics.rejected.labels("internal_error").inc(len(group))
+            self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
+                                 "internal_error): %r", len(group), e)
+
+    def _process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         gid, dist = self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
@@ -200,6 +240,15 @@ class Ingest:
                 v = self.verifier.check(raw, now, p)
             except Rejected as r:
                 self.reject(r.reason, r.dev, rx, str(r))
+                if r.reason == "registry_unreadable":
+                    self.storage_fault("registry", "unreadable", 1, r)
+                elif r.reason == "mic" and r.dev is not None:
+                    self.mic_failed(r.dev, rx, now)
+                continue
+            except Exception as e:  # noqa: BLE001 - a verifier defect refuses this frame, counted, not the group
+                self.metrics.rejected.labels("internal_error").inc()
+                self.burst.exception("internal_error:verify", "verifying a frame failed (refused, counted as "
+                                     "internal_error): %r", e)
                 continue
             f, dev = v.f, v.f["dev"]
             undo.append((dev, self.verifier.accept(v, now)))
@@ -244,13 +293,12 @@ class Ingest:
         counters.update(self.dispatcher.counters_of(down))
         try:
             self.outbox.commit(items, counters, idents, wake=False)
-        except SpoolFull as e:
+        except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
             self.metrics.spool_errors.inc()
-            self.metrics.rejected.labels("spool_full").inc(len(accepted))
-            log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
-                         len(accepted), e)
+            self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(accepted))
+            self.storage_fault("spool", e.kind, len(accepted), e)
             return
         self.idents.update(idents)
         self.dispatcher.committed(down)

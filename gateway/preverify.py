@@ -58,7 +58,10 @@ def _verify(now: float, frames: list) -> list:
             out.append(None)
             continue
         dev = f["dev"]
-        device = reg.get(dev)
+        try:
+            device = reg.get(dev)
+        except Exception:  # noqa: BLE001 - an unreadable registry: the main process decides and names it
+            device = None
         if device is None or f["type"] == "command":
             out.append(None)
             continue
