@@ -61,10 +61,14 @@ def run(path):
     from gasguard import logs
 
     from .daemon import Daemon
+    from .spool import SpoolLost
     from gasguard.registry import RegistryError
     logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
     try:
         daemon = Daemon(cfg)
+    except SpoolLost as e:          # the replay state is gone: never start again silently from nothing
+        click.echo(f"gateway.spool: {e}", err=True)
+        sys.exit(2)
     except RegistryError as e:
         click.echo(f"gateway.registry: {e}", err=True)
         sys.exit(1)

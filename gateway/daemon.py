@@ -4,7 +4,8 @@ Order of effects for one accepted frame (the invariants the fault test checks):
   1. verify (MIC, counter, registry, policy);
   2. one SQLite transaction: the messages + the device's uplink counter + the downlink counter of the ack;
   3. the ack downlink (alarms, events) - only after 2, so an acked alarm is never lost;
-  4. plugins observe it (their outputs are spooled in turn);
+  4. plugins observe it; their outputs, their state and the settling of the alarm's journalled observation
+     (written in 2) are one transaction, so a kill between 3 and 4 is made good at the next start (issue 12);
   5. the publisher sends it; the rows are deleted on PUBACK.
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
 is paid per group, not per frame.
@@ -122,6 +123,7 @@ class Daemon:
         self.serial = [SerialTransport(sp, self._deliver, self.metrics) for sp in cfg.serial]
         self.udp = None
         self.held: list[Item] = []                   # plugin/command outputs waiting for disk space
+        self.journaled = 0      # observations in the spool's journal that no plugin commit has settled yet
         self.stopping = False
         if plugins is None:
             ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, topic_root=cfg.topic_root, mqtt={
@@ -174,7 +176,8 @@ class Daemon:
         idents: dict = {}
         undo: list = []
         acks: list = []          # (dev, ack fields) to seal after commit
-        accepted: list = []      # (mid, f, device, rx, route, dup_retransmission)
+        accepted: list = []      # (mid, f, device, rx, route, dup_retransmission, observation or None)
+        journal: list = []       # observations of alarms and events, committed with them (issue 12)
         results: list = []
         down = {}
         per_transport: dict = {}
@@ -235,12 +238,18 @@ class Daemon:
                         gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
                         topic=self.topics.device(dev, topics.CMD_RESULT)))
             items.extend(self._state_items(dev, f, now, mid, v.device))
-            accepted.append((mid, f, v.device, rx, route, repeat))
+            obs = None
+            if self.plugins and not repeat and typ in ("reading", "alarm", "event"):
+                obs = self._observation(mid, f, v.device, rx, now)
+                if typ != "reading":
+                    # an acked alarm must reach the plugins even if the daemon dies right after the ack
+                    journal.append(payloads.dumps(obs))
+            accepted.append((mid, f, v.device, rx, route, repeat, obs))
         if not accepted:
             return
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         try:
-            self.spool.commit(items, counters, idents)
+            self.spool.commit(items, counters, idents, journal=journal)
         except SpoolFull as e:
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
@@ -250,12 +259,13 @@ class Daemon:
                          len(accepted), e)
             return
         self.idents.update(idents)
+        self.journaled += len(journal)
         for dev, dfc in down.items():
             self.verifier.down[dev] = dfc
         for r in results:
             self.metrics.commands.labels(r).inc()
         # routes first: a device's first frame may be the alarm we are about to ack
-        for mid, f, device, rx, route, repeat in accepted:
+        for mid, f, device, rx, route, repeat, _obs in accepted:
             st = self.devstate[f["dev"]]
             st.via, st.rx = route, rx
             self.metrics.accepted.labels(f["type"]).inc()
@@ -312,19 +322,44 @@ class Daemon:
         return ok
 
     # -- plugins -------------------------------------------------------------------------------
+    @staticmethod
+    def _observation(mid, f, device, rx, now) -> dict:
+        st = frame.state_fields(f["state"]) if "state" in f else None
+        return {"id": mid, "t": now, "dev": f["dev"], "type": f["type"], "frame": _hexify(f), "state": st,
+                "device": device.public(), "rx": dict(rx)}
+
     def _observe(self, accepted, now) -> None:
         out = []
-        for mid, f, device, rx, route, repeat in accepted:
-            if repeat:
-                continue
-            st = frame.state_fields(f["state"]) if "state" in f else None
-            obs = {"id": mid, "t": now, "dev": f["dev"], "type": f["type"], "frame": _hexify(f), "state": st,
-                   "device": device.public(), "rx": dict(rx)}
-            if f["type"] not in ("reading", "alarm", "event"):
-                continue
+        for *_, obs in accepted:
+            if obs is not None:
+                for p in self.plugins:
+                    out.extend(self._call(p, "observe", obs))
+        self._spool_outputs(out, now, plugin=True)
+
+    def _settle_journal(self) -> None:
+        """At start: restore the plugins' state from the spool, then observe again what the last run journalled
+        but never settled (it died between an alarm's ack and the commit of its incident, issue 12). Their
+        outputs, the new state and the emptied journal are one transaction."""
+        states = self.spool.plugin_states()
+        for p in self.plugins:
+            if p.name in states and hasattr(p, "restore"):
+                try:
+                    p.restore(json.loads(states[p.name]))
+                except (ValueError, KeyError, TypeError) as e:
+                    log.critical("plugin %s: its state in the spool %s is unreadable (%s); it starts empty",
+                                 p.name, self.cfg.spool, e)
+        pending = self.spool.journal()
+        if not pending:
+            return
+        out = []
+        for doc in pending:
+            obs = json.loads(doc)
             for p in self.plugins:
                 out.extend(self._call(p, "observe", obs))
-        self._spool_outputs(out, now)
+        self.journaled = len(pending)
+        log.warning("%d alarms/events accepted by the last run had not reached its plugins when it stopped: "
+                    "observed now", len(pending))
+        self._spool_outputs(out, self.clock(), plugin=True)
 
     def _call(self, plugin, method, *args) -> list:
         try:
@@ -335,16 +370,22 @@ class Daemon:
                           getattr(plugin, "name", plugin), method)
             return []
 
-    def _spool_outputs(self, outs, now) -> None:
+    def _spool_outputs(self, outs, now, plugin: bool = False) -> None:
+        """Spool plugin/command outputs. With `plugin` outputs (or journalled observations to settle), the
+        plugins' state goes into the same transaction, and the journal is emptied there: a kill leaves either
+        the observation to redo or its outputs with the state that produced them (issue 12)."""
         items = self.held
         for topic, payload, lane, retain in outs:
             mid = payload.get("id") or f"{self.cfg.gateway_id}:plugin:{now:.6f}:{len(items)}"
             items.append(Item(LANE_OF[lane], 0, payloads.dumps(payload), str(mid), now, topic=topic, retain=retain))
-        if not items:
+        settle = bool(self.journaled)
+        if not items and not settle:
             return
+        states = self._plugin_states() if (plugin and outs) or settle else None
         try:
-            self.spool.commit(items)
+            self.spool.commit(items, states=states, settle=settle)
             self.held = []
+            self.journaled = 0
         except SpoolFull as e:
             self.held = items   # retried on every tick: plugin alarms are never dropped
             self.metrics.spool_errors.inc()
@@ -353,6 +394,25 @@ class Daemon:
             return
         self.publisher.notify({it.lane for it in items})
         self.publisher.kick()
+
+    def _plugin_states(self) -> dict[str, str]:
+        out = {}
+        for p in self.plugins:
+            snap = self._call_state(p)
+            if snap is not None:
+                out[p.name] = payloads.dumps(snap)
+        return out
+
+    @staticmethod
+    def _call_state(plugin):
+        if not hasattr(plugin, "snapshot"):
+            return None
+        try:
+            return plugin.snapshot()
+        except Exception:
+            log.exception("plugin %s.snapshot failed; its state is not saved with this commit",
+                          getattr(plugin, "name", plugin))
+            return None
 
     def _thin(self, now) -> None:
         dropped = self.spool.thin(self.publisher.loaded_upto())
@@ -392,7 +452,7 @@ class Daemon:
                     self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
                     continue
                 outs.extend(self._call(p, "on_message", topic, doc, now))
-        self._spool_outputs(outs, now)
+        self._spool_outputs(outs, now, plugin=True)
 
     def _command(self, dev: int, payload: bytes, now: float) -> None:
         try:
@@ -464,6 +524,7 @@ class Daemon:
     def tick(self, now: float) -> None:
         """Everything time-driven, with the daemon clock (tests call this with virtual time)."""
         self.burst.flush()
+        self.spool.retry_deletes()
         items = []
         for dev, st in self.devstate.items():
             if st.online and now - st.last_seen > st.silence:   # set with the first online state
@@ -482,7 +543,7 @@ class Daemon:
         outs = []
         for p in self.plugins:
             outs.extend(self._call(p, "tick", now))
-        self._spool_outputs(outs, now)
+        self._spool_outputs(outs, now, plugin=True)
 
     def update_gauges(self) -> None:
         depth = self.spool.depth()
@@ -527,6 +588,7 @@ class Daemon:
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
         self.publisher.start()
+        self._settle_journal()          # before the first new frame: the last run's unsettled alarms first
         udp_transport = None
         if self.cfg.udp_bind:
             udp_transport, self.udp = await listen(self.cfg.udp_bind, self._deliver_nowait, self.metrics, self.burst)

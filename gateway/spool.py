@@ -12,8 +12,11 @@ no trip) may be thinned when the spool passes its size bound; nothing else ever 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sqlite3
+import uuid
 from contextlib import contextmanager
 
 from dataclasses import dataclass
@@ -48,11 +51,35 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox(lane, seq);
 CREATE TABLE IF NOT EXISTS audit (msg_id TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+-- issue 12: the observations of accepted alarms and events, written with the alarm itself and removed in the
+-- transaction that stores what the plugins made of them, with the plugins' state: what a kill between the
+-- ack and the incident left here is observed again at the next start
+CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, obs TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plugin_state (name TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
 class SpoolFull(Exception):
     """The disk (or the spool's page limit) is full: the write did not happen, nothing was accepted."""
+
+
+class SpoolLost(Exception):
+    """At start: the spool this gateway had is missing, empty or another one. It held the replay counters
+    (issue 12: with it gone, captured frames were accepted again and acks reused counters the nodes refuse),
+    so the gateway refuses to start (exit 2) rather than begin again silently."""
+
+
+def marker_path(path: Path) -> Path:
+    """Where the spool's identity is noted, outside the database: `.<name>.id` beside it. A dot file, so a
+    `rm spool.db*` or `rm *` that removes the spool does not remove the evidence that there was one."""
+    return path.parent / f".{path.name}.id"
+
+
+def _restore_hint(path: Path) -> str:
+    return (f"restore it from the backup (gateway/README.md, 'Backup': sqlite3 {path} \".restore BACKUP\""
+            f", with the gateway stopped); only if it is truly gone, start a new spool on purpose by deleting "
+            f"{marker_path(path)} and then re-synchronise the devices' counters (the nodes refuse acks until the "
+            f"gateway's downlink counter passes theirs)")
 
 
 @dataclass
@@ -79,11 +106,21 @@ class Row:
     retain: bool
 
 
+def _marker_id(marker: Path) -> str | None:
+    try:
+        return str(json.loads(marker.read_text(encoding="utf-8"))["id"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable"
+
+
 class Spool:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
                  audit: bool = False, max_pages: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_present()
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.synchronous = synchronous
@@ -93,7 +130,49 @@ class Spool:
             self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
         self.max_bytes = max_bytes
         self.audit = audit
+        self.id = self._identity()
         self.size = self._measure()
+        # PUBACKed ranges whose DELETE failed (a full disk): retried with every delete and by retry_deletes()
+        # until they go, so a disk that fills and frees does not leave rows to be re-sent at the next start.
+        # Bounded by the rows in the spool (a range holds at least one row).
+        self.undeleted: list[tuple[int, int, int]] = []
+        self.undeleted_bytes = 0
+
+    def _check_present(self) -> None:
+        p, marker = self.path, marker_path(self.path)
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            if marker.exists():
+                raise SpoolLost(f"spool {p} is missing, but {marker} says this gateway had one (id "
+                                f"{_marker_id(marker)}); it holds the replay counters: {_restore_hint(p)}") from None
+            return                                   # a new gateway: the spool is made here
+        if size == 0:
+            raise SpoolLost(f"spool {p} is empty (0 bytes): a spool always holds its tables, so it was truncated; "
+                            f"{_restore_hint(p)}. (A new gateway whose first start was cut short: delete the "
+                            f"empty file.)")
+
+    def _identity(self) -> str:
+        """The spool's id (meta `spool_id`), noted in the marker file beside it at its first start."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'spool_id'").fetchone()
+        sid = row[0] if row else uuid.uuid4().hex
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('spool_id', ?)", (sid,))
+        marker = marker_path(self.path)
+        noted = _marker_id(marker)
+        if noted is not None and noted != sid:
+            self.db.close()
+            raise SpoolLost(f"spool {self.path} is not the one this gateway had: its id is {sid}, {marker} says "
+                            f"{noted} (another gateway's spool, or a new one made while the old was away); "
+                            f"{_restore_hint(self.path)}")
+        if noted is None:
+            tmp = marker.with_name(marker.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"spool": self.path.name, "id": sid}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+        return sid
 
     def _measure(self) -> int:
         n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
@@ -124,11 +203,28 @@ class Spool:
                 db.execute("ROLLBACK")
             raise
 
-    def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None) -> None:
-        """Write items + counter/sequence updates atomically (one executemany per table). Raises SpoolFull."""
+    def journal(self) -> list[str]:
+        """Observations (JSON) written with their frames and not yet settled by a plugin commit."""
+        return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
+
+    def plugin_states(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT name, state FROM plugin_state"))
+
+    def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
+               journal: list[str] | None = None, states: dict[str, str] | None = None,
+               settle: bool = False) -> None:
+        """Write items + counter/identity updates atomically (one executemany per table); with them the
+        observations to `journal`, the plugins' `states`, and with `settle` the journal emptied (what it held
+        is reflected in these items and states). Raises SpoolFull."""
         db = self.db
         try:
             with self._transaction():
+                if journal:
+                    db.executemany("INSERT INTO journal (obs) VALUES (?)", [(o,) for o in journal])
+                if states:
+                    db.executemany("INSERT OR REPLACE INTO plugin_state VALUES (?, ?)", list(states.items()))
+                if settle:
+                    db.execute("DELETE FROM journal")
                 if counters:
                     db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                    [(d, r, v) for (d, r), v in counters.items()])
@@ -156,7 +252,10 @@ class Spool:
 
     def delete_ranges(self, ranges: list[tuple[int, int, int]], nbytes: int) -> None:
         """Called with PUBACKed (lane, first seq, last seq) ranges: every row of that lane between the two.
-        A failure here only means a duplicate after restart (ids make it harmless)."""
+        A range whose delete fails (a full disk) is kept and tried again with the next delete or retry_deletes()
+        (issue 12: it used to stay until a restart re-sent it)."""
+        if self.undeleted:
+            ranges, nbytes = self.undeleted + ranges, self.undeleted_bytes + nbytes
         if not ranges:
             return
         # one transaction, without its own fsync: a delete lost to a power cut only re-sends (ids dedupe);
@@ -170,9 +269,21 @@ class Spool:
             finally:
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.OperationalError as e:
-            log.error("spool delete failed (%s); the messages will be re-sent after restart", e)
+            if not self.undeleted:
+                log.error("spool delete of published rows failed (%s): retried every tick until the disk has room "
+                          "(meanwhile a restart would send them again; their ids make that harmless)", e)
+            self.undeleted, self.undeleted_bytes = ranges, nbytes
             return
+        if self.undeleted:
+            log.warning("spool: published rows of %d ranges whose delete had failed are deleted now",
+                        len(self.undeleted))
+            self.undeleted, self.undeleted_bytes = [], 0
         self.size -= nbytes
+
+    def retry_deletes(self) -> None:
+        """Delete what a failed delete left (called by the daemon's tick: space may be back with no new PUBACK)."""
+        if self.undeleted:
+            self.delete_ranges([], 0)
 
     def depth(self) -> dict[str, tuple[int, float | None]]:
         """lane name -> (rows, oldest receive time)."""
