@@ -103,8 +103,8 @@ class Daemon:
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
         self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
-        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
-        self.metrics.clock_speed.set(1)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, getattr(clock, "mode", "real")).set(1)
+        self.metrics.clock_speed.set(getattr(clock, "speed", 1.0))
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
@@ -136,6 +136,8 @@ class Daemon:
         self.plugins = plugins
         for p in plugins:
             self.publisher.subscriptions.extend(p.subscriptions)
+        if hasattr(clock, "advance"):                 # a virtual drill clock moves by messages (gateway/clock.py)
+            self.publisher.subscriptions.append(self.topics.root + "/drill/clock")
         self.accepted_count = 0
         self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
         self.thinned_reported = -1e18
@@ -438,6 +440,9 @@ class Daemon:
 
     # -- MQTT in: commands and plugin subscriptions ------------------------------------------------
     def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.root + "/drill/clock" and hasattr(self.clock, "advance"):
+            self._drill_clock(payload)
+            return
         now = self.clock()
         dev = self.topics.dev_of_cmd(topic)
         if dev is not None:
@@ -453,6 +458,18 @@ class Daemon:
                     continue
                 outs.extend(self._call(p, "on_message", topic, doc, now))
         self._spool_outputs(outs, now, plugin=True)
+
+    def _drill_clock(self, payload: bytes) -> None:
+        """{"advance_s": N} or {"t": epoch}: move the virtual clock, then run what fell due."""
+        try:
+            doc = json.loads(payload)
+            before = self.clock()
+            now = self.clock.advance(float(doc["advance_s"])) if "advance_s" in doc else self.clock.set(float(doc["t"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("drill clock message refused (%s): send {\"advance_s\": 1200} or {\"t\": epoch}", e)
+            return
+        log.info("drill clock moved %.0f s to %.3f", now - before, now)
+        self.tick(now)
 
     def _command(self, dev: int, payload: bytes, now: float) -> None:
         try:

@@ -19,6 +19,7 @@ from collections import deque
 import paho.mqtt.client as mqtt
 
 from . import payloads
+from .clock import drill_client
 from .spool import ALARM, EVENT, LANE_NAMES, READING, ROW_OVERHEAD, STATE, Row, Spool
 
 log = logging.getLogger("gasguard.gateway.mqtt")
@@ -57,7 +58,9 @@ class Publisher:
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=True)
+        mode = getattr(self.clock, "mode", "real")     # a drill clock marks every message (gateway/clock.py)
+        client = mqtt.Client if mode == "real" else drill_client(mode)
+        c = client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=True)
         c.max_inflight_messages_set(self.cfg.inflight + PRIORITY_SLOTS)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=max(1, int(self.cfg.reconnect_min)), max_delay=int(self.cfg.reconnect_max))

@@ -4,6 +4,7 @@
 #   <root>/<district>/<gateway>/<dev>/{state,alarm,event,cmd,cmd/result} one device behind it (dev: 8 hex)
 #   <root>/<district>/command/incident/<id>                            incidents for the district command
 #   <root>/<district>/command/{ack,input}/<id>, .../command/sync         the district command's answers
+#   <root>/<district>/command/gateway/<gateway>                        a gateway as the command sees it
 #   <root>/<city>/incident/<id>                                          incidents the city leads (plan 1.7)
 #
 # <root> is "gasguard/v1" unless configured (the version is part of it: a v2 tree can run beside v1).
@@ -29,6 +30,7 @@ INCIDENT = "incident"
 ACK = "ack"
 INPUT = "input"
 SYNC = "sync"
+GATEWAY = "gateway"          # <root>/<district>/command/gateway/<id>: a gateway's state as the command sees it
 
 
 def dev_hex(dev):
@@ -86,6 +88,9 @@ class CommandTopics:
     def input(self, incident_id):
         return self.base + "/" + INPUT + "/" + incident_id
 
+    def gateway(self, gateway_id):
+        return self.base + "/" + GATEWAY + "/" + gateway_id
+
     def parse(self, topic):
         """(kind, incident_id) for a message to the command's subtree: kind is "ack", "input" or "sync"
         (incident_id None); None when the topic is not one of them."""
@@ -124,6 +129,10 @@ class Topics:
         """A filter for one device leaf behind every gateway of a district (e.g. the command's shared
         subscription to alarms: "$share/<group>/" + this)."""
         return self.root + "/" + district + "/+/+/" + leaf
+
+    def district_gateway_leaf(self, district, leaf):
+        """A filter for one of the gateways' own leaves (status, stats, reading) across a district."""
+        return self.root + "/" + district + "/+/" + leaf
 
     def everything(self):
         return self.root + "/#"

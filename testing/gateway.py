@@ -77,8 +77,9 @@ class GatewayProcess:
     of its own. Its log goes to a file (kept with the test's files) that a failing test can show; restarts
     append to it, and `run_log()` is this run's part."""
 
-    def __init__(self, config: Path, log: Path, env: dict | None = None):
+    def __init__(self, config: Path, log: Path, env: dict | None = None, args: tuple = ()):
         self.config, self.log_path = Path(config), Path(log)
+        self.args = list(args)                                        # e.g. ("--clock", "speed=60")
         self.env = None if env is None else {**os.environ, **env}     # e.g. NOTIFY_SOCKET (systemd)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -90,7 +91,7 @@ class GatewayProcess:
         with open(self.log_path, "ab") as lf:
             self.offset = lf.tell()          # the log holds only the daemon's lines: tests parse every one
             self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "--config",
-                                          str(self.config)], stdout=lf, stderr=subprocess.STDOUT,
+                                          str(self.config), *self.args], stdout=lf, stderr=subprocess.STDOUT,
                                          start_new_session=True, env=self.env)
         return self
 

@@ -97,7 +97,7 @@ def test_demo_stops_everything_on_a_signal(sig):
 
 def test_a_killed_demo_takes_its_gateway_and_broker_with_it():
     """SIGKILL gives the demo no chance to clean up: the gateway and the broker die with it all the same
-    (PR_SET_PDEATHSIG, tools/demo/gateway.py). The virtual boards do not (their launcher starts them in a
+    (PR_SET_PDEATHSIG, tools/demo/broker.py --exec). The virtual boards do not (their launcher starts them in a
     session of their own, tools/sim/vboard_client.py): this test stops them by pid, as tools/demo/README.md tells users."""
     proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "sim", "demo", "--fast", "--no-tui"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -8,6 +8,8 @@ mosquitto is missing; tests always use mosquitto. As a module this file runs the
 
     python -m gasguard.tools.demo.broker --port 1883 --log amqtt.log
     python -m gasguard.tools.demo.broker --exec /usr/sbin/mosquitto -c mosquitto.conf   # dies with its parent
+
+(--exec starts any of the demo's children that way: the gateway too.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -59,6 +62,20 @@ def available() -> str | None:
     return None
 
 
+def die_with_parent() -> None:
+    """Linux: get SIGTERM when the process that started us dies, even by SIGKILL (prctl PR_SET_PDEATHSIG), so a
+    killed demo leaves no gateway or broker behind. Elsewhere, or if prctl is missing, nothing happens."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)          # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:                                # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+
 def start_broker(workdir: Path, prefer: str | None = None):
     """Start mosquitto (or amqtt when mosquitto is missing, or when `prefer` says so) on a free loopback port."""
     kind = prefer or available()
@@ -73,7 +90,6 @@ def start_broker(workdir: Path, prefer: str | None = None):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from gasguard.tools.demo.gateway import die_with_parent
     die_with_parent()
     if argv[:1] == ["--exec"]:
         os.execv(argv[1], argv[1:])        # the parent-death signal survives exec: mosquitto inherits it

@@ -3,7 +3,7 @@
 What runs (every part real except the gas and the pipes):
   broker    mosquitto (or amqtt when mosquitto is missing, tools/demo/broker.py), own process
   registry  tools/sim/district.py at a small scale, plus the virtual boards' devices (SQLite, as the CLI writes)
-  gateway   the real daemon with the grading plugin (tools/demo/gateway.py: only its clock is sped up)
+  gateway   the real daemon with the grading plugin (`gasguard gateway run --clock speed=N`: a drill clock)
   boards    virtual boards running the real firmware in MicroPython (tools/sim/vboard_client.py), each on its pty
   fleet     tools/sim/fleet.py: every station, user and a few thousand household nodes on one pty
   console   command/console.py: the district's and the city's MQTT clients and the rich board
@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.gateway.clock import SpeedClock
 from gasguard.registry import Device, Registry
 
 from gasguard.tools.sim import district
 from gasguard.testing.mosquitto import BrokerError
 from gasguard.tools.demo.broker import start_broker
-from gasguard.tools.demo.gateway import demo_clock
 from gasguard.tools.sim.fleet import Fleet, device_nodes
 from gasguard.tools.sim.fleet_transport import PtyTransport, TransportError
 from gasguard.tools.sim.scenarios import StationTrip
@@ -209,7 +209,7 @@ class Demo:
     def __init__(self, opts: DemoOptions, view):
         self.o, self.view = opts, view
         self.t0 = time.time()
-        self.now = demo_clock(self.t0, opts.speed)
+        self.now = SpeedClock(opts.speed, self.t0)     # the gateway runs on the same clock (--clock speed=N --t0)
         self.stopping = threading.Event()
         self.own_dir = opts.workdir is None
         self.dir = Path(opts.workdir or tempfile.mkdtemp(prefix="gasguard-demo-"))
@@ -295,9 +295,11 @@ class Demo:
         cfg = gateway_toml(self.dir / "gateway.toml", registry=reg, spool=self.dir / "spool.db", port=self.port,
                            serial=[self.pty.port] + [b.pty for b in self.boards])
         self.gateway_log = open(self.dir / "gateway.log", "wb")
+        # the real command on a drill clock, through broker --exec so that it dies with the demo (PDEATHSIG)
         self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "gasguard.tools.demo.gateway", "-c", str(cfg), "--t0", repr(self.t0),
-             "--speed", str(o.speed)], stdout=self.gateway_log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "gasguard.tools.demo.broker", "--exec", sys.executable, "-m",
+             "gasguard.cli", "gateway", "run", "-c", str(cfg), "--clock", f"speed={o.speed:g}", "--t0", repr(self.t0)],
+            stdout=self.gateway_log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_gateway()
         self.say(f"gateway {GATEWAY}: the real daemon with the grading plugin (pid {self.gateway.pid}), "
                  f"{1 + len(self.boards)} serial lines, log {self.dir / 'gateway.log'}")
