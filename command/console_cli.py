@@ -45,19 +45,17 @@ def command():
 @click.option("--by", default=None, help="name recorded with acknowledgements (default: login name)")
 @click.option("--refresh", default=1.0, show_default=True, type=float, help="seconds between redraws")
 def watch(host, port, district, timeout, city, by, refresh):
-    """Live view of open incidents: j/k select, a acknowledge, i operator input, r report, q quit."""
-    from rich.console import Console
-
+    """Live view of open incidents (? help, j/k select, a acknowledge, i input, r report, q quit)."""
     from gasguard.command.console import ConsoleError
-    from gasguard.command.console import watch as run_watch
+    from gasguard.command.watch import WatchApp
     try:
         with _client(host, port, district, timeout, city) as client:
-            code = run_watch(client, Console(), by=by or getpass.getuser(), refresh=refresh)
+            WatchApp(client, by=by or getpass.getuser(), refresh=refresh, confirm_timeout=timeout).run()
     except ConsoleError as e:
         _fail(e)
     except KeyboardInterrupt:
-        code = 0
-    sys.exit(code)
+        pass
+    sys.exit(0)
 
 
 @command.command("list")
@@ -158,3 +156,11 @@ def input_(host, port, district, timeout, city, incident_id, fields, by, as_json
                                                     "projected")}, ensure_ascii=False))
     else:
         click.echo(f"{incident_id}: level {done['level']} warning {done['warning']} (revision {done['revision']})")
+
+
+def _web_group():
+    from gasguard.command.web.cli import web
+    return web
+
+
+command.add_command(_web_group(), "web")

@@ -20,15 +20,21 @@ import click
 @click.option("--instance", default=None, help="this copy's name in the leader lease (default host:pid)")
 @click.option("--mqtt", "mqtt_addr", default=None, help="override the broker as host:port")
 @click.option("--metrics", "metrics_bind", default=None, help="serve Prometheus metrics on host:port")
+@click.option("--clock", "clock_spec", default="real", show_default=True, metavar="real|speed=N|virtual",
+              help="real time, or a drill clock as the gateway's (speed=60: the 20-minute deadline in 20 s); "
+                   "a drill clock marks every message the service publishes")
+@click.option("--t0", type=float, default=None, metavar="EPOCH", help="with a drill clock: the wall time it starts "
+              "from, to share one clock with the gateways")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path, store, registry, instance, mqtt_addr, metrics_bind, log_level):
+@click.option("--log-json", is_flag=True, help="JSON lines instead of logfmt (gasguard/logs.py)")
+def serve(config_path, store, registry, instance, mqtt_addr, metrics_bind, clock_spec, t0, log_level, log_json):
     """The district command service: grades every gateway's alarms district-wide into the store, publishes
     incidents to the console and the city, escalates and notifies. Two copies = leader + hot standby."""
     from . import config as cconfig
     from .service import CommandService
     from .store import StoreError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gasguard import logs
     over = {k: v for k, v in (("store", store), ("registry", registry), ("instance", instance),
                               ("metrics_bind", metrics_bind)) if v}
     if mqtt_addr:
@@ -37,12 +43,15 @@ def serve(config_path, store, registry, instance, mqtt_addr, metrics_bind, log_l
             click.echo(f"error: --mqtt {mqtt_addr!r}: write host:port, e.g. 127.0.0.1:1883", err=True)
             sys.exit(2)
         over.update(mqtt_host=host or "127.0.0.1", mqtt_port=int(port))
+    from gasguard.gateway.clock import ClockError, parse
     try:
+        clock = parse(clock_spec, t0)
         cfg = cconfig.load(config_path, **over)
-        svc = CommandService(cfg)
-    except (cconfig.ConfigError, StoreError) as e:
+        svc = CommandService(cfg, clock=clock, drill=None if clock.mode == "real" else clock.mode)
+    except (cconfig.ConfigError, StoreError, ClockError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    logs.setup(log_level.upper(), log_json, instance=cfg.instance)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -33,6 +33,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from gasguard import logs
 from gasguard.protocol.topics import ALARM, EVENT, READING, STATS, STATUS, Topics
 
 from . import notify
@@ -74,11 +75,16 @@ class Registry:
 
 
 class CommandService:
-    def __init__(self, cfg, *, clock=time.time, acts=None, notifiers=None, wall=time.time):
+    def __init__(self, cfg, *, clock=time.time, acts=None, notifiers=None, wall=time.time, drill: str | None = None):
         """`clock`: the time deadlines are graded in (virtual in tests); `wall`: the lease's clock (real);
-        `acts`: how operators' acts are verified (default: the [authority] table, command/acts.py)."""
+        `acts`: how operators' acts are verified (default: the [authority] table, command/acts.py);
+        `drill`: a drill clock's mode: every message published carries "drill": {"clock": mode}."""
         self.cfg = cfg
         self.clock, self.wall = clock, wall
+        self.client_class = mqtt.Client
+        if drill:
+            from gasguard.gateway.clock import drill_client
+            self.client_class = drill_client(drill)
         self.store = open_store(cfg.store)
         self.store.migrate()
         self.registry = Registry(cfg.registry)
@@ -196,7 +202,7 @@ class CommandService:
 
     # --- MQTT ------------------------------------------------------------------------------------
     def _connect(self) -> None:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=False,
+        c = self.client_class(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=False,
                         manual_ack=True)
         c.max_inflight_messages_set(200)
         c.max_queued_messages_set(0)
@@ -316,6 +322,8 @@ class CommandService:
             m.queue_wait.observe(time.monotonic() - batch[0][5])
         for iid, rev, kind, payload in out.revisions:
             m.revisions.labels(kind).inc()
+            log.info("incident %s revision %d: level %s warning %s %s", kind, rev, payload["level"],
+                     payload["warning"], payload["status"], extra=logs.fields(incident=iid))
         if out.revisions:
             self.kick.set()
         c = self.client

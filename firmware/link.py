@@ -16,6 +16,7 @@
 # - Never blocks: reads only what uart.any() says is there (bounded per call) and writes a bounded
 #   number of frames per call.
 
+from gasguard.firmware import ticks
 from gasguard.protocol import const, counter, frame, framing
 from gasguard.protocol.errors import ProtocolError
 
@@ -27,12 +28,6 @@ MAX_ACKS = 4          # answers to commands; a gateway that misses one repeats t
 MAX_READINGS = 4
 RX_CHUNK = 128        # bytes read per poll
 TX_BURST = 3          # frames written per pump
-TICKS_MASK = 0x3FFFFFFF
-
-
-def _due(now, t):
-    # t is "due" when now is at or past it, in the ticks ring (differences below half the ring)
-    return ((now - t) & TICKS_MASK) < 0x20000000
 
 
 class _Out:
@@ -177,14 +172,14 @@ class Link:
             i = 0
             while i < len(q) and n < TX_BURST:
                 out = q[i]
-                if not _due(now, out.due):
+                if not ticks.reached(now, out.due):
                     i += 1
                     continue
                 self._send(out)
                 n += 1
                 if out.ack:
                     back = RETX_FIRST_MS << (out.tries - 1) if out.tries < 8 else RETX_CAP_MS
-                    out.due = (now + min(back, RETX_CAP_MS)) & TICKS_MASK
+                    out.due = ticks.add(now, min(back, RETX_CAP_MS))
                     i += 1
                 else:
                     q.pop(i)

@@ -127,7 +127,7 @@ def advance_clock(amount, path, as_json):
         sys.exit(2)
     cfg = _load_or_exit(path)
     import paho.mqtt.publish as publish
-    topic = f"{cfg.root}/drill/clock"
+    topic = cfg.topics.drill_clock
     tls = {"ca_certs": str(cfg.tls_ca), "certfile": str(cfg.tls_cert) if cfg.tls_cert else None,
            "keyfile": str(cfg.tls_key) if cfg.tls_key else None} if cfg.tls_ca else None
     auth = {"username": cfg.mqtt_username, "password": cfg.mqtt_password} if cfg.mqtt_username else None

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 
 from gasguard.protocol import frame
-from gasguard.protocol.const import ALARM_NAMES, COMMAND_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.const import ALARM_NAMES, EVENT_NAMES, RESULT_NAMES
 from gasguard.protocol.topics import dev_hex
+from gasguard.protocol.units import gas_percent_lel
 
 SITE_FIELDS = ("site_name", "address", "profile", "households", "user_class", "pressure_class", "key_area",
                "lat", "lon", "upstream")
@@ -24,12 +25,8 @@ def dumps(d: dict) -> str:
     return json.dumps(d, separators=(",", ":"))
 
 
-def _gas(v):
-    return None if v is None else v / 10.0
-
-
 def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
-    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": _gas(f["gas"]),
+    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": gas_percent_lel(f["gas"]),
          "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": frame.state_fields(f["state"]),
          "rx": rx}
     if f.get("inlet") is not None:
@@ -55,7 +52,7 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": code,
             "name": ALARM_NAMES.get(code, f"code_{code}"), "cleared": f["cleared"], "aseq": f["aseq"],
             "aid": f.get("aid"),
-            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else _gas(f["value"]),
+            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else gas_percent_lel(f["value"]),
             "value_unit": "Pa" if pressure else ("pct_lel" if code in (1, 2) else "raw"),
             "state": frame.state_fields(f["state"]), "rx": rx, "site": site(device)}
 
@@ -92,5 +89,3 @@ def command_result(gateway_id: str, dev: int, t: float, request_id: str, cmd: st
 def result_name(code: int) -> str:
     return RESULT_NAMES[code] if 0 <= code < len(RESULT_NAMES) else f"code_{code}"
 
-
-COMMANDS = {v: k for k, v in COMMAND_NAMES.items()}

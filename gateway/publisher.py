@@ -34,12 +34,15 @@ class _ClosedBeforeConnack(ConnectionError):
 
 
 class Publisher:
-    def __init__(self, cfg, spool: Spool, metrics, clock, version: str, on_message=None):
+    def __init__(self, cfg, spool: Spool, metrics, clock, version: str, *, subscriptions: list[str] = (),
+                 on_message=None):
+        """`subscriptions`: the topic filters whose messages go to `on_message(topic, payload bytes)` (on the
+        event loop), subscribed on every connect; fixed when the pipeline is built."""
         self.cfg, self.spool, self.metrics, self.clock = cfg, spool, metrics, clock
         self.topics = cfg.topics
         self.version = version
-        self.on_message_cb = on_message          # (topic, payload bytes) on the loop
-        self.subscriptions: list[str] = [self.topics.cmd_sub]
+        self.on_message_cb = on_message
+        self.subscriptions: tuple[str, ...] = tuple(subscriptions)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = False
         self.inflight: dict[int, tuple[list[int], int, int, list[float], float]] = {}

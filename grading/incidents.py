@@ -23,6 +23,7 @@ from gasguard.grading import engine as G
 from gasguard.grading import report as R
 from gasguard.protocol import counter
 from gasguard.protocol.topics import ACK, SYNC, CommandTopics, Topics
+from gasguard.protocol.units import gas_percent_lel
 
 VALVE_CLOSED = 1
 VALVE_OPEN = 0
@@ -580,4 +581,5 @@ def _site(dev: dict) -> str:
 
 
 def _lel(v) -> float | None:
-    return None if v is None else round(v / 10, 1)
+    v = gas_percent_lel(v)
+    return None if v is None else round(v, 1)

@@ -1,6 +1,7 @@
 # The MQTT topic tree of GasGuard (gateway/README.md "Topics"), built in one place from the configured root.
 #
 #   <root>/<district>/<gateway>/{status,stats,event,reading}           a gateway's own messages
+#   <root>/<district>/<gateway>/drill/clock                            a drill's virtual clock (gateway/clock.py)
 #   <root>/<district>/<gateway>/<dev>/{state,alarm,event,cmd,cmd/result} one device behind it (dev: 8 hex)
 #   <root>/<district>/command/incident/<id>                            incidents for the district command
 #   <root>/<district>/command/{ack,input}/<id>, .../command/sync         the district command's answers
@@ -23,6 +24,7 @@ CMD_RESULT = "cmd/result"
 STATUS = "status"
 STATS = "stats"
 READING = "reading"
+DRILL_CLOCK = "drill/clock"
 
 # the district command's subtree
 COMMAND = "command"
@@ -48,6 +50,7 @@ class GatewayTopics:
         self.event = base + "/" + EVENT
         self.reading = base + "/" + READING
         self.cmd_sub = base + "/+/" + CMD       # every device's command requests
+        self.drill_clock = base + "/" + DRILL_CLOCK   # moves a drill's virtual clock (gateway/clock.py)
 
     def device(self, dev, leaf):
         return self.root + "/" + dev_hex(dev) + "/" + leaf

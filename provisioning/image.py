@@ -10,9 +10,9 @@ from pathlib import Path
 # Folders whose *.py files go on the board (and into the host interpreter) as gasguard.<name>.
 DEVICE_PACKAGES = ("protocol", "firmware")
 
-# Protocol facts only the gateway side uses (the MQTT topic tree): defined in protocol/ with the rest, kept
+# Protocol facts only the gateway side uses (the MQTT topic tree, the Semtech packet-forwarder format): defined in protocol/ with the rest, kept
 # off the node's flash.
-HOST_ONLY = ("protocol/topics.py",)
+HOST_ONLY = ("protocol/topics.py", "protocol/semtech.py")
 
 # /main.py on the board: boot.py has run; this hands over to the firmware's loop.
 MAIN_STUB = "from gasguard.firmware import main\nmain.run()\n"

@@ -4,7 +4,6 @@ can be unplugged), and a Semtech UDP packet forwarder on loopback."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 import struct
@@ -12,7 +11,7 @@ import time
 import tty
 from pathlib import Path
 
-from gasguard.protocol import framing
+from gasguard.protocol import framing, semtech
 
 
 class PtyCable:
@@ -108,12 +107,12 @@ class PacketForwarder:
         pk = {"tmst": int(time.monotonic() * 1e6) & 0xFFFFFFFF, "chan": 2, "rfch": 0, "freq": 470.9, "stat": stat,
               "modu": "LORA", "datr": "SF11BW125", "codr": "4/5", "rssi": rssi, "lsnr": lsnr, "size": len(raw),
               "data": base64.b64encode(raw).decode()}
-        self.sock.sendto(b"\x02" + tok + b"\x00" + self.eui + json.dumps({"rxpk": [pk]}).encode(), self.server)
+        self.sock.sendto(semtech.push_data(int.from_bytes(tok, "big"), self.eui, {"rxpk": [pk]}), self.server)
         return tok
 
     def pull(self) -> bytes:
         tok = self._tok()
-        self.sock.sendto(b"\x02" + tok + b"\x02" + self.eui, self.server)
+        self.sock.sendto(semtech.pull_data(int.from_bytes(tok, "big"), self.eui), self.server)
         return tok
 
     def poll(self, seconds: float = 0.2) -> None:
@@ -124,12 +123,12 @@ class PacketForwarder:
                 data, _ = self.sock.recvfrom(65535)
             except socket.timeout:
                 continue
-            ident, tok = data[3], data[1:3]
-            if ident == 3:
-                self.txpk.append(json.loads(data[4:])["txpk"])
-                self.sock.sendto(b"\x02" + tok + b"\x05" + self.eui + b'{"txpk_ack":{"error":"NONE"}}', self.server)
+            ident, token, _eui, obj = semtech.parse(data)
+            if ident == semtech.PULL_RESP:
+                self.txpk.append(obj["txpk"])
+                self.sock.sendto(semtech.tx_ack(token, self.eui), self.server)
             else:
-                self.acks.append((ident, tok))
+                self.acks.append((ident, token.to_bytes(2, "big")))
 
     def downlinks(self) -> list[bytes]:
         return [base64.b64decode(t["data"]) for t in self.txpk]

@@ -225,7 +225,7 @@ def test_a_household_is_not_offline_between_two_of_its_reports(tmp_path, mosquit
 
 def test_offline_timeout_follows_the_devices_report_period():
     from gasguard.gateway.config import Config
-    from gasguard.gateway.daemon import offline_timeout
+    from gasguard.gateway.presence import offline_timeout
     from gasguard.registry import Device
     cfg = Config(gateway_id="g1", district="d1", registry=None, spool=None)
     household = Device(dev_id=1, key=bytes(16), profile="household")

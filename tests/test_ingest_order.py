@@ -1,7 +1,7 @@
 """Alarm priority at ingest: which frames of a group move ahead (pure, header peek only)."""
 
 from gasguard.testing.node import Node
-from gasguard.gateway.daemon import alarms_first
+from gasguard.gateway.ingest import alarms_first
 from gasguard.protocol import frame
 from gasguard.protocol.const import ALARM, READING
 

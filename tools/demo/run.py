@@ -3,19 +3,21 @@
 What runs (every part real except the gas and the pipes):
   broker    mosquitto (or amqtt when mosquitto is missing, tools/demo/broker.py), own process
   registry  tools/sim/district.py at a small scale, plus the virtual boards' devices (SQLite, as the CLI writes)
-  gateway   the real daemon with the grading plugin (`gasguard gateway run --clock speed=N`: a drill clock)
+  gateway   the real daemon, grading plugin off as in a district (`gasguard gateway run --clock speed=N`)
+  command   the district command service (`gasguard command serve --clock speed=N`, command/service.py): it
+            consumes the gateway, grades district-wide, keeps every revision in its SQLite store, escalates
   boards    virtual boards running the real firmware in MicroPython (tools/sim/vboard_client.py), each on its pty
   fleet     tools/sim/fleet.py: every station, user and a few thousand household nodes on one pty
   console   command/console.py: the district's and the city's MQTT clients and the rich board
 
 The story (demo time; the plan's deadlines are not shortened, the clock is sped up):
   1. a leak at a household on virtual board 1: gas rises, the firmware shuts the valve itself, alarms;
-     the gateway grades a level IV safety incident (安全事故类, blue) for the district;
+     the command service grades a level IV safety incident (安全事故类, blue) for the district;
   2. the feeder station trips (OPSO) and every station it feeds trips UPSO: more than 10,000 households cut
      off, graded projected level III (供应保障类) and routed to the district and the city; board 2, a home fed
      by one of those stations, shuts its valve on under-pressure;
-  3. 20 minutes after detection nobody has acknowledged: the gateway escalates (plan 4.1.2 phone report);
-  4. the operator presses `a` on each incident; the gateway confirms and escalation stops.
+  3. 20 minutes after detection nobody has acknowledged: the service escalates (plan 4.1.2 phone report);
+  4. the operator presses `a` on each incident; the service confirms and escalation stops.
 
 `Demo(options).run(view)` returns the story's checks; `stop()` (from a signal) ends it early, and every
 process, pty and temporary file is gone when run() returns (unless `keep`).
@@ -162,8 +164,19 @@ def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: 
         # batch delay 0: a partial batch goes at once (a 1 s wait is minutes of demo time, and the publisher
         # re-polls a waiting partial batch without sleeping, which costs the gateway most of a core)
         '[spool]\nsynchronous = "NORMAL"\n\n[batch]\ndelay = 0\n\n'
-        '[metrics]\ntick_interval = 0.2\nstats_interval = 60\n\n'
-        '[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\nreporter_name = "GasGuard demo"\n'
+        '[metrics]\ntick_interval = 0.2\nstats_interval = 60\n')
+    return path
+
+
+def command_toml(path: Path, *, registry: Path, store: Path, port: int) -> Path:
+    """The district command service's configuration (command/README.md): SQLite store, no server needed."""
+    path.write_text(
+        f'# written by the demo (tools/demo/run.py)\n[command]\ndistrict = "{DISTRICT}"\nstore = "sqlite:///{store}"\n'
+        f'registry = "{registry}"\ninstance = "command-demo"\n'
+        # the tick is wall time: 0.2 s is 24 demo seconds at x120
+        'tick_interval = 0.2\n\n'
+        f'[command.mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n'
+        '[grading]\nreporter_unit = "历下区住房和城乡建设局"\nreporter_name = "GasGuard demo"\n'
         'reporter_phone = "0531-00000000"\n')
     return path
 
@@ -215,6 +228,7 @@ class Demo:
         self.dir = Path(opts.workdir or tempfile.mkdtemp(prefix="gasguard-demo-"))
         self.broker = None
         self.gateway: subprocess.Popen | None = None
+        self.command: subprocess.Popen | None = None
         self.boards: list[VBoardProcess] = []
         self.pty: PtyTransport | None = None
         self.fleet: Fleet | None = None
@@ -291,6 +305,16 @@ class Demo:
             vb.ctl.set(gas=gas_raw(5), pressure=pressure_raw(SERVICE_PA, PRESSURE_FS))
             self.say(f"virtual board {i + 1}: real firmware in MicroPython (pid {vb.proc.pid}), dev "
                      f"{dev.dev_id:08x} on {vb.pty}, fed by {self._station(dev.upstream).site_name}")
+        ccfg = command_toml(self.dir / "command.toml", registry=reg, store=self.dir / "command.db", port=self.port)
+        self.command_log = open(self.dir / "command.log", "wb")
+        # the district command service on the same drill clock, dying with the demo like the gateway
+        self.command = subprocess.Popen(
+            [sys.executable, "-m", "gasguard.tools.demo.broker", "--exec", sys.executable, "-m",
+             "gasguard.cli", "command", "serve", "--config", str(ccfg), "--clock", f"speed={o.speed:g}",
+             "--t0", repr(self.t0)], stdout=self.command_log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_log(self.command, "command.log", "is the leader", "the command service")
+        self.say(f"command service: consumes every gateway, grades the district, SQLite store "
+                 f"{self.dir / 'command.db'} (pid {self.command.pid}), log {self.dir / 'command.log'}")
         self.pty = PtyTransport()
         cfg = gateway_toml(self.dir / "gateway.toml", registry=reg, spool=self.dir / "spool.db", port=self.port,
                            serial=[self.pty.port] + [b.pty for b in self.boards])
@@ -300,8 +324,8 @@ class Demo:
             [sys.executable, "-m", "gasguard.tools.demo.broker", "--exec", sys.executable, "-m",
              "gasguard.cli", "gateway", "run", "-c", str(cfg), "--clock", f"speed={o.speed:g}", "--t0", repr(self.t0)],
             stdout=self.gateway_log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_gateway()
-        self.say(f"gateway {GATEWAY}: the real daemon with the grading plugin (pid {self.gateway.pid}), "
+        self._wait_log(self.gateway, "gateway.log", "connected to mqtt broker", "the gateway")
+        self.say(f"gateway {GATEWAY}: the real daemon, grading off as in a district (pid {self.gateway.pid}), "
                  f"{1 + len(self.boards)} serial lines, log {self.dir / 'gateway.log'}")
         self.district_client = _Client("127.0.0.1", self.port, DISTRICT, on_update=self._update).connect(10)
         self.city_client = _Client("127.0.0.1", self.port, DISTRICT, city=True, on_update=self._update).connect(10)
@@ -334,19 +358,20 @@ class Demo:
     def _station(self, dev_id):
         return next(d for d in self.world.devices if d.dev_id == dev_id)
 
-    def _wait_gateway(self, timeout: float = 20.0) -> None:
-        """Until the daemon logs its MQTT connection: only then is it reading its serial lines."""
-        log = self.dir / "gateway.log"
+    def _wait_log(self, proc, name: str, marker: str, what: str, timeout: float = 20.0) -> None:
+        """Until the process logs `marker` (the gateway: its MQTT connection, only then is it reading its serial
+        lines; the command service: it leads, so it consumes)."""
+        log = self.dir / name
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._alive()
-            if self.gateway.poll() is not None:
-                raise DemoError(f"the gateway exited at start ({self.gateway.returncode}); see {log}:\n"
+            if proc.poll() is not None:
+                raise DemoError(f"{what} exited at start ({proc.returncode}); see {log}:\n"
                                 + log.read_text(errors="replace")[-1500:])
-            if "connected to mqtt broker" in log.read_text(errors="replace"):
+            if marker in log.read_text(errors="replace"):
                 return
             time.sleep(0.1)
-        raise DemoError(f"the gateway did not connect to the broker within {timeout:.0f} s; see {log}")
+        raise DemoError(f"{what} did not start within {timeout:.0f} s; see {log}")
 
     def _run_fleet(self, trip) -> None:
         try:
@@ -429,7 +454,7 @@ class Demo:
                         acked["acked"]["by"] == OPERATOR and acked["escalation"] is None,
                         f"rev {acked['revision']} by {acked['acked']['by']}")
             self.view.select(iid, f"acknowledged {iid} rev {acked['revision']} as {OPERATOR}")
-            self.say(f"   gateway confirmed: acknowledged by {OPERATOR} (rev {acked['revision']})", "green")
+            self.say(f"   command service confirmed: acknowledged by {OPERATOR} (rev {acked['revision']})", "green")
         self.say("story complete", "bold green")
         self._sleep_wall(o.linger)
 
@@ -462,7 +487,7 @@ class Demo:
             self.failed = True
             self.say(f"the story stopped: {e}", "red")
         except Stopped:
-            self.say("stopping: fleet, console, gateway, boards, then the broker", "bold")
+            self.say("stopping: fleet, console, gateway, command service, boards, then the broker", "bold")
         except (VBoardError, TransportError, ConsoleError, OSError) as e:
             # a part that would not start: say which, after everything started so far is stopped
             self.failed = True
@@ -494,17 +519,19 @@ class Demo:
             for c in (self.district_client, self.city_client):
                 if c:
                     c.close()          # their boards keep the last revisions: the view's final frame shows them
-            if self.gateway and self.gateway.poll() is None:
-                self.gateway.terminate()          # graceful: stops ingest, flushes to the broker, exits
-                try:
-                    self.gateway.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.gateway.kill()
-                    self.gateway.wait(5)
+            for proc in (self.gateway, self.command):   # graceful: the gateway flushes what it holds to the
+                if proc and proc.poll() is None:       # broker, the service hands its lease back
+                    proc.terminate()
+                    try:
+                        proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(5)
             for b in self.boards:
                 b.stop()
-            if getattr(self, "gateway_log", None):
-                self.gateway_log.close()
+            for f in (getattr(self, "gateway_log", None), getattr(self, "command_log", None)):
+                if f:
+                    f.close()
             if self.pty:
                 self.pty.close()
                 self.pty = None

@@ -41,8 +41,6 @@ REGULATOR_RATIO = 0.9                # a regulator cannot hold an outlet above 9
 INLET_NOMINAL = {"high_a": 3_200_000, "high_b": 2_000_000, "subhigh_a": 1_200_000, "subhigh_b": 600_000,
                  "medium_a": 300_000, "medium_b": 100_000, "low": 3_000}
 
-_PRESSURE_PARAMS = ("opso", "upso", "setpoint")
-_PARAM_NAMES = {v: k for k, v in bounds.PARAM_IDS.items()}
 _DEFAULTS = {p: bounds.defaults(p) for p in bounds.PROFILES}
 
 
@@ -391,11 +389,11 @@ class SimNode:
     def _set_param(self, args):
         if len(args) != 3:
             return const.R_BAD_ARGS
-        name = _PARAM_NAMES.get(args[0])
+        name = const.PARAM_NAMES.get(args[0])
         if name is None or name not in self.params:
             return const.R_UNKNOWN
         value = (args[1] << 8) | args[2]
-        if name in _PRESSURE_PARAMS:
+        if args[0] in const.PRESSURE_PARAMS:
             value = pressure_from_wire(value)
         if value is None or bounds.problems(self.profile, {name: value}):
             return const.R_OUT_OF_BOUNDS

@@ -19,9 +19,8 @@ import threading
 import time
 import tty
 
-from gasguard.protocol import framing
+from gasguard.protocol import framing, semtech
 
-from . import fleet_semtech as semtech
 
 
 def wrap(frame):

@@ -7,7 +7,9 @@
     PULL_ACK   0x04  down  ver|token|0x04
     TX_ACK     0x05  up    ver|token|0x05|EUI(8)|JSON {"txpk_ack": {"error": "NONE"}}
 
-The simulator plays the packet forwarder; the gateway daemon is the "server".
+The one definition of the format for both sides: the gateway daemon is the "server"
+(gateway/transports/semtech_udp.py), the fleet simulator and the test kit play the packet forwarder.
+Gateway-side only: kept off the node's flash (provisioning/image.py HOST_ONLY).
 """
 
 import base64
@@ -15,10 +17,15 @@ import json
 import struct
 import time
 
-VERSION = 2
+VERSION = 2                  # what we send
+VERSIONS = (1, 2)            # what a server accepts: v1 forwarders differ only in the stat object
 PUSH_DATA, PUSH_ACK, PULL_DATA, PULL_RESP, PULL_ACK, TX_ACK = range(6)
 NAMES = {0: "PUSH_DATA", 1: "PUSH_ACK", 2: "PULL_DATA", 3: "PULL_RESP", 4: "PULL_ACK", 5: "TX_ACK"}
+WITH_EUI = (PUSH_DATA, PULL_DATA, TX_ACK)   # upstream messages carry the forwarder's EUI after the header
+HEADER_LEN = 4               # ver | token (2) | ident
+EUI_LEN = 8
 MAX_RXPK = 8                 # lora_pkt_fwd NB_PKT_MAX: packets per PUSH_DATA
+MAX_DATAGRAM = 65507         # largest UDP payload over IPv4
 CN470_UP_MHZ = 470.3         # CN470 uplink channel 0; channels are 0.2 MHz apart
 
 
@@ -28,6 +35,11 @@ class SemtechError(ValueError):
 
 def _head(token, ident):
     return struct.pack(">BHB", VERSION, token & 0xFFFF, ident)
+
+
+def ack(datagram, ident):
+    """The server's PUSH_ACK / PULL_ACK to `datagram`: its version and token echoed."""
+    return datagram[:3] + bytes([ident])
 
 
 def push_data(token, eui, obj):
@@ -40,6 +52,17 @@ def pull_data(token, eui):
 
 def tx_ack(token, eui, error="NONE"):
     return _head(token, TX_ACK) + eui + json.dumps({"txpk_ack": {"error": error}}).encode()
+
+
+def txpk(data, freq=CN470_UP_MHZ, datr="SF11BW125", powe=17):
+    """A downlink as a PULL_RESP carries it: sent at once (class C-like), inverted polarity as LoRa
+    downlinks are."""
+    return {"imme": True, "freq": freq, "rfch": 0, "powe": powe, "modu": "LORA", "datr": datr, "codr": "4/5",
+            "ipol": True, "size": len(data), "data": base64.b64encode(data).decode()}
+
+
+def pull_resp(token, txpk_obj):
+    return _head(token, PULL_RESP) + json.dumps({"txpk": txpk_obj}).encode()
 
 
 def rxpk(data, radio, tmst_us, now=None):
@@ -56,18 +79,18 @@ def rxpk(data, radio, tmst_us, now=None):
 
 def parse(datagram):
     """(ident, token, eui or None, json object or None). Raises SemtechError."""
-    if len(datagram) < 4:
+    if len(datagram) < HEADER_LEN:
         raise SemtechError("datagram of %d bytes is shorter than a header" % len(datagram))
     ver, token, ident = struct.unpack_from(">BHB", datagram, 0)
-    if ver != VERSION:
-        raise SemtechError("protocol version %d, expected %d" % (ver, VERSION))
+    if ver not in VERSIONS:
+        raise SemtechError("protocol version %d, expected one of %r" % (ver, VERSIONS))
     if ident not in NAMES:
         raise SemtechError("unknown identifier 0x%02x" % ident)
-    eui, rest = None, datagram[4:]
-    if ident in (PUSH_DATA, PULL_DATA, TX_ACK):
-        if len(rest) < 8:
+    eui, rest = None, datagram[HEADER_LEN:]
+    if ident in WITH_EUI:
+        if len(rest) < EUI_LEN:
             raise SemtechError("%s without a gateway EUI" % NAMES[ident])
-        eui, rest = rest[:8], rest[8:]
+        eui, rest = rest[:EUI_LEN], rest[EUI_LEN:]
     obj = None
     if rest:
         try:
