@@ -72,6 +72,8 @@ def ellipsise(text: str, width: int) -> str:
 
 def deadline_cell(v: dict) -> Text:
     if not v["counting"]:
+        if v["text"] == "resolved":                    # cleared, not acknowledged: no tick for that
+            return Text("cleared", style="dim")
         return Text("✓ late" if v.get("late") else "✓", style="dim")
     if v["overdue"]:
         return Text("OVER " + v["text"].split()[-1], style="bold red")
@@ -181,9 +183,15 @@ class WatchApp(App):
         self.set_interval(self.refresh_s, self.redraw)
 
     # --- drawing ---------------------------------------------------------------------------------
-    def rows(self) -> list[dict]:
+    def rows(self, keep_normal_s: float = 600.0) -> list[dict]:
+        """Open incidents, and cleared ones nobody acknowledged (ISA-18.2: they stay until someone looks);
+        cleared and acknowledged ones for `keep_normal_s`."""
         now = self.clock()
-        return sorted((A.board_row(m, now) for m in self.client.board.rows(now)), key=A.sort_key)
+        with self.client.board._lock:
+            msgs = list(self.client.board.incidents.values())
+        rows = [A.board_row(m, now) for m in msgs]
+        return sorted((r for r, m in zip(rows, msgs) if r["state"] != A.NORMAL
+                       or now - (m.get("resolved_at") or now) < keep_normal_s), key=A.sort_key)
 
     def redraw(self) -> None:
         table = self.query_one("#board", DataTable)
@@ -269,14 +277,39 @@ class WatchApp(App):
                 self.say("not acknowledged")
         self.push_screen(ConfirmAck(m, self.by), answered)
 
+    @property
+    def who(self) -> str:
+        """Who the gateway will record: the signing operator when acts are signed (issue 14), else `by`."""
+        signer = getattr(self.client, "signer", None)
+        return (getattr(signer, "on_behalf_of", None) or getattr(signer, "id", None)) if signer else self.by
+
+    def _refusal(self, sent) -> str | None:
+        """The gateway's refusal of the request we sent (signed acts are answered by hash), if any yet."""
+        results = getattr(self.client, "results", None)
+        res = results.get(sent) if results is not None and isinstance(sent, str) else None
+        return None if res is None or res.get("outcome") == "allowed" else f"{res.get('reason')}: {res.get('detail')}"
+
+    def _await(self, iid: str, sent, pred) -> dict:
+        """The incident once `pred` holds, or ConsoleError: refused by the gateway, or no answer in time."""
+        deadline = time.monotonic() + self.confirm_timeout
+        while True:
+            why = self._refusal(sent)
+            if why:
+                raise ConsoleError(f"REFUSED by the gateway: {why}")
+            try:
+                return self.client.wait_for(iid, min(0.5, max(0.05, deadline - time.monotonic())), pred)
+            except ConsoleError:
+                if time.monotonic() >= deadline:
+                    raise ConsoleError(f"no confirmation from the gateway within {self.confirm_timeout:g} s") from None
+
     @work(thread=True, exclusive=True, group="act")
     def send_ack(self, m: dict) -> None:
-        iid, rev = m["incident_id"], m["revision"]
+        iid, rev, who = m["incident_id"], m["revision"], self.who
         try:
-            self.client.ack(iid, self.by, rev, self.confirm_timeout)
-            done = self.client.wait_for(iid, self.confirm_timeout, lambda x: bool(x.get("acked"))
-                                        and x["acked"].get("by") == self.by and x["revision"] > rev)
-            text = f"acknowledged {iid} as {self.by}: confirmed by the gateway (revision {done['revision']})"
+            sent = self.client.ack(iid, self.by, rev, self.confirm_timeout)
+            done = self._await(iid, sent, lambda x: bool(x.get("acked")) and x["acked"].get("by") == who
+                               and x["revision"] > rev)
+            text = f"acknowledged {iid} as {who}: confirmed by the gateway (revision {done['revision']})"
         except ConsoleError as e:
             text = f"NOT acknowledged: {e}"
         self.call_from_thread(self.say, text)
@@ -301,8 +334,8 @@ class WatchApp(App):
         m = self.client.board.get(iid)
         before = {(n["t"], n["by"], n["text"]) for n in m["report"].get("notes") or []}
         try:
-            self.client.send_input(iid, {**fields, "by": self.by}, self.confirm_timeout)
-            done = self.client.wait_for(iid, self.confirm_timeout, lambda x: x["revision"] > m["revision"])
+            sent = self.client.send_input(iid, {**fields, "by": self.by}, self.confirm_timeout)
+            done = self._await(iid, sent, lambda x: x["revision"] > m["revision"])
             new = [n["text"] for n in done["report"].get("notes") or []
                    if (n["t"], n["by"], n["text"]) not in before]
             rejected = next((t for t in new if t.startswith("rejected input")), None)
@@ -310,6 +343,6 @@ class WatchApp(App):
                     f"applied {', '.join(fields)} for {iid}: level {G.LEVEL_NAMES.get(done['level'], '-')}, "
                     f"warning {done['warning'] or 'none'} (revision {done['revision']})")
         except ConsoleError as e:
-            text = f"NOT sent: {e}"
+            text = f"NOT applied: {e}"
         self.call_from_thread(self.say, text)
         self.call_from_thread(self.redraw)

@@ -164,6 +164,8 @@ class Authority:
             RO.add(self.roster, self.key, pid, role, public_hex(k.public_key()), name=name, approver=self.approver)
             if role == "admin" and self.approver is None:
                 self.approver = (pid, k)
+        self.trust = self.dir / "authority.pub"           # what the command service and gateways trust
+        self.trust.write_text(public_hex(self.key.public_key()) + "\n")
         self.console_audit = AuditLog(self.dir / "audit-console", recorder=console_id)
         self.command_audit = AuditLog(self.dir / "audit-command", recorder="command")
 
@@ -177,6 +179,11 @@ class Authority:
         from gasguard.authority import Gate
         return Gate(self.roster, self.key.public_key(), self.dir / "replay.db", self.command_audit,
                     district=self.district)
+
+    def command_table(self) -> dict:
+        """The command service's [authority] table (command/acts.py) for this authority."""
+        return {"roster": str(self.roster), "trust": str(self.trust), "replay": str(self.dir / "command-replay.db"),
+                "audit": str(self.dir / "audit-command")}
 
     def revoke(self, pid: str) -> None:
         from gasguard.authority import roster as RO

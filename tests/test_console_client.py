@@ -10,7 +10,8 @@ from gasguard.command.console import CommandClient, IncidentBoard, parse_input, 
 from gasguard.command.console_cli import command
 from gasguard.gateway.grading_plugin import GradingPlugin
 from gasguard.grading.incidents import IncidentEngine
-from grading_helpers import T0, PluginHarness, alarm, device, payloads
+from gasguard.command.watch import deadline_cell
+from grading_helpers import T0, PluginHarness, alarm, device, payloads, reading
 
 
 def _incidents(now_offsets=()):
@@ -216,6 +217,30 @@ def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gat
             asyncio.run(run())
     finally:
         gateway.stop_pumping()
+
+
+def test_watch_keeps_an_alarm_that_cleared_unacknowledged_until_someone_acknowledges_it():
+    """ISA-18.2 returned-to-normal-unacknowledged: the field console used to drop a resolved incident after
+    10 minutes whether or not anyone had seen it."""
+    from gasguard.command.watch import WatchApp
+    eng = IncidentEngine({}, downstream=lambda d: [])
+    home = device(0x100001, profile="household", households=1, site="千佛山路8号2单元")
+    msgs = payloads(eng.observe(alarm(home, T0, 2, value=300, gas_level=2)), "/lixia/")
+    msgs += payloads(eng.observe(alarm(home, T0 + 60, 2, aseq=2, cleared=True)), "/lixia/")
+    msgs += payloads(eng.observe(reading(home, T0 + 90, pressure=2000, valve=0)), "/lixia/")
+    client = CommandClient("127.0.0.1", 1, "lixia")                     # not connected: the board is filled here
+    for m in msgs:
+        client.board.apply(m)
+    assert msgs[-1]["status"] == "resolved"
+    clock = {"t": T0 + 3600}                                           # an hour later, still not acknowledged
+    app = WatchApp(client, by="wang.li", clock=lambda: clock["t"])
+    [row] = app.rows()
+    assert row["state"] == "returned-to-normal-unacknowledged"
+    assert str(deadline_cell(row["phone"])) == "cleared"
+    eng_ack = payloads(eng.acknowledge(msgs[-1]["incident_id"], {"by": "wang.li"}, T0 + 3600), "/lixia/")
+    client.board.apply(eng_ack[-1])
+    clock["t"] += 601                                                  # acknowledged and cleared: goes after 10 min
+    assert app.rows() == []
 
 
 def test_cli_input_keeps_spaces_and_quotes_in_one_field():

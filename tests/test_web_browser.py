@@ -1,7 +1,12 @@
-"""The web console in a real headless Chromium, end to end: a signed leak frame goes over a real pty into the
-real gateway daemon (grading plugin on), its incident through a real mosquitto into the console's source,
-and from there by server-sent events onto the board of a logged-in operator, who acknowledges it; the
-gateway confirms the acknowledgement and the audit record names the operator. One browser for the module."""
+"""The web console in a real headless Chromium, end to end. One browser for the module.
+
+- a substation working alone: a signed leak frame over a real pty into the real gateway daemon (grading
+  plugin on), its incident through a real mosquitto onto the board of a logged-in operator within 2 s, who
+  acknowledges it; the gateway confirms and the audit record names the operator;
+- a district: the same frame through a plain gateway to the real command service (leader, SQLite store,
+  the authority's Gate), read from its store; the acknowledgement signed by the console on behalf of the
+  operator, verified and applied by the leader, whose hash-chained audit record names them;
+- pages need a login, print without controls, and a forged form is refused."""
 
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ OPERATOR, PASSWORD = "wang.li", "correct horse battery"
 LEAK_SITE = "文化东路12号 3单元 502室 (Wenhua East Road 12, unit 3, flat 502)"
 
 
-def _gateway(tmp_path, mosquitto):
+def _gateway(tmp_path, mosquitto, grading=True):
+    """A home and its regulator station in the registry, a pty cable, the gateway's configuration: grading
+    plugin on (a substation working alone) or off (a district: the command service grades)."""
     station, home = Node(0xA001), Node(0x100001)
     with Registry(tmp_path / "registry.db") as r:
         r.add_many([
@@ -45,7 +52,8 @@ def _gateway(tmp_path, mosquitto):
     cfg = gwconfig.load(write_config(
         tmp_path / "gateway.toml", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
         mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id="sub-017", district="lixia",
-        extra='[metrics]\ntick_interval = 0.1\n\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'))
+        extra='[metrics]\ntick_interval = 0.1\n' + ('\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
+                                                  if grading else "")))
     return home, cable, cfg
 
 
@@ -108,6 +116,58 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
         daemon_sub.close()
         runner.stop()
         cable.close()
+
+
+def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_record(tmp_path, mosquitto,
+                                                                                      chromium):
+    """In a district: gateway (no grading plugin) -> broker -> the command service (leader, SQLite store, the
+    authority's Gate) -> its store -> this console; the acknowledgement goes back through the store as a signed
+    request the leader verifies, applies and audits with the operator's name."""
+    from gasguard.authority import audit
+    from gasguard.command import config as cconfig
+    from gasguard.command.service import CommandService
+    from gasguard.command.store import open_store
+    from gasguard.command.web.source import StoreSource
+    from gasguard.testing.webconsole import Authority
+    home, cable, gw_cfg = _gateway(tmp_path, mosquitto, grading=False)
+    runner = DaemonThread(Daemon(gw_cfg))
+    auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
+    url = f"sqlite:///{tmp_path / 'command.db'}"
+    svc = CommandService(cconfig.load(None, district="lixia", store=url, registry=str(tmp_path / "registry.db"),
+                                      mqtt_port=mosquitto.port, tick_interval=0.1, instance="cmd-a", lease_ttl=2.0,
+                                      authority=auth.command_table())).start()
+    source = None
+    try:
+        wait_until(svc.connected.is_set, 15, "the command service leads and connects")
+        runner.wait_ports()
+        source = StoreSource(open_store(url), "lixia", poll_s=0.05).start()
+        book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
+        app = create_app(WebConfig(district="lixia"), source, auth.acting(), book)
+        with WebServer(app) as web:
+            chromium.reset()
+            _login(chromium, web.url)
+            chromium.wait_css("#live.on", 5)
+            sent = time.monotonic()
+            cable.send(home.alarm(code=2, value=300))
+            row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]
+            print(f"leak frame -> service -> store -> board row: {(time.monotonic() - sent) * 1000:.0f} ms")
+            row.find_element("css selector", ".ack-button").click()
+            chromium.wait_css("#confirm-ack", 5)[0].click()
+            chromium.wait_css("#flash", 12, "confirmed")
+            chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
+            chromium.reset()
+        iid = source.snapshot()[0]["incident_id"]
+        assert [a["outcome"] for a in svc.store.get_incident(iid)["acks"]] == ["accepted"]
+        recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+                for r in audit.show(auth.dir / "audit-command", category="incident")]
+        assert ("ack", "allowed", OPERATOR, auth.console_id) in recs          # the leader's record names them
+        assert audit.verify(auth.dir / "audit-command")["ok"]
+    finally:
+        if source is not None:
+            source.close()
+        runner.stop()
+        cable.close()
+        svc.stop()
 
 
 def test_pages_need_a_login_print_without_controls_and_a_forged_form_is_refused(tmp_path, chromium):

@@ -225,3 +225,47 @@ def test_acts_are_signed_by_the_console_for_the_operator_checked_and_on_both_aud
     command = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
                for r in auth.records("command") if r["category"] == "incident"]
     assert ("ack", "allowed", OP, "web-console-1") in command
+
+
+def test_serve_starts_from_its_config_with_the_console_key_and_the_service_store(tmp_path, mosquitto):
+    """`gasguard command web serve` as an operator starts it: TOML, encrypted console key, the command
+    service's store, the broker; then the login page answers."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from gasguard.authority import secretfile
+    from gasguard.command.store import open_store
+    from gasguard.testing.mosquitto import free_port
+    from gasguard.testing.webconsole import Authority
+    auth = Authority(tmp_path / "authority", "lixia", {OP: ("operator", "王丽")})
+    secretfile.save_private_key(tmp_path / "console.key", auth.console_key, b"console passphrase")
+    store = open_store(f"sqlite:///{tmp_path / 'command.db'}")
+    store.migrate()
+    store.close()
+    new_password_file(tmp_path / "pw.json", OP, PW, quick_hasher())
+    port = free_port()
+    (tmp_path / "web.toml").write_text(
+        f'[web]\nport = {port}\ndistrict = "lixia"\npasswords = "pw.json"\n'
+        f'[mqtt]\nport = {mosquitto.port}\n[command]\nstore = "sqlite:///{tmp_path / "command.db"}"\n'
+        f'[authority]\nroster = "{auth.roster}"\ntrusted_key = "{auth.trust}"\nconsole_id = "{auth.console_id}"\n'
+        f'console_key = "console.key"\naudit = "audit-web"\n')
+    env = dict(os.environ, GASGUARD_CONSOLE_PASSPHRASE="console passphrase")
+    proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "command", "web", "serve", "-c",
+                             str(tmp_path / "web.toml")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=2) as r:
+                    assert r.status == 200 and b'id="operator-id"' in r.read()
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "the console did not answer within 20 s"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)

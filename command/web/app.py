@@ -72,6 +72,8 @@ class Console:
         self._lock = threading.Lock()
         self._waiters: set[asyncio.Event] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.version = 0                             # grows with every change seen (and every shelving)
+        self._board_cache: tuple | None = None       # ((version, whole second), JSON): shared by every stream
         self.unlisten = source.listen(self._on_change)
 
     # --- change feed (source thread -> event loop) -----------------------------------------------
@@ -83,6 +85,7 @@ class Console:
             self.loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
+        self.version += 1
         for ev in list(self._waiters):
             ev.set()
 
@@ -126,6 +129,14 @@ class Console:
             flood = self.flood.state(now)
         return {"now": now, "now_text": self.fmt_time(now), "rows": rows, "flood": flood,
                 "district": self.cfg.district}
+
+    def board_json(self) -> str:
+        """The board as JSON, made once per change and per second whoever asks (a wall of screens costs
+        one render, not one per screen)."""
+        key = (self.version, int(self.clock()))
+        if self._board_cache is None or self._board_cache[0] != key:
+            self._board_cache = (key, json.dumps(self.board(), ensure_ascii=False))
+        return self._board_cache[1]
 
     def fmt_time(self, t: float | None, seconds: bool = True) -> str:
         if t is None:
@@ -301,7 +312,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
     async def events(request: Request):
         async def stream():
             while True:
-                yield {"event": "board", "data": json.dumps(con.board(), ensure_ascii=False)}
+                yield {"event": "board", "data": con.board_json()}
                 await con.changed(1.0)                  # a change at once; otherwise the 1 s countdown tick
                 if await request.is_disconnected():
                     return

@@ -88,7 +88,11 @@ def serve(config):
     try:
         if sc.store:                 # the district command service (issue 15): its store is the one source
             from gasguard.command.store import open_store
-            source = StoreSource(open_store(sc.store), sc.web.district, topic_root=m["topic_root"],
+            store = open_store(sc.store)
+            if store.schema_version() == 0:
+                _fail(f"the command store {sc.store} is empty: start the command service first "
+                      "(gasguard command serve creates and migrates it)", 1)
+            source = StoreSource(store, sc.web.district, topic_root=m["topic_root"],
                                  feed=feed.start(), source_name=a["console_id"]).start()
         else:                        # a substation working alone: its grading plugin's topics
             source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed).start(10)

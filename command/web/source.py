@@ -15,6 +15,7 @@ knows nothing else of where incidents live.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -171,17 +172,38 @@ class MqttSource:
     def act_topic(self, kind: str, incident_id: str) -> str:
         return getattr(self.client._command_of(incident_id), kind)(incident_id)
 
-    def _send(self, kind: str, incident_id: str, request: bytes, timeout: float) -> None:
+    def _send(self, kind: str, incident_id: str, request: bytes, timeout: float) -> str | None:
+        """Publish the signed act; then wait for whichever comes first: the gateway's answer to this request
+        (issue 14: `command/result/<gw>`, keyed by the request's SHA-256; a refusal raises Refused) or a new
+        revision of the incident (a gateway that applied it without an answer): None, the caller checks it."""
+        cur = self.client.board.get(incident_id)
+        rev0 = cur["revision"] if cur else -1
         try:
             self.client._publish(self.act_topic(kind, incident_id), request, timeout)
         except ConsoleError as e:
             raise SourceError(str(e)) from None
+        results = getattr(self.client, "results", None)
+        if results is None:
+            return None
+        sha = hashlib.sha256(request).hexdigest()
+        deadline = time.monotonic() + timeout
+        with self.client.results_cond:
+            while sha not in results:
+                m = self.client.board.get(incident_id)
+                left = deadline - time.monotonic()
+                if (m is not None and m["revision"] > rev0) or left <= 0:
+                    return None
+                self.client.results_cond.wait(min(left, 0.05))
+            res = results[sha]
+        if res.get("outcome") != "allowed":
+            raise Refused(f"{res.get('reason')}: {res.get('detail')}")
+        return "accepted"
 
-    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> None:
-        self._send("ack", incident_id, request, timeout)       # the gateway answers with a new revision
+    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> str | None:
+        return self._send("ack", incident_id, request, timeout)
 
-    def send_input(self, incident_id: str, request: bytes, timeout: float) -> None:
-        self._send("input", incident_id, request, timeout)
+    def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None:
+        return self._send("input", incident_id, request, timeout)
 
     def readings(self, dev: str, since: float) -> list[dict]:
         return self.feed.readings(dev, since)

@@ -102,6 +102,27 @@ def district(clock) -> EngineSource:
     return src
 
 
+def watch_png(src, out_dir: Path, browser) -> None:
+    """`gasguard command watch` at 100 x 30 on the same district: textual's SVG export, photographed."""
+    import asyncio
+
+    from gasguard.command.console import CommandClient
+    from gasguard.command.watch import WatchApp
+    client = CommandClient("127.0.0.1", 1, "lixia")          # never connected: the board is filled here
+    for m in src.snapshot():
+        client.board.apply(m)
+    app = WatchApp(client, by="wang.li", clock=lambda: T, refresh=3600)
+
+    async def shoot():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            app.save_screenshot(str(out_dir / "watch.svg"))
+    asyncio.run(shoot())
+    browser.driver.get((out_dir / "watch.svg").resolve().as_uri())
+    browser.screenshot(out_dir / "watch.png")
+    (out_dir / "watch.svg").unlink()
+
+
 def main(out: str = "docs/web") -> int:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +151,8 @@ def main(out: str = "docs/web") -> int:
                 b.screenshot(out_dir / name, full_height=not name.startswith(("board", "map")))
                 print(out_dir / name)
             b.reset()
+            watch_png(src, out_dir, b)
+            print(out_dir / "watch.png")
     finally:
         (out_dir / ".pw.json").unlink(missing_ok=True)
     return 0
