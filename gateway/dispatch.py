@@ -17,12 +17,13 @@ from gasguard.protocol import frame, topics
 from gasguard.protocol.const import DOWN
 
 from . import payloads
-from .burstlog import BurstLog
+from .burstlog import BurstLog, untrusted
 from .commands import BadCommand, Commands, parse_request
 from .outbox import Outbox
 from .presence import PresenceTable
-from .spool import EVENT, Item, SpoolFull
+from .spool import EVENT, Item, SpoolError
 from .transports import Transport
+from .verify import RegistryUnreadable
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -85,37 +86,47 @@ class Dispatcher:
     def request(self, dev: int, payload: bytes, now: float) -> None:
         try:
             req = parse_request(payload)
-            device = self.registry.get(dev)
+            try:
+                device = self.registry.get(dev)
+            except RegistryUnreadable as e:
+                raise BadCommand(str(e)) from None
             if device is None or device.state != "commissioned":
                 raise BadCommand(f"device {dev:08x} is not a commissioned device of this gateway")
             p = self.commands.add(dev, req, now)
         except BadCommand as e:
             rid = ""
             try:
-                rid = str(json.loads(payload).get("request_id", ""))
-            except (ValueError, AttributeError):
+                rid = str(json.loads(payload).get("request_id", ""))[:128]
+            except (ValueError, AttributeError, RecursionError):
                 pass
             self.metrics.commands.labels("rejected").inc()
-            log.warning("command rejected: %s", e, extra=logs.fields(device=dev, request=rid or None))
+            # the district's text, escaped; a flood of bad requests is a count, not a flood (issue 12 item 7)
+            self.burst.event("cmd_rejected", "command rejected: %s", untrusted(str(e)), allow=20,
+                             extra=logs.fields(device=dev, request=untrusted(rid) if rid else None))
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
             self.outbox.put([(self.topics.device(dev, topics.CMD_RESULT), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) queued", p.cmd, p.cid, extra=logs.fields(device=dev, request=p.request_id))
+        log.info("command %s (cid %d) queued", p.cmd, p.cid, extra=logs.fields(device=dev, request=untrusted(p.request_id)))
         self.due(now)
 
     def due(self, now: float) -> None:
         """Send what is due (first tries and retries); publish a timeout result for what ran out of time."""
         send, dead = self.commands.due(now)
         for p in send:
-            device = self.registry.get(p.dev)
+            try:
+                device = self.registry.get(p.dev)
+            except RegistryUnreadable as e:
+                self.burst.event("cmd_registry", "commands wait: %s", e)
+                continue
             if device is None:
                 continue
             # SPEC 1: the downlink counter is persisted before it is used
             dfc = self.down.get(p.dev, 0) + 1
             try:
                 self.outbox.counters({(p.dev, DOWN): dfc})
-            except SpoolFull as e:
-                log.critical("cannot persist a downlink counter (%s); command waits", e)
+            except SpoolError as e:
+                self.burst.event("cmd_spool", "cannot persist a downlink counter (%s); command waits", e,
+                                 level=logging.CRITICAL)
                 continue
             self.down[p.dev] = dfc
             if not self.send(p.dev, dict(self.commands.fields(p), fcnt=dfc), "command", device.key):

@@ -21,7 +21,7 @@ from paho.mqtt.client import topic_matches_sub
 from gasguard.protocol import frame
 
 from . import payloads
-from .burstlog import BurstLog
+from .burstlog import BurstLog, untrusted
 from .plugin import Plugin, normalise
 
 log = logging.getLogger("gasguard.gateway")
@@ -117,8 +117,8 @@ class Observers:
             if any(topic_matches_sub(s, topic) for s in p.subscriptions):
                 try:
                     doc = json.loads(payload)
-                except ValueError:
-                    self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
+                except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
+                    self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
                     continue
                 out.extend(self._call(p, "on_message", topic, doc, now))
         return out
@@ -132,20 +132,22 @@ class Observers:
                 for name, values in ((gauges and gauges(now)) or {}).items():
                     for label, v in values.items():
                         sums[(name, label)] = sums.get((name, label), 0) + v
-            except Exception:
-                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+            except Exception as e:  # noqa: BLE001 - a plugin's defect must not stop the gauges
+                self.burst.exception(f"plugin:{getattr(p, 'name', p)}.gauges:{type(e).__name__}",
+                                     "plugin %s.gauges failed", getattr(p, "name", p))
         return sums
 
     def close(self) -> None:
         for p in self.plugins:
             self._call(p, "close")
 
-    @staticmethod
-    def _call(plugin, method, *args) -> list:
+    def _call(self, plugin, method, *args) -> list:
         try:
             res = getattr(plugin, method)(*args) or []
             return [normalise(o) for o in res]
-        except Exception:
-            log.exception("plugin %s.%s failed; the gateway carries on without its output",
-                          getattr(plugin, "name", plugin), method)
+        except Exception as e:  # noqa: BLE001 - a plugin's defect must not stop ingest
+            name = getattr(plugin, "name", plugin)
+            # one traceback per window and site, with a count of the rest (issue 12 item 7)
+            self.burst.exception(f"plugin:{name}.{method}:{type(e).__name__}",
+                                 "plugin %s.%s failed; the gateway carries on without its output", name, method)
             return []

@@ -59,14 +59,66 @@ CREATE TABLE IF NOT EXISTS plugin_state (name TEXT PRIMARY KEY, state TEXT NOT N
 """
 
 
-class SpoolFull(Exception):
+class SpoolError(Exception):
+    """The spool cannot be used: `kind` is one of FIXES' keys; the message names the file and the fix.
+
+    At start it is a refusal (exit 2); mid-run every frame of the failed write is refused with reason
+    `spool_<kind>` and the daemon keeps running (the next group tries again)."""
+
+    def __init__(self, kind: str, path, detail: str):
+        self.kind, self.path = kind, Path(path)
+        super().__init__(f"spool {path}: {detail}; "
+                         f"{FIXES[kind].format(path=path, folder=Path(path).parent, name=Path(path).name)}")
+
+
+class SpoolFull(SpoolError):
     """The disk (or the spool's page limit) is full: the write did not happen, nothing was accepted."""
 
+    def __init__(self, path, detail: str):
+        super().__init__("full", path, detail)
 
-class SpoolLost(Exception):
+
+FIXES = {
+    "full": "free disk space, nothing was accepted",
+    "readonly": "the gateway user must be able to write it and its folder "
+                "(chown gasguard {path} {folder}; chmod u+rw {path}; check the file system is not mounted read-only)",
+    "corrupt": "stop the gateway, move the damaged file aside (mv {path} {path}.corrupt) with its -wal/-shm files, "
+               "and start again (the counters it held are lost: see the operations docs on replay protection)",
+    "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
+    "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
+    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
+    "lost": "it holds the replay counters: restore it from the backup (gateway/README.md, 'Backup': with the "
+            "gateway stopped, sqlite3 {path} \".restore BACKUP\"); only if it is truly gone, start a new spool on "
+            "purpose by deleting {folder}/.{name}.id and re-synchronise the devices' counters (the nodes refuse "
+            "acks until the gateway's downlink counter passes theirs)",
+}
+
+
+def spool_error(path, e: BaseException) -> SpoolError:
+    """An sqlite3 or OS error -> SpoolError of the kind that says what to do (SQLite's result codes, not
+    message text, where there is one)."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e)
+    if name.startswith("SQLITE_FULL") or "full" in text:
+        return SpoolFull(path, text)
+    if name.startswith("SQLITE_READONLY") or "readonly" in text or isinstance(e, PermissionError):
+        return SpoolError("readonly", path, f"read-only ({text})")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return SpoolError("corrupt", path, f"damaged ({text})")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return SpoolError("busy", path, f"locked ({text})")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return SpoolError("open", path, f"cannot be opened ({text})")
+    return SpoolError("io", path, f"I/O error ({text})")
+
+
+class SpoolLost(SpoolError):
     """At start: the spool this gateway had is missing, empty or another one. It held the replay counters
     (issue 12: with it gone, captured frames were accepted again and acks reused counters the nodes refuse),
     so the gateway refuses to start (exit 2) rather than begin again silently."""
+
+    def __init__(self, path, detail: str):
+        super().__init__("lost", path, detail)
 
 
 def marker_path(path: Path) -> Path:
@@ -75,11 +127,6 @@ def marker_path(path: Path) -> Path:
     return path.parent / f".{path.name}.id"
 
 
-def _restore_hint(path: Path) -> str:
-    return (f"restore it from the backup (gateway/README.md, 'Backup': sqlite3 {path} \".restore BACKUP\""
-            f", with the gateway stopped); only if it is truly gone, start a new spool on purpose by deleting "
-            f"{marker_path(path)} and then re-synchronise the devices' counters (the nodes refuse acks until the "
-            f"gateway's downlink counter passes theirs)")
 
 
 @dataclass
@@ -115,42 +162,77 @@ def _marker_id(marker: Path) -> str | None:
         return "unreadable"
 
 
+def _refuse_if_marked(path: Path) -> None:
+    """A spool that is not there, where the marker says there was one: SpoolLost."""
+    marker = marker_path(path)
+    if marker.exists():
+        raise SpoolLost(path, f"missing, but {marker} says this gateway had one (id {_marker_id(marker)})")
+
+
 class Spool:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
                  audit: bool = False, max_pages: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._check_present()
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
         self.synchronous = synchronous
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.executescript(_SCHEMA)
-        if max_pages:   # tests: a tiny "disk" that fills up like a real one
-            self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
         self.max_bytes = max_bytes
         self.audit = audit
-        self.id = self._identity()
-        self.size = self._measure()
+        self.db = None
         # PUBACKed ranges whose DELETE failed (a full disk): retried with every delete and by retry_deletes()
         # until they go, so a disk that fills and frees does not leave rows to be re-sent at the next start.
         # Bounded by the rows in the spool (a range holds at least one row).
         self.undeleted: list[tuple[int, int, int]] = []
         self.undeleted_bytes = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_present()
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.executescript(_SCHEMA)
+            if max_pages:   # tests: a tiny "disk" that fills up like a real one
+                self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+            # a write probe: a read-only file or folder fails here, at start, not at the first alarm
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('write_probe', '1')")
+            finally:
+                self.db.execute("ROLLBACK")
+            self.size = self._measure()     # reads every outbox row: a truncated file fails here too
+            self.id = self._identity()
+        except (sqlite3.Error, OSError) as e:
+            if self.db is not None:
+                self.db.close()
+            raise spool_error(self.path, e) from None
+
+    @staticmethod
+    def check(path: str | Path) -> None:
+        """`gateway check-config`: open an existing spool exactly as `run` does (raises SpoolError); for a
+        spool not created yet, check its folder can hold one, without creating it."""
+        path = Path(path)
+        if path.exists():
+            Spool(path).close()
+            return
+        _refuse_if_marked(path)
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        try:
+            probe = folder / f".{path.name}.probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise SpoolError("open", path, f"cannot be created ({e.strerror})") from None
 
     def _check_present(self) -> None:
-        p, marker = self.path, marker_path(self.path)
+        p = self.path
         try:
             size = p.stat().st_size
         except FileNotFoundError:
-            if marker.exists():
-                raise SpoolLost(f"spool {p} is missing, but {marker} says this gateway had one (id "
-                                f"{_marker_id(marker)}); it holds the replay counters: {_restore_hint(p)}") from None
+            _refuse_if_marked(p)
             return                                   # a new gateway: the spool is made here
         if size == 0:
-            raise SpoolLost(f"spool {p} is empty (0 bytes): a spool always holds its tables, so it was truncated; "
-                            f"{_restore_hint(p)}. (A new gateway whose first start was cut short: delete the "
-                            f"empty file.)")
+            raise SpoolLost(p, "empty (0 bytes): a spool always holds its tables, so it was truncated (a new "
+                               "gateway whose first start was cut short: delete the empty file)")
 
     def _identity(self) -> str:
         """The spool's id (meta `spool_id`), noted in the marker file beside it at its first start."""
@@ -162,9 +244,8 @@ class Spool:
         noted = _marker_id(marker)
         if noted is not None and noted != sid:
             self.db.close()
-            raise SpoolLost(f"spool {self.path} is not the one this gateway had: its id is {sid}, {marker} says "
-                            f"{noted} (another gateway's spool, or a new one made while the old was away); "
-                            f"{_restore_hint(self.path)}")
+            raise SpoolLost(self.path, f"not the one this gateway had: its id is {sid}, {marker} says {noted} "
+                                       "(another gateway's spool, or a new one made while the old was away)")
         if noted is None:
             tmp = marker.with_name(marker.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
@@ -183,10 +264,16 @@ class Spool:
 
     # -- counters ----------------------------------------------------------------------------------
     def counters(self) -> dict[tuple[int, int], int]:
-        return {(d, r): last for d, r, last in self.db.execute("SELECT dev, dir, last FROM counters")}
+        return {(d, r): last for d, r, last in self._read("SELECT dev, dir, last FROM counters")}
 
     def idents(self) -> dict[tuple[int, int], int]:
-        return {(d, k): i for d, k, i in self.db.execute("SELECT dev, kind, ident FROM idents")}
+        return {(d, k): i for d, k, i in self._read("SELECT dev, kind, ident FROM idents")}
+
+    def _read(self, q: str, args=()) -> list:
+        try:
+            return self.db.execute(q, args).fetchall()
+        except sqlite3.Error as e:
+            raise spool_error(self.path, e) from None
 
     # -- the one write path ------------------------------------------------------------------------
     @contextmanager
@@ -238,17 +325,18 @@ class Spool:
                 if self.audit and items:
                     db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)",
                                    [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
-        except sqlite3.OperationalError as e:
-            if "full" in str(e) or "disk I/O" in str(e):
-                raise SpoolFull(f"spool {self.path}: {e}; free disk space, nothing was accepted") from None
-            raise
+        except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
+            raise spool_error(self.path, e) from None
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
 
     # -- reading out ---------------------------------------------------------------------------
     def fetch(self, lane: int, after: int, limit: int) -> list[Row]:
         q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain FROM outbox "
              "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
-        return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+        try:
+            return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+        except sqlite3.Error as e:
+            raise spool_error(self.path, e) from None
 
     def delete_ranges(self, ranges: list[tuple[int, int, int]], nbytes: int) -> None:
         """Called with PUBACKed (lane, first seq, last seq) ranges: every row of that lane between the two.
@@ -268,7 +356,7 @@ class Spool:
                     db.executemany("DELETE FROM outbox WHERE lane = ? AND seq BETWEEN ? AND ?", ranges)
             finally:
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             if not self.undeleted:
                 log.error("spool delete of published rows failed (%s): retried every tick until the disk has room "
                           "(meanwhile a restart would send them again; their ids make that harmless)", e)
@@ -291,9 +379,9 @@ class Spool:
         # the whole table and held the event loop for a second with a million rows spooled
         out = {}
         for lane, name in enumerate(LANE_NAMES):
-            n = self.db.execute("SELECT count(*) FROM outbox WHERE lane = ?", (lane,)).fetchone()[0]
-            first = self.db.execute("SELECT t FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (lane,)).fetchone()
-            out[name] = (n, first[0] if first else None)
+            n = self._read("SELECT count(*) FROM outbox WHERE lane = ?", (lane,))[0][0]
+            first = self._read("SELECT t FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (lane,))
+            out[name] = (n, first[0][0] if first else None)
         return out
 
     def audit_ids(self) -> set[str]:
@@ -323,7 +411,7 @@ class Spool:
             victims = rows[1::2]
             try:
                 self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in victims])
-            except sqlite3.OperationalError as e:
+            except sqlite3.Error as e:
                 log.error("spool thinning failed: %s", e)
                 break
             for _, dev, n in victims:

@@ -49,7 +49,7 @@ def test_check_config_accepts_a_good_file_and_checks_the_registry(tmp_path):
     path = tmp_path / "gateway.toml"
     path.write_text(GOOD)
     r = CliRunner().invoke(cli, ["gateway", "check-config", "-c", str(path)])
-    assert r.exit_code == 1 and r.stderr.startswith("gateway.registry: ") and "gasguard device" in r.stderr
+    assert r.exit_code == 2 and r.stderr.startswith("cannot start: registry ") and "import-registry" in r.stderr
     make_registry(tmp_path / "registry.db", [Node(7)])
     r = CliRunner().invoke(cli, ["gateway", "check-config", "-c", str(path), "--json"])
     assert r.exit_code == 0, r.output
