@@ -24,10 +24,13 @@ log = logging.getLogger("gasguard.grading")
 class GradingPlugin:
     name = "grading"
 
-    def __init__(self, config: dict | None = None, registry=None, downstream=None, state_path=None):
+    def __init__(self, config: dict | None = None, registry=None, downstream=None, state_path=None,
+                 keep_state: bool = True):
         """`config`: the [grading] table (or the whole gateway config holding one); `registry`: a
         gateway.registry.Registry used only for downstream lookups (or pass `downstream` directly);
-        `state_path`: where open incidents are kept across restarts (overrides the `state_path` key)."""
+        `state_path`: where open incidents are kept across restarts (overrides the `state_path` key);
+        `keep_state=False`: no snapshot for the daemon to store (a fuzz run, where it would be the whole cost)."""
+        self.keep_state = keep_state
         self.cfg = G.load_config(config or {})
         if downstream is None and registry is not None:
             downstream = lambda dev_id: [d.public() for d in registry.downstream(dev_id) if d.active]  # noqa: E731
@@ -48,8 +51,8 @@ class GradingPlugin:
                          path, e, bad)
 
     # under the gateway daemon the state lives in its spool, committed with the incidents it publishes
-    def snapshot(self) -> dict:
-        return self.engine.snapshot()
+    def snapshot(self) -> dict | None:
+        return self.engine.snapshot() if self.keep_state else None
 
     def restore(self, state: dict) -> None:
         self.engine.restore(state)

@@ -27,6 +27,7 @@ class Outbox:
         self.held: list[Item] = []      # outputs waiting for disk space (retried on every put)
         self.snapshot = snapshot        # () -> {plugin name: JSON state}: the observers' (Observers.snapshot)
         self.journaled = 0              # observations in the spool's journal no plugin commit has settled yet
+        self.dirty = False              # observers' outputs not yet committed with their state
         self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
         self.thinned_reported = -1e18
 
@@ -64,12 +65,16 @@ class Outbox:
         settle = self.journaled > 0
         if not items and not settle:
             return
-        states = self.snapshot() if (observed and outs) or settle else None
+        # the state is written only with what the observers made of it (as often as the old state file was):
+        # an observation that changed nothing published is settled without it
+        self.dirty = self.dirty or bool(observed and outs)
+        states = self.snapshot() if self.dirty else None
         try:
             self.publisher.flush_acked()
             self.spool.commit(items, states=states, settle=settle)
             self.wake({it.lane for it in items})
             self.journaled = 0
+            self.dirty = False
             self.held = []
         except SpoolError as e:         # full, read-only, damaged, I/O: held, retried, never dropped
             self.held = items
