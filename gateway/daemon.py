@@ -34,6 +34,7 @@ from .observe import Observers
 from .outbox import Outbox
 from .plugin import Plugin
 from .presence import PresenceTable
+from .preverify import PreVerifier
 from .publisher import Publisher
 from .spool import Spool, SpoolError
 from .startup import build_plugins
@@ -90,10 +91,12 @@ class Daemon:
         self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst)
         self.presence = PresenceTable(cfg, self.topics)
         self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down)
+        # the second core (ingest.verify_worker): decode + MIC + entry JSON of the next group in a worker
+        self.pre = PreVerifier(cfg.registry, cfg.gateway_id, up) if cfg.verify_worker else None
         self.ingest = Ingest(cfg, self.verifier, self.outbox, self.dispatcher, self.presence, self.observers,
                              self.spool.idents(), self.metrics, self.burst, clock,
                              beat=lambda: self.beats.beat("ingest"),
-                             mic=MicWatch(cfg.mic_failures, cfg.mic_window))
+                             mic=MicWatch(cfg.mic_failures, cfg.mic_window), pre=self.pre)
         self.serial = [SerialTransport(sp, self.ingest.deliver, self.metrics, self.burst,
                                        node_lines=cfg.node_log_lines) for sp in cfg.serial]
         self.udp = None
@@ -220,6 +223,8 @@ class Daemon:
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
+        if self.pre is not None:
+            self.pre.start()
         self.publisher.start()
         udp_transport = None
         if self.cfg.udp_bind:
@@ -268,3 +273,5 @@ class Daemon:
             log.info("stopped; left in spool: %s", left)
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file
+            if self.pre is not None:
+                self.pre.close()
