@@ -183,7 +183,10 @@ def verify_request(raw: bytes, topic: str, *, roster: Roster | None, action: str
         raise Refused("malformed", "the body is not JSON", **ids) from None
     if not isinstance(body, dict):
         raise Refused("malformed", "the body must be a JSON object", **ids)
-    act = action(body) if callable(action) else action
+    try:
+        act = action(body) if callable(action) else action
+    except ValueError as e:        # the caller's own check of the request's form (e.g. an unknown cmd)
+        raise Refused("malformed", str(e), **ids) from None
     ids["action"] = act
     if not signer.active:
         raise Refused("revoked", f"{signer.id} was revoked ({signer.revoke_reason or 'no reason given'})", **ids)
@@ -207,7 +210,7 @@ def verify_request(raw: bytes, topic: str, *, roster: Roster | None, action: str
     if district is not None and roster.district != district:
         raise Refused("wrong_district", f"the roster is for district {roster.district}, this is {district}", **ids)
     if not R.permits(operator.role, act):
-        raise Refused("wrong_role", f"{operator.id} is a {operator.role}; {act} needs a {R.needed_role(act)}", **ids)
+        raise Refused("wrong_role", f"{operator.id} has the role {operator.role}; {act} needs {R.needed_role(act)}", **ids)
     client = auth.get("client") if isinstance(auth.get("client"), dict) else {}
     return Verified(signer=signer, operator=operator, action=act, body=body, topic=topic, nonce=auth["nonce"], t=t,
                     payload_sha256=auth["payload_sha256"], client_id=str(client.get("id", ""))[:128],

@@ -35,15 +35,15 @@ SERIAL_KEY = "roster_serial"
 class Gate:
     def __init__(self, roster_path: str | Path | None, trusted: Ed25519PublicKey | None, replay_path: str | Path,
                  audit: AuditLog, *, district: str, max_age_s: float = 120.0, max_skew_s: float = 30.0,
-                 clock: Callable[[], float] = time.time, wall_clock: Callable[[], float] = time.time):
-        """`clock` times the records; `wall_clock` judges freshness (a signer's time is wall time, even when
-        the daemon runs on a virtual clock in tests)."""
+                 wall_clock: Callable[[], float] = time.time):
+        """`wall_clock` judges freshness: a signer's time is wall time, even when the daemon runs on a virtual
+        clock in tests (the audit log has its own clock)."""
         self.roster_path = Path(roster_path) if roster_path else None
         self.trusted = trusted
         self.audit = audit
         self.district = district
         self.max_age_s, self.max_skew_s = max_age_s, max_skew_s
-        self.clock, self.wall_clock = clock, wall_clock
+        self.wall_clock = wall_clock
         self.replay = ReplayGuard(replay_path, keep_s=max_age_s + max_skew_s)
         self.roster: RO.Roster | None = None
         self._stamp: tuple | None = None
@@ -75,7 +75,7 @@ class Gate:
                                "an old roster could un-revoke someone; refused")
         except BadInput as e:
             log.error("operator roster refused, keeping the one in force: %s", e)
-            self._record("authority", "roster_refused", "refused", {}, None, str(e), {"path": str(self.roster_path)})
+            self.record("authority", "roster_refused", "refused", {}, None, str(e), {"path": str(self.roster_path)})
             if initial and self.roster is None:
                 log.critical("no valid operator roster: every operator request will be refused until one is installed")
             return False
@@ -85,7 +85,7 @@ class Gate:
         old_serial = self.roster.serial if self.roster else None
         self.roster = new
         self.replay.meta_set(SERIAL_KEY, str(new.serial))
-        self._record("authority", "roster_loaded" if old_serial is None else "operators_changed", "done", {}, None, "",
+        self.record("authority", "roster_loaded" if old_serial is None else "operators_changed", "done", {}, None, "",
                      {"serial": new.serial, "previous_serial": old_serial, "changes": changes if old_serial is not None
                       else [], "principals": len(new.principals),
                       "active": sum(1 for p in new.principals.values() if p.active)})
@@ -121,17 +121,17 @@ class Gate:
         self._count(r.reason)
         src = {"operator": r.operator, "signer": r.signer} if r.operator else peek_ids(raw)
         log.warning("refused %s on %s: %s (%s)", event, topic, r.reason, r)
-        self._record(category, event, "refused", {k: v for k, v in src.items() if v}, None, f"{r.reason}: {r}",
+        self.record(category, event, "refused", {k: v for k, v in src.items() if v}, None, f"{r.reason}: {r}",
                      dict(detail or {}, topic=topic, reason_code=r.reason))
 
     def done(self, v: Verified, *, category: str, event: str, outcome: str = "done", detail: dict | None = None) -> None:
         """A later outcome of an allowed request (e.g. the node's ack of a reset)."""
-        self._record(category, event, outcome, v.source(), v.nonce, "", detail)
+        self.record(category, event, outcome, v.source(), v.nonce, "", detail)
 
     def _count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
 
-    def _record(self, category, typ, outcome, source, event_id, reason, detail) -> dict | None:
+    def record(self, category, typ, outcome, source, event_id, reason, detail) -> dict | None:
         try:
             return self.audit.record(category=category, type=typ, outcome=outcome, source=source, event_id=event_id,
                                      reason=reason, detail=detail)

@@ -77,6 +77,25 @@ def public_from_hex(text: str) -> Ed25519PublicKey:
         raise BadInput(f"{text[:16]!r}... is not an Ed25519 public key (64 hex digits)") from None
 
 
+def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
+    """The authority's public key, as `authority-init` wrote it (.pub.pem) or as 64 hex digits."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(f"no public key at {p}: copy the authority's .pub.pem here") from None
+    try:
+        if data.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(data)
+        else:
+            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(data.decode().strip()))
+    except ValueError as e:
+        raise BadInput(f"{p} is not an Ed25519 public key (PEM or 64 hex digits): {e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BadInput(f"{p} is not an Ed25519 public key")
+    return key
+
+
 def save_private_key(path: str | os.PathLike, key: Ed25519PrivateKey, secret: bytes | None) -> Path:
     """PKCS#8 PEM, encrypted under `secret` (BestAvailableEncryption) unless it is None."""
     enc = serialization.BestAvailableEncryption(secret) if secret else serialization.NoEncryption()

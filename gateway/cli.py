@@ -64,6 +64,9 @@ def run(path):
     logs.setup(cfg.log_level, cfg.log_json)
     try:
         daemon = Daemon(cfg)
+    except ConfigError as e:        # [authority]: the roster's key or the audit folder (named in the message)
+        click.echo(f"{path}: {e}", err=True)
+        sys.exit(2)
     except RegistryError as e:
         click.echo(f"gateway.registry: {e}", err=True)
         sys.exit(1)
@@ -100,6 +103,7 @@ def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
       gasguard gateway import-registry district.bundle --config /etc/gasguard/gateway.toml --trust authority.pub.pem
       gasguard gateway import-registry district.bundle --registry /var/lib/gasguard/registry.db --trust KEYHEX.txt
     """
+    from gasguard.authority.errors import AuthorityError
     from gasguard.provisioning import bundle, keys
     from gasguard.provisioning.errors import ProvisioningError
 
@@ -111,7 +115,7 @@ def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
     try:
         with Registry(target) as reg:
             rep = bundle.load(bundle_path, keys.load_public(trust), reg, allow_older=allow_older)
-    except ProvisioningError as e:
+    except (ProvisioningError, AuthorityError) as e:
         click.echo(json.dumps({"ok": False, "error": str(e)}) if as_json else f"refused: {e}", err=not as_json)
         sys.exit(e.exit_code)
     rep = dict(rep, ok=True, registry=str(target))

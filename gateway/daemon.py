@@ -13,11 +13,16 @@ is paid per group, not per frame.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 from gasguard import __version__
+from gasguard.authority import AuditLog, Gate, Refused
+from gasguard.authority.errors import AuthorityError
+from gasguard.authority.secretfile import load_public
 from gasguard.firmware import bounds
 from gasguard.protocol import frame
 from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVENT, R_OK, UP
@@ -25,6 +30,7 @@ from gasguard.protocol.const import ACK, ALARM as T_ALARM, DOWN, EVENT as T_EVEN
 from . import payloads
 from .burstlog import BurstLog
 from .commands import BadCommand, Commands, parse_request
+from .config import ConfigError
 from .metrics import Metrics
 from .plugin import PLUGINS, Plugin, PluginContext, normalise
 from .publisher import Publisher
@@ -86,6 +92,13 @@ def _hexify(f: dict) -> dict:
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
 
 
+def _sha256_file(path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
 def offline_timeout(cfg, device) -> float:
     """Seconds of silence before a device is published offline: `limits.offline_after`, or
     `limits.offline_missed_reports` of the device's own report periods if that is longer. A household meter
@@ -97,10 +110,49 @@ def offline_timeout(cfg, device) -> float:
     return max(cfg.offline_after, cfg.offline_missed * float(report_s))
 
 
+def _command_action(body: dict) -> str:
+    """The authority action of a node-command body: its cmd, once the request's form is checked."""
+    return parse_request(body)["cmd"]
+
+
+def _request_id(payload: bytes) -> str:
+    """The request_id of a refused request, signed or not, for its answer (best effort, never raises)."""
+    try:
+        doc = json.loads(payload)
+        if isinstance(doc, dict) and isinstance(doc.get("body"), str):
+            doc = json.loads(doc["body"])
+        return str(doc.get("request_id", ""))[:128] if isinstance(doc, dict) else ""
+    except ValueError:
+        return ""
+
+
+def open_authority(cfg, clock, on_warning=None) -> Gate:
+    """The audit log and the Gate of `[authority]`; ConfigError (exit 2) names what is wrong."""
+    spool = Path(cfg.spool)
+    try:
+        audit = AuditLog(cfg.audit_dir or spool.parent / "audit", recorder=cfg.gateway_id,
+                         segment_bytes=cfg.audit_segment_bytes, capacity_bytes=cfg.audit_capacity_bytes,
+                         warn_fraction=cfg.audit_warn_fraction, clock=clock, on_warning=on_warning)
+        trusted = load_public(cfg.trust) if cfg.trust else None
+        return Gate(cfg.roster, trusted, cfg.replay or spool.with_name(spool.name + ".replay.db"), audit,
+                    district=cfg.district, max_age_s=cfg.max_age_s, max_skew_s=cfg.max_skew_s)
+    except AuthorityError as e:
+        raise ConfigError("authority", str(e)) from None
+
+
 class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
+        self.gate = open_authority(cfg, clock, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
+        self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
+                               detail={"version": __version__, "config": str(cfg.source or ""),
+                                       "config_sha256": _sha256_file(cfg.source), "roster": str(cfg.roster or ""),
+                                       "roster_serial": self.gate.roster.serial if self.gate.roster else None})
+        if self.gate.roster is None:
+            log.warning("no operator roster ([authority] roster/trust): every node command, acknowledgement and "
+                        "operator input will be refused and recorded")
+        self._registry_sig = None
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log)
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
@@ -222,9 +274,10 @@ class Daemon:
                 p = self.commands.acked(dev, f)
                 if p is not None:
                     res = payloads.result_name(f["result"])
-                    results.append(res)
+                    results.append((p, res))
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
-                        gid, dev, now, p.request_id, p.cmd, p.cid, res)), mid, now,
+                        gid, dev, now, p.request_id, p.cmd, p.cid, res,
+                        operator=p.auth.operator.id if p.auth else None)), mid, now,
                         topic=self.topics.device(dev, "cmd/result")))
             items.extend(self._state_items(dev, f, now, mid, v.device))
             accepted.append((mid, f, v.device, rx, route, repeat))
@@ -244,8 +297,9 @@ class Daemon:
         self.seqs.update(seqs)
         for dev, dfc in down.items():
             self.verifier.down[dev] = dfc
-        for r in results:
+        for p, r in results:
             self.metrics.commands.labels(r).inc()
+            self._command_outcome(p, r)   # a node's own refusal (e.g. gas still present) is on the record too
         # routes first: a device's first frame may be the alarm we are about to ack
         for mid, f, device, rx, route, repeat in accepted:
             st = self.devstate[f["dev"]]
@@ -373,39 +427,82 @@ class Daemon:
         now = self.clock()
         dev = self.topics.dev_of_cmd(topic) if topic.startswith(self.topics.root + "/") else None
         if dev is not None:
-            self._command(dev, payload, now)
+            self._command(dev, topic, payload, now)
             return
+        plugins = [p for p in self.plugins if any(_mtopic_match(s, topic) for s in p.subscriptions)]
+        if not plugins:
+            return
+        action = next((a for a in (getattr(p, "action_of", lambda t: None)(topic) for p in plugins) if a), None)
         outs = []
-        for p in self.plugins:
-            if any(_mtopic_match(s, topic) for s in p.subscriptions):
-                try:
-                    doc = json.loads(payload)
-                except ValueError:
-                    self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
-                    continue
-                outs.extend(self._call(p, "on_message", topic, doc, now))
+        if action is not None:
+            doc = self._authorised(topic, payload, action, now, outs)
+            if doc is None:
+                self._spool_outputs(outs, now)
+                return
+        else:
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
+                return
+        for p in plugins:
+            outs.extend(self._call(p, "on_message", topic, doc, now))
         self._spool_outputs(outs, now)
 
-    def _command(self, dev: int, payload: bytes, now: float) -> None:
+    def _authorised(self, topic: str, payload: bytes, action, now: float, outs: list) -> dict | None:
+        """The verified body of an acknowledgement or operator input, with "by" the verified operator (and
+        "via" the console that signed for them); None when refused. Either way the sender gets an answer on
+        the request-result topic (issue 14)."""
+        sha = hashlib.sha256(payload).hexdigest()
+        iid = topic.rsplit("/", 1)[-1]
         try:
-            req = parse_request(payload)
+            v = self.gate.check(topic, payload, action=action, category="incident", detail={"incident_id": iid})
+        except Refused as r:
+            self.metrics.refused.labels(r.reason).inc()
+            outs.append((self.topics.request_result, payloads.request_result(
+                self.cfg.gateway_id, now, topic, sha, "refused", r.reason, str(r), r.operator), "event", False))
+            return None
+        doc = dict(v.body, by=v.operator.id)
+        if v.signer.id != v.operator.id:
+            doc["via"] = v.signer.id
+        outs.append((self.topics.request_result, payloads.request_result(
+            self.cfg.gateway_id, now, topic, sha, "allowed", "", v.action, v.operator.id), "event", False))
+        return doc
+
+    def _command(self, dev: int, topic: str, payload: bytes, now: float) -> None:
+        v = None
+        try:
+            v = self.gate.check(topic, payload, action=_command_action, category="command",
+                                detail={"dev": f"{dev:08x}"})
+            req = parse_request(v.body)
             device = self.registry.get(dev)
             if device is None or device.state != "commissioned":
                 raise BadCommand(f"device {dev:08x} is not a commissioned device of this gateway")
             p = self.commands.add(dev, req, now)
-        except BadCommand as e:
-            rid = ""
-            try:
-                rid = str(json.loads(payload).get("request_id", ""))
-            except (ValueError, AttributeError):
-                pass
+            p.auth = v
+        except (Refused, BadCommand) as e:
+            reason = e.reason if isinstance(e, Refused) else None
+            rid = _request_id(payload)
+            if reason:
+                self.metrics.refused.labels(reason).inc()
+            elif v is not None:     # allowed by authority, then not doable: that outcome is recorded as well
+                self.gate.done(v, category="command", event=v.action, outcome="failed",
+                               detail={"dev": f"{dev:08x}", "error": str(e)})
             self.metrics.commands.labels("rejected").inc()
-            log.warning("command for %08x rejected: %s", dev, e)
-            body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, "?", None, "rejected", str(e))
+            log.warning("command for %08x rejected: %s%s", dev, f"{reason}: " if reason else "", e)
+            body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, v.action if v else "?", None,
+                                           "rejected", f"{reason}: {e}" if reason else str(e), reason=reason,
+                                           operator=v.operator.id if v else None)
             self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) for %08x queued, request %s", p.cmd, p.cid, dev, p.request_id)
+        log.info("command %s (cid %d) for %08x queued, request %s by %s", p.cmd, p.cid, dev, p.request_id,
+                 v.operator.id)
         self._commands_due(now)
+
+    def _command_outcome(self, p, result: str) -> None:
+        if p.auth is not None:
+            self.gate.done(p.auth, category="command", event=p.cmd, outcome="done" if result == "ok" else "failed",
+                           detail={"dev": f"{p.dev:08x}", "cid": p.cid, "request_id": p.request_id, "result": result})
 
     def _commands_due(self, now: float) -> None:
         send, dead = self.commands.due(now)
@@ -428,10 +525,11 @@ class Daemon:
         outs = []
         for p in dead:
             self.metrics.commands.labels("timeout").inc()
+            self._command_outcome(p, "timeout")
             log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
             outs.append((self.topics.device(p.dev, "cmd/result"), payloads.command_result(
                 self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
-                f"no ack after {p.tries} tries"), "event", False))
+                f"no ack after {p.tries} tries", operator=p.auth.operator.id if p.auth else None), "event", False))
         if outs:
             self._spool_outputs(outs, now)
 
@@ -470,10 +568,27 @@ class Daemon:
                 log.critical("spool full, offline state not recorded: %s", e)
         self._commands_due(now)
         self._report_thinned(now)
+        self._authority_tick()
         outs = []
         for p in self.plugins:
             outs.extend(self._call(p, "tick", now))
         self._spool_outputs(outs, now)
+
+    def _authority_tick(self) -> None:
+        """A changed roster is taken up (and audited by the Gate); a registry change the cache took up is
+        recorded (what changed in it - key rotations, decommissioning - is recorded by import-registry)."""
+        try:
+            self.gate.reload()
+        except Exception:
+            log.exception("operator roster reload failed; the roster in force stays")
+        sig = self.registry.sig
+        if sig != self._registry_sig:
+            first = self._registry_sig is None
+            self._registry_sig = sig
+            if not first:
+                issued = self.registry.db.meta_get("bundle_issued_at") if self.registry.db else None
+                self.gate.record("registry", "registry_changed", "done", {"recorder": self.cfg.gateway_id}, None, "",
+                                  {"registry": str(self.cfg.registry), "bundle_issued_at": issued})
 
     def update_gauges(self) -> None:
         depth = self.spool.depth()
@@ -482,6 +597,7 @@ class Daemon:
             self.metrics.spool_depth.labels(lane).set(n)
         self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
         self.metrics.spool_bytes.set(self.spool.size)
+        self.metrics.audit_used.set(self.gate.audit.usage()["fraction"])
 
     def stats(self) -> dict:
         m = self.metrics
@@ -490,9 +606,13 @@ class Daemon:
             for s in metric.samples:
                 if s.name.endswith("_total"):
                     rej[s.labels["reason"]] = int(s.value)
+        head = self.gate.audit.head
         return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),
                 "accepted": self.accepted_count, "rejected": rej, "spool_bytes": self.spool.size,
-                "connected": self.publisher.connected, "thinned": int(m.value("gasguard_gateway_thinned_readings_total"))}
+                "connected": self.publisher.connected, "thinned": int(m.value("gasguard_gateway_thinned_readings_total")),
+                "authority": {"refused": dict(self.gate.counts), "audit_head": f"{head[0]}:{head[1]}" if head else None,
+                              "audit_used": self.gate.audit.usage()["fraction"],
+                              "roster_serial": self.gate.roster.serial if self.gate.roster else None}}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -547,3 +667,5 @@ class Daemon:
             log.info("stopped; left in spool: %s", ", ".join(f"{k} {v[0]}" for k, v in left.items()))
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file
+            self.gate.audit.record(category="config", type="stop", outcome="done", source={"recorder": self.cfg.gateway_id})
+            self.gate.close()

@@ -70,6 +70,16 @@ class GradingPlugin:
     def tick(self, now: float) -> list[tuple[str, dict, str]]:
         return self._save([(t, p, LANE) for t, p in self.engine.tick(now)])
 
+    def action_of(self, topic: str):
+        """ack/<id> is an acknowledgement; input/<id> is operator input, or `resolve` when it closes the
+        incident (issue 14); sync changes nothing."""
+        kind = topic.split("/")[4:5]
+        if kind == ["ack"]:
+            return "ack"
+        if kind == ["input"]:
+            return lambda body: "resolve" if body.get("resolved") else "input"
+        return None
+
     def on_message(self, topic: str, payload: dict, now: float) -> list[tuple[str, dict, str]]:
         if not isinstance(payload, dict):
             payload = {}

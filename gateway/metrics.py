@@ -31,6 +31,12 @@ class Metrics:
                                      registry=r)
         self.downlinks = Counter("gasguard_gateway_downlinks", "Downlink frames sent", ["type"], registry=r)
         self.commands = Counter("gasguard_gateway_command_results", "Command outcomes", ["result"], registry=r)
+        self.refused = Counter("gasguard_gateway_requests_refused", "Operator requests refused by the authority "
+                               "checks (node commands, acknowledgements, operator input)", ["reason"], registry=r)
+        self.audit_used = Gauge("gasguard_gateway_audit_used_ratio", "Audit storage used, of its capacity "
+                                "(IEC 62443-4-2 CR 2.9)", registry=r)
+        self.audit_warnings = Counter("gasguard_gateway_audit_capacity_warnings", "Audit storage nearly full",
+                                      registry=r)
 
     def serve(self, bind: str):
         host, _, port = bind.rpartition(":")

@@ -194,12 +194,15 @@ class Subscriber:
     """Collects every message under a topic filter (QoS 1, persistent session so a broker restart loses
     nothing that was queued for it)."""
 
-    def __init__(self, port: int, topic: str = "gasguard/#", client_id: str | None = None, clean: bool = True):
+    def __init__(self, port: int, topic: str = "gasguard/#", client_id: str | None = None, clean: bool = True,
+                 username: str | None = None, password: str | None = None):
         self.messages: list[tuple[str, dict, bool]] = []
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"sub-{os.getpid()}-{id(self)}",
                              clean_session=clean)
+        if username:
+            self.c.username_pw_set(username, password)
         self.c.on_connect = lambda c, u, fl, rc, p: c.subscribe(topic, qos=1)
         self.c.on_message = self._msg
         self.c.reconnect_delay_set(1, 1)
@@ -247,14 +250,15 @@ class Subscriber:
 
 
 def write_config(path: Path, *, registry: Path, spool: Path, mqtt_port: int, serial: list[str] = (),
-                 udp: str | None = None, extra: str = "", gateway_id: str = "gw1", district: str = "d1") -> Path:
+                 udp: str | None = None, extra: str = "", gateway_id: str = "gw1", district: str = "d1",
+                 mqtt_extra: str = "") -> Path:
     lines = [f'[gateway]\nid = "{gateway_id}"\ndistrict = "{district}"\nregistry = "{registry}"\nspool = "{spool}"\n'
              'log_level = "INFO"\n']
     for p in serial:
         lines.append(f'[[serial]]\nport = "{p}"\n')
     if udp:
         lines.append(f'[udp]\nbind = "{udp}"\n')
-    lines.append(f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min = 1\nreconnect_max = 2\n')
+    lines.append(f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min = 1\nreconnect_max = 2\n{mqtt_extra}')
     lines.append(extra)
     path.write_text("\n".join(lines))
     return path

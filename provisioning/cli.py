@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from gasguard.authority.errors import AuthorityError
 from gasguard.gateway.registry import Registry, RegistryError
 
 from . import bundle, configure, identity, keys, ports, settings
@@ -38,7 +39,7 @@ def command(fn):
         as_json = kw.get("as_json", False)
         try:
             return fn(*a, **kw)
-        except ProvisioningError as e:
+        except (ProvisioningError, AuthorityError) as e:     # keys and secrets are the authority library's
             _fail(as_json, e, e.exit_code)
         except RegistryError as e:
             _fail(as_json, e, 2)

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gasguard.authority.secretfile import write_secret  # noqa: F401  (one 0600 writer, shared)
+from gasguard.authority.secretfile import load_public, write_secret  # noqa: F401  (shared with the gateway)
 
 from .errors import BadInput, ProvisioningError
 
@@ -63,22 +63,4 @@ def load_authority(path: str | os.PathLike) -> Ed25519PrivateKey:
         raise BadInput(f"{p} is not a PEM private key ({e})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise BadInput(f"{p} is not an Ed25519 key: create one with 'gasguard device authority-init'")
-    return key
-
-
-def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise BadInput(f"no public key at {p}: copy the authority's .pub.pem here") from None
-    try:
-        if data.startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(data)
-        else:
-            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(data.decode().strip()))
-    except ValueError as e:
-        raise BadInput(f"{p} is not an Ed25519 public key (PEM or 64 hex digits): {e}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise BadInput(f"{p} is not an Ed25519 public key")
     return key

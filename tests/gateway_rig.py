@@ -19,6 +19,8 @@ import jsonschema
 from referencing import Registry as SchemaRegistry, Resource
 
 import gasguard.gateway
+from gasguard.authority.bootstrap import bootstrap
+from gasguard.authority.envelope import sign_request
 from gasguard.gateway import config as gwconfig
 from gasguard.gateway import testkit
 from gasguard.gateway.daemon import Daemon
@@ -44,6 +46,8 @@ def schema_for(topic: str, root: str) -> str:
         return {"reading": "readings", "status": "gateway-status", "event": "gateway-event",
                 "stats": "stats"}[rest[0]]
     leaf = "/".join(rest[1:])
+    if rest[0] == "command" and rest[1] == "result":
+        return "request-result"
     return {"state": "state", "alarm": "alarm", "event": "event", "cmd/result": "command-result",
             "cmd": "command-request"}[leaf]
 
@@ -65,12 +69,16 @@ def wait_until(pred, timeout: float, what: str, step: float = 0.02):
         time.sleep(step)
 
 
+PEOPLE = {"root": "admin", "eng": "engineer", "op": "operator", "web": "console"}
+
+
 class Rig:
     """Registry + pty cables + config for one gateway; `start()` runs the daemon in this process."""
 
     def __init__(self, tmp_path: Path, broker_port: int, *, nodes: int = 2, cables: int = 1, udp: bool = False,
                  extra: str = "", metrics: str = "tick_interval = 0.1\n", gateway_id: str = "gw1",
-                 district: str = "d1", sub_topic: str = "gasguard/#", sub: bool = True):
+                 district: str = "d1", sub_topic: str = "gasguard/#", sub: bool = True, mqtt_extra: str = "",
+                 authority=None):
         self.tmp = tmp_path
         self.port = broker_port
         self.nodes = [testkit.Node(0x00A10000 + i) for i in range(nodes)]
@@ -79,10 +87,13 @@ class Rig:
         self.cables = [testkit.PtyCable(tmp_path / f"ttyGG{i}") for i in range(cables)]
         self.udp_addr = ("127.0.0.1", _free_udp_port()) if udp else None
         self.spool = tmp_path / "spool.db"
+        # the district's authority (issue 14): an admin, an engineer, an operator and a web console
+        self.authority = authority or bootstrap(tmp_path / "authority", district, PEOPLE)
+        extra = self.authority.gateway_toml() + extra
         self.config_path = testkit.write_config(
             tmp_path / "gateway.toml", registry=self.registry, spool=self.spool, mqtt_port=broker_port,
             serial=[str(c.link) for c in self.cables], udp=f"{self.udp_addr[0]}:{self.udp_addr[1]}" if udp else None,
-            gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}")
+            gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}", mqtt_extra=mqtt_extra)
         self.cfg = gwconfig.load(self.config_path)
         self.root = self.cfg.root
         # a persistent session: what the gateway publishes while a restarted broker waits for this
@@ -91,6 +102,13 @@ class Rig:
                                       clean=False) if sub else None
         self.daemon: Daemon | None = None
         self.runner: testkit.DaemonThread | None = None
+
+    def signed(self, who: str, topic: str, body: dict, **kw) -> bytes:
+        """`body` on `topic`, signed by `who` of the rig's district (see PEOPLE)."""
+        return sign_request(self.authority.key(who), who, topic, body, **kw)
+
+    def cmd_topic(self, dev: int) -> str:
+        return f"{self.root}/{dev:08x}/cmd"
 
     def start(self, wait: bool = True, **kw) -> Daemon:
         """Run the daemon; with `wait`, return once its ports are open and it is connected to the broker."""
