@@ -58,10 +58,11 @@ def check_config(path, as_json):
 def run(path):
     """Run the daemon until SIGTERM/SIGINT (graceful: stop ingest, flush, leave the rest in the spool)."""
     cfg = _load_or_exit(path)
-    from . import logs
+    from gasguard import logs
+
     from .daemon import Daemon
     from .registry import RegistryError
-    logs.setup(cfg.log_level, cfg.log_json)
+    logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
     try:
         daemon = Daemon(cfg)
     except ConfigError as e:        # [authority]: the roster's key or the audit folder (named in the message)

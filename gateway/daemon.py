@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from gasguard import __version__
+from gasguard import __version__, logs
 from gasguard.authority import AuditLog, Gate, Refused
 from gasguard.authority.errors import AuthorityError
 from gasguard.authority.secretfile import load_public
@@ -144,6 +144,9 @@ class Daemon:
     def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
         self.cfg, self.clock = cfg, clock
         self.metrics = Metrics()
+        self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
+        self.metrics.info.labels(cfg.gateway_id, cfg.district, "real").set(1)
+        self.metrics.clock_speed.set(1)
         self.gate = open_authority(cfg, clock, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
         self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
                                detail={"version": __version__, "config": str(cfg.source or ""),
@@ -275,6 +278,8 @@ class Daemon:
                 if p is not None:
                     res = payloads.result_name(f["result"])
                     results.append((p, res))
+                    log.info("command %s (cid %d) answered: %s", p.cmd, p.cid, res,
+                             extra=logs.fields(device=dev, request=p.request_id))
                     items.append(Item(EVENT, dev, payloads.dumps(payloads.command_result(
                         gid, dev, now, p.request_id, p.cmd, p.cid, res,
                         operator=p.auth.operator.id if p.auth else None)), mid, now,
@@ -489,14 +494,15 @@ class Daemon:
                 self.gate.done(v, category="command", event=v.action, outcome="failed",
                                detail={"dev": f"{dev:08x}", "error": str(e)})
             self.metrics.commands.labels("rejected").inc()
-            log.warning("command for %08x rejected: %s%s", dev, f"{reason}: " if reason else "", e)
+            log.warning("command rejected: %s%s", f"{reason}: " if reason else "", e,
+                        extra=logs.fields(device=dev, request=rid or None, operator=v.operator.id if v else None))
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, v.action if v else "?", None,
                                            "rejected", f"{reason}: {e}" if reason else str(e), reason=reason,
                                            operator=v.operator.id if v else None)
             self._spool_outputs([(self.topics.device(dev, "cmd/result"), body, "event", False)], now)
             return
-        log.info("command %s (cid %d) for %08x queued, request %s by %s", p.cmd, p.cid, dev, p.request_id,
-                 v.operator.id)
+        log.info("command %s (cid %d) queued", p.cmd, p.cid,
+                 extra=logs.fields(device=dev, request=p.request_id, operator=v.operator.id))
         self._commands_due(now)
 
     def _command_outcome(self, p, result: str) -> None:
@@ -526,7 +532,8 @@ class Daemon:
         for p in dead:
             self.metrics.commands.labels("timeout").inc()
             self._command_outcome(p, "timeout")
-            log.warning("command %s (cid %d) for %08x timed out after %d tries", p.cmd, p.cid, p.dev, p.tries)
+            log.warning("command %s (cid %d) timed out after %d tries", p.cmd, p.cid, p.tries,
+                        extra=logs.fields(device=p.dev, request=p.request_id))
             outs.append((self.topics.device(p.dev, "cmd/result"), payloads.command_result(
                 self.cfg.gateway_id, p.dev, now, p.request_id, p.cmd, p.cid, "timeout",
                 f"no ack after {p.tries} tries", operator=p.auth.operator.id if p.auth else None), "event", False))
@@ -557,7 +564,7 @@ class Daemon:
         for dev, st in self.devstate.items():
             if st.online and now - st.last_seen > st.silence:   # set with the first online state
                 st.online, st.pub = False, now
-                log.warning("device %08x offline: nothing heard for %.0f s", dev, now - st.last_seen)
+                log.warning("device offline: nothing heard for %.0f s", now - st.last_seen, extra=logs.fields(device=dev))
                 items.append(self._state_item(dev, now, st))
         if items:
             try:
@@ -598,13 +605,27 @@ class Daemon:
         self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
         self.metrics.spool_bytes.set(self.spool.size)
         self.metrics.audit_used.set(self.gate.audit.usage()["fraction"])
+        online = sum(1 for st in self.devstate.values() if st.online)
+        self.metrics.devices_online.set(online)
+        self.metrics.devices_offline.set(sum(1 for st in self.devstate.values() if st.last_seen) - online)
+        sums: dict = {}
+        for p in self.plugins:
+            try:
+                gauges = getattr(p, "gauges", None)
+                for name, values in ((gauges and gauges(self.clock())) or {}).items():
+                    for label, v in values.items():
+                        sums[(name, label)] = sums.get((name, label), 0) + v
+            except Exception:
+                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+        for (name, label), v in sums.items():
+            getattr(self.metrics, name).labels(label).set(v)
 
     def stats(self) -> dict:
         m = self.metrics
         rej = {}
         for metric in m.rejected.collect():
             for s in metric.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith("_total") and s.value:
                     rej[s.labels["reason"]] = int(s.value)
         head = self.gate.audit.head
         return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),

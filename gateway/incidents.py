@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from gasguard import logs
 from gasguard.gateway import grading as G
 from gasguard.gateway import report as R
 
@@ -27,6 +28,8 @@ TRIP_CODES = {3: "opso", 4: "upso"}
 CAUSES = {1: "gas", 2: "opso", 3: "upso", 4: "fault", 5: "reset", 6: "selftest", 7: "manual"}
 GAS_CODES = {1: "gas_l1", 2: "gas_l2"}
 MAX_NOTES = 100
+
+log = logs.get("gasguard.incidents")   # every publication at INFO: the engineer's record of what the gateway said
 
 
 def district_topic(cfg: dict, incident_id: str) -> str:
@@ -189,8 +192,11 @@ class IncidentEngine:
             return []
         rev = payload.get("revision")
         if isinstance(rev, int) and rev < inc.ack_floor:
+            log.info("acknowledgement ignored: it acknowledges revision %s, before the last upgrade (%d)", rev,
+                     inc.ack_floor, incident=incident_id, operator=str(payload.get("by", "command"))[:80])
             return []        # acknowledges a revision older than the last upgrade: not this grade
         inc.acked = {"by": str(payload.get("by", "command"))[:80], "t": now, "revision": rev}
+        log.info("incident acknowledged", incident=incident_id, operator=inc.acked["by"], revision=rev)
         inc.ack_history.append(inc.acked)
         inc.escalation = None
         return self._publish(inc, now, "update")
@@ -201,6 +207,9 @@ class IncidentEngine:
         if inc is None:
             return []
         problems = R.validate_operator_input(payload)
+        log.info("operator input %s", "refused: " + "; ".join(problems) if problems else "recorded",
+                 incident=incident_id, operator=str(payload.get("by", "command"))[:80],
+                 keys=",".join(sorted(k for k in payload if k != "by")))
         if problems:
             inc.add_note(now, payload.get("by"), "rejected input: " + "; ".join(problems))
             return self._publish(inc, now, "update")
@@ -237,6 +246,21 @@ class IncidentEngine:
 
     def open_incidents(self) -> list[Incident]:
         return [i for i in self.incidents.values() if i.status == "open"]
+
+    def gauges(self, now: float) -> dict[str, dict[str, int]]:
+        """Open incidents by kind, and those not acknowledged by a report deadline (plan 4.1.2), each counted
+        under the latest deadline it missed: the metrics the overdue-incident alert watches."""
+        kinds = {"supply": 0, "pressure": 0, "leak": 0}
+        overdue = {"phone": 0, "written": 0}
+        for inc in self.open_incidents():
+            kinds[inc.kind] = kinds.get(inc.kind, 0) + 1
+            if inc.acked:
+                continue
+            if now >= inc.detected_at + self.cfg["written_deadline_s"]:
+                overdue["written"] += 1
+            elif now >= inc.detected_at + self.cfg["phone_deadline_s"]:
+                overdue["phone"] += 1
+        return {"incidents_open": kinds, "incidents_overdue": overdue}
 
     # --- supply (plan 1.6.2.x(2): households cut off) -----------------------------------------
     def _supply(self, obs, dev, t, typ, fr) -> set:
@@ -513,6 +537,13 @@ class IncidentEngine:
 
     def _publish(self, inc: Incident, now: float, kind: str) -> list:
         inc.revision += 1
+        what = {"new": "incident opened", "final": "incident closed", "escalation": "incident escalated: "
+                "not acknowledged by its reporting deadline", "update": "incident updated"}.get(kind, kind)
+        log.info(what, incident=inc.id, device=inc.origin.get("dev_id"), kind=inc.kind, revision=inc.revision,
+                 grade=inc.level, warning=inc.warning, households=inc.households or None,
+                 stage=(inc.escalation or {}).get("stage") if kind == "escalation" else None,
+                 overdue_s=(inc.escalation or {}).get("overdue_s") if kind == "escalation" else None,
+                 city=inc.routed_city or None)
         return self._messages(inc, now, kind)
 
     def _messages(self, inc: Incident, now: float, kind: str) -> list:

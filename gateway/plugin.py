@@ -59,6 +59,11 @@ class Plugin:
         counted and audited by the daemon."""
         return None
 
+    def gauges(self, now: float) -> dict[str, dict[str, float]]:
+        """Values for the gateway's labelled gauges, e.g. {"incidents_open": {"leak": 1}, "incidents_overdue":
+        {"phone": 1}} (gateway/metrics.py names them); called every few seconds."""
+        return {}
+
     def close(self) -> None:
         pass
 

@@ -13,3 +13,8 @@ class ProtocolError(ValueError):
         self.reason = reason
         self.detail = detail
         self.fcnt = fcnt
+
+
+# Every `reason` a decoder raises (SPEC.md section 8), in the SPEC's order: receivers count by these.
+REASONS = ("short", "long", "version", "type", "flags", "length", "field", "range", "mic", "replay",
+           "counter_gap", "counter_exhausted", "crc", "cobs", "overflow")

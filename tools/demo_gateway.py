@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--speed", type=float, required=True, help="demo seconds per wall second")
     a = ap.parse_args(argv)
     die_with_parent()
-    from gasguard.gateway import logs
+    from gasguard import logs
     from gasguard.gateway.config import ConfigError, load
     from gasguard.gateway.daemon import Daemon
     try:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    logs.setup(cfg.log_level, cfg.log_json)
+    logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
     daemon = Daemon(cfg, clock=demo_clock(a.t0, a.speed))
 
     async def run():

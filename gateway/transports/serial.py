@@ -11,6 +11,7 @@ import logging
 
 import serial
 
+from gasguard import logs
 from gasguard.protocol import framing
 
 log = logging.getLogger("gasguard.gateway.serial")
@@ -26,6 +27,7 @@ class SerialTransport:
         self.ser: serial.Serial | None = None
         self.deframer = framing.Deframer()
         self.opened = 0                  # how many times the port was (re)opened
+        metrics.port(spec.name, spec.kind)
 
     def _open(self) -> serial.Serial:
         s = serial.serial_for_url(self.spec.port, baudrate=self.spec.baud, timeout=0, write_timeout=0.5,
@@ -42,26 +44,32 @@ class SerialTransport:
             try:
                 self.ser = self._open()
             except (serial.SerialException, OSError) as e:
+                self.metrics.port_up.labels(self.spec.name, self.spec.kind).set(0)
                 msg = str(e)
                 why = ("busy: another program holds it (find it with 'fuser %s')" % self.spec.port
                        if "lock" in msg.lower() or "busy" in msg.lower() else
                        "not present: check the cable / USB adapter and the path in [[serial]] port")
                 if failing != why:
-                    log.error("serial %s %s (%s); retrying every <= %.0f s", self.spec.port, why, msg, self.backoff_max)
+                    log.error("serial %s %s (%s); retrying every <= %.0f s", self.spec.port, why, msg, self.backoff_max,
+                              extra=logs.fields(port=self.spec.name))
                     failing = why
                 await asyncio.sleep(delay)
                 delay = min(self.backoff_max, delay * 2)
                 continue
             delay, failing = self.backoff_min, None
             self.opened += 1
+            self.metrics.port_up.labels(self.spec.name, self.spec.kind).set(1)
+            self.metrics.port_opens.labels(self.spec.name, self.spec.kind).inc()
             self.deframer = framing.Deframer()   # a partial frame from before the unplug is noise, not a frame
             log.info("serial %s open (%s, %d baud)%s", self.spec.port, self.spec.kind, self.spec.baud,
-                     " again after a disconnect" if self.opened > 1 else "")
+                     " again after a disconnect" if self.opened > 1 else "", extra=logs.fields(port=self.spec.name))
             try:
                 await self._pump(self.ser)
             except (serial.SerialException, OSError) as e:
-                log.warning("serial %s disconnected (%s); waiting for it to come back", self.spec.port, e)
+                log.warning("serial %s disconnected (%s); waiting for it to come back", self.spec.port, e,
+                            extra=logs.fields(port=self.spec.name))
             finally:
+                self.metrics.port_up.labels(self.spec.name, self.spec.kind).set(0)
                 try:
                     self.ser.close()
                 except Exception:  # noqa: BLE001 - closing a dead port may fail any way it likes
