@@ -40,6 +40,16 @@ def write_secret(path: str | os.PathLike, data: bytes) -> Path:
     return p
 
 
+def private_file(path: str | os.PathLike) -> Path:
+    """Make `path` exist readable by the owner only (0600), before a library (SQLite) opens it: SQLite gives
+    its -wal and -shm files the mode of the database file. An existing file is narrowed to 0600."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(p, 0o600)
+    return p
+
+
 def check_private(p: Path) -> None:
     """Refuse a secret file that others can read: it may already have leaked."""
     mode = p.stat().st_mode

@@ -126,6 +126,25 @@ def _request_id(payload: bytes) -> str:
         return ""
 
 
+def authorise_act(gate: Gate, topics, gateway_id: str, topic: str, payload: bytes, action, now: float):
+    """An acknowledgement or operator input checked by `gate` (issue 14): (the verified body with "by" the
+    verified operator and "via" the console that signed for them, or None when refused; the answer for the
+    request-result topic; the refusal reason or None). Used by the daemon and by test harnesses that drive a
+    plugin the way the daemon does."""
+    sha = hashlib.sha256(payload).hexdigest()
+    try:
+        v = gate.check(topic, payload, action=action, category="incident",
+                       detail={"incident_id": topic.rsplit("/", 1)[-1]})
+    except Refused as r:
+        return None, (topics.request_result, payloads.request_result(
+            gateway_id, now, topic, sha, "refused", r.reason, str(r), r.operator), "event", False), r.reason
+    doc = dict(v.body, by=v.operator.id)
+    if v.signer.id != v.operator.id:
+        doc["via"] = v.signer.id
+    return doc, (topics.request_result, payloads.request_result(
+        gateway_id, now, topic, sha, "allowed", "", v.action, v.operator.id), "event", False), None
+
+
 def open_authority(cfg, clock, on_warning=None) -> Gate:
     """The audit log and the Gate of `[authority]`; ConfigError (exit 2) names what is wrong."""
     spool = Path(cfg.spool)
@@ -455,23 +474,10 @@ class Daemon:
         self._spool_outputs(outs, now)
 
     def _authorised(self, topic: str, payload: bytes, action, now: float, outs: list) -> dict | None:
-        """The verified body of an acknowledgement or operator input, with "by" the verified operator (and
-        "via" the console that signed for them); None when refused. Either way the sender gets an answer on
-        the request-result topic (issue 14)."""
-        sha = hashlib.sha256(payload).hexdigest()
-        iid = topic.rsplit("/", 1)[-1]
-        try:
-            v = self.gate.check(topic, payload, action=action, category="incident", detail={"incident_id": iid})
-        except Refused as r:
-            self.metrics.refused.labels(r.reason).inc()
-            outs.append((self.topics.request_result, payloads.request_result(
-                self.cfg.gateway_id, now, topic, sha, "refused", r.reason, str(r), r.operator), "event", False))
-            return None
-        doc = dict(v.body, by=v.operator.id)
-        if v.signer.id != v.operator.id:
-            doc["via"] = v.signer.id
-        outs.append((self.topics.request_result, payloads.request_result(
-            self.cfg.gateway_id, now, topic, sha, "allowed", "", v.action, v.operator.id), "event", False))
+        doc, answer, reason = authorise_act(self.gate, self.topics, self.cfg.gateway_id, topic, payload, action, now)
+        outs.append(answer)
+        if reason:
+            self.metrics.refused.labels(reason).inc()
         return doc
 
     def _command(self, dev: int, topic: str, payload: bytes, now: float) -> None:

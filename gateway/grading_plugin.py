@@ -52,7 +52,8 @@ class GradingPlugin:
         if outs and self.state_path:
             tmp = self.state_path.with_suffix(".tmp")
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
+                # 0600: incident facts (casualties, who acknowledged) are for the district's eyes
+                with os.fdopen(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
                     json.dump(self.engine.snapshot(), f, ensure_ascii=False)
                     f.flush()
                     os.fsync(f.fileno())

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gasguard.authority.secretfile import private_file
+
 log = logging.getLogger("gasguard.gateway.spool")
 
 ALARM, EVENT, STATE, READING = 0, 1, 2, 3
@@ -79,8 +81,7 @@ class Row:
 class Spool:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
                  audit: bool = False, max_pages: int | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_file(path)    # 0600: readings, alarms and command results of the district
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.synchronous = synchronous

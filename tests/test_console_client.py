@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from gasguard.gateway.console import CommandClient, IncidentBoard, parse_input, render_board, render_report
+from gasguard.authority.bootstrap import bootstrap
+from gasguard.gateway.console import CommandClient, IncidentBoard, Signer, parse_input, render_board, render_report
 from gasguard.gateway.console_cli import command
 from gasguard.gateway.grading_plugin import GradingPlugin
 from gasguard.gateway.incidents import IncidentEngine
@@ -81,19 +82,33 @@ def test_parse_input_rejects_bare_words():
 
 
 @pytest.fixture
-def gateway(mosquitto):
+def district(tmp_path):
+    """Lixia's operators: an admin, the duty operator 王值班 (id duty) and an engineer."""
+    return bootstrap(tmp_path / "authority", "lixia", {"root": "admin", "duty": "operator", "li.na": "engineer"})
+
+
+@pytest.fixture
+def gateway(mosquitto, district, tmp_path):
     now = {"t": T0}
     plugin = GradingPlugin({}, downstream=lambda d: [])
-    h = PluginHarness(plugin, mosquitto.port, lambda: now["t"])
+    h = PluginHarness(plugin, mosquitto.port, lambda: now["t"], authority=district, workdir=tmp_path)
     h.now = now
     yield h
     h.close()
 
 
-def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway):
+def _signer(district, who="duty"):
+    return Signer(who, district.key(who))
+
+
+def _cli_as(district, who="duty"):
+    return ["--operator", who, "--operator-key", str(district.keys[who])]
+
+
+def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway, district):
     st = device(0xA001, households=12_000, site="燕山调压站")
     gateway.observe(alarm(st, T0, 4, value=900, ptrip=True))            # before the console runs
-    with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+    with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
         gateway.pump(until=lambda t: t.endswith("/sync"))               # the console asked for a sync
         iid = gateway.published[0][1]["incident_id"]
         m = client.wait_for(iid, 5)
@@ -101,7 +116,7 @@ def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway):
         client.ack(iid, "王值班", m["revision"])
         gateway.pump(until=lambda t: "/ack/" in t)
         acked = client.wait_for(iid, 5, lambda x: bool(x["acked"]))
-        assert acked["acked"]["by"] == "王值班" and acked["revision"] == m["revision"] + 1
+        assert acked["acked"]["by"] == "duty" and acked["revision"] == m["revision"] + 1   # who signed, not who typed
         client.send_input(iid, {"deaths": 3, "by": "现场"})
         gateway.pump(until=lambda t: "/input/" in t)
         regraded = client.wait_for(iid, 5, lambda x: x["report"]["casualties"] is not None)
@@ -120,7 +135,7 @@ def test_cli_unreachable_broker_exit_1():
     assert res.exit_code == 1 and "cannot reach the MQTT broker" in res.output
 
 
-def test_cli_report_ack_input_json(mosquitto, gateway):
+def test_cli_report_ack_input_json(mosquitto, gateway, district):
     gateway.observe(alarm(device(0xA001, households=12_000, site="燕山调压站"), T0, 4, value=900, ptrip=True))
     iid = gateway.published[0][1]["incident_id"]
     gateway.pump_in_background()
@@ -133,13 +148,16 @@ def test_cli_report_ack_input_json(mosquitto, gateway):
         assert json.loads(r.output)["households"] == 12_000
         r = CliRunner().invoke(command, ["report", iid, "--city", "--json", *port])    # level III: the city has it
         assert r.exit_code == 0 and json.loads(r.output)["routes"] == ["district", "city"]
-        r = CliRunner().invoke(command, ["ack", iid, "--by", "duty", "--json", *port])
+        r = CliRunner().invoke(command, ["ack", iid, "--json", *port])                  # not signed: refused here
+        assert r.exit_code == 2 and "--operator" in r.output
+        r = CliRunner().invoke(command, ["ack", iid, "--json", *port, *_cli_as(district)])
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["acked"]["by"] == "duty"
-        r = CliRunner().invoke(command, ["input", iid, "evacuated=5000", "note=疏散完成", "--json", *port])
+        r = CliRunner().invoke(command, ["input", iid, "evacuated=5000", "note=疏散完成", "--json", *port,
+                                         *_cli_as(district)])
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["level"] == 2
-        r = CliRunner().invoke(command, ["input", iid, "deaths=-1", *port])
+        r = CliRunner().invoke(command, ["input", iid, "deaths=-1", *port, *_cli_as(district)])
         assert r.exit_code == 2 and "cannot be negative" in r.output
         r = CliRunner().invoke(command, ["list", "--json", "--wait", "3", *port])
         assert [m["incident_id"] for m in json.loads(r.output)] == [iid]
@@ -170,7 +188,7 @@ class ScriptedKeys:
         return key
 
 
-def test_watch_keys_report_ack_input(mosquitto, gateway):
+def test_watch_keys_report_ack_input(mosquitto, gateway, district):
     import io
 
     from gasguard.gateway.console import watch
@@ -181,7 +199,7 @@ def test_watch_keys_report_ack_input(mosquitto, gateway):
     con = Console(file=out, width=200, record=True, force_terminal=False)
     asked = []
     try:
-        with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+        with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
             seen = lambda pred: (lambda: (client.board.get(iid) is not None and pred(client.board.get(iid))))  # noqa
             keys = ScriptedKeys([
                 (seen(lambda m: True), "r"),                                   # open the draft report
@@ -189,14 +207,14 @@ def test_watch_keys_report_ack_input(mosquitto, gateway):
                 (seen(lambda m: bool(m["acked"])), "i"),                       # operator input
                 (seen(lambda m: m["report"]["evacuated"] == 300), "q"),
             ])
-            code = watch(client, con, by="王值班", refresh=0.05, clock=lambda: T0 + 60, keys=keys,
+            code = watch(client, con, by="duty", refresh=0.05, clock=lambda: T0 + 60, keys=keys,
                          ask=lambda prompt: asked.append(prompt) or "evacuated=300 note='警戒已设置'")
         text = con.export_text()
     finally:
         gateway.stop_pumping()
     assert code == 0
     assert "初判级别：较大（Ⅲ级）" in text                                   # the report panel was shown
-    assert f"acknowledged {iid}" in text and "王值班" in text
+    assert f"acknowledged {iid}" in text and "duty" in text
     assert "sent evacuated, note" in text and asked and iid in asked[0]
     assert "19:00" in text                                                  # phone deadline 19 min away
 

@@ -128,3 +128,36 @@ def test_unsigned_wrong_role_revoked_stale_and_replayed_requests_change_nothing(
     assert rig.metric("gasguard_gateway_requests_refused_total", reason="replayed") == 1   # since the restart
     for c in (anon, op, eng):
         c.close()
+
+
+def test_console_logs_in_signs_as_the_operator_and_an_engineer_commands_a_node(walled):
+    from click.testing import CliRunner
+
+    from gasguard.gateway.console_cli import command
+    rig, m, pw = walled
+    rig.start()
+    a = rig.nodes[0]
+    rig.cables[0].send(a.reading())
+    rig.cables[0].send(a.alarm())
+    iid = rig.sub.wait(lambda ms: [d for t, d, _ in ms if t.startswith(f"{BASE}/incident/")], 10)[0]["incident_id"]
+    common = ["-p", str(m.port), "--district", D, "--timeout", "10"]
+
+    def as_(who, *extra):
+        return [*common, "-u", who, "--operator", who, "--operator-key", str(rig.authority.keys[who]), *extra]
+
+    r = CliRunner().invoke(command, ["ack", iid, *as_("op", "-P", "wrong")])
+    assert r.exit_code == 1 and "refused the login" in r.output
+    r = CliRunner().invoke(command, ["ack", iid, "--json", *as_("op")], env={"GASGUARD_MQTT_PASSWORD": pw["op"]})
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["acked"]["by"] == "op"
+    # a node command: the operator's is refused by the gateway (and its login may not even publish it);
+    # the engineer's reaches the line
+    r = CliRunner().invoke(command, ["node", "gw1", f"{a.dev:08x}", "status", *as_("eng", "-P", pw["eng"]),
+                                     "--operator", "op", "--operator-key", str(rig.authority.keys["op"])])
+    assert r.exit_code == 1 and "wrong_role" in r.output, (r.output, rig.sub.on("/cmd/result"))
+    assert [f["type"] for f in map(a.open_downlink, rig.cables[0].downlinks())] == ["ack"]   # the alarm's only
+    r = CliRunner().invoke(command, ["node", "gw1", f"{a.dev:08x}", "status", "--ttl", "1",
+                                     *as_("eng", "-P", pw["eng"])])
+    assert r.exit_code == 1 and "timeout" in r.output            # sent (retried), never acked by the test node
+    sent = [a.open_downlink(b) for b in rig.cables[0].downlinks()]
+    assert sent and {f["type"] for f in sent} == {"command"}

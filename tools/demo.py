@@ -37,7 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gasguard.gateway.console import CommandClient, ConsoleError
+from gasguard.authority.bootstrap import bootstrap
+from gasguard.gateway.console import CommandClient, ConsoleError, Signer
 from gasguard.gateway.registry import Device, Registry
 
 from . import district
@@ -51,7 +52,9 @@ from .vboard_client import VBoardError, VBoardProcess, gas_raw, install, pressur
 
 DISTRICT = "lixia"
 GATEWAY = "sub-017"
-OPERATOR = "值班员 (demo)"
+OPERATOR = "duty.demo"         # the demo's duty operator (roster id); acknowledgements are signed with its key
+# the demo's own district authority and roster (issue 14): the gateway refuses unsigned acts
+DEMO_PEOPLE = {"admin.demo": "admin", OPERATOR: "operator", "engineer.demo": "engineer"}
 BOARD_BASE = 0x03F00001          # household ids the generator never uses (it counts up from 0x03000001)
 TRIP_MIN, TRIP_MAX = 12_000, 29_000   # plan 1.6.2.3(2): 10,000 to < 30,000 households cut off is level III
 PRESSURE_FS = 10_000             # the household transducer's full scale (firmware default, Pa)
@@ -150,7 +153,7 @@ def build_district(path: Path, opts: DemoOptions) -> DemoDistrict:
     return DemoDistrict(devs, feeder, cut, boards)
 
 
-def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: list[str]) -> Path:
+def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: list[str], authority: str = "") -> Path:
     ports = "".join(f'[[serial]]\nport = "{p}"\n\n' for p in serial)
     path.write_text(
         f'# written by the demo (tools/demo.py)\n[gateway]\nid = "{GATEWAY}"\ndistrict = "{DISTRICT}"\n'
@@ -164,7 +167,7 @@ def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: 
         '[spool]\nsynchronous = "NORMAL"\n\n[batch]\ndelay = 0\n\n'
         '[metrics]\ntick_interval = 0.2\nstats_interval = 60\n\n'
         '[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\nreporter_name = "GasGuard demo"\n'
-        'reporter_phone = "0531-00000000"\n')
+        'reporter_phone = "0531-00000000"\n\n' + authority)
     return path
 
 
@@ -291,9 +294,13 @@ class Demo:
             vb.ctl.set(gas=gas_raw(5), pressure=pressure_raw(SERVICE_PA, PRESSURE_FS))
             self.say(f"virtual board {i + 1}: real firmware in MicroPython (pid {vb.proc.pid}), dev "
                      f"{dev.dev_id:08x} on {vb.pty}, fed by {self._station(dev.upstream).site_name}")
+        self.authority = bootstrap(self.dir / "authority", DISTRICT, DEMO_PEOPLE)
+        self.say(f"operators: {', '.join(f'{p} ({r})' for p, r in DEMO_PEOPLE.items())}, roster signed by the demo's "
+                 f"district authority in {self.authority.dir}")
         self.pty = PtyTransport()
         cfg = gateway_toml(self.dir / "gateway.toml", registry=reg, spool=self.dir / "spool.db", port=self.port,
-                           serial=[self.pty.port] + [b.pty for b in self.boards])
+                           serial=[self.pty.port] + [b.pty for b in self.boards],
+                           authority=self.authority.gateway_toml())
         self.gateway_log = open(self.dir / "gateway.log", "wb")
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "gasguard.tools.demo_gateway", "-c", str(cfg), "--t0", repr(self.t0),
@@ -301,7 +308,8 @@ class Demo:
         self._wait_gateway()
         self.say(f"gateway {GATEWAY}: the real daemon with the grading plugin (pid {self.gateway.pid}), "
                  f"{1 + len(self.boards)} serial lines, log {self.dir / 'gateway.log'}")
-        self.district_client = _Client("127.0.0.1", self.port, DISTRICT, on_update=self._update).connect(10)
+        self.district_client = _Client("127.0.0.1", self.port, DISTRICT, on_update=self._update,
+                                       signer=Signer(OPERATOR, self.authority.key(OPERATOR))).connect(10)
         self.city_client = _Client("127.0.0.1", self.port, DISTRICT, city=True, on_update=self._update).connect(10)
         self.view.attach(self)
         self.fleet = Fleet(device_nodes(self.world.devices, o.seed), self.pty, seed=o.seed, speed=o.speed)
