@@ -6,11 +6,11 @@ PY        ?= python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
-NODE_MODS := tools/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
+NODE_MODS := tools/sim/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs
 TAHU_MODS := testing/tahu/node_modules/sparkplug-payload/package.json
 JOBS      ?= 2
 
-.PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto bench
+.PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto postgresql bench
 
 # The demo needs an MQTT broker: mosquitto when installed, else amqtt (pure Python), installed here on first use.
 # DEMO_ARGS: e.g. --fast, --no-tui, --speed 60, --keep (gasguard sim demo --help)
@@ -29,7 +29,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/gasguard bench all
 
-setup: $(STAMP) $(NODE_MODS) $(TAHU_MODS) mosquitto
+setup: $(STAMP) $(NODE_MODS) $(TAHU_MODS) mosquitto postgresql
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -37,9 +37,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VPY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-$(NODE_MODS): tools/package.json tools/package-lock.json
+$(NODE_MODS): tools/sim/package.json tools/sim/package-lock.json
 	@command -v node >/dev/null || { echo "node (>= 18) is needed to run MicroPython on the host: apt-get install nodejs"; exit 1; }
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	cd tools/sim && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_MODS)
 
 # Eclipse Tahu's Sparkplug B packages: the independent decoder and host the Sparkplug tests check against
@@ -49,6 +49,18 @@ $(TAHU_MODS): testing/tahu/package.json testing/tahu/package-lock.json
 	touch $(TAHU_MODS)
 
 # The real broker for tests (Debian's mosquitto). Installed when missing and we are root.
+# PostgreSQL server binaries for the command store's tests (each test run starts a throwaway cluster with
+# initdb + pg_ctl; nothing is configured system-wide). Installed when missing and we are root.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+	  echo "installing postgresql (Debian package; the tests start their own throwaway cluster)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	    || { echo "apt-get install postgresql failed: install it by hand, then re-run make"; exit 1; }; \
+	else \
+	  echo "PostgreSQL is missing and this is not root: run 'sudo apt-get install postgresql' (the command store's tests run on SQLite and PostgreSQL)"; \
+	fi
+
 mosquitto:
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
 	elif [ "$$(id -u)" = "0" ]; then \
@@ -60,4 +72,4 @@ mosquitto:
 	fi
 
 clean:
-	rm -rf $(VENV) tools/node_modules testing/tahu/node_modules build *.egg-info
+	rm -rf $(VENV) tools/sim/node_modules testing/tahu/node_modules build *.egg-info

@@ -5,7 +5,7 @@
 # The latch is persisted before the valve moves and before anything reports it, so neither the node nor the
 # gateway can be left believing in an open valve that a power cut closed (issue 3; see `sample`).
 
-from gasguard.firmware import bounds, safety, sensing
+from gasguard.firmware import bounds, safety, sensing, ticks
 from gasguard.protocol import const, units
 
 FW_MAJOR = 1
@@ -169,7 +169,7 @@ class App:
                 self.log("alarm: %s" % const.ALARM_NAMES[code])
             elif s.cleared & bit:
                 t0 = self.since.pop(code, now)
-                age = ((now - t0) & safety.TICKS_MASK) // 1000
+                age = ticks.elapsed(now, t0) // 1000
                 self.link.alarm(now, code, True, age, self._alarm_value(code) or 0, st)
                 self.log("alarm cleared: %s" % const.ALARM_NAMES[code])
 
@@ -246,7 +246,7 @@ class App:
         name = const.PARAM_NAMES.get(pid)
         if name is None or name not in bounds.BOUNDS[self.profile]:
             return const.R_BAD_ARGS
-        value = units.pressure_from_wire(raw) if pid in (const.P_OPSO, const.P_UPSO, const.P_SETPOINT) else raw
+        value = units.pressure_from_wire(raw) if pid in const.PRESSURE_PARAMS else raw
         if value is None:
             return const.R_BAD_ARGS
         overrides = dict(self.store.state.get("params") or {})
@@ -283,22 +283,20 @@ class App:
     # ---- the loop body ----
     def tick(self, now):
         """One pass of the main loop. Returns ms until the next sample is due (never negative)."""
-        if ((now - self.next_sample) & safety.TICKS_MASK) < 0x20000000:
+        if ticks.reached(now, self.next_sample):
             self.sample(now)
-            self.next_sample = (self.next_sample + self.sample_ms) & safety.TICKS_MASK
-            if ((now - self.next_sample) & safety.TICKS_MASK) < 0x20000000:
-                self.next_sample = (now + self.sample_ms) & safety.TICKS_MASK  # we fell behind: resync
-        if ((now - self.next_report) & safety.TICKS_MASK) < 0x20000000:
+            self.next_sample = ticks.add(self.next_sample, self.sample_ms)
+            if ticks.reached(now, self.next_sample):
+                self.next_sample = ticks.add(now, self.sample_ms)  # we fell behind: resync
+        if ticks.reached(now, self.next_report):
             self.read_battery()
             self.report(now)
-            self.next_report = (now + self.params["report_s"] * 1000) & safety.TICKS_MASK
+            self.next_report = ticks.add(now, self.params["report_s"] * 1000)
         for f in self.link.poll(now):
             self.command(now, f)
         self.link.pump(now)
         if self.hw.wdt is not None and self.healthy:
             self.hw.wdt.feed()  # only a loop that got here is healthy
-        wait = (self.next_sample - now) & safety.TICKS_MASK
-        if wait > 0x20000000:
-            wait = 0
+        wait = ticks.until(now, self.next_sample)
         # wake at least every POLL_MS so downlink commands and acks are handled between samples
         return wait if wait < POLL_MS else POLL_MS

@@ -8,8 +8,6 @@
 # station: first alarm 25 % LEL, second alarm 50 % LEL (GB/T 50493); OPSO 165 % and UPSO 50 % of the
 #   outlet set point (typical slam-shut settings); shut-off on gas only when configured.
 
-from gasguard.protocol import const
-
 HOUSEHOLD = "household"
 STATION = "station"
 PROFILES = (HOUSEHOLD, STATION)
@@ -44,14 +42,6 @@ BOUNDS = {
 }
 
 CHOICES = {"shutoff_on_gas": (True, False), "fault_action": ("close", "alarm")}
-
-# SET_PARAM / CONFIG parameter ids (protocol/const.py) <-> names
-PARAM_IDS = {
-    "gas_l1": const.P_GAS_L1, "gas_l2": const.P_GAS_L2, "opso": const.P_OPSO, "upso": const.P_UPSO,
-    "sample_ms": const.P_SAMPLE_MS, "report_s": const.P_REPORT_S, "debounce_ms": const.P_DEBOUNCE_MS,
-    "hysteresis": const.P_HYSTERESIS, "setpoint": const.P_SETPOINT, "opso_pct": const.P_OPSO_PCT,
-    "upso_pct": const.P_UPSO_PCT,
-}
 
 
 def defaults(profile):

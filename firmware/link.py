@@ -5,6 +5,10 @@
 #   supersedes an unacked older one, which bounds those queues without losing the current state. Alarms and events that need an ack are
 #   retransmitted with capped exponential backoff until the gateway acks them (SPEC 3.4: every copy gets a
 #   new frame counter, the same aseq/eseq).
+# - aseq/eseq are not a counter of their own: each is the low byte of the frame counter of the alarm's (event's)
+#   first transmission, so its identity (that full counter, SPEC 3.4) is never reused, across power cuts
+#   included, and costs no flash write (a sequence persisted only with each counter block resumed from an
+#   old value after a power cut, and the gateway took the next new alarm for a retransmission: issue 12).
 # - Uplink counters come from protocol.counter.CounterReservation; a new ceiling is persisted BEFORE the
 #   first counter of its block goes on air (SPEC 4), so a counter is never reused after a reboot.
 # - Downlink frames are verified (MIC, replay window) and the accepted counter is persisted BEFORE the
@@ -12,6 +16,7 @@
 # - Never blocks: reads only what uart.any() says is there (bounded per call) and writes a bounded
 #   number of frames per call.
 
+from gasguard.firmware import ticks
 from gasguard.protocol import const, counter, frame, framing
 from gasguard.protocol.errors import ProtocolError
 
@@ -23,12 +28,6 @@ MAX_ACKS = 4          # answers to commands; a gateway that misses one repeats t
 MAX_READINGS = 4
 RX_CHUNK = 128        # bytes read per poll
 TX_BURST = 3          # frames written per pump
-TICKS_MASK = 0x3FFFFFFF
-
-
-def _due(now, t):
-    # t is "due" when now is at or past it, in the ticks ring (differences below half the ring)
-    return ((now - t) & TICKS_MASK) < 0x20000000
 
 
 class _Out:
@@ -51,8 +50,6 @@ class Link:
         st = store.state
         self.counter = counter.CounterReservation(int(st.get("up_ceiling", 0)), const.COUNTER_BLOCK)
         self.down_last = int(st.get("down_last", 0))
-        self.aseq = int(st.get("aseq", 0))
-        self.eseq = int(st.get("eseq", 0))
         self.alarms = []
         self.events = []
         self.acks = []
@@ -62,6 +59,7 @@ class Link:
         self.dropped_events = 0
         self.dropped_acks = 0
         self.superseded = 0
+        self.reidentified = 0  # queued alarms/events given a new identity: their low byte met a newer one's
         self.sent = 0
         self.retransmits = 0
         self.refused = {}      # downlink refusals by reason (mic, replay, ...)
@@ -73,8 +71,8 @@ class Link:
 
     # ---- uplink queueing ----
     def alarm(self, now, code, cleared, age, value, state):
-        self.aseq = (self.aseq + 1) & 0xFF
-        f = {"type": "alarm", "dev": self.dev, "code": code, "cleared": cleared, "aseq": self.aseq,
+        # aseq None: set from the counter of the first transmission (_send)
+        f = {"type": "alarm", "dev": self.dev, "code": code, "cleared": cleared, "aseq": None,
              "age": age, "value": value, "state": state}
         for i in range(len(self.alarms)):
             o = self.alarms[i].fields
@@ -85,12 +83,10 @@ class Link:
             # cannot happen with 8 codes x 2 states; keep the newest rather than silently losing it
             self.alarms.pop(0)
         self.alarms.append(_Out(f, True, now))
-        return self.aseq
 
     def event(self, now, code, data=b"", ack=True):
-        self.eseq = (self.eseq + 1) & 0xFF
         data = bytes(data)
-        f = {"type": "event", "dev": self.dev, "code": code, "eseq": self.eseq, "data": data}
+        f = {"type": "event", "dev": self.dev, "code": code, "eseq": None, "data": data}
         first = data[0] if data else -1
         for i in range(len(self.events)):
             o = self.events[i].fields
@@ -102,7 +98,6 @@ class Link:
             self.events.pop(0)
             self.dropped_events += 1
         self.events.append(_Out(f, ack, now))
-        return self.eseq
 
     def ack(self, now, ref_type, ref, result):
         f = {"type": "ack", "dev": self.dev, "ref_type": ref_type, "ref": ref, "result": result}
@@ -131,13 +126,36 @@ class Link:
         c = self.counter
         if c.need_persist():
             ceiling = c.new_ceiling()
-            self.store.save(up_ceiling=ceiling, aseq=self.aseq, eseq=self.eseq)
+            self.store.save(up_ceiling=ceiling)
             c.persisted(ceiling)
         return c.take()
 
+    def _identify(self, out, fc):
+        """First transmission of an alarm or event: its aseq/eseq is the low byte of this counter (SPEC 3.4).
+        Acks name only that byte, so a queued one with the same byte (first sent 256 or more counters ago and
+        still unacked) takes a new identity at its next copy: the gateway may publish it once more, but an ack
+        meant for one can never retire the other."""
+        f = out.fields
+        if f["type"] == "alarm":
+            key, q = "aseq", self.alarms
+        elif f["type"] == "event":
+            key, q = "eseq", self.events
+        else:
+            return
+        if f[key] is not None:
+            return
+        seq = fc & 0xFF
+        for o in q:
+            if o is not out and o.fields[key] == seq:
+                o.fields[key] = None
+                self.reidentified += 1
+        f[key] = seq
+
     def _send(self, out):
         f = out.fields
-        f["fcnt"] = self._next_counter()
+        fc = self._next_counter()
+        f["fcnt"] = fc
+        self._identify(out, fc)
         raw = frame.seal(f, self.key, const.UP)
         data = framing.wrap(raw)
         self.uart.write(data)
@@ -154,14 +172,14 @@ class Link:
             i = 0
             while i < len(q) and n < TX_BURST:
                 out = q[i]
-                if not _due(now, out.due):
+                if not ticks.reached(now, out.due):
                     i += 1
                     continue
                 self._send(out)
                 n += 1
                 if out.ack:
                     back = RETX_FIRST_MS << (out.tries - 1) if out.tries < 8 else RETX_CAP_MS
-                    out.due = (now + min(back, RETX_CAP_MS)) & TICKS_MASK
+                    out.due = ticks.add(now, min(back, RETX_CAP_MS))
                     i += 1
                 else:
                     q.pop(i)

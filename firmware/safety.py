@@ -8,10 +8,10 @@
 # Units: gas in 0.1 % LEL (NO_VALUE when the sensor is faulted), pressure in Pa (NO_VALUE when there is
 # no transducer or it is faulted), times in ms.
 
+from gasguard.firmware import ticks
 from gasguard.protocol import const
 
 NO_VALUE = -1
-TICKS_MASK = 0x3FFFFFFF  # MicroPython ticks_ms wraps at 2**30
 
 # step() result bits
 ACT_CLOSE = 1      # drive the valve closed (now)
@@ -37,10 +37,6 @@ CAUSE_NONE = 0
 # Pressure trips clear only once the pressure is back inside the band by this fraction (1/50 = 2 %)
 # of the trip value, so a transducer that sits on the trip point does not chatter.
 P_HYST_DIV = 50
-
-
-def _elapsed(now, since):
-    return (now - since) & TICKS_MASK
 
 
 class Safety:
@@ -147,7 +143,7 @@ class Safety:
             if gas >= self.gas_l2:
                 if self.t_l2 < 0:
                     self.t_l2 = t_prev if raw_prev >= self.gas_l2 else now
-                if _elapsed(now, self.t_l2) >= deb and (gas_raw < 0 or gas_raw >= self.gas_l2):
+                if ticks.elapsed(now, self.t_l2) >= deb and (gas_raw < 0 or gas_raw >= self.gas_l2):
                     self.level = 2
             else:
                 self.t_l2 = -1
@@ -156,7 +152,7 @@ class Safety:
             if gas >= self.gas_l1:
                 if self.t_l1 < 0:
                     self.t_l1 = t_prev if raw_prev >= self.gas_l1 else now
-                if self.level == 0 and _elapsed(now, self.t_l1) >= deb and (gas_raw < 0 or gas_raw >= self.gas_l1):
+                if self.level == 0 and ticks.elapsed(now, self.t_l1) >= deb and (gas_raw < 0 or gas_raw >= self.gas_l1):
                     self.level = 1
             else:
                 self.t_l1 = -1
@@ -178,7 +174,7 @@ class Safety:
             if pressure >= self.opso:
                 if self.t_opso < 0:
                     self.t_opso = now
-                if _elapsed(now, self.t_opso) >= deb:
+                if ticks.elapsed(now, self.t_opso) >= deb:
                     active |= B_OPSO
             else:
                 self.t_opso = -1
@@ -187,7 +183,7 @@ class Safety:
             if pressure <= self.upso:
                 if self.t_upso < 0:
                     self.t_upso = now
-                if _elapsed(now, self.t_upso) >= deb:
+                if ticks.elapsed(now, self.t_upso) >= deb:
                     active |= B_UPSO
             else:
                 self.t_upso = -1

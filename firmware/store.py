@@ -9,7 +9,7 @@ import json
 import os
 
 STATE_DEFAULTS = {"latched": False, "latch_cause": 0, "valve": 0, "up_ceiling": 0, "down_last": 0,
-                  "aseq": 0, "eseq": 0, "params": {}}
+                  "params": {}}
 
 
 class StateStore:

@@ -5,10 +5,11 @@ import click
 from gasguard import __version__
 from gasguard.authority.cli import audit, authority
 from gasguard.gateway.cli import gateway
-from gasguard.gateway.console_cli import command
+from gasguard.command.serve_cli import serve
+from gasguard.command.console_cli import command
 from gasguard.provisioning.cli import device
-from gasguard.tools.bench_cli import bench
-from gasguard.tools.sim_cli import sim
+from gasguard.tools.bench.cli import bench
+from gasguard.tools.sim.cli import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,7 +21,7 @@ def cli():
     Groups:
       device   technician CLI: keys, registry, flashing, configuration, calibration
       gateway  the substation daemon and its checks
-      command  district console: incidents, acknowledgements, reports
+      command  district command: the service (serve), console, incidents, acknowledgements, reports
       sim      virtual boards (real firmware in MicroPython) and the fleet simulator
       bench    benchmarks that print figures
       authority  district operators, their roles and keys; broker access
@@ -30,6 +31,7 @@ def cli():
 
 cli.add_command(device)
 cli.add_command(gateway)
+command.add_command(serve)
 cli.add_command(command)
 cli.add_command(sim)
 cli.add_command(bench)

@@ -16,12 +16,9 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from gasguard.protocol.const import CMD_RESET, CMD_SELFTEST, CMD_SET_PARAM, CMD_STATUS, COMMAND
+from gasguard.protocol.const import COMMAND, COMMAND_CODES as _CODES
 
 log = logging.getLogger("gasguard.gateway.commands")
-
-_CODES = {"reset": CMD_RESET, "set_param": CMD_SET_PARAM, "status": CMD_STATUS, "selftest": CMD_SELFTEST}
-
 
 class BadCommand(ValueError):
     pass

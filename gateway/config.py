@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gasguard.protocol.topics import ROOT, GatewayTopics, Topics
+
 
 class ConfigError(Exception):
     """Bad configuration: `key` is the dotted TOML key, the message says the fix."""
@@ -40,6 +42,7 @@ class Config:
     spool: Path
     serial: list[SerialPort] = field(default_factory=list)
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
+    topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_client_id: str = ""
@@ -60,6 +63,7 @@ class Config:
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
     rate_per_min: float = 60.0         # per-device readings per minute (token bucket)
     rate_burst: int = 30
+    duplicate_window: float = 30.0     # an exact copy of an accepted frame within this many s is a duplicate
     offline_after: float = 900.0       # seconds without a frame before a device is published offline (floor)
     offline_missed: float = 3.0        # ... or this many of the device's own report periods, if longer
     stats_interval: float = 60.0
@@ -84,8 +88,13 @@ class Config:
     source: Path | None = None
 
     @property
+    def topics(self) -> GatewayTopics:
+        """This gateway's subtree of the topic tree."""
+        return Topics(self.topic_root).gateway(self.district, self.gateway_id)
+
+    @property
     def root(self) -> str:
-        return f"gasguard/v1/{self.district}/{self.gateway_id}"
+        return self.topics.root
 
 
 def _get(d: dict, key: str, typ, default=..., path: str = ""):
@@ -121,11 +130,11 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind"},
-    "mqtt": {"host", "port", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+    "mqtt": {"host", "port", "topic_root", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
-    "limits": {"rate_per_min", "burst", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
+    "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
     "authority": {"roster", "trust", "replay", "audit_dir", "max_age_s", "max_skew_s", "audit_capacity_mb",
                   "audit_segment_mb", "audit_warn_fraction"},
     "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
@@ -189,6 +198,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     m = _get(doc, "mqtt", dict, {})
     _unknown(m, "mqtt")
     cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
+    cfg.topic_root = _get(m, "topic_root", str, ROOT, "mqtt")
+    try:
+        Topics(cfg.topic_root)
+    except ValueError as e:
+        raise ConfigError("mqtt.topic_root", f"{e}; leave it out for the default {ROOT!r}") from None
     cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
     if not 0 < cfg.mqtt_port < 65536:
         raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")
@@ -234,6 +248,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     _unknown(lim, "limits")
     cfg.rate_per_min = _positive(_get(lim, "rate_per_min", float, 60.0, "limits"), "limits.rate_per_min")
     cfg.rate_burst = _positive(_get(lim, "burst", int, 30, "limits"), "limits.burst")
+    cfg.duplicate_window = _positive(_get(lim, "duplicate_window", float, 30.0, "limits"), "limits.duplicate_window")
     cfg.offline_after = _positive(_get(lim, "offline_after", float, 900.0, "limits"), "limits.offline_after")
     cfg.offline_missed = _get(lim, "offline_missed_reports", float, 3.0, "limits")
     if cfg.offline_missed < 0:

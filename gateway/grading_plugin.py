@@ -1,7 +1,7 @@
 """The grading plugin for the gateway daemon: observations in, incident publications out.
 
 Enable it in the gateway config with `plugins = ["grading"]` and a `[grading]` table (keys in
-gateway/GRADING_README.md). The daemon calls `observe` for every accepted uplink after it is spooled,
+grading/README.md). The daemon calls `observe` for every accepted uplink after it is spooled,
 `tick` periodically with its (injectable) clock, and `on_message` for the topics in `subscriptions`; every
 returned `(topic, payload, lane)` is spooled and published at QoS 1. Incidents go on the "alarm" lane:
 they are never dropped.
@@ -14,8 +14,9 @@ import logging
 import os
 from pathlib import Path
 
-from gasguard.gateway import grading as G
-from gasguard.gateway.incidents import IncidentEngine, command_subscriptions
+from gasguard.grading import engine as G
+from gasguard.grading.incidents import IncidentEngine, command_subscriptions, command_topics
+from gasguard.protocol.topics import ACK, SYNC
 
 LANE = "alarm"
 log = logging.getLogger("gasguard.grading")
@@ -77,12 +78,12 @@ class GradingPlugin:
     def action_of(self, topic: str):
         """ack/<id> is an acknowledgement; input/<id> is operator input, or `resolve` when it closes the
         incident (issue 14); sync changes nothing."""
-        kind = topic.split("/")[4:5]
-        if kind == ["ack"]:
+        msg = command_topics(self.cfg).parse(topic)
+        if msg is None or msg[0] == SYNC:
+            return None
+        if msg[0] == ACK:
             return "ack"
-        if kind == ["input"]:
-            return lambda body: "resolve" if body.get("resolved") else "input"
-        return None
+        return lambda body: "resolve" if body.get("resolved") else "input"
 
     def on_message(self, topic: str, payload: dict, now: float) -> list[tuple[str, dict, str]]:
         if not isinstance(payload, dict):
@@ -93,7 +94,7 @@ class GradingPlugin:
 def registry_downstream(path):
     """downstream(dev_id) reading the registry file at each call: station trips are rare, the file is
     written by the technician CLI meanwhile, and an SQLite connection must not cross threads."""
-    from gasguard.gateway.registry import Registry
+    from gasguard.registry import Registry
 
     def downstream(dev_id: int) -> list[dict]:
         with Registry(path, readonly=True) as reg:
@@ -108,6 +109,7 @@ def make_plugin(options: dict, context) -> GradingPlugin:
     opts = dict(options or {})
     opts.setdefault("district", context.district)
     opts.setdefault("gateway_id", context.gateway_id)
+    opts.setdefault("topic_root", getattr(context, "topic_root", "gasguard/v1"))
     path = getattr(context, "registry_path", None)
     state = opts.get("state_path") or (str(Path(path).parent / f"grading-{opts['gateway_id']}.json") if path else None)
     return GradingPlugin(opts, downstream=registry_downstream(path) if path else None, state_path=state)

@@ -1,4 +1,4 @@
-"""JSON payloads and topics the gateway publishes (schemas in gateway/schemas/, tree in README.md).
+"""JSON payloads the gateway publishes (schemas in gateway/schemas/; topics: protocol/topics.py).
 
 Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire), pressures in Pa.
 """
@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 
 from gasguard.protocol import frame
-from gasguard.protocol.const import ALARM_NAMES, COMMAND_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.const import ALARM_NAMES, EVENT_NAMES, RESULT_NAMES
+from gasguard.protocol.topics import dev_hex
+from gasguard.protocol.units import gas_percent_lel
 
 SITE_FIELDS = ("site_name", "address", "profile", "households", "user_class", "pressure_class", "key_area",
                "lat", "lon", "upstream")
-
-
-def dev_hex(dev: int) -> str:
-    return f"{dev:08x}"
 
 
 def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
@@ -23,41 +21,12 @@ def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
     return f"{gateway_id}:{dev:08x}:{fcnt}"
 
 
-class Topics:
-    def __init__(self, root: str):
-        self.root = root
-        self.status = f"{root}/status"
-        self.stats = f"{root}/stats"
-        self.event = f"{root}/event"
-        self.reading = f"{root}/reading"
-        self.cmd_sub = f"{root}/+/cmd"
-        district_root, _, gateway = root.rpartition("/")
-        # answers to acknowledgements and operator input (issue 14), one topic per gateway
-        self.request_result = f"{district_root}/command/result/{gateway}"
-
-    def device(self, dev: int, leaf: str) -> str:
-        return f"{self.root}/{dev:08x}/{leaf}"
-
-    def dev_of_cmd(self, topic: str) -> int | None:
-        parts = topic[len(self.root) + 1:].split("/")
-        if len(parts) != 2 or parts[1] != "cmd" or len(parts[0]) != 8:
-            return None
-        try:
-            return int(parts[0], 16)
-        except ValueError:
-            return None
-
-
 def dumps(d: dict) -> str:
     return json.dumps(d, separators=(",", ":"))
 
 
-def _gas(v):
-    return None if v is None else v / 10.0
-
-
 def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
-    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": _gas(f["gas"]),
+    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": gas_percent_lel(f["gas"]),
          "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": frame.state_fields(f["state"]),
          "rx": rx}
     if f.get("inlet") is not None:
@@ -82,7 +51,8 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
     return {"schema": "gasguard.alarm/1", "id": mid, "gateway": gateway_id, "district": district,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": code,
             "name": ALARM_NAMES.get(code, f"code_{code}"), "cleared": f["cleared"], "aseq": f["aseq"],
-            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else _gas(f["value"]),
+            "aid": f.get("aid"),
+            "age_s": f["age"], "value": f["value"] if pressure or code not in (1, 2) else gas_percent_lel(f["value"]),
             "value_unit": "Pa" if pressure else ("pct_lel" if code in (1, 2) else "raw"),
             "state": frame.state_fields(f["state"]), "rx": rx, "site": site(device)}
 
@@ -90,7 +60,8 @@ def alarm(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict,
 def event(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict) -> dict:
     return {"schema": "gasguard.event/1", "id": mid, "gateway": gateway_id, "district": district,
             "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "code": f["code"],
-            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "data_hex": f["data"].hex(),
+            "name": EVENT_NAMES.get(f["code"], f"code_{f['code']}"), "eseq": f["eseq"], "aid": f.get("aid"),
+            "data_hex": f["data"].hex(),
             "rx": rx}
 
 
@@ -134,5 +105,3 @@ def request_result(gateway_id: str, t: float, topic: str, request_sha256: str, o
 def result_name(code: int) -> str:
     return RESULT_NAMES[code] if 0 <= code < len(RESULT_NAMES) else f"code_{code}"
 
-
-COMMANDS = {v: k for k, v in COMMAND_NAMES.items()}

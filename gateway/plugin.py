@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from gasguard.protocol.topics import ROOT
+
 LANES = ("alarm", "event", "reading")
 
 Output = tuple  # (topic, payload, lane[, retain])
@@ -30,6 +32,7 @@ class PluginContext:
     root: str                       # "gasguard/v1/<district>/<gateway>"
     registry_path: str
     clock: Callable[[], float]      # the daemon's clock (epoch seconds); virtual in tests
+    topic_root: str = ROOT          # the topic tree's root (protocol/topics.py): district topics hang from it
     mqtt: dict | None = None        # the gateway's broker settings, for a plugin that needs a session of its own
 
 

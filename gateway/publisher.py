@@ -19,6 +19,7 @@ from collections import deque
 import paho.mqtt.client as mqtt
 
 from . import payloads
+from .clock import drill_client
 from .spool import ALARM, EVENT, LANE_NAMES, READING, ROW_OVERHEAD, STATE, Row, Spool
 
 log = logging.getLogger("gasguard.gateway.mqtt")
@@ -33,12 +34,15 @@ class _ClosedBeforeConnack(ConnectionError):
 
 
 class Publisher:
-    def __init__(self, cfg, spool: Spool, metrics, clock, version: str, on_message=None):
+    def __init__(self, cfg, spool: Spool, metrics, clock, version: str, *, subscriptions: list[str] = (),
+                 on_message=None):
+        """`subscriptions`: the topic filters whose messages go to `on_message(topic, payload bytes)` (on the
+        event loop), subscribed on every connect; fixed when the pipeline is built."""
         self.cfg, self.spool, self.metrics, self.clock = cfg, spool, metrics, clock
-        self.topics = payloads.Topics(cfg.root)
+        self.topics = cfg.topics
         self.version = version
-        self.on_message_cb = on_message          # (topic, payload bytes) on the loop
-        self.subscriptions: list[str] = [self.topics.cmd_sub]
+        self.on_message_cb = on_message
+        self.subscriptions: tuple[str, ...] = tuple(subscriptions)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = False
         self.inflight: dict[int, tuple[list[int], int, int, list[float], float]] = {}
@@ -57,7 +61,9 @@ class Publisher:
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=True)
+        mode = getattr(self.clock, "mode", "real")     # a drill clock marks every message (gateway/clock.py)
+        client = mqtt.Client if mode == "real" else drill_client(mode)
+        c = client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=True)
         c.max_inflight_messages_set(self.cfg.inflight + PRIORITY_SLOTS)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=max(1, int(self.cfg.reconnect_min)), max_delay=int(self.cfg.reconnect_max))

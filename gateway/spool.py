@@ -31,8 +31,11 @@ ROW_OVERHEAD = 64     # bytes a row costs beyond its payload (ids, index), for t
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (dev INTEGER NOT NULL, dir INTEGER NOT NULL, last INTEGER NOT NULL,
                                      PRIMARY KEY (dev, dir)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seqs (dev INTEGER NOT NULL, kind INTEGER NOT NULL, seq INTEGER NOT NULL,
-                                 PRIMARY KEY (dev, kind)) WITHOUT ROWID;
+-- SPEC 3.4: the identity (counter of the first copy) of the last alarm/event taken per (dev, kind). It
+-- replaces `seqs`, which held the 8-bit aseq and collided after a node's power cut (issue 12).
+DROP TABLE IF EXISTS seqs;
+CREATE TABLE IF NOT EXISTS idents (dev INTEGER NOT NULL, kind INTEGER NOT NULL, ident INTEGER NOT NULL,
+                                   PRIMARY KEY (dev, kind)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     lane INTEGER NOT NULL,
@@ -104,8 +107,8 @@ class Spool:
     def counters(self) -> dict[tuple[int, int], int]:
         return {(d, r): last for d, r, last in self.db.execute("SELECT dev, dir, last FROM counters")}
 
-    def seqs(self) -> dict[tuple[int, int], int]:
-        return {(d, k): s for d, k, s in self.db.execute("SELECT dev, kind, seq FROM seqs")}
+    def idents(self) -> dict[tuple[int, int], int]:
+        return {(d, k): i for d, k, i in self.db.execute("SELECT dev, kind, ident FROM idents")}
 
     # -- the one write path ------------------------------------------------------------------------
     @contextmanager
@@ -122,7 +125,7 @@ class Spool:
                 db.execute("ROLLBACK")
             raise
 
-    def commit(self, items: list[Item], counters: dict | None = None, seqs: dict | None = None) -> None:
+    def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None) -> None:
         """Write items + counter/sequence updates atomically (one executemany per table). Raises SpoolFull."""
         db = self.db
         try:
@@ -130,9 +133,9 @@ class Spool:
                 if counters:
                     db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                    [(d, r, v) for (d, r), v in counters.items()])
-                if seqs:
-                    db.executemany("INSERT OR REPLACE INTO seqs VALUES (?, ?, ?)",
-                                   [(d, k, v) for (d, k), v in seqs.items()])
+                if idents:
+                    db.executemany("INSERT OR REPLACE INTO idents VALUES (?, ?, ?)",
+                                   [(d, k, v) for (d, k), v in idents.items()])
                 ins = ("INSERT INTO outbox (lane, dev, topic, payload, msg_id, t, routine, retain) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
                 db.executemany(ins, [(it.lane, it.dev, it.topic, it.payload, it.msg_id, it.t,

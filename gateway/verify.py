@@ -1,7 +1,7 @@
 """Uplink verification: decode -> registry lookup -> MIC and counter (protocol.frame.verify) -> policy.
 
-Pure logic: no I/O besides the registry cache. The daemon owns the durable counters; this class holds
-the working copy (`last`), which the daemon rolls back if the spool write fails.
+Pure logic: no I/O besides the registry cache. The spool holds the durable counters; this class holds
+the working copy (`ReplayState.up`), which ingest rolls back if the spool write fails.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from gasguard.protocol import frame
 from gasguard.protocol.const import MIC_LEN, UP
 from gasguard.protocol.errors import ProtocolError
 
-from .registry import Device, Registry
+from gasguard.registry import Device, Registry
 
 RECENT = 8   # frames per device remembered to tell a second path's copy (duplicate) from a replay
+DUPLICATE_WINDOW = 30.0   # s (limits.duplicate_window): a second path's copy arrives within seconds
 
 
 class Rejected(Exception):
@@ -113,61 +114,47 @@ class RegistryCache:
             self.db.close()
 
 
-class DeviceState:
-    """What the gateway keeps per heard device, as one slotted object in one dict (`Verifier.states`): the
-    uplink counter, rate bucket and duplicate memory (verifier), and the retained-state bookkeeping and
-    downlink route (daemon). Six dicts of small tuples/lists/dicts were ~1 KB per device, 330 MB for the
-    district. States are never dropped: `up` is the replay protection (durable in the spool's `counters`
-    table, committed with each accepted frame, and loaded back into these objects at start)."""
+class ReplayState:
+    """What verification keeps per heard device: the uplink counter (the replay protection: durable in the
+    spool's `counters` table, committed with each accepted frame, loaded back at start), the rate bucket and
+    the memory of recent frames that tells a second path's copy from a replay. Never dropped. Presence
+    (online, route, retained state) is another table: presence.PresenceTable. Slotted: ~330,000 devices."""
 
-    __slots__ = ("up", "tokens", "t_bucket", "recent", "online", "last_seen", "sbyte", "pub", "via", "rx",
-                 "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t", "silence")
+    __slots__ = ("up", "tokens", "t_bucket", "recent")
 
     def __init__(self, up: int = 0):
         self.up = up                       # highest accepted uplink counter
         self.tokens: float | None = None   # rate bucket: tokens at t_bucket; None until the first reading
         self.t_bucket = 0.0
-        self.recent = b""                  # the last RECENT accepted frames: (fcnt u32 LE + mic) each
-        self.online = False                # retained <dev>/state: as last published
-        self.last_seen = 0.0
-        self.sbyte: int | None = None      # the last state byte heard
-        self.pub = -1e18                   # when <dev>/state was last published
-        self.via = None                    # the transport (and its rx) the device was last heard on
-        self.rx: dict | None = None
-        # the last reading, for the retained state (slots, not a 7-tuple: 48 bytes less per device);
-        # r_t is None until the device sent one
-        self.r_fcnt = self.r_gas = self.r_pressure = self.r_battery = self.r_state = self.r_inlet = None
-        self.r_t: float | None = None
-        self.silence = 0.0                 # seconds of silence before offline (offline_timeout), 0 = not yet set
+        self.recent = b""                  # the last RECENT accepted frames: (fcnt u32 LE + mic + s u32 LE) each
 
-    def saw(self, fcnt: int, mic: bytes) -> bool:
+    def saw(self, fcnt: int, mic: bytes, now: float, window: float) -> bool:
+        """This exact frame was accepted within the last `window` seconds (a copy by another path)."""
         rec, r = fcnt.to_bytes(4, "little") + mic, self.recent
-        return any(r[i:i + _REC] == rec for i in range(0, len(r), _REC))
+        for i in range(0, len(r), _REC):
+            if r[i:i + _KEY] == rec:
+                return (int(now) - int.from_bytes(r[i + _KEY:i + _REC], "little")) & 0xFFFFFFFF <= window
+        return False
 
 
-_REC = 4 + MIC_LEN
+_KEY = 4 + MIC_LEN
+_REC = _KEY + 4     # + the accept time, whole seconds (u32 LE, wraps in 136 years)
 
 
 class Verifier:
-    def __init__(self, registry: RegistryCache, counters: dict[tuple[int, int], int], *, rate_per_min: float = 60.0,
-                 burst: int = 30):
+    def __init__(self, registry: RegistryCache, up: dict[int, int], *, rate_per_min: float = 60.0,
+                 burst: int = 30, duplicate_window: float = DUPLICATE_WINDOW):
+        """`up`: the spool's durable dev -> highest accepted uplink counter."""
         self.registry = registry
-        # `counters`: the spool's durable (dev, direction) -> highest counter used: uplink ones go into the
-        # device's state, downlink ones (only devices that were acked or commanded) stay in `down`
-        self.states: dict[int, DeviceState] = {}
-        self.down: dict[int, int] = {}
-        for (dev, direction), c in counters.items():
-            if direction == UP:
-                self.state(dev).up = c
-            else:
-                self.down[dev] = c
+        self.states: dict[int, ReplayState] = {dev: ReplayState(c) for dev, c in up.items()}
         self.rate = rate_per_min / 60.0
         self.burst = float(burst)
+        self.duplicate_window = duplicate_window
 
-    def state(self, dev: int) -> DeviceState:
+    def state(self, dev: int) -> ReplayState:
         st = self.states.get(dev)
         if st is None:
-            st = self.states[dev] = DeviceState()
+            st = self.states[dev] = ReplayState()
         return st
 
     def check(self, raw: bytes, now: float) -> Verified:
@@ -199,9 +186,11 @@ class Verifier:
                 f["fcnt"] = frame.verify(raw, f, device.key, UP, last)
         except ProtocolError as e:
             reason = e.reason
-            # SPEC 4 step 4: an exact copy of a frame we just accepted came by another path (a second
-            # radio or forwarder): "duplicate", harmless; anything else older is a "replay"
-            if reason == "replay" and st is not None and e.fcnt is not None and st.saw(e.fcnt, f["mic"]):
+            # SPEC 4 step 4: an exact copy of a frame we accepted seconds ago came by another path (a second
+            # radio or forwarder): "duplicate", harmless; anything older (the same frame an hour later is
+            # someone replaying a recording) is a "replay"
+            if reason == "replay" and st is not None and e.fcnt is not None and st.saw(
+                    e.fcnt, f["mic"], now, self.duplicate_window):
                 reason = "duplicate"
             raise Rejected(reason, dev, str(e)) from None
         if f["type"] == "reading" and not self._take_token(dev, now):
@@ -220,11 +209,11 @@ class Verifier:
         b.tokens -= 1.0
         return True
 
-    def accept(self, v: Verified) -> int:
+    def accept(self, v: Verified, now: float) -> int:
         """Record an accepted frame in the working state. Returns the previous counter (for rollback)."""
         st = self.state(v.f["dev"])
         prev, st.up = st.up, v.f["fcnt"]
-        r = st.recent + v.f["fcnt"].to_bytes(4, "little") + v.f["mic"]
+        r = st.recent + v.f["fcnt"].to_bytes(4, "little") + v.f["mic"] + (int(now) & 0xFFFFFFFF).to_bytes(4, "little")
         st.recent = r[-RECENT * _REC:]      # one small bytes object, not a list of tuples (memory)
         return prev
 

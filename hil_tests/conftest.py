@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools.broker import Mosquitto
-from gasguard.tools.vboard_client import VBoardProcess, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, install
 import hil_provision
 from hil_node import BoardInfo, Node
 from hil_rig import RigUnsupported, SerialRig, VBoardRig
@@ -259,10 +258,3 @@ def rig_feature():
         except RigUnsupported as e:
             pytest.skip(f"{e}; see hil_tests/README.md for the rig features")
     return call
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    """A real mosquitto on a free loopback port, for one test."""
-    with Mosquitto(workdir=tmp_path / "broker") as broker:
-        yield broker

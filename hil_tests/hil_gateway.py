@@ -4,17 +4,15 @@ and fault tests: it can be stopped, SIGKILLed and restarted with the same spool,
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from gasguard.authority.bootstrap import bootstrap
 from gasguard.authority.envelope import sign_request
-from gasguard.gateway import testkit
-from gasguard.gateway.registry import Device, Registry
+from gasguard.protocol.topics import CMD, Topics
+from gasguard.testing.config import write_config
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.registry import Device, Registry
 
 DISTRICT = "lixia"
 GATEWAY_ID = "hil-gw"
@@ -28,66 +26,36 @@ def registry_for(path: Path, board, **extra) -> Path:
     return path
 
 
-class GatewayProcess:
+class HilGateway(GatewayProcess):
+    """The gateway on the board's port, with the grading plugin; its files in `workdir`."""
+
     def __init__(self, workdir: Path, port: str, mqtt_port: int, registry: Path):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         # the district's operators (issue 14): commands are signed, by an engineer unless a test says otherwise
         self.authority = bootstrap(self.dir / "authority", DISTRICT, {"root": "admin", "eng": "engineer",
                                                                       "op": "operator"})
-        self.cfg = testkit.write_config(
+        cfg = write_config(
             self.dir / "gateway.toml", registry=registry, spool=self.dir / "spool.db", mqtt_port=mqtt_port,
             serial=[port], gateway_id=GATEWAY_ID, district=DISTRICT,
             # a command not acked within 1 s (real time) is repeated: the board runs faster than real time here
             extra=self.authority.gateway_toml() + f'[limits]\ncommand_retry = 1\ncommand_timeout = 60\n\n'
                   f'[metrics]\ntick_interval = 0.2\nstats_interval = 1\n\n[plugins.grading]\n'
                   f'state_path = "{self.dir / "grading.json"}"\nreporter_unit = "HIL bench"\n')
-        self.log = self.dir / "gateway.log"   # the daemon's log, kept with the test's files
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
+        super().__init__(cfg, self.dir / "gateway.log")
 
-    def start(self) -> "GatewayProcess":
-        self.starts += 1
-        with open(self.log, "ab") as lf:
-            lf.write(f"---- start {self.starts} ----\n".encode())
-            self.proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(self.cfg)],
-                                         stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self) -> "HilGateway":
+        super().start()
         self.wait_log(" open (", timeout=20)
         return self
-
-    def wait_log(self, needle: str, timeout: float = 10) -> None:
-        """Wait for the daemon to log `needle` (after its latest start); fail with the log's tail."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log.read_text(errors="replace").rsplit("---- start", 1)[-1]
-            if needle in text:
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway: {needle!r} not logged in {timeout} s (exit {self.proc.poll()}); "
-                                     f"log {self.log}:\n{text[-2000:]}")
-            time.sleep(0.05)
 
     def command(self, sub, dev: int, request_id: str, cmd: str = "status", by: str = "eng") -> bytes:
         """A command from the district over MQTT (QoS 1), signed by `by` as the console sends it; returns
         what was published (a test may replay it)."""
-        topic = f"gasguard/v1/{DISTRICT}/{GATEWAY_ID}/{dev:08x}/cmd"
+        topic = Topics().gateway(DISTRICT, GATEWAY_ID).device(dev, CMD)
         raw = sign_request(self.authority.key(by), by, topic, {"request_id": request_id, "cmd": cmd})
         sub.c.publish(topic, raw, qos=1).wait_for_publish(5)
         return raw
-
-    def stop(self, timeout: float = 10) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no goodbye, as when the gateway's machine loses power."""
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
 
 
 def run_until(board, cond, what: str, board_ms: int = 60_000, step: int = 500, wall_s: float = 60,

@@ -19,7 +19,7 @@ import pytest
 
 from gasguard.protocol import const, frame, framing
 from gasguard.protocol.errors import ProtocolError
-from gasguard.tools.vboard_client import gas_raw, pressure_raw
+from gasguard.tools.sim.vboard_client import gas_raw, pressure_raw
 
 ANY = re.compile(rb"[\s\S]+")
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 from gasguard.provisioning import identity
 
 

@@ -21,7 +21,7 @@ import time
 
 import serial
 
-from gasguard.tools.vboard_client import Control
+from gasguard.tools.sim.vboard_client import Control
 
 
 class RigError(RuntimeError):
@@ -64,7 +64,8 @@ class VBoardRig:
         self.vb.wait_console("firmware")
 
     def link(self, **faults) -> dict:
-        """drop/dup/flip (next N frames from the node), stall (bool), ber (bit error rate, both ways)."""
+        """drop/dup/flip (next N frames from the node), drop_rx (next N frames to the node), stall (bool),
+        ber (bit error rate, both ways)."""
         return self.ctl.uart(**faults)["uart"]
 
     def cut_at_write(self, n: int = 1) -> None:

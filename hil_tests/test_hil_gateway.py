@@ -7,10 +7,10 @@ helpers let the board run in steps while the gateway works."""
 
 import pytest
 
-from gasguard.gateway import testkit
+from gasguard.testing.subscriber import Subscriber
 from gasguard.protocol import const
-from gasguard.tools.vboard_client import pressure_raw
-from hil_gateway import DISTRICT, GatewayProcess, quiet, registry_for, run_until
+from gasguard.tools.sim.vboard_client import pressure_raw
+from hil_gateway import DISTRICT, HilGateway, quiet, registry_for, run_until
 from hil_node import need_rig
 
 
@@ -21,9 +21,9 @@ def _stack(board, mosquitto, tmp_path, **registry):
         pytest.skip("needs the rig's link passthrough: it counts the node's TX bytes, which tells when every "
                     "alarm was acked (hil_tests/README.md, 'Link passthrough')")
     reg = registry_for(tmp_path / "registry.db", board, **registry)
-    gw = GatewayProcess(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
-    board.gateway_log = gw.log        # named by every failure of run_until
-    sub = testkit.Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
+    gw = HilGateway(tmp_path / "gateway", board.port, mosquitto.port, reg).start()
+    board.gateway_log = gw.log_path        # named by every failure of run_until
+    sub = Subscriber(mosquitto.port, "gasguard/#", client_id="hil-sub", clean=False)
     yield board, gw, sub
     sub.close()
     gw.stop()
@@ -53,7 +53,7 @@ def trip_and_wait(board, sub, what):
 
 
 def board_gas(board, tenths):
-    from gasguard.tools.vboard_client import gas_raw
+    from gasguard.tools.sim.vboard_client import gas_raw
     return gas_raw(tenths, (board.config.get("calibration") or {}).get("gas"))
 
 
@@ -158,3 +158,32 @@ def test_station_slam_shut_trip_is_graded_by_the_households_it_cuts_off(station_
     assert inc["level"] == 3 and inc["projected"] is True and inc["households"] == 12_000, inc
     assert inc["category"] == "supply_assurance" and inc["routes"] == ["district", "city"]
     assert inc["report"]["source"]["devices"] == [f"{board.dev:08x}"]
+
+
+def test_a_new_alarm_after_a_power_cut_is_published_and_graded_and_a_retransmission_once(stack, rig_feature):
+    """Issue 12 item 1: alarm, clear, power cut, a new alarm. The old firmware numbered alarms (and events)
+    from the value it had saved with its last counter block, so after the power cut its new GAS_L2 carried
+    the aseq of the first one and the gateway acked it as a retransmission: never published, never graded.
+    Identities are now the counter of the first copy (SPEC 3.4). The new alarm's first ack is lost on the
+    line, so the node retransmits it: the copy is acked and not published again."""
+    board, gw, sub = stack
+    trip_and_wait(board, sub, "the first leak alarm and its incident")
+    board.rig.set_inputs(gas=board_gas(board, 0))
+    run_until(board, lambda: alarms(sub, cleared=True), "the cleared alarm")
+    acked_quietly(board, "every alarm and event of the first leak acked")
+    board.rig.power_cycle()                                  # a power cut: RAM gone, flash kept
+    run_until(board, lambda: quiet(board, 5_000) == 0, "the BOOT event after the power cut, acked",
+              board_ms=120_000, step=1000)
+    rig_feature(board.rig.link, drop_rx=1)                   # the next ack (the new alarm's) never arrives
+    board.rig.set_inputs(gas=board_gas(board, 300))
+    run_until(board, lambda: len(alarms(sub)) >= 2, "the new alarm after the power cut, published")
+    run_until(board, lambda: len([i for i in incidents(sub) if i["kind"] == "new"]) >= 2,
+              "the new alarm graded: a new incident")
+    acked_quietly(board, "the node falling quiet: the new alarm retransmitted once its ack was lost, then acked")
+    assert board.rig.link()["dropped_rx"] == 1
+    first, second = alarms(sub)
+    assert first["aid"] != second["aid"] and first["id"] != second["id"], (first, second)
+    # the node fell quiet after its first ack was lost: the gateway acked a later copy, and did not publish it
+    assert len(alarms(sub)) == 2 and len(alarms(sub, cleared=True)) == 1
+    boots = [e for e in sub.on("/event") if e["code"] == const.EV_BOOT and e["fcnt"] > first["fcnt"]]
+    assert len(boots) == 1, boots     # the BOOT event after the power cut: published too (events had the bug)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gasguard.tools.vboard_client import VBoardProcess, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, install
 
 HERE = Path(__file__).resolve().parent
 BOARD = {"dev_id": 0x00480009, "profile": "household", "board": "virtual"}

@@ -2,7 +2,7 @@
 becomes a commissioned node whose frames verify with the registry's key, and runs the configured
 threshold."""
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.protocol import const
 from hil_node import is_alarm, need_rig
 

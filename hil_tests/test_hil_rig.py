@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools.micropython import run_json
-from gasguard.tools.vboard_client import VBoardProcess, install, pressure_raw
+from gasguard.tools.sim.micropython import run_json
+from gasguard.tools.sim.vboard_client import VBoardProcess, install, pressure_raw
 from hil_rig import RigError, RigUnsupported, SerialRig
 from rig_emulator import RigEmulator
 

@@ -88,6 +88,7 @@ CMD_SET_PARAM = 2
 CMD_STATUS = 3
 CMD_SELFTEST = 4
 COMMAND_NAMES = {1: "reset", 2: "set_param", 3: "status", 4: "selftest"}
+COMMAND_CODES = {name: code for code, name in COMMAND_NAMES.items()}
 
 # parameters (SET_PARAM / CONFIG)
 P_GAS_L1 = 1
@@ -103,6 +104,8 @@ P_OPSO_PCT = 10      # station OPSO, % of set point
 P_UPSO_PCT = 11      # station UPSO, % of set point
 PARAM_NAMES = {1: "gas_l1", 2: "gas_l2", 3: "opso", 4: "upso", 5: "sample_ms",
                6: "report_s", 7: "debounce_ms", 8: "hysteresis", 9: "setpoint", 10: "opso_pct", 11: "upso_pct"}
+PARAM_IDS = {name: pid for pid, name in PARAM_NAMES.items()}
+PRESSURE_PARAMS = (P_OPSO, P_UPSO, P_SETPOINT)   # values in the pressure encoding (SPEC 3.1), others plain u16
 
 # ack results (SPEC 3.7)
 R_OK = 0

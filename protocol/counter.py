@@ -15,6 +15,14 @@ def in_window(f, last, max_gap=MAX_GAP):
     return f - last <= max_gap and f <= MAX_FCNT
 
 
+def identity(fcnt, seq):
+    """SPEC 3.4: the identity of an alarm or event, the full counter of its first transmission, from the
+    counter of this copy and its 8-bit `aseq`/`eseq` (the low byte of that first counter): the largest counter
+    <= fcnt whose low byte is `seq`. Exact while a copy goes out fewer than 256 counters after the first;
+    counters are never reused (SPEC 4), so two alarms never share an identity, across reboots included."""
+    return fcnt - ((fcnt - seq) & 0xFF)
+
+
 class CounterReservation:
     """Sender side: hands out counters and tells when the next block must be persisted.
 

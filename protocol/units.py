@@ -46,6 +46,11 @@ def gas_from_wire(u):
     return u
 
 
+def gas_percent_lel(tenths):
+    """Gas in 0.1 % LEL (or None) -> % LEL, as payloads and people read it."""
+    return None if tenths is None else tenths / 10.0
+
+
 def battery_to_wire(pct):
     if pct is None:
         return 0xFF

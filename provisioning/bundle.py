@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gasguard.gateway.registry import Device, Registry, RegistryError
+from gasguard.registry import Device, Registry, RegistryError
 
 from gasguard.authority.secretfile import is_sealed, seal, unseal
 

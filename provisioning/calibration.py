@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from gasguard.firmware import boards, sensing
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 
 from . import onboard
 from .board import Board

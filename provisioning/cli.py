@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from gasguard.authority.errors import AuthorityError
-from gasguard.gateway.registry import Registry, RegistryError
+from gasguard.registry import Registry, RegistryError
 
 from . import bundle, configure, identity, keys, ports, settings
 from .errors import BadInput, ProvisioningError

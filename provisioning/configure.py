@@ -6,7 +6,7 @@ the device's current settings, so a refused value never reaches a board.
 
 from __future__ import annotations
 
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 
 from . import onboard, settings
 from .board import Board

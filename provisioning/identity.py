@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from gasguard.gateway.registry import PRESSURE_CLASSES, PROFILES, USER_CLASSES, Device, Registry, RegistryError
+from gasguard.registry import PRESSURE_CLASSES, PROFILES, USER_CLASSES, Device, Registry, RegistryError
 
 from . import keys, settings
 from .errors import BadInput

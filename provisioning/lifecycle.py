@@ -9,7 +9,7 @@ after the commit, 'gasguard device flash' writes the registry's key and finishes
 
 from __future__ import annotations
 
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 
 from . import keys, onboard
 from .board import Board, file_hash

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.protocol import const, frame
 from gasguard.protocol.errors import ProtocolError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from gasguard.gateway.registry import Device
+from gasguard.registry import Device
 from gasguard.protocol import const
 
 from .board import Board, file_hash

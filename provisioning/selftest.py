@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 from gasguard.protocol import const, frame
 
 from . import onboard

@@ -4,7 +4,7 @@ gasguard.protocol, never the simulator's code."""
 
 import collections
 
-from gasguard.protocol import const, frame
+from gasguard.protocol import const, counter, frame
 
 
 class Oracle:
@@ -34,7 +34,7 @@ class Oracle:
         if f["type"] not in ("alarm", "event"):
             return None
         seq = f["aseq"] if f["type"] == "alarm" else f["eseq"]
-        k = (f["dev"], f["type"], seq)
+        k = (f["dev"], f["type"], counter.identity(f["fcnt"], seq))    # SPEC 3.4 identity
         self.copies[k] += 1
         if self.copies[k] < self.ack_after:
             return None
@@ -43,11 +43,12 @@ class Oracle:
         return self.downlink(f["dev"], {"type": "ack", "ref_type": ref_type, "ref": seq, "result": 0})
 
     def alarms(self, dev=None, cleared=False):
-        """Distinct alarms (first copy of each aseq) as (dev, code)."""
+        """Distinct alarms (first copy of each identity, SPEC 3.4) as (dev, code)."""
         seen, out = set(), []
         for f in self.frames:
             if f["type"] == "alarm" and f["cleared"] == cleared and (dev is None or f["dev"] == dev):
-                if (f["dev"], f["aseq"]) not in seen:
-                    seen.add((f["dev"], f["aseq"]))
+                k = (f["dev"], counter.identity(f["fcnt"], f["aseq"]))
+                if k not in seen:
+                    seen.add(k)
                     out.append((f["dev"], f["code"]))
         return out

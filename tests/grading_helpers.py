@@ -56,10 +56,10 @@ class PluginHarness:
         if authority is not None:
             from gasguard.authority import AuditLog, Gate
             from gasguard.authority.secretfile import load_public
-            from gasguard.gateway.payloads import Topics
+            from gasguard.protocol.topics import Topics
             self.gate = Gate(authority.roster, load_public(authority.trust), workdir / "replay.db",
                              AuditLog(workdir / "audit"), district=authority.district)
-            self.topics = Topics(f"gasguard/v1/{authority.district}/harness")
+            self.answer_topic = Topics().command(authority.district).result("harness")
         self.inbox = queue.Queue()
         self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gg-test-gateway")
@@ -80,9 +80,9 @@ class PluginHarness:
         action = self.plugin.action_of(topic)
         if action is None or self.gate is None:
             return self.json.loads(payload)
-        from gasguard.gateway.daemon import authorise_act
-        doc, (rtopic, answer, _, _), _ = authorise_act(self.gate, self.topics, "harness", topic, payload, action,
-                                                       self.clock())
+        from gasguard.gateway.authority import authorise_act
+        doc, (rtopic, answer, _, _), _ = authorise_act(self.gate, self.answer_topic, "harness", topic, payload,
+                                                       action, self.clock())
         self.c.publish(rtopic, self.json.dumps(answer), qos=1).wait_for_publish(5)
         return doc
 

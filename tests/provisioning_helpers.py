@@ -8,11 +8,11 @@ import time
 import serial
 from click.testing import CliRunner
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.gateway.verify import RegistryCache, Verifier
 from gasguard.protocol import framing
 from gasguard.provisioning import identity
-from gasguard.tools.vboard_client import VBoardProcess, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, install
 
 
 def cli(*args, registry=None, input=None):

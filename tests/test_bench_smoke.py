@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from gasguard.tools.bench_cli import bench
+from gasguard.tools.bench.cli import bench
 
 
 @pytest.mark.micropython

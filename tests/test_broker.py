@@ -29,7 +29,7 @@ def test_real_mosquitto_round_trip_and_restart(mosquitto):
 def test_persistent_session_and_retained_survive_broker_restart(mosquitto):
     """The fault tests rely on this: a QoS 1 message queued for an offline persistent subscriber, and a
     retained message, are still there after the broker restarts (persistence dir writable)."""
-    from gasguard.gateway.testkit import Subscriber
+    from gasguard.testing.subscriber import Subscriber
 
     sub = Subscriber(mosquitto.port, "p/#", client_id="persist-sub", clean=False)
     sub.close()

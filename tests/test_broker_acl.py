@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gasguard.authority import broker
 from gasguard.authority import roster as RO
 from gasguard.authority.secretfile import public_hex
-from gasguard.tools.broker import Mosquitto
+from gasguard.testing.mosquitto import Mosquitto
 from mqtt5_client import Client
 
 pytestmark = pytest.mark.mosquitto

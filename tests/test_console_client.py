@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from gasguard.authority.bootstrap import bootstrap
-from gasguard.gateway.console import CommandClient, IncidentBoard, Signer, parse_input, render_board, render_report
-from gasguard.gateway.console_cli import command
+from gasguard.command.console import CommandClient, IncidentBoard, Signer, parse_input, render_board, render_report
+from gasguard.command.console_cli import command
 from gasguard.gateway.grading_plugin import GradingPlugin
-from gasguard.gateway.incidents import IncidentEngine
+from gasguard.grading.incidents import IncidentEngine
 from grading_helpers import T0, PluginHarness, alarm, device, payloads
 
 
@@ -124,7 +124,7 @@ def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway, district
 
 
 def test_client_times_out_on_unknown_incident(mosquitto):
-    from gasguard.gateway.console import ConsoleError
+    from gasguard.command.console import ConsoleError
     with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
         with pytest.raises(ConsoleError, match="not seen within"):
             client.wait_for("nope", 0.5)
@@ -191,7 +191,7 @@ class ScriptedKeys:
 def test_watch_keys_report_ack_input(mosquitto, gateway, district):
     import io
 
-    from gasguard.gateway.console import watch
+    from gasguard.command.console import watch
     gateway.observe(alarm(device(0xA001, households=12_000, site="燕山调压站"), T0, 4, value=900, ptrip=True))
     iid = gateway.published[0][1]["incident_id"]
     gateway.pump_in_background()
@@ -220,5 +220,5 @@ def test_watch_keys_report_ack_input(mosquitto, gateway, district):
 
 
 def test_cli_input_keeps_spaces_and_quotes_in_one_field():
-    from gasguard.gateway.console import parse_fields
+    from gasguard.command.console import parse_fields
     assert parse_fields(["note=it's on fire, 3 floors", "deaths=0"]) == {"note": "it's on fire, 3 floors", "deaths": 0}

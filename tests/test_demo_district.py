@@ -1,7 +1,7 @@
-"""The demo's district (tools/demo.py build_district): a trip of level III size, boards where the story needs them."""
+"""The demo's district (tools/demo/run.py build_district): a trip of level III size, boards where the story needs them."""
 
-from gasguard.gateway.registry import Registry
-from gasguard.tools.demo import TRIP_MAX, TRIP_MIN, DemoOptions, build_district
+from gasguard.registry import Registry
+from gasguard.tools.demo.run import TRIP_MAX, TRIP_MIN, DemoOptions, build_district
 
 
 def test_feeder_trip_cuts_off_a_level_iii_number_of_households_and_the_boards_sit_where_the_story_needs(tmp_path):

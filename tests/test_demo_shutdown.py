@@ -96,9 +96,10 @@ def test_demo_stops_everything_on_a_signal(sig):
 
 
 def test_a_killed_demo_takes_its_gateway_and_broker_with_it():
-    """SIGKILL gives the demo no chance to clean up: the gateway and the broker die with it all the same
-    (PR_SET_PDEATHSIG, tools/demo_gateway.py). The virtual boards do not (their launcher starts them in a
-    session of their own, tools/vboard_client.py): this test stops them by pid, as tools/DEMO.md tells users."""
+    """SIGKILL gives the demo no chance to clean up: the gateway, the command service and the broker die with it
+    all the same
+    (PR_SET_PDEATHSIG, tools/demo/broker.py --exec). The virtual boards do not (their launcher starts them in a
+    session of their own, tools/sim/vboard_client.py): this test stops them by pid, as tools/demo/README.md tells users."""
     proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "sim", "demo", "--fast", "--no-tui"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -111,14 +112,15 @@ def test_a_killed_demo_takes_its_gateway_and_broker_with_it():
         text = "".join(lines)
         broker = int(re.search(r"mosquitto on \S+ \(pid (\d+)\)", text).group(1))
         gateway = int(re.search(r"gateway sub-017: .*\(pid (\d+)\)", text).group(1))
+        command = int(re.search(r"command service: .*\(pid (\d+)\)", text).group(1))
         tree = _tree(proc.pid)
-        assert {broker, gateway} <= tree, (tree, text)
+        assert {broker, gateway, command} <= tree, (tree, text)
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (_alive(broker) or _alive(gateway)):
+        while time.monotonic() < deadline and any(_alive(p) for p in (broker, gateway, command)):
             time.sleep(0.1)
-        assert not _alive(broker) and not _alive(gateway), text
+        assert not any(_alive(p) for p in (broker, gateway, command)), text
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from gasguard.gateway import testkit
+from gasguard.testing.subscriber import Subscriber
 
 pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.slow]
 
-BOARD1, BOARD2 = "03f00001", "03f00002"        # tools/demo.py BOARD_BASE: the leak, the home under the trip
-OPERATOR = "duty.demo"                      # tools/demo.py: the demo provisions its own operators; acks are signed
+BOARD1, BOARD2 = "03f00001", "03f00002"        # tools/demo/run.py BOARD_BASE: the leak, the home under the trip
+OPERATOR = "duty.demo"                      # tools/demo/run.py provisions its own operators; acks are signed
 
 
 def _by_incident(messages, prefix):
@@ -26,7 +26,7 @@ def _by_incident(messages, prefix):
 
 
 def test_fast_demo_grades_the_story_on_the_broker(tmp_path, mosquitto):
-    sub = testkit.Subscriber(mosquitto.port, "gasguard/v1/#")
+    sub = Subscriber(mosquitto.port, "gasguard/v1/#")
     try:
         run = subprocess.run([sys.executable, "-m", "gasguard.cli", "sim", "demo", "--fast", "--no-tui",
                               "--broker", f"127.0.0.1:{mosquitto.port}", "--workdir", str(tmp_path / "demo")],

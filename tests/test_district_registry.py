@@ -4,8 +4,8 @@ import statistics
 
 import pytest
 
-from gasguard.gateway.registry import PRESSURE_CLASSES, Registry
-from gasguard.tools import district
+from gasguard.registry import PRESSURE_CLASSES, Registry
+from gasguard.tools.sim import district
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 The real daemon and a real mosquitto: a backlog of 60,000 spooled readings, alarms arriving during the
 drain are PUBACKed while most of the backlog is still waiting (ordering, not timing, is asserted)."""
 
-from gasguard.tools import bench_gateway as B
-from gasguard.tools.broker import Mosquitto
+from gasguard.tools.bench import gateway as B
+from gasguard.testing.mosquitto import Mosquitto
 
 
 def test_alarms_overtake_a_draining_backlog(tmp_path):

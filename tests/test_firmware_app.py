@@ -9,7 +9,7 @@ import pytest
 
 from gasguard.firmware import app as app_mod
 from gasguard.firmware import link, store
-from gasguard.protocol import const, frame, framing
+from gasguard.protocol import const, counter, frame, framing
 
 KEY = bytes(range(16))
 DEV = 0x1234
@@ -179,8 +179,8 @@ def test_readings_dropped_counted_alarms_kept(tmp_path):
     assert n.link.dropped_readings == 10 - link.MAX_READINGS and len(n.link.readings) == link.MAX_READINGS
     for code in range(1, 9):
         n.link.alarm(0, code, False, 0, 0, 0)
-        n.link.alarm(0, code, False, 0, 0, 0)  # a newer copy supersedes the unacked older one
-    assert len(n.link.alarms) == 8 and {o.fields["aseq"] for o in n.link.alarms} == set(range(2, 17, 2))
+        n.link.alarm(0, code, False, 0, 1, 0)  # a newer copy supersedes the unacked older one
+    assert len(n.link.alarms) == 8 and [o.fields["value"] for o in n.link.alarms] == [1] * 8
     before = len(n.link.events)
     for i in range(30):
         n.link.event(0, const.EV_FAULT, bytes([1 + i % 3, 1]))
@@ -278,3 +278,54 @@ def test_a_failed_state_write_never_keeps_the_valve_open(tmp_path):
     assert n.pin.v == 1                                        # the valve acted
     faults = [f for f in n.frames() if f["type"] == "event" and f["code"] == const.EV_FAULT]
     assert faults and faults[0]["data"][:2] == bytes([const.SENSOR_STORAGE, const.FAULT_WRITE])
+
+
+def _ack_all(n, frames):
+    for f in frames:
+        if f["type"] in ("alarm", "event"):
+            ref = (const.ALARM, f["aseq"]) if f["type"] == "alarm" else (const.EVENT, f["eseq"])
+            n.send({"type": "ack", "ref_type": ref[0], "ref": ref[1], "result": 0})
+
+
+def test_alarm_identity_is_its_first_counter_and_never_repeats_across_a_power_cut(tmp_path):
+    """Issue 12 item 1 (unit level; end to end in hil_tests/test_hil_gateway.py): aseq is the low byte of the
+    first copy's counter, so an alarm after a power cut never carries an earlier alarm's identity. The old
+    firmware resumed aseq from the value saved with the last counter block and repeated it."""
+    n = Node(tmp_path)
+    ids = []
+    for cycle in range(3):
+        n.run(1000)
+        n.gas.v = raw_for_gas(300)
+        n.run(4000)
+        fr = n.frames()
+        al = [f for f in fr if f["type"] == "alarm" and f["code"] == const.AL_GAS_L2 and not f["cleared"]]
+        assert al, fr
+        fc = frame.verify(al[0]["raw"], al[0], KEY, const.UP, 0, max_gap=1 << 31)
+        assert al[0]["aseq"] == fc & 0xFF                     # SPEC 3.4: the low byte of the first counter
+        ids.append(counter.identity(fc, al[0]["aseq"]))
+        _ack_all(n, fr)
+        n.gas.v = raw_for_gas(0)
+        n.run(4000)
+        _ack_all(n, n.frames())
+        n.run(500)
+        n.frames()
+        n.boot()                                              # a power cut: RAM gone, flash kept
+    assert len(set(ids)) == 3, ids
+    assert "aseq" not in json.loads((tmp_path / "gg_state.json").read_text())   # no flash write of its own
+
+
+def test_a_queued_alarm_whose_aseq_a_newer_one_takes_is_reidentified(tmp_path):
+    """Acks name only aseq: two unacked alarms must never share it, or one ack would retire both."""
+    n = Node(tmp_path)
+    lk = n.link
+    lk.alarm(0, const.AL_GAS_L1, False, 0, 100, 0)
+    lk.pump(0)
+    first = lk.alarms[0].fields["aseq"]
+    lk.counter.next = lk.alarms[0].fields["fcnt"] + 256   # 256 counters later (readings meanwhile), unacked
+    lk.counter.ceiling = lk.counter.next + 10
+    lk.alarm(0, const.AL_TAMPER, False, 0, 0, 0)
+    lk.pump(0)
+    old, new = lk.alarms
+    assert new.fields["aseq"] == first and old.fields["aseq"] is None and lk.reidentified == 1
+    lk.pump(60_000)                              # the old one's next copy takes a fresh identity
+    assert old.fields["aseq"] not in (None, first)

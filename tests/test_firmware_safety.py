@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools import micropython
+from gasguard.tools.sim import micropython
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((REPO / "firmware" / "safety_vectors.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 
 from gasguard.firmware import sensing
 from gasguard.protocol import const
-from gasguard.tools import micropython
+from gasguard.tools.sim import micropython
 
 
 def gas():

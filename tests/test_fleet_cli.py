@@ -6,7 +6,7 @@ import time
 from click.testing import CliRunner
 
 from gasguard.cli import cli
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 
 
 def test_district_then_fleet_with_a_frame_log(tmp_path):

@@ -7,9 +7,10 @@ import pytest
 
 from fleet_oracle import Oracle
 from gasguard.protocol import ProtocolError, const, frame
-from gasguard.tools import district, scenarios
-from gasguard.tools.fleet import Fleet
-from gasguard.tools.fleet_transport import CallbackTransport
+from gasguard.tools.sim import district
+from gasguard.tools.sim import scenarios
+from gasguard.tools.sim.fleet import Fleet
+from gasguard.tools.sim.fleet_transport import CallbackTransport
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import pytest
 import serial
 
 from fleet_oracle import Oracle
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.protocol import const, framing
-from gasguard.tools import district
-from gasguard.tools.fleet import Fleet
-from gasguard.tools.fleet_transport import PtyTransport, TransportError, UdpTransport, parse_target
+from gasguard.tools.sim import district
+from gasguard.tools.sim.fleet import Fleet
+from gasguard.tools.sim.fleet_transport import PtyTransport, TransportError, UdpTransport, parse_target
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_pty_multiplexes_every_node_and_retransmits_until_acked(registry, tmp_pa
 def test_fast_wrap_gives_the_same_bytes_as_the_protocol():
     import random
 
-    from gasguard.tools.fleet_transport import wrap
+    from gasguard.tools.sim.fleet_transport import wrap
 
     rng = random.Random(1)
     for n in list(range(0, 40)) + [251, 252, 253, 254, 300]:
@@ -251,7 +251,7 @@ def test_pty_mixed_line_carries_a_foreign_board_and_routes_its_downlinks(registr
 
 
 def test_overlapping_gateways_hear_a_share_of_the_nodes_twice(registry):
-    from gasguard.tools.fleet_transport import CallbackTransport, OverlapTransport
+    from gasguard.tools.sim.fleet_transport import CallbackTransport, OverlapTransport
 
     path, keys = registry
     oracles = [Oracle(keys), Oracle(keys)]

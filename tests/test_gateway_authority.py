@@ -18,8 +18,10 @@ from gasguard.authority import audit as A
 from gasguard.authority import broker
 from gasguard.authority import roster as RO
 from gasguard.authority.bootstrap import bootstrap
-from gasguard.tools.broker import Mosquitto
-from gateway_rig import PEOPLE, Rig, wait_until
+from gasguard.testing.mosquitto import Mosquitto
+from gasguard.testing.rig import PEOPLE, Rig
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.waits import wait_until
 from mqtt5_client import Client
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
@@ -38,8 +40,7 @@ def walled(tmp_path):
         rig = Rig(tmp_path, m.port, authority=auth, sub=False,
                   mqtt_extra=f'username = "gw-gw1"\npassword = "{pw["gw-gw1"]}"\n',
                   extra=f'[limits]\ncommand_retry = 0.3\n[plugins.grading]\nstate_path = "{tmp_path / "grading.json"}"\n')
-        from gasguard.gateway import testkit
-        rig.sub = testkit.Subscriber(m.port, "gasguard/#", username="root", password=pw["root"])
+        rig.sub = Subscriber(m.port, "gasguard/#", username="root", password=pw["root"])
         try:
             yield rig, m, pw
         finally:
@@ -111,8 +112,11 @@ def test_unsigned_wrong_role_revoked_stale_and_replayed_requests_change_nothing(
     rig.start()
     # the restarted gateway's subscriptions are in place once it answers a sync (subscribed after the commands')
     n = len(rig.sub.on(f"/incident/{iid}"))
-    assert op.publish(f"{BASE}/sync", b"{}") == 0
-    rig.sub.wait(lambda ms: len(rig.sub.on(f"/incident/{iid}")) > n, 10)
+
+    def resynced():                # a sync sent before the subscription is lost (clean session): ask again
+        assert op.publish(f"{BASE}/sync", b"{}") == 0
+        return len(rig.sub.on(f"/incident/{iid}")) > n
+    wait_until(resynced, 10, "the restarted gateway answers a sync", step=0.5)
     assert eng.publish(cmd_t, good_cmd) == 0
     replay = rig.sub.wait(lambda ms: [d for d in rig.sub.on("/cmd/result") if d.get("reason") == "replayed"], 10)
     assert replay[0]["request_id"] == "ok-1"
@@ -133,7 +137,7 @@ def test_unsigned_wrong_role_revoked_stale_and_replayed_requests_change_nothing(
 def test_console_logs_in_signs_as_the_operator_and_an_engineer_commands_a_node(walled):
     from click.testing import CliRunner
 
-    from gasguard.gateway.console_cli import command
+    from gasguard.command.console_cli import command
     rig, m, pw = walled
     rig.start()
     a = rig.nodes[0]

@@ -1,4 +1,4 @@
-"""The store-and-forward promise under faults: a simulated fleet (tools/fleet.py) sends numbered readings and
+"""The store-and-forward promise under faults: a simulated fleet (tools/sim/fleet.py) sends numbered readings and
 alarms over a pty while the real `gasguard gateway run` is killed with SIGKILL again and again and the
 broker restarts; afterwards every accepted reading and alarm reached the subscriber, and nothing that was
 not accepted did. Plus the disk policy: thinning past spool.max_mb, a full disk, a backlog that drains while
@@ -10,11 +10,13 @@ import time
 
 import pytest
 
-from gasguard.gateway import testkit
+from gasguard.testing.node import Node, make_registry
 from gasguard.protocol.const import ALARM
-from gasguard.tools.fleet import Fleet
-from gasguard.tools.fleet_transport import PtyTransport
-from gateway_rig import GatewayProcess, Rig, wait_until
+from gasguard.tools.sim.fleet import Fleet
+from gasguard.tools.sim.fleet_transport import PtyTransport
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -26,8 +28,8 @@ def test_sigkill_and_broker_restarts_lose_nothing_accepted_and_publish_nothing_e
     rig = Rig(tmp_path, mosquitto.port, nodes=0, cables=0, udp=True,
               extra="[spool]\naudit = true\n[limits]\nrate_per_min = 100000\nburst = 1000\n[batch]\ndelay = 0.2\n")
     # the rig's UDP listener is unused; the fleet talks over its own pty, configured like a real port
-    nodes = [testkit.Node(0x00F00000 + i) for i in range(40)]
-    testkit.make_registry(rig.registry, nodes, config={"report_s": 60})
+    nodes = [Node(0x00F00000 + i) for i in range(40)]
+    make_registry(rig.registry, nodes, config={"report_s": 60})
     link = tmp_path / "ttyFLEET"
     pty = PtyTransport(link=str(link), write_timeout=0.05)
     (tmp_path / "gateway.toml").write_text(rig.config_path.read_text() + f'\n[[serial]]\nport = "{link}"\n')

@@ -9,9 +9,11 @@ import pytest
 
 from gasguard.protocol import frame
 from gasguard.protocol.const import ALARM, EVENT, R_OK
-from gasguard.gateway import testkit
-from gasguard.gateway.registry import Device, Registry
-from gateway_rig import Rig, wait_until
+from gasguard.testing.node import Node
+from gasguard.testing.subscriber import Subscriber
+from gasguard.registry import Device, Registry
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 
@@ -62,8 +64,8 @@ def test_valid_frames_are_published_on_the_documented_topics_and_schemas(rig):
     (alarm,) = sub.on(f"{a.dev:08x}/alarm")
     assert alarm["id"] == f"gw1:{a.dev:08x}:3" and alarm["name"] == "gas_l2" and alarm["value"] == 26.0
     assert alarm["site"]["site_name"] == f"site {a.dev}"
-    assert [(f["type"], f["ref_type"], f["ref"], f["result"]) for f in acks_a] == [("ack", ALARM, 1, R_OK)]
-    assert [(f["type"], f["ref_type"], f["ref"]) for f in acks_b] == [("ack", EVENT, 1)]
+    assert [(f["type"], f["ref_type"], f["ref"], f["result"]) for f in acks_a] == [("ack", ALARM, a.aseq, R_OK)]
+    assert [(f["type"], f["ref_type"], f["ref"]) for f in acks_b] == [("ack", EVENT, b.eseq)]
     (status,) = sub.on("gw1/status")
     assert status["online"] is True
     # (that alarms overtake readings is shown without timing luck in test_gateway_spool's backlog test)
@@ -72,8 +74,8 @@ def test_valid_frames_are_published_on_the_documented_topics_and_schemas(rig):
 
 
 def test_bad_frames_are_rejected_and_counted_by_reason(rig, tmp_path):
-    stranger = testkit.Node(0x00BEEF01)
-    gone = testkit.Node(0x00BEEF02)
+    stranger = Node(0x00BEEF01)
+    gone = Node(0x00BEEF02)
     with Registry(rig.registry) as r:
         r.add_many([Device(dev_id=gone.dev, key=gone.key, profile="household", state="decommissioned")])
     rig.cfg.rate_burst, rig.cfg.rate_per_min = 3, 1.0   # a runaway node: 3 readings, then refused
@@ -191,7 +193,7 @@ def test_retained_state_goes_offline_after_silence_and_back_online(tmp_path, mos
         assert [s["online"] for s in states] == [True, False]
         assert states[1]["last_reading"]["pressure_pa"] == 2050 and states[1]["last_seen"] == states[0]["last_seen"]
         # a late subscriber (the command's console starting up) gets the retained offline state at once
-        late = testkit.Subscriber(mosquitto.port, f"{rig.root}/+/state")
+        late = Subscriber(mosquitto.port, f"{rig.root}/+/state")
         try:
             (t, doc, retained), = late.wait(lambda ms: ms, 5)
             assert retained and doc["online"] is False and doc["dev"] == f"{a.dev:08x}"
@@ -223,8 +225,8 @@ def test_a_household_is_not_offline_between_two_of_its_reports(tmp_path, mosquit
 
 def test_offline_timeout_follows_the_devices_report_period():
     from gasguard.gateway.config import Config
-    from gasguard.gateway.daemon import offline_timeout
-    from gasguard.gateway.registry import Device
+    from gasguard.gateway.presence import offline_timeout
+    from gasguard.registry import Device
     cfg = Config(gateway_id="g1", district="d1", registry=None, spool=None)
     household = Device(dev_id=1, key=bytes(16), profile="household")
     station = Device(dev_id=2, key=bytes(16), profile="station")

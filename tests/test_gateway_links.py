@@ -11,9 +11,11 @@ import pytest
 import serial
 
 from gasguard.gateway import config as gwconfig
-from gasguard.gateway import testkit
+from gasguard.testing.links import PacketForwarder
 from gasguard.protocol.const import ALARM, CMD_SET_PARAM, CMD_STATUS, COMMAND
-from gateway_rig import VALIDATORS, Rig, wait_until
+from gasguard.testing.rig import Rig
+from gasguard.testing.schemas import VALIDATORS
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 
@@ -95,7 +97,7 @@ def test_undeliverable_and_invalid_commands_get_a_published_result(rig, mosquitt
 
 def test_semtech_udp_forwarder_up_and_down_with_rssi_snr(tmp_path, mosquitto):
     rig = Rig(tmp_path, mosquitto.port, cables=1, udp=True, extra="[batch]\ndelay = 0.1\n")
-    fwd = testkit.PacketForwarder(rig.udp_addr)
+    fwd = PacketForwarder(rig.udp_addr)
     try:
         rig.start()
         a, b = rig.nodes

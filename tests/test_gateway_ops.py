@@ -9,9 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from gasguard.cli import cli
-from gasguard.gateway import testkit
-from gasguard.tools.broker import free_port
-from gateway_rig import GatewayProcess, Rig, wait_until
+from gasguard.testing.node import Node, make_registry
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.mosquitto import free_port
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 GOOD = '[gateway]\nid = "g1"\ndistrict = "d1"\nregistry = "registry.db"\nspool = "spool.db"\n[udp]\nbind = "127.0.0.1:1700"\n'
 
@@ -47,7 +50,7 @@ def test_check_config_accepts_a_good_file_and_checks_the_registry(tmp_path):
     path.write_text(GOOD)
     r = CliRunner().invoke(cli, ["gateway", "check-config", "-c", str(path)])
     assert r.exit_code == 1 and r.stderr.startswith("gateway.registry: ") and "gasguard device" in r.stderr
-    testkit.make_registry(tmp_path / "registry.db", [testkit.Node(7)])
+    make_registry(tmp_path / "registry.db", [Node(7)])
     r = CliRunner().invoke(cli, ["gateway", "check-config", "-c", str(path), "--json"])
     assert r.exit_code == 0, r.output
     assert '"devices": 1' in r.stdout and '"root": "gasguard/v1/d1/g1"' in r.stdout
@@ -113,7 +116,7 @@ def test_birth_then_last_will_when_the_gateway_is_killed(tmp_path, mosquitto):
         (will,) = rig.sub.wait(lambda ms: [d for _, d, _ in ms if d.get("online") is False], 10)
         assert will["t"] == 0                          # the Will was set at connect time
         rig.validated()
-        late = testkit.Subscriber(mosquitto.port, f"{rig.root}/status")
+        late = Subscriber(mosquitto.port, f"{rig.root}/status")
         try:
             (_, doc, retained), = late.wait(lambda ms: ms, 5)
             assert retained and doc["online"] is False

@@ -11,7 +11,8 @@ import pytest
 
 from gasguard.protocol import frame
 from gasguard.protocol.const import ALARM
-from gateway_rig import Rig, wait_until
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 

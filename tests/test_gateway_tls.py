@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gasguard.gateway import config as gwconfig
-from gasguard.tools.broker import Mosquitto, free_port
-from gateway_rig import Rig, wait_until
+from gasguard.testing.mosquitto import Mosquitto, free_port
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(60)]
 
@@ -149,7 +150,7 @@ def test_client_certificate(tmp_path, tls_broker, caplog):
 def test_console_connects_with_tls_and_a_client_certificate_as_mosquitto_sub_does(tls_broker):
     from click.testing import CliRunner
 
-    from gasguard.gateway.console_cli import command
+    from gasguard.command.console_cli import command
     pki = tls_broker.pki
     issue(pki / "console", tls_broker.ca, "console", server=False)
     base = ["list", "--json", "--wait", "0.2", "--timeout", "5", "-p", str(tls_broker.mtls_port),

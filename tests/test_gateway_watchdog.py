@@ -12,7 +12,8 @@ import time
 import pytest
 
 from gasguard.gateway.plugin import Plugin
-from gateway_rig import GatewayProcess, Rig
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.rig import Rig
 
 WATCHDOG_USEC = 300_000          # systemd's WatchdogSec=0.3 s: fed every 0.1 s
 STALL = "tick_interval = 0.1\nstall_after = 0.5\n"

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from gasguard.gateway.grading import GradingConfigError
+from gasguard.grading.engine import GradingConfigError
 from gasguard.gateway.grading_plugin import GradingPlugin, make_plugin
-from gasguard.gateway.registry import Device, Registry
+from gasguard.registry import Device, Registry
 from grading_helpers import T0, alarm
 
 

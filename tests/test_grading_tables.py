@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from gasguard.gateway import grading as G
+from gasguard.grading import engine as G
 
 CFG = G.load_config()
 

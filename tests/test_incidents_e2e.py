@@ -7,9 +7,13 @@ import os
 from gasguard.authority.bootstrap import bootstrap
 from gasguard.gateway import config as gwconfig
 from gasguard.gateway import daemon as gwdaemon
-from gasguard.gateway import testkit
-from gasguard.gateway.console import CommandClient, Signer
-from gasguard.gateway.registry import Device, Registry
+from gasguard.testing.config import write_config
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.links import PtyCable
+from gasguard.testing.node import Node
+from gasguard.testing.subscriber import Subscriber
+from gasguard.command.console import CommandClient, Signer
+from gasguard.registry import Device, Registry
 from gasguard.protocol import frame
 from grading_helpers import T0
 
@@ -17,7 +21,7 @@ UPSO = 4
 
 
 def _setup(tmp_path, mosquitto):
-    station, downstream = testkit.Node(0xA001), testkit.Node(0xA002)
+    station, downstream = Node(0xA001), Node(0xA002)
     with Registry(tmp_path / "registry.db") as r:
         r.add_many([
             Device(dev_id=station.dev, key=station.key, profile="station", site_name="燕山调压站",
@@ -26,9 +30,9 @@ def _setup(tmp_path, mosquitto):
             Device(dev_id=downstream.dev, key=downstream.key, profile="station", site_name="解放东路调压站",
                    households=4_000, upstream=station.dev, state="commissioned"),
         ])
-    cable = testkit.PtyCable(tmp_path / "ttyGG0")
+    cable = PtyCable(tmp_path / "ttyGG0")
     auth = bootstrap(tmp_path / "authority", "lixia", {"root": "admin", "wang": "operator"})
-    cfg_path = testkit.write_config(
+    cfg_path = write_config(
         tmp_path / "gateway.toml", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
         mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id="sub-017", district="lixia",
         extra=auth.gateway_toml() + '[metrics]\ntick_interval = 0.1\n\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
@@ -40,8 +44,8 @@ def test_station_trip_12000_households_escalates_until_acknowledged(tmp_path, mo
     station, cable, cfg, signer = _setup(tmp_path, mosquitto)
     clock = {"t": T0}
     daemon = gwdaemon.Daemon(cfg, clock=lambda: clock["t"])
-    raw = testkit.Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
-    runner = testkit.DaemonThread(daemon)
+    raw = Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
+    runner = DaemonThread(daemon)
     try:
         runner.wait_ports()        # a frame sent before the port is open is flushed by the open
         with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=signer) as district, \

@@ -3,8 +3,8 @@
 import jsonschema
 import pytest
 
-from gasguard.gateway import report
-from gasguard.gateway.incidents import IncidentEngine
+from gasguard.grading import report
+from gasguard.grading.incidents import IncidentEngine
 from grading_helpers import T0, alarm, device, payloads, reading, valve_event
 
 VALIDATOR = jsonschema.Draft202012Validator(report.schema(), format_checker=jsonschema.FormatChecker())

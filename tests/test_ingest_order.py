@@ -1,13 +1,13 @@
 """Alarm priority at ingest: which frames of a group move ahead (pure, header peek only)."""
 
-from gasguard.gateway import testkit
-from gasguard.gateway.daemon import alarms_first
+from gasguard.testing.node import Node
+from gasguard.gateway.ingest import alarms_first
 from gasguard.protocol import frame
 from gasguard.protocol.const import ALARM, READING
 
 
 def test_only_an_alarm_with_no_earlier_frame_of_its_device_moves_ahead():
-    a, b = testkit.Node(0x00B00001), testkit.Node(0x00B00002)
+    a, b = Node(0x00B00001), Node(0x00B00002)
     rx = {"transport": "serial"}
     ra, aa = a.reading(), a.alarm(code=2)
     ab1, ab2, rb = b.alarm(code=2), b.alarm(code=1), b.reading()
@@ -21,7 +21,7 @@ def test_only_an_alarm_with_no_earlier_frame_of_its_device_moves_ahead():
 
 
 def test_peek_reads_type_and_device_from_the_header_only():
-    n = testkit.Node(0x00B00003)
+    n = Node(0x00B00003)
     assert frame.peek(n.reading()) == (READING, 0x00B00003)
     assert frame.peek(n.alarm(code=2)) == (ALARM, 0x00B00003)
     assert frame.peek(b"\x00\x01") is None

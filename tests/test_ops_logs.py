@@ -13,10 +13,12 @@ import time
 import pytest
 
 from gasguard import logs
-from gasguard.gateway.incidents import IncidentEngine
-from gasguard.gateway import testkit
-from gasguard.tools.broker import free_port
-from gateway_rig import GatewayProcess, Rig, wait_until
+from gasguard.grading.incidents import IncidentEngine
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.mosquitto import free_port
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 from grading_helpers import T0, alarm, device
 
 TOKEN = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^\s"=]*)(?:\s+|$)')
@@ -102,7 +104,7 @@ def test_the_daemon_logs_fields_in_the_configured_format(tmp_path, mosquitto, as
     text = rig.config_path.read_text().replace('log_level = "INFO"', f'log_level = "INFO"\nlog_json = {str(as_json).lower()}')
     rig.config_path.write_text(text)
     gw = GatewayProcess(rig.config_path, tmp_path / "gw.log").start()
-    sub = testkit.Subscriber(mosquitto.port, "gasguard/#")
+    sub = Subscriber(mosquitto.port, "gasguard/#")
     try:
         wait_until(lambda: "open (serial" in gw.log(), 30, "the port opens")
         node = rig.nodes[0]

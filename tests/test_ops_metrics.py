@@ -13,11 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import gasguard
-from gasguard.gateway import daemon as gwdaemon, metrics as gwmetrics, verify
-from gasguard.gateway.incidents import IncidentEngine
+from gasguard.gateway import ingest, metrics as gwmetrics, verify
+from gasguard.grading.incidents import IncidentEngine
 from gasguard.protocol.errors import REASONS
-from gasguard.tools.broker import free_port
-from gateway_rig import Rig, wait_until
+from gasguard.testing.mosquitto import free_port
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 from grading_helpers import T0, alarm, device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def _string_args(path: Path, func: str) -> set[str]:
 
 
 def test_every_rejection_reason_in_the_code_is_initialised():
-    in_code = _string_args(Path(verify.__file__), "Rejected") | _string_args(Path(gwdaemon.__file__), "_reject")
+    in_code = _string_args(Path(verify.__file__), "Rejected") | _string_args(Path(ingest.__file__), "reject")
     assert in_code and in_code <= set(gwmetrics.REJECT_REASONS), in_code - set(gwmetrics.REJECT_REASONS)
     spec = (ROOT / "protocol" / "SPEC.md").read_text()
     assert all(f"`{r}`" in spec.split("## 8. Errors")[1].split("## 9")[0] for r in REASONS)

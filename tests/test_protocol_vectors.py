@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gasguard.protocol import const, frame, framing, mic
-from gasguard.tools import micropython
-from gasguard.tools.vector_check import check
+from gasguard.tools.sim import micropython
+from gasguard.tools.vectors.check import check
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text())
@@ -19,11 +19,12 @@ VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text())
 def expected_report():
     return {"valid": [{"name": v["name"], "frame": v["frame"], "wire": v["wire"], "fields": v["decoded"]}
                       for v in VECTORS["valid"]],
-            "invalid": [{"name": v["name"], "reason": v["reason"]} for v in VECTORS["invalid"]]}
+            "invalid": [{"name": v["name"], "reason": v["reason"]} for v in VECTORS["invalid"]],
+            "identity": [{"name": v["name"], "identity": v["identity"]} for v in VECTORS["identity"]]}
 
 
 def run_in_micropython():
-    files = micropython.device_files(("protocol",)) + [(REPO / "tools" / "vector_check.py", "/lib/vector_check.py")]
+    files = micropython.device_files(("protocol",)) + [(REPO / "tools" / "vectors" / "check.py", "/lib/vector_check.py")]
     code = ("import json\nimport vector_check\n"
             "v = json.loads(%r)\n" % json.dumps(VECTORS)
             + "print(%r, json.dumps(vector_check.check(v)))\n" % micropython.RESULT_MARK)
@@ -41,6 +42,7 @@ def test_every_vector_gives_the_expected_bytes(interpreter):
         assert got["fields"] == exp["fields"], f"{interpreter}: {exp['name']}"
     for got, exp in zip(report["invalid"], want["invalid"]):
         assert got["reason"] == exp["reason"], f"{interpreter}: {exp['name']}"
+    assert report["identity"] == want["identity"] and len(want["identity"]) >= 6   # SPEC 3.4 alarm identity
     print(f"{interpreter}: {len(report['valid'])} valid and {len(report['invalid'])} invalid vectors as expected")
 
 

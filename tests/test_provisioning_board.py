@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.gateway.verify import Rejected
 from gasguard.provisioning import calibration
 from gasguard.provisioning.board import Board
 from gasguard.provisioning.errors import ProvisioningError
-from gasguard.tools.vboard_client import gas_raw
+from gasguard.tools.sim.vboard_client import gas_raw
 
 from provisioning_helpers import capture, cli, cli_json, gateway_verifier, installed_board, new_device
 

@@ -8,7 +8,7 @@ import stat
 import click
 import pytest
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.provisioning import ports
 from gasguard.provisioning.cli import device
 from gasguard.provisioning.errors import ProvisioningError

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.provisioning.board import Board
-from gasguard.tools.vboard_client import VBoardProcess
+from gasguard.provisioning.image import device_files
+from gasguard.tools.sim.vboard_client import VBoardProcess
 
 from provisioning_helpers import capture, cli_json, gateway_verifier
 
@@ -27,7 +28,8 @@ def test_new_then_flash_compiled_boots_with_the_new_identity_and_the_gateway_ver
     with VBoardProcess(tmp_path / "flash") as vb:        # an empty board: MicroPython only
         vb.wait_console("friendly")
         rep = cli_json("device", "flash", dev, "--port", vb.pty, "--compile", registry=reg)
-        assert rep["verified"] == rep["files"] == 22 and rep["compiled"]
+        # the image (protocol and firmware modules) and /main.py, /gg_config.json, /gg_key.bin
+        assert rep["verified"] == rep["files"] == len(device_files()) + 3 and rep["compiled"]
         assert rep["boot"]["profile"] == "household" and rep["boot"]["reset_cause"] == "soft"
         lib = vb.flash / "lib" / "gasguard" / "firmware"
         assert (lib / "safety.mpy").exists() and not (lib / "safety.py").exists()

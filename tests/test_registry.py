@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from gasguard.gateway.registry import Device, Registry, RegistryError
+from gasguard.registry import Device, Registry, RegistryError
 
 
 def test_registry_file_is_owner_only_and_keys_stay_out_of_repr(tmp_path):

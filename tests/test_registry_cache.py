@@ -1,7 +1,7 @@
 """The gateway's registry cache sees a technician's change within about a second, without a restart."""
 
-from gasguard.gateway import testkit
-from gasguard.gateway.registry import Registry
+from gasguard.testing.node import Node, make_registry
+from gasguard.registry import Registry
 from gasguard.gateway.verify import RegistryCache
 
 
@@ -15,8 +15,8 @@ class Clock:
 
 def test_decommission_and_key_rotation_reach_the_cache_within_the_check_interval(tmp_path):
     path = tmp_path / "registry.db"
-    a, b = testkit.Node(0x00A00001), testkit.Node(0x00A00002)
-    testkit.make_registry(path, [a, b])
+    a, b = Node(0x00A00001), Node(0x00A00002)
+    make_registry(path, [a, b])
     clock = Clock()
     cache = RegistryCache(path, refresh=3600, clock=clock, check=1.0)
     assert cache.get(a.dev).active
@@ -32,7 +32,7 @@ def test_decommission_and_key_rotation_reach_the_cache_within_the_check_interval
 
 def test_an_unchanged_registry_is_not_reread(tmp_path, monkeypatch):
     path = tmp_path / "registry.db"
-    testkit.make_registry(path, [testkit.Node(0x00A00001)])
+    make_registry(path, [Node(0x00A00001)])
     clock = Clock()
     cache = RegistryCache(path, refresh=3600, clock=clock, check=1.0)
     reads = []
@@ -45,8 +45,8 @@ def test_an_unchanged_registry_is_not_reread(tmp_path, monkeypatch):
 
 def test_the_cache_is_bounded_and_a_new_device_is_read_at_once(tmp_path):
     path = tmp_path / "registry.db"
-    a, b, c = testkit.Node(0x00A00001), testkit.Node(0x00A00002), testkit.Node(0x00A00003)
-    testkit.make_registry(path, [a, b])
+    a, b, c = Node(0x00A00001), Node(0x00A00002), Node(0x00A00003)
+    make_registry(path, [a, b])
     clock = Clock()
     cache = RegistryCache(path, refresh=3600, clock=clock, check=1.0, size=1)
     assert cache.get(a.dev).key == a.key
@@ -54,23 +54,21 @@ def test_the_cache_is_bounded_and_a_new_device_is_read_at_once(tmp_path):
     assert list(cache.cached) == [b.dev]          # bounded: a was evicted, and is read again from the file
     assert cache.get(a.dev).key == a.key
     assert cache.get(c.dev) is None
-    testkit.make_registry(path, [c])
+    make_registry(path, [c])
     assert cache.get(c.dev).key == c.key          # a miss reads the file: no wait for the stat
 
 
 def test_replay_protection_survives_a_restart_through_the_spool_counters(tmp_path):
     from gasguard.gateway.verify import Rejected, Verifier
-    from gasguard.protocol.const import DOWN, UP
     import pytest
     path = tmp_path / "registry.db"
-    a = testkit.Node(0x00A00001)
-    testkit.make_registry(path, [a])
+    a = Node(0x00A00001)
+    make_registry(path, [a])
     old = [a.reading() for _ in range(3)]
-    v = Verifier(RegistryCache(path), {(a.dev, UP): 3, (a.dev, DOWN): 7})
-    assert v.down == {a.dev: 7}
+    v = Verifier(RegistryCache(path), {a.dev: 3})
     for raw in old:
         with pytest.raises(Rejected) as e:
             v.check(raw, 0.0)
         assert e.value.reason == "replay"
     fresh = v.check(a.reading(), 0.0)
-    assert v.accept(fresh) == 3 and v.states[a.dev].up == 4
+    assert v.accept(fresh, 0.0) == 3 and v.states[a.dev].up == 4

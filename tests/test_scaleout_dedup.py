@@ -11,11 +11,12 @@ import paho.mqtt.client as mqtt
 
 from gasguard.gateway.config import Config
 from gasguard.gateway.daemon import Daemon
-from gasguard.gateway.dedup import FrameDedup, frame_key
-from gasguard.gateway.testkit import DaemonThread, Node, make_registry
-from gasguard.tools.broker import free_port
-from gasguard.tools.fleet_node import Radio
-from gasguard.tools.fleet_transport import OverlapTransport, UdpTransport
+from gasguard.command.dedup import FrameDedup, frame_key
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.node import Node, make_registry
+from gasguard.testing.mosquitto import free_port
+from gasguard.tools.sim.fleet_node import Radio
+from gasguard.tools.sim.fleet_transport import OverlapTransport, UdpTransport
 
 N = 40
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.gateway.registry import Registry
+from gasguard.registry import Registry
 from gasguard.gateway.sparkplug import metrics as M
-from gateway_rig import GatewayProcess, Rig, wait_until
+from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
 
 TAHU = Path(__file__).resolve().parent.parent / "testing" / "tahu"
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120),
@@ -188,7 +190,7 @@ def test_births_data_rebirth_and_primary_host_state(tmp_path, mosquitto, host):
         nd = host.kind("NDEATH", "NDEATH when the primary host goes offline")
         assert metrics_by_name(nd)["bdSeq"]["value"] == bdseq
         cable.send(a.reading(gas=70, pressure=2100, battery=80))
-        rig.sub.wait(lambda ms: len(rig.readings()) == 3, 10)
+        rig.sub.wait(lambda ms: len(rig.readings()) == 4, 10)     # 2 of a, 1 of b, and this one
         assert not [m for m in host.drain() if m.get("kind") in ("NBIRTH", "DDATA", "DBIRTH")]
         # back online: a new session (bdSeq + 1), births, then the held reading as history
         host.state(True, 3000)

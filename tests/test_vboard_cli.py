@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools.vboard_client import Control, VBoardError
+from gasguard.tools.sim.vboard_client import Control, VBoardError
 
 pytestmark = pytest.mark.micropython
 GASGUARD = Path(sys.executable).parent / "gasguard"

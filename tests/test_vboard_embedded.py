@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gasguard.protocol import const, frame, framing
-from gasguard.tools.vboard_client import VBoardProcess, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, install
 
 pytestmark = pytest.mark.micropython
 KEY = bytes(range(16))

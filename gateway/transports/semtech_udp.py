@@ -1,7 +1,7 @@
 """Semtech UDP packet-forwarder protocol v2 (PUSH_DATA/PUSH_ACK/PULL_DATA/PULL_ACK/PULL_RESP/TX_ACK),
 so a multi-channel LoRa concentrator feeds the gateway and carries downlinks.
 
-Reference: Semtech packet_forwarder PROTOCOL.TXT. Frames travel raw (no COBS/CRC: the LoRa PHY has a CRC,
+Reference: Semtech packet_forwarder PROTOCOL.TXT; the format is protocol/semtech.py. Frames travel raw (no COBS/CRC: the LoRa PHY has a CRC,
 SPEC 6); rxpk with a failed PHY CRC (stat != 1) are counted as noise.
 """
 
@@ -13,16 +13,16 @@ import json
 import logging
 import os
 
-log = logging.getLogger("gasguard.gateway.udp")
+from gasguard.protocol import semtech
+from gasguard.protocol.semtech import PULL_ACK, PULL_DATA, PUSH_ACK, PUSH_DATA, TX_ACK
+from gasguard.gateway.transports import DeliverNowait
 
-PUSH_DATA, PUSH_ACK, PULL_DATA, PULL_RESP, PULL_ACK, TX_ACK = 0, 1, 2, 3, 4, 5
-VERSION = 2
-MAX_DATAGRAM = 65507
+log = logging.getLogger("gasguard.gateway.udp")
 
 
 class SemtechUDP(asyncio.DatagramProtocol):
     def __init__(self, deliver_nowait, metrics, burst):
-        self.deliver_nowait = deliver_nowait   # (raw | None, rx, route_or_reason) -> None
+        self.deliver_nowait: DeliverNowait = deliver_nowait   # ingest's: a datagram cannot wait
         self.metrics, self.burst = metrics, burst
         self.transport: asyncio.DatagramTransport | None = None
         self.pull_addr: dict[str, tuple] = {}  # forwarder EUI -> address its PULL_DATA came from
@@ -33,18 +33,19 @@ class SemtechUDP(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        if len(data) < 4 or data[0] not in (1, 2):
+        if len(data) < semtech.HEADER_LEN or data[0] not in semtech.VERSIONS:
             self.burst.event("udp_junk", "udp: ignoring a datagram from %s that is not Semtech v1/v2", addr)
             return
-        ver, token, ident = data[0], data[1:3], data[3]
-        if ident in (PUSH_DATA, PULL_DATA, TX_ACK) and len(data) < 12:
+        ident = data[3]
+        body = semtech.HEADER_LEN + semtech.EUI_LEN
+        if ident in semtech.WITH_EUI and len(data) < body:
             self.burst.event("udp_short", "udp: short %d datagram from %s", ident, addr)
             return
-        eui = data[4:12].hex()
+        eui = data[semtech.HEADER_LEN:body].hex()
         if ident == PUSH_DATA:
-            self.transport.sendto(bytes([ver]) + token + bytes([PUSH_ACK]), addr)
+            self.transport.sendto(semtech.ack(data, PUSH_ACK), addr)
             try:
-                doc = json.loads(data[12:] or b"{}")
+                doc = json.loads(data[body:] or b"{}")
             except ValueError:
                 self.burst.event("udp_json", "udp: PUSH_DATA from %s (%s) is not JSON", eui, addr)
                 return
@@ -54,12 +55,12 @@ class SemtechUDP(asyncio.DatagramProtocol):
             if self.pull_addr.get(eui) != addr:
                 log.info("udp: forwarder %s pulls from %s (downlinks go there)", eui, addr)
             self.pull_addr[eui] = addr
-            self.transport.sendto(bytes([ver]) + token + bytes([PULL_ACK]), addr)
+            self.transport.sendto(semtech.ack(data, PULL_ACK), addr)
         elif ident == TX_ACK:
             err = "NONE"
-            if len(data) > 12:
+            if len(data) > body:
                 try:
-                    err = (json.loads(data[12:]).get("txpk_ack") or {}).get("error", "NONE")
+                    err = (json.loads(data[body:]).get("txpk_ack") or {}).get("error", "NONE")
                 except ValueError:
                     err = "BAD_JSON"
             if err != "NONE":
@@ -85,11 +86,9 @@ class SemtechUDP(asyncio.DatagramProtocol):
         addr = self.pull_addr.get(eui) if eui else None
         if addr is None or self.transport is None:
             return False
-        txpk = {"imme": True, "freq": (rx or {}).get("freq") or 470.3, "rfch": 0, "powe": 17, "modu": "LORA",
-                "datr": (rx or {}).get("datr") or "SF11BW125", "codr": "4/5", "ipol": True, "size": len(frame),
-                "data": base64.b64encode(frame).decode()}
-        self.transport.sendto(bytes([VERSION]) + os.urandom(2) + bytes([PULL_RESP])
-                              + json.dumps({"txpk": txpk}).encode(), addr)
+        txpk = semtech.txpk(frame, freq=(rx or {}).get("freq") or semtech.CN470_UP_MHZ,
+                            datr=(rx or {}).get("datr") or "SF11BW125")
+        self.transport.sendto(semtech.pull_resp(int.from_bytes(os.urandom(2), "big"), txpk), addr)
         return True
 
 

@@ -13,6 +13,7 @@ import serial
 
 from gasguard import logs
 from gasguard.protocol import framing
+from gasguard.gateway.transports import Deliver
 
 log = logging.getLogger("gasguard.gateway.serial")
 
@@ -21,7 +22,7 @@ class SerialTransport:
     def __init__(self, spec, deliver, metrics, *, backoff_min: float = 0.2, backoff_max: float = 5.0):
         self.spec = spec                 # config.SerialPort
         self.name = f"{spec.kind}:{spec.name}"
-        self.deliver = deliver           # async (raw, rx, route) -> None
+        self.deliver: Deliver = deliver  # ingest's, with back-pressure
         self.metrics = metrics
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.ser: serial.Serial | None = None

@@ -1,0 +1,137 @@
+"""The command service's configuration (`gasguard command serve --config command.toml`), validated before
+anything is opened. A bad value exits 2 with one message naming the file, the key and the fix.
+
+    [command]
+    district = "lixia"                                   # topic segment: gasguard/v1/<district>/...
+    store = "sqlite:////var/lib/gasguard/command.db"     # or "postgresql://gasguard@db.lixia/command"
+    registry = "/var/lib/gasguard/registry.db"           # the district registry (households, topology)
+    instance = "cmd-a"                                   # this copy's name in the leader lease
+    lease_ttl = 5.0                                      # a dead leader is replaced after this (s)
+    tick_interval = 1.0                                  # deadlines and silences checked this often (s)
+    gateway_silent_s = 180.0                             # a gateway not heard this long is shown SILENT
+    metrics_bind = "127.0.0.1:9108"                      # Prometheus ("" = off)
+    frames_keep_s = 604800.0                             # graded frame identities kept this long
+
+    [command.mqtt]
+    host = "127.0.0.1"
+    port = 1883
+    client_id = "gasguard-command-lixia"   # ONE persistent session shared by the copies: whoever leads owns it
+    username = ""
+    password = ""
+    tls_ca = ""
+
+    [grading]   # the plan's tables (grading/README.md); district and city topic come from here
+    [notify]    # who is told what (command/notify.py)
+    [authority] # operators' acts verified and audited (command/acts.py); without it acts are unsigned
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from gasguard.grading import engine as G
+
+from . import notify
+
+
+class ConfigError(ValueError):
+    """Exit 2: the message names the file, the key and what to write instead."""
+
+
+@dataclass
+class Config:
+    district: str = "lixia"
+    store: str = "sqlite:///command.db"
+    registry: str = ""
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    lease_ttl: float = 5.0
+    tick_interval: float = 1.0
+    gateway_silent_s: float = 180.0
+    metrics_bind: str = ""
+    frames_keep_s: float = 7 * 86400.0
+    batch_max: int = 500                # broker messages graded in one transaction at most
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_client_id: str = ""
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    mqtt_tls_ca: str = ""
+    grading: dict = field(default_factory=dict)      # validated by grading.load_config
+    notify: dict = field(default_factory=dict)       # validated by notify.load_config
+    authority: dict = field(default_factory=dict)    # [authority]: roster, trust, replay, audit (command/acts.py)
+    source: str = ""
+
+    def __post_init__(self):
+        self.mqtt_client_id = self.mqtt_client_id or f"gasguard-command-{self.district}"
+
+
+_SCALARS = {f.name: f.type for f in fields(Config) if not f.name.startswith("mqtt_")
+            and f.name not in ("grading", "notify", "authority", "source")}
+
+
+def load(path: str | os.PathLike | None = None, **overrides) -> Config:
+    """The TOML file's [command], [command.mqtt], [grading], [notify]; `overrides` win (tests, CLI)."""
+    data: dict = {}
+    where = str(path) if path else "(defaults)"
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read it ({e.strerror}): give an existing file with --config") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{where}: not valid TOML ({e})") from None
+    cmd = dict(data.get("command", {}))
+    mqtt = dict(cmd.pop("mqtt", {}))
+    kw: dict = {}
+    for k, v in cmd.items():
+        if k not in _SCALARS:
+            hint = difflib.get_close_matches(k, _SCALARS, n=1)
+            raise ConfigError(f"{where}: unknown [command] key {k!r}" + (f": did you mean {hint[0]!r}?" if hint else ""))
+        want = float if _SCALARS[k] == "float" else int if _SCALARS[k] == "int" else str
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, want) or isinstance(v, bool):
+            raise ConfigError(f"{where}: [command] {k} = {v!r}: expected {want.__name__}")
+        kw[k] = v
+    for k, v in mqtt.items():
+        name = f"mqtt_{k}"
+        if name not in {f.name for f in fields(Config)}:
+            raise ConfigError(f"{where}: unknown [command.mqtt] key {k!r}: host, port, client_id, username, "
+                              "password, tls_ca")
+        kw[name] = v
+    kw.setdefault("grading", dict(data.get("grading", {})))
+    kw.setdefault("notify", dict(data.get("notify", {})))
+    kw.setdefault("authority", dict(data.get("authority", {})))
+    kw.update(overrides)
+    cfg = Config(**kw, source=where)
+    cfg.grading = dict(cfg.grading)
+    cfg.grading.setdefault("district", cfg.district)
+    cfg.grading.setdefault("gateway_id", f"command-{cfg.district}")     # reporter in the draft report
+    try:
+        cfg.grading = G.load_config(cfg.grading)
+    except G.GradingConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    try:
+        cfg.notify = notify.load_config(cfg.notify)
+    except notify.NotifyConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if cfg.lease_ttl < 1 or cfg.tick_interval <= 0:
+        raise ConfigError(f"{where}: [command] lease_ttl >= 1 s and tick_interval > 0 s (e.g. 5.0 and 1.0)")
+    if cfg.authority:
+        need = {"roster", "trust", "replay", "audit"}
+        if set(cfg.authority) != need:
+            raise ConfigError(f"{where}: [authority] needs exactly {sorted(need)} (the roster file, the authority's "
+                              f"public key, a replay store path, an audit folder); got {sorted(cfg.authority)}")
+        for k in ("roster", "trust"):
+            if not Path(cfg.authority[k]).exists():
+                raise ConfigError(f"{where}: [authority] {k} = {cfg.authority[k]!r} does not exist "
+                                  "(gasguard authority init writes them)")
+    if cfg.registry and not Path(cfg.registry).exists():
+        raise ConfigError(f"{where}: [command] registry = {cfg.registry!r} does not exist: give the district "
+                          "registry file (gasguard device ... writes it)")
+    return cfg

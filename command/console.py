@@ -1,0 +1,493 @@
+"""The district command's console: an MQTT client for incident publications, and their rendering.
+
+- `IncidentBoard`: pure state, the latest revision of every incident (older or repeated revisions ignored);
+- `CommandClient`: paho-mqtt client: subscribes to the district's incident topic, asks the gateway for a
+  sync on connect, publishes acknowledgements and operator input (QoS 1) signed as the operator (issue 14:
+  `Signer`), and reads the gateway's answer to each; logs in and uses TLS as mosquitto_sub does
+  (`BrokerLogin`); every wait has a timeout;
+- `render_board` / `render_report`: rich renderables (colour by warning, level, households, deadlines);
+- `watch`: the live view with keys (j/k select, a acknowledge, i operator input, r report, q quit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import select
+import ssl
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from gasguard.authority.envelope import sign_request
+from gasguard.grading import engine as G
+from gasguard.protocol.topics import CMD, CMD_RESULT, ROOT, CommandTopics, Topics
+
+WARNING_STYLE = {"red": "bold white on red", "orange": "bold black on dark_orange", "yellow": "black on yellow",
+                 "blue": "bold white on blue", None: "dim"}
+_SEVERITY = {"red": 0, "orange": 1, "yellow": 2, "blue": 3, None: 4}
+
+
+class ConsoleError(Exception):
+    """Broker unreachable, incident unknown, no confirmation in time: the message says what to do."""
+
+
+class IncidentBoard:
+    """The latest revision of each incident, by id. Thread-safe; `version` grows with every change."""
+
+    def __init__(self, keep_resolved_s: float = 600.0):
+        self.incidents: dict[str, dict] = {}
+        self.keep_resolved_s = keep_resolved_s
+        self.version = 0
+        self._lock = threading.Lock()
+
+    def apply(self, msg: dict) -> bool:
+        iid, rev = msg.get("incident_id"), msg.get("revision")
+        if not isinstance(iid, str) or not isinstance(rev, int):
+            return False
+        with self._lock:
+            cur = self.incidents.get(iid)
+            if cur is not None and cur["revision"] >= rev:
+                return False              # a repeat (QoS 1, sync) or an older revision arriving late
+            self.incidents[iid] = msg
+            self.version += 1
+            return True
+
+    def get(self, iid: str) -> dict | None:
+        with self._lock:
+            return self.incidents.get(iid)
+
+    def rows(self, now: float) -> list[dict]:
+        """Open incidents first (most severe, then oldest), then recently resolved ones."""
+        with self._lock:
+            items = [m for m in self.incidents.values()
+                     if m["status"] == "open" or now - (m.get("resolved_at") or now) < self.keep_resolved_s]
+        return sorted(items, key=lambda m: (m["status"] != "open", _SEVERITY[m["warning"]], m["level"] or 9,
+                                            m["detected_at"]))
+
+
+def _left(deadline: float, now: float) -> str:
+    s = int(deadline - now)
+    return f"{s // 60:d}:{s % 60:02d}" if s >= 0 else f"-{-s // 60:d}:{-s % 60:02d} OVERDUE"
+
+
+def render_board(board: IncidentBoard, now: float, *, district: str = "", selected: str | None = None,
+                 status: str = "") -> Group:
+    rows = board.rows(now)
+    table = Table(title=f"GasGuard district command {district} — open incidents", expand=True,
+                  title_style="bold", caption=status or None)
+    for col, kw in (("", {"width": 1}), ("incident", {"no_wrap": True}), ("warning", {}), ("level", {}),
+                    ("category", {}), ("site", {}), ("households", {"justify": "right"}),
+                    ("phone 20'", {"no_wrap": True}), ("written 45'", {"no_wrap": True}), ("ack", {}),
+                    ("rev", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for m in rows:
+        open_ = m["status"] == "open"
+        lv = G.LEVEL_NAMES.get(m["level"], "-") + (" (projected)" if m["projected"] else "")
+        ack = m["acked"]["by"] if m.get("acked") else ("ESCALATED x%d" % m["escalation"]["count"]
+                                                        if m.get("escalation") else "not acked")
+        late = open_ and not m.get("acked")
+        phone = _left(m["deadlines"]["phone"], now) if open_ else "resolved"
+        written = _left(m["deadlines"]["written"], now) if open_ else ""
+        table.add_row(
+            ">" if m["incident_id"] == selected else "",
+            Text(m["incident_id"], style="bold" if open_ else "dim"),
+            Text(f" {(m['warning'] or 'none').upper()} ", style=WARNING_STYLE[m["warning"]]),
+            lv, G.CATEGORY_NAMES_ZH.get(m["category"], m["category"]),
+            (m["report"]["place"]["site_name"] or "")[:24],
+            f"{m['households']:,}" if m["households"] else "-",
+            Text(phone, style="bold red" if late and "OVERDUE" in phone else ""),
+            Text(written, style="bold red" if late and "OVERDUE" in written else ""),
+            Text(ack, style="bold red" if m.get("escalation") else ("green" if m.get("acked") else "yellow")),
+            str(m["revision"]),
+            style=None if open_ else "dim")
+    if not rows:
+        table.add_row("", "no open incidents", *[""] * 9)
+    keys = Text("keys: j/k select   a acknowledge   i operator input   r draft report   q quit", style="dim")
+    return Group(table, keys)
+
+
+def render_report(msg: dict) -> Panel:
+    style = WARNING_STYLE[msg["warning"]].split(" on ")[-1]
+    todo = msg["report"]["to_be_completed"]
+    body = Text(msg["text_zh"])
+    if todo:
+        body.append("\n\nto be completed: " + ", ".join(todo), style="yellow")
+    return Panel(body, title=f"{msg['incident_id']} rev {msg['revision']}", border_style=style)
+
+
+@dataclass
+class BrokerLogin:
+    """How to log in to the broker, as mosquitto_sub takes it (-u, -P, --cafile, --cert, --key)."""
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None        # CA of the broker's certificate: TLS on
+    cert: str | None = None          # client certificate and key (mutual TLS)
+    key: str | None = None
+
+    def apply(self, client: mqtt.Client) -> None:
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.cert and not self.cafile:
+            raise ConsoleError("a client certificate needs TLS: give --cafile with the broker's CA too")
+        if bool(self.cert) != bool(self.key):
+            raise ConsoleError("a client certificate needs both --cert and --key")
+        if self.cafile:
+            try:
+                client.tls_set(ca_certs=self.cafile, certfile=self.cert, keyfile=self.key,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as e:
+                raise ConsoleError(f"TLS files: {e}: check --cafile/--cert/--key") from None
+
+
+@dataclass
+class Signer:
+    """Who signs the console's acts: an operator with their own key, or a console's key signing for the
+    operator it authenticated (`on_behalf_of`, issue 16); see gasguard/authority/__init__.py."""
+    id: str
+    key: object                      # Ed25519PrivateKey
+    on_behalf_of: str | None = None
+    address: str = ""
+
+    def sign(self, topic: str, body: dict, client_id: str) -> bytes:
+        return sign_request(self.key, self.id, topic, body, on_behalf_of=self.on_behalf_of, client_id=client_id,
+                            address=self.address)
+
+
+class CommandClient:
+    """MQTT side of the console for one district. Use as a context manager."""
+
+    RESULTS_KEPT = 1000     # answers to our requests kept for matching (oldest dropped first)
+
+    def __init__(self, host: str, port: int, district: str, *, board: IncidentBoard | None = None,
+                 client_id: str | None = None, city: bool = False, city_topic: str = "city",
+                 topic_root: str = ROOT, login: BrokerLogin | None = None, signer: Signer | None = None):
+        self.host, self.port, self.district = host, port, district
+        self.signer = signer
+        self.results: dict[str, dict] = {}       # request sha256 -> the gateway's answer
+        self.results_cond = threading.Condition()
+        self.board = board or IncidentBoard()
+        self.tree = Topics(topic_root)
+        self.command_topics = self.tree.command(district)
+        self.topic = self.tree.city_incidents(city_topic) if city else self.command_topics.incidents
+        self.updates: queue.Queue = queue.Queue(maxsize=10_000)
+        self.overflow = 0
+        self.connected = threading.Event()
+        self.client_id = client_id or f"gg-console-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        (login or BrokerLogin()).apply(self.client)
+        self.result_topic = self.tree.all_results() if city else self.command_topics.results
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subacks: set[int] = set()              # SUBACKed message ids (subscribe_wait)
+        self.extra_subs: set[str] = set()           # subscribed again after a reconnect
+        self.client.reconnect_delay_set(1, 30)
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def connect(self, timeout: float = 10.0) -> "CommandClient":
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise ConsoleError(f"cannot reach the MQTT broker at {self.host}:{self.port} ({e}): "
+                               "check --host/--port and that the broker runs") from None
+        self.refused = None
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            self.close()
+            if self.refused:
+                raise ConsoleError(f"the broker at {self.host}:{self.port} refused the login ({self.refused}): "
+                                   "check --username/--password (GASGUARD_MQTT_PASSWORD) and the TLS files")
+            raise ConsoleError(f"no MQTT session with {self.host}:{self.port} within {timeout:.0f} s")
+        return self
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.refused = str(reason_code)
+            return
+        client.subscribe(self.topic, qos=1)
+        client.subscribe(self.result_topic, qos=1)
+        for t in self.extra_subs:
+            client.subscribe(t, qos=1)
+        self.connected.set()
+        self.request_sync()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self.results_cond:
+            self.subacks.add(mid)
+            self.results_cond.notify_all()
+
+    def subscribe_wait(self, topic: str, timeout: float) -> None:
+        """Subscribe and wait for the broker's SUBACK, so an answer to what we send next is not missed; a
+        subscription lost to a reconnect in between is made again (and after every later reconnect)."""
+        self.extra_subs.add(topic)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.connected.wait(left):
+                raise ConsoleError(f"the broker did not confirm the subscription to {topic} within {timeout:.0f} s")
+            with self.results_cond:
+                _, mid = self.client.subscribe(topic, qos=1)
+                if self.results_cond.wait_for(lambda: mid in self.subacks, min(2.0, max(0.1, left))):
+                    self.subacks.discard(mid)
+                    return
+
+    def _on_message(self, client, userdata, m):
+        try:
+            msg = json.loads(m.payload)
+        except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("schema") == "gasguard.request-result/1":
+            with self.results_cond:
+                self.results[str(msg.get("request_sha256"))] = msg
+                while len(self.results) > self.RESULTS_KEPT:
+                    self.results.pop(next(iter(self.results)))
+                self.results_cond.notify_all()
+            return
+        if isinstance(msg, dict) and self.board.apply(msg):
+            try:
+                self.updates.put_nowait(msg)
+            except queue.Full:
+                self.overflow += 1        # the board still has it; only the change feed is bounded
+
+    def request_sync(self) -> None:
+        """Ask the gateway to re-publish every incident it holds (a console that just started knows none)."""
+        self.client.publish(self.command_topics.sync, json.dumps({"t": time.time()}), qos=1)
+
+    def wait_for(self, iid: str, timeout: float, pred=lambda m: True) -> dict:
+        """The incident `iid` once `pred` holds for its latest revision; ConsoleError after `timeout` s."""
+        try:
+            return self.wait_match(lambda m: m["incident_id"] == iid and pred(m), timeout)
+        except ConsoleError:
+            raise ConsoleError(f"incident {iid} not seen within {timeout:.0f} s: check the id "
+                               "(gasguard command list) and that the gateway is running") from None
+
+    def wait_match(self, pred, timeout: float) -> dict:
+        """The first incident on the board (latest revisions) for which `pred` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.board._lock:
+                hit = next((m for m in self.board.incidents.values() if pred(m)), None)
+            if hit is not None:
+                return hit
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConsoleError(f"no matching incident within {timeout:.0f} s")
+            try:
+                self.updates.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                pass
+
+    def _publish(self, topic: str, payload: dict | bytes, timeout: float) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False)
+        info = self.client.publish(topic, data, qos=1)
+        try:
+            info.wait_for_publish(timeout)
+        except RuntimeError as e:
+            raise ConsoleError(f"could not send to the broker ({e}): check the connection") from None
+        if not info.is_published():
+            raise ConsoleError(f"the broker did not confirm {topic} within {timeout:.0f} s")
+
+    def _command_of(self, iid: str) -> CommandTopics:
+        # a city console answers to the district that owns the incident
+        m = self.board.get(iid)
+        return self.tree.command(m["district"]) if m and m.get("district") else self.command_topics
+
+    def _act(self, topic: str, body: dict, timeout: float, confirm: bool) -> str:
+        """Publish an act, signed by `signer`; returns the SHA-256 of what was sent (its answer's key). With
+        `confirm`, wait for the gateway's answer and raise ConsoleError if it refused."""
+        # unsigned only for a bench whose command service runs without [authority] (it records "unsigned");
+        # gateways and a configured command service refuse it
+        raw = (self.signer.sign(topic, body, self.client_id) if self.signer is not None
+               else json.dumps(body, ensure_ascii=False).encode())
+        sha = hashlib.sha256(raw).hexdigest()
+        self._publish(topic, raw, timeout)
+        if confirm:
+            self.wait_result(sha, timeout)
+        return sha
+
+    def wait_result(self, sha: str, timeout: float) -> dict:
+        """The gateway's answer to the request whose payload hashes to `sha`; ConsoleError if refused or none."""
+        deadline = time.monotonic() + timeout
+        with self.results_cond:
+            while sha not in self.results:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConsoleError(f"no answer from a gateway within {timeout:.0f} s: is the gateway running, "
+                                       "and does it hold this incident?")
+                self.results_cond.wait(left)
+            res = self.results[sha]
+        if res["outcome"] != "allowed":
+            raise ConsoleError(f"refused by gateway {res['gateway']}: {res['reason']}: {res['detail']}")
+        return res
+
+    def node_command(self, gateway: str, dev: int, request: dict, timeout: float) -> dict:
+        """Send a signed node command (engineers: reset, set_param, selftest, status) through `gateway` and
+        wait for its result: the node's ack, a timeout, or the gateway's refusal with its reason."""
+        if not gateway or "/" in gateway or "+" in gateway or "#" in gateway:
+            raise ConsoleError(f"gateway id {gateway!r}: the [gateway] id of the gateway that reaches the device")
+        gw = self.tree.gateway(self.district, gateway)
+        got: queue.Queue = queue.Queue()
+        rid = request["request_id"]
+
+        def on_result(client, userdata, m):
+            try:
+                doc = json.loads(m.payload)
+            except ValueError:
+                return
+            if isinstance(doc, dict) and doc.get("request_id") == rid:
+                got.put(doc)
+        result_topic = gw.device(dev, CMD_RESULT)
+        self.client.message_callback_add(result_topic, on_result)
+        try:
+            self.subscribe_wait(result_topic, timeout)
+            self._act(gw.device(dev, CMD), request, timeout, confirm=False)
+            try:
+                return got.get(timeout=timeout)
+            except queue.Empty:
+                raise ConsoleError(f"no result for {rid} within {timeout:.0f} s: is gateway {gateway} running "
+                                   "and subscribed? (the command may still be delivered)") from None
+        finally:
+            self.client.message_callback_remove(result_topic)
+
+    def ack(self, iid: str, by: str | None = None, revision: int | None = None, timeout: float = 10.0,
+            confirm: bool = False) -> str:
+        """Acknowledge `iid`. The gateway records the verified signer as who acknowledged, not `by`."""
+        body = {"revision": revision, "t": time.time()}
+        if by:
+            body["by"] = by
+        return self._act(self._command_of(iid).ack(iid), body, timeout, confirm)
+
+    def send_input(self, iid: str, fields: dict, timeout: float = 10.0, confirm: bool = False) -> str:
+        return self._act(self._command_of(iid).input(iid), fields, timeout, confirm)
+
+
+def parse_input(text: str) -> dict:
+    """`deaths=1 evacuated=300 note="..."` -> typed dict (numbers and true/false parsed)."""
+    import shlex
+    return parse_fields(shlex.split(text))
+
+
+def parse_fields(tokens) -> dict:
+    """["deaths=1", "note=消防已到场"] -> {"deaths": 1, "note": "消防已到场"}."""
+    out: dict = {}
+    for tok in tokens:
+        if "=" not in tok:
+            raise ValueError(f"{tok!r}: write field=value, e.g. deaths=1 or note='fire brigade on site'")
+        k, v = tok.split("=", 1)
+        if v.lower() in ("true", "yes"):
+            out[k] = True
+        elif v.lower() in ("false", "no"):
+            out[k] = False
+        else:
+            try:
+                out[k] = int(v)
+            except ValueError:
+                try:
+                    out[k] = float(v)
+                except ValueError:
+                    out[k] = v
+    return out
+
+
+class _Keys:
+    """Single keys from a terminal in cbreak mode (restored on exit); arrows map to j/k."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdin
+        self.old = None
+
+    def __enter__(self):
+        import termios
+        import tty
+        if self.stream.isatty():
+            self.old = termios.tcgetattr(self.stream)
+            tty.setcbreak(self.stream.fileno())
+        return self
+
+    def __exit__(self, *exc):
+        import termios
+        if self.old is not None:
+            termios.tcsetattr(self.stream, termios.TCSADRAIN, self.old)
+
+    def get(self, timeout: float) -> str | None:
+        r, _, _ = select.select([self.stream], [], [], timeout)
+        if not r:
+            return None
+        ch = self.stream.read(1)
+        if ch == "\x1b":
+            seq = self.stream.read(2) if select.select([self.stream], [], [], 0.05)[0] else ""
+            return {"[A": "k", "[B": "j"}.get(seq, "")
+        return ch
+
+
+def watch(client: CommandClient, console, *, by: str, refresh: float = 1.0, clock=time.time, keys=None,
+          ask=None) -> int:
+    """The live view. `keys` (get(timeout) -> str|None, a context manager) and `ask` (prompt -> str) default
+    to the terminal; tests pass scripted ones. Returns an exit code."""
+    from rich.live import Live
+    keys = keys or _Keys()
+    ask = ask or console.input
+    selected: str | None = None
+    show_report = False
+    status = ""
+    with keys, Live(console=console, auto_refresh=False, screen=False) as live:
+        while True:
+            now = clock()
+            rows = client.board.rows(now)
+            ids = [m["incident_id"] for m in rows]
+            if selected not in ids:
+                selected = ids[0] if ids else None
+            view = render_board(client.board, now, district=client.district, selected=selected, status=status)
+            if show_report and selected:
+                view = Group(view, render_report(client.board.get(selected)))
+            live.update(view, refresh=True)
+            k = keys.get(refresh)
+            if k in ("q", "Q"):
+                return 0
+            if k in ("j", "k") and ids:
+                i = ids.index(selected) if selected in ids else 0
+                selected = ids[max(0, min(len(ids) - 1, i + (1 if k == "j" else -1)))]
+            elif k in ("r", "\n", "\r"):
+                show_report = not show_report
+            elif k == "a" and selected:
+                m = client.board.get(selected)
+                try:
+                    client.ack(selected, by, m["revision"])
+                    status = f"acknowledged {selected} rev {m['revision']} as {by}"
+                except ConsoleError as e:
+                    status = str(e)
+            elif k == "i" and selected:
+                live.stop()
+                keys.__exit__(None, None, None)        # the terminal back in line mode for the prompt
+                try:
+                    text = ask(f"operator input for {selected} (e.g. deaths=0 evacuated=300 "
+                               "on_site_lead='张三 138...' note='...'; empty cancels): ")
+                    fields = parse_input(text) if text.strip() else {}
+                    if fields:
+                        client.send_input(selected, {**fields, "by": by})
+                        status = f"sent {', '.join(fields)} for {selected}"
+                except (ValueError, ConsoleError) as e:
+                    status = f"not sent: {e}"
+                finally:
+                    keys.__enter__()
+                    live.start()

@@ -1,0 +1,337 @@
+"""District-wide grading: what the gateways published in, stored incident revisions out. No MQTT here.
+
+The command service hands `DistrictGrader.handle` a batch of broker messages (alarms, events, reading
+batches, gateway birth/Will/stats, acknowledgements, operator input) and `tick` the time. Each call is ONE
+store transaction, fenced by the leader lease: the frame identities graded, the incidents' new state, every
+new revision, the journal, escalations, acknowledgements, operator input and the notifications due all
+commit together or not at all. The broker message is acknowledged only after that commit (the service
+does it), so a SIGKILL at any instant either left nothing (the broker redelivers, at-least-once) or left
+everything, and the redelivered copy is then dropped by its frame identity (idempotent): no revision is
+lost or stored twice.
+
+One engine (the plan's, `IncidentEngine`) sees the whole district, so:
+- households cut off add up across stations on any gateway, each station once (the engine's supply incident);
+- a leak cluster spans gateways (the engine clusters by distance and time, not by who heard it);
+- an alarm heard by two gateways is graded once (frame identity (device, direction, counter), SPEC 4), so it
+  gets one incident id whichever gateway heard it.
+Deadlines run from the detection time in the frame (the gateway's receive time minus the alarm's age), never
+from when the command got round to it, so a restart or a takeover does not move them (plan 4.1.2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from gasguard.grading import engine as G
+from gasguard.grading import report as R
+from gasguard.command.dedup import frame_key
+from gasguard.grading.incidents import Incident, IncidentEngine
+from gasguard.protocol.topics import ALARM, EVENT, READING, STATUS, SYNC, Topics
+
+from .acts import Unsigned
+
+log = logging.getLogger("gasguard.command")
+
+
+@dataclass
+class Outcome:
+    """What one batch or tick did, for the service (publishing, acking, metrics)."""
+    revisions: list = field(default_factory=list)        # (incident_id, revision, kind, payload)
+    direct: list = field(default_factory=list)           # (topic, payload, retain): not stored (sync answers)
+    graded: int = 0                                      # frames that reached the engine
+    duplicates: int = 0                                  # frame copies dropped by identity
+    refused: list = field(default_factory=list)          # (what, why)
+    escalations: int = 0
+    acks: list = field(default_factory=list)             # seconds from detection to acknowledgement
+    lag: float | None = None                             # now - the newest gateway time graded
+
+
+class DistrictGrader:
+    def __init__(self, cfg: dict, store, *, devices, downstream, notify_routes=None, acts=None,
+                 gateway_silent_s: float = 180.0):
+        """`cfg`: the validated [grading] table (district, deadlines, levels); `devices(dev_id) -> dict|None`
+        and `downstream(dev_id) -> [dict]` read the registry; `notify_routes(level, reason) -> [(channel,
+        recipient)]`; `acts` verifies and audits acknowledgements and operator input (command/acts.py; None:
+        unsigned acts are taken, and every record says so)."""
+        self.cfg = cfg
+        self.store = store
+        self.devices = devices
+        self.routes = notify_routes or (lambda level, reason: [])
+        self.acts = acts or Unsigned()
+        self.gateway_silent_s = gateway_silent_s
+        self.engine = IncidentEngine(cfg, downstream=downstream)
+        self.topics = Topics(cfg["topic_root"])
+        self.cmd = self.topics.command(cfg["district"])
+        self.base = f"{self.topics.root}/{cfg['district']}/"      # every gateway of the district under it
+        self.timeline_n: dict[str, int] = {}     # engine timeline entries already journaled, per incident
+        self.levels: dict[str, tuple] = {}       # (level, warning) last notified, per incident
+        self.gateways: dict[str, dict] = {}      # gateway id -> {"last_seen", "online", "silent"}
+
+    # --- state -----------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Take over: the engine's incidents and state as the store has them (a new leader, a restart)."""
+        incs, extra = self.store.engine_state()
+        self.engine.incidents = {d["id"]: Incident.from_dict(self.cfg, d) for d in incs}
+        self.engine.inlet = {int(k.split(":", 1)[1]): deque([tuple(x) for x in v], maxlen=512)
+                             for k, v in extra.items() if k.startswith("inlet:")}
+        self.engine._seen_alarms = deque([tuple(x) for x in extra.get("seen_alarms", [])], maxlen=4096)
+        self.timeline_n = self.store.timeline_counts()
+        self.levels = {i.id: (i.level, i.warning) for i in self.engine.incidents.values()}
+        self.gateways = {g["gateway_id"]: {"last_seen": g["last_seen"], "online": g["online"], "silent": g["silent"]}
+                         for g in self.store.gateways()}
+
+    # --- inputs ----------------------------------------------------------------------------------
+    def handle(self, msgs: list[tuple[str, dict]], now: float, fence) -> Outcome:
+        """One transaction for a batch of broker messages; raises LeaseLost if another instance leads."""
+        out = Outcome()
+        with self.store.write(fence) as tx:
+            changed: list = []
+            inlet_changed: set = set()
+            alarms = False
+            for topic, doc, *req in msgs:
+                try:
+                    alarms |= self._one(tx, topic, doc, now, out, changed, inlet_changed, req[0] if req else None)
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    # a malformed message is refused and counted; it does not stop the batch
+                    out.refused.append((topic, f"malformed: {e!r}"[:200]))
+                    if req:
+                        tx.request_done(req[0], f"refused: malformed: {e!r}"[:200], now)
+            self._persist(tx, changed, now, out)
+            for did in inlet_changed:
+                tx.engine(f"inlet:{did}", list(self.engine.inlet.get(did, ())))
+            if alarms:
+                tx.engine("seen_alarms", list(self.engine._seen_alarms))
+        return out
+
+    def _one(self, tx, topic: str, doc: dict, now: float, out: Outcome, changed: list, inlet_changed: set,
+             request: int | None = None) -> bool:
+        act = self.cmd.parse(topic)
+        if act is not None:
+            outcome = self._command(tx, act[0], act[1], doc, now, out, changed)
+            if request is not None:
+                tx.request_done(request, outcome or "refused: not an act", now)
+            return False
+        if not topic.startswith(self.base) or topic.startswith(self.cmd.base + "/"):
+            return False
+        parts = topic[len(self.base):].split("/")
+        gid, leaf = parts[0], parts[-1]
+        if len(parts) == 2 and leaf == STATUS:
+            self._gateway_status(tx, gid, doc, now, out)
+            return False
+        self._heard(tx, gid, now, out)
+        if len(parts) == 2 and leaf == READING:
+            for entry in doc.get("readings") or ():
+                self._reading(tx, gid, entry, now, out, changed, inlet_changed)
+            return False
+        if len(parts) == 3 and leaf in (ALARM, EVENT):
+            key = frame_key(doc)
+            if key is None or not tx.first_frame(key, gid, float(doc["t"])):
+                out.duplicates += key is not None
+                return False
+            dev = self._device(doc)
+            if dev is None:
+                out.refused.append((topic, f"device {doc.get('dev')} is not in the registry"))
+                return False
+            obs = _alarm_obs(doc, dev) if leaf == ALARM else _event_obs(doc, dev)
+            self._observe(obs, now, out, changed)
+            return leaf == ALARM
+        return False
+
+    def _reading(self, tx, gid, e: dict, now, out, changed, inlet_changed) -> None:
+        did = int(e["dev"], 16)
+        dev = self.devices(did)
+        if dev is None:
+            return
+        # only readings that can change an incident reach the engine (stations: supply and network pressure;
+        # a household in an open leak: its valve). The rest are the gateways' business, not the command's.
+        if dev.get("profile") != "station" and not any(
+                inc.kind == "leak" and did in inc.members for inc in self.engine.open_incidents()):
+            return
+        key = frame_key(e)
+        if key is None or not tx.first_frame(key, gid, float(e["t"])):
+            out.duplicates += key is not None
+            return
+        if e.get("inlet_pa") is not None:
+            inlet_changed.add(did)
+        self._observe(_reading_obs(e, dev), now, out, changed)
+
+    def _observe(self, obs, now, out, changed) -> None:
+        out.graded += 1
+        out.lag = max(out.lag or 0.0, now - obs["t"])
+        changed.extend(self.engine.observe(obs))
+
+    def _device(self, doc) -> dict | None:
+        did = int(doc["dev"], 16)
+        dev = self.devices(did)
+        if dev is None and isinstance(doc.get("site"), dict):
+            dev = {"dev_id": did, "dev": doc["dev"], **doc["site"]}    # the gateway's copy of its registry row
+        return dev
+
+    # --- gateways --------------------------------------------------------------------------------
+    def _gateway_status(self, tx, gid, doc, now, out) -> None:
+        online = bool(doc.get("online"))
+        g = self.gateways.setdefault(gid, {"last_seen": now, "online": None, "silent": False})
+        was = (g["online"], g["silent"])
+        g.update(last_seen=now, online=online, silent=False)
+        tx.gateway(gid, doc.get("district") or self.cfg["district"], now, online=online, silent=False,
+                   status_t=doc.get("t"), version=doc.get("version"))
+        if was != (online, False):
+            text = f"gateway {gid} " + ("online (birth)" if online else "OFFLINE (its Last Will or a clean stop)")
+            tx.journal(now, "gateway", text, who=gid, data={"online": online})
+            out.direct.append(self._gateway_msg(gid, now))
+
+    def _heard(self, tx, gid, now, out) -> None:
+        g = self.gateways.get(gid)
+        if g is None or g["silent"] or now - g["last_seen"] > 1.0:     # write at most once a second per gateway
+            back = g is not None and g["silent"]
+            g = self.gateways.setdefault(gid, {"last_seen": now, "online": True, "silent": False})
+            g.update(last_seen=now, silent=False)
+            tx.gateway(gid, self.cfg["district"], now, silent=False)
+            if back:
+                tx.journal(now, "gateway", f"gateway {gid} heard again", who=gid)
+                out.direct.append(self._gateway_msg(gid, now))
+
+    def _gateway_msg(self, gid, now) -> tuple:
+        g = self.gateways[gid]
+        return (self.cmd.gateway(gid), {"schema": "gasguard.command-gateway/1", "gateway": gid,
+                "online": g["online"], "silent": g["silent"], "last_seen": g["last_seen"], "t": now}, True)
+
+    # --- the command's own inputs ----------------------------------------------------------------
+    def _command(self, tx, kind: str, iid: str | None, doc: dict, now, out, changed) -> str | None:
+        """An act from a console (ack, input) or a sync request; returns the act's outcome."""
+        if kind == SYNC:
+            out.direct.extend((t, p, False) for t, p in self.engine.sync(now))
+            out.direct.extend(self._gateway_msg(g, now) for g in self.gateways)
+            return None
+        topic = self.cmd.ack(iid) if kind == "ack" else self.cmd.input(iid)
+        ok, who, why, body, ticket = self.acts.check(kind, iid, doc, topic, self.store)
+        known = iid in self.engine.incidents
+        res: list = []
+        if not ok:
+            outcome = f"refused: {why}"
+        elif not known:
+            outcome = "refused: unknown incident"
+        elif kind == "ack":
+            res = self.engine.acknowledge(iid, body, now)
+            outcome = "accepted" if res else "refused: acknowledges a revision before the last upgrade"
+        else:
+            problems = R.validate_operator_input(body)
+            res = self.engine.operator_input(iid, body, now)
+            outcome = "refused: " + "; ".join(problems) if problems else "accepted"
+        note = f" ({why})" if why and ok else ""      # e.g. unsigned: no authority configured
+        nonce = getattr(ticket, "nonce", None)
+        record = dict(body)        # what the record keeps: the request, and the console that signed for the person
+        if ticket is not None and ticket.signer.id != ticket.operator.id:
+            record.update(console=ticket.signer.id, client_id=ticket.client_id, address=ticket.address)
+        if kind == "ack":
+            tx.ack(iid, body.get("revision"), who, now, outcome, record, nonce)
+            tx.journal(now, "ack", (f"acknowledged by {who}" if res else f"acknowledgement by {who} {outcome}") + note,
+                       incident_id=iid, revision=body.get("revision"), who=who,
+                       data={"outcome": outcome, "signed": ticket is not None})
+            if res:
+                out.acks.append(now - self.engine.incidents[iid].detected_at)
+        else:
+            fields = {k: v for k, v in record.items() if k != "by"}
+            tx.operator_input(iid, who, now, outcome, fields, nonce)
+            tx.journal(now, "input", f"operator input by {who}: {outcome}{note}", incident_id=iid, who=who,
+                       data={"fields": sorted(k for k in fields if k in R.OPERATOR_FIELDS or k == "note"),
+                             "signed": ticket is not None})
+        self.acts.done(ticket, kind, iid, outcome)
+        if not ok:
+            out.refused.append((f"{kind}/{iid}", why))
+        changed.extend(res)
+        return outcome
+
+    # --- time ------------------------------------------------------------------------------------
+    def tick(self, now: float, fence) -> Outcome:
+        """Deadlines (plan 4.1.2: escalate at 20 and 45 min until acknowledged), 24-h re-grades, silences."""
+        out = Outcome()
+        with self.store.write(fence) as tx:
+            self._persist(tx, self.engine.tick(now), now, out)
+            for gid, g in self.gateways.items():
+                if not g["silent"] and now - g["last_seen"] > self.gateway_silent_s:
+                    g["silent"] = True
+                    tx.gateway(gid, self.cfg["district"], now, silent=True)
+                    tx.journal(now, "gateway", f"gateway {gid} SILENT: nothing heard for "
+                               f"{now - g['last_seen']:.0f} s", who=gid, data={"last_seen": g["last_seen"]})
+                    out.direct.append(self._gateway_msg(gid, now))
+        return out
+
+    # --- output: every revision stored with what goes with it ------------------------------------
+    def _persist(self, tx, outputs: list, now: float, out: Outcome) -> None:
+        district_prefix = self.cmd.incident("")
+        for topic, payload in outputs:
+            if not topic.startswith(district_prefix):
+                continue                     # the city copy of the same payload: one stored revision
+            iid, rev, kind = payload["incident_id"], payload["revision"], payload["kind"]
+            inc = self.engine.incidents.get(iid)
+            if inc is None:
+                continue
+            n = inc.timeline_dropped + len(inc.timeline)
+            prev = self.timeline_n.get(iid, 0)
+            tx.save_incident(inc.to_dict(), payload, n)
+            if not tx.add_revision(iid, rev, kind, now, payload):
+                continue
+            out.revisions.append((iid, rev, kind, payload))
+            for entry in list(inc.timeline)[-(n - prev):] if n > prev else []:
+                tx.journal(entry["t"], "site", entry["text"], incident_id=iid, revision=rev,
+                           data={k: v for k, v in entry.items() if k not in ("t", "text")})
+            self.timeline_n[iid] = n
+            lv = G.LEVEL_NAMES.get(payload["level"], "-")
+            tx.journal(now, "revision", f"revision {rev} ({kind}): level {lv}"
+                       f"{' (projected)' if payload['projected'] else ''}, warning {payload['warning'] or '-'}, "
+                       f"{payload['status']}", incident_id=iid, revision=rev,
+                       data={"level": payload["level"], "warning": payload["warning"], "routes": payload["routes"]})
+            reasons = []
+            if kind == "escalation":
+                esc = payload["escalation"]
+                tx.escalation(iid, rev, esc["stage"], esc["count"], now, esc["overdue_s"])
+                tx.journal(now, "escalation", f"{esc['stage']} report overdue by {esc['overdue_s']:.0f} s and not "
+                           f"acknowledged: escalation {esc['count']}", incident_id=iid, revision=rev)
+                out.escalations += 1
+                reasons.append(esc["stage"])
+            before = self.levels.get(iid)
+            level_now = (payload["level"], payload["warning"])
+            if before is None and payload["status"] == "open":
+                reasons.append("new")
+            elif before is not None and before != level_now and payload["status"] == "open":
+                reasons.append("level")          # plan 4.1: a change of level is a new report
+            self.levels[iid] = level_now
+            for reason in reasons:
+                for channel, recipient in self.routes(payload["level"], reason):
+                    if tx.notification(iid, rev, reason, channel, recipient, now, payload):
+                        tx.journal(now, "notification", f"{reason}: {channel} to {recipient} queued",
+                                   incident_id=iid, revision=rev)
+
+
+# --- broker payloads -> the engine's observations (the inverse of gateway/payloads.py) -------------------
+def _gas_raw(v):
+    return None if v is None else round(v * 10)          # % LEL -> 0.1 % LEL on the wire (SPEC 3.1)
+
+
+def _alarm_obs(doc: dict, dev: dict) -> dict:
+    code = doc["code"]
+    value = doc.get("value")
+    if code in (1, 2):
+        value = _gas_raw(value)
+    fr = {"code": code, "cleared": bool(doc.get("cleared")), "aseq": doc.get("aseq"), "age": doc.get("age_s") or 0,
+          "value": value, "fcnt": doc.get("fcnt")}
+    return {"id": doc.get("id"), "t": float(doc["t"]), "dev": dev["dev_id"], "type": "alarm", "frame": fr,
+            "state": doc.get("state"), "device": dev, "rx": {"gateway": doc.get("gateway")}}
+
+
+def _event_obs(doc: dict, dev: dict) -> dict:
+    fr = {"code": doc["code"], "eseq": doc.get("eseq"), "data": doc.get("data_hex") or "", "fcnt": doc.get("fcnt")}
+    return {"id": doc.get("id"), "t": float(doc["t"]), "dev": dev["dev_id"], "type": "event", "frame": fr,
+            "state": None, "device": dev, "rx": {"gateway": doc.get("gateway")}}
+
+
+def _reading_obs(e: dict, dev: dict) -> dict:
+    fr = {"gas": _gas_raw(e.get("gas_pct_lel")), "pressure": e.get("pressure_pa"), "battery": e.get("battery_pct"),
+          "fcnt": e.get("fcnt")}
+    if e.get("inlet_pa") is not None:
+        fr["inlet"] = e["inlet_pa"]
+    return {"id": e.get("id"), "t": float(e["t"]), "dev": dev["dev_id"], "type": "reading", "frame": fr,
+            "state": e.get("state") or {}, "device": dev, "rx": {}}

@@ -1,0 +1,203 @@
+"""Ingest: transports deliver raw frames; each group of them is verified, committed, acked, observed.
+
+Order of effects for one accepted frame (the invariants the fault tests check):
+  1. verify (MIC, counter, registry, policy): verify.Verifier;
+  2. one SQLite transaction (outbox.commit): the messages + the device's uplink counter + the downlink
+     counter of its ack + the alarm/event identity;
+  3. the ack downlink (alarms, events), by the dispatcher - only after 2, so an acked alarm is never lost;
+  4. the publisher is woken (outbox), observers see it (their outputs go to the outbox in turn).
+Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
+is paid per group, not per frame; an alarm moves ahead of its group (alarms_first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gasguard.protocol import counter, frame, topics
+from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, R_OK, UP
+
+from . import payloads
+from .burstlog import BurstLog
+from .dispatch import Dispatcher
+from .observe import Observers
+from .outbox import Outbox
+from .presence import PresenceTable
+from .spool import ALARM, EVENT, READING, Item, SpoolFull
+from .transports import Route
+from .verify import Rejected, Verifier
+
+log = logging.getLogger("gasguard.gateway")
+
+QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
+GROUP_MAX = 512        # frames per transaction
+EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
+
+
+def alarms_first(group: list) -> tuple[list, list]:
+    """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
+    frame in this group moves to a group of its own, committed and published before the rest. Nothing
+    else moves, so readings keep their arrival order and each device its frame order (counters verify as
+    they would). ([], group) when no alarm can move."""
+    heads = [frame.peek(raw) if raw is not None else None for raw, _, _ in group]
+    if not any(h is not None and h[0] == T_ALARM for h in heads):
+        return [], group
+    first, rest, seen = [], [], set()
+    for g, h in zip(group, heads):
+        if h is not None:
+            if h[1] not in seen and h[0] == T_ALARM:
+                first.append(g)
+                seen.add(h[1])
+                continue
+            seen.add(h[1])
+        rest.append(g)
+    return first, rest
+
+
+class Ingest:
+    def __init__(self, cfg, verifier: Verifier, outbox: Outbox, dispatcher: Dispatcher, presence: PresenceTable,
+                 observers: Observers, idents: dict, metrics, burst: BurstLog, clock, beat=lambda: None):
+        self.cfg, self.verifier, self.outbox, self.dispatcher = cfg, verifier, outbox, dispatcher
+        self.presence, self.observers, self.metrics, self.burst, self.clock = presence, observers, metrics, burst, clock
+        self.beat = beat                  # progress, for the systemd watchdog
+        self.topics = cfg.topics
+        self.idents = idents              # (dev, kind) -> identity of the last alarm/event taken (durable)
+        self.queue: asyncio.Queue | None = None   # made on the running loop (start)
+        self.accepted_count = 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue(QUEUE_MAX)
+
+    # -- what transports call ------------------------------------------------------------------------
+    async def deliver(self, raw: bytes | None, rx: dict, route: Route) -> None:
+        """A stream transport's frame (back-pressure: waits while the queue is full)."""
+        await self.queue.put((raw, rx, route))
+
+    def deliver_nowait(self, raw: bytes | None, rx: dict, route: Route) -> None:
+        """A datagram transport's frame (no back-pressure possible: counted and refused when full)."""
+        try:
+            self.queue.put_nowait((raw, rx, route))
+        except asyncio.QueueFull:
+            self.reject("ingest_overflow", None, rx, "verification queue full")
+
+    def reject(self, reason: str, dev, rx, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        self.burst.event("reject:" + reason, "rejected %s frame from %s via %s: %s", reason,
+                         "?" if dev is None else f"{dev:08x}", rx.get("transport") if rx else "?", detail)
+
+    async def run(self) -> None:
+        while True:
+            group = [await self.queue.get()]
+            while len(group) < GROUP_MAX and not self.queue.empty():
+                group.append(self.queue.get_nowait())
+            first, rest = alarms_first(group)
+            if first:
+                self.process(first)    # its own, small transaction: on disk and published before the rest
+            if rest:
+                self.process(rest)
+            self.beat()
+
+    def drain(self) -> None:
+        """At stop: what the transports delivered and is still queued is processed, not dropped."""
+        rest = []
+        while self.queue is not None and not self.queue.empty():
+            rest.append(self.queue.get_nowait())
+        if rest:
+            self.process(rest)
+
+    # -- one group ---------------------------------------------------------------------------------------
+    def process(self, group: list) -> None:
+        """Verify a group of frames and commit what is accepted in one transaction."""
+        now = self.clock()
+        gid, dist = self.cfg.gateway_id, self.cfg.district
+        items: list[Item] = []
+        counters: dict = {}
+        idents: dict = {}
+        undo: list = []
+        acks: list = []          # (dev, ack fields, key) to seal after commit
+        accepted: list = []      # (mid, f, device, rx, route, retransmission)
+        results: list = []
+        down: dict = {}          # downlink counters reserved by this group's acks
+        per_transport: dict = {}
+        for _raw, rx, _route in group:   # counted per group, not per frame (hot path)
+            t = rx.get("transport", "?")
+            per_transport[t] = per_transport.get(t, 0) + 1
+        for t, n in per_transport.items():
+            self.metrics.frames_in.labels(t).inc(n)
+        for raw, rx, route in group:
+            if raw is None:
+                self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
+                continue
+            try:
+                v = self.verifier.check(raw, now)
+            except Rejected as r:
+                self.reject(r.reason, r.dev, rx, str(r))
+                continue
+            f, dev = v.f, v.f["dev"]
+            undo.append((dev, self.verifier.accept(v, now)))
+            counters[(dev, UP)] = f["fcnt"]
+            mid = payloads.msg_id(gid, dev, f["fcnt"])
+            typ = f["type"]
+            repeat = False
+            if typ == "reading":
+                entry = payloads.reading_entry(mid, f, now, rx)
+                items.append(Item(READING, dev, payloads.dumps(entry), mid, now, routine=(f["state"] & 0xF8) == 0))
+            elif typ in ("alarm", "event"):
+                kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
+                sq = f["aseq"] if typ == "alarm" else f["eseq"]
+                key = (dev, kind)
+                # SPEC 3.4: a retransmission has a new counter and the same identity (the counter of its first
+                # copy, never reused by the node, across power cuts included): ack it, publish once
+                f["aid"] = ident = counter.identity(f["fcnt"], sq)
+                repeat = idents.get(key, self.idents.get(key)) == ident
+                if not repeat:
+                    idents[key] = ident
+                    if typ == "alarm":
+                        body = payloads.alarm(gid, dist, mid, f, now, rx, v.device)
+                        items.append(Item(ALARM, dev, payloads.dumps(body), mid, now,
+                                          topic=self.topics.device(dev, topics.ALARM)))
+                    else:
+                        body = payloads.event(gid, dist, mid, f, now, rx)
+                        items.append(Item(EVENT, dev, payloads.dumps(body), mid, now,
+                                          topic=self.topics.device(dev, topics.EVENT)))
+                dfc = self.dispatcher.reserve(dev, down)
+                acks.append((dev, {"type": "ack", "dev": dev, "fcnt": dfc, "ref_type": T_ALARM if typ == "alarm"
+                                   else T_EVENT, "ref": sq, "result": R_OK}, v.device.key))
+            elif typ == "ack":
+                item, res = self.dispatcher.answered(dev, f, now, mid)
+                if item is not None:
+                    items.append(item)
+                    results.append(res)
+            items.extend(self.presence.heard(dev, f, now, mid, v.device))
+            accepted.append((mid, f, v.device, rx, route, repeat))
+        if not accepted:
+            return
+        counters.update(self.dispatcher.counters_of(down))
+        try:
+            self.outbox.commit(items, counters, idents, wake=False)
+        except SpoolFull as e:
+            for dev, prev in reversed(undo):
+                self.verifier.rollback(dev, prev)
+            self.metrics.spool_errors.inc()
+            self.metrics.rejected.labels("spool_full").inc(len(accepted))
+            log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
+                         len(accepted), e)
+            return
+        self.idents.update(idents)
+        self.dispatcher.committed(down)
+        for r in results:
+            self.metrics.commands.labels(r).inc()
+        # routes first: a device's first frame may be the alarm we are about to ack
+        for mid, f, device, rx, route, repeat in accepted:
+            self.presence.route(f["dev"], route, rx)
+            self.metrics.accepted.labels(f["type"]).inc()
+        # acks only now: the alarm is on disk
+        for dev, fields, key in acks:
+            self.dispatcher.send(dev, fields, "ack", key)
+        self.accepted_count += len(accepted)
+        self.outbox.wake({it.lane for it in items})
+        # observers last: what they say is about frames that are on disk and on their way to the broker
+        self.outbox.put(self.observers.observe(
+            [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now), now)
+        self.outbox.make_room(now)

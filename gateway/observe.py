@@ -1,0 +1,131 @@
+"""Observers: the plugins (grading, Sparkplug, ...) see every accepted uplink as one typed `Observation`,
+after it is durably spooled, and hand back outputs for the outbox.
+
+Retransmissions are filtered here, once: a copy of an alarm or event the gateway already took (same
+identity, SPEC 3.4) is acked to the device but not observed again. A plugin that raises is logged loudly
+and skipped; the gateway carries on (STYLE 6).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TypedDict
+
+from paho.mqtt.client import topic_matches_sub
+
+from gasguard.protocol import frame
+
+from .burstlog import BurstLog
+from .plugin import Plugin, normalise
+
+log = logging.getLogger("gasguard.gateway")
+
+OBSERVED = ("reading", "alarm", "event")   # frame types plugins see (acks answer commands: the dispatcher's)
+
+
+class Observation(TypedDict):
+    """One accepted uplink, as every plugin receives it (JSON-able: plugins may keep it as they like)."""
+    id: str             # the message id (gateway:dev:fcnt), as in the published payloads
+    t: float            # acceptance time, daemon clock (epoch seconds)
+    dev: int
+    type: str           # "reading" | "alarm" | "event"
+    frame: dict         # the decoded fields; bytes as hex strings
+    state: dict | None  # the state byte's fields (protocol.frame.state_fields), None for events
+    device: dict        # the registry entry's public fields (site, profile, households, ...)
+    rx: dict            # how it was heard (transport, port or forwarder, rssi, snr)
+
+
+def _json_fields(f: dict) -> dict:
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in f.items()}
+
+
+def observation(mid: str, f: dict, now: float, device, rx: dict) -> Observation:
+    return Observation(id=mid, t=now, dev=f["dev"], type=f["type"], frame=_json_fields(f),
+                       state=frame.state_fields(f["state"]) if "state" in f else None,
+                       device=device.public(), rx=dict(rx))
+
+
+class Observers:
+    def __init__(self, plugins: list[Plugin], burst: BurstLog):
+        self.plugins, self.burst = plugins, burst
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """Every topic filter some plugin listens to (the publisher subscribes to them)."""
+        return [s for p in self.plugins for s in p.subscriptions]
+
+    def observe(self, accepted, now: float) -> list:
+        """`accepted`: (mid, fields, device, rx, retransmission) of one committed group, in order."""
+        out = []
+        if not self.plugins:
+            return out
+        for mid, f, device, rx, repeat in accepted:
+            if repeat or f["type"] not in OBSERVED:
+                continue
+            obs = observation(mid, f, now, device, rx)
+            for p in self.plugins:
+                out.extend(self._call(p, "observe", obs))
+        return out
+
+    def tick(self, now: float) -> list:
+        out = []
+        for p in self.plugins:
+            out.extend(self._call(p, "tick", now))
+        return out
+
+    def _listening(self, topic: str) -> list[Plugin]:
+        return [p for p in self.plugins if any(topic_matches_sub(s, topic) for s in p.subscriptions)]
+
+    def action_of(self, topic: str):
+        """The authority action a message on `topic` is for the plugins that listen to it (Plugin.action_of),
+        or None when it changes nothing."""
+        for p in self._listening(topic):
+            action = getattr(p, "action_of", lambda t: None)(topic)
+            if action is not None:
+                return action
+        return None
+
+    def on_message(self, topic: str, payload: bytes, now: float) -> list:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            if self._listening(topic):
+                self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
+            return []
+        return self.deliver(topic, doc, now)
+
+    def deliver(self, topic: str, doc, now: float) -> list:
+        """A message already decoded (and, for an act, verified: the daemon's authority check) to the plugins
+        that listen to `topic`."""
+        out = []
+        for p in self._listening(topic):
+            out.extend(self._call(p, "on_message", topic, doc, now))
+        return out
+
+    def gauges(self, now: float) -> dict:
+        """Summed gauges of the plugins that offer some: {(metric name, label): value}."""
+        sums: dict = {}
+        for p in self.plugins:
+            try:
+                gauges = getattr(p, "gauges", None)
+                for name, values in ((gauges and gauges(now)) or {}).items():
+                    for label, v in values.items():
+                        sums[(name, label)] = sums.get((name, label), 0) + v
+            except Exception:
+                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+        return sums
+
+    def close(self) -> None:
+        for p in self.plugins:
+            self._call(p, "close")
+
+    @staticmethod
+    def _call(plugin, method, *args) -> list:
+        try:
+            res = getattr(plugin, method)(*args) or []
+            return [normalise(o) for o in res]
+        except Exception:
+            log.exception("plugin %s.%s failed; the gateway carries on without its output",
+                          getattr(plugin, "name", plugin), method)
+            return []

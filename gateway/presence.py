@@ -1,0 +1,115 @@
+"""Presence: which devices are online, where each was last heard, and the retained `<dev>/state` they get.
+
+Kept apart from the replay state (verify.ReplayState: counters and duplicate memory, the security side):
+presence is what the gateway tells the district about a device, never what decides whether a frame is
+accepted. One slotted object per heard device (a district has ~330,000: memory matters).
+"""
+
+from __future__ import annotations
+
+from gasguard.firmware import bounds
+from gasguard.protocol import topics
+
+from . import payloads
+from .spool import STATE, Item
+from .transports import Route, Transport
+
+
+def offline_timeout(cfg, device) -> float:
+    """Seconds of silence before a device is published offline: `limits.offline_after`, or
+    `limits.offline_missed_reports` of the device's own report periods if that is longer. A household meter
+    on battery reports every 900 s; one fixed timeout either calls it offline between two reports or
+    notices a dead regulator station far too late."""
+    if device is None:
+        return cfg.offline_after
+    report_s = (device.config or {}).get("report_s") or bounds.DEFAULTS[device.profile]["report_s"]
+    return max(cfg.offline_after, cfg.offline_missed * float(report_s))
+
+
+class Presence:
+    """One heard device, as the district sees it."""
+
+    __slots__ = ("online", "last_seen", "sbyte", "pub", "via", "rx",
+                 "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t", "silence")
+
+    def __init__(self):
+        self.online = False                # retained <dev>/state: as last published
+        self.last_seen = 0.0
+        self.sbyte: int | None = None      # the last state byte heard
+        self.pub = -1e18                   # when <dev>/state was last published
+        self.via: Transport | None = None  # the transport the device was last heard on (downlinks go there)
+        self.rx: dict | None = None        # ... and how (forwarder EUI, frequency): the transport's route
+        # the last reading, for the retained state (slots, not a 7-tuple: 48 bytes less per device);
+        # r_t is None until the device sent one
+        self.r_fcnt = self.r_gas = self.r_pressure = self.r_battery = self.r_state = self.r_inlet = None
+        self.r_t: float | None = None
+        self.silence = 0.0                 # seconds of silence before offline (offline_timeout), 0 = not yet set
+
+
+class PresenceTable:
+    """Presence of every heard device; builds the retained state messages (spool items) it implies."""
+
+    def __init__(self, cfg, gateway_topics: topics.GatewayTopics):
+        self.cfg, self.topics = cfg, gateway_topics
+        self.devices: dict[int, Presence] = {}
+
+    def get(self, dev: int) -> Presence | None:
+        return self.devices.get(dev)
+
+    def _of(self, dev: int) -> Presence:
+        st = self.devices.get(dev)
+        if st is None:
+            st = self.devices[dev] = Presence()
+        return st
+
+    def route(self, dev: int, via: Route, rx: dict) -> None:
+        """The device was heard (its frame is committed) on `via`: downlinks to it go there."""
+        st = self._of(dev)
+        st.via, st.rx = via, rx
+
+    def heard(self, dev: int, f: dict, now: float, mid: str, device=None) -> list[Item]:
+        """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
+        every third of the device's offline timeout (so the retained last reading stays fresh without one
+        message per reading)."""
+        st = self._of(dev)                 # new: online False, never published
+        if not st.silence:
+            st.silence = offline_timeout(self.cfg, device)
+        sbyte = f.get("state")
+        st.last_seen = now
+        if f["type"] == "reading":
+            # the entry is built only when a state message is (hot path); the fields, not the frame (memory)
+            st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
+                f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
+        changed = sbyte is not None and sbyte != st.sbyte
+        if sbyte is not None:
+            st.sbyte = sbyte
+        if st.online and not changed and now - st.pub < st.silence / 3:
+            return []
+        st.online, st.pub = True, now
+        return [self.state_item(dev, now, st)]
+
+    def state_item(self, dev: int, now: float, st: Presence) -> Item:
+        gid = self.cfg.gateway_id
+        last = None
+        if st.r_t is not None:
+            f = {"dev": dev, "fcnt": st.r_fcnt, "gas": st.r_gas, "pressure": st.r_pressure, "battery": st.r_battery,
+                 "state": st.r_state, "inlet": st.r_inlet}
+            last = payloads.reading_entry(payloads.msg_id(gid, dev, st.r_fcnt), f, st.r_t, {})
+            last.pop("rx")
+        body = payloads.state(gid, dev, now, st.online, st.last_seen, last)
+        return Item(STATE, dev, payloads.dumps(body), f"{gid}:{dev:08x}:state:{now:.3f}", now,
+                    topic=self.topics.device(dev, topics.STATE), retain=True)
+
+    def gone_quiet(self, now: float) -> list[tuple[int, float, Item]]:
+        """Devices silent past their timeout, now marked offline: (dev, seconds silent, their state item)."""
+        out = []
+        for dev, st in self.devices.items():
+            if st.online and now - st.last_seen > st.silence:   # set with the first online state
+                st.online, st.pub = False, now
+                out.append((dev, now - st.last_seen, self.state_item(dev, now, st)))
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        """(online, offline) among the devices heard."""
+        online = sum(1 for st in self.devices.values() if st.online)
+        return online, sum(1 for st in self.devices.values() if st.last_seen) - online

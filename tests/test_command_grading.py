@@ -1,0 +1,156 @@
+"""District-wide grading in the command service (issue 15 item 1), on both stores, in virtual time: the
+gateways' own broker payloads (built by gateway/payloads.py, as the daemon builds them) go into the
+DistrictGrader; incidents, revisions, escalations and notifications come out of the store."""
+
+import pytest
+
+from gasguard.command import config as cconfig
+from gasguard.command.grader import DistrictGrader
+from gasguard.command.service import Registry as CachedRegistry
+from gasguard.command.store import open_store
+from gasguard.gateway import payloads
+from gasguard.registry import Device, Registry
+from gasguard.protocol import frame
+from grading_helpers import T0
+
+D = "lixia"
+UPSO, GAS_L2 = 4, 2
+TRIP_STATE = frame.make_state(1, True, 0, False, False, True)
+SHUT_STATE = frame.make_state(1, True, 2, False, False, False)
+
+
+@pytest.fixture
+def district(tmp_path, store_url):
+    reg = tmp_path / "registry.db"
+    with Registry(reg) as r:
+        r.add_many([
+            Device(dev_id=0xA001, key=bytes(16), profile="station", site_name="燕山调压站", households=8_000,
+                   pressure_class="medium_a", lat=36.659, lon=117.062, state="commissioned"),
+            Device(dev_id=0xA002, key=bytes(16), profile="station", site_name="解放东路调压站", households=4_000,
+                   pressure_class="medium_a", lat=36.661, lon=117.070, state="commissioned"),
+            *[Device(dev_id=0xB000 + i, key=bytes(16), profile="household", site_name=f"home {i}", households=1,
+                     lat=36.6600 + i * 0.0003, lon=117.0600, state="commissioned") for i in range(4)],
+        ])
+    cfg = cconfig.load(None, district=D, store=store_url, registry=str(reg),
+                       notify={"route": [{"levels": "any", "email": ["duty@lixia.example"]},
+                                         {"levels": [1, 2, 3], "webhook": ["http://city.example/hook"]}]})
+    return cfg
+
+
+def _grader(cfg):
+    store = open_store(cfg.store)
+    store.migrate()
+    reg = CachedRegistry(cfg.registry)
+    from gasguard.command import notify
+    g = DistrictGrader(cfg.grading, store, devices=reg.device, downstream=reg.downstream,
+                       notify_routes=notify.routes(cfg.notify), gateway_silent_s=cfg.gateway_silent_s)
+    g.load()
+    fence = store.acquire_lease("test", ttl=3600)
+    return g, store, fence
+
+
+def _alarm(gw, dev, fcnt, t, code, state, value=900, aseq=1, age=3):
+    f = {"dev": dev, "fcnt": fcnt, "code": code, "cleared": False, "aseq": aseq, "age": age, "value": value,
+         "state": state}
+    with_site = Device(dev_id=dev, key=bytes(16), profile="station")
+    topic = f"gasguard/v1/{D}/{gw}/{dev:08x}/alarm"
+    return topic, payloads.alarm(gw, D, payloads.msg_id(gw, dev, fcnt), f, t, {}, with_site)
+
+
+def test_an_alarm_heard_by_two_gateways_is_one_incident_with_one_id(district):
+    g, store, fence = _grader(district)
+    out = g.handle([_alarm("gw1", 0xB000, 7, T0, GAS_L2, SHUT_STATE, value=260),
+                    _alarm("gw2", 0xB000, 7, T0 + 0.4, GAS_L2, SHUT_STATE, value=260)], T0 + 1, fence)
+    assert out.graded == 1 and out.duplicates == 1
+    incs = store.list_incidents()
+    assert [i["incident_id"] for i in incs] == [f"{D}-leak-0000b000-{int(T0 - 3)}"]
+    # redelivered later (a restart before the broker saw our ack): still nothing new
+    out = g.handle([_alarm("gw2", 0xB000, 7, T0 + 0.4, GAS_L2, SHUT_STATE, value=260)], T0 + 5, fence)
+    assert out.graded == 0 and out.revisions == []
+    assert [c["revision"] for c in store.changes(0)] == [1]
+    store.close()
+
+
+def test_households_add_up_across_gateways_each_station_once(district):
+    g, store, fence = _grader(district)
+    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)], T0, fence)
+    first = store.list_incidents()[0]
+    assert first["households"] == 8_000 and first["level"] == 4
+    # the same station's trip reported again by the other gateway with a new counter (a retransmission),
+    # then a second station on another gateway: 8,000 + 4,000, level III (plan 1.6.2.3(2)), routed to the city
+    g.handle([_alarm("gw2", 0xA001, 2, T0 + 2, UPSO, TRIP_STATE, aseq=1)], T0 + 2, fence)
+    assert store.list_incidents()[0]["households"] == 8_000
+    g.handle([_alarm("gw2", 0xA002, 1, T0 + 30, UPSO, TRIP_STATE)], T0 + 30, fence)
+    incs = store.list_incidents()
+    assert len(incs) == 1
+    inc = incs[0]
+    assert inc["households"] == 12_000 and inc["level"] == 3 and inc["projected"] is True
+    assert inc["routes"] == ["district", "city"]
+    assert sorted(inc["report"]["source"]["devices"]) == ["0000a001", "0000a002"]
+    store.close()
+
+
+def test_a_leak_cluster_spans_gateways(district):
+    g, store, fence = _grader(district)
+    for i, gw in enumerate(("gw1", "gw2", "gw3")):
+        g.handle([_alarm(gw, 0xB000 + i, 1, T0 + 60 * i, GAS_L2, SHUT_STATE, value=260)], T0 + 60 * i, fence)
+    incs = store.list_incidents()
+    assert len(incs) == 1                                   # three homes within 200 m and 30 min: one leak
+    assert incs[0]["level"] == 3                            # leak_cluster_count alarms raise IV to III
+    store.close()
+
+
+def test_deadlines_escalate_from_detection_and_survive_a_new_leader(district):
+    g, store, fence = _grader(district)
+    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE, age=60)], T0, fence)
+    iid = store.list_incidents()[0]["incident_id"]
+    detected = T0 - 60
+    assert g.tick(detected + 1199, fence).revisions == []
+    store.close()
+    # the leader dies; a new one loads the store: the deadline is the original detection's + 20 min
+    g, store, fence = _grader(district)
+    out = g.tick(detected + 1200, fence)
+    assert [(r[0], r[2]) for r in out.revisions] == [(iid, "escalation")]
+    got = store.get_incident(iid)
+    assert [(e["stage"], e["n"]) for e in got["escalations"]] == [("phone", 1)]
+    queued = {(n["reason"], n["channel"], n["recipient"]) for n in got["notifications"]}
+    assert ("new", "email", "duty@lixia.example") in queued
+    assert ("phone", "email", "duty@lixia.example") in queued
+    assert not any(c == "webhook" for _, c, _ in queued)    # level IV: the city's route is for I-III only
+    # acknowledged: no more escalation at 45 minutes
+    out = g.handle([(f"gasguard/v1/{D}/command/ack/{iid}", {"by": "王值班", "revision": 2})], detected + 1300, fence)
+    assert out.acks == [1300]
+    assert g.tick(detected + 2700, fence).revisions == []
+    got = store.get_incident(iid)
+    assert got["acks"][0]["who"] == "王值班" and got["acks"][0]["outcome"] == "accepted"
+    assert [j["category"] for j in got["journal"]].count("escalation") == 1
+    store.close()
+
+
+def test_level_change_is_notified_and_operator_input_is_recorded(district):
+    g, store, fence = _grader(district)
+    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)], T0, fence)
+    iid = store.list_incidents()[0]["incident_id"]
+    g.handle([(f"gasguard/v1/{D}/command/input/{iid}", {"by": "李现场", "deaths": 3}),
+              (f"gasguard/v1/{D}/command/input/{iid}", {"by": "李现场", "deaths": "many"}),
+              (f"gasguard/v1/{D}/command/input/no-such", {"by": "李现场", "deaths": 1})], T0 + 100, fence)
+    got = store.get_incident(iid)
+    assert got["incident"]["level"] == 3                    # 3 deaths: level III (plan 1.6.2)
+    assert [i["outcome"].split(":")[0] for i in got["inputs"]] == ["accepted", "refused"]
+    reasons = {(n["reason"], n["channel"]) for n in got["notifications"]}
+    assert ("level", "webhook") in reasons and ("level", "email") in reasons
+    store.close()
+
+
+def test_a_silent_gateway_is_shown_to_the_command(district):
+    g, store, fence = _grader(district)
+    out = g.handle([(f"gasguard/v1/{D}/gw1/status", {"gateway": "gw1", "district": D, "online": True, "t": T0,
+                                                     "version": "1"})], T0, fence)
+    assert out.direct and out.direct[0][0] == f"gasguard/v1/{D}/command/gateway/gw1"
+    g.handle([(f"gasguard/v1/{D}/gw1/stats", {"gateway": "gw1"})], T0 + 60, fence)
+    assert g.tick(T0 + 60 + 179, fence).direct == []
+    out = g.tick(T0 + 60 + 181, fence)
+    assert [p["silent"] for _, p, _ in out.direct] == [True]
+    assert store.gateways()[0]["silent"] is True
+    assert any("SILENT" in j["text"] for j in store.journal())
+    store.close()

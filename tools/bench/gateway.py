@@ -1,0 +1,460 @@
+"""`gasguard bench gateway` and `gasguard bench memory`: the gateway daemon's figures (issue 8).
+
+The real daemon (gateway.daemon.Daemon: verification, SQLite spool with synchronous=FULL on this machine's
+disk, paho-mqtt publisher) runs in this process's event loop against a real mosquitto on loopback. Frames
+are sealed beforehand (sealing is the nodes' work) and handed to the daemon where a transport hands them
+over (its verification queue), so the transports' byte shuffling is not in the figures.
+
+- ingest:  N readings from many devices, as fast as the daemon takes them; the rate counts readings that
+           are verified, committed to the spool AND PUBACKed by the broker (clock stops at the last PUBACK).
+           The same run repeats it with the naive design: the same daemon with batch.count = 1, i.e. one
+           QoS-1 message per reading.
+- latency: alarms (one every 20 ms) while a paced background of readings/s streams; arrival in the queue
+           -> the alarm message's PUBACK.
+- drain:   a spool backlog of readings (what a broker outage leaves) drains on connect; alarms sent during
+           the drain are timed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import hashlib
+import io
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+ALARM_EVERY = 0.02       # s between alarms in the latency and drain runs
+BG_TICK = 0.005          # s between background slices
+TOTAL_DEVICES = 330_000  # bench memory: the district's devices (issue 8)
+PER_DEV = 10             # readings per device in a run (the rate limit allows a burst of 30)
+
+
+def _key(dev: int) -> bytes:
+    return hashlib.sha256(b"bench%d" % dev).digest()[:16]
+
+
+def _nodes(n: int, first: int = 0x100000):
+    from gasguard.testing.node import Node
+    return [Node(first + i, _key(first + i)) for i in range(n)]
+
+
+def _cfg(d: Path, port: int, **kw):
+    from gasguard.gateway.config import Config
+    base = dict(gateway_id="bench", district="d1", registry=d / "registry.db", spool=d / "spool.db",
+                mqtt_port=port, mqtt_client_id=f"bench-{os.getpid()}-{time.monotonic_ns()}",
+                batch_delay=0.05, rate_burst=60, spool_max_bytes=8 << 30, offline_after=900.0)
+    base.update(kw)
+    return Config(**base)
+
+
+class Probe:
+    """Counts PUBACKed readings and times alarm messages by msg id (arrival recorded by the feeder)."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+        self.pub = p = daemon.publisher
+        self.readings = 0
+        self.arrived: dict[str, float] = {}
+        self.mid_of: dict[int, str] = {}
+        self.latencies: list[float] = []
+        self.readings_at_alarm: list[int] = []   # readings PUBACKed when each alarm was (drain: alarms first)
+        self.last_ack = 0.0
+        orig_send, orig_ack = p._send_one, p._on_puback
+        self.acked_at: dict[int, float] = {}      # mid -> when the PUBACK reached the gateway (paho's thread)
+        orig_cb = p.client.on_publish
+
+        def on_publish(c, u, mid, rc, props):
+            self.acked_at[mid] = time.perf_counter()
+            orig_cb(c, u, mid, rc, props)
+        p.client.on_publish = on_publish
+
+        def send_one(row):
+            orig_send(row)
+            if row.lane == 0:
+                self.mid_of[next(reversed(p.inflight))] = row.msg_id
+
+        def on_puback(mid, rc):
+            entry = p.inflight.get(mid)
+            now = self.acked_at.pop(mid, None) or time.perf_counter()
+            if entry is not None:
+                if entry[2] == 3:
+                    self.readings += len(entry[0])
+                    self.last_ack = now
+                elif entry[2] == 0:
+                    t = self.arrived.pop(self.mid_of.pop(mid, ""), None)
+                    if t is not None:
+                        self.latencies.append(now - t)
+                        self.readings_at_alarm.append(self.readings)
+            orig_ack(mid, rc)
+        p._send_one, p._on_puback = send_one, on_puback
+
+
+async def _start(daemon):
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    t0 = time.monotonic()
+    while not daemon.publisher.connected:
+        if time.monotonic() - t0 > 10 or task.done():
+            raise click.ClickException("the gateway did not connect to mosquitto in 10 s")
+        await asyncio.sleep(0.01)
+    return stop, task
+
+
+async def _until(pred, timeout, what):
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise click.ClickException(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+def _fresh(d: Path):
+    for p in d.glob("spool.db*"):
+        p.unlink()
+
+
+RX = {"transport": "bench"}
+
+
+def ingest_run(d: Path, port: int, frames: list[bytes], *, naive: bool, profile: bool = False) -> dict:
+    from gasguard.gateway.daemon import Daemon
+    _fresh(d)
+    cfg = _cfg(d, port, batch_count=1 if naive else 200)
+    daemon = Daemon(cfg, plugins=[])
+
+    async def go():
+        probe = Probe(daemon)
+        stop, task = await _start(daemon)
+        prof = cProfile.Profile() if profile else None
+        n = len(frames)
+        if prof:
+            prof.enable()
+        t0 = time.perf_counter()
+        for raw in frames:
+            await daemon._deliver(raw, RX, "bench")
+        await _until(lambda: daemon.accepted_count >= n, 120, "the spool commits")
+        t_durable = time.perf_counter()
+        await _until(lambda: probe.readings >= n, 300, "the PUBACKs")
+        if prof:
+            prof.disable()
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        rej = {k: v for k, v in daemon.stats()["rejected"].items() if v}
+        out = {"readings": n, "durable_per_s": n / (t_durable - t0), "puback_per_s": n / (probe.last_ack - t0),
+               "rejected": rej}
+        if prof:
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
+            out["profile"] = s.getvalue()
+        return out
+    return asyncio.run(go())
+
+
+def latency_run(d: Path, port: int, frames: list[bytes], alarms: list[tuple[str, bytes]], rate: float,
+                seconds: float) -> dict:
+    """Background at `rate` readings/s for `seconds`, an alarm every ALARM_EVERY s; alarm latency."""
+    from gasguard.gateway.daemon import Daemon
+    _fresh(d)
+    daemon = Daemon(_cfg(d, port), plugins=[])
+
+    async def go():
+        probe = Probe(daemon)
+        stop, task = await _start(daemon)
+        per_tick = max(1, round(rate * BG_TICK))
+        fi = ai = 0
+        t0 = time.perf_counter()
+        next_alarm = t0
+        tick = 0
+        while time.perf_counter() - t0 < seconds and fi < len(frames):
+            now = time.perf_counter()
+            if now >= next_alarm and ai < len(alarms):
+                mid, raw = alarms[ai]
+                ai += 1
+                probe.arrived[mid] = time.perf_counter()
+                daemon._deliver_nowait(raw, RX, "bench")
+                next_alarm += ALARM_EVERY
+            for raw in frames[fi:fi + per_tick]:
+                daemon._deliver_nowait(raw, RX, "bench")
+            fi += per_tick
+            tick += 1
+            await asyncio.sleep(max(0.0, t0 + tick * BG_TICK - time.perf_counter()))
+        wall = time.perf_counter() - t0
+        sent = min(fi, len(frames))
+        await _until(lambda: not probe.arrived, 30, "the last alarms' PUBACKs")
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        rej = daemon.stats()["rejected"]
+        return {"offered_per_s": sent / wall, "accepted_per_s": (daemon.accepted_count - ai) / wall,
+                "overflow": rej.get("ingest_overflow", 0), "alarms": len(probe.latencies),
+                "lat_ms": sorted(x * 1000 for x in probe.latencies)}
+    return asyncio.run(go())
+
+
+def _fill_backlog(d: Path, n: int) -> None:
+    """The spool a broker outage leaves: n reading rows (the daemon's own payload), committed in chunks."""
+    from gasguard.gateway import payloads
+    from gasguard.gateway.spool import READING, Item, Spool
+    sp = Spool(d / "spool.db", synchronous="NORMAL", max_bytes=8 << 30)
+    now = time.time()
+    chunk = 20_000
+    for base in range(0, n, chunk):
+        items = []
+        for i in range(base, min(n, base + chunk)):
+            dev = 0x200000 + i % 50_000
+            fcnt = 1 + i // 50_000
+            mid = payloads.msg_id("bench", dev, fcnt)
+            f = {"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": 2000, "battery": 90, "state": 0}
+            items.append(Item(READING, dev, payloads.dumps(payloads.reading_entry(mid, f, now, RX)), mid, now,
+                              routine=True))
+        sp.commit(items)
+    sp.close()
+
+
+def drain_run(d: Path, port: int, backlog: int, alarms: list[tuple[str, bytes]]) -> dict:
+    from gasguard.gateway.daemon import Daemon
+    _fresh(d)
+    t = time.perf_counter()
+    _fill_backlog(d, backlog)
+    fill_s = time.perf_counter() - t
+    daemon = Daemon(_cfg(d, port), plugins=[])
+
+    async def go():
+        probe = Probe(daemon)
+        t0 = time.perf_counter()          # the broker is back: the clock includes the connect
+        stop, task = await _start(daemon)
+        ai = 0
+        next_alarm = t0
+        while probe.readings < backlog:
+            if time.perf_counter() - t0 > 600:
+                raise click.ClickException("the backlog did not drain in 600 s")
+            if time.perf_counter() >= next_alarm and ai < len(alarms):
+                mid, raw = alarms[ai]
+                ai += 1
+                probe.arrived[mid] = time.perf_counter()
+                daemon._deliver_nowait(raw, RX, "bench")
+                next_alarm += ALARM_EVERY
+            await asyncio.sleep(0.002)
+        rate = backlog / (probe.last_ack - t0)
+        await _until(lambda: not probe.arrived, 30, "the last alarms' PUBACKs")
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        return {"backlog": backlog, "drain_per_s": rate, "fill_s": fill_s, "alarms": len(probe.latencies),
+                "lat_ms": sorted(x * 1000 for x in probe.latencies), "readings_at_alarm": probe.readings_at_alarm}
+    return asyncio.run(go())
+
+
+def _pct(xs, p):
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def _frames(nodes, per_dev):
+    return [n.reading(gas=0, pressure=2000 + k) for k in range(per_dev) for n in nodes]
+
+
+def _alarm_frames(nodes, count):
+    from gasguard.gateway import payloads
+    out = []
+    for i in range(count):
+        n = nodes[i % len(nodes)]
+        raw = n.alarm()
+        out.append((payloads.msg_id("bench", n.dev, n.fcnt), raw))
+    return out
+
+
+def _setup(d: Path, n_readings: int, n_alarm_nodes: int = 200):
+    from gasguard.testing.node import make_registry
+    nodes = _nodes(max(1, n_readings // PER_DEV))
+    alarm_nodes = _nodes(n_alarm_nodes, first=0x800000)
+    make_registry(d / "registry.db", nodes + alarm_nodes)
+    return nodes, alarm_nodes
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def gateway_figures(*, readings=200_000, runs=3, rate=50_000, seconds=5.0, backlog=1_000_000,
+                    drain_runs=1, profile=False, echo=click.echo, workdir=None) -> dict:
+    from gasguard.testing.mosquitto import Mosquitto
+    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-gw-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    out: dict = {"load_before": load()}
+    try:
+        with Mosquitto(workdir=base / "broker") as broker:
+            nodes, alarm_nodes = _setup(base, max(readings, int(rate * seconds)))
+            echo(f"sealing {len(nodes) * PER_DEV:,} readings of {len(nodes):,} devices ... ({load()})")
+            frames = _frames(nodes, PER_DEV)
+            ing, naive = [], []
+            n_naive = min(readings, 30_000)
+            for r in range(runs):
+                a = ingest_run(base, broker.port, frames[:readings], naive=False, profile=profile and r == 0)
+                b = ingest_run(base, broker.port, frames[:n_naive], naive=True)
+                ing.append(a)
+                naive.append(b)
+                echo(f"  ingest run {r + 1}: batched {a['puback_per_s']:,.0f}/s (durable {a['durable_per_s']:,.0f}/s)"
+                     f", naive {b['puback_per_s']:,.0f}/s, ratio {a['puback_per_s'] / b['puback_per_s']:.1f}"
+                     f"  ({load()})")
+                if a.get("profile"):
+                    out["profile"] = a["profile"]
+            med = statistics.median(x["puback_per_s"] for x in ing)
+            out["ingest"] = {
+                "readings": readings, "runs": runs, "puback_per_s": med,
+                "durable_per_s": statistics.median(x["durable_per_s"] for x in ing),
+                "naive_puback_per_s": statistics.median(x["puback_per_s"] for x in naive),
+                "ratio": statistics.median(a["puback_per_s"] / b["puback_per_s"] for a, b in zip(ing, naive)),
+                "naive_readings": n_naive, "rejected": ing[-1]["rejected"]}
+            bg = min(rate, 0.9 * med)
+            out["latency"] = {"requested_per_s": rate, "background_per_s": bg,
+                              "capped": bg < rate, "seconds": seconds}
+            alarms = _alarm_frames(alarm_nodes, int(seconds / ALARM_EVERY) + 10)
+            lat = latency_run(base, broker.port, frames[:int(bg * seconds)], alarms, bg, seconds)
+            out["latency"].update(offered_per_s=lat["offered_per_s"], accepted_per_s=lat["accepted_per_s"],
+                                  overflow=lat["overflow"], alarms=lat["alarms"], p50_ms=_pct(lat["lat_ms"], 50),
+                                  p99_ms=_pct(lat["lat_ms"], 99), max_ms=_pct(lat["lat_ms"], 100))
+            echo(f"  alarm latency: {lat['alarms']} alarms, background {lat['accepted_per_s']:,.0f} readings/s "
+                 f"accepted: p50 {out['latency']['p50_ms']:.1f} ms, p99 {out['latency']['p99_ms']:.1f} ms ({load()})")
+            drains = []
+            for r in range(drain_runs):
+                alarms = _alarm_frames(alarm_nodes, 3000)
+                dr = drain_run(base, broker.port, backlog, alarms)
+                drains.append(dr)
+                echo(f"  drain run {r + 1}: {backlog:,} readings at {dr['drain_per_s']:,.0f}/s; {dr['alarms']} alarms"
+                     f" during it: p50 {_pct(dr['lat_ms'], 50):.1f} ms, p99 {_pct(dr['lat_ms'], 99):.1f} ms ({load()})")
+            lats = sorted(x for dr in drains for x in dr["lat_ms"])
+            out["drain"] = {"backlog": backlog, "runs": drain_runs,
+                            "drain_per_s": statistics.median(dr["drain_per_s"] for dr in drains),
+                            "alarms": len(lats), "p50_ms": _pct(lats, 50), "p99_ms": _pct(lats, 99)}
+    finally:
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    out["load_after"] = load()
+    return out
+
+
+def print_gateway(out: dict, echo=click.echo) -> None:
+    i, la, dr = out["ingest"], out["latency"], out["drain"]
+    echo(f"ingest (median of {i['runs']}, {i['readings']:,} readings): {i['puback_per_s']:,.0f} verified readings/s "
+         f"durable + PUBACKed (durable alone {i['durable_per_s']:,.0f}/s); naive one QoS-1 message per reading "
+         f"{i['naive_puback_per_s']:,.0f}/s ({i['naive_readings']:,} readings); same-run ratio {i['ratio']:.1f}x")
+    which = "the max the gateway sustains (0.9 x ingest)" if la["capped"] else "as requested"
+    echo(f"alarm latency, arrival -> PUBACK, {la['alarms']} alarms over {la['seconds']} s with "
+         f"{la['accepted_per_s']:,.0f} readings/s of background ({which}; overflow {la['overflow']}): "
+         f"p50 {la['p50_ms']:.1f} ms, p99 {la['p99_ms']:.1f} ms, max {la['max_ms']:.1f} ms")
+    echo(f"drain: {dr['backlog']:,} spooled readings at {dr['drain_per_s']:,.0f}/s (median of {dr['runs']}); "
+         f"{dr['alarms']} alarms meanwhile: p50 {dr['p50_ms']:.1f} ms, p99 {dr['p99_ms']:.1f} ms")
+
+
+@click.command("gateway")
+@click.option("--readings", default=200_000, show_default=True, help="readings per ingest run")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1), help="ingest runs (median)")
+@click.option("--rate", default=50_000, show_default=True, help="background readings/s in the latency run")
+@click.option("--seconds", default=5.0, show_default=True, help="length of the latency run")
+@click.option("--backlog", default=1_000_000, show_default=True, help="spooled readings to drain")
+@click.option("--drain-runs", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--profile", is_flag=True, help="cProfile the first batched ingest run, print the top 25")
+@click.option("--quick", is_flag=True, help="a smoke run: small numbers")
+@click.option("--json", "as_json", is_flag=True)
+def gateway_bench(readings, runs, rate, seconds, backlog, drain_runs, profile, quick, as_json):
+    """Gateway ingest (batched vs naive, same run), alarm latency under load, spool drain rate."""
+    if quick:
+        readings, runs, seconds, backlog, drain_runs = 20_000, 1, 1.0, 20_000, 1
+    out = gateway_figures(readings=readings, runs=runs, rate=rate, seconds=seconds, backlog=backlog,
+                          drain_runs=drain_runs, profile=profile, echo=(lambda *_: None) if as_json else click.echo)
+    if as_json:
+        out.pop("profile", None)
+        click.echo(json.dumps(out, indent=2))
+        return
+    if out.get("profile"):
+        click.echo(out["profile"])
+    print_gateway(out)
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+MEM_CHILD = r'''
+import json, sys, time
+from pathlib import Path
+from gasguard.gateway.daemon import Daemon
+from gasguard.registry import Registry
+from gasguard.tools.bench.gateway import _cfg, RX
+from gasguard.protocol import frame
+from gasguard.protocol.const import UP
+from gasguard.tools.sim.district import sim_key
+
+def rss():
+    f = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+    return int(f["VmRSS"].split()[0]) // 1024, int(f["VmHWM"].split()[0]) // 1024
+
+d, seed, heard = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+base = rss()
+daemon = Daemon(_cfg(d, 1), plugins=[])
+loaded = rss()
+# the devices are read from the file in batches of 2,000 (dev_id, key): the feeder holds no Device objects
+n = 0
+with Registry(d / "registry.db", readonly=True) as reg:
+    total = reg.count()
+    for batch in reg.ids_and_keys(2000):
+        batch = batch[:max(0, heard - n)]
+        if not batch:
+            break
+        n += len(batch)
+        daemon.process([(frame.seal({"type": "reading", "dev": dev, "fcnt": 1, "gas": 0, "pressure": 2000,
+                                     "battery": 90, "state": 0}, key, UP), RX, "bench") for dev, key in batch])
+print(json.dumps({"python_mb": base[0], "registry_loaded_mb": loaded[0], "after_all_heard_mb": rss()[0],
+                  "peak_mb": rss()[1], "devices": total, "heard": daemon.accepted_count}))
+'''
+
+
+def memory_figures(*, households=None, echo=click.echo) -> dict:
+    from gasguard.registry import Registry
+    from gasguard.tools.sim import district
+    with tempfile.TemporaryDirectory(prefix="gg-bench-mem-", dir="/var/tmp") as tmp:
+        d = Path(tmp)
+        t = time.perf_counter()
+        if households is None:   # 330,000 devices in all: the stations and users, the rest household nodes
+            households = TOTAL_DEVICES - len(district.generate(seed=1, households=0, sim_keys=True))
+        devs = district.generate(seed=1, households=households, sim_keys=True)
+        for dv in devs:
+            dv.state = "commissioned"
+        with Registry(d / "registry.db") as r:
+            r.add_many(devs)
+        stations = sum(1 for dv in devs if dv.profile == "station")
+        echo(f"registry of {len(devs):,} devices ({stations:,} stations) written in {time.perf_counter() - t:.1f} s")
+        p = subprocess.run([sys.executable, "-c", MEM_CHILD, str(d), "1", str(len(devs))], capture_output=True,
+                           text=True, timeout=600)
+        if p.returncode:
+            raise click.ClickException(f"memory child failed: {p.stderr[-2000:]}")
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        out["stations"] = stations
+        return out
+
+
+def print_memory(m: dict, echo=click.echo) -> None:
+    echo(f"gateway RSS with {m['devices']:,} registered devices ({m['stations']:,} stations): interpreter + "
+         f"modules {m['python_mb']} MB, registry loaded {m['registry_loaded_mb']} MB, after every device was "
+         f"heard once ({m['heard']:,} readings spooled) {m['after_all_heard_mb']} MB, peak {m['peak_mb']} MB")
+
+
+@click.command("memory")
+@click.option("--households", type=int, default=None, help="household nodes (default: 330,000 devices in all)")
+@click.option("--json", "as_json", is_flag=True)
+def memory_bench(households, as_json):
+    """Gateway RSS with the whole district registered (330,000 devices, 1,326 stations) and heard once."""
+    m = memory_figures(households=households, echo=(lambda *_: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+    else:
+        print_memory(m)

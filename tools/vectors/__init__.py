@@ -1,0 +1,1 @@
+"""Protocol vectors: generation (`make`) and checking (`check`)."""
