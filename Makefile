@@ -10,7 +10,7 @@ NODE_MODS := tools/sim/node_modules/@micropython/micropython-webassembly-pyscrip
 TAHU_MODS := testing/tahu/node_modules/sparkplug-payload/package.json
 JOBS      ?= 2
 
-.PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto postgresql bench
+.PHONY: demo test setup clean lint typecheck-firmware mpy-check mosquitto postgresql chromium bench web-screenshots
 
 # The demo needs an MQTT broker: mosquitto when installed, else amqtt (pure Python), installed here on first use.
 # DEMO_ARGS: e.g. --fast, --no-tui, --speed 60, --keep (gasguard sim demo --help)
@@ -29,7 +29,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/gasguard bench all
 
-setup: $(STAMP) $(NODE_MODS) $(TAHU_MODS) mosquitto postgresql
+setup: $(STAMP) $(NODE_MODS) $(TAHU_MODS) mosquitto postgresql chromium
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -70,6 +70,22 @@ mosquitto:
 	else \
 	  echo "mosquitto is missing and this is not root: run 'sudo apt-get install mosquitto' (tests need a real broker; make demo falls back to amqtt, installed into .venv on first use)"; \
 	fi
+
+# The web console's browser tests drive Debian's headless Chromium (gasguard.testing.chromium). Installed when
+# missing and we are root, as mosquitto is.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+	  echo "installing chromium and chromium-driver (Debian packages)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || { echo "apt-get install chromium chromium-driver failed: install them by hand, then re-run make"; exit 1; }; \
+	else \
+	  echo "chromium is missing and this is not root: run 'sudo apt-get install chromium chromium-driver' (the web console's browser tests need it)"; \
+	fi
+
+# Screenshots of the web console for docs/web/ (a CJK font makes the Chinese legible: fonts-wqy-microhei)
+web-screenshots: setup
+	$(VPY) -m gasguard.tools.demo.web_screenshots docs/web
 
 clean:
 	rm -rf $(VENV) tools/sim/node_modules testing/tahu/node_modules build *.egg-info

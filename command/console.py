@@ -6,7 +6,7 @@
   `Signer`), and reads the gateway's answer to each; logs in and uses TLS as mosquitto_sub does
   (`BrokerLogin`); every wait has a timeout;
 - `render_board` / `render_report`: rich renderables (colour by warning, level, households, deadlines);
-- `watch`: the live view with keys (j/k select, a acknowledge, i operator input, r report, q quit).
+- the live field view, `gasguard command watch`, is the textual app in `watch.py`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import select
 import ssl
-import sys
 import threading
 import time
 import uuid
@@ -298,6 +296,7 @@ class CommandClient:
                 pass
 
     def _publish(self, topic: str, payload: dict | bytes, timeout: float) -> None:
+        """QoS 1, waiting for the broker's PUBACK; bytes (a signed request) are sent as they are."""
         data = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False)
         info = self.client.publish(topic, data, qos=1)
         try:
@@ -407,87 +406,3 @@ def parse_fields(tokens) -> dict:
                 except ValueError:
                     out[k] = v
     return out
-
-
-class _Keys:
-    """Single keys from a terminal in cbreak mode (restored on exit); arrows map to j/k."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stdin
-        self.old = None
-
-    def __enter__(self):
-        import termios
-        import tty
-        if self.stream.isatty():
-            self.old = termios.tcgetattr(self.stream)
-            tty.setcbreak(self.stream.fileno())
-        return self
-
-    def __exit__(self, *exc):
-        import termios
-        if self.old is not None:
-            termios.tcsetattr(self.stream, termios.TCSADRAIN, self.old)
-
-    def get(self, timeout: float) -> str | None:
-        r, _, _ = select.select([self.stream], [], [], timeout)
-        if not r:
-            return None
-        ch = self.stream.read(1)
-        if ch == "\x1b":
-            seq = self.stream.read(2) if select.select([self.stream], [], [], 0.05)[0] else ""
-            return {"[A": "k", "[B": "j"}.get(seq, "")
-        return ch
-
-
-def watch(client: CommandClient, console, *, by: str, refresh: float = 1.0, clock=time.time, keys=None,
-          ask=None) -> int:
-    """The live view. `keys` (get(timeout) -> str|None, a context manager) and `ask` (prompt -> str) default
-    to the terminal; tests pass scripted ones. Returns an exit code."""
-    from rich.live import Live
-    keys = keys or _Keys()
-    ask = ask or console.input
-    selected: str | None = None
-    show_report = False
-    status = ""
-    with keys, Live(console=console, auto_refresh=False, screen=False) as live:
-        while True:
-            now = clock()
-            rows = client.board.rows(now)
-            ids = [m["incident_id"] for m in rows]
-            if selected not in ids:
-                selected = ids[0] if ids else None
-            view = render_board(client.board, now, district=client.district, selected=selected, status=status)
-            if show_report and selected:
-                view = Group(view, render_report(client.board.get(selected)))
-            live.update(view, refresh=True)
-            k = keys.get(refresh)
-            if k in ("q", "Q"):
-                return 0
-            if k in ("j", "k") and ids:
-                i = ids.index(selected) if selected in ids else 0
-                selected = ids[max(0, min(len(ids) - 1, i + (1 if k == "j" else -1)))]
-            elif k in ("r", "\n", "\r"):
-                show_report = not show_report
-            elif k == "a" and selected:
-                m = client.board.get(selected)
-                try:
-                    client.ack(selected, by, m["revision"])
-                    status = f"acknowledged {selected} rev {m['revision']} as {by}"
-                except ConsoleError as e:
-                    status = str(e)
-            elif k == "i" and selected:
-                live.stop()
-                keys.__exit__(None, None, None)        # the terminal back in line mode for the prompt
-                try:
-                    text = ask(f"operator input for {selected} (e.g. deaths=0 evacuated=300 "
-                               "on_site_lead='张三 138...' note='...'; empty cancels): ")
-                    fields = parse_input(text) if text.strip() else {}
-                    if fields:
-                        client.send_input(selected, {**fields, "by": by})
-                        status = f"sent {', '.join(fields)} for {selected}"
-                except (ValueError, ConsoleError) as e:
-                    status = f"not sent: {e}"
-                finally:
-                    keys.__enter__()
-                    live.start()

@@ -79,19 +79,18 @@ def command():
 @_common
 @click.option("--refresh", default=1.0, show_default=True, type=float, help="seconds between redraws")
 def watch(refresh, **o):
-    """Live view of open incidents: j/k select, a acknowledge, i operator input, r report, q quit."""
-    from rich.console import Console
-
+    """Live view of open incidents (? help, j/k select, a acknowledge, i input, r report, q quit); acts signed
+    as you."""
     from gasguard.command.console import ConsoleError
-    from gasguard.command.console import watch as run_watch
+    from gasguard.command.watch import WatchApp
     try:
         with _client(o, sign=True) as client:
-            code = run_watch(client, Console(), by=o["operator"], refresh=refresh)
+            WatchApp(client, by=o["operator"], refresh=refresh, confirm_timeout=o["timeout"]).run()
     except ConsoleError as e:
         _fail(e)
     except KeyboardInterrupt:
-        code = 0
-    sys.exit(code)
+        pass
+    sys.exit(0)
 
 
 @command.command("list")
@@ -237,3 +236,11 @@ def node(gateway, dev, cmd, param, value, mask, ttl, as_json, **o):
         why = f" ({res.get('detail')})" if res.get("detail") else ""
         click.echo(f"{cmd} {dev_id:08x} via {gateway}: {res['result']}{why}")
     sys.exit(0 if res["result"] == "ok" else 1)
+
+
+def _web_group():
+    from gasguard.command.web.cli import web
+    return web
+
+
+command.add_command(_web_group(), "web")

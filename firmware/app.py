@@ -5,11 +5,9 @@
 # The latch is persisted before the valve moves and before anything reports it, so neither the node nor the
 # gateway can be left believing in an open valve that a power cut closed (issue 3; see `sample`).
 
-from gasguard.firmware import bounds, safety, sensing, ticks
-from gasguard.protocol import const, units
+from gasguard.firmware import bounds, commands, safety, sensing, ticks
+from gasguard.protocol import const
 
-FW_MAJOR = 1
-FW_MINOR = 0
 POLL_MS = 100
 
 
@@ -91,8 +89,7 @@ class App:
             hw.valve.close()
         self.valve_state = const.VALVE_CLOSED if hw.valve.closed() else const.VALVE_OPEN
         self.safety.valve = const.VALVE_CLOSED if self.safety.latched else self.valve_state
-        prof = 2 if self.profile == bounds.STATION else 1
-        link.event(now, const.EV_BOOT, bytes([reset_cause & 0xFF, FW_MAJOR, FW_MINOR, prof]))
+        link.event(now, const.EV_BOOT, commands.boot_data(reset_cause, self.profile))
         if not ok:
             link.event(now, const.EV_CONFIG, bytes([0, 0, 0]))
 
@@ -227,9 +224,8 @@ class App:
         elif cmd == const.CMD_STATUS:
             link.ack(now, const.COMMAND, cid, const.R_OK)
             s = self.safety
-            data = bytes([s.state_byte(), s.level, s.fault & 0xFF, self.battery & 0xFF,
-                          min(link.dropped_readings, 255), min(link.pending(), 255)])
-            link.event(now, const.EV_STATUS, data)
+            link.event(now, const.EV_STATUS, commands.status_data(s.state_byte(), s.level, s.fault, self.battery,
+                                                                  link.dropped_readings, link.pending()))
             self.report(now)
         elif cmd == const.CMD_SELFTEST:
             mask = args[0] if args else 7
@@ -239,26 +235,15 @@ class App:
             link.ack(now, const.COMMAND, cid, const.R_UNKNOWN)
 
     def _set_param(self, now, args):
-        if len(args) != 3:
-            return const.R_BAD_ARGS
-        pid = args[0]
-        raw = (args[1] << 8) | args[2]
-        name = const.PARAM_NAMES.get(pid)
-        if name is None or name not in bounds.BOUNDS[self.profile]:
-            return const.R_BAD_ARGS
-        value = units.pressure_from_wire(raw) if pid in const.PRESSURE_PARAMS else raw
-        if value is None:
-            return const.R_BAD_ARGS
         overrides = dict(self.store.state.get("params") or {})
+        r, name, value = commands.set_param(self.profile, self.cfg.get("params"), overrides, args)
+        if r != const.R_OK:
+            return r
         overrides[name] = value
-        merged = dict(self.cfg.get("params") or {})
-        merged.update(overrides)
-        if bounds.problems(self.profile, merged):
-            return const.R_OUT_OF_BOUNDS
         self.store.save(params=overrides)
         self.params[name] = value
         self.safety.configure(self.params)
-        self.link.event(now, const.EV_CONFIG, bytes([pid, raw >> 8, raw & 0xFF]))
+        self.link.event(now, const.EV_CONFIG, bytes(args))
         return const.R_OK
 
     def _selftest(self, now, mask):

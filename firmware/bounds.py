@@ -43,6 +43,31 @@ BOUNDS = {
 
 CHOICES = {"shutoff_on_gas": (True, False), "fault_action": ("close", "alarm")}
 
+# How each number is said to a person: gas in % LEL (stored in 0.1 % LEL), pressure in kPa (stored in Pa)
+UNITS = {"gas_l1": "lel", "gas_l2": "lel", "hysteresis": "lel", "opso": "pa", "upso": "pa", "setpoint": "pa",
+         "opso_pct": "% of setpoint", "upso_pct": "% of setpoint", "sample_ms": "ms", "debounce_ms": "ms",
+         "report_s": "s"}
+
+
+def show(name, v):
+    """A value with its unit as a person reads it: gas_l2 300 -> '30.0 % LEL', opso 7000 -> '7.0 kPa'."""
+    u = UNITS.get(name)
+    if u == "lel":
+        return "%.1f %% LEL" % (v / 10)
+    if u == "pa":
+        return "%.1f kPa" % (v / 1000)
+    return "%d %s" % (v, u) if u else "%r" % (v,)
+
+
+def _outside(name, v, lo, hi):
+    """'gas_l2=300 (30.0 % LEL) outside 10.0–25.0 % LEL': the number as typed, then in units."""
+    u = UNITS.get(name)
+    if u in ("lel", "pa"):
+        unit = "% LEL" if u == "lel" else "kPa"
+        return "%s=%d (%s) outside %s–%s" % (name, v, show(name, v), show(name, lo)[:-len(unit) - 1],
+                                             show(name, hi))
+    return "%s=%d outside %d–%d %s" % (name, v, lo, hi, u)
+
 
 def defaults(profile):
     if profile not in DEFAULTS:
@@ -66,15 +91,17 @@ def problems(profile, params):
         elif not isinstance(v, int) or isinstance(v, bool):
             out.append("%s=%r: must be a whole number" % (name, v))
         elif v < b[name][0] or v > b[name][1]:
-            out.append("%s=%d outside the safe range %d..%d" % (name, v, b[name][0], b[name][1]))
+            out.append(_outside(name, v, b[name][0], b[name][1]))
     merged = defaults(profile)
     merged.update(params)
     if merged["gas_l1"] >= merged["gas_l2"]:
-        out.append("gas_l1 (%d) must be below gas_l2 (%d)" % (merged["gas_l1"], merged["gas_l2"]))
+        out.append("gas_l1 (%s) must be below gas_l2 (%s)" % (show("gas_l1", merged["gas_l1"]),
+                                                               show("gas_l2", merged["gas_l2"])))
     if merged["hysteresis"] >= merged["gas_l1"]:
-        out.append("hysteresis (%d) must be below gas_l1 (%d)" % (merged["hysteresis"], merged["gas_l1"]))
+        out.append("hysteresis (%s) must be below gas_l1 (%s)" % (show("hysteresis", merged["hysteresis"]),
+                                                                   show("gas_l1", merged["gas_l1"])))
     if profile == HOUSEHOLD and merged["upso"] >= merged["opso"]:
-        out.append("upso (%d Pa) must be below opso (%d Pa)" % (merged["upso"], merged["opso"]))
+        out.append("upso (%s) must be below opso (%s)" % (show("upso", merged["upso"]), show("opso", merged["opso"])))
     return out
 
 

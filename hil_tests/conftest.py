@@ -220,7 +220,8 @@ def provisioned_household_board(request, tmp_path):
         vb = VBoardProcess(tmp_path / "blank-flash", virtual_clock=True, keep=True).start()  # MicroPython only
         vb.wait_console("friendly")
         dev = hil_provision.device(reg, "new", "--profile", "household", "--board", "virtual", "--site",
-                                   "HIL bench", "--households", "1")["dev"]
+                                   "HIL bench", "--households", "1", "--lat", "36.67",
+                                   "--lon", "117.05")["dev"]
     try:
         port = vb.pty if vb else board.port
         cli = {"flash": hil_provision.device(reg, "flash", dev, "--compile", "--port", port)}

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import hashlib
+import os
 import threading
 import time
+
+import serial
 
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
@@ -28,6 +32,33 @@ CHUNK = 1024   # bytes per raw-REPL write: fewer round trips than mpremote's 256
 MAX_LOG = 50   # node log lines kept for error messages
 WDT_MS = min(p["wdt_ms"] for p in boards.PROFILES.values())   # the firmware's watchdog (firmware/boards.py)
 FEED = b"try:\n _gg_wdt.feed()\nexcept NameError:\n pass\n"
+HANDSHAKE_S = 10.0       # a port with no MicroPython REPL behind it is reported within this
+READ_TIMEOUT_S = 2.0     # no single read on the port blocks longer (mpremote reads without a limit on a pty)
+# What an ESP32's boot ROM prints (it runs before MicroPython, or instead of it when none is flashed)
+ROM_SIGNS = (b"rst:0x", b"boot:0x", b"ets Jun", b"ets_main", b"ESP-ROM:", b"waiting for download",
+             b"load:0x", b"entry 0x", b"invalid header")
+RAW_PROMPT = b"raw REPL; CTRL-B to exit"
+
+
+def diagnose(port: str, seen: bytes, seconds: float) -> ProvisioningError:
+    """Why no MicroPython REPL answered on `port` in `seconds`, from what the port printed meanwhile."""
+    text = bytes(seen).decode("utf-8", "replace")
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    # the last reset reason (rst:...) and the last two lines say most about a boot loop
+    tail = " | ".join(dict.fromkeys([l for l in lines if "rst:" in l][-1:] + lines[-2:]))[-300:]
+    if not seen:
+        return ProvisioningError(
+            f"nothing answered on {port} in {seconds:.0f} s: check that the board is powered (its LED), that "
+            "this is its console port (a board with two USB ports: the one marked UART/USB), that the cable "
+            "carries data (not charge-only), and press RESET once; a board held in download mode stays silent")
+    if any(s in seen for s in ROM_SIGNS):
+        return ProvisioningError(
+            f"{port} prints the ESP32 boot ROM but no MicroPython REPL answered in {seconds:.0f} s: MicroPython "
+            "is not on the board or does not start; flash MicroPython first (esptool.py --port "
+            f"{port} write_flash 0x1000 ESP32_GENERIC.bin), then run this command again. It printed: {tail!r}")
+    return ProvisioningError(
+        f"something on {port} prints text but no MicroPython REPL answered in {seconds:.0f} s: check the baud "
+        f"rate (--baud, MicroPython uses 115200) and that the board runs MicroPython. It printed: {tail!r}")
 
 
 class _Transport(SerialTransport):
@@ -50,7 +81,7 @@ class Board:
         ports.probe(port)      # turns "busy / not there / permission" into a fix before mpremote hides it
         self.port = port
         try:
-            self.t = _Transport(port, baudrate=baud, exclusive=True)
+            self.t = _Transport(port, baudrate=baud, exclusive=True, timeout=READ_TIMEOUT_S)
         except TransportError as e:
             raise ports.explain(port, e) from None
         self.in_repl = False
@@ -78,13 +109,57 @@ class Board:
     def __exit__(self, *exc):
         self.close()
 
+    def cable(self, e: BaseException, doing: str) -> ProvisioningError | None:
+        """A pulled cable (or a board that lost power) rather than a board-side error: the port went away or
+        reads end of file. None when `e` is something else."""
+        if isinstance(e, TransportExecError):
+            return None             # the board answered with an error: it is there
+        gone = (not os.path.exists(self.port) or isinstance(e, serial.SerialException)
+                or getattr(e, "errno", None) in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF))
+        if not gone:
+            return None
+        return ProvisioningError(f"the cable to {self.port} was pulled (or the board lost power) while {doing}: "
+                                 "plug it back in and run the same command again; a file cut off mid-write is "
+                                 "never used (it is written under a temporary name first)")
+
     # ---- the REPL ----
+    def handshake(self, timeout: float = HANDSHAKE_S) -> None:
+        """Interrupt whatever runs and wait, with one deadline, for MicroPython's raw REPL prompt; then back
+        to the friendly REPL for mpremote. A silent port, a boot ROM without MicroPython or another program
+        fails here within `timeout`, saying what to check (mpremote alone would wait without end on a
+        silent pty, and a port that keeps printing resets its per-character timeout for ever)."""
+        ser = self.t.serial
+        deadline = time.monotonic() + timeout
+        seen = bytearray()
+        ask = 0.0
+        try:
+            while time.monotonic() < deadline:
+                if time.monotonic() >= ask:          # ask again every second: the first may land mid-boot
+                    ser.write(b"\r\x03\x03\r\x01")
+                    ask = time.monotonic() + 1.0
+                ser.timeout = max(0.01, min(0.1, deadline - time.monotonic()))
+                data = ser.read(4096)
+                if data:
+                    seen += data
+                    del seen[:-4096]                   # bounded: a chatty port keeps only its last 4 KB
+                if RAW_PROMPT in seen:
+                    ser.write(b"\r\x02")             # friendly REPL: mpremote enters raw mode its own way
+                    ser.timeout = READ_TIMEOUT_S
+                    return
+        except (serial.SerialException, OSError) as e:
+            raise (self.cable(e, "looking for MicroPython") or ports.explain(self.port, e)) from None
+        ser.timeout = READ_TIMEOUT_S
+        raise diagnose(self.port, bytes(seen), timeout)
+
     def repl(self) -> None:
         """Stop the firmware and enter the raw REPL with a fresh interpreter (idempotent)."""
         if self.in_repl:
             return
+        self.handshake()
         try:
             self.t.enter_raw_repl(soft_reset=True)
+        except (serial.SerialException, OSError) as e:
+            raise (self.cable(e, "entering the REPL") or ports.explain(self.port, e)) from None
         except TransportError as e:
             raise ProvisioningError(f"no MicroPython REPL on {self.port} ({e}): is MicroPython on the board "
                                     "(flash it with esptool / the UF2 first), and is this its console port?") from None
@@ -123,6 +198,10 @@ class Board:
         try:
             with self.lock:
                 out, err = self.t.exec_raw(code, timeout=timeout)
+        except (serial.SerialException, OSError) as e:
+            raise (self.cable(e, "running a command on the board") or ProvisioningError(
+                f"the board stopped answering on {self.port} ({e}): check the cable, then run the command again")) \
+                from None
         except TransportError as e:
             raise ProvisioningError(f"the board stopped answering on {self.port} ({e}): check the cable, "
                                     "then run the command again") from None
@@ -142,7 +221,10 @@ class Board:
         self.repl()
         try:
             return bytes(self.t.fs_readfile(path, chunk_size=CHUNK))
-        except OSError:
+        except OSError as e:
+            gone = self.cable(e, f"reading {path}")
+            if gone is not None:
+                raise gone from None
             return None
         except TransportExecError as e:
             if "ENOENT" in e.error_output:
@@ -157,15 +239,24 @@ class Board:
         try:
             self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=progress)
         except (TransportExecError, OSError) as e:
-            raise ProvisioningError(f"cannot write {path} on the board ({e}): is the flash full? "
-                                    "(check with 'mpremote df')") from None
+            gone = self.cable(e, f"writing {path}")
+            if gone is not None:
+                raise gone from None
+            full = "ENOSPC" in str(e) or "28" in str(getattr(e, "error_output", ""))
+            raise ProvisioningError(f"cannot write {path} on the board ({e})" + (
+                ": the flash is full; flash with --compile or remove files ('mpremote df', 'mpremote rm')"
+                if full else ": run the command again; if it fails twice, check the board's filesystem with "
+                "'mpremote df'")) from None
         self.exec(f"import os\nos.rename({tmp!r}, {path!r})")
 
     def sha256(self, path: str) -> bytes | None:
         self.repl()
         try:
             return self.t.fs_hashfile(path, "sha256", chunk_size=CHUNK)
-        except (TransportExecError, OSError):
+        except (TransportExecError, OSError) as e:
+            gone = self.cable(e, f"verifying {path}")
+            if gone is not None:
+                raise gone from None
             return None
 
     def makedirs(self, path: str) -> None:
@@ -213,11 +304,19 @@ class Board:
         self.t.serial.write(framing.wrap(raw))
         self.t.serial.flush()
 
-    def wait_boot(self, dev_id: int, key: bytes, timeout: float = 30.0) -> dict:
-        """The node's BOOT event, MIC-verified with `key`: proof it runs with this identity."""
+    def _frames_ticking(self, deadline: float, on_wait=None):
+        """frames() until `deadline`, calling on_wait(seconds_left) about once a second meanwhile."""
+        while (now := time.monotonic()) < deadline:
+            if on_wait is not None:
+                on_wait(deadline - now)
+            yield from self.frames(min(deadline, now + 1.0))
+
+    def wait_boot(self, dev_id: int, key: bytes, timeout: float = 30.0, on_wait=None) -> dict:
+        """The node's BOOT event, MIC-verified with `key`: proof it runs with this identity.
+        on_wait(seconds_left) is called about once a second while it is awaited."""
         deadline = time.monotonic() + timeout
         wrong = 0
-        for f in self.frames(deadline):
+        for f in self._frames_ticking(deadline, on_wait):
             if f["dev"] != dev_id:
                 wrong += 1
                 continue

@@ -42,16 +42,23 @@ def window(board: Board, pin: int) -> list[int]:
     return [int(x) for x in board.eval_code(code, timeout=30)]
 
 
+def lel(counts: int, zero: int) -> float:
+    """A raw reading in % LEL at the nominal sensitivity from `zero` (what the technician sees live)."""
+    return (counts - zero) / NOMINAL / 10
+
+
 def settle(board: Board, pin: int, what: str, timeout: float = SETTLE_S, clock=time.monotonic,
-           below: int | None = None) -> int:
+           below: int | None = None, watch=None) -> int:
     """The mean of the first window whose spread is within STABLE_COUNTS (and, given `below`, whose mean is
-    under it); raises when none comes in time."""
+    under it); raises when none comes in time. `watch(mean, spread, seconds_left)` sees every window."""
     deadline = clock() + timeout
     spread = mean = None
     while clock() < deadline:
         v = window(board, pin)
         spread = max(v) - min(v)
         mean = sum(v) // len(v)
+        if watch is not None:
+            watch(mean, spread, max(0.0, deadline - clock()))
         if spread <= STABLE_COUNTS and (below is None or mean < below):
             return mean
     if below is not None and spread is not None and spread <= STABLE_COUNTS:
@@ -61,22 +68,29 @@ def settle(board: Board, pin: int, what: str, timeout: float = SETTLE_S, clock=t
                             f"at most {STABLE_COUNTS}): check the gas flows steadily through the cap, wait, retry")
 
 
-def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, settle_s: float = SETTLE_S) -> dict:
+def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, settle_s: float = SETTLE_S,
+              watch=None) -> dict:
     """prompt(step, message) is called before each step ("zero", "span", "clear") and returns when the
-    technician has done what it says."""
+    technician has done what it says. watch(step, counts, pct_lel, spread, seconds_left) sees every reading
+    while a step waits for a stable one (the live value and the countdown on the technician's screen)."""
+    def watching(step, zero_counts):
+        if watch is None:
+            return None
+        return lambda mean, spread, left: watch(step, mean, round(lel(mean, zero_counts), 1), spread, left)
     check_span_gas(span_gas)
     board.repl()
     cfg = onboard.config_of(board, dev)
     pin = boards.profile(cfg.get("board", "esp32"))["gas"]
     with board.keepalive():   # the technician may take minutes to fit the cap: the watchdog must not fire
         prompt("zero", "Apply zero gas (clean air or nitrogen) to the sensor and let it flow.")
-    zero = settle(board, pin, "zero", settle_s)
+    old_zero = ((cfg.get("calibration") or {}).get("gas") or {}).get("zero", sensing.GAS_ZERO_DEFAULT)
+    zero = settle(board, pin, "zero", settle_s, watch=watching("zero", old_zero))
     if not ZERO_RANGE[0] <= zero <= ZERO_RANGE[1]:
         raise ProvisioningError(f"zero reading {zero} counts is outside {ZERO_RANGE[0]}..{ZERO_RANGE[1]} "
                                 "(the transmitter's 0.4 V live zero): check the sensor wiring and supply")
     with board.keepalive():
         prompt("span", f"Apply the span gas ({span_gas / 10:g} % LEL) to the sensor and let it flow.")
-    span = settle(board, pin, "span", settle_s)
+    span = settle(board, pin, "span", settle_s, watch=watching("span", zero))
     sens = (span - zero) / span_gas / NOMINAL
     if span >= sensing.SHORT_ABOVE or not SENSITIVITY_RANGE[0] <= sens <= SENSITIVITY_RANGE[1]:
         raise ProvisioningError(f"span reading {span} counts gives {sens:.0%} of the nominal sensitivity "
@@ -86,7 +100,8 @@ def calibrate(board: Board, reg: Registry, dev: Device, span_gas: int, prompt, s
     # valve shut, so wait until the sensor reads clean air again (below CLEAR_TENTHS on the new scale)
     with board.keepalive():
         prompt("clear", "Remove the test gas and the cap; the node restarts once the sensor reads clean air.")
-    settle(board, pin, "clean-air", settle_s, below=zero + (span - zero) * CLEAR_TENTHS // span_gas)
+    settle(board, pin, "clean-air", settle_s, below=zero + (span - zero) * CLEAR_TENTHS // span_gas,
+           watch=watching("clear", zero))
     gas = {"zero": zero, "span": span, "span_gas": span_gas}
     cal = dict(cfg.get("calibration") or {}, gas=gas)
     cfg["calibration"] = cal

@@ -52,8 +52,9 @@ registry_opt = click.option("--registry", "registry", envvar="GASGUARD_REGISTRY"
                             type=click.Path(dir_okay=False), default=str(DATA / "registry.db"),
                             help="device registry (SQLite, 0600; env GASGUARD_REGISTRY)")
 json_opt = click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout, for scripts")
-port_opt = click.option("--port", "-p", default="auto", show_default=True,
-                        help="serial port of the board (/dev/ttyUSB0, a virtual board's pty) or 'auto'")
+port_opt = click.option("--port", "-p", default="auto", show_default=True, envvar="GASGUARD_PORT",
+                        help="serial port of the board (/dev/ttyUSB0, a virtual board's pty) or 'auto' "
+                             "(env GASGUARD_PORT)")
 baud_opt = click.option("--baud", default=115200, show_default=True, help="console baud rate")
 dev_arg = click.argument("dev", metavar="DEV")
 
@@ -94,18 +95,42 @@ def _out(as_json, obj, lines=()):
             click.echo(line)
 
 
+class _Steps:
+    """Progress on stderr (nothing under --json): a bar for the bytes written, then one for each phase that
+    follows (verify, reboot, the BOOT wait with its countdown), each phase also said on a line of its own so
+    a log of the session shows where it stopped."""
+
+    PHASES = {"verify": "verifying", "reboot": "rebooting", "boot": "waiting for BOOT"}
+
+    def __init__(self, bar, task):
+        self.bar, self.task, self.phase = bar, task, None
+
+    def bytes(self, n, total, name):
+        self.bar.update(self.task, completed=n, total=total, description=name.rsplit("/", 1)[-1],
+                        detail=f"{n:,}/{total:,} bytes")
+
+    def step(self, phase, done=1, total=1):
+        if phase != self.phase:
+            self.phase = phase
+            self.bar.console.print({"verify": "verifying every file by SHA-256 on the board",
+                                    "reboot": "rebooting into the firmware",
+                                    "boot": f"waiting up to {total:.0f} s for the node's BOOT event"}[phase])
+        detail = (f"{done}/{total} files" if phase == "verify" else f"{done:.0f} s left" if phase == "boot" else "")
+        self.bar.update(self.task, description=self.PHASES[phase], completed=(total - done) if phase == "boot"
+                        else done, total=total, detail=detail)
+
+
 @contextlib.contextmanager
 def _progress(as_json, what):
-    """A byte progress bar on stderr (none under --json); yields progress(done, total, current_file)."""
+    """Yields a _Steps (None under --json)."""
     if as_json:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-    with Progress(TextColumn("{task.description:14}"), BarColumn(), DownloadColumn(),
+    from rich.progress import BarColumn, Progress, TextColumn
+    with Progress(TextColumn("{task.description:16}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   console=Console(stderr=True)) as bar:
-        task = bar.add_task(what, total=1)
-        yield lambda n, total, name: bar.update(task, completed=n, total=total, description=name.rsplit("/", 1)[-1])
+        yield _Steps(bar, bar.add_task(what, total=1, detail=""))
 
 
 @click.group()
@@ -161,6 +186,7 @@ def new(profile, board, dev_id, site_name, address, lat, lon, households, user_c
     dev_id = identity.parse_dev_id(dev_id) if dev_id else None
     up = identity.parse_dev_id(upstream) if upstream else None
     params, radio = settings.parse(profile, board, list(assignments))
+    identity.check_grading_facts(profile, lat, lon, households)
     with _reg(registry) as reg:
         dev = identity.new(reg, profile=profile, board=board, dev_id=dev_id, site_name=site_name, address=address,
                            lat=lat, lon=lon, households=households, user_class=user_class,
@@ -206,15 +232,11 @@ def show(dev, registry, as_json):
       gasguard device show 00c0ffee
       gasguard device show 00c0ffee --json
     """
-    import time
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev), active=False)
         hist = reg.history(d.dev_id)
     pub = d.public()
-    _out(as_json, {"ok": True, "device": pub, "history": hist},
-         [f"{k:15} {v}" for k, v in pub.items() if k not in ("dev", "dev_id")] + ["history:"] +
-         [f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(h['at']))}Z  {h['action']:13} "
-          f"{json.dumps(h['detail'], sort_keys=True)}" for h in hist])
+    _out(as_json, {"ok": True, "device": pub, "history": hist}, identity.describe(pub, hist))
 
 
 @device.command("flash")
@@ -244,7 +266,7 @@ def flash(dev, port, baud, compile_mpy, boot_timeout, registry, as_json):
         app = flashing.application(compile_mpy)   # mpy-cross runs before the port is opened
         with _open(port, baud) as b, _progress(as_json, "flashing") as progress:
             rep = flashing.flash(b, d, compile_mpy=compile_mpy, boot_timeout=boot_timeout, app=app,
-                                 progress=progress)
+                                 progress=progress and progress.bytes, step=progress and progress.step)
         reg.update(d.dev_id, state="commissioned")
         gone = reg.get(int(rep["replaced"], 16)) if rep["replaced"] else None
         if gone is not None and gone.active and not as_json:
@@ -376,12 +398,25 @@ def calibrate(dev, span_gas, settle, yes, port, baud, registry, as_json):
         if not yes:
             click.prompt("Press Enter when done" if step == "clear" else "Press Enter when the gas flows",
                          default="", show_default=False, err=True)
-        click.echo(f"waiting for a stable {'clean-air' if step == 'clear' else step} reading...", err=True)
+        click.echo(f"waiting up to {settle:.0f} s for a stable {'clean-air' if step == 'clear' else step} reading "
+                   f"(a 1 s window within {calibration.STABLE_COUNTS} counts)", err=True)
+
+    live = sys.stderr.isatty()
+
+    def watch(step, counts, pct_lel, spread, left):
+        """The live reading and the countdown: one line rewritten on a terminal, a line each otherwise."""
+        if as_json:
+            return
+        text = (f"  {step:5} {pct_lel:5.1f} % LEL  ({counts} counts, spread {spread}"
+                f"{' ok' if spread <= calibration.STABLE_COUNTS else ''})  {left:3.0f} s left")
+        click.echo(("\r" + text) if live else text, nl=not live, err=True)
 
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev))
         with _open(port, baud) as b:
-            rep = calibration.calibrate(b, reg, d, span_gas, prompt, settle)
+            rep = calibration.calibrate(b, reg, d, span_gas, prompt, settle, watch=watch)
+        if live and not as_json:
+            click.echo("", err=True)
     g = rep["gas"]
     _out(as_json, dict(rep, ok=True), [f"zero {g['zero']} counts, span {g['span']} counts at {span_gas / 10:g} % LEL "
                                        f"(sensitivity {rep['sensitivity']:.0%} of nominal): stored on the board "
@@ -471,8 +506,12 @@ def decommission(dev, reason, no_board, yes, port, baud, registry, as_json):
     from . import lifecycle
     with _existing_reg(registry) as reg:
         d = identity.get(reg, identity.parse_dev_id(dev))
-        if not yes and not as_json:
-            click.confirm(f"Retire {d.dev_id:08x} ({d.site_name or d.profile}) for good?", abort=True, err=True)
+        if not yes:
+            if as_json or not sys.stdin.isatty():
+                raise BadInput(f"decommissioning {d.dev_id:08x} cannot be undone and nobody is at a terminal to "
+                               "confirm it: add --yes to the command")
+            if not click.confirm(f"Retire {d.dev_id:08x} ({d.site_name or d.profile}) for good?", err=True):
+                raise BadInput("not confirmed: nothing changed")
         if no_board:
             rep = lifecycle.decommission(reg, d, None, reason)
         else:
@@ -489,8 +528,9 @@ def decommission(dev, reason, no_board, yes, port, baud, registry, as_json):
 @click.option("--print", "to_stdout", is_flag=True, help="print the key on stdout (it ends up in your terminal "
                                                          "history and scrollback)")
 @registry_opt
+@json_opt
 @command
-def export_key(dev, out, to_stdout, registry):
+def export_key(dev, out, to_stdout, registry, as_json):
     """Hand out one device's key, only when asked by name: to a 0600 file, or printed with --print.
 
     For programming a board by other means (a production jig); the export is logged in the registry.
@@ -499,6 +539,7 @@ def export_key(dev, out, to_stdout, registry):
     Examples:
       gasguard device export-key 00c0ffee --out /secure/00c0ffee.key
       gasguard device export-key 00c0ffee --print
+      gasguard device export-key 00c0ffee --out /secure/00c0ffee.key --json
     """
     if bool(out) == bool(to_stdout):
         raise BadInput("say where the key goes: --out FILE (0600) or --print")
@@ -507,7 +548,10 @@ def export_key(dev, out, to_stdout, registry):
         if out:
             keys.write_secret(out, (d.key.hex() + "\n").encode())
         reg.log(d.dev_id, "export-key", {"to": "stdout" if to_stdout else str(out), "key_version": d.key_version})
-    if to_stdout:
+    rep = {"ok": True, "dev": f"{d.dev_id:08x}", "key_version": d.key_version}
+    if as_json:
+        click.echo(json.dumps(dict(rep, key=d.key.hex()) if to_stdout else dict(rep, out=str(out))))
+    elif to_stdout:
         click.echo(d.key.hex())
     else:
         click.echo(f"key v{d.key_version} of {d.dev_id:08x} written to {out} (0600)", err=True)

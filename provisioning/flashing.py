@@ -99,8 +99,9 @@ def check_space(board: Board, items: list[Item]) -> None:
 
 
 def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None, boot_timeout: float = 30.0,
-          app: list[Item] | None = None) -> dict:
-    """Write, verify, reboot, check the BOOT event. `progress(done_bytes, total_bytes, target)`."""
+          app: list[Item] | None = None, step=None) -> dict:
+    """Write, verify, reboot, check the BOOT event. `progress(done_bytes, total_bytes, target)` while writing;
+    `step(phase, done, total)` after it: ("verify", files done, files), ("reboot",), ("boot", s left, timeout)."""
     items = (app if app is not None else application(compile_mpy)) + device_items(dev)
     board.repl()
     check_mpy_version(board, items)
@@ -140,11 +141,16 @@ def flash(board: Board, dev: Device, *, compile_mpy: bool = False, progress=None
         done += len(i.data)
         if progress:
             progress(done, total, i.target)
-    bad = [i.target for i in items if board.sha256(i.target) != file_hash(i.data)]
+    bad = []
+    for n, i in enumerate(items, 1):
+        if board.sha256(i.target) != file_hash(i.data):
+            bad.append(i.target)
+        if step:
+            step("verify", n, len(items))
     if bad:
         raise ProvisioningError(f"verification failed for {', '.join(bad)}: the flash may be full or failing; "
                                 "run the flash again, and replace the board if it fails twice")
-    boot = onboard.boot_and_check(board, dev, timeout=boot_timeout)
+    boot = onboard.boot_and_check(board, dev, timeout=boot_timeout, step=step)
     replaced = f"{old_id:08x}" if isinstance(old_id, int) and old_id != dev.dev_id else None
     return {"dev": f"{dev.dev_id:08x}", "port": board.port, "replaced": replaced, "files": len(items), "bytes": total,
             "written": written, "unchanged": skipped, "removed": removed, "verified": len(items),

@@ -63,11 +63,15 @@ def drop_overrides(board: Board, names) -> list[str]:
     return gone
 
 
-def boot_and_check(board: Board, dev: Device, key: bytes | None = None, timeout: float = 30.0) -> dict:
+def boot_and_check(board: Board, dev: Device, key: bytes | None = None, timeout: float = 30.0, step=None) -> dict:
     """Soft-reset into the firmware; its BOOT event must verify, and no CONFIG event may say it fell back to
-    its defaults (the firmware sends CONFIG 00 00 00 when /gg_config.json fails its bounds check)."""
+    its defaults (the firmware sends CONFIG 00 00 00 when /gg_config.json fails its bounds check).
+    step("reboot") before the reset, step("boot", seconds_left, timeout) while the BOOT event is awaited."""
+    if step:
+        step("reboot")
     board.run_firmware()
-    boot = board.wait_boot(dev.dev_id, key or dev.key, timeout)
+    boot = board.wait_boot(dev.dev_id, key or dev.key, timeout,
+                           on_wait=(lambda left: step("boot", left, timeout)) if step else None)
     for f in board.frames(time.monotonic() + 1.5):
         if f["dev"] == dev.dev_id and f["type"] == "event" and f["code"] == const.EV_CONFIG and f["data"] == b"\x00\x00\x00":
             raise ProvisioningError("the node refused its configuration and runs its profile defaults: "

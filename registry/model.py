@@ -201,6 +201,11 @@ class Registry:
         q = "SELECT * FROM devices" + ("" if include_decommissioned else " WHERE state != 'decommissioned'")
         return [_row_to_device(r) for r in self.db.execute(q + " ORDER BY dev_id")]
 
+    def stations(self) -> list[Device]:
+        """Every regulator station in service (the district map: a few thousand rows, not the households)."""
+        q = "SELECT * FROM devices WHERE profile = 'station' AND state != 'decommissioned' ORDER BY dev_id"
+        return [_row_to_device(r) for r in self.db.execute(q)]
+
     def downstream(self, dev_id: int) -> list[Device]:
         """Every device fed (directly or through other stations) by `dev_id`."""
         out, todo, seen = [], [dev_id], {dev_id}

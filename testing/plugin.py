@@ -16,6 +16,15 @@ def mosquitto(tmp_path):
         yield broker
 
 
+@pytest.fixture(scope="module")
+def chromium():
+    """A real headless Chromium (selenium + Debian's chromium-driver), shared by the tests of one module:
+    starting a browser costs about a second; tests call `reset()` to drop cookies."""
+    from gasguard.testing.chromium import Chromium
+    with Chromium() as browser:
+        yield browser
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway PostgreSQL per test process (xdist worker); each test gets its own database."""

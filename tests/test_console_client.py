@@ -11,7 +11,8 @@ from gasguard.command.console import CommandClient, IncidentBoard, Signer, parse
 from gasguard.command.console_cli import command
 from gasguard.gateway.grading_plugin import GradingPlugin
 from gasguard.grading.incidents import IncidentEngine
-from grading_helpers import T0, PluginHarness, alarm, device, payloads
+from gasguard.command.watch import deadline_cell
+from grading_helpers import T0, PluginHarness, alarm, device, payloads, reading
 
 
 def _incidents(now_offsets=()):
@@ -165,58 +166,99 @@ def test_cli_report_ack_input_json(mosquitto, gateway, district):
         gateway.stop_pumping()
 
 
-class ScriptedKeys:
-    """Key presses for watch(): each get() waits until `ready()` holds, then gives the next key."""
+def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gateway, district):
+    """The textual field console driven by textual's own pilot at 100 columns, against the gateway's
+    grading plugin through a real mosquitto."""
+    import asyncio
 
-    def __init__(self, steps):
-        self.steps = list(steps)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def get(self, timeout):
-        import time
-        ready, key = self.steps[0]
-        deadline = time.monotonic() + 10
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert ready(), f"watch test: condition for key {key!r} never held"
-        self.steps.pop(0)
-        return key
-
-
-def test_watch_keys_report_ack_input(mosquitto, gateway, district):
-    import io
-
-    from gasguard.command.console import watch
-    gateway.observe(alarm(device(0xA001, households=12_000, site="燕山调压站"), T0, 4, value=900, ptrip=True))
-    iid = gateway.published[0][1]["incident_id"]
+    from gasguard.command.watch import WatchApp
+    # two stations whose names differ only at the end: cut at a fixed width they would look alike
+    first = device(0xA001, households=12_000, site="历下区燕山立交桥东侧解放东路第一调压站")
+    second = device(0xA002, households=4_000, site="历下区燕山立交桥东侧解放东路第二调压站")
+    gateway.observe(alarm(first, T0, 4, value=900, ptrip=True))
     gateway.pump_in_background()
-    out = io.StringIO()
-    con = Console(file=out, width=200, record=True, force_terminal=False)
-    asked = []
+    clock = {"t": T0 + 60}
     try:
         with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
-            seen = lambda pred: (lambda: (client.board.get(iid) is not None and pred(client.board.get(iid))))  # noqa
-            keys = ScriptedKeys([
-                (seen(lambda m: True), "r"),                                   # open the draft report
-                (seen(lambda m: True), "a"),                                   # acknowledge
-                (seen(lambda m: bool(m["acked"])), "i"),                       # operator input
-                (seen(lambda m: m["report"]["evacuated"] == 300), "q"),
-            ])
-            code = watch(client, con, by="duty", refresh=0.05, clock=lambda: T0 + 60, keys=keys,
-                         ask=lambda prompt: asked.append(prompt) or "evacuated=300 note='警戒已设置'")
-        text = con.export_text()
+            iid = gateway.published[0][1]["incident_id"]
+            client.wait_for(iid, 10)
+            gateway.observe(alarm(second, T0 + 1, 4, value=900, ptrip=True, aseq=1))
+            client.wait_for(iid, 10, lambda m: len(m["report"]["what_happened"]["stations"]) == 2)
+            app = WatchApp(client, by="duty", refresh=0.05, clock=lambda: clock["t"], confirm_timeout=10)
+
+            async def until(pilot, pred, what, timeout=10.0):
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + timeout
+                while not pred():
+                    assert loop.time() < deadline, f"{what}: status {app.status_text!r}"
+                    await pilot.pause(0.05)
+
+            def status():
+                return str(app.query_one("#status").render())
+
+            async def run():
+                async with app.run_test(size=(100, 30)) as pilot:
+                    await pilot.pause(0.2)
+                    table = app.query_one("#board")
+                    site = str(table.get_cell_at((0, 4)))
+                    assert "…" in site and site.endswith("第一调压站")           # ellipsised in the middle
+                    assert str(table.get_cell_at((0, 6))) == "19:00"             # 20' counting down
+                    await pilot.press("question_mark")
+                    assert app.screen.__class__.__name__ == "HelpScreen"
+                    await pilot.press("escape")
+                    await pilot.press("a")                                       # asks first ...
+                    assert app.screen.__class__.__name__ == "ConfirmAck"
+                    await pilot.press("n")                                       # ... and "no" sends nothing
+                    assert client.board.get(iid)["acked"] is None and "not acknowledged" in status()
+                    clock["t"] = gateway.now["t"] = T0 + 1300                    # 20' passed: overdue
+                    await pilot.pause(0.2)
+                    assert str(table.get_cell_at((0, 6))).startswith("OVER")
+                    await pilot.press("a", "y")
+                    await until(pilot, lambda: "confirmed by the gateway" in status(), "ack confirmed")
+                    clock["t"] = T0 + 4000                                       # much later ...
+                    await pilot.pause(0.2)
+                    assert str(table.get_cell_at((0, 6))) == "✓ late"            # ... no longer counting
+                    assert str(table.get_cell_at((0, 8))) == "duty"                 # who signed
+                    await pilot.press("i")
+                    app.screen.query_one("Input").value = "deaths=-1"            # refused before sending
+                    await pilot.press("enter")
+                    assert "cannot be negative" in str(app.screen.query_one("#error").render())
+                    app.screen.query_one("Input").value = "evacuated=300 shelter=school"
+                    await pilot.press("enter")                                   # a field nobody knows
+                    assert "unknown field 'shelter'" in str(app.screen.query_one("#error").render())
+                    app.screen.query_one("Input").value = "evacuated=300 note='警戒已设置'"
+                    await pilot.press("enter")
+                    await until(pilot, lambda: "applied evacuated, note" in status(), "input applied")
+                    await pilot.press("r")
+                    assert "初判级别" in str(app.query_one("#report").render())
+                    await pilot.press("q")
+            asyncio.run(run())
     finally:
         gateway.stop_pumping()
-    assert code == 0
-    assert "初判级别：较大（Ⅲ级）" in text                                   # the report panel was shown
-    assert f"acknowledged {iid}" in text and "duty" in text
-    assert "sent evacuated, note" in text and asked and iid in asked[0]
-    assert "19:00" in text                                                  # phone deadline 19 min away
+
+
+def test_watch_keeps_an_alarm_that_cleared_unacknowledged_until_someone_acknowledges_it():
+    """ISA-18.2 returned-to-normal-unacknowledged: the field console used to drop a resolved incident after
+    10 minutes whether or not anyone had seen it."""
+    from gasguard.command.watch import WatchApp
+    eng = IncidentEngine({}, downstream=lambda d: [])
+    home = device(0x100001, profile="household", households=1, site="千佛山路8号2单元")
+    msgs = payloads(eng.observe(alarm(home, T0, 2, value=300, gas_level=2)), "/lixia/")
+    msgs += payloads(eng.observe(alarm(home, T0 + 60, 2, aseq=2, cleared=True)), "/lixia/")
+    msgs += payloads(eng.observe(reading(home, T0 + 90, pressure=2000, valve=0)), "/lixia/")
+    client = CommandClient("127.0.0.1", 1, "lixia")                     # not connected: the board is filled here
+    for m in msgs:
+        client.board.apply(m)
+    assert msgs[-1]["status"] == "resolved"
+    clock = {"t": T0 + 3600}                                           # an hour later, still not acknowledged
+    app = WatchApp(client, by="wang.li", clock=lambda: clock["t"])
+    [row] = app.rows()
+    assert row["state"] == "returned-to-normal-unacknowledged"
+    assert str(deadline_cell(row["phone"])) == "cleared"
+    eng_ack = payloads(eng.acknowledge(msgs[-1]["incident_id"], {"by": "wang.li"}, T0 + 3600), "/lixia/")
+    client.board.apply(eng_ack[-1])
+    clock["t"] += 601                                                  # acknowledged and cleared: goes after 10 min
+    assert app.rows() == []
 
 
 def test_cli_input_keeps_spaces_and_quotes_in_one_field():

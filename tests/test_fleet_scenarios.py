@@ -223,7 +223,8 @@ def test_scheduled_actions_send_what_they_return(devs):
     boots = [r for r in fleet.records if r["type"] == "event"]
     assert [(r["dev"], r["vt"], r["code"]) for r in boots] == [(n.dev, 42.0, const.EV_BOOT) for n in homes]
     got = [f for f in oracle.frames if f["type"] == "event"]
-    assert all(f["data"] == bytes([2, 0, 1, 1]) for f in got) and rep.downlinks == {"ack": 3}
+    # SPEC 3.5 BOOT: cause 2, firmware 1.0 (as the firmware reports it), household
+    assert all(f["data"] == bytes([2, 1, 0, 1]) for f in got) and rep.downlinks == {"ack": 3}
 
 
 def test_downlinks_handed_in_from_another_thread_reach_the_node(devs):

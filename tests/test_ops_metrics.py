@@ -119,3 +119,35 @@ def test_the_endpoint_has_process_build_zeroed_labels_ports_and_incidents_and_no
         assert scrape()[("gasguard_gateway_port_up", port)] == 1
     finally:
         rig.close()
+
+
+DASHBOARD = ROOT / "monitoring" / "grafana" / "gasguard-dashboard.json"
+
+
+def _exported_names(registry) -> set[str]:
+    return {s.name for fam in registry.collect() for s in fam.samples} | \
+        {fam.name for fam in registry.collect()}
+
+
+def test_dashboard_queries_parse_and_name_only_metrics_the_services_export(tmp_path):
+    """Every panel's PromQL (template variables given values) goes through promtool as a recording rule,
+    and every gasguard_* / process_* name in it is one the gateway or the command service exports."""
+    import json
+    from gasguard.command.metrics import Metrics as CommandMetrics
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 25
+    subst = {"$__rate_interval": "1m", "$__range": "1h", "$job": "gasguard-gateway", "$command_job":
+             "gasguard-command", "$instance": ".*"}
+    rules = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, e in enumerate(exprs):
+        for k, v in subst.items():
+            e = e.replace(k, v)
+        rules += [f"      - record: dashboard:panel{i}", f"        expr: '{e}'"]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text("\n".join(rules) + "\n")
+    r = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    known = _exported_names(gwmetrics.Metrics().registry) | _exported_names(CommandMetrics().registry)
+    used = {n for e in exprs for n in re.findall(r"\b((?:gasguard|process)_[a-z_]+)", e)}
+    assert used - known == set(), sorted(used - known)

@@ -55,9 +55,15 @@ def test_calibration_zero_and_span_with_stability_lands_on_board_and_in_registry
         steps.append(step)
         vb.ctl.set(gas=24500 if step == "span" else 8100)
 
+    seen = []                               # what the technician sees live: reading and countdown
     with Registry(reg) as r, Board(vb.pty) as b:
-        rep = calibration.calibrate(b, r, r.get(dev.dev_id), 500, prompt)
+        rep = calibration.calibrate(b, r, r.get(dev.dev_id), 500, prompt,
+                                    watch=lambda *a: seen.append(a))
     assert steps == ["zero", "span", "clear"]
+    assert {s for s, *_ in seen} == {"zero", "span", "clear"}
+    span_live = [(pct, left) for s, _c, pct, _sp, left in seen if s == "span"]
+    assert 45 <= span_live[-1][0] <= 55 and all(0 < left <= 120 for _, left in span_live)   # 50 % LEL gas
+    assert all(abs(pct) < 3 for s, _c, pct, _sp, _l in seen if s == "zero")
     g = rep["gas"]
     assert abs(g["zero"] - 8100) <= 2 and abs(g["span"] - 24500) <= 2 and g["span_gas"] == 500
     assert json.loads((vb.flash / "gg_config.json").read_text())["calibration"]["gas"] == g
@@ -123,6 +129,7 @@ def test_decommission_frames_rejected_and_board_wiped(setup):
     reg, dev, vb = setup
     frames = capture(vb.pty, 10)
     rep = cli_json("device", "decommission", f"{dev.dev_id:08x}", "--port", vb.pty, "--reason", "meter replaced",
+                   "--yes",
                    registry=reg)
     assert "/gg_key.bin" in rep["wiped"] and not (vb.flash / "gg_key.bin").exists()
     with pytest.raises(Rejected) as e:

@@ -19,9 +19,10 @@ MISSING = "/dev/ttyGASGUARD-nothing-here"
 
 
 @pytest.mark.parametrize("setting,why", [
-    ("gas_l2=300", "gas_l2=300 outside the safe range 100..250"),     # above 25 % LEL at a home
-    ("gas_l2=100", "gas_l1 (100) must be below gas_l2 (100)"),
-    ("upso=8000", "upso=8000 outside the safe range 300..1500"),
+    ("gas_l2=300", "gas_l2=300 (30.0 % LEL) outside 10.0–25.0 % LEL"),     # above 25 % LEL at a home
+    ("gas_l2=100", "gas_l1 (10.0 % LEL) must be below gas_l2 (10.0 % LEL)"),
+    ("upso=8000", "upso=8000 (8.0 kPa) outside 0.3–1.5 kPa"),
+    ("report_s=5", "report_s=5 outside 60–86400 s"),
     ("setpoint=2000", "setpoint: not a household setting"),
     ("fault_action=ignore", "fault_action=ignore: choose one of"),
     ("radio.baud=11520", "radio.baud=11520: choose one of"),
@@ -60,19 +61,20 @@ def test_port_problems_are_explained(monkeypatch):
 
 def test_new_validates_site_data_and_never_prints_the_key(tmp_path):
     reg = tmp_path / "reg.db"
-    code, _, err = cli("device", "new", "--profile", "household", "--user-class", "boiler", registry=reg)
+    code, _, err = cli("device", "new", "--profile", "household", "--lat", "36.67", "--lon", "117.05", "--user-class", "boiler", registry=reg)
     assert code == 2 and "residential" in err
-    code, _, err = cli("device", "new", "--profile", "station", "--set", "opso=7000", registry=reg)
+    code, _, err = cli("device", "new", "--profile", "station", "--set", "opso=7000", "--lat", "36.67", "--lon", "117.05", registry=reg)
     assert code == 2 and "not a station setting" in err
     made = cli_json("device", "new", "--profile", "station", "--id", "00c0ffee", "--households", "4200",
-                    "--pressure-class", "subhigh_b", "--key-area", "--set", "setpoint=3000", registry=reg)
+                    "--lat", "36.67", "--lon", "117.05", "--pressure-class", "subhigh_b", "--key-area", "--set", "setpoint=3000", registry=reg)
     assert made["dev"] == "00c0ffee" and "ID 00C0FFEE" in made["label"] and "key v1  KEY AREA" in made["label"]
     with Registry(reg) as r:
         d = r.get(0xC0FFEE)
     assert d.config["setpoint"] == 3000 and d.config["board"] == "esp32"
     listing = cli("device", "list", "--json", registry=reg)[1]
     assert d.key.hex() not in listing and "key" not in json.loads(listing)["devices"][0]
-    code, _, err = cli("device", "new", "--profile", "station", "--id", "00c0ffee", registry=reg)
+    code, _, err = cli("device", "new", "--profile", "station", "--id", "00c0ffee", "--households", "10", "--lat", "36.67", "--lon", "117.05", 
+                       registry=reg)
     assert code == 2 and "never reused" in err
 
 
@@ -177,9 +179,9 @@ def test_a_key_leaves_the_registry_only_when_asked_by_name_and_0600(tmp_path):
 
 def test_radio_settings_at_creation_are_checked_and_kept(tmp_path):
     reg = tmp_path / "reg.db"
-    code, _, err = cli("device", "new", "--profile", "household", "--set", "radio.uart=0", registry=reg)
+    code, _, err = cli("device", "new", "--profile", "household", "--set", "radio.uart=0", "--lat", "36.67", "--lon", "117.05", registry=reg)
     assert code == 2 and "USB console" in err
-    made = cli_json("device", "new", "--profile", "household", "--set", "radio.baud=9600", registry=reg)
+    made = cli_json("device", "new", "--profile", "household", "--set", "radio.baud=9600", "--lat", "36.67", "--lon", "117.05", registry=reg)
     with Registry(reg) as r:
         assert r.get(int(made["dev"], 16)).config["radio"] == {"uart": 1, "baud": 9600}
 

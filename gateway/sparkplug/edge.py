@@ -257,10 +257,14 @@ class EdgeNode:
         return []
 
     def on_dcmd(self, dev_hex: str, payload: bytes) -> list[dict]:
-        """A host's write to a device -> node-command requests for the gateway's command path, which checks the
-        operator's signature, role and freshness where it acts (authority rules) and audits the outcome. A
-        DCMD carrying 'Authority/Signed Request' forwards that signed request; one without is forwarded
-        unsigned, so that the refusal is made, counted and audited in one place."""
+        """A host's write to a device -> node-command requests (dicts, the JSON published on the gateway's
+        `<root>/<dev>/cmd`), where the gateway checks the operator's signature, role and freshness and audits
+        the outcome: the authority rules are applied in one place, where commands act.
+
+        A DCMD carrying 'Authority/Signed Request' (an operator's request signed with gasguard.authority for
+        that cmd topic) forwards exactly that request: what the signed body says is what is done, whatever
+        control metrics ride beside it. A DCMD without one is forwarded unsigned, one request per written
+        control metric, so that its refusal is made, counted and put on the audit record there."""
         try:
             dev_id = int(dev_hex, 16)
         except ValueError:
@@ -274,7 +278,7 @@ class EdgeNode:
         for m in p.metrics:
             name = m.name or _device_name(dev_id, m.alias)
             v = M.read_value(m)
-            if name == "Authority/Signed Request":
+            if name == "Authority/Signed Request" and isinstance(v, str) and v:
                 signed = v
             elif name in ("Node Control/Reset", "Node Control/Selftest", "Node Control/Status") and v:
                 reqs.append({"cmd": name.rsplit("/", 1)[1].lower()})
@@ -283,15 +287,27 @@ class EdgeNode:
             else:
                 self.refused += 1
                 log.warning("sparkplug: DCMD metric %r for %s refused: not a writable metric", name, dev_hex)
+        if signed is not None:
+            try:
+                envelope = json.loads(signed)
+            except ValueError:
+                envelope = None
+            if not isinstance(envelope, dict):
+                self.refused += 1
+                log.warning("sparkplug: DCMD for %s: 'Authority/Signed Request' is not a signed request", dev_hex)
+                return []
+            reqs = [envelope]
+        else:
+            for i, r in enumerate(reqs):
+                r["request_id"] = f"sparkplug:{self.node}:{dev_hex}:{p.timestamp}:{i}"
+                r["source"] = "sparkplug"
         out = []
-        for i, r in enumerate(reqs):
-            r["request_id"] = f"sparkplug:{self.node}:{dev_hex}:{p.timestamp}:{i}"
-            r["source"] = "sparkplug"
+        for r in reqs:
             if len(self.commands) + len(out) >= MAX_COMMANDS:
                 self.refused += 1
-                log.error("sparkplug: %d DCMD requests wait already: %s refused", MAX_COMMANDS, r["request_id"])
+                log.error("sparkplug: %d DCMD requests wait already: one for %s refused", MAX_COMMANDS, dev_hex)
                 continue
-            out.append({"dev": dev_id, "request": r, "signed": signed})
+            out.append({"dev": dev_id, "request": r})
         self.commands.extend(out)
         return out
 

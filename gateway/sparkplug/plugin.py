@@ -166,7 +166,7 @@ class SparkplugPlugin(Plugin):
             cmds, self.edge.commands = self.edge.commands, []
             for c in cmds:
                 topic = f"{self.root}/{c['dev']:08x}/cmd"
-                out.append((topic, c["signed"] if isinstance(c["signed"], dict) else c["request"], "event"))
+                out.append((topic, c["request"], "event"))
         return out
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
+from gasguard.tools.bench.web import web_bench
 
 
 @click.group()
@@ -82,3 +83,27 @@ bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
+bench.add_command(web_bench)
+
+
+@bench.command("dashboard")
+@click.option("--out", type=click.Path(dir_okay=False), default="docs/img/dashboard.png", show_default=True,
+              help="the PNG to write")
+@click.option("--seconds", type=float, default=150.0, show_default=True, help="wall seconds of the drill")
+@click.option("--keep", is_flag=True, help="keep the work folder (gateway and Prometheus logs, TSDB)")
+def dashboard_cmd(out, seconds, keep):
+    """Render monitoring/grafana/gasguard-dashboard.json with a real gateway drill scraped by a real
+    Prometheus (no Grafana: see tools/bench/dashboard.py), into a PNG for the operations guide."""
+    from pathlib import Path
+
+    from gasguard.tools.bench.dashboard import capture
+    try:
+        rep = capture(Path(out), seconds, keep, log=lambda m: click.echo(m, err=True))
+    except RuntimeError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(1)
+    empty = [t for t, n in rep["panels"].items() if not n]
+    click.echo(json.dumps(rep, indent=1))
+    click.echo(f"{len(rep['panels']) - len(empty)} of {len(rep['panels'])} panels with data; without: "
+               f"{', '.join(empty) or 'none'}", err=True)
+

@@ -14,7 +14,8 @@ What it models (firmware/bounds.py defaults, overridable by the registry `config
   is the low byte of the first copy's counter, set when that copy is sealed),
   or sent a fixed number of times when there is no downlink path;
 - downlinks: acks stop retransmissions; commands (RESET, SET_PARAM, STATUS, SELFTEST) are verified
-  (MIC, counter) and answered with an ack, like the firmware.
+  (MIC, counter) and answered with an ack; SET_PARAM, the STATUS data and the BOOT event are the firmware's
+  own (firmware/commands.py), so result codes and versions cannot drift (tests/test_one_node_logic.py).
 
 Simplifications, on purpose: the safety step runs every 1 s of virtual time (debounce rounds up to whole
 steps); pressure trips are not reported "cleared" while the valve stays latched (the supply is still off).
@@ -22,9 +23,8 @@ steps); pressure trips are not reported "cleared" while the valve stays latched 
 
 import math
 
-from gasguard.firmware import bounds
+from gasguard.firmware import bounds, commands
 from gasguard.protocol import ProtocolError, const, frame
-from gasguard.protocol.units import pressure_from_wire
 
 STEP_S = 1.0                         # virtual seconds between safety steps of a dynamic node
 RETX_S = (5, 10, 20, 40, 60)         # alarm/event retransmission back-off, then every 60 s until acked
@@ -229,8 +229,8 @@ class SimNode:
         self.pending[(ftype, seq)] = p
 
     def boot_event(self, t, cause=1):
-        """The BOOT event a node sends after reset (cause u8, firmware 0.1, profile)."""
-        return self._event(t, const.EV_BOOT, (cause, 0, 1, 1 if self.profile == "household" else 2))
+        """The BOOT event a node sends after reset: the firmware's own (firmware/commands.boot_data)."""
+        return self._event(t, const.EV_BOOT, commands.boot_data(cause, self.profile))
 
     def next_retx(self):
         """Virtual time of the next retransmission due, or None."""
@@ -375,8 +375,13 @@ class SimNode:
                     out.append(self._event(t, const.EV_VALVE, (const.VALVE_OPEN, const.CAUSE_RESET)))
         elif cmd == const.CMD_SET_PARAM:
             result = self._set_param(args)
+            if result == const.R_OK:
+                out.append(self._event(t, const.EV_CONFIG, bytes(args)))     # as the firmware reports it
         elif cmd == const.CMD_STATUS:
-            out.append(self._event(t, const.EV_STATUS, (self.valve, self.level, 1 if self.latched else 0)))
+            battery = -1 if self.battery is None else int(self.battery)
+            waiting = sum(1 for p in (self.pending or {}).values())
+            out.append(self._event(t, const.EV_STATUS, commands.status_data(
+                self.state(), self.level, 1 if self.fault else 0, battery, 0, waiting)))
             out.append(self.reading(t, _ZeroRng))
         elif cmd == const.CMD_SELFTEST:
             mask = args[0] if args else 7
@@ -387,16 +392,10 @@ class SimNode:
         return [ack] + out
 
     def _set_param(self, args):
-        if len(args) != 3:
-            return const.R_BAD_ARGS
-        name = const.PARAM_NAMES.get(args[0])
-        if name is None or name not in self.params:
-            return const.R_UNKNOWN
-        value = (args[1] << 8) | args[2]
-        if args[0] in const.PRESSURE_PARAMS:
-            value = pressure_from_wire(value)
-        if value is None or bounds.problems(self.profile, {name: value}):
-            return const.R_OUT_OF_BOUNDS
+        # the firmware's own decision (firmware/commands.set_param): same result codes, same bounds
+        result, name, value = commands.set_param(self.profile, self.params, {}, args)
+        if result != const.R_OK:
+            return result
         self.params = dict(self.params, **{name: value})
         if name == "setpoint":
             self.p_nom = value

@@ -1,0 +1,132 @@
+"""`gasguard command web ...`: serve the web console, set an operator's console password, check a config.
+
+Thin: parse, call the library, print. Exit 0 ok, 1 operational error (broker, roster), 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+def web():
+    """The district command's web console (board, map, incident and station pages)."""
+
+
+def _load(config):
+    from .config import ConfigError, load
+    try:
+        return load(config)
+    except ConfigError as e:
+        _fail(str(e), 2)
+
+
+@web.command("check-config")
+@click.option("-c", "--config", required=True, type=click.Path(dir_okay=False), help="web console TOML")
+def check_config(config):
+    """Validate the configuration without opening anything."""
+    sc = _load(config)
+    click.echo(f"ok: {sc.bind}:{sc.port}, district {sc.web.district}, broker {sc.mqtt['host']}:{sc.mqtt['port']}")
+
+
+class RegistryStations:
+    """The registry's stations as public dicts, re-read at most every `ttl` seconds (a new station shows up
+    on the map without a restart; the registry is only read)."""
+
+    def __init__(self, path: Path, ttl: float = 30.0):
+        self.path, self.ttl = path, ttl
+        self._at, self._rows = 0.0, []
+
+    def __call__(self) -> list[dict]:
+        if time.monotonic() - self._at >= self.ttl:
+            from gasguard.registry.model import Registry
+            with Registry(self.path, readonly=True) as r:
+                self._rows = [d.public() for d in r.stations()]
+            self._at = time.monotonic()
+        return self._rows
+
+
+@web.command()
+@click.option("-c", "--config", required=True, type=click.Path(dir_okay=False), help="web console TOML")
+def serve(config):
+    """Serve the console (uvicorn) until stopped."""
+    import uvicorn
+
+    from gasguard.authority import AuditLog, BadInput, secretfile
+    from gasguard.provisioning import keys
+
+    from .acting import AuthorityActing
+    from .app import create_app
+    from .login import PasswordBook, PasswordFileError
+    from .source import MqttSource, ReadingFeed, SourceError, StoreSource
+    sc = _load(config)
+    a = sc.authority
+    missing = [k for k in ("roster", "trusted_key", "console_id", "console_key", "audit") if k not in a]
+    if missing:
+        _fail(f"{config}: [authority] needs {', '.join(missing)}: every act is signed and audited", 2)
+    try:
+        book = PasswordBook(sc.passwords)
+        passphrase = os.environ.get(a.get("passphrase_env", "GASGUARD_CONSOLE_PASSPHRASE"), "").encode() or None
+        key = secretfile.load_private_key(a["console_key"], passphrase, what="console key")
+        acting = AuthorityActing(a["roster"], keys.load_public(a["trusted_key"]), a["console_id"], key,
+                                 AuditLog(a["audit"], recorder=a["console_id"]))
+    except (PasswordFileError, BadInput, keys.BadInput) as e:
+        _fail(str(e), 2)
+    m = sc.mqtt
+    feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
+                       keep_s=sc.web.readings_window_s)
+    try:
+        if sc.store:                 # the district command service (issue 15): its store is the one source
+            from gasguard.command.store import open_store
+            store = open_store(sc.store)
+            if store.schema_version() == 0:
+                _fail(f"the command store {sc.store} is empty: start the command service first "
+                      "(gasguard command serve creates and migrates it)", 1)
+            source = StoreSource(store, sc.web.district, topic_root=m["topic_root"],
+                                 feed=feed.start(), source_name=a["console_id"]).start()
+        else:                        # a substation working alone: its grading plugin's topics
+            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed).start(10)
+    except SourceError as e:
+        _fail(str(e), 1)
+    stations = RegistryStations(sc.registry) if sc.registry else (lambda: [])
+    app = create_app(sc.web, source, acting, book, stations)
+    click.echo(f"GasGuard web console for {sc.web.district} on http://{sc.bind}:{sc.port}/", err=True)
+    try:
+        uvicorn.run(app, host=sc.bind, port=sc.port, log_level="info", proxy_headers=True)
+    finally:
+        source.close()
+
+
+@web.command()
+@click.argument("operator_id")
+@click.option("--file", "path", required=True, type=click.Path(dir_okay=False),
+              help="the console's password file (created 0600 if missing)")
+@click.option("--remove", is_flag=True, help="remove the operator's console password")
+def passwd(operator_id, path, remove):
+    """Set (prompted twice, never echoed) or remove an operator's console password."""
+    from .login import PasswordBook, PasswordFileError, new_password_file
+    if remove:
+        try:
+            gone = PasswordBook(path).remove(operator_id)
+        except PasswordFileError as e:
+            _fail(str(e), 2)
+        click.echo(f"{operator_id}: console password {'removed' if gone else 'was not set'}")
+        return
+    pw = click.prompt(f"new console password for {operator_id}", hide_input=True, confirmation_prompt=True)
+    if len(pw) < 12:
+        _fail("at least 12 characters (NIST SP 800-63B: length over composition rules); nothing changed", 2)
+    try:
+        new_password_file(path, operator_id, pw)
+    except PasswordFileError as e:
+        _fail(str(e), 2)
+    click.echo(f"{operator_id}: console password set in {path} (argon2id)")

@@ -1,0 +1,139 @@
+"""The web console's configuration file (TOML), validated before anything opens: a bad file is one message
+naming the key and the fix (exit 2), as for the gateway's `check-config`.
+
+    [web]
+    bind = "127.0.0.1"            # behind a TLS reverse proxy in production; then https_only = true
+    port = 8080
+    district = "lixia"
+    registry = "registry.db"      # stations, coordinates, supply links (read only)
+    passwords = "console-passwords.json"   # argon2 hashes, 0600 (gasguard command web passwd)
+    session_secret = "console-session.key" # made 0600 on first start; replacing it logs everyone out
+    [web.lockout]  max_failures = 5, window_s = 900, lockout_s = 900
+    [web.flood]    window_s = 600, start_above = 10, end_below = 5
+
+    [mqtt]         host, port, topic_root   (readings and valve events; incidents when no store is set)
+
+    [command]      store = "sqlite:///var/lib/gasguard/command.db"  (the command service's store, issue 15)
+
+    [authority]    roster, trusted_key, console_id, console_key, passphrase_env, audit
+
+    [grading]      timezone, pressure bounds (the plan's defaults otherwise)
+
+Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .alarms import FloodConfig
+from .app import WebConfig
+from .login import LockoutConfig
+
+SECTIONS = {
+    "web": {"bind": str, "port": int, "district": str, "registry": str, "passwords": str, "session_secret": str,
+            "https_only": bool, "session_idle_s": (int, float), "confirm_timeout_s": (int, float),
+            "shelve_max_s": (int, float), "readings_window_s": (int, float), "keep_normal_s": (int, float),
+            "lockout": dict, "flood": dict},
+    "mqtt": {"host": str, "port": int, "topic_root": str},
+    "command": {"store": str},
+    "authority": {"roster": str, "trusted_key": str, "console_id": str, "console_key": str,
+                  "passphrase_env": str, "audit": str},
+    "grading": dict,
+}
+SUB = {"lockout": LockoutConfig, "flood": FloodConfig}
+
+
+class ConfigError(Exception):
+    def __init__(self, path, key: str, fix: str):
+        super().__init__(f"{path}: {key}: {fix}")
+
+
+@dataclass
+class ServeConfig:
+    web: WebConfig
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    registry: Path | None = None
+    passwords: Path = Path("console-passwords.json")
+    mqtt: dict = field(default_factory=lambda: {"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1"})
+    authority: dict = field(default_factory=dict)
+    store: str | None = None          # the command service's store URL; None: incidents from MQTT (standalone)
+
+
+def _hint(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"unknown key; did you mean '{close[0]}'?" if close else f"unknown key (known: {', '.join(known)})"
+
+
+def load(path: str | Path) -> ServeConfig:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "file", "not found: start from command/web/README.md's example") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "syntax", str(e)) from None
+    base = path.parent
+
+    def rel(p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else base / q
+
+    for sec, body in doc.items():
+        if sec not in SECTIONS:
+            raise ConfigError(path, sec, _hint(sec, SECTIONS))
+        if SECTIONS[sec] is dict:
+            continue
+        for k, v in body.items():
+            if k not in SECTIONS[sec]:
+                raise ConfigError(path, f"{sec}.{k}", _hint(k, SECTIONS[sec]))
+            want = SECTIONS[sec][k]
+            if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
+                raise ConfigError(path, f"{sec}.{k}", f"{v!r} is not a {getattr(want, '__name__', 'number')}")
+    w = doc.get("web", {})
+    kw: dict = {}
+    for k in ("district", "https_only", "session_idle_s", "confirm_timeout_s", "shelve_max_s",
+              "readings_window_s", "keep_normal_s"):
+        if k in w:
+            kw[k] = w[k]
+    for k, cls in SUB.items():
+        if k in w:
+            known = cls.__dataclass_fields__
+            for sk in w[k]:
+                if sk not in known:
+                    raise ConfigError(path, f"web.{k}.{sk}", _hint(sk, known))
+            kw[k] = cls(**w[k])
+    for k in ("session_idle_s", "confirm_timeout_s", "shelve_max_s", "readings_window_s"):
+        if k in kw and kw[k] <= 0:
+            raise ConfigError(path, f"web.{k}", "must be more than 0 seconds")
+    if "flood" in kw and not kw["flood"].end_below <= kw["flood"].start_above:
+        raise ConfigError(path, "web.flood", "end_below must not exceed start_above (ISA-18.2: 10 and 5)")
+    kw["grading"] = doc.get("grading", {})
+    kw["session_secret"] = _session_secret(rel(w.get("session_secret", "console-session.key")))
+    return ServeConfig(web=WebConfig(**kw), bind=w.get("bind", "127.0.0.1"), port=w.get("port", 8080),
+                       registry=rel(w["registry"]) if "registry" in w else None,
+                       passwords=rel(w.get("passwords", "console-passwords.json")),
+                       mqtt={"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1", **doc.get("mqtt", {})},
+                       store=doc.get("command", {}).get("store"),
+                       authority={k: (str(rel(v)) if k in ("roster", "trusted_key", "console_key", "audit") else v)
+                                  for k, v in doc.get("authority", {}).items()})
+
+
+def _session_secret(p: Path) -> bytes:
+    """The key that signs session cookies: 32 random bytes made once, 0600 (never logged)."""
+    if not p.exists():
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    if p.stat().st_mode & 0o077:
+        raise ConfigError(p, "web.session_secret", f"readable by others: run 'chmod 600 {p}'")
+    data = p.read_bytes()
+    if len(data) < 32:
+        raise ConfigError(p, "web.session_secret", "shorter than 32 bytes: delete it to make a new one")
+    return data

@@ -1,0 +1,302 @@
+"""What the web console needs from the district command: the interface, and the adapters behind it.
+
+The console reads incidents, listens for their changes, sends signed acknowledgements and operator input,
+and reads a station's recent readings and valve history. `IncidentSource` is that interface; the web layer
+knows nothing else of where incidents live.
+
+- `StoreSource`: the district command service's store (issue 15, `gasguard.command.store`): incidents as the
+  leader stored them, followed by sequence number; acts submitted as requests the leader verifies and answers
+  ("accepted" / "refused: why"). The production source.
+- `MqttSource`: the incident topics of one district over MQTT (a substation's grading plugin working alone).
+- `ReadingFeed`: readings and valve events of the district's gateways, kept in memory for `keep_s` (24 h)
+  with a per-device bound (oldest dropped, counted). Neither the gateways nor the service store readings
+  for a console to plot, so the console keeps this window itself: after a console restart the plot refills.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Callable, Protocol
+
+import paho.mqtt.client as mqtt
+
+from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.protocol.topics import EVENT, READING, ROOT, Topics
+
+Listener = Callable[[dict], None]
+VALVE_EVENT = 5          # protocol event code VALVE: data = valve u8 (1 closed, 0 open), cause u8
+VALVE_CAUSES = {1: "gas", 2: "opso", 3: "upso", 4: "fault", 5: "reset", 6: "selftest", 7: "manual"}
+
+
+class SourceError(Exception):
+    """The command could not be reached or did not confirm in time; the message says what to do."""
+
+
+class Refused(SourceError):
+    """The command refused the act (signature, role, revocation, freshness, replay...): the reason says why."""
+
+
+class IncidentSource(Protocol):
+    def snapshot(self) -> list[dict]: ...                       # latest revision of every incident held
+    def get(self, incident_id: str) -> dict | None: ...
+    def listen(self, fn: Listener) -> Callable[[], None]: ...  # fn(msg) on every new revision; returns unlisten
+    def act_topic(self, kind: str, incident_id: str) -> str: ...   # where an "ack"/"input" goes (signed over)
+    # the signed payload; returns once the command took it ("accepted") or None when only the incident's next
+    # revision can tell; raises Refused with the command's reason, SourceError when it could not be sent
+    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
+    def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
+    def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
+    def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause", "gateway"}
+
+
+class ReadingFeed:
+    """Readings and valve events of every gateway of a district, a bounded window in memory."""
+
+    def __init__(self, host: str, port: int, district: str, *, topic_root: str = ROOT, keep_s: float = 86_400.0,
+                 max_per_device: int = 20_000, clock=time.time):
+        self.keep_s, self.max_per_device, self.clock = keep_s, max_per_device, clock
+        self.host, self.port = host, port
+        tree = Topics(topic_root)
+        self.subscriptions = [(f"{tree.root}/{district}/+/{READING}", 1), (tree.district_gateways(district, EVENT), 1)]
+        self._lock = threading.Lock()
+        self._readings: dict[str, deque] = {}
+        self._valves: dict[str, deque] = {}
+        self.dropped = 0                       # rows dropped by the per-device bound
+        self.client: mqtt.Client | None = None
+
+    def start(self) -> "ReadingFeed":
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gg-web-readings-{uuid.uuid4().hex[:8]}")
+        c.on_connect = lambda cl, u, f, rc, p: None if rc.is_failure else cl.subscribe(self.subscriptions)
+        c.on_message = lambda cl, u, m: self.take(m.topic, m.payload)
+        c.reconnect_delay_set(1, 30)
+        try:
+            c.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise SourceError(f"cannot reach the MQTT broker at {self.host}:{self.port} ({e}): check [mqtt]") from None
+        c.loop_start()
+        self.client = c
+        return self
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    def take(self, topic: str, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        if topic.endswith("/" + READING):
+            with self._lock:
+                for r in doc.get("readings", []):
+                    self._keep(self._readings, r["dev"], {k: r.get(k) for k in (
+                        "t", "pressure_pa", "inlet_pa", "gas_pct_lel")})
+        elif topic.endswith("/" + EVENT) and doc.get("code") == VALVE_EVENT:
+            data = bytes.fromhex(doc.get("data_hex", ""))
+            if data:
+                with self._lock:
+                    self._keep(self._valves, doc["dev"], {
+                        "t": doc["t"], "valve": "closed" if data[0] == 1 else "open",
+                        "cause": VALVE_CAUSES.get(data[1], str(data[1])) if len(data) > 1 else None,
+                        "gateway": doc.get("gateway")})
+
+    def _keep(self, table: dict, dev: str, row: dict) -> None:
+        q = table.get(dev)
+        if q is None:
+            q = table[dev] = deque(maxlen=self.max_per_device)
+        if len(q) == q.maxlen:
+            self.dropped += 1
+        q.append(row)
+        while q and q[0]["t"] < self.clock() - self.keep_s:
+            q.popleft()
+
+    def readings(self, dev: str, since: float) -> list[dict]:
+        with self._lock:
+            return [r for r in self._readings.get(dev, ()) if r["t"] >= since]
+
+    def valve_history(self, dev: str, since: float) -> list[dict]:
+        with self._lock:
+            return [r for r in self._valves.get(dev, ()) if r["t"] >= since]
+
+
+class MqttSource:
+    """Incidents from `<root>/<district>/command/incident/+` (a gateway's grading plugin, standalone)."""
+
+    def __init__(self, host: str, port: int, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
+                 **client_kw):
+        self.client = CommandClient(host, port, district, topic_root=topic_root, **client_kw)
+        self.feed = feed or ReadingFeed(host, port, district, topic_root=topic_root)
+        self._listeners: list[Listener] = []
+        on_incident = self.client.client.on_message
+
+        def on_message(client, userdata, m):
+            before = self.client.board.version
+            on_incident(client, userdata, m)
+            if self.client.board.version != before:
+                msg = self.client.board.get(m.topic.rsplit("/", 1)[1])
+                for fn in list(self._listeners):
+                    fn(msg)
+        self.client.client.on_message = on_message
+
+    def start(self, timeout: float = 10.0) -> "MqttSource":
+        try:
+            self.client.connect(timeout)
+        except ConsoleError as e:
+            raise SourceError(str(e)) from None
+        self.feed.start()
+        return self
+
+    def close(self) -> None:
+        self.feed.close()
+        self.client.close()
+
+    def snapshot(self) -> list[dict]:
+        with self.client.board._lock:
+            return list(self.client.board.incidents.values())
+
+    def get(self, incident_id: str) -> dict | None:
+        return self.client.board.get(incident_id)
+
+    def listen(self, fn: Listener):
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn)
+
+    def act_topic(self, kind: str, incident_id: str) -> str:
+        return getattr(self.client._command_of(incident_id), kind)(incident_id)
+
+    def _send(self, kind: str, incident_id: str, request: bytes, timeout: float) -> str | None:
+        """Publish the signed act; then wait for whichever comes first: the gateway's answer to this request
+        (issue 14: `command/result/<gw>`, keyed by the request's SHA-256; a refusal raises Refused) or a new
+        revision of the incident (a gateway that applied it without an answer): None, the caller checks it."""
+        cur = self.client.board.get(incident_id)
+        rev0 = cur["revision"] if cur else -1
+        try:
+            self.client._publish(self.act_topic(kind, incident_id), request, timeout)
+        except ConsoleError as e:
+            raise SourceError(str(e)) from None
+        results = getattr(self.client, "results", None)
+        if results is None:
+            return None
+        sha = hashlib.sha256(request).hexdigest()
+        deadline = time.monotonic() + timeout
+        with self.client.results_cond:
+            while sha not in results:
+                m = self.client.board.get(incident_id)
+                left = deadline - time.monotonic()
+                if (m is not None and m["revision"] > rev0) or left <= 0:
+                    return None
+                self.client.results_cond.wait(min(left, 0.05))
+            res = results[sha]
+        if res.get("outcome") != "allowed":
+            raise Refused(f"{res.get('reason')}: {res.get('detail')}")
+        return "accepted"
+
+    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> str | None:
+        return self._send("ack", incident_id, request, timeout)
+
+    def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None:
+        return self._send("input", incident_id, request, timeout)
+
+    def readings(self, dev: str, since: float) -> list[dict]:
+        return self.feed.readings(dev, since)
+
+    def valve_history(self, dev: str, since: float) -> list[dict]:
+        return self.feed.valve_history(dev, since)
+
+
+class StoreSource:
+    """Incidents from the command service's store (`open_store(url)`), followed by revision sequence number:
+    a thread waits on `store.wait_changes` and hands every new revision to the listeners."""
+
+    def __init__(self, store, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
+                 poll_s: float = 0.1, source_name: str = "web"):
+        self.store, self.feed, self.poll_s, self.source_name = store, feed, poll_s, source_name
+        self.topics = Topics(topic_root).command(district)
+        self._latest: dict[str, dict] = {}
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0                        # failed polls (the store unreachable), retried
+
+    def start(self, timeout: float = 10.0) -> "StoreSource":
+        for m in self.store.list_incidents(limit=5000):
+            self._latest[m["incident_id"]] = m
+        self._seq = self.store.last_seq()
+        self._thread = threading.Thread(target=self._follow, name="web-store-follow", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self.feed is not None:
+            self.feed.close()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rows = self.store.wait_changes(self._seq, 1.0, poll=self.poll_s)
+            except Exception:  # noqa: BLE001 - a store that went away: counted, retried, the board says so
+                self.errors += 1
+                self._stop.wait(1.0)
+                continue
+            for r in rows:
+                self._seq = max(self._seq, r["seq"])
+                m = r["payload"]
+                with self._lock:
+                    cur = self._latest.get(m["incident_id"])
+                    if cur is not None and cur["revision"] >= m["revision"]:
+                        continue
+                    self._latest[m["incident_id"]] = m
+                for fn in list(self._listeners):
+                    fn(m)
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return list(self._latest.values())
+
+    def get(self, incident_id: str) -> dict | None:
+        with self._lock:
+            return self._latest.get(incident_id)
+
+    def listen(self, fn: Listener):
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn)
+
+    def act_topic(self, kind: str, incident_id: str) -> str:
+        return getattr(self.topics, kind)(incident_id)
+
+    def _submit(self, kind: str, incident_id: str, request: bytes, timeout: float) -> str:
+        try:
+            seq = self.store.submit(kind, incident_id, json.loads(request), source=self.source_name)
+            done = self.store.wait_request(seq, timeout)
+        except Exception as e:  # noqa: BLE001 - the store's driver errors differ (sqlite3, psycopg)
+            raise SourceError(f"could not hand the act to the command service ({e}): is the store reachable?") from None
+        if done is None or not done["done"]:
+            raise SourceError(f"the command service did not take the act within {timeout:g} s: is a leader running "
+                              "(gasguard command serve)?")
+        if str(done["outcome"]).startswith("refused"):
+            raise Refused(str(done["outcome"]).partition(":")[2].strip() or "refused")
+        return done["outcome"]
+
+    def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> str:
+        return self._submit("ack", incident_id, request, timeout)
+
+    def send_input(self, incident_id: str, request: bytes, timeout: float) -> str:
+        return self._submit("input", incident_id, request, timeout)
+
+    def readings(self, dev: str, since: float) -> list[dict]:
+        return self.feed.readings(dev, since) if self.feed else []
+
+    def valve_history(self, dev: str, since: float) -> list[dict]:
+        return self.feed.valve_history(dev, since) if self.feed else []

@@ -1,0 +1,82 @@
+// The live incident board: the server sends the whole board on every change and once a second (so the
+// deadlines count down on the server's clock); this script only draws it. Text goes in with textContent.
+"use strict";
+(function () {
+  const STATE_LABEL = {
+    "unacknowledged": "UNACK", "acknowledged": "ACK", "returned-to-normal-unacknowledged": "CLEARED · UNACK",
+    "normal": "cleared", "shelved": "SHELVED",
+  };
+  const rows = document.getElementById("rows");
+  const shelvedRows = document.getElementById("shelved-rows");
+  const live = document.getElementById("live");
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+
+  function deadlineCell(d) {
+    const td = el("td", "deadline" + (d.overdue ? " overdue" : "") + (d.counting ? "" : " stopped"), d.text);
+    return td;
+  }
+
+  function row(r) {
+    const tr = el("tr", "state-" + r.state + " warn-" + (r.warning || "none"));
+    tr.dataset.incident = r.incident_id;
+    tr.dataset.state = r.state;
+    tr.appendChild(el("td", "state", STATE_LABEL[r.state] || r.state));
+    const w = el("td", "warning");
+    w.appendChild(el("span", "chip w-" + (r.warning || "none"), (r.warning || "none").toUpperCase()));
+    tr.appendChild(w);
+    tr.appendChild(el("td", "level", (r.level_name || "–") + (r.projected ? " (projected)" : "")));
+    tr.appendChild(el("td", "category", r.category_zh));
+    const site = el("td", "site");
+    const a = el("a", null, r.site);
+    a.href = "/incidents/" + encodeURIComponent(r.incident_id);
+    site.appendChild(a);
+    site.appendChild(el("div", "iid", r.incident_id + " · rev " + r.revision));
+    tr.appendChild(site);
+    tr.appendChild(el("td", "num households", r.households ? r.households.toLocaleString("en") : "–"));
+    tr.appendChild(deadlineCell(r.phone));
+    tr.appendChild(deadlineCell(r.written));
+    let ack;
+    if (r.acked) ack = el("td", "ack yes", r.acked.by);
+    else if (r.escalation) ack = el("td", "ack escalated", "ESCALATED ×" + r.escalation.count);
+    else ack = el("td", "ack no", "not acknowledged");
+    if (r.shelf) ack.appendChild(el("div", "shelf", "shelved by " + r.shelf.by + ": " + r.shelf.reason));
+    tr.appendChild(ack);
+    const act = el("td", "actions");
+    if (!r.acked) {
+      const b = el("a", "button ack-button", "Acknowledge…");
+      b.href = "/incidents/" + encodeURIComponent(r.incident_id) + "/ack?back=/";
+      act.appendChild(b);
+    }
+    tr.appendChild(act);
+    return tr;
+  }
+
+  function draw(board) {
+    const main = board.rows.filter(r => r.state !== "shelved");
+    const shelved = board.rows.filter(r => r.state === "shelved");
+    rows.replaceChildren(...main.map(row));
+    shelvedRows.replaceChildren(...shelved.map(row));
+    document.getElementById("empty").hidden = main.length > 0;
+    document.getElementById("shelved").hidden = shelved.length === 0;
+    document.getElementById("shelved-head").hidden = shelved.length === 0;
+    const unack = board.rows.filter(r => r.state === "unacknowledged" || r.state === "returned-to-normal-unacknowledged").length;
+    document.getElementById("counts").textContent = "· " + main.length + " shown, " + unack + " unacknowledged";
+    const f = board.flood, banner = document.getElementById("flood");
+    banner.hidden = !f.flood;
+    if (f.flood) banner.textContent = "ALARM FLOOD: " + f.count + " new alarms in the last " + Math.round(f.window_s / 60) +
+      " minutes (more than " + f.start_above + "). Work the red and unacknowledged first; shelve what is understood.";
+    document.getElementById("clock").textContent = board.now_text;   // the district's time, from the server
+    document.body.dataset.boardAt = String(board.now);
+  }
+
+  draw(JSON.parse(document.getElementById("board-data").textContent));
+  const es = new EventSource("/events");
+  es.addEventListener("board", ev => { draw(JSON.parse(ev.data)); live.textContent = "live"; live.className = "live on"; });
+  es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+})();

@@ -1,0 +1,3 @@
+// The incident page's print button (no inline handlers: the Content-Security-Policy allows only our scripts).
+"use strict";
+document.getElementById("print").addEventListener("click", () => window.print());

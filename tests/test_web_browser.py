@@ -1,0 +1,204 @@
+"""The web console in a real headless Chromium, end to end. One browser for the module.
+
+- a substation working alone: a signed leak frame over a real pty into the real gateway daemon (grading
+  plugin on), its incident through a real mosquitto onto the board of a logged-in operator within 2 s, who
+  acknowledges it; the gateway confirms and the audit record names the operator;
+- a district: the same frame through a plain gateway to the real command service (leader, SQLite store,
+  the authority's Gate), read from its store; the acknowledgement signed by the console on behalf of the
+  operator, verified and applied by the leader, whose hash-chained audit record names them;
+- pages need a login, print without controls, and a forged form is refused."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gasguard.command.web.app import WebConfig, create_app
+from gasguard.command.web.login import new_password_file
+from gasguard.command.web.source import MqttSource
+from gasguard.gateway import config as gwconfig
+from gasguard.gateway.daemon import Daemon
+from gasguard.registry.model import Device, Registry
+from gasguard.testing.config import write_config
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.links import PtyCable
+from gasguard.testing.node import Node
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.waits import wait_until
+from gasguard.testing.webserver import WebServer
+from web_helpers import RecordingActing, quick_hasher
+
+pytestmark = pytest.mark.mosquitto
+
+OPERATOR, PASSWORD = "wang.li", "correct horse battery"
+LEAK_SITE = "文化东路12号 3单元 502室 (Wenhua East Road 12, unit 3, flat 502)"
+
+
+def _gateway(tmp_path, mosquitto, grading=True):
+    """A home and its regulator station in the registry, a pty cable, the gateway's configuration: grading
+    plugin on (a substation working alone) or off (a district: the command service grades)."""
+    station, home = Node(0xA001), Node(0x100001)
+    with Registry(tmp_path / "registry.db") as r:
+        r.add_many([
+            Device(dev_id=station.dev, key=station.key, profile="station", site_name="燕山调压站",
+                   address="历下区燕山立交桥东", lat=36.659, lon=117.062, households=8_000,
+                   pressure_class="subhigh_a", state="commissioned"),
+            Device(dev_id=home.dev, key=home.key, profile="household", site_name=LEAK_SITE,
+                   address="历下区文化东路12号", lat=36.662, lon=117.071, households=1,
+                   upstream=station.dev, state="commissioned"),
+        ])
+    cable = PtyCable(tmp_path / "ttyGG0")
+    cfg = gwconfig.load(write_config(
+        tmp_path / "gateway.toml", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
+        mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id="sub-017", district="lixia",
+        extra='[metrics]\ntick_interval = 0.1\n' + ('\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
+                                                  if grading else "")))
+    return home, cable, cfg
+
+
+def _login(browser, url, operator=OPERATOR, password=PASSWORD):
+    d = browser.driver
+    d.get(url + "/")
+    browser.wait_css("#operator-id", 5)
+    d.find_element("id", "operator-id").send_keys(operator)
+    d.find_element("id", "password").send_keys(password)
+    d.find_element("id", "login").click()
+
+
+def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tmp_path, mosquitto, chromium):
+    home, cable, cfg = _gateway(tmp_path, mosquitto)
+    daemon_sub = Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
+    runner = DaemonThread(Daemon(cfg))
+    source = MqttSource("127.0.0.1", mosquitto.port, "lixia").start(10)
+    acting = RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
+    book = new_password_file(tmp_path / "console-passwords.json", OPERATOR, PASSWORD, quick_hasher())
+    app = create_app(WebConfig(district="lixia"), source, acting, book)
+    try:
+        runner.wait_ports()
+        with WebServer(app) as web:
+            chromium.reset()
+            _login(chromium, web.url, password="wrong")
+            chromium.wait_css("#login-error", 5, "wrong")                 # refused, and said so
+            _login(chromium, web.url)
+            chromium.wait_css("#live.on", 5)                               # the board's event stream is up
+            assert chromium.wait_css("#empty", 2)[0].is_displayed()
+
+            sent = time.monotonic()
+            cable.send(home.alarm(code=2, value=300))                    # gas_l2: the node shut its valve
+            row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]         # full name, within 2 s of the frame
+            seen_s = time.monotonic() - sent
+            assert row.get_attribute("data-state") == "unacknowledged"
+            assert "BLUE" in row.text and "IV" in row.text and "安全事故类" in row.text
+            assert row.find_element("css selector", "td.deadline").text.startswith("19:")   # 20' counting down
+
+            row.find_element("css selector", ".ack-button").click()       # asks first ...
+            confirm = chromium.wait_css("#confirm-ack", 5)[0]
+            assert OPERATOR in confirm.text
+            confirm.click()                                               # ... acts on the confirmation
+            flash = chromium.wait_css("#flash", 12, "confirmed")[0]
+            assert "Acknowledged" in flash.text
+            row = chromium.wait_css("#rows tr[data-state=acknowledged]", 3)[0]
+            assert OPERATOR in row.text and "acked in time" in row.text   # deadlines stop counting
+
+            # the gateway itself confirmed: its own publication carries the acknowledgement
+            pubs = daemon_sub.wait(lambda ms: [d for _, d, _ in ms if d.get("acked")], 5)
+            assert pubs[-1]["acked"]["by"] == OPERATOR
+            iid = pubs[-1]["incident_id"]
+            acks = [r for r in acting.records if r["type"] == "ack"]
+            assert [(r["operator"], r["outcome"], r["incident"]) for r in acks] == [(OPERATOR, "done", iid)]
+            logins = [(r["operator"], r["outcome"]) for r in acting.records if r["type"] == "login"]
+            assert logins == [(OPERATOR, "refused"), (OPERATOR, "allowed")]
+            print(f"leak frame -> board row: {seen_s * 1000:.0f} ms")
+            chromium.reset()
+    finally:
+        source.close()
+        daemon_sub.close()
+        runner.stop()
+        cable.close()
+
+
+def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_record(tmp_path, mosquitto,
+                                                                                      chromium):
+    """In a district: gateway (no grading plugin) -> broker -> the command service (leader, SQLite store, the
+    authority's Gate) -> its store -> this console; the acknowledgement goes back through the store as a signed
+    request the leader verifies, applies and audits with the operator's name."""
+    from gasguard.authority import audit
+    from gasguard.command import config as cconfig
+    from gasguard.command.service import CommandService
+    from gasguard.command.store import open_store
+    from gasguard.command.web.source import StoreSource
+    from gasguard.testing.webconsole import Authority
+    home, cable, gw_cfg = _gateway(tmp_path, mosquitto, grading=False)
+    runner = DaemonThread(Daemon(gw_cfg))
+    auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
+    url = f"sqlite:///{tmp_path / 'command.db'}"
+    svc = CommandService(cconfig.load(None, district="lixia", store=url, registry=str(tmp_path / "registry.db"),
+                                      mqtt_port=mosquitto.port, tick_interval=0.1, instance="cmd-a", lease_ttl=2.0,
+                                      authority=auth.command_table())).start()
+    source = None
+    try:
+        wait_until(svc.connected.is_set, 15, "the command service leads and connects")
+        runner.wait_ports()
+        source = StoreSource(open_store(url), "lixia", poll_s=0.05).start()
+        book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
+        app = create_app(WebConfig(district="lixia"), source, auth.acting(), book)
+        with WebServer(app) as web:
+            chromium.reset()
+            _login(chromium, web.url)
+            chromium.wait_css("#live.on", 5)
+            sent = time.monotonic()
+            cable.send(home.alarm(code=2, value=300))
+            row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]
+            print(f"leak frame -> service -> store -> board row: {(time.monotonic() - sent) * 1000:.0f} ms")
+            row.find_element("css selector", ".ack-button").click()
+            chromium.wait_css("#confirm-ack", 5)[0].click()
+            chromium.wait_css("#flash", 12, "confirmed")
+            chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
+            chromium.reset()
+        iid = source.snapshot()[0]["incident_id"]
+        assert [a["outcome"] for a in svc.store.get_incident(iid)["acks"]] == ["accepted"]
+        recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+                for r in audit.show(auth.dir / "audit-command", category="incident")]
+        assert ("ack", "allowed", OPERATOR, auth.console_id) in recs          # the leader's record names them
+        assert audit.verify(auth.dir / "audit-command")["ok"]
+    finally:
+        if source is not None:
+            source.close()
+        runner.stop()
+        cable.close()
+        svc.stop()
+
+
+def test_pages_need_a_login_print_without_controls_and_a_forged_form_is_refused(tmp_path, chromium):
+    from web_helpers import STATIONS, T0, EngineSource, alarm
+    clock = {"t": T0}
+    source = EngineSource(lambda: clock["t"])
+    source.observe(alarm(STATIONS[0], T0, 4, ptrip=True, value=900))
+    acting = RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
+    book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
+    app = create_app(WebConfig(), source, acting, book, stations=lambda: STATIONS, clock=lambda: clock["t"])
+    iid = next(iter(source.latest))
+    with WebServer(app) as web:
+        chromium.reset()
+        chromium.driver.get(f"{web.url}/incidents/{iid}")
+        chromium.wait_css("#operator-id", 5)                              # sent to the login page ...
+        _login(chromium, web.url)
+        chromium.wait_css("#live", 5)
+        chromium.driver.get(f"{web.url}/incidents/{iid}")
+        chromium.wait_css("#input-form", 5)
+        # on paper: the report and the facts, no controls (print stylesheet)
+        d = chromium.driver
+        d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        assert d.find_element("id", "report-zh").is_displayed() and d.find_element("id", "timeline").is_displayed()
+        assert not d.find_element("id", "input-form").is_displayed() and not d.find_element("id", "ack").is_displayed()
+        assert "Printed by wang.li" in d.find_element("css selector", ".printed-by").text
+        d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+        # the token of this form is replaced by another one: the console refuses the post
+        chromium.driver.execute_script("document.querySelector('#input-form input[name=csrf]').value = 'forged'")
+        chromium.driver.find_element("id", "f-deaths").send_keys("1")
+        chromium.driver.find_element("id", "send-input").click()
+        chromium.wait_css("body", 5, "CSRF token missing or wrong")
+        wait_until(lambda: any(r["type"] == "csrf" for r in acting.records), 2, "CSRF refusal audited")
+        assert source.sent == []                                          # nothing reached the command
+        chromium.reset()
