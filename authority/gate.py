@@ -120,7 +120,7 @@ class Gate:
     def refuse(self, r: Refused, topic: str, raw: bytes, *, category: str, event: str, detail: dict | None = None) -> None:
         self._count(r.reason)
         src = {"operator": r.operator, "signer": r.signer} if r.operator else peek_ids(raw)
-        log.warning("refused %s on %s: %s (%s)", event, topic, r.reason, r)
+        log.warning("refused %s on %r: %s (%r)", event, topic, r.reason, str(r))   # %r: the sender's text, escaped
         self.record(category, event, "refused", {k: v for k, v in src.items() if v}, None, f"{r.reason}: {r}",
                      dict(detail or {}, topic=topic, reason_code=r.reason))
 

@@ -52,7 +52,7 @@ def request_id_of(payload: bytes) -> str:
         if isinstance(doc, dict) and isinstance(doc.get("body"), str):
             doc = json.loads(doc["body"])
         return str(doc.get("request_id", ""))[:128] if isinstance(doc, dict) else ""
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, load
+from . import startup
 
 
 @click.group()
@@ -19,34 +19,32 @@ def gateway():
     """The substation gateway daemon: ingest, verify, spool, publish."""
 
 
+def _refuse(r: startup.Refused):
+    click.echo(str(r), err=True)
+    sys.exit(r.exit_code)
+
+
 def _load_or_exit(path):
     try:
-        return load(path)
-    except ConfigError as e:
-        click.echo(f"configuration error: {e}", err=True)
-        sys.exit(2)
+        return startup.config(path)
+    except startup.Refused as r:
+        _refuse(r)
 
 
 @gateway.command("check-config")
 @click.option("--config", "-c", "path", required=True, type=click.Path(dir_okay=False), help="gateway.toml")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
 def check_config(path, as_json):
-    """Validate gateway.toml without opening any port; also checks the registry can be read."""
+    """Validate gateway.toml (every table, plugin options included) and open the registry, the spool and
+    the plugins as `run` does, without opening any port. Exit 2 on anything `run` would refuse."""
     cfg = _load_or_exit(path)
-    from gasguard.registry import Registry, RegistryError
     try:
-        with Registry(cfg.registry, readonly=True) as r:
-            n = r.count()
-    except RegistryError as e:      # its message already says what to do
-        click.echo(f"gateway.registry: {e}", err=True)
-        sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - any other failure to read is reported the same way
-        click.echo(f"gateway.registry: cannot read {cfg.registry} ({e}); check the path and its permissions",
-                   err=True)
-        sys.exit(1)
-    summary = {"gateway": cfg.gateway_id, "district": cfg.district, "root": cfg.root, "devices": n,
-               "serial": [s.port for s in cfg.serial], "udp": cfg.udp_bind, "spool": str(cfg.spool),
-               "mqtt": f"{cfg.mqtt_host}:{cfg.mqtt_port}", "tls": bool(cfg.tls_ca), "plugins": sorted(cfg.plugins)}
+        summary = startup.check(cfg)
+    except Exception as e:
+        r = startup.refusal(e, path)
+        if r is None:
+            raise
+        _refuse(r)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -108,23 +106,7 @@ def run(path, clock_spec, t0):
     from gasguard import logs
 
     from .daemon import Daemon
-    from gasguard.registry import RegistryError
     logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
-    try:
-        daemon = Daemon(cfg, clock=clock)
-        if clock.mode != "real":
-            logging.getLogger("gasguard.gateway").warning(
-                "DRILL CLOCK %s: every message this gateway publishes is marked \"drill\"; not for production",
-                clock.mode)
-    except ConfigError as e:        # [authority]: the roster's key or the audit folder (named in the message)
-        click.echo(f"{path}: {e}", err=True)
-        sys.exit(2)
-    except RegistryError as e:
-        click.echo(f"gateway.registry: {e}", err=True)
-        sys.exit(1)
-    except OSError as e:
-        click.echo(f"cannot start: {e}", err=True)
-        sys.exit(1)
 
     async def main():
         stop = asyncio.Event()
@@ -133,7 +115,20 @@ def run(path, clock_spec, t0):
             loop.add_signal_handler(sig, stop.set)
         await daemon.run(stop)
 
-    asyncio.run(main())
+    # a refusal at start (plugin options, registry, spool, a port in use) exits 2, which the systemd unit
+    # does not restart; the daemon itself never exits on a fault once it runs
+    try:
+        daemon = Daemon(cfg, clock=clock)
+        if clock.mode != "real":
+            logging.getLogger("gasguard.gateway").warning(
+                "DRILL CLOCK %s: every message this gateway publishes is marked \"drill\"; not for production",
+                clock.mode)
+        asyncio.run(main())
+    except Exception as e:
+        r = startup.refusal(e, path)
+        if r is None:
+            raise
+        _refuse(r)
 
 
 @gateway.command("advance-clock")

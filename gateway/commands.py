@@ -28,7 +28,7 @@ def parse_request(payload: bytes | dict) -> dict:
     """A request (JSON bytes, or the verified body of a signed request) -> its checked fields."""
     try:
         req = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
-    except ValueError:
+    except (ValueError, RecursionError):     # RecursionError: nested past the parser's depth
         raise BadCommand("payload is not JSON") from None
     if not isinstance(req, dict):
         raise BadCommand("payload must be a JSON object")
@@ -36,7 +36,7 @@ def parse_request(payload: bytes | dict) -> dict:
     if not isinstance(rid, str) or not 0 < len(rid) <= 128:
         raise BadCommand("request_id: a string of 1-128 characters is required")
     cmd = req.get("cmd")
-    if cmd not in _CODES:
+    if not isinstance(cmd, str) or cmd not in _CODES:     # a list or object is not hashable: no TypeError
         raise BadCommand(f"cmd: choose one of {', '.join(_CODES)}")
     args = b""
     if cmd == "set_param":

@@ -7,6 +7,7 @@ and `gasguard gateway run` give the same answer.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Config:
     spool: Path
     serial: list[SerialPort] = field(default_factory=list)
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
+    udp_forwarders: dict = field(default_factory=dict)   # EUI (16 hex) -> the IP it may speak from; {}: pin
     topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
@@ -69,6 +71,10 @@ class Config:
     stats_interval: float = 60.0
     command_timeout: float = 120.0
     command_retry: float = 10.0
+    mic_failures: int = 5              # MIC failures for one device within mic_window s: a security event
+    mic_window: float = 60.0
+    log_window: float = 10.0           # a repeating log line (rejection, traceback, node text) per this window ...
+    node_log_lines: int = 20           # ... and this many node log lines per port; the rest counted, summarised
     tick_interval: float = 1.0
     stall_after: float = 20.0          # seconds a daemon loop may make no progress before the watchdog starves
     metrics_bind: str | None = None    # "host:port" for Prometheus, or None
@@ -129,12 +135,13 @@ def _hostport(v: str, key: str) -> str:
 _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
-    "udp": {"bind"},
+    "udp": {"bind", "forwarders"},
     "mqtt": {"host", "port", "topic_root", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
     "spool": {"max_mb", "audit", "synchronous"},
-    "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout", "command_retry"},
+    "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout",
+               "command_retry", "mic_failures", "mic_window", "log_window", "node_log_lines"},
     "authority": {"roster", "trust", "replay", "audit_dir", "max_age_s", "max_skew_s", "audit_capacity_mb",
                   "audit_segment_mb", "audit_warn_fraction"},
     "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
@@ -192,6 +199,16 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         u = _get(doc, "udp", dict)
         _unknown(u, "udp")
         cfg.udp_bind = _hostport(_get(u, "bind", str, path="udp"), "udp.bind")
+        for eui, ip in _get(u, "forwarders", dict, {}, "udp").items():
+            key = f"udp.forwarders.{eui}"
+            if not re.fullmatch(r"[0-9A-Fa-f]{16}", eui):
+                raise ConfigError(key, "a forwarder EUI is 16 hex digits, e.g. aa555a0000000001 = \"10.0.0.5\"")
+            try:
+                ipaddress.ip_address(ip if isinstance(ip, str) else "")
+            except ValueError:
+                raise ConfigError(key, f"{ip!r} is not an IP address; give the forwarder's, e.g. \"10.0.0.5\"") \
+                    from None
+            cfg.udp_forwarders[eui.lower()] = ip
     if not cfg.serial and not cfg.udp_bind:
         raise ConfigError("serial", "no transport: add a [[serial]] port or [udp] bind = \"0.0.0.0:1700\"")
 
@@ -255,6 +272,12 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         raise ConfigError("limits.offline_missed_reports", "0 (use offline_after alone) or more report periods")
     cfg.command_timeout = _positive(_get(lim, "command_timeout", float, 120.0, "limits"), "limits.command_timeout")
     cfg.command_retry = _positive(_get(lim, "command_retry", float, 10.0, "limits"), "limits.command_retry")
+    cfg.mic_failures = _positive(_get(lim, "mic_failures", int, 5, "limits"), "limits.mic_failures")
+    cfg.mic_window = _positive(_get(lim, "mic_window", float, 60.0, "limits"), "limits.mic_window")
+    cfg.log_window = _positive(_get(lim, "log_window", float, 10.0, "limits"), "limits.log_window")
+    cfg.node_log_lines = _get(lim, "node_log_lines", int, 20, "limits")
+    if cfg.node_log_lines < 0:
+        raise ConfigError("limits.node_log_lines", "0 (count node lines, log none) or more lines per window")
 
     mt = _get(doc, "metrics", dict, {})
     _unknown(mt, "metrics")
@@ -276,7 +299,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         except OptionError as e:
             raise ConfigError(e.key, str(e).split(": ", 1)[1]) from None
     pl = _get(doc, "plugins", dict, {})
-    from .plugin import PLUGINS
+    from .plugin import CHECKS, PLUGINS
     for name, opts in pl.items():
         if name not in PLUGINS:
             raise ConfigError(f"plugins.{name}", f"unknown plugin; available: {', '.join(sorted(PLUGINS)) or 'none'}")
@@ -285,6 +308,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         if not (opts is True or isinstance(opts, dict)):
             raise ConfigError(f"plugins.{name}", "use true, false or a table of the plugin's options")
         cfg.plugins[name] = {} if opts is True else dict(opts)
+        if name in CHECKS:
+            try:
+                CHECKS[name](cfg.plugins[name])
+            except ValueError as e:
+                raise ConfigError(f"plugins.{name}", str(e)) from None
     return cfg
 
 
@@ -322,9 +350,15 @@ def _authority(doc: dict, cfg: Config, p) -> None:
 def load(path: str | Path) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError("file", f"cannot read {path} ({e.strerror}); copy gateway/gateway.example.toml") from None
+    try:
+        text = data.decode("utf-8")    # TOML is UTF-8 (TOML 1.0 spec), whatever the locale says
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError("file", f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                                  f"save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

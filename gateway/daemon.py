@@ -26,15 +26,18 @@ from gasguard.protocol.const import UP
 
 from .authority import authorise_act, open_gate, result_topic, sha256_file
 from .burstlog import BurstLog
+from .config import ConfigError
 from .dispatch import Dispatcher
 from .ingest import Ingest
 from .metrics import Metrics
+from .micwatch import MicWatch
 from .observe import Observers
 from .outbox import Outbox
-from .plugin import PLUGINS, Plugin, PluginContext
+from .plugin import Plugin
 from .presence import PresenceTable
 from .publisher import Publisher
-from .spool import Spool, SpoolFull
+from .spool import Spool, SpoolError
+from .startup import build_plugins
 from .supervisor import supervise
 from .transports.semtech_udp import listen
 from .transports.serial import SerialTransport
@@ -51,16 +54,6 @@ async def _cancelled(tasks: list, what: str, timeout: float = 5.0) -> None:
     _, stuck = await asyncio.wait(tasks, timeout=timeout)
     if stuck:
         log.error("%d %s task(s) did not stop within %.0f s; stopping without them", len(stuck), what, timeout)
-
-
-def _plugin_context(cfg, clock) -> PluginContext:
-    return PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock,
-                         topic_root=cfg.topic_root, mqtt={
-                             "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
-                             "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
-                             "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
-                             "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
-                             "spool_dir": str(cfg.spool.parent), "version": __version__})
 
 
 class Daemon:
@@ -84,10 +77,15 @@ class Daemon:
                         "operator input will be refused and recorded")
         self._registry_sig = None      # the registry file's signature last audited (None: not yet seen)
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
-        self.burst = BurstLog(log)
+        self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
+            key.split(":", 1)[0]).inc(n))
+        # what can refuse the start (gateway/startup.py: exit 2), cheapest first; the spool last, so a refused
+        # start creates no spool
+        self.registry = RegistryCache(cfg.registry)
+        if plugins is None:
+            plugins = build_plugins(cfg, clock)     # bad options: ConfigError
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
-        self.registry = RegistryCache(cfg.registry)
         # the spool's durable counters: uplink ones are the replay protection (verify), downlink ones the
         # dispatcher's (SPEC 4: each direction its own counter)
         counters = self.spool.counters()
@@ -95,9 +93,6 @@ class Daemon:
         down = {dev: c for (dev, direction), c in counters.items() if direction != UP}
         self.verifier = Verifier(self.registry, up, rate_per_min=cfg.rate_per_min, burst=cfg.rate_burst,
                                  duplicate_window=cfg.duplicate_window)
-        if plugins is None:
-            ctx = _plugin_context(cfg, clock)
-            plugins = [PLUGINS[name](opts, ctx) for name, opts in cfg.plugins.items()]
         self.plugins = plugins
         self.observers = Observers(plugins, self.burst)
         subscriptions = [self.topics.cmd_sub, *self.observers.subscriptions]
@@ -111,8 +106,10 @@ class Daemon:
                                      self.gate)
         self.ingest = Ingest(cfg, self.verifier, self.outbox, self.dispatcher, self.presence, self.observers,
                              self.spool.idents(), self.metrics, self.burst, clock,
-                             beat=lambda: self.beats.beat("ingest"))
-        self.serial = [SerialTransport(sp, self.ingest.deliver, self.metrics) for sp in cfg.serial]
+                             beat=lambda: self.beats.beat("ingest"),
+                             mic=MicWatch(cfg.mic_failures, cfg.mic_window))
+        self.serial = [SerialTransport(sp, self.ingest.deliver, self.metrics, self.burst,
+                                       node_lines=cfg.node_log_lines) for sp in cfg.serial]
         self.udp = None
         self.stopping = False
 
@@ -162,6 +159,13 @@ class Daemon:
         log.info("drill clock moved %.0f s to %.3f", now - before, now)
         self.tick(now)
 
+    def _loop_exception(self, loop, context) -> None:
+        """asyncio's handler for an exception in a callback (a paho message, a datagram): logged with its
+        traceback once per burst and counted, not 6,648 tracebacks for 60,000 bad datagrams (issue 12.7)."""
+        e = context.get("exception")
+        where = str(context.get("message", "callback")).split("(")[0][:80]   # not the arguments: one key per site
+        self.burst.exception(f"loop:{type(e).__name__}:{where}", "unexpected error in %s: %r", where, e, exc=e)
+
     # -- periodic --------------------------------------------------------------------------------
     async def ticker(self) -> None:
         last_stats = last_gauges = -1e18
@@ -189,8 +193,8 @@ class Daemon:
         if items:
             try:
                 self.outbox.commit(items)
-            except SpoolFull as e:
-                log.critical("spool full, offline state not recorded: %s", e)
+            except SpoolError as e:
+                self.burst.event("offline_spool", "offline state not recorded: %s", e, level=logging.CRITICAL)
         self.dispatcher.due(now)
         self.outbox.report_thinned(now)
         self._authority_tick()
@@ -213,7 +217,12 @@ class Daemon:
                                  {"registry": str(self.cfg.registry), "bundle_issued_at": issued})
 
     def update_gauges(self) -> None:
-        depth = self.spool.depth()
+        try:
+            depth = self.spool.depth()
+        except SpoolError as e:
+            self.metrics.storage_errors.labels("spool", e.kind).inc()
+            self.burst.event("gauges", "spool gauges not updated: %s", e, level=logging.CRITICAL)
+            return
         oldest = [t for _, t in depth.values() if t is not None]
         for lane, (n, _) in depth.items():
             self.metrics.spool_depth.labels(lane).set(n)
@@ -245,8 +254,13 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.ingest.start()
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         if self.cfg.metrics_bind:
-            self.metrics.serve(self.cfg.metrics_bind)
+            try:
+                self.metrics.serve(self.cfg.metrics_bind)
+            except OSError as e:        # a refusal at start (exit 2), not a traceback
+                raise ConfigError("metrics.bind", f"{self.cfg.metrics_bind}: cannot listen ({e.strerror}); "
+                                                  "stop what holds the port or choose another") from None
             log.info("prometheus metrics on http://%s/metrics", self.cfg.metrics_bind)
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
@@ -254,8 +268,13 @@ class Daemon:
         self.publisher.start()
         udp_transport = None
         if self.cfg.udp_bind:
-            udp_transport, self.udp = await listen(self.cfg.udp_bind, self.ingest.deliver_nowait, self.metrics,
-                                                   self.burst)
+            try:
+                udp_transport, self.udp = await listen(self.cfg.udp_bind, self.ingest.deliver_nowait, self.metrics,
+                                                       self.burst, allow=self.cfg.udp_forwarders)
+            except OSError as e:        # a refusal at start (exit 2), not a traceback
+                self.publisher.stop()
+                raise ConfigError("udp.bind", f"{self.cfg.udp_bind}: cannot listen ({e.strerror}); stop what "
+                                              "holds the port or choose another") from None
         ingest_tasks = [asyncio.create_task(supervise(t.name, t.run, metrics=self.metrics)) for t in self.serial]
         core = [asyncio.create_task(supervise("ingest", self.ingest.run, metrics=self.metrics)),
                 asyncio.create_task(supervise("publisher", self.publisher.run, metrics=self.metrics)),
@@ -287,8 +306,11 @@ class Daemon:
             await _cancelled(core, "core")
             self.publisher.stop()
             self.observers.close()
-            left = self.spool.depth()
-            log.info("stopped; left in spool: %s", ", ".join(f"{k} {v[0]}" for k, v in left.items()))
+            try:
+                left = ", ".join(f"{k} {v[0]}" for k, v in self.spool.depth().items())
+            except SpoolError as e:
+                left = f"unknown ({e})"
+            log.info("stopped; left in spool: %s", left)
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file
             self.gate.audit.record(category="config", type="stop", outcome="done",

@@ -20,12 +20,13 @@ from gasguard.protocol.const import DOWN
 
 from . import payloads
 from .authority import command_action, request_id_of
-from .burstlog import BurstLog
+from .burstlog import BurstLog, untrusted
 from .commands import BadCommand, Commands, parse_request
 from .outbox import Outbox
 from .presence import PresenceTable
-from .spool import EVENT, Item, SpoolFull
+from .spool import EVENT, Item, SpoolError
 from .transports import Transport
+from .verify import RegistryUnreadable
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -94,7 +95,10 @@ class Dispatcher:
             v = self.gate.check(topic, payload, action=command_action, category="command",
                                 detail={"dev": f"{dev:08x}"})
             req = parse_request(v.body)
-            device = self.registry.get(dev)
+            try:
+                device = self.registry.get(dev)
+            except RegistryUnreadable as e:
+                raise BadCommand(str(e)) from None
             if device is None or device.state != "commissioned":
                 raise BadCommand(f"device {dev:08x} is not a commissioned device of this gateway")
             p = self.commands.add(dev, req, now)
@@ -109,15 +113,17 @@ class Dispatcher:
                                detail={"dev": f"{dev:08x}", "error": str(e)})
             self.metrics.commands.labels("rejected").inc()
             who = v.operator.id if v else None
-            log.warning("command rejected: %s%s", f"{reason}: " if reason else "", e,
-                        extra=logs.fields(device=dev, request=rid or None, operator=who))
+            # the district's text, escaped; a flood of bad requests is a count, not a flood (issue 12 item 7)
+            self.burst.event("cmd_rejected", "command rejected: %s", untrusted(f"{reason}: {e}" if reason else str(e)),
+                             allow=20, extra=logs.fields(device=dev, request=untrusted(rid) if rid else None,
+                                                         operator=who))
             body = payloads.command_result(self.cfg.gateway_id, dev, now, rid, v.action if v else "?", None,
                                            "rejected", f"{reason}: {e}" if reason else str(e), reason=reason,
                                            operator=who)
             self.outbox.put([(self.topics.device(dev, topics.CMD_RESULT), body, "event", False)], now)
             return
         log.info("command %s (cid %d) queued", p.cmd, p.cid,
-                 extra=logs.fields(device=dev, request=p.request_id, operator=v.operator.id))
+                 extra=logs.fields(device=dev, request=untrusted(p.request_id), operator=v.operator.id))
         self.due(now)
 
     def outcome(self, p, result: str) -> None:
@@ -130,15 +136,20 @@ class Dispatcher:
         """Send what is due (first tries and retries); publish a timeout result for what ran out of time."""
         send, dead = self.commands.due(now)
         for p in send:
-            device = self.registry.get(p.dev)
+            try:
+                device = self.registry.get(p.dev)
+            except RegistryUnreadable as e:
+                self.burst.event("cmd_registry", "commands wait: %s", e)
+                continue
             if device is None:
                 continue
             # SPEC 1: the downlink counter is persisted before it is used
             dfc = self.down.get(p.dev, 0) + 1
             try:
                 self.outbox.counters({(p.dev, DOWN): dfc})
-            except SpoolFull as e:
-                log.critical("cannot persist a downlink counter (%s); command waits", e)
+            except SpoolError as e:
+                self.burst.event("cmd_spool", "cannot persist a downlink counter (%s); command waits", e,
+                                 level=logging.CRITICAL)
                 continue
             self.down[p.dev] = dfc
             if not self.send(p.dev, dict(self.commands.fields(p), fcnt=dfc), "command", device.key):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gasguard import logs
 from gasguard.protocol import counter, frame, topics
 from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, R_OK, UP
 
@@ -24,7 +25,8 @@ from .dispatch import Dispatcher
 from .observe import Observers
 from .outbox import Outbox
 from .presence import PresenceTable
-from .spool import ALARM, EVENT, READING, Item, SpoolFull
+from .micwatch import MicWatch
+from .spool import ALARM, EVENT, READING, Item, SpoolError
 from .transports import Route
 from .verify import Rejected, Verifier
 
@@ -57,7 +59,8 @@ def alarms_first(group: list) -> tuple[list, list]:
 
 class Ingest:
     def __init__(self, cfg, verifier: Verifier, outbox: Outbox, dispatcher: Dispatcher, presence: PresenceTable,
-                 observers: Observers, idents: dict, metrics, burst: BurstLog, clock, beat=lambda: None):
+                 observers: Observers, idents: dict, metrics, burst: BurstLog, clock, beat=lambda: None,
+                 mic: MicWatch | None = None):
         self.cfg, self.verifier, self.outbox, self.dispatcher = cfg, verifier, outbox, dispatcher
         self.presence, self.observers, self.metrics, self.burst, self.clock = presence, observers, metrics, burst, clock
         self.beat = beat                  # progress, for the systemd watchdog
@@ -65,6 +68,7 @@ class Ingest:
         self.idents = idents              # (dev, kind) -> identity of the last alarm/event taken (durable)
         self.queue: asyncio.Queue | None = None   # made on the running loop (start)
         self.accepted_count = 0
+        self.mic = mic or MicWatch(cfg.mic_failures, cfg.mic_window)   # SPEC 5: failed MICs are alarmed
 
     def start(self) -> None:
         self.queue = asyncio.Queue(QUEUE_MAX)
@@ -106,9 +110,45 @@ class Ingest:
         if rest:
             self.process(rest)
 
+    # -- faults: refused and counted, never a crash loop (issue 12 item 4) ----------------------------------
+    def storage_fault(self, store: str, kind: str, n: int, e) -> None:
+        """A spool or registry fault mid-run: n frames refused (counted by the caller), a metric, and one log
+        line per burst; ingest keeps running and the next group tries the file again."""
+        self.metrics.storage_errors.labels(store, kind).inc()
+        what = "SPOOL WRITE FAILED" if store == "spool" else "REGISTRY UNREADABLE"
+        self.burst.event(f"storage:{store}:{kind}", "%s (%s): %d frames NOT accepted (devices retransmit alarms "
+                         "until acked): %s", what, kind, n, e, level=logging.CRITICAL)
+
+    def mic_failed(self, dev: int, rx: dict, now: float) -> None:
+        """limits.mic_failures failed MICs for one device within limits.mic_window: a published security
+        event and a metric, once per window (SPEC 5: failed tries are counted and alarmed)."""
+        n = self.mic.failed(dev, now)
+        if n is None:
+            return
+        self.metrics.security_events.labels("mic_failures").inc()
+        where = {k: v for k, v in (rx or {}).items() if k in ("transport", "port", "gw") and v is not None}
+        self.burst.event("security:mic", "SECURITY: %d failed MICs within %.0f s via %s (forged frames, or a node "
+                         "with a stale key: check it with gasguard device show)", n, self.cfg.mic_window,
+                         ", ".join(f"{k}={v}" for k, v in where.items()) or "?", level=logging.CRITICAL, allow=20,
+                         extra=logs.fields(device=dev))
+        body = payloads.gateway_event(self.cfg.gateway_id, now, "mic_failures",
+                                      {"dev": f"{dev:08x}", "failures": n, "window_s": self.cfg.mic_window,
+                                       "rx": where})
+        self.outbox.put([(self.topics.event, body, "event", False)], now)
+
     # -- one group ---------------------------------------------------------------------------------------
     def process(self, group: list) -> None:
-        """Verify a group of frames and commit what is accepted in one transaction."""
+        """Verify a group of frames and commit what is accepted in one transaction. Every frame ends accepted
+        or counted under a rejection reason, whatever fails: a defect refuses its group as `internal_error`
+        (one traceback per window), it does not kill the task and lose the frames uncounted."""
+        try:
+            self._process(group)
+        except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
+            self.metrics.rejected.labels("internal_error").inc(len(group))
+            self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
+                                 "internal_error): %r", len(group), e)
+
+    def _process(self, group: list) -> None:
         now = self.clock()
         gid, dist = self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
@@ -133,6 +173,15 @@ class Ingest:
                 v = self.verifier.check(raw, now)
             except Rejected as r:
                 self.reject(r.reason, r.dev, rx, str(r))
+                if r.reason == "registry_unreadable":
+                    self.storage_fault("registry", "unreadable", 1, r)
+                elif r.reason == "mic" and r.dev is not None:
+                    self.mic_failed(r.dev, rx, now)
+                continue
+            except Exception as e:  # noqa: BLE001 - a verifier defect refuses this frame, counted, not the group
+                self.metrics.rejected.labels("internal_error").inc()
+                self.burst.exception("internal_error:verify", "verifying a frame failed (refused, counted as "
+                                     "internal_error): %r", e)
                 continue
             f, dev = v.f, v.f["dev"]
             undo.append((dev, self.verifier.accept(v, now)))
@@ -176,13 +225,12 @@ class Ingest:
         counters.update(self.dispatcher.counters_of(down))
         try:
             self.outbox.commit(items, counters, idents, wake=False)
-        except SpoolFull as e:
+        except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
             self.metrics.spool_errors.inc()
-            self.metrics.rejected.labels("spool_full").inc(len(accepted))
-            log.critical("SPOOL WRITE FAILED, %d frames NOT accepted (devices will retransmit alarms): %s",
-                         len(accepted), e)
+            self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(accepted))
+            self.storage_fault("spool", e.kind, len(accepted), e)
             return
         self.idents.update(idents)
         self.dispatcher.committed(down)

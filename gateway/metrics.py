@@ -13,13 +13,17 @@ from gasguard.metrics import service_registry, zeroed
 from gasguard.protocol.const import RESULT_NAMES
 from gasguard.protocol.errors import REASONS as PROTOCOL_REASONS
 
-from .spool import LANE_NAMES
+from .spool import FIXES as SPOOL_FAULTS, LANE_NAMES
 
-# Why the gateway refuses a frame beyond the decoder's own reasons: verify.py raises the first five, the
-# daemon counts line noise, a full verification queue and a failed spool write (tests/test_ops_metrics.py
-# checks that every reason in the code is listed here)
+# Why the gateway refuses a frame beyond the decoder's own reasons: verify.py raises the first five and
+# registry_unreadable, the daemon counts line noise, a full verification queue, a failed spool write by kind
+# (spool.FIXES), a defect (internal_error); the Semtech UDP listener its udp_*
+# refusals (tests/test_ops_metrics.py checks that every reason in the code is listed here)
 GATEWAY_REASONS = ("direction", "unknown_device", "decommissioned", "duplicate", "rate_limit", "noise",
-                   "ingest_overflow", "spool_full")
+                   "ingest_overflow", "registry_unreadable", "internal_error") \
+    + tuple(f"spool_{k}" for k in SPOOL_FAULTS) \
+    + ("udp_junk", "udp_short", "udp_json", "udp_rxpk", "udp_unknown_forwarder", "udp_foreign_forwarder",
+       "udp_internal", "base64")
 REJECT_REASONS = PROTOCOL_REASONS + GATEWAY_REASONS
 TRANSPORTS = ("serial", "lora_uart", "udp")
 FRAME_TYPES = ("reading", "alarm", "event", "ack")
@@ -47,6 +51,16 @@ class Metrics:
                                      registry=r)
         self.spool_errors = Counter("gasguard_gateway_spool_errors", "Spool writes that failed (disk full)",
                                     registry=r)
+        self.storage_errors = Counter("gasguard_gateway_storage_errors",
+                                      "Spool or registry operations that failed (the frames are refused, counted "
+                                      "under rejected{reason=spool_*|registry_unreadable})", ["store", "kind"],
+                                      registry=r)
+        self.log_suppressed = Counter("gasguard_gateway_log_lines_suppressed",
+                                      "Log lines (node text, tracebacks, rejections) held back by the burst limit",
+                                      ["what"], registry=r)
+        self.security_events = Counter("gasguard_gateway_security_events",
+                                       "Security events raised (mic_failures: limits.mic_failures failed MICs "
+                                       "for one device within limits.mic_window)", ["kind"], registry=r)
         self.thinned = Counter("gasguard_gateway_thinned_readings", "Routine readings thinned past the bound",
                                registry=r)
         self.published = zeroed(Counter("gasguard_gateway_published", "Messages PUBACKed by the broker", ["lane"],

@@ -16,7 +16,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from gasguard.protocol import frame
 
-from .burstlog import BurstLog
+from .burstlog import BurstLog, untrusted
 from .plugin import Plugin, normalise
 
 log = logging.getLogger("gasguard.gateway")
@@ -89,9 +89,9 @@ class Observers:
     def on_message(self, topic: str, payload: bytes, now: float) -> list:
         try:
             doc = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
             if self._listening(topic):
-                self.burst.event("plugin_json", "non-JSON message on %s ignored", topic)
+                self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
             return []
         return self.deliver(topic, doc, now)
 
@@ -112,20 +112,22 @@ class Observers:
                 for name, values in ((gauges and gauges(now)) or {}).items():
                     for label, v in values.items():
                         sums[(name, label)] = sums.get((name, label), 0) + v
-            except Exception:
-                log.exception("plugin %s.gauges failed", getattr(p, "name", p))
+            except Exception as e:  # noqa: BLE001 - a plugin's defect must not stop the gauges
+                self.burst.exception(f"plugin:{getattr(p, 'name', p)}.gauges:{type(e).__name__}",
+                                     "plugin %s.gauges failed", getattr(p, "name", p))
         return sums
 
     def close(self) -> None:
         for p in self.plugins:
             self._call(p, "close")
 
-    @staticmethod
-    def _call(plugin, method, *args) -> list:
+    def _call(self, plugin, method, *args) -> list:
         try:
             res = getattr(plugin, method)(*args) or []
             return [normalise(o) for o in res]
-        except Exception:
-            log.exception("plugin %s.%s failed; the gateway carries on without its output",
-                          getattr(plugin, "name", plugin), method)
+        except Exception as e:  # noqa: BLE001 - a plugin's defect must not stop ingest
+            name = getattr(plugin, "name", plugin)
+            # one traceback per window and site, with a count of the rest (issue 12 item 7)
+            self.burst.exception(f"plugin:{name}.{method}:{type(e).__name__}",
+                                 "plugin %s.%s failed; the gateway carries on without its output", name, method)
             return []

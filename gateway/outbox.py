@@ -2,7 +2,7 @@
 publisher (drains it in lane order, deletes rows on PUBACK) behind one interface, so ingest, observers and
 the command dispatcher only ever `commit` messages and never touch either half.
 
-Nothing committed here is lost: a commit is on disk before it returns (or raises SpoolFull, and the
+Nothing committed here is lost: a commit is on disk before it returns (or raises SpoolError, and the
 caller decides: ingest refuses the frames, so devices retransmit; outputs are held in memory and retried).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from . import payloads
-from .spool import LANE_OF, Item, Spool, SpoolFull
+from .spool import LANE_OF, Item, Spool, SpoolError
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -32,7 +32,7 @@ class Outbox:
                wake: bool = True) -> None:
         """Spool `items` (and the replay and downlink counters, alarm identities that go with them) in one
         transaction, then wake the publisher (ingest wakes it itself, after its acks: `wake=False`).
-        Raises SpoolFull: nothing of it was written."""
+        Raises SpoolError (full, read-only, damaged, I/O): nothing of it was written."""
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
         self.spool.commit(items, counters or {}, idents or {})
         if wake:
@@ -45,7 +45,7 @@ class Outbox:
             self.publisher.kick()
 
     def counters(self, counters: dict) -> None:
-        """Persist counters alone (a downlink counter before its command goes out). Raises SpoolFull."""
+        """Persist counters alone (a downlink counter before its command goes out). Raises SpoolError."""
         self.spool.commit([], counters)
 
     def put(self, outs: list[Output], now: float) -> None:
@@ -60,11 +60,12 @@ class Outbox:
         try:
             self.commit(items)
             self.held = []
-        except SpoolFull as e:
+        except SpoolError as e:         # full, read-only, damaged, I/O: held, retried, never dropped
             self.held = items
             self.metrics.spool_errors.inc()
-            log.critical("SPOOL WRITE FAILED for %d plugin/command messages, holding them in memory: %s",
-                         len(items), e)
+            self.metrics.storage_errors.labels("spool", e.kind).inc()
+            self.burst.event("held", "SPOOL WRITE FAILED for %d plugin/command messages, holding them in memory: %s",
+                             len(items), e, level=logging.CRITICAL)
 
     def publish_now(self, topic: str, payload: dict) -> None:
         """A message with no durability promise (periodic stats): straight to the broker, QoS 0."""

@@ -103,5 +103,14 @@ def _sparkplug(options: dict, context: PluginContext) -> Plugin:
     return make_plugin(options, context)
 
 
+def _grading_check(options: dict) -> None:
+    from gasguard.grading.engine import load_config   # pure: validates the [grading] options, starts nothing
+    load_config(options)
+
+
+# name -> check(options): raises ValueError naming the key and the fix. Called by config.load, so
+# `check-config` and `run` refuse the same options with the same line (issue 12 item 8).
+CHECKS: dict[str, Callable[[dict], None]] = {"grading": _grading_check}
+
 PLUGINS["grading"] = _grading
 PLUGINS["sparkplug"] = _sparkplug

@@ -13,6 +13,7 @@ no trip) may be thinned when the spool passes its size bound; nothing else ever 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from contextlib import contextmanager
 
@@ -53,8 +54,52 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 """
 
 
-class SpoolFull(Exception):
+class SpoolError(Exception):
+    """The spool cannot be used: `kind` is one of FIXES' keys; the message names the file and the fix.
+
+    At start it is a refusal (exit 2); mid-run every frame of the failed write is refused with reason
+    `spool_<kind>` and the daemon keeps running (the next group tries again)."""
+
+    def __init__(self, kind: str, path, detail: str):
+        self.kind, self.path = kind, Path(path)
+        super().__init__(f"spool {path}: {detail}; {FIXES[kind].format(path=path, folder=Path(path).parent)}")
+
+
+class SpoolFull(SpoolError):
     """The disk (or the spool's page limit) is full: the write did not happen, nothing was accepted."""
+
+    def __init__(self, path, detail: str):
+        super().__init__("full", path, detail)
+
+
+FIXES = {
+    "full": "free disk space, nothing was accepted",
+    "readonly": "the gateway user must be able to write it and its folder "
+                "(chown gasguard {path} {folder}; chmod u+rw {path}; check the file system is not mounted read-only)",
+    "corrupt": "stop the gateway, move the damaged file aside (mv {path} {path}.corrupt) with its -wal/-shm files, "
+               "and start again (the counters it held are lost: see the operations docs on replay protection)",
+    "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
+    "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
+    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
+}
+
+
+def spool_error(path, e: BaseException) -> SpoolError:
+    """An sqlite3 or OS error -> SpoolError of the kind that says what to do (SQLite's result codes, not
+    message text, where there is one)."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e)
+    if name.startswith("SQLITE_FULL") or "full" in text:
+        return SpoolFull(path, text)
+    if name.startswith("SQLITE_READONLY") or "readonly" in text or isinstance(e, PermissionError):
+        return SpoolError("readonly", path, f"read-only ({text})")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return SpoolError("corrupt", path, f"damaged ({text})")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return SpoolError("busy", path, f"locked ({text})")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return SpoolError("open", path, f"cannot be opened ({text})")
+    return SpoolError("io", path, f"I/O error ({text})")
 
 
 @dataclass
@@ -84,17 +129,48 @@ class Row:
 class Spool:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
                  audit: bool = False, max_pages: int | None = None):
-        self.path = private_file(path)    # 0600: readings, alarms and command results of the district
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.path = Path(path)
         self.synchronous = synchronous
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.executescript(_SCHEMA)
-        if max_pages:   # tests: a tiny "disk" that fills up like a real one
-            self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
         self.max_bytes = max_bytes
         self.audit = audit
-        self.size = self._measure()
+        self.db = None
+        try:
+            private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.executescript(_SCHEMA)
+            if max_pages:   # tests: a tiny "disk" that fills up like a real one
+                self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+            # a write probe: a read-only file or folder fails here, at start, not at the first alarm
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('write_probe', '1')")
+            finally:
+                self.db.execute("ROLLBACK")
+            self.size = self._measure()     # reads every outbox row: a truncated file fails here too
+        except (sqlite3.Error, OSError) as e:
+            if self.db is not None:
+                self.db.close()
+            raise spool_error(self.path, e) from None
+
+    @staticmethod
+    def check(path: str | Path) -> None:
+        """`gateway check-config`: open an existing spool exactly as `run` does (raises SpoolError); for a
+        spool not created yet, check its folder can hold one, without creating it."""
+        path = Path(path)
+        if path.exists():
+            Spool(path).close()
+            return
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        try:
+            probe = folder / f".{path.name}.probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise SpoolError("open", path, f"cannot be created ({e.strerror})") from None
 
     def _measure(self) -> int:
         n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
@@ -105,10 +181,16 @@ class Spool:
 
     # -- counters ----------------------------------------------------------------------------------
     def counters(self) -> dict[tuple[int, int], int]:
-        return {(d, r): last for d, r, last in self.db.execute("SELECT dev, dir, last FROM counters")}
+        return {(d, r): last for d, r, last in self._read("SELECT dev, dir, last FROM counters")}
 
     def idents(self) -> dict[tuple[int, int], int]:
-        return {(d, k): i for d, k, i in self.db.execute("SELECT dev, kind, ident FROM idents")}
+        return {(d, k): i for d, k, i in self._read("SELECT dev, kind, ident FROM idents")}
+
+    def _read(self, q: str, args=()) -> list:
+        try:
+            return self.db.execute(q, args).fetchall()
+        except sqlite3.Error as e:
+            raise spool_error(self.path, e) from None
 
     # -- the one write path ------------------------------------------------------------------------
     @contextmanager
@@ -143,17 +225,18 @@ class Spool:
                 if self.audit and items:
                     db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)",
                                    [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
-        except sqlite3.OperationalError as e:
-            if "full" in str(e) or "disk I/O" in str(e):
-                raise SpoolFull(f"spool {self.path}: {e}; free disk space, nothing was accepted") from None
-            raise
+        except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
+            raise spool_error(self.path, e) from None
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
 
     # -- reading out ---------------------------------------------------------------------------
     def fetch(self, lane: int, after: int, limit: int) -> list[Row]:
         q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain FROM outbox "
              "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
-        return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+        try:
+            return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+        except sqlite3.Error as e:
+            raise spool_error(self.path, e) from None
 
     def delete_ranges(self, ranges: list[tuple[int, int, int]], nbytes: int) -> None:
         """Called with PUBACKed (lane, first seq, last seq) ranges: every row of that lane between the two.
@@ -170,7 +253,7 @@ class Spool:
                     db.executemany("DELETE FROM outbox WHERE lane = ? AND seq BETWEEN ? AND ?", ranges)
             finally:
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             log.error("spool delete failed (%s); the messages will be re-sent after restart", e)
             return
         self.size -= nbytes
@@ -181,9 +264,9 @@ class Spool:
         # the whole table and held the event loop for a second with a million rows spooled
         out = {}
         for lane, name in enumerate(LANE_NAMES):
-            n = self.db.execute("SELECT count(*) FROM outbox WHERE lane = ?", (lane,)).fetchone()[0]
-            first = self.db.execute("SELECT t FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (lane,)).fetchone()
-            out[name] = (n, first[0] if first else None)
+            n = self._read("SELECT count(*) FROM outbox WHERE lane = ?", (lane,))[0][0]
+            first = self._read("SELECT t FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (lane,))
+            out[name] = (n, first[0][0] if first else None)
         return out
 
     def audit_ids(self) -> set[str]:
@@ -213,7 +296,7 @@ class Spool:
             victims = rows[1::2]
             try:
                 self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in victims])
-            except sqlite3.OperationalError as e:
+            except sqlite3.Error as e:
                 log.error("spool thinning failed: %s", e)
                 break
             for _, dev, n in victims:

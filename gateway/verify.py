@@ -7,6 +7,7 @@ the working copy (`ReplayState.up`), which ingest rolls back if the spool write 
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,10 +16,20 @@ from gasguard.protocol import frame
 from gasguard.protocol.const import MIC_LEN, UP
 from gasguard.protocol.errors import ProtocolError
 
-from gasguard.registry import Device, Registry
+from gasguard.registry import Device, Registry, RegistryError
 
 RECENT = 8   # frames per device remembered to tell a second path's copy (duplicate) from a replay
 DUPLICATE_WINDOW = 30.0   # s (limits.duplicate_window): a second path's copy arrives within seconds
+
+
+class RegistryUnreadable(RegistryError):
+    """The registry file is missing, not a registry, or unreadable. At start: a refusal (exit 2). Mid-run:
+    every frame is refused with reason `registry_unreadable` (the registry is the authority on keys and
+    decommissioning; nodes retransmit alarms until acked) and the file is tried again every `check` s."""
+
+    def __init__(self, path, detail: str):
+        super().__init__(f"registry {path}: {detail}; restore it (gasguard gateway import-registry BUNDLE "
+                         f"--registry {path} --trust AUTHORITY.pub.pem) or point gateway.registry at the right file")
 
 
 class Rejected(Exception):
@@ -55,6 +66,7 @@ class RegistryCache:
         self.loaded = -1e18
         self.checked = -1e18
         self.sig: tuple = ()
+        self.error: str | None = None   # why the file cannot be read now; None: it can
         self.reload()
 
     def _signature(self) -> tuple:
@@ -73,16 +85,33 @@ class RegistryCache:
     def reload(self) -> None:
         """Forget every cached device; the next lookups read the file (reopened: it may have been replaced)."""
         sig = self._signature()
-        db = Registry(self.path, readonly=True, check_same_thread=False)   # raises if the file is gone
-        if self.db is not None:
-            self.db.close()
-        self.db = db
         self.cached.clear()
         self.sig = sig
         self.loaded = self.checked = self.clock()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        db = None
+        try:
+            db = Registry(self.path, readonly=True, check_same_thread=False)   # raises if the file is gone
+            db.lookup(0)      # a probe: garbage, or a file that is not a registry, fails here and not later
+        except (RegistryError, sqlite3.Error) as e:
+            if db is not None:
+                db.close()
+            self.error = str(e)
+            raise RegistryUnreadable(self.path, self.error) from None
+        self.db, self.error = db, None
 
     def _read(self, dev: int) -> Device | None:
-        d = self.db.lookup(dev)
+        if self.db is None:
+            raise RegistryUnreadable(self.path, self.error or "not open")
+        try:
+            d = self.db.lookup(dev)
+        except sqlite3.Error as e:       # overwritten in place between two stats
+            self.db.close()
+            self.db, self.error = None, str(e)
+            self.cached.clear()
+            raise RegistryUnreadable(self.path, self.error) from None
         if d is not None:
             self.cached[dev] = d
             if len(self.cached) > self.size:
@@ -90,8 +119,14 @@ class RegistryCache:
         return d
 
     def get(self, dev: int) -> Device | None:
+        """The device, None when it is not in the registry; raises RegistryUnreadable (after a retry at most
+        every `check` s, so a burst of frames does not reopen the file for each)."""
         now = self.clock()
-        if now - self.loaded > self.refresh:
+        if self.error is not None:
+            if now - self.checked <= self.check:
+                raise RegistryUnreadable(self.path, self.error)
+            self.reload()
+        elif now - self.loaded > self.refresh:
             self.reload()
         elif now - self.checked > self.check:
             self.checked = now
@@ -107,6 +142,8 @@ class RegistryCache:
         """Read this device again from the file after a MIC failure: a technician may just have rotated its
         key (gasguard device rotate-key), and its new frames must not wait for the next stat."""
         self.cached.pop(dev, None)
+        if self.error is not None:
+            raise RegistryUnreadable(self.path, self.error)
         return self._read(dev)
 
     def close(self) -> None:
@@ -166,7 +203,10 @@ class Verifier:
         dev = f["dev"]
         if f["type"] == "command":
             raise Rejected("direction", dev, "a command frame travels downlink only")
-        device = self.registry.get(dev)
+        try:
+            device = self.registry.get(dev)
+        except RegistryUnreadable as e:
+            raise Rejected("registry_unreadable", dev, str(e)) from None
         if device is None:
             raise Rejected("unknown_device", dev, f"{dev:08x} is not in the registry")
         if not device.active:
@@ -177,7 +217,10 @@ class Verifier:
             try:
                 f["fcnt"] = frame.verify(raw, f, device.key, UP, last)
             except ProtocolError as e:
-                again = self.registry.recheck(dev) if e.reason == "mic" else None
+                try:
+                    again = self.registry.recheck(dev) if e.reason == "mic" else None
+                except RegistryUnreadable as u:
+                    raise Rejected("registry_unreadable", dev, str(u)) from None
                 if again is None or again.key == device.key:
                     raise
                 device = again                   # the key was rotated: the registry's new entry decides

@@ -89,10 +89,11 @@ class PacketForwarder:
     """A Semtech UDP packet forwarder (protocol v2) on loopback: PUSH_DATA up, PULL_DATA keepalive,
     PULL_RESP down (answered by TX_ACK)."""
 
-    def __init__(self, server: tuple[str, int], eui: bytes = b"\xaa\x55\x5a\x00\x00\x00\x00\x01"):
+    def __init__(self, server: tuple[str, int], eui: bytes = b"\xaa\x55\x5a\x00\x00\x00\x00\x01",
+                 host: str = "127.0.0.1"):
         self.server, self.eui = server, eui
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))      # another loopback address (127.0.0.2) is another host to the gateway
         self.sock.settimeout(0.05)
         self.acks: list[tuple[int, bytes]] = []   # (ident, token)
         self.txpk: list[dict] = []

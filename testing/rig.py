@@ -103,6 +103,19 @@ class Rig:
         with self.sub.lock:
             return [r for t, d, _ in self.sub.messages if t == f"{self.root}/reading" for r in d["readings"]]
 
+    def settle(self, node=None, cable=None, timeout: float = 10.0) -> list[dict]:
+        """Wait until everything sent so far is published, on an event rather than a pause: a reading sent
+        now (by `node`, on `cable`) comes out after every reading sent before it and after every alarm and
+        event (the publisher drains lanes in order and MQTT keeps one publisher's order on a topic), so once
+        it is here, what came before it is all there is. Returns the readings before it."""
+        node = node or self.nodes[0]
+        cable = cable or self.cables[0]
+        cable.send(node.reading())
+        mid = f"{self.cfg.gateway_id}:{node.dev:08x}:{node.fcnt}"
+        self.sub.wait(lambda ms: any(r["id"] == mid for r in self.readings()), timeout)
+        got = self.readings()
+        return got[:[r["id"] for r in got].index(mid)]
+
     def close(self) -> None:
         try:
             self.stop()

@@ -17,6 +17,7 @@ from fleet_oracle import Oracle
 from gasguard.registry import Registry
 from gasguard.protocol import const, framing
 from gasguard.tools.sim import district
+from gasguard.testing.waits import wait_until
 from gasguard.tools.sim.fleet import Fleet
 from gasguard.tools.sim.fleet_transport import PtyTransport, TransportError, UdpTransport, parse_target
 
@@ -69,7 +70,7 @@ def test_pty_multiplexes_every_node_and_retransmits_until_acked(registry, tmp_pa
     try:
         fleet = Fleet.from_registry(path, pty, seed=2, speed=100.0)
         rep = fleet.run("single_leak", duration=450, wall_timeout=20)
-        time.sleep(0.2)
+        wait_until(lambda: len(oracle.frames) >= rep.frames, 5, "the gateway read every frame sent")
     finally:
         gw.stop.set()
         gw.join(5)
@@ -193,7 +194,8 @@ def test_udp_packet_forwarder_delivers_a_station_trip_and_takes_downlinks(regist
         udp = UdpTransport(f"127.0.0.1:{gw.port}", stat_s=0.5)
         fleet = Fleet.from_registry(path, udp, seed=3, speed=150.0)
         rep = fleet.run("station_trip", duration=300, wall_timeout=20)
-        time.sleep(0.1)
+        wait_until(lambda: gw.rxpk >= rep.frames and len(gw.tx_acks) >= len(gw.resp_tokens), 5,
+                   "the gateway read every frame and TX_ACK")
         udp.close()
     finally:
         gw.stop.set()

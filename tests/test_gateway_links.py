@@ -141,7 +141,7 @@ def test_serial_unplug_and_replug_logs_and_resumes(rig, caplog):
     rig.sub.wait(lambda ms: len(rig.readings()) == 1, 10)
     cable.unplug()
     wait_until(lambda: "disconnected" in caplog.text, 10, "the unplug is logged")
-    time.sleep(0.5)                           # the port stays away for a while: retried with backoff
+    wait_until(lambda: "retrying every" in caplog.text, 10, "a failed reopen")   # the port stays away: retried
     cable.replug()                            # a new pty behind the same configured path
     wait_until(lambda: "again after a disconnect" in caplog.text, 15, "the replug is logged")
     cable.send(a.reading())

@@ -15,15 +15,20 @@ from gasguard import logs
 from gasguard.protocol import framing
 from gasguard.gateway.transports import Deliver
 
+from ..burstlog import BurstLog, untrusted
+
 log = logging.getLogger("gasguard.gateway.serial")
 
 
 class SerialTransport:
-    def __init__(self, spec, deliver, metrics, *, backoff_min: float = 0.2, backoff_max: float = 5.0):
+    def __init__(self, spec, deliver, metrics, burst: BurstLog | None = None, *, node_lines: int = 20,
+                 backoff_min: float = 0.2, backoff_max: float = 5.0):
         self.spec = spec                 # config.SerialPort
         self.name = f"{spec.kind}:{spec.name}"
         self.deliver: Deliver = deliver  # ingest's, with back-pressure
         self.metrics = metrics
+        self.burst = burst or BurstLog(log)
+        self.node_lines = node_lines     # node log lines logged per port and BurstLog window (limits.node_log_lines)
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.ser: serial.Serial | None = None
         self.deframer = framing.Deframer()
@@ -93,7 +98,10 @@ class SerialTransport:
                         await self.deliver(payload, rx, self)
                     elif kind == framing.TEXT:
                         self.metrics.text_lines.inc()
-                        log.info("node log on %s: %s", self.spec.name, payload.decode("utf-8", "replace").strip())
+                        # the node's text is data, not log syntax: escaped (no newline can forge a line) and
+                        # limited per port (a babbling or hostile node cannot flood the log)
+                        self.burst.event(f"node_text:{self.spec.name}", "node log on %s: %s", self.spec.name,
+                                         untrusted(payload.strip()), level=logging.INFO, allow=self.node_lines)
                     else:
                         await self.deliver(None, rx, payload)   # noise: counted by reason
         finally:

@@ -76,6 +76,24 @@ def air(lbt_ms, as_json):
         print_air(out)
 
 
+@bench.command("fuzz")
+@click.option("--inputs", default=2_000_000, show_default=True, help="inputs over the five ingest paths")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def fuzz(inputs, seed, as_json):
+    """Fuzz the whole ingest path in-process (deframer, verifier, Semtech UDP, command and incident topics):
+    prints counts; exit 1 on any unexpected exception type or wrongly accepted frame (issue 12 item 11)."""
+    from gasguard.tools.bench.fuzz import print_report, run_fuzz
+    r = run_fuzz(inputs, seed, progress=None if as_json else
+                 lambda n, s: click.echo(f"  {n:,} inputs, {s:.0f} s", err=True) if n % 262_144 < 8192 else None)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        print_report(r, click.echo)
+    if r["unexpected"] or r["wrongly_accepted"]:
+        raise SystemExit(1)
+
+
 bench.add_command(fleet_bench)
 bench.add_command(authority_bench)
 bench.add_command(firmware_bench)

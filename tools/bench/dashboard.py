@@ -170,7 +170,7 @@ class Drill:
 
 def _fmt(v: float, unit: str | None) -> str:
     if unit == "percentunit":
-        return f"{v:.0%}"
+        return f"{v:.0%}" if abs(v) >= 0.1 or v == 0 else f"{v * 100:.2g}%"
     if unit == "bytes":
         return f"{v / 1e6:.0f} MB"
     if unit == "s":
@@ -211,11 +211,15 @@ def render(dash: dict, data: dict, out: Path, note: str) -> None:
         if p["type"] == "row":
             fig.text(x, y + h / 2, p["title"], color=TEXT, fontsize=12, weight="bold", va="center")
             continue
-        ax = fig.add_axes((x, y, w, h))
+        # the panel: its background and title, then the plot inset (room for the axis labels inside it)
+        fig.patches.append(Rectangle((x, y), w, h, transform=fig.transFigure, color=PANEL, zorder=-10))
+        fig.text(x + 6 / W, y + h - 4 / H, p["title"], color=TEXT, fontsize=9.5, va="top", ha="left")
+        left = 58 / W if p["type"] == "timeseries" else 6 / W
+        bottom = 20 / H if p["type"] == "timeseries" else 6 / H
+        ax = fig.add_axes((x + left, y + bottom, w - left - 8 / W, h - bottom - 24 / H))
         ax.set_facecolor(PANEL)
         for s in ax.spines.values():
             s.set_color(GRID)
-        ax.set_title(p["title"], color=TEXT, fontsize=9.5, loc="left", pad=4)
         d = p["fieldConfig"]["defaults"]
         series = data.get(p["id"], [])
         if p["type"] == "stat":
