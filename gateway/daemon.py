@@ -144,8 +144,12 @@ class Daemon:
         doc, answer, reason = authorise_act(self.gate, self.result_topic, self.cfg.gateway_id, topic, payload,
                                             action, now)
         if reason:
+            # a refusal's answer goes straight out (QoS 0): a flood of garbage must not cost a spool commit each;
+            # the refusal itself is counted and on the audit record
             self.metrics.refused.labels(reason).inc()
-        self.outbox.put([answer] + (self.observers.deliver(topic, doc, now) if doc is not None else []), now)
+            self.outbox.publish_now(answer[0], answer[1])
+            return
+        self.outbox.put([answer] + self.observers.deliver(topic, doc, now), now)
 
     def _drill_clock(self, payload: bytes) -> None:
         """{"advance_s": N} or {"t": epoch}: move the virtual clock, then run what fell due."""
@@ -205,6 +209,7 @@ class Daemon:
         recorded (what changed in it - key rotations, decommissioning - is recorded by import-registry)."""
         try:
             self.gate.reload()
+            self.gate.tick()
         except Exception:
             log.exception("operator roster reload failed; the roster in force stays")
         sig = self.registry.sig
