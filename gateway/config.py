@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gasguard.brokers import Endpoint, EndpointError, endpoints_from
 from gasguard.protocol.topics import ROOT, GatewayTopics, Topics
 
 
@@ -45,8 +47,10 @@ class Config:
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
     udp_forwarders: dict = field(default_factory=dict)   # EUI (16 hex) -> the IP it may speak from; {}: pin
     topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
-    mqtt_host: str = "127.0.0.1"
+    mqtt_host: str = "127.0.0.1"       # the single-broker form; `brokers` wins when set
     mqtt_port: int = 1883
+    mqtt_brokers: list[Endpoint] = field(default_factory=list)   # [mqtt] brokers: a cluster's nodes, in order
+    connect_timeout: float = 5.0       # s for a node's CONNACK before the next node is tried
     mqtt_client_id: str = ""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
@@ -60,6 +64,8 @@ class Config:
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
+    verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (TOML default:
+                                       # on when the machine has 2 or more CPUs)
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_audit: bool = False          # keep a log of every accepted id (forensics, fault tests)
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
@@ -92,6 +98,11 @@ class Config:
     log_level: str = "INFO"
     log_json: bool = False
     source: Path | None = None
+
+    @property
+    def brokers(self) -> list[Endpoint]:
+        """The endpoints the publisher goes through (gasguard.brokers.FailoverClient)."""
+        return self.mqtt_brokers or [Endpoint(self.mqtt_host, self.mqtt_port)]
 
     @property
     def topics(self) -> GatewayTopics:
@@ -136,9 +147,11 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind", "forwarders"},
-    "mqtt": {"host", "port", "topic_root", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+    "mqtt": {"host", "port", "brokers", "connect_timeout", "topic_root", "client_id", "username", "password",
+             "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
+    "ingest": {"verify_worker"},
     "spool": {"max_mb", "audit", "synchronous"},
     "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout",
                "command_retry", "mic_failures", "mic_window", "log_window", "node_log_lines"},
@@ -214,15 +227,17 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
 
     m = _get(doc, "mqtt", dict, {})
     _unknown(m, "mqtt")
-    cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
+    try:
+        cfg.mqtt_brokers = endpoints_from(m, "mqtt")
+    except EndpointError as e:
+        raise ConfigError(e.key, e.fix) from None
+    cfg.mqtt_host, cfg.mqtt_port = cfg.mqtt_brokers[0].host, cfg.mqtt_brokers[0].port
+    cfg.connect_timeout = _positive(_get(m, "connect_timeout", float, 5.0, "mqtt"), "mqtt.connect_timeout")
     cfg.topic_root = _get(m, "topic_root", str, ROOT, "mqtt")
     try:
         Topics(cfg.topic_root)
     except ValueError as e:
         raise ConfigError("mqtt.topic_root", f"{e}; leave it out for the default {ROOT!r}") from None
-    cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
-    if not 0 < cfg.mqtt_port < 65536:
-        raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")
     cfg.mqtt_client_id = _get(m, "client_id", str, f"gasguard-gw-{gid}", "mqtt")
     cfg.mqtt_username = _get(m, "username", str, None, "mqtt")
     cfg.mqtt_password = _get(m, "password", str, None, "mqtt")
@@ -252,6 +267,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.batch_delay = _get(b, "delay", float, 1.0, "batch")
     if not 0 <= cfg.batch_delay <= 60:
         raise ConfigError("batch.delay", "seconds between 0 and 60 (readings wait at most this long)")
+
+    ing = _get(doc, "ingest", dict, {})
+    _unknown(ing, "ingest")
+    # the second core: on by default where there is one (a single-core gateway would only pay the IPC)
+    cfg.verify_worker = _get(ing, "verify_worker", bool, (os.cpu_count() or 1) >= 2, "ingest")
 
     s = _get(doc, "spool", dict, {})
     _unknown(s, "spool")

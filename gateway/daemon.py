@@ -35,6 +35,7 @@ from .observe import Observers
 from .outbox import Outbox
 from .plugin import Plugin
 from .presence import PresenceTable
+from .preverify import PreVerifier
 from .publisher import Publisher
 from .spool import Spool, SpoolError
 from .startup import build_plugins
@@ -104,10 +105,12 @@ class Daemon:
         self.presence = PresenceTable(cfg, self.topics)
         self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down,
                                      self.gate)
+        # the second core (ingest.verify_worker): decode + MIC + entry JSON of the next group in a worker
+        self.pre = PreVerifier(cfg.registry, cfg.gateway_id, up) if cfg.verify_worker else None
         self.ingest = Ingest(cfg, self.verifier, self.outbox, self.dispatcher, self.presence, self.observers,
                              self.spool.idents(), self.metrics, self.burst, clock,
                              beat=lambda: self.beats.beat("ingest"),
-                             mic=MicWatch(cfg.mic_failures, cfg.mic_window))
+                             mic=MicWatch(cfg.mic_failures, cfg.mic_window), pre=self.pre)
         self.serial = [SerialTransport(sp, self.ingest.deliver, self.metrics, self.burst,
                                        node_lines=cfg.node_log_lines) for sp in cfg.serial]
         self.udp = None
@@ -270,6 +273,8 @@ class Daemon:
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
+        if self.pre is not None:
+            self.pre.start()
         self.publisher.start()
         udp_transport = None
         if self.cfg.udp_bind:
@@ -318,6 +323,8 @@ class Daemon:
             log.info("stopped; left in spool: %s", left)
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file
+            if self.pre is not None:
+                self.pre.close()
             self.gate.audit.record(category="config", type="stop", outcome="done",
                                    source={"recorder": self.cfg.gateway_id})
             self.gate.close()

@@ -70,6 +70,8 @@ class Metrics:
                                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60, 600)),
                                       *LANE_NAMES)
         self.connected = Gauge("gasguard_gateway_broker_connected", "1 while connected to the broker", registry=r)
+        self.failovers = Counter("gasguard_gateway_broker_failovers",
+                                 "Connections accepted by a different broker node than the one before", registry=r)
         self.task_restarts = zeroed(Counter("gasguard_gateway_task_restarts", "Supervised task restarts", ["task"],
                                             registry=r), "ingest", "publisher", "ticker")
         self.downlinks = zeroed(Counter("gasguard_gateway_downlinks", "Downlink frames sent", ["type"], registry=r),

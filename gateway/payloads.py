@@ -5,7 +5,7 @@ Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire),
 
 from __future__ import annotations
 
-import json
+import orjson
 
 from gasguard.protocol import frame
 from gasguard.protocol.const import ALARM_NAMES, EVENT_NAMES, RESULT_NAMES
@@ -22,16 +22,31 @@ def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
 
 
 def dumps(d: dict) -> str:
-    return json.dumps(d, separators=(",", ":"))
+    """Compact JSON text. orjson (a C encoder, ~3x json.dumps here) writes the same text as
+    json.dumps(separators=(",", ":")) for what the gateway publishes, except non-ASCII: UTF-8, not \\u escapes
+    (both are JSON; MQTT payloads are bytes either way). Non-string keys become strings, as json.dumps does."""
+    return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
+# the state byte's named fields, encoded once per value (256 of them) instead of once per reading (hot path)
+_STATE_JSON = [orjson.Fragment(orjson.dumps(frame.state_fields(b))) for b in range(256)]
+
+
+def _entry(mid: str, f: dict, t: float, rx: dict, state) -> dict:
     e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": gas_percent_lel(f["gas"]),
-         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": frame.state_fields(f["state"]),
-         "rx": rx}
+         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": state, "rx": rx}
     if f.get("inlet") is not None:
         e["inlet_pa"] = f["inlet"]
     return e
+
+
+def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
+    return _entry(mid, f, t, rx, frame.state_fields(f["state"]))
+
+
+def reading_json(mid: str, f: dict, t: float, rx: dict) -> str:
+    """reading_entry(...) as JSON text: the ingest hot path (same text, the state fields pre-encoded)."""
+    return orjson.dumps(_entry(mid, f, t, rx, _STATE_JSON[f["state"]]), option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def batch(gateway_id: str, district: str, t: float, entries_json: list[str]) -> str:

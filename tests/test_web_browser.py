@@ -155,8 +155,10 @@ def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_
             chromium.wait_css("#confirm-ack", 5)[0].click()
             chromium.wait_css("#flash", 12, "confirmed")
             chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
+            iid = source.snapshot()[0]["incident_id"]
+            chromium.driver.get(f"{web.url}/incidents/{iid}")             # the service's journal names them
+            chromium.wait_css("#journal tr", 5, OPERATOR)
             chromium.reset()
-        iid = source.snapshot()[0]["incident_id"]
         assert [a["outcome"] for a in svc.store.get_incident(iid)["acks"]] == ["accepted"]
         recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
                 for r in audit.show(auth.dir / "audit-command", category="incident")]

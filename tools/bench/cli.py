@@ -14,6 +14,8 @@ from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
 from gasguard.tools.bench.web import web_bench
+from gasguard.tools.bench.failover import failover_bench
+from gasguard.tools.bench.peers import peers_bench
 
 
 @click.group()
@@ -102,6 +104,8 @@ bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
 bench.add_command(web_bench)
+bench.add_command(peers_bench)
+bench.add_command(failover_bench)
 
 
 @bench.command("dashboard")
@@ -124,4 +128,3 @@ def dashboard_cmd(out, seconds, keep):
     click.echo(json.dumps(rep, indent=1))
     click.echo(f"{len(rep['panels']) - len(empty)} of {len(rep['panels'])} panels with data; without: "
                f"{', '.join(empty) or 'none'}", err=True)
-
