@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gasguard.authority.secretfile import private_file
+
 log = logging.getLogger("gasguard.gateway.spool")
 
 ALARM, EVENT, STATE, READING = 0, 1, 2, 3
@@ -133,7 +135,7 @@ class Spool:
         self.audit = audit
         self.db = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
