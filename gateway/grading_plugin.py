@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from gasguard.grading import engine as G
-from gasguard.grading.incidents import IncidentEngine, command_subscriptions
+from gasguard.grading.incidents import IncidentEngine, command_subscriptions, command_topics
+from gasguard.protocol.topics import ACK, SYNC
 
 LANE = "alarm"
 log = logging.getLogger("gasguard.grading")
@@ -62,7 +63,8 @@ class GradingPlugin:
         if outs and self.state_path:
             tmp = self.state_path.with_suffix(".tmp")
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
+                # 0600: incident facts (casualties, who acknowledged) are for the district's eyes
+                with os.fdopen(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
                     json.dump(self.engine.snapshot(), f, ensure_ascii=False)
                     f.flush()
                     os.fsync(f.fileno())
@@ -82,6 +84,16 @@ class GradingPlugin:
 
     def tick(self, now: float) -> list[tuple[str, dict, str]]:
         return self._save([(t, p, LANE) for t, p in self.engine.tick(now)])
+
+    def action_of(self, topic: str):
+        """ack/<id> is an acknowledgement; input/<id> is operator input, or `resolve` when it closes the
+        incident (issue 14); sync changes nothing."""
+        msg = command_topics(self.cfg).parse(topic)
+        if msg is None or msg[0] == SYNC:
+            return None
+        if msg[0] == ACK:
+            return "ack"
+        return lambda body: "resolve" if body.get("resolved") else "input"
 
     def on_message(self, topic: str, payload: dict, now: float) -> list[tuple[str, dict, str]]:
         if not isinstance(payload, dict):

@@ -111,16 +111,33 @@ class Observers:
             out.extend(self._call(p, "tick", now))
         return out
 
+    def _listening(self, topic: str) -> list[Plugin]:
+        return [p for p in self.plugins if any(topic_matches_sub(s, topic) for s in p.subscriptions)]
+
+    def action_of(self, topic: str):
+        """The authority action a message on `topic` is for the plugins that listen to it (Plugin.action_of),
+        or None when it changes nothing."""
+        for p in self._listening(topic):
+            action = getattr(p, "action_of", lambda t: None)(topic)
+            if action is not None:
+                return action
+        return None
+
     def on_message(self, topic: str, payload: bytes, now: float) -> list:
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
+            if self._listening(topic):
+                self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
+            return []
+        return self.deliver(topic, doc, now)
+
+    def deliver(self, topic: str, doc, now: float) -> list:
+        """A message already decoded (and, for an act, verified: the daemon's authority check) to the plugins
+        that listen to `topic`."""
         out = []
-        for p in self.plugins:
-            if any(topic_matches_sub(s, topic) for s in p.subscriptions):
-                try:
-                    doc = json.loads(payload)
-                except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
-                    self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
-                    continue
-                out.extend(self._call(p, "on_message", topic, doc, now))
+        for p in self._listening(topic):
+            out.extend(self._call(p, "on_message", topic, doc, now))
         return out
 
     def gauges(self, now: float) -> dict:

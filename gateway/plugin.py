@@ -63,6 +63,14 @@ class Plugin:
     def restore(self, state: dict) -> None:
         """Take back a snapshot() at start, before any observation."""
 
+    def action_of(self, topic: str):
+        """The authority action (issue 14) a message on `topic` is: a name ("ack"), a function of the request
+        body giving one, or None for a message that changes nothing (a sync request). An action reaches
+        `on_message` only signed by someone whose role permits it, as the verified body with "by" set to the
+        operator's id (and "via" to the console that signed for them); anything else is refused, answered,
+        counted and audited by the daemon."""
+        return None
+
     def gauges(self, now: float) -> dict[str, dict[str, float]]:
         """Values for the gateway's labelled gauges, e.g. {"incidents_open": {"leak": 1}, "incidents_overdue":
         {"phone": 1}} (gateway/metrics.py names them); called every few seconds."""

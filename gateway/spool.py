@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gasguard.authority.secretfile import private_file
+
 log = logging.getLogger("gasguard.gateway.spool")
 
 ALARM, EVENT, STATE, READING = 0, 1, 2, 3
@@ -183,8 +185,8 @@ class Spool:
         self.undeleted: list[tuple[int, int, int]] = []
         self.undeleted_bytes = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._check_present()
+            self._check_present()      # before private_file, which creates an empty file
+            private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
@@ -230,9 +232,10 @@ class Spool:
         except FileNotFoundError:
             _refuse_if_marked(p)
             return                                   # a new gateway: the spool is made here
-        if size == 0:
-            raise SpoolLost(p, "empty (0 bytes): a spool always holds its tables, so it was truncated (a new "
-                               "gateway whose first start was cut short: delete the empty file)")
+        if size == 0 and marker_path(p).exists():
+            # (empty and unmarked: a first start cut short before its tables were written; made here)
+            raise SpoolLost(p, f"empty (0 bytes), but {marker_path(p)} says it held this gateway's state: "
+                               "it was truncated")
 
     def _identity(self) -> str:
         """The spool's id (meta `spool_id`), noted in the marker file beside it at its first start."""
