@@ -1,8 +1,9 @@
 """The web console in a real headless Chromium, end to end. One browser for the module.
 
 - a substation working alone: a signed leak frame over a real pty into the real gateway daemon (grading
-  plugin on), its incident through a real mosquitto onto the board of a logged-in operator within 2 s, who
-  acknowledges it; the gateway confirms and the audit record names the operator;
+  plugin on, the district's authority configured), its incident through a real mosquitto onto the board of
+  a logged-in operator within 2 s, who acknowledges it; the console signs on their behalf, the gateway
+  verifies and confirms, and its hash-chained audit record names the operator (and the console's too);
 - a district: the same frame through a plain gateway to the real command service (leader, SQLite store,
   the authority's Gate), read from its store; the acknowledgement signed by the console on behalf of the
   operator, verified and applied by the leader, whose hash-chained audit record names them;
@@ -68,14 +69,14 @@ def _login(browser, url, operator=OPERATOR, password=PASSWORD):
 
 
 def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tmp_path, mosquitto, chromium):
+    from gasguard.authority import audit
     from gasguard.testing.webconsole import Authority
     auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
-    gateway_checks = hasattr(gwconfig.Config, "roster")       # issue 14's checks at the gateway, once landed
-    home, cable, cfg = _gateway(tmp_path, mosquitto, authority=auth if gateway_checks else None)
+    home, cable, cfg = _gateway(tmp_path, mosquitto, authority=auth)    # the gateway checks signatures
     daemon_sub = Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
     runner = DaemonThread(Daemon(cfg))
     source = MqttSource("127.0.0.1", mosquitto.port, "lixia").start(10)
-    acting = auth.acting() if gateway_checks else RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
+    acting = auth.acting()
     book = new_password_file(tmp_path / "console-passwords.json", OPERATOR, PASSWORD, quick_hasher())
     app = create_app(WebConfig(district="lixia"), source, acting, book)
     try:
@@ -109,14 +110,13 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             pubs = daemon_sub.wait(lambda ms: [d for _, d, _ in ms if d.get("acked")], 5)
             assert pubs[-1]["acked"]["by"] == OPERATOR
             iid = pubs[-1]["incident_id"]
-            if gateway_checks:        # the gateway verified the console's signature for the operator
-                from gasguard.authority import audit
-                recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
-                        for r in audit.show(tmp_path / "audit", category="incident")]
-                assert ("ack", "allowed", OPERATOR, auth.console_id) in recs
-                console = [(r["type"], r["outcome"], r["source"].get("operator")) for r in auth.records()]
-            else:
-                console = [(r["type"], r["outcome"], r["operator"]) for r in acting.records]
+            # the gateway verified the console's signature for the operator: its audit record names them
+            recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+                    for r in audit.show(tmp_path / "audit", category="incident")]
+            assert ("ack", "allowed", OPERATOR, auth.console_id) in recs
+            assert audit.verify(tmp_path / "audit")["ok"]
+            # and the console's own record: the refused login, the login, the act
+            console = [(r["type"], r["outcome"], r["source"].get("operator")) for r in auth.records()]
             assert [c for c in console if c[0] in ("login", "ack")] == [
                 ("login", "refused", OPERATOR), ("login", "allowed", OPERATOR), ("ack", "done", OPERATOR)]
             print(f"leak frame -> board row: {seen_s * 1000:.0f} ms")
