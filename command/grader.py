@@ -21,10 +21,12 @@ from when the command got round to it, so a restart or a takeover does not move 
 from __future__ import annotations
 
 import logging
+import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from gasguard.gateway.payloads import request_result
 from gasguard.grading import engine as G
 from gasguard.grading import report as R
 from gasguard.command.dedup import frame_key
@@ -97,9 +99,12 @@ class DistrictGrader:
             changed: list = []
             inlet_changed: set = set()
             alarms = False
-            for topic, doc, *req in msgs:
+            for topic, doc, *more in msgs:
+                req = more[:1] if more and more[0] is not None else []
+                raw = more[1] if len(more) > 1 else None
                 try:
-                    alarms |= self._one(tx, topic, doc, now, out, changed, inlet_changed, req[0] if req else None)
+                    alarms |= self._one(tx, topic, doc, now, out, changed, inlet_changed, req[0] if req else None,
+                                        raw)
                 except (KeyError, TypeError, ValueError, AttributeError) as e:
                     # a malformed message is refused and counted; it does not stop the batch
                     out.refused.append((topic, f"malformed: {e!r}"[:200]))
@@ -113,10 +118,13 @@ class DistrictGrader:
         return out
 
     def _one(self, tx, topic: str, doc: dict, now: float, out: Outcome, changed: list, inlet_changed: set,
-             request: int | None = None) -> bool:
+             request: int | None = None, raw: bytes | None = None) -> bool:
+        """`raw`: an act's MQTT payload as sent (the console matches the answer by its SHA-256)."""
         act = self.cmd.parse(topic)
         if act is not None:
             outcome = self._command(tx, act[0], act[1], doc, now, out, changed)
+            if raw is not None and outcome is not None:
+                self._answer(topic, raw, outcome, now, out)
             if request is not None:
                 tx.request_done(request, outcome or "refused: not an act", now)
                 out.requests += 1
@@ -260,6 +268,15 @@ class DistrictGrader:
             out.refused.append((f"{kind}/{iid}", why))
         changed.extend(res)
         return outcome
+
+    def _answer(self, topic: str, raw: bytes, outcome: str, now: float, out: Outcome) -> None:
+        """The answer a console waits for (`gasguard command ack/input`, issue 14's request result), on the
+        command's own result topic: allowed once the act is applied, refused with the reason otherwise."""
+        ok = outcome == "accepted"
+        reason = "" if ok else outcome.split(": ", 1)[-1]
+        out.direct.append((self.cmd.result(self.cfg["gateway_id"]), request_result(
+            self.cfg["gateway_id"], now, topic, hashlib.sha256(raw).hexdigest(), "allowed" if ok else "refused",
+            reason.split(":", 1)[0] if not ok else "", reason), False))
 
     # --- time ------------------------------------------------------------------------------------
     def tick(self, now: float, fence) -> Outcome:

@@ -300,7 +300,7 @@ class CommandService:
             client.ack(m.mid, m.qos)
             return
         (self.urgent if userdata == "urgent" else self.inbox).put((client, m.mid, m.qos, m.topic, doc,
-                                                                   time.monotonic()))
+                                                                   time.monotonic(), m.payload))
         self.arrived.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -345,8 +345,8 @@ class CommandService:
                 # once; then the reading batches (a batch of readings can be 200 frames to grade)
                 if batch:
                     self.metrics.queue_wait.observe(time.monotonic() - batch[0][5])
-                for part in ([(topic, doc) for _, _, _, topic, doc, _ in urgent] + reqs,
-                             [(topic, doc) for _, _, _, topic, doc, _ in bulk]):
+                for part in ([(topic, doc, None, raw) for _, _, _, topic, doc, _, raw in urgent] + reqs,
+                             [(topic, doc) for _, _, _, topic, doc, _, _ in bulk]):
                     if part:
                         self._account(self.grader.handle(part, now, fence))
                 for client, mid, qos, *_ in batch:       # only now: everything of the batch is committed

@@ -24,7 +24,7 @@ from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.links import PtyCable
 from gasguard.testing.node import Node
 from gasguard.testing.subscriber import Subscriber
-from gasguard.command.console import CommandClient
+from gasguard.command.console import CommandClient, ConsoleError
 from gasguard.registry import Device, Registry
 from gasguard.protocol import frame
 
@@ -108,6 +108,11 @@ def test_two_gateways_one_district_picture_escalation_and_ack(tmp_path, mosquitt
             _wait(lambda: all(r["published"] for r in svc.store.get_incident(supply["incident_id"])["revisions"]),
                   10, "every revision PUBACKed")
             assert svc.metrics.value("gasguard_command_time_to_acknowledge_seconds_count") == 1
+
+            # the CLI's way: an act waits for the service's answer on its result topic (refused: unknown incident)
+            console.send_input(supply["incident_id"], {"note": "消防已到场", "by": "李现场"}, 10, confirm=True)
+            with pytest.raises(ConsoleError, match="unknown incident"):
+                console.ack(supply["incident_id"].replace("supply", "leak"), "李现场", 1, 10, confirm=True)
 
             # a console in another process (the web) acts through the store; the leader answers there
             other = open_store(store_url)
