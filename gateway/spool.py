@@ -135,7 +135,11 @@ class Spool:
         self.audit = audit
         self.db = None
         try:
-            private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
+            except PermissionError:
+                pass                       # not writable: the open and write probe below refuse it, with the fix
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")

@@ -35,9 +35,10 @@ OPERATOR, PASSWORD = "wang.li", "correct horse battery"
 LEAK_SITE = "文化东路12号 3单元 502室 (Wenhua East Road 12, unit 3, flat 502)"
 
 
-def _gateway(tmp_path, mosquitto, grading=True):
+def _gateway(tmp_path, mosquitto, grading=True, authority=None):
     """A home and its regulator station in the registry, a pty cable, the gateway's configuration: grading
-    plugin on (a substation working alone) or off (a district: the command service grades)."""
+    plugin on (a substation working alone) or off (a district: the command service grades); with
+    `authority` (testing.webconsole.Authority) the gateway checks acts against its roster (issue 14)."""
     station, home = Node(0xA001), Node(0x100001)
     with Registry(tmp_path / "registry.db") as r:
         r.add_many([
@@ -53,7 +54,8 @@ def _gateway(tmp_path, mosquitto, grading=True):
         tmp_path / "gateway.toml", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
         mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id="sub-017", district="lixia",
         extra='[metrics]\ntick_interval = 0.1\n' + ('\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
-                                                  if grading else "")))
+                                                  if grading else "") +
+        (f'\n[authority]\nroster = "{authority.roster}"\ntrust = "{authority.trust}"\n' if authority else "")))
     return home, cable, cfg
 
 
@@ -67,11 +69,14 @@ def _login(browser, url, operator=OPERATOR, password=PASSWORD):
 
 
 def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tmp_path, mosquitto, chromium):
-    home, cable, cfg = _gateway(tmp_path, mosquitto)
+    from gasguard.testing.webconsole import Authority
+    # the gateway grades alone and checks every act: the console signs for the operator it logged in
+    auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
+    home, cable, cfg = _gateway(tmp_path, mosquitto, authority=auth)
     daemon_sub = Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
     runner = DaemonThread(Daemon(cfg))
     source = MqttSource("127.0.0.1", mosquitto.port, "lixia").start(10)
-    acting = RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
+    acting = auth.acting()
     book = new_password_file(tmp_path / "console-passwords.json", OPERATOR, PASSWORD, quick_hasher())
     app = create_app(WebConfig(district="lixia"), source, acting, book)
     try:
@@ -105,10 +110,16 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             pubs = daemon_sub.wait(lambda ms: [d for _, d, _ in ms if d.get("acked")], 5)
             assert pubs[-1]["acked"]["by"] == OPERATOR
             iid = pubs[-1]["incident_id"]
-            acks = [r for r in acting.records if r["type"] == "ack"]
-            assert [(r["operator"], r["outcome"], r["incident"]) for r in acks] == [(OPERATOR, "done", iid)]
-            logins = [(r["operator"], r["outcome"]) for r in acting.records if r["type"] == "login"]
+            recs = auth.records("console")
+            acks = [(r["source"].get("operator"), r["outcome"]) for r in recs if r["type"] == "ack"]
+            assert acks == [(OPERATOR, "done")]
+            logins = [(r["source"].get("operator"), r["outcome"]) for r in recs if r["type"] == "login"]
             assert logins == [(OPERATOR, "refused"), (OPERATOR, "allowed")]
+            # and the gateway's own record: the console's signature for the operator, allowed
+            from gasguard.authority import audit
+            gw = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+                  for r in audit.show(tmp_path / "audit", category="incident")]
+            assert gw == [("ack", "allowed", OPERATOR, auth.console_id)]
             print(f"leak frame -> board row: {seen_s * 1000:.0f} ms")
             chromium.reset()
     finally:
