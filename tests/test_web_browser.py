@@ -109,7 +109,6 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             # the gateway itself confirmed: its own publication carries the acknowledgement
             pubs = daemon_sub.wait(lambda ms: [d for _, d, _ in ms if d.get("acked")], 5)
             assert pubs[-1]["acked"]["by"] == OPERATOR
-            iid = pubs[-1]["incident_id"]
             recs = auth.records("console")
             acks = [(r["source"].get("operator"), r["outcome"]) for r in recs if r["type"] == "ack"]
             assert acks == [(OPERATOR, "done")]
