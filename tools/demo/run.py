@@ -220,7 +220,9 @@ class _Client(CommandClient):
         super()._on_message(client, userdata, m)
         if self.on_update and self.board.version != before:
             try:
-                self.on_update(self, json.loads(m.payload))
+                doc = json.loads(m.payload)
+                if "incident_id" in doc:        # not the command service's gateway messages
+                    self.on_update(self, doc)
             except Exception:       # a view that fails must not stop the MQTT thread; say so on stderr
                 log.exception("demo: showing an incident update failed")
 
