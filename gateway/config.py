@@ -83,6 +83,16 @@ class Config:
     stall_after: float = 20.0          # seconds a daemon loop may make no progress before the watchdog starves
     metrics_bind: str | None = None    # "host:port" for Prometheus, or None
     plugins: dict = field(default_factory=dict)
+    # [authority] (issue 14): who may command nodes and act on incidents, and the audit record
+    roster: Path | None = None          # the district's signed operator roster; None: every request refused
+    trust: Path | None = None           # the district authority's public key (.pub.pem or 64 hex digits)
+    replay: Path | None = None          # nonces already used (SQLite); default <spool>.replay.db
+    audit_dir: Path | None = None       # the audit log's folder; default <spool folder>/audit
+    max_age_s: float = 120.0            # a signed request older than this is stale
+    max_skew_s: float = 30.0            # ... or this far in the future (a signer's clock ahead)
+    audit_capacity_bytes: int = 256 * 1024 * 1024
+    audit_segment_bytes: int = 8 * 1024 * 1024
+    audit_warn_fraction: float = 0.8   # IEC 62443-4-2 CR 2.9: warn before the audit storage fills
     log_level: str = "INFO"
     log_json: bool = False
     source: Path | None = None
@@ -143,6 +153,8 @@ _KNOWN = {
     "spool": {"max_mb", "audit", "synchronous"},
     "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout",
                "command_retry", "mic_failures", "mic_window", "log_window", "node_log_lines"},
+    "authority": {"roster", "trust", "replay", "audit_dir", "max_age_s", "max_skew_s", "audit_capacity_mb",
+                  "audit_segment_mb", "audit_warn_fraction"},
     "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
 }
 
@@ -298,6 +310,8 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         raise ConfigError("metrics.stall_after", f"{cfg.stall_after} s is under two ticks ({cfg.tick_interval} s "
                           "each): a healthy ticker would look stuck; use e.g. 20 (below the unit's WatchdogSec=30)")
 
+    _authority(doc, cfg, p)
+
     if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
         from .sparkplug.plugin import OptionError, check_options
         try:
@@ -320,6 +334,37 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
             except ValueError as e:
                 raise ConfigError(f"plugins.{name}", str(e)) from None
     return cfg
+
+
+def _authority(doc: dict, cfg: Config, p) -> None:
+    """[authority]: the roster and the key that signs it, the replay store and the audit log. Without a
+    roster the gateway refuses every node command, acknowledgement and operator input (and records it)."""
+    a = _get(doc, "authority", dict, {})
+    _unknown(a, "authority")
+    if ("roster" in a) != ("trust" in a):
+        raise ConfigError("authority.trust" if "roster" in a else "authority.roster",
+                          "roster and trust go together: the roster file and the authority's public key that signs it")
+    if "roster" in a:
+        cfg.roster = p(_get(a, "roster", str, path="authority"))
+        cfg.trust = p(_get(a, "trust", str, path="authority"))
+        if not cfg.trust.is_file():
+            raise ConfigError("authority.trust", f"{cfg.trust} does not exist: copy the authority's .pub.pem here "
+                              "(gasguard device authority-init writes it)")
+    cfg.replay = p(_get(a, "replay", str, path="authority")) if "replay" in a else \
+        cfg.spool.with_name(cfg.spool.name + ".replay.db")
+    cfg.audit_dir = p(_get(a, "audit_dir", str, path="authority")) if "audit_dir" in a else cfg.spool.parent / "audit"
+    cfg.max_age_s = _positive(_get(a, "max_age_s", float, 120.0, "authority"), "authority.max_age_s")
+    cfg.max_skew_s = _get(a, "max_skew_s", float, 30.0, "authority")
+    if not 0 <= cfg.max_skew_s <= 600:
+        raise ConfigError("authority.max_skew_s", "seconds a signer's clock may run ahead, 0..600 (NTP keeps it small)")
+    seg = _positive(_get(a, "audit_segment_mb", float, 8.0, "authority"), "authority.audit_segment_mb")
+    cap = _get(a, "audit_capacity_mb", float, 256.0, "authority")
+    if cap < 2 * seg:
+        raise ConfigError("authority.audit_capacity_mb", f"at least two segments ({2 * seg} MB)")
+    cfg.audit_segment_bytes, cfg.audit_capacity_bytes = int(seg * 1024 * 1024), int(cap * 1024 * 1024)
+    cfg.audit_warn_fraction = _get(a, "audit_warn_fraction", float, 0.8, "authority")
+    if not 0 < cfg.audit_warn_fraction < 1:
+        raise ConfigError("authority.audit_warn_fraction", "a fraction of the capacity, e.g. 0.8")
 
 
 def load(path: str | Path) -> Config:

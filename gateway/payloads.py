@@ -96,9 +96,25 @@ def gateway_event(gateway_id: str, t: float, name: str, detail: dict) -> dict:
 
 
 def command_result(gateway_id: str, dev: int, t: float, request_id: str, cmd: str, cid: int | None,
-                   result: str, detail: str = "") -> dict:
-    return {"schema": "gasguard.command-result/1", "gateway": gateway_id, "dev": dev_hex(dev), "t": round(t, 3),
-            "request_id": request_id, "cmd": cmd, "cid": cid, "result": result, "detail": detail}
+                   result: str, detail: str = "", reason: str | None = None, operator: str | None = None) -> dict:
+    """`reason`: the authority's refusal code when the gateway refused the request (issue 14);
+    `operator`: who the verified request came from."""
+    out = {"schema": "gasguard.command-result/1", "gateway": gateway_id, "dev": dev_hex(dev), "t": round(t, 3),
+           "request_id": request_id, "cmd": cmd, "cid": cid, "result": result, "detail": detail}
+    if reason:
+        out["reason"] = reason
+    if operator:
+        out["operator"] = operator
+    return out
+
+
+def request_result(gateway_id: str, t: float, topic: str, request_sha256: str, outcome: str, reason: str = "",
+                   detail: str = "", operator: str | None = None) -> dict:
+    """The answer to an acknowledgement or operator input (issue 14): allowed, or refused with the reason.
+    `request_sha256` is the SHA-256 of the MQTT payload as sent, so the sender can match it."""
+    return {"schema": "gasguard.request-result/1", "gateway": gateway_id, "t": round(t, 3), "topic": topic,
+            "request_sha256": request_sha256, "outcome": outcome, "reason": reason, "detail": detail,
+            "operator": operator}
 
 
 def result_name(code: int) -> str:

@@ -7,6 +7,7 @@ import click
 from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
+from gasguard.tools.bench.authority import authority_bench
 from gasguard.tools.bench.firmware import firmware_bench
 from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
@@ -96,6 +97,7 @@ def fuzz(inputs, seed, as_json):
 
 
 bench.add_command(fleet_bench)
+bench.add_command(authority_bench)
 bench.add_command(firmware_bench)
 bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
