@@ -5,6 +5,8 @@ Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire),
 
 from __future__ import annotations
 
+import json
+
 import orjson
 
 from gasguard.protocol import frame
@@ -25,7 +27,11 @@ def dumps(d: dict) -> str:
     """Compact JSON text. orjson (a C encoder, ~3x json.dumps here) writes the same text as
     json.dumps(separators=(",", ":")) for what the gateway publishes, except non-ASCII: UTF-8, not \\u escapes
     (both are JSON; MQTT payloads are bytes either way). Non-string keys become strings, as json.dumps does."""
-    return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        # orjson refuses integers past 64 bits (a fuzzed or hostile field): the stdlib writes any integer
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
 
 # the state byte's named fields, encoded once per value (256 of them) instead of once per reading (hot path)
