@@ -66,16 +66,11 @@ class Daemon:
         self.metrics.info.labels(cfg.gateway_id, cfg.district, getattr(clock, "mode", "real")).set(1)
         self.metrics.clock_speed.set(getattr(clock, "speed", 1.0))
         # issue 14: who may command nodes and act on incidents, and the audit record of every act and refusal
+        # the audit log lives beside the spool by default: a spool folder the gateway cannot write is named
+        # as the spool's fault (and its fix) before the audit log trips over it
+        Spool.check(cfg.spool)
         self.gate = open_gate(cfg, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
         self.result_topic = result_topic(cfg)
-        self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
-                               detail={"version": __version__, "config": str(cfg.source or ""),
-                                       "config_sha256": sha256_file(cfg.source), "roster": str(cfg.roster or ""),
-                                       "roster_serial": self.gate.roster.serial if self.gate.roster else None,
-                                       "clock": getattr(clock, "mode", "real")})
-        if self.gate.roster is None:
-            log.warning("no operator roster ([authority] roster/trust): every node command, acknowledgement and "
-                        "operator input will be refused and recorded")
         self._registry_sig = None      # the registry file's signature last audited (None: not yet seen)
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
@@ -87,6 +82,15 @@ class Daemon:
             plugins = build_plugins(cfg, clock)     # bad options: ConfigError
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
+        # past every refusal: a refused start stays one line (startup.py) and is not recorded as a start
+        self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
+                               detail={"version": __version__, "config": str(cfg.source or ""),
+                                       "config_sha256": sha256_file(cfg.source), "roster": str(cfg.roster or ""),
+                                       "roster_serial": self.gate.roster.serial if self.gate.roster else None,
+                                       "clock": getattr(clock, "mode", "real")})
+        if self.gate.roster is None:
+            log.warning("no operator roster ([authority] roster/trust): every node command, acknowledgement and "
+                        "operator input will be refused and recorded")
         # the spool's durable counters: uplink ones are the replay protection (verify), downlink ones the
         # dispatcher's (SPEC 4: each direction its own counter)
         counters = self.spool.counters()
@@ -203,6 +207,10 @@ class Daemon:
                 self.outbox.commit(items)
             except SpoolError as e:
                 self.burst.event("offline_spool", "offline state not recorded: %s", e, level=logging.CRITICAL)
+        for topic, raw in self.observers.requests():     # e.g. Sparkplug DCMDs: checked as if over MQTT
+            dev = self.topics.dev_of_cmd(topic)
+            if dev is not None:
+                self.dispatcher.request(dev, topic, raw, now)
         self.dispatcher.due(now)
         self.outbox.report_thinned(now)
         self._authority_tick()
