@@ -101,7 +101,7 @@ class Daemon:
             subscriptions.append(self.topics.drill_clock)
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, subscriptions=subscriptions,
                                    on_message=self._on_mqtt)
-        self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst)
+        self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst, self.observers.snapshot)
         self.presence = PresenceTable(cfg, self.topics)
         self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down,
                                      self.gate)
@@ -142,7 +142,7 @@ class Daemon:
             return
         action = self.observers.action_of(topic)
         if action is None:                # e.g. a sync request: changes nothing
-            self.outbox.put(self.observers.on_message(topic, payload, now), now)
+            self.outbox.put(self.observers.on_message(topic, payload, now), now, observed=True)
             return
         doc, answer, reason = authorise_act(self.gate, self.result_topic, self.cfg.gateway_id, topic, payload,
                                             action, now)
@@ -152,7 +152,7 @@ class Daemon:
             self.metrics.refused.labels(reason).inc()
             self.outbox.publish_now(answer[0], answer[1])
             return
-        self.outbox.put([answer] + self.observers.deliver(topic, doc, now), now)
+        self.outbox.put([answer] + self.observers.deliver(topic, doc, now), now, observed=True)
 
     def _drill_clock(self, payload: bytes) -> None:
         """{"advance_s": N} or {"t": epoch}: move the virtual clock, then run what fell due."""
@@ -193,6 +193,7 @@ class Daemon:
     def tick(self, now: float) -> None:
         """Everything time-driven, with the daemon clock (tests call this with virtual time)."""
         self.burst.flush()
+        self.spool.retry_deletes()        # rows whose delete failed on a full disk (issue 12)
         items = []
         for dev, silent, item in self.presence.gone_quiet(now):
             log.warning("device offline: nothing heard for %.0f s", silent, extra=logs.fields(device=dev))
@@ -205,7 +206,20 @@ class Daemon:
         self.dispatcher.due(now)
         self.outbox.report_thinned(now)
         self._authority_tick()
-        self.outbox.put(self.observers.tick(now), now)
+        self.outbox.put(self.observers.tick(now), now, observed=True)
+
+    def _settle_journal(self) -> None:
+        """Restore the plugins' state from the spool, then observe again what the last run journalled and never
+        settled (it died between an alarm's ack and the commit of its incident, issue 12)."""
+        self.observers.restore(self.spool.plugin_states())
+        pending = self.spool.journal()
+        if not pending:
+            return
+        self.outbox.journaled = len(pending)
+        log.warning("%d alarms/events the last run accepted had not reached its plugins when it stopped: "
+                    "observed now", len(pending))
+        now = self.clock()
+        self.outbox.put(self.observers.observe([json.loads(doc) for doc in pending]), now, observed=True)
 
     def _authority_tick(self) -> None:
         """A changed roster is taken up (and audited by the Gate); a registry change the cache took up is
@@ -276,6 +290,7 @@ class Daemon:
         if self.pre is not None:
             self.pre.start()
         self.publisher.start()
+        self._settle_journal()          # before the first new frame: what the last run acked but never graded
         udp_transport = None
         if self.cfg.udp_bind:
             try:

@@ -5,7 +5,9 @@ Order of effects for one accepted frame (the invariants the fault tests check):
   2. one SQLite transaction (outbox.commit): the messages + the device's uplink counter + the downlink
      counter of its ack + the alarm/event identity;
   3. the ack downlink (alarms, events), by the dispatcher - only after 2, so an acked alarm is never lost;
-  4. the publisher is woken (outbox), observers see it (their outputs go to the outbox in turn).
+  4. the publisher is woken (outbox), observers see it (their outputs go to the outbox in turn); the
+     observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
+     state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
 is paid per group, not per frame; an alarm moves ahead of its group (alarms_first).
 """
@@ -291,8 +293,10 @@ class Ingest:
         if not accepted:
             return
         counters.update(self.dispatcher.counters_of(down))
+        observations = self.observers.observations(
+            [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)
         try:
-            self.outbox.commit(items, counters, idents, wake=False)
+            self.outbox.commit(items, counters, idents, journal=self.observers.journal(observations), wake=False)
         except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
@@ -314,6 +318,5 @@ class Ingest:
         self.accepted_count += len(accepted)
         self.outbox.wake({it.lane for it in items})
         # observers last: what they say is about frames that are on disk and on their way to the broker
-        self.outbox.put(self.observers.observe(
-            [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now), now)
+        self.outbox.put(self.observers.observe(observations), now, observed=True)
         self.outbox.make_room(now)

@@ -121,8 +121,10 @@ async def _until(pred, timeout, what):
 
 
 def _fresh(d: Path):
-    for p in d.glob("spool.db*"):
-        p.unlink()
+    # a new spool on purpose: its marker goes too (gateway/README.md, "A lost spool is loud")
+    from gasguard.gateway.spool import marker_path
+    for p in [*d.glob("spool.db*"), marker_path(d / "spool.db")]:
+        p.unlink(missing_ok=True)
 
 
 RX = {"transport": "bench"}
