@@ -33,6 +33,9 @@ def open_gate(cfg, on_warning=None) -> Gate:
                     district=cfg.district, max_age_s=cfg.max_age_s, max_skew_s=cfg.max_skew_s)
     except AuthorityError as e:
         raise ConfigError("authority", str(e)) from None
+    except OSError as e:         # the audit folder or replay store cannot be made or written
+        raise ConfigError("authority.audit_dir", f"{e.filename or cfg.audit_dir}: {e.strerror}: the gateway user must "
+                          "be able to write its audit folder and replay store (chown gasguard; chmod u+rwx)") from None
 
 
 def result_topic(cfg) -> str:
