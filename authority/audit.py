@@ -107,6 +107,7 @@ class AuditLog:
         self.clock = clock
         self.on_warning = on_warning
         self.warned_at: float | None = None     # fraction of capacity at the last warning; None: none yet
+        self.head: tuple[int, str] | None = None   # (seq, hash) of the last record this process wrote
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.dir.chmod(0o700)
@@ -175,6 +176,7 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self.head = (rec["seq"], rec["hash"])
         if len(segments(self.dir)) == 1 and seq == len(lines):   # a new directory: its entry must survive too
             dfd = os.open(self.dir, os.O_RDONLY)
             try:

@@ -231,15 +231,7 @@ def list_(roster, trust, authority, show_all, as_json):
 
 
 def _trusted(trust, authority):
-    from cryptography.hazmat.primitives import serialization
-    path = Path(trust) if trust else Path(authority).with_name(Path(authority).stem + ".pub.pem")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise S.BadInput(f"no authority public key at {path}: pass --trust FILE") from None
-    if data.startswith(b"-----BEGIN"):
-        return serialization.load_pem_public_key(data)
-    return S.public_from_hex(data.decode().strip())
+    return S.load_public(Path(trust) if trust else Path(authority).with_name(Path(authority).stem + ".pub.pem"))
 
 
 # -- audit -----------------------------------------------------------------------------------------

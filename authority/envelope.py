@@ -73,7 +73,7 @@ def is_signed(raw: bytes) -> bool:
     """A cheap look: does this payload carry an `auth` envelope at all (for counting 'unsigned')."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and isinstance(doc.get("auth"), dict) and "body" in doc
 
@@ -106,7 +106,7 @@ def _parse(raw: bytes, topic: str) -> tuple[dict, str]:
         raise Refused("malformed", f"request of {len(raw)} bytes, more than {MAX_BYTES}")
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):     # RecursionError: "[[[[..." nested past the parser's depth
         raise Refused("unsigned", "payload is not JSON, so not a signed request") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("auth"), dict):
         raise Refused("unsigned", "no 'auth' envelope: sign requests as an operator "
@@ -179,11 +179,14 @@ def verify_request(raw: bytes, topic: str, *, roster: Roster | None, action: str
         raise Refused("replayed", f"nonce {auth['nonce'][:8]}... of {signer.id} was already used: a replay", **ids)
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Refused("malformed", "the body is not JSON", **ids) from None
     if not isinstance(body, dict):
         raise Refused("malformed", "the body must be a JSON object", **ids)
-    act = action(body) if callable(action) else action
+    try:
+        act = action(body) if callable(action) else action
+    except ValueError as e:        # the caller's own check of the request's form (e.g. an unknown cmd)
+        raise Refused("malformed", str(e), **ids) from None
     ids["action"] = act
     if not signer.active:
         raise Refused("revoked", f"{signer.id} was revoked ({signer.revoke_reason or 'no reason given'})", **ids)
@@ -207,7 +210,7 @@ def verify_request(raw: bytes, topic: str, *, roster: Roster | None, action: str
     if district is not None and roster.district != district:
         raise Refused("wrong_district", f"the roster is for district {roster.district}, this is {district}", **ids)
     if not R.permits(operator.role, act):
-        raise Refused("wrong_role", f"{operator.id} is a {operator.role}; {act} needs a {R.needed_role(act)}", **ids)
+        raise Refused("wrong_role", f"{operator.id} has the role {operator.role}; {act} needs {R.needed_role(act)}", **ids)
     client = auth.get("client") if isinstance(auth.get("client"), dict) else {}
     return Verified(signer=signer, operator=operator, action=act, body=body, topic=topic, nonce=auth["nonce"], t=t,
                     payload_sha256=auth["payload_sha256"], client_id=str(client.get("id", ""))[:128],
@@ -220,5 +223,5 @@ def peek_ids(raw: bytes) -> dict:
     try:
         auth = json.loads(raw).get("auth") or {}
         return {"claimed_signer": str(auth.get("signer", ""))[:64], "claimed_operator": str(auth.get("operator", ""))[:64]}
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return {}

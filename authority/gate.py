@@ -8,8 +8,11 @@
         ...answer r.reason on the result topic (gate.check already counted and recorded it)...
     ...act, then gate.done(v, ...) if the outcome is worth its own record...
 
-Every allowed and every refused request is one audit record; an act whose record cannot be written
-(AuditFull) is refused with reason `audit_full` instead of being done unrecorded.
+Every allowed request is one audit record; an act whose record cannot be written (AuditFull) is refused
+with reason `audit_full` instead of being done unrecorded. Every refused request is counted and, up to
+`refusal_burst` per reason in each `refusal_window_s`, one record; past that a flood (someone on the broker
+publishing garbage or replaying captures) is one `refusals_summarised` record per window with the counts, so
+it can neither fill the audit storage nor stall the gateway on an fsync per message (tick() closes a window).
 """
 
 from __future__ import annotations
@@ -35,19 +38,24 @@ SERIAL_KEY = "roster_serial"
 class Gate:
     def __init__(self, roster_path: str | Path | None, trusted: Ed25519PublicKey | None, replay_path: str | Path,
                  audit: AuditLog, *, district: str, max_age_s: float = 120.0, max_skew_s: float = 30.0,
-                 clock: Callable[[], float] = time.time, wall_clock: Callable[[], float] = time.time):
-        """`clock` times the records; `wall_clock` judges freshness (a signer's time is wall time, even when
-        the daemon runs on a virtual clock in tests)."""
+                 wall_clock: Callable[[], float] = time.time, refusal_burst: int = 20,
+                 refusal_window_s: float = 60.0):
+        """`wall_clock` judges freshness: a signer's time is wall time, even when the daemon runs on a virtual
+        clock in tests (the audit log has its own clock)."""
         self.roster_path = Path(roster_path) if roster_path else None
         self.trusted = trusted
         self.audit = audit
         self.district = district
         self.max_age_s, self.max_skew_s = max_age_s, max_skew_s
-        self.clock, self.wall_clock = clock, wall_clock
+        self.wall_clock = wall_clock
         self.replay = ReplayGuard(replay_path, keep_s=max_age_s + max_skew_s)
         self.roster: RO.Roster | None = None
         self._stamp: tuple | None = None
         self.counts: dict[str, int] = {}         # refusal reason -> count since start
+        self.refusal_burst, self.refusal_window_s = refusal_burst, refusal_window_s
+        self._window_start: float | None = None  # wall time the current refusal window began; None: none yet
+        self._window: dict[str, int] = {}        # reason -> refusals in the current window
+        self._suppressed: dict[str, int] = {}    # reason -> refusals past the burst, not yet summarised
         if self.roster_path is not None:
             self.reload(initial=True)
 
@@ -75,7 +83,7 @@ class Gate:
                                "an old roster could un-revoke someone; refused")
         except BadInput as e:
             log.error("operator roster refused, keeping the one in force: %s", e)
-            self._record("authority", "roster_refused", "refused", {}, None, str(e), {"path": str(self.roster_path)})
+            self.record("authority", "roster_refused", "refused", {}, None, str(e), {"path": str(self.roster_path)})
             if initial and self.roster is None:
                 log.critical("no valid operator roster: every operator request will be refused until one is installed")
             return False
@@ -85,7 +93,7 @@ class Gate:
         old_serial = self.roster.serial if self.roster else None
         self.roster = new
         self.replay.meta_set(SERIAL_KEY, str(new.serial))
-        self._record("authority", "roster_loaded" if old_serial is None else "operators_changed", "done", {}, None, "",
+        self.record("authority", "roster_loaded" if old_serial is None else "operators_changed", "done", {}, None, "",
                      {"serial": new.serial, "previous_serial": old_serial, "changes": changes if old_serial is not None
                       else [], "principals": len(new.principals),
                       "active": sum(1 for p in new.principals.values() if p.active)})
@@ -119,19 +127,38 @@ class Gate:
 
     def refuse(self, r: Refused, topic: str, raw: bytes, *, category: str, event: str, detail: dict | None = None) -> None:
         self._count(r.reason)
+        self.tick()
+        n = self._window[r.reason] = self._window.get(r.reason, 0) + 1
+        if n > self.refusal_burst:
+            self._suppressed[r.reason] = self._suppressed.get(r.reason, 0) + 1
+            return
         src = {"operator": r.operator, "signer": r.signer} if r.operator else peek_ids(raw)
-        log.warning("refused %s on %s: %s (%s)", event, topic, r.reason, r)
-        self._record(category, event, "refused", {k: v for k, v in src.items() if v}, None, f"{r.reason}: {r}",
+        log.warning("refused %s on %r: %s (%r)", event, topic, r.reason, str(r))   # %r: the sender's text, escaped
+        self.record(category, event, "refused", {k: v for k, v in src.items() if v}, None, f"{r.reason}: {r}",
                      dict(detail or {}, topic=topic, reason_code=r.reason))
 
     def done(self, v: Verified, *, category: str, event: str, outcome: str = "done", detail: dict | None = None) -> None:
         """A later outcome of an allowed request (e.g. the node's ack of a reset)."""
-        self._record(category, event, outcome, v.source(), v.nonce, "", detail)
+        self.record(category, event, outcome, v.source(), v.nonce, "", detail)
+
+    def tick(self) -> None:
+        """Close the refusal window once it has run: one record summarising what was not recorded singly."""
+        now = self.wall_clock()
+        if self._window_start is not None and now - self._window_start < self.refusal_window_s:
+            return
+        if self._suppressed:
+            log.warning("refusals past %d per %.0f s, summarised: %s", self.refusal_burst, self.refusal_window_s,
+                        self._suppressed)
+            self.record("access", "refusals_summarised", "refused", {}, None,
+                        f"more than {self.refusal_burst} refusals of one reason in {self.refusal_window_s:.0f} s",
+                        {"suppressed": dict(self._suppressed), "window_start": self._window_start,
+                         "window_s": self.refusal_window_s})
+        self._window_start, self._window, self._suppressed = now, {}, {}
 
     def _count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
 
-    def _record(self, category, typ, outcome, source, event_id, reason, detail) -> dict | None:
+    def record(self, category, typ, outcome, source, event_id, reason, detail) -> dict | None:
         try:
             return self.audit.record(category=category, type=typ, outcome=outcome, source=source, event_id=event_id,
                                      reason=reason, detail=detail)
@@ -140,5 +167,8 @@ class Gate:
             return None
 
     def close(self) -> None:
+        if self._suppressed:
+            self._window_start = -1e18       # summarise what is pending before the record closes
+            self.tick()
         self.replay.close()
         self.audit.close()

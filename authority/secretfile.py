@@ -40,6 +40,16 @@ def write_secret(path: str | os.PathLike, data: bytes) -> Path:
     return p
 
 
+def private_file(path: str | os.PathLike) -> Path:
+    """Make `path` exist readable by the owner only (0600), before a library (SQLite) opens it: SQLite gives
+    its -wal and -shm files the mode of the database file. An existing file is narrowed to 0600."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(p, 0o600)
+    return p
+
+
 def check_private(p: Path) -> None:
     """Refuse a secret file that others can read: it may already have leaked."""
     mode = p.stat().st_mode
@@ -75,6 +85,25 @@ def public_from_hex(text: str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
     except ValueError:
         raise BadInput(f"{text[:16]!r}... is not an Ed25519 public key (64 hex digits)") from None
+
+
+def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
+    """The authority's public key, as `authority-init` wrote it (.pub.pem) or as 64 hex digits."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(f"no public key at {p}: copy the authority's .pub.pem here") from None
+    try:
+        if data.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(data)
+        else:
+            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(data.decode().strip()))
+    except ValueError as e:
+        raise BadInput(f"{p} is not an Ed25519 public key (PEM or 64 hex digits): {e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BadInput(f"{p} is not an Ed25519 public key")
+    return key
 
 
 def save_private_key(path: str | os.PathLike, key: Ed25519PrivateKey, secret: bytes | None) -> Path:

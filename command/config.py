@@ -15,6 +15,8 @@ anything is opened. A bad value exits 2 with one message naming the file, the ke
     [command.mqtt]
     host = "127.0.0.1"
     port = 1883
+    # brokers = ["mq1:1883", "mq2:1883", "mq3:1883"]   # a cluster's nodes instead of host/port (failover,
+    #                                                 # gasguard.brokers; docs/SCALE_OUT.md)
     client_id = "gasguard-command-lixia"   # ONE persistent session shared by the copies: whoever leads owns it
     username = ""
     password = ""
@@ -34,6 +36,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from gasguard.brokers import Endpoint, EndpointError, endpoints_from
 from gasguard.grading import engine as G
 
 from . import notify
@@ -55,8 +58,9 @@ class Config:
     metrics_bind: str = ""
     frames_keep_s: float = 7 * 86400.0
     batch_max: int = 500                # broker messages graded in one transaction at most
-    mqtt_host: str = "127.0.0.1"
+    mqtt_host: str = "127.0.0.1"        # the single-broker form; mqtt_brokers wins when set
     mqtt_port: int = 1883
+    mqtt_brokers: list = field(default_factory=list)   # [command.mqtt] brokers: a cluster's nodes, in order
     mqtt_client_id: str = ""
     mqtt_username: str = ""
     mqtt_password: str = ""
@@ -68,6 +72,11 @@ class Config:
 
     def __post_init__(self):
         self.mqtt_client_id = self.mqtt_client_id or f"gasguard-command-{self.district}"
+
+    @property
+    def brokers(self) -> list[Endpoint]:
+        """The endpoints the service's MQTT client goes through (gasguard.brokers.FailoverClient)."""
+        return self.mqtt_brokers or [Endpoint(self.mqtt_host, self.mqtt_port)]
 
 
 _SCALARS = {f.name: f.type for f in fields(Config) if not f.name.startswith("mqtt_")
@@ -88,6 +97,14 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
     cmd = dict(data.get("command", {}))
     mqtt = dict(cmd.pop("mqtt", {}))
     kw: dict = {}
+    if any(k in mqtt for k in ("host", "port", "brokers")):
+        try:                            # one parser for every GasGuard client's broker list (gasguard.brokers)
+            eps = endpoints_from(mqtt, "command.mqtt")
+        except EndpointError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        for k in ("host", "port", "brokers"):
+            mqtt.pop(k, None)
+        kw.update(mqtt_host=eps[0].host, mqtt_port=eps[0].port, mqtt_brokers=eps)
     for k, v in cmd.items():
         if k not in _SCALARS:
             hint = difflib.get_close_matches(k, _SCALARS, n=1)
@@ -101,8 +118,8 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
     for k, v in mqtt.items():
         name = f"mqtt_{k}"
         if name not in {f.name for f in fields(Config)}:
-            raise ConfigError(f"{where}: unknown [command.mqtt] key {k!r}: host, port, client_id, username, "
-                              "password, tls_ca")
+            raise ConfigError(f"{where}: unknown [command.mqtt] key {k!r}: host, port, brokers, client_id, "
+                              "username, password, tls_ca")
         kw[name] = v
     kw.setdefault("grading", dict(data.get("grading", {})))
     kw.setdefault("notify", dict(data.get("notify", {})))

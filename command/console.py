@@ -2,18 +2,23 @@
 
 - `IncidentBoard`: pure state, the latest revision of every incident (older or repeated revisions ignored);
 - `CommandClient`: paho-mqtt client: subscribes to the district's incident topic, asks the gateway for a
-  sync on connect, publishes acknowledgements and operator input (QoS 1); every wait has a timeout;
+  sync on connect, publishes acknowledgements and operator input (QoS 1) signed as the operator (issue 14:
+  `Signer`), and reads the gateway's answer to each; logs in and uses TLS as mosquitto_sub does
+  (`BrokerLogin`); every wait has a timeout;
 - `render_board` / `render_report`: rich renderables (colour by warning, level, households, deadlines);
 - the live field view, `gasguard command watch`, is the textual app in `watch.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
+import ssl
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from rich.console import Group
@@ -21,8 +26,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gasguard.authority.envelope import sign_request
 from gasguard.grading import engine as G
-from gasguard.protocol.topics import ROOT, CommandTopics, Topics
+from gasguard.protocol.topics import CMD, CMD_RESULT, ROOT, CommandTopics, Topics
 
 WARNING_STYLE = {"red": "bold white on red", "orange": "bold black on dark_orange", "yellow": "black on yellow",
                  "blue": "bold white on blue", None: "dim"}
@@ -117,13 +123,56 @@ def render_report(msg: dict) -> Panel:
     return Panel(body, title=f"{msg['incident_id']} rev {msg['revision']}", border_style=style)
 
 
+@dataclass
+class BrokerLogin:
+    """How to log in to the broker, as mosquitto_sub takes it (-u, -P, --cafile, --cert, --key)."""
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None        # CA of the broker's certificate: TLS on
+    cert: str | None = None          # client certificate and key (mutual TLS)
+    key: str | None = None
+
+    def apply(self, client: mqtt.Client) -> None:
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.cert and not self.cafile:
+            raise ConsoleError("a client certificate needs TLS: give --cafile with the broker's CA too")
+        if bool(self.cert) != bool(self.key):
+            raise ConsoleError("a client certificate needs both --cert and --key")
+        if self.cafile:
+            try:
+                client.tls_set(ca_certs=self.cafile, certfile=self.cert, keyfile=self.key,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as e:
+                raise ConsoleError(f"TLS files: {e}: check --cafile/--cert/--key") from None
+
+
+@dataclass
+class Signer:
+    """Who signs the console's acts: an operator with their own key, or a console's key signing for the
+    operator it authenticated (`on_behalf_of`, issue 16); see gasguard/authority/__init__.py."""
+    id: str
+    key: object                      # Ed25519PrivateKey
+    on_behalf_of: str | None = None
+    address: str = ""
+
+    def sign(self, topic: str, body: dict, client_id: str) -> bytes:
+        return sign_request(self.key, self.id, topic, body, on_behalf_of=self.on_behalf_of, client_id=client_id,
+                            address=self.address)
+
+
 class CommandClient:
     """MQTT side of the console for one district. Use as a context manager."""
 
+    RESULTS_KEPT = 1000     # answers to our requests kept for matching (oldest dropped first)
+
     def __init__(self, host: str, port: int, district: str, *, board: IncidentBoard | None = None,
                  client_id: str | None = None, city: bool = False, city_topic: str = "city",
-                 topic_root: str = ROOT):
+                 topic_root: str = ROOT, login: BrokerLogin | None = None, signer: Signer | None = None):
         self.host, self.port, self.district = host, port, district
+        self.signer = signer
+        self.results: dict[str, dict] = {}       # request sha256 -> the gateway's answer
+        self.results_cond = threading.Condition()
         self.board = board or IncidentBoard()
         self.tree = Topics(topic_root)
         self.command_topics = self.tree.command(district)
@@ -131,11 +180,16 @@ class CommandClient:
         self.updates: queue.Queue = queue.Queue(maxsize=10_000)
         self.overflow = 0
         self.connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"gg-console-{uuid.uuid4().hex[:8]}")
+        self.client_id = client_id or f"gg-console-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        (login or BrokerLogin()).apply(self.client)
+        self.result_topic = self.tree.all_results() if city else self.command_topics.results
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subacks: set[int] = set()              # SUBACKed message ids (subscribe_wait)
+        self.extra_subs: set[str] = set()           # subscribed again after a reconnect
         self.client.reconnect_delay_set(1, 30)
 
     def __enter__(self):
@@ -150,9 +204,13 @@ class CommandClient:
         except OSError as e:
             raise ConsoleError(f"cannot reach the MQTT broker at {self.host}:{self.port} ({e}): "
                                "check --host/--port and that the broker runs") from None
+        self.refused = None
         self.client.loop_start()
         if not self.connected.wait(timeout):
             self.close()
+            if self.refused:
+                raise ConsoleError(f"the broker at {self.host}:{self.port} refused the login ({self.refused}): "
+                                   "check --username/--password (GASGUARD_MQTT_PASSWORD) and the TLS files")
             raise ConsoleError(f"no MQTT session with {self.host}:{self.port} within {timeout:.0f} s")
         return self
 
@@ -162,15 +220,46 @@ class CommandClient:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
+            self.refused = str(reason_code)
             return
         client.subscribe(self.topic, qos=1)
+        client.subscribe(self.result_topic, qos=1)
+        for t in self.extra_subs:
+            client.subscribe(t, qos=1)
         self.connected.set()
         self.request_sync()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self.results_cond:
+            self.subacks.add(mid)
+            self.results_cond.notify_all()
+
+    def subscribe_wait(self, topic: str, timeout: float) -> None:
+        """Subscribe and wait for the broker's SUBACK, so an answer to what we send next is not missed; a
+        subscription lost to a reconnect in between is made again (and after every later reconnect)."""
+        self.extra_subs.add(topic)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.connected.wait(left):
+                raise ConsoleError(f"the broker did not confirm the subscription to {topic} within {timeout:.0f} s")
+            with self.results_cond:
+                _, mid = self.client.subscribe(topic, qos=1)
+                if self.results_cond.wait_for(lambda: mid in self.subacks, min(2.0, max(0.1, left))):
+                    self.subacks.discard(mid)
+                    return
 
     def _on_message(self, client, userdata, m):
         try:
             msg = json.loads(m.payload)
         except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("schema") == "gasguard.request-result/1":
+            with self.results_cond:
+                self.results[str(msg.get("request_sha256"))] = msg
+                while len(self.results) > self.RESULTS_KEPT:
+                    self.results.pop(next(iter(self.results)))
+                self.results_cond.notify_all()
             return
         if isinstance(msg, dict) and self.board.apply(msg):
             try:
@@ -222,11 +311,73 @@ class CommandClient:
         m = self.board.get(iid)
         return self.tree.command(m["district"]) if m and m.get("district") else self.command_topics
 
-    def ack(self, iid: str, by: str, revision: int | None = None, timeout: float = 10.0) -> None:
-        self._publish(self._command_of(iid).ack(iid), {"by": by, "revision": revision, "t": time.time()}, timeout)
+    def _act(self, topic: str, body: dict, timeout: float, confirm: bool) -> str:
+        """Publish an act, signed by `signer`; returns the SHA-256 of what was sent (its answer's key). With
+        `confirm`, wait for the gateway's answer and raise ConsoleError if it refused."""
+        # unsigned only for a bench whose command service runs without [authority] (it records "unsigned");
+        # gateways and a configured command service refuse it
+        raw = (self.signer.sign(topic, body, self.client_id) if self.signer is not None
+               else json.dumps(body, ensure_ascii=False).encode())
+        sha = hashlib.sha256(raw).hexdigest()
+        self._publish(topic, raw, timeout)
+        if confirm:
+            self.wait_result(sha, timeout)
+        return sha
 
-    def send_input(self, iid: str, fields: dict, timeout: float = 10.0) -> None:
-        self._publish(self._command_of(iid).input(iid), fields, timeout)
+    def wait_result(self, sha: str, timeout: float) -> dict:
+        """The gateway's answer to the request whose payload hashes to `sha`; ConsoleError if refused or none."""
+        deadline = time.monotonic() + timeout
+        with self.results_cond:
+            while sha not in self.results:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConsoleError(f"no answer from a gateway within {timeout:.0f} s: is the gateway running, "
+                                       "and does it hold this incident?")
+                self.results_cond.wait(left)
+            res = self.results[sha]
+        if res["outcome"] != "allowed":
+            raise ConsoleError(f"refused by gateway {res['gateway']}: {res['reason']}: {res['detail']}")
+        return res
+
+    def node_command(self, gateway: str, dev: int, request: dict, timeout: float) -> dict:
+        """Send a signed node command (engineers: reset, set_param, selftest, status) through `gateway` and
+        wait for its result: the node's ack, a timeout, or the gateway's refusal with its reason."""
+        if not gateway or "/" in gateway or "+" in gateway or "#" in gateway:
+            raise ConsoleError(f"gateway id {gateway!r}: the [gateway] id of the gateway that reaches the device")
+        gw = self.tree.gateway(self.district, gateway)
+        got: queue.Queue = queue.Queue()
+        rid = request["request_id"]
+
+        def on_result(client, userdata, m):
+            try:
+                doc = json.loads(m.payload)
+            except ValueError:
+                return
+            if isinstance(doc, dict) and doc.get("request_id") == rid:
+                got.put(doc)
+        result_topic = gw.device(dev, CMD_RESULT)
+        self.client.message_callback_add(result_topic, on_result)
+        try:
+            self.subscribe_wait(result_topic, timeout)
+            self._act(gw.device(dev, CMD), request, timeout, confirm=False)
+            try:
+                return got.get(timeout=timeout)
+            except queue.Empty:
+                raise ConsoleError(f"no result for {rid} within {timeout:.0f} s: is gateway {gateway} running "
+                                   "and subscribed? (the command may still be delivered)") from None
+        finally:
+            self.client.message_callback_remove(result_topic)
+
+    def ack(self, iid: str, by: str | None = None, revision: int | None = None, timeout: float = 10.0,
+            confirm: bool = False) -> str:
+        """Acknowledge `iid`. The gateway records the verified signer as who acknowledged, not `by`."""
+        body = {"revision": revision, "t": time.time()}
+        if by:
+            body["by"] = by
+        return self._act(self._command_of(iid).ack(iid), body, timeout, confirm)
+
+    def send_input(self, iid: str, fields: dict, timeout: float = 10.0, confirm: bool = False) -> str:
+        return self._act(self._command_of(iid).input(iid), fields, timeout, confirm)
 
 
 def parse_input(text: str) -> dict:

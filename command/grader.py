@@ -316,8 +316,8 @@ def _alarm_obs(doc: dict, dev: dict) -> dict:
     value = doc.get("value")
     if code in (1, 2):
         value = _gas_raw(value)
-    fr = {"code": code, "cleared": bool(doc.get("cleared")), "aseq": doc.get("aseq"), "age": doc.get("age_s") or 0,
-          "value": value, "fcnt": doc.get("fcnt")}
+    fr = {"code": code, "cleared": bool(doc.get("cleared")), "aseq": doc.get("aseq"), "aid": doc.get("aid"),
+          "age": doc.get("age_s") or 0, "value": value, "fcnt": doc.get("fcnt")}
     return {"id": doc.get("id"), "t": float(doc["t"]), "dev": dev["dev_id"], "type": "alarm", "frame": fr,
             "state": doc.get("state"), "device": dev, "rx": {"gateway": doc.get("gateway")}}
 

@@ -6,12 +6,14 @@ notification failures, time to acknowledge, consumer lag; plus leadership and th
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from gasguard.metrics import service_registry
 
 
 class Metrics:
     def __init__(self):
-        r = self.registry = CollectorRegistry()
+        r = self.registry = service_registry("command")   # process_*, gasguard_build_info, no _created (gasguard/metrics.py)
         self.open = Gauge("gasguard_command_open_incidents", "Open incidents by level (1 = I .. 4 = IV)", ["level"],
                           registry=r)
         self.overdue = Gauge("gasguard_command_overdue_incidents",

@@ -34,6 +34,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from gasguard import logs
+from gasguard.brokers import FailoverClient
 from gasguard.protocol.topics import ALARM, EVENT, READING, STATS, STATUS, Topics
 
 from . import notify
@@ -81,10 +82,10 @@ class CommandService:
         `drill`: a drill clock's mode: every message published carries "drill": {"clock": mode}."""
         self.cfg = cfg
         self.clock, self.wall = clock, wall
-        self.client_class = mqtt.Client
+        self.client_class = FailoverClient        # [command.mqtt] brokers: the next node when one fails
         if drill:
             from gasguard.gateway.clock import drill_client
-            self.client_class = drill_client(drill)
+            self.client_class = drill_client(drill, FailoverClient)
         self.store = open_store(cfg.store)
         self.store.migrate()
         self.registry = Registry(cfg.registry)
@@ -202,8 +203,8 @@ class CommandService:
 
     # --- MQTT ------------------------------------------------------------------------------------
     def _connect(self) -> None:
-        c = self.client_class(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=False,
-                        manual_ack=True)
+        c = self.client_class(self.cfg.brokers, mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id,
+                              clean_session=False, manual_ack=True)
         c.max_inflight_messages_set(200)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 30)
@@ -216,8 +217,7 @@ class CommandService:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         self.client = c
-        c.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=30)
-        c.loop_start()
+        c.start(keepalive=30)
 
     def _disconnect(self) -> None:
         c, self.client = self.client, None

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -50,6 +51,33 @@ def check_config(path, as_json):
         for k, v in summary.items():
             click.echo(f"{k:9} {v}")
         click.echo("configuration OK")
+
+
+def _audit_of(cfg, registry):
+    """The gateway's audit log ([authority] audit_dir; next to the registry without a config)."""
+    from gasguard.authority import AuditLog
+    if cfg is not None:
+        return AuditLog(cfg.audit_dir or Path(cfg.spool).parent / "audit", recorder=cfg.gateway_id,
+                        capacity_bytes=cfg.audit_capacity_bytes, segment_bytes=cfg.audit_segment_bytes)
+    return AuditLog(Path(registry).parent / "audit", recorder="import-registry")
+
+
+def registry_changes(before: dict, after: dict) -> list[dict]:
+    """What a bundle changed, device by device: added, key_rotated, decommissioned (never a key)."""
+    out = []
+    for dev_id, d in sorted(after.items()):
+        old = before.get(dev_id)
+        if old is None:
+            out.append({"change": "device_added", "dev": f"{dev_id:08x}", "state": d.state})
+            continue
+        if d.key_version != old.key_version:
+            out.append({"change": "key_rotated", "dev": f"{dev_id:08x}", "key_version": d.key_version,
+                        "previous": old.key_version})
+        if d.state != old.state and d.state == "decommissioned":
+            out.append({"change": "decommissioned", "dev": f"{dev_id:08x}"})
+        elif d.state != old.state:
+            out.append({"change": "state_changed", "dev": f"{dev_id:08x}", "state": d.state, "previous": old.state})
+    return out
 
 
 @gateway.command("run")
@@ -142,8 +170,10 @@ def advance_clock(amount, path, as_json):
 @click.option("--config", "-c", "path", type=click.Path(dir_okay=False), help="gateway.toml (its registry)")
 @click.option("--registry", type=click.Path(dir_okay=False), help="registry file (instead of --config)")
 @click.option("--allow-older", is_flag=True, help="accept a bundle not newer than the last one loaded")
+@click.option("--bundle-passphrase-file", type=click.Path(dir_okay=False), default=None,
+              help="first line: the bundle's passphrase (or env GASGUARD_BUNDLE_PASSPHRASE, or a prompt)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
-def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
+def import_registry(bundle_path, trust, path, registry, allow_older, bundle_passphrase_file, as_json):
     """Verify a registry bundle (gasguard device export) against the authority's key and load it.
 
     A tampered bundle, one signed by another authority, or one older than the last loaded is refused
@@ -154,6 +184,8 @@ def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
       gasguard gateway import-registry district.bundle --config /etc/gasguard/gateway.toml --trust authority.pub.pem
       gasguard gateway import-registry district.bundle --registry /var/lib/gasguard/registry.db --trust KEYHEX.txt
     """
+    from gasguard.authority.errors import AuthorityError
+    from gasguard.authority.secretfile import is_sealed
     from gasguard.provisioning import bundle, keys
     from gasguard.provisioning.errors import ProvisioningError
 
@@ -161,13 +193,30 @@ def import_registry(bundle_path, trust, path, registry, allow_older, as_json):
     if bool(path) == bool(registry):
         click.echo("give either --config gateway.toml or --registry FILE", err=True)
         sys.exit(2)
-    target = _load_or_exit(path).registry if path else registry
+    cfg = _load_or_exit(path) if path else None
+    target = cfg.registry if cfg else registry
+    audit = _audit_of(cfg, target)
     try:
+        secret = None
+        if is_sealed(Path(bundle_path).read_bytes()[:400]):
+            from gasguard.authority.cli import get_passphrase
+            secret = get_passphrase(bundle_passphrase_file, bundle.PASS_ENV, f"bundle {bundle_path}")
         with Registry(target) as reg:
-            rep = bundle.load(bundle_path, keys.load_public(trust), reg, allow_older=allow_older)
-    except ProvisioningError as e:
+            before = {d.dev_id: d for d in reg.all(include_decommissioned=True)}
+            rep = bundle.load(bundle_path, keys.load_public(trust), reg, allow_older=allow_older, secret=secret)
+            changes = registry_changes(before, {d.dev_id: d for d in reg.all(include_decommissioned=True)})
+    except (ProvisioningError, AuthorityError, OSError) as e:
+        audit.record(category="registry", type="bundle_refused", outcome="refused", source={"recorder": "import-registry"},
+                     reason=str(e)[:300], detail={"bundle": str(bundle_path), "registry": str(target)})
         click.echo(json.dumps({"ok": False, "error": str(e)}) if as_json else f"refused: {e}", err=not as_json)
-        sys.exit(e.exit_code)
+        sys.exit(getattr(e, "exit_code", 1))
+    # one record per key rotation and decommissioning, and one for the import (issue 14, audit at the gateway)
+    src = {"recorder": "import-registry"}
+    for ch in changes:
+        audit.record(category="registry", type=ch.pop("change"), outcome="done", source=src, detail=ch)
+    audit.record(category="registry", type="bundle_loaded", outcome="done", source=src,
+                 detail={"bundle": str(bundle_path), "registry": str(target), "devices": rep["devices"],
+                         "issued_at": rep["issued_at"], "changes": len(changes)})
     rep = dict(rep, ok=True, registry=str(target))
     click.echo(json.dumps(rep) if as_json else
                f"{rep['devices']} devices loaded into {target} ({rep['decommissioned']} decommissioned)")

@@ -88,12 +88,13 @@ def duration(text: str) -> float:
     return float(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def drill_client(mode: str):
-    """A paho Client class whose every publish and Last Will carries the drill mark (the one place all the
+def drill_client(mode: str, base=None):
+    """A paho Client class (a subclass of `base`, paho's Client by default; the publisher's is the broker
+    failover client) whose every publish and Last Will carries the drill mark (the one place all the
     gateway's MQTT output passes)."""
     import paho.mqtt.client as mqtt
 
-    class DrillClient(mqtt.Client):
+    class DrillClient(base or mqtt.Client):
         def publish(self, topic, payload=None, *args, **kw):
             return super().publish(topic, None if payload is None else mark(payload, mode), *args, **kw)
 

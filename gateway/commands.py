@@ -3,8 +3,10 @@ ack, or a timeout, becomes a result on <root>/<dev>/cmd/result.
 
 Request JSON: {"request_id": str, "cmd": "reset"|"set_param"|"status"|"selftest",
                "param": int, "value": int (set_param), "mask": int (selftest), "ttl_s": number (optional)}.
-Authorisation: the broker's ACL decides who may publish on this gateway's cmd topics; the gateway
-additionally only commands commissioned devices in its registry.
+Authorisation (issue 14): the request arrives signed (gasguard.authority envelope); the daemon's Gate checks
+signature, role (node commands are engineers'), revocation, freshness and replay before anything is queued,
+and records allowed and refused requests in the audit log. The broker's ACL is the second wall. The gateway
+only commands commissioned devices in its registry.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ class BadCommand(ValueError):
     pass
 
 
-def parse_request(payload: bytes) -> dict:
+def parse_request(payload: bytes | dict) -> dict:
+    """A request (JSON bytes, or the verified body of a signed request) -> its checked fields."""
     try:
-        req = json.loads(payload)
+        req = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
     except (ValueError, RecursionError):     # RecursionError: nested past the parser's depth
         raise BadCommand("payload is not JSON") from None
     if not isinstance(req, dict):
@@ -63,6 +66,7 @@ class Pending:
     deadline: float
     next_try: float
     tries: int = 0
+    auth: object = None     # the Verified signed request (gasguard.authority): its outcome is audited too
 
 
 class Commands:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gasguard.brokers import Endpoint, EndpointError, endpoints_from
 from gasguard.protocol.topics import ROOT, GatewayTopics, Topics
 
 
@@ -45,8 +47,10 @@ class Config:
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
     udp_forwarders: dict = field(default_factory=dict)   # EUI (16 hex) -> the IP it may speak from; {}: pin
     topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
-    mqtt_host: str = "127.0.0.1"
+    mqtt_host: str = "127.0.0.1"       # the single-broker form; `brokers` wins when set
     mqtt_port: int = 1883
+    mqtt_brokers: list[Endpoint] = field(default_factory=list)   # [mqtt] brokers: a cluster's nodes, in order
+    connect_timeout: float = 5.0       # s for a node's CONNACK before the next node is tried
     mqtt_client_id: str = ""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
@@ -60,6 +64,8 @@ class Config:
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
+    verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (TOML default:
+                                       # on when the machine has 2 or more CPUs)
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_audit: bool = False          # keep a log of every accepted id (forensics, fault tests)
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
@@ -79,9 +85,24 @@ class Config:
     stall_after: float = 20.0          # seconds a daemon loop may make no progress before the watchdog starves
     metrics_bind: str | None = None    # "host:port" for Prometheus, or None
     plugins: dict = field(default_factory=dict)
+    # [authority] (issue 14): who may command nodes and act on incidents, and the audit record
+    roster: Path | None = None          # the district's signed operator roster; None: every request refused
+    trust: Path | None = None           # the district authority's public key (.pub.pem or 64 hex digits)
+    replay: Path | None = None          # nonces already used (SQLite); default <spool>.replay.db
+    audit_dir: Path | None = None       # the audit log's folder; default <spool folder>/audit
+    max_age_s: float = 120.0            # a signed request older than this is stale
+    max_skew_s: float = 30.0            # ... or this far in the future (a signer's clock ahead)
+    audit_capacity_bytes: int = 256 * 1024 * 1024
+    audit_segment_bytes: int = 8 * 1024 * 1024
+    audit_warn_fraction: float = 0.8   # IEC 62443-4-2 CR 2.9: warn before the audit storage fills
     log_level: str = "INFO"
     log_json: bool = False
     source: Path | None = None
+
+    @property
+    def brokers(self) -> list[Endpoint]:
+        """The endpoints the publisher goes through (gasguard.brokers.FailoverClient)."""
+        return self.mqtt_brokers or [Endpoint(self.mqtt_host, self.mqtt_port)]
 
     @property
     def topics(self) -> GatewayTopics:
@@ -126,12 +147,16 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind", "forwarders"},
-    "mqtt": {"host", "port", "topic_root", "client_id", "username", "password", "tls_ca", "tls_cert", "tls_key",
+    "mqtt": {"host", "port", "brokers", "connect_timeout", "topic_root", "client_id", "username", "password",
+             "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
     "batch": {"count", "bytes", "delay"},
+    "ingest": {"verify_worker"},
     "spool": {"max_mb", "audit", "synchronous"},
     "limits": {"rate_per_min", "burst", "duplicate_window", "offline_after", "offline_missed_reports", "command_timeout",
                "command_retry", "mic_failures", "mic_window", "log_window", "node_log_lines"},
+    "authority": {"roster", "trust", "replay", "audit_dir", "max_age_s", "max_skew_s", "audit_capacity_mb",
+                  "audit_segment_mb", "audit_warn_fraction"},
     "metrics": {"bind", "stats_interval", "tick_interval", "stall_after"},
 }
 
@@ -202,15 +227,17 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
 
     m = _get(doc, "mqtt", dict, {})
     _unknown(m, "mqtt")
-    cfg.mqtt_host = _get(m, "host", str, cfg.mqtt_host, "mqtt")
+    try:
+        cfg.mqtt_brokers = endpoints_from(m, "mqtt")
+    except EndpointError as e:
+        raise ConfigError(e.key, e.fix) from None
+    cfg.mqtt_host, cfg.mqtt_port = cfg.mqtt_brokers[0].host, cfg.mqtt_brokers[0].port
+    cfg.connect_timeout = _positive(_get(m, "connect_timeout", float, 5.0, "mqtt"), "mqtt.connect_timeout")
     cfg.topic_root = _get(m, "topic_root", str, ROOT, "mqtt")
     try:
         Topics(cfg.topic_root)
     except ValueError as e:
         raise ConfigError("mqtt.topic_root", f"{e}; leave it out for the default {ROOT!r}") from None
-    cfg.mqtt_port = _get(m, "port", int, 1883, "mqtt")
-    if not 0 < cfg.mqtt_port < 65536:
-        raise ConfigError("mqtt.port", f"{cfg.mqtt_port} is not a TCP port (1883, or 8883 with TLS)")
     cfg.mqtt_client_id = _get(m, "client_id", str, f"gasguard-gw-{gid}", "mqtt")
     cfg.mqtt_username = _get(m, "username", str, None, "mqtt")
     cfg.mqtt_password = _get(m, "password", str, None, "mqtt")
@@ -240,6 +267,11 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     cfg.batch_delay = _get(b, "delay", float, 1.0, "batch")
     if not 0 <= cfg.batch_delay <= 60:
         raise ConfigError("batch.delay", "seconds between 0 and 60 (readings wait at most this long)")
+
+    ing = _get(doc, "ingest", dict, {})
+    _unknown(ing, "ingest")
+    # the second core: on by default where there is one (a single-core gateway would only pay the IPC)
+    cfg.verify_worker = _get(ing, "verify_worker", bool, (os.cpu_count() or 1) >= 2, "ingest")
 
     s = _get(doc, "spool", dict, {})
     _unknown(s, "spool")
@@ -278,6 +310,8 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         raise ConfigError("metrics.stall_after", f"{cfg.stall_after} s is under two ticks ({cfg.tick_interval} s "
                           "each): a healthy ticker would look stuck; use e.g. 20 (below the unit's WatchdogSec=30)")
 
+    _authority(doc, cfg, p)
+
     if "sparkplug" in doc:      # [sparkplug]: the gateway as a Sparkplug B edge node (a plugin of its own session)
         from .sparkplug.plugin import OptionError, check_options
         try:
@@ -300,6 +334,37 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
             except ValueError as e:
                 raise ConfigError(f"plugins.{name}", str(e)) from None
     return cfg
+
+
+def _authority(doc: dict, cfg: Config, p) -> None:
+    """[authority]: the roster and the key that signs it, the replay store and the audit log. Without a
+    roster the gateway refuses every node command, acknowledgement and operator input (and records it)."""
+    a = _get(doc, "authority", dict, {})
+    _unknown(a, "authority")
+    if ("roster" in a) != ("trust" in a):
+        raise ConfigError("authority.trust" if "roster" in a else "authority.roster",
+                          "roster and trust go together: the roster file and the authority's public key that signs it")
+    if "roster" in a:
+        cfg.roster = p(_get(a, "roster", str, path="authority"))
+        cfg.trust = p(_get(a, "trust", str, path="authority"))
+        if not cfg.trust.is_file():
+            raise ConfigError("authority.trust", f"{cfg.trust} does not exist: copy the authority's .pub.pem here "
+                              "(gasguard device authority-init writes it)")
+    cfg.replay = p(_get(a, "replay", str, path="authority")) if "replay" in a else \
+        cfg.spool.with_name(cfg.spool.name + ".replay.db")
+    cfg.audit_dir = p(_get(a, "audit_dir", str, path="authority")) if "audit_dir" in a else cfg.spool.parent / "audit"
+    cfg.max_age_s = _positive(_get(a, "max_age_s", float, 120.0, "authority"), "authority.max_age_s")
+    cfg.max_skew_s = _get(a, "max_skew_s", float, 30.0, "authority")
+    if not 0 <= cfg.max_skew_s <= 600:
+        raise ConfigError("authority.max_skew_s", "seconds a signer's clock may run ahead, 0..600 (NTP keeps it small)")
+    seg = _positive(_get(a, "audit_segment_mb", float, 8.0, "authority"), "authority.audit_segment_mb")
+    cap = _get(a, "audit_capacity_mb", float, 256.0, "authority")
+    if cap < 2 * seg:
+        raise ConfigError("authority.audit_capacity_mb", f"at least two segments ({2 * seg} MB)")
+    cfg.audit_segment_bytes, cfg.audit_capacity_bytes = int(seg * 1024 * 1024), int(cap * 1024 * 1024)
+    cfg.audit_warn_fraction = _get(a, "audit_warn_fraction", float, 0.8, "authority")
+    if not 0 < cfg.audit_warn_fraction < 1:
+        raise ConfigError("authority.audit_warn_fraction", "a fraction of the capacity, e.g. 0.8")
 
 
 def load(path: str | Path) -> Config:

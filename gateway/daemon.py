@@ -24,6 +24,7 @@ import time
 from gasguard import __version__, logs
 from gasguard.protocol.const import UP
 
+from .authority import authorise_act, open_gate, result_topic, sha256_file
 from .burstlog import BurstLog
 from .config import ConfigError
 from .dispatch import Dispatcher
@@ -34,6 +35,7 @@ from .observe import Observers
 from .outbox import Outbox
 from .plugin import Plugin
 from .presence import PresenceTable
+from .preverify import PreVerifier
 from .publisher import Publisher
 from .spool import Spool, SpoolError
 from .startup import build_plugins
@@ -87,13 +89,21 @@ class Daemon:
             subscriptions.append(self.topics.drill_clock)
         self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, subscriptions=subscriptions,
                                    on_message=self._on_mqtt)
-        self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst)
+        self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst, self.observers.snapshot)
         self.presence = PresenceTable(cfg, self.topics)
-        self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down)
+        # issue 14: who may command nodes and act on incidents, and the audit record of every act and refusal
+        # (opened after the spool and registry, whose refusals at start come first)
+        self.gate = open_gate(cfg, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
+        self.result_topic = result_topic(cfg)
+        self._registry_sig = None      # the registry file's signature last audited (None: not yet seen)
+        self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down,
+                                     self.gate)
+        # the second core (ingest.verify_worker): decode + MIC + entry JSON of the next group in a worker
+        self.pre = PreVerifier(cfg.registry, cfg.gateway_id, up) if cfg.verify_worker else None
         self.ingest = Ingest(cfg, self.verifier, self.outbox, self.dispatcher, self.presence, self.observers,
                              self.spool.idents(), self.metrics, self.burst, clock,
                              beat=lambda: self.beats.beat("ingest"),
-                             mic=MicWatch(cfg.mic_failures, cfg.mic_window))
+                             mic=MicWatch(cfg.mic_failures, cfg.mic_window), pre=self.pre)
         self.serial = [SerialTransport(sp, self.ingest.deliver, self.metrics, self.burst,
                                        node_lines=cfg.node_log_lines) for sp in cfg.serial]
         self.udp = None
@@ -121,9 +131,21 @@ class Daemon:
         now = self.clock()
         dev = self.topics.dev_of_cmd(topic)
         if dev is not None:
-            self.dispatcher.request(dev, payload, now)
+            self.dispatcher.request(dev, topic, payload, now)
             return
-        self.outbox.put(self.observers.on_message(topic, payload, now), now)
+        action = self.observers.action_of(topic)
+        if action is None:                # e.g. a sync request: changes nothing
+            self.outbox.put(self.observers.on_message(topic, payload, now), now, observed=True)
+            return
+        doc, answer, reason = authorise_act(self.gate, self.result_topic, self.cfg.gateway_id, topic, payload,
+                                            action, now)
+        if reason:
+            # a refusal's answer goes straight out (QoS 0): a flood of garbage must not cost a spool commit each;
+            # the refusal itself is counted and on the audit record
+            self.metrics.refused.labels(reason).inc()
+            self.outbox.publish_now(answer[0], answer[1])
+            return
+        self.outbox.put([answer] + self.observers.deliver(topic, doc, now), now, observed=True)
 
     def _drill_clock(self, payload: bytes) -> None:
         """{"advance_s": N} or {"t": epoch}: move the virtual clock, then run what fell due."""
@@ -164,6 +186,7 @@ class Daemon:
     def tick(self, now: float) -> None:
         """Everything time-driven, with the daemon clock (tests call this with virtual time)."""
         self.burst.flush()
+        self.spool.retry_deletes()        # rows whose delete failed on a full disk (issue 12)
         items = []
         for dev, silent, item in self.presence.gone_quiet(now):
             log.warning("device offline: nothing heard for %.0f s", silent, extra=logs.fields(device=dev))
@@ -175,7 +198,38 @@ class Daemon:
                 self.burst.event("offline_spool", "offline state not recorded: %s", e, level=logging.CRITICAL)
         self.dispatcher.due(now)
         self.outbox.report_thinned(now)
-        self.outbox.put(self.observers.tick(now), now)
+        self._authority_tick()
+        self.outbox.put(self.observers.tick(now), now, observed=True)
+
+    def _settle_journal(self) -> None:
+        """Restore the plugins' state from the spool, then observe again what the last run journalled and never
+        settled (it died between an alarm's ack and the commit of its incident, issue 12)."""
+        self.observers.restore(self.spool.plugin_states())
+        pending = self.spool.journal()
+        if not pending:
+            return
+        self.outbox.journaled = len(pending)
+        log.warning("%d alarms/events the last run accepted had not reached its plugins when it stopped: "
+                    "observed now", len(pending))
+        now = self.clock()
+        self.outbox.put(self.observers.observe([json.loads(doc) for doc in pending]), now, observed=True)
+
+    def _authority_tick(self) -> None:
+        """A changed roster is taken up (and audited by the Gate); a registry change the cache took up is
+        recorded (what changed in it - key rotations, decommissioning - is recorded by import-registry)."""
+        try:
+            self.gate.reload()
+            self.gate.tick()
+        except Exception:
+            log.exception("operator roster reload failed; the roster in force stays")
+        sig = self.registry.sig
+        if sig != self._registry_sig:
+            first = self._registry_sig is None
+            self._registry_sig = sig
+            if not first:
+                issued = self.registry.db.meta_get("bundle_issued_at") if self.registry.db else None
+                self.gate.record("registry", "registry_changed", "done", {"recorder": self.cfg.gateway_id}, None, "",
+                                 {"registry": str(self.cfg.registry), "bundle_issued_at": issued})
 
     def update_gauges(self) -> None:
         try:
@@ -194,6 +248,7 @@ class Daemon:
         self.metrics.devices_offline.set(offline)
         for (name, label), v in self.observers.gauges(self.clock()).items():
             getattr(self.metrics, name).labels(label).set(v)
+        self.metrics.audit_used.set(self.gate.audit.usage()["fraction"])
 
     def stats(self) -> dict:
         m = self.metrics
@@ -202,11 +257,29 @@ class Daemon:
             for s in metric.samples:
                 if s.name.endswith("_total") and s.value:
                     rej[s.labels["reason"]] = int(s.value)
+        head = self.gate.audit.head
         return {"schema": "gasguard.gateway-stats/1", "gateway": self.cfg.gateway_id, "t": round(self.clock(), 3),
                 "accepted": self.accepted_count, "rejected": rej, "spool_bytes": self.spool.size,
-                "connected": self.publisher.connected, "thinned": int(m.value("gasguard_gateway_thinned_readings_total"))}
+                "connected": self.publisher.connected, "thinned": int(m.value("gasguard_gateway_thinned_readings_total")),
+                # issue 14: refusals since start, the audit head (gasguard audit verify --head), its fill
+                "authority": {"refused": dict(self.gate.counts), "audit_head": f"{head[0]}:{head[1]}" if head else None,
+                              "audit_used": self.gate.audit.usage()["fraction"],
+                              "roster_serial": self.gate.roster.serial if self.gate.roster else None}}
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def _started(self) -> None:
+        """Running: on the audit record with the configuration taken up (after every refusal at start, which
+        must stay the one line it is)."""
+        cfg = self.cfg
+        self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
+                               detail={"version": __version__, "config": str(cfg.source or ""),
+                                       "config_sha256": sha256_file(cfg.source), "roster": str(cfg.roster or ""),
+                                       "roster_serial": self.gate.roster.serial if self.gate.roster else None,
+                                       "clock": getattr(self.clock, "mode", "real")})
+        if self.gate.roster is None:
+            log.warning("no operator roster ([authority] roster/trust): every node command, acknowledgement and "
+                        "operator input will be refused and recorded")
+
     async def run(self, stop: asyncio.Event) -> None:
         self.ingest.start()
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
@@ -220,7 +293,10 @@ class Daemon:
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
+        if self.pre is not None:
+            self.pre.start()
         self.publisher.start()
+        self._settle_journal()          # before the first new frame: what the last run acked but never graded
         udp_transport = None
         if self.cfg.udp_bind:
             try:
@@ -239,6 +315,7 @@ class Daemon:
         watchdog = Watchdog(self.beats, self.cfg.stall_after)
         watchdog.ready(f"gateway {self.cfg.gateway_id}: {len(self.serial)} serial port(s)"
                        f"{', UDP ' + self.cfg.udp_bind if self.cfg.udp_bind else ''}")
+        self._started()
         try:
             await stop.wait()
         finally:
@@ -268,3 +345,8 @@ class Daemon:
             log.info("stopped; left in spool: %s", left)
             self.spool.close()
             self.registry.close()      # its read-only connection to the registry file
+            if self.pre is not None:
+                self.pre.close()
+            self.gate.audit.record(category="config", type="stop", outcome="done",
+                                   source={"recorder": self.cfg.gateway_id})
+            self.gate.close()

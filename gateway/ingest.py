@@ -5,7 +5,9 @@ Order of effects for one accepted frame (the invariants the fault tests check):
   2. one SQLite transaction (outbox.commit): the messages + the device's uplink counter + the downlink
      counter of its ack + the alarm/event identity;
   3. the ack downlink (alarms, events), by the dispatcher - only after 2, so an acked alarm is never lost;
-  4. the publisher is woken (outbox), observers see it (their outputs go to the outbox in turn).
+  4. the publisher is woken (outbox), observers see it (their outputs go to the outbox in turn); the
+     observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
+     state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
 is paid per group, not per frame; an alarm moves ahead of its group (alarms_first).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from gasguard import logs
 from gasguard.protocol import counter, frame, topics
@@ -26,6 +29,7 @@ from .observe import Observers
 from .outbox import Outbox
 from .presence import PresenceTable
 from .micwatch import MicWatch
+from .preverify import PreVerifier
 from .spool import ALARM, EVENT, READING, Item, SpoolError
 from .transports import Route
 from .verify import Rejected, Verifier
@@ -34,18 +38,20 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
+PIPELINE = 2           # groups in the verification worker at once: one being verified, one ready
 EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
-def alarms_first(group: list) -> tuple[list, list]:
+def alarms_first(group: list, busy=()) -> tuple[list, list]:
     """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
-    frame in this group moves to a group of its own, committed and published before the rest. Nothing
-    else moves, so readings keep their arrival order and each device its frame order (counters verify as
-    they would). ([], group) when no alarm can move."""
+    frame in this group (nor in `busy`: devices with frames still in the verification worker) moves to a
+    group of its own, committed and published before the rest. Nothing else moves, so readings keep their
+    arrival order and each device its frame order (counters verify as they would). ([], group) when no
+    alarm can move."""
     heads = [frame.peek(raw) if raw is not None else None for raw, _, _ in group]
     if not any(h is not None and h[0] == T_ALARM for h in heads):
         return [], group
-    first, rest, seen = [], [], set()
+    first, rest, seen = [], [], set(busy)
     for g, h in zip(group, heads):
         if h is not None:
             if h[1] not in seen and h[0] == T_ALARM:
@@ -60,7 +66,7 @@ def alarms_first(group: list) -> tuple[list, list]:
 class Ingest:
     def __init__(self, cfg, verifier: Verifier, outbox: Outbox, dispatcher: Dispatcher, presence: PresenceTable,
                  observers: Observers, idents: dict, metrics, burst: BurstLog, clock, beat=lambda: None,
-                 mic: MicWatch | None = None):
+                 mic: MicWatch | None = None, pre: PreVerifier | None = None):
         self.cfg, self.verifier, self.outbox, self.dispatcher = cfg, verifier, outbox, dispatcher
         self.presence, self.observers, self.metrics, self.burst, self.clock = presence, observers, metrics, burst, clock
         self.beat = beat                  # progress, for the systemd watchdog
@@ -69,6 +75,9 @@ class Ingest:
         self.queue: asyncio.Queue | None = None   # made on the running loop (start)
         self.accepted_count = 0
         self.mic = mic or MicWatch(cfg.mic_failures, cfg.mic_window)   # SPEC 5: failed MICs are alarmed
+        self.pre = pre                    # the verification worker (the second core), or None
+        self.pending: deque = deque()     # (group, now, devices, future of the worker's answers), oldest first
+        self.busy: dict[int, int] = {}    # device -> its frames in pending groups (their order must hold)
 
     def start(self) -> None:
         self.queue = asyncio.Queue(QUEUE_MAX)
@@ -90,20 +99,77 @@ class Ingest:
         self.burst.event("reject:" + reason, "rejected %s frame from %s via %s: %s", reason,
                          "?" if dev is None else f"{dev:08x}", rx.get("transport") if rx else "?", detail)
 
+    def _take(self, first) -> list:
+        group = [first]
+        while len(group) < GROUP_MAX and not self.queue.empty():
+            group.append(self.queue.get_nowait())
+        return group
+
     async def run(self) -> None:
+        if self.pre is not None:
+            await self._run_pipelined()
         while True:
-            group = [await self.queue.get()]
-            while len(group) < GROUP_MAX and not self.queue.empty():
-                group.append(self.queue.get_nowait())
-            first, rest = alarms_first(group)
+            first, rest = alarms_first(self._take(await self.queue.get()))
             if first:
                 self.process(first)    # its own, small transaction: on disk and published before the rest
             if rest:
                 self.process(rest)
             self.beat()
 
+    async def _run_pipelined(self) -> None:
+        """Two cores (gateway/preverify.py): group k+1 is decoded and MIC-checked in the worker while group k
+        is committed here. Groups are processed in the order they were taken, so per-device order holds;
+        an alarm whose device has nothing in the worker skips it (processed at once, as without it)."""
+        while True:
+            while len(self.pending) < PIPELINE and (not self.pending or not self.queue.empty()):
+                group = self._take(await self.queue.get() if not self.pending else self.queue.get_nowait())
+                first, rest = alarms_first(group, self.busy)
+                if first:
+                    self.process(first)
+                if rest and not self.pre.ready and not self.pending:
+                    self.process(rest)        # the worker is still starting: verified here meanwhile
+                    self.beat()
+                elif rest:
+                    now = self.clock()
+                    try:
+                        fut = self.pre.submit(now, rest)
+                    except Exception as e:  # noqa: BLE001 - a broken worker pool: in-process from now on
+                        self.pre.ready = False
+                        log.error("verification worker is gone (%s); verifying in-process from now on", e)
+                        self.process(rest)
+                        self.beat()
+                        continue
+                    devs = [h[1] for h in (frame.peek(raw) for raw, _, _ in rest if raw is not None) if h]
+                    for d in devs:
+                        self.busy[d] = self.busy.get(d, 0) + 1
+                    self.pending.append((rest, now, devs, fut))
+            head = self.pending[0]
+            try:
+                answers = await head[3]
+            except Exception as e:  # noqa: BLE001 - a dead worker: this group is verified here, loudly
+                self.burst.event("preverify", "verification worker failed (%s); verifying in-process", e)
+                answers = None
+            if not self.pending or self.pending[0] is not head:
+                continue                  # drain() took it meanwhile (stopping)
+            self._pop()
+            self.process(head[0], answers, head[1])
+            self.beat()
+
+    def _pop(self) -> tuple:
+        group, now, devs, fut = self.pending.popleft()
+        for d in devs:
+            n = self.busy.pop(d) - 1
+            if n:
+                self.busy[d] = n
+        return group, now, devs, fut
+
     def drain(self) -> None:
-        """At stop: what the transports delivered and is still queued is processed, not dropped."""
+        """At stop: the groups in the worker (taken first, so first, in order, verified here), then what the
+        transports delivered and is still queued are processed, not dropped."""
+        while self.pending:
+            group, _now, _devs, fut = self._pop()
+            fut.cancel()
+            self.process(group)
         rest = []
         while self.queue is not None and not self.queue.empty():
             rest.append(self.queue.get_nowait())
@@ -137,19 +203,21 @@ class Ingest:
         self.outbox.put([(self.topics.event, body, "event", False)], now)
 
     # -- one group ---------------------------------------------------------------------------------------
-    def process(self, group: list) -> None:
+    def process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
         """Verify a group of frames and commit what is accepted in one transaction. Every frame ends accepted
         or counted under a rejection reason, whatever fails: a defect refuses its group as `internal_error`
-        (one traceback per window), it does not kill the task and lose the frames uncounted."""
+        (one traceback per window), it does not kill the task and lose the frames uncounted. `pre`: the
+        verification worker's answer for each frame (gateway/preverify.py), or None; `now`: when the group
+        was taken."""
         try:
-            self._process(group)
+            self._process(group, pre, now)
         except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
             self.metrics.rejected.labels("internal_error").inc(len(group))
             self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
                                  "internal_error): %r", len(group), e)
 
-    def _process(self, group: list) -> None:
-        now = self.clock()
+    def _process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
         gid, dist = self.cfg.gateway_id, self.cfg.district
         items: list[Item] = []
         counters: dict = {}
@@ -165,12 +233,13 @@ class Ingest:
             per_transport[t] = per_transport.get(t, 0) + 1
         for t, n in per_transport.items():
             self.metrics.frames_in.labels(t).inc(n)
-        for raw, rx, route in group:
+        for i, (raw, rx, route) in enumerate(group):
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
+            p = pre[i] if pre is not None else None
             try:
-                v = self.verifier.check(raw, now)
+                v = self.verifier.check(raw, now, p)
             except Rejected as r:
                 self.reject(r.reason, r.dev, rx, str(r))
                 if r.reason == "registry_unreadable":
@@ -190,8 +259,9 @@ class Ingest:
             typ = f["type"]
             repeat = False
             if typ == "reading":
-                entry = payloads.reading_entry(mid, f, now, rx)
-                items.append(Item(READING, dev, payloads.dumps(entry), mid, now, routine=(f["state"] & 0xF8) == 0))
+                # the worker's entry JSON when its fields are the ones accepted (same counter, same `now`)
+                js = p[2] if p is not None and p[0] is f else payloads.reading_json(mid, f, now, rx)
+                items.append(Item(READING, dev, js, mid, now, routine=(f["state"] & 0xF8) == 0))
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
@@ -223,8 +293,10 @@ class Ingest:
         if not accepted:
             return
         counters.update(self.dispatcher.counters_of(down))
+        observations = self.observers.observations(
+            [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)
         try:
-            self.outbox.commit(items, counters, idents, wake=False)
+            self.outbox.commit(items, counters, idents, journal=self.observers.journal(observations), wake=False)
         except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             for dev, prev in reversed(undo):
                 self.verifier.rollback(dev, prev)
@@ -246,6 +318,5 @@ class Ingest:
         self.accepted_count += len(accepted)
         self.outbox.wake({it.lane for it in items})
         # observers last: what they say is about frames that are on disk and on their way to the broker
-        self.outbox.put(self.observers.observe(
-            [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now), now)
+        self.outbox.put(self.observers.observe(observations), now, observed=True)
         self.outbox.make_room(now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from gasguard.authority.errors import Refused
 from gasguard.metrics import service_registry, zeroed
 from gasguard.protocol.const import RESULT_NAMES
 from gasguard.protocol.errors import REASONS as PROTOCOL_REASONS
@@ -69,6 +70,8 @@ class Metrics:
                                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60, 600)),
                                       *LANE_NAMES)
         self.connected = Gauge("gasguard_gateway_broker_connected", "1 while connected to the broker", registry=r)
+        self.failovers = Counter("gasguard_gateway_broker_failovers",
+                                 "Connections accepted by a different broker node than the one before", registry=r)
         self.task_restarts = zeroed(Counter("gasguard_gateway_task_restarts", "Supervised task restarts", ["task"],
                                             registry=r), "ingest", "publisher", "ticker")
         self.downlinks = zeroed(Counter("gasguard_gateway_downlinks", "Downlink frames sent", ["type"], registry=r),
@@ -83,6 +86,13 @@ class Metrics:
                                     registry=r)
         self.devices_offline = Gauge("gasguard_gateway_devices_offline", "Devices heard once, then silent past it",
                                      registry=r)
+        self.refused = zeroed(Counter("gasguard_gateway_requests_refused", "Operator requests refused by the "
+                                      "authority checks (node commands, acknowledgements, operator input)", ["reason"],
+                                      registry=r), *Refused.REASONS)
+        self.audit_used = Gauge("gasguard_gateway_audit_used_ratio", "Audit storage used, of its capacity "
+                                "(IEC 62443-4-2 CR 2.9)", registry=r)
+        self.audit_warnings = Counter("gasguard_gateway_audit_capacity_warnings", "Audit storage nearly full",
+                                      registry=r)
         self.incidents_open = zeroed(Gauge("gasguard_gateway_incidents_open", "Open incidents (grading plugin)",
                                            ["kind"], registry=r), *INCIDENT_KINDS)
         self.incidents_overdue = zeroed(Gauge(

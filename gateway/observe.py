@@ -4,6 +4,10 @@ after it is durably spooled, and hand back outputs for the outbox.
 Retransmissions are filtered here, once: a copy of an alarm or event the gateway already took (same
 identity, SPEC 3.4) is acked to the device but not observed again. A plugin that raises is logged loudly
 and skipped; the gateway carries on (STYLE 6).
+
+Issue 12: the observations of alarms and events are journalled in the spool with the frames themselves
+(before the ack), and the plugins' state (`snapshot`/`restore`) is kept in the spool too, committed with
+their outputs; `settle` at start observes again what a kill between the ack and that commit left.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from paho.mqtt.client import topic_matches_sub
 
 from gasguard.protocol import frame
 
+from . import payloads
 from .burstlog import BurstLog, untrusted
 from .plugin import Plugin, normalise
 
 log = logging.getLogger("gasguard.gateway")
 
 OBSERVED = ("reading", "alarm", "event")   # frame types plugins see (acks answer commands: the dispatcher's)
+JOURNALLED = ("alarm", "event")            # acked: their observation is on disk before the ack (issue 12)
 
 
 class Observation(TypedDict):
@@ -55,18 +61,49 @@ class Observers:
         """Every topic filter some plugin listens to (the publisher subscribes to them)."""
         return [s for p in self.plugins for s in p.subscriptions]
 
-    def observe(self, accepted, now: float) -> list:
-        """`accepted`: (mid, fields, device, rx, retransmission) of one committed group, in order."""
-        out = []
+    def observations(self, accepted, now: float) -> list[Observation]:
+        """`accepted`: (mid, fields, device, rx, retransmission) of one group, in order: what plugins will see
+        (nothing without plugins)."""
         if not self.plugins:
-            return out
-        for mid, f, device, rx, repeat in accepted:
-            if repeat or f["type"] not in OBSERVED:
-                continue
-            obs = observation(mid, f, now, device, rx)
+            return []
+        return [observation(mid, f, now, device, rx) for mid, f, device, rx, repeat in accepted
+                if not repeat and f["type"] in OBSERVED]
+
+    @staticmethod
+    def journal(observations: list[Observation]) -> list[str]:
+        """The observations to commit with their frames: those of acked frames (alarms, events)."""
+        return [payloads.dumps(o) for o in observations if o["type"] in JOURNALLED]
+
+    def observe(self, observations: list[Observation]) -> list:
+        out = []
+        for obs in observations:
             for p in self.plugins:
                 out.extend(self._call(p, "observe", obs))
         return out
+
+    def snapshot(self) -> dict[str, str]:
+        """name -> JSON state of every plugin that keeps one (Plugin.snapshot), for the outbox's commit."""
+        out = {}
+        for p in self.plugins:
+            if not hasattr(p, "snapshot"):
+                continue
+            try:
+                snap = p.snapshot()
+            except Exception:
+                log.exception("plugin %s.snapshot failed; its state is not saved with this commit",
+                              getattr(p, "name", p))
+                continue
+            if snap is not None:
+                out[p.name] = payloads.dumps(snap)
+        return out
+
+    def restore(self, states: dict[str, str]) -> None:
+        for p in self.plugins:
+            if p.name in states and hasattr(p, "restore"):
+                try:
+                    p.restore(json.loads(states[p.name]))
+                except (ValueError, KeyError, TypeError) as e:
+                    log.critical("plugin %s: its state in the spool is unreadable (%s); it starts empty", p.name, e)
 
     def tick(self, now: float) -> list:
         out = []
@@ -74,16 +111,33 @@ class Observers:
             out.extend(self._call(p, "tick", now))
         return out
 
+    def _listening(self, topic: str) -> list[Plugin]:
+        return [p for p in self.plugins if any(topic_matches_sub(s, topic) for s in p.subscriptions)]
+
+    def action_of(self, topic: str):
+        """The authority action a message on `topic` is for the plugins that listen to it (Plugin.action_of),
+        or None when it changes nothing."""
+        for p in self._listening(topic):
+            action = getattr(p, "action_of", lambda t: None)(topic)
+            if action is not None:
+                return action
+        return None
+
     def on_message(self, topic: str, payload: bytes, now: float) -> list:
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
+            if self._listening(topic):
+                self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
+            return []
+        return self.deliver(topic, doc, now)
+
+    def deliver(self, topic: str, doc, now: float) -> list:
+        """A message already decoded (and, for an act, verified: the daemon's authority check) to the plugins
+        that listen to `topic`."""
         out = []
-        for p in self.plugins:
-            if any(topic_matches_sub(s, topic) for s in p.subscriptions):
-                try:
-                    doc = json.loads(payload)
-                except (ValueError, RecursionError):     # RecursionError: "[[[[..." past the parser's depth
-                    self.burst.event("plugin_json", "non-JSON message on %s ignored", untrusted(topic))
-                    continue
-                out.extend(self._call(p, "on_message", topic, doc, now))
+        for p in self._listening(topic):
+            out.extend(self._call(p, "on_message", topic, doc, now))
         return out
 
     def gauges(self, now: float) -> dict:

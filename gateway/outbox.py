@@ -21,20 +21,25 @@ Output = tuple   # (topic, payload dict, lane name, retain): what observers and 
 
 
 class Outbox:
-    def __init__(self, cfg, spool: Spool, publisher, metrics, burst):
+    def __init__(self, cfg, spool: Spool, publisher, metrics, burst, snapshot=lambda: {}):
         self.cfg, self.spool, self.publisher, self.metrics, self.burst = cfg, spool, publisher, metrics, burst
         self.gateway_id = cfg.gateway_id
         self.held: list[Item] = []      # outputs waiting for disk space (retried on every put)
+        self.snapshot = snapshot        # () -> {plugin name: JSON state}: the observers' (Observers.snapshot)
+        self.journaled = 0              # observations in the spool's journal no plugin commit has settled yet
+        self.dirty = False              # observers' outputs not yet committed with their state
         self.thinned_acc: dict[int, int] = {}      # dev -> readings thinned since the last published report
         self.thinned_reported = -1e18
 
     def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
-               wake: bool = True) -> None:
-        """Spool `items` (and the replay and downlink counters, alarm identities that go with them) in one
-        transaction, then wake the publisher (ingest wakes it itself, after its acks: `wake=False`).
-        Raises SpoolError (full, read-only, damaged, I/O): nothing of it was written."""
+               journal: list[str] | None = None, wake: bool = True) -> None:
+        """Spool `items` (and the replay and downlink counters, alarm identities and the journalled
+        observations that go with them) in one transaction, then wake the publisher (ingest wakes it itself,
+        after its acks: `wake=False`). Raises SpoolError (full, read-only, damaged, I/O): nothing of it was
+        written."""
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
-        self.spool.commit(items, counters or {}, idents or {})
+        self.spool.commit(items, counters or {}, idents or {}, journal=journal)
+        self.journaled += len(journal or ())
         if wake:
             self.wake({it.lane for it in items})
 
@@ -48,17 +53,28 @@ class Outbox:
         """Persist counters alone (a downlink counter before its command goes out). Raises SpoolError."""
         self.spool.commit([], counters)
 
-    def put(self, outs: list[Output], now: float) -> None:
+    def put(self, outs: list[Output], now: float, *, observed: bool = False) -> None:
         """Observer and dispatcher outputs (alarm lane included): spooled, or held in memory and retried on
-        the next put when the disk is full. Never dropped."""
+        the next put when the disk is full. Never dropped. With observers' outputs (`observed`) or journalled
+        observations to settle, the plugins' state goes into the same transaction and the journal is emptied
+        there: a kill leaves either the observation to redo or its outputs with the state that made them."""
         items = self.held
         for topic, payload, lane, retain in outs:
             mid = payload.get("id") or f"{self.gateway_id}:plugin:{now:.6f}:{len(items)}"
             items.append(Item(LANE_OF[lane], 0, payloads.dumps(payload), str(mid), now, topic=topic, retain=retain))
-        if not items:
+        settle = self.journaled > 0
+        if not items and not settle:
             return
+        # the state is written only with what the observers made of it (as often as the old state file was):
+        # an observation that changed nothing published is settled without it
+        self.dirty = self.dirty or bool(observed and outs)
+        states = self.snapshot() if self.dirty else None
         try:
-            self.commit(items)
+            self.publisher.flush_acked()
+            self.spool.commit(items, states=states, settle=settle)
+            self.wake({it.lane for it in items})
+            self.journaled = 0
+            self.dirty = False
             self.held = []
         except SpoolError as e:         # full, read-only, damaged, I/O: held, retried, never dropped
             self.held = items

@@ -54,6 +54,23 @@ class Plugin:
         """A JSON message on one of `subscriptions` (MQTT wildcards allowed)."""
         return []
 
+    def snapshot(self) -> dict | None:
+        """The plugin's state as JSON-able data, or None if it keeps none. The daemon stores it in the spool in
+        the same transaction as the plugin's outputs (and as the observations they came from), so after a kill
+        the state and what was published from it agree (issue 12)."""
+        return None
+
+    def restore(self, state: dict) -> None:
+        """Take back a snapshot() at start, before any observation."""
+
+    def action_of(self, topic: str):
+        """The authority action (issue 14) a message on `topic` is: a name ("ack"), a function of the request
+        body giving one, or None for a message that changes nothing (a sync request). An action reaches
+        `on_message` only signed by someone whose role permits it, as the verified body with "by" set to the
+        operator's id (and "via" to the console that signed for them); anything else is refused, answered,
+        counted and audited by the daemon."""
+        return None
+
     def gauges(self, now: float) -> dict[str, dict[str, float]]:
         """Values for the gateway's labelled gauges, e.g. {"incidents_open": {"leak": 1}, "incidents_overdue":
         {"phone": 1}} (gateway/metrics.py names them); called every few seconds."""

@@ -4,6 +4,11 @@ paho-mqtt 2.x runs its network loop in its own thread; every callback is handed 
 call_soon_threadsafe, so all bookkeeping (mid -> spool rows) happens on one thread. paho keeps QoS 1
 messages that were in flight when the connection dropped and re-sends them on reconnect, so the mid map
 survives reconnects; after a restart the spool itself is re-sent (at-least-once, ids make it harmless).
+
+Failover: `[mqtt] brokers` names a cluster's nodes; `gasguard.brokers.FailoverClient` moves to the next
+node after a failed attempt or a lost connection. Nothing else changes on a move: the in-flight messages are
+re-sent to the new node before any new row (`resending`, per-device order), and the rest is still in the
+spool, so the new node gets everything the old one did not PUBACK.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import time
 from collections import deque
 
 import paho.mqtt.client as mqtt
+
+from gasguard.brokers import FailoverClient
 
 from . import payloads
 from .clock import drill_client
@@ -58,15 +65,20 @@ class Publisher:
         self.stopping = False
         self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
         self.resend_deadline = 0.0
+        self.broker = None                        # the endpoint of the last accepted connection (failover count)
         self.client = self._client()
 
-    def _client(self) -> mqtt.Client:
+    def _client(self) -> FailoverClient:
         mode = getattr(self.clock, "mode", "real")     # a drill clock marks every message (gateway/clock.py)
-        client = mqtt.Client if mode == "real" else drill_client(mode)
-        c = client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id, clean_session=True)
+        client = FailoverClient if mode == "real" else drill_client(mode, FailoverClient)
+        c = client(self.cfg.brokers, mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id,
+                   clean_session=True)
         c.max_inflight_messages_set(self.cfg.inflight + PRIORITY_SLOTS)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(min_delay=max(1, int(self.cfg.reconnect_min)), max_delay=int(self.cfg.reconnect_max))
+        # a dead cluster node costs one reconnect_min and the next node is tried; a node that takes the TCP
+        # connection but gives no CONNACK (e.g. still electing its stream leaders) costs connect_timeout
+        c.reconnect_delay_set(min_delay=self.cfg.reconnect_min, max_delay=self.cfg.reconnect_max)
+        c.connect_timeout = self.cfg.connect_timeout
         if self.cfg.mqtt_username:
             c.username_pw_set(self.cfg.mqtt_username, self.cfg.mqtt_password)
         if self.cfg.tls_ca:
@@ -76,9 +88,9 @@ class Publisher:
         c.will_set(self.topics.status, payloads.dumps(payloads.status(
             self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
         # called by paho's thread inside its `except OSError`: exc_info is the reason (TLS, refused, DNS)
-        c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, sys.exc_info()[1])
-        c.on_connect = lambda *a: self._threadsafe(self._on_connect, a[3])
-        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, a[3])
+        c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, sys.exc_info()[1], c.endpoint)
+        c.on_connect = lambda *a: self._threadsafe(self._on_connect, a[3], c.endpoint)
+        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, a[3], c.endpoint)
         c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, mid, rc)
         c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload)
         return c
@@ -94,9 +106,9 @@ class Publisher:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        log.info("connecting to mqtt %s:%d%s", self.cfg.mqtt_host, self.cfg.mqtt_port, " (TLS)" if self.cfg.tls_ca else "")
-        self.client.connect_async(self.cfg.mqtt_host, self.cfg.mqtt_port, keepalive=self.cfg.keepalive)
-        self.client.loop_start()
+        log.info("connecting to mqtt %s%s", ", then ".join(map(str, self.cfg.brokers)),
+                 " (TLS)" if self.cfg.tls_ca else "")
+        self.client.start(self.cfg.keepalive)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
@@ -113,14 +125,17 @@ class Publisher:
         self.loop = None
         self.flush_acked()
 
-    def _on_connect(self, rc) -> None:
+    def _on_connect(self, rc, endpoint) -> None:
         if rc.is_failure:
-            log.error("broker refused the connection: %s (check mqtt.username/password/TLS)", rc)
+            log.error("broker %s refused the connection: %s (check mqtt.username/password/TLS)", endpoint, rc)
             return
         self.connected = True
         self.fail_logged = (None, 0.0)
         self.metrics.connected.set(1)
-        log.info("connected to mqtt broker; %d messages in flight will be re-sent", len(self.inflight))
+        if self.broker is not None and endpoint != self.broker:
+            self.metrics.failovers.inc()
+        self.broker = endpoint
+        log.info("connected to mqtt broker %s; %d messages in flight will be re-sent", endpoint, len(self.inflight))
         # paho re-sends what was in flight when the link dropped, but only after its on_connect returns, from
         # its own thread: rows published now could overtake them and break the per-device order. New rows
         # wait for those PUBACKs (one round trip), at most a keepalive.
@@ -132,7 +147,7 @@ class Publisher:
             self.client.subscribe(t, qos=1)
         self.kick()
 
-    def _on_connect_fail(self, err) -> None:
+    def _on_connect_fail(self, err, endpoint) -> None:
         """paho retries by itself with backoff (mqtt.reconnect_min..max); say why and what to do, once per
         reason and then at most once a minute, so a broker that stays away does not flood the log."""
         if isinstance(err, ssl.SSLCertVerificationError):
@@ -143,7 +158,9 @@ class Publisher:
                     "client certificates, mqtt.tls_cert / mqtt.tls_key")
         elif isinstance(err, _ClosedBeforeConnack):
             hint = ("the broker closed the connection before accepting it: check mqtt.username / mqtt.password, "
-                    "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)")
+                    "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)"
+                    + ("; a cluster node also does this for a few seconds after another node died (it is "
+                       "re-electing its stream leaders)" if len(self.cfg.brokers) > 1 else ""))
         elif isinstance(err, ConnectionRefusedError):
             hint = "connection refused: is the broker running, and is mqtt.port right?"
         else:
@@ -151,18 +168,20 @@ class Publisher:
         key, now = (type(err).__name__, hint), time.monotonic()
         if key != self.fail_logged[0] or now - self.fail_logged[1] >= 60:
             self.fail_logged = (key, now)
-            log.error("cannot connect to mqtt %s:%d (%s); %s. Retrying with backoff up to %.0f s, spooling meanwhile",
-                      self.cfg.mqtt_host, self.cfg.mqtt_port, err, hint, self.cfg.reconnect_max)
+            others = " on the next broker" if len(self.cfg.brokers) > 1 else ""
+            log.error("cannot connect to mqtt %s (%s); %s. Retrying%s with backoff up to %.0f s, spooling meanwhile",
+                      endpoint, err, hint, others, self.cfg.reconnect_max)
 
-    def _on_disconnect(self, rc) -> None:
+    def _on_disconnect(self, rc, endpoint) -> None:
         if self.stopping:
-            log.info("disconnected from the mqtt broker (%s)", rc)
+            log.info("disconnected from the mqtt broker %s (%s)", endpoint, rc)
         elif self.connected:
-            log.warning("lost the mqtt broker (%s); spooling, reconnecting with backoff up to %.0f s", rc,
-                        self.cfg.reconnect_max)
+            nxt = " (next: the following broker in mqtt.brokers)" if len(self.cfg.brokers) > 1 else ""
+            log.warning("lost the mqtt broker %s (%s); spooling, reconnecting with backoff up to %.0f s%s",
+                        endpoint, rc, self.cfg.reconnect_max, nxt)
         else:
             # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
-            self._on_connect_fail(_ClosedBeforeConnack(str(rc)))
+            self._on_connect_fail(_ClosedBeforeConnack(str(rc)), endpoint)
         self.connected = False
         self.metrics.connected.set(0)
 

@@ -12,13 +12,17 @@ no trip) may be thinned when the spool passes its size bound; nothing else ever 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
+import uuid
 from contextlib import contextmanager
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from gasguard.authority.secretfile import private_file
 
 log = logging.getLogger("gasguard.gateway.spool")
 
@@ -49,6 +53,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox(lane, seq);
 CREATE TABLE IF NOT EXISTS audit (msg_id TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+-- issue 12: the observations of accepted alarms and events, written with the alarm itself and removed in the
+-- transaction that stores what the plugins made of them, with the plugins' state: what a kill between the
+-- ack and the incident left here is observed again at the next start
+CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, obs TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plugin_state (name TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -60,7 +69,8 @@ class SpoolError(Exception):
 
     def __init__(self, kind: str, path, detail: str):
         self.kind, self.path = kind, Path(path)
-        super().__init__(f"spool {path}: {detail}; {FIXES[kind].format(path=path, folder=Path(path).parent)}")
+        super().__init__(f"spool {path}: {detail}; "
+                         f"{FIXES[kind].format(path=path, folder=Path(path).parent, name=Path(path).name)}")
 
 
 class SpoolFull(SpoolError):
@@ -79,6 +89,10 @@ FIXES = {
     "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
     "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
     "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
+    "lost": "it holds the replay counters: restore it from the backup (gateway/README.md, 'Backup': with the "
+            "gateway stopped, sqlite3 {path} \".restore BACKUP\"); only if it is truly gone, start a new spool on "
+            "purpose by deleting {folder}/.{name}.id and re-synchronise the devices' counters (the nodes refuse "
+            "acks until the gateway's downlink counter passes theirs)",
 }
 
 
@@ -98,6 +112,23 @@ def spool_error(path, e: BaseException) -> SpoolError:
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         return SpoolError("open", path, f"cannot be opened ({text})")
     return SpoolError("io", path, f"I/O error ({text})")
+
+
+class SpoolLost(SpoolError):
+    """At start: the spool this gateway had is missing, empty or another one. It held the replay counters
+    (issue 12: with it gone, captured frames were accepted again and acks reused counters the nodes refuse),
+    so the gateway refuses to start (exit 2) rather than begin again silently."""
+
+    def __init__(self, path, detail: str):
+        super().__init__("lost", path, detail)
+
+
+def marker_path(path: Path) -> Path:
+    """Where the spool's identity is noted, outside the database: `.<name>.id` beside it. A dot file, so a
+    `rm spool.db*` or `rm *` that removes the spool does not remove the evidence that there was one."""
+    return path.parent / f".{path.name}.id"
+
+
 
 
 @dataclass
@@ -124,6 +155,22 @@ class Row:
     retain: bool
 
 
+def _marker_id(marker: Path) -> str | None:
+    try:
+        return str(json.loads(marker.read_text(encoding="utf-8"))["id"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable"
+
+
+def _refuse_if_marked(path: Path) -> None:
+    """A spool that is not there, where the marker says there was one: SpoolLost."""
+    marker = marker_path(path)
+    if marker.exists():
+        raise SpoolLost(path, f"missing, but {marker} says this gateway had one (id {_marker_id(marker)})")
+
+
 class Spool:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
                  audit: bool = False, max_pages: int | None = None):
@@ -132,8 +179,17 @@ class Spool:
         self.max_bytes = max_bytes
         self.audit = audit
         self.db = None
+        # PUBACKed ranges whose DELETE failed (a full disk): retried with every delete and by retry_deletes()
+        # until they go, so a disk that fills and frees does not leave rows to be re-sent at the next start.
+        # Bounded by the rows in the spool (a range holds at least one row).
+        self.undeleted: list[tuple[int, int, int]] = []
+        self.undeleted_bytes = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_present()      # before private_file, which creates an empty file
+            try:
+                private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
+            except PermissionError:
+                pass                       # not writable: the open and write probe below refuse it, with the fix
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
@@ -147,6 +203,7 @@ class Spool:
             finally:
                 self.db.execute("ROLLBACK")
             self.size = self._measure()     # reads every outbox row: a truncated file fails here too
+            self.id = self._identity()
         except (sqlite3.Error, OSError) as e:
             if self.db is not None:
                 self.db.close()
@@ -160,6 +217,7 @@ class Spool:
         if path.exists():
             Spool(path).close()
             return
+        _refuse_if_marked(path)
         folder = path.parent
         while not folder.exists():
             folder = folder.parent
@@ -169,6 +227,39 @@ class Spool:
             probe.unlink()
         except OSError as e:
             raise SpoolError("open", path, f"cannot be created ({e.strerror})") from None
+
+    def _check_present(self) -> None:
+        p = self.path
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            _refuse_if_marked(p)
+            return                                   # a new gateway: the spool is made here
+        if size == 0 and marker_path(p).exists():
+            # (empty and unmarked: a first start cut short before its tables were written; made here)
+            raise SpoolLost(p, f"empty (0 bytes), but {marker_path(p)} says it held this gateway's state: "
+                               "it was truncated")
+
+    def _identity(self) -> str:
+        """The spool's id (meta `spool_id`), noted in the marker file beside it at its first start."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'spool_id'").fetchone()
+        sid = row[0] if row else uuid.uuid4().hex
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('spool_id', ?)", (sid,))
+        marker = marker_path(self.path)
+        noted = _marker_id(marker)
+        if noted is not None and noted != sid:
+            self.db.close()
+            raise SpoolLost(self.path, f"not the one this gateway had: its id is {sid}, {marker} says {noted} "
+                                       "(another gateway's spool, or a new one made while the old was away)")
+        if noted is None:
+            tmp = marker.with_name(marker.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"spool": self.path.name, "id": sid}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+        return sid
 
     def _measure(self) -> int:
         n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
@@ -205,11 +296,28 @@ class Spool:
                 db.execute("ROLLBACK")
             raise
 
-    def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None) -> None:
-        """Write items + counter/sequence updates atomically (one executemany per table). Raises SpoolFull."""
+    def journal(self) -> list[str]:
+        """Observations (JSON) written with their frames and not yet settled by a plugin commit."""
+        return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
+
+    def plugin_states(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT name, state FROM plugin_state"))
+
+    def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
+               journal: list[str] | None = None, states: dict[str, str] | None = None,
+               settle: bool = False) -> None:
+        """Write items + counter/identity updates atomically (one executemany per table); with them the
+        observations to `journal`, the plugins' `states`, and with `settle` the journal emptied (what it held
+        is reflected in these items and states). Raises SpoolFull."""
         db = self.db
         try:
             with self._transaction():
+                if journal:
+                    db.executemany("INSERT INTO journal (obs) VALUES (?)", [(o,) for o in journal])
+                if states:
+                    db.executemany("INSERT OR REPLACE INTO plugin_state VALUES (?, ?)", list(states.items()))
+                if settle:
+                    db.execute("DELETE FROM journal")
                 if counters:
                     db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                    [(d, r, v) for (d, r), v in counters.items()])
@@ -238,7 +346,10 @@ class Spool:
 
     def delete_ranges(self, ranges: list[tuple[int, int, int]], nbytes: int) -> None:
         """Called with PUBACKed (lane, first seq, last seq) ranges: every row of that lane between the two.
-        A failure here only means a duplicate after restart (ids make it harmless)."""
+        A range whose delete fails (a full disk) is kept and tried again with the next delete or retry_deletes()
+        (issue 12: it used to stay until a restart re-sent it)."""
+        if self.undeleted:
+            ranges, nbytes = self.undeleted + ranges, self.undeleted_bytes + nbytes
         if not ranges:
             return
         # one transaction, without its own fsync: a delete lost to a power cut only re-sends (ids dedupe);
@@ -252,9 +363,21 @@ class Spool:
             finally:
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as e:
-            log.error("spool delete failed (%s); the messages will be re-sent after restart", e)
+            if not self.undeleted:
+                log.error("spool delete of published rows failed (%s): retried every tick until the disk has room "
+                          "(meanwhile a restart would send them again; their ids make that harmless)", e)
+            self.undeleted, self.undeleted_bytes = ranges, nbytes
             return
+        if self.undeleted:
+            log.warning("spool: published rows of %d ranges whose delete had failed are deleted now",
+                        len(self.undeleted))
+            self.undeleted, self.undeleted_bytes = [], 0
         self.size -= nbytes
+
+    def retry_deletes(self) -> None:
+        """Delete what a failed delete left (called by the daemon's tick: space may be back with no new PUBACK)."""
+        if self.undeleted:
+            self.delete_ranges([], 0)
 
     def depth(self) -> dict[str, tuple[int, float | None]]:
         """lane name -> (rows, oldest receive time)."""

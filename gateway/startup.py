@@ -48,7 +48,7 @@ def build_plugins(cfg: Config, clock=time.time) -> list[Plugin]:
     """The configured plugins, built from their options. A factory refuses bad options with a ValueError
     whose message names the key (and, where it can, the likely intended one)."""
     ctx = PluginContext(cfg.gateway_id, cfg.district, cfg.root, str(cfg.registry), clock, topic_root=cfg.topic_root, mqtt={
-        "host": cfg.mqtt_host, "port": cfg.mqtt_port, "client_id": cfg.mqtt_client_id,
+        "host": cfg.mqtt_host, "port": cfg.mqtt_port, "brokers": cfg.brokers, "client_id": cfg.mqtt_client_id,
         "username": cfg.mqtt_username, "password": cfg.mqtt_password, "tls_ca": cfg.tls_ca,
         "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "keepalive": cfg.keepalive,
         "reconnect_min": cfg.reconnect_min, "reconnect_max": cfg.reconnect_max,
@@ -77,4 +77,4 @@ def check(cfg: Config) -> dict:
     Spool.check(cfg.spool)
     return {"gateway": cfg.gateway_id, "district": cfg.district, "root": cfg.root, "devices": n,
             "serial": [s.port for s in cfg.serial], "udp": cfg.udp_bind, "spool": str(cfg.spool),
-            "mqtt": f"{cfg.mqtt_host}:{cfg.mqtt_port}", "tls": bool(cfg.tls_ca), "plugins": sorted(cfg.plugins)}
+            "mqtt": ", ".join(map(str, cfg.brokers)), "tls": bool(cfg.tls_ca), "plugins": sorted(cfg.plugins)}

@@ -21,6 +21,7 @@ from collections import deque
 from gasguard import logs
 from gasguard.grading import engine as G
 from gasguard.grading import report as R
+from gasguard.protocol import counter
 from gasguard.protocol.topics import ACK, SYNC, CommandTopics, Topics
 from gasguard.protocol.units import gas_percent_lel
 
@@ -133,7 +134,8 @@ class IncidentEngine:
         self.incidents: dict[str, Incident] = {}
         self.inlet: dict[int, deque] = {}           # station dev_id -> (t, inlet Pa), bounded
         # (dev, identity, code, cleared) of alarms taken: a copy seen again is not a new alarm. The identity is
-        # the gateway's `aid` (SPEC 3.4, never reused by a device); without one, the message id. Not the 8-bit
+        # the gateway's `aid` (SPEC 3.4, never reused by a device), else recovered from fcnt and aseq, else the
+        # message id. Not the 8-bit
         # aseq: two alarms of one device share it every 256 counters (issue 12).
         self._seen_alarms: deque = deque(maxlen=4096)
 
@@ -158,7 +160,11 @@ class IncidentEngine:
         t = float(obs["t"])
         typ, fr = obs.get("type"), obs.get("frame") or {}
         if typ == "alarm":
-            ident = fr["aid"] if fr.get("aid") is not None else obs.get("id")
+            ident = fr.get("aid")
+            if ident is None and fr.get("fcnt") is not None and fr.get("aseq") is not None:
+                ident = counter.identity(int(fr["fcnt"]), int(fr["aseq"]))     # SPEC 3.4, as the gateway does
+            if ident is None:
+                ident = obs.get("id")
             key = (dev["dev_id"], ident, fr.get("code"), bool(fr.get("cleared")))
             if key in self._seen_alarms:
                 return []

@@ -4,10 +4,11 @@ and fault tests: it can be stopped, SIGKILLed and restarted with the same spool,
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from gasguard.authority.bootstrap import bootstrap
+from gasguard.authority.envelope import sign_request
 from gasguard.protocol.topics import CMD, Topics
 from gasguard.testing.config import write_config
 from gasguard.testing.gateway import GatewayProcess
@@ -31,11 +32,14 @@ class HilGateway(GatewayProcess):
     def __init__(self, workdir: Path, port: str, mqtt_port: int, registry: Path):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # the district's operators (issue 14): commands are signed, by an engineer unless a test says otherwise
+        self.authority = bootstrap(self.dir / "authority", DISTRICT, {"root": "admin", "eng": "engineer",
+                                                                      "op": "operator"})
         cfg = write_config(
             self.dir / "gateway.toml", registry=registry, spool=self.dir / "spool.db", mqtt_port=mqtt_port,
             serial=[port], gateway_id=GATEWAY_ID, district=DISTRICT,
             # a command not acked within 1 s (real time) is repeated: the board runs faster than real time here
-            extra=f'[limits]\ncommand_retry = 1\ncommand_timeout = 60\n\n'
+            extra=self.authority.gateway_toml() + f'[limits]\ncommand_retry = 1\ncommand_timeout = 60\n\n'
                   f'[metrics]\ntick_interval = 0.2\nstats_interval = 1\n\n[plugins.grading]\n'
                   f'state_path = "{self.dir / "grading.json"}"\nreporter_unit = "HIL bench"\n')
         super().__init__(cfg, self.dir / "gateway.log")
@@ -45,10 +49,13 @@ class HilGateway(GatewayProcess):
         self.wait_log(" open (", timeout=20)
         return self
 
-    def command(self, sub, dev: int, request_id: str, cmd: str = "status") -> None:
-        """A command from the district over MQTT (QoS 1), as the console sends it."""
+    def command(self, sub, dev: int, request_id: str, cmd: str = "status", by: str = "eng") -> bytes:
+        """A command from the district over MQTT (QoS 1), signed by `by` as the console sends it; returns
+        what was published (a test may replay it)."""
         topic = Topics().gateway(DISTRICT, GATEWAY_ID).device(dev, CMD)
-        sub.c.publish(topic, json.dumps({"request_id": request_id, "cmd": cmd}), qos=1).wait_for_publish(5)
+        raw = sign_request(self.authority.key(by), by, topic, {"request_id": request_id, "cmd": cmd})
+        sub.c.publish(topic, raw, qos=1).wait_for_publish(5)
+        return raw
 
 
 def run_until(board, cond, what: str, board_ms: int = 60_000, step: int = 500, wall_s: float = 60,

@@ -6,6 +6,8 @@
 #   <root>/<district>/command/incident/<id>                            incidents for the district command
 #   <root>/<district>/command/{ack,input}/<id>, .../command/sync         the district command's answers
 #   <root>/<district>/command/gateway/<gateway>                        a gateway as the command sees it
+#   <root>/<district>/command/result/<gateway>                         a gateway's answer to each ack/input
+#                                                                      (allowed, or refused and why: issue 14)
 #   <root>/<city>/incident/<id>                                          incidents the city leads (plan 1.7)
 #
 # <root> is "gasguard/v1" unless configured (the version is part of it: a v2 tree can run beside v1).
@@ -33,6 +35,7 @@ ACK = "ack"
 INPUT = "input"
 SYNC = "sync"
 GATEWAY = "gateway"          # <root>/<district>/command/gateway/<id>: a gateway's state as the command sees it
+RESULT = "result"            # <root>/<district>/command/result/<gateway>: answers to acks and operator input
 
 
 def dev_hex(dev):
@@ -79,6 +82,7 @@ class CommandTopics:
         self.base = base                       # "<root>/<district>/command"
         self.incidents = base + "/" + INCIDENT + "/+"
         self.sync = base + "/" + SYNC
+        self.results = base + "/" + RESULT + "/+"      # every gateway's answers to acks and operator input
         # what an incident engine listens to: the command's acknowledgements, inputs and sync requests
         self.subscriptions = [base + "/" + ACK + "/+", base + "/" + INPUT + "/+", self.sync]
 
@@ -93,6 +97,9 @@ class CommandTopics:
 
     def gateway(self, gateway_id):
         return self.base + "/" + GATEWAY + "/" + gateway_id
+
+    def result(self, gateway_id):
+        return self.base + "/" + RESULT + "/" + gateway_id
 
     def parse(self, topic):
         """(kind, incident_id) for a message to the command's subtree: kind is "ack", "input" or "sync"
@@ -127,6 +134,10 @@ class Topics:
 
     def city_incidents(self, city):
         return self.root + "/" + city + "/" + INCIDENT + "/+"
+
+    def all_results(self):
+        """Every district's answers to acks and operator input (a city console acts for several)."""
+        return self.root + "/+/" + COMMAND + "/" + RESULT + "/+"
 
     def district_gateways(self, district, leaf):
         """A filter for one device leaf behind every gateway of a district (e.g. the command's shared

@@ -32,7 +32,7 @@ CHUNK = 1024   # bytes per raw-REPL write: fewer round trips than mpremote's 256
 MAX_LOG = 50   # node log lines kept for error messages
 WDT_MS = min(p["wdt_ms"] for p in boards.PROFILES.values())   # the firmware's watchdog (firmware/boards.py)
 FEED = b"try:\n _gg_wdt.feed()\nexcept NameError:\n pass\n"
-HANDSHAKE_S = 10.0       # a port with no MicroPython REPL behind it is reported within this
+HANDSHAKE_S = 7.0        # a port with no MicroPython REPL behind it is reported after this: the whole command in 10 s
 READ_TIMEOUT_S = 2.0     # no single read on the port blocks longer (mpremote reads without a limit on a pty)
 # What an ESP32's boot ROM prints (it runs before MicroPython, or instead of it when none is flashed)
 ROM_SIGNS = (b"rst:0x", b"boot:0x", b"ets Jun", b"ets_main", b"ESP-ROM:", b"waiting for download",

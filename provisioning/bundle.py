@@ -1,6 +1,7 @@
 """Registry bundles: the registry for a gateway, signed with the provisioning authority's Ed25519 key.
 
-A bundle is one JSON file (0600: it carries every device key, so it travels like a key):
+A bundle is one JSON file (0600: it carries every device key, so it travels like a key), encrypted under a
+passphrase (authority/secretfile.py `seal`: scrypt + Fernet); inside, the signed document:
 
     {"format": "gasguard-registry-bundle/1", "authority": "<64 hex public key>",
      "payload": "<base64 of the payload JSON>", "signature": "<base64 Ed25519 over the payload bytes>"}
@@ -23,10 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gasguard.registry import Device, Registry, RegistryError
 
+from gasguard.authority.secretfile import is_sealed, seal, unseal
+
 from . import keys
 from .errors import BadInput
 
 FORMAT = "gasguard-registry-bundle/1"
+PASS_ENV = "GASGUARD_BUNDLE_PASSPHRASE"
 META_ISSUED = "bundle_issued_at"
 
 
@@ -37,21 +41,29 @@ def _device_json(d: Device) -> dict:
     return out
 
 
-def export(reg: Registry, authority: Ed25519PrivateKey, path: str | Path, include_retired: bool = True) -> dict:
+def export(reg: Registry, authority: Ed25519PrivateKey, path: str | Path, include_retired: bool = True,
+           secret: bytes | None = None) -> dict:
+    """Sign the registry with `authority` and write it to `path`, sealed under the passphrase `secret`."""
+    if not secret:
+        raise BadInput("a bundle carries every device key: it is written encrypted, give a bundle passphrase")
     devices = reg.all(include_decommissioned=include_retired)
     payload = json.dumps({"issued_at": time.time(), "devices": [_device_json(d) for d in devices]},
                          sort_keys=True).encode()
     doc = {"format": FORMAT, "authority": keys.fingerprint(authority.public_key()),
            "payload": base64.b64encode(payload).decode(),
            "signature": base64.b64encode(authority.sign(payload)).decode()}
-    keys.write_secret(path, (json.dumps(doc, indent=1) + "\n").encode())
+    keys.write_secret(path, seal((json.dumps(doc, indent=1) + "\n").encode(), secret))
     return {"bundle": str(path), "devices": len(devices), "authority": doc["authority"]}
 
 
-def verify(path: str | Path, trusted: Ed25519PublicKey) -> dict:
-    """The payload of a bundle signed by `trusted`; BadInput says why a bundle is refused."""
+def verify(path: str | Path, trusted: Ed25519PublicKey, secret: bytes | None = None) -> dict:
+    """The payload of a bundle signed by `trusted` (decrypted with `secret`); BadInput says why it is refused.
+    A bundle written before bundles were encrypted still loads (it is signed all the same)."""
     try:
-        doc = json.loads(Path(path).read_text())
+        data = Path(path).read_bytes()
+        if is_sealed(data):
+            data = unseal(data, secret, name=str(path))
+        doc = json.loads(data)
         if doc.get("format") != FORMAT:
             raise BadInput(f"{path}: not a registry bundle (format {doc.get('format')!r}, expected {FORMAT})")
         payload = base64.b64decode(doc["payload"], validate=True)
@@ -72,8 +84,9 @@ def verify(path: str | Path, trusted: Ed25519PublicKey) -> dict:
     return json.loads(payload)
 
 
-def load(path: str | Path, trusted: Ed25519PublicKey, reg: Registry, allow_older: bool = False) -> dict:
-    body = verify(path, trusted)
+def load(path: str | Path, trusted: Ed25519PublicKey, reg: Registry, allow_older: bool = False,
+         secret: bytes | None = None) -> dict:
+    body = verify(path, trusted, secret)
     issued = float(body["issued_at"])
     last = float(reg.meta_get(META_ISSUED) or 0)
     if issued <= last and not allow_older:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from gasguard.authority.errors import AuthorityError
 from gasguard.registry import Registry, RegistryError
 
 from . import bundle, configure, identity, keys, ports, settings
@@ -38,7 +39,7 @@ def command(fn):
         as_json = kw.get("as_json", False)
         try:
             return fn(*a, **kw)
-        except ProvisioningError as e:
+        except (ProvisioningError, AuthorityError) as e:     # keys and secrets are the authority library's
             _fail(as_json, e, e.exit_code)
         except RegistryError as e:
             _fail(as_json, e, 2)
@@ -561,13 +562,24 @@ authority_opt = click.option("--authority", envvar="GASGUARD_AUTHORITY", show_de
                              help="the provisioning authority's Ed25519 private key (0600; env GASGUARD_AUTHORITY)")
 
 
+auth_pass_opt = click.option("--authority-passphrase-file", type=click.Path(dir_okay=False), default=None,
+                             help="first line: the authority key's passphrase (or env GASGUARD_AUTHORITY_PASSPHRASE, "
+                             "or a prompt)")
+bundle_pass_opt = click.option("--bundle-passphrase-file", type=click.Path(dir_okay=False), default=None,
+                               help="first line: the passphrase the bundle is encrypted under (or env "
+                               "GASGUARD_BUNDLE_PASSPHRASE, or a prompt); tell it to the gateway's operator apart "
+                               "from the bundle")
+
+
 @device.command("authority-init")
 @authority_opt
+@auth_pass_opt
 @click.option("--force", is_flag=True, help="replace an existing authority key")
 @json_opt
 @command
-def authority_init(authority, force, as_json):
-    """Create the provisioning authority's Ed25519 key (once per district); prints its public key.
+def authority_init(authority, authority_passphrase_file, force, as_json):
+    """Create the district authority's Ed25519 key (once per district), encrypted under a passphrase; prints
+    its public key. It signs registry bundles and the operator roster (gasguard authority ...).
 
     Give the .pub.pem file (or the hex fingerprint) to every gateway: they accept only bundles it signed.
 
@@ -576,30 +588,41 @@ def authority_init(authority, force, as_json):
       gasguard device authority-init
       gasguard device authority-init --authority /secure/usb/authority.pem --json
     """
-    pub = keys.authority_init(authority, force)
+    from gasguard.authority.cli import AUTH_PASS_ENV, get_passphrase
+    secret = get_passphrase(authority_passphrase_file, AUTH_PASS_ENV, f"new authority key {authority}", confirm=True)
+    pub = keys.authority_init(authority, secret, force)
     fp = keys.fingerprint(pub)
     _out(as_json, {"ok": True, "authority": fp, "public": str(keys.public_path(Path(authority)))},
-         [f"authority key {authority} (0600)", f"public key {keys.public_path(Path(authority))}", f"fingerprint {fp}"])
+         [f"authority key {authority} (0600, encrypted)", f"public key {keys.public_path(Path(authority))}", f"fingerprint {fp}"])
 
 
 @device.command("export")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="bundle file to write (0600)")
 @click.option("--active-only", is_flag=True, help="leave decommissioned devices out (gateways then forget them)")
 @authority_opt
+@auth_pass_opt
+@bundle_pass_opt
 @registry_opt
 @json_opt
 @command
-def export(out, active_only, authority, registry, as_json):
-    """Write the registry as a bundle for gateways, signed with the authority's Ed25519 key.
-
-    The bundle holds the device keys: it is written 0600; carry it like a key.
+def export(out, active_only, authority, authority_passphrase_file, bundle_passphrase_file, registry, as_json):
+    """Write the registry as a bundle for gateways, signed with the authority's Ed25519 key and encrypted
+    under a bundle passphrase (it holds every device key): written 0600; carry it like a key.
 
     \b
     Examples:
       gasguard device export --out /media/usb/district.bundle
       gasguard gateway import-registry /media/usb/district.bundle --config gateway.toml --trust authority.pub.pem
     """
-    key = keys.load_authority(authority)
+    from gasguard.authority.cli import load_authority_key
+    key = load_authority_key(authority, authority_passphrase_file)
+    secret = bundle_passphrase(bundle_passphrase_file, confirm=True)
     with _existing_reg(registry) as reg:
-        rep = bundle.export(reg, key, out, include_retired=not active_only)
-    _out(as_json, dict(rep, ok=True), [f"{rep['devices']} devices -> {out} (0600), signed by {rep['authority'][:16]}..."])
+        rep = bundle.export(reg, key, out, include_retired=not active_only, secret=secret)
+    _out(as_json, dict(rep, ok=True), [f"{rep['devices']} devices -> {out} (0600, encrypted), signed by "
+                                       f"{rep['authority'][:16]}..."])
+
+
+def bundle_passphrase(file, confirm: bool = False) -> bytes:
+    from gasguard.authority.cli import get_passphrase
+    return get_passphrase(file, bundle.PASS_ENV, "registry bundle", confirm=confirm)

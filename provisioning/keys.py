@@ -10,9 +10,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gasguard.authority.secretfile import write_secret  # noqa: F401  (one 0600 writer, shared)
+from gasguard.authority.secretfile import (load_private_key, load_public,  # noqa: F401  (shared with the gateway)
+                                           save_private_key, write_secret)
 
-from .errors import BadInput, ProvisioningError
+from .errors import BadInput
 
 KEY_LEN = 16   # SPEC 5: the HMAC-SHA256 key of a device is 128 bits
 
@@ -27,15 +28,17 @@ def fingerprint(pub: Ed25519PublicKey) -> str:
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
-def authority_init(path: str | os.PathLike, force: bool = False) -> Ed25519PublicKey:
+def authority_init(path: str | os.PathLike, secret: bytes, force: bool = False) -> Ed25519PublicKey:
+    """A new authority key at `path`, encrypted under the passphrase `secret` (PKCS#8, BestAvailableEncryption:
+    a stolen laptop or backup does not give away the key every gateway trusts), its public key next to it."""
     p = Path(path)
     if p.exists() and not force:
         raise BadInput(f"{p} already holds an authority key: every gateway trusts it; "
                        "pass --force only if you mean to replace it (and re-configure every gateway)")
+    if not secret:
+        raise BadInput("the authority key is kept encrypted: give a passphrase")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    write_secret(p, pem)
+    save_private_key(p, key, secret)
     pub_path = public_path(p)
     pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -46,39 +49,7 @@ def public_path(private: Path) -> Path:
     return private.with_name(private.stem + ".pub.pem")
 
 
-def load_authority(path: str | os.PathLike) -> Ed25519PrivateKey:
-    p = Path(path)
-    try:
-        mode = p.stat().st_mode & 0o077
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise BadInput(f"no authority key at {p}: create one with 'gasguard device authority-init' "
-                       "(or pass --authority FILE)") from None
-    if mode:
-        raise ProvisioningError(f"{p} is readable by others (mode {oct(p.stat().st_mode & 0o777)}): "
-                                f"run 'chmod 600 {p}' and consider the key leaked if others used this machine")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except ValueError as e:
-        raise BadInput(f"{p} is not a PEM private key ({e})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BadInput(f"{p} is not an Ed25519 key: create one with 'gasguard device authority-init'")
-    return key
-
-
-def load_public(path: str | os.PathLike) -> Ed25519PublicKey:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise BadInput(f"no public key at {p}: copy the authority's .pub.pem here") from None
-    try:
-        if data.startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(data)
-        else:
-            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(data.decode().strip()))
-    except ValueError as e:
-        raise BadInput(f"{p} is not an Ed25519 public key (PEM or 64 hex digits): {e}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise BadInput(f"{p} is not an Ed25519 public key")
-    return key
+def load_authority(path: str | os.PathLike, secret: bytes | None) -> Ed25519PrivateKey:
+    """The authority key (an older unencrypted one still loads; re-create it encrypted when convenient)."""
+    return load_private_key(path, secret, what="authority key",
+                            create_hint="create one with 'gasguard device authority-init' (or pass --authority FILE)")

@@ -16,6 +16,17 @@ def mosquitto(tmp_path):
         yield broker
 
 
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """A real 3-node NATS cluster (JetStream, MQTT listener on each node, everything replicated 3 times) on
+    loopback, for one test; skipped where nats-server is not installed (.ci/run installs it)."""
+    from gasguard.testing.nats import NatsCluster, find_nats
+    if find_nats() is None:
+        pytest.skip("nats-server is not installed: apt-get install nats-server (.ci/run does it)")
+    with NatsCluster(tmp_path / "nats") as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="module")
 def chromium():
     """A real headless Chromium (selenium + Debian's chromium-driver), shared by the tests of one module:

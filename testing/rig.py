@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gasguard.authority.bootstrap import District, bootstrap
+from gasguard.authority.envelope import sign_request
 from gasguard.gateway import config as gwconfig
 from gasguard.gateway.daemon import Daemon
+from gasguard.protocol.topics import CMD
 from gasguard.testing.config import write_config
 from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.links import PtyCable
@@ -21,12 +24,17 @@ from gasguard.testing.subscriber import Subscriber
 from gasguard.testing.waits import wait_until
 
 
+# the district's people in every rig (issue 14): requests are signed by one of them (Rig.signed)
+PEOPLE = {"root": "admin", "eng": "engineer", "op": "operator", "web": "console"}
+
+
 class Rig:
     """Registry + pty cables + config for one gateway; `start()` runs the daemon in this process."""
 
     def __init__(self, tmp_path: Path, broker_port: int, *, nodes: int = 2, cables: int = 1, udp: bool = False,
                  extra: str = "", metrics: str = "tick_interval = 0.1\n", gateway_id: str = "gw1",
-                 district: str = "d1", sub_topic: str = "gasguard/#", sub: bool = True):
+                 district: str = "d1", sub_topic: str = "gasguard/#", sub: bool = True, mqtt_extra: str = "",
+                 authority: District | None = None):
         self.tmp = tmp_path
         self.port = broker_port
         self.nodes = [Node(0x00A10000 + i) for i in range(nodes)]
@@ -35,10 +43,13 @@ class Rig:
         self.cables = [PtyCable(tmp_path / f"ttyGG{i}") for i in range(cables)]
         self.udp_addr = ("127.0.0.1", _free_udp_port()) if udp else None
         self.spool = tmp_path / "spool.db"
+        # the district's authority and roster (admin, engineer, operator, web console), unless a test brings one
+        self.authority = authority or bootstrap(tmp_path / "authority", district, PEOPLE)
+        extra = self.authority.gateway_toml() + extra
         self.config_path = write_config(
             tmp_path / "gateway.toml", registry=self.registry, spool=self.spool, mqtt_port=broker_port,
             serial=[str(c.link) for c in self.cables], udp=f"{self.udp_addr[0]}:{self.udp_addr[1]}" if udp else None,
-            gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}")
+            gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}", mqtt_extra=mqtt_extra)
         self.cfg = gwconfig.load(self.config_path)
         self.root = self.cfg.root
         # a persistent session: what the gateway publishes while a restarted broker waits for this
@@ -47,6 +58,13 @@ class Rig:
                                       clean=False) if sub else None
         self.daemon: Daemon | None = None
         self.runner: DaemonThread | None = None
+
+    def signed(self, who: str, topic: str, body: dict, **kw) -> bytes:
+        """`body` on `topic`, signed by `who` of the rig's district (PEOPLE)."""
+        return sign_request(self.authority.key(who), who, topic, body, **kw)
+
+    def cmd_topic(self, dev: int) -> str:
+        return self.cfg.topics.device(dev, CMD)
 
     def start(self, wait: bool = True, **kw) -> Daemon:
         """Run the daemon; with `wait`, return once its ports are open and it is connected to the broker."""
@@ -84,6 +102,19 @@ class Rig:
     def readings(self) -> list[dict]:
         with self.sub.lock:
             return [r for t, d, _ in self.sub.messages if t == f"{self.root}/reading" for r in d["readings"]]
+
+    def settle(self, node=None, cable=None, timeout: float = 10.0) -> list[dict]:
+        """Wait until everything sent so far is published, on an event rather than a pause: a reading sent
+        now (by `node`, on `cable`) comes out after every reading sent before it and after every alarm and
+        event (the publisher drains lanes in order and MQTT keeps one publisher's order on a topic), so once
+        it is here, what came before it is all there is. Returns the readings before it."""
+        node = node or self.nodes[0]
+        cable = cable or self.cables[0]
+        cable.send(node.reading())
+        mid = f"{self.cfg.gateway_id}:{node.dev:08x}:{node.fcnt}"
+        self.sub.wait(lambda ms: any(r["id"] == mid for r in self.readings()), timeout)
+        got = self.readings()
+        return got[:[r["id"] for r in got].index(mid)]
 
     def close(self) -> None:
         try:

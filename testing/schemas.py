@@ -32,6 +32,8 @@ def schema_for(topic: str, root: str) -> str:
         return {"reading": "readings", "status": "gateway-status", "event": "gateway-event",
                 "stats": "stats"}[rest[0]]
     leaf = "/".join(rest[1:])
+    if rest[0] == "command" and rest[1] == "result":   # gasguard/v1/<district>/command/result/<gateway>
+        return "request-result"
     return {"state": "state", "alarm": "alarm", "event": "event", "cmd/result": "command-result",
             "cmd": "command-request"}[leaf]
 

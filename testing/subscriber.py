@@ -14,12 +14,15 @@ class Subscriber:
     """Collects every message under a topic filter (QoS 1, persistent session so a broker restart loses
     nothing that was queued for it)."""
 
-    def __init__(self, port: int, topic: str = "gasguard/#", client_id: str | None = None, clean: bool = True):
+    def __init__(self, port: int, topic: str = "gasguard/#", client_id: str | None = None, clean: bool = True,
+                 username: str | None = None, password: str | None = None):
         self.messages: list[tuple[str, dict, bool]] = []
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"sub-{os.getpid()}-{id(self)}",
                              clean_session=clean)
+        if username:                    # a broker with logins (gasguard authority broker-config)
+            self.c.username_pw_set(username, password)
         self.c.on_connect = lambda c, u, fl, rc, p: c.subscribe(topic, qos=1)
         self.c.on_message = self._msg
         self.c.reconnect_delay_set(1, 1)

@@ -42,13 +42,24 @@ class PluginHarness:
     """Drives a plugin through a real broker the way the daemon does: publishes its outputs at QoS 1 and
     feeds it the messages of its subscriptions, with a virtual clock. For tests without the full daemon."""
 
-    def __init__(self, plugin, port, clock):
+    def __init__(self, plugin, port, clock, authority=None, workdir=None):
+        """`authority`: a bootstrapped district (gasguard.authority.bootstrap): acts are then checked and
+        answered as the daemon does (gateway.daemon.authorise_act), with the replay store and audit log in
+        `workdir`."""
         import json
         import queue
         import threading
 
         import paho.mqtt.client as mqtt
         self.plugin, self.clock, self.json = plugin, clock, json
+        self.gate = None
+        if authority is not None:
+            from gasguard.authority import AuditLog, Gate
+            from gasguard.authority.secretfile import load_public
+            from gasguard.protocol.topics import Topics
+            self.gate = Gate(authority.roster, load_public(authority.trust), workdir / "replay.db",
+                             AuditLog(workdir / "audit"), district=authority.district)
+            self.answer_topic = Topics().command(authority.district).result("harness")
         self.inbox = queue.Queue()
         self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gg-test-gateway")
@@ -58,11 +69,22 @@ class PluginHarness:
                 c.subscribe(s, qos=1)
             self.ready.set()
         self.c.on_connect = on_connect
-        self.c.on_message = lambda c, u, m: self.inbox.put((m.topic, json.loads(m.payload)))
+        self.c.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         assert self.ready.wait(10), "harness could not connect to mosquitto"
         self.published = []
+
+    def _checked(self, topic, payload):
+        """What the daemon hands the plugin: acts only verified (None: refused, the plugin never sees it), answered."""
+        action = self.plugin.action_of(topic)
+        if action is None or self.gate is None:
+            return self.json.loads(payload)
+        from gasguard.gateway.authority import authorise_act
+        doc, (rtopic, answer, _, _), _ = authorise_act(self.gate, self.answer_topic, "harness", topic, payload,
+                                                       action, self.clock())
+        self.c.publish(rtopic, self.json.dumps(answer), qos=1).wait_for_publish(5)
+        return doc
 
     def _send(self, outs):
         for topic, payload, lane in outs:
@@ -87,7 +109,9 @@ class PluginHarness:
                 topic, payload = self.inbox.get(timeout=0.05)
             except queue.Empty:
                 continue
-            self._send(self.plugin.on_message(topic, payload, self.clock()))
+            doc = self._checked(topic, payload)
+            if doc is not None:
+                self._send(self.plugin.on_message(topic, doc, self.clock()))
             if until is None or until(topic):
                 return topic
         raise AssertionError("no command message reached the gateway harness in time")

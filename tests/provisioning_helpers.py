@@ -60,3 +60,11 @@ def capture(pty, seconds, want=1):
 def gateway_verifier(reg_path, refresh=0.0):
     """The gateway's own verifier over the registry file, fresh counters."""
     return Verifier(RegistryCache(reg_path, refresh=refresh), {})
+
+
+def board_runs(vb, ms: int, timeout: float = 30.0) -> None:
+    """Let the board run `ms` of its own time (its clock, read over the control socket): what a test waits
+    for is board time passing (debounce, fault detection, a technician's pause), not a guess of wall time."""
+    from gasguard.testing.waits import wait_until
+    start = vb.ctl.get()["now"]
+    wait_until(lambda: vb.ctl.get()["now"] - start >= ms, timeout, f"{ms} ms of board time", step=0.05)

@@ -248,3 +248,23 @@ def test_gate_records_allowed_and_refused_and_takes_up_new_rosters(district, tmp
     assert recs[3]["detail"]["changes"] == [{"change": "revoked", "id": "op", "role": "operator", "by": "root",
                                              "reason": "test"}]
     assert gate.counts == {"wrong_role": 1}
+
+
+def test_a_flood_of_refusals_is_summarised_not_recorded_one_by_one(district, tmp_path):
+    auth, path, keys = district
+    now = [T]
+    gate = Gate(path, auth.public_key(), tmp_path / "replay.db", A.AuditLog(tmp_path / "audit"), district="lixia",
+                wall_clock=lambda: now[0], refusal_burst=3, refusal_window_s=60)
+    for i in range(50):                                      # someone on the broker publishing garbage
+        with pytest.raises(Refused):
+            gate.check(TOPIC, b'{"cmd": "reset"}', action="reset", category="command")
+    with pytest.raises(Refused):                             # another reason has its own allowance
+        gate.check(TOPIC, sign_request(keys["op"], "op", TOPIC, {"cmd": "reset"}, now=T), action="reset",
+                   category="command")
+    now[0] += 61
+    gate.tick()
+    recs = [(r["type"], r["outcome"]) for r in A.show(tmp_path / "audit")]
+    assert recs.count(("reset", "refused")) == 4             # 3 unsigned + 1 wrong role, one by one
+    summary = A.show(tmp_path / "audit", type="refusals_summarised")
+    assert [s["detail"]["suppressed"] for s in summary] == [{"unsigned": 47}]
+    assert gate.counts == {"unsigned": 50, "wrong_role": 1}   # every refusal still counted

@@ -3,10 +3,6 @@
 publishing a node command, and a gateway publishing under another gateway's prefix; what each role may do
 still flows."""
 
-import queue
-import threading
-
-import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -14,6 +10,7 @@ from gasguard.authority import broker
 from gasguard.authority import roster as RO
 from gasguard.authority.secretfile import public_hex
 from gasguard.testing.mosquitto import Mosquitto
+from mqtt5_client import Client
 
 pytestmark = pytest.mark.mosquitto
 
@@ -28,53 +25,6 @@ def _roster(tmp_path):
         RO.add(path, auth, pid, role, public_hex(Ed25519PrivateKey.generate().public_key()), approver=("root", admin))
     RO.revoke(path, auth, "gone", approver=("root", admin))
     return RO.load(path, auth.public_key())
-
-
-class Client:
-    """A paho MQTT 5 client that records what it receives and the reason codes the broker answers."""
-
-    def __init__(self, port, user=None, password=None):
-        self.got: queue.Queue = queue.Queue()
-        self.connack = threading.Event()
-        self.rc = None
-        self.acks: dict[int, int] = {}
-        self.acked = threading.Condition()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        if user:
-            self.c.username_pw_set(user, password)
-        self.c.on_connect = self._on_connect
-        self.c.on_message = lambda c, u, m: self.got.put((m.topic, m.payload))
-        self.c.on_publish = self._on_publish
-        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.got.put(("$suback", [int(r.value) for r in rcs]))
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        assert self.connack.wait(5), "no CONNACK within 5 s"
-
-    def _on_connect(self, c, u, flags, rc, props):
-        self.rc = rc
-        self.connack.set()
-
-    def _on_publish(self, c, u, mid, rc, props):
-        with self.acked:
-            self.acks[mid] = int(rc.value)
-            self.acked.notify_all()
-
-    def publish(self, topic, payload=b"x") -> int:
-        """The PUBACK reason code (0 ok, 135 not authorised)."""
-        mid = self.c.publish(topic, payload, qos=1).mid
-        with self.acked:
-            assert self.acked.wait_for(lambda: mid in self.acks, 5), f"no PUBACK for {topic}"
-            return self.acks[mid]
-
-    def subscribe(self, topic) -> list[int]:
-        self.c.subscribe(topic, qos=1)
-        kind, codes = self.got.get(timeout=5)
-        assert kind == "$suback"
-        return codes
-
-    def close(self):
-        self.c.disconnect()
-        self.c.loop_stop()
 
 
 def test_generated_config_refuses_anonymous_and_wrong_roles_at_the_real_broker(tmp_path):
@@ -110,3 +60,5 @@ def test_generated_config_refuses_anonymous_and_wrong_roles_at_the_real_broker(t
         assert gw1.got.empty()                              # the refused publications never reached it
         for c in (anon, wrong, gw1, zhao, eng, gw2):
             c.close()
+        log = m.log.read_text()                                  # the broker's own record of the refusals
+        assert log.count("disconnected, not authorised") == 2, log[-2000:]     # anonymous, wrong password

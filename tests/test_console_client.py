@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from gasguard.command.console import CommandClient, IncidentBoard, parse_input, render_board, render_report
+from gasguard.authority.bootstrap import bootstrap
+from gasguard.command.console import CommandClient, IncidentBoard, Signer, parse_input, render_board, render_report
 from gasguard.command.console_cli import command
 from gasguard.gateway.grading_plugin import GradingPlugin
 from gasguard.grading.incidents import IncidentEngine
@@ -82,19 +83,33 @@ def test_parse_input_rejects_bare_words():
 
 
 @pytest.fixture
-def gateway(mosquitto):
+def district(tmp_path):
+    """Lixia's operators: an admin, the duty operator 王值班 (id duty) and an engineer."""
+    return bootstrap(tmp_path / "authority", "lixia", {"root": "admin", "duty": "operator", "li.na": "engineer"})
+
+
+@pytest.fixture
+def gateway(mosquitto, district, tmp_path):
     now = {"t": T0}
     plugin = GradingPlugin({}, downstream=lambda d: [])
-    h = PluginHarness(plugin, mosquitto.port, lambda: now["t"])
+    h = PluginHarness(plugin, mosquitto.port, lambda: now["t"], authority=district, workdir=tmp_path)
     h.now = now
     yield h
     h.close()
 
 
-def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway):
+def _signer(district, who="duty"):
+    return Signer(who, district.key(who))
+
+
+def _cli_as(district, who="duty"):
+    return ["--operator", who, "--operator-key", str(district.keys[who])]
+
+
+def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway, district):
     st = device(0xA001, households=12_000, site="燕山调压站")
     gateway.observe(alarm(st, T0, 4, value=900, ptrip=True))            # before the console runs
-    with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+    with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
         gateway.pump(until=lambda t: t.endswith("/sync"))               # the console asked for a sync
         iid = gateway.published[0][1]["incident_id"]
         m = client.wait_for(iid, 5)
@@ -102,7 +117,7 @@ def test_client_gets_incidents_acks_and_sends_input(mosquitto, gateway):
         client.ack(iid, "王值班", m["revision"])
         gateway.pump(until=lambda t: "/ack/" in t)
         acked = client.wait_for(iid, 5, lambda x: bool(x["acked"]))
-        assert acked["acked"]["by"] == "王值班" and acked["revision"] == m["revision"] + 1
+        assert acked["acked"]["by"] == "duty" and acked["revision"] == m["revision"] + 1   # who signed, not who typed
         client.send_input(iid, {"deaths": 3, "by": "现场"})
         gateway.pump(until=lambda t: "/input/" in t)
         regraded = client.wait_for(iid, 5, lambda x: x["report"]["casualties"] is not None)
@@ -121,7 +136,7 @@ def test_cli_unreachable_broker_exit_1():
     assert res.exit_code == 1 and "cannot reach the MQTT broker" in res.output
 
 
-def test_cli_report_ack_input_json(mosquitto, gateway):
+def test_cli_report_ack_input_json(mosquitto, gateway, district):
     gateway.observe(alarm(device(0xA001, households=12_000, site="燕山调压站"), T0, 4, value=900, ptrip=True))
     iid = gateway.published[0][1]["incident_id"]
     gateway.pump_in_background()
@@ -134,13 +149,16 @@ def test_cli_report_ack_input_json(mosquitto, gateway):
         assert json.loads(r.output)["households"] == 12_000
         r = CliRunner().invoke(command, ["report", iid, "--city", "--json", *port])    # level III: the city has it
         assert r.exit_code == 0 and json.loads(r.output)["routes"] == ["district", "city"]
-        r = CliRunner().invoke(command, ["ack", iid, "--by", "duty", "--json", *port])
+        r = CliRunner().invoke(command, ["ack", iid, "--json", *port])                  # not signed: refused here
+        assert r.exit_code == 2 and "--operator" in r.output
+        r = CliRunner().invoke(command, ["ack", iid, "--json", *port, *_cli_as(district)])
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["acked"]["by"] == "duty"
-        r = CliRunner().invoke(command, ["input", iid, "evacuated=5000", "note=疏散完成", "--json", *port])
+        r = CliRunner().invoke(command, ["input", iid, "evacuated=5000", "note=疏散完成", "--json", *port,
+                                         *_cli_as(district)])
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["level"] == 2
-        r = CliRunner().invoke(command, ["input", iid, "deaths=-1", *port])
+        r = CliRunner().invoke(command, ["input", iid, "deaths=-1", *port, *_cli_as(district)])
         assert r.exit_code == 2 and "cannot be negative" in r.output
         r = CliRunner().invoke(command, ["list", "--json", "--wait", "3", *port])
         assert [m["incident_id"] for m in json.loads(r.output)] == [iid]
@@ -148,7 +166,7 @@ def test_cli_report_ack_input_json(mosquitto, gateway):
         gateway.stop_pumping()
 
 
-def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gateway):
+def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gateway, district):
     """The textual field console driven by textual's own pilot at 100 columns, against the gateway's
     grading plugin through a real mosquitto."""
     import asyncio
@@ -161,12 +179,12 @@ def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gat
     gateway.pump_in_background()
     clock = {"t": T0 + 60}
     try:
-        with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+        with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
             iid = gateway.published[0][1]["incident_id"]
             client.wait_for(iid, 10)
             gateway.observe(alarm(second, T0 + 1, 4, value=900, ptrip=True, aseq=1))
             client.wait_for(iid, 10, lambda m: len(m["report"]["what_happened"]["stations"]) == 2)
-            app = WatchApp(client, by="王值班", refresh=0.05, clock=lambda: clock["t"], confirm_timeout=10)
+            app = WatchApp(client, by="duty", refresh=0.05, clock=lambda: clock["t"], confirm_timeout=10)
 
             async def until(pilot, pred, what, timeout=10.0):
                 loop = asyncio.get_running_loop()
@@ -200,7 +218,7 @@ def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gat
                     clock["t"] = T0 + 4000                                       # much later ...
                     await pilot.pause(0.2)
                     assert str(table.get_cell_at((0, 6))) == "✓ late"            # ... no longer counting
-                    assert str(table.get_cell_at((0, 8))) == "王值班"
+                    assert str(table.get_cell_at((0, 8))) == "duty"                 # who signed
                     await pilot.press("i")
                     app.screen.query_one("Input").value = "deaths=-1"            # refused before sending
                     await pilot.press("enter")

@@ -13,10 +13,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from gasguard.testing.waits import wait_until
 
 pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto]
 
@@ -81,9 +82,10 @@ def test_demo_stops_everything_on_a_signal(sig):
         reader.join(5)
         text = "".join(lines)
         assert rc == 128 + sig, text
-        deadline = time.monotonic() + 5           # orphans (if any) are reaped by init
-        while time.monotonic() < deadline and any(_alive(p) for p in tree):
-            time.sleep(0.1)
+        try:                                      # orphans (if any) are reaped by init
+            wait_until(lambda: not any(_alive(p) for p in tree), 5, "the demo's process tree ends", step=0.1)
+        except TimeoutError:
+            pass
         assert [p for p in tree if _alive(p)] == [], text
         assert not workdir.exists(), text
         with pytest.raises(OSError):
@@ -117,9 +119,11 @@ def test_a_killed_demo_takes_its_gateway_and_broker_with_it():
         assert {broker, gateway, command} <= tree, (tree, text)
         proc.kill()
         proc.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in (broker, gateway, command)):
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: not any(_alive(p) for p in (broker, gateway, command)), 10, "they die with it",
+                       step=0.1)
+        except TimeoutError:
+            pass
         assert not any(_alive(p) for p in (broker, gateway, command)), text
     finally:
         if proc.poll() is None:

@@ -40,6 +40,7 @@ def run_vectors(cases):
 def _check(observed):
     assert len(observed) == len(VECTORS["cases"])
     for case, obs in zip(VECTORS["cases"], observed):
+        assert len(obs) == len(case["steps"]), f"{case['name']}: {len(obs)} of {len(case['steps'])} steps ran"
         for i, (st, o) in enumerate(zip(case["steps"], obs)):
             got = {k: o[k] for k in st["expect"]}
             assert got == st["expect"], f"{case['name']}, step {i}: {got} != {st['expect']}"

@@ -1,12 +1,12 @@
 """`gasguard sim district` and `gasguard sim fleet` as a technician or a script runs them."""
 
 import json
-import time
 
 from click.testing import CliRunner
 
 from gasguard.cli import cli
 from gasguard.registry import Registry
+from gasguard.testing.waits import wait_until
 
 
 def test_district_then_fleet_with_a_frame_log(tmp_path):
@@ -79,7 +79,10 @@ def test_fleet_to_two_udp_gateways_with_overlap(tmp_path):
         args += ["--target", f"127.0.0.1:{s.getsockname()[1]}"]
     try:
         r = CliRunner().invoke(cli, args)
-        time.sleep(0.2)
+        rep = json.loads(r.output[r.output.index("{"):]) if r.exit_code == 0 else {}
+        sent = rep.get("transport", {})
+        # the readers have taken every datagram the fleet sent (both sockets) before they stop
+        wait_until(lambda: not rep or got == [sent["0.frames"], sent["1.frames"]], 5, "both gateways read every datagram")
     finally:
         stop.set()
         for t in readers:
@@ -87,7 +90,6 @@ def test_fleet_to_two_udp_gateways_with_overlap(tmp_path):
         for s in socks:
             s.close()
     assert r.exit_code == 0, r.output
-    rep = json.loads(r.output[r.output.index("{"):])
-    t = rep["transport"]
+    t = sent
     assert t["heard_twice"] > 0 and got == [t["0.frames"], t["1.frames"]]
     assert sum(got) == rep["frames"] + t["heard_twice"]

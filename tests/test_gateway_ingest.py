@@ -3,7 +3,6 @@ rejects (by reason, counted), duplicates over two paths, alarms while readings s
 
 import sqlite3
 import threading
-import time
 
 import pytest
 
@@ -27,12 +26,7 @@ def rig(tmp_path, mosquitto):
 
 def _acks(node, cable, timeout=5.0):
     """The downlinks the node got, opened with its key (MIC and downlink counter checked)."""
-    got = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not got:
-        got = [node.open_downlink(b) for b in cable.downlinks()]
-        time.sleep(0.02)
-    return got
+    return wait_until(lambda: [node.open_downlink(b) for b in cable.downlinks()], timeout, "a downlink")
 
 
 def test_valid_frames_are_published_on_the_documented_topics_and_schemas(rig):
@@ -109,9 +103,8 @@ def test_bad_frames_are_rejected_and_counted_by_reason(rig, tmp_path):
     assert sum(other.values()) == 2, other
     assert rig.metric("gasguard_gateway_accepted_total", type="reading") == 4
     assert rig.metric("gasguard_gateway_accepted_total", type="event") == 8
-    rig.sub.wait(lambda ms: len(rig.readings()) == 4, 10)
-    time.sleep(0.5)
-    assert [r["id"] for r in rig.readings()] == [f"gw1:{a.dev:08x}:1"] + [f"gw1:{b.dev:08x}:{n}" for n in (2, 3, 4)]
+    before = rig.settle(a)                             # everything sent is out: nothing more can come
+    assert [r["id"] for r in before] == [f"gw1:{a.dev:08x}:1"] + [f"gw1:{b.dev:08x}:{n}" for n in (2, 3, 4)]
     assert len(rig.sub.on("/event")) == 8
     rig.validated()
 
@@ -129,9 +122,8 @@ def test_one_frame_over_two_paths_is_published_once(tmp_path, mosquitto):
         rig.cables[0].send(rd)
         wait_until(lambda: rig.rejected("duplicate") == 2 and
                    rig.metric("gasguard_gateway_accepted_total", type="reading") == 1, 10, "both copies counted")
-        rig.sub.wait(lambda ms: rig.readings(), 10)
-        time.sleep(0.5)
-        assert len(rig.sub.on("/alarm")) == 1 and len(rig.readings()) == 1
+        before = rig.settle(a)                         # everything sent is out: nothing more can come
+        assert len(rig.sub.on("/alarm")) == 1 and len(before) == 1
         assert rig.rejected("replay") == 0
         assert rig.metric("gasguard_gateway_accepted_total", type="alarm") == 1
     finally:
@@ -159,13 +151,9 @@ def test_alarm_is_spooled_acked_and_published_while_readings_stream(tmp_path, mo
         raw = alarmer.alarm(code=1, value=150)
         cable.send(raw)
         mid = f"gw1:{alarmer.dev:08x}:{alarmer.fcnt}"
-        ack = None
-        deadline = time.monotonic() + 10
-        while ack is None and time.monotonic() < deadline:
-            for b in cable.downlinks():
-                if frame.decode(b)["dev"] == alarmer.dev:
-                    ack = alarmer.open_downlink(b)
-            time.sleep(0.005)
+        ack = wait_until(lambda: next((alarmer.open_downlink(b) for b in cable.downlinks()
+                                        if frame.decode(b)["dev"] == alarmer.dev), None), 10, "the alarm's ack",
+                         step=0.005)
         # the ack reached the device: the alarm must already be on disk (read with a separate connection)
         with sqlite3.connect(rig.spool) as db:
             assert db.execute("SELECT 1 FROM audit WHERE msg_id = ?", (mid,)).fetchone() is not None
@@ -211,14 +199,20 @@ def test_a_household_is_not_offline_between_two_of_its_reports(tmp_path, mosquit
     # offline_after alone (1 s here) would flap a battery meter that reports every 900 s; the default
     # timeout is also 3 of the device's report periods (its profile default: 900 s) when that is longer
     rig = Rig(tmp_path, mosquitto.port, extra="[limits]\noffline_after = 1.0\n")
+    clock = {"t": 1_795_400_000.0}                      # the daemon's clock, virtual: ticks are driven here
     try:
-        rig.start()
+        rig.start(clock=lambda: clock["t"])
         a = rig.nodes[0]
         rig.cables[0].send(a.reading(gas=30, pressure=2050))
         st = f"{a.dev:08x}/state"
         rig.sub.wait(lambda ms: rig.sub.on(st), 10)
-        time.sleep(3.5)                                  # several ticks past offline_after
-        assert [s["online"] for s in rig.sub.on(st)] == [True]
+        for late in (3.5, 900.0, 2699.0):                # past offline_after, one and almost three reports late
+            clock["t"] = 1_795_400_000.0 + late
+            rig.runner.call(rig.daemon.tick, clock["t"])
+            assert rig.runner.call(lambda: rig.daemon.presence.get(a.dev).online), late
+        clock["t"] = 1_795_400_000.0 + 2701.0            # the third report missed: offline
+        rig.runner.call(rig.daemon.tick, clock["t"])
+        rig.sub.wait(lambda ms: [s for s in rig.sub.on(st) if s["online"] is False], 10)
     finally:
         rig.close()
 

@@ -52,8 +52,9 @@ def test_command_becomes_a_signed_frame_and_the_device_ack_is_published(rig, mos
     cable.send(a.reading())                   # the gateway learns which port reaches the device
     rig.sub.wait(lambda ms: rig.readings(), 10)
     req = {"request_id": "req-1", "cmd": "set_param", "param": 6, "value": 600}
-    VALIDATORS["command-request"].validate(req)
-    _publish(mosquitto.port, f"{rig.root}/{a.dev:08x}/cmd", req)
+    signed = rig.signed("eng", rig.cmd_topic(a.dev), req)
+    VALIDATORS["command-request"].validate(json.loads(signed))
+    _publish(mosquitto.port, rig.cmd_topic(a.dev), signed)
     cmds = _downlinks(a, cable)               # opened with the device key: MIC and downlink counter good
     cmd = cmds[0]                             # (a retry every 0.3 s may follow: same cid)
     assert {f["cid"] for f in cmds} == {cmd["cid"]}
@@ -61,7 +62,7 @@ def test_command_becomes_a_signed_frame_and_the_device_ack_is_published(rig, mos
     cable.send(a.ack(COMMAND, cmd["cid"], result=0))
     (res,) = rig.sub.wait(lambda ms: rig.sub.on("/cmd/result"), 10)
     assert res["request_id"] == "req-1" and res["result"] == "ok" and res["cmd"] == "set_param"
-    assert res["cid"] == cmd["cid"] and res["dev"] == f"{a.dev:08x}"
+    assert res["cid"] == cmd["cid"] and res["dev"] == f"{a.dev:08x}" and res["operator"] == "eng"
     assert rig.metric("gasguard_gateway_command_results_total", result="ok") == 1
     rig.validated()
 
@@ -73,18 +74,21 @@ def test_undeliverable_and_invalid_commands_get_a_published_result(rig, mosquitt
     cable.send(a.reading())
     rig.sub.wait(lambda ms: rig.readings(), 10)
     # a never answers: retried every limits.command_retry s until ttl_s, then a "timeout" result
-    _publish(mosquitto.port, f"{rig.root}/{a.dev:08x}/cmd", {"request_id": "lost-1", "cmd": "status", "ttl_s": 1.2})
+    _publish(mosquitto.port, rig.cmd_topic(a.dev), rig.signed("eng", rig.cmd_topic(a.dev),
+                                                              {"request_id": "lost-1", "cmd": "status", "ttl_s": 1.2}))
     # b was never heard: nothing to send it on; it times out the same way
-    _publish(mosquitto.port, f"{rig.root}/{b.dev:08x}/cmd", {"request_id": "lost-2", "cmd": "status", "ttl_s": 1})
+    _publish(mosquitto.port, rig.cmd_topic(b.dev), rig.signed("eng", rig.cmd_topic(b.dev),
+                                                              {"request_id": "lost-2", "cmd": "status", "ttl_s": 1}))
     # not JSON, and a device that is not ours: rejected at once, with the reason
-    _publish(mosquitto.port, f"{rig.root}/{a.dev:08x}/cmd", b"reset please")
-    _publish(mosquitto.port, f"{rig.root}/0badbad0/cmd", {"request_id": "who-1", "cmd": "reset"})
+    _publish(mosquitto.port, rig.cmd_topic(a.dev), b"reset please")
+    _publish(mosquitto.port, rig.cmd_topic(0x0badbad0), rig.signed("eng", rig.cmd_topic(0x0badbad0),
+                                                                   {"request_id": "who-1", "cmd": "reset"}))
     results = rig.sub.wait(lambda ms: len(rig.sub.on("/cmd/result")) >= 4 and rig.sub.on("/cmd/result"), 10)
     by_id = {r["request_id"]: r for r in results}
     assert by_id["lost-1"]["result"] == "timeout" and by_id["lost-2"]["result"] == "timeout"
     assert "tries" in by_id["lost-1"]["detail"]
     assert by_id["who-1"]["result"] == "rejected" and "not a commissioned device" in by_id["who-1"]["detail"]
-    assert by_id[""]["result"] == "rejected" and "JSON" in by_id[""]["detail"]
+    assert by_id[""]["result"] == "rejected" and by_id[""]["reason"] == "unsigned" and "JSON" in by_id[""]["detail"]
     sent = _downlinks(a, cable, n=2)          # at least one retry went out before the deadline
     assert all(f["cmd"] == CMD_STATUS for f in sent) and len({f["cid"] for f in sent}) == 1
     assert len({f["fcnt"] for f in sent}) == len(sent)      # each retry is a new downlink counter
@@ -137,7 +141,7 @@ def test_serial_unplug_and_replug_logs_and_resumes(rig, caplog):
     rig.sub.wait(lambda ms: len(rig.readings()) == 1, 10)
     cable.unplug()
     wait_until(lambda: "disconnected" in caplog.text, 10, "the unplug is logged")
-    time.sleep(0.5)                           # the port stays away for a while: retried with backoff
+    wait_until(lambda: "retrying every" in caplog.text, 10, "a failed reopen")   # the port stays away: retried
     cable.replug()                            # a new pty behind the same configured path
     wait_until(lambda: "again after a disconnect" in caplog.text, 15, "the replug is logged")
     cable.send(a.reading())

@@ -72,8 +72,9 @@ def test_prometheus_endpoint_exposes_ingest_spool_latency_and_broker_state(tmp_p
                 out[name] = float(value)
         return out
 
+    skew = [0.0]                                     # the daemon's clock runs ahead on demand, not by waiting
     try:
-        rig.start()
+        rig.start(clock=lambda: time.time() + skew[0])
         a = rig.nodes[0]
         rig.cables[0].send(a.reading())
         rig.cables[0].send(a.alarm())
@@ -93,7 +94,7 @@ def test_prometheus_endpoint_exposes_ingest_spool_latency_and_broker_state(tmp_p
         wait_until(lambda: scrape()["gasguard_gateway_broker_connected"] == 0, 10, "broker state 0")
         rig.cables[0].send(a.reading())
         wait_until(lambda: rig.metric("gasguard_gateway_accepted_total", type="reading") == 2, 10, "accepted")
-        time.sleep(0.3)
+        skew[0] = 0.3                                # the reading has waited 0.3 s of daemon time
         rig.runner.call(rig.daemon.update_gauges)    # the ticker does this every 5 s
         m = scrape()
         assert m['gasguard_gateway_spool_depth{lane="reading"}'] == 1
@@ -127,6 +128,12 @@ def test_birth_then_last_will_when_the_gateway_is_killed(tmp_path, mosquitto):
         rig.close()
 
 
+def _lanes(spool) -> dict:
+    """Rows waiting in the spool by lane (0 alarm .. 3 reading), read with a connection of our own."""
+    with sqlite3.connect(spool) as db:
+        return dict(db.execute("SELECT lane, count(*) FROM outbox GROUP BY lane").fetchall())
+
+
 @pytest.mark.mosquitto
 @pytest.mark.timeout(120)
 def test_sigterm_stops_ingest_flushes_and_leaves_the_rest_in_the_spool(tmp_path, mosquitto):
@@ -146,7 +153,7 @@ def test_sigterm_stops_ingest_flushes_and_leaves_the_rest_in_the_spool(tmp_path,
             cable.send(a.reading())
         cable.send(a.alarm())
         wait_until(lambda: "lost the mqtt broker" in gw.log(), 10, "gateway notices")
-        time.sleep(1.0)
+        wait_until(lambda: (l := _lanes(rig.spool)).get(0) == 1 and l.get(3) == 7, 10, "the alarm and 7 readings spooled")
         t0 = time.monotonic()
         assert gw.terminate(20) == 0, gw.log()
         assert time.monotonic() - t0 < 10

@@ -44,8 +44,9 @@ def test_past_the_size_bound_routine_readings_are_thinned_and_reported(tmp_path,
                 keep.append(f"gw1:{b.dev:08x}:{b.fcnt}")
                 cable.send(b.alarm(code=1, value=150))
                 cable.send(a.event())
-            if i % 100 == 99:
-                time.sleep(0.05)                     # let the gateway keep up with the pty
+            if i % 100 == 99:                        # the gateway keeps up with the pty before more comes
+                sent = i + 1 + len(keep)
+                wait_until(lambda: _accepted(rig, "reading") == sent, 20, f"{sent} readings accepted")
         wait_until(lambda: _accepted(rig, "reading") == 600 + len(keep), 20, "all readings accepted")
         # (thinning runs right after the group's commit, so give the last group its moment)
         wait_until(lambda: rig.daemon.spool.size <= rig.cfg.spool_max_bytes, 5, "spool back under its bound")
@@ -59,8 +60,7 @@ def test_past_the_size_bound_routine_readings_are_thinned_and_reported(tmp_path,
         expected = 600 + n_keep - thinned
         rig.sub.wait(lambda ms: len(rig.readings()) >= expected, 20)
         rig.sub.wait(lambda ms: sum(r["detail"]["readings"] for r in rig.sub.on("gw1/event")) >= thinned, 10)
-        time.sleep(0.3)
-        ids = [r["id"] for r in rig.readings()]
+        ids = [r["id"] for r in rig.settle(b)]      # everything before this last reading: all there is
         assert len(ids) == len(set(ids)) == expected
         assert set(keep) <= set(ids)                 # non-routine readings are never thinned
         reports = rig.sub.on("gw1/event")
@@ -84,8 +84,8 @@ def test_full_disk_is_loud_accepts_nothing_and_recovers(tmp_path, mosquitto, cap
         while rig.rejected("spool_full") == 0 and sent < 3000:
             cable.send(a.reading())
             sent += 1
-            if sent % 20 == 0:
-                time.sleep(0.02)
+            if sent % 20 == 0:                       # each frame accepted or refused before more comes
+                wait_until(lambda: _accepted(rig, "reading") + rig.rejected("spool_full") >= sent, 10, "handled")
         wait_until(lambda: rig.rejected("spool_full") > 0, 10, "the spool fills up")
         # a big group may fail where one small frame still fits: fill the last corners one frame at a time
         for _ in range(200):
@@ -101,7 +101,7 @@ def test_full_disk_is_loud_accepts_nothing_and_recovers(tmp_path, mosquitto, cap
         raw = b.alarm(code=2)
         cable.send(raw)
         wait_until(lambda: rig.rejected("spool_full") > full_before, 10, "alarm refused while full")
-        time.sleep(0.3)
+        # (a refused group is counted after its acks would have been written: none can still come)
         assert [f for f in map(frame.decode, cable.downlinks()) if f["dev"] == b.dev] == []
         assert rig.runner.thread.is_alive() and rig.metric("gasguard_gateway_spool_errors_total") > 0
         with sqlite3.connect(rig.spool) as db:
@@ -142,8 +142,8 @@ def test_backlog_drains_while_a_new_alarm_goes_first(tmp_path, mosquitto):
         cable = rig.cables[0]
         for i in range(3000):
             cable.send(a.reading())
-            if i % 100 == 99:
-                time.sleep(0.02)
+            if i % 100 == 99:                        # the gateway keeps up with the pty before more comes
+                wait_until(lambda: _accepted(rig, "reading") == i + 1, 20, f"{i + 1} readings accepted")
         wait_until(lambda: _accepted(rig, "reading") == 3000, 20, "backlog spooled")
         mosquitto.start()
         rig.sub.wait(lambda ms: rig.readings(), 15)  # draining has begun

@@ -78,7 +78,7 @@ def tls_broker(tmp_path):
              f"listener {mtls} 127.0.0.1\ncafile {pki}/ca.pem\ncertfile {cert}\nkeyfile {key}\n"
              "require_certificate true\n")
     with Mosquitto(workdir=tmp_path / "broker", extra_config=extra) as b:
-        b.tls_port, b.mtls_port, b.pki = tls, mtls, pki
+        b.tls_port, b.mtls_port, b.pki, b.ca = tls, mtls, pki, ca
         yield b
 
 
@@ -145,3 +145,21 @@ def test_client_certificate(tmp_path, tls_broker, caplog):
         assert rig.runner.thread.is_alive() and not rig.daemon.publisher.connected
     finally:
         rig.close()
+
+
+def test_console_connects_with_tls_and_a_client_certificate_as_mosquitto_sub_does(tls_broker):
+    from click.testing import CliRunner
+
+    from gasguard.command.console_cli import command
+    pki = tls_broker.pki
+    issue(pki / "console", tls_broker.ca, "console", server=False)
+    base = ["list", "--json", "--wait", "0.2", "--timeout", "5", "-p", str(tls_broker.mtls_port),
+            "--cafile", f"{pki}/ca.pem"]
+    r = CliRunner().invoke(command, base + ["--cert", f"{pki}/console.pem", "--key", f"{pki}/console.key"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip() == "[]"
+    r = CliRunner().invoke(command, base)             # no client certificate: the broker says no
+    assert r.exit_code == 1 and "error:" in r.output
+    r = CliRunner().invoke(command, ["list", "--wait", "0", "--timeout", "5", "-p", str(tls_broker.tls_port),
+                                     "--cafile", f"{pki}/other-ca.pem"])
+    assert r.exit_code == 1 and "certificate verify failed" in r.output

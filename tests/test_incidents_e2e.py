@@ -4,6 +4,7 @@ mosquitto to the console's MQTT client on the district topic and on the city top
 
 import os
 
+from gasguard.authority.bootstrap import bootstrap
 from gasguard.gateway import config as gwconfig
 from gasguard.gateway import daemon as gwdaemon
 from gasguard.testing.config import write_config
@@ -11,7 +12,7 @@ from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.links import PtyCable
 from gasguard.testing.node import Node
 from gasguard.testing.subscriber import Subscriber
-from gasguard.command.console import CommandClient
+from gasguard.command.console import CommandClient, Signer
 from gasguard.registry import Device, Registry
 from gasguard.protocol import frame
 from grading_helpers import T0
@@ -30,23 +31,24 @@ def _setup(tmp_path, mosquitto):
                    households=4_000, upstream=station.dev, state="commissioned"),
         ])
     cable = PtyCable(tmp_path / "ttyGG0")
+    auth = bootstrap(tmp_path / "authority", "lixia", {"root": "admin", "wang": "operator"})
     cfg_path = write_config(
         tmp_path / "gateway.toml", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
         mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id="sub-017", district="lixia",
-        extra='[metrics]\ntick_interval = 0.1\n\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
+        extra=auth.gateway_toml() + '[metrics]\ntick_interval = 0.1\n\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
               'reporter_phone = "0531-00000000"\n')
-    return station, cable, gwconfig.load(cfg_path)
+    return station, cable, gwconfig.load(cfg_path), Signer("wang", auth.key("wang"))
 
 
 def test_station_trip_12000_households_escalates_until_acknowledged(tmp_path, mosquitto):
-    station, cable, cfg = _setup(tmp_path, mosquitto)
+    station, cable, cfg, signer = _setup(tmp_path, mosquitto)
     clock = {"t": T0}
     daemon = gwdaemon.Daemon(cfg, clock=lambda: clock["t"])
     raw = Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
     runner = DaemonThread(daemon)
     try:
         runner.wait_ports()        # a frame sent before the port is open is flushed by the open
-        with CommandClient("127.0.0.1", mosquitto.port, "lixia") as district, \
+        with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=signer) as district, \
                 CommandClient("127.0.0.1", mosquitto.port, "lixia", city=True) as city:
             # the slam-shut trips on under-pressure: valve closed and latched, PTRIP set
             state = frame.make_state(1, True, 0, False, False, True)
@@ -81,9 +83,9 @@ def test_station_trip_12000_households_escalates_until_acknowledged(tmp_path, mo
             assert city.wait_for(first["incident_id"], 10, lambda m: m["kind"] == "escalation")
 
             # the command acknowledges from the console: the gateway confirms, escalation stops
-            district.ack(first["incident_id"], "王值班", esc["revision"])
+            district.ack(first["incident_id"], None, esc["revision"], confirm=True)    # signed as wang
             acked = district.wait_for(first["incident_id"], 10, lambda m: bool(m["acked"]))
-            assert acked["acked"]["by"] == "王值班" and acked["escalation"] is None
+            assert acked["acked"]["by"] == "wang" and acked["escalation"] is None
             for minutes in (25, 45, 60, 120):
                 clock["t"] = first["detected_at"] + minutes * 60
                 runner.call(daemon.tick, clock["t"])

@@ -110,8 +110,9 @@ def test_the_daemon_logs_fields_in_the_configured_format(tmp_path, mosquitto, as
         node = rig.nodes[0]
         rig.cables[0].send(node.reading())
         sub.wait(lambda ms: any(t.endswith("/state") for t, _, _ in ms), 10)
-        sub.c.publish(f"{rig.root}/{node.dev:08x}/cmd", json.dumps(
-            {"request_id": "req-77", "cmd": "status"}), qos=1).wait_for_publish(5)
+        topic = f"{rig.root}/{node.dev:08x}/cmd"     # signed by the rig district's engineer (issue 14)
+        sub.c.publish(topic, rig.signed("eng", topic, {"request_id": "req-77", "cmd": "status"}),
+                      qos=1).wait_for_publish(5)
         wait_until(lambda: "timed out after" in gw.log() and "offline" in gw.log(), 20, "command timeout, offline")
         assert gw.terminate() == 0
     finally:
@@ -125,5 +126,6 @@ def test_the_daemon_logs_fields_in_the_configured_format(tmp_path, mosquitto, as
     assert any(r.get("port") == "ttyGG0" and "open" in r["msg"] for r in recs)
     queued = [r for r in recs if r["msg"].startswith("command status") and "queued" in r["msg"]]
     assert queued and queued[0]["device"] == dev and queued[0]["request"] == "req-77" and queued[0]["level"] == "info"
+    assert queued[0]["operator"] == "eng"
     assert any(r.get("device") == dev and r.get("request") == "req-77" and "timed out" in r["msg"] for r in recs)
     assert any(r.get("device") == dev and r["msg"].startswith("device offline") for r in recs)

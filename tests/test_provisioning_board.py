@@ -13,7 +13,8 @@ from gasguard.provisioning.board import Board
 from gasguard.provisioning.errors import ProvisioningError
 from gasguard.tools.sim.vboard_client import gas_raw
 
-from provisioning_helpers import capture, cli, cli_json, gateway_verifier, installed_board, new_device
+from gasguard.testing.waits import wait_until
+from provisioning_helpers import board_runs, capture, cli, cli_json, gateway_verifier, installed_board, new_device
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(180)]
 
@@ -70,7 +71,7 @@ def test_calibration_zero_and_span_with_stability_lands_on_board_and_in_registry
     with Registry(reg) as r:
         assert r.get(dev.dev_id).calibration["gas"] == g
     assert vb.ctl.request("info")["console"] == "firmware"      # rebooted into the firmware with it
-    time.sleep(2.5)
+    board_runs(vb, 2500)                                         # past the gas debounce (2 s)
     assert vb.ctl.get()["valve"] == 0                            # in clean air: no alarm, valve open
 
 
@@ -98,7 +99,7 @@ def test_selftest_strokes_the_valve_checks_sensors_and_the_link(setup):
     assert rep["passed"] and rep["checks"] == {"valve": True, "sensors": True, "link": True}
     assert vb.ctl.get()["valve"] == 0                            # stroked and opened again
     vb.ctl.set(gas=0)                                            # sensor unplugged: open circuit
-    time.sleep(1.5)
+    board_runs(vb, 1500)                                         # the firmware samples it as a fault
     code, out, _ = cli("device", "selftest", f"{dev.dev_id:08x}", "--port", vb.pty, "--json", registry=reg)
     assert code == 1 and json.loads(out)["checks"]["sensors"] is False
 
@@ -175,13 +176,12 @@ def test_the_firmware_watchdog_is_fed_while_the_technician_works_at_the_repl(set
     with Board(vb.pty, wdt_ms=1000) as b:        # a short watchdog so the test is quick
         b.repl()
         with b.keepalive():
-            time.sleep(2.5)                      # a technician fitting the calibration cap
+            board_runs(vb, 2500)                 # a technician fitting the calibration cap
         assert b.exec("print(1)").strip() == "1"
     assert vb.ctl.get()["wdt_resets"] == 0
     with Board(vb.pty, wdt_ms=1000) as b:        # the control: an unfed session is reset under our feet
         b.repl()
-        time.sleep(2.5)
-    assert vb.ctl.get()["wdt_resets"] == 1
+        wait_until(lambda: vb.ctl.get()["wdt_resets"] == 1, 10, "the watchdog resets an unfed session")
 
 
 def test_monitor_shows_an_alarm_and_the_nodes_log_line_as_they_happen(setup):
@@ -195,12 +195,9 @@ def test_monitor_shows_an_alarm_and_the_nodes_log_line_as_they_happen(setup):
 def test_selftest_never_strokes_open_a_valve_that_is_latched_shut(setup):
     reg, dev, vb = setup
     vb.ctl.set(gas=gas_raw(300))                                 # 30 % LEL: shut-off, latched
-    deadline = time.monotonic() + 15
-    while vb.ctl.get()["valve"] != 1:
-        assert time.monotonic() < deadline, "the node did not shut the valve"
-        time.sleep(0.2)
+    wait_until(lambda: vb.ctl.get()["valve"] == 1, 15, "the node shuts the valve", step=0.2)
     vb.ctl.set(gas=gas_raw(0))                                   # gas gone, but the latch holds
-    time.sleep(1)
+    board_runs(vb, 1000)
     rep = cli_json("device", "selftest", f"{dev.dev_id:08x}", "--port", vb.pty, registry=reg)
     assert rep["valve_latched"] and rep["checks"]["valve"]       # closed, as it must be
     assert vb.ctl.get()["valve"] == 1 and json.loads((vb.flash / "gg_state.json").read_text())["latched"]

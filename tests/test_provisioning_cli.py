@@ -78,6 +78,13 @@ def test_new_validates_site_data_and_never_prints_the_key(tmp_path):
     assert code == 2 and "never reused" in err
 
 
+@pytest.fixture(autouse=True)
+def _passphrases(monkeypatch):
+    """The authority key and bundles are encrypted (issue 14): the passphrases come from the environment."""
+    monkeypatch.setenv("GASGUARD_AUTHORITY_PASSPHRASE", "district authority passphrase")
+    monkeypatch.setenv("GASGUARD_BUNDLE_PASSPHRASE", "bundle passphrase")
+
+
 def _bundle_setup(tmp_path):
     reg = tmp_path / "tech.db"
     a = new_device(reg)
@@ -89,10 +96,11 @@ def _bundle_setup(tmp_path):
 
 def test_signed_bundle_loads_into_a_gateway_registry(tmp_path):
     reg, a, b, auth = _bundle_setup(tmp_path)
-    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600 and b"ENCRYPTED PRIVATE KEY" in auth.read_bytes()
     out = tmp_path / "district.bundle"
     rep = cli_json("device", "export", "--out", str(out), "--authority", str(auth), registry=reg)
     assert rep["devices"] == 2 and stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert a.key.hex().encode() not in out.read_bytes()          # sealed: no device key readable in the file
     gw = tmp_path / "gw.db"
     pub = str(auth.with_name("authority.pub.pem"))
     code, o, e = cli("gateway", "import-registry", str(out), "--registry", str(gw), "--trust", pub, "--json")
@@ -103,13 +111,31 @@ def test_signed_bundle_loads_into_a_gateway_registry(tmp_path):
     # the same bundle again is stale: it could bring back a rotated key
     code, _, e = cli("gateway", "import-registry", str(out), "--registry", str(gw), "--trust", pub)
     assert code == 2 and "not after the bundle already loaded" in e
+    # the gateway's record: each new device, and the refusal
+    from gasguard.authority import audit as A
+    recs = A.show(tmp_path / "audit", category="registry")
+    assert [r["type"] for r in recs] == ["device_added", "device_added", "bundle_loaded", "bundle_refused"]
+
+
+def test_a_bundle_needs_its_passphrase_and_the_authority_key_its_own(tmp_path, monkeypatch):
+    reg, a, b, auth = _bundle_setup(tmp_path)
+    out = tmp_path / "district.bundle"
+    cli_json("device", "export", "--out", str(out), "--authority", str(auth), registry=reg)
+    pub = str(auth.with_name("authority.pub.pem"))
+    monkeypatch.setenv("GASGUARD_BUNDLE_PASSPHRASE", "guessed")
+    code, _, e = cli("gateway", "import-registry", str(out), "--registry", str(tmp_path / "gw.db"), "--trust", pub)
+    assert code == 2 and "wrong passphrase" in e
+    monkeypatch.setenv("GASGUARD_AUTHORITY_PASSPHRASE", "guessed")
+    code, _, e = cli("device", "export", "--out", str(tmp_path / "x.bundle"), "--authority", str(auth), registry=reg)
+    assert code == 2 and "wrong passphrase" in e and not (tmp_path / "x.bundle").exists()
 
 
 def test_tampered_or_foreign_bundles_are_refused_and_change_nothing(tmp_path):
     reg, a, _, auth = _bundle_setup(tmp_path)
     out = tmp_path / "district.bundle"
     cli_json("device", "export", "--out", str(out), "--authority", str(auth), registry=reg)
-    doc = json.loads(out.read_text())
+    from gasguard.authority.secretfile import unseal
+    doc = json.loads(unseal(out.read_bytes(), b"bundle passphrase"))   # the insider who knows the passphrase
     body = json.loads(base64.b64decode(doc["payload"]))
     body["devices"][0]["key"] = "00" * 16                        # an attacker's key for a real device
     doc["payload"] = base64.b64encode(json.dumps(body, sort_keys=True).encode()).decode()

@@ -11,7 +11,7 @@ from gasguard.provisioning.board import Board
 from gasguard.provisioning.image import device_files
 from gasguard.tools.sim.vboard_client import VBoardProcess
 
-from provisioning_helpers import capture, cli, cli_json, gateway_verifier
+from provisioning_helpers import board_runs, capture, cli, cli_json, gateway_verifier
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(180)]
 
@@ -41,7 +41,7 @@ def test_new_then_flash_compiled_boots_with_the_new_identity_and_the_gateway_ver
         v = gateway_verifier(reg).check(frames[0], time.time())
         assert v.device.dev_id == int(dev, 16) and v.f["type"] == "event"
         # the REPL is reached again after .mpy firmware has run a while (Board.repl's clean-answer check)
-        time.sleep(3)
+        board_runs(vb, 3000)
         got = cli_json("device", "config", dev, "--port", vb.pty, registry=reg)
         assert got["params"]["gas_l2"] == 250 and got["source"]["gas_l2"] == "default"
     with Registry(reg) as r:

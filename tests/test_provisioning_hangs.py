@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gasguard.provisioning import flashing, identity
-from gasguard.provisioning.board import HANDSHAKE_S, Board
+from gasguard.provisioning.board import Board
 from gasguard.provisioning.errors import ProvisioningError
 from gasguard.registry import Registry
 from gasguard.testing.links import PtyCable
@@ -65,9 +65,12 @@ def rom(tmp_path):
     r.close()
 
 
+SILENT, ROM = ("silent", "nothing answered"), ("rom", "prints the ESP32 boot ROM")
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("port_kind, says", [("silent", "nothing answered"), ("rom", "prints the ESP32 boot ROM")])
-@pytest.mark.parametrize("command", [("flash", "--json"), ("selftest", "--json"), ("config", "--json")])
+@pytest.mark.parametrize("port_kind, says, command", [      # the cases of issue 18: each one waits its 10 s
+    (*SILENT, ("flash", "--json")), (*ROM, ("flash", "--json")), (*ROM, ("selftest", "--json"))])
 def test_a_port_without_micropython_fails_within_10_s_saying_what_to_check(tmp_path, request, port_kind, says,
                                                                             command):
     port = request.getfixturevalue(port_kind)
@@ -77,7 +80,7 @@ def test_a_port_without_micropython_fails_within_10_s_saying_what_to_check(tmp_p
     code, out, err = cli("device", command[0], f"{dev.dev_id:08x}", "--port", port, *command[1:], registry=reg)
     took = time.monotonic() - t0
     assert code == 1, out + err
-    assert took < HANDSHAKE_S + 5, f"took {took:.1f} s"       # 10 s, and some room for a loaded CI machine
+    assert took < 10.0, f"took {took:.1f} s"                  # the whole command, not only the handshake
     doc = json.loads(out)                                      # --json: one object on stdout, nothing else
     assert doc["ok"] is False and says in doc["error"], doc
     if port_kind == "silent":

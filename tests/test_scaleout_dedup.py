@@ -4,7 +4,6 @@ alarms with a shared subscription and a shared FrameDedup, so each alarm frame r
 
 import random
 import threading
-import time
 from types import SimpleNamespace
 
 import paho.mqtt.client as mqtt
@@ -15,6 +14,7 @@ from gasguard.command.dedup import FrameDedup, frame_key
 from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.node import Node, make_registry
 from gasguard.testing.mosquitto import free_port
+from gasguard.testing.waits import wait_until
 from gasguard.tools.sim.fleet_node import Radio
 from gasguard.tools.sim.fleet_transport import OverlapTransport, UdpTransport
 
@@ -62,10 +62,8 @@ def test_two_gateways_overlapping_nodes_one_alarm_each_at_the_command(mosquitto,
         ports.append(port)
     consumers = [Consumer(mosquitto.port, str(tmp_path / "dedup.db"), f"cmd{i}") for i in range(2)]
     try:
-        deadline = time.monotonic() + 10
-        while not all(g.daemon.udp is not None and g.daemon.publisher.connected for g in gws):
-            assert time.monotonic() < deadline, "gateways did not start"
-            time.sleep(0.02)
+        wait_until(lambda: all(g.daemon.udp is not None and g.daemon.publisher.connected for g in gws), 10,
+                   "gateways start")
         tr = OverlapTransport([UdpTransport(f"127.0.0.1:{p}", keepalive_s=3600) for p in ports], overlap=0.5)
         rng = random.Random(1)
         tr.send([(n.alarm(), SimpleNamespace(dev=n.dev, radio=Radio(rng))) for n in nodes])
@@ -75,11 +73,11 @@ def test_two_gateways_overlapping_nodes_one_alarm_each_at_the_command(mosquitto,
         def done():
             with consumers[0].lock, consumers[1].lock:
                 return sum(len(c.raw) for c in consumers) >= N + twice
-        deadline = time.monotonic() + 20
-        while not done():
-            assert time.monotonic() < deadline, f"got {[len(c.raw) for c in consumers]} of {N + twice} messages"
-            time.sleep(0.05)
-        time.sleep(0.3)   # nothing more should come
+        # every alarm both gateways accepted is PUBACKed: that is all the broker will ever deliver, so once
+        # the consumers hold as many, nothing more can come
+        wait_until(lambda: sum(g.daemon.metrics.value("gasguard_gateway_published_total", lane="alarm")
+                               for g in gws) == N + twice, 20, "both gateways' alarms PUBACKed")
+        wait_until(done, 20, f"{N + twice} messages at the consumers")
         raw = [d for c in consumers for d in c.raw]
         kept = [d for c in consumers for d in c.kept]
         assert len(raw) == N + twice                          # both gateways published the overlapping frames

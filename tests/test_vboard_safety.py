@@ -11,6 +11,7 @@ import pytest
 import serial
 
 from gasguard.protocol import const, frame, framing
+from gasguard.testing.waits import wait_until
 from gasguard.tools.sim.vboard_client import VBoardProcess, gas_raw, install
 
 pytestmark = pytest.mark.micropython
@@ -62,10 +63,8 @@ class Port:
         self.ser.write(data)
         self.ser.flush()
         self.written += len(data)
-        deadline = time.monotonic() + 5
-        while self.ctl.get()["uart"]["rx_to_board"] < self.written:
-            assert time.monotonic() < deadline, "the board's UART did not receive the bytes"
-            time.sleep(0.01)
+        wait_until(lambda: self.ctl.get()["uart"]["rx_to_board"] >= self.written, 5,
+                   "the board's UART receives the bytes", step=0.01)
 
     def command(self, cmd, cid, args=b"", key=KEY, fcnt=None):
         if fcnt is None:

@@ -1,8 +1,9 @@
 """The web console in a real headless Chromium, end to end. One browser for the module.
 
 - a substation working alone: a signed leak frame over a real pty into the real gateway daemon (grading
-  plugin on), its incident through a real mosquitto onto the board of a logged-in operator within 2 s, who
-  acknowledges it; the gateway confirms and the audit record names the operator;
+  plugin on, the district's authority configured), its incident through a real mosquitto onto the board of
+  a logged-in operator within 2 s, who acknowledges it; the console signs on their behalf, the gateway
+  verifies and confirms, and its hash-chained audit record names the operator (and the console's too);
 - a district: the same frame through a plain gateway to the real command service (leader, SQLite store,
   the authority's Gate), read from its store; the acknowledgement signed by the console on behalf of the
   operator, verified and applied by the leader, whose hash-chained audit record names them;
@@ -35,7 +36,7 @@ OPERATOR, PASSWORD = "wang.li", "correct horse battery"
 LEAK_SITE = "文化东路12号 3单元 502室 (Wenhua East Road 12, unit 3, flat 502)"
 
 
-def _gateway(tmp_path, mosquitto, grading=True):
+def _gateway(tmp_path, mosquitto, grading=True, authority=None):
     """A home and its regulator station in the registry, a pty cable, the gateway's configuration: grading
     plugin on (a substation working alone) or off (a district: the command service grades)."""
     station, home = Node(0xA001), Node(0x100001)
@@ -53,7 +54,8 @@ def _gateway(tmp_path, mosquitto, grading=True):
         tmp_path / "gateway.toml", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
         mqtt_port=mosquitto.port, serial=[str(cable.link)], gateway_id="sub-017", district="lixia",
         extra='[metrics]\ntick_interval = 0.1\n' + ('\n[plugins.grading]\nreporter_unit = "历下区住房和城乡建设局"\n'
-                                                  if grading else "")))
+                                                  if grading else "")
+        + (f'\n[authority]\nroster = "{authority.roster}"\ntrust = "{authority.trust}"\n' if authority else "")))
     return home, cable, cfg
 
 
@@ -67,11 +69,14 @@ def _login(browser, url, operator=OPERATOR, password=PASSWORD):
 
 
 def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tmp_path, mosquitto, chromium):
-    home, cable, cfg = _gateway(tmp_path, mosquitto)
+    from gasguard.authority import audit
+    from gasguard.testing.webconsole import Authority
+    auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
+    home, cable, cfg = _gateway(tmp_path, mosquitto, authority=auth)    # the gateway checks signatures
     daemon_sub = Subscriber(mosquitto.port, "gasguard/v1/lixia/command/incident/+")
     runner = DaemonThread(Daemon(cfg))
     source = MqttSource("127.0.0.1", mosquitto.port, "lixia").start(10)
-    acting = RecordingActing({OPERATOR: {"name": "王丽", "role": "operator"}})
+    acting = auth.acting()
     book = new_password_file(tmp_path / "console-passwords.json", OPERATOR, PASSWORD, quick_hasher())
     app = create_app(WebConfig(district="lixia"), source, acting, book)
     try:
@@ -81,7 +86,7 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             _login(chromium, web.url, password="wrong")
             chromium.wait_css("#login-error", 5, "wrong")                 # refused, and said so
             _login(chromium, web.url)
-            chromium.wait_css("#live.on", 5)                               # the board's event stream is up
+            chromium.wait_css("#live.on", 10)                              # the board's event stream is up
             assert chromium.wait_css("#empty", 2)[0].is_displayed()
 
             sent = time.monotonic()
@@ -96,8 +101,8 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             confirm = chromium.wait_css("#confirm-ack", 5)[0]
             assert OPERATOR in confirm.text
             confirm.click()                                               # ... acts on the confirmation
-            flash = chromium.wait_css("#flash", 12, "confirmed")[0]
-            assert "Acknowledged" in flash.text
+            flash = chromium.wait_css("#flash", 15, "confirmed")[0]
+            assert "confirmed at revision" in flash.text, flash.text          # not "NOT confirmed"
             row = chromium.wait_css("#rows tr[data-state=acknowledged]", 3)[0]
             assert OPERATOR in row.text and "acked in time" in row.text   # deadlines stop counting
 
@@ -105,10 +110,15 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             pubs = daemon_sub.wait(lambda ms: [d for _, d, _ in ms if d.get("acked")], 5)
             assert pubs[-1]["acked"]["by"] == OPERATOR
             iid = pubs[-1]["incident_id"]
-            acks = [r for r in acting.records if r["type"] == "ack"]
-            assert [(r["operator"], r["outcome"], r["incident"]) for r in acks] == [(OPERATOR, "done", iid)]
-            logins = [(r["operator"], r["outcome"]) for r in acting.records if r["type"] == "login"]
-            assert logins == [(OPERATOR, "refused"), (OPERATOR, "allowed")]
+            # the gateway verified the console's signature for the operator: its audit record names them
+            recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+                    for r in audit.show(tmp_path / "audit", category="incident")]
+            assert ("ack", "allowed", OPERATOR, auth.console_id) in recs
+            assert audit.verify(tmp_path / "audit")["ok"]
+            # and the console's own record: the refused login, the login, the act
+            console = [(r["type"], r["outcome"], r["source"].get("operator")) for r in auth.records()]
+            assert [c for c in console if c[0] in ("login", "ack")] == [
+                ("login", "refused", OPERATOR), ("login", "allowed", OPERATOR), ("ack", "done", OPERATOR)]
             print(f"leak frame -> board row: {seen_s * 1000:.0f} ms")
             chromium.reset()
     finally:
@@ -146,17 +156,20 @@ def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_
         with WebServer(app) as web:
             chromium.reset()
             _login(chromium, web.url)
-            chromium.wait_css("#live.on", 5)
+            chromium.wait_css("#live.on", 10)
             sent = time.monotonic()
             cable.send(home.alarm(code=2, value=300))
             row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]
             print(f"leak frame -> service -> store -> board row: {(time.monotonic() - sent) * 1000:.0f} ms")
             row.find_element("css selector", ".ack-button").click()
             chromium.wait_css("#confirm-ack", 5)[0].click()
-            chromium.wait_css("#flash", 12, "confirmed")
+            flash = chromium.wait_css("#flash", 15, "confirmed")[0]
+            assert "confirmed at revision" in flash.text, flash.text
             chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
+            iid = source.snapshot()[0]["incident_id"]
+            chromium.driver.get(f"{web.url}/incidents/{iid}")             # the service's journal names them
+            chromium.wait_css("#journal tr", 5, OPERATOR)
             chromium.reset()
-        iid = source.snapshot()[0]["incident_id"]
         assert [a["outcome"] for a in svc.store.get_incident(iid)["acks"]] == ["accepted"]
         recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
                 for r in audit.show(auth.dir / "audit-command", category="incident")]

@@ -334,6 +334,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         return page(request, "incident.html", status, m=m, row=A.board_row(m, now, shelf), lang=lang,
                     en_rows=report_en.rows(m, con.fmt_time), svg=svg,
                     timeline=m["report"]["what_happened"]["timeline"], notes=m["report"].get("notes", []),
+                    journal=source.journal(m["incident_id"]) if hasattr(source, "journal") else None,
                     errors=extra.pop("errors", {}), values=extra.pop("values", {}), **extra)
 
     async def incident_page(request: Request):

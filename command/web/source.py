@@ -52,6 +52,7 @@ class IncidentSource(Protocol):
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
     def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause", "gateway"}
+    # optional: journal(incident_id) -> [{"t", "category", "who", "text"}], the service's record of who did what
 
 
 class ReadingFeed:
@@ -294,6 +295,14 @@ class StoreSource:
 
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str:
         return self._submit("input", incident_id, request, timeout)
+
+    def journal(self, incident_id: str) -> list[dict]:
+        """Every state change of the incident the service journaled, with who: {t, category, who, text}."""
+        try:
+            return self.store.journal(incident_id=incident_id, limit=500)
+        except Exception:  # noqa: BLE001 - the page shows the report without it; the poll counts errors
+            self.errors += 1
+            return []
 
     def readings(self, dev: str, since: float) -> list[dict]:
         return self.feed.readings(dev, since) if self.feed else []

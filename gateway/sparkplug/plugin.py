@@ -18,6 +18,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from gasguard.brokers import Endpoint, FailoverClient
+
 from ..plugin import Plugin, PluginContext
 from .edge import EdgeNode, Msg
 from .store import EdgeStore
@@ -186,7 +188,9 @@ class SparkplugPlugin(Plugin):
 
 
 def _client(m: dict, client_id: str) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    # the gateway's broker list (gasguard.brokers): a reconnect goes to the next cluster node, as the publisher's
+    eps = m.get("brokers") or [Endpoint(m.get("host", "127.0.0.1"), m.get("port", 1883))]
+    c = FailoverClient(eps, mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
     c.reconnect_delay_set(min_delay=max(1, int(m.get("reconnect_min", 1))), max_delay=int(m.get("reconnect_max", 30)))
     if m.get("username"):
         c.username_pw_set(m["username"], m.get("password"))

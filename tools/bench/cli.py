@@ -7,12 +7,15 @@ import click
 from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
+from gasguard.tools.bench.authority import authority_bench
 from gasguard.tools.bench.firmware import firmware_bench
 from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
 from gasguard.tools.bench.web import web_bench
+from gasguard.tools.bench.failover import failover_bench
+from gasguard.tools.bench.peers import peers_bench
 
 
 @click.group()
@@ -94,12 +97,15 @@ def fuzz(inputs, seed, as_json):
 
 
 bench.add_command(fleet_bench)
+bench.add_command(authority_bench)
 bench.add_command(firmware_bench)
 bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
 bench.add_command(web_bench)
+bench.add_command(peers_bench)
+bench.add_command(failover_bench)
 
 
 @bench.command("dashboard")
@@ -122,4 +128,3 @@ def dashboard_cmd(out, seconds, keep):
     click.echo(json.dumps(rep, indent=1))
     click.echo(f"{len(rep['panels']) - len(empty)} of {len(rep['panels'])} panels with data; without: "
                f"{', '.join(empty) or 'none'}", err=True)
-

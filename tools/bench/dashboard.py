@@ -7,7 +7,9 @@ frames with a bad MIC, a pulled cable, the broker stopped and started); a real P
 it every second with the alert rules loaded; then every panel's own PromQL from the dashboard JSON is run
 against that Prometheus (query_range) and drawn with matplotlib where the JSON places it (gridPos). Stat
 panels show the last value with the JSON's thresholds and value mappings; timeseries their series with the
-JSON's legend format. The command row is empty unless a command service is scraped (job gasguard-command).
+JSON's legend format. The district command service (`gasguard command serve`, same drill clock) runs beside
+it, scraped as job gasguard-command, so the command row has data too; the gateway's own grading plugin is on
+as well (a standalone substation's panels), which a real district would not do (two graders).
 
 Needs: prometheus (apt-get install prometheus), mosquitto, matplotlib (pip install matplotlib==3.11.2, pinned
 in requirements.lock; `pip install -e '.[docs]'`).
@@ -82,20 +84,31 @@ class Drill:
         self.nodes = [Node(0x00D10000 + i) for i in range(6)]
         make_registry(self.work / "registry.db", self.nodes)
         self.cables = [PtyCable(self.work / f"ttyGG{i}") for i in range(2)]
-        self.metrics_port, self.prom_port = free_port(), free_port()
+        self.metrics_port, self.prom_port, self.cmd_port = free_port(), free_port(), free_port()
         cfg = write_config(self.work / "gateway.toml", registry=self.work / "registry.db",
                            spool=self.work / "spool.db", mqtt_port=self.broker.port,
                            serial=[str(c.link) for c in self.cables], gateway_id="sub-017", district="lixia",
                            extra=f'[metrics]\nbind = "127.0.0.1:{self.metrics_port}"\ntick_interval = 0.2\n'
                                  '[batch]\ndelay = 0.2\n[plugins]\ngrading = true\n')
         self.gw_log = open(self.work / "gateway.log", "wb")
+        t0 = time.time()            # the drill clock both services share
         self.procs.append(subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg),
-                                            "--clock", "speed=60"], stdout=self.gw_log, stderr=subprocess.STDOUT))
+                                            "--clock", "speed=60", "--t0", repr(t0)], stdout=self.gw_log,
+                                           stderr=subprocess.STDOUT))
+        (self.work / "command.toml").write_text('[command]\ndistrict = "lixia"\ninstance = "cmd-a"\n')
+        self.cmd_log = open(self.work / "command.log", "wb")
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "gasguard.cli", "command", "serve", "--config", str(self.work / "command.toml"),
+             "--store", f"sqlite:///{self.work / 'command.db'}", "--registry", str(self.work / "registry.db"),
+             "--mqtt", f"127.0.0.1:{self.broker.port}", "--metrics", f"127.0.0.1:{self.cmd_port}",
+             "--clock", "speed=60", "--t0", repr(t0)], stdout=self.cmd_log, stderr=subprocess.STDOUT))
         (self.work / "prometheus.yml").write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             f"rule_files:\n  - {RULES}\n"
             "scrape_configs:\n  - job_name: gasguard-gateway\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{self.metrics_port}']\n")
+            f"      - targets: ['127.0.0.1:{self.metrics_port}']\n"
+            "  - job_name: gasguard-command\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{self.cmd_port}']\n")
         prom = shutil.which("prometheus") or "/usr/bin/prometheus"
         self.prom_log = open(self.work / "prometheus.log", "wb")
         self.procs.append(subprocess.Popen(
@@ -104,8 +117,8 @@ class Drill:
         self.api = f"http://127.0.0.1:{self.prom_port}/api/v1"
         _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).status == 200,
               30, "gateway metrics endpoint")
-        _wait(lambda: any(t["health"] == "up" for t in _get(f"{self.api}/targets")["data"]["activeTargets"]),
-              60, "Prometheus scrapes the gateway")
+        _wait(lambda: all(t["health"] == "up" for t in _get(f"{self.api}/targets")["data"]["activeTargets"]),
+              60, "Prometheus scrapes the gateway and the command service")
         self.log(f"gateway metrics on :{self.metrics_port}, Prometheus on :{self.prom_port}, broker "
                  f"on :{self.broker.port}")
 
@@ -163,14 +176,14 @@ class Drill:
             c.close()
         if getattr(self, "broker", None):
             self.broker.stop()
-        for f in (getattr(self, "gw_log", None), getattr(self, "prom_log", None)):
+        for f in (getattr(self, "gw_log", None), getattr(self, "prom_log", None), getattr(self, "cmd_log", None)):
             if f:
                 f.close()
 
 
 def _fmt(v: float, unit: str | None) -> str:
     if unit == "percentunit":
-        return f"{v:.0%}"
+        return f"{v:.0%}" if abs(v) >= 0.1 or v == 0 else f"{v * 100:.2g}%"
     if unit == "bytes":
         return f"{v / 1e6:.0f} MB"
     if unit == "s":
@@ -211,11 +224,15 @@ def render(dash: dict, data: dict, out: Path, note: str) -> None:
         if p["type"] == "row":
             fig.text(x, y + h / 2, p["title"], color=TEXT, fontsize=12, weight="bold", va="center")
             continue
-        ax = fig.add_axes((x, y, w, h))
+        # the panel: its background and title, then the plot inset (room for the axis labels inside it)
+        fig.patches.append(Rectangle((x, y), w, h, transform=fig.transFigure, color=PANEL, zorder=-10))
+        fig.text(x + 6 / W, y + h - 4 / H, p["title"], color=TEXT, fontsize=9.5, va="top", ha="left")
+        left = 58 / W if p["type"] == "timeseries" else 6 / W
+        bottom = 20 / H if p["type"] == "timeseries" else 6 / H
+        ax = fig.add_axes((x + left, y + bottom, w - left - 8 / W, h - bottom - 24 / H))
         ax.set_facecolor(PANEL)
         for s in ax.spines.values():
             s.set_color(GRID)
-        ax.set_title(p["title"], color=TEXT, fontsize=9.5, loc="left", pad=4)
         d = p["fieldConfig"]["defaults"]
         series = data.get(p["id"], [])
         if p["type"] == "stat":
@@ -300,7 +317,7 @@ def capture(out: Path, seconds: float = 150.0, keep: bool = False, log=print) ->
             summary[p["title"]] = len(got)
         render(dash, data, out, f"rendered by tools/bench/dashboard.py from {DASHBOARD.relative_to(ROOT)}: each "
                                 f"panel's PromQL on a real Prometheus scraping a real gateway drill "
-                                f"({seconds:.0f} s, clock speed=60); not Grafana")
+                                f"and the command service ({seconds:.0f} s, clock speed=60); not Grafana")
         return {"out": str(out), "panels": summary, "work": str(work) if keep else None}
     finally:
         drill.stop()

@@ -115,7 +115,7 @@ class Fuzz:
         self.t = time.time()
         # the grading plugin (incident engine and its command-side topics), without its state file: a JSON
         # dump with fsync per change would be the whole cost of the run, and it is not an input path
-        grading = GradingPlugin({"district": "d1", "gateway_id": "gw1"}, state_path=None)
+        grading = GradingPlugin({"district": "d1", "gateway_id": "gw1"}, state_path=None, keep_state=False)
         self.d = Daemon(self.cfg, clock=lambda: self.t, plugins=[grading])
         self.d.ingest.start()                       # its queue, drained by `_drain` below (no event loop runs)
         self.udp = SemtechUDP(self.d._deliver_nowait, self.d.metrics, self.d.burst)

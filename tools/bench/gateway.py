@@ -53,7 +53,8 @@ def _cfg(d: Path, port: int, **kw):
     from gasguard.gateway.config import Config
     base = dict(gateway_id="bench", district="d1", registry=d / "registry.db", spool=d / "spool.db",
                 mqtt_port=port, mqtt_client_id=f"bench-{os.getpid()}-{time.monotonic_ns()}",
-                batch_delay=0.05, rate_burst=60, spool_max_bytes=8 << 30, offline_after=900.0)
+                batch_delay=0.05, rate_burst=60, spool_max_bytes=8 << 30, offline_after=900.0,
+                verify_worker=(os.cpu_count() or 1) >= 2)    # as `gateway run` does by default: the second core
     base.update(kw)
     return Config(**base)
 
@@ -120,8 +121,10 @@ async def _until(pred, timeout, what):
 
 
 def _fresh(d: Path):
-    for p in d.glob("spool.db*"):
-        p.unlink()
+    # a new spool on purpose: its marker goes too (gateway/README.md, "A lost spool is loud")
+    from gasguard.gateway.spool import marker_path
+    for p in [*d.glob("spool.db*"), marker_path(d / "spool.db")]:
+        p.unlink(missing_ok=True)
 
 
 RX = {"transport": "bench"}

@@ -27,7 +27,10 @@ GG = str(Path(sys.executable).parent / "gasguard")
 def main(out: str) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gg-transcript-"))
     env = dict(os.environ, GASGUARD_REGISTRY=str(tmp / "registry.db"),
-               GASGUARD_AUTHORITY=str(tmp / "authority.pem"), COLUMNS="100")
+               GASGUARD_AUTHORITY=str(tmp / "authority.pem"), COLUMNS="100",
+               # the authority key and bundles are encrypted; a person types these at the prompt
+               GASGUARD_AUTHORITY_PASSPHRASE="transcript authority passphrase",
+               GASGUARD_BUNDLE_PASSPHRASE="transcript bundle passphrase")
     lines = ["# A provisioning run against the virtual board", "",
              "Recorded by `python -m gasguard.tools.demo.provisioning_transcript` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. The registry and the authority key are",

@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.authority.bootstrap import bootstrap
+from gasguard.command.console import CommandClient, ConsoleError, Signer
 from gasguard.gateway.clock import SpeedClock
 from gasguard.registry import Device, Registry
 
@@ -53,7 +54,9 @@ from gasguard.tools.sim.vboard_client import VBoardError, VBoardProcess, gas_raw
 
 DISTRICT = "lixia"
 GATEWAY = "sub-017"
-OPERATOR = "值班员 (demo)"
+OPERATOR = "duty.demo"         # the demo's duty operator (roster id); acknowledgements are signed with its key
+# the demo's own district authority and roster (issue 14): gateway and command service refuse unsigned acts
+DEMO_PEOPLE = {"admin.demo": "admin", OPERATOR: "operator", "engineer.demo": "engineer"}
 BOARD_BASE = 0x03F00001          # household ids the generator never uses (it counts up from 0x03000001)
 TRIP_MIN, TRIP_MAX = 12_000, 29_000   # plan 1.6.2.3(2): 10,000 to < 30,000 households cut off is level III
 PRESSURE_FS = 10_000             # the household transducer's full scale (firmware default, Pa)
@@ -152,7 +155,7 @@ def build_district(path: Path, opts: DemoOptions) -> DemoDistrict:
     return DemoDistrict(devs, feeder, cut, boards)
 
 
-def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: list[str]) -> Path:
+def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: list[str], authority: str = "") -> Path:
     ports = "".join(f'[[serial]]\nport = "{p}"\n\n' for p in serial)
     path.write_text(
         f'# written by the demo (tools/demo/run.py)\n[gateway]\nid = "{GATEWAY}"\ndistrict = "{DISTRICT}"\n'
@@ -164,11 +167,11 @@ def gateway_toml(path: Path, *, registry: Path, spool: Path, port: int, serial: 
         # batch delay 0: a partial batch goes at once (a 1 s wait is minutes of demo time, and the publisher
         # re-polls a waiting partial batch without sleeping, which costs the gateway most of a core)
         '[spool]\nsynchronous = "NORMAL"\n\n[batch]\ndelay = 0\n\n'
-        '[metrics]\ntick_interval = 0.2\nstats_interval = 60\n')
+        '[metrics]\ntick_interval = 0.2\nstats_interval = 60\n\n' + authority)
     return path
 
 
-def command_toml(path: Path, *, registry: Path, store: Path, port: int) -> Path:
+def command_toml(path: Path, *, registry: Path, store: Path, port: int, authority=None) -> Path:
     """The district command service's configuration (command/README.md): SQLite store, no server needed."""
     path.write_text(
         f'# written by the demo (tools/demo/run.py)\n[command]\ndistrict = "{DISTRICT}"\nstore = "sqlite:///{store}"\n'
@@ -177,7 +180,11 @@ def command_toml(path: Path, *, registry: Path, store: Path, port: int) -> Path:
         'tick_interval = 0.2\n\n'
         f'[command.mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n'
         '[grading]\nreporter_unit = "历下区住房和城乡建设局"\nreporter_name = "GasGuard demo"\n'
-        'reporter_phone = "0531-00000000"\n')
+        'reporter_phone = "0531-00000000"\n' +
+        # acts verified against the demo's roster (command/acts.py), audited next to the store
+        (f'\n[authority]\nroster = "{authority.roster}"\ntrust = "{authority.trust}"\n'
+         f'replay = "{store.with_name("command-replay.db")}"\naudit = "{store.with_name("command-audit")}"\n'
+         if authority else ""))
     return path
 
 
@@ -305,7 +312,11 @@ class Demo:
             vb.ctl.set(gas=gas_raw(5), pressure=pressure_raw(SERVICE_PA, PRESSURE_FS))
             self.say(f"virtual board {i + 1}: real firmware in MicroPython (pid {vb.proc.pid}), dev "
                      f"{dev.dev_id:08x} on {vb.pty}, fed by {self._station(dev.upstream).site_name}")
-        ccfg = command_toml(self.dir / "command.toml", registry=reg, store=self.dir / "command.db", port=self.port)
+        self.authority = bootstrap(self.dir / "authority", DISTRICT, DEMO_PEOPLE)
+        self.say(f"operators: {', '.join(f'{p} ({r})' for p, r in DEMO_PEOPLE.items())}, roster signed by the demo's "
+                 f"district authority in {self.authority.dir}")
+        ccfg = command_toml(self.dir / "command.toml", registry=reg, store=self.dir / "command.db", port=self.port,
+                            authority=self.authority)
         self.command_log = open(self.dir / "command.log", "wb")
         # the district command service on the same drill clock, dying with the demo like the gateway
         self.command = subprocess.Popen(
@@ -317,7 +328,8 @@ class Demo:
                  f"{self.dir / 'command.db'} (pid {self.command.pid}), log {self.dir / 'command.log'}")
         self.pty = PtyTransport()
         cfg = gateway_toml(self.dir / "gateway.toml", registry=reg, spool=self.dir / "spool.db", port=self.port,
-                           serial=[self.pty.port] + [b.pty for b in self.boards])
+                           serial=[self.pty.port] + [b.pty for b in self.boards],
+                           authority=self.authority.gateway_toml())
         self.gateway_log = open(self.dir / "gateway.log", "wb")
         # the real command on a drill clock, through broker --exec so that it dies with the demo (PDEATHSIG)
         self.gateway = subprocess.Popen(
@@ -327,7 +339,8 @@ class Demo:
         self._wait_log(self.gateway, "gateway.log", "connected to mqtt broker", "the gateway")
         self.say(f"gateway {GATEWAY}: the real daemon, grading off as in a district (pid {self.gateway.pid}), "
                  f"{1 + len(self.boards)} serial lines, log {self.dir / 'gateway.log'}")
-        self.district_client = _Client("127.0.0.1", self.port, DISTRICT, on_update=self._update).connect(10)
+        self.district_client = _Client("127.0.0.1", self.port, DISTRICT, on_update=self._update,
+                                       signer=Signer(OPERATOR, self.authority.key(OPERATOR))).connect(10)
         self.city_client = _Client("127.0.0.1", self.port, DISTRICT, city=True, on_update=self._update).connect(10)
         self.view.attach(self)
         self.fleet = Fleet(device_nodes(self.world.devices, o.seed), self.pty, seed=o.seed, speed=o.speed)

@@ -1,0 +1,119 @@
+"""Broker failover (issue 17): `[mqtt] brokers` lists a cluster's nodes; a failed connect or a lost
+connection moves the gateway to the next node, and what the dead node did not PUBACK reaches the next one
+from the spool. Real mosquittos here (independent brokers: the next node is simply another broker); the
+clustered broker with a consumer that must see every reading exactly once is tests/test_broker_cluster.py."""
+
+import time
+
+import pytest
+
+from gasguard.brokers import Endpoint, EndpointError, FailoverClient, endpoints_from, parse_endpoint
+from gasguard.gateway.config import ConfigError, parse
+from gasguard.gateway.daemon import Daemon
+from gasguard.gateway.config import Config
+from gasguard.testing.gateway import DaemonThread
+from gasguard.testing.node import Node, make_registry
+from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.mosquitto import Mosquitto, free_port
+
+RX = {"transport": "test"}
+
+
+def _doc(mqtt: dict) -> dict:
+    return {"gateway": {"id": "gw1", "district": "d1", "registry": "r.db", "spool": "s.db"},
+            "udp": {"bind": "127.0.0.1:1700"}, "mqtt": mqtt}
+
+
+def test_mqtt_takes_a_list_of_brokers_and_keeps_the_single_form(tmp_path):
+    cfg = parse(_doc({"brokers": ["10.1.0.11:1883", "mq2.example", "[fd00::3]:8883"]}), tmp_path)
+    assert cfg.brokers == [Endpoint("10.1.0.11", 1883), Endpoint("mq2.example", 1883), Endpoint("fd00::3", 8883)]
+    assert str(cfg.brokers[2]) == "[fd00::3]:8883"
+    one = parse(_doc({"host": "mq.example", "port": 1884}), tmp_path)
+    assert one.brokers == [Endpoint("mq.example", 1884)] and (one.mqtt_host, one.mqtt_port) == ("mq.example", 1884)
+    assert parse(_doc({}), tmp_path).brokers == [Endpoint("127.0.0.1", 1883)]
+    for mqtt, key in (({"brokers": ["a:1883"], "host": "b"}, "mqtt.brokers"),
+                      ({"brokers": []}, "mqtt.brokers"),
+                      ({"brokers": ["a:1883", "b:x"]}, "mqtt.brokers[1]"),
+                      ({"brokers": ["a:1883", "a:1883"]}, "mqtt.brokers[1]"),
+                      ({"brokers": ["a:70000"]}, "mqtt.brokers[0]"),
+                      ({"port": 0}, "mqtt.port")):
+        with pytest.raises(ConfigError) as e:
+            parse(_doc(mqtt), tmp_path)
+        assert e.value.key == key, (mqtt, e.value)
+    with pytest.raises(EndpointError, match="IPv6"):
+        parse_endpoint("[::1", "k")
+    assert endpoints_from({"brokers": ["h:1"]}, prefix="command.mqtt") == [Endpoint("h", 1)]
+
+
+def test_the_command_service_reads_the_same_broker_list(tmp_path):
+    from gasguard.command import config as cc
+    p = tmp_path / "command.toml"
+    p.write_text('[command]\ndistrict = "d1"\n[command.mqtt]\nbrokers = ["10.1.0.11:1883", "10.1.0.12"]\n'
+                 'client_id = "cmd"\n')
+    cfg = cc.load(p)
+    assert cfg.brokers == [Endpoint("10.1.0.11", 1883), Endpoint("10.1.0.12", 1883)]
+    assert cc.load(None).brokers == [Endpoint("127.0.0.1", 1883)]
+    p.write_text('[command]\ndistrict = "d1"\n[command.mqtt]\nbrokers = ["a:1883"]\nhost = "b"\n')
+    with pytest.raises(cc.ConfigError, match="command.mqtt.brokers"):
+        cc.load(p)
+
+
+def _wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_gateway_skips_a_dead_broker_and_moves_on_when_its_broker_dies(tmp_path):
+    """brokers = [nothing listening, A, B]: the gateway connects to A; A is SIGKILLed; the readings that
+    arrive meanwhile are spooled and reach B, and the gateway never waits for A to come back."""
+    nodes = [Node(0x00C00000 + i) for i in range(20)]
+    make_registry(tmp_path / "registry.db", nodes)
+    with Mosquitto(workdir=tmp_path / "a") as a, Mosquitto(workdir=tmp_path / "b") as b:
+        sub_b = Subscriber(b.port)
+        cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
+                     udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", batch_delay=0.05,
+                     reconnect_min=0.2, reconnect_max=1.0,
+                     mqtt_brokers=[Endpoint("127.0.0.1", free_port()), Endpoint("127.0.0.1", a.port),
+                                   Endpoint("127.0.0.1", b.port)])
+        gw = DaemonThread(Daemon(cfg, plugins=[]))
+        d = gw.daemon
+        try:
+            _wait(lambda: d.publisher.connected, 10, "the gateway to connect past the dead first broker")
+            assert d.publisher.broker == Endpoint("127.0.0.1", a.port)
+            first = [n.reading() for n in nodes]
+            gw.call(lambda: [d._deliver_nowait(raw, RX, "test") for raw in first])
+            _wait(lambda: d.metrics.value("gasguard_gateway_published_total", lane="reading") >= 1
+                  and not d.publisher.inflight and d.spool.depth()["reading"][0] == 0, 10, "A's PUBACKs")
+            a.kill()
+            _wait(lambda: not d.publisher.connected, 10, "the gateway to notice that A died")
+            second = [n.reading() for n in nodes]
+            gw.call(lambda: [d._deliver_nowait(raw, RX, "test") for raw in second])
+            want = {f"gw1:{n.dev:08x}:2" for n in nodes}
+            sub_b.wait(lambda m: want <= sub_b.reading_ids(), 15)
+            assert d.publisher.broker == Endpoint("127.0.0.1", b.port)
+            assert d.metrics.value("gasguard_gateway_broker_failovers_total") == 1
+            _wait(lambda: d.spool.depth()["reading"][0] == 0, 10, "B's PUBACKs to empty the spool")
+        finally:
+            gw.stop()
+            sub_b.close()
+
+
+def test_failover_client_goes_round_the_list_and_stays_on_one_endpoint():
+    import paho.mqtt.client as mqtt
+    eps = [Endpoint("127.0.0.1", free_port()) for _ in range(3)]
+    c = FailoverClient(eps, mqtt.CallbackAPIVersion.VERSION2, client_id="t")
+    c.connect_async(eps[0].host, eps[0].port)
+    seen = []
+    for _ in range(4):
+        with pytest.raises(ConnectionRefusedError):
+            c.reconnect()
+        seen.append(c.endpoint)
+    assert seen == [eps[0], eps[1], eps[2], eps[0]] and c.moves == 3
+    one = FailoverClient(eps[:1], mqtt.CallbackAPIVersion.VERSION2, client_id="t1")
+    one.connect_async(eps[0].host, eps[0].port)
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            one.reconnect()
+    assert one.endpoint == eps[0] and one.moves == 0

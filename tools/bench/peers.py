@@ -1,0 +1,409 @@
+"""`gasguard bench peers`: GasGuard beside the gateways a district might run instead, same workload, same run.
+
+Each peer gets its own pty (the serial line from the nodes), its own private mosquitto, and an independent
+subscriber on that broker that counts the **distinct** readings it receives. The runs are interleaved in
+one invocation (round 1: GasGuard, ThingsBoard, Node-RED; round 2: the same again ...), so a change of load
+on this shared machine hits every peer alike; the figures are medians over the rounds.
+
+- GasGuard: the real gateway process (`gasguard gateway run`) reading signed, COBS-framed frames; each
+  reading is verified (MIC, counter, registry), committed to the SQLite spool with synchronous=FULL and
+  published at QoS 1; the subscriber sees it only after that.
+- ThingsBoard IoT Gateway 3.8.5 (PyPI `thingsboard-gateway`) with its serial extension and SQLite event
+  storage, pointed at the private broker as its "platform". It publishes nothing until the platform answers
+  its `getSessionLimits` RPC, so the harness answers that one request (no limits, as a self-hosted platform
+  with rate limits off would). Its serial connector maps one port to one device, reads a line per reading.
+- Node-RED 4 (npm `node-red`, `node-red-node-serialport`): serial in (split on newline) -> join (200 lines
+  or 50 ms) -> MQTT out at QoS 1. No storage, no verification.
+
+The peers cannot verify GasGuard frames, so they get the same readings as text lines ("dev,fcnt,gas,
+pressure,battery,state"); each is counted by its (dev, fcnt). The rate is distinct readings / (last new
+reading at the subscriber - first byte written). The peers are installed into a bench-only folder
+(`.bench-peers/` in the checkout, from `tools/bench/peers_env/`), never into the product's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+import paho.mqtt.client as mqtt
+
+HERE = Path(__file__).resolve().parent
+ENV_SRC = HERE / "peers_env"                      # package.json + lock, thingsboard.lock
+DEFAULT_HOME = HERE.parents[1] / ".bench-peers"   # the checkout's root (gitignored)
+IDLE_S = 10.0          # a peer that delivers nothing new for this long is done (what it lost stays lost)
+RUN_CAP_S = 300.0      # one run never takes longer
+PROBE_DEV = 0x00FFFFF0 # readiness probe: written until it comes out the other end, not counted
+PROBE_LINE = b"%08x,1,0,0,0,0\n" % PROBE_DEV
+PEERS = ("gasguard", "thingsboard", "node-red")
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+# -- installing the peers (bench only) ---------------------------------------------------------------
+def setup(home: Path = DEFAULT_HOME, echo=click.echo) -> Path:
+    """Install ThingsBoard IoT Gateway into its own venv and Node-RED into its own node_modules, from the
+    pinned files in tools/bench/peers_env/. Idempotent (stamp files)."""
+    home.mkdir(parents=True, exist_ok=True)
+    tb = home / "thingsboard"
+    if not (tb / ".installed").exists():
+        echo(f"installing ThingsBoard IoT Gateway 3.8.5 into {tb} (pip, pinned by tools/bench/peers_env/thingsboard.lock)")
+        subprocess.run([sys.executable, "-m", "venv", str(tb)], check=True)
+        subprocess.run([str(tb / "bin" / "pip"), "install", "--quiet", "-r", str(ENV_SRC / "thingsboard.lock")],
+                       check=True)
+        (tb / ".installed").touch()
+    nr = home / "node-red"
+    if not (nr / ".installed").exists():
+        if not shutil.which("npm"):
+            raise click.ClickException("npm is needed for the Node-RED peer: apt-get install nodejs npm")
+        echo(f"installing Node-RED into {nr} (npm ci, pinned by tools/bench/peers_env/package-lock.json)")
+        nr.mkdir(parents=True, exist_ok=True)
+        for f in ("package.json", "package-lock.json"):
+            shutil.copy(ENV_SRC / f, nr / f)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=nr, check=True)
+        (nr / ".installed").touch()
+    return home
+
+
+# -- the workload -------------------------------------------------------------------------------------
+class Workload:
+    def __init__(self, devices: int, readings: int):
+        from gasguard.testing.node import Node
+        import hashlib
+        self.nodes = [Node(0x00300000 + i, hashlib.sha256(b"peer%d" % i).digest()[:16]) for i in range(devices)]
+        self.probe = Node(PROBE_DEV, hashlib.sha256(b"probe").digest()[:16])
+        per = readings // devices
+        self.n = per * devices
+        # round-robin over the devices, as a district's nodes report: every device's counters ascend
+        self.fields = [(nd.dev, k + 1, 0, 2000 + k, 90, 0) for k in range(per) for nd in self.nodes]
+
+    def frames(self) -> bytes:
+        from gasguard.protocol import frame, framing
+        from gasguard.protocol.const import UP
+        keys = {nd.dev: nd.key for nd in self.nodes}
+        return b"".join(framing.wrap(frame.seal({"type": "reading", "dev": d, "fcnt": fc, "gas": g, "pressure": p,
+                                                 "battery": b, "state": s}, keys[d], UP))
+                        for d, fc, g, p, b, s in self.fields)
+
+    def lines(self) -> bytes:
+        return "".join(f"{d:08x},{fc},{g},{p},{b},{s}\n" for d, fc, g, p, b, s in self.fields).encode()
+
+
+# -- the subscriber that counts ------------------------------------------------------------------------
+class Counter:
+    """Counts distinct (dev, fcnt) arriving on the private broker; `parse(topic, payload)` -> keys."""
+
+    def __init__(self, port: int, topic: str, parse, on_message=None):
+        self.seen: set = set()
+        self.messages = 0
+        self.last_new = 0.0
+        self.parse, self.extra = parse, on_message
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-count-{port}")
+        ok = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1)] + ([("v1/devices/me/rpc/request/+", 1)]
+                                                                              if on_message else []))
+        self.c.on_subscribe = lambda *a: ok.set()
+        self.c.on_message = self._msg
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        if not ok.wait(10):
+            raise click.ClickException("bench subscriber: no SUBACK from the private broker")
+
+    def _msg(self, c, u, m):
+        if self.extra and m.topic.startswith("v1/devices/me/rpc/request/"):
+            self.extra(c, m)
+            return
+        try:
+            keys = self.parse(m.payload)
+        except (ValueError, KeyError, TypeError):
+            return
+        now = time.perf_counter()
+        with self.lock:
+            self.messages += 1
+            before = len(self.seen)
+            self.seen.update(keys)
+            if len(self.seen) > before:
+                self.last_new = now
+
+    def has(self, key) -> bool:
+        with self.lock:
+            return key in self.seen
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _gg_keys(payload: bytes):
+    return [(int(r["dev"], 16), r["fcnt"]) for r in json.loads(payload)["readings"]]
+
+
+def _line_key(line: str):
+    d, fc = line.split(",", 2)[:2]
+    return int(d, 16), int(fc)
+
+
+def _nr_keys(payload: bytes):
+    return [_line_key(x) for x in payload.decode().split("\n") if x]
+
+
+def _tb_keys(payload: bytes):
+    doc = json.loads(payload)
+    return [_line_key(e["values"]["r"]) for entries in doc.values() for e in entries if "r" in e.get("values", {})]
+
+
+def _tb_session_limits(client, m):
+    """The platform's answer to the gateway's getSessionLimits RPC: no rate limits (a self-hosted platform
+    with them off); without an answer the gateway publishes nothing."""
+    try:
+        req = json.loads(m.payload)
+    except ValueError:
+        return
+    if req.get("method") == "getSessionLimits":
+        rid = m.topic.rsplit("/", 1)[1]
+        client.publish(f"v1/devices/me/rpc/response/{rid}", json.dumps(
+            {"maxPayloadSize": 65536, "maxInflightMessages": 100,
+             "rateLimits": {"messages": "0:0,", "telemetryMessages": "0:0,", "telemetryDataPoints": "0:0,"},
+             "gatewayRateLimits": {"messages": "0:0,", "telemetryMessages": "0:0,", "telemetryDataPoints": "0:0,"}}),
+            qos=1)
+
+
+# -- one peer run ----------------------------------------------------------------------------------------
+def _write_all(cable, data: bytes, chunk: int = 4096) -> None:
+    """As fast as the reader drains the pty (its buffer is the back-pressure a UART's reader gives); a slow
+    reader (ThingsBoard reads a byte at a time) is waited for up to RUN_CAP_S, not declared dead."""
+    view = memoryview(data)
+    deadline = time.monotonic() + RUN_CAP_S
+    while view and time.monotonic() < deadline:
+        select.select([], [cable.master], [], 1.0)
+        try:
+            n = os.write(cable.master, view[:chunk])
+        except BlockingIOError:
+            continue
+        view = view[n:]
+
+
+def _until_ready(cable, counter, probe_bytes: bytes, key, timeout: float, what: str, proc) -> None:
+    deadline = time.monotonic() + timeout
+    while not counter.has(key):
+        if proc.poll() is not None:
+            raise click.ClickException(f"{what} exited at start (code {proc.returncode}); see its log")
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{what} delivered no probe reading in {timeout:.0f} s; see its log")
+        cable.write(probe_bytes)
+        time.sleep(0.5)
+
+
+def _measure(cable, counter, data: bytes, n: int) -> dict:
+    with counter.lock:
+        counter.seen.clear()
+        counter.messages = 0
+        counter.last_new = 0.0
+    t0 = time.perf_counter()
+    writer = threading.Thread(target=_write_all, args=(cable, data), daemon=True)
+    writer.start()
+    while True:
+        time.sleep(0.1)
+        with counter.lock:
+            got, last = len(counter.seen), counter.last_new
+        now = time.perf_counter()
+        if got >= n or now - t0 > RUN_CAP_S or (not writer.is_alive() and now - max(last, t0) > IDLE_S):
+            break
+    writer.join(30)
+    with counter.lock:
+        got, last, msgs = len(counter.seen & counter.expected), counter.last_new, counter.messages
+    secs = max(1e-9, (last or time.perf_counter()) - t0)
+    return {"readings": n, "received": got, "lost": n - got, "seconds": secs, "per_s": got / secs,
+            "messages": msgs}
+
+
+def _run_peer(proc, cable, counter, log, probe: bytes, what: str, ready_s: float, data: bytes) -> dict:
+    """Wait until a probe reading comes out of the peer, measure, then stop the peer and close its pty."""
+    try:
+        _until_ready(cable, counter, probe, (PROBE_DEV, 1), ready_s, what, proc)
+        return _measure(cable, counter, data, len(counter.expected))
+    finally:
+        _stop(proc)
+        counter.close()
+        cable.close()
+        log.close()
+
+
+def _stop(proc, timeout=10.0):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_gasguard(wl: Workload, d: Path, data: bytes, expected: set) -> dict:
+    from gasguard.testing.config import write_config
+    from gasguard.testing.links import PtyCable
+    from gasguard.testing.node import make_registry
+    from gasguard.testing.mosquitto import Mosquitto
+    d.mkdir(parents=True, exist_ok=True)
+    make_registry(d / "registry.db", wl.nodes + [wl.probe])
+    with Mosquitto(workdir=d / "broker") as broker:
+        cable = PtyCable(d / "ttyGG")
+        cfg = write_config(d / "gateway.toml", registry=d / "registry.db", spool=d / "spool.db", mqtt_port=broker.port,
+                           serial=[str(cable.link)], gateway_id="peer", district="bench",
+                           extra="[batch]\ndelay = 0.05\n[limits]\nburst = 60\n")
+        counter = Counter(broker.port, "gasguard/v1/bench/peer/reading", _gg_keys)
+        counter.expected = expected
+        log = open(d / "gateway.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        from gasguard.protocol import framing
+        return _run_peer(proc, cable, counter, log, framing.wrap(wl.probe.reading()), "the GasGuard gateway", 60,
+                         data)
+
+
+TB_LOGS = {"version": 1, "disable_existing_loggers": False,
+           "formatters": {"f": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+           "handlers": {"file": {"class": "logging.FileHandler", "formatter": "f", "filename": "tb.log"}},
+           "root": {"level": "ERROR", "handlers": ["file"]}}
+
+
+def run_thingsboard(home: Path, d: Path, data: bytes, expected: set) -> dict:
+    from gasguard.testing.links import PtyCable
+    from gasguard.testing.mosquitto import Mosquitto
+    d.mkdir(parents=True, exist_ok=True)
+    conf = d / "config"
+    conf.mkdir(exist_ok=True)
+    with Mosquitto(workdir=d / "broker") as broker:
+        cable = PtyCable(d / "ttyTB")
+        stock = json.loads((home / "thingsboard" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+                            / "site-packages" / "thingsboard_gateway" / "config" / "tb_gateway.json").read_text())
+        tbc = stock["thingsboard"]
+        tbc.update(host="127.0.0.1", port=broker.port, remoteConfiguration=False, remoteShell=False,
+                   security={"type": "accessToken", "accessToken": "bench"})
+        tbc["statistics"]["enable"] = False
+        stock["storage"] = {"type": "sqlite", "data_file_path": str(d / "tb-storage.db"), "messages_ttl_check_in_hours": 1,
+                            "messages_ttl_in_days": 7, "max_read_records_count": 1000}
+        stock["connectors"] = [{"type": "serial", "name": "Serial", "configuration": "serial.json",
+                                "class": "SerialConnector"}]
+        (conf / "tb_gateway.json").write_text(json.dumps(stock, indent=2))
+        (conf / "serial.json").write_text(json.dumps({
+            "name": "Serial", "logLevel": "ERROR", "uplinkQueueSize": 100000,
+            "devices": [{"name": "SerialDevice1", "type": "default", "port": str(cable.link), "baudrate": 115200,
+                         "delimiter": "\n", "converter": "SerialUplinkConverter",
+                         "telemetry": [{"type": "string", "key": "r"}]}]}))
+        (conf / "logs.json").write_text(json.dumps(TB_LOGS))
+        counter = Counter(broker.port, "v1/gateway/telemetry", _tb_keys, on_message=_tb_session_limits)
+        counter.expected = expected
+        log = open(d / "thingsboard.out", "w")
+        env = dict(os.environ, TB_GW_CONFIG_DIR=str(conf))
+        proc = subprocess.Popen([str(home / "thingsboard" / "bin" / "python"), "-c",
+                                 "from thingsboard_gateway.tb_gateway import main; main()"],
+                                cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return _run_peer(proc, cable, counter, log, PROBE_LINE, "ThingsBoard IoT Gateway", 120, data)
+
+
+def _nr_flow(tty: str, port: int) -> list:
+    # ids unlike any type name or value: Node-RED takes a property equal to a node id for a reference
+    return [
+        {"id": "f0a1", "type": "tab", "label": "bench"},
+        {"id": "c0a1", "type": "serial-port", "serialport": tty, "serialbaud": "115200", "databits": "8",
+         "parity": "none", "stopbits": "1", "waitfor": "", "dtr": "none", "rts": "none", "cts": "none",
+         "dsr": "none", "newline": "\\n", "bin": "false", "out": "char", "addchar": "", "responsetimeout": "10000"},
+        {"id": "n0a1", "type": "serial in", "z": "f0a1", "serial": "c0a1", "x": 100, "y": 100, "wires": [["n0a2"]]},
+        {"id": "n0a2", "type": "join", "z": "f0a1", "x": 300, "y": 100, "mode": "custom", "build": "string", "property": "payload",
+         "propertyType": "msg", "key": "topic", "joiner": "", "joinerType": "str", "accumulate": False,
+         "timeout": "0.05", "count": "200", "reduceRight": False, "wires": [["n0a3"]]},
+        {"id": "n0a3", "type": "mqtt out", "z": "f0a1", "x": 500, "y": 100, "broker": "c0a2", "topic": "nr/readings", "qos": "1",
+         "retain": "false", "wires": []},
+        {"id": "c0a2", "type": "mqtt-broker", "broker": "127.0.0.1", "port": str(port), "clientid": "nr-bench",
+         "usetls": False, "protocolVersion": "4", "keepalive": "60", "cleansession": True, "autoConnect": True},
+    ]
+
+
+def run_nodered(home: Path, d: Path, data: bytes, expected: set) -> dict:
+    from gasguard.testing.links import PtyCable
+    from gasguard.testing.mosquitto import Mosquitto, free_port
+    d.mkdir(parents=True, exist_ok=True)
+    user = d / "userdir"
+    user.mkdir(exist_ok=True)
+    with Mosquitto(workdir=d / "broker") as broker:
+        cable = PtyCable(d / "ttyNR")
+        # the serial node splits on newline and keeps the newline: the join concatenates whole lines
+        (user / "flows.json").write_text(json.dumps(_nr_flow(os.path.realpath(cable.link), broker.port)))
+        counter = Counter(broker.port, "nr/readings", _nr_keys)
+        counter.expected = expected
+        log = open(d / "node-red.log", "w")
+        red = home / "node-red" / "node_modules" / "node-red" / "red.js"
+        proc = subprocess.Popen(["node", str(red), "--userDir", str(user), "--port", str(free_port()), "flows.json"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        return _run_peer(proc, cable, counter, log, PROBE_LINE, "Node-RED", 120, data)
+
+
+def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=DEFAULT_HOME, echo=click.echo,
+                  workdir=None) -> dict:
+    setup(home, echo)
+    wl = Workload(devices, readings)
+    frames, lines = wl.frames(), wl.lines()
+    expected = {(d, fc) for d, fc, *_ in wl.fields}
+    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-peers-", dir="/var/tmp"))
+    out: dict = {"devices": devices, "readings": wl.n, "rounds": rounds, "load_before": load(),
+                 "bytes_per_reading": {"gasguard": len(frames) / wl.n, "lines": len(lines) / wl.n}, "runs": {}}
+    echo(f"workload: {wl.n:,} readings of {devices:,} devices; {len(frames) / wl.n:.0f} B/reading framed for "
+         f"GasGuard, {len(lines) / wl.n:.0f} B/reading as text lines for the peers ({load()})")
+    try:
+        for r in range(rounds):
+            for peer in only:
+                d = base / f"r{r}-{peer}"
+                if peer == "gasguard":
+                    res = run_gasguard(wl, d, frames, expected)
+                elif peer == "thingsboard":
+                    res = run_thingsboard(home, d, lines, expected)
+                else:
+                    res = run_nodered(home, d, lines, expected)
+                res["load"] = load()
+                out["runs"].setdefault(peer, []).append(res)
+                echo(f"  round {r + 1} {peer:12}: {res['received']:,}/{res['readings']:,} distinct readings "
+                     f"({res['lost']:,} lost) in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s  ({res['load']})")
+    finally:
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    out["median_per_s"] = {p: statistics.median(x["per_s"] for x in rs) for p, rs in out["runs"].items()}
+    out["load_after"] = load()
+    return out
+
+
+@click.command("peers")
+@click.option("--devices", default=5000, show_default=True)
+@click.option("--readings", default=100_000, show_default=True)
+@click.option("--rounds", default=2, show_default=True, help="interleaved rounds (every peer once per round)")
+@click.option("--only", multiple=True, type=click.Choice(PEERS), help="run only these peers (repeatable)")
+@click.option("--home", type=click.Path(path_type=Path), default=DEFAULT_HOME, show_default=True,
+              help="where the peers are installed (bench only)")
+@click.option("--setup-only", is_flag=True, help="install the peers and stop")
+@click.option("--json", "as_json", is_flag=True)
+def peers_bench(devices, readings, rounds, only, home, setup_only, as_json):
+    """GasGuard vs ThingsBoard IoT Gateway vs a Node-RED flow: same readings over a pty, distinct readings/s."""
+    echo = (lambda *_: None) if as_json else click.echo
+    if setup_only:
+        setup(home, echo)
+        return
+    out = peers_figures(devices=devices, readings=readings, rounds=rounds, only=only or PEERS, home=home, echo=echo)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    for p, v in out["median_per_s"].items():
+        lost = [x["lost"] for x in out["runs"][p]]
+        click.echo(f"{p:12} median {v:,.0f} distinct readings/s over {len(lost)} rounds; lost per round {lost}")
