@@ -108,6 +108,9 @@ def write_config(ro: Roster, gateways: list[str], out_dir: str | Path, *, city_t
     conf = out / "gasguard.conf"
     conf.write_text(f"# GasGuard district {ro.district}: no anonymous access; logins and topics from the roster\n"
                     f"allow_anonymous false\npassword_file {out.resolve() / 'passwd'}\n"
-                    f"acl_file {out.resolve() / 'acl'}\n")
+                    f"acl_file {out.resolve() / 'acl'}\n"
+                    "# refused logins on the broker's own record (log_dest as configured); a denied publication is\n"
+                    "# answered 0x87 (MQTT 5) and counted nowhere else: the gateway's audit log records what reaches it\n"
+                    "connection_messages true\nlog_type notice\n")
     return {"out": str(out), "users": sorted(acl), "new_credentials": new, "serial": ro.serial,
             "conf": str(conf)}

@@ -24,9 +24,8 @@ def open_gate(cfg, on_warning=None) -> Gate:
     """The audit log and the Gate of `[authority]`; ConfigError (exit 2) names what is wrong. Audit records
     carry wall-clock UTC (IEC 62443-4-2 CR 2.11), also when the daemon runs a drill clock."""
     spool = Path(cfg.spool)
-    audit_dir = cfg.audit_dir or spool.parent / "audit"
     try:
-        audit = AuditLog(audit_dir, recorder=cfg.gateway_id,
+        audit = AuditLog(cfg.audit_dir or spool.parent / "audit", recorder=cfg.gateway_id,
                          segment_bytes=cfg.audit_segment_bytes, capacity_bytes=cfg.audit_capacity_bytes,
                          warn_fraction=cfg.audit_warn_fraction, on_warning=on_warning)
         trusted = load_public(cfg.trust) if cfg.trust else None
@@ -34,9 +33,9 @@ def open_gate(cfg, on_warning=None) -> Gate:
                     district=cfg.district, max_age_s=cfg.max_age_s, max_skew_s=cfg.max_skew_s)
     except AuthorityError as e:
         raise ConfigError("authority", str(e)) from None
-    except OSError as e:     # an audit folder the gateway cannot create or write: a refusal, not a traceback
-        raise ConfigError("authority.audit_dir", f"cannot write the audit log in {audit_dir} ({e.strerror}): "
-                          "give the gasguard user a writable folder (chown gasguard, chmod 0700)") from None
+    except OSError as e:         # the audit folder or replay store cannot be made or written
+        raise ConfigError("authority.audit_dir", f"{e.filename or cfg.audit_dir}: {e.strerror}: the gateway user must "
+                          "be able to write its audit folder and replay store (chown gasguard; chmod u+rwx)") from None
 
 
 def result_topic(cfg) -> str:

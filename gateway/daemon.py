@@ -65,13 +65,6 @@ class Daemon:
         self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
         self.metrics.info.labels(cfg.gateway_id, cfg.district, getattr(clock, "mode", "real")).set(1)
         self.metrics.clock_speed.set(getattr(clock, "speed", 1.0))
-        # issue 14: who may command nodes and act on incidents, and the audit record of every act and refusal
-        # the audit log lives beside the spool by default: a spool folder the gateway cannot write is named
-        # as the spool's fault (and its fix) before the audit log trips over it
-        Spool.check(cfg.spool)
-        self.gate = open_gate(cfg, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
-        self.result_topic = result_topic(cfg)
-        self._registry_sig = None      # the registry file's signature last audited (None: not yet seen)
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
             key.split(":", 1)[0]).inc(n))
@@ -82,15 +75,6 @@ class Daemon:
             plugins = build_plugins(cfg, clock)     # bad options: ConfigError
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
                            audit=cfg.spool_audit, max_pages=spool_max_pages)
-        # past every refusal: a refused start stays one line (startup.py) and is not recorded as a start
-        self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
-                               detail={"version": __version__, "config": str(cfg.source or ""),
-                                       "config_sha256": sha256_file(cfg.source), "roster": str(cfg.roster or ""),
-                                       "roster_serial": self.gate.roster.serial if self.gate.roster else None,
-                                       "clock": getattr(clock, "mode", "real")})
-        if self.gate.roster is None:
-            log.warning("no operator roster ([authority] roster/trust): every node command, acknowledgement and "
-                        "operator input will be refused and recorded")
         # the spool's durable counters: uplink ones are the replay protection (verify), downlink ones the
         # dispatcher's (SPEC 4: each direction its own counter)
         counters = self.spool.counters()
@@ -107,6 +91,11 @@ class Daemon:
                                    on_message=self._on_mqtt)
         self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst, self.observers.snapshot)
         self.presence = PresenceTable(cfg, self.topics)
+        # issue 14: who may command nodes and act on incidents, and the audit record of every act and refusal
+        # (opened after the spool and registry, whose refusals at start come first)
+        self.gate = open_gate(cfg, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
+        self.result_topic = result_topic(cfg)
+        self._registry_sig = None      # the registry file's signature last audited (None: not yet seen)
         self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down,
                                      self.gate)
         # the second core (ingest.verify_worker): decode + MIC + entry JSON of the next group in a worker
@@ -207,10 +196,6 @@ class Daemon:
                 self.outbox.commit(items)
             except SpoolError as e:
                 self.burst.event("offline_spool", "offline state not recorded: %s", e, level=logging.CRITICAL)
-        for topic, raw in self.observers.requests():     # e.g. Sparkplug DCMDs: checked as if over MQTT
-            dev = self.topics.dev_of_cmd(topic)
-            if dev is not None:
-                self.dispatcher.request(dev, topic, raw, now)
         self.dispatcher.due(now)
         self.outbox.report_thinned(now)
         self._authority_tick()
@@ -282,6 +267,19 @@ class Daemon:
                               "roster_serial": self.gate.roster.serial if self.gate.roster else None}}
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def _started(self) -> None:
+        """Running: on the audit record with the configuration taken up (after every refusal at start, which
+        must stay the one line it is)."""
+        cfg = self.cfg
+        self.gate.audit.record(category="config", type="start", outcome="done", source={"recorder": cfg.gateway_id},
+                               detail={"version": __version__, "config": str(cfg.source or ""),
+                                       "config_sha256": sha256_file(cfg.source), "roster": str(cfg.roster or ""),
+                                       "roster_serial": self.gate.roster.serial if self.gate.roster else None,
+                                       "clock": getattr(self.clock, "mode", "real")})
+        if self.gate.roster is None:
+            log.warning("no operator roster ([authority] roster/trust): every node command, acknowledgement and "
+                        "operator input will be refused and recorded")
+
     async def run(self, stop: asyncio.Event) -> None:
         self.ingest.start()
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
@@ -317,6 +315,7 @@ class Daemon:
         watchdog = Watchdog(self.beats, self.cfg.stall_after)
         watchdog.ready(f"gateway {self.cfg.gateway_id}: {len(self.serial)} serial port(s)"
                        f"{', UDP ' + self.cfg.udp_bind if self.cfg.udp_bind else ''}")
+        self._started()
         try:
             await stop.wait()
         finally:

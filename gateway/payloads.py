@@ -5,6 +5,8 @@ Units are explicit in the names: gas in % LEL (SPEC 3.1, 0.1 % LEL on the wire),
 
 from __future__ import annotations
 
+import json
+
 import orjson
 
 from gasguard.protocol import frame
@@ -24,8 +26,13 @@ def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
 def dumps(d: dict) -> str:
     """Compact JSON text. orjson (a C encoder, ~3x json.dumps here) writes the same text as
     json.dumps(separators=(",", ":")) for what the gateway publishes, except non-ASCII: UTF-8, not \\u escapes
-    (both are JSON; MQTT payloads are bytes either way). Non-string keys become strings, as json.dumps does."""
-    return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS).decode()
+    (both are JSON; MQTT payloads are bytes either way). Non-string keys become strings, as json.dumps does.
+    orjson refuses integers past 64 bits, which a district message may carry (an operator's input echoed in
+    an incident): those documents go through json.dumps, same text but for non-ASCII escapes."""
+    try:
+        return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(d, separators=(",", ":"))
 
 
 # the state byte's named fields, encoded once per value (256 of them) instead of once per reading (hot path)
@@ -46,7 +53,10 @@ def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
 
 def reading_json(mid: str, f: dict, t: float, rx: dict) -> str:
     """reading_entry(...) as JSON text: the ingest hot path (same text, the state fields pre-encoded)."""
-    return orjson.dumps(_entry(mid, f, t, rx, _STATE_JSON[f["state"]]), option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(_entry(mid, f, t, rx, _STATE_JSON[f["state"]]), option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:      # an integer past 64 bits in what a forwarder reported (rx): see dumps
+        return dumps(reading_entry(mid, f, t, rx))
 
 
 def batch(gateway_id: str, district: str, t: float, entries_json: list[str]) -> str:

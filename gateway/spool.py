@@ -186,7 +186,10 @@ class Spool:
         self.undeleted_bytes = 0
         try:
             self._check_present()      # before private_file, which creates an empty file
-            private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
+            try:
+                private_file(self.path)    # 0600 (its -wal/-shm too): readings, alarms, command results of the district
+            except PermissionError:
+                pass                       # not writable: the open and write probe below refuse it, with the fix
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")

@@ -60,3 +60,5 @@ def test_generated_config_refuses_anonymous_and_wrong_roles_at_the_real_broker(t
         assert gw1.got.empty()                              # the refused publications never reached it
         for c in (anon, wrong, gw1, zhao, eng, gw2):
             c.close()
+        log = m.log.read_text()                                  # the broker's own record of the refusals
+        assert log.count("disconnected, not authorised") == 2, log[-2000:]     # anonymous, wrong password

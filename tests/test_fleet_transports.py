@@ -125,6 +125,13 @@ class UdpGateway(threading.Thread):
     def __init__(self, oracle):
         super().__init__(daemon=True)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # UDP drops what a full receive buffer cannot take: room for the whole run, so a busy test machine
+        # (this thread shares the GIL with the fleet) delays datagrams instead of losing them
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        try:                                  # past net.core.rmem_max, when allowed (root in CI)
+            self.sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 1 << 22)
+        except OSError:
+            pass
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
@@ -208,7 +215,7 @@ def test_udp_packet_forwarder_delivers_a_station_trip_and_takes_downlinks(regist
     for d, c in oracle.alarms():
         got.setdefault(d, set()).add(c)
     target = max(got, key=lambda d: const.AL_OPSO in got[d])
-    assert got[target] == {const.AL_OPSO} and len(got) > 3
+    assert got[target] == {const.AL_OPSO, const.AL_UPSO} and len(got) > 3   # its own outlet runs down after
     assert all(c == {const.AL_UPSO} for d, c in got.items() if d != target)
     # every downlink was answered with a TX_ACK carrying its token and no error, and acked its alarm/event
     assert sorted(t for t, _ in gw.tx_acks) == sorted(gw.resp_tokens)

@@ -10,6 +10,7 @@ behind the real mosquitto running the generated password + ACL configuration:
 """
 
 import json
+import stat
 import time
 
 import pytest
@@ -130,6 +131,12 @@ def test_unsigned_wrong_role_revoked_stale_and_replayed_requests_change_nothing(
     allowed = A.show(rig.spool.parent / "audit", outcome="allowed")
     assert [(r["type"], r["source"]["operator"]) for r in allowed] == [("ack", "op"), ("status", "eng")]
     assert rig.metric("gasguard_gateway_requests_refused_total", reason="replayed") == 1   # since the restart
+    # secrets and records at rest are the owner's only: spool (and its WAL), replay store, audit, incident state
+    at_rest = [rig.spool, rig.spool.with_name("spool.db-wal"), rig.spool.with_name("spool.db.replay.db"),
+               rig.tmp / "grading.json", *(rig.spool.parent / "audit").glob("audit-*.jsonl")]
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in at_rest if p.exists()} == \
+        {str(p): "0o600" for p in at_rest if p.exists()}
+    assert rig.spool.with_name("spool.db.replay.db").exists() and list((rig.spool.parent / "audit").glob("audit-*"))
     for c in (anon, op, eng):
         c.close()
 

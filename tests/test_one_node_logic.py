@@ -63,3 +63,26 @@ def test_the_boot_event_carries_the_firmware_version_of_spec_3_5(tmp_path):
     data, _, _ = _firmware_answers(tmp_path)
     # SPEC 3.5 BOOT: reset cause, firmware major, minor, profile (1 household); the firmware is 1.0
     assert data[1:] == bytes([1, 0, 1])
+
+
+def test_a_simulated_station_trips_as_the_firmware_safety_machine_does():
+    """A dynamic SimNode's alarms, step by step, are what firmware/safety.Safety raises and clears on the same
+    signals: over-pressure closes the slam-shut; behind it the outlet runs down, so OPSO clears and UPSO
+    follows (the old simulator reported the OPSO alone)."""
+    from gasguard.firmware import bounds, safety
+
+    node = SimNode(0x00A0F001, KEY, "station", random.Random(2), pressure_class="medium_a")
+    node.dynamic = True
+    node.gas_fn = lambda t: 10                                    # clean air
+    node.inlet_fn = lambda t: 300_000
+    node.p_fn = lambda t: 2500 if t < 10 else 5000               # past OPSO (165 % of the 2.5 kPa set point)
+    fw = safety.Safety("station", dict(bounds.defaults("station"), **node.params))
+    sim_alarms, fw_alarms = [], []
+    for t in range(0, 120):
+        sim_alarms += [(t, f["code"], f["cleared"]) for f in node.step(float(t), random.Random(t))
+                       if f["type"] == "alarm"]
+        fw.step(t * 1000, node.gas, node.pressure, 0)            # the same samples the node just took
+        fw_alarms += [(t, code, False) for code in range(1, 9) if fw.raised & (1 << code)]
+        fw_alarms += [(t, code, True) for code in range(1, 9) if fw.cleared & (1 << code)]
+    assert [c for _t, c, cl in fw_alarms if not cl] == [const.AL_OPSO, const.AL_UPSO]
+    assert sim_alarms == fw_alarms

@@ -22,3 +22,12 @@ def test_dumps_matches_json_for_published_documents_and_keeps_non_string_keys():
     doc = payloads.gateway_event("gw1", 12.5, "thinned", {"readings": 3, "devices": {"00a1b2c3": 3}, "n": None})
     assert payloads.dumps(doc) == json.dumps(doc, separators=(",", ":"))
     assert json.loads(payloads.dumps({1: "a", "b": [1.5, True]})) == {"1": "a", "b": [1.5, True]}
+
+
+def test_dumps_takes_integers_past_64_bits():
+    """orjson refuses them (TypeError); an incident may echo one an operator typed: the publish must not fail."""
+    doc = {"incident_id": "lixia-leak-1", "input": {"evacuated": 2 ** 70}}
+    assert json.loads(payloads.dumps(doc)) == doc
+    f = {"dev": 1, "fcnt": 2, "gas": 0, "pressure": 2000, "battery": 90, "state": 0, "inlet": None}
+    rx = {"transport": "udp", "rssi": 2 ** 70}                # what a forwarder's JSON may say
+    assert json.loads(payloads.reading_json("gw:00000001:2", f, 1.0, rx))["rx"]["rssi"] == 2 ** 70

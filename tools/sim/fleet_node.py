@@ -7,23 +7,25 @@ Pure logic: inputs are virtual time `t` (seconds) and a random generator; output
 What it models (firmware/bounds.py defaults, overridable by the registry `config`):
 - readings at the profile's report period: gas noise 0-2 % LEL, service/outlet pressure noise around the
   set point, station inlet pressure around the nominal of its GB 50028 class, battery drain (households);
-- for nodes a scenario drives ("dynamic"), a safety step once per virtual second: gas warning/alarm with
-  debounce and hysteresis (household shut-off latched on level 2), OPSO/UPSO trips with the slam-shut or
-  self-closing valve latched, a low-battery alarm;
+- for nodes a scenario drives ("dynamic"), once per virtual second the firmware's own safety state machine
+  (firmware/safety.Safety) on the simulated signals, reported as firmware/app.App.sample reports it: gas
+  warning/alarm with debounce and hysteresis (household shut-off latched on level 2), OPSO/UPSO trips with
+  the slam-shut or self-closing valve latched, cleared alarms; a low-battery alarm of the simulator's own;
 - alarms and events retransmitted with the same aseq/eseq and a new counter until acked (SPEC 3.4: aseq/eseq
   is the low byte of the first copy's counter, set when that copy is sealed),
   or sent a fixed number of times when there is no downlink path;
 - downlinks: acks stop retransmissions; commands (RESET, SET_PARAM, STATUS, SELFTEST) are verified
-  (MIC, counter) and answered with an ack; SET_PARAM, the STATUS data and the BOOT event are the firmware's
-  own (firmware/commands.py), so result codes and versions cannot drift (tests/test_one_node_logic.py).
+  (MIC, counter) and answered with an ack; RESET is the firmware's Safety.reset, SET_PARAM, the STATUS data
+  and the BOOT event are the firmware's own (firmware/commands.py), so result codes and versions cannot
+  drift (tests/test_one_node_logic.py).
 
-Simplifications, on purpose: the safety step runs every 1 s of virtual time (debounce rounds up to whole
-steps); pressure trips are not reported "cleared" while the valve stays latched (the supply is still off).
+Kept of its own: radio (Radio), signal noise and physics (_signals), scheduling (the fleet), battery drain.
+Simplification, on purpose: the safety step runs every 1 s of virtual time (debounce rounds up to whole steps).
 """
 
 import math
 
-from gasguard.firmware import bounds, commands
+from gasguard.firmware import bounds, commands, safety, ticks
 from gasguard.protocol import ProtocolError, const, frame
 
 STEP_S = 1.0                         # virtual seconds between safety steps of a dynamic node
@@ -72,8 +74,8 @@ class SimNode:
     __slots__ = ("dev", "key", "profile", "fcnt", "last_down", "params", "gas_base", "p_nom",
                  "inlet_nom", "pressure_class", "households", "user_class", "upstream", "parent", "battery",
                  "valve", "latched", "level", "ptrip", "fault", "gas", "pressure", "inlet", "gas_fn", "p_fn",
-                 "inlet_fn", "dynamic", "pending", "rise_since", "trip_since", "low_batt_sent", "radio",
-                 "last_t", "downlink")
+                 "inlet_fn", "dynamic", "pending", "low_batt_sent", "radio",
+                 "last_t", "downlink", "safety", "since")
 
     def __init__(self, dev, key, profile, rng, *, config=None, pressure_class="low", households=0,
                  user_class="residential", upstream=None, fcnt=1, downlink=True):
@@ -116,15 +118,17 @@ class SimNode:
         self.inlet_fn = None
         self.dynamic = False
         self.pending = None               # (frame type, seq) -> Pending; made on the first alarm (memory)
-        self.rise_since = None
-        self.trip_since = None
         self.low_batt_sent = False
         self.radio = Radio(rng)
         self.last_t = 0.0
         self.downlink = downlink
+        self.safety = None                # the firmware's own Safety, made when the node turns dynamic
+        self.since = None                 # alarm code -> virtual time raised (the age of a cleared alarm)
 
     # -- state -------------------------------------------------------------------------------------
     def state(self):
+        if self.safety is not None:
+            return self.safety.state_byte()
         return frame.make_state(self.valve, self.latched, self.level, self.fault, self.gas is not None
                                 and self.gas > 1000, self.ptrip)
 
@@ -258,87 +262,49 @@ class SimNode:
             out.append(f)
         return out
 
-    # -- the safety step (dynamic nodes) -----------------------------------------------------------
+    # -- the safety step (dynamic nodes): the firmware's own state machine ------------------------------
     def step(self, t, rng):
-        """One safety step at virtual time `t`: update signals, return alarm/event field dicts to send."""
+        """One safety step at virtual time `t`: update signals, run firmware/safety.Safety on them, return the
+        alarm/event field dicts the firmware would send (as firmware/app.App.sample does)."""
         self._signals(t, rng)
+        s = self.safety
+        if s is None:
+            s = self.safety = safety.Safety(self.profile, self.params)
+            self.since = {}
+        gas = safety.NO_VALUE if self.gas is None else self.gas
+        p = safety.NO_VALUE if self.pressure is None else self.pressure
+        act = s.step(int(t * 1000) & ticks.TICKS_MASK, gas, p, 0)
         out = []
-        self._gas_logic(t, out)
-        self._pressure_logic(t, out)
+        if act & safety.ACT_CLOSE:
+            out.append(self._event(t, const.EV_VALVE, (const.VALVE_CLOSED, s.latch_cause or const.CAUSE_GAS)))
+        if act & (safety.ACT_ALARM | safety.ACT_CLEAR):
+            for code in range(1, 9):
+                bit = 1 << code
+                if s.raised & bit:
+                    self.since[code] = t
+                    out.append(self._alarm(t, code, self._alarm_value(code), t))
+                elif s.cleared & bit:
+                    out.append(self._alarm(t, code, self._alarm_value(code) or 0, self.since.pop(code, t),
+                                           cleared=True))
+        self.valve, self.latched, self.level, self.ptrip = s.valve, bool(s.latched), s.level, bool(s.ptrip)
         if self.battery is not None and self.battery < LOW_BATTERY_PCT and not self.low_batt_sent:
             self.low_batt_sent = True
             out.append(self._alarm(t, const.AL_LOW_BATTERY, int(self.battery), t))
         self.last_t = t
         return out
 
-    def _gas_logic(self, t, out):
-        p = self.params
-        gas = self.gas
-        if gas is None:
-            return
-        l1, l2, hyst = p["gas_l1"], p["gas_l2"], p["hysteresis"]
-        lvl = self.level
-        if gas >= l2:
-            want = 2
-        elif gas >= l1:
-            want = 2 if lvl == 2 and gas > l2 - hyst else 1
-        else:
-            want = min(lvl, 1) if gas > l1 - hyst else 0
-        if want > lvl:
-            if self.rise_since is None:
-                self.rise_since = t
-            # debounce (plan: warning/alarm only after the level has held); steps round it up
-            if (t - self.rise_since) * 1000 < p["debounce_ms"]:
-                return
-            since = self.rise_since
-            for code in range(lvl + 1, want + 1):
-                self.level = code
-                if code == 2 and p.get("shutoff_on_gas"):
-                    self.valve = const.VALVE_CLOSED
-                    self.latched = True
-                out.append(self._alarm(t, code, gas, since))
-                if code == 2 and p.get("shutoff_on_gas"):
-                    out.append(self._event(t, const.EV_VALVE, (const.VALVE_CLOSED, const.CAUSE_GAS)))
-            self.rise_since = None
-        else:
-            self.rise_since = None
-            if want < lvl:
-                for code in range(lvl, want, -1):
-                    self.level = code - 1
-                    out.append(self._alarm(t, code, gas, t, cleared=True))
-
-    def _pressure_logic(self, t, out):
-        if self.ptrip or self.pressure is None:
-            return
-        opso, upso = self.trips()
-        p = self.pressure
-        code = const.AL_OPSO if p > opso else const.AL_UPSO if p < upso else 0
-        if not code:
-            self.trip_since = None
-            return
-        if self.trip_since is None:
-            self.trip_since = t
-        if (t - self.trip_since) * 1000 < self.params["debounce_ms"]:
-            return
-        # OPSO/UPSO: the slam-shut (station) or self-closing valve (household) closes and latches
-        self.ptrip = True
-        self.valve = const.VALVE_CLOSED
-        self.latched = True
-        out.append(self._alarm(t, code, p, self.trip_since))
-        cause = const.CAUSE_OPSO if code == const.AL_OPSO else const.CAUSE_UPSO
-        out.append(self._event(t, const.EV_VALVE, (const.VALVE_CLOSED, cause)))
-        self.trip_since = None
+    def _alarm_value(self, code):
+        """The alarm's value field as the firmware fills it (firmware/app.App._alarm_value)."""
+        s = self.safety
+        if code in (const.AL_GAS_L1, const.AL_GAS_L2):
+            return 0xFFFF if s.gas < 0 else min(s.gas, 1000)
+        if code in (const.AL_OPSO, const.AL_UPSO):
+            return None if s.pressure < 0 else s.pressure
+        return 0
 
     def condition_persists(self):
-        """RESET is refused while gas is above level 1 or the pressure is still outside its trips."""
-        if self.gas is not None and self.gas >= self.params["gas_l1"] - self.params["hysteresis"]:
-            return True
-        if self.ptrip and self.pressure is not None and self.profile == "household":
-            opso, upso = self.trips()
-            return not (upso <= self.pressure <= opso)
-        if self.ptrip and self.profile == "station" and self.inlet is not None:
-            return self.inlet < self.trips()[1]     # nothing to restore from
-        return False
+        """RESET is refused while the firmware's condition persists (firmware/safety.Safety)."""
+        return self.safety is not None and self.safety.condition_persists()
 
     # -- downlinks ---------------------------------------------------------------------------------
     def on_downlink(self, raw, t):
@@ -364,14 +330,11 @@ class SimNode:
         out = []
         result = const.R_OK
         if cmd == const.CMD_RESET:
-            if self.condition_persists():
-                result = const.R_REFUSED
-            else:
-                was_closed = self.valve == const.VALVE_CLOSED
-                self.valve = const.VALVE_OPEN
-                self.latched = False
-                self.ptrip = False
-                if was_closed:
+            if self.safety is not None:                     # the firmware's decision (firmware/safety.Safety)
+                result, act = self.safety.reset()
+                s = self.safety
+                self.valve, self.latched, self.ptrip = s.valve, bool(s.latched), bool(s.ptrip)
+                if act & safety.ACT_OPEN:
                     out.append(self._event(t, const.EV_VALVE, (const.VALVE_OPEN, const.CAUSE_RESET)))
         elif cmd == const.CMD_SET_PARAM:
             result = self._set_param(args)
@@ -397,6 +360,8 @@ class SimNode:
         if result != const.R_OK:
             return result
         self.params = dict(self.params, **{name: value})
+        if self.safety is not None:
+            self.safety.configure(self.params)
         if name == "setpoint":
             self.p_nom = value
         return const.R_OK

@@ -125,7 +125,9 @@ class StationTrip(Scenario):
         node.p_fn = _ramp(s0, s0 + self.rise, node.p_nom, peak)
         fleet.make_dynamic(node)
         self.targets = [node.dev]
-        self.expect = {node.dev: {const.AL_OPSO}}
+        # OPSO, then UPSO: once the slam-shut is shut its own outlet falls below the UPSO bound too (the
+        # firmware's safety machine reports both, as a real station's would)
+        self.expect = {node.dev: {const.AL_OPSO, const.AL_UPSO}}
         for n in fleet.subtree(node):
             fleet.make_dynamic(n)
             self.expect[n.dev] = {const.AL_UPSO}
