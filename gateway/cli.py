@@ -35,8 +35,8 @@ def _load_or_exit(path):
 @click.option("--config", "-c", "path", required=True, type=click.Path(dir_okay=False), help="gateway.toml")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
 def check_config(path, as_json):
-    """Validate gateway.toml (every table, plugin options included) and open the registry, the spool and
-    the plugins as `run` does, without opening any port. Exit 2 on anything `run` would refuse."""
+    """Validate gateway.toml (every table, plugin options included) and open the registry and the spool as
+    `run` does, without opening any port or starting a plugin. Exit 2 on anything `run` would refuse."""
     cfg = _load_or_exit(path)
     try:
         summary = startup.check(cfg)

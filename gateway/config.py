@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -64,8 +63,7 @@ class Config:
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
-    verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (TOML default:
-                                       # on when the machine has 2 or more CPUs)
+    verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (off by default)
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_audit: bool = False          # keep a log of every accepted id (forensics, fault tests)
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
@@ -270,8 +268,10 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
 
     ing = _get(doc, "ingest", dict, {})
     _unknown(ing, "ingest")
-    # the second core: on by default where there is one (a single-core gateway would only pay the IPC)
-    cfg.verify_worker = _get(ing, "verify_worker", bool, (os.cpu_count() or 1) >= 2, "ingest")
+    # the second core: off by default - measured on the 2-core bench machine (BENCHMARKS.md, issue 17) the
+    # worker's IPC cost more than it saved on the serial path while the other core was busy; turn it on
+    # where a core is idle and `gasguard bench peers` says it pays
+    cfg.verify_worker = _get(ing, "verify_worker", bool, False, "ingest")
 
     s = _get(doc, "spool", dict, {})
     _unknown(s, "spool")

@@ -196,6 +196,10 @@ class Daemon:
                 self.outbox.commit(items)
             except SpoolError as e:
                 self.burst.event("offline_spool", "offline state not recorded: %s", e, level=logging.CRITICAL)
+        for topic, raw in self.observers.requests():     # e.g. Sparkplug DCMDs: checked as if over MQTT
+            dev = self.topics.dev_of_cmd(topic)
+            if dev is not None:
+                self.dispatcher.request(dev, topic, raw, now)
         self.dispatcher.due(now)
         self.outbox.report_thinned(now)
         self._authority_tick()

@@ -111,6 +111,19 @@ class Observers:
             out.extend(self._call(p, "tick", now))
         return out
 
+    def requests(self) -> list[tuple[str, bytes]]:
+        """Node-command requests the plugins received by paths of their own (Plugin.requests)."""
+        out = []
+        for p in self.plugins:
+            if getattr(type(p), "requests", Plugin.requests) is Plugin.requests:
+                continue                    # receives none (most plugins)
+            try:
+                out.extend(p.requests())
+            except Exception as e:  # noqa: BLE001 - a plugin's defect must not stop the gateway
+                self.burst.exception(f"plugin:{p.name}.requests:{type(e).__name__}",
+                                     "plugin %s.%s failed; the gateway carries on without its output", p.name, "requests")
+        return out
+
     def _listening(self, topic: str) -> list[Plugin]:
         return [p for p in self.plugins if any(topic_matches_sub(s, topic) for s in p.subscriptions)]
 

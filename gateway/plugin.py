@@ -54,6 +54,12 @@ class Plugin:
         """A JSON message on one of `subscriptions` (MQTT wildcards allowed)."""
         return []
 
+    def requests(self) -> list[tuple[str, bytes]]:
+        """Node-command requests the plugin received by a path of its own (e.g. a Sparkplug DCMD), as
+        (`<root>/<dev>/cmd` topic, raw payload as it would arrive over MQTT). The daemon hands each to its
+        command dispatcher on the next tick, where authority is checked and audited exactly as for MQTT."""
+        return []
+
     def snapshot(self) -> dict | None:
         """The plugin's state as JSON-able data, or None if it keeps none. The daemon stores it in the spool in
         the same transaction as the plugin's outputs (and as the observations they came from), so after a kill

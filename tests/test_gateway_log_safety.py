@@ -10,7 +10,6 @@ import re
 
 import pytest
 
-from gasguard.gateway.burstlog import untrusted
 from gasguard.testing.gateway import GatewayProcess
 from gasguard.testing.rig import Rig
 from gasguard.testing.waits import wait_until
@@ -100,6 +99,7 @@ def test_a_traceback_repeating_per_frame_is_logged_once_per_window_with_a_count(
 
 
 def test_untrusted_text_cannot_break_a_line():
+    from gasguard.gateway.burstlog import untrusted
     for bad in ("a\nb", "a\rb", "a\x1b[2Jb", "a\u2028b", "a\x85b", "a\x00b", "a\x7fb"):
         out = untrusted(bad)
         assert out.isprintable() and out.startswith("a") and out.endswith("b"), repr(out)

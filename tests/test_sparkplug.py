@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from gasguard.authority import audit as A
+from gasguard.protocol.const import CMD_RESET
 from gasguard.registry import Registry
 from gasguard.gateway.sparkplug import metrics as M
 from gasguard.testing.gateway import GatewayProcess
@@ -239,11 +241,31 @@ def test_ddeath_dcmd_and_a_tahu_peer(tmp_path, mosquitto, host):
         rig.cables[0].send(a.reading(gas=10))
         host.kind("DBIRTH", "DBIRTH when the device is back", dev=a.dev)
 
-        # a DCMD becomes a node command on the gateway's command topic, marked as from Sparkplug
-        host.send(op="dcmd", group=GROUP, node=NODE, device=f"{a.dev:08x}",
+        # DCMDs go to the gateway's command dispatcher, where authority is checked and audited: unsigned and
+        # wrong-role writes change nothing; an engineer's signed reset reaches the line
+        dev = f"{a.dev:08x}"
+        cmd_t = rig.cmd_topic(a.dev)
+        rig.cables[0].downlinks()
+        host.send(op="dcmd", group=GROUP, node=NODE, device=dev,
                   metrics=[{"name": "Node Control/Reset", "type": "Boolean", "value": True}])
-        reqs = rig.sub.wait(lambda ms: [d for t, d, _ in ms if t == f"{rig.root}/{a.dev:08x}/cmd"], 10)
-        assert reqs[0]["cmd"] == "reset" and reqs[0]["source"] == "sparkplug"
+        host.send(op="dcmd", group=GROUP, node=NODE, device=dev, metrics=[
+            {"name": "Authority/Signed Request", "type": "String",
+             "value": rig.signed("op", cmd_t, {"request_id": "spb-op", "cmd": "reset"}).decode()}])
+        results = rig.sub.wait(lambda ms: len(rig.sub.on("/cmd/result")) >= 2 and rig.sub.on("/cmd/result"), 10)
+        assert sorted(r["reason"] for r in results) == ["unsigned", "wrong_role"]
+        assert rig.cables[0].downlinks() == []
+        host.send(op="dcmd", group=GROUP, node=NODE, device=dev, metrics=[
+            {"name": "Authority/Signed Request", "type": "String",
+             "value": rig.signed("eng", cmd_t, {"request_id": "spb-eng", "cmd": "reset", "ttl_s": 5}).decode()},
+            {"name": "Node Control/Reset", "type": "Boolean", "value": True}])
+        sent = wait_until(lambda: [a.open_downlink(b) for b in rig.cables[0].downlinks()], 10, "the reset on the line")
+        assert [(f["type"], f["cmd"]) for f in sent] == [("command", CMD_RESET)]
+        allowed = A.show(rig.spool.parent / "audit", outcome="allowed")
+        assert [(r["type"], r["source"]["operator"]) for r in allowed] == [("reset", "eng")]
+        refused = A.show(rig.spool.parent / "audit", outcome="refused")
+        assert sorted(r["reason"].split(":")[0] for r in refused if r["category"] == "command") == \
+            ["unsigned", "wrong_role"]
+
         # an unknown metric or a garbled payload is refused and counted, never a crash
         plugin = next(p for p in rig.daemon.plugins if p.name == "sparkplug")
         before = plugin.edge.refused

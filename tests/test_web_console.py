@@ -250,7 +250,7 @@ def test_serve_starts_from_its_config_with_the_console_key_and_the_service_store
     (tmp_path / "web.toml").write_text(
         f'[web]\nport = {port}\ndistrict = "lixia"\npasswords = "pw.json"\n'
         f'[mqtt]\nport = {mosquitto.port}\n[command]\nstore = "sqlite:///{tmp_path / "command.db"}"\n'
-        f'[authority]\nroster = "{auth.roster}"\ntrusted_key = "{auth.trust}"\nconsole_id = "{auth.console_id}"\n'
+        f'[authority]\nroster = "{auth.roster}"\ntrust = "{auth.trust}"\nconsole_id = "{auth.console_id}"\n'
         f'console_key = "console.key"\naudit = "audit-web"\n')
     env = dict(os.environ, GASGUARD_CONSOLE_PASSPHRASE="console passphrase")
     proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "command", "web", "serve", "-c",

@@ -63,7 +63,6 @@ def serve(config):
     import uvicorn
 
     from gasguard.authority import AuditLog, BadInput, secretfile
-    from gasguard.provisioning import keys
 
     from .acting import AuthorityActing
     from .app import create_app
@@ -71,16 +70,16 @@ def serve(config):
     from .source import MqttSource, ReadingFeed, SourceError, StoreSource
     sc = _load(config)
     a = sc.authority
-    missing = [k for k in ("roster", "trusted_key", "console_id", "console_key", "audit") if k not in a]
+    missing = [k for k in ("roster", "trust", "console_id", "console_key", "audit") if k not in a]
     if missing:
         _fail(f"{config}: [authority] needs {', '.join(missing)}: every act is signed and audited", 2)
     try:
         book = PasswordBook(sc.passwords)
         passphrase = os.environ.get(a.get("passphrase_env", "GASGUARD_CONSOLE_PASSPHRASE"), "").encode() or None
         key = secretfile.load_private_key(a["console_key"], passphrase, what="console key")
-        acting = AuthorityActing(a["roster"], keys.load_public(a["trusted_key"]), a["console_id"], key,
+        acting = AuthorityActing(a["roster"], secretfile.load_public(a["trust"]), a["console_id"], key,
                                  AuditLog(a["audit"], recorder=a["console_id"]))
-    except (PasswordFileError, BadInput, keys.BadInput) as e:
+    except (PasswordFileError, BadInput) as e:
         _fail(str(e), 2)
     m = sc.mqtt
     feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],

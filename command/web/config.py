@@ -15,7 +15,7 @@ naming the key and the fix (exit 2), as for the gateway's `check-config`.
 
     [command]      store = "sqlite:///var/lib/gasguard/command.db"  (the command service's store, issue 15)
 
-    [authority]    roster, trusted_key, console_id, console_key, passphrase_env, audit
+    [authority]    roster, trust, console_id, console_key, passphrase_env, audit
 
     [grading]      timezone, pressure bounds (the plan's defaults otherwise)
 
@@ -42,7 +42,7 @@ SECTIONS = {
             "lockout": dict, "flood": dict},
     "mqtt": {"host": str, "port": int, "topic_root": str},
     "command": {"store": str},
-    "authority": {"roster": str, "trusted_key": str, "console_id": str, "console_key": str,
+    "authority": {"roster": str, "trust": str, "console_id": str, "console_key": str,
                   "passphrase_env": str, "audit": str},
     "grading": dict,
 }
@@ -121,7 +121,7 @@ def load(path: str | Path) -> ServeConfig:
                        passwords=rel(w.get("passwords", "console-passwords.json")),
                        mqtt={"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1", **doc.get("mqtt", {})},
                        store=doc.get("command", {}).get("store"),
-                       authority={k: (str(rel(v)) if k in ("roster", "trusted_key", "console_key", "audit") else v)
+                       authority={k: (str(rel(v)) if k in ("roster", "trust", "console_key", "audit") else v)
                                   for k, v in doc.get("authority", {}).items()})
 
 

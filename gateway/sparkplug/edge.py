@@ -69,7 +69,7 @@ class EdgeNode:
         self.live = False                         # births sent in this session: data may flow
         self.seq = 0
         self.replaying = False
-        self.commands: list[dict] = []            # node-command requests from DCMDs, drained by the gateway tick
+        self.commands: list[tuple[int, bytes]] = []   # (dev, raw request) from DCMDs, drained by the gateway tick
         self.refused = 0                          # DCMD/NCMD writes refused (unknown metric, bad value, queue full)
         self.counts = {"nbirth": 0, "dbirth": 0, "ddata": 0, "ddeath": 0, "ndeath": 0, "historical": 0}
 
@@ -256,9 +256,9 @@ class EdgeNode:
             log.warning("sparkplug: NCMD metric %r refused: only 'Node Control/Rebirth' is writable", name)
         return []
 
-    def on_dcmd(self, dev_hex: str, payload: bytes) -> list[dict]:
-        """A host's write to a device -> node-command requests (dicts, the JSON published on the gateway's
-        `<root>/<dev>/cmd`), where the gateway checks the operator's signature, role and freshness and audits
+    def on_dcmd(self, dev_hex: str, payload: bytes) -> list[tuple[int, bytes]]:
+        """A host's write to a device -> node-command requests ((dev, raw request) as it would arrive on the
+        gateway's `<root>/<dev>/cmd`) for the gateway's command dispatcher, where the gateway checks the operator's signature, role and freshness and audits
         the outcome: the authority rules are applied in one place, where commands act.
 
         A DCMD carrying 'Authority/Signed Request' (an operator's request signed with gasguard.authority for
@@ -289,25 +289,27 @@ class EdgeNode:
                 log.warning("sparkplug: DCMD metric %r for %s refused: not a writable metric", name, dev_hex)
         if signed is not None:
             try:
-                envelope = json.loads(signed)
+                ok = isinstance(json.loads(signed), dict)
             except ValueError:
-                envelope = None
-            if not isinstance(envelope, dict):
+                ok = False
+            if not ok:
                 self.refused += 1
                 log.warning("sparkplug: DCMD for %s: 'Authority/Signed Request' is not a signed request", dev_hex)
                 return []
-            reqs = [envelope]
+            raws = [signed.encode()]        # the bytes the operator signed, unchanged
         else:
+            raws = []
             for i, r in enumerate(reqs):
                 r["request_id"] = f"sparkplug:{self.node}:{dev_hex}:{p.timestamp}:{i}"
                 r["source"] = "sparkplug"
+                raws.append(json.dumps(r, separators=(",", ":")).encode())
         out = []
-        for r in reqs:
+        for raw in raws:
             if len(self.commands) + len(out) >= MAX_COMMANDS:
                 self.refused += 1
                 log.error("sparkplug: %d DCMD requests wait already: one for %s refused", MAX_COMMANDS, dev_hex)
                 continue
-            out.append({"dev": dev_id, "request": r})
+            out.append((dev_id, raw))
         self.commands.extend(out)
         return out
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from gasguard.protocol import topics
+
 from gasguard.brokers import Endpoint, FailoverClient
 
 from ..plugin import Plugin, PluginContext
@@ -73,8 +75,8 @@ class SparkplugPlugin(Plugin):
                              EdgeStore(store, opts["max_history"]), primary_host=opts["primary_host"],
                              version=m.get("version", ""), district=ctx.district,
                              clock_mode=m.get("clock_mode", "real"), clock=ctx.clock)
-        self.root = ctx.root
-        self.subscriptions = [f"{ctx.root}/+/state"]      # the gateway's own online/offline verdicts
+        self.topics = topics.GatewayTopics(ctx.root)
+        self.subscriptions = [self.topics.devices(topics.STATE)]      # the gateway's own online/offline verdicts
         self.lock = threading.RLock()
         self.client = _client(m, f"{m.get('client_id') or 'gasguard-gw-' + ctx.gateway_id}-spb")
         self.client.on_pre_connect = self._pre_connect
@@ -161,15 +163,16 @@ class SparkplugPlugin(Plugin):
         return []
 
     def tick(self, now: float) -> list:
-        """DCMD-born node commands go to the gateway's own command topic, where authority is checked."""
-        out = []
         with self.lock:
             self._drain_replay()
+        return []
+
+    def requests(self) -> list[tuple[str, bytes]]:
+        """DCMD-born node commands, for the gateway's command dispatcher (authority checked and audited there,
+        as for a request over MQTT; in-process, so a walled broker need not let the gateway publish commands)."""
+        with self.lock:
             cmds, self.edge.commands = self.edge.commands, []
-            for c in cmds:
-                topic = f"{self.root}/{c['dev']:08x}/cmd"
-                out.append((topic, c["request"], "event"))
-        return out
+        return [(self.topics.device(dev, topics.CMD), raw) for dev, raw in cmds]
 
     def close(self) -> None:
         self._stop.set()

@@ -44,6 +44,7 @@ DEFAULT_HOME = HERE.parents[1] / ".bench-peers"   # the checkout's root (gitigno
 IDLE_S = 10.0          # a peer that delivers nothing new for this long is done (what it lost stays lost)
 RUN_CAP_S = 300.0      # one run never takes longer
 PROBE_DEV = 0x00FFFFF0 # readiness probe: written until it comes out the other end, not counted
+GG_EXTRA = os.environ.get("GG_PEERS_GATEWAY_EXTRA", "")   # extra gateway.toml lines (A/B runs by hand)
 PROBE_LINE = b"%08x,1,0,0,0,0\n" % PROBE_DEV
 PEERS = ("gasguard", "thingsboard", "node-red")
 
@@ -263,15 +264,18 @@ def run_gasguard(wl: Workload, d: Path, data: bytes, expected: set) -> dict:
         cable = PtyCable(d / "ttyGG")
         cfg = write_config(d / "gateway.toml", registry=d / "registry.db", spool=d / "spool.db", mqtt_port=broker.port,
                            serial=[str(cable.link)], gateway_id="peer", district="bench",
-                           extra="[batch]\ndelay = 0.05\n[limits]\nburst = 60\n")
+                           extra="[batch]\ndelay = 0.05\n[limits]\nburst = 60\n" + GG_EXTRA)
         counter = Counter(broker.port, "gasguard/v1/bench/peer/reading", _gg_keys)
         counter.expected = expected
         log = open(d / "gateway.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
                                 stdout=log, stderr=subprocess.STDOUT)
-        from gasguard.protocol import framing
-        return _run_peer(proc, cable, counter, log, framing.wrap(wl.probe.reading()), "the GasGuard gateway", 60,
-                         data)
+        from gasguard.protocol import frame, framing
+        from gasguard.protocol.const import UP
+        # counter 1 every round: each round's gateway starts with a fresh spool (its counters)
+        probe = framing.wrap(frame.seal({"type": "reading", "dev": PROBE_DEV, "fcnt": 1, "gas": 0, "pressure": 0,
+                                         "battery": 0, "state": 0}, wl.probe.key, UP))
+        return _run_peer(proc, cable, counter, log, probe, "the GasGuard gateway", 60, data)
 
 
 TB_LOGS = {"version": 1, "disable_existing_loggers": False,
