@@ -23,7 +23,6 @@ ROLES: dict[str, frozenset] = {
 }
 PEOPLE = ("operator", "engineer", "admin")
 ACTIONS = frozenset(ADMIN_ACTIONS)
-NODE_COMMANDS = ("status", "reset", "set_param", "selftest")
 DEFAULT_RELAYS = ("operator", "engineer")   # a console relays no admin acts unless the authority says so
 
 

@@ -73,7 +73,6 @@ class Incident:
         self.notes: list[dict] = []
         self.acked: dict | None = None
         self.ack_floor = 0                      # acks of revisions before the last upgrade do not count
-        self.ack_history: list[dict] = []
         self.escalation: dict | None = None
         self.escalations = 0
         self.last_escalation_at: float | None = None
@@ -97,7 +96,7 @@ class Incident:
     @classmethod
     def from_dict(cls, cfg: dict, d: dict) -> "Incident":
         inc = cls.__new__(cls)
-        vars(inc).update(d)
+        vars(inc).update({k: v for k, v in d.items() if k != "ack_history"})   # unbounded and unread: dropped
         inc.timeline = deque(d["timeline"], maxlen=cfg["history_len"])
         inc.stations = {int(k): v for k, v in d["stations"].items()}
         inc.members = {int(k): v for k, v in d["members"].items()}
@@ -223,7 +222,6 @@ class IncidentEngine:
             return []        # acknowledges a revision older than the last upgrade: not this grade
         inc.acked = {"by": str(payload.get("by", "command"))[:80], "t": now, "revision": rev}
         log.info("incident acknowledged", incident=incident_id, operator=inc.acked["by"], revision=rev)
-        inc.ack_history.append(inc.acked)
         inc.escalation = None
         return self._publish(inc, now, "update")
 
