@@ -14,7 +14,8 @@ JOBS      ?= 2
 
 # The demo needs an MQTT broker: mosquitto when installed, else amqtt (pure Python), installed here on first use.
 # DEMO_ARGS: e.g. --fast, --no-tui, --speed 60, --keep (gasguard sim demo --help)
-demo: setup
+# (only what the demo runs on: no PostgreSQL, Chromium or test peers to install for it)
+demo: $(STAMP) $(NODE_MODS)
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || $(VPY) -c "import amqtt" 2>/dev/null; then :; \
 	else \
 	  echo "mosquitto is missing: installing the pure-Python broker amqtt 0.11.4 into $(VENV) for the demo"; \
