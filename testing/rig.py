@@ -116,6 +116,18 @@ class Rig:
         got = self.readings()
         return got[:[r["id"] for r in got].index(mid)]
 
+    def ticks(self, n: int = 2, timeout: float = 10.0) -> None:
+        """Wait until the daemon's ticker has finished `n` more rounds (command retries, presence, plugin ticks,
+        spool upkeep): what each round would do has been done, on an event rather than a pause."""
+        seen: list[float] = []
+
+        def moved():
+            t = self.daemon.beats.last.get("ticker")
+            if t is not None and (not seen or t != seen[-1]):
+                seen.append(t)
+            return len(seen) > n
+        wait_until(moved, timeout, f"{n} rounds of the daemon's ticker", step=0.005)
+
     def close(self) -> None:
         try:
             self.stop()

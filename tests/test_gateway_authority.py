@@ -93,7 +93,7 @@ def test_unsigned_wrong_role_revoked_stale_and_replayed_requests_change_nothing(
     results = rig.sub.wait(lambda ms: len(rig.sub.on("/cmd/result")) >= 3 and rig.sub.on("/cmd/result"), 10)
     assert sorted(r["reason"] for r in results) == ["revoked", "unsigned", "wrong_role"]
     # nothing changed: no command reached the node, the incident is unacknowledged and not re-graded
-    time.sleep(0.5)                                         # give a wrongly queued command its first send
+    rig.ticks(3)                          # a wrongly queued command would have had its first send
     assert cable.downlinks() == []
     latest = [d for t, d, _ in rig.sub.messages if t == f"{BASE}/incident/{iid}"][-1]
     assert latest["revision"] == inc["revision"] and latest["acked"] is None

@@ -125,7 +125,7 @@ def test_a_spool_damaged_mid_run_refuses_and_counts_each_frame_and_keeps_running
         assert any("SPOOL WRITE FAILED (corrupt)" in m and str(rig.spool) in m and "move the damaged file aside" in m
                    for m in crit), crit
         assert rig.metric("gasguard_gateway_storage_errors_total", store="spool", kind="corrupt") > 0
-        time.sleep(1.5)                                        # publisher and ticker read the damaged file too
+        rig.ticks(10)                                          # the ticker reads the damaged file too
         assert rig.runner.thread.is_alive()
         for task in ("ingest", "publisher", "ticker"):
             assert rig.metric("gasguard_gateway_task_restarts_total", task=task) == 0, task
