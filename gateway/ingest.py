@@ -15,12 +15,13 @@ is paid per group, not per frame; an alarm moves ahead of its group (alarms_firs
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections import deque
 
 from gasguard import logs
 from gasguard.protocol import counter, frame, topics
-from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, R_OK, UP
+from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, READING as T_READING, R_OK, UP
 
 from . import payloads
 from .burstlog import BurstLog
@@ -63,6 +64,35 @@ def alarms_first(group: list, busy=()) -> tuple[list, list]:
     return first, rest
 
 
+def readings_only(group: list) -> bool:
+    """Every frame of the group is a reading (or line noise), by its header alone: such a group acks nothing
+    and reserves no downlink counter, so it may be committed on the commit thread while the next is verified."""
+    for raw, _rx, _route in group:
+        if raw is not None and (not raw or (raw[0] >> 3) & 7 != T_READING):
+            return False
+    return True
+
+
+class _Prepared:
+    """One verified group, between its verification and its commit."""
+    __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "results", "down",
+                 "observations", "journal", "by_type")
+
+    def __init__(self, now: float):
+        self.now = now
+        self.items: list[Item] = []
+        self.counters: dict = {}
+        self.idents: dict = {}
+        self.undo: list = []          # (dev, previous counter) per accepted frame, for a rollback
+        self.acks: list = []          # (dev, ack fields, key) to seal after commit
+        self.accepted: list = []      # (mid, f, device, rx, route, retransmission)
+        self.results: list = []
+        self.down: dict = {}          # downlink counters reserved by this group's acks
+        self.observations: list = []
+        self.journal: list = []
+        self.by_type: dict = {}       # accepted frames per type (metrics, counted once per group)
+
+
 class Ingest:
     def __init__(self, cfg, verifier: Verifier, outbox: Outbox, dispatcher: Dispatcher, presence: PresenceTable,
                  observers: Observers, idents: dict, metrics, burst: BurstLog, clock, beat=lambda: None,
@@ -78,6 +108,13 @@ class Ingest:
         self.pre = pre                    # the verification worker (the second core), or None
         self.pending: deque = deque()     # (group, now, devices, future of the worker's answers), oldest first
         self.busy: dict[int, int] = {}    # device -> its frames in pending groups (their order must hold)
+        # the commit thread (issue 17): a group of readings is written and fsynced there (sqlite3 lets go of the
+        # GIL) while the event loop verifies the next group; at most one group in flight, committed in order
+        self.commit_thread = getattr(cfg, "commit_thread", True)
+        self.writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self.committing: tuple | None = None    # (concurrent future, _Prepared) of the group being written
+        self.prepared: tuple | None = None      # (_Prepared, raw group) verified while `committing` was in flight
+        self.stopped = False
 
     def start(self) -> None:
         self.queue = asyncio.Queue(QUEUE_MAX)
@@ -108,13 +145,88 @@ class Ingest:
     async def run(self) -> None:
         if self.pre is not None:
             await self._run_pipelined()
-        while True:
-            first, rest = alarms_first(self._take(await self.queue.get()))
+        if self.commit_thread and self.writer is None:
+            self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-commit")
+        while not self.stopped:
+            if self.committing is None:
+                item = await self.queue.get()
+            elif self.queue.empty():
+                await self._landed()      # nothing new: wait for the disk
+                continue
+            else:
+                item = self.queue.get_nowait()
+            first, rest = alarms_first(self._take(item))
             if first:
-                self.process(first)    # its own, small transaction: on disk and published before the rest
+                await self._landed()       # what came before it is on disk first (order), then the alarm:
+                if self.stopped:
+                    return
+                self.process(first)        # its own, small transaction, on disk and published before the rest
             if rest:
-                self.process(rest)
+                if self.writer is not None and readings_only(rest):
+                    await self._overlap(rest)
+                else:
+                    await self._landed()
+                    if self.stopped:
+                        return
+                    self.process(rest)
             self.beat()
+
+    async def _overlap(self, group: list) -> None:
+        """Verify `group` while the group before it is being written, then hand it to the commit thread."""
+        try:
+            g = self._prepare(group, None, None)
+        except Exception as e:  # noqa: BLE001 - as process(): a defect refuses the group, counted
+            self._defect(group, e)
+            return
+        if g is None:
+            return
+        self.prepared = (g, group)
+        await self._landed()
+        if self.stopped:
+            return                        # drain() committed it
+        if self.prepared is None:         # the write before it failed and was rolled back: verify it again
+            self.process(group)
+            return
+        self.prepared = None
+        self.committing = (self.writer.submit(self._write, g), g)
+
+    def _write(self, g: _Prepared) -> None:
+        """On the commit thread: the spool alone (its lock keeps the event loop's statements out)."""
+        self.outbox.commit_readings(g.items, g.counters)
+
+    async def _landed(self) -> None:
+        """Wait for the group on the commit thread, then ack/publish/observe it (or refuse it)."""
+        c = self.committing
+        if c is None:
+            return
+        try:
+            await asyncio.wrap_future(c[0])
+        except Exception:  # noqa: BLE001 - the outcome is read and handled in _settle
+            pass
+        self._settle(c)
+
+    def _settle(self, c: tuple) -> None:
+        if self.committing is not c:
+            return                        # settled already (drain at stop)
+        self.committing = None
+        fut, g = c
+        try:
+            fut.result()                  # blocks only in drain(), at stop
+        except SpoolError as e:
+            if self.prepared is not None:
+                # verified on top of this group's counters: undone first (newest first), verified again later
+                self._rollback(self.prepared[0])
+                self.prepared = None
+            self._refused(g, e)
+            return
+        except Exception as e:  # noqa: BLE001 - as process(): counted, never a crash loop
+            if self.prepared is not None:
+                self._rollback(self.prepared[0])
+                self.prepared = None
+            self._rollback(g)
+            self._defect([None] * len(g.accepted), e)
+            return
+        self._committed(g)
 
     async def _run_pipelined(self) -> None:
         """Two cores (gateway/preverify.py): group k+1 is decoded and MIC-checked in the worker while group k
@@ -164,8 +276,19 @@ class Ingest:
         return group, now, devs, fut
 
     def drain(self) -> None:
-        """At stop: the groups in the worker (taken first, so first, in order, verified here), then what the
-        transports delivered and is still queued are processed, not dropped."""
+        """At stop: the group on the commit thread and the one verified behind it, the groups in the worker
+        (taken first, so first, in order, verified here), then what the transports delivered and is still
+        queued are processed, not dropped."""
+        self.stopped = True               # the run task, if it wakes before it is cancelled, does nothing more
+        if self.committing is not None:
+            self._settle(self.committing)
+        if self.prepared is not None:
+            g, group = self.prepared
+            self.prepared = None
+            self._commit_now(g)
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+            self.writer = None
         while self.pending:
             group, _now, _devs, fut = self._pop()
             fut.cancel()
@@ -210,36 +333,59 @@ class Ingest:
         verification worker's answer for each frame (gateway/preverify.py), or None; `now`: when the group
         was taken."""
         try:
-            self._process(group, pre, now)
+            g = self._prepare(group, pre, now)
+            if g is not None:
+                self._commit_now(g)
         except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
-            self.metrics.rejected.labels("internal_error").inc(len(group))
-            self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
-                                 "internal_error): %r", len(group), e)
+            self._defect(group, e)
 
-    def _process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
+    def _defect(self, group: list, e: BaseException) -> None:
+        self.metrics.rejected.labels("internal_error").inc(len(group))
+        self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
+                             "internal_error): %r", len(group), e)
+
+    def _commit_now(self, g: _Prepared) -> None:
+        try:
+            self.outbox.commit(g.items, g.counters, g.idents, journal=g.journal, wake=False)
+        except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
+            self._refused(g, e)
+            return
+        self._committed(g)
+
+    def _rollback(self, g: _Prepared) -> None:
+        for dev, prev in reversed(g.undo):
+            self.verifier.rollback(dev, prev)
+
+    def _refused(self, g: _Prepared, e: SpoolError) -> None:
+        self._rollback(g)
+        self.metrics.spool_errors.inc()
+        self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(g.accepted))
+        self.storage_fault("spool", e.kind, len(g.accepted), e)
+
+    def _prepare(self, group: list, pre: list | None = None, now: float | None = None) -> _Prepared | None:
+        """Verify a group: what it will commit, or None when nothing in it was accepted. Changes the verifier's
+        working counters (undone by _rollback when the commit fails) and presence; nothing on disk."""
         now = self.clock() if now is None else now
         gid, dist = self.cfg.gateway_id, self.cfg.district
-        items: list[Item] = []
-        counters: dict = {}
-        idents: dict = {}
-        undo: list = []
-        acks: list = []          # (dev, ack fields, key) to seal after commit
-        accepted: list = []      # (mid, f, device, rx, route, retransmission)
-        results: list = []
-        down: dict = {}          # downlink counters reserved by this group's acks
+        g = _Prepared(now)
+        items, counters, idents, undo, acks, accepted = g.items, g.counters, g.idents, g.undo, g.acks, g.accepted
+        results, down, by_type = g.results, g.down, g.by_type
         per_transport: dict = {}
         for _raw, rx, _route in group:   # counted per group, not per frame (hot path)
             t = rx.get("transport", "?")
             per_transport[t] = per_transport.get(t, 0) + 1
         for t, n in per_transport.items():
             self.metrics.frames_in.labels(t).inc(n)
+        verifier, presence = self.verifier, self.presence
+        check, accept, heard = verifier.check, verifier.accept, presence.heard
+        reading_json = payloads.reading_json
         for i, (raw, rx, route) in enumerate(group):
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
             p = pre[i] if pre is not None else None
             try:
-                v = self.verifier.check(raw, now, p)
+                v = check(raw, now, p)
             except Rejected as r:
                 self.reject(r.reason, r.dev, rx, str(r))
                 if r.reason == "registry_unreadable":
@@ -253,14 +399,16 @@ class Ingest:
                                      "internal_error): %r", e)
                 continue
             f, dev = v.f, v.f["dev"]
-            undo.append((dev, self.verifier.accept(v, now)))
-            counters[(dev, UP)] = f["fcnt"]
-            mid = payloads.msg_id(gid, dev, f["fcnt"])
+            fcnt = f["fcnt"]
+            undo.append((dev, accept(v, now)))
+            counters[(dev, UP)] = fcnt
+            mid = f"{gid}:{dev:08x}:{fcnt}"      # payloads.msg_id, inlined (hot path)
             typ = f["type"]
+            by_type[typ] = by_type.get(typ, 0) + 1
             repeat = False
             if typ == "reading":
                 # the worker's entry JSON when its fields are the ones accepted (same counter, same `now`)
-                js = p[2] if p is not None and p[0] is f else payloads.reading_json(mid, f, now, rx)
+                js = p[2] if p is not None and p[0] is f else reading_json(mid, f, now, rx)
                 items.append(Item(READING, dev, js, mid, now, routine=(f["state"] & 0xF8) == 0))
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
@@ -268,7 +416,7 @@ class Ingest:
                 key = (dev, kind)
                 # SPEC 3.4: a retransmission has a new counter and the same identity (the counter of its first
                 # copy, never reused by the node, across power cuts included): ack it, publish once
-                f["aid"] = ident = counter.identity(f["fcnt"], sq)
+                f["aid"] = ident = counter.identity(fcnt, sq)
                 repeat = idents.get(key, self.idents.get(key)) == ident
                 if not repeat:
                     idents[key] = ident
@@ -288,35 +436,36 @@ class Ingest:
                 if item is not None:
                     items.append(item)
                     results.append(res)
-            items.extend(self.presence.heard(dev, f, now, mid, v.device))
+            state = heard(dev, f, now, mid, v.device)
+            if state:
+                items.extend(state)
             accepted.append((mid, f, v.device, rx, route, repeat))
         if not accepted:
-            return
+            return None
         counters.update(self.dispatcher.counters_of(down))
-        observations = self.observers.observations(
+        g.observations = self.observers.observations(
             [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)
-        try:
-            self.outbox.commit(items, counters, idents, journal=self.observers.journal(observations), wake=False)
-        except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
-            for dev, prev in reversed(undo):
-                self.verifier.rollback(dev, prev)
-            self.metrics.spool_errors.inc()
-            self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(accepted))
-            self.storage_fault("spool", e.kind, len(accepted), e)
-            return
-        self.idents.update(idents)
-        self.dispatcher.committed(down)
-        for r in results:
+        g.journal = self.observers.journal(g.observations)
+        return g
+
+    def _committed(self, g: _Prepared) -> None:
+        """The group is on disk: acks, routes, the publisher, the observers."""
+        now = g.now
+        self.idents.update(g.idents)
+        self.dispatcher.committed(g.down)
+        for r in g.results:
             self.metrics.commands.labels(r).inc()
         # routes first: a device's first frame may be the alarm we are about to ack
-        for mid, f, device, rx, route, repeat in accepted:
-            self.presence.route(f["dev"], route, rx)
-            self.metrics.accepted.labels(f["type"]).inc()
+        route = self.presence.route
+        for _mid, f, _device, rx, via, _repeat in g.accepted:
+            route(f["dev"], via, rx)
+        for typ, n in g.by_type.items():
+            self.metrics.accepted.labels(typ).inc(n)
         # acks only now: the alarm is on disk
-        for dev, fields, key in acks:
+        for dev, fields, key in g.acks:
             self.dispatcher.send(dev, fields, "ack", key)
-        self.accepted_count += len(accepted)
-        self.outbox.wake({it.lane for it in items})
+        self.accepted_count += len(g.accepted)
+        self.outbox.wake({it.lane for it in g.items})
         # observers last: what they say is about frames that are on disk and on their way to the broker
-        self.outbox.put(self.observers.observe(observations), now, observed=True)
+        self.outbox.put(self.observers.observe(g.observations), now, observed=True)
         self.outbox.make_room(now)

@@ -43,6 +43,12 @@ class Outbox:
         if wake:
             self.wake({it.lane for it in items})
 
+    def commit_readings(self, items: list[Item], counters: dict) -> None:
+        """Ingest's commit thread: a group of readings and their counters, on disk when it returns (raises
+        SpoolError). The spool alone: the publisher and `held` belong to the event loop, which wakes the
+        publisher itself once this returned."""
+        self.spool.commit(items, counters)
+
     def wake(self, lanes) -> None:
         """New rows in these lanes: the publisher drains them now (when connected) or on reconnect."""
         if lanes:

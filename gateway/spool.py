@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import uuid
 from contextlib import contextmanager
 
@@ -179,6 +180,10 @@ class Spool:
         self.max_bytes = max_bytes
         self.audit = audit
         self.db = None
+        # one connection, two threads: ingest commits a group of readings on its commit thread while the event
+        # loop verifies the next (gateway/ingest.py); every use of the connection holds this lock, so a
+        # transaction is never interleaved with another thread's statements
+        self.lock = threading.RLock()
         # PUBACKed ranges whose DELETE failed (a full disk): retried with every delete and by retry_deletes()
         # until they go, so a disk that fills and frees does not leave rows to be re-sent at the next start.
         # Bounded by the rows in the spool (a range holds at least one row).
@@ -266,7 +271,8 @@ class Spool:
         return b + n * ROW_OVERHEAD
 
     def close(self) -> None:
-        self.db.close()
+        with self.lock:
+            self.db.close()
 
     # -- counters ----------------------------------------------------------------------------------
     def counters(self) -> dict[tuple[int, int], int]:
@@ -277,7 +283,8 @@ class Spool:
 
     def _read(self, q: str, args=()) -> list:
         try:
-            return self.db.execute(q, args).fetchall()
+            with self.lock:
+                return self.db.execute(q, args).fetchall()
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
 
@@ -285,23 +292,26 @@ class Spool:
     @contextmanager
     def _transaction(self):
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
-            # would raise "no transaction is active" and hide the real error
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self.lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
+                # would raise "no transaction is active" and hide the real error
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def journal(self) -> list[str]:
         """Observations (JSON) written with their frames and not yet settled by a plugin commit."""
-        return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
 
     def plugin_states(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT name, state FROM plugin_state"))
+        with self.lock:
+            return dict(self.db.execute("SELECT name, state FROM plugin_state"))
 
     def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
                journal: list[str] | None = None, states: dict[str, str] | None = None,
@@ -333,14 +343,16 @@ class Spool:
                                    [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
-        self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
+        with self.lock:     # the commit thread and the event loop both change it
+            self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
 
     # -- reading out ---------------------------------------------------------------------------
     def fetch(self, lane: int, after: int, limit: int) -> list[Row]:
         q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain FROM outbox "
              "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
         try:
-            return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+            with self.lock:
+                return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
 
@@ -372,7 +384,8 @@ class Spool:
             log.warning("spool: published rows of %d ranges whose delete had failed are deleted now",
                         len(self.undeleted))
             self.undeleted, self.undeleted_bytes = [], 0
-        self.size -= nbytes
+        with self.lock:
+            self.size -= nbytes
 
     def retry_deletes(self) -> None:
         """Delete what a failed delete left (called by the daemon's tick: space may be back with no new PUBACK)."""
@@ -391,7 +404,8 @@ class Spool:
         return out
 
     def audit_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT msg_id FROM audit")}
+        with self.lock:
+            return {r[0] for r in self.db.execute("SELECT msg_id FROM audit")}
 
     # -- the size bound ------------------------------------------------------------------------
     def over(self) -> bool:
@@ -403,6 +417,10 @@ class Spool:
         Rows with seq <= protect_below may already be in flight and are left alone. Returns {dev: dropped}.
         Alarms, events, state and non-routine readings are never touched.
         """
+        with self.lock:
+            return self._thin(protect_below)
+
+    def _thin(self, protect_below: int) -> dict[int, int]:
         dropped: dict[int, int] = {}
         target = int(self.max_bytes * 0.9)
         after = protect_below
@@ -428,7 +446,8 @@ class Spool:
 
     def wait_checkpoint(self) -> None:
         try:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with self.lock:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError:
             pass
 

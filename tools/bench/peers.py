@@ -45,6 +45,8 @@ IDLE_S = 10.0          # a peer that delivers nothing new for this long is done 
 RUN_CAP_S = 300.0      # one run never takes longer
 PROBE_DEV = 0x00FFFFF0 # readiness probe: written until it comes out the other end, not counted
 GG_EXTRA = os.environ.get("GG_PEERS_GATEWAY_EXTRA", "")   # extra gateway.toml lines (A/B runs by hand)
+# the interpreter the gateway runs under, e.g. ".venv/bin/python -m cProfile -o gw.prof" to profile the real process
+GG_PYTHON = os.environ.get("GG_PEERS_GATEWAY_PYTHON", "").split() or [sys.executable]
 PROBE_LINE = b"%08x,1,0,0,0,0\n" % PROBE_DEV
 PEERS = ("gasguard", "thingsboard", "node-red")
 
@@ -208,7 +210,18 @@ def _until_ready(cable, counter, probe_bytes: bytes, key, timeout: float, what: 
         time.sleep(0.5)
 
 
-def _measure(cable, counter, data: bytes, n: int) -> dict:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (/proc): a figure the machine's load moves far
+    less than a rate, so runs on a shared machine can be compared by it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(cable, counter, data: bytes, n: int, pid: int) -> dict:
+    cpu0 = _cpu_s(pid)
     with counter.lock:
         counter.seen.clear()
         counter.messages = 0
@@ -224,18 +237,19 @@ def _measure(cable, counter, data: bytes, n: int) -> dict:
         if got >= n or now - t0 > RUN_CAP_S or (not writer.is_alive() and now - max(last, t0) > IDLE_S):
             break
     writer.join(30)
+    cpu = _cpu_s(pid) - cpu0
     with counter.lock:
         got, last, msgs = len(counter.seen & counter.expected), counter.last_new, counter.messages
     secs = max(1e-9, (last or time.perf_counter()) - t0)
     return {"readings": n, "received": got, "lost": n - got, "seconds": secs, "per_s": got / secs,
-            "messages": msgs}
+            "messages": msgs, "cpu_s": cpu, "cpu_us_per_reading": cpu / max(1, got) * 1e6}
 
 
 def _run_peer(proc, cable, counter, log, probe: bytes, what: str, ready_s: float, data: bytes) -> dict:
     """Wait until a probe reading comes out of the peer, measure, then stop the peer and close its pty."""
     try:
         _until_ready(cable, counter, probe, (PROBE_DEV, 1), ready_s, what, proc)
-        return _measure(cable, counter, data, len(counter.expected))
+        return _measure(cable, counter, data, len(counter.expected), proc.pid)
     finally:
         _stop(proc)
         counter.close()
@@ -268,7 +282,7 @@ def run_gasguard(wl: Workload, d: Path, data: bytes, expected: set) -> dict:
         counter = Counter(broker.port, "gasguard/v1/bench/peer/reading", _gg_keys)
         counter.expected = expected
         log = open(d / "gateway.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
+        proc = subprocess.Popen([*GG_PYTHON, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
                                 stdout=log, stderr=subprocess.STDOUT)
         from gasguard.protocol import frame, framing
         from gasguard.protocol.const import UP
@@ -380,7 +394,8 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
                 res["load"] = load()
                 out["runs"].setdefault(peer, []).append(res)
                 echo(f"  round {r + 1} {peer:12}: {res['received']:,}/{res['readings']:,} distinct readings "
-                     f"({res['lost']:,} lost) in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s  ({res['load']})")
+                     f"({res['lost']:,} lost) in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s; the peer's process used "
+                     f"{res['cpu_us_per_reading']:.1f} µs CPU per reading  ({res['load']})")
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
