@@ -151,8 +151,9 @@ class Ingest:
             if self.committing is None:
                 item = await self.queue.get()
             elif self.queue.empty():
-                await self._landed()      # nothing new: wait for the disk
-                continue
+                item = await self._next_or_landed()    # new frames are verified while the disk works
+                if item is None:
+                    continue
             else:
                 item = self.queue.get_nowait()
             first, rest = alarms_first(self._take(item))
@@ -193,6 +194,22 @@ class Ingest:
     def _write(self, g: _Prepared) -> None:
         """On the commit thread: the spool alone (its lock keeps the event loop's statements out)."""
         self.outbox.commit_readings(g.items, g.counters)
+
+    async def _next_or_landed(self):
+        """The next queued frame, or None once the group on the commit thread landed (then settled)."""
+        c = self.committing
+        landed = asyncio.wrap_future(c[0])
+        landed.add_done_callback(lambda f: f.cancelled() or f.exception())   # read in _settle, not here
+        getter = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait((landed, getter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()           # nothing taken: the frame stays queued
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        self._settle(c)
+        return None
 
     async def _landed(self) -> None:
         """Wait for the group on the commit thread, then ack/publish/observe it (or refuse it)."""
