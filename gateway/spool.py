@@ -219,6 +219,7 @@ class Spool:
         # Bounded by the rows in the spool (a range holds at least one row).
         self.undeleted: list[tuple[int, int, int]] = []
         self.undeleted_bytes = 0
+        self.unthinnable: set[int] = set()   # reading rows whose payload thinning could not split (said once)
         try:
             self._check_present()      # before private_file, which creates an empty file
             try:
@@ -507,15 +508,18 @@ class Spool:
                     keep = not keep
                     continue
                 first = 0 if keep else 1
+                if seq in self.unthinnable:
+                    continue
                 try:
                     parts = entries(payload)
                     kept = parts[first::2]
                     devs = [int(e["dev"], 16) for _, e in parts[1 - first::2]]
                     mid, oldest = kept[0][1]["id"], (t if first == 0 else float(kept[0][1]["t"]))
                 except (ValueError, KeyError, TypeError, IndexError) as e:
-                    # (not what ingest writes: left whole, and said, rather than a thinning that fails each time)
+                    # (not what ingest writes: left whole and said once, rather than a thinning that fails)
                     log.error("spool thinning skips reading row %d: its payload is not %d reading entries (%r)",
                               seq, n, e)
+                    self.unthinnable.add(seq)
                     continue
                 for d in devs:
                     gone[d] = gone.get(d, 0) + 1
