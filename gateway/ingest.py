@@ -73,10 +73,18 @@ def readings_only(group: list) -> bool:
     return True
 
 
+def _shares_devices(group: list, devs: set) -> bool:
+    """A frame of the group is from one of `devs` (its header's device id; noise and runts are not)."""
+    for raw, _rx, _route in group:
+        if raw is not None and len(raw) >= 5 and int.from_bytes(raw[1:5], "big") in devs:
+            return True
+    return False
+
+
 class _Prepared:
     """One verified group, between its verification and its commit."""
     __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "results", "down",
-                 "observations", "journal", "by_type")
+                 "observations", "journal", "by_type", "devs")
 
     def __init__(self, now: float):
         self.now = now
@@ -91,6 +99,7 @@ class _Prepared:
         self.observations: list = []
         self.journal: list = []
         self.by_type: dict = {}       # accepted frames per type (metrics, counted once per group)
+        self.devs: set = set()        # the devices whose state its verification changed
 
 
 class Ingest:
@@ -173,7 +182,15 @@ class Ingest:
             self.beat()
 
     async def _overlap(self, group: list) -> None:
-        """Verify `group` while the group before it is being written, then hand it to the commit thread."""
+        """Verify `group` while the group before it is being written, then hand it to the commit thread. Only
+        when the two share no device: this group's verification then depends on nothing the write may still
+        undo (counters, replay memory and rate buckets are per device), so a failed write refuses its own
+        group and leaves this one as it is. A device in both: the write lands first."""
+        c = self.committing
+        if c is not None and _shares_devices(group, c[1].devs):
+            await self._landed()
+            if self.stopped:
+                return
         try:
             g = self._prepare(group, None, None)
         except Exception as e:  # noqa: BLE001 - as process(): a defect refuses the group, counted
@@ -185,9 +202,6 @@ class Ingest:
         await self._landed()
         if self.stopped:
             return                        # drain() committed it
-        if self.prepared is None:         # the write before it failed and was rolled back: verify it again
-            self.process(group)
-            return
         self.prepared = None
         self.committing = (self.writer.submit(self._write, g), g)
 
@@ -230,16 +244,9 @@ class Ingest:
         try:
             fut.result()                  # blocks only in drain(), at stop
         except SpoolError as e:
-            if self.prepared is not None:
-                # verified on top of this group's counters: undone first (newest first), verified again later
-                self._rollback(self.prepared[0])
-                self.prepared = None
             self._refused(g, e)
             return
         except Exception as e:  # noqa: BLE001 - as process(): counted, never a crash loop
-            if self.prepared is not None:
-                self._rollback(self.prepared[0])
-                self.prepared = None
             self._rollback(g)
             self._defect([None] * len(g.accepted), e)
             return
@@ -396,6 +403,11 @@ class Ingest:
         verifier, presence = self.verifier, self.presence
         check, accept, heard = verifier.check, verifier.accept, presence.heard
         reading_json = payloads.reading_json
+        # readings share spool rows (spool.Item): one row per run of routine or non-routine readings (thinning
+        # drops only routine ones), at most one batch message's worth each
+        run: list[str] = []
+        run_bytes, run_routine, run_head = 0, False, None
+        most, room = self.cfg.batch_count, self.cfg.batch_bytes - payloads.BATCH_HEAD
         for i, (raw, rx, route) in enumerate(group):
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
@@ -426,7 +438,15 @@ class Ingest:
             if typ == "reading":
                 # the worker's entry JSON when its fields are the ones accepted (same counter, same `now`)
                 js = p[2] if p is not None and p[0] is f else reading_json(mid, f, now, rx)
-                items.append(Item(READING, dev, js, mid, now, routine=(f["state"] & 0xF8) == 0))
+                routine = (f["state"] & 0xF8) == 0
+                if run and (routine != run_routine or len(run) >= most or run_bytes + len(js) + 1 > room):
+                    items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,
+                                      count=len(run)))
+                    run = []
+                if not run:
+                    run_bytes, run_routine, run_head = 0, routine, (dev, mid)
+                run.append(js)
+                run_bytes += len(js) + 1
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
@@ -457,8 +477,12 @@ class Ingest:
             if state:
                 items.extend(state)
             accepted.append((mid, f, v.device, rx, route, repeat))
+        if run:
+            items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,
+                              count=len(run)))
         if not accepted:
             return None
+        g.devs = {dev for dev, _prev in undo}
         counters.update(self.dispatcher.counters_of(down))
         g.observations = self.observers.observations(
             [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)

@@ -59,6 +59,9 @@ def reading_json(mid: str, f: dict, t: float, rx: dict) -> str:
         return dumps(reading_entry(mid, f, t, rx))
 
 
+BATCH_HEAD = 200   # bytes a batch message spends beyond its entries (schema, gateway, district, t): an upper bound
+
+
 def batch(gateway_id: str, district: str, t: float, entries_json: list[str]) -> str:
     """The aggregated reading message; entries are already JSON (joined, not re-encoded: hot path)."""
     head = dumps({"schema": "gasguard.readings/1", "gateway": gateway_id, "district": district, "t": round(t, 3)})

@@ -152,8 +152,9 @@ def test_a_missing_empty_or_other_spool_where_one_existed_refuses_to_start(tmp_p
 # --- item 5: rows whose delete failed on a full disk -------------------------------------------------------------
 
 def _rows(spool) -> int:
+    """Alarms and readings in the spool (a row may hold many readings: spool.Item)."""
     with sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=5) as db:
-        return db.execute("SELECT count(*) FROM outbox WHERE lane IN (0, 3)").fetchone()[0]
+        return db.execute("SELECT coalesce(sum(count), 0) FROM outbox WHERE lane IN (0, 3)").fetchone()[0]
 
 
 def _published(port) -> float:
