@@ -11,6 +11,7 @@ anything is opened. A bad value exits 2 with one message naming the file, the ke
     gateway_silent_s = 180.0                             # a gateway not heard this long is shown SILENT
     metrics_bind = "127.0.0.1:9108"                      # Prometheus ("" = off)
     frames_keep_s = 604800.0                             # graded frame identities kept this long
+    shelve_max_s = 28800.0                               # the longest shelf an operator may set (a shift)
 
     [command.mqtt]
     host = "127.0.0.1"
@@ -40,6 +41,7 @@ from gasguard.brokers import Endpoint, EndpointError, endpoints_from
 from gasguard.grading import engine as G
 
 from . import notify
+from .shelving import MAX_S
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,7 @@ class Config:
     gateway_silent_s: float = 180.0
     metrics_bind: str = ""
     frames_keep_s: float = 7 * 86400.0
+    shelve_max_s: float = MAX_S         # the longest an operator may shelve an incident (command/shelving.py)
     batch_max: int = 50                 # broker messages graded in one transaction at most (a reading batch
                                         # holds up to 200 readings: transactions stay well inside the lease)
     mqtt_host: str = "127.0.0.1"        # the single-broker form; mqtt_brokers wins when set

@@ -109,7 +109,8 @@ class CommandService:
         self.metrics = Metrics()
         self.grader = DistrictGrader(cfg.grading, self.store, devices=self.registry.device,
                                      downstream=self.registry.downstream, notify_routes=notify.routes(cfg.notify),
-                                     acts=acts, gateway_silent_s=cfg.gateway_silent_s)
+                                     acts=acts, gateway_silent_s=cfg.gateway_silent_s,
+                                     shelve_max_s=cfg.shelve_max_s)
         self.dispatcher = notify.Dispatcher(cfg.notify, open_store(cfg.store), notifiers)
         self.district = cfg.district
         self.topics = Topics(cfg.grading["topic_root"])
@@ -338,7 +339,7 @@ class CommandService:
                 continue
             now = self.clock()
             # acts submitted through the store by consoles in other processes (the web console)
-            reqs = [((self.cmd.ack if r["kind"] == "ack" else self.cmd.input)(r["incident_id"]), r["payload"], r["seq"])
+            reqs = [(getattr(self.cmd, r["kind"])(r["incident_id"]), r["payload"], r["seq"])
                     for r in self.store.pending_requests()]
             if batch or reqs:
                 # alarms, events and operators' acts first, in a small transaction of their own, published at

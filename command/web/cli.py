@@ -94,7 +94,8 @@ def serve(config):
             source = StoreSource(store, sc.web.district, topic_root=m["topic_root"],
                                  feed=feed.start(), source_name=a["console_id"]).start()
         else:                        # a substation working alone: its grading plugin's topics
-            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed).start(10)
+            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed,
+                                shelve_max_s=sc.web.shelve_max_s).start(10)
     except SourceError as e:
         _fail(str(e), 1)
     stations = RegistryStations(sc.registry) if sc.registry else (lambda: [])

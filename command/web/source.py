@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 import paho.mqtt.client as mqtt
 
 from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.command.shelving import MAX_S, ShelfBook, ShelfError
 from gasguard.protocol.topics import EVENT, READING, ROOT, Topics
 
 Listener = Callable[[dict], None]
@@ -44,15 +45,49 @@ class Refused(SourceError):
 class IncidentSource(Protocol):
     def snapshot(self) -> list[dict]: ...                       # latest revision of every incident held
     def get(self, incident_id: str) -> dict | None: ...
-    def listen(self, fn: Listener) -> Callable[[], None]: ...  # fn(msg) on every new revision; returns unlisten
+    # fn(msg) on every new revision, fn(None) when shelves changed; returns unlisten
+    def listen(self, fn: Listener) -> Callable[[], None]: ...
     def act_topic(self, kind: str, incident_id: str) -> str: ...   # where an "ack"/"input" goes (signed over)
     # the signed payload; returns once the command took it ("accepted") or None when only the incident's next
     # revision can tell; raises Refused with the command's reason, SourceError when it could not be sent
     def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
+    # shelve ({"by", "reason", "duration_s"}) or unshelve ({"by", "unshelve": true}): "accepted" or Refused
+    def shelve(self, incident_id: str, request: bytes, body: dict, timeout: float) -> str: ...
+    def shelves(self) -> dict[str, dict]: ...                   # incident id -> {"by", "reason", "at", "until", ...}
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
     def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause", "gateway"}
     # optional: journal(incident_id) -> [{"t", "category", "who", "text"}], the service's record of who did what
+
+
+class LocalShelves:
+    """Shelves held by the console itself, for a substation working alone (no command service to hold them):
+    the same rules (command/shelving.py), kept in memory: a restart of the console unshelves everything."""
+
+    def __init__(self, max_s: float = MAX_S, clock=time.time):
+        self.book, self.clock = ShelfBook(max_s), clock
+        self._lock = threading.Lock()
+
+    def apply(self, msg: dict | None, incident_id: str, body: dict) -> str:
+        with self._lock:
+            if msg is None:
+                raise Refused("unknown incident")
+            if body.get("unshelve"):
+                if self.book.unshelve(incident_id) is None:
+                    raise Refused("not shelved")
+                return "accepted"
+            if msg.get("status") != "open":
+                raise Refused("the incident is resolved: nothing to shelve")
+            try:
+                self.book.shelve(incident_id, body.get("by"), body.get("reason"), body.get("duration_s"),
+                                 self.clock(), msg)
+            except ShelfError as e:
+                raise Refused(str(e)) from None
+            return "accepted"
+
+    def current(self) -> dict[str, dict]:
+        with self._lock:
+            return self.book.items()
 
 
 class ReadingFeed:
@@ -132,9 +167,10 @@ class MqttSource:
     """Incidents from `<root>/<district>/command/incident/+` (a gateway's grading plugin, standalone)."""
 
     def __init__(self, host: str, port: int, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
-                 **client_kw):
+                 shelve_max_s: float = MAX_S, **client_kw):
         self.client = CommandClient(host, port, district, topic_root=topic_root, **client_kw)
         self.feed = feed or ReadingFeed(host, port, district, topic_root=topic_root)
+        self.local_shelves = LocalShelves(shelve_max_s)      # no command service here to hold them
         self._listeners: list[Listener] = []
         on_incident = self.client.client.on_message
 
@@ -206,6 +242,15 @@ class MqttSource:
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None:
         return self._send("input", incident_id, request, timeout)
 
+    def shelve(self, incident_id: str, request: bytes, body: dict, timeout: float) -> str:
+        out = self.local_shelves.apply(self.get(incident_id), incident_id, body)
+        for fn in list(self._listeners):
+            fn(None)
+        return out
+
+    def shelves(self) -> dict[str, dict]:
+        return self.local_shelves.current()
+
     def readings(self, dev: str, since: float) -> list[dict]:
         return self.feed.readings(dev, since)
 
@@ -222,6 +267,8 @@ class StoreSource:
         self.store, self.feed, self.poll_s, self.source_name = store, feed, poll_s, source_name
         self.topics = Topics(topic_root).command(district)
         self._latest: dict[str, dict] = {}
+        self._shelves: dict[str, dict] = {}
+        self._shelf_seq = -1                   # the store's shelf_seq() when _shelves was read
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -232,6 +279,7 @@ class StoreSource:
         for m in self.store.list_incidents(limit=5000):
             self._latest[m["incident_id"]] = m
         self._seq = self.store.last_seq()
+        self._refresh_shelves()
         self._thread = threading.Thread(target=self._follow, name="web-store-follow", daemon=True)
         self._thread.start()
         return self
@@ -243,14 +291,30 @@ class StoreSource:
         if self.feed is not None:
             self.feed.close()
 
+    def _refresh_shelves(self) -> bool:
+        """Read the shelves again if they changed in the store (any console's act, an expiry); True if so."""
+        seq = self.store.shelf_seq()
+        if seq == self._shelf_seq:
+            return False
+        shelves = self.store.shelves()
+        with self._lock:
+            self._shelves, self._shelf_seq = shelves, seq
+        return True
+
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                rows = self.store.wait_changes(self._seq, 1.0, poll=self.poll_s)
+                rows = self.store.changes(self._seq)
+                shelved = self._refresh_shelves()
             except Exception:  # noqa: BLE001 - a store that went away: counted, retried, the board says so
                 self.errors += 1
                 self._stop.wait(1.0)
                 continue
+            if shelved:
+                for fn in list(self._listeners):
+                    fn(None)
+            if not rows:
+                self._stop.wait(self.poll_s)
             for r in rows:
                 self._seq = max(self._seq, r["seq"])
                 m = r["payload"]
@@ -295,6 +359,22 @@ class StoreSource:
 
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str:
         return self._submit("input", incident_id, request, timeout)
+
+    def shelve(self, incident_id: str, request: bytes, body: dict, timeout: float) -> str:
+        """The signed act to the leader, which checks the `shelve` role, applies it to its store and audits it:
+        the shelf then outlives this console and the service (and shows on every console)."""
+        out = self._submit("shelve", incident_id, request, timeout)
+        try:
+            self._refresh_shelves()
+        except Exception:  # noqa: BLE001 - applied; the follow thread shows it at its next poll
+            self.errors += 1
+        for fn in list(self._listeners):
+            fn(None)
+        return out
+
+    def shelves(self) -> dict[str, dict]:
+        with self._lock:
+            return dict(self._shelves)
 
     def journal(self, incident_id: str) -> list[dict]:
         """Every state change of the incident the service journaled, with who: {t, category, who, text}."""
