@@ -1,4 +1,4 @@
-"""Operators' acts on incidents (acknowledge, operator input, resolve): verified and audited with the
+"""Operators' acts on incidents (acknowledge, operator input, resolve, shelve): verified and audited with the
 district's authority (gasguard.authority, issue 14) before the command applies them.
 
     [authority]                                     # in the command's TOML
@@ -8,8 +8,9 @@ district's authority (gasguard.authority, issue 14) before the command applies t
     audit = "/var/lib/gasguard/audit-command"       # the hash-chained audit log (IEC 62443-4-2 CR 2.8)
 
 A signed act is the `sign_request` envelope published on `command/ack/<incident>` or
-`command/input/<incident>` (or submitted through the store by the web console). The Gate checks signature,
-role (ack: `ack`; input: `input`, or `resolve` when it closes the incident), revocation, freshness and replay,
+`command/input/<incident>` (or submitted through the store by the web console; a shelving only that way,
+signed for `command/shelve/<incident>`). The Gate checks signature, role (ack: `ack`; input: `input`, or
+`resolve` when it closes the incident; shelve and unshelve: `shelve`), revocation, freshness and replay,
 and records allowed and refused alike; the command then records what the act did (`done` / `failed`).
 
 Exactly once across a crash: the Gate writes the nonce to its replay store before the command's transaction
@@ -38,6 +39,9 @@ class Unsigned:
         return True, str(doc.get("by") or "command")[:80], UNSIGNED, doc, None
 
     def done(self, ticket, kind: str, incident_id: str, outcome: str) -> None:
+        pass
+
+    def event(self, kind: str, incident_id: str, what: str, detail: dict) -> None:
         pass
 
     def reload(self) -> None:
@@ -90,6 +94,13 @@ class GateActs:
             self.gate.done(ticket, category="incident", event=kind,
                            outcome="done" if outcome == "accepted" else "failed",
                            detail={"incident_id": incident_id, "outcome": outcome})
+
+
+    def event(self, kind: str, incident_id: str, what: str, detail: dict) -> None:
+        """Something the command did of itself to an act's effect (a shelf that expired or ended on an
+        upgrade), on the same audit record as the act."""
+        self.gate.record("incident", f"{kind}_{what}", "info", {"recorder": "command"}, None, "",
+                         dict(detail, incident_id=incident_id))
 
 
 class _FirstUse:

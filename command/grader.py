@@ -31,9 +31,11 @@ from gasguard.grading import engine as G
 from gasguard.grading import report as R
 from gasguard.command.dedup import frame_key
 from gasguard.grading.incidents import IncidentEngine
-from gasguard.protocol.topics import ALARM, EVENT, READING, STATUS, SYNC, Topics
+from gasguard.protocol.topics import ALARM, EVENT, READING, SHELVE, STATUS, SYNC, Topics
 
 from .acts import Unsigned
+from .readings import PLOTTED, readings_of, valve_of
+from .shelving import MAX_S, ShelfBook, ShelfError
 
 log = logging.getLogger("gasguard.command")
 
@@ -50,11 +52,13 @@ class Outcome:
     acks: list = field(default_factory=list)             # seconds from detection to acknowledgement
     lag: float | None = None                             # now - the newest gateway time graded
     requests: int = 0                                    # acts submitted through the store, answered
+    shelves: int = 0                                     # shelves made or ended
+    kept: int = 0                                        # station readings and valve events stored
 
 
 class DistrictGrader:
     def __init__(self, cfg: dict, store, *, devices, downstream, notify_routes=None, acts=None,
-                 gateway_silent_s: float = 180.0):
+                 gateway_silent_s: float = 180.0, shelve_max_s: float = MAX_S):
         """`cfg`: the validated [grading] table (district, deadlines, levels); `devices(dev_id) -> dict|None`
         and `downstream(dev_id) -> [dict]` read the registry; `notify_routes(level, reason) -> [(channel,
         recipient)]`; `acts` verifies and audits acknowledgements and operator input (command/acts.py; None:
@@ -65,6 +69,7 @@ class DistrictGrader:
         self.routes = notify_routes or (lambda level, reason: [])
         self.acts = acts or Unsigned()
         self.gateway_silent_s = gateway_silent_s
+        self.shelves = ShelfBook(shelve_max_s)   # the store's `shelves` table, held for the upgrade and expiry checks
         self.engine = IncidentEngine(cfg, downstream=downstream)
         self.topics = Topics(cfg["topic_root"])
         self.cmd = self.topics.command(cfg["district"])
@@ -90,6 +95,7 @@ class DistrictGrader:
         self.levels = {i.id: (i.level, i.warning) for i in self.engine.incidents.values()}
         self.gateways = {g["gateway_id"]: {"last_seen": g["last_seen"], "online": g["online"], "silent": g["silent"]}
                          for g in self.store.gateways()}
+        self.shelves = ShelfBook(self.shelves.max_s, self.store.shelves())
 
     # --- inputs ----------------------------------------------------------------------------------
     def handle(self, msgs: list[tuple[str, dict]], now: float, fence) -> Outcome:
@@ -98,6 +104,7 @@ class DistrictGrader:
         with self.store.write(fence) as tx:
             changed: list = []
             inlet_changed: set = set()
+            self._keep: list = []                   # station readings to store (the station page's plot)
             alarms = False
             for topic, doc, *more in msgs:
                 req = more[:1] if more and more[0] is not None else []
@@ -111,6 +118,8 @@ class DistrictGrader:
                     if req:
                         tx.request_done(req[0], f"refused: malformed: {e!r}"[:200], now)
             self._persist(tx, changed, now, out)
+            tx.readings(self._keep)
+            out.kept += len(self._keep)
             self.inlet_dirty |= {d for d in inlet_changed if d in self.engine.inlet}
             self._checkpoint(tx)
             if alarms:
@@ -138,7 +147,7 @@ class DistrictGrader:
             return False
         self._heard(tx, gid, now, out)
         if len(parts) == 2 and leaf == READING:
-            for entry in doc.get("readings") or ():
+            for entry in readings_of(doc):
                 self._reading(tx, gid, entry, now, out, changed, inlet_changed)
             return False
         if len(parts) == 3 and leaf in (ALARM, EVENT):
@@ -152,6 +161,10 @@ class DistrictGrader:
                 return False
             obs = _alarm_obs(doc, dev) if leaf == ALARM else _event_obs(doc, dev)
             self._observe(obs, now, out, changed)
+            valve = valve_of(doc) if leaf == EVENT else None
+            if valve is not None:        # the valve's history, kept for the station page (bounded: prune_readings)
+                tx.valve_event(dev["dev_id"], valve["t"], valve["valve"], valve["cause"], valve["gateway"] or gid)
+                out.kept += 1
             return leaf == ALARM
         return False
 
@@ -170,6 +183,8 @@ class DistrictGrader:
             return
         if e.get("inlet_pa") is not None:
             inlet_changed.add(did)
+        if dev.get("profile") == "station" and any(e.get(k) is not None for k in PLOTTED):
+            self._keep.append((did, float(e["t"]), e.get("pressure_pa"), e.get("inlet_pa"), gid))
         self._observe(_reading_obs(e, dev), now, out, changed)
 
     def _observe(self, obs, now, out, changed) -> None:
@@ -230,10 +245,20 @@ class DistrictGrader:
             out.direct.extend((t, p, False) for t, p in self.engine.sync(now))
             out.direct.extend(self._gateway_msg(g, now) for g in self.gateways)
             return None
-        topic = self.cmd.ack(iid) if kind == "ack" else self.cmd.input(iid)
+        topic = getattr(self.cmd, kind)(iid)
         ok, who, why, body, ticket = self.acts.check(kind, iid, doc, topic, self.store)
         known = iid in self.engine.incidents
         res: list = []
+        nonce = getattr(ticket, "nonce", None)
+        record = dict(body)        # what the record keeps: the request, and the console that signed for the person
+        if ticket is not None and ticket.signer.id != ticket.operator.id:
+            record.update(console=ticket.signer.id, client_id=ticket.client_id, address=ticket.address)
+        if kind == SHELVE:
+            outcome = self._shelve(tx, iid, ok, why, who, body, record, nonce, now, out)
+            self.acts.done(ticket, kind, iid, outcome)
+            if not ok:
+                out.refused.append((f"{kind}/{iid}", why))
+            return outcome
         if not ok:
             outcome = f"refused: {why}"
         elif not known:
@@ -246,10 +271,6 @@ class DistrictGrader:
             res = self.engine.operator_input(iid, body, now)
             outcome = "refused: " + "; ".join(problems) if problems else "accepted"
         note = f" ({why})" if why and ok else ""      # e.g. unsigned: no authority configured
-        nonce = getattr(ticket, "nonce", None)
-        record = dict(body)        # what the record keeps: the request, and the console that signed for the person
-        if ticket is not None and ticket.signer.id != ticket.operator.id:
-            record.update(console=ticket.signer.id, client_id=ticket.client_id, address=ticket.address)
         if kind == "ack":
             tx.ack(iid, body.get("revision"), who, now, outcome, record, nonce)
             tx.journal(now, "ack", (f"acknowledged by {who}" if res else f"acknowledgement by {who} {outcome}") + note,
@@ -269,6 +290,61 @@ class DistrictGrader:
         changed.extend(res)
         return outcome
 
+    # --- shelving (ISA-18.2; the rules in shelving.py) ------------------------------------------------
+    def _shelve(self, tx, iid, ok, why, who, body, record, nonce, now, out) -> str:
+        """A shelving act (body {"reason", "duration_s"}) or its undoing ({"unshelve": true}), checked by the
+        authority as the `shelve` action; applied, logged (`shelf_log`) and journaled in this transaction."""
+        undo = bool(body.get("unshelve"))
+        inc = self.engine.incidents.get(iid)
+        shelf = None
+        if not ok:
+            outcome = f"refused: {why}"
+        elif inc is None:
+            outcome = "refused: unknown incident"
+        elif undo:
+            outcome = "accepted" if self.shelves.unshelve(iid) else "refused: not shelved"
+        elif inc.status != "open":
+            outcome = "refused: the incident is resolved: nothing to shelve"
+        else:
+            try:
+                shelf = self.shelves.shelve(iid, who, body.get("reason"), body.get("duration_s"), now,
+                                            {"revision": inc.revision, "warning": inc.warning, "level": inc.level})
+                outcome = "accepted"
+            except ShelfError as e:
+                outcome = f"refused: {e}"
+        reason = str(body.get("reason") or "")[:500]
+        seq = tx.shelf_log(iid, "unshelve" if undo else "shelve", who, now, outcome, reason=reason,
+                           until=shelf["until"] if shelf else None, request=record, nonce=nonce)
+        if shelf is not None:
+            tx.shelve(iid, shelf, seq)
+            text = f"shelved by {who} until {_hhmm(self.cfg, shelf['until'])}: {shelf['reason']}"
+        elif undo and outcome == "accepted":
+            tx.unshelve(iid)
+            text = f"unshelved by {who}"
+        else:
+            text = f"{'unshelving' if undo else 'shelving'} by {who} {outcome}"
+        tx.journal(now, "shelve", text, incident_id=iid, who=who,
+                   data={"outcome": outcome, "reason": reason, "until": shelf["until"] if shelf else None})
+        out.shelves += outcome == "accepted"
+        return outcome
+
+    def _end_shelves(self, tx, now: float, out: Outcome, only: str | None = None) -> None:
+        """Shelves past their expiry, or below their incident's new grade, end: logged, journaled, audited."""
+        grades = {i.id: {"warning": i.warning, "level": i.level} for i in self.engine.incidents.values()
+                  if only is None or i.id == only}
+        if only is not None and only not in self.shelves.items():
+            return
+        for iid, shelf, why in self.shelves.due(now, grades):
+            tx.unshelve(iid)
+            tx.shelf_log(iid, why, "command", now, "ended", reason=shelf["reason"], until=shelf["until"])
+            text = (f"shelf by {shelf['by']} expired" if why == "expired" else
+                    f"shelf by {shelf['by']} ended: upgraded beyond the grade shelved (it must be seen)")
+            tx.journal(now, "shelve", text, incident_id=iid, who="command",
+                       data={"ended": why, "by": shelf["by"], "until": shelf["until"]})
+            self.acts.event("shelve", iid, why, {"shelved_by": shelf["by"], "until": shelf["until"],
+                                                 "reason": shelf["reason"]})
+            out.shelves += 1
+
     def _answer(self, topic: str, raw: bytes, outcome: str, now: float, out: Outcome) -> None:
         """The answer a console waits for (`gasguard command ack/input`, issue 14's request result), on the
         command's own result topic: allowed once the act is applied, refused with the reason otherwise."""
@@ -284,6 +360,7 @@ class DistrictGrader:
         out = Outcome()
         with self.store.write(fence) as tx:
             self._persist(tx, self.engine.tick(now), now, out)
+            self._end_shelves(tx, now, out)
             self._checkpoint(tx)
             for gid, g in self.gateways.items():
                 if not g["silent"] and now - g["last_seen"] > self.gateway_silent_s:
@@ -310,6 +387,7 @@ class DistrictGrader:
             if not tx.add_revision(iid, rev, kind, now, payload):
                 continue
             out.revisions.append((iid, rev, kind, payload))
+            self._end_shelves(tx, now, out, only=iid)     # an upgrade ends a shelf at once
             for entry in list(inc.timeline)[-(n - prev):] if n > prev else []:
                 tx.journal(entry["t"], "site", entry["text"], incident_id=iid, revision=rev,
                            data={k: v for k, v in entry.items() if k not in ("t", "text")})
@@ -339,6 +417,10 @@ class DistrictGrader:
                     if tx.notification(iid, rev, reason, channel, recipient, now, payload):
                         tx.journal(now, "notification", f"{reason}: {channel} to {recipient} queued",
                                    incident_id=iid, revision=rev)
+
+
+def _hhmm(cfg: dict, t: float) -> str:
+    return G.local_time(cfg, t).strftime("%H:%M")
 
 
 # --- broker payloads -> the engine's observations (the inverse of gateway/payloads.py) -------------------

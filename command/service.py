@@ -109,7 +109,8 @@ class CommandService:
         self.metrics = Metrics()
         self.grader = DistrictGrader(cfg.grading, self.store, devices=self.registry.device,
                                      downstream=self.registry.downstream, notify_routes=notify.routes(cfg.notify),
-                                     acts=acts, gateway_silent_s=cfg.gateway_silent_s)
+                                     acts=acts, gateway_silent_s=cfg.gateway_silent_s,
+                                     shelve_max_s=cfg.shelve_max_s)
         self.dispatcher = notify.Dispatcher(cfg.notify, open_store(cfg.store), notifiers)
         self.district = cfg.district
         self.topics = Topics(cfg.grading["topic_root"])
@@ -134,6 +135,7 @@ class CommandService:
         self.became_leader_at: float | None = None     # wall time of the last take-over
         self.last_tick = 0.0
         self.last_prune = 0.0
+        self.last_readings_prune = 0.0                 # service-clock time of the last readings retention pass
         self.grading_alive = time.monotonic()          # the grading loop's last pass (the lease depends on it)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -338,7 +340,7 @@ class CommandService:
                 continue
             now = self.clock()
             # acts submitted through the store by consoles in other processes (the web console)
-            reqs = [((self.cmd.ack if r["kind"] == "ack" else self.cmd.input)(r["incident_id"]), r["payload"], r["seq"])
+            reqs = [(getattr(self.cmd, r["kind"])(r["incident_id"]), r["payload"], r["seq"])
                     for r in self.store.pending_requests()]
             if batch or reqs:
                 # alarms, events and operators' acts first, in a small transaction of their own, published at
@@ -362,6 +364,22 @@ class CommandService:
                     self.last_prune = now
                     with self.store.write(fence) as tx:
                         tx.prune_frames(now - self.cfg.frames_keep_s)
+                if now - self.last_readings_prune >= self.cfg.readings_prune_s:
+                    self.prune_readings(now, fence)
+
+    def prune_readings(self, now: float, fence) -> dict:
+        """The readings' retention: older than `readings_keep_s` goes, and no device keeps more than
+        `readings_max_per_device` rows (its oldest go, counted: gasguard_command_readings_removed_total)."""
+        self.last_readings_prune = now
+        with self.store.write(fence) as tx:
+            gone = tx.prune_readings(now - self.cfg.readings_keep_s, self.cfg.readings_max_per_device)
+        for reason, n in gone.items():
+            self.metrics.readings_removed.labels(reason).inc(n)
+        if gone["over_bound"]:
+            log.warning("%d readings dropped past the bound of %d per device (readings_max_per_device): a device "
+                        "reports faster than the bound allows for readings_keep_s", gone["over_bound"],
+                        self.cfg.readings_max_per_device)
+        return gone
 
     def tick_now(self) -> None:
         """Tests on a virtual clock: the next grading-loop pass runs the deadline check at once."""
@@ -370,6 +388,7 @@ class CommandService:
     def _account(self, out) -> None:
         m = self.metrics
         m.graded.inc(out.graded)
+        m.readings_kept.inc(out.kept)
         m.duplicates.inc(out.duplicates)
         m.escalations.inc(out.escalations)
         for _, why in out.refused:

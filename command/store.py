@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LEADER = "leader"
+ACT_KINDS = ("ack", "input", "shelve")      # what a console may submit (the topic leaf it is signed for)
 
 # --- schema migrations: (version, name, SQL). Append only; never edit a released one. ----------------
 # Tokens: {pk} an auto-increment integer primary key, {real} a float, {big} a 64-bit integer.
@@ -172,6 +173,52 @@ CREATE TABLE lease (
     expires_at    {real} NOT NULL
 );
 INSERT INTO lease VALUES ('leader', NULL, 0, 0);
+"""),
+    (2, "shelves (ISA-18.2 shelving, a signed act held by the service) and their log", """
+CREATE TABLE shelves (                           -- incidents shelved now: one row each (command/shelving.py)
+    incident_id   TEXT PRIMARY KEY,
+    who           TEXT NOT NULL,                 -- the operator who shelved it
+    reason        TEXT NOT NULL,
+    at            {real} NOT NULL,
+    until         {real} NOT NULL,               -- the expiry: it ends then, whatever happens
+    revision      INTEGER,                       -- the revision shelved
+    grade         TEXT NOT NULL,                 -- [warning rank, level] shelved (JSON): a higher one ends it
+    log_seq       {big} NOT NULL                 -- the shelf_log row of the act that made it
+);
+CREATE TABLE shelf_log (                         -- every shelving act (allowed or refused) and every end, kept
+    seq           {pk},
+    incident_id   TEXT NOT NULL,
+    action        TEXT NOT NULL,                 -- shelve | unshelve | expired | upgraded
+    who           TEXT NOT NULL,                 -- the operator, or "command" for an expiry or an upgrade
+    t             {real} NOT NULL,
+    outcome       TEXT NOT NULL,                 -- accepted | refused: why | ended
+    reason        TEXT NOT NULL DEFAULT '',
+    until         {real},
+    request       TEXT NOT NULL DEFAULT '{}',
+    nonce         TEXT                           -- the signed request's nonce (exactly once across a crash)
+);
+CREATE INDEX shelf_log_incident ON shelf_log(incident_id, seq);
+CREATE INDEX shelf_log_nonce ON shelf_log(nonce);
+"""),
+    (3, "station readings and valve events, kept for a bounded time (the web console's station page)", """
+CREATE TABLE readings (                          -- stations' pressure readings (command/readings.py)
+    dev           {big} NOT NULL,
+    t             {real} NOT NULL,               -- the gateway's receive time
+    pressure_pa   {real},                        -- outlet
+    inlet_pa      {real},
+    gateway       TEXT
+);
+CREATE INDEX readings_dev_t ON readings(dev, t);
+CREATE INDEX readings_t ON readings(t);
+CREATE TABLE valve_events (                      -- every device's valve moves (EV_VALVE)
+    dev           {big} NOT NULL,
+    t             {real} NOT NULL,
+    valve         TEXT NOT NULL,                 -- open | closed
+    cause         TEXT,                          -- gas | opso | upso | fault | reset | selftest | manual
+    gateway       TEXT
+);
+CREATE INDEX valve_events_dev_t ON valve_events(dev, t);
+CREATE INDEX valve_events_t ON valve_events(t);
 """),
 ]
 
@@ -548,11 +595,12 @@ class Store:
 
     # --- acts from consoles in other processes (the web console) ------------------------------------
     def submit(self, kind: str, incident_id: str, payload: dict, source: str = "") -> int:
-        """Queue an acknowledgement (`kind` "ack") or operator input ("input") for the leader, which verifies,
+        """Queue an acknowledgement (`kind` "ack"), operator input ("input") or a shelving ("shelve", also to
+        unshelve) for the leader, which verifies,
         applies, audits and answers it in one transaction; returns the request's number for `request()`.
         Any process may submit; no lease is needed (nothing changes until the leader has checked it)."""
-        if kind not in ("ack", "input"):
-            raise ValueError(f"kind {kind!r}: ack or input")
+        if kind not in ACT_KINDS:
+            raise ValueError(f"kind {kind!r}: one of {', '.join(ACT_KINDS)}")
         with self._tx():
             cur = self._x("INSERT INTO requests (t, kind, incident_id, payload, source) VALUES (?, ?, ?, ?, ?) "
                           "RETURNING seq", (time.time(), kind, incident_id, _j(payload), source))
@@ -576,6 +624,37 @@ class Store:
             "SELECT seq, kind, incident_id, payload, source FROM requests WHERE done = 0 ORDER BY seq LIMIT ?",
             (int(limit),))]
 
+    def shelves(self) -> dict[str, dict]:
+        """Incidents shelved now: {incident_id: {by, reason, at, until, revision, grade}} (a shelf past its
+        expiry stays here until the leader's next tick records its end: readers check `until` themselves)."""
+        return {r["incident_id"]: {"by": r["who"], "reason": r["reason"], "at": r["at"], "until": r["until"],
+                                   "revision": r["revision"], "grade": json.loads(r["grade"])}
+                for r in self._rows("SELECT incident_id, who, reason, at, until, revision, grade FROM shelves")}
+
+    def shelf_log(self, incident_id: str | None = None, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Every shelving act and end, oldest first: {seq, incident_id, action, who, t, outcome, reason,
+        until}."""
+        q, args = ("SELECT seq, incident_id, action, who, t, outcome, reason, until FROM shelf_log WHERE seq > ?",
+                   [after])
+        if incident_id is not None:
+            q += " AND incident_id = ?"
+            args.append(incident_id)
+        return self._rows(q + " ORDER BY seq LIMIT ?", (*args, int(limit)))
+
+    def shelf_seq(self) -> int:
+        """Grows with every shelving change: a console polls it to know when to read `shelves()` again."""
+        return self._rows("SELECT COALESCE(MAX(seq), 0) AS n FROM shelf_log")[0]["n"]
+
+    def readings(self, dev: int, since: float, until: float | None = None) -> list[dict]:
+        """A device's stored readings from `since`, oldest first: {t, pressure_pa, inlet_pa, gateway}."""
+        return self._rows("SELECT t, pressure_pa, inlet_pa, gateway FROM readings WHERE dev = ? AND t >= ? AND t <= ? "
+                          "ORDER BY t", (int(dev), since, float("inf") if until is None else until))
+
+    def valve_events(self, dev: int, since: float) -> list[dict]:
+        """A device's valve moves from `since`, oldest first: {t, valve, cause, gateway}."""
+        return self._rows("SELECT t, valve, cause, gateway FROM valve_events WHERE dev = ? AND t >= ? ORDER BY t",
+                          (int(dev), since))
+
     def gateways(self) -> list[dict]:
         return [dict(r, online=bool(r["online"]), silent=bool(r["silent"])) for r in self._rows(
             "SELECT gateway_id, district, online, silent, last_seen, status_t, version FROM gateways "
@@ -595,7 +674,8 @@ class Store:
         if not nonce:
             return False
         return bool(self._rows("SELECT 1 AS x FROM acks WHERE nonce = ? UNION ALL "
-                               "SELECT 1 AS x FROM operator_input WHERE nonce = ?", (nonce, nonce)))
+                               "SELECT 1 AS x FROM operator_input WHERE nonce = ? UNION ALL "
+                               "SELECT 1 AS x FROM shelf_log WHERE nonce = ?", (nonce, nonce, nonce)))
 
     def timeline_counts(self) -> dict[str, int]:
         return {r["id"]: r["timeline_n"] for r in self._rows("SELECT id, timeline_n FROM incidents")}
@@ -621,6 +701,30 @@ class _Writer:
 
     def prune_frames(self, before: float) -> int:
         return self.x("DELETE FROM frames WHERE t < ?", (before,)).rowcount
+
+    def readings(self, rows: list[tuple]) -> None:
+        """Readings to keep: (dev, t, pressure_pa, inlet_pa, gateway) each."""
+        if rows:
+            self.s.db.executemany(self.s.db.sql("INSERT INTO readings (dev, t, pressure_pa, inlet_pa, gateway) "
+                                                "VALUES (?, ?, ?, ?, ?)"), rows)
+
+    def valve_event(self, dev: int, t: float, valve: str, cause: str | None, gateway: str | None) -> None:
+        self.x("INSERT INTO valve_events (dev, t, valve, cause, gateway) VALUES (?, ?, ?, ?, ?)",
+               (dev, t, valve, cause, gateway))
+
+    def prune_readings(self, before: float, max_per_device: int) -> dict[str, int]:
+        """Retention: rows older than `before` go ("expired"); then a device holding more than `max_per_device`
+        rows in a table loses its oldest ("over_bound": a chattering device cannot fill the store). Counts."""
+        out = {"expired": 0, "over_bound": 0}
+        for table in ("readings", "valve_events"):
+            out["expired"] += self.x(f"DELETE FROM {table} WHERE t < ?", (before,)).rowcount
+            over = self.x(f"SELECT dev FROM {table} GROUP BY dev HAVING COUNT(*) > ?", (max_per_device,)).fetchall()
+            for (dev,) in over:
+                # the newest max_per_device rows stay; ties at the cut stay too (never a row newer than one kept)
+                cut = self.x(f"SELECT t FROM {table} WHERE dev = ? ORDER BY t DESC LIMIT 1 OFFSET ?",
+                             (dev, max_per_device - 1)).fetchone()[0]
+                out["over_bound"] += self.x(f"DELETE FROM {table} WHERE dev = ? AND t < ?", (dev, cut)).rowcount
+        return out
 
     def save_incident(self, state: dict, latest: dict, timeline_n: int) -> None:
         acked = latest.get("acked") or {}
@@ -685,6 +789,23 @@ class _Writer:
                 None if online is None else int(online), None if silent is None else int(silent),
                 # a silence verdict does not move last_seen; anything heard from the gateway does
                 int(silent is True)))
+
+    def shelf_log(self, incident_id: str, action: str, who: str, t: float, outcome: str, *, reason: str = "",
+                  until: float | None = None, request: dict | None = None, nonce: str | None = None) -> int:
+        return self.x("INSERT INTO shelf_log (incident_id, action, who, t, outcome, reason, until, request, nonce) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                      (incident_id, action, who, t, outcome, reason, until, _j(request or {}), nonce)).fetchone()[0]
+
+    def shelve(self, incident_id: str, shelf: dict, log_seq: int) -> None:
+        self.x("INSERT INTO shelves (incident_id, who, reason, at, until, revision, grade, log_seq) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id) DO UPDATE SET who = excluded.who, "
+               "reason = excluded.reason, at = excluded.at, until = excluded.until, revision = excluded.revision, "
+               "grade = excluded.grade, log_seq = excluded.log_seq",
+               (incident_id, shelf["by"], shelf["reason"], shelf["at"], shelf["until"], shelf.get("revision"),
+                _j(shelf["grade"]), log_seq))
+
+    def unshelve(self, incident_id: str) -> bool:
+        return self.x("DELETE FROM shelves WHERE incident_id = ?", (incident_id,)).rowcount == 1
 
     def request_done(self, seq: int, outcome: str, t: float) -> None:
         self.x("UPDATE requests SET done = 1, outcome = ?, done_at = ? WHERE seq = ?", (outcome, t, seq))

@@ -22,7 +22,7 @@ from gasguard import logs
 from gasguard.grading import engine as G
 from gasguard.grading import report as R
 from gasguard.protocol import counter
-from gasguard.protocol.topics import ACK, SYNC, CommandTopics, Topics
+from gasguard.protocol.topics import ACK, INPUT, SYNC, CommandTopics, Topics
 from gasguard.protocol.units import gas_percent_lel
 
 VALVE_CLOSED = 1
@@ -264,7 +264,9 @@ class IncidentEngine:
             return self.sync(now)
         if kind == ACK:
             return self.acknowledge(incident_id, payload, now)
-        return self.operator_input(incident_id, payload, now)
+        if kind == INPUT:
+            return self.operator_input(incident_id, payload, now)
+        return []            # shelving is the command service's (command/shelving.py), not the engine's
 
     def open_incidents(self) -> list[Incident]:
         return list(self._index().open)

@@ -5,6 +5,7 @@
 #   <root>/<district>/<gateway>/<dev>/{state,alarm,event,cmd,cmd/result} one device behind it (dev: 8 hex)
 #   <root>/<district>/command/incident/<id>                            incidents for the district command
 #   <root>/<district>/command/{ack,input}/<id>, .../command/sync         the district command's answers
+#   <root>/<district>/command/shelve/<id>                              what a shelving act is signed for (issue 16)
 #   <root>/<district>/command/gateway/<gateway>                        a gateway as the command sees it
 #   <root>/<district>/command/result/<gateway>                         a gateway's answer to each ack/input
 #                                                                      (allowed, or refused and why: issue 14)
@@ -33,6 +34,7 @@ COMMAND = "command"
 INCIDENT = "incident"
 ACK = "ack"
 INPUT = "input"
+SHELVE = "shelve"            # <root>/<district>/command/shelve/<id>: what a shelving act is signed for (issue 16)
 SYNC = "sync"
 GATEWAY = "gateway"          # <root>/<district>/command/gateway/<id>: a gateway's state as the command sees it
 RESULT = "result"            # <root>/<district>/command/result/<gateway>: answers to acks and operator input
@@ -96,6 +98,10 @@ class CommandTopics:
     def input(self, incident_id):
         return self.base + "/" + INPUT + "/" + incident_id
 
+    def shelve(self, incident_id):
+        """Shelving acts go to the command service through its store (not subscribed by incident engines)."""
+        return self.base + "/" + SHELVE + "/" + incident_id
+
     def gateway(self, gateway_id):
         return self.base + "/" + GATEWAY + "/" + gateway_id
 
@@ -103,14 +109,14 @@ class CommandTopics:
         return self.base + "/" + RESULT + "/" + gateway_id
 
     def parse(self, topic):
-        """(kind, incident_id) for a message to the command's subtree: kind is "ack", "input" or "sync"
-        (incident_id None); None when the topic is not one of them."""
+        """(kind, incident_id) for a message to the command's subtree: kind is "ack", "input", "shelve" or
+        "sync" (incident_id None); None when the topic is not one of them."""
         if not topic.startswith(self.base + "/"):
             return None
         parts = topic[len(self.base) + 1:].split("/")
         if parts == [SYNC]:
             return SYNC, None
-        if len(parts) == 2 and parts[0] in (ACK, INPUT) and parts[1]:
+        if len(parts) == 2 and parts[0] in (ACK, INPUT, SHELVE) and parts[1]:
             return parts[0], parts[1]
         return None
 

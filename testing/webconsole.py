@@ -36,6 +36,8 @@ class EngineSource:
         self.lock = threading.Lock()
         self.topics = Topics().command("lixia")
         self.gate = gate                    # an authority Gate: acts are verified as the command service does
+        from gasguard.command.web.source import LocalShelves
+        self.local_shelves = LocalShelves(clock=clock)
 
     def _take(self, outs):
         for topic, payload, *_ in outs:
@@ -76,8 +78,9 @@ class EngineSource:
         from gasguard.authority import Refused as AuthRefused
         from gasguard.command.web.source import Refused
         action = (lambda b: "resolve" if b.get("resolved") else "input") if kind == "input" else kind
+        topic = self.act_topic(kind, iid)
         try:
-            v = self.gate.check(self.act_topic(kind, iid), request, action=action, category="incident")
+            v = self.gate.check(topic, request, action=action, category="incident")
         except AuthRefused as r:
             raise Refused(f"{r.reason}: {r}") from None
         return {**v.body, "by": v.operator.id}
@@ -95,6 +98,17 @@ class EngineSource:
         with self.lock:
             self._take(self.engine.operator_input(iid, body, self.clock()))
         return "accepted"
+
+    def shelve(self, iid, request, body, timeout):
+        self.sent.append(("shelve", iid, request))
+        body = self._checked("shelve", iid, request)
+        out = self.local_shelves.apply(self.get(iid), iid, body)
+        for fn in list(self.listeners):
+            fn(None)
+        return out
+
+    def shelves(self):
+        return self.local_shelves.current()
 
     def readings(self, dev, since):
         return [r for r in self.readings_rows.get(dev, []) if r["t"] >= since]

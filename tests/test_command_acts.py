@@ -30,6 +30,14 @@ def authority(tmp_path):
     return gate, keys, tmp_path / "audit"
 
 
+def _station_trip(district, gate):  # noqa: F811
+    """A grader checking acts with `gate`, and the incident of a station's trip: (grader, store, fence, id)."""
+    g, store, fence = _grader(district)
+    g.acts = GateActs(gate)
+    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)], T0, fence)
+    return g, store, fence, store.list_incidents()[0]["incident_id"]
+
+
 def _records(audit_dir):
     return [(r["type"], r["outcome"], r["source"].get("operator") or r["source"].get("claimed_operator"))
             for r in A.show(audit_dir, category="incident")]
@@ -37,10 +45,7 @@ def _records(audit_dir):
 
 def test_signed_acts_applied_unsigned_and_replayed_refused_all_audited(district, authority):  # noqa: F811
     gate, keys, audit_dir = authority
-    g, store, fence = _grader(district)
-    g.acts = GateActs(gate)
-    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)], T0, fence)
-    iid = store.list_incidents()[0]["incident_id"]
+    g, store, fence, iid = _station_trip(district, gate)
     topic = f"gasguard/v1/{D}/command/ack/{iid}"
     import json
     signed = json.loads(sign_request(keys["op"], "op", topic, {"revision": 1}))
@@ -58,10 +63,7 @@ def test_signed_acts_applied_unsigned_and_replayed_refused_all_audited(district,
 
 def test_an_act_cut_off_by_a_crash_is_applied_once_when_delivered_again(district, authority):  # noqa: F811
     gate, keys, _ = authority
-    g, store, fence = _grader(district)
-    g.acts = GateActs(gate)
-    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)], T0, fence)
-    iid = store.list_incidents()[0]["incident_id"]
+    g, store, fence, iid = _station_trip(district, gate)
     topic = f"gasguard/v1/{D}/command/input/{iid}"
     raw = sign_request(keys["op"], "op", topic, {"evacuated": 1200})
     gate.check(topic, raw, action="input", category="incident")   # first delivery: the Gate saw it, then SIGKILL
@@ -77,10 +79,7 @@ def test_an_act_cut_off_by_a_crash_is_applied_once_when_delivered_again(district
 
 def test_the_web_console_signs_for_an_operator_through_the_store(district, authority):  # noqa: F811
     gate, keys, audit_dir = authority
-    g, store, fence = _grader(district)
-    g.acts = GateActs(gate)
-    g.handle([_alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)], T0, fence)
-    iid = store.list_incidents()[0]["incident_id"]
+    g, store, fence, iid = _station_trip(district, gate)
     import json
     topic = f"gasguard/v1/{D}/command/ack/{iid}"
     rid = store.submit("ack", iid, json.loads(sign_request(keys["web"], "web", topic, {"revision": 1},
@@ -94,4 +93,69 @@ def test_the_web_console_signs_for_an_operator_through_the_store(district, autho
     assert ack["who"] == "op" and ack["request"]["console"] == "web"
     rec = [r for r in A.show(audit_dir, category="incident") if r["outcome"] == "allowed"][0]
     assert rec["source"]["console"] == "web" and rec["source"]["address"] == "10.0.0.7"
+    store.close()
+
+
+def _submit_and_grade(g, store, fence, kind, iid, raw, t):
+    import json
+    rid = store.submit(kind, iid, json.loads(raw), source="web")
+    g.handle([(f"gasguard/v1/{D}/command/{r['kind']}/{r['incident_id']}", r["payload"], r["seq"])
+              for r in store.pending_requests()], t, fence)
+    return store.request(rid)["outcome"]
+
+
+def test_shelving_is_a_signed_act_held_in_the_store_ended_by_expiry_and_upgrade_all_audited(district, authority):  # noqa: F811
+    """ISA-18.2 shelving at the command service: the console signs for the operator, the leader checks the
+    `shelve` role, keeps the shelf in its store (a new leader holds it too), and records every act and end:
+    in its shelf log, the incident's journal and the authority's audit log."""
+    from gasguard.command.grader import DistrictGrader
+    gate, keys, audit_dir = authority
+    g, store, fence, iid = _station_trip(district, gate)
+    topic = f"gasguard/v1/{D}/command/shelve/{iid}"
+
+    def signed(body, **kw):
+        return sign_request(keys["web"], "web", topic, body, on_behalf_of=kw.get("op", "op"), client_id="sess-1",
+                            address="10.0.0.7")
+    # the console's own key, for nobody: a console may not act for itself
+    assert "refused" in _submit_and_grade(g, store, fence, "shelve", iid, sign_request(
+        keys["web"], "web", topic, {"reason": "crew on site", "duration_s": 1800}), T0 + 10)
+    assert _submit_and_grade(g, store, fence, "shelve", iid, signed({"reason": " ", "duration_s": 1800}),
+                             T0 + 11).startswith("refused: write why")
+    assert _submit_and_grade(g, store, fence, "shelve", iid, signed({"reason": "crew on site", "duration_s": 1800}),
+                             T0 + 12) == "accepted"
+    assert store.shelves() == {iid: {"by": "op", "reason": "crew on site", "at": T0 + 12, "until": T0 + 1812,
+                                     "revision": 1, "grade": [3, 4]}}
+    # a new leader (a restart, a take-over) holds the same shelf, and ends it at its expiry
+    g2 = DistrictGrader(g.cfg, store, devices=g.devices, downstream=g.engine.downstream, acts=GateActs(gate))
+    g2.load()
+    assert g2.shelves.items() == store.shelves()
+    g2.tick(T0 + 1811, fence)
+    assert iid in store.shelves()
+    g2.tick(T0 + 1812, fence)
+    assert store.shelves() == {}
+    # shelved again, then the station's network falls to a higher grade: the shelf ends at once
+    assert _submit_and_grade(g2, store, fence, "shelve", iid, signed({"reason": "crew on site", "duration_s": 3600}),
+                             T0 + 1900) == "accepted"
+    assert _submit_and_grade(g2, store, fence, "shelve", iid, signed({"unshelve": True}), T0 + 1901) == "accepted"
+    assert _submit_and_grade(g2, store, fence, "shelve", iid, signed({"unshelve": True}), T0 + 1902) == \
+        "refused: not shelved"
+    assert _submit_and_grade(g2, store, fence, "shelve", iid, signed({"reason": "crew on site", "duration_s": 3600}),
+                             T0 + 1903) == "accepted"
+    g2.handle([_alarm("gw1", 0xA002, 1, T0 + 1950, UPSO, TRIP_STATE)], T0 + 1950, fence)   # 12,000 households
+    assert store.list_incidents()[0]["level"] == 3 and store.shelves() == {}
+
+    log = [(r["action"], r["who"], r["outcome"].split(":")[0]) for r in store.shelf_log(iid)]
+    assert log == [("shelve", "web", "refused"), ("shelve", "op", "refused"), ("shelve", "op", "accepted"),
+                   ("expired", "command", "ended"), ("shelve", "op", "accepted"), ("unshelve", "op", "accepted"),
+                   ("unshelve", "op", "refused"), ("shelve", "op", "accepted"), ("upgraded", "command", "ended")]
+    journal = [j["text"] for j in store.journal(incident_id=iid) if j["category"] == "shelve"]
+    assert any(t.startswith("shelved by op until ") and t.endswith("crew on site") for t in journal)
+    assert "shelf by op expired" in journal and "unshelved by op" in journal
+    assert any("upgraded" in t for t in journal)
+    recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+            for r in A.show(audit_dir, category="incident")]
+    assert ("shelve", "allowed", "op", "web") in recs and ("shelve", "done", "op", "web") in recs
+    assert ("shelve", "refused", "web", None) in recs
+    assert [r[0] for r in recs if r[0].startswith("shelve_")] == ["shelve_expired", "shelve_upgraded"]
+    assert A.verify(audit_dir)["ok"]
     store.close()

@@ -117,3 +117,29 @@ def test_gateways_seen_silent_and_back(store):
         tx.gateway("gw1", "lixia", 210.0, online=False, silent=False)  # its Last Will
     g = store.gateways()[0]
     assert (g["online"], g["silent"], g["last_seen"]) == (False, False, 210.0)
+
+
+def test_a_store_of_an_older_schema_is_migrated_in_place_keeping_what_it_holds(store_url, monkeypatch):
+    """A store written by the previous release (schema 1) gets the new tables at the next start; nothing it
+    held is lost, and the new tables work."""
+    from gasguard.command import store as S
+    monkeypatch.setattr(S, "MIGRATIONS", MIGRATIONS[:1])
+    with open_store(store_url) as old:
+        old.migrate()
+        fence = old.acquire_lease("a", ttl=30)
+        with old.write(fence) as tx:
+            state, latest = _inc()
+            tx.save_incident(state, latest, 1)
+            tx.add_revision(state["id"], 1, "new", 101.0, latest)
+        assert old.schema_version() == 1
+    monkeypatch.setattr(S, "MIGRATIONS", MIGRATIONS)
+    with open_store(store_url) as new:
+        assert new.migrate() == [v for v, _, _ in MIGRATIONS[1:]]
+        assert [i["incident_id"] for i in new.list_incidents()] == ["lixia-leak-00000001-100"]
+        fence = new.acquire_lease("a", ttl=30)
+        with new.write(fence) as tx:
+            seq = tx.shelf_log("lixia-leak-00000001-100", "shelve", "op", 102.0, "accepted", reason="crew on site",
+                               until=1902.0)
+            tx.shelve("lixia-leak-00000001-100", {"by": "op", "reason": "crew on site", "at": 102.0, "until": 1902.0,
+                                                  "revision": 1, "grade": [3, 4]}, seq)
+        assert new.shelves()["lixia-leak-00000001-100"]["until"] == 1902.0 and new.shelf_seq() == seq

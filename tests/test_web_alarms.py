@@ -3,6 +3,7 @@ incidents published by the real incident engine."""
 
 import pytest
 
+from gasguard.command import shelving as S
 from gasguard.command.web import alarms as A
 from web_helpers import STATIONS, T0, EngineSource, alarm, device, valve_event
 
@@ -54,20 +55,27 @@ def test_deadlines_count_down_turn_overdue_and_stop_once_acknowledged():
 def test_shelving_needs_a_reason_and_a_bounded_expiry_and_an_upgrade_unshelves():
     clock = {"t": T0}
     src, iid = _leak(clock)
-    shelves = A.Shelves(max_s=3600)
-    with pytest.raises(A.ShelfError, match="why"):
+    shelves = S.ShelfBook(max_s=3600)
+    with pytest.raises(S.ShelfError, match="why"):
         shelves.shelve(iid, "wang.li", " ", 600, T0, src.get(iid))
-    with pytest.raises(A.ShelfError, match="up to 1 hours"):
+    with pytest.raises(S.ShelfError, match="up to 1 hours"):
         shelves.shelve(iid, "wang.li", "crew on site", 7200, T0, src.get(iid))
-    shelves.shelve(iid, "wang.li", "crew on site", 600, T0, src.get(iid))
+    with pytest.raises(S.ShelfError, match="1 minute"):
+        shelves.shelve(iid, "wang.li", "crew on site", 59, T0, src.get(iid))
+    shelf = shelves.shelve(iid, "wang.li", "crew on site", 600, T0, src.get(iid))
     assert A.alarm_state(src.get(iid), shelves.get(iid, T0 + 599, src.get(iid)), T0 + 599) == A.SHELVED
+    # past its expiry a shelf shows as over at once, whenever its holder records that
+    assert A.alarm_state(src.get(iid), shelf, T0 + 600) == A.UNACKED
     assert shelves.get(iid, T0 + 600, src.get(iid)) is None          # expired: back on the board
-    shelves.shelve(iid, "wang.li", "crew on site", 600, T0, src.get(iid))
+    shelf = shelves.shelve(iid, "wang.li", "crew on site", 600, T0, src.get(iid))
     for k in (2, 3):                                                  # a cluster of three: level rises
         src.observe(alarm(device(0x100001 + k, profile="household", site=f"文化东路{k}号", lat=36.66, lon=117.07),
                           T0 + k, 2))
     assert src.get(iid)["level"] == 3
-    assert shelves.get(iid, T0 + 10, src.get(iid)) is None
+    assert S.ended(shelf, T0 + 10, src.get(iid)) == S.UPGRADED
+    assert A.alarm_state(src.get(iid), shelf, T0 + 10) == A.UNACKED
+    assert shelves.due(T0 + 10, {iid: src.get(iid)}) == [(iid, shelf, "upgraded")]
+    assert shelves.items() == {}
 
 
 def test_flood_starts_above_ten_in_ten_minutes_and_ends_below_five():

@@ -269,3 +269,108 @@ def test_serve_starts_from_its_config_with_the_console_key_and_the_service_store
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_shelves_and_station_readings_are_the_services_and_outlive_a_console_restart_and_a_sigkill(
+        tmp_path, mosquitto, store_url):
+    """In a district the real `gasguard command serve` holds what the console shows: a shelf (signed by the
+    console for the operator, checked and kept by the service) and a station's readings and valve moves (from
+    the gateways' own payloads on the broker). The console is restarted and the service SIGKILLed and started
+    again: the incident is still shelved, with who and why, the station page still plots the readings, and the
+    service that came back unshelves it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import paho.mqtt.publish as publish
+
+    from gasguard.authority import audit
+    from gasguard.command.store import open_store
+    from gasguard.command.web.source import StoreSource
+    from gasguard.registry import Device, Registry
+    from gasguard.testing.waits import wait_until
+    from gasguard.testing.webconsole import Authority
+    from test_command_grading import TRIP_STATE, UPSO, _alarm, _batch, _valve
+    auth = Authority(tmp_path / "authority", "lixia", {OP: ("operator", "王丽")})
+    with Registry(tmp_path / "registry.db") as r:
+        r.add(Device(dev_id=0xA001, key=bytes(16), profile="station", site_name="燕山调压站", households=8_000,
+                     pressure_class="medium_a", lat=36.659, lon=117.062, state="commissioned"))
+    authority = "".join(f'{k} = "{v}"\n' for k, v in auth.command_table().items())
+    (tmp_path / "command.toml").write_text(
+        f'[command]\ndistrict = "lixia"\nstore = "{store_url}"\nregistry = "{tmp_path / "registry.db"}"\n'
+        f'instance = "cmd-a"\nlease_ttl = 2.0\ntick_interval = 0.2\n[command.mqtt]\nport = {mosquitto.port}\n'
+        f'[authority]\n{authority}')
+    log = open(tmp_path / "serve.log", "ab")
+
+    def serve():
+        return subprocess.Popen([sys.executable, "-m", "gasguard.cli", "command", "serve", "--config",
+                                 str(tmp_path / "command.toml"), "--log-level", "WARNING"], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    store = open_store(store_url)
+    book = new_password_file(tmp_path / "pw.json", OP, PW, quick_hasher())
+    svc = serve()
+    try:
+        wait_until(lambda: store.schema_version() and store.lease()["holder"] == "cmd-a", 20, "the service to lead")
+        topic, doc = _alarm("gw1", 0xA001, 1, T0, UPSO, TRIP_STATE)
+
+        def stored():       # the same frame again until the service has subscribed (graded once: its identity)
+            publish.single(topic, json.dumps(doc), qos=1, port=mosquitto.port)
+            return [i["incident_id"] for i in store.list_incidents()]
+        iid = wait_until(stored, 20, "the incident stored", step=0.2)[0]
+        now = time.time()
+        tripped = [(0xA001, 10 + n, now - 600 + 60 * n, 40 + n, 310_000) for n in range(3)]   # still shut
+        for topic, doc in (_batch("gw1", tripped, TRIP_STATE),
+                           _valve("gw1", 0xA001, 20, now - 300, 1, 2)):
+            publish.single(topic, json.dumps(doc), qos=1, port=mosquitto.port)
+        wait_until(lambda: len(store.readings(0xA001, 0)) == 3 and store.valve_events(0xA001, 0), 20,
+                   "the station's readings and valve move stored by the service")
+
+        def station_page(client):
+            r = client.get("/stations/0000a001")
+            assert r.status_code == 200 and "(3 readings)" in r.text, r.text
+            assert '<tr class="valve-closed">' in r.text and "opso" in r.text and "gw1" in r.text
+
+        def console():
+            source = StoreSource(open_store(store_url), "lixia", poll_s=0.05).start()
+            return source, create_app(WebConfig(confirm_timeout_s=15), source, auth.acting(), book,
+                                      stations=lambda: STATIONS)
+        source, app = console()
+        with TestClient(app) as client:
+            _login(client)
+            r = client.post(f"/incidents/{iid}/shelve", data={"csrf": _csrf(client, "/"), "reason": "crew on site",
+                                                              "minutes": "90"})
+            assert "shelved until" in r.text, r.text
+            row = client.get("/api/board").json()["rows"][0]
+            assert row["state"] == "shelved" and row["shelf"]["by"] == OP
+            station_page(client)
+        source.close()                                              # the console goes away ...
+        svc.send_signal(signal.SIGKILL)                             # ... and so does the service, unwarned
+        svc.wait(5)
+        svc = serve()
+        wait_until(lambda: store.lease()["holder"] == "cmd-a" and not svc.poll(), 20, "the service back")
+        source, app = console()
+        with TestClient(app) as client:                             # a new console process, a new session
+            _login(client)
+            row = client.get("/api/board").json()["rows"][0]
+            assert (row["state"], row["shelf"]["by"], row["shelf"]["reason"]) == ("shelved", OP, "crew on site")
+            r = client.get(f"/incidents/{iid}")
+            assert "Shelved by wang.li" in r.text
+            station_page(client)
+            r = client.post(f"/incidents/{iid}/shelve", data={"csrf": _csrf(client, "/"), "unshelve": "1"})
+            assert "back on the board" in r.text, r.text            # the service that came back held it
+            assert client.get("/api/board").json()["rows"][0]["state"] == "unacknowledged"
+        source.close()
+        assert [(x["action"], x["who"], x["outcome"]) for x in store.shelf_log(iid)] == [
+            ("shelve", OP, "accepted"), ("unshelve", OP, "accepted")]
+        recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+                for r in audit.show(auth.dir / "audit-command", category="incident")]
+        assert recs.count(("shelve", "allowed", OP, auth.console_id)) == 2
+    finally:
+        if svc.poll() is None:
+            os.killpg(svc.pid, signal.SIGTERM)
+            svc.wait(10)
+        log.close()
+        store.close()

@@ -6,7 +6,8 @@ Used by the web board and by `gasguard command watch`, so both say the same thin
   (hidden by an operator with a reason until an expiry);
 - `deadline_view`: the plan 4.1.2 deadlines (20' phone, 45' written) counting down, turning overdue, and no
   longer counting once the incident is acknowledged (the report is then the operator's, not the machine's);
-- `Shelves`: who shelved what, why, until when (the acts are audited by the caller);
+- shelving itself (who, why, until when; the rules in `gasguard.command.shelving`) is held by the command
+  service as a signed, audited act; a board only shows a shelf while it holds;
 - `FloodDetector`: a flood starts above 10 new alarms in 10 minutes and ends below 5 (EEMUA 191 / ISA-18.2
   figures in shared/domain/COMMAND.md); every figure is configuration.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from gasguard.command.shelving import WARNING_RANK, ended
+
 UNACKED = "unacknowledged"
 ACKED = "acknowledged"
 RTN_UNACKED = "returned-to-normal-unacknowledged"
@@ -24,7 +27,7 @@ SHELVED = "shelved"
 STATES = (UNACKED, ACKED, RTN_UNACKED, NORMAL, SHELVED)
 # board order: what needs an operator first (ISA-18.2 annunciation priority of unacknowledged states)
 STATE_ORDER = {UNACKED: 0, RTN_UNACKED: 1, ACKED: 2, SHELVED: 3, NORMAL: 4}
-WARNING_ORDER = {"red": 0, "orange": 1, "yellow": 2, "blue": 3, None: 4}
+WARNING_ORDER = WARNING_RANK
 
 
 def is_acked(msg: dict) -> bool:
@@ -33,7 +36,9 @@ def is_acked(msg: dict) -> bool:
 
 
 def alarm_state(msg: dict, shelf: dict | None = None, now: float | None = None) -> str:
-    if shelf is not None and (now is None or now < shelf["until"]) and msg.get("status") == "open":
+    # a shelf shows only while it holds: past its expiry or below the incident's new grade it is over at
+    # once on the screen, whenever the service gets round to recording that
+    if shelf is not None and msg.get("status") == "open" and (now is None or not ended(shelf, now, msg)):
         return SHELVED
     active = msg.get("status") == "open"
     if active:
@@ -114,53 +119,6 @@ class FloodDetector:
                 "start_above": self.cfg.start_above}
 
 
-class ShelfError(ValueError):
-    """A shelving request that cannot be honoured; the message says what to change."""
-
-
-def _grade(msg: dict) -> list:
-    """Smaller is more severe: (warning rank, level); compared to spot an upgrade."""
-    return [WARNING_ORDER.get(msg.get("warning"), 4), msg.get("level") or 9]
-
-
-class Shelves:
-    """Shelved incidents: {incident_id: {"by", "reason", "at", "until"}}. A shelf ends at its expiry, when the
-    incident is upgraded (a new grade must be seen) or when an operator unshelves it."""
-
-    def __init__(self, max_s: float = 8 * 3600.0):
-        self.max_s = max_s                    # an operator cannot hide an alarm for longer than a shift
-        self._shelves: dict[str, dict] = {}
-
-    def shelve(self, iid: str, by: str, reason: str, duration_s: float, now: float, msg: dict) -> dict:
-        reason = (reason or "").strip()
-        if len(reason) < 3:
-            raise ShelfError("write why the alarm is shelved (at least 3 characters)")
-        if not 0 < duration_s <= self.max_s:
-            raise ShelfError(f"shelve for 1 minute up to {self.max_s / 3600:g} hours")
-        shelf = {"by": by, "reason": reason[:500], "at": now, "until": now + duration_s,
-                 "revision": msg["revision"], "grade": _grade(msg)}
-        self._shelves[iid] = shelf
-        return shelf
-
-    def unshelve(self, iid: str) -> dict | None:
-        return self._shelves.pop(iid, None)
-
-    def get(self, iid: str, now: float, msg: dict | None = None) -> dict | None:
-        shelf = self._shelves.get(iid)
-        if shelf is None:
-            return None
-        expired = now >= shelf["until"]
-        # a higher grade than the one shelved comes back at once (a new level is a new report, plan 4.1)
-        upgraded = msg is not None and _grade(msg) < shelf["grade"]
-        if expired or upgraded:
-            del self._shelves[iid]
-            return None
-        return shelf
-
-    def items(self) -> dict[str, dict]:
-        return dict(self._shelves)
-
-
 def board_row(msg: dict, now: float, shelf: dict | None = None) -> dict:
     """The incident as one board row: everything a screen needs, already decided."""
     state = alarm_state(msg, shelf, now)
@@ -171,7 +129,7 @@ def board_row(msg: dict, now: float, shelf: dict | None = None) -> dict:
         "site": site_name(msg), "households": msg.get("households") or 0,
         "phone": deadline_view(msg, "phone", now), "written": deadline_view(msg, "written", now),
         "deadlines": msg["deadlines"], "acked": msg.get("acked"), "escalation": msg.get("escalation"),
-        "shelf": shelf, "detected_at": msg.get("detected_at"), "title": msg.get("title"),
+        "shelf": shelf if state == SHELVED else None, "detected_at": msg.get("detected_at"), "title": msg.get("title"),
         "devices": affected_devices(msg),
     }
 

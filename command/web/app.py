@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from gasguard.command.shelving import MAX_S
 from gasguard.grading import engine as G
 
 from . import alarms as A
@@ -51,14 +52,14 @@ class WebConfig:
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     flood: A.FloodConfig = field(default_factory=A.FloodConfig)
     confirm_timeout_s: float = 10.0   # how long an act waits for the gateway/service to confirm it
-    shelve_max_s: float = 8 * 3600.0
+    shelve_max_s: float = MAX_S      # a console alone (no command service) holds shelves itself, this long at most
     readings_window_s: float = 24 * 3600.0   # the station page's plot (the service keeps at least this)
     keep_normal_s: float = 600.0     # a cleared and acknowledged incident stays on the board this long
     grading: dict = field(default_factory=dict)   # [grading] table: timezone, pressure bounds by class
 
 
 class Console:
-    """The app's state: the source, who acts, shelves, the flood detector, and the SSE wake-ups."""
+    """The app's state: the source, who acts, the flood detector, and the SSE wake-ups."""
 
     def __init__(self, cfg: WebConfig, source: IncidentSource, acting: Acting, passwords: PasswordBook,
                  stations, clock=time.time):
@@ -67,7 +68,6 @@ class Console:
         self.grading = G.load_config(cfg.grading or None)
         self.clock = clock
         self.guard = LoginGuard(cfg.lockout)
-        self.shelves = A.Shelves(cfg.shelve_max_s)
         self.flood = A.FloodDetector(cfg.flood)
         self._lock = threading.Lock()
         self._waiters: set[asyncio.Event] = set()
@@ -77,8 +77,8 @@ class Console:
         self.unlisten = source.listen(self._on_change)
 
     # --- change feed (source thread -> event loop) -----------------------------------------------
-    def _on_change(self, msg: dict) -> None:
-        if msg.get("kind") == "new":
+    def _on_change(self, msg: dict | None) -> None:
+        if msg is not None and msg.get("kind") == "new":
             with self._lock:
                 self.flood.add(self.clock())
         if self.loop is not None:
@@ -116,9 +116,9 @@ class Console:
     def board(self) -> dict:
         now = self.clock()
         rows = []
+        shelves = self.source.shelves()
         for m in self.source.snapshot():
-            shelf = self.shelves.get(m["incident_id"], now, m)
-            row = A.board_row(m, now, shelf)
+            row = A.board_row(m, now, shelves.get(m["incident_id"]))
             if row["state"] == A.NORMAL and now - (m.get("resolved_at") or now) > self.cfg.keep_normal_s:
                 continue
             row["category_zh"] = G.CATEGORY_NAMES_ZH.get(row["category"], row["category"])
@@ -326,7 +326,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
 
     def incident_view(request: Request, m: dict, status: int = 200, **extra) -> HTMLResponse:
         now = clock()
-        shelf = con.shelves.get(m["incident_id"], now, m)
+        shelf = source.shelves().get(m["incident_id"])
         lang = request.query_params.get("lang", "zh")
         devs = set(A.affected_devices(m))
         svg = mapsvg.render([s for s in stations() if s["dev"] in devs] or stations(), source.snapshot(),
@@ -461,32 +461,45 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
         return RedirectResponse(f"/incidents/{iid}", status_code=303)
 
     async def shelve(request: Request):
+        """Shelve (reason, minutes) or unshelve: a signed act the command service checks, holds and audits;
+        its refusal (no reason, too long, resolved...) is shown at the field."""
         got = await preamble(request, "shelve")
         if isinstance(got, Response):
             return got
         form, op, iid, m = got
-        if form.get("unshelve"):
-            gone = con.shelves.unshelve(iid)
+        undo = bool(form.get("unshelve"))
+        if undo:
+            body = {"by": op, "unshelve": True}
+        else:
+            try:
+                minutes = float(form.get("minutes") or "")
+            except ValueError:
+                minutes = -1.0                       # not a number: the rules say what to write
+            body = {"by": op, "reason": form.get("reason", ""), "duration_s": minutes * 60}
+        action = "unshelve" if undo else "shelve"
+        signed = acting.sign(op, source.act_topic("shelve", iid), body, **_client(request))
+        try:
+            await asyncio.to_thread(source.shelve, iid, signed, body, cfg.confirm_timeout_s)
+        except SourceError as e:                     # Refused included: the command said no, and why
+            refused = isinstance(e, Refused)
+            acting.audit(category="incident", type=action, operator=op, address=_address(request),
+                         outcome="refused" if refused else "failed", reason=str(e), incident=iid)
+            text = f"{'REFUSED by the command' if refused else 'not sent'}: {e}" if not refused or undo else str(e)
+            if undo:
+                flash(request, f"NOT unshelved: {text}", "error")
+                return RedirectResponse(f"/incidents/{iid}", status_code=303)
+            return incident_view(request, m, 422 if refused else 502, errors={"shelve": text}, values=dict(form))
+        con._wake()
+        if undo:
             acting.audit(category="incident", type="unshelve", operator=op, address=_address(request),
-                         outcome="allowed" if gone else "refused", reason="" if gone else "not shelved",
-                         incident=iid)
-            con._wake()
+                         outcome="allowed", incident=iid)
             flash(request, f"{iid} is back on the board.")
             return RedirectResponse(f"/incidents/{iid}", status_code=303)
-        try:
-            minutes = float(form.get("minutes") or "")
-        except ValueError:
-            minutes = -1
-        try:
-            shelf = con.shelves.shelve(iid, op, form.get("reason", ""), minutes * 60, clock(), m)
-        except A.ShelfError as e:
-            acting.audit(category="incident", type="shelve", operator=op, address=_address(request),
-                         outcome="refused", reason=str(e), incident=iid)
-            return incident_view(request, m, 422, errors={"shelve": str(e)}, values=dict(form))
+        shelf = source.shelves().get(iid) or {}
         acting.audit(category="incident", type="shelve", operator=op, address=_address(request),
-                     outcome="allowed", incident=iid, reason=shelf["reason"], until=shelf["until"])
-        con._wake()
-        flash(request, f"{iid} shelved until {con.fmt_time(shelf['until'])}: {shelf['reason']}")
+                     outcome="allowed", incident=iid, reason=shelf.get("reason", body["reason"]),
+                     until=shelf.get("until"))
+        flash(request, f"{iid} shelved until {con.fmt_time(shelf.get('until'))}: {shelf.get('reason', '')}")
         return RedirectResponse("/", status_code=303)
 
     # --- map and station -------------------------------------------------------------------------

@@ -82,8 +82,6 @@ def serve(config):
     except (PasswordFileError, BadInput) as e:
         _fail(str(e), 2)
     m = sc.mqtt
-    feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
-                       keep_s=sc.web.readings_window_s)
     try:
         if sc.store:                 # the district command service (issue 15): its store is the one source
             from gasguard.command.store import open_store
@@ -91,10 +89,14 @@ def serve(config):
             if store.schema_version() == 0:
                 _fail(f"the command store {sc.store} is empty: start the command service first "
                       "(gasguard command serve creates and migrates it)", 1)
+            # readings and valve events too: the service keeps them (command/readings.py, bounded)
             source = StoreSource(store, sc.web.district, topic_root=m["topic_root"],
-                                 feed=feed.start(), source_name=a["console_id"]).start()
+                                 source_name=a["console_id"]).start()
         else:                        # a substation working alone: its grading plugin's topics
-            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed).start(10)
+            feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
+                               keep_s=sc.web.readings_window_s)
+            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed,
+                                shelve_max_s=sc.web.shelve_max_s).start(10)
     except SourceError as e:
         _fail(str(e), 1)
     stations = RegistryStations(sc.registry) if sc.registry else (lambda: [])

@@ -8,9 +8,10 @@ knows nothing else of where incidents live.
   leader stored them, followed by sequence number; acts submitted as requests the leader verifies and answers
   ("accepted" / "refused: why"). The production source.
 - `MqttSource`: the incident topics of one district over MQTT (a substation's grading plugin working alone).
-- `ReadingFeed`: readings and valve events of the district's gateways, kept in memory for `keep_s` (24 h)
-  with a per-device bound (oldest dropped, counted). Neither the gateways nor the service store readings
-  for a console to plot, so the console keeps this window itself: after a console restart the plot refills.
+- `ReadingFeed`: for a console working alone (no command service): readings and valve events of the
+  district's gateways, kept in memory for `keep_s` (24 h) with a per-device bound (oldest dropped, counted);
+  after a restart its plots refill. In a district the command service keeps them (its store's `readings` and
+  `valve_events`, bounded: command/README.md) and `StoreSource` reads them from there.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Callable, Protocol
 import paho.mqtt.client as mqtt
 
 from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.command.readings import readings_of, valve_of
+from gasguard.command.shelving import MAX_S, ShelfBook, ShelfError
 from gasguard.protocol.topics import EVENT, READING, ROOT, Topics
 
-Listener = Callable[[dict], None]
-VALVE_EVENT = 5          # protocol event code VALVE: data = valve u8 (1 closed, 0 open), cause u8
-VALVE_CAUSES = {1: "gas", 2: "opso", 3: "upso", 4: "fault", 5: "reset", 6: "selftest", 7: "manual"}
+Listener = Callable[[dict | None], None]
 
 
 class SourceError(Exception):
@@ -44,15 +45,49 @@ class Refused(SourceError):
 class IncidentSource(Protocol):
     def snapshot(self) -> list[dict]: ...                       # latest revision of every incident held
     def get(self, incident_id: str) -> dict | None: ...
-    def listen(self, fn: Listener) -> Callable[[], None]: ...  # fn(msg) on every new revision; returns unlisten
+    # fn(msg) on every new revision, fn(None) when shelves changed; returns unlisten
+    def listen(self, fn: Listener) -> Callable[[], None]: ...
     def act_topic(self, kind: str, incident_id: str) -> str: ...   # where an "ack"/"input" goes (signed over)
     # the signed payload; returns once the command took it ("accepted") or None when only the incident's next
     # revision can tell; raises Refused with the command's reason, SourceError when it could not be sent
     def acknowledge(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None: ...
+    # shelve ({"by", "reason", "duration_s"}) or unshelve ({"by", "unshelve": true}): "accepted" or Refused
+    def shelve(self, incident_id: str, request: bytes, body: dict, timeout: float) -> str: ...
+    def shelves(self) -> dict[str, dict]: ...                   # incident id -> {"by", "reason", "at", "until", ...}
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
     def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause", "gateway"}
     # optional: journal(incident_id) -> [{"t", "category", "who", "text"}], the service's record of who did what
+
+
+class LocalShelves:
+    """Shelves held by the console itself, for a substation working alone (no command service to hold them):
+    the same rules (command/shelving.py), kept in memory: a restart of the console unshelves everything."""
+
+    def __init__(self, max_s: float = MAX_S, clock=time.time):
+        self.book, self.clock = ShelfBook(max_s), clock
+        self._lock = threading.Lock()
+
+    def apply(self, msg: dict | None, incident_id: str, body: dict) -> str:
+        with self._lock:
+            if msg is None:
+                raise Refused("unknown incident")
+            if body.get("unshelve"):
+                if self.book.unshelve(incident_id) is None:
+                    raise Refused("not shelved")
+                return "accepted"
+            if msg.get("status") != "open":
+                raise Refused("the incident is resolved: nothing to shelve")
+            try:
+                self.book.shelve(incident_id, body.get("by"), body.get("reason"), body.get("duration_s"),
+                                 self.clock(), msg)
+            except ShelfError as e:
+                raise Refused(str(e)) from None
+            return "accepted"
+
+    def current(self) -> dict[str, dict]:
+        with self._lock:
+            return self.book.items()
 
 
 class ReadingFeed:
@@ -68,6 +103,7 @@ class ReadingFeed:
         self._readings: dict[str, deque] = {}
         self._valves: dict[str, deque] = {}
         self.dropped = 0                       # rows dropped by the per-device bound
+        self.malformed = 0                     # messages that were not readings or events as expected
         self.client: mqtt.Client | None = None
 
     def start(self) -> "ReadingFeed":
@@ -95,19 +131,20 @@ class ReadingFeed:
             return
         if not isinstance(doc, dict):
             return
-        if topic.endswith("/" + READING):
-            with self._lock:
-                for r in doc.get("readings", []):
-                    self._keep(self._readings, r["dev"], {k: r.get(k) for k in (
-                        "t", "pressure_pa", "inlet_pa", "gas_pct_lel")})
-        elif topic.endswith("/" + EVENT) and doc.get("code") == VALVE_EVENT:
-            data = bytes.fromhex(doc.get("data_hex", ""))
-            if data:
+        try:
+            if topic.endswith("/" + READING):
+                rows = readings_of(doc)
                 with self._lock:
-                    self._keep(self._valves, doc["dev"], {
-                        "t": doc["t"], "valve": "closed" if data[0] == 1 else "open",
-                        "cause": VALVE_CAUSES.get(data[1], str(data[1])) if len(data) > 1 else None,
-                        "gateway": doc.get("gateway")})
+                    for r in rows:
+                        self._keep(self._readings, r["dev"], {k: r.get(k) for k in (
+                            "t", "pressure_pa", "inlet_pa", "gas_pct_lel")})
+            elif topic.endswith("/" + EVENT):
+                v = valve_of(doc)
+                if v is not None:
+                    with self._lock:
+                        self._keep(self._valves, v.pop("dev"), v)
+        except (KeyError, TypeError, ValueError):
+            self.malformed += 1                # a payload this console cannot read: counted, not fatal
 
     def _keep(self, table: dict, dev: str, row: dict) -> None:
         q = table.get(dev)
@@ -132,9 +169,10 @@ class MqttSource:
     """Incidents from `<root>/<district>/command/incident/+` (a gateway's grading plugin, standalone)."""
 
     def __init__(self, host: str, port: int, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
-                 **client_kw):
+                 shelve_max_s: float = MAX_S, **client_kw):
         self.client = CommandClient(host, port, district, topic_root=topic_root, **client_kw)
         self.feed = feed or ReadingFeed(host, port, district, topic_root=topic_root)
+        self.local_shelves = LocalShelves(shelve_max_s)      # no command service here to hold them
         self._listeners: list[Listener] = []
         on_incident = self.client.client.on_message
 
@@ -206,6 +244,15 @@ class MqttSource:
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str | None:
         return self._send("input", incident_id, request, timeout)
 
+    def shelve(self, incident_id: str, request: bytes, body: dict, timeout: float) -> str:
+        out = self.local_shelves.apply(self.get(incident_id), incident_id, body)
+        for fn in list(self._listeners):
+            fn(None)
+        return out
+
+    def shelves(self) -> dict[str, dict]:
+        return self.local_shelves.current()
+
     def readings(self, dev: str, since: float) -> list[dict]:
         return self.feed.readings(dev, since)
 
@@ -217,11 +264,12 @@ class StoreSource:
     """Incidents from the command service's store (`open_store(url)`), followed by revision sequence number:
     a thread waits on `store.wait_changes` and hands every new revision to the listeners."""
 
-    def __init__(self, store, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
-                 poll_s: float = 0.1, source_name: str = "web"):
-        self.store, self.feed, self.poll_s, self.source_name = store, feed, poll_s, source_name
+    def __init__(self, store, district: str, *, topic_root: str = ROOT, poll_s: float = 0.1, source_name: str = "web"):
+        self.store, self.poll_s, self.source_name = store, poll_s, source_name
         self.topics = Topics(topic_root).command(district)
         self._latest: dict[str, dict] = {}
+        self._shelves: dict[str, dict] = {}
+        self._shelf_seq = -1                   # the store's shelf_seq() when _shelves was read
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -232,6 +280,7 @@ class StoreSource:
         for m in self.store.list_incidents(limit=5000):
             self._latest[m["incident_id"]] = m
         self._seq = self.store.last_seq()
+        self._refresh_shelves()
         self._thread = threading.Thread(target=self._follow, name="web-store-follow", daemon=True)
         self._thread.start()
         return self
@@ -240,17 +289,31 @@ class StoreSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        if self.feed is not None:
-            self.feed.close()
+
+    def _refresh_shelves(self) -> bool:
+        """Read the shelves again if they changed in the store (any console's act, an expiry); True if so."""
+        seq = self.store.shelf_seq()
+        if seq == self._shelf_seq:
+            return False
+        shelves = self.store.shelves()
+        with self._lock:
+            self._shelves, self._shelf_seq = shelves, seq
+        return True
 
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                rows = self.store.wait_changes(self._seq, 1.0, poll=self.poll_s)
+                rows = self.store.changes(self._seq)
+                shelved = self._refresh_shelves()
             except Exception:  # noqa: BLE001 - a store that went away: counted, retried, the board says so
                 self.errors += 1
                 self._stop.wait(1.0)
                 continue
+            if shelved:
+                for fn in list(self._listeners):
+                    fn(None)
+            if not rows:
+                self._stop.wait(self.poll_s)
             for r in rows:
                 self._seq = max(self._seq, r["seq"])
                 m = r["payload"]
@@ -296,6 +359,22 @@ class StoreSource:
     def send_input(self, incident_id: str, request: bytes, timeout: float) -> str:
         return self._submit("input", incident_id, request, timeout)
 
+    def shelve(self, incident_id: str, request: bytes, body: dict, timeout: float) -> str:
+        """The signed act to the leader, which checks the `shelve` role, applies it to its store and audits it:
+        the shelf then outlives this console and the service (and shows on every console)."""
+        out = self._submit("shelve", incident_id, request, timeout)
+        try:
+            self._refresh_shelves()
+        except Exception:  # noqa: BLE001 - applied; the follow thread shows it at its next poll
+            self.errors += 1
+        for fn in list(self._listeners):
+            fn(None)
+        return out
+
+    def shelves(self) -> dict[str, dict]:
+        with self._lock:
+            return dict(self._shelves)
+
     def journal(self, incident_id: str) -> list[dict]:
         """Every state change of the incident the service journaled, with who: {t, category, who, text}."""
         try:
@@ -305,7 +384,16 @@ class StoreSource:
             return []
 
     def readings(self, dev: str, since: float) -> list[dict]:
-        return self.feed.readings(dev, since) if self.feed else []
+        """The station's readings as the command service stored them (bounded by its retention)."""
+        try:
+            return self.store.readings(int(dev, 16), since)
+        except Exception:  # noqa: BLE001 - the page says "0 readings"; the poll counts errors
+            self.errors += 1
+            return []
 
     def valve_history(self, dev: str, since: float) -> list[dict]:
-        return self.feed.valve_history(dev, since) if self.feed else []
+        try:
+            return self.store.valve_events(int(dev, 16), since)
+        except Exception:  # noqa: BLE001 - as readings()
+            self.errors += 1
+            return []

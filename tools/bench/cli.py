@@ -8,6 +8,7 @@ from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
 from gasguard.tools.bench.command import command_bench
+from gasguard.tools.bench.deframe import deframe_bench
 from gasguard.tools.bench.authority import authority_bench
 from gasguard.tools.bench.firmware import firmware_bench
 from gasguard.tools.bench.fleet import fleet as fleet_bench
@@ -108,6 +109,7 @@ bench.add_command(provisioning_bench)
 bench.add_command(web_bench)
 bench.add_command(peers_bench)
 bench.add_command(failover_bench)
+bench.add_command(deframe_bench)
 
 
 @bench.command("dashboard")
