@@ -104,7 +104,7 @@ class Daemon:
                              self.spool.idents(), self.metrics, self.burst, clock,
                              beat=lambda: self.beats.beat("ingest"),
                              mic=MicWatch(cfg.mic_failures, cfg.mic_window), pre=self.pre)
-        self.serial = [SerialTransport(sp, self.ingest.deliver, self.metrics, self.burst,
+        self.serial = [SerialTransport(sp, self.ingest.deliver_many, self.metrics, self.burst,
                                        node_lines=cfg.node_log_lines) for sp in cfg.serial]
         self.udp = None
         self.stopping = False

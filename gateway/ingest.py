@@ -64,6 +64,36 @@ def alarms_first(group: list, busy=()) -> tuple[list, list]:
     return first, rest
 
 
+class FrameQueue(asyncio.Queue):
+    """The verification queue, bounded in frames: an entry is one frame (raw, rx, route) or a transport's whole
+    read of them (a list: one queue operation per read, not per frame, on the hot path). full() counts frames,
+    so a stream transport waits while QUEUE_MAX frames wait (it may pass the bound by one read)."""
+
+    def _init(self, maxsize):
+        super()._init(maxsize)
+        self.frames = 0
+
+    def _put(self, item):
+        self.frames += len(item) if type(item) is list else 1
+        super()._put(item)
+
+    def _get(self):
+        item = super()._get()
+        self.frames -= len(item) if type(item) is list else 1
+        return item
+
+    def qsize(self) -> int:
+        return self.frames
+
+    def take_all(self) -> list:
+        """Every queued frame, in order (at stop, and for the fuzzer)."""
+        out: list = []
+        while not self.empty():
+            item = self.get_nowait()
+            out.extend(item) if type(item) is list else out.append(item)
+        return out
+
+
 def readings_only(group: list) -> bool:
     """Every frame of the group is a reading (or line noise), by its header alone: such a group acks nothing
     and reserves no downlink counter, so it may be committed on the commit thread while the next is verified."""
@@ -111,7 +141,7 @@ class Ingest:
         self.beat = beat                  # progress, for the systemd watchdog
         self.topics = cfg.topics
         self.idents = idents              # (dev, kind) -> identity of the last alarm/event taken (durable)
-        self.queue: asyncio.Queue | None = None   # made on the running loop (start)
+        self.queue: FrameQueue | None = None      # made on the running loop (start)
         self.accepted_count = 0
         self.mic = mic or MicWatch(cfg.mic_failures, cfg.mic_window)   # SPEC 5: failed MICs are alarmed
         self.pre = pre                    # the verification worker (the second core), or None
@@ -126,12 +156,17 @@ class Ingest:
         self.stopped = False
 
     def start(self) -> None:
-        self.queue = asyncio.Queue(QUEUE_MAX)
+        self.queue = FrameQueue(QUEUE_MAX)
 
     # -- what transports call ------------------------------------------------------------------------
     async def deliver(self, raw: bytes | None, rx: dict, route: Route) -> None:
         """A stream transport's frame (back-pressure: waits while the queue is full)."""
         await self.queue.put((raw, rx, route))
+
+    async def deliver_many(self, frames: list) -> None:
+        """A stream transport's frames of one read, in order: [(raw or None, rx, route or noise reason)]."""
+        if frames:
+            await self.queue.put(frames)
 
     def deliver_nowait(self, raw: bytes | None, rx: dict, route: Route) -> None:
         """A datagram transport's frame (no back-pressure possible: counted and refused when full)."""
@@ -146,9 +181,11 @@ class Ingest:
                          "?" if dev is None else f"{dev:08x}", rx.get("transport") if rx else "?", detail)
 
     def _take(self, first) -> list:
-        group = [first]
-        while len(group) < GROUP_MAX and not self.queue.empty():
-            group.append(self.queue.get_nowait())
+        group = list(first) if type(first) is list else [first]
+        q = self.queue
+        while len(group) < GROUP_MAX and not q.empty():
+            item = q.get_nowait()
+            group.extend(item) if type(item) is list else group.append(item)
         return group
 
     async def run(self) -> None:
@@ -317,9 +354,7 @@ class Ingest:
             group, _now, _devs, fut = self._pop()
             fut.cancel()
             self.process(group)
-        rest = []
-        while self.queue is not None and not self.queue.empty():
-            rest.append(self.queue.get_nowait())
+        rest = self.queue.take_all() if self.queue is not None else []
         if rest:
             self.process(rest)
 

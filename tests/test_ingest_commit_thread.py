@@ -130,3 +130,24 @@ def test_a_group_sharing_a_device_waits_for_the_write_and_is_verified_on_what_is
     assert ing.verifier.states[node.dev].up == 10
     assert _ids(daemon) == [f"gw:{node.dev:08x}:{c}" for c in range(6, 11)]
     _close(daemon)
+
+
+def test_the_verification_queue_is_bounded_in_frames_whatever_the_reads_hold():
+    from gasguard.gateway.ingest import FrameQueue
+
+    async def run():
+        q = FrameQueue(10)
+        await q.put([(b"a", RX, "r")] * 6)          # one read of 6 frames
+        q.put_nowait((b"b", RX, "r"))
+        assert q.qsize() == 7 and not q.full()
+        await q.put([(b"c", RX, "r")] * 4)          # passes the bound by at most one read
+        assert q.full()
+        blocked = asyncio.ensure_future(q.put([(b"d", RX, "r")]))
+        await asyncio.sleep(0)
+        assert not blocked.done()                   # a stream transport waits (back-pressure)
+        frames = [raw for raw, _, _ in q.take_all()]
+        assert frames == [b"a"] * 6 + [b"b"] + [b"c"] * 4 and q.qsize() == 0
+        await asyncio.wait_for(blocked, 1)
+        assert q.qsize() == 1
+
+    asyncio.run(run())

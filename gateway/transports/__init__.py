@@ -23,5 +23,6 @@ class Transport(Protocol):
 # route is the transport itself (downlinks to that device go back through it), or, with raw None, the
 # reason the bytes were noise ("crc", "base64", ...: counted as rejections).
 Route = Union[Transport, str]
-Deliver = Callable[[Union[bytes, None], dict, Route], Awaitable[None]]      # stream transports: back-pressure
+Deliver = Callable[[Union[bytes, None], dict, Route], Awaitable[None]]      # one unit, with back-pressure
+DeliverMany = Callable[[list], Awaitable[None]]     # stream transports: a read's units [(raw, rx, route)], in order
 DeliverNowait = Callable[[Union[bytes, None], dict, Route], None]           # datagram transports: counted when full

@@ -13,7 +13,7 @@ import serial
 
 from gasguard import logs
 from gasguard.protocol import framing
-from gasguard.gateway.transports import Deliver
+from gasguard.gateway.transports import DeliverMany
 
 from ..burstlog import BurstLog, untrusted
 
@@ -25,7 +25,7 @@ class SerialTransport:
                  backoff_min: float = 0.2, backoff_max: float = 5.0):
         self.spec = spec                 # config.SerialPort
         self.name = f"{spec.kind}:{spec.name}"
-        self.deliver: Deliver = deliver  # ingest's, with back-pressure
+        self.deliver: DeliverMany = deliver   # ingest's, with back-pressure
         self.metrics = metrics
         self.burst = burst or BurstLog(log)
         self.node_lines = node_lines     # node log lines logged per port and BurstLog window (limits.node_log_lines)
@@ -93,9 +93,10 @@ class SerialTransport:
                 await ready.wait()
                 ready.clear()
                 data = ser.read(4096)
+                frames = []              # one queue operation per read (ingest.deliver_many), order kept
                 for kind, payload in self.deframer.feed(data):
                     if kind == framing.FRAME:
-                        await self.deliver(payload, rx, self)
+                        frames.append((payload, rx, self))
                     elif kind == framing.TEXT:
                         self.metrics.text_lines.inc()
                         # the node's text is data, not log syntax: escaped (no newline can forge a line) and
@@ -103,7 +104,8 @@ class SerialTransport:
                         self.burst.event(f"node_text:{self.spec.name}", "node log on %s: %s", self.spec.name,
                                          untrusted(payload.strip()), level=logging.INFO, allow=self.node_lines)
                     else:
-                        await self.deliver(None, rx, payload)   # noise: counted by reason
+                        frames.append((None, rx, payload))     # noise: counted by reason
+                await self.deliver(frames)
         finally:
             loop.remove_reader(fd)
 

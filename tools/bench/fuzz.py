@@ -243,10 +243,7 @@ class Fuzz:
                 self.first_escape[name] = traceback.format_exc()
 
     def _drain(self) -> None:
-        q = self.d.ingest.queue
-        group = []
-        while not q.empty():
-            group.append(q.get_nowait())
+        group = self.d.ingest.queue.take_all()
         group.extend(self.pending)
         self.pending = []
         if group:
