@@ -74,7 +74,7 @@ class Daemon:
         if plugins is None:
             plugins = build_plugins(cfg, clock)     # bad options: ConfigError
         self.spool = Spool(cfg.spool, synchronous=cfg.spool_sync, max_bytes=cfg.spool_max_bytes,
-                           audit=cfg.spool_audit, max_pages=spool_max_pages)
+                           audit=cfg.spool_audit, max_pages=spool_max_pages, deferred_sync=cfg.commit_thread)
         # the spool's durable counters: uplink ones are the replay protection (verify), downlink ones the
         # dispatcher's (SPEC 4: each direction its own counter)
         counters = self.spool.counters()

@@ -9,7 +9,9 @@ Order of effects for one accepted frame (the invariants the fault tests check):
      observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
      state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
-is paid per group, not per frame; an alarm moves ahead of its group (alarms_first).
+is paid per group, not per frame; an alarm moves ahead of its group (alarms_first). A group of readings
+(nothing to ack) is written at once and its fsync runs on a thread while the next group is verified and
+written (issue 17, `[ingest] commit_thread`); it is counted, published and observed once that fsync returned.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger("gasguard.gateway")
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
 PIPELINE = 2           # groups in the verification worker at once: one being verified, one ready
+WRITTEN_MAX = 4        # groups of readings written and waiting for a sync (then ingest waits for the disk)
 EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
@@ -103,18 +106,10 @@ def readings_only(group: list) -> bool:
     return True
 
 
-def _shares_devices(group: list, devs: set) -> bool:
-    """A frame of the group is from one of `devs` (its header's device id; noise and runts are not)."""
-    for raw, _rx, _route in group:
-        if raw is not None and len(raw) >= 5 and int.from_bytes(raw[1:5], "big") in devs:
-            return True
-    return False
-
-
 class _Prepared:
     """One verified group, between its verification and its commit."""
     __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "results", "down",
-                 "observations", "journal", "by_type", "devs")
+                 "observations", "journal", "by_type")
 
     def __init__(self, now: float):
         self.now = now
@@ -129,7 +124,6 @@ class _Prepared:
         self.observations: list = []
         self.journal: list = []
         self.by_type: dict = {}       # accepted frames per type (metrics, counted once per group)
-        self.devs: set = set()        # the devices whose state its verification changed
 
 
 class Ingest:
@@ -147,12 +141,14 @@ class Ingest:
         self.pre = pre                    # the verification worker (the second core), or None
         self.pending: deque = deque()     # (group, now, devices, future of the worker's answers), oldest first
         self.busy: dict[int, int] = {}    # device -> its frames in pending groups (their order must hold)
-        # the commit thread (issue 17): a group of readings is written and fsynced there (sqlite3 lets go of the
-        # GIL) while the event loop verifies the next group; at most one group in flight, committed in order
-        self.commit_thread = getattr(cfg, "commit_thread", True)
+        # the sync thread (issue 17): a group of readings is written on the event loop without waiting for the
+        # disk (spool deferred_sync); one fsync at a time runs on this thread, covering every group written
+        # before it started, while the next groups are verified and written; a group is acted on (counted,
+        # published, observed) once a sync after it returned. At most WRITTEN_MAX groups wait for a sync.
+        self.commit_thread = cfg.commit_thread
         self.writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self.committing: tuple | None = None    # (concurrent future, _Prepared) of the group being written
-        self.prepared: tuple | None = None      # (_Prepared, raw group) verified while `committing` was in flight
+        self.syncing: tuple | None = None       # (future of the fsync, [_Prepared] it makes durable)
+        self.written: list[_Prepared] = []      # written since that fsync began
         self.stopped = False
 
     def start(self) -> None:
@@ -192,63 +188,58 @@ class Ingest:
         if self.pre is not None:
             await self._run_pipelined()
         if self.commit_thread and self.writer is None:
-            self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-commit")
+            self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-sync")
         while not self.stopped:
-            if self.committing is None:
+            if self.syncing is None and self.written:
+                self._sync_start()
+            if self.syncing is None:
                 item = await self.queue.get()
+            elif len(self.written) >= WRITTEN_MAX:
+                await self._landed()                   # the disk is behind: verify no further ahead of it
+                continue
             elif self.queue.empty():
-                item = await self._next_or_landed()    # new frames are verified while the disk works
+                item = await self._next_or_landed()    # new frames are verified while the disk syncs
                 if item is None:
                     continue
             else:
                 item = self.queue.get_nowait()
             first, rest = alarms_first(self._take(item))
             if first:
-                await self._landed()       # what came before it is on disk first (order), then the alarm:
-                if self.stopped:
-                    return
-                self.process(first)        # its own, small transaction, on disk and published before the rest
+                # its own, small transaction, synced at once (which makes every group written before it durable
+                # too) and acked: it never waits for the sync thread
+                self.process(first)
             if rest:
                 if self.writer is not None and readings_only(rest):
-                    await self._overlap(rest)
+                    self._write(rest)
                 else:
-                    await self._landed()
-                    if self.stopped:
-                        return
                     self.process(rest)
             self.beat()
 
-    async def _overlap(self, group: list) -> None:
-        """Verify `group` while the group before it is being written, then hand it to the commit thread. Only
-        when the two share no device: this group's verification then depends on nothing the write may still
-        undo (counters, replay memory and rate buckets are per device), so a failed write refuses its own
-        group and leaves this one as it is. A device in both: the write lands first."""
-        c = self.committing
-        if c is not None and _shares_devices(group, c[1].devs):
-            await self._landed()
-            if self.stopped:
-                return
+    def _write(self, group: list) -> None:
+        """Verify and write a group of readings (nothing to ack) without waiting for the disk; it is acted on
+        after the next sync. Writes stay in order on the event loop, so verification always sees every counter
+        written before; only durability, and what waits for it, is deferred."""
         try:
             g = self._prepare(group, None, None)
+            if g is None:
+                return
+            try:
+                self.outbox.commit(g.items, g.counters, g.idents, journal=g.journal, wake=False, durable=False)
+            except SpoolError as e:    # full, read-only, damaged, I/O: refused and counted, never a crash
+                self._refused(g, e)
+                return
         except Exception as e:  # noqa: BLE001 - as process(): a defect refuses the group, counted
             self._defect(group, e)
             return
-        if g is None:
-            return
-        self.prepared = (g, group)
-        await self._landed()
-        if self.stopped:
-            return                        # drain() committed it
-        self.prepared = None
-        self.committing = (self.writer.submit(self._write, g), g)
+        self.written.append(g)
 
-    def _write(self, g: _Prepared) -> None:
-        """On the commit thread: the spool alone (its lock keeps the event loop's statements out)."""
-        self.outbox.commit_readings(g.items, g.counters)
+    def _sync_start(self) -> None:
+        groups, self.written = self.written, []
+        self.syncing = (self.writer.submit(self.outbox.sync), groups)
 
     async def _next_or_landed(self):
-        """The next queued frame, or None once the group on the commit thread landed (then settled)."""
-        c = self.committing
+        """The next queued frame, or None once the sync in flight landed (its groups then acted on)."""
+        c = self.syncing
         landed = asyncio.wrap_future(c[0])
         landed.add_done_callback(lambda f: f.cancelled() or f.exception())   # read in _settle, not here
         getter = asyncio.ensure_future(self.queue.get())
@@ -263,8 +254,8 @@ class Ingest:
         return None
 
     async def _landed(self) -> None:
-        """Wait for the group on the commit thread, then ack/publish/observe it (or refuse it)."""
-        c = self.committing
+        """Wait for the sync in flight, then act on its groups."""
+        c = self.syncing
         if c is None:
             return
         try:
@@ -274,20 +265,19 @@ class Ingest:
         self._settle(c)
 
     def _settle(self, c: tuple) -> None:
-        if self.committing is not c:
+        if self.syncing is not c:
             return                        # settled already (drain at stop)
-        self.committing = None
-        fut, g = c
+        self.syncing = None
+        fut, groups = c
         try:
             fut.result()                  # blocks only in drain(), at stop
         except SpoolError as e:
-            self._refused(g, e)
-            return
-        except Exception as e:  # noqa: BLE001 - as process(): counted, never a crash loop
-            self._rollback(g)
-            self._defect([None] * len(g.accepted), e)
-            return
-        self._committed(g)
+            # the rows are written, their fsync failed: the disk reports I/O errors. They stay (and go out):
+            # there is no taking back a commit; loud, counted
+            self.metrics.spool_errors.inc()
+            self.storage_fault("spool", e.kind, 0, e)
+        for g in groups:
+            self._committed(g)
 
     async def _run_pipelined(self) -> None:
         """Two cores (gateway/preverify.py): group k+1 is decoded and MIC-checked in the worker while group k
@@ -341,12 +331,17 @@ class Ingest:
         (taken first, so first, in order, verified here), then what the transports delivered and is still
         queued are processed, not dropped."""
         self.stopped = True               # the run task, if it wakes before it is cancelled, does nothing more
-        if self.committing is not None:
-            self._settle(self.committing)
-        if self.prepared is not None:
-            g, group = self.prepared
-            self.prepared = None
-            self._commit_now(g)
+        if self.syncing is not None:
+            self._settle(self.syncing)
+        if self.written:                  # written, not synced yet
+            self.syncing = c = (concurrent.futures.Future(), self.written)
+            self.written = []
+            try:
+                self.outbox.sync()
+                c[0].set_result(None)
+            except SpoolError as e:
+                c[0].set_exception(e)
+            self._settle(c)
         if self.writer is not None:
             self.writer.shutdown(wait=True)
             self.writer = None
@@ -517,7 +512,6 @@ class Ingest:
                               count=len(run)))
         if not accepted:
             return None
-        g.devs = {dev for dev, _prev in undo}
         counters.update(self.dispatcher.counters_of(down))
         g.observations = self.observers.observations(
             [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)

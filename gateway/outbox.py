@@ -32,22 +32,21 @@ class Outbox:
         self.thinned_reported = -1e18
 
     def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
-               journal: list[str] | None = None, wake: bool = True) -> None:
+               journal: list[str] | None = None, wake: bool = True, durable: bool = True) -> None:
         """Spool `items` (and the replay and downlink counters, alarm identities and the journalled
         observations that go with them) in one transaction, then wake the publisher (ingest wakes it itself,
         after its acks: `wake=False`). Raises SpoolError (full, read-only, damaged, I/O): nothing of it was
-        written."""
+        written. `durable=False`: on disk once sync() returned (the caller syncs before it acts on it)."""
         self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
-        self.spool.commit(items, counters or {}, idents or {}, journal=journal)
+        self.spool.commit(items, counters or {}, idents or {}, journal=journal, durable=durable)
         self.journaled += len(journal or ())
         if wake:
             self.wake({it.lane for it in items})
 
-    def commit_readings(self, items: list[Item], counters: dict) -> None:
-        """Ingest's commit thread: a group of readings and their counters, on disk when it returns (raises
-        SpoolError). The spool alone: the publisher and `held` belong to the event loop, which wakes the
-        publisher itself once this returned."""
-        self.spool.commit(items, counters)
+    def sync(self) -> None:
+        """Make every commit so far durable (spool.Spool.sync; ingest calls it on its sync thread after a
+        commit with durable=False). Raises SpoolError."""
+        self.spool.sync()
 
     def wake(self, lanes) -> None:
         """New rows in these lanes: the publisher drains them now (when connected) or on reconnect."""

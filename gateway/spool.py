@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import uuid
 from contextlib import contextmanager
 
@@ -209,16 +208,20 @@ def _refuse_if_marked(path: Path) -> None:
 
 class Spool:
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_bytes: int = 256 << 20,
-                 audit: bool = False, max_pages: int | None = None):
+                 audit: bool = False, max_pages: int | None = None, deferred_sync: bool = False):
+        """`deferred_sync` (with synchronous FULL; issue 17): SQLite runs synchronous=NORMAL and the spool itself
+        fsyncs the write-ahead log after each commit (`sync`) - at once, or, for a commit made with
+        durable=False, when the caller calls sync(), which may be on another thread (it touches only the -wal
+        file, never the connection): ingest verifies and writes the next group of readings while the disk
+        syncs the last one. WAL with synchronous=NORMAL plus an fsync of the log after a commit is what
+        synchronous=FULL does; a commit is durable once a sync after it returned."""
         self.path = Path(path)
         self.synchronous = synchronous
+        self.deferred_sync = deferred_sync and synchronous == "FULL"
+        self.pragma_sync = "NORMAL" if self.deferred_sync else synchronous   # what the connection runs
         self.max_bytes = max_bytes
         self.audit = audit
         self.db = None
-        # one connection, two threads: ingest commits a group of readings on its commit thread while the event
-        # loop verifies the next (gateway/ingest.py); every use of the connection holds this lock, so a
-        # transaction is never interleaved with another thread's statements
-        self.lock = threading.RLock()
         # PUBACKed ranges whose DELETE failed (a full disk): retried with every delete and by retry_deletes()
         # until they go, so a disk that fills and frees does not leave rows to be re-sent at the next start.
         # Bounded by the rows in the spool (a range holds at least one row).
@@ -233,7 +236,7 @@ class Spool:
                 pass                       # not writable: the open and write probe below refuse it, with the fix
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute(f"PRAGMA synchronous={self.pragma_sync}")
             self.db.executescript(_SCHEMA)
             self._migrate()
             if max_pages:   # tests: a tiny "disk" that fills up like a real one
@@ -322,8 +325,7 @@ class Spool:
         return b + n * ROW_OVERHEAD
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.db.close()
 
     # -- counters ----------------------------------------------------------------------------------
     def counters(self) -> dict[tuple[int, int], int]:
@@ -334,8 +336,7 @@ class Spool:
 
     def _read(self, q: str, args=()) -> list:
         try:
-            with self.lock:
-                return self.db.execute(q, args).fetchall()
+            return self.db.execute(q, args).fetchall()
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
 
@@ -343,33 +344,31 @@ class Spool:
     @contextmanager
     def _transaction(self):
         db = self.db
-        with self.lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                db.execute("COMMIT")
-            except BaseException:
-                # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
-                # would raise "no transaction is active" and hide the real error
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLITE_FULL (and some I/O errors) already rolled the transaction back: a second ROLLBACK
+            # would raise "no transaction is active" and hide the real error
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def journal(self) -> list[str]:
         """Observations (JSON) written with their frames and not yet settled by a plugin commit."""
-        with self.lock:
-            return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
+        return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
 
     def plugin_states(self) -> dict[str, str]:
-        with self.lock:
-            return dict(self.db.execute("SELECT name, state FROM plugin_state"))
+        return dict(self.db.execute("SELECT name, state FROM plugin_state"))
 
     def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
                journal: list[str] | None = None, states: dict[str, str] | None = None,
-               settle: bool = False) -> None:
+               settle: bool = False, durable: bool = True) -> None:
         """Write items + counter/identity updates atomically (one executemany per table); with them the
         observations to `journal`, the plugins' `states`, and with `settle` the journal emptied (what it held
-        is reflected in these items and states). Raises SpoolFull."""
+        is reflected in these items and states). Raises SpoolFull. `durable=False` (deferred_sync only): on
+        disk only once the caller's sync() returned."""
         db = self.db
         try:
             with self._transaction():
@@ -393,8 +392,23 @@ class Spool:
                     db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)", _audited(items))
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
-        with self.lock:     # the commit thread and the event loop both change it
-            self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
+        self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
+        if durable and self.deferred_sync:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync the write-ahead log: every commit before this call is on disk (deferred_sync; a no-op
+        otherwise: SQLite did it). Raises SpoolError("io"). Thread-safe: a file descriptor of its own."""
+        if not self.deferred_sync:
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SpoolError("io", self.path, f"fsync of its write-ahead log failed ({e.strerror})") from None
 
     # -- reading out ---------------------------------------------------------------------------
     def fetch(self, lane: int, after: int, limit: int, *, readings: int | None = None,
@@ -405,9 +419,8 @@ class Spool:
         q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain, count FROM outbox "
              "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
         try:
-            with self.lock:
-                return [Row(*r[:7], bool(r[7]), r[8])
-                        for r in self._bounded(q, (lane, after, limit), 8, 4, readings, nbytes)]
+            return [Row(*r[:7], bool(r[7]), r[8])
+                    for r in self._bounded(q, (lane, after, limit), 8, 4, readings, nbytes)]
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
 
@@ -442,7 +455,7 @@ class Spool:
         if not ranges:
             return
         # one transaction, without its own fsync: a delete lost to a power cut only re-sends (ids dedupe);
-        # the next accepting commit (synchronous=FULL) makes it durable anyway
+        # the next accepting commit (synchronous=FULL, or its sync) makes it durable anyway
         db = self.db
         try:
             db.execute("PRAGMA synchronous=NORMAL")
@@ -450,7 +463,7 @@ class Spool:
                 with self._transaction():
                     db.executemany("DELETE FROM outbox WHERE lane = ? AND seq BETWEEN ? AND ?", ranges)
             finally:
-                db.execute(f"PRAGMA synchronous={self.synchronous}")
+                db.execute(f"PRAGMA synchronous={self.pragma_sync}")
         except sqlite3.Error as e:
             if not self.undeleted:
                 log.error("spool delete of published rows failed (%s): retried every tick until the disk has room "
@@ -461,8 +474,7 @@ class Spool:
             log.warning("spool: published rows of %d ranges whose delete had failed are deleted now",
                         len(self.undeleted))
             self.undeleted, self.undeleted_bytes = [], 0
-        with self.lock:
-            self.size -= nbytes
+        self.size -= nbytes
 
     def retry_deletes(self) -> None:
         """Delete what a failed delete left (called by the daemon's tick: space may be back with no new PUBACK)."""
@@ -493,10 +505,6 @@ class Spool:
         other one of them (rewritten in place, the kept entries' text unchanged); a row of one is kept or
         deleted whole. "Every other" runs across rows: the readings of a pass alternate kept, dropped.
         """
-        with self.lock:
-            return self._thin(protect_below)
-
-    def _thin(self, protect_below: int) -> dict[int, int]:
         dropped: dict[int, int] = {}
         target = int(self.max_bytes * 0.9)
         after = protect_below
@@ -561,8 +569,7 @@ class Spool:
 
     def wait_checkpoint(self) -> None:
         try:
-            with self.lock:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError:
             pass
 

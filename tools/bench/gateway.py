@@ -54,7 +54,8 @@ def _cfg(d: Path, port: int, **kw):
     base = dict(gateway_id="bench", district="d1", registry=d / "registry.db", spool=d / "spool.db",
                 mqtt_port=port, mqtt_client_id=f"bench-{os.getpid()}-{time.monotonic_ns()}",
                 batch_delay=0.05, rate_burst=60, spool_max_bytes=8 << 30, offline_after=900.0,
-                verify_worker=os.environ.get("GG_BENCH_VERIFY_WORKER") == "1")   # [ingest] verify_worker
+                verify_worker=os.environ.get("GG_BENCH_VERIFY_WORKER") == "1",   # [ingest] verify_worker
+                commit_thread=os.environ.get("GG_BENCH_COMMIT_THREAD", "1") == "1")   # [ingest] commit_thread
     base.update(kw)
     return Config(**base)
 
