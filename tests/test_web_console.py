@@ -134,6 +134,29 @@ def test_shelving_hides_with_reason_until_expiry_audited_and_a_flood_raises_the_
     assert board["flood"]["flood"] is True and board["flood"]["count"] == 4
 
 
+def test_the_flood_banner_counts_alarms_joining_an_incident_not_only_new_incidents(console):
+    """ISA-18.2 counts annunciations: homes joining one leak cluster are alarms each (the fixture's flood
+    starts above 3 alarms in 10 minutes), a revision that adds no alarm counts nothing."""
+    client, src, acting, clock = console
+    _login(client)
+
+    def home(k):                               # within 200 m of each other: one leak cluster (plan 1.6.1.1)
+        return device(0x300000 + k, profile="household", site=f"文化东路{k}号", lat=36.66, lon=117.07)
+    for k in range(3):
+        src.observe(alarm(home(k), clock["t"] + k, 2))
+    board = client.get("/api/board").json()
+    leaks = [r for r in board["rows"] if r["category"] == "safety_accident"]
+    assert len(leaks) == 1 and board["flood"]["count"] == 3 and board["flood"]["flood"] is False   # not above 3
+    src.acknowledge(leaks[0]["incident_id"], b'{"by": "wang.li"}', 5)      # a new revision, no new alarm
+    assert client.get("/api/board").json()["flood"]["count"] == 3
+    src.observe(alarm(home(3), clock["t"] + 3, 2))                          # a fourth home joins the cluster
+    board = client.get("/api/board").json()
+    assert len([r for r in board["rows"] if r["category"] == "safety_accident"]) == 1
+    assert board["flood"] == {**board["flood"], "flood": True, "count": 4}
+    clock["t"] += 601                                                       # ten minutes on: over
+    assert client.get("/api/board").json()["flood"]["flood"] is False
+
+
 def test_password_file_holds_argon2id_hashes_only_readable_by_the_console(tmp_path):
     import json
 
