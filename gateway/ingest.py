@@ -235,7 +235,7 @@ class Ingest:
 
     def _sync_start(self) -> None:
         groups, self.written = self.written, []
-        self.syncing = (self.writer.submit(self.outbox.sync), groups)
+        self.syncing = (self.writer.submit(self.outbox.sync), groups, self.outbox.sync_mark())
 
     async def _next_or_landed(self):
         """The next queued frame, or None once the sync in flight landed (its groups then acted on)."""
@@ -268,7 +268,7 @@ class Ingest:
         if self.syncing is not c:
             return                        # settled already (drain at stop)
         self.syncing = None
-        fut, groups = c
+        fut, groups, upto = c
         try:
             fut.result()                  # blocks only in drain(), at stop
         except SpoolError as e:
@@ -276,6 +276,7 @@ class Ingest:
             # there is no taking back a commit; loud, counted
             self.metrics.spool_errors.inc()
             self.storage_fault("spool", e.kind, 0, e)
+        self.outbox.synced(upto)    # the publisher may take them now
         for g in groups:
             self._committed(g)
 
@@ -334,7 +335,7 @@ class Ingest:
         if self.syncing is not None:
             self._settle(self.syncing)
         if self.written:                  # written, not synced yet
-            self.syncing = c = (concurrent.futures.Future(), self.written)
+            self.syncing = c = (concurrent.futures.Future(), self.written, self.outbox.sync_mark())
             self.written = []
             try:
                 self.outbox.sync()

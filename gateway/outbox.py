@@ -48,6 +48,14 @@ class Outbox:
         commit with durable=False). Raises SpoolError."""
         self.spool.sync()
 
+    def sync_mark(self) -> int:
+        """Where a sync() starting now reaches (hand it to synced() when that sync returned)."""
+        return self.spool.written_upto
+
+    def synced(self, mark: int) -> None:
+        """The rows up to `mark` are on disk: the publisher may take them."""
+        self.spool.synced(mark)
+
     def wake(self, lanes) -> None:
         """New rows in these lanes: the publisher drains them now (when connected) or on reconnect."""
         if lanes:

@@ -248,6 +248,10 @@ class Spool:
             finally:
                 self.db.execute("ROLLBACK")
             self.size = self._measure()     # reads every outbox row: a truncated file fails here too
+            # deferred_sync: rows above `durable_upto` are written but not yet fsynced, and are not handed to
+            # the publisher (fetch): nothing is published before it is on disk. At start, all that is there is.
+            self.written_upto = self._last_seq()
+            self.durable_upto = self.written_upto if self.deferred_sync else 1 << 62
             self.id = self._identity()
         except (sqlite3.Error, OSError) as e:
             if self.db is not None:
@@ -393,8 +397,20 @@ class Spool:
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
-        if durable and self.deferred_sync:
-            self.sync()
+        if self.deferred_sync:
+            if items:
+                self.written_upto = self._last_seq()
+            if durable:
+                self.sync()
+                self.durable_upto = self.written_upto
+
+    def _last_seq(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return row[0] if row else 0
+
+    def synced(self, upto: int) -> None:
+        """A sync() that began when `written_upto` was `upto` returned: those rows may be published."""
+        self.durable_upto = max(self.durable_upto, upto)
 
     def sync(self) -> None:
         """fsync the write-ahead log: every commit before this call is on disk (deferred_sync; a no-op
@@ -417,10 +433,10 @@ class Spool:
         brings the page to `readings` readings or `nbytes` payload characters (the first row always comes,
         however big), so a backlog of many-reading rows is not loaded whole."""
         q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain, count FROM outbox "
-             "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
+             "WHERE lane = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?")
         try:
             return [Row(*r[:7], bool(r[7]), r[8])
-                    for r in self._bounded(q, (lane, after, limit), 8, 4, readings, nbytes)]
+                    for r in self._bounded(q, (lane, after, self.durable_upto, limit), 8, 4, readings, nbytes)]
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
 

@@ -1,6 +1,6 @@
 """Ingest writes a group of readings at once and syncs it on its sync thread while it verifies and writes the
 next group (issue 17, `[ingest] commit_thread`). A group is counted, published and observed only once its
-fsync returned; an alarm never waits for that thread (its own commit is synced at once, acked after);
+fsync returned (the publisher is not handed rows that are not on disk); an alarm never waits for that thread (its own commit is synced at once, acked after);
 writes stay in order on the event loop, so the next group is verified on every counter written before it;
 a failed fsync is loud and counted; the spool runs SQLite at synchronous=NORMAL and fsyncs the log itself
 after every commit, which is what synchronous=FULL does."""
@@ -81,9 +81,12 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
         await _until(lambda: len(ing.written) == 1, "the second group written during the sync")
         assert _rows(daemon) == 10 and ing.accepted_count == 0
         assert daemon.spool.counters()[(node.dev, 0)] == 10       # verified on the counters written before
+        assert daemon.spool.fetch(READING, 0, 100) == []          # not on disk yet: not for the publisher
         # an alarm meanwhile: synced by itself and taken at once, not behind the held sync
         await ing.deliver(other.alarm(), RX, "test")
         await _until(lambda: ing.accepted_count == 1, "the alarm accepted while the readings' sync is held")
+        # its own fsync made everything written before it durable: the readings may go out now
+        assert sum(r.count for r in daemon.spool.fetch(READING, 0, 100)) == 10
         go.set()
         await _until(lambda: ing.accepted_count == 11 and ing.syncing is None, "both groups acted on")
         for raw in first + second:                  # replays: refused
