@@ -405,7 +405,22 @@ class Ingest:
         except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             self._refused(g, e)
             return
+        self._durable_now()
         self._committed(g)
+
+    def _durable_now(self) -> None:
+        """A commit synced at once made every group written before it durable: those are acted on first, so
+        observers and the publisher see frames in arrival order (a reading sent before an alarm is observed
+        before it); the sync thread's answer for them is then not waited for."""
+        c = self.syncing
+        if c is not None:
+            self.syncing = None
+            for g in c[1]:
+                self._committed(g)
+        if self.written:
+            groups, self.written = self.written, []
+            for g in groups:
+                self._committed(g)
 
     def _rollback(self, g: _Prepared) -> None:
         for dev, prev in reversed(g.undo):
@@ -438,7 +453,8 @@ class Ingest:
         # drops only routine ones), at most one batch message's worth each
         run: list[str] = []
         run_bytes, run_routine, run_head = 0, False, None
-        most, room = self.cfg.batch_count, self.cfg.batch_bytes - payloads.BATCH_HEAD
+        # (half a batch each: the publisher merges whole rows, so rows of half a batch fill every message)
+        most, room = max(1, self.cfg.batch_count // 2), (self.cfg.batch_bytes - payloads.BATCH_HEAD) // 2
         for i, (raw, rx, route) in enumerate(group):
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")

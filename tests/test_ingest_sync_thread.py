@@ -1,6 +1,8 @@
 """Ingest writes a group of readings at once and syncs it on its sync thread while it verifies and writes the
 next group (issue 17, `[ingest] commit_thread`). A group is counted, published and observed only once its
-fsync returned (the publisher is not handed rows that are not on disk); an alarm never waits for that thread (its own commit is synced at once, acked after);
+fsync returned (the publisher is not handed rows that are not on disk); an alarm never waits for that thread
+(its own commit is synced at once, which makes the groups before it durable: they are acted on first, in
+arrival order);
 writes stay in order on the event loop, so the next group is verified on every counter written before it;
 a failed fsync is loud and counted; the spool runs SQLite at synchronous=NORMAL and fsyncs the log itself
 after every commit, which is what synchronous=FULL does."""
@@ -68,6 +70,13 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
     node, other = Node(0x00E00001), Node(0x00E00002)
     daemon, entered, go, calls = _daemon(tmp_path, [node, other])
     ing = daemon.ingest
+    seen = []                                       # what an observer sees, in order
+    committed = ing._committed
+
+    def noting(g):
+        seen.extend((f["type"], f["fcnt"]) for _mid, f, *_ in g.accepted)
+        committed(g)
+    ing._committed = noting
     first = [node.reading(pressure=2000 + k) for k in range(5)]     # counters 1..5
     second = [node.reading(pressure=3000 + k) for k in range(5)]    # counters 6..10: the same device
 
@@ -84,11 +93,13 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
         assert daemon.spool.fetch(READING, 0, 100) == []          # not on disk yet: not for the publisher
         # an alarm meanwhile: synced by itself and taken at once, not behind the held sync
         await ing.deliver(other.alarm(), RX, "test")
-        await _until(lambda: ing.accepted_count == 1, "the alarm accepted while the readings' sync is held")
-        # its own fsync made everything written before it durable: the readings may go out now
+        await _until(lambda: ing.accepted_count == 11, "the alarm accepted while the readings' sync is held")
+        # its own fsync made everything written before it durable: the readings went first (arrival order) and
+        # may go out now
         assert sum(r.count for r in daemon.spool.fetch(READING, 0, 100)) == 10
-        go.set()
-        await _until(lambda: ing.accepted_count == 11 and ing.syncing is None, "both groups acted on")
+        assert [t for t, n in seen] == ["reading"] * 10 + ["alarm"]
+        go.set()                                    # the held sync returns late: nothing is acted on twice
+        await _until(lambda: ing.syncing is None, "the sync thread done")
         for raw in first + second:                  # replays: refused
             await ing.deliver(raw, RX, "test")
         await _until(lambda: sum(daemon.stats()["rejected"].get(r, 0) for r in ("replay", "duplicate")) == 10,
@@ -97,6 +108,7 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
 
     asyncio.run(run())
     assert calls[0].startswith("spool-sync") and "MainThread" in calls      # the thread's, and the alarm's own
+    assert ing.accepted_count == 11 and len(seen) == 11
     assert daemon.stats()["rejected"].get("spool_io") is None
     _close(daemon)
 
