@@ -72,20 +72,23 @@ mosquitto:
 	  echo "mosquitto is missing and this is not root: run 'sudo apt-get install mosquitto' (tests need a real broker; make demo falls back to amqtt, installed into .venv on first use)"; \
 	fi
 
-# The web console's browser tests drive Debian's headless Chromium (gasguard.testing.chromium). Installed when
+# The web console's browser tests drive Debian's headless Chromium (gasguard.testing.chromium), and its
+# screenshots need a CJK font (fonts-wqy-microhei: without it the Chinese report is boxes). Installed when
 # missing and we are root, as mosquitto is.
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 chromium:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -e $(CJK_FONT) ]; then :; \
 	elif [ "$$(id -u)" = "0" ]; then \
-	  echo "installing chromium and chromium-driver (Debian packages)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-	    || { echo "apt-get install chromium chromium-driver failed: install them by hand, then re-run make"; exit 1; }; \
+	  echo "installing chromium, chromium-driver and fonts-wqy-microhei (Debian packages)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null) \
+	    || { echo "apt-get install chromium chromium-driver fonts-wqy-microhei failed: install them by hand, then re-run make"; exit 1; }; \
 	else \
-	  echo "chromium is missing and this is not root: run 'sudo apt-get install chromium chromium-driver' (the web console's browser tests need it)"; \
+	  echo "chromium or its CJK font is missing and this is not root: run 'sudo apt-get install chromium chromium-driver fonts-wqy-microhei' (the web console's browser tests and screenshots need them)"; \
 	fi
 
-# Screenshots of the web console for docs/web/ (a CJK font makes the Chinese legible: fonts-wqy-microhei)
-web-screenshots: setup
+# Screenshots of the web console for docs/web/ (a CJK font makes the Chinese legible: fonts-wqy-microhei,
+# installed by the chromium target)
+web-screenshots: $(STAMP) chromium
 	$(VPY) -m gasguard.tools.demo.web_screenshots docs/web
 
 clean:

@@ -11,6 +11,9 @@ anything is opened. A bad value exits 2 with one message naming the file, the ke
     gateway_silent_s = 180.0                             # a gateway not heard this long is shown SILENT
     metrics_bind = "127.0.0.1:9108"                      # Prometheus ("" = off)
     frames_keep_s = 604800.0                             # graded frame identities kept this long
+    readings_keep_s = 86400.0                            # station readings and valve events kept this long
+    readings_max_per_device = 20000                      # ... and at most this many per device (oldest dropped)
+    readings_prune_s = 60.0                              # how often the retention runs
     shelve_max_s = 28800.0                               # the longest shelf an operator may set (a shift)
 
     [command.mqtt]
@@ -59,6 +62,9 @@ class Config:
     gateway_silent_s: float = 180.0
     metrics_bind: str = ""
     frames_keep_s: float = 7 * 86400.0
+    readings_keep_s: float = 86400.0    # station readings and valve events kept this long (the station page: 24 h)
+    readings_max_per_device: int = 20_000   # and no more rows per device (a reading every 4.3 s for 24 h)
+    readings_prune_s: float = 60.0      # the retention runs this often
     shelve_max_s: float = MAX_S         # the longest an operator may shelve an incident (command/shelving.py)
     batch_max: int = 50                 # broker messages graded in one transaction at most (a reading batch
                                         # holds up to 200 readings: transactions stay well inside the lease)
@@ -141,6 +147,9 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
         cfg.notify = notify.load_config(cfg.notify)
     except notify.NotifyConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    if cfg.readings_keep_s <= 0 or cfg.readings_max_per_device < 1 or cfg.readings_prune_s <= 0:
+        raise ConfigError(f"{where}: [command] readings_keep_s > 0, readings_max_per_device >= 1 and "
+                          "readings_prune_s > 0 (e.g. 86400.0, 20000 and 60.0)")
     if cfg.lease_ttl < 1 or cfg.tick_interval <= 0:
         raise ConfigError(f"{where}: [command] lease_ttl >= 1 s and tick_interval > 0 s (e.g. 5.0 and 1.0)")
     if cfg.authority:

@@ -34,6 +34,7 @@ from gasguard.grading.incidents import IncidentEngine
 from gasguard.protocol.topics import ALARM, EVENT, READING, SHELVE, STATUS, SYNC, Topics
 
 from .acts import Unsigned
+from .readings import PLOTTED, readings_of, valve_of
 from .shelving import MAX_S, ShelfBook, ShelfError
 
 log = logging.getLogger("gasguard.command")
@@ -52,6 +53,7 @@ class Outcome:
     lag: float | None = None                             # now - the newest gateway time graded
     requests: int = 0                                    # acts submitted through the store, answered
     shelves: int = 0                                     # shelves made or ended
+    kept: int = 0                                        # station readings and valve events stored
 
 
 class DistrictGrader:
@@ -102,6 +104,7 @@ class DistrictGrader:
         with self.store.write(fence) as tx:
             changed: list = []
             inlet_changed: set = set()
+            self._keep: list = []                   # station readings to store (the station page's plot)
             alarms = False
             for topic, doc, *more in msgs:
                 req = more[:1] if more and more[0] is not None else []
@@ -115,6 +118,8 @@ class DistrictGrader:
                     if req:
                         tx.request_done(req[0], f"refused: malformed: {e!r}"[:200], now)
             self._persist(tx, changed, now, out)
+            tx.readings(self._keep)
+            out.kept += len(self._keep)
             self.inlet_dirty |= {d for d in inlet_changed if d in self.engine.inlet}
             self._checkpoint(tx)
             if alarms:
@@ -142,7 +147,7 @@ class DistrictGrader:
             return False
         self._heard(tx, gid, now, out)
         if len(parts) == 2 and leaf == READING:
-            for entry in doc.get("readings") or ():
+            for entry in readings_of(doc):
                 self._reading(tx, gid, entry, now, out, changed, inlet_changed)
             return False
         if len(parts) == 3 and leaf in (ALARM, EVENT):
@@ -156,6 +161,10 @@ class DistrictGrader:
                 return False
             obs = _alarm_obs(doc, dev) if leaf == ALARM else _event_obs(doc, dev)
             self._observe(obs, now, out, changed)
+            valve = valve_of(doc) if leaf == EVENT else None
+            if valve is not None:        # the valve's history, kept for the station page (bounded: prune_readings)
+                tx.valve_event(dev["dev_id"], valve["t"], valve["valve"], valve["cause"], valve["gateway"] or gid)
+                out.kept += 1
             return leaf == ALARM
         return False
 
@@ -174,6 +183,8 @@ class DistrictGrader:
             return
         if e.get("inlet_pa") is not None:
             inlet_changed.add(did)
+        if dev.get("profile") == "station" and any(e.get(k) is not None for k in PLOTTED):
+            self._keep.append((did, float(e["t"]), e.get("pressure_pa"), e.get("inlet_pa"), gid))
         self._observe(_reading_obs(e, dev), now, out, changed)
 
     def _observe(self, obs, now, out, changed) -> None:

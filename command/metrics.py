@@ -39,6 +39,11 @@ class Metrics:
                                  registry=r)
         self.gateways = Gauge("gasguard_command_gateways", "Gateways by state", ["state"], registry=r)
         self.leader = Gauge("gasguard_command_leader", "1 while this copy holds the leader lease", registry=r)
+        self.readings_kept = Counter("gasguard_command_readings_kept",
+                                     "Station readings and valve events stored for the station pages", registry=r)
+        self.readings_removed = Counter("gasguard_command_readings_removed",
+                                        "Readings and valve events removed: past readings_keep_s (expired) or "
+                                        "past readings_max_per_device (over_bound)", ["reason"], registry=r)
         self.takeovers = Counter("gasguard_command_takeovers", "Times this copy became the leader", registry=r)
         self.broker_connected = Gauge("gasguard_command_broker_connected", "1 while connected to the broker",
                                       registry=r)

@@ -135,6 +135,7 @@ class CommandService:
         self.became_leader_at: float | None = None     # wall time of the last take-over
         self.last_tick = 0.0
         self.last_prune = 0.0
+        self.last_readings_prune = 0.0                 # service-clock time of the last readings retention pass
         self.grading_alive = time.monotonic()          # the grading loop's last pass (the lease depends on it)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -363,6 +364,22 @@ class CommandService:
                     self.last_prune = now
                     with self.store.write(fence) as tx:
                         tx.prune_frames(now - self.cfg.frames_keep_s)
+                if now - self.last_readings_prune >= self.cfg.readings_prune_s:
+                    self.prune_readings(now, fence)
+
+    def prune_readings(self, now: float, fence) -> dict:
+        """The readings' retention: older than `readings_keep_s` goes, and no device keeps more than
+        `readings_max_per_device` rows (its oldest go, counted: gasguard_command_readings_removed_total)."""
+        self.last_readings_prune = now
+        with self.store.write(fence) as tx:
+            gone = tx.prune_readings(now - self.cfg.readings_keep_s, self.cfg.readings_max_per_device)
+        for reason, n in gone.items():
+            self.metrics.readings_removed.labels(reason).inc(n)
+        if gone["over_bound"]:
+            log.warning("%d readings dropped past the bound of %d per device (readings_max_per_device): a device "
+                        "reports faster than the bound allows for readings_keep_s", gone["over_bound"],
+                        self.cfg.readings_max_per_device)
+        return gone
 
     def tick_now(self) -> None:
         """Tests on a virtual clock: the next grading-loop pass runs the deadline check at once."""
@@ -371,6 +388,7 @@ class CommandService:
     def _account(self, out) -> None:
         m = self.metrics
         m.graded.inc(out.graded)
+        m.readings_kept.inc(out.kept)
         m.duplicates.inc(out.duplicates)
         m.escalations.inc(out.escalations)
         for _, why in out.refused:

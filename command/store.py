@@ -200,6 +200,26 @@ CREATE TABLE shelf_log (                         -- every shelving act (allowed 
 CREATE INDEX shelf_log_incident ON shelf_log(incident_id, seq);
 CREATE INDEX shelf_log_nonce ON shelf_log(nonce);
 """),
+    (3, "station readings and valve events, kept for a bounded time (the web console's station page)", """
+CREATE TABLE readings (                          -- stations' pressure readings (command/readings.py)
+    dev           {big} NOT NULL,
+    t             {real} NOT NULL,               -- the gateway's receive time
+    pressure_pa   {real},                        -- outlet
+    inlet_pa      {real},
+    gateway       TEXT
+);
+CREATE INDEX readings_dev_t ON readings(dev, t);
+CREATE INDEX readings_t ON readings(t);
+CREATE TABLE valve_events (                      -- every device's valve moves (EV_VALVE)
+    dev           {big} NOT NULL,
+    t             {real} NOT NULL,
+    valve         TEXT NOT NULL,                 -- open | closed
+    cause         TEXT,                          -- gas | opso | upso | fault | reset | selftest | manual
+    gateway       TEXT
+);
+CREATE INDEX valve_events_dev_t ON valve_events(dev, t);
+CREATE INDEX valve_events_t ON valve_events(t);
+"""),
 ]
 
 _DIALECT = {
@@ -625,6 +645,16 @@ class Store:
         """Grows with every shelving change: a console polls it to know when to read `shelves()` again."""
         return self._rows("SELECT COALESCE(MAX(seq), 0) AS n FROM shelf_log")[0]["n"]
 
+    def readings(self, dev: int, since: float, until: float | None = None) -> list[dict]:
+        """A device's stored readings from `since`, oldest first: {t, pressure_pa, inlet_pa, gateway}."""
+        return self._rows("SELECT t, pressure_pa, inlet_pa, gateway FROM readings WHERE dev = ? AND t >= ? AND t <= ? "
+                          "ORDER BY t", (int(dev), since, float("inf") if until is None else until))
+
+    def valve_events(self, dev: int, since: float) -> list[dict]:
+        """A device's valve moves from `since`, oldest first: {t, valve, cause, gateway}."""
+        return self._rows("SELECT t, valve, cause, gateway FROM valve_events WHERE dev = ? AND t >= ? ORDER BY t",
+                          (int(dev), since))
+
     def gateways(self) -> list[dict]:
         return [dict(r, online=bool(r["online"]), silent=bool(r["silent"])) for r in self._rows(
             "SELECT gateway_id, district, online, silent, last_seen, status_t, version FROM gateways "
@@ -671,6 +701,30 @@ class _Writer:
 
     def prune_frames(self, before: float) -> int:
         return self.x("DELETE FROM frames WHERE t < ?", (before,)).rowcount
+
+    def readings(self, rows: list[tuple]) -> None:
+        """Readings to keep: (dev, t, pressure_pa, inlet_pa, gateway) each."""
+        if rows:
+            self.s.db.executemany(self.s.db.sql("INSERT INTO readings (dev, t, pressure_pa, inlet_pa, gateway) "
+                                                "VALUES (?, ?, ?, ?, ?)"), rows)
+
+    def valve_event(self, dev: int, t: float, valve: str, cause: str | None, gateway: str | None) -> None:
+        self.x("INSERT INTO valve_events (dev, t, valve, cause, gateway) VALUES (?, ?, ?, ?, ?)",
+               (dev, t, valve, cause, gateway))
+
+    def prune_readings(self, before: float, max_per_device: int) -> dict[str, int]:
+        """Retention: rows older than `before` go ("expired"); then a device holding more than `max_per_device`
+        rows in a table loses its oldest ("over_bound": a chattering device cannot fill the store). Counts."""
+        out = {"expired": 0, "over_bound": 0}
+        for table in ("readings", "valve_events"):
+            out["expired"] += self.x(f"DELETE FROM {table} WHERE t < ?", (before,)).rowcount
+            over = self.x(f"SELECT dev FROM {table} GROUP BY dev HAVING COUNT(*) > ?", (max_per_device,)).fetchall()
+            for (dev,) in over:
+                # the newest max_per_device rows stay; ties at the cut stay too (never a row newer than one kept)
+                cut = self.x(f"SELECT t FROM {table} WHERE dev = ? ORDER BY t DESC LIMIT 1 OFFSET ?",
+                             (dev, max_per_device - 1)).fetchone()[0]
+                out["over_bound"] += self.x(f"DELETE FROM {table} WHERE dev = ? AND t < ?", (dev, cut)).rowcount
+        return out
 
     def save_incident(self, state: dict, latest: dict, timeline_n: int) -> None:
         acked = latest.get("acked") or {}

@@ -42,8 +42,9 @@ class Metrics:
         self.rejected = zeroed(Counter("gasguard_gateway_rejected", "Frames rejected, by reason", ["reason"],
                                        registry=r), *REJECT_REASONS)
         self.text_lines = Counter("gasguard_gateway_node_log_lines", "Log lines printed by nodes", registry=r)
-        self.spool_depth = zeroed(Gauge("gasguard_gateway_spool_depth", "Messages waiting in the spool", ["lane"],
-                                        registry=r), *LANE_NAMES)
+        self.spool_depth = zeroed(Gauge("gasguard_gateway_spool_depth", "Messages waiting in the spool (the reading "
+                                        "lane: readings, however many share a row)", ["lane"], registry=r),
+                                  *LANE_NAMES)
         self.spool_age = Gauge("gasguard_gateway_spool_oldest_age_seconds", "Age of the oldest spooled message",
                                registry=r)
         self.spool_bytes = Gauge("gasguard_gateway_spool_bytes", "Approximate spool size", registry=r)

@@ -20,6 +20,7 @@ import ssl
 import sys
 import time
 from collections import deque
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 
@@ -31,9 +32,22 @@ from .spool import ALARM, EVENT, LANE_NAMES, READING, ROW_OVERHEAD, STATE, Row, 
 
 log = logging.getLogger("gasguard.gateway.mqtt")
 
-PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog)
+PAGE = 1000           # rows read from the spool at a time per lane (bounded memory with hours of backlog) ...
+PAGE_READINGS = 2000  # ... and at most this many readings (a row may hold many: spool.Item) ...
+PAGE_BYTES = 1 << 20  # ... and payload characters, past the first row
 PRIORITY_SLOTS = 16   # in-flight slots readings may never take, so an alarm always goes out at once
 FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the event loop for a whole window
+
+
+class Flight(NamedTuple):
+    """A spooled message awaiting its PUBACK: its rows are seq first..last of `lane` (consecutive)."""
+    first: int
+    last: int
+    nbytes: int           # what its rows count in the spool's size (Spool.size)
+    lane: int
+    readings: int         # readings in it (1 for a message that is not a reading batch)
+    oldest: float         # receive time of its oldest reading or message
+    sent: float           # time.monotonic() at publish
 
 
 class _ClosedBeforeConnack(ConnectionError):
@@ -52,7 +66,7 @@ class Publisher:
         self.subscriptions: tuple[str, ...] = tuple(subscriptions)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connected = False
-        self.inflight: dict[int, tuple[list[int], int, int, list[float], float]] = {}
+        self.inflight: dict[int, Flight] = {}    # mid -> what it carries
         self.cursor = {lane: 0 for lane in range(4)}
         self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
         self.exhausted = {lane: False for lane in range(4)}
@@ -194,19 +208,18 @@ class Publisher:
         self.resending.discard(mid)
         if entry is None:
             return   # birth/status/stats, not from the spool
-        seqs, nbytes, lane, rx_times, _sent = entry
         if not self.acked and self.loop is not None:
             self.loop.call_soon(self.flush_acked)   # after every PUBACK already queued: one transaction
         # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
         # touches rows in flight): deleted as a range, not row by row
-        self.acked.append((lane, min(seqs), max(seqs)))
-        self.acked_bytes += nbytes
+        self.acked.append((entry.lane, entry.first, entry.last))
+        self.acked_bytes += entry.nbytes
         now = self.clock()
-        name = LANE_NAMES[lane]
+        name = LANE_NAMES[entry.lane]
         self.metrics.published.labels(name).inc()
         # one observation per message: a batch of readings counts once, with its oldest reading (the worst
         # latency in it) - per reading it cost more than building the batch
-        self.metrics.publish_latency.labels(name).observe(max(0.0, now - min(rx_times)))
+        self.metrics.publish_latency.labels(name).observe(max(0.0, now - entry.oldest))
         self.wake.set()   # refill once per loop pass (run()), not per PUBACK: ingest gets every other turn
 
     def _batch_due(self) -> None:
@@ -222,7 +235,7 @@ class Publisher:
     def _peek(self, lane: int) -> Row | None:
         b = self.buf[lane]
         if not b and not self.exhausted[lane]:
-            rows = self.spool.fetch(lane, self.cursor[lane], PAGE)
+            rows = self.spool.fetch(lane, self.cursor[lane], PAGE, readings=PAGE_READINGS, nbytes=PAGE_BYTES)
             if rows:
                 b.extend(rows)
                 self.cursor[lane] = rows[-1].seq
@@ -274,10 +287,15 @@ class Publisher:
 
     def _send_one(self, row: Row) -> None:
         info = self.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
-        self.inflight[info.mid] = ([row.seq], len(row.payload) + ROW_OVERHEAD, row.lane, [row.t], time.monotonic())
+        self.inflight[info.mid] = Flight(row.seq, row.seq, len(row.payload) + ROW_OVERHEAD, row.lane, row.count,
+                                         row.t, time.monotonic())
 
     def _send_readings(self) -> bool:
-        """Publish one batch if it is full, or its oldest reading waited batch.delay. False if nothing sent."""
+        """Publish one batch if it is full, or its oldest reading waited batch.delay. False if nothing sent.
+
+        A batch is consecutive reading rows (each of one or many readings: spool.Item) while their readings
+        stay within batch.count and the message within batch.bytes; a row past either alone goes alone. It is
+        full at batch.count readings, or when more rows wait behind it."""
         b = self.buf[READING]
         first = self._peek(READING)
         if first is None:
@@ -287,35 +305,36 @@ class Publisher:
             b.popleft()
             self._send_one(first)
             return True
-        entries, seqs, times, size = [], [], [], 200
-        while len(entries) < self.cfg.batch_count:
+        cap, cap_bytes = self.cfg.batch_count, self.cfg.batch_bytes
+        rows, n, size = [], 0, 200        # (200: the message's head, an estimate)
+        while n < cap:
             row = self._peek(READING)
-            if row is None or row.topic is not None or size + len(row.payload) + 1 > self.cfg.batch_bytes:
+            if row is None or row.topic is not None:
+                break
+            if rows and (n + row.count > cap or size + len(row.payload) + 1 > cap_bytes):
                 break
             b.popleft()
-            entries.append(row.payload)
-            seqs.append(row.seq)
-            times.append(row.t)
+            rows.append(row)
+            n += row.count
             size += len(row.payload) + 1
         more = self._peek(READING) is not None
-        full = more or len(entries) >= self.cfg.batch_count
+        full = more or n >= cap
         now = time.monotonic()
         if not full:
             if self.batch_wait_since is None:
                 self.batch_wait_since = now
             if now - self.batch_wait_since < self.cfg.batch_delay:
-                # not yet: put them back (in order) and wait for company
-                for p, s, t in zip(reversed(entries), reversed(seqs), reversed(times)):
-                    b.appendleft(Row(s, READING, 0, None, p, "", t, False))
+                b.extendleft(reversed(rows))      # not yet: put them back (in order) and wait for company
                 # a timer, not wake.set(): run() would spin on a set event until the delay ran out
                 if self.batch_timer is None and self.loop is not None:
                     self.batch_timer = self.loop.call_later(self.cfg.batch_delay - (now - self.batch_wait_since),
                                                             self._batch_due)
                 return False
         self.batch_wait_since = None
-        body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), entries)
+        body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), [r.payload for r in rows])
         info = self.client.publish(self.topics.reading, body, qos=1)
-        self.inflight[info.mid] = (seqs, size - 200 - len(seqs) + ROW_OVERHEAD * len(seqs), READING, times, now)
+        self.inflight[info.mid] = Flight(rows[0].seq, rows[-1].seq, size - 200 - len(rows) + ROW_OVERHEAD * len(rows),
+                                         READING, n, min(r.t for r in rows), now)
         return True
 
     async def run(self) -> None:

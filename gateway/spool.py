@@ -30,6 +30,8 @@ ALARM, EVENT, STATE, READING = 0, 1, 2, 3
 LANE_NAMES = ("alarm", "event", "state", "reading")
 LANE_OF = {"alarm": ALARM, "event": EVENT, "state": STATE, "reading": READING}
 ROW_OVERHEAD = 64     # bytes a row costs beyond its payload (ids, index), for the size bound
+THIN_PAGE = 2000      # routine readings (and rows) thinning reads at a time ...
+THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with many-reading rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (dev INTEGER NOT NULL, dir INTEGER NOT NULL, last INTEGER NOT NULL,
@@ -43,14 +45,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     lane INTEGER NOT NULL,
     dev INTEGER NOT NULL,
-    topic TEXT,              -- NULL: a reading that travels in a batch message
-    payload TEXT NOT NULL,   -- JSON
+    topic TEXT,              -- NULL: readings that travel in a batch message
+    count INTEGER NOT NULL DEFAULT 1,   -- readings in the row (topic NULL); 1 for every other message
+    payload TEXT NOT NULL,   -- JSON; with topic NULL the `count` entries joined by commas, no brackets
     msg_id TEXT NOT NULL,
     t REAL NOT NULL,
     routine INTEGER NOT NULL DEFAULT 0,
     retain INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS outbox_lane ON outbox(lane, seq);
 CREATE TABLE IF NOT EXISTS audit (msg_id TEXT PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 -- issue 12: the observations of accepted alarms and events, written with the alarm itself and removed in the
@@ -133,6 +135,11 @@ def marker_path(path: Path) -> Path:
 
 @dataclass
 class Item:
+    """A message to spool. Readings (lane READING, topic None) may share one row (issue 17: a row per reading
+    cost an INSERT, a Row, a fetch and a join each, ~20 % of the gateway's CPU): `payload` is then the
+    `count` readings' JSON entries joined by commas (`{...},{...}`, no brackets), `msg_id` the first one's id,
+    `t` the oldest one's receive time, `routine` true only if every one of them is routine, `dev` the first
+    one's device. Any other message is one row with count 1."""
     lane: int
     dev: int
     payload: str
@@ -141,6 +148,7 @@ class Item:
     topic: str | None = None
     routine: bool = False
     retain: bool = False
+    count: int = 1
 
 
 @dataclass
@@ -153,6 +161,33 @@ class Row:
     msg_id: str
     t: float
     retain: bool
+    count: int = 1     # readings in it (see Item)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def entries(fragment: str) -> list[tuple[str, dict]]:
+    """A reading row's payload (entries joined by commas, Item) split into (each entry's exact text, its
+    value). Raises ValueError on a payload that is not that."""
+    out, pos, end = [], 0, len(fragment)
+    while pos < end:
+        value, stop = _DECODER.raw_decode(fragment, pos)
+        if stop < end and fragment[stop] != ",":
+            raise ValueError(f"a reading row's payload has {fragment[stop]!r} at {stop} where a comma belongs")
+        out.append((fragment[pos:stop], value))
+        pos = stop + 1
+    return out
+
+
+def _audited(items: list[Item]):
+    """(msg_id, t) for the audit table: each alarm and each reading (those of a many-reading row one by one)."""
+    for it in items:
+        if it.lane == ALARM or (it.lane == READING and (it.count == 1 or it.topic is not None)):
+            yield it.msg_id, it.t
+        elif it.lane == READING:
+            for _, e in entries(it.payload):
+                yield e["id"], e.get("t", it.t)
 
 
 def _marker_id(marker: Path) -> str | None:
@@ -184,6 +219,7 @@ class Spool:
         # Bounded by the rows in the spool (a range holds at least one row).
         self.undeleted: list[tuple[int, int, int]] = []
         self.undeleted_bytes = 0
+        self.unthinnable: set[int] = set()   # reading rows whose payload thinning could not split (said once)
         try:
             self._check_present()      # before private_file, which creates an empty file
             try:
@@ -194,6 +230,7 @@ class Spool:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.executescript(_SCHEMA)
+            self._migrate()
             if max_pages:   # tests: a tiny "disk" that fills up like a real one
                 self.db.execute(f"PRAGMA max_page_count={int(max_pages)}")
             # a write probe: a read-only file or folder fails here, at start, not at the first alarm
@@ -261,6 +298,20 @@ class Spool:
             os.replace(tmp, marker)
         return sid
 
+    def _migrate(self) -> None:
+        """Bring a spool written by an older gateway up to this schema, in one transaction, rows kept: issue 17
+        added `count` (an old row is one reading) and the index that sums it without reading the rows."""
+        db = self.db
+        cols = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+        with self._transaction():
+            if "count" not in cols:
+                db.execute("ALTER TABLE outbox ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+            # (lane, seq, count): fetch and the range deletes use it as (lane, seq) did; depth() sums count
+            # from it alone (a row's count sits after its payload in a migrated table: reading the rows
+            # would walk every payload's overflow pages)
+            db.execute("DROP INDEX IF EXISTS outbox_lane")
+            db.execute("CREATE INDEX IF NOT EXISTS outbox_lanes ON outbox(lane, seq, count)")
+
     def _measure(self) -> int:
         n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
         return b + n * ROW_OVERHEAD
@@ -324,25 +375,51 @@ class Spool:
                 if idents:
                     db.executemany("INSERT OR REPLACE INTO idents VALUES (?, ?, ?)",
                                    [(d, k, v) for (d, k), v in idents.items()])
-                ins = ("INSERT INTO outbox (lane, dev, topic, payload, msg_id, t, routine, retain) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-                db.executemany(ins, [(it.lane, it.dev, it.topic, it.payload, it.msg_id, it.t,
+                ins = ("INSERT INTO outbox (lane, dev, topic, count, payload, msg_id, t, routine, retain) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                db.executemany(ins, [(it.lane, it.dev, it.topic, it.count, it.payload, it.msg_id, it.t,
                                       1 if it.routine else 0, 1 if it.retain else 0) for it in items])
                 if self.audit and items:
-                    db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)",
-                                   [(it.msg_id, it.t) for it in items if it.lane in (ALARM, READING)])
+                    db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)", _audited(items))
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
 
     # -- reading out ---------------------------------------------------------------------------
-    def fetch(self, lane: int, after: int, limit: int) -> list[Row]:
-        q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain FROM outbox "
+    def fetch(self, lane: int, after: int, limit: int, *, readings: int | None = None,
+              nbytes: int | None = None) -> list[Row]:
+        """The rows of `lane` after seq `after`, in order: at most `limit` rows, and none past the one that
+        brings the page to `readings` readings or `nbytes` payload characters (the first row always comes,
+        however big), so a backlog of many-reading rows is not loaded whole."""
+        q = ("SELECT seq, lane, dev, topic, payload, msg_id, t, retain, count FROM outbox "
              "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?")
         try:
-            return [Row(*r[:7], bool(r[7])) for r in self.db.execute(q, (lane, after, limit))]
+            return [Row(*r[:7], bool(r[7]), r[8])
+                    for r in self._bounded(q, (lane, after, limit), 8, 4, readings, nbytes)]
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
+
+    def _bounded(self, q: str, args: tuple, count_col: int, payload_col: int, readings: int | None,
+                 nbytes: int | None) -> list[tuple]:
+        """The rows of query `q` up to and including the one that reaches `readings` (the sum of column
+        `count_col`) or `nbytes` (the length of column `payload_col`): the cursor steps lazily and stops
+        there, so no more is read from disk or held in memory."""
+        if readings is None and nbytes is None:
+            return self.db.execute(q, args).fetchall()
+        readings = readings or 1 << 62
+        nbytes = nbytes or 1 << 62
+        out, n, b = [], 0, 0
+        cur = self.db.execute(q, args)
+        try:
+            for r in cur:
+                out.append(r)
+                n += r[count_col]
+                b += len(r[payload_col])
+                if n >= readings or b >= nbytes:
+                    break
+        finally:
+            cur.close()     # the statement is reset: no read snapshot is left open
+        return out
 
     def delete_ranges(self, ranges: list[tuple[int, int, int]], nbytes: int) -> None:
         """Called with PUBACKed (lane, first seq, last seq) ranges: every row of that lane between the two.
@@ -380,18 +457,16 @@ class Spool:
             self.delete_ranges([], 0)
 
     def depth(self) -> dict[str, tuple[int, float | None]]:
-        """lane name -> (rows, oldest receive time)."""
-        # from the (lane, seq) index alone, the first row in line as the oldest: a GROUP BY with min(t) read
-        # the whole table and held the event loop for a second with a million rows spooled
+        """lane name -> (messages, oldest receive time); the reading lane's messages are its readings (a row
+        may hold many: Item)."""
+        # from the (lane, seq, count) index alone, the first row in line as the oldest: a GROUP BY with min(t)
+        # read the whole table and held the event loop for a second with a million rows spooled
         out = {}
         for lane, name in enumerate(LANE_NAMES):
-            n = self._read("SELECT count(*) FROM outbox WHERE lane = ?", (lane,))[0][0]
+            n = self._read("SELECT coalesce(sum(count), 0) FROM outbox WHERE lane = ?", (lane,))[0][0]
             first = self._read("SELECT t FROM outbox WHERE lane = ? ORDER BY seq LIMIT 1", (lane,))
             out[name] = (n, first[0][0] if first else None)
         return out
-
-    def audit_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT msg_id FROM audit")}
 
     # -- the size bound ------------------------------------------------------------------------
     def over(self) -> bool:
@@ -401,28 +476,69 @@ class Spool:
         """Past the bound, drop every other routine reading, oldest first, until under 90 % of it.
 
         Rows with seq <= protect_below may already be in flight and are left alone. Returns {dev: dropped}.
-        Alarms, events, state and non-routine readings are never touched.
+        Alarms, events, state and non-routine readings are never touched. A row of many readings keeps every
+        other one of them (rewritten in place, the kept entries' text unchanged); a row of one is kept or
+        deleted whole. "Every other" runs across rows: the readings of a pass alternate kept, dropped.
         """
         dropped: dict[int, int] = {}
         target = int(self.max_bytes * 0.9)
         after = protect_below
+        keep = True          # the next routine reading in line is kept (False: dropped)
+        progress = False     # this pass dropped something (a pass that drops nothing ends the thinning)
+        q = ("SELECT seq, dev, count, payload, t FROM outbox WHERE lane = ? AND routine = 1 AND topic IS NULL "
+             "AND seq > ? ORDER BY seq LIMIT ?")
         while self.size > target:
-            rows = self.db.execute("SELECT seq, dev, length(payload) FROM outbox WHERE lane = ? AND routine = 1 "
-                                   "AND seq > ? ORDER BY seq LIMIT 2000", (READING, after)).fetchall()
-            if len(rows) < 2:
-                if after == protect_below:
-                    break
-                after = protect_below   # another pass over what is left, thinning it again
-                continue
-            victims = rows[1::2]
             try:
-                self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in victims])
+                rows = self._bounded(q, (READING, after, THIN_PAGE), 2, 3, THIN_PAGE, THIN_PAGE_BYTES)
             except sqlite3.Error as e:
                 log.error("spool thinning failed: %s", e)
                 break
-            for _, dev, n in victims:
-                dropped[dev] = dropped.get(dev, 0) + 1
-                self.size -= n + ROW_OVERHEAD
+            if not rows:
+                if not progress:
+                    break
+                after, keep, progress = protect_below, True, False   # another pass over what is left
+                continue
+            deletes, updates, freed, gone = [], [], 0, {}
+            for seq, dev, n, payload, t in rows:
+                if n == 1:
+                    if not keep:
+                        deletes.append((seq,))
+                        gone[dev] = gone.get(dev, 0) + 1
+                        freed += len(payload) + ROW_OVERHEAD
+                    keep = not keep
+                    continue
+                first = 0 if keep else 1
+                if seq in self.unthinnable:
+                    continue
+                try:
+                    parts = entries(payload)
+                    kept = parts[first::2]
+                    devs = [int(e["dev"], 16) for _, e in parts[1 - first::2]]
+                    mid, oldest = kept[0][1]["id"], (t if first == 0 else float(kept[0][1]["t"]))
+                except (ValueError, KeyError, TypeError, IndexError) as e:
+                    # (not what ingest writes: left whole and said once, rather than a thinning that fails)
+                    log.error("spool thinning skips reading row %d: its payload is not %d reading entries (%r)",
+                              seq, n, e)
+                    self.unthinnable.add(seq)
+                    continue
+                for d in devs:
+                    gone[d] = gone.get(d, 0) + 1
+                keep = keep != (len(parts) % 2 == 1)
+                text = ",".join(x for x, _ in kept)
+                updates.append((text, len(kept), mid, oldest, seq))
+                freed += len(payload) - len(text)
+            try:
+                with self._transaction():      # one commit per page (a kill between pages only thins less)
+                    self.db.executemany("DELETE FROM outbox WHERE seq = ?", deletes)
+                    self.db.executemany("UPDATE outbox SET payload = ?, count = ?, msg_id = ?, t = ? WHERE seq = ?",
+                                        updates)
+            except sqlite3.Error as e:
+                log.error("spool thinning failed: %s", e)
+                break
+            for d, c in gone.items():
+                dropped[d] = dropped.get(d, 0) + c
+            progress = progress or bool(gone)
+            self.size -= freed
             after = rows[-1][0]
         return dropped
 

@@ -154,3 +154,41 @@ def test_a_silent_gateway_is_shown_to_the_command(district):
     assert store.gateways()[0]["silent"] is True
     assert any("SILENT" in j["text"] for j in store.journal())
     store.close()
+
+
+def _batch(gw, rows, state=0):
+    """A gateway's reading batch as the daemon publishes it: rows of (dev, fcnt, t, outlet Pa, inlet Pa)."""
+    import json
+    entries = [payloads.reading_json(payloads.msg_id(gw, dev, fcnt), {"dev": dev, "fcnt": fcnt, "gas": 0,
+                                     "pressure": p, "battery": None, "state": state, "inlet": inlet}, t, {})
+               for dev, fcnt, t, p, inlet in rows]
+    return f"gasguard/v1/{D}/{gw}/reading", json.loads(payloads.batch(gw, D, rows[-1][2], entries))
+
+
+def _valve(gw, dev, fcnt, t, valve, cause):
+    f = {"dev": dev, "fcnt": fcnt, "code": 5, "eseq": fcnt, "data": bytes([valve, cause])}
+    return f"gasguard/v1/{D}/{gw}/{dev:08x}/event", payloads.event(gw, D, payloads.msg_id(gw, dev, fcnt), f, t, {})
+
+
+def test_station_readings_and_valve_moves_are_kept_once_for_a_bounded_time(district):
+    """The station page's data (issue 16 item 5): stations' outlet and inlet pressure and every valve move,
+    stored once whichever gateways heard them; kept for readings_keep_s and at most readings_max_per_device
+    rows a device (its oldest dropped, counted)."""
+    g, store, fence = _grader(district)
+    rows = [(0xA001, n, T0 + 60 * n, 3000 + n, 300_000 - n) for n in range(4)] + [(0xB000, 1, T0, 2000, None)]
+    out = g.handle([_batch("gw1", rows), _batch("gw2", rows[:2]),             # gw2 heard two of them too
+                    _valve("gw1", 0xA001, 9, T0 + 90, 1, 2)], T0 + 200, fence)
+    assert out.kept == 5                                                       # 4 readings + 1 valve move
+    assert [(r["t"], r["pressure_pa"], r["inlet_pa"], r["gateway"]) for r in store.readings(0xA001, 0)] == [
+        (T0 + 60 * n, 3000 + n, 300_000 - n, "gw1") for n in range(4)]
+    assert store.readings(0xA001, T0 + 120) == store.readings(0xA001, 0)[2:]
+    assert store.readings(0xB000, 0) == []                                     # households are not plotted
+    assert store.valve_events(0xA001, 0) == [{"t": T0 + 90, "valve": "closed", "cause": "opso", "gateway": "gw1"}]
+    with store.write(fence) as tx:
+        gone = tx.prune_readings(T0 + 30, max_per_device=2)                    # 1 too old, then 1 over the bound
+    assert gone == {"expired": 1, "over_bound": 1}
+    assert [r["t"] for r in store.readings(0xA001, 0)] == [T0 + 120, T0 + 180]
+    assert len(store.valve_events(0xA001, 0)) == 1
+    with store.write(fence) as tx:
+        assert tx.prune_readings(T0 + 100, max_per_device=2) == {"expired": 1, "over_bound": 0}   # the valve move
+    store.close()

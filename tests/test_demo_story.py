@@ -81,3 +81,12 @@ def test_fast_demo_grades_the_story_on_the_broker(tmp_path, mosquitto):
         assert acked[0]["revision"] > esc[0]["revision"]
         assert not [m for m in revs if m["revision"] > acked[0]["revision"] and m["kind"] == "escalation"]
     assert "story complete" in run.stdout and "FAIL" not in run.stdout
+
+    # 5. the web console ran on the service's store: its URL and a login were printed, and its own hash-chained
+    # audit record shows the demo's duty operator logging in (the board and station page the demo then read)
+    from gasguard.authority import audit
+    assert "web console: http://127.0.0.1:" in run.stdout and f"log in as {OPERATOR} / demo-" in run.stdout
+    logins = [(r["type"], r["outcome"], r["source"].get("operator"))
+              for r in audit.show(tmp_path / "demo" / "web-audit", category="access")]
+    assert ("login", "allowed", OPERATOR) in logins
+    assert audit.verify(tmp_path / "demo" / "web-audit")["ok"]

@@ -134,6 +134,29 @@ def test_shelving_hides_with_reason_until_expiry_audited_and_a_flood_raises_the_
     assert board["flood"]["flood"] is True and board["flood"]["count"] == 4
 
 
+def test_the_flood_banner_counts_alarms_joining_an_incident_not_only_new_incidents(console):
+    """ISA-18.2 counts annunciations: homes joining one leak cluster are alarms each (the fixture's flood
+    starts above 3 alarms in 10 minutes), a revision that adds no alarm counts nothing."""
+    client, src, acting, clock = console
+    _login(client)
+
+    def home(k):                               # within 200 m of each other: one leak cluster (plan 1.6.1.1)
+        return device(0x300000 + k, profile="household", site=f"文化东路{k}号", lat=36.66, lon=117.07)
+    for k in range(3):
+        src.observe(alarm(home(k), clock["t"] + k, 2))
+    board = client.get("/api/board").json()
+    leaks = [r for r in board["rows"] if r["category"] == "safety_accident"]
+    assert len(leaks) == 1 and board["flood"]["count"] == 3 and board["flood"]["flood"] is False   # not above 3
+    src.acknowledge(leaks[0]["incident_id"], b'{"by": "wang.li"}', 5)      # a new revision, no new alarm
+    assert client.get("/api/board").json()["flood"]["count"] == 3
+    src.observe(alarm(home(3), clock["t"] + 3, 2))                          # a fourth home joins the cluster
+    board = client.get("/api/board").json()
+    assert len([r for r in board["rows"] if r["category"] == "safety_accident"]) == 1
+    assert board["flood"] == {**board["flood"], "flood": True, "count": 4}
+    clock["t"] += 601                                                       # ten minutes on: over
+    assert client.get("/api/board").json()["flood"]["flood"] is False
+
+
 def test_password_file_holds_argon2id_hashes_only_readable_by_the_console(tmp_path):
     import json
 
@@ -271,16 +294,19 @@ def test_serve_starts_from_its_config_with_the_console_key_and_the_service_store
         proc.wait(10)
 
 
-def test_a_shelf_is_held_by_the_command_service_and_survives_a_console_restart_and_a_sigkill(tmp_path, mosquitto,
-                                                                                            store_url):
-    """Shelving in a district: the console signs for the operator, the real `gasguard command serve` checks and
-    keeps it in its store. The console is restarted and the service SIGKILLed and started again: the incident
-    is still shelved, with who and why, and the service that came back unshelves it."""
+def test_shelves_and_station_readings_are_the_services_and_outlive_a_console_restart_and_a_sigkill(
+        tmp_path, mosquitto, store_url):
+    """In a district the real `gasguard command serve` holds what the console shows: a shelf (signed by the
+    console for the operator, checked and kept by the service) and a station's readings and valve moves (from
+    the gateways' own payloads on the broker). The console is restarted and the service SIGKILLed and started
+    again: the incident is still shelved, with who and why, the station page still plots the readings, and the
+    service that came back unshelves it."""
     import json
     import os
     import signal
     import subprocess
     import sys
+    import time
 
     import paho.mqtt.publish as publish
 
@@ -290,7 +316,7 @@ def test_a_shelf_is_held_by_the_command_service_and_survives_a_console_restart_a
     from gasguard.registry import Device, Registry
     from gasguard.testing.waits import wait_until
     from gasguard.testing.webconsole import Authority
-    from test_command_grading import TRIP_STATE, UPSO, _alarm
+    from test_command_grading import TRIP_STATE, UPSO, _alarm, _batch, _valve
     auth = Authority(tmp_path / "authority", "lixia", {OP: ("operator", "王丽")})
     with Registry(tmp_path / "registry.db") as r:
         r.add(Device(dev_id=0xA001, key=bytes(16), profile="station", site_name="燕山调压站", households=8_000,
@@ -317,6 +343,18 @@ def test_a_shelf_is_held_by_the_command_service_and_survives_a_console_restart_a
             publish.single(topic, json.dumps(doc), qos=1, port=mosquitto.port)
             return [i["incident_id"] for i in store.list_incidents()]
         iid = wait_until(stored, 20, "the incident stored", step=0.2)[0]
+        now = time.time()
+        tripped = [(0xA001, 10 + n, now - 600 + 60 * n, 40 + n, 310_000) for n in range(3)]   # still shut
+        for topic, doc in (_batch("gw1", tripped, TRIP_STATE),
+                           _valve("gw1", 0xA001, 20, now - 300, 1, 2)):
+            publish.single(topic, json.dumps(doc), qos=1, port=mosquitto.port)
+        wait_until(lambda: len(store.readings(0xA001, 0)) == 3 and store.valve_events(0xA001, 0), 20,
+                   "the station's readings and valve move stored by the service")
+
+        def station_page(client):
+            r = client.get("/stations/0000a001")
+            assert r.status_code == 200 and "(3 readings)" in r.text, r.text
+            assert '<tr class="valve-closed">' in r.text and "opso" in r.text and "gw1" in r.text
 
         def console():
             source = StoreSource(open_store(store_url), "lixia", poll_s=0.05).start()
@@ -330,6 +368,7 @@ def test_a_shelf_is_held_by_the_command_service_and_survives_a_console_restart_a
             assert "shelved until" in r.text, r.text
             row = client.get("/api/board").json()["rows"][0]
             assert row["state"] == "shelved" and row["shelf"]["by"] == OP
+            station_page(client)
         source.close()                                              # the console goes away ...
         svc.send_signal(signal.SIGKILL)                             # ... and so does the service, unwarned
         svc.wait(5)
@@ -342,6 +381,7 @@ def test_a_shelf_is_held_by_the_command_service_and_survives_a_console_restart_a
             assert (row["state"], row["shelf"]["by"], row["shelf"]["reason"]) == ("shelved", OP, "crew on site")
             r = client.get(f"/incidents/{iid}")
             assert "Shelved by wang.li" in r.text
+            station_page(client)
             r = client.post(f"/incidents/{iid}/shelve", data={"csrf": _csrf(client, "/"), "unshelve": "1"})
             assert "back on the board" in r.text, r.text            # the service that came back held it
             assert client.get("/api/board").json()["rows"][0]["state"] == "unacknowledged"

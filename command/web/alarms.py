@@ -8,8 +8,10 @@ Used by the web board and by `gasguard command watch`, so both say the same thin
   longer counting once the incident is acknowledged (the report is then the operator's, not the machine's);
 - shelving itself (who, why, until when; the rules in `gasguard.command.shelving`) is held by the command
   service as a signed, audited act; a board only shows a shelf while it holds;
-- `FloodDetector`: a flood starts above 10 new alarms in 10 minutes and ends below 5 (EEMUA 191 / ISA-18.2
-  figures in shared/domain/COMMAND.md); every figure is configuration.
+- `FloodDetector`: a flood starts above 10 alarms in 10 minutes and ends below 5 (EEMUA 191 / ISA-18.2
+  figures in shared/domain/COMMAND.md); every figure is configuration. It counts alarms (annunciations), not
+  incidents: `annunciations` says how many a revision brings, a new incident's and every device that joins
+  an existing one (a leak cluster of twelve homes is twelve alarms in one incident).
 """
 
 from __future__ import annotations
@@ -85,6 +87,19 @@ def site_name(msg: dict) -> str:
     return place.get("site_name") or msg.get("title") or msg["incident_id"]
 
 
+def annunciations(seen: set | None, msg: dict) -> tuple[int, set]:
+    """(alarms this revision annunciates, the incident's alarm devices now). `seen`: the devices already
+    counted for this incident, None when this console has not seen it before. The alarms of an incident are
+    its source devices (the stations cut off, the homes of a leak cluster, the pressure point: the report's
+    `source.devices`): a new incident annunciates each (at least one), a later revision each device that
+    joined; an acknowledgement, an escalation or operator input annunciates nothing."""
+    devs = set(((msg.get("report") or {}).get("source") or {}).get("devices") or ())
+    if seen is None:
+        # an incident already held when this console started (or a resent revision) is not a new alarm
+        return (max(1, len(devs)) if msg.get("kind") == "new" else 0), devs
+    return len(devs - seen), seen | devs
+
+
 @dataclass(frozen=True)
 class FloodConfig:
     window_s: float = 600.0     # COMMAND.md: a flood starts above 10 alarms in 10 minutes ...
@@ -93,11 +108,11 @@ class FloodConfig:
 
 
 class FloodDetector:
-    """Counts new alarms in a sliding window; hysteresis between start and end (ISA-18.2 flood)."""
+    """Counts alarms in a sliding window; hysteresis between start and end (ISA-18.2 flood)."""
 
     def __init__(self, cfg: FloodConfig | None = None, maxlen: int = 10_000):
         self.cfg = cfg or FloodConfig()
-        self._times: deque = deque(maxlen=maxlen)    # arrival times of new alarms; bound: a flood this size
+        self._times: deque = deque(maxlen=maxlen)    # arrival times of alarms; bound: a flood this size
         self.flooding = False                         # is counted in full by any window we use
         self.since: float | None = None               # when the current flood started (None: no flood)
 
@@ -105,8 +120,8 @@ class FloodDetector:
         while self._times and self._times[0] <= now - self.cfg.window_s:
             self._times.popleft()
 
-    def add(self, t: float) -> None:
-        self._times.append(t)
+    def add(self, t: float, n: int = 1) -> None:
+        self._times.extend([t] * n)
 
     def state(self, now: float) -> dict:
         self._expire(now)

@@ -41,6 +41,7 @@ from .login import LockoutConfig, LoginGuard, PasswordBook, csrf_ok, csrf_token
 from .source import IncidentSource, Refused, SourceError
 
 HERE = Path(__file__).parent
+FLOOD_INCIDENTS_MAX = 10_000     # incidents whose alarm devices the flood count remembers, before forgetting gone ones
 
 
 @dataclass
@@ -74,15 +75,27 @@ class Console:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.version = 0                             # grows with every change seen (and every shelving)
         self._board_cache: tuple | None = None       # ((version, whole second), JSON): shared by every stream
+        # the alarm devices already counted by the flood detector, per incident (bounded: _forget)
+        self._alarm_devs: dict[str, set] = {m["incident_id"]: A.annunciations(None, m)[1] for m in source.snapshot()}
         self.unlisten = source.listen(self._on_change)
 
     # --- change feed (source thread -> event loop) -----------------------------------------------
     def _on_change(self, msg: dict | None) -> None:
-        if msg is not None and msg.get("kind") == "new":
+        if msg is not None:
             with self._lock:
-                self.flood.add(self.clock())
+                iid = msg["incident_id"]
+                n, self._alarm_devs[iid] = A.annunciations(self._alarm_devs.get(iid), msg)
+                if n:
+                    self.flood.add(self.clock(), n)
+                if len(self._alarm_devs) > FLOOD_INCIDENTS_MAX:
+                    self._forget()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._wake)
+
+    def _forget(self) -> None:
+        """Keep only the incidents the source still holds (called with the lock held)."""
+        held = {m["incident_id"] for m in self.source.snapshot()}
+        self._alarm_devs = {k: v for k, v in self._alarm_devs.items() if k in held}
 
     def _wake(self) -> None:
         self.version += 1

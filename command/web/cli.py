@@ -58,9 +58,16 @@ class RegistryStations:
 
 @web.command()
 @click.option("-c", "--config", required=True, type=click.Path(dir_okay=False), help="web console TOML")
-def serve(config):
+@click.option("--clock", "clock_spec", default="real", show_default=True, metavar="real|speed=N",
+              help="real time, or the drill clock the command service runs on (the demo: deadlines count down "
+                   "on the service's clock)")
+@click.option("--t0", type=float, default=None, metavar="EPOCH", help="with a drill clock: the wall time it starts "
+              "from (the command service's --t0)")
+def serve(config, clock_spec, t0):
     """Serve the console (uvicorn) until stopped."""
     import uvicorn
+
+    from gasguard.gateway.clock import ClockError, parse
 
     from gasguard.authority import AuditLog, BadInput, secretfile
 
@@ -69,6 +76,10 @@ def serve(config):
     from .login import PasswordBook, PasswordFileError
     from .source import MqttSource, ReadingFeed, SourceError, StoreSource
     sc = _load(config)
+    try:
+        clock = parse(clock_spec, t0)
+    except ClockError as e:
+        _fail(str(e), 2)
     a = sc.authority
     missing = [k for k in ("roster", "trust", "console_id", "console_key", "audit") if k not in a]
     if missing:
@@ -82,8 +93,6 @@ def serve(config):
     except (PasswordFileError, BadInput) as e:
         _fail(str(e), 2)
     m = sc.mqtt
-    feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
-                       keep_s=sc.web.readings_window_s)
     try:
         if sc.store:                 # the district command service (issue 15): its store is the one source
             from gasguard.command.store import open_store
@@ -91,15 +100,18 @@ def serve(config):
             if store.schema_version() == 0:
                 _fail(f"the command store {sc.store} is empty: start the command service first "
                       "(gasguard command serve creates and migrates it)", 1)
+            # readings and valve events too: the service keeps them (command/readings.py, bounded)
             source = StoreSource(store, sc.web.district, topic_root=m["topic_root"],
-                                 feed=feed.start(), source_name=a["console_id"]).start()
+                                 source_name=a["console_id"]).start()
         else:                        # a substation working alone: its grading plugin's topics
+            feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
+                               keep_s=sc.web.readings_window_s)
             source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed,
                                 shelve_max_s=sc.web.shelve_max_s).start(10)
     except SourceError as e:
         _fail(str(e), 1)
     stations = RegistryStations(sc.registry) if sc.registry else (lambda: [])
-    app = create_app(sc.web, source, acting, book, stations)
+    app = create_app(sc.web, source, acting, book, stations, clock=clock)
     click.echo(f"GasGuard web console for {sc.web.district} on http://{sc.bind}:{sc.port}/", err=True)
     try:
         uvicorn.run(app, host=sc.bind, port=sc.port, log_level="info", proxy_headers=True)

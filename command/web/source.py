@@ -8,9 +8,10 @@ knows nothing else of where incidents live.
   leader stored them, followed by sequence number; acts submitted as requests the leader verifies and answers
   ("accepted" / "refused: why"). The production source.
 - `MqttSource`: the incident topics of one district over MQTT (a substation's grading plugin working alone).
-- `ReadingFeed`: readings and valve events of the district's gateways, kept in memory for `keep_s` (24 h)
-  with a per-device bound (oldest dropped, counted). Neither the gateways nor the service store readings
-  for a console to plot, so the console keeps this window itself: after a console restart the plot refills.
+- `ReadingFeed`: for a console working alone (no command service): readings and valve events of the
+  district's gateways, kept in memory for `keep_s` (24 h) with a per-device bound (oldest dropped, counted);
+  after a restart its plots refill. In a district the command service keeps them (its store's `readings` and
+  `valve_events`, bounded: command/README.md) and `StoreSource` reads them from there.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ from typing import Callable, Protocol
 import paho.mqtt.client as mqtt
 
 from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.command.readings import readings_of, valve_of
 from gasguard.command.shelving import MAX_S, ShelfBook, ShelfError
 from gasguard.protocol.topics import EVENT, READING, ROOT, Topics
 
-Listener = Callable[[dict], None]
-VALVE_EVENT = 5          # protocol event code VALVE: data = valve u8 (1 closed, 0 open), cause u8
-VALVE_CAUSES = {1: "gas", 2: "opso", 3: "upso", 4: "fault", 5: "reset", 6: "selftest", 7: "manual"}
+Listener = Callable[[dict | None], None]
 
 
 class SourceError(Exception):
@@ -103,6 +103,7 @@ class ReadingFeed:
         self._readings: dict[str, deque] = {}
         self._valves: dict[str, deque] = {}
         self.dropped = 0                       # rows dropped by the per-device bound
+        self.malformed = 0                     # messages that were not readings or events as expected
         self.client: mqtt.Client | None = None
 
     def start(self) -> "ReadingFeed":
@@ -130,19 +131,20 @@ class ReadingFeed:
             return
         if not isinstance(doc, dict):
             return
-        if topic.endswith("/" + READING):
-            with self._lock:
-                for r in doc.get("readings", []):
-                    self._keep(self._readings, r["dev"], {k: r.get(k) for k in (
-                        "t", "pressure_pa", "inlet_pa", "gas_pct_lel")})
-        elif topic.endswith("/" + EVENT) and doc.get("code") == VALVE_EVENT:
-            data = bytes.fromhex(doc.get("data_hex", ""))
-            if data:
+        try:
+            if topic.endswith("/" + READING):
+                rows = readings_of(doc)
                 with self._lock:
-                    self._keep(self._valves, doc["dev"], {
-                        "t": doc["t"], "valve": "closed" if data[0] == 1 else "open",
-                        "cause": VALVE_CAUSES.get(data[1], str(data[1])) if len(data) > 1 else None,
-                        "gateway": doc.get("gateway")})
+                    for r in rows:
+                        self._keep(self._readings, r["dev"], {k: r.get(k) for k in (
+                            "t", "pressure_pa", "inlet_pa", "gas_pct_lel")})
+            elif topic.endswith("/" + EVENT):
+                v = valve_of(doc)
+                if v is not None:
+                    with self._lock:
+                        self._keep(self._valves, v.pop("dev"), v)
+        except (KeyError, TypeError, ValueError):
+            self.malformed += 1                # a payload this console cannot read: counted, not fatal
 
     def _keep(self, table: dict, dev: str, row: dict) -> None:
         q = table.get(dev)
@@ -262,9 +264,8 @@ class StoreSource:
     """Incidents from the command service's store (`open_store(url)`), followed by revision sequence number:
     a thread waits on `store.wait_changes` and hands every new revision to the listeners."""
 
-    def __init__(self, store, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
-                 poll_s: float = 0.1, source_name: str = "web"):
-        self.store, self.feed, self.poll_s, self.source_name = store, feed, poll_s, source_name
+    def __init__(self, store, district: str, *, topic_root: str = ROOT, poll_s: float = 0.1, source_name: str = "web"):
+        self.store, self.poll_s, self.source_name = store, poll_s, source_name
         self.topics = Topics(topic_root).command(district)
         self._latest: dict[str, dict] = {}
         self._shelves: dict[str, dict] = {}
@@ -288,8 +289,6 @@ class StoreSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        if self.feed is not None:
-            self.feed.close()
 
     def _refresh_shelves(self) -> bool:
         """Read the shelves again if they changed in the store (any console's act, an expiry); True if so."""
@@ -385,7 +384,16 @@ class StoreSource:
             return []
 
     def readings(self, dev: str, since: float) -> list[dict]:
-        return self.feed.readings(dev, since) if self.feed else []
+        """The station's readings as the command service stored them (bounded by its retention)."""
+        try:
+            return self.store.readings(int(dev, 16), since)
+        except Exception:  # noqa: BLE001 - the page says "0 readings"; the poll counts errors
+            self.errors += 1
+            return []
 
     def valve_history(self, dev: str, since: float) -> list[dict]:
-        return self.feed.valve_history(dev, since) if self.feed else []
+        try:
+            return self.store.valve_events(int(dev, 16), since)
+        except Exception:  # noqa: BLE001 - as readings()
+            self.errors += 1
+            return []

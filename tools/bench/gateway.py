@@ -89,10 +89,10 @@ class Probe:
             entry = p.inflight.get(mid)
             now = self.acked_at.pop(mid, None) or time.perf_counter()
             if entry is not None:
-                if entry[2] == 3:
-                    self.readings += len(entry[0])
+                if entry.lane == 3:
+                    self.readings += entry.readings
                     self.last_ack = now
-                elif entry[2] == 0:
+                elif entry.lane == 0:
                     t = self.arrived.pop(self.mid_of.pop(mid, ""), None)
                     if t is not None:
                         self.latencies.append(now - t)
@@ -204,8 +204,9 @@ def latency_run(d: Path, port: int, frames: list[bytes], alarms: list[tuple[str,
     return asyncio.run(go())
 
 
-def _fill_backlog(d: Path, n: int) -> None:
-    """The spool a broker outage leaves: n reading rows (the daemon's own payload), committed in chunks."""
+def _fill_backlog(d: Path, n: int, per_row: int = 1) -> None:
+    """The spool a broker outage leaves: n readings (the daemon's own payload) in rows of `per_row` readings
+    (spool.Item), committed in chunks."""
     from gasguard.gateway import payloads
     from gasguard.gateway.spool import READING, Item, Spool
     sp = Spool(d / "spool.db", synchronous="NORMAL", max_bytes=8 << 30)
@@ -213,22 +214,25 @@ def _fill_backlog(d: Path, n: int) -> None:
     chunk = 20_000
     for base in range(0, n, chunk):
         items = []
-        for i in range(base, min(n, base + chunk)):
-            dev = 0x200000 + i % 50_000
-            fcnt = 1 + i // 50_000
-            mid = payloads.msg_id("bench", dev, fcnt)
-            f = {"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": 2000, "battery": 90, "state": 0}
-            items.append(Item(READING, dev, payloads.dumps(payloads.reading_entry(mid, f, now, RX)), mid, now,
-                              routine=True))
+        for row in range(base, min(n, base + chunk), per_row):
+            js, mids = [], []
+            for i in range(row, min(n, base + chunk, row + per_row)):
+                dev = 0x200000 + i % 50_000
+                fcnt = 1 + i // 50_000
+                mids.append(payloads.msg_id("bench", dev, fcnt))
+                f = {"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": 2000, "battery": 90, "state": 0}
+                js.append(payloads.dumps(payloads.reading_entry(mids[-1], f, now, RX)))
+            items.append(Item(READING, 0x200000 + row % 50_000, ",".join(js), mids[0], now, routine=True,
+                              count=len(js)))
         sp.commit(items)
     sp.close()
 
 
-def drain_run(d: Path, port: int, backlog: int, alarms: list[tuple[str, bytes]]) -> dict:
+def drain_run(d: Path, port: int, backlog: int, alarms: list[tuple[str, bytes]], per_row: int = 1) -> dict:
     from gasguard.gateway.daemon import Daemon
     _fresh(d)
     t = time.perf_counter()
-    _fill_backlog(d, backlog)
+    _fill_backlog(d, backlog, per_row)
     fill_s = time.perf_counter() - t
     daemon = Daemon(_cfg(d, port), plugins=[])
 
@@ -252,7 +256,8 @@ def drain_run(d: Path, port: int, backlog: int, alarms: list[tuple[str, bytes]])
         await _until(lambda: not probe.arrived, 30, "the last alarms' PUBACKs")
         stop.set()
         await asyncio.wait_for(task, 15)
-        return {"backlog": backlog, "drain_per_s": rate, "fill_s": fill_s, "alarms": len(probe.latencies),
+        return {"backlog": backlog, "per_row": per_row, "drain_per_s": rate, "fill_s": fill_s,
+                "alarms": len(probe.latencies),
                 "lat_ms": sorted(x * 1000 for x in probe.latencies), "readings_at_alarm": probe.readings_at_alarm}
     return asyncio.run(go())
 
@@ -290,7 +295,8 @@ def load() -> str:
 
 
 def gateway_figures(*, readings=200_000, runs=3, rate=50_000, seconds=5.0, backlog=1_000_000,
-                    drain_runs=1, profile=False, echo=click.echo, workdir=None) -> dict:
+                    drain_runs=1, profile=False, echo=click.echo, workdir=None, backlog_row=1) -> dict:
+    """`backlog_row`: readings per spool row in the drain run's backlog (1: a row per reading)."""
     from gasguard.testing.mosquitto import Mosquitto
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-gw-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
@@ -332,12 +338,13 @@ def gateway_figures(*, readings=200_000, runs=3, rate=50_000, seconds=5.0, backl
             drains = []
             for r in range(drain_runs):
                 alarms = _alarm_frames(alarm_nodes, 3000)
-                dr = drain_run(base, broker.port, backlog, alarms)
+                dr = drain_run(base, broker.port, backlog, alarms, backlog_row)
                 drains.append(dr)
-                echo(f"  drain run {r + 1}: {backlog:,} readings at {dr['drain_per_s']:,.0f}/s; {dr['alarms']} alarms"
+                echo(f"  drain run {r + 1}: {backlog:,} readings ({backlog_row} a row) at {dr['drain_per_s']:,.0f}/s; "
+                     f"{dr['alarms']} alarms"
                      f" during it: p50 {_pct(dr['lat_ms'], 50):.1f} ms, p99 {_pct(dr['lat_ms'], 99):.1f} ms ({load()})")
             lats = sorted(x for dr in drains for x in dr["lat_ms"])
-            out["drain"] = {"backlog": backlog, "runs": drain_runs,
+            out["drain"] = {"backlog": backlog, "runs": drain_runs, "per_row": backlog_row,
                             "drain_per_s": statistics.median(dr["drain_per_s"] for dr in drains),
                             "alarms": len(lats), "p50_ms": _pct(lats, 50), "p99_ms": _pct(lats, 99)}
     finally:
@@ -356,7 +363,8 @@ def print_gateway(out: dict, echo=click.echo) -> None:
     echo(f"alarm latency, arrival -> PUBACK, {la['alarms']} alarms over {la['seconds']} s with "
          f"{la['accepted_per_s']:,.0f} readings/s of background ({which}; overflow {la['overflow']}): "
          f"p50 {la['p50_ms']:.1f} ms, p99 {la['p99_ms']:.1f} ms, max {la['max_ms']:.1f} ms")
-    echo(f"drain: {dr['backlog']:,} spooled readings at {dr['drain_per_s']:,.0f}/s (median of {dr['runs']}); "
+    echo(f"drain: {dr['backlog']:,} spooled readings ({dr.get('per_row', 1)} a row) at {dr['drain_per_s']:,.0f}/s "
+         f"(median of {dr['runs']}); "
          f"{dr['alarms']} alarms meanwhile: p50 {dr['p50_ms']:.1f} ms, p99 {dr['p99_ms']:.1f} ms")
 
 
@@ -367,15 +375,18 @@ def print_gateway(out: dict, echo=click.echo) -> None:
 @click.option("--seconds", default=5.0, show_default=True, help="length of the latency run")
 @click.option("--backlog", default=1_000_000, show_default=True, help="spooled readings to drain")
 @click.option("--drain-runs", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--backlog-row", default=1, show_default=True, type=click.IntRange(1),
+              help="readings per spool row in the backlog (issue 17: a row may hold many)")
 @click.option("--profile", is_flag=True, help="cProfile the first batched ingest run, print the top 25")
 @click.option("--quick", is_flag=True, help="a smoke run: small numbers")
 @click.option("--json", "as_json", is_flag=True)
-def gateway_bench(readings, runs, rate, seconds, backlog, drain_runs, profile, quick, as_json):
+def gateway_bench(readings, runs, rate, seconds, backlog, drain_runs, backlog_row, profile, quick, as_json):
     """Gateway ingest (batched vs naive, same run), alarm latency under load, spool drain rate."""
     if quick:
         readings, runs, seconds, backlog, drain_runs = 20_000, 1, 1.0, 20_000, 1
     out = gateway_figures(readings=readings, runs=runs, rate=rate, seconds=seconds, backlog=backlog,
-                          drain_runs=drain_runs, profile=profile, echo=(lambda *_: None) if as_json else click.echo)
+                          drain_runs=drain_runs, profile=profile, echo=(lambda *_: None) if as_json else click.echo,
+                          backlog_row=backlog_row)
     if as_json:
         out.pop("profile", None)
         click.echo(json.dumps(out, indent=2))

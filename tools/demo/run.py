@@ -6,6 +6,8 @@ What runs (every part real except the gas and the pipes):
   gateway   the real daemon, grading plugin off as in a district (`gasguard gateway run --clock speed=N`)
   command   the district command service (`gasguard command serve --clock speed=N`, command/service.py): it
             consumes the gateway, grades district-wide, keeps every revision in its SQLite store, escalates
+  web       the district command's web console (`gasguard command web serve`, command/web/) on the service's
+            store and clock: its URL and a demo operator's login are printed at the start
   boards    virtual boards running the real firmware in MicroPython (tools/sim/vboard_client.py), each on its pty
   fleet     tools/sim/fleet.py: every station, user and a few thousand household nodes on one pty
   console   command/console.py: the district's and the city's MQTT clients and the rich board
@@ -56,7 +58,9 @@ DISTRICT = "lixia"
 GATEWAY = "sub-017"
 OPERATOR = "duty.demo"         # the demo's duty operator (roster id); acknowledgements are signed with its key
 # the demo's own district authority and roster (issue 14): gateway and command service refuse unsigned acts
-DEMO_PEOPLE = {"admin.demo": "admin", OPERATOR: "operator", "engineer.demo": "engineer"}
+WEB_CONSOLE = "console.demo"     # the web console's principal: it signs for the operators it logged in
+DEMO_PEOPLE = {"admin.demo": "admin", OPERATOR: "operator", "engineer.demo": "engineer", WEB_CONSOLE: "console"}
+WEB_PORT = 8080                  # the web console's port when free (else any free one; the URL is printed)
 BOARD_BASE = 0x03F00001          # household ids the generator never uses (it counts up from 0x03000001)
 TRIP_MIN, TRIP_MAX = 12_000, 29_000   # plan 1.6.2.3(2): 10,000 to < 30,000 households cut off is level III
 PRESSURE_FS = 10_000             # the household transducer's full scale (firmware default, Pa)
@@ -86,6 +90,7 @@ class DemoOptions:
     linger: float = 4.0              # wall seconds the final board stays on screen
     broker: str | None = None        # "host:port" of a running broker instead of starting one
     keep: bool = False               # keep the working folder (registry, spool, logs)
+    hold: bool = False               # after the story, keep everything (the web console too) up until Ctrl-C
     workdir: Path | None = None
     wall_timeout: float = 600.0
 
@@ -188,6 +193,39 @@ def command_toml(path: Path, *, registry: Path, store: Path, port: int, authorit
     return path
 
 
+def web_toml(path: Path, *, registry: Path, store: Path, port: int, broker_port: int, authority) -> Path:
+    """The web console's configuration (command/web/README.md): the service's store, the demo's roster, its
+    console key (unencrypted, as the demo's keys are), a password file made by `demo_login`."""
+    d = path.parent
+    path.write_text(
+        f'# written by the demo (tools/demo/run.py)\n[web]\nbind = "127.0.0.1"\nport = {port}\n'
+        f'district = "{DISTRICT}"\nregistry = "{registry}"\npasswords = "{d / "console-passwords.json"}"\n'
+        f'session_secret = "{d / "console-session.key"}"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n\n[command]\nstore = "sqlite:///{store}"\n\n'
+        f'[authority]\nroster = "{authority.roster}"\ntrust = "{authority.trust}"\nconsole_id = "{WEB_CONSOLE}"\n'
+        f'console_key = "{authority.keys[WEB_CONSOLE]}"\naudit = "{d / "web-audit"}"\n')
+    return path
+
+
+def demo_login(path: Path) -> str:
+    """A fresh console password for the demo's duty operator (argon2id, 0600), printed at the start."""
+    import secrets
+
+    from gasguard.command.web.login import new_password_file
+    password = "demo-" + secrets.token_urlsafe(9)
+    new_password_file(path, OPERATOR, password)
+    return password
+
+
+def _web_port(any_port: bool = False) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 0 if any_port else WEB_PORT))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class TriggeredTrip(StationTrip):
     """station_trip whose start the story sets while the fleet runs: `at[0]`, in fleet time (a float in a
     list: the story thread writes it, the fleet thread reads it; one float store is atomic)."""
@@ -238,6 +276,7 @@ class Demo:
         self.broker = None
         self.gateway: subprocess.Popen | None = None
         self.command: subprocess.Popen | None = None
+        self.web: subprocess.Popen | None = None
         self.boards: list[VBoardProcess] = []
         self.pty: PtyTransport | None = None
         self.fleet: Fleet | None = None
@@ -250,6 +289,8 @@ class Demo:
         self.trip_at = [float("inf")]          # fleet time the feeder's outlet starts rising (set by the story)
         self.fleet_report = None
         self.failed = False                    # keep the working folder then: its logs say what went wrong
+        self.story_done = False                # the story ran to its end (a stop after it, under --hold, is normal)
+        self.web_url: str | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
     def t(self) -> float:
@@ -328,6 +369,7 @@ class Demo:
         self._wait_log(self.command, "command.log", "is the leader", "the command service")
         self.say(f"command service: consumes every gateway, grades the district, SQLite store "
                  f"{self.dir / 'command.db'} (pid {self.command.pid}), log {self.dir / 'command.log'}")
+        self._start_web(reg)
         self.pty = PtyTransport()
         cfg = gateway_toml(self.dir / "gateway.toml", registry=reg, spool=self.dir / "spool.db", port=self.port,
                            serial=[self.pty.port] + [b.pty for b in self.boards],
@@ -351,6 +393,32 @@ class Demo:
         self.fleet_thread.start()
         self.say(f"fleet: {len(self.fleet.nodes):,} simulated nodes speaking protocol v1 on {self.pty.port}; "
                  f"demo clock x{o.speed:g} (20 minutes = {PHONE_S / o.speed:.0f} s)")
+
+    def _start_web(self, reg: Path) -> None:
+        """The web console on the service's store and drill clock (its deadlines count down as the service's).
+        Port 8080 when free; taken between our look and uvicorn's bind (another demo), the next free one."""
+        o = self.o
+        password = self.web_password = demo_login(self.dir / "console-passwords.json")
+        for attempt in range(3):
+            port = _web_port() if attempt == 0 else _web_port(any_port=True)
+            wcfg = web_toml(self.dir / "web.toml", registry=reg, store=self.dir / "command.db", port=port,
+                            broker_port=self.port, authority=self.authority)
+            self.web_log = open(self.dir / "web.log", "wb")
+            self.web = subprocess.Popen(
+                [sys.executable, "-m", "gasguard.tools.demo.broker", "--exec", sys.executable, "-m",
+                 "gasguard.cli", "command", "web", "serve", "-c", str(wcfg), "--clock", f"speed={o.speed:g}",
+                 "--t0", repr(self.t0)], stdout=self.web_log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                self._wait_log(self.web, "web.log", "Uvicorn running on", "the web console")
+                break
+            except DemoError:
+                self.web.wait(5)
+                self.web_log.close()
+                if attempt == 2 or "address already in use" not in (self.dir / "web.log").read_text(errors="replace"):
+                    raise
+        self.web_url = f"http://127.0.0.1:{port}/"
+        self.say(f"web console: {self.web_url}  log in as {OPERATOR} / {password}  (pid {self.web.pid}, "
+                 f"log {self.dir / 'web.log'}; --hold keeps it up after the story)", "bold")
 
     def _update(self, client, m: dict) -> None:
         """Every new revision either console client takes (paho's thread): kept for the checks, shown."""
@@ -470,8 +538,46 @@ class Demo:
                         f"rev {acked['revision']} by {acked['acked']['by']}")
             self.view.select(iid, f"acknowledged {iid} rev {acked['revision']} as {OPERATOR}")
             self.say(f"   command service confirmed: acknowledged by {OPERATOR} (rev {acked['revision']})", "green")
+        self._check_web(leak["incident_id"], sup["incident_id"])
         self.say("story complete", "bold green")
+        self.story_done = True
+        if o.hold:
+            self.say(f"holding: the web console stays at {self.web_url} until Ctrl-C", "bold")
+            self.stopping.wait()
+            return
         self._sleep_wall(o.linger)
+
+    def _check_web(self, *incidents: str) -> None:
+        """The operator's view in the web console: log in as the duty operator, the board shows every incident
+        acknowledged, the feeder's station page plots the readings the service kept."""
+        import http.cookiejar
+        import re
+        import urllib.parse
+        import urllib.request
+        web = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        try:
+            page = web.open(self.web_url + "login", timeout=10).read().decode()
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+            form = {"operator": OPERATOR, "password": self.web_password, "csrf": csrf, "next": "/"}
+            web.open(self.web_url + "login", data=urllib.parse.urlencode(form).encode(), timeout=30).read()
+            states: dict = {}
+
+            def acked():       # the console follows the store every 0.1 s: the last ack may be a poll away
+                rows = json.loads(web.open(self.web_url + "api/board", timeout=10).read())["rows"]
+                states.update({r["incident_id"]: r["state"] for r in rows})
+                return all(states.get(i) == "acknowledged" for i in incidents)
+            self._until(acked, 10)
+            station = web.open(self.web_url + f"stations/{self.world.feeder.dev_id:08x}", timeout=10).read().decode()
+            n = int(re.search(r"\((\d+) readings\)", station).group(1))
+        except (OSError, AttributeError, ValueError) as e:
+            self._check("web", "web console: the operator's board and station page", False, f"{type(e).__name__}: {e}")
+            return
+        ok = all(states.get(i) == "acknowledged" for i in incidents) and n > 0
+        seen = ", ".join(f"{i.split('-')[1]} {states.get(i)}" for i in incidents)
+        self._check("web", "web console: logged in, every incident acknowledged on the board, station readings kept",
+                    ok, f"{seen}; feeder station page: {n} readings")
+        self.say(f"   web console {self.web_url}: {OPERATOR} logged in, board and station page checked",
+                 "green" if ok else "red")
 
     def _sleep_until(self, demo_t: float) -> None:
         self._sleep_wall(max(0.0, (demo_t - self.t()) / self.o.speed))
@@ -534,8 +640,8 @@ class Demo:
             for c in (self.district_client, self.city_client):
                 if c:
                     c.close()          # their boards keep the last revisions: the view's final frame shows them
-            for proc in (self.gateway, self.command):   # graceful: the gateway flushes what it holds to the
-                if proc and proc.poll() is None:       # broker, the service hands its lease back
+            for proc in (self.web, self.gateway, self.command):   # graceful: the gateway flushes what it holds
+                if proc and proc.poll() is None:       # to the broker, the service hands its lease back
                     proc.terminate()
                     try:
                         proc.wait(15)
@@ -544,7 +650,8 @@ class Demo:
                         proc.wait(5)
             for b in self.boards:
                 b.stop()
-            for f in (getattr(self, "gateway_log", None), getattr(self, "command_log", None)):
+            for f in (getattr(self, "gateway_log", None), getattr(self, "command_log", None),
+                      getattr(self, "web_log", None)):
                 if f:
                     f.close()
             if self.pty:

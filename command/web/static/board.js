@@ -69,7 +69,7 @@
     document.getElementById("counts").textContent = "· " + main.length + " shown, " + unack + " unacknowledged";
     const f = board.flood, banner = document.getElementById("flood");
     banner.hidden = !f.flood;
-    if (f.flood) banner.textContent = "ALARM FLOOD: " + f.count + " new alarms in the last " + Math.round(f.window_s / 60) +
+    if (f.flood) banner.textContent = "ALARM FLOOD: " + f.count + " alarms in the last " + Math.round(f.window_s / 60) +
       " minutes (more than " + f.start_above + "). Work the red and unacknowledged first; shelve what is understood.";
     document.getElementById("clock").textContent = board.now_text;   // the district's time, from the server
     document.body.dataset.boardAt = String(board.now);
