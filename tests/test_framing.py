@@ -206,3 +206,15 @@ def test_compiled_deframer_in_micropython_gives_the_same_items(tmp_path):
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, (i, cases[i])
     assert len(got) == len(want)
+
+
+def test_bench_deframe_runs_and_both_deframers_give_every_frame():
+    """`gasguard bench deframe` end to end, small: a smoke test of the benchmark, no figure asserted."""
+    from click.testing import CliRunner
+
+    from gasguard.tools.bench.cli import bench
+    r = CliRunner().invoke(bench, ["deframe", "--frames", "2000", "--rounds", "1", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["frames"] == 2000 and out["frame_bytes"] == 24   # 19-byte readings: 0x00 | 22 B COBS | 0x00
+    assert out["old_us_per_frame"] > 0 and out["new_us_per_frame"] > 0

@@ -6,7 +6,8 @@
   verifies and confirms, and its hash-chained audit record names the operator (and the console's too);
 - a district: the same frame through a plain gateway to the real command service (leader, SQLite store,
   the authority's Gate), read from its store; the acknowledgement signed by the console on behalf of the
-  operator, verified and applied by the leader, whose hash-chained audit record names them;
+  operator, verified and applied by the leader, whose hash-chained audit record names them; then shelved from
+  the incident page, held by the service and shown apart on the board;
 - pages need a login, print without controls, and a forged form is refused."""
 
 from __future__ import annotations
@@ -169,11 +170,21 @@ def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_
             iid = source.snapshot()[0]["incident_id"]
             chromium.driver.get(f"{web.url}/incidents/{iid}")             # the service's journal names them
             chromium.wait_css("#journal tr", 5, OPERATOR)
+            # shelving from the incident page: the service holds it, the board shows it apart, with who and why
+            d = chromium.driver
+            d.find_element("id", "shelve-reason").send_keys("crew on site")
+            d.find_element("id", "shelve-minutes").clear()
+            d.find_element("id", "shelve-minutes").send_keys("45")
+            d.find_element("id", "shelve").click()
+            chromium.wait_css("#flash", 15, "shelved until")
+            chromium.wait_css("#shelved-rows tr", 5, f"shelved by {OPERATOR}: crew on site")
             chromium.reset()
+        assert svc.store.shelves()[iid]["by"] == OPERATOR
         assert [a["outcome"] for a in svc.store.get_incident(iid)["acks"]] == ["accepted"]
         recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
                 for r in audit.show(auth.dir / "audit-command", category="incident")]
         assert ("ack", "allowed", OPERATOR, auth.console_id) in recs          # the leader's record names them
+        assert ("shelve", "allowed", OPERATOR, auth.console_id) in recs
         assert audit.verify(auth.dir / "audit-command")["ok"]
     finally:
         if source is not None:

@@ -497,11 +497,11 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
             refused = isinstance(e, Refused)
             acting.audit(category="incident", type=action, operator=op, address=_address(request),
                          outcome="refused" if refused else "failed", reason=str(e), incident=iid)
-            text = f"{'REFUSED by the command' if refused else 'not sent'}: {e}" if not refused or undo else str(e)
+            why = str(e) if refused else f"not sent: {e}"       # the command's reason, said at the field
             if undo:
-                flash(request, f"NOT unshelved: {text}", "error")
+                flash(request, f"NOT unshelved: {why}", "error")
                 return RedirectResponse(f"/incidents/{iid}", status_code=303)
-            return incident_view(request, m, 422 if refused else 502, errors={"shelve": text}, values=dict(form))
+            return incident_view(request, m, 422 if refused else 502, errors={"shelve": why}, values=dict(form))
         con._wake()
         if undo:
             acting.audit(category="incident", type="unshelve", operator=op, address=_address(request),

@@ -11,7 +11,7 @@ naming the key and the fix (exit 2), as for the gateway's `check-config`.
     [web.lockout]  max_failures = 5, window_s = 900, lockout_s = 900
     [web.flood]    window_s = 600, start_above = 10, end_below = 5
 
-    [mqtt]         host, port, topic_root   (readings and valve events; incidents when no store is set)
+    [mqtt]         host, port, topic_root   (a console alone, no store: incidents, readings, valve events)
 
     [command]      store = "sqlite:///var/lib/gasguard/command.db"  (the command service's store, issue 15)
 

@@ -16,6 +16,7 @@ from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
 from gasguard.tools.bench.web import web_bench
+from gasguard.tools.bench.retention import retention_bench
 from gasguard.tools.bench.failover import failover_bench
 from gasguard.tools.bench.peers import peers_bench
 
@@ -107,6 +108,7 @@ bench.add_command(memory_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
 bench.add_command(web_bench)
+bench.add_command(retention_bench)
 bench.add_command(peers_bench)
 bench.add_command(failover_bench)
 bench.add_command(deframe_bench)
