@@ -214,6 +214,9 @@ class Ingest:
                 else:
                     self.process(rest)
             self.beat()
+        # drain() took over at stop: nothing more to do here until the daemon cancels this task (returning
+        # would read as a crash to the supervisor and restart it)
+        await asyncio.get_running_loop().create_future()
 
     def _write(self, group: list) -> None:
         """Verify and write a group of readings (nothing to ack) without waiting for the disk; it is acted on
@@ -405,22 +408,28 @@ class Ingest:
         except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             self._refused(g, e)
             return
-        self._durable_now()
+        lanes = self._durable_now()
         self._committed(g)
+        self.outbox.wake(lanes)       # the readings' batches after this group's alarm, not before it
 
-    def _durable_now(self) -> None:
+    def _durable_now(self) -> set:
         """A commit synced at once made every group written before it durable: those are acted on first, so
-        observers and the publisher see frames in arrival order (a reading sent before an alarm is observed
-        before it); the sync thread's answer for them is then not waited for."""
+        observers see frames in arrival order (a reading sent before an alarm is observed before it); the sync
+        thread's answer for them is then not waited for. The publisher is not woken for them here: the lanes
+        to wake are returned."""
+        groups = []
         c = self.syncing
         if c is not None:
             self.syncing = None
-            for g in c[1]:
-                self._committed(g)
+            groups += c[1]
         if self.written:
-            groups, self.written = self.written, []
-            for g in groups:
-                self._committed(g)
+            groups += self.written
+            self.written = []
+        lanes: set = set()
+        for g in groups:
+            self._committed(g, wake=False)
+            lanes.update(it.lane for it in g.items)
+        return lanes
 
     def _rollback(self, g: _Prepared) -> None:
         for dev, prev in reversed(g.undo):
@@ -535,7 +544,7 @@ class Ingest:
         g.journal = self.observers.journal(g.observations)
         return g
 
-    def _committed(self, g: _Prepared) -> None:
+    def _committed(self, g: _Prepared, wake: bool = True) -> None:
         """The group is on disk: acks, routes, the publisher, the observers."""
         now = g.now
         self.idents.update(g.idents)
@@ -552,7 +561,8 @@ class Ingest:
         for dev, fields, key in g.acks:
             self.dispatcher.send(dev, fields, "ack", key)
         self.accepted_count += len(g.accepted)
-        self.outbox.wake({it.lane for it in g.items})
+        if wake:
+            self.outbox.wake({it.lane for it in g.items})
         # observers last: what they say is about frames that are on disk and on their way to the broker
         self.outbox.put(self.observers.observe(g.observations), now, observed=True)
         self.outbox.make_room(now)

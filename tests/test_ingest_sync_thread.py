@@ -73,9 +73,9 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
     seen = []                                       # what an observer sees, in order
     committed = ing._committed
 
-    def noting(g):
+    def noting(g, **kw):
         seen.extend((f["type"], f["fcnt"]) for _mid, f, *_ in g.accepted)
-        committed(g)
+        committed(g, **kw)
     ing._committed = noting
     first = [node.reading(pressure=2000 + k) for k in range(5)]     # counters 1..5
     second = [node.reading(pressure=3000 + k) for k in range(5)]    # counters 6..10: the same device
