@@ -64,7 +64,7 @@ class Config:
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
     verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (off by default)
-    commit_thread: bool = True         # [ingest] commit_thread: a group of readings is written while the next is verified
+    commit_thread: bool = False        # [ingest] commit_thread: a burst's groups of readings fsynced on a thread
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_audit: bool = False          # keep a log of every accepted id (forensics, fault tests)
     spool_sync: str = "FULL"           # SQLite synchronous: FULL survives power loss
@@ -273,7 +273,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     # worker's IPC cost more than it saved on the serial path while the other core was busy; turn it on
     # where a core is idle and `gasguard bench peers` says it pays
     cfg.verify_worker = _get(ing, "verify_worker", bool, False, "ingest")
-    cfg.commit_thread = _get(ing, "commit_thread", bool, True, "ingest")
+    cfg.commit_thread = _get(ing, "commit_thread", bool, False, "ingest")
 
     s = _get(doc, "spool", dict, {})
     _unknown(s, "spool")

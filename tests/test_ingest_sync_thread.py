@@ -1,5 +1,5 @@
-"""Ingest writes a group of readings at once and syncs it on its sync thread while it verifies and writes the
-next group (issue 17, `[ingest] commit_thread`). A group is counted, published and observed only once its
+"""With `[ingest] commit_thread` (issue 17), ingest writes a group of readings that arrives while more frames
+wait at once, and syncs it on its sync thread while it verifies and writes the next group. A group is counted, published and observed only once its
 fsync returned (the publisher is not handed rows that are not on disk); an alarm never waits for that thread
 (its own commit is synced at once, which makes the groups before it durable: they are acted on first, in
 arrival order);
@@ -11,6 +11,7 @@ import asyncio
 import os
 import threading
 
+from gasguard.gateway import ingest as ingest_mod
 from gasguard.gateway.config import Config
 from gasguard.gateway.daemon import Daemon
 from gasguard.gateway.spool import Item, Spool, SpoolError, READING
@@ -32,7 +33,7 @@ def _daemon(tmp_path, nodes, fail_first=False):
     """The daemon with its first sync held until `go` (and failing then, with fail_first): the disk is slow."""
     make_registry(tmp_path / "registry.db", nodes)
     cfg = Config(gateway_id="gw", district="d", registry=tmp_path / "registry.db", spool=tmp_path / "spool.db",
-                 mqtt_port=1, rate_burst=100)
+                 mqtt_port=1, rate_burst=100, commit_thread=True)
     daemon = Daemon(cfg, plugins=[])
     real = daemon.spool.sync
     entered, go = threading.Event(), threading.Event()
@@ -66,7 +67,9 @@ async def _stop(ing, task):
     await asyncio.gather(task, return_exceptions=True)
 
 
-def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted_after_its_sync(tmp_path):
+def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted_after_its_sync(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(ingest_mod, "GROUP_MAX", 5)   # a group of 5: its copy waits behind it in the queue
     node, other = Node(0x00E00001), Node(0x00E00002)
     daemon, entered, go, calls = _daemon(tmp_path, [node, other])
     ing = daemon.ingest
@@ -83,10 +86,13 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
     async def run():
         ing.start()
         task = asyncio.create_task(ing.run())
+        # more frames waiting behind each group (a copy, refused as a duplicate): the groups are deferred
         await ing.deliver_many([(raw, RX, "test") for raw in first])
+        await ing.deliver_many([(first[0], RX, "test")])      # (a read is never split: the copy is another)
         await _until(entered.is_set, "the first group's sync on the thread")
         assert ing.accepted_count == 0 and _rows(daemon) == 5     # written, not yet acted on
         await ing.deliver_many([(raw, RX, "test") for raw in second])
+        await ing.deliver_many([(second[0], RX, "test")])
         await _until(lambda: len(ing.written) == 1, "the second group written during the sync")
         assert _rows(daemon) == 10 and ing.accepted_count == 0
         assert daemon.spool.counters()[(node.dev, 0)] == 10       # verified on the counters written before
@@ -102,7 +108,7 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
         await _until(lambda: ing.syncing is None, "the sync thread done")
         for raw in first + second:                  # replays: refused
             await ing.deliver(raw, RX, "test")
-        await _until(lambda: sum(daemon.stats()["rejected"].get(r, 0) for r in ("replay", "duplicate")) == 10,
+        await _until(lambda: sum(daemon.stats()["rejected"].get(r, 0) for r in ("replay", "duplicate")) == 12,
                      "the replays refused")
         await _stop(ing, task)
 
@@ -113,7 +119,8 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
     _close(daemon)
 
 
-def test_a_failed_fsync_is_loud_and_counted_and_what_was_written_still_goes_out(tmp_path, caplog):
+def test_a_failed_fsync_is_loud_and_counted_and_what_was_written_still_goes_out(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(ingest_mod, "GROUP_MAX", 5)
     node = Node(0x00E00001)
     daemon, entered, go, calls = _daemon(tmp_path, [node], fail_first=True)
     ing = daemon.ingest
@@ -121,7 +128,9 @@ def test_a_failed_fsync_is_loud_and_counted_and_what_was_written_still_goes_out(
     async def run():
         ing.start()
         task = asyncio.create_task(ing.run())
-        await ing.deliver_many([(node.reading(), RX, "test") for _ in range(5)])
+        group = [node.reading() for _ in range(5)]
+        await ing.deliver_many([(raw, RX, "test") for raw in group])
+        await ing.deliver_many([(group[0], RX, "test")])       # waiting behind it: the group is deferred
         await _until(entered.is_set, "the sync on the thread")
         go.set()
         await _until(lambda: ing.accepted_count == 5, "the group acted on after its failed sync")

@@ -55,7 +55,7 @@ def _cfg(d: Path, port: int, **kw):
                 mqtt_port=port, mqtt_client_id=f"bench-{os.getpid()}-{time.monotonic_ns()}",
                 batch_delay=0.05, rate_burst=60, spool_max_bytes=8 << 30, offline_after=900.0,
                 verify_worker=os.environ.get("GG_BENCH_VERIFY_WORKER") == "1",   # [ingest] verify_worker
-                commit_thread=os.environ.get("GG_BENCH_COMMIT_THREAD", "1") == "1")   # [ingest] commit_thread
+                commit_thread=os.environ.get("GG_BENCH_COMMIT_THREAD") == "1")   # [ingest] commit_thread
     base.update(kw)
     return Config(**base)
 
