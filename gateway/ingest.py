@@ -100,7 +100,7 @@ class FrameQueue(asyncio.Queue):
 
 def readings_only(group: list) -> bool:
     """Every frame of the group is a reading (or line noise), by its header alone: such a group acks nothing
-    and reserves no downlink counter, so it may be committed on the commit thread while the next is verified."""
+    and reserves no downlink counter, so its fsync may be left to the sync thread ([ingest] commit_thread)."""
     for raw, _rx, _route in group:
         if raw is not None and (not raw or (raw[0] >> 3) & 7 != T_READING):
             return False
@@ -142,7 +142,8 @@ class Ingest:
         self.pre = pre                    # the verification worker (the second core), or None
         self.pending: deque = deque()     # (group, now, devices, future of the worker's answers), oldest first
         self.busy: dict[int, int] = {}    # device -> its frames in pending groups (their order must hold)
-        # the sync thread (issue 17): a group of readings is written on the event loop without waiting for the
+        # the sync thread (issue 17, [ingest] commit_thread, off by default): a group of readings that arrives
+        # while more frames wait is written on the event loop without waiting for the
         # disk (spool deferred_sync); one fsync at a time runs on this thread, covering every group written
         # before it started, while the next groups are verified and written; a group is acted on (counted,
         # published, observed) once a sync after it returned. At most WRITTEN_MAX groups wait for a sync.
@@ -335,7 +336,7 @@ class Ingest:
         return group, now, devs, fut
 
     def drain(self) -> None:
-        """At stop: the group on the commit thread and the one verified behind it, the groups in the worker
+        """At stop: the groups written and not yet synced (synced here), the groups in the worker
         (taken first, so first, in order, verified here), then what the transports delivered and is still
         queued are processed, not dropped."""
         self.stopped = True               # the run task, if it wakes before it is cancelled, does nothing more
