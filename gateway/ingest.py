@@ -462,6 +462,9 @@ class Ingest:
             self.metrics.frames_in.labels(t).inc(n)
         verifier, presence = self.verifier, self.presence
         check, accept, heard = verifier.check, verifier.accept, presence.heard
+        if len(group) > 1:             # the group's devices not in the registry LRU, in a few queries
+            verifier.registry.prefetch([int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group
+                                        if raw is not None and len(raw) >= 5])
         reading_json = payloads.reading_json
         # readings share spool rows (spool.Item): one row per run of routine or non-routine readings (thinning
         # drops only routine ones), at most one batch message's worth each

@@ -20,6 +20,7 @@ from gasguard.protocol.errors import ProtocolError
 from gasguard.protocol.units import pressure_from_wire
 from gasguard.registry import Device, Registry, RegistryError
 
+PREFETCH = 500   # devices per registry query when a group's devices are read ahead (RegistryCache.prefetch)
 RECENT = 8   # frames per device remembered to tell a second path's copy (duplicate) from a replay
 DUPLICATE_WINDOW = 30.0   # s (limits.duplicate_window): a second path's copy arrives within seconds
 
@@ -120,8 +121,8 @@ class RegistryCache:
                 self.cached.popitem(last=False)
         return d
 
-    def get(self, dev: int) -> Device | None:
-        """The device, None when it is not in the registry; raises RegistryUnreadable (after a retry at most
+    def _fresh(self) -> None:
+        """Reload when the file changed or `refresh` passed; raises RegistryUnreadable (after a retry at most
         every `check` s, so a burst of frames does not reopen the file for each)."""
         now = self.clock()
         if self.error is not None:
@@ -134,6 +135,32 @@ class RegistryCache:
             self.checked = now
             if self._signature() != self.sig:
                 self.reload()
+
+    def prefetch(self, devs) -> None:
+        """Read the devices of a group that are not in the LRU with one query per PREFETCH of them (~4 µs a
+        device instead of ~13): a district's 15-minute cycle misses the LRU for nearly every reading. Best
+        effort: an unreadable file is left to get(), which names it."""
+        try:
+            self._fresh()
+        except RegistryUnreadable:
+            return
+        cached = self.cached
+        missing = list({d for d in devs if d not in cached})
+        if len(missing) < 2 or self.db is None:
+            return                        # (one miss: get() reads it as cheaply)
+        try:
+            for k in range(0, len(missing), PREFETCH):
+                for d in self.db.lookup_many(missing[k:k + PREFETCH]):
+                    cached[d.dev_id] = d
+        except sqlite3.Error:
+            return                        # overwritten in place: get() finds out and says so
+        while len(cached) > self.size:
+            cached.popitem(last=False)
+
+    def get(self, dev: int) -> Device | None:
+        """The device, None when it is not in the registry; raises RegistryUnreadable (after a retry at most
+        every `check` s, so a burst of frames does not reopen the file for each)."""
+        self._fresh()
         d = self.cached.get(dev)
         if d is None:
             return self._read(dev)

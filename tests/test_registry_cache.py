@@ -72,3 +72,36 @@ def test_replay_protection_survives_a_restart_through_the_spool_counters(tmp_pat
         assert e.value.reason == "replay"
     fresh = v.check(a.reading(), 0.0)
     assert v.accept(fresh, 0.0) == 3 and v.states[a.dev].up == 4
+
+
+def test_a_groups_devices_are_read_ahead_in_one_query_and_are_the_devices_a_lookup_gives(tmp_path):
+    """Issue 17: a district's 15-minute cycle misses the LRU for nearly every reading; ingest reads a group's
+    missing devices ahead with one query per 500 (RegistryCache.prefetch) instead of one each."""
+    path = tmp_path / "registry.db"
+    nodes = [Node(0x00B00000 + i) for i in range(1200)]
+    make_registry(path, nodes)
+    with Registry(path) as r:
+        r.decommission(nodes[7].dev)
+    clock = Clock()
+    cache = RegistryCache(path, refresh=3600, clock=clock, check=1.0)
+    statements = []
+    cache.db.db.set_trace_callback(statements.append)
+    cache.db._plain = cache.db.db.cursor()          # (the traced connection's cursor, positional rows)
+    cache.db._plain.row_factory = None
+    wanted = [n.dev for n in nodes] + [0x00DEAD00]  # and one the registry does not know
+    cache.prefetch(wanted)
+    assert len([s for s in statements if "IN (" in s]) == 3          # 1,201 ids: 500 + 500 + 201
+    statements.clear()
+    with Registry(path, readonly=True) as fresh:
+        for n in nodes:
+            assert cache.get(n.dev) == fresh.lookup(n.dev)            # the same Device, fields and key
+    assert not cache.get(nodes[7].dev).active
+    assert cache.get(0x00DEAD00) is None
+    assert len([s for s in statements if "WHERE dev_id =" in s]) == 1  # only the unknown one was read again
+    # a technician's change is seen by the read-ahead as by get(): after the check interval
+    with Registry(path) as r:
+        r.rotate_key(nodes[0].dev, bytes(range(16)))
+    clock.t += 1.1
+    cache.prefetch([nodes[0].dev, nodes[1].dev])
+    assert cache.get(nodes[0].dev).key == bytes(range(16))
+    cache.close()
