@@ -33,3 +33,9 @@ def test_bench_retention_runs_and_its_passes_remove_what_they_say():
     assert out["rows"] == 3 * 96 and out["page_rows"] == 96
     assert out["prune"] == {"expired": 3, "over_bound": 0}
     assert out["over_bound"] == {"expired": 0, "over_bound": 3 * (96 - out["bound"])}
+
+
+def test_bench_misses_runs_every_reading_through_a_registry_miss(tmp_path):
+    from gasguard.tools.bench.gateway import misses_figures
+    out = misses_figures(devices=600, group=170, echo=lambda *_: None, workdir=tmp_path)
+    assert out["accepted"] == 600 and out["cpu_us_per_reading"] > 0

@@ -474,3 +474,51 @@ def memory_bench(households, as_json):
         click.echo(json.dumps(m, indent=2))
     else:
         print_memory(m)
+
+
+# -- a district's cycle: every reading a registry miss (issue 17) -------------------------------------------
+def misses_figures(*, devices: int = 60_000, group: int = 170, echo=click.echo, workdir=None) -> dict:
+    """`devices` devices heard once each, in groups of `group` (a serial read), straight into ingest: the
+    32,768-device registry LRU misses every one, as in a district's 15-minute cycle. The figure is the event
+    loop thread's CPU per reading (time.thread_time), which this shared machine's load moves less than a rate;
+    the spool commit (synchronous=FULL) is in it, the broker is not (never connected)."""
+    from gasguard.gateway.daemon import Daemon
+    from gasguard.testing.node import make_registry
+    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-misses-", dir="/var/tmp"))
+    try:
+        nodes = _nodes(devices)
+        make_registry(base / "registry.db", nodes)
+        frames = [n.reading(gas=0, pressure=2000) for n in nodes]
+        rx = {"transport": "serial", "port": "bench", "rssi": None, "snr": None}
+        groups = [[(raw, rx, "bench") for raw in frames[i:i + group]] for i in range(0, len(frames), group)]
+        daemon = Daemon(_cfg(base, 1), plugins=[])
+
+        async def go():
+            daemon.ingest.start()
+            t = time.thread_time()
+            for g in groups:
+                daemon.process(g)
+            return time.thread_time() - t
+        cpu = asyncio.run(go())
+        out = {"devices": devices, "group": group, "accepted": daemon.accepted_count,
+               "cpu_us_per_reading": cpu / devices * 1e6, "load": load()}
+        daemon.spool.close()
+        daemon.registry.close()
+        daemon.gate.close()
+        echo(f"every reading a registry miss: {devices:,} devices heard once in groups of {group}: "
+             f"{out['cpu_us_per_reading']:.1f} µs CPU per reading ({out['accepted']:,} accepted; {out['load']})")
+        return out
+    finally:
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@click.command("misses")
+@click.option("--devices", default=60_000, show_default=True)
+@click.option("--group", default=170, show_default=True, help="frames per group (a 4 KB serial read holds ~170)")
+@click.option("--json", "as_json", is_flag=True)
+def misses_bench(devices, group, as_json):
+    """Ingest CPU per reading when every reading misses the registry LRU (a district's 15-minute cycle)."""
+    out = misses_figures(devices=devices, group=group, echo=(lambda *_: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
