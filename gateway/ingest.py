@@ -214,32 +214,12 @@ class Ingest:
                 # the fsync is deferred only while more frames already wait (throughput-bound: a burst, a
                 # drain); at a steady pace each group syncs at once, so a new alarm never finds the disk busy
                 # with another fsync (its p99 doubled when every group's sync ran on the thread)
-                if self.writer is not None and not self.queue.empty() and readings_only(rest):
-                    self._write(rest)
-                else:
-                    self.process(rest)
+                self.process(rest, durable=not (self.writer is not None and not self.queue.empty()
+                                                and readings_only(rest)))
             self.beat()
         # drain() took over at stop: nothing more to do here until the daemon cancels this task (returning
         # would read as a crash to the supervisor and restart it)
         await asyncio.get_running_loop().create_future()
-
-    def _write(self, group: list) -> None:
-        """Verify and write a group of readings (nothing to ack) without waiting for the disk; it is acted on
-        after the next sync. Writes stay in order on the event loop, so verification always sees every counter
-        written before; only durability, and what waits for it, is deferred."""
-        try:
-            g = self._prepare(group, None, None)
-            if g is None:
-                return
-            try:
-                self.outbox.commit(g.items, g.counters, g.idents, journal=g.journal, wake=False, durable=False)
-            except SpoolError as e:    # full, read-only, damaged, I/O: refused and counted, never a crash
-                self._refused(g, e)
-                return
-        except Exception as e:  # noqa: BLE001 - as process(): a defect refuses the group, counted
-            self._defect(group, e)
-            return
-        self.written.append(g)
 
     def _sync_start(self) -> None:
         groups, self.written = self.written, []
@@ -280,11 +260,17 @@ class Ingest:
         try:
             fut.result()                  # blocks only in drain(), at stop
         except SpoolError as e:
-            # the rows are written, their fsync failed: the disk reports I/O errors. They stay (and go out):
-            # there is no taking back a commit; loud, counted
-            self.metrics.spool_errors.inc()
-            self.storage_fault("spool", e.kind, 0, e)
-        self.outbox.synced(upto)    # the publisher may take them now
+            self._sync_failed(e)
+        self._synced(groups, upto)
+
+    def _sync_failed(self, e: SpoolError) -> None:
+        # the rows are written, their fsync failed: the disk reports I/O errors. They stay (and go out): there
+        # is no taking back a commit; loud, counted
+        self.metrics.spool_errors.inc()
+        self.storage_fault("spool", e.kind, 0, e)
+
+    def _synced(self, groups: list, upto: int) -> None:
+        self.outbox.synced(upto)          # the publisher may take them now
         for g in groups:
             self._committed(g)
 
@@ -342,15 +328,13 @@ class Ingest:
         self.stopped = True               # the run task, if it wakes before it is cancelled, does nothing more
         if self.syncing is not None:
             self._settle(self.syncing)
-        if self.written:                  # written, not synced yet
-            self.syncing = c = (concurrent.futures.Future(), self.written, self.outbox.sync_mark())
-            self.written = []
+        if self.written:                  # written, not synced yet: synced here
+            groups, upto, self.written = self.written, self.outbox.sync_mark(), []
             try:
                 self.outbox.sync()
-                c[0].set_result(None)
             except SpoolError as e:
-                c[0].set_exception(e)
-            self._settle(c)
+                self._sync_failed(e)
+            self._synced(groups, upto)
         if self.writer is not None:
             self.writer.shutdown(wait=True)
             self.writer = None
@@ -389,16 +373,19 @@ class Ingest:
         self.outbox.put([(self.topics.event, body, "event", False)], now)
 
     # -- one group ---------------------------------------------------------------------------------------
-    def process(self, group: list, pre: list | None = None, now: float | None = None) -> None:
+    def process(self, group: list, pre: list | None = None, now: float | None = None, *,
+                durable: bool = True) -> None:
         """Verify a group of frames and commit what is accepted in one transaction. Every frame ends accepted
         or counted under a rejection reason, whatever fails: a defect refuses its group as `internal_error`
         (one traceback per window), it does not kill the task and lose the frames uncounted. `pre`: the
         verification worker's answer for each frame (gateway/preverify.py), or None; `now`: when the group
-        was taken."""
+        was taken. `durable=False` (the sync thread, readings only): written without waiting for the disk and
+        acted on after the next sync; writes stay in order on the event loop, so verification always sees
+        every counter written before - only durability, and what waits for it, is deferred."""
         try:
             g = self._prepare(group, pre, now)
             if g is not None:
-                self._commit_now(g)
+                self._commit(g, durable)
         except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
             self._defect(group, e)
 
@@ -407,11 +394,14 @@ class Ingest:
         self.burst.exception("internal_error", "ingest failed on a group of %d frames (refused, counted as "
                              "internal_error): %r", len(group), e)
 
-    def _commit_now(self, g: _Prepared) -> None:
+    def _commit(self, g: _Prepared, durable: bool = True) -> None:
         try:
-            self.outbox.commit(g.items, g.counters, g.idents, journal=g.journal, wake=False)
+            self.outbox.commit(g.items, g.counters, g.idents, journal=g.journal, wake=False, durable=durable)
         except SpoolError as e:        # full, read-only, damaged, I/O: refused and counted, never a crash
             self._refused(g, e)
+            return
+        if not durable:
+            self.written.append(g)
             return
         lanes = self._durable_now()
         self._committed(g)
@@ -465,7 +455,7 @@ class Ingest:
         if len(group) > 1:             # the group's devices not in the registry LRU, in a few queries
             verifier.registry.prefetch([int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group
                                         if raw is not None and len(raw) >= 5])
-        reading_json = payloads.reading_json
+        reading_json, msg_id = payloads.reading_json, payloads.msg_id
         # readings share spool rows (spool.Item): one row per run of routine or non-routine readings (thinning
         # drops only routine ones), at most one batch message's worth each
         run: list[str] = []
@@ -495,7 +485,7 @@ class Ingest:
             fcnt = f["fcnt"]
             undo.append((dev, accept(v, now)))
             counters[(dev, UP)] = fcnt
-            mid = f"{gid}:{dev:08x}:{fcnt}"      # payloads.msg_id, inlined (hot path)
+            mid = msg_id(gid, dev, fcnt)
             typ = f["type"]
             by_type[typ] = by_type.get(typ, 0) + 1
             repeat = False

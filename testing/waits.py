@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 
@@ -14,3 +15,16 @@ def wait_until(pred, timeout: float, what: str, step: float = 0.02):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout} s")
         time.sleep(step)
+
+
+async def until(pred, timeout: float, what: str, step: float = 0.002):
+    """wait_until for a test running on the event loop under test: the loop keeps turning between looks."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        r = pred()
+        if r:
+            return r
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(step)

@@ -14,18 +14,13 @@ from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.node import Node, make_registry
 from gasguard.testing.mosquitto import free_port
 from gasguard.testing.nats import ClusterConsumer
+from gasguard.testing.waits import wait_until
 
 RX = {"transport": "test"}
 DEVICES = 60            # gw1 hears 0..39, gw2 hears 20..59: 20 devices heard by both
 ROUNDS = 120            # readings per device
 KILL_AT = 40            # the round after which gw1's node dies
 
-
-def _wait(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_gateway_node_dies_in_a_storm_nothing_lost_exactly_once_at_the_command(tmp_path, nats_cluster):
@@ -44,7 +39,7 @@ def test_gateway_node_dies_in_a_storm_nothing_lost_exactly_once_at_the_command(t
         gws[gid] = DaemonThread(Daemon(cfg, plugins=[]))
     heard = {"gw1": nodes[:40], "gw2": nodes[20:]}
     try:
-        _wait(lambda: all(g.daemon.publisher.connected for g in gws.values()), 15, "both gateways to connect")
+        wait_until(lambda: all(g.daemon.publisher.connected for g in gws.values()), 15, "both gateways to connect")
         assert gws["gw1"].daemon.publisher.broker == ep[0] and gws["gw2"].daemon.publisher.broker == ep[1]
         t_kill = None
         for r in range(ROUNDS):
@@ -55,13 +50,13 @@ def test_gateway_node_dies_in_a_storm_nothing_lost_exactly_once_at_the_command(t
             if r == KILL_AT:
                 cl.kill(0)                      # gw1's node, mid-storm
                 t_kill = time.monotonic()
-            time.sleep(0.01)
+            time.sleep(0.01)                    # the storm's pace (a round every 10 ms), not a wait for anything
         want = {(n.dev, UP, fc) for n in nodes for fc in range(1, ROUNDS + 1)}
 
         def complete():
             with consumer.lock:
                 return len(set(consumer.kept)) >= len(want)
-        _wait(complete, 40, "every reading at the command consumer")
+        wait_until(complete, 40, "every reading at the command consumer")
         gw1 = gws["gw1"].daemon
         assert gw1.publisher.broker != ep[0]
         assert gw1.metrics.value("gasguard_gateway_broker_failovers_total") >= 1

@@ -3,7 +3,6 @@ connection moves the gateway to the next node, and what the dead node did not PU
 from the spool. Real mosquittos here (independent brokers: the next node is simply another broker); the
 clustered broker with a consumer that must see every reading exactly once is tests/test_broker_cluster.py."""
 
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from gasguard.testing.gateway import DaemonThread
 from gasguard.testing.node import Node, make_registry
 from gasguard.testing.subscriber import Subscriber
 from gasguard.testing.mosquitto import Mosquitto, free_port
+from gasguard.testing.waits import wait_until
 
 RX = {"transport": "test"}
 
@@ -58,12 +58,6 @@ def test_the_command_service_reads_the_same_broker_list(tmp_path):
         cc.load(p)
 
 
-def _wait(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-
 
 def test_gateway_skips_a_dead_broker_and_moves_on_when_its_broker_dies(tmp_path):
     """brokers = [nothing listening, A, B]: the gateway connects to A; A is SIGKILLed; the readings that
@@ -80,21 +74,21 @@ def test_gateway_skips_a_dead_broker_and_moves_on_when_its_broker_dies(tmp_path)
         gw = DaemonThread(Daemon(cfg, plugins=[]))
         d = gw.daemon
         try:
-            _wait(lambda: d.publisher.connected, 10, "the gateway to connect past the dead first broker")
+            wait_until(lambda: d.publisher.connected, 10, "the gateway to connect past the dead first broker")
             assert d.publisher.broker == Endpoint("127.0.0.1", a.port)
             first = [n.reading() for n in nodes]
             gw.call(lambda: [d._deliver_nowait(raw, RX, "test") for raw in first])
-            _wait(lambda: d.metrics.value("gasguard_gateway_published_total", lane="reading") >= 1
+            wait_until(lambda: d.metrics.value("gasguard_gateway_published_total", lane="reading") >= 1
                   and not d.publisher.inflight and d.spool.depth()["reading"][0] == 0, 10, "A's PUBACKs")
             a.kill()
-            _wait(lambda: not d.publisher.connected, 10, "the gateway to notice that A died")
+            wait_until(lambda: not d.publisher.connected, 10, "the gateway to notice that A died")
             second = [n.reading() for n in nodes]
             gw.call(lambda: [d._deliver_nowait(raw, RX, "test") for raw in second])
             want = {f"gw1:{n.dev:08x}:2" for n in nodes}
             sub_b.wait(lambda m: want <= sub_b.reading_ids(), 15)
             assert d.publisher.broker == Endpoint("127.0.0.1", b.port)
             assert d.metrics.value("gasguard_gateway_broker_failovers_total") == 1
-            _wait(lambda: d.spool.depth()["reading"][0] == 0, 10, "B's PUBACKs to empty the spool")
+            wait_until(lambda: d.spool.depth()["reading"][0] == 0, 10, "B's PUBACKs to empty the spool")
         finally:
             gw.stop()
             sub_b.close()
