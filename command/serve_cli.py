@@ -7,7 +7,7 @@ cannot be opened), run until SIGTERM/SIGINT (exit 0).
 import logging
 import signal
 import sys
-import threading
+import time
 
 import click
 
@@ -52,13 +52,18 @@ def serve(config_path, store, registry, instance, mqtt_addr, metrics_bind, clock
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     logs.setup(log_level.upper(), log_json, instance=cfg.instance)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    # The stop signals are blocked before any thread starts (threads inherit the mask) and taken with sigwait:
+    # the kernel would otherwise hand them to whichever thread runs, and the main thread would see a Python
+    # handler only when its next wait times out (up to a second late, more on a loaded machine).
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     svc.start()
-    logging.getLogger("gasguard.command").info("command service %s started (store %s, broker %s:%d)",
-                                               cfg.instance, svc.store.dialect, cfg.mqtt_host, cfg.mqtt_port)
-    while not done.wait(1.0):
-        pass
+    log = logging.getLogger("gasguard.command")
+    log.info("command service %s started (store %s, broker %s:%d)", cfg.instance, svc.store.dialect,
+             cfg.mqtt_host, cfg.mqtt_port)
+    sig = signal.sigwait(stop_signals)
+    t0 = time.monotonic()
     svc.stop()
+    log.info("command service %s stopped on %s in %.2f s", cfg.instance, signal.Signals(sig).name,
+             time.monotonic() - t0)
     sys.exit(0)

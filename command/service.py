@@ -255,12 +255,12 @@ class CommandService:
         return c
 
     def _disconnect(self) -> None:
-        for name in ("client", "bulk_client"):
-            c = getattr(self, name)
-            setattr(self, name, None)
-            if c is not None:
-                c.disconnect()
-                c.loop_stop()
+        clients = [c for c in (self.client, self.bulk_client) if c is not None]
+        self.client = self.bulk_client = None
+        for c in clients:          # both first: each network thread may sit out a reconnect wait (up to 1 s)
+            c.disconnect()
+        for c in clients:
+            c.loop_stop()
         self.connected.clear()
         with self.inflight_lock:
             self.inflight.clear()
