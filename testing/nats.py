@@ -29,6 +29,12 @@ from gasguard.testing.mosquitto import BrokerError, free_port
 NODES = 3
 
 
+class NodeExited(BrokerError):
+    def __init__(self, node: int, message: str):
+        super().__init__(message)
+        self.node = node
+
+
 def find_nats() -> str | None:
     return shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server")
                                                  if Path(p).exists()), None)
@@ -42,11 +48,18 @@ class NatsCluster:
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="gg-nats-"))
         self.n = nodes
-        self.client_ports = [free_port() for _ in range(nodes)]
-        self.route_ports = [free_port() for _ in range(nodes)]
-        self.mqtt_ports = [free_port() for _ in range(nodes)]
-        self.http_ports = [free_port() for _ in range(nodes)]
+        self.ack_wait = ack_wait
         self.procs: list[subprocess.Popen | None] = [None] * nodes
+        self._configure()
+
+    def _configure(self) -> None:
+        """Fresh, distinct free ports for every listener of every node, and each node's config file."""
+        nodes, ports = self.n, set()
+        while len(ports) < 4 * nodes:       # free_port may hand the same port out twice in a row
+            ports.add(free_port())
+        ports = sorted(ports)
+        self.client_ports, self.route_ports = ports[:nodes], ports[nodes:2 * nodes]
+        self.mqtt_ports, self.http_ports = ports[2 * nodes:3 * nodes], ports[3 * nodes:]
         routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.route_ports)
         for i in range(nodes):
             d = self.dir / f"n{i}"
@@ -58,8 +71,8 @@ class NatsCluster:
                 f"http: 127.0.0.1:{self.http_ports[i]}\n"
                 f"jetstream {{ store_dir: \"{d / 'js'}\", max_memory_store: 64MB, max_file_store: 2GB }}\n"
                 f"cluster {{ name: gasguard, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}\n"
-                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]}, stream_replicas: {nodes}, ack_wait: \"{ack_wait}\","
-                f" max_ack_pending: 10000 }}\n")
+                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]}, stream_replicas: {nodes}, "
+                f"ack_wait: \"{self.ack_wait}\", max_ack_pending: 10000 }}\n")
 
     def log(self, i: int) -> Path:
         return self.dir / f"n{i}" / "nats.log"
@@ -96,11 +109,15 @@ class NatsCluster:
         deadline = time.monotonic() + timeout
         for i in nodes:
             while not (self._healthy(i) and self._mqtt_ok(i)):
-                p = self.procs[i]
-                if p is not None and p.poll() is not None:
-                    raise BrokerError(f"nats node {i} exited at start:\n{self._tail(i)}")
+                # every node, not only the one awaited: a peer that died at start leaves this one waiting for
+                # a quorum that never comes ("no suitable peers for placement")
+                for j in nodes:
+                    p = self.procs[j]
+                    if p is not None and p.poll() is not None:
+                        raise NodeExited(j, f"nats node {j} exited at start:\n{self._tail(j)}")
                 if time.monotonic() > deadline:
-                    raise BrokerError(f"nats node {i} not ready (JetStream + MQTT) in {timeout:.0f} s:\n{self._tail(i)}")
+                    raise BrokerError(f"nats cluster not ready (JetStream + MQTT) in {timeout:.0f} s; node {i} "
+                                      "waited:\n" + "\n".join(f"--- node {j} ---\n{self._tail(j)}" for j in nodes))
                 time.sleep(0.1)
 
     def _tail(self, i: int) -> str:
@@ -109,14 +126,23 @@ class NatsCluster:
         except OSError:
             return "(no log)"
 
-    def start(self, timeout: float = 30.0) -> "NatsCluster":
-        for i in range(self.n):
-            self.start_node(i)
-        try:
-            self.wait_ready(timeout=timeout)
-        except BrokerError:
-            self.stop()
-            raise
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> "NatsCluster":
+        for attempt in range(attempts):
+            for i in range(self.n):
+                self.start_node(i)
+            try:
+                self.wait_ready(timeout=timeout)
+                return self
+            except NodeExited as e:
+                self.stop()
+                # a port picked free was taken by another process before the node bound it: new ports
+                if "address already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self._configure()
+            except BrokerError:
+                self.stop()
+                raise
         return self
 
     def kill(self, i: int) -> None:
