@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import orjson
 
-from gasguard.protocol.const import FLAG_INLET, MAX_FCNT, MAX_GAP, MIC_LEN, NA16
+from gasguard.protocol.const import FLAG_INLET, MIC_LEN, NA16
 from gasguard.protocol.units import pressure_from_wire
 
 from .payloads import _STATE_JSON
-from .verify import _B0_HEAD, _R, _READING_HDR, _READING_LEN, _REC, _RI, RECENT, _equal, _hmac_digest
+from .verify import _R, _READING_HDR, _READING_LEN, _REC, _RI, RECENT, mic_at_next
 
 _RECENT_BYTES = RECENT * _REC
 _INLET_HDR = _READING_HDR | FLAG_INLET
@@ -77,15 +77,10 @@ class ReadingLane:
         if sta is None:
             return None                             # first sight of this device: the general path makes its state
         last = sta.up
-        fcnt = (last & 0xFFFF0000) | c16            # counter.forward, inlined
-        if fcnt <= last:
-            fcnt += 0x10000
-        if fcnt > MAX_FCNT or fcnt - last > MAX_GAP:
+        fcnt = mic_at_next(device.key, raw, n, c16, last)
+        if fcnt is None:
             return None
         tag = raw[n - MIC_LEN:]
-        if not _equal(_hmac_digest(device.key, _B0_HEAD + fcnt.to_bytes(4, "big") + raw[:n - MIC_LEN], "sha256")
-                      [:MIC_LEN], tag):
-            return None
         # the rate bucket (Verifier._take_token): an empty one is the general path's rejection to name
         tokens = sta.tokens
         if tokens is None:
