@@ -9,7 +9,9 @@ Order of effects for one accepted frame (the invariants the fault tests check):
      observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
      state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
-is paid per group, not per frame; an alarm moves ahead of its group (alarms_first). With `[ingest] commit_thread`
+is paid per group, not per frame; an alarm moves ahead of its group (alarms_first). Step 1 for the common
+frame - a reading of a known device at its next counter that changes no retained state - is the reading
+lane (gateway/fastlane.py: one call, the same outcome; not with plugins, which observe each frame's fields). With `[ingest] commit_thread`
 (issue 17, off by default), a group of readings (nothing to ack) arriving while more frames wait is written at
 once and its fsync runs on a thread while the next group is verified and written; it is counted, published
 and observed once that fsync returned.
