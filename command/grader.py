@@ -102,6 +102,7 @@ class DistrictGrader:
         """One transaction for a batch of broker messages; raises LeaseLost if another instance leads."""
         out = Outcome()
         with self.store.write(fence) as tx:
+            tx.known_frames(self._frame_keys(msgs))      # one lookup for the batch, not one per frame
             changed: list = []
             inlet_changed: set = set()
             self._keep: list = []                   # station readings to store (the station page's plot)
@@ -125,6 +126,31 @@ class DistrictGrader:
             if alarms:
                 tx.engine("seen_alarms", list(self.engine._seen_alarms))
         return out
+
+    def _frame_keys(self, msgs) -> list:
+        """The frame identities `_one` will ask `first_frame` about: the alarms', the events' and those of the
+        readings that reach the engine (as `_graded` decides now; one it misses is looked up on its own)."""
+        keys = []
+        for topic, doc, *_ in msgs:
+            if not topic.startswith(self.base):
+                continue
+            leaf = topic.rsplit("/", 1)[-1]
+            try:
+                if leaf in (ALARM, EVENT):
+                    keys.append(frame_key(doc))
+                elif leaf == READING:
+                    keys.extend(frame_key(e) for e in readings_of(doc) if self._graded(int(e["dev"], 16)))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue                    # malformed: `_one` refuses it and says why
+        return [k for k in keys if k is not None]
+
+    def _graded(self, did: int) -> dict | None:
+        """The device, if its readings can change an incident (stations: supply and network pressure; a
+        household in an open leak: its valve). The rest are the gateways' business, not the command's."""
+        dev = self.devices(did)
+        if dev is None or (dev.get("profile") != "station" and not self.engine.in_open_leak(did)):
+            return None
+        return dev
 
     def _one(self, tx, topic: str, doc: dict, now: float, out: Outcome, changed: list, inlet_changed: set,
              request: int | None = None, raw: bytes | None = None) -> bool:
@@ -170,12 +196,8 @@ class DistrictGrader:
 
     def _reading(self, tx, gid, e: dict, now, out, changed, inlet_changed) -> None:
         did = int(e["dev"], 16)
-        dev = self.devices(did)
+        dev = self._graded(did)
         if dev is None:
-            return
-        # only readings that can change an incident reach the engine (stations: supply and network pressure;
-        # a household in an open leak: its valve). The rest are the gateways' business, not the command's.
-        if dev.get("profile") != "station" and not self.engine.in_open_leak(did):
             return
         key = frame_key(e)
         if key is None or not tx.first_frame(key, gid, float(e["t"])):
@@ -374,18 +396,23 @@ class DistrictGrader:
     # --- output: every revision stored with what goes with it ------------------------------------
     def _persist(self, tx, outputs: list, now: float, out: Outcome) -> None:
         district_prefix = self.cmd.incident("")
+        pubs = []
         for topic, payload in outputs:
             if not topic.startswith(district_prefix):
                 continue                     # the city copy of the same payload: one stored revision
-            iid, rev, kind = payload["incident_id"], payload["revision"], payload["kind"]
-            inc = self.engine.incidents.get(iid)
+            inc = self.engine.incidents.get(payload["incident_id"])
             if inc is None:
                 continue
+            tx.save_incident(inc.to_dict(), payload, inc.timeline_dropped + len(inc.timeline))
+            pubs.append((inc, payload))
+        # every revision stored at once (one wait on PostgreSQL), then what goes with each new one, in order
+        added = tx.add_revisions([(p["incident_id"], p["revision"], p["kind"], now, p) for _, p in pubs])
+        for (inc, payload), new in zip(pubs, added):
+            if not new:
+                continue
+            iid, rev, kind = payload["incident_id"], payload["revision"], payload["kind"]
             n = inc.timeline_dropped + len(inc.timeline)
             prev = self.timeline_n.get(iid, 0)
-            tx.save_incident(inc.to_dict(), payload, n)
-            if not tx.add_revision(iid, rev, kind, now, payload):
-                continue
             out.revisions.append((iid, rev, kind, payload))
             self._end_shelves(tx, now, out, only=iid)     # an upgrade ends a shelf at once
             for entry in list(inc.timeline)[-(n - prev):] if n > prev else []:

@@ -17,6 +17,10 @@ written, so a leader that was paused past its lease cannot write over its succes
 
 SQL is written once with `?` placeholders and a few dialect tokens; the two dialects differ only in
 `_DIALECT` below. JSON documents are stored as text on both (the store never queries inside them).
+
+On PostgreSQL a transaction is one psycopg pipeline: a statement is sent without waiting for its answer, and
+the client waits only where it needs one, so a grading pass costs a few round trips, not one a statement
+(`_Writer` says which methods wait). SQLite runs in-process: nothing to wait for.
 """
 
 from __future__ import annotations
@@ -284,9 +288,17 @@ class _Sqlite:
     def sql(self, q: str) -> str:
         return q
 
-    def begin(self, immediate: bool) -> None:
+    @contextmanager
+    def transaction(self, immediate: bool):
         # IMMEDIATE: take the write lock now, so a second writer waits instead of failing at commit
         self.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def execute(self, q, args=()):
         return self.conn.execute(q, args)
@@ -294,12 +306,8 @@ class _Sqlite:
     def executemany(self, q, rows):
         return self.conn.executemany(q, rows)
 
-    def commit(self):
-        self.conn.execute("COMMIT")
-
-    def rollback(self):
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+    def wait(self) -> None:
+        pass        # in-process: every statement has run when execute() returns
 
     def close(self):
         self.conn.close()
@@ -326,14 +334,37 @@ class _Postgres:
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to PostgreSQL at {_redact(url)}: {e}; check the URL, that the "
                              "server runs and that the role may log in") from None
+        if not psycopg.Pipeline.is_supported():
+            self.conn.close()
+            raise StoreError(f"psycopg {psycopg.__version__} runs on a libpq without pipeline mode (libpq "
+                             f"{psycopg.pq.version()}, 14 or newer needed): pip install 'psycopg[binary]' "
+                             "(make setup installs it)")
         self.url = url
         self.psycopg = psycopg
+        self.pipe = None            # the open transaction's pipeline (None: no transaction open)
 
     def sql(self, q: str) -> str:
         return q.replace("?", "%s")
 
-    def begin(self, immediate: bool) -> None:
-        self.conn.execute("BEGIN")
+    @contextmanager
+    def transaction(self, immediate: bool):
+        # One pipeline per transaction (psycopg 3, libpq pipeline mode): statements go to the server without
+        # waiting for each answer; the client waits only where it needs one (a fetch, `wait()` before a row
+        # count) and at the end, where COMMIT and the pipeline's Sync make one round trip. A statement that
+        # fails aborts the rest of the pipeline on the server (COMMIT included: nothing is written), and
+        # psycopg raises its error at the next wait, fetch or the pipeline's end.
+        try:
+            with self.conn.pipeline() as self.pipe:
+                self.conn.execute("BEGIN")
+                yield
+                self.conn.execute("COMMIT")
+        except BaseException:
+            self.pipe = None
+            if self.conn.info.transaction_status != self.psycopg.pq.TransactionStatus.IDLE:
+                self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self.pipe = None
 
     def execute(self, q, args=()):
         return self.conn.execute(q, args)
@@ -343,12 +374,10 @@ class _Postgres:
             cur.executemany(q, rows)
             return cur
 
-    def commit(self):
-        self.conn.execute("COMMIT")
-
-    def rollback(self):
-        if self.conn.info.transaction_status != self.psycopg.pq.TransactionStatus.IDLE:
-            self.conn.execute("ROLLBACK")
+    def wait(self) -> None:
+        """Every statement sent so far has answered (its row count is known; its error raised here)."""
+        if self.pipe is not None:
+            self.pipe.sync()
 
     def close(self):
         self.conn.close()
@@ -407,19 +436,14 @@ class Store:
     def _rows(self, q: str, args=()) -> list[dict]:
         with self.lock:
             cur = self._x(q, args)
+            rows = cur.fetchall()            # first: inside a pipelined transaction, the fetch brings the columns
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
+            return [dict(zip(cols, r)) for r in rows]
 
     @contextmanager
     def _tx(self, immediate: bool = True):
-        with self.lock:
-            self.db.begin(immediate)
-            try:
-                yield
-            except BaseException:
-                self.db.rollback()
-                raise
-            self.db.commit()
+        with self.lock, self.db.transaction(immediate):
+            yield
 
     # --- migrations ------------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -487,9 +511,10 @@ class Store:
             yield _Writer(self)
             if fence is not None:
                 wall = time.time() if now is None else now
-                n = self._x("UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND epoch = ?",
-                            (wall + fence.ttl, LEADER, fence.holder, fence.epoch)).rowcount
-                if n != 1:
+                cur = self._x("UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND epoch = ?",
+                              (wall + fence.ttl, LEADER, fence.holder, fence.epoch))
+                self.db.wait()
+                if cur.rowcount != 1:
                     raise LeaseLost(f"{fence.holder} lost the leader lease (epoch {fence.epoch})")
 
     # --- reads (any process: consoles, CLI, web) --------------------------------------------------
@@ -686,21 +711,64 @@ class Store:
         return {r["level"]: r["n"] for r in rows}
 
 
+_KEYS_MAX = 256      # frame identities looked up by one statement (3 parameters each)
+
+
+def _padded(n: int) -> int:
+    """The next power of two from n (at most _KEYS_MAX): a lookup of n keys is padded to it by repeating one."""
+    return min(_KEYS_MAX, 1 << max(0, n - 1).bit_length())
+
+
 class _Writer:
-    """What a write transaction can do. Every method is idempotent on its natural key."""
+    """What a write transaction can do. Every method is idempotent on its natural key.
+
+    On PostgreSQL the transaction is a pipeline (`_Postgres.transaction`): a method whose caller needs no
+    answer only sends its statement; one that returns an answer waits for the server (one round trip, which
+    also brings the answers of everything sent before it). So the methods that answer take many rows at once
+    (`known_frames`, `add_revisions`): a grading pass then waits a fixed number of times, not once a row."""
 
     def __init__(self, store: Store):
         self.s = store
         self.x = store._x
+        self.frames: dict[tuple[int, int, int], bool] = {}   # frame identity -> stored (this transaction's view)
+
+    def _answered(self, cur):
+        self.s.db.wait()
+        return cur
+
+    def known_frames(self, keys) -> None:
+        """Look up these frame identities in one query (one round trip for a batch), so that `first_frame`
+        answers them without asking the database again."""
+        todo = sorted({k for k in keys if k not in self.frames})
+        curs = []
+        for i in range(0, len(todo), _KEYS_MAX):
+            chunk = todo[i:i + _KEYS_MAX]
+            n = _padded(len(chunk))      # a few statement texts, not one per batch size (prepared statements)
+            chunk += [chunk[0]] * (n - len(chunk))
+            curs.append(self.x("SELECT dev, dir, fcnt FROM frames WHERE (dev, dir, fcnt) IN (VALUES "
+                               + ", ".join(["(?, ?, ?)"] * n) + ")", [v for k in chunk for v in k]))
+            self.frames.update((k, False) for k in chunk)
+        for cur in curs:                 # the first fetch waits for all of them
+            self.frames.update((tuple(r), True) for r in cur.fetchall())
 
     def first_frame(self, key: tuple[int, int, int], gateway: str, t: float) -> bool:
         """True the first time this frame identity (device, direction, counter) is graded (SPEC 4: a device
         never reuses a counter, so the identity is the same on every gateway that heard it)."""
-        return self.x("INSERT INTO frames VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                      (*key, gateway, t)).rowcount == 1
+        if key not in self.frames:
+            self.known_frames([key])
+        if self.frames[key]:
+            return False
+        self.frames[key] = True
+        # A plain INSERT, not "ON CONFLICT DO NOTHING": the identity was absent when looked up in this
+        # transaction, and only the lease holder grades (SQLite: BEGIN IMMEDIATE, no other writer at all). If
+        # another writer stored it since (two services leading one store under the same --instance name), the
+        # INSERT fails and so does the whole transaction: nothing written, the broker redelivers; never graded
+        # twice.
+        self.x("INSERT INTO frames VALUES (?, ?, ?, ?, ?)", (*key, gateway, t))
+        return True
 
     def prune_frames(self, before: float) -> int:
-        return self.x("DELETE FROM frames WHERE t < ?", (before,)).rowcount
+        return self._answered(self.x("DELETE FROM frames WHERE t < ?", (before,))).rowcount
 
     def readings(self, rows: list[tuple]) -> None:
         """Readings to keep: (dev, t, pressure_pa, inlet_pa, gateway) each."""
@@ -717,13 +785,14 @@ class _Writer:
         rows in a table loses its oldest ("over_bound": a chattering device cannot fill the store). Counts."""
         out = {"expired": 0, "over_bound": 0}
         for table in ("readings", "valve_events"):
-            out["expired"] += self.x(f"DELETE FROM {table} WHERE t < ?", (before,)).rowcount
+            out["expired"] += self._answered(self.x(f"DELETE FROM {table} WHERE t < ?", (before,))).rowcount
             over = self.x(f"SELECT dev FROM {table} GROUP BY dev HAVING COUNT(*) > ?", (max_per_device,)).fetchall()
             for (dev,) in over:
                 # the newest max_per_device rows stay; ties at the cut stay too (never a row newer than one kept)
                 cut = self.x(f"SELECT t FROM {table} WHERE dev = ? ORDER BY t DESC LIMIT 1 OFFSET ?",
                              (dev, max_per_device - 1)).fetchone()[0]
-                out["over_bound"] += self.x(f"DELETE FROM {table} WHERE dev = ? AND t < ?", (dev, cut)).rowcount
+                out["over_bound"] += self._answered(self.x(f"DELETE FROM {table} WHERE dev = ? AND t < ?",
+                                                           (dev, cut))).rowcount
         return out
 
     def save_incident(self, state: dict, latest: dict, timeline_n: int) -> None:
@@ -740,8 +809,16 @@ class _Writer:
 
     def add_revision(self, incident_id: str, revision: int, kind: str, t: float, payload: dict) -> bool:
         """False if this revision is already stored (nothing is duplicated)."""
-        return self.x("INSERT INTO revisions (incident_id, revision, kind, t, payload) VALUES (?, ?, ?, ?, ?) "
-                      "ON CONFLICT DO NOTHING", (incident_id, revision, kind, t, _j(payload))).rowcount == 1
+        return self.add_revisions([(incident_id, revision, kind, t, payload)])[0]
+
+    def add_revisions(self, rows: list[tuple]) -> list[bool]:
+        """`add_revision` for each (incident_id, revision, kind, t, payload), stored in this order; one wait."""
+        if not rows:
+            return []
+        curs = [self.x("INSERT INTO revisions (incident_id, revision, kind, t, payload) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT DO NOTHING", (iid, rev, kind, t, _j(payload))) for iid, rev, kind, t, payload in rows]
+        self.s.db.wait()
+        return [cur.rowcount == 1 for cur in curs]
 
     def journal(self, t: float, category: str, text: str, *, incident_id: str | None = None,
                 revision: int | None = None, who: str | None = None, data: dict | None = None) -> None:
@@ -764,9 +841,10 @@ class _Writer:
 
     def notification(self, incident_id: str, revision: int, reason: str, channel: str, recipient: str, t: float,
                      payload: dict) -> bool:
-        return self.x("INSERT INTO notifications (incident_id, revision, reason, channel, recipient, status, attempts, "
-                      "next_at, created_at, payload) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT DO NOTHING",
-                      (incident_id, revision, reason, channel, recipient, t, t, _j(payload))).rowcount == 1
+        return self._answered(self.x(
+            "INSERT INTO notifications (incident_id, revision, reason, channel, recipient, status, attempts, "
+            "next_at, created_at, payload) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (incident_id, revision, reason, channel, recipient, t, t, _j(payload)))).rowcount == 1
 
     def delivery(self, seq: int, *, ok: bool, t: float, error: str | None, next_at: float | None) -> None:
         """One delivery attempt: sent, failed for good (next_at None), or pending again at next_at."""
@@ -805,7 +883,7 @@ class _Writer:
                 _j(shelf["grade"]), log_seq))
 
     def unshelve(self, incident_id: str) -> bool:
-        return self.x("DELETE FROM shelves WHERE incident_id = ?", (incident_id,)).rowcount == 1
+        return self._answered(self.x("DELETE FROM shelves WHERE incident_id = ?", (incident_id,))).rowcount == 1
 
     def request_done(self, seq: int, outcome: str, t: float) -> None:
         self.x("UPDATE requests SET done = 1, outcome = ?, done_at = ? WHERE seq = ?", (outcome, t, seq))

@@ -192,3 +192,69 @@ def test_station_readings_and_valve_moves_are_kept_once_for_a_bounded_time(distr
     with store.write(fence) as tx:
         assert tx.prune_readings(T0 + 100, max_per_device=2) == {"expired": 1, "over_bound": 0}   # the valve move
     store.close()
+
+
+class Wire:
+    """What a store's PostgreSQL connection puts on the wire, from libpq's own trace (PQtrace): the
+    statements sent, and the round trips (each time the client, having sent, reads the server's answers:
+    the server answers only at a Sync or a Flush, so a run of answers is one wait)."""
+
+    def __init__(self, store, path):
+        self.store, self.path = store, path
+
+    def __enter__(self):
+        import psycopg
+        self.f = open(self.path, "w")
+        self.store.db.conn.pgconn.trace(self.f.fileno())
+        self.store.db.conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        return self
+
+    def __exit__(self, *exc):
+        self.store.db.conn.pgconn.untrace()
+        self.f.close()
+        lines = [line.split("\t") for line in self.path.read_text().splitlines()]
+        self.statements = sum(1 for p in lines if p[0] == "F" and p[2].strip() in ("Bind", "Query"))
+        self.round_trips = sum(1 for a, b in zip(lines, lines[1:]) if a[0] == "F" and b[0] == "B")
+
+
+@pytest.fixture
+def far_homes(tmp_path, postgres_url):
+    """Two stations and 60 households ~330 m apart: each household's alarm is a leak incident of its own."""
+    reg = tmp_path / "registry.db"
+    homes = [Device(dev_id=0xC000 + i, key=bytes(16), profile="household", households=1, site_name=f"home {i}",
+                    lat=37.0 + 0.003 * (i // 10), lon=117.0 + 0.004 * (i % 10), state="commissioned")
+             for i in range(60)]
+    with Registry(reg) as r:
+        r.add_many([Device(dev_id=0xA001 + i, key=bytes(16), profile="station", site_name=f"station {i}",
+                           households=8_000, pressure_class="medium_a", lat=36.659, lon=117.062 + 0.01 * i,
+                           state="commissioned") for i in range(2)] + homes)
+    return cconfig.load(None, district=D, store=postgres_url, registry=str(reg)), [h.dev_id for h in homes]
+
+
+def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twenty(far_homes, tmp_path):
+    """On PostgreSQL a grading pass is one pipelined transaction: the frames' identities are looked up in one
+    query, the revisions stored at once, the lease checked, the commit sent. So a batch of 20 alarms (20 new
+    incidents) waits as many times as a batch of one, and so does a batch of 20 station readings (each
+    statement its own round trip, this was 10 waits for one alarm and 105 for 20; notifications still wait
+    once each, none are routed here)."""
+    cfg, homes = far_homes
+    g, store, fence = _grader(cfg)
+    g.handle([_alarm("gw1", homes[0], 1, T0, GAS_L2, SHUT_STATE, value=260)], T0, fence)     # gateways seen
+    waits = {}
+    for n, first in ((1, 1), (20, 2), (1, 30)):
+        with Wire(store, tmp_path / f"alarms-{first}.trace") as w:
+            out = g.handle([_alarm(f"gw{k % 2 + 1}", h, 1, T0 + first, GAS_L2, SHUT_STATE, value=260)
+                            for k, h in enumerate(homes[first:first + n])], T0 + first, fence)
+        assert len(out.revisions) == n and out.graded == n
+        assert w.statements >= 5 * n                 # frame, incident, revision, two journal rows each
+        waits[first] = w.round_trips
+    assert waits[2] == waits[1] == waits[30] <= 4
+    for n, fcnt in ((1, 1), (20, 2)):
+        rows = [(0xA001 + k % 2, fcnt + k, T0 + 60 + k, 3000, 300_000) for k in range(n)]
+        with Wire(store, tmp_path / f"readings-{n}.trace") as w:
+            out = g.handle([_batch("gw1", rows)], T0 + 100, fence)
+        assert out.kept == n and out.graded == n
+        waits[f"readings {n}"] = w.round_trips
+    assert waits["readings 20"] == waits["readings 1"] <= 3
+    assert [len(store.get_incident(i["incident_id"])["revisions"]) for i in store.list_incidents()] == [1] * 23
+    store.close()
