@@ -270,6 +270,7 @@ def open_store(url: str | os.PathLike, **kw) -> "Store":
 
 class _Sqlite:
     name = "sqlite"
+    IntegrityError = sqlite3.IntegrityError
 
     def __init__(self, path: str, synchronous: str = "FULL"):
         if path != ":memory:":
@@ -341,6 +342,7 @@ class _Postgres:
                              "(make setup installs it)")
         self.url = url
         self.psycopg = psycopg
+        self.IntegrityError = psycopg.IntegrityError
         self.pipe = None            # the open transaction's pipeline (None: no transaction open)
 
     def sql(self, q: str) -> str:
@@ -507,15 +509,22 @@ class Store:
         """One transaction. With a fence: at its end, before the commit, the lease is extended if this holder
         still has it at this epoch; otherwise LeaseLost and nothing of the transaction is written. (At the end,
         not the start: a long transaction then cannot outlive the lease it started under.)"""
-        with self._tx():
-            yield _Writer(self)
-            if fence is not None:
-                wall = time.time() if now is None else now
-                cur = self._x("UPDATE lease SET expires_at = ? WHERE name = ? AND holder = ? AND epoch = ?",
-                              (wall + fence.ttl, LEADER, fence.holder, fence.epoch))
-                self.db.wait()
-                if cur.rowcount != 1:
-                    raise LeaseLost(f"{fence.holder} lost the leader lease (epoch {fence.epoch})")
+        try:
+            with self._tx():
+                yield _Writer(self)
+                if fence is not None:
+                    wall = time.time() if now is None else now
+                    # Not this holder at this epoch: the epoch would become NULL, which the table refuses (NOT
+                    # NULL), so the statement fails and the transaction with it. The check needs no answer of its
+                    # own: on PostgreSQL it rides the COMMIT's round trip (a failed statement skips the COMMIT).
+                    self._x("UPDATE lease SET expires_at = ?, epoch = CASE WHEN holder = ? AND epoch = ? THEN epoch "
+                            "END WHERE name = ?", (wall + fence.ttl, fence.holder, fence.epoch, LEADER))
+        except self.db.IntegrityError:
+            lease = self.lease()
+            if fence is not None and (lease["holder"], lease["epoch"]) != (fence.holder, fence.epoch):
+                raise LeaseLost(f"{fence.holder} lost the leader lease (epoch {fence.epoch}; {lease['holder']} "
+                                f"holds epoch {lease['epoch']})") from None
+            raise
 
     # --- reads (any process: consoles, CLI, web) --------------------------------------------------
     def list_incidents(self, status: str | None = None, limit: int = 500) -> list[dict]:

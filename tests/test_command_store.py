@@ -115,6 +115,7 @@ def test_leader_lease_fences_a_leader_that_lost_it(store):
         with store.write(a, now=1006.5) as tx:                        # a wakes up and tries to write
             tx.journal(1006.5, "revision", "stale leader")
     assert store.journal() == []
+    assert store.lease() == {"holder": "b", "epoch": 2, "expires_at": 1011.0}      # b's, untouched
     with store.write(b, now=1007.0) as tx:
         tx.journal(1007.0, "revision", "new leader")
     assert store.lease()["expires_at"] == 1012.0                      # every write extends the lease
