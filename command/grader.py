@@ -407,9 +407,12 @@ class DistrictGrader:
             pubs.append((inc, payload))
         # every revision stored at once (one wait on PostgreSQL), then what goes with each new one, in order
         added = tx.add_revisions([(p["incident_id"], p["revision"], p["kind"], now, p) for _, p in pubs])
-        for (inc, payload), new in zip(pubs, added):
-            if not new:
-                continue
+        new = [pub for pub, a in zip(pubs, added) if a]
+        # whom each new revision notifies: queued all at once too, each journaled below in its revision's place
+        notes = [self._notes(payload) for _, payload in new]
+        queued = iter(tx.notifications([(p["incident_id"], p["revision"], reason, channel, recipient, now, p)
+                                        for (_, p), ns in zip(new, notes) for reason, channel, recipient in ns]))
+        for (inc, payload), ns in zip(new, notes):
             iid, rev, kind = payload["incident_id"], payload["revision"], payload["kind"]
             n = inc.timeline_dropped + len(inc.timeline)
             prev = self.timeline_n.get(iid, 0)
@@ -424,27 +427,32 @@ class DistrictGrader:
                        f"{' (projected)' if payload['projected'] else ''}, warning {payload['warning'] or '-'}, "
                        f"{payload['status']}", incident_id=iid, revision=rev,
                        data={"level": payload["level"], "warning": payload["warning"], "routes": payload["routes"]})
-            reasons = []
             if kind == "escalation":
                 esc = payload["escalation"]
                 tx.escalation(iid, rev, esc["stage"], esc["count"], now, esc["overdue_s"])
                 tx.journal(now, "escalation", f"{esc['stage']} report overdue by {esc['overdue_s']:.0f} s and not "
                            f"acknowledged: escalation {esc['count']}", incident_id=iid, revision=rev)
                 out.escalations += 1
-                reasons.append(esc["stage"])
-            before = self.levels.get(iid)
-            level_now = (payload["level"], payload["warning"])
-            if before is None and payload["status"] == "open":
-                reasons.append("new")
-            elif before is not None and before != level_now and payload["status"] == "open":
-                reasons.append("level")          # plan 4.1: a change of level is a new report
-            self.levels[iid] = level_now
-            for reason in reasons:
-                for channel, recipient in self.routes(payload["level"], reason):
-                    if tx.notification(iid, rev, reason, channel, recipient, now, payload):
-                        tx.journal(now, "notification", f"{reason}: {channel} to {recipient} queued",
-                                   incident_id=iid, revision=rev)
+            for reason, channel, recipient in ns:
+                if next(queued):
+                    tx.journal(now, "notification", f"{reason}: {channel} to {recipient} queued",
+                               incident_id=iid, revision=rev)
 
+    def _notes(self, payload: dict) -> list[tuple]:
+        """(reason, channel, recipient) for each notification a new revision makes: its overdue report's stage
+        (an escalation), a new incident, a change of level (plan 4.1: a new report). Called once a revision, in
+        order: it moves the level last notified."""
+        iid = payload["incident_id"]
+        reasons = [payload["escalation"]["stage"]] if payload["kind"] == "escalation" else []
+        before = self.levels.get(iid)
+        level_now = (payload["level"], payload["warning"])
+        if before is None and payload["status"] == "open":
+            reasons.append("new")
+        elif before is not None and before != level_now and payload["status"] == "open":
+            reasons.append("level")
+        self.levels[iid] = level_now
+        return [(reason, channel, recipient) for reason in reasons
+                for channel, recipient in self.routes(payload["level"], reason)]
 
 def _hhmm(cfg: dict, t: float) -> str:
     return G.local_time(cfg, t).strftime("%H:%M")

@@ -822,10 +822,14 @@ class _Writer:
 
     def add_revisions(self, rows: list[tuple]) -> list[bool]:
         """`add_revision` for each (incident_id, revision, kind, t, payload), stored in this order; one wait."""
+        return self._inserted("INSERT INTO revisions (incident_id, revision, kind, t, payload) VALUES (?, ?, ?, ?, ?) "
+                              "ON CONFLICT DO NOTHING", [(*r[:4], _j(r[4])) for r in rows])
+
+    def _inserted(self, q: str, rows: list[tuple]) -> list[bool]:
+        """Each row sent, then one wait: did each one insert a row (not there already)?"""
         if not rows:
             return []
-        curs = [self.x("INSERT INTO revisions (incident_id, revision, kind, t, payload) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT DO NOTHING", (iid, rev, kind, t, _j(payload))) for iid, rev, kind, t, payload in rows]
+        curs = [self.x(q, row) for row in rows]
         self.s.db.wait()
         return [cur.rowcount == 1 for cur in curs]
 
@@ -850,10 +854,14 @@ class _Writer:
 
     def notification(self, incident_id: str, revision: int, reason: str, channel: str, recipient: str, t: float,
                      payload: dict) -> bool:
-        return self._answered(self.x(
-            "INSERT INTO notifications (incident_id, revision, reason, channel, recipient, status, attempts, "
-            "next_at, created_at, payload) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (incident_id, revision, reason, channel, recipient, t, t, _j(payload)))).rowcount == 1
+        """False if this revision already has a notification on this channel to this recipient."""
+        return self.notifications([(incident_id, revision, reason, channel, recipient, t, payload)])[0]
+
+    def notifications(self, rows: list[tuple]) -> list[bool]:
+        """`notification` for each (incident_id, revision, reason, channel, recipient, t, payload); one wait."""
+        return self._inserted("INSERT INTO notifications (incident_id, revision, reason, channel, recipient, status, "
+                              "attempts, next_at, created_at, payload) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) "
+                              "ON CONFLICT DO NOTHING", [(*r[:5], r[5], r[5], _j(r[6])) for r in rows])
 
     def delivery(self, seq: int, *, ok: bool, t: float, error: str | None, next_at: float | None) -> None:
         """One delivery attempt: sent, failed for good (next_at None), or pending again at next_at."""

@@ -228,15 +228,17 @@ def far_homes(tmp_path, postgres_url):
         r.add_many([Device(dev_id=0xA001 + i, key=bytes(16), profile="station", site_name=f"station {i}",
                            households=8_000, pressure_class="medium_a", lat=36.659, lon=117.062 + 0.01 * i,
                            state="commissioned") for i in range(2)] + homes)
-    return cconfig.load(None, district=D, store=postgres_url, registry=str(reg)), [h.dev_id for h in homes]
+    return cconfig.load(None, district=D, store=postgres_url, registry=str(reg),
+                        notify={"route": [{"levels": "any", "email": ["duty@lixia.example"]}]}), \
+        [h.dev_id for h in homes]
 
 
 def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twenty(far_homes, tmp_path):
     """On PostgreSQL a grading pass is one pipelined transaction: the frames' identities are looked up in one
-    query, the revisions stored at once, and the lease check rides with the COMMIT. So a batch of 20 alarms (20
-    new incidents) waits as many times as a batch of one, and so does a batch of 20 station readings (each
-    statement its own round trip, this was 9 waits for one alarm and 110 for 20; notifications still wait
-    once each, none are routed here)."""
+    query, the revisions stored at once, their notifications queued at once, and the lease check rides with
+    the COMMIT. So a batch of 20 alarms (20 new incidents, each notified) waits as many times as a batch of
+    one, and so does a batch of 20 station readings (each statement its own round trip, this was 12 waits for
+    one alarm and 150 for 20)."""
     cfg, homes = far_homes
     g, store, fence = _grader(cfg)
     g.handle([_alarm("gw1", homes[0], 1, T0, GAS_L2, SHUT_STATE, value=260)], T0, fence)     # gateways seen
@@ -246,9 +248,9 @@ def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twent
             out = g.handle([_alarm(f"gw{k % 2 + 1}", h, 1, T0 + first, GAS_L2, SHUT_STATE, value=260)
                             for k, h in enumerate(homes[first:first + n])], T0 + first, fence)
         assert len(out.revisions) == n and out.graded == n
-        assert w.statements >= 5 * n                 # frame, incident, revision, two journal rows each
+        assert w.statements >= 7 * n                 # frame, incident, revision, notification, 3 journal rows
         waits[first] = w.round_trips
-    assert waits[2] == waits[1] == waits[30] <= 3
+    assert waits[2] == waits[1] == waits[30] <= 4
     for n, fcnt in ((1, 1), (20, 2)):
         rows = [(0xA001 + k % 2, fcnt + k, T0 + 60 + k, 3000, 300_000) for k in range(n)]
         with Wire(store, tmp_path / f"readings-{n}.trace") as w:
@@ -257,4 +259,6 @@ def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twent
         waits[f"readings {n}"] = w.round_trips
     assert waits["readings 20"] == waits["readings 1"] <= 2
     assert [len(store.get_incident(i["incident_id"])["revisions"]) for i in store.list_incidents()] == [1] * 23
+    assert len(store.notifications()) == 23
+    assert [j["category"] for j in store.journal(limit=10_000)].count("notification") == 23
     store.close()
