@@ -728,6 +728,14 @@ def _padded(n: int) -> int:
     return min(_KEYS_MAX, 1 << max(0, n - 1).bit_length())
 
 
+def _frames_lookup(n: int) -> str:
+    """Which of n frame identities are stored. A join from the keys (VALUES names its columns column1.. on
+    both dialects), so each is one search of the primary key: SQLite scans the whole table for the row-value
+    form `(dev, dir, fcnt) IN (VALUES ...)`, and the table holds a week of frames (frames_keep_s)."""
+    return ("SELECT f.dev, f.dir, f.fcnt FROM (VALUES " + ", ".join(["(?, ?, ?)"] * n) + ") AS k "
+            "JOIN frames AS f ON f.dev = k.column1 AND f.dir = k.column2 AND f.fcnt = k.column3")
+
+
 class _Writer:
     """What a write transaction can do. Every method is idempotent on its natural key.
 
@@ -754,8 +762,7 @@ class _Writer:
             chunk = todo[i:i + _KEYS_MAX]
             n = _padded(len(chunk))      # a few statement texts, not one per batch size (prepared statements)
             chunk += [chunk[0]] * (n - len(chunk))
-            curs.append(self.x("SELECT dev, dir, fcnt FROM frames WHERE (dev, dir, fcnt) IN (VALUES "
-                               + ", ".join(["(?, ?, ?)"] * n) + ")", [v for k in chunk for v in k]))
+            curs.append(self.x(_frames_lookup(n), [v for k in chunk for v in k]))
             self.frames.update((k, False) for k in chunk)
         for cur in curs:                 # the first fetch waits for all of them
             self.frames.update((tuple(r), True) for r in cur.fetchall())

@@ -66,6 +66,19 @@ def test_a_failed_transaction_leaves_nothing(store):
         assert tx.first_frame((1, 1, 1), "gw1", 1.0)               # not marked as graded either
 
 
+def test_a_batch_lookup_of_frame_identities_searches_the_primary_key(tmp_path):
+    """The frames table holds a week of identities (frames_keep_s): a batch's lookup must search its primary
+    key once an identity, never scan the table (SQLite scans it for `(dev, dir, fcnt) IN (VALUES ...)`).
+    SQLite's plan is fixed by its rules; PostgreSQL's depends on the table's statistics (on a million frames it
+    is a nested loop of primary-key index scans for this query)."""
+    from gasguard.command.store import _frames_lookup
+    with open_store(tmp_path / "command.db") as s:
+        s.migrate()
+        plan = [r[3] for r in s.db.conn.execute("EXPLAIN QUERY PLAN " + _frames_lookup(4), [1, 1, 1] * 4)]
+    assert any(p.startswith("SEARCH f ") and "(dev=? AND dir=? AND fcnt=?)" in p for p in plan), plan
+    assert not any(p.startswith("SCAN f") for p in plan), plan
+
+
 def test_a_statement_that_fails_in_the_database_leaves_nothing_and_the_store_carries_on(store):
     """On PostgreSQL the transaction is pipelined: the failing INSERT's error comes back later (at the next
     wait, the lease check or the commit), and by then later statements were sent too. None of them is kept."""
