@@ -511,7 +511,9 @@ class Store:
         not the start: a long transaction then cannot outlive the lease it started under.)"""
         try:
             with self._tx():
-                yield _Writer(self)
+                w = _Writer(self)
+                yield w
+                w.send_held()
                 if fence is not None:
                     wall = time.time() if now is None else now
                     # Not this holder at this epoch: the epoch would become NULL, which the table refuses (NOT
@@ -728,6 +730,21 @@ def _padded(n: int) -> int:
     return min(_KEYS_MAX, 1 << max(0, n - 1).bit_length())
 
 
+def _runs(rows: list):
+    """`rows` cut into runs of power-of-two lengths (at most _KEYS_MAX), longest first: one multi-row statement
+    a run, of one of a few texts (psycopg prepares a text it sees often; one text per batch size would not be)."""
+    i = 0
+    while i < len(rows):
+        n = min(_KEYS_MAX, 1 << ((len(rows) - i).bit_length() - 1))
+        yield rows[i:i + n]
+        i += n
+
+
+def _insert(into: str, width: int, n: int) -> str:
+    """INSERT of n rows of `width` values: one statement, where n would cost the server n executions."""
+    return f"INSERT INTO {into} VALUES " + ", ".join(["(" + ", ".join(["?"] * width) + ")"] * n)
+
+
 def _frames_lookup(n: int) -> str:
     """Which of n frame identities are stored. A join from the keys (VALUES names its columns column1.. on
     both dialects), so each is one search of the primary key: SQLite scans the whole table for the row-value
@@ -748,15 +765,35 @@ class _Writer:
         self.s = store
         self.x = store._x
         self.frames: dict[tuple[int, int, int], bool] = {}   # frame identity -> stored (this transaction's view)
+        # rows not sent yet, per INSERT target (frames, journal): sent as multi-row INSERTs, in order, before the
+        # next wait and before the transaction's end, so no answer misses them and nothing is left out
+        self.held: dict[tuple[str, int], list[tuple]] = {}
+
+    def _hold(self, into: str, row: tuple) -> None:
+        self.held.setdefault((into, len(row)), []).append(row)
+
+    def send_held(self) -> None:
+        for (into, width), rows in self.held.items():
+            for run in _runs(rows):
+                self.x(_insert(into, width, len(run)), [v for row in run for v in row])
+        self.held = {}
+
+    def wait(self) -> None:
+        """Every statement sent so far has answered (PostgreSQL: one round trip; SQLite: nothing to wait for)."""
+        self.send_held()
+        self.s.db.wait()
 
     def _answered(self, cur):
-        self.s.db.wait()
+        self.wait()
         return cur
 
     def known_frames(self, keys) -> None:
         """Look up these frame identities in one query (one round trip for a batch), so that `first_frame`
         answers them without asking the database again."""
         todo = sorted({k for k in keys if k not in self.frames})
+        if not todo:
+            return
+        self.send_held()
         curs = []
         for i in range(0, len(todo), _KEYS_MAX):
             chunk = todo[i:i + _KEYS_MAX]
@@ -775,12 +812,12 @@ class _Writer:
         if self.frames[key]:
             return False
         self.frames[key] = True
-        # A plain INSERT, not "ON CONFLICT DO NOTHING": the identity was absent when looked up in this
-        # transaction, and only the lease holder grades (SQLite: BEGIN IMMEDIATE, no other writer at all). If
-        # another writer stored it since (two services leading one store under the same --instance name), the
-        # INSERT fails and so does the whole transaction: nothing written, the broker redelivers; never graded
-        # twice.
-        self.x("INSERT INTO frames VALUES (?, ?, ?, ?, ?)", (*key, gateway, t))
+        # Held, then sent with the others as a plain INSERT, not "ON CONFLICT DO NOTHING": the identity was
+        # absent when looked up in this transaction, and only the lease holder grades (SQLite: BEGIN IMMEDIATE,
+        # no other writer at all). If another writer stored it since (two services leading one store under the
+        # same --instance name), the INSERT fails and so does the whole transaction: nothing written, the broker
+        # redelivers; never graded twice.
+        self._hold("frames", (*key, gateway, t))
         return True
 
     def prune_frames(self, before: float) -> int:
@@ -788,9 +825,9 @@ class _Writer:
 
     def readings(self, rows: list[tuple]) -> None:
         """Readings to keep: (dev, t, pressure_pa, inlet_pa, gateway) each."""
-        if rows:
-            self.s.db.executemany(self.s.db.sql("INSERT INTO readings (dev, t, pressure_pa, inlet_pa, gateway) "
-                                                "VALUES (?, ?, ?, ?, ?)"), rows)
+        for run in _runs(rows):
+            self.x(_insert("readings (dev, t, pressure_pa, inlet_pa, gateway)", 5, len(run)),
+                   [v for row in run for v in row])
 
     def valve_event(self, dev: int, t: float, valve: str, cause: str | None, gateway: str | None) -> None:
         self.x("INSERT INTO valve_events (dev, t, valve, cause, gateway) VALUES (?, ?, ?, ?, ?)",
@@ -837,13 +874,13 @@ class _Writer:
         if not rows:
             return []
         curs = [self.x(q, row) for row in rows]
-        self.s.db.wait()
+        self.wait()
         return [cur.rowcount == 1 for cur in curs]
 
     def journal(self, t: float, category: str, text: str, *, incident_id: str | None = None,
                 revision: int | None = None, who: str | None = None, data: dict | None = None) -> None:
-        self.x("INSERT INTO journal (t, incident_id, revision, category, who, text, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (t, incident_id, revision, category, who, text, _j(data or {})))
+        self._hold("journal (t, incident_id, revision, category, who, text, data)",
+                   (t, incident_id, revision, category, who, text, _j(data or {})))
 
     def ack(self, incident_id: str, revision, who: str, t: float, outcome: str, request: dict,
             nonce: str | None = None) -> None:
