@@ -722,20 +722,15 @@ class Store:
         return {r["level"]: r["n"] for r in rows}
 
 
-_KEYS_MAX = 256      # frame identities looked up by one statement (3 parameters each)
-
-
-def _padded(n: int) -> int:
-    """The next power of two from n (at most _KEYS_MAX): a lookup of n keys is padded to it by repeating one."""
-    return min(_KEYS_MAX, 1 << max(0, n - 1).bit_length())
+_RUN_MAX = 256       # rows in one multi-row statement (at most 7 parameters a row: far below either limit)
 
 
 def _runs(rows: list):
-    """`rows` cut into runs of power-of-two lengths (at most _KEYS_MAX), longest first: one multi-row statement
+    """`rows` cut into runs of power-of-two lengths (at most _RUN_MAX), longest first: one multi-row statement
     a run, of one of a few texts (psycopg prepares a text it sees often; one text per batch size would not be)."""
     i = 0
     while i < len(rows):
-        n = min(_KEYS_MAX, 1 << ((len(rows) - i).bit_length() - 1))
+        n = min(_RUN_MAX, 1 << ((len(rows) - i).bit_length() - 1))
         yield rows[i:i + n]
         i += n
 
@@ -759,14 +754,17 @@ class _Writer:
     On PostgreSQL the transaction is a pipeline (`_Postgres.transaction`): a method whose caller needs no
     answer only sends its statement; one that returns an answer waits for the server (one round trip, which
     also brings the answers of everything sent before it). So the methods that answer take many rows at once
-    (`known_frames`, `add_revisions`): a grading pass then waits a fixed number of times, not once a row."""
+    (`known_frames`, `add_revisions`, `notifications`): a grading pass then waits a fixed number of times, not
+    once a row. Frames and journal rows are held and sent many rows to a statement (`send_held`), which spares
+    the server an execution a row on both dialects."""
 
     def __init__(self, store: Store):
         self.s = store
         self.x = store._x
         self.frames: dict[tuple[int, int, int], bool] = {}   # frame identity -> stored (this transaction's view)
-        # rows not sent yet, per INSERT target (frames, journal): sent as multi-row INSERTs, in order, before the
-        # next wait and before the transaction's end, so no answer misses them and nothing is left out
+        # Rows not sent yet, per INSERT target (frames, journal), in order: sent as multi-row INSERTs (one
+        # statement for many rows) before this writer next waits or looks up frames, and before the transaction
+        # ends. Nothing reads the journal inside a transaction; frames are read only through `known_frames`.
         self.held: dict[tuple[str, int], list[tuple]] = {}
 
     def _hold(self, into: str, row: tuple) -> None:
@@ -794,13 +792,8 @@ class _Writer:
         if not todo:
             return
         self.send_held()
-        curs = []
-        for i in range(0, len(todo), _KEYS_MAX):
-            chunk = todo[i:i + _KEYS_MAX]
-            n = _padded(len(chunk))      # a few statement texts, not one per batch size (prepared statements)
-            chunk += [chunk[0]] * (n - len(chunk))
-            curs.append(self.x(_frames_lookup(n), [v for k in chunk for v in k]))
-            self.frames.update((k, False) for k in chunk)
+        curs = [self.x(_frames_lookup(len(run)), [v for k in run for v in k]) for run in _runs(todo)]
+        self.frames.update((k, False) for k in todo)
         for cur in curs:                 # the first fetch waits for all of them
             self.frames.update((tuple(r), True) for r in cur.fetchall())
 
