@@ -40,14 +40,17 @@ THIN_PAGE = 2000      # routine readings (and rows) thinning reads at a time ...
 THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with many-reading rows
 # The counter log's bound (issue 17): a commit that would take the log past LOG_ENTRIES counters or LOG_ROWS
 # rows folds it into `counters` instead, in the commit's transaction (durable with the group, one fsync for
-# both; a fold as a transaction of its own after the commit cost ~0.4 µs more a reading). Why 8,192:
-# a fold upserts each distinct counter of the log once, in key order, ~2-3 µs each, so its cost per reading
-# only falls when it touches many counters per B-tree page (large districts: with 330,000 devices 16.5 µs CPU
-# a reading with an upsert per counter, 8.7 with a log of 4,096, 6.5 with 8,192, 7.2 with 16,384) or when a
-# device repeats within the log (small fleets). Its price: a fold holds ingest ~40-60 ms (60,000-330,000
-# devices), once per ~48 groups of 170 (`gasguard bench spool-commit`; BENCHMARKS.md). LOG_ROWS bounds the
-# rows of a few counters each (a downlink counter alone: Outbox.counters), which replay reads at start.
-LOG_ENTRIES = 8192
+# both; a fold as a transaction of its own after the commit cost ~0.4 µs more a reading); a commit an ack
+# waits for folds only past twice the bound (commit), so the log holds at most 2 x 4,096 counters.
+# Why 4,096: a fold upserts each distinct counter of the log once, in key order, ~2-3 µs each, and holds
+# ingest (and an alarm behind it) that long: ~20-25 ms with 60,000 devices, ~40 ms with 330,000, once per
+# ~24 groups of 170. Its saving per reading grows with the counters it folds per B-tree page and with the
+# devices that repeat within the log; `gasguard bench spool-commit`, CPU a reading with 60,000 / 330,000 /
+# 5,000 devices: an upsert per counter 9.3 / 16.5 / 4.4 µs; a log of 2,048: 5.9 / 10.2 / 5.0; 4,096: 5.7 /
+# 8.7 / 4.7; 8,192: 5.9 / 6.5 / 4.3, but a fold of ~40-60 ms. The alarm latency goal (p99 <= 20 ms) weighs
+# more than the last 2 µs of the largest district (BENCHMARKS.md). LOG_ROWS bounds the rows of a few counters
+# each (a downlink counter alone: Outbox.counters), which replay reads at start.
+LOG_ENTRIES = 4096
 LOG_ROWS = 256
 _LOG_ENTRY = 9              # bytes per counter in a log row: dev u32, dir u8, value u32 (the layout: _pack)
 # (array's unsigned int of 4 bytes: "I" on every platform CPython runs on; "L" is 8 bytes on 64-bit Linux)
@@ -431,7 +434,7 @@ class Spool:
 
     def _fold(self, extra: dict | None = None) -> None:
         """Inside a transaction: the log's latest value per (dev, dir) - and then `extra`'s, newer than the log -
-        upserted into `counters`, the log emptied. Memory: the log's counters, bounded by LOG_ENTRIES."""
+        upserted into `counters`, the log emptied. Memory: the log's counters, at most 2 x LOG_ENTRIES."""
         db = self.db
         latest: dict = {}
         for (blob,) in db.execute("SELECT entries FROM counter_log ORDER BY seq"):
@@ -498,9 +501,14 @@ class Spool:
         disk only once the caller's sync() returned."""
         db = self.db
         # the group's counters as one counter_log row; past the log's bound the log is folded instead, in this
-        # transaction, with these counters in it (durable with the group, one fsync for both)
+        # transaction, with these counters in it (durable with the group, one fsync for both). Not in a commit
+        # an ack or a command waits for (alarms, events; a downlink counter alone) while the log is under
+        # twice its bound: the next group of readings folds it, and the alarm does not wait for the fold.
         row = _pack(counters) if counters else None
-        fold = row is not None and (self.log_rows >= LOG_ROWS or self.log_entries + len(counters) > LOG_ENTRIES)
+        urgent = not items or any(it.lane <= EVENT for it in items)
+        over = 2 if urgent else 1           # the log's bound times this: a fold is due
+        fold = row is not None and (self.log_rows >= over * LOG_ROWS
+                                    or self.log_entries + len(counters) > over * LOG_ENTRIES)
         try:
             with self._transaction():
                 if journal:

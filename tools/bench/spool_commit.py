@@ -3,8 +3,9 @@
 Groups of `group` readings (a serial read: ~170) from `devices` devices are committed as ingest commits them:
 the readings in rows of half a batch (spool.Item) and the group's uplink counters, on a real SQLite spool on
 this machine's disk (`/var/tmp`), `synchronous=FULL`. The spool starts in the steady state of a running
-gateway: every device's counter already in it. Devices are heard in a shuffled order, each once per cycle
-(a district's 15-minute cycle when `devices` is large; with few devices each repeats within the counter log).
+gateway, every device's counter already in it (`--first-cycle`: empty, a new gateway's first cycle).
+Devices are heard in a shuffled order, each once per cycle (a district's 15-minute cycle when `devices` is
+large; with few devices each repeats within the counter log).
 
 The figure is the process's CPU time (time.process_time: user + system, the fsync's kernel work included)
 per reading over every commit and the closing `close()` (which folds what is left of the counter log), since
@@ -85,14 +86,15 @@ def workload(devices: int, group: int, groups: int, seed: int = 1):
     return out
 
 
-def run_once(mod, work, devices: int, base: Path, sync: str = "FULL") -> dict:
-    """Commit `work` through `mod.Spool` on a fresh spool holding every device's counter; the figures."""
+def run_once(mod, work, devices: int, base: Path, sync: str = "FULL", known: bool = True) -> dict:
+    """Commit `work` through `mod.Spool` on a fresh spool holding every device's counter (`known`) or none;
+    the figures."""
     d = Path(tempfile.mkdtemp(prefix="spool-", dir=base))
     try:
         sp = mod.Spool(d / "spool.db", synchronous=sync, max_bytes=8 << 30)
         sp.db.execute("BEGIN")        # the steady state: every device's counter is known
         sp.db.executemany("INSERT INTO counters VALUES (?, 0, 1)",
-                          ((dev,) for dev in range(0x100000, 0x100000 + devices)))
+                          ((dev,) for dev in range(0x100000, 0x100000 + devices) if known))
         sp.db.execute("COMMIT")
         sp.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         items = [(it, c, sum(i.count for i in it)) for it, c in work]
@@ -115,7 +117,8 @@ def run_once(mod, work, devices: int, base: Path, sync: str = "FULL") -> dict:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def figures(*, devices=60_000, group=170, groups=1500, rounds=3, against=None, echo=click.echo) -> dict:
+def figures(*, devices=60_000, group=170, groups=1500, rounds=3, against=None, first_cycle=False,
+            echo=click.echo) -> dict:
     from gasguard.gateway import spool as current
     base = Path(tempfile.mkdtemp(prefix="gg-bench-spool-", dir="/var/tmp"))
     try:
@@ -127,12 +130,13 @@ def figures(*, devices=60_000, group=170, groups=1500, rounds=3, against=None, e
         names = list(variants)
         for r in range(rounds):
             for name in (names if r % 2 == 0 else names[::-1]):     # A B, B A, ...: drift falls on both
-                f = run_once(variants[name], work, devices, base)
+                f = run_once(variants[name], work, devices, base, known=not first_cycle)
                 runs[name].append(f)
                 echo(f"  round {r + 1} {name:>12}: {f['cpu_us']:.2f} µs CPU, {f['wall_us']:.2f} µs wall a reading; "
                      f"commit p50 {f['commit_p50_ms']:.2f} ms, p99 {f['commit_p99_ms']:.2f}, "
                      f"max {f['commit_max_ms']:.1f}")
-        out = {"devices": devices, "group": group, "groups": groups, "load": os.getloadavg(), "variants": {}}
+        out = {"devices": devices, "group": group, "groups": groups, "first_cycle": first_cycle,
+               "load": os.getloadavg(), "variants": {}}
         for name, fs in runs.items():
             out["variants"][name] = {"cpu_us": [round(f["cpu_us"], 2) for f in fs],
                                      "wall_us": [round(f["wall_us"], 2) for f in fs],
@@ -154,10 +158,11 @@ def figures(*, devices=60_000, group=170, groups=1500, rounds=3, against=None, e
 @click.option("--groups", default=1500, show_default=True, help="commits per run")
 @click.option("--rounds", default=3, show_default=True, help="runs of each variant, alternated")
 @click.option("--against", default=None, help="a git revision: its gateway/spool.py runs alternately with this one")
+@click.option("--first-cycle", is_flag=True, help="the spool starts with no counter (a new gateway)")
 @click.option("--json", "as_json", is_flag=True)
-def spool_commit_bench(devices, group, groups, rounds, against, as_json):
+def spool_commit_bench(devices, group, groups, rounds, against, first_cycle, as_json):
     """CPU per reading of Spool.commit (readings + their counters, synchronous=FULL), optionally A/B."""
     out = figures(devices=devices, group=group, groups=groups, rounds=rounds, against=against,
-                  echo=(lambda *_: None) if as_json else click.echo)
+                  first_cycle=first_cycle, echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))
