@@ -24,6 +24,7 @@ import sys
 import uuid
 from array import array
 from contextlib import contextmanager
+from operator import itemgetter
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,24 +39,28 @@ LANE_OF = {"alarm": ALARM, "event": EVENT, "state": STATE, "reading": READING}
 ROW_OVERHEAD = 64     # bytes a row costs beyond its payload (ids, index), for the size bound
 THIN_PAGE = 2000      # routine readings (and rows) thinning reads at a time ...
 THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with many-reading rows
-# The counter log's bound (issue 17): a commit that would take the log past LOG_ENTRIES counters or LOG_ROWS
-# rows folds it into `counters` instead, in the commit's transaction (durable with the group, one fsync for
-# both; a fold as a transaction of its own after the commit cost ~0.4 µs more a reading); a commit an ack
-# waits for folds only past twice the bound (commit), so the log holds at most 2 x 4,096 counters.
-# Why 4,096: a fold upserts each distinct counter of the log once, in key order, ~2-3 µs each, and holds
-# ingest (and an alarm behind it) that long: ~20-25 ms with 60,000 devices, ~40 ms with 330,000, once per
-# ~24 groups of 170. Its saving per reading grows with the counters it folds per B-tree page and with the
-# devices that repeat within the log; `gasguard bench spool-commit`, CPU a reading with 60,000 / 330,000 /
-# 5,000 devices: an upsert per counter 9.3 / 16.5 / 4.4 µs; a log of 2,048: 5.9 / 10.2 / 5.0; 4,096: 5.7 /
-# 8.7 / 4.7; 8,192: 5.9 / 6.5 / 4.3, but a fold of ~40-60 ms. The alarm latency goal (p99 <= 20 ms) weighs
-# more than the last 2 µs of the largest district (BENCHMARKS.md). LOG_ROWS bounds the rows of a few counters
-# each (a downlink counter alone: Outbox.counters), which replay reads at start.
-LOG_ENTRIES = 4096
-LOG_ROWS = 256
+# The counter log's bounds (issue 17). A commit that would take the log past LOG_COUNTERS distinct counters,
+# LOG_ENTRIES counters or LOG_ROWS rows folds it into `counters` instead, in the commit's own transaction
+# (durable with the group, one fsync for both; a fold as a transaction of its own after the commit cost ~0.4 µs
+# more a reading). A commit an ack or a command waits for folds only past twice the bounds (commit).
+# - LOG_COUNTERS, 4,096: a fold upserts each distinct (dev, dir) of the log once, by device, ~2-3 µs each,
+#   and holds ingest (and an alarm behind it) that long: ~20-25 ms with 60,000 devices, ~40 ms with 330,000.
+#   What a fold saves grows with the counters it writes per B-tree page (`gasguard bench spool-commit`, CPU a
+#   reading with 60,000 / 330,000 devices: an upsert per counter 9.3 / 16.5 µs; a log of 2,048: 5.9 / 10.2;
+#   4,096: 5.7 / 8.7; 8,192: 5.9 / 6.5, but a fold of ~40-60 ms). The alarm latency goal (p99 <= 20 ms)
+#   weighs more than the last 2 µs of the largest district (BENCHMARKS.md).
+# - LOG_ENTRIES, 32,768 (288 KB of log; read at start in ~15 ms, twice): a fleet of fewer devices than those
+#   repeats within the log, and its fold writes each device once for many readings (2,000 devices: 4.4 ->
+#   3.2 µs a reading; 5,000: no gain, 5.9 -> 6.2, too many to repeat, a table small enough for upserts).
+# - LOG_ROWS, 1,024: rows of a few counters each (small groups; a downlink counter alone: Outbox.counters).
+LOG_COUNTERS = 4096
+LOG_ENTRIES = 32768
+LOG_ROWS = 1024
 _LOG_ENTRY = 9              # bytes per counter in a log row: dev u32, dir u8, value u32 (the layout: _pack)
 # (array's unsigned int of 4 bytes: "I" on every platform CPython runs on; "L" is 8 bytes on 64-bit Linux)
 _U32 = next(c for c in "IL" if array(c).itemsize == 4)
 _SWAP = sys.byteorder == "big"   # the log is little-endian on disk, whatever host wrote it
+_DEV = itemgetter(0)   # a (dev, dir) key's device: a fold's order (ints sort in ~0.08 µs a key, tuples ~0.2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (dev INTEGER NOT NULL, dir INTEGER NOT NULL, last INTEGER NOT NULL,
@@ -308,10 +313,16 @@ class Spool:
             finally:
                 self.db.execute("ROLLBACK")
             self.size = self._measure()     # reads every outbox row: a truncated file fails here too
-            # the counter log's rows and counters now (a kill leaves up to the bound; an older gateway none)
-            self.log_rows, nbytes = self.db.execute(
-                "SELECT count(*), coalesce(sum(length(entries)), 0) FROM counter_log").fetchone()
-            self.log_entries = nbytes // _LOG_ENTRY
+            # the counter log as it is (a kill leaves up to the bounds; an older gateway none): its rows, its
+            # counters, and `log_latest`, its last value per (dev, dir) - what a fold writes, so a fold does not
+            # read the log back (at most 2 x LOG_COUNTERS keys: the bounds). Kept with each commit and fold.
+            self.log_rows = self.log_entries = 0
+            self.log_latest: dict = {}
+            for (blob,) in self.db.execute("SELECT entries FROM counter_log ORDER BY seq"):
+                pairs = list(_unpack(self.path, blob))
+                self.log_rows += 1
+                self.log_entries += len(pairs)
+                self.log_latest.update(pairs)
             # deferred_sync: rows above `durable_upto` are written but not yet fsynced, and are not handed to
             # the publisher (fetch): nothing is published before it is on disk. At start, all that is there is.
             self.written_upto = self._last_seq()
@@ -321,6 +332,10 @@ class Spool:
             if self.db is not None:
                 self.db.close()
             raise spool_error(self.path, e) from None
+        except SpoolError:
+            if self.db is not None:
+                self.db.close()
+            raise
 
     @staticmethod
     def check(path: str | Path) -> None:
@@ -400,7 +415,7 @@ class Spool:
             try:
                 with self._transaction():
                     self._fold()
-                self.log_rows = self.log_entries = 0
+                self._folded()
             except (sqlite3.Error, SpoolError) as e:
                 log.warning("spool %s: the counter log (%d rows) was not folded at close (%s); nothing is lost, "
                             "the next start reads it", self.path, self.log_rows, e)
@@ -430,21 +445,23 @@ class Spool:
                 self._fold()
         except sqlite3.Error as e:
             raise spool_error(self.path, e) from None
+        self._folded()
+
+    def _folded(self) -> None:
         self.log_rows = self.log_entries = 0
+        self.log_latest = {}
 
     def _fold(self, extra: dict | None = None) -> None:
-        """Inside a transaction: the log's latest value per (dev, dir) - and then `extra`'s, newer than the log -
-        upserted into `counters`, the log emptied. Memory: the log's counters, at most 2 x LOG_ENTRIES."""
+        """Inside a transaction: the log's latest value per (dev, dir) (`log_latest`) - and then `extra`'s,
+        newer than the log - upserted into `counters`, the log emptied. (`log_latest` holds every value this
+        process logged since its last fold, so it is right even when another process - check-config's close -
+        folded the log meanwhile: these values are still the newest.)"""
         db = self.db
-        latest: dict = {}
-        for (blob,) in db.execute("SELECT entries FROM counter_log ORDER BY seq"):
-            latest.update(_unpack(self.path, blob))
-        if extra:
-            latest.update(extra)
+        latest = {**self.log_latest, **extra} if extra else self.log_latest
         if latest:
-            # in key order: the upserts walk the table's B-tree once, leaf after leaf (with 330,000 devices
+            # in device order: the upserts walk the table's B-tree once, leaf after leaf (with 330,000 devices
             # random order cost ~5.5 µs per counter against ~3.3 µs sorted, the table outgrowing the cache)
-            keys = sorted(latest)
+            keys = sorted(latest, key=_DEV)
             devs, dirs = zip(*keys)
             db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                            zip(devs, dirs, map(latest.__getitem__, keys)))
@@ -505,10 +522,13 @@ class Spool:
         # an ack or a command waits for (alarms, events; a downlink counter alone) while the log is under
         # twice its bound: the next group of readings folds it, and the alarm does not wait for the fold.
         row = _pack(counters) if counters else None
+        # keys new to the log: (an intersection walks the smaller side; a difference walks the log's keys)
+        new = len(counters) - len(counters.keys() & self.log_latest.keys()) if row is not None else 0
         urgent = not items or any(it.lane <= EVENT for it in items)
-        over = 2 if urgent else 1           # the log's bound times this: a fold is due
-        fold = row is not None and (self.log_rows >= over * LOG_ROWS
-                                    or self.log_entries + len(counters) > over * LOG_ENTRIES)
+        over = 2 if urgent else 1           # the log's bounds times this: a fold is due
+        fold = row is not None and (len(self.log_latest) + new > over * LOG_COUNTERS
+                                    or self.log_entries + len(counters) > over * LOG_ENTRIES
+                                    or self.log_rows >= over * LOG_ROWS)
         try:
             with self._transaction():
                 if journal:
@@ -533,10 +553,11 @@ class Spool:
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
         if fold:
-            self.log_rows = self.log_entries = 0
+            self._folded()
         elif row is not None:
             self.log_rows += 1
             self.log_entries += len(counters)
+            self.log_latest.update(counters)
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
         if self.deferred_sync:
             if items:

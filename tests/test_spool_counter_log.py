@@ -71,13 +71,9 @@ def test_a_damaged_log_row_is_a_damaged_spool_with_its_fix(tmp_path):
     s.db.close()                                      # (a kill: the log is not folded)
     with sqlite3.connect(tmp_path / "spool.db") as db:
         db.execute("UPDATE counter_log SET entries = x'0102030405'")
-    s = Spool(tmp_path / "spool.db")
-    try:
-        with pytest.raises(SpoolError) as e:
-            s.counters()
-        assert e.value.kind == "corrupt" and "counter_log" in str(e.value) and "mv " in str(e.value)
-    finally:
-        s.db.close()
+    with pytest.raises(SpoolError) as e:        # at start, as any damaged spool: exit 2 with the fix
+        Spool(tmp_path / "spool.db")
+    assert e.value.kind == "corrupt" and "counter_log" in str(e.value) and "mv " in str(e.value)
 
 
 # --- the merged view is the plain upsert, whatever happens ------------------------------------------------------
@@ -101,11 +97,12 @@ def test_the_merged_view_equals_a_dict_of_plain_upserts(ops, tmp_path_factory):
     rely on ingest writing forward), commits that fail inside SQLite after their counters were written,
     explicit folds, kills (the connection dropped, the log left) and clean closes; a tiny bound, so commits
     fold. After every step counters() is the dict, and the log holds what the spool says, within twice its
-    bound (alarms' commits), within the bound after a commit of readings."""
+    bounds (alarms' commits), within them after a commit of readings."""
     path = tmp_path_factory.mktemp("log") / "spool.db"
     model: dict = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(spool_mod, "LOG_ENTRIES", 8)
+        mp.setattr(spool_mod, "LOG_COUNTERS", 5)       # (of the 10 keys the ops use)
+        mp.setattr(spool_mod, "LOG_ENTRIES", 12)
         mp.setattr(spool_mod, "LOG_ROWS", 3)
         s = Spool(path)
         try:
@@ -128,10 +125,12 @@ def test_the_merged_view_equals_a_dict_of_plain_upserts(ops, tmp_path_factory):
                     s = Spool(path)
                 assert s.counters() == model
                 rows = _log_rows(path)
+                replayed = dict(p for r in rows for p in spool_mod._unpack(path, r))
                 assert (s.log_rows, s.log_entries) == (len(rows), sum(len(r) for r in rows) // 9)
-                assert s.log_rows <= 6 and s.log_entries <= 16
+                assert s.log_latest == replayed                  # what a fold would write is the log's own
+                assert s.log_rows <= 6 and s.log_entries <= 24 and len(replayed) <= 10
                 if op[0] == "commit" and op[2] == READING:
-                    assert s.log_rows <= 3 and s.log_entries <= 8
+                    assert s.log_rows <= 3 and s.log_entries <= 12 and len(replayed) <= 5
         finally:
             s.db.close()
 
@@ -139,7 +138,7 @@ def test_the_merged_view_equals_a_dict_of_plain_upserts(ops, tmp_path_factory):
 def test_an_alarms_commit_leaves_the_fold_to_the_next_readings_under_twice_the_bound(tmp_path, monkeypatch):
     """The ack of an alarm waits for its commit: that commit does not fold (~20-40 ms with 4,096 counters) while
     the log is under twice its bound; the next commit of readings does. Past twice the bound it folds."""
-    monkeypatch.setattr(spool_mod, "LOG_ENTRIES", 8)
+    monkeypatch.setattr(spool_mod, "LOG_COUNTERS", 8)
     s = Spool(tmp_path / "spool.db")
     try:
         reading, alarm = [Item(READING, 1, "{}", "r", 0.0)], [Item(ALARM, 1, "{}", "a", 0.0)]
@@ -153,6 +152,27 @@ def test_an_alarms_commit_leaves_the_fold_to_the_next_readings_under_twice_the_b
         assert (s.log_rows, s.log_entries) == (1, 16)
         s.commit(alarm, {(99, 0): 1})                       # 17 > 2 x 8: folded, alarm or not
         assert (s.log_rows, s.log_entries) == (0, 0) and _table(s.path)[(99, 0)] == 1
+    finally:
+        s.close()
+
+
+def test_a_small_fleet_repeats_within_the_log_and_folds_by_its_size(tmp_path, monkeypatch):
+    """Fewer devices than LOG_COUNTERS: a fold writes each of them once for many of their readings, when the
+    log reaches LOG_ENTRIES counters; more devices than that: a fold each LOG_COUNTERS distinct counters."""
+    monkeypatch.setattr(spool_mod, "LOG_COUNTERS", 8)
+    monkeypatch.setattr(spool_mod, "LOG_ENTRIES", 30)
+    s = Spool(tmp_path / "spool.db")
+    reading = [Item(READING, 1, "{}", "r", 0.0)]
+    try:
+        for n in range(1, 7):                              # 5 devices, 5 counters a commit
+            s.commit(reading, {(d, 0): n for d in range(5)})
+        assert (s.log_rows, s.log_entries, len(s.log_latest)) == (6, 30, 5) and _table(s.path) == {}
+        s.commit(reading, {(d, 0): 7 for d in range(5)})   # 35 > 30: folded, 5 upserts for 35 readings
+        assert (s.log_rows, s.log_entries) == (0, 0) and _table(s.path) == {(d, 0): 7 for d in range(5)}
+        s.commit(reading, {(d, 0): 1 for d in range(100, 108)})
+        assert s.log_rows == 1
+        s.commit(reading, {(108, 0): 1})                   # a 9th distinct counter: folded
+        assert s.log_rows == 0 and len(_table(s.path)) == 14
     finally:
         s.close()
 
@@ -184,7 +204,7 @@ CHILD = GROUP_SRC + textwrap.dedent("""
     import os, signal, sys
     from gasguard.gateway import spool as S
     path, entries, rows, kill_at, kill_on, nth, mode = sys.argv[1:8]
-    S.LOG_ENTRIES, S.LOG_ROWS = int(entries), int(rows)
+    S.LOG_COUNTERS, S.LOG_ROWS = int(entries), int(rows)
     sp = S.Spool(path)
     sp.db.execute("PRAGMA cache_size = 8")   # a fold spills its pages into the WAL before it commits
     n = [0, 0]
@@ -200,7 +220,7 @@ CHILD = GROUP_SRC + textwrap.dedent("""
             sys.stderr.write(f"begin, wal {wal}\\n")
     g = sp.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
     sp.db.set_trace_callback(trace)
-    while True:
+    for _ in range(3000):                    # (a kill that never comes: the child ends, the test says so)
         if mode == "fold" and sp.log_rows >= 4:
             sp.fold_counters()
         else:
@@ -249,7 +269,7 @@ def _check(path: Path) -> int:
 
 # every statement a commit or a fold runs (the fold's upserts are one executemany: a statement a row)
 STEPS = ("BEGIN IMMEDIATE", "INSERT INTO counter_log", "INSERT INTO outbox", "COMMIT",
-         "SELECT entries FROM counter_log", "INSERT OR REPLACE INTO counters", "DELETE FROM counter_log")
+         "INSERT OR REPLACE INTO counters", "DELETE FROM counter_log")
 
 
 def test_counters_survive_sigkill_at_any_statement_of_commits_and_folds(tmp_path):
@@ -359,10 +379,27 @@ def test_a_backup_taken_while_the_log_holds_counters_restores_them(tmp_path):
         s.close()
 
 
+def test_check_config_folding_the_log_under_a_running_gateway_loses_nothing(tmp_path):
+    """`gateway check-config` opens the spool as `run` does and closes it, which folds the log, while the
+    running gateway keeps the log's values it wrote (log_latest) for its own next fold: still the newest."""
+    path = tmp_path / "spool.db"
+    s = Spool(path)
+    reading = [Item(READING, 1, "{}", "r", 0.0)]
+    try:
+        s.commit(reading, {(1, 0): 5, (2, 0): 6})
+        Spool.check(path)                                  # another process's open and close: folded
+        assert _log_rows(path) == [] and _table(path) == {(1, 0): 5, (2, 0): 6}
+        s.commit(reading, {(1, 0): 7, (3, 1): 1})
+        s.fold_counters()
+        assert _table(path) == {(1, 0): 7, (2, 0): 6, (3, 1): 1} == s.counters()
+    finally:
+        s.close()
+
+
 def test_a_commit_the_disk_refuses_changes_no_counter_and_the_log_keeps_its_bound(tmp_path, monkeypatch):
     """A full disk (SQLite's page limit) refuses commits, a folding one among them: nothing of them is on disk
     and the spool's count of its log stays true, so the bound holds once space is back."""
-    monkeypatch.setattr(spool_mod, "LOG_ENTRIES", 64)
+    monkeypatch.setattr(spool_mod, "LOG_COUNTERS", 64)
     s = Spool(tmp_path / "spool.db", max_pages=40)
     model: dict = {}
     refused = 0
@@ -376,7 +413,9 @@ def test_a_commit_the_disk_refuses_changes_no_counter_and_the_log_keeps_its_boun
                 assert e.kind == "full"
                 refused += 1
             rows = _log_rows(s.path)
-            assert (s.log_rows, s.log_entries) == (len(rows), sum(len(r) for r in rows) // 9) and s.log_entries <= 64
+            assert (s.log_rows, s.log_entries) == (len(rows), sum(len(r) for r in rows) // 9)
+            assert s.log_latest == dict(p for r in rows for p in spool_mod._unpack(s.path, r))
+            assert len(s.log_latest) <= 64
         assert refused > 0
         assert s.counters() == model
     finally:
