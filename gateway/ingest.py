@@ -9,7 +9,9 @@ Order of effects for one accepted frame (the invariants the fault tests check):
      observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
      state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
-is paid per group, not per frame; an alarm moves ahead of its group (alarms_first). With `[ingest] commit_thread`
+is paid per group, not per frame; an alarm moves ahead of its group (alarms_first). Step 1 for the common
+frame - a reading of a known device at its next counter that changes no retained state - is the reading
+lane (gateway/fastlane.py: one call, the same outcome; not with plugins, which observe each frame's fields). With `[ingest] commit_thread`
 (issue 17, off by default), a group of readings (nothing to ack) arriving while more frames wait is written at
 once and its fsync runs on a thread while the next group is verified and written; it is counted, published
 and observed once that fsync returned.
@@ -29,6 +31,7 @@ from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, READING 
 from . import payloads
 from .burstlog import BurstLog
 from .dispatch import Dispatcher
+from .fastlane import ReadingLane
 from .observe import Observers
 from .outbox import Outbox
 from .presence import PresenceTable
@@ -36,7 +39,7 @@ from .micwatch import MicWatch
 from .preverify import PreVerifier
 from .spool import ALARM, EVENT, READING, Item, SpoolError
 from .transports import Route
-from .verify import Rejected, Verifier
+from .verify import Rejected, RegistryUnreadable, Verifier
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -109,8 +112,8 @@ def readings_only(group: list) -> bool:
 
 class _Prepared:
     """One verified group, between its verification and its commit."""
-    __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "results", "down",
-                 "observations", "journal", "by_type")
+    __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "routes", "n", "results",
+                 "down", "observations", "journal", "by_type")
 
     def __init__(self, now: float):
         self.now = now
@@ -119,7 +122,9 @@ class _Prepared:
         self.idents: dict = {}
         self.undo: list = []          # (dev, previous counter) per accepted frame, for a rollback
         self.acks: list = []          # (dev, ack fields, key) to seal after commit
-        self.accepted: list = []      # (mid, f, device, rx, route, retransmission)
+        self.accepted: list = []      # (mid, f, device, rx, route, retransmission), but the reading lane's
+        self.routes: list = []        # (dev, route, rx) per accepted frame: where downlinks go once committed
+        self.n = 0                    # frames accepted
         self.results: list = []
         self.down: dict = {}          # downlink counters reserved by this group's acks
         self.observations: list = []
@@ -152,6 +157,9 @@ class Ingest:
         self.syncing: tuple | None = None       # (future of the fsync, [_Prepared] it makes durable)
         self.written: list[_Prepared] = []      # written since that fsync began
         self.stopped = False
+        # the common frame's path in one call (gateway/fastlane.py); not with plugins, which observe each
+        # frame's fields (the lane builds none)
+        self.lane = None if observers.plugins else ReadingLane(verifier, presence)
 
     def start(self) -> None:
         self.queue = FrameQueue(QUEUE_MAX)
@@ -433,8 +441,8 @@ class Ingest:
     def _refused(self, g: _Prepared, e: SpoolError) -> None:
         self._rollback(g)
         self.metrics.spool_errors.inc()
-        self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(g.accepted))
-        self.storage_fault("spool", e.kind, len(g.accepted), e)
+        self.metrics.rejected.labels(f"spool_{e.kind}").inc(g.n)
+        self.storage_fault("spool", e.kind, g.n, e)
 
     def _prepare(self, group: list, pre: list | None = None, now: float | None = None) -> _Prepared | None:
         """Verify a group: what it will commit, or None when nothing in it was accepted. Changes the verifier's
@@ -462,10 +470,40 @@ class Ingest:
         run_bytes, run_routine, run_head = 0, False, None
         # (half a batch each: the publisher merges whole rows, so rows of half a batch fill every message)
         most, room = max(1, self.cfg.batch_count // 2), (self.cfg.batch_bytes - payloads.BATCH_HEAD) // 2
+        lane = self.lane if pre is None else None
+        if lane is not None:
+            try:
+                verifier.registry._fresh()  # the lane reads the registry's LRU as it is for the whole group
+            except RegistryUnreadable:
+                lane = None                 # the general path refuses each frame, naming it
+        lane_rx, shared, take, routes = None, None, lane.take if lane else None, g.routes
         for i, (raw, rx, route) in enumerate(group):
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
+            if lane is not None:
+                if rx is not lane_rx:
+                    lane_rx = rx
+                    try:
+                        shared = lane.group(gid, now, rx)
+                    except TypeError:      # an integer past 64 bits in a forwarder's rx: the general path
+                        shared = None
+                r = take(raw, now, shared) if shared is not None else None
+                if r is not None:
+                    dev, fcnt, prev, mid, js, routine = r
+                    undo.append((dev, prev))
+                    counters[(dev, UP)] = fcnt
+                    routes.append((dev, route, rx))
+                    g.n += 1
+                    if run and (routine != run_routine or len(run) >= most or run_bytes + len(js) + 1 > room):
+                        items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now,
+                                          routine=run_routine, count=len(run)))
+                        run = []
+                    if not run:
+                        run_bytes, run_routine, run_head = 0, routine, (dev, mid)
+                    run.append(js)
+                    run_bytes += len(js) + 1
+                    continue
             p = pre[i] if pre is not None else None
             try:
                 v = check(raw, now, p)
@@ -531,11 +569,15 @@ class Ingest:
             if state:
                 items.extend(state)
             accepted.append((mid, f, v.device, rx, route, repeat))
+            routes.append((dev, route, rx))
+            g.n += 1
         if run:
             items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,
                               count=len(run)))
-        if not accepted:
+        if not g.n:
             return None
+        if lane is not None and g.n > len(accepted):
+            by_type["reading"] = by_type.get("reading", 0) + g.n - len(accepted)
         counters.update(self.dispatcher.counters_of(down))
         g.observations = self.observers.observations(
             [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)
@@ -551,14 +593,14 @@ class Ingest:
             self.metrics.commands.labels(r).inc()
         # routes first: a device's first frame may be the alarm we are about to ack
         route = self.presence.route
-        for _mid, f, _device, rx, via, _repeat in g.accepted:
-            route(f["dev"], via, rx)
+        for dev, via, rx in g.routes:
+            route(dev, via, rx)
         for typ, n in g.by_type.items():
             self.metrics.accepted.labels(typ).inc(n)
         # acks only now: the alarm is on disk
         for dev, fields, key in g.acks:
             self.dispatcher.send(dev, fields, "ack", key)
-        self.accepted_count += len(g.accepted)
+        self.accepted_count += g.n
         if wake:
             self.outbox.wake({it.lane for it in g.items})
         # observers last: what they say is about frames that are on disk and on their way to the broker

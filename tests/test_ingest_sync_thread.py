@@ -65,11 +65,11 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
     node, other = Node(0x00E00001), Node(0x00E00002)
     daemon, entered, go, calls = _daemon(tmp_path, [node, other])
     ing = daemon.ingest
-    seen = []                                       # what an observer sees, in order
+    seen = []                                       # the devices of the frames acted on, in order
     committed = ing._committed
 
     def noting(g, **kw):
-        seen.extend((f["type"], f["fcnt"]) for _mid, f, *_ in g.accepted)
+        seen.extend(dev for dev, _via, _rx in g.routes)
         committed(g, **kw)
     ing._committed = noting
     first = [node.reading(pressure=2000 + k) for k in range(5)]     # counters 1..5
@@ -95,7 +95,7 @@ def test_the_next_group_is_verified_and_written_while_the_last_syncs_and_counted
         # its own fsync made everything written before it durable: the readings went first (arrival order) and
         # may go out now
         assert sum(r.count for r in daemon.spool.fetch(READING, 0, 100)) == 10
-        assert [t for t, n in seen] == ["reading"] * 10 + ["alarm"]
+        assert seen == [node.dev] * 10 + [other.dev]      # the readings, then the alarm
         go.set()                                    # the held sync returns late: nothing is acted on twice
         await until(lambda: ing.syncing is None, 10, "the sync thread done")
         for raw in first + second:                  # replays: refused

@@ -1,0 +1,114 @@
+"""The reading lane: ingest's path for the common frame, in one function (issue 17).
+
+Nearly every frame a gateway hears is a routine reading of a known device at its next counter. The general
+path (verify.Verifier.check -> accept, payloads.reading_json, presence.heard) handles every frame and names
+every rejection, at ~15 Python calls a frame. This lane does the same work for that one common case in one
+call: the checks of `Verifier._reading` (MIC at the next counter, rate bucket), `Verifier.accept` (counter and
+replay memory), the entry JSON of `payloads.reading_json` (written from pre-encoded parts, same text) and
+`PresenceTable.heard` when it would publish nothing. Anything else - another frame type, an unknown or
+decommissioned device, a MIC that fails, an empty rate bucket, a reading that changes the device's retained
+state - returns None having changed nothing, and the general path decides, as it always did.
+
+tests/test_fastlane.py holds the two paths equal, frame by frame: the same verdicts, counters, replay memory,
+rate buckets, presence and entry text.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gasguard.protocol.const import FLAG_INLET, MIC_LEN, NA16
+from gasguard.protocol.units import pressure_from_wire
+
+from .payloads import _STATE_JSON
+from .verify import _R, _READING_HDR, _READING_LEN, _REC, _RI, RECENT, mic_at_next
+
+_RECENT_BYTES = RECENT * _REC
+_INLET_HDR = _READING_HDR | FLAG_INLET
+
+# JSON text of each field value, made once (hot path): what orjson writes for the value payloads.reading_json
+# puts there, so the entry's text is the same
+_STATE_TXT = [orjson.dumps(s).decode() for s in _STATE_JSON]
+_GAS_TXT = {g: orjson.dumps(g / 10.0).decode() for g in range(1001)}
+_GAS_TXT[NA16] = "null"
+_BATTERY_TXT = {b: str(b) for b in range(101)}
+_BATTERY_TXT[0xFF] = "null"
+
+
+def _pressure_txt(u: int) -> str:
+    return orjson.dumps(pressure_from_wire(u)).decode()
+
+
+class ReadingLane:
+    """Bound to one ingest's verifier and presence table; `take` is called per frame of a group."""
+
+    def __init__(self, verifier, presence):
+        self.verifier, self.presence = verifier, presence
+        self.pressure_txt: dict[int, str] = {}     # wire value -> JSON text, filled as values are seen (bounded:
+        #                                            65,536 values at most)
+
+    def group(self, gateway_id: str, now: float, rx: dict) -> tuple:
+        """What every frame of a group shares: the msg id's head, the time (its JSON and replay-memory
+        forms) and the rx JSON (for the transport's rx dict of this group)."""
+        return (f"{gateway_id}:", orjson.dumps(round(now, 3)).decode(), (int(now) & 0xFFFFFFFF).to_bytes(4, "little"),
+                orjson.dumps(rx, option=orjson.OPT_NON_STR_KEYS).decode())
+
+    def take(self, raw: bytes, now: float, shared: tuple):
+        """A reading taken: (dev, fcnt, previous counter, msg id, entry JSON, routine). None: not this
+        lane's frame; nothing was changed."""
+        n = len(raw)
+        h = raw[0]
+        if n == _READING_LEN and h == _READING_HDR:
+            _h, dev, c16, g, p, bat, st = _R.unpack_from(raw)
+            iw = None
+        elif n == _READING_LEN + 2 and h == _INLET_HDR:
+            _h, dev, c16, g, p, bat, st, iw = _RI.unpack_from(raw)
+        else:
+            return None
+        if (g > 1000 and g != NA16) or (bat > 100 and bat != 0xFF) or dev == 0 or dev == 0xFFFFFFFF:
+            return None
+        verifier = self.verifier
+        cache = verifier.registry.cached            # the LRU, kept fresh by the group's prefetch
+        device = cache.get(dev)
+        if device is None or not device.active:
+            return None
+        cache.move_to_end(dev)                      # the LRU's order, as RegistryCache.get keeps it
+        sta = verifier.states.get(dev)
+        if sta is None:
+            return None                             # first sight of this device: the general path makes its state
+        last = sta.up
+        fcnt = mic_at_next(device.key, raw, n, c16, last)
+        if fcnt is None:
+            return None
+        tag = raw[n - MIC_LEN:]
+        # the rate bucket (Verifier._take_token): an empty one is the general path's rejection to name
+        tokens = sta.tokens
+        if tokens is None:
+            return None
+        tokens = min(verifier.burst, tokens + (now - sta.t_bucket) * verifier.rate)
+        if tokens < 1.0:
+            return None
+        # presence (PresenceTable.heard) when it publishes nothing; else the general path, which publishes
+        pr = self.presence.devices.get(dev)
+        if pr is None or not pr.online or pr.sbyte != st or not pr.silence or now - pr.pub >= pr.silence / 3:
+            return None
+        # accepted: from here on every change the general path would make
+        sta.tokens, sta.t_bucket = tokens - 1.0, now
+        sta.up = fcnt
+        r = sta.recent + fcnt.to_bytes(4, "little") + tag + shared[2]
+        sta.recent = r[-_RECENT_BYTES:]
+        inlet = None if iw is None else pressure_from_wire(iw)
+        pr.last_seen = now
+        pr.r_fcnt, pr.r_gas, pr.r_pressure, pr.r_battery, pr.r_state, pr.r_inlet, pr.r_t = (
+            fcnt, None if g == NA16 else g, pressure_from_wire(p), None if bat == 0xFF else bat, st, inlet, now)
+        mid = f"{shared[0]}{dev:08x}:{fcnt}"
+        pt = self.pressure_txt.get(p)
+        if pt is None:
+            pt = self.pressure_txt[p] = _pressure_txt(p)
+        js = (f'{{"id":"{mid}","dev":"{dev:08x}","fcnt":{fcnt},"t":{shared[1]},"gas_pct_lel":{_GAS_TXT[g]},'
+              f'"pressure_pa":{pt},"battery_pct":{_BATTERY_TXT[bat]},"state":{_STATE_TXT[st]},"rx":{shared[3]}')
+        if inlet is not None:
+            js += f',"inlet_pa":{orjson.dumps(inlet).decode()}}}'
+        else:
+            js += "}"
+        return dev, fcnt, last, mid, js, (st & 0xF8) == 0

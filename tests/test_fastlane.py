@@ -1,0 +1,155 @@
+"""The reading lane (gateway/fastlane.py, issue 17) changes nothing but the cost: two gateways, one with the lane
+and one without, fed the same groups of frames on the same clock, end every group with the same spool rows
+(payload text included), the same counters, replay memory, rate buckets, presence, registry LRU order and
+metrics. The groups mix what the lane takes (routine and non-routine readings, with and without inlet
+pressure, values not available) with everything it must leave to the general path: first sight, unknown and
+decommissioned devices, forged MICs, replays and second-path copies, an empty rate bucket, state changes,
+alarms, the retained state's refresh, an rx the JSON encoder refuses."""
+
+import asyncio
+import random
+import sqlite3
+
+import pytest
+
+from gasguard.gateway.config import Config
+from gasguard.gateway.daemon import Daemon
+from gasguard.gateway.fastlane import ReadingLane
+from gasguard.registry import Registry
+from gasguard.testing.node import Node, make_registry
+
+SERIAL = {"transport": "serial", "port": "tty0", "rssi": None, "snr": None}
+RADIO = {"transport": "udp", "gw": "aa555a0000000001", "rssi": -97, "snr": 7.5, "freq": 470.3}
+HUGE = {"transport": "udp", "gw": "aa555a0000000002", "rssi": -80, "snr": 1.0, "tmst": 1 << 70}
+
+
+def _daemon(tmp_path, name, clock, lane: bool) -> Daemon:
+    d = tmp_path / name
+    d.mkdir()
+    cfg = Config(gateway_id="gw", district="d", registry=tmp_path / "registry.db", spool=d / "spool.db",
+                 mqtt_port=1, rate_per_min=600.0, rate_burst=3, offline_after=60.0)
+    daemon = Daemon(cfg, clock=clock, plugins=[])
+    if not lane:
+        daemon.ingest.lane = None
+    else:
+        assert isinstance(daemon.ingest.lane, ReadingLane)
+    return daemon
+
+
+def _rows(daemon: Daemon) -> list:
+    with sqlite3.connect(daemon.cfg.spool) as db:
+        return [db.execute("SELECT lane, dev, topic, count, payload, msg_id, t, routine, retain FROM outbox "
+                           "ORDER BY seq").fetchall(),
+                db.execute("SELECT * FROM counters ORDER BY dev, dir").fetchall()]
+
+
+def _memory(daemon: Daemon) -> dict:
+    v, p = daemon.verifier, daemon.presence
+    return {"replay": {d: (s.up, s.tokens, s.t_bucket, s.recent) for d, s in v.states.items()},
+            "presence": {d: tuple(getattr(s, k) for k in s.__slots__ if k != "via") + (s.via,)
+                         for d, s in p.devices.items()},
+            "lru": list(v.registry.cached),
+            "accepted": {tuple(s.labels.items()): s.value for m in daemon.metrics.accepted.collect()
+                         for s in m.samples if s.name.endswith("_total")},
+            "rejected": {tuple(s.labels.items()): s.value for m in daemon.metrics.rejected.collect()
+                         for s in m.samples if s.name.endswith("_total")},
+            "count": daemon.accepted_count}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed):
+    rng = random.Random(seed)
+    nodes = [Node(0x00D00000 + i) for i in range(12)]
+    gone, stranger = Node(0x00D000FE), Node(0x00D000FF)
+    make_registry(tmp_path / "registry.db", nodes + [gone])
+    with Registry(tmp_path / "registry.db") as r:
+        r.decommission(gone.dev)
+    now = [1_700_000_000.25]
+    clock = lambda: now[0]  # noqa: E731
+    a, b = _daemon(tmp_path, "lane", clock, True), _daemon(tmp_path, "general", clock, False)
+    sent: list[bytes] = []
+    taken = [0]
+    take = a.ingest.lane.take
+
+    def counting(*args):
+        r = take(*args)
+        taken[0] += r is not None
+        return r
+    a.ingest.lane.take = counting
+
+    def one() -> bytes:
+        k = rng.random()
+        n = rng.choice(nodes)
+        if k < 0.55:          # routine (mostly) or not, values and inlet as nodes send them
+            return n.reading(gas=rng.choice([0, 3, 17, 250, 1000, None]), pressure=rng.choice([2000, 2100, 0, None]),
+                             battery=rng.choice([90, 0, 100, None]),
+                             state=rng.choice([0, 0, 0, 0, 0x08, 0x40, 0x15]),
+                             **({"inlet": rng.choice([400_000, 300, None])} if rng.random() < 0.3 else {}))
+        if k < 0.62:
+            return n.alarm(code=rng.choice([1, 2, 3]))
+        if k < 0.68 and sent:
+            return rng.choice(sent)                     # a replay, or a second path's copy within the window
+        if k < 0.72:
+            raw = bytearray(n.reading())
+            raw[-1] ^= 0x01                             # a forged MIC
+            return bytes(raw)
+        if k < 0.75:
+            return rng.choice([gone, stranger]).reading()
+        if k < 0.78:
+            keep = n.fcnt
+            n.fcnt += 20_000                            # past the counter window (the node itself goes on)
+            raw = n.reading()
+            n.fcnt = keep
+            return raw
+        return n.reading()
+
+    async def run():
+        a.ingest.start()
+        b.ingest.start()
+        for step in range(200):
+            group = []
+            for _ in range(rng.choice([1, 2, 8, 40])):
+                raw = one()
+                sent.append(raw)
+                group.append((raw, rng.choice([SERIAL, SERIAL, SERIAL, RADIO, HUGE]), "serial:tty0"))
+                if rng.random() < 0.02:
+                    group.append((None, SERIAL, "crc"))
+            a.process(list(group))
+            b.process(list(group))
+            assert _memory(a) == _memory(b), f"group {step}"
+            assert _rows(a) == _rows(b), f"group {step}"
+            # time passes: buckets refill (or not), the retained state falls due for refresh, devices go quiet
+            now[0] += rng.choice([0.0, 0.05, 0.5, 3.0, 25.0, 70.0])
+    asyncio.run(run())
+    assert taken[0] > 300, "the lane took too few frames for the comparison to mean anything"
+    assert a.accepted_count > taken[0]            # and the general path decided the rest
+
+
+def test_a_reading_the_lane_takes_is_the_general_paths_entry_text(tmp_path):
+    """Field by field over the value ranges (the JSON text is written from parts in the lane)."""
+    node = Node(0x00D10001)
+    make_registry(tmp_path / "registry.db", [node])
+    now = [1_700_000_123.4567]
+    a, b = _daemon(tmp_path, "lane", lambda: now[0], True), _daemon(tmp_path, "general", lambda: now[0], False)
+    rng = random.Random(5)
+    groups = []
+    for _ in range(60):
+        groups.append([(node.reading(gas=rng.choice([None, rng.randrange(0, 1001)]),
+                                     pressure=rng.choice([None, rng.randrange(0, 32768),
+                                                          32768 + rng.randrange(0, 10_000)]),
+                                     battery=rng.choice([None, rng.randrange(0, 101)]), state=0,
+                                     **({"inlet": rng.choice([None, rng.randrange(0, 32768), 400_000])}
+                                        if rng.random() < 0.5 else {})), SERIAL, "serial:tty0")
+                       for _ in range(3)])
+
+    async def run():
+        a.ingest.start()
+        b.ingest.start()
+        for g in groups:
+            a.process(g)
+            b.process(g)
+            now[0] += 2.001            # within the rate bucket
+    asyncio.run(run())
+    ra, rb = _rows(a), _rows(b)
+    assert ra == rb
+    assert sum(r[3] for r in ra[0] if r[2] is None) == 180
