@@ -326,7 +326,8 @@ def test_watch_shows_the_services_shelves_shelves_and_unshelves_signed_and_audit
         with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
             iid = client.wait_match(lambda m: m["category"] == "supply_assurance", 15)["incident_id"]
             wait_until(lambda: client.board.shelves == {}, 10, "the service's shelves (none yet), retained")
-            app = WatchApp(client, by="duty", refresh=0.05, clock=lambda: clock["t"], confirm_timeout=10)
+            # redraws twice a second: the pilot waits for the process to idle after each key (up to 1 s)
+            app = WatchApp(client, by="duty", refresh=0.5, clock=lambda: clock["t"], confirm_timeout=10)
 
             def status():
                 return str(app.query_one("#status").render())
