@@ -43,17 +43,17 @@ THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with ma
 # LOG_ENTRIES counters or LOG_ROWS rows folds it into `counters` instead, in the commit's own transaction
 # (durable with the group, one fsync for both; a fold as a transaction of its own after the commit cost ~0.4 µs
 # more a reading). A commit an ack or a command waits for folds only past twice the bounds (commit).
-# - LOG_COUNTERS, 4,096: a fold upserts each distinct (dev, dir) of the log once, by device, ~2-3 µs each,
-#   and holds ingest (and an alarm behind it) that long: ~20-25 ms with 60,000 devices, ~40 ms with 330,000.
-#   What a fold saves grows with the counters it writes per B-tree page (`gasguard bench spool-commit`, CPU a
-#   reading with 60,000 / 330,000 devices: an upsert per counter 9.3 / 16.5 µs; a log of 2,048: 5.9 / 10.2;
-#   4,096: 5.7 / 8.7; 8,192: 5.9 / 6.5, but a fold of ~40-60 ms). The alarm latency goal (p99 <= 20 ms)
-#   weighs more than the last 2 µs of the largest district (BENCHMARKS.md).
+# - LOG_COUNTERS, 2,048: a fold upserts each distinct (dev, dir) of the log once, by device, ~2-3 µs each,
+#   and holds ingest (and an alarm behind it) that long: ~10-12 ms with 60,000 devices, ~20 ms with 330,000
+#   (4,096: ~20-25 and ~40 ms). What a fold saves grows with the counters it writes per B-tree page
+#   (`gasguard bench spool-commit`, CPU a reading with 60,000 / 330,000 devices: an upsert per counter
+#   9.3 / 16.5 µs; a log of 2,048: 5.9 / 10.2; 4,096: 5.7 / 8.7; 8,192: 5.9 / 6.5, but a fold of ~40-60 ms).
+#   The alarm latency goal (p99 <= 20 ms) weighs more than the last 0.2-1.5 µs a reading (BENCHMARKS.md).
 # - LOG_ENTRIES, 32,768 (288 KB of log; read at start in ~15 ms, twice): a fleet of fewer devices than those
 #   repeats within the log, and its fold writes each device once for many readings (2,000 devices: 4.4 ->
 #   3.2 µs a reading; 5,000: no gain, 5.9 -> 6.2, too many to repeat, a table small enough for upserts).
 # - LOG_ROWS, 1,024: rows of a few counters each (small groups; a downlink counter alone: Outbox.counters).
-LOG_COUNTERS = 4096
+LOG_COUNTERS = 2048
 LOG_ENTRIES = 32768
 LOG_ROWS = 1024
 _LOG_ENTRY = 9              # bytes per counter in a log row: dev u32, dir u8, value u32 (the layout: _pack)
