@@ -9,7 +9,8 @@ Users and what each may do (mosquitto's ACL: `topic read|write PATTERN`, everyth
   requests to it (`command/ack/+`, `command/input/+`, `command/sync`); write the district's incident and
   result topics and the city's incident topic (its grading plugin publishes them, plan 4.1);
 - every active person in the roster (user = operator id): read the district `gasguard/v1/<d>/#`;
-  write acknowledgements, operator input and sync requests of that district only;
+  write acknowledgements, operator input, shelving (`command/shelve/+`, taken by the command service only)
+  and sync requests of that district only;
 - engineers and admins: also write node commands `gasguard/v1/<d>/+/+/cmd`;
 - consoles: a person's rights for the roles they relay.
 Revoked principals get no user. `allow_anonymous false` is in the generated configuration.
@@ -54,7 +55,7 @@ def acl_for(ro: Roster, gateways: list[str], city_topic: str = "city") -> dict[s
     base = f"gasguard/v1/{d}"
     cmd = f"{base}/command"
     people_rw = [f"topic read {base}/#", f"topic write {cmd}/ack/+", f"topic write {cmd}/input/+",
-                 f"topic write {cmd}/sync"]
+                 f"topic write {cmd}/shelve/+", f"topic write {cmd}/sync"]
     node_cmds = [f"topic write {base}/+/+/cmd"]
     out: dict[str, list[str]] = {}
     for gw in gateways:

@@ -7,11 +7,12 @@ district's authority (gasguard.authority, issue 14) before the command applies t
     replay = "/var/lib/gasguard/command-replay.db"  # nonces already used (survives restarts)
     audit = "/var/lib/gasguard/audit-command"       # the hash-chained audit log (IEC 62443-4-2 CR 2.8)
 
-A signed act is the `sign_request` envelope published on `command/ack/<incident>` or
-`command/input/<incident>` (or submitted through the store by the web console; a shelving only that way,
-signed for `command/shelve/<incident>`). The Gate checks signature, role (ack: `ack`; input: `input`, or
-`resolve` when it closes the incident; shelve and unshelve: `shelve`), revocation, freshness and replay,
-and records allowed and refused alike; the command then records what the act did (`done` / `failed`).
+A signed act is the `sign_request` envelope published on `command/ack/<incident>`,
+`command/input/<incident>` or `command/shelve/<incident>` (`gasguard command ack/input/watch`), or submitted
+through the store by the web console, signed for the same topic. The Gate checks signature, role (ack:
+`ack`; input: `input`, or `resolve` when it closes the incident; shelve and unshelve: `shelve`), revocation,
+freshness and replay, and records allowed and refused alike; the command then records what the act did
+(`done` / `failed`).
 
 Exactly once across a crash: the Gate writes the nonce to its replay store before the command's transaction
 commits. If the command dies in between, the broker delivers the act again and the Gate says "replayed";

@@ -1,8 +1,9 @@
 """The district command's console: an MQTT client for incident publications, and their rendering.
 
-- `IncidentBoard`: pure state, the latest revision of every incident (older or repeated revisions ignored);
+- `IncidentBoard`: pure state, the latest revision of every incident (older or repeated revisions ignored),
+  and the shelves the district command service holds (its `command/shelves` snapshot);
 - `CommandClient`: paho-mqtt client: subscribes to the district's incident topic, asks the gateway for a
-  sync on connect, publishes acknowledgements and operator input (QoS 1) signed as the operator (issue 14:
+  sync on connect, publishes acknowledgements, operator input and shelving (QoS 1) signed as the operator (issue 14:
   `Signer`), and reads the gateway's answer to each; logs in and uses TLS as mosquitto_sub does
   (`BrokerLogin`); every wait has a timeout;
 - `render_board` / `render_report`: rich renderables (colour by warning, level, households, deadlines);
@@ -45,6 +46,11 @@ class IncidentBoard:
     def __init__(self, keep_resolved_s: float = 600.0):
         self.incidents: dict[str, dict] = {}
         self.gateways: dict[str, dict] = {}      # gateway id -> the command service's view (online, silent)
+        # incident id -> {by, reason, at, until, revision, grade}: the command service's shelves as last
+        # published (command/shelving.py says when one holds); None: no command service heard (a substation
+        # alone holds no shelves, so none can be shown or set)
+        self.shelves: dict[str, dict] | None = None
+        self.shelves_seq = -1                    # the snapshot's shelf_log sequence (older ones are ignored)
         self.keep_resolved_s = keep_resolved_s
         self.version = 0
         self._lock = threading.Lock()
@@ -77,6 +83,23 @@ class IncidentBoard:
             self.gateways[gid] = msg
             self.version += 1
             return True
+
+    def apply_shelves(self, msg: dict) -> bool:
+        """The command service's shelves (`command/shelves`, one snapshot of all), unless older than held."""
+        shelves, seq = msg.get("shelves"), msg.get("seq")
+        if not isinstance(shelves, dict) or not isinstance(seq, int):
+            return False
+        with self._lock:
+            if seq < self.shelves_seq:
+                return False              # a deposed leader's late snapshot
+            self.shelves, self.shelves_seq = dict(shelves), seq
+            self.version += 1
+            return True
+
+    def shelf(self, iid: str) -> dict | None:
+        """The shelf the command service holds for `iid` (it may have ended since: `alarms.alarm_state`)."""
+        with self._lock:
+            return (self.shelves or {}).get(iid)
 
     def gateway_line(self) -> str:
         """"gateways: 19 heard, SILENT gw07 (last heard 10:31:02)" -- what the operator must see."""
@@ -253,6 +276,7 @@ class CommandClient:
         client.subscribe(self.topic, qos=1)
         if self.topic == self.command_topics.incidents:
             client.subscribe(self.command_topics.gateways, qos=1)     # silent gateways (the command service)
+            client.subscribe(self.command_topics.shelves, qos=1)      # its shelves (retained)
         client.subscribe(self.result_topic, qos=1)
         for t in self.extra_subs:
             client.subscribe(t, qos=1)
@@ -286,6 +310,11 @@ class CommandClient:
             return
         if isinstance(msg, dict) and msg.get("schema") == "gasguard.command-gateway/1":
             self.board.apply_gateway(msg)
+            return
+        if isinstance(msg, dict) and msg.get("schema") == "gasguard.command-shelves/1":
+            with self.results_cond:        # an act's confirmation may wait on it (wait_shelves)
+                self.board.apply_shelves(msg)
+                self.results_cond.notify_all()
             return
         if isinstance(msg, dict) and msg.get("schema") == "gasguard.request-result/1":
             with self.results_cond:
@@ -411,6 +440,35 @@ class CommandClient:
 
     def send_input(self, iid: str, fields: dict, timeout: float = 10.0, confirm: bool = False) -> str:
         return self._act(self._command_of(iid).input(iid), fields, timeout, confirm)
+
+    def shelve(self, iid: str, body: dict, timeout: float = 10.0) -> str:
+        """Shelve ({"reason", "duration_s"}) or unshelve ({"unshelve": true}) `iid`: a signed act for the
+        command service, which checks the `shelve` role, holds the shelf in its store and audits it."""
+        return self._act(self._command_of(iid).shelve(iid), body, timeout, False)
+
+    def wait_shelves(self, sha: str, pred, timeout: float) -> dict:
+        """The shelves once the command service allowed the act whose payload hashes to `sha` and `pred`
+        holds for its published shelves; ConsoleError with its reason if it refused, or after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        with self.results_cond:
+            while True:
+                res = self.results.get(sha)
+                if res is not None and res["outcome"] != "allowed":
+                    raise ConsoleError(f"REFUSED by the command service: {refusal(res)}")
+                shelves = self.board.shelves
+                if res is not None and shelves is not None and pred(shelves):
+                    return shelves
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConsoleError(f"no confirmation from the command service within {timeout:g} s: is "
+                                       "gasguard command serve running? (nothing is shelved until it confirms)")
+                self.results_cond.wait(left)
+
+
+def refusal(res: dict) -> str:
+    """An answer's reason once: the detail usually repeats its short reason ("unknown incident")."""
+    reason, detail = str(res.get("reason") or ""), str(res.get("detail") or "")
+    return detail if detail.startswith(reason) else f"{reason}: {detail}"
 
 
 def parse_input(text: str) -> dict:

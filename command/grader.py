@@ -70,6 +70,8 @@ class DistrictGrader:
         self.acts = acts or Unsigned()
         self.gateway_silent_s = gateway_silent_s
         self.shelves = ShelfBook(shelve_max_s)   # the store's `shelves` table, held for the upgrade and expiry checks
+        self.shelf_seq = 0                       # the store's last shelf_log row we know: orders the published shelves
+        self.shelves_unsent = True               # shelves not yet published since this copy took over
         self.engine = IncidentEngine(cfg, downstream=downstream)
         self.topics = Topics(cfg["topic_root"])
         self.cmd = self.topics.command(cfg["district"])
@@ -96,6 +98,8 @@ class DistrictGrader:
         self.gateways = {g["gateway_id"]: {"last_seen": g["last_seen"], "online": g["online"], "silent": g["silent"]}
                          for g in self.store.gateways()}
         self.shelves = ShelfBook(self.shelves.max_s, self.store.shelves())
+        self.shelf_seq = self.store.shelf_seq()
+        self.shelves_unsent = True      # a new leader publishes them again: the last one may have died before it did
 
     # --- inputs ----------------------------------------------------------------------------------
     def handle(self, msgs: list[tuple[str, dict]], now: float, fence) -> Outcome:
@@ -125,6 +129,7 @@ class DistrictGrader:
             self._checkpoint(tx)
             if alarms:
                 tx.engine("seen_alarms", list(self.engine._seen_alarms))
+        self._publish_shelves(now, out)         # after the commit: only what the store holds is published
         return out
 
     def _frame_keys(self, msgs) -> list:
@@ -266,6 +271,7 @@ class DistrictGrader:
         if kind == SYNC:
             out.direct.extend((t, p, False) for t, p in self.engine.sync(now))
             out.direct.extend(self._gateway_msg(g, now) for g in self.gateways)
+            out.direct.append(self._shelves_msg(now))    # retained already; again in case the broker lost it
             return None
         topic = getattr(self.cmd, kind)(iid)
         ok, who, why, body, ticket = self.acts.check(kind, iid, doc, topic, self.store)
@@ -337,6 +343,7 @@ class DistrictGrader:
         reason = str(body.get("reason") or "")[:500]
         seq = tx.shelf_log(iid, "unshelve" if undo else "shelve", who, now, outcome, reason=reason,
                            until=shelf["until"] if shelf else None, request=record, nonce=nonce)
+        self.shelf_seq = max(self.shelf_seq, seq)
         if shelf is not None:
             tx.shelve(iid, shelf, seq)
             text = f"shelved by {who} until {_hhmm(self.cfg, shelf['until'])}: {shelf['reason']}"
@@ -358,7 +365,8 @@ class DistrictGrader:
             return
         for iid, shelf, why in self.shelves.due(now, grades):
             tx.unshelve(iid)
-            tx.shelf_log(iid, why, "command", now, "ended", reason=shelf["reason"], until=shelf["until"])
+            self.shelf_seq = max(self.shelf_seq, tx.shelf_log(iid, why, "command", now, "ended",
+                                                              reason=shelf["reason"], until=shelf["until"]))
             text = (f"shelf by {shelf['by']} expired" if why == "expired" else
                     f"shelf by {shelf['by']} ended: upgraded beyond the grade shelved (it must be seen)")
             tx.journal(now, "shelve", text, incident_id=iid, who="command",
@@ -366,6 +374,19 @@ class DistrictGrader:
             self.acts.event("shelve", iid, why, {"shelved_by": shelf["by"], "until": shelf["until"],
                                                  "reason": shelf["reason"]})
             out.shelves += 1
+
+    def _shelves_msg(self, now: float) -> tuple:
+        """Every shelf held now, as the store's `shelves` table has it, for `command/shelves` (retained): what a
+        console on the broker shows (`gasguard command watch`; the web console reads the store itself). `seq`
+        is the store's shelf_log sequence: a console keeps the snapshot with the highest (a deposed leader's
+        late message loses). One message for all, so a new leader's snapshot replaces any stale one whole."""
+        return (self.cmd.shelves, {"schema": "gasguard.command-shelves/1", "district": self.cfg["district"],
+                                   "seq": self.shelf_seq, "t": now, "shelves": self.shelves.items()}, True)
+
+    def _publish_shelves(self, now: float, out: Outcome) -> None:
+        if out.shelves or self.shelves_unsent:
+            out.direct.append(self._shelves_msg(now))
+            self.shelves_unsent = False
 
     def _answer(self, topic: str, raw: bytes, outcome: str, now: float, out: Outcome) -> None:
         """The answer a console waits for (`gasguard command ack/input`, issue 14's request result), on the
@@ -391,6 +412,7 @@ class DistrictGrader:
                     tx.journal(now, "gateway", f"gateway {gid} SILENT: nothing heard for "
                                f"{now - g['last_seen']:.0f} s", who=gid, data={"last_seen": g["last_seen"]})
                     out.direct.append(self._gateway_msg(gid, now))
+        self._publish_shelves(now, out)
         return out
 
     # --- output: every revision stored with what goes with it ------------------------------------

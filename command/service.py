@@ -6,11 +6,14 @@
     svc.stop()
 
 Stages, one direction:
-  broker (every gateway's alarms, events, reading batches, birth/Will, stats; the console's ack, input, sync)
+  broker (every gateway's alarms, events, reading batches, birth/Will, stats; the console's ack, input, shelve,
+  sync)
     -> a bounded inbox (paho's thread; QoS 1 with MANUAL acknowledgement, persistent session)
     -> the grading loop: a batch graded in one store transaction (command/grader.py), THEN the broker
        messages are acknowledged (so a crash before the commit means the broker sends them again)
-    -> the outbox: stored revisions not yet PUBACKed are published on the district (and city) topic
+    -> the outbox: stored revisions not yet PUBACKed are published on the district (and city) topic; what
+       is not a revision goes out right after its transaction (sync answers, acts' answers, the gateways'
+       state, and the shelves held: retained on command/shelves after every change, a take-over, a sync)
     -> notifications due are sent (command/notify.py), each attempt recorded.
 
 Two copies run against one store: the one holding the leader lease (`lease` table) consumes; the other
@@ -133,7 +136,7 @@ class CommandService:
         self.kick = threading.Event()
         self.threads: list[threading.Thread] = []
         self.became_leader_at: float | None = None     # wall time of the last take-over
-        self.last_tick = 0.0
+        self.last_tick = float("-inf")               # monotonic time of the last tick; -inf: the first pass ticks
         self.last_prune = 0.0
         self.last_readings_prune = 0.0                 # service-clock time of the last readings retention pass
         self.grading_alive = time.monotonic()          # the grading loop's last pass (the lease depends on it)
@@ -270,7 +273,9 @@ class CommandService:
         t, d = self.topics, self.cfg.district
         if lane == "bulk":       # a gateway is found by its birth (status, retained), heard by all it publishes
             return [t.district_gateway_leaf(d, leaf) for leaf in (STATUS, STATS, READING)]
-        return [t.district_gateways(d, leaf) for leaf in (ALARM, EVENT)] + list(self.cmd.subscriptions)
+        # the consoles' acts: acknowledgements, input, sync, and shelving (only the service takes that one)
+        return [t.district_gateways(d, leaf) for leaf in (ALARM, EVENT)] + list(self.cmd.subscriptions) + \
+            [self.cmd.shelve_acts]
 
     def _on_connect(self, client, lane, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -382,8 +387,9 @@ class CommandService:
         return gone
 
     def tick_now(self) -> None:
-        """Tests on a virtual clock: the next grading-loop pass runs the deadline check at once."""
-        self.last_tick = 0.0
+        """Tests on a virtual clock: the next grading-loop pass runs the deadline check at once (0.0 would not do
+        on a machine up for less than `tick_interval`: monotonic time starts at boot)."""
+        self.last_tick = float("-inf")
 
     def _account(self, out) -> None:
         m = self.metrics

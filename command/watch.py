@@ -4,13 +4,23 @@ For a laptop in a van as much as for a desk: usable at 100 columns (site names a
 middle, so "…第一调压站" and "…第二调压站" stay apart), a help screen on `?`, a confirmation before an
 acknowledgement, deadlines that stop counting once acknowledged, and what the gateway refused shown as
 refused (never "sent"). The alarm logic is the web board's (`command/web/alarms.py`): one meaning for both.
+
+Shelves (ISA-18.2) are the district command service's: it holds them in its store, the web console reads them
+there, and it publishes them retained on `command/shelves` for consoles on the broker (this one). A shelved row
+says "shelf", and a line under the board says who shelved it, why and how long is left; when the shelf ends
+(its expiry by this console's clock, an upgrade: `command/shelving.py`) the row is back in its real state at
+the next redraw, whether or not the service has said so yet. `s` shelves or unshelves the selected incident:
+a reason, minutes, a confirmation, then a signed act the service checks, applies and audits (as the web
+console's), shown done only once the service confirmed it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 from rich.cells import cell_len
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
@@ -19,32 +29,39 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from gasguard.command.console import CommandClient, ConsoleError, parse_input
+from gasguard.command.console import CommandClient, ConsoleError, parse_input, refusal
 from gasguard.command.web import alarms as A
 from gasguard.grading import engine as G
 
 WARNING_STYLE = {"red": "bold white on red", "orange": "bold black on dark_orange", "yellow": "black on yellow",
                  "blue": "bold white on blue", None: "dim"}
 STATE_SHORT = {A.UNACKED: ("UNACK", "bold white on dark_red"), A.ACKED: ("ack", ""),
-               A.RTN_UNACKED: ("RTN", "bold black on yellow"), A.NORMAL: ("ok", "dim"), A.SHELVED: ("shelf", "dim")}
+               A.RTN_UNACKED: ("RTN", "bold black on yellow"), A.NORMAL: ("ok", "dim"),
+               A.SHELVED: ("shelf", "italic black on grey70")}
+SHELF_LINES = 4          # shelves listed under the board at most (the rest counted: the board stays visible)
 CATEGORY_SHORT = {"safety_accident": "安全", "supply_assurance": "供应"}
 HELP = """\
 [b]GasGuard field console — keys[/b]
 
   [b]j[/b] / [b]↓[/b]   next incident          [b]k[/b] / [b]↑[/b]   previous incident
-  [b]a[/b]       acknowledge the selected incident (asks first; waits for the gateway to confirm)
-  [b]i[/b]       operator input: facts from the site, e.g.  deaths=0 evacuated=300 on_site_lead='张三 138…'
+  [b]a[/b]       acknowledge the selected incident (asks first; waits for the confirmation)
+  [b]i[/b]       operator input: facts from the site, e.g. deaths=0 evacuated=300 note='…'
+  [b]s[/b]       shelve the selected incident (a reason, minutes; asks first), or unshelve it
   [b]r[/b]       show / hide the draft report (plan 4.1.3, Chinese)
   [b]?[/b]       this help                [b]q[/b]       quit
 
 [b]state[/b]   UNACK active, not acknowledged · ack acknowledged · RTN cleared before anyone
-        acknowledged it (still needs a look) · ok cleared and acknowledged
+        acknowledged it (still needs a look) · ok cleared and acknowledged · shelf shelved
+[b]shelf[/b]   hidden on purpose by an operator (ISA-18.2 shelving), on every console; the
+        lines under the board say who, the time left and why. It ends at its expiry, or
+        at once if the incident is upgraded; the 20′ and 45′ reports still fall due. The
+        command service (gasguard command serve) holds, checks and audits every shelving.
 [b]20′ 45′[/b] time left to the phone and written reports (plan 4.1.2); OVER when late;
         ✓ once acknowledged (counting stops: the report is then yours)
 
-Input fields: deaths, serious_injuries, direct_loss_cny, evacuated, forecast_excess_pct (numbers);
-secondary_hazards, hazard_sources_nearby, warnings_issued, support_needed, on_site_lead, note (text);
-evacuation_advised, resolved (yes/no).
+Input fields: deaths, serious_injuries, direct_loss_cny, evacuated, forecast_excess_pct
+(numbers); secondary_hazards, hazard_sources_nearby, warnings_issued, support_needed,
+on_site_lead, note (text); evacuation_advised, resolved (yes/no).
 
 Press any key to close."""
 
@@ -78,6 +95,31 @@ def deadline_cell(v: dict) -> Text:
     if v["overdue"]:
         return Text("OVER " + v["text"].split()[-1], style="bold red")
     return Text(v["text"])
+
+
+def time_left(s: float) -> str:
+    """`s` seconds as m:ss, from an hour as h:mm:ss (a shelf lasts up to a shift)."""
+    s = max(0, int(s))
+    h, rest = divmod(s, 3600)
+    return f"{h:d}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:d}:{rest % 60:02d}"
+
+
+def clock_time(t: float) -> str:
+    return time.strftime("%H:%M", time.localtime(t))
+
+
+def shelf_line(row: dict, now: float, width: int) -> Text:
+    """A shelved row's shelf in one line of `width` cells: the site (ellipsised in the middle, as on the
+    board), who shelved it, the time left and when it ends, then the reason (cut at the end if it must be)."""
+    shelf = row["shelf"]
+    line = Text()
+    line.append("shelf", style=STATE_SHORT[A.SHELVED][1])
+    line.append(f" {ellipsise(row['site'], 24)} · by ")
+    line.append(ellipsise(str(shelf["by"]), 14), style="bold")
+    line.append(f" · {time_left(shelf['until'] - now)} left, until {clock_time(shelf['until'])} · ")
+    line.append(" ".join(str(shelf["reason"]).split()), style="italic")   # one line, whatever was typed
+    line.truncate(width, overflow="ellipsis")
+    return line
 
 
 class HelpScreen(ModalScreen):
@@ -115,11 +157,83 @@ class ConfirmAck(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class InputScreen(ModalScreen[dict | None]):
-    DEFAULT_CSS = "InputScreen { align: center middle; } #box { width: 96; height: auto; border: round $accent; " \
-                  "padding: 1 2; background: $panel; } #error { color: $error; }"
+class FormScreen(ModalScreen[dict | None]):
+    """A small form over the board (#box, with an #error line): Esc cancels, dismissed with None."""
+    DEFAULT_CSS = "FormScreen { align: center middle; } FormScreen #box { width: 96; height: auto; " \
+                  "border: round $accent; padding: 1 2; background: $panel; } FormScreen #error { color: $error; }"
     BINDINGS = [Binding("escape", "cancel", "cancel")]
 
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ShelveScreen(FormScreen):
+    """Why and for how long: a reason is required; whether it is long enough, and the longest shelf, are the
+    command service's rules (command/shelving.py), which it says when it refuses."""
+
+    def __init__(self, m: dict):
+        super().__init__()
+        self.m = m
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="box"):
+            yield Static(f"[b]Shelve[/b] {escape(A.site_name(self.m))}  ({self.m['incident_id']})\nWhy (required), "
+                         "then for how many minutes. Tab moves, Enter goes on (asks first), Esc cancels.")
+            yield Input(placeholder="reason, e.g. crew on site, valve closed", id="reason")
+            yield Input(value="30", placeholder="minutes", id="minutes")
+            yield Static("", id="error")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        reason = self.query_one("#reason", Input).value.strip()
+        error = self.query_one("#error", Static)
+        if not reason:
+            error.update("not sent: write why it is shelved (a reason is required)")
+            self.query_one("#reason", Input).focus()
+            return
+        try:
+            minutes = float(self.query_one("#minutes", Input).value)
+            if not math.isfinite(minutes):
+                raise ValueError("nan or inf")
+        except ValueError:
+            error.update("not sent: minutes as a number, e.g. 30")
+            self.query_one("#minutes", Input).focus()
+            return
+        self.dismiss({"reason": reason, "duration_s": minutes * 60})
+
+
+class ConfirmShelve(ModalScreen[bool]):
+    DEFAULT_CSS = "ConfirmShelve { align: center middle; } #confirm { width: 90; height: auto; " \
+                  "border: thick $warning; padding: 1 2; background: $panel; }"
+    BINDINGS = [Binding("y", "answer(True)", "yes"), Binding("n", "answer(False)", "no"),
+                Binding("escape", "answer(False)", "cancel")]
+
+    def __init__(self, m: dict, by: str, now: float, body: dict | None = None, shelf: dict | None = None):
+        super().__init__()
+        self.m, self.by, self.now, self.body, self.shelf = m, by, now, body, shelf
+
+    def compose(self) -> ComposeResult:
+        m = self.m
+        head = f"{escape(A.site_name(m))}\n{m['incident_id']}  warning {(m['warning'] or 'none').upper()}, level " \
+               f"{G.LEVEL_NAMES.get(m['level'], '-')}{' (projected)' if m['projected'] else ''}"
+        if self.shelf is not None:
+            s = self.shelf
+            text = (f"[b]Unshelve this incident?[/b]\n\n{head}\n\nShelved by {escape(str(s['by']))} until "
+                    f"{clock_time(s['until'])} ({time_left(s['until'] - self.now)} left): {escape(str(s['reason']))}"
+                    "\n\nIt is back on every console's board at once.\n\n[b]y[/b] yes, unshelve    [b]n[/b] / Esc  no")
+        else:
+            b = self.body
+            text = (f"[b]Shelve this incident?[/b]\n\n{head}\n\nAs [b]{escape(self.by)}[/b], for "
+                    f"{b['duration_s'] / 60:g} minutes (until about {clock_time(self.now + b['duration_s'])}): "
+                    f"{escape(b['reason'])}\n\nIt is shelved "
+                    "on every console; it comes back at the expiry, or at once if it is upgraded. The 20′ and 45′ "
+                    "reports still fall due.\n\n[b]y[/b] yes, shelve    [b]n[/b] / Esc  no")
+        yield Static(text, id="confirm")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class InputScreen(FormScreen):
     def __init__(self, iid: str):
         super().__init__()
         self.iid = iid
@@ -148,16 +262,15 @@ class InputScreen(ModalScreen[dict | None]):
             return
         self.dismiss(fields)
 
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
 
 class WatchApp(App):
     TITLE = "GasGuard district command"
     CSS = "#report { height: auto; max-height: 50%; border: round $accent; padding: 0 1; display: none; } " \
-          "#report.shown { display: block; } #status { height: auto; padding: 0 1; }"
+          "#report.shown { display: block; } #status { height: auto; padding: 0 1; } " \
+          "#board { height: 1fr; } #shelves { height: auto; padding: 0 1; display: none; " \
+          "border-top: solid $accent; } #shelves.shown { display: block; }"
     BINDINGS = [Binding("j,down", "move(1)", "next", show=False), Binding("k,up", "move(-1)", "prev", show=False),
-                Binding("a", "ack", "acknowledge"), Binding("i", "input", "input"),
+                Binding("a", "ack", "acknowledge"), Binding("i", "input", "input"), Binding("s", "shelve", "shelve"),
                 Binding("r", "report", "report"), Binding("question_mark", "help", "help"),
                 Binding("q", "quit", "quit")]
 
@@ -173,6 +286,7 @@ class WatchApp(App):
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="board", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="shelves")
         yield Static("", id="report")
         yield Static("", id="status")
         yield Footer()
@@ -185,11 +299,13 @@ class WatchApp(App):
     # --- drawing ---------------------------------------------------------------------------------
     def rows(self, keep_normal_s: float = 600.0) -> list[dict]:
         """Open incidents, and cleared ones nobody acknowledged (ISA-18.2: they stay until someone looks);
-        cleared and acknowledged ones for `keep_normal_s`."""
+        cleared and acknowledged ones for `keep_normal_s`. Shelved ones say so while their shelf holds."""
         now = self.clock()
-        with self.client.board._lock:
-            msgs = list(self.client.board.incidents.values())
-        rows = [A.board_row(m, now) for m in msgs]
+        board = self.client.board
+        with board._lock:
+            msgs = list(board.incidents.values())
+            shelves = board.shelves or {}
+        rows = [A.board_row(m, now, shelves.get(m["incident_id"])) for m in msgs]
         return sorted((r for r, m in zip(rows, msgs) if r["state"] != A.NORMAL
                        or now - (m.get("resolved_at") or now) < keep_normal_s), key=A.sort_key)
 
@@ -231,15 +347,27 @@ class WatchApp(App):
             table.move_cursor(row=ids.index(self.selected), animate=False)
         if not rows:
             table.add_row("", "", "", "", "no open incidents", "", "", "", "")
+        self._draw_shelves([r for r in rows if r["state"] == A.SHELVED], width - 2)
         report = self.query_one("#report", Static)
         if report.has_class("shown") and self.selected:
             m = self.client.board.get(self.selected)
             report.update(Text(m["text_zh"]) if m else "")
-        self.query_one("#status", Static).update(self.status_text)
+        self.query_one("#status", Static).update(Text(self.status_text))
+
+    def _draw_shelves(self, shelved: list[dict], width: int) -> None:
+        """Who shelved what, why, and the time left: one line each under the board (at most SHELF_LINES)."""
+        panel = self.query_one("#shelves", Static)
+        panel.set_class(bool(shelved), "shown")
+        panel.border_title = f"shelved ({len(shelved)}): who, time left, why"
+        now = self.clock()
+        lines = [shelf_line(r, now, width) for r in shelved[:SHELF_LINES]]
+        if len(shelved) > SHELF_LINES:
+            lines.append(Text(f"… and {len(shelved) - SHELF_LINES} more shelved (rows marked shelf)", style="dim"))
+        panel.update(Text("\n").join(lines))
 
     def say(self, text: str) -> None:
         self.status_text = text
-        self.query_one("#status", Static).update(text)
+        self.query_one("#status", Static).update(Text(text))     # never markup: it quotes what people typed
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and event.row_key.value:
@@ -287,7 +415,7 @@ class WatchApp(App):
         """The gateway's refusal of the request we sent (signed acts are answered by hash), if any yet."""
         results = getattr(self.client, "results", None)
         res = results.get(sent) if results is not None and isinstance(sent, str) else None
-        return None if res is None or res.get("outcome") == "allowed" else f"{res.get('reason')}: {res.get('detail')}"
+        return None if res is None or res.get("outcome") == "allowed" else refusal(res)
 
     def _await(self, iid: str, sent, pred) -> dict:
         """The incident once `pred` holds, or ConsoleError: refused by the gateway, or no answer in time."""
@@ -344,5 +472,59 @@ class WatchApp(App):
                     f"warning {done['warning'] or 'none'} (revision {done['revision']})")
         except ConsoleError as e:
             text = f"NOT applied: {e}"
+        self.call_from_thread(self.say, text)
+        self.call_from_thread(self.redraw)
+
+    def action_shelve(self) -> None:
+        m = self.client.board.get(self.selected) if self.selected else None
+        if m is None:
+            self.say("nothing selected")
+            return
+        if self.client.board.shelves is None:
+            self.say("shelving needs the district command service (gasguard command serve), which holds, checks and "
+                     "audits shelves: none has published them here (a substation alone, or the city view, has none)")
+            return
+        now = self.clock()
+        row = A.board_row(m, now, self.client.board.shelf(m["incident_id"]))
+        iid = m["incident_id"]
+
+        def confirmed(body: dict):
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.say(f"{'unshelving' if body.get('unshelve') else 'shelving'} {iid} … waiting for the "
+                             "command service")
+                    self.send_shelve(iid, body)
+                else:
+                    self.say("not unshelved" if body.get("unshelve") else "not shelved")
+            return answered
+        if row["state"] == A.SHELVED:
+            body = {"by": self.by, "unshelve": True}
+            self.push_screen(ConfirmShelve(m, self.by, now, shelf=row["shelf"]), confirmed(body))
+            return
+
+        def entered(fields: dict | None) -> None:
+            if not fields:
+                self.say("not shelved")
+                return
+            body = {"by": self.by, **fields}
+            self.push_screen(ConfirmShelve(m, self.by, self.clock(), body=body), confirmed(body))
+        self.push_screen(ShelveScreen(m), entered)
+
+    @work(thread=True, exclusive=True, group="act")
+    def send_shelve(self, iid: str, body: dict) -> None:
+        """The signed act; done only once the command service allowed it AND its published shelves show it."""
+        undo, before = bool(body.get("unshelve")), self.client.board.shelf(iid)
+        try:
+            sent = self.client.shelve(iid, body, self.confirm_timeout)
+            if undo:
+                self.client.wait_shelves(sent, lambda sh: iid not in sh, self.confirm_timeout)
+                text = f"unshelved {iid}: back on the board, confirmed by the command service"
+            else:
+                got = self.client.wait_shelves(sent, lambda sh: sh.get(iid) not in (None, before),
+                                               self.confirm_timeout)[iid]
+                text = (f"shelved {iid} as {got['by']} until {clock_time(got['until'])}: {got['reason']} "
+                        "(confirmed by the command service)")
+        except ConsoleError as e:
+            text = f"NOT {'unshelved' if undo else 'shelved'}: {e}"
         self.call_from_thread(self.say, text)
         self.call_from_thread(self.redraw)

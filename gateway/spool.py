@@ -8,6 +8,10 @@ Rows leave the spool only when the broker's PUBACK for the message carrying them
 
 Lanes, highest priority first: alarm, event, state, reading. Routine readings (no gas level, no fault,
 no trip) may be thinned when the spool passes its size bound; nothing else ever is.
+
+The counters are a table plus a log (issue 17): a commit appends its group's counters as ONE packed row of
+`counter_log` (one B-tree insert, not an upsert per device), and the log is folded into `counters` now and
+then. The durable counters are `counters` with the log replayed over it in seq order (`counters()`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import uuid
+from array import array
 from contextlib import contextmanager
+from operator import itemgetter
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +39,35 @@ LANE_OF = {"alarm": ALARM, "event": EVENT, "state": STATE, "reading": READING}
 ROW_OVERHEAD = 64     # bytes a row costs beyond its payload (ids, index), for the size bound
 THIN_PAGE = 2000      # routine readings (and rows) thinning reads at a time ...
 THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with many-reading rows
+# The counter log's bounds (issue 17). A commit that would take the log past LOG_COUNTERS distinct counters,
+# LOG_ENTRIES counters or LOG_ROWS rows folds it into `counters` instead, in the commit's own transaction
+# (durable with the group, one fsync for both; a fold as a transaction of its own after the commit cost ~0.4 µs
+# more a reading). A commit an ack or a command waits for folds only past twice the bounds (commit).
+# - LOG_COUNTERS, 2,048: a fold upserts each distinct (dev, dir) of the log once, by device, ~2-3 µs each,
+#   and holds ingest (and an alarm behind it) that long: ~10-12 ms with 60,000 devices, ~20 ms with 330,000
+#   (4,096: ~20-25 and ~40 ms). What a fold saves grows with the counters it writes per B-tree page
+#   (`gasguard bench spool-commit`, CPU a reading with 60,000 / 330,000 devices: an upsert per counter
+#   9.3 / 16.5 µs; a log of 2,048: 5.9 / 10.2; 4,096: 5.7 / 8.7; 8,192: 5.9 / 6.5, but a fold of ~40-60 ms).
+#   The alarm latency goal (p99 <= 20 ms) weighs more than the last 0.2-1.5 µs a reading (BENCHMARKS.md).
+# - LOG_ENTRIES, 32,768 (288 KB of log; read at start in ~15 ms, twice): a fleet of fewer devices than those
+#   repeats within the log, and its fold writes each device once for many readings (2,000 devices: 4.4 ->
+#   3.2 µs a reading; 5,000: no gain, 5.9 -> 6.2, too many to repeat, a table small enough for upserts).
+# - LOG_ROWS, 1,024: rows of a few counters each (small groups; a downlink counter alone: Outbox.counters).
+LOG_COUNTERS = 2048
+LOG_ENTRIES = 32768
+LOG_ROWS = 1024
+_LOG_ENTRY = 9              # bytes per counter in a log row: dev u32, dir u8, value u32 (the layout: _pack)
+# (array's unsigned int of 4 bytes: "I" on every platform CPython runs on; "L" is 8 bytes on 64-bit Linux)
+_U32 = next(c for c in "IL" if array(c).itemsize == 4)
+_SWAP = sys.byteorder == "big"   # the log is little-endian on disk, whatever host wrote it
+_DEV = itemgetter(0)   # a (dev, dir) key's device: a fold's order (ints sort in ~0.08 µs a key, tuples ~0.2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (dev INTEGER NOT NULL, dir INTEGER NOT NULL, last INTEGER NOT NULL,
                                      PRIMARY KEY (dev, dir)) WITHOUT ROWID;
+-- issue 17: each commit's counters as one row (layout: _pack); `counters` with these replayed over it in seq
+-- order is the durable state (Spool.counters). Created here for a spool of an older gateway as for a new one.
+CREATE TABLE IF NOT EXISTS counter_log (seq INTEGER PRIMARY KEY, entries BLOB NOT NULL);
 -- SPEC 3.4: the identity (counter of the first copy) of the last alarm/event taken per (dev, kind). It
 -- replaces `seqs`, which held the 8-bit aseq and collided after a node's power cut (issue 12).
 DROP TABLE IF EXISTS seqs;
@@ -190,6 +222,39 @@ def _audited(items: list[Item]):
                 yield e["id"], e.get("t", it.t)
 
 
+def _pack(counters: dict) -> bytes:
+    """One counter log row: n counters packed fixed-width, little-endian, column by column (9n bytes):
+    n devs (u32), then n dirs (u8), then n values (u32), the i-th of each being one counter. Columns rather
+    than n (dev, dir, value) records because each column is one C call to pack and to unpack (array), not a
+    Python step per counter. Raises ValueError for a dev or value outside u32 or a dir outside u8 (not a
+    counter the protocol has: SPEC 4 counters are u32) - before anything is written."""
+    try:
+        devs, dirs = zip(*counters)
+        d, v = array(_U32, devs), array(_U32, counters.values())
+        if _SWAP:
+            d.byteswap()
+            v.byteswap()
+        return d.tobytes() + bytes(dirs) + v.tobytes()
+    except (OverflowError, ValueError, TypeError) as e:
+        raise ValueError(f"a counter that is not (u32 dev, u8 dir) -> u32 cannot be spooled ({e}): "
+                         f"{next(iter(counters.items()))!r}...") from None
+
+
+def _unpack(path, blob: bytes):
+    """A counter log row (_pack) as ((dev, dir), value) pairs, in the row's order. A row whose length is not a
+    whole number of counters is a damaged spool: SpoolError("corrupt")."""
+    n, rest = divmod(len(blob), _LOG_ENTRY)
+    if rest:
+        raise SpoolError("corrupt", path, f"damaged (a counter_log row of {len(blob)} bytes, not 9 per counter)")
+    d, v = array(_U32), array(_U32)
+    d.frombytes(blob[:4 * n])
+    v.frombytes(blob[5 * n:])
+    if _SWAP:
+        d.byteswap()
+        v.byteswap()
+    return zip(zip(d, blob[4 * n:5 * n]), v)
+
+
 def _marker_id(marker: Path) -> str | None:
     try:
         return str(json.loads(marker.read_text(encoding="utf-8"))["id"])
@@ -248,6 +313,16 @@ class Spool:
             finally:
                 self.db.execute("ROLLBACK")
             self.size = self._measure()     # reads every outbox row: a truncated file fails here too
+            # the counter log as it is (a kill leaves up to the bounds; an older gateway none): its rows, its
+            # counters, and `log_latest`, its last value per (dev, dir) - what a fold writes, so a fold does not
+            # read the log back (at most 2 x LOG_COUNTERS keys: the bounds). Kept with each commit and fold.
+            self.log_rows = self.log_entries = 0
+            self.log_latest: dict = {}
+            for (blob,) in self.db.execute("SELECT entries FROM counter_log ORDER BY seq"):
+                pairs = list(_unpack(self.path, blob))
+                self.log_rows += 1
+                self.log_entries += len(pairs)
+                self.log_latest.update(pairs)
             # deferred_sync: rows above `durable_upto` are written but not yet fsynced, and are not handed to
             # the publisher (fetch): nothing is published before it is on disk. At start, all that is there is.
             self.written_upto = self._last_seq()
@@ -257,6 +332,10 @@ class Spool:
             if self.db is not None:
                 self.db.close()
             raise spool_error(self.path, e) from None
+        except SpoolError:
+            if self.db is not None:
+                self.db.close()
+            raise
 
     @staticmethod
     def check(path: str | Path) -> None:
@@ -329,11 +408,64 @@ class Spool:
         return b + n * ROW_OVERHEAD
 
     def close(self) -> None:
+        """Fold the counter log (a clean stop leaves it empty: an older gateway started on this spool after a
+        clean stop sees every counter), then close. A fold that fails here is said and left: the next start
+        reads the log."""
+        if self.log_rows:
+            try:
+                with self._transaction():
+                    self._fold()
+                self._folded()
+            except (sqlite3.Error, SpoolError) as e:
+                log.warning("spool %s: the counter log (%d rows) was not folded at close (%s); nothing is lost, "
+                            "the next start reads it", self.path, self.log_rows, e)
         self.db.close()
 
     # -- counters ----------------------------------------------------------------------------------
     def counters(self) -> dict[tuple[int, int], int]:
-        return {(d, r): last for d, r, last in self._read("SELECT dev, dir, last FROM counters")}
+        """(dev, dir) -> the last counter written: the `counters` table with the counter log replayed over it
+        in seq order, a later row's value replacing an earlier one's - the plain upsert every commit used to
+        make. (The log is monotone per key anyway: ingest only writes a counter forward, and a commit that
+        fails is rolled back by SQLite before anything of it is on disk, so the counter ingest then rolls back
+        in memory was never in the log. Replay does not rely on it: it is last-wins, like the upsert.)"""
+        try:
+            with self._reading():
+                out = {(d, r): last for d, r, last in self.db.execute("SELECT dev, dir, last FROM counters")}
+                for (blob,) in self.db.execute("SELECT entries FROM counter_log ORDER BY seq"):
+                    out.update(_unpack(self.path, blob))
+        except sqlite3.Error as e:
+            raise spool_error(self.path, e) from None
+        return out
+
+    def fold_counters(self) -> None:
+        """Fold the counter log into `counters`, in one transaction of its own (crash-safe at any instant: a
+        kill leaves the log and the table as they were, or the log folded and emptied). Raises SpoolError."""
+        try:
+            with self._transaction():
+                self._fold()
+        except sqlite3.Error as e:
+            raise spool_error(self.path, e) from None
+        self._folded()
+
+    def _folded(self) -> None:
+        self.log_rows = self.log_entries = 0
+        self.log_latest = {}
+
+    def _fold(self, extra: dict | None = None) -> None:
+        """Inside a transaction: the log's latest value per (dev, dir) (`log_latest`) - and then `extra`'s,
+        newer than the log - upserted into `counters`, the log emptied. (`log_latest` holds every value this
+        process logged since its last fold, so it is right even when another process - check-config's close -
+        folded the log meanwhile: these values are still the newest.)"""
+        db = self.db
+        latest = {**self.log_latest, **extra} if extra else self.log_latest
+        if latest:
+            # in device order: the upserts walk the table's B-tree once, leaf after leaf (with 330,000 devices
+            # random order cost ~5.5 µs per counter against ~3.3 µs sorted, the table outgrowing the cache)
+            keys = sorted(latest, key=_DEV)
+            devs, dirs = zip(*keys)
+            db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                           zip(devs, dirs, map(latest.__getitem__, keys)))
+        db.execute("DELETE FROM counter_log")
 
     def idents(self) -> dict[tuple[int, int], int]:
         return {(d, k): i for d, k, i in self._read("SELECT dev, kind, ident FROM idents")}
@@ -359,6 +491,17 @@ class Spool:
                 db.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def _reading(self):
+        """A read transaction: the statements in it see one snapshot of the file."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if db.in_transaction:
+                db.execute("COMMIT")
+
     def journal(self) -> list[str]:
         """Observations (JSON) written with their frames and not yet settled by a plugin commit."""
         return [r[0] for r in self.db.execute("SELECT obs FROM journal ORDER BY seq")]
@@ -369,11 +512,23 @@ class Spool:
     def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
                journal: list[str] | None = None, states: dict[str, str] | None = None,
                settle: bool = False, durable: bool = True) -> None:
-        """Write items + counter/identity updates atomically (one executemany per table); with them the
+        """Write items + counter/identity updates atomically (the counters as one counter_log row); with them the
         observations to `journal`, the plugins' `states`, and with `settle` the journal emptied (what it held
         is reflected in these items and states). Raises SpoolFull. `durable=False` (deferred_sync only): on
         disk only once the caller's sync() returned."""
         db = self.db
+        # the group's counters as one counter_log row; past the log's bound the log is folded instead, in this
+        # transaction, with these counters in it (durable with the group, one fsync for both). Not in a commit
+        # an ack or a command waits for (alarms, events; a downlink counter alone) while the log is under
+        # twice its bound: the next group of readings folds it, and the alarm does not wait for the fold.
+        row = _pack(counters) if counters else None
+        # keys new to the log: (an intersection walks the smaller side; a difference walks the log's keys)
+        new = len(counters) - len(counters.keys() & self.log_latest.keys()) if row is not None else 0
+        urgent = not items or any(it.lane <= EVENT for it in items)
+        over = 2 if urgent else 1           # the log's bounds times this: a fold is due
+        fold = row is not None and (len(self.log_latest) + new > over * LOG_COUNTERS
+                                    or self.log_entries + len(counters) > over * LOG_ENTRIES
+                                    or self.log_rows >= over * LOG_ROWS)
         try:
             with self._transaction():
                 if journal:
@@ -382,9 +537,10 @@ class Spool:
                     db.executemany("INSERT OR REPLACE INTO plugin_state VALUES (?, ?)", list(states.items()))
                 if settle:
                     db.execute("DELETE FROM journal")
-                if counters:
-                    db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
-                                   [(d, r, v) for (d, r), v in counters.items()])
+                if fold:
+                    self._fold(counters)
+                elif row is not None:
+                    db.execute("INSERT INTO counter_log (entries) VALUES (?)", (row,))
                 if idents:
                     db.executemany("INSERT OR REPLACE INTO idents VALUES (?, ?, ?)",
                                    [(d, k, v) for (d, k), v in idents.items()])
@@ -396,6 +552,12 @@ class Spool:
                     db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)", _audited(items))
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
+        if fold:
+            self._folded()
+        elif row is not None:
+            self.log_rows += 1
+            self.log_entries += len(counters)
+            self.log_latest.update(counters)
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
         if self.deferred_sync:
             if items:

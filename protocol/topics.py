@@ -5,7 +5,8 @@
 #   <root>/<district>/<gateway>/<dev>/{state,alarm,event,cmd,cmd/result} one device behind it (dev: 8 hex)
 #   <root>/<district>/command/incident/<id>                            incidents for the district command
 #   <root>/<district>/command/{ack,input}/<id>, .../command/sync         the district command's answers
-#   <root>/<district>/command/shelve/<id>                              what a shelving act is signed for (issue 16)
+#   <root>/<district>/command/shelve/<id>                              a shelving act (signed for this topic; issue 16)
+#   <root>/<district>/command/shelves                                  the command service's shelves now (retained)
 #   <root>/<district>/command/gateway/<gateway>                        a gateway as the command sees it
 #   <root>/<district>/command/result/<gateway>                         a gateway's answer to each ack/input
 #                                                                      (allowed, or refused and why: issue 14)
@@ -34,7 +35,8 @@ COMMAND = "command"
 INCIDENT = "incident"
 ACK = "ack"
 INPUT = "input"
-SHELVE = "shelve"            # <root>/<district>/command/shelve/<id>: what a shelving act is signed for (issue 16)
+SHELVE = "shelve"            # <root>/<district>/command/shelve/<id>: a shelving act, signed for this topic (issue 16)
+SHELVES = "shelves"          # <root>/<district>/command/shelves: every shelf the command service holds (retained)
 SYNC = "sync"
 GATEWAY = "gateway"          # <root>/<district>/command/gateway/<id>: a gateway's state as the command sees it
 RESULT = "result"            # <root>/<district>/command/result/<gateway>: answers to acks and operator input
@@ -88,6 +90,10 @@ class CommandTopics:
         self.results = base + "/" + RESULT + "/+"      # every gateway's answers to acks and operator input
         # what an incident engine listens to: the command's acknowledgements, inputs and sync requests
         self.subscriptions = [base + "/" + ACK + "/+", base + "/" + INPUT + "/+", self.sync]
+        # shelving acts: only the district command service takes them (it holds the shelves; a gateway's
+        # grading plugin does not), and it publishes what it holds on `shelves` (retained)
+        self.shelve_acts = base + "/" + SHELVE + "/+"
+        self.shelves = base + "/" + SHELVES
 
     def incident(self, incident_id):
         return self.base + "/" + INCIDENT + "/" + incident_id
@@ -99,7 +105,7 @@ class CommandTopics:
         return self.base + "/" + INPUT + "/" + incident_id
 
     def shelve(self, incident_id):
-        """Shelving acts go to the command service through its store (not subscribed by incident engines)."""
+        """A shelving act: to the command service on this topic or through its store (the web console)."""
         return self.base + "/" + SHELVE + "/" + incident_id
 
     def gateway(self, gateway_id):

@@ -39,3 +39,11 @@ def test_bench_misses_runs_every_reading_through_a_registry_miss(tmp_path):
     from gasguard.tools.bench.gateway import misses_figures
     out = misses_figures(devices=600, group=170, echo=lambda *_: None, workdir=tmp_path)
     assert out["accepted"] == 600 and out["cpu_us_per_reading"] > 0
+
+
+def test_bench_spool_commit_runs_both_spools_alternately():
+    """`gasguard bench spool-commit --against REV` at a tiny size: this tree's spool and REV's, each run."""
+    from gasguard.tools.bench.spool_commit import figures
+    out = figures(devices=500, group=50, groups=30, rounds=2, against="HEAD", echo=lambda *_: None)
+    assert set(out["variants"]) == {"HEAD", "this tree"}
+    assert all(len(v["cpu_us"]) == 2 and min(v["cpu_us"]) > 0 for v in out["variants"].values())

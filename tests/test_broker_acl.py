@@ -52,6 +52,11 @@ def test_generated_config_refuses_anonymous_and_wrong_roles_at_the_real_broker(t
         assert zhao.publish("gasguard/v1/other/command/ack/L-1") == 135                  # nor another district's acks
         assert gw2.publish("gasguard/v1/lixia/gw-1/00c0ffee/alarm") == 135              # nor another gateway's prefix
         assert zhao.publish("gasguard/v1/lixia/command/ack/L-1", b"ack") == 0
+        # shelving goes to the command service (here: an engineer listening in its place); a gateway has no say
+        assert eng.subscribe("gasguard/v1/lixia/command/shelve/+") == [1]
+        assert gw2.publish("gasguard/v1/lixia/command/shelve/L-1") == 135
+        assert zhao.publish("gasguard/v1/lixia/command/shelve/L-1", b"shelve") == 0
+        assert eng.got.get(timeout=5) == ("gasguard/v1/lixia/command/shelve/L-1", b"shelve")
         assert eng.publish("gasguard/v1/lixia/gw-2/0badf00d/cmd", b"for gw-2") == 0     # not for gw-1's eyes
         assert eng.publish("gasguard/v1/lixia/gw-1/00c0ffee/cmd", b"status") == 0
         got = [gw1.got.get(timeout=5) for _ in range(2)]

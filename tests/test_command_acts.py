@@ -159,3 +159,43 @@ def test_shelving_is_a_signed_act_held_in_the_store_ended_by_expiry_and_upgrade_
     assert [r[0] for r in recs if r[0].startswith("shelve_")] == ["shelve_expired", "shelve_upgraded"]
     assert A.verify(audit_dir)["ok"]
     store.close()
+
+
+def test_the_shelves_held_are_published_retained_after_each_change_a_take_over_and_a_sync(district, authority):  # noqa: F811
+    """What `gasguard command watch` shows of shelves is the store's, published by the leader on
+    `command/shelves` (retained) after the transaction that changed them, again on a console's sync and by a
+    new leader; ordered by the store's shelf_log sequence, so a console keeps the newest."""
+    import hashlib
+    import json
+
+    from gasguard.command.console import IncidentBoard
+    from gasguard.command.grader import DistrictGrader
+    gate, keys, _ = authority
+    g, store, fence, iid = _station_trip(district, gate)
+    topic = f"gasguard/v1/{D}/command/shelve/{iid}"
+
+    def shelves(out):
+        return [(p, retain) for t, p, retain in out.direct if t == f"gasguard/v1/{D}/command/shelves"]
+    raw = sign_request(keys["op"], "op", topic, {"reason": "crew on site", "duration_s": 1800})
+    out = g.handle([(topic, json.loads(raw), None, raw)], T0 + 12, fence)    # as the service hands an MQTT act over
+    [(msg, retain)] = shelves(out)
+    assert retain and msg["shelves"] == store.shelves() and iid in msg["shelves"]
+    assert msg["seq"] == store.shelf_seq() and msg["schema"] == "gasguard.command-shelves/1"
+    [answer] = [p for t, p, _ in out.direct if "/command/result/" in t]   # what the watch waits for, by hash
+    assert answer["outcome"] == "allowed" and answer["request_sha256"] == hashlib.sha256(raw).hexdigest()
+    refused = g.handle([(topic, {"by": "mallory", "reason": "mine now", "duration_s": 60})], T0 + 13, fence)
+    assert shelves(refused) == []                                            # nothing changed: nothing published
+    assert shelves(g.tick(T0 + 100, fence)) == []
+    [(ended, _)] = shelves(g.tick(T0 + 1812, fence))                         # the expiry: published without it
+    assert ended["shelves"] == {} == store.shelves() and ended["seq"] == store.shelf_seq() > msg["seq"]
+    [(synced, _)] = shelves(g.handle([(f"gasguard/v1/{D}/command/sync", {})], T0 + 1813, fence))
+    assert synced["shelves"] == {} and synced["seq"] == ended["seq"]
+    g2 = DistrictGrader(g.cfg, store, devices=g.devices, downstream=g.engine.downstream, acts=GateActs(gate))
+    g2.load()
+    [(again, _)] = shelves(g2.tick(T0 + 1814, fence))                        # a new leader's first pass
+    assert again["seq"] == ended["seq"]
+    board = IncidentBoard()
+    assert board.shelves is None                                             # no command service heard yet
+    assert board.apply_shelves(ended) and board.shelves == {}
+    assert not board.apply_shelves(msg) and board.shelves == {}             # a deposed leader's late snapshot
+    store.close()

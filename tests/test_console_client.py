@@ -206,6 +206,8 @@ def test_watch_at_100_columns_help_confirm_ack_and_rejected_input(mosquitto, gat
                     await pilot.press("question_mark")
                     assert app.screen.__class__.__name__ == "HelpScreen"
                     await pilot.press("escape")
+                    await pilot.press("s")             # a substation alone holds no shelves: nothing to ask or send
+                    assert app.screen is app.screen_stack[0] and "needs the district command service" in status()
                     await pilot.press("a")                                       # asks first ...
                     assert app.screen.__class__.__name__ == "ConfirmAck"
                     await pilot.press("n")                                       # ... and "no" sends nothing
@@ -277,3 +279,128 @@ def test_board_shows_silent_and_offline_gateways_from_the_command_service():
     rc = Console(width=200, record=True)
     rc.print(render_board(b, 1_795_400_100.0, district="lixia"))
     assert "SILENT gw07" in rc.export_text()
+
+
+def test_watch_shows_the_services_shelves_shelves_and_unshelves_signed_and_audited(mosquitto, district, tmp_path):
+    """Shelving in the field console against the real command service (SQLite store, authority Gate, real
+    mosquitto) on a virtual clock: a shelf set from the watch (a reason the service's rules refuse first, both
+    on the audit record) shows as "shelf" with who, why and the time left, exactly as the store that the web
+    console reads holds it; at its expiry the row is back to UNACK by the watch's own clock, before the service
+    records the end; unshelving from the watch puts it back at once."""
+    import asyncio
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    from gasguard.authority import audit as AU
+    from gasguard.command import config as cconfig
+    from gasguard.command.service import CommandService
+    from gasguard.command.store import open_store
+    from gasguard.command.watch import WatchApp
+    from gasguard.registry import Device, Registry
+    from gasguard.testing.waits import until, wait_until
+    from test_command_grading import TRIP_STATE, UPSO, _alarm
+
+    site = "历下区燕山立交桥东侧解放东路第一调压站"
+    reg = tmp_path / "registry.db"
+    with Registry(reg) as r:
+        r.add_many([Device(dev_id=0xA001, key=bytes(16), profile="station", site_name=site, households=8_000,
+                           pressure_class="medium_a", state="commissioned")])
+    t0 = float(int(time.time()))
+    clock = {"t": t0 + 60}                                   # the service's and the watch's: one virtual clock
+    audit_dir = tmp_path / "audit-command"
+    cfg = cconfig.load(None, district="lixia", store=f"sqlite:///{tmp_path / 'command.db'}", registry=str(reg),
+                       mqtt_port=mosquitto.port, instance="cmd-a", lease_ttl=2.0,
+                       tick_interval=3600.0,                 # expiries are checked only when the test says so
+                       authority={"roster": str(district.roster), "trust": str(district.trust),
+                                  "replay": str(tmp_path / "replay.db"), "audit": str(audit_dir)})
+    svc = CommandService(cfg, clock=lambda: clock["t"]).start()
+    store = open_store(cfg.store)                            # where the web console reads shelves
+    gw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw1-test")
+    try:
+        wait_until(svc.connected.is_set, 15, "the service to lead and connect")
+        gw.connect("127.0.0.1", mosquitto.port)
+        gw.loop_start()
+        topic, doc = _alarm("gw1", 0xA001, 1, t0, UPSO, TRIP_STATE)
+        gw.publish(topic, json.dumps(doc), qos=1).wait_for_publish(5)
+        with CommandClient("127.0.0.1", mosquitto.port, "lixia", signer=_signer(district)) as client:
+            iid = client.wait_match(lambda m: m["category"] == "supply_assurance", 15)["incident_id"]
+            wait_until(lambda: client.board.shelves == {}, 10, "the service's shelves (none yet), retained")
+            # redraws twice a second: the pilot waits for the process to idle after each key (up to 1 s)
+            app = WatchApp(client, by="duty", refresh=0.5, clock=lambda: clock["t"], confirm_timeout=10)
+
+            def status():
+                return str(app.query_one("#status").render())
+
+            def cell(col):
+                return str(app.query_one("#board").get_cell_at((0, col)))
+
+            def panel():
+                return str(app.query_one("#shelves").render()) if app.query_one("#shelves").display else ""
+
+            async def shelve(pilot, reason, minutes="30", answer="y"):
+                await pilot.press("s")
+                assert app.screen.__class__.__name__ == "ShelveScreen"
+                app.screen.query_one("#reason").value = reason
+                app.screen.query_one("#minutes").value = minutes
+                await pilot.press("enter")
+                if app.screen.__class__.__name__ == "ConfirmShelve":
+                    await pilot.press(answer)
+
+            async def run():
+                async with app.run_test(size=(100, 30)) as pilot:
+                    await until(lambda: cell(0) == "UNACK", 10, "the incident on the board")
+                    assert panel() == ""
+                    await shelve(pilot, "")                              # a reason is required: not sent
+                    assert "a reason is required" in str(app.screen.query_one("#error").render())
+                    await pilot.press("escape")
+                    assert "not shelved" in status()
+                    await shelve(pilot, "crew on site", answer="n")      # asked first: "no" sends nothing
+                    assert "not shelved" in status()
+                    await shelve(pilot, "ok")                            # the service's rule: too short
+                    await until(lambda: "NOT shelved" in status(), 15, "the service's refusal")
+                    assert "REFUSED by the command service" in status() and "at least 3 characters" in status()
+                    assert client.board.shelves == {} and cell(0) == "UNACK"
+                    await shelve(pilot, "crew on site, valve closed at the trip")
+                    await until(lambda: "confirmed by the command service" in status(), 15, "the shelf confirmed")
+                    await until(lambda: cell(0) == "shelf", 5, "the row marked shelved")
+                    line = panel()
+                    assert "by duty" in line and "30:00 left" in line and "crew on site, valve closed" in line
+                    assert "…" in line and "第一调压站" in line                 # site ellipsised in the middle
+                    assert store.shelves() == client.board.shelves       # what the web console reads: the same
+                    assert store.shelves()[iid]["until"] == t0 + 60 + 1800
+                    await pilot.press("question_mark")
+                    assert "shelve" in str(app.screen.query_one("#help").render())
+                    await pilot.press("escape")
+                    clock["t"] = t0 + 60 + 600                           # ten minutes on
+                    await until(lambda: "20:00 left" in panel(), 5, "the time left counting down")
+                    clock["t"] = t0 + 60 + 1800 + 1                      # past the expiry:
+                    await until(lambda: cell(0) == "UNACK", 5, "the row back in its real state")
+                    assert panel() == "" and client.board.shelf(iid) is not None   # the service has not ticked
+                    svc.tick_now()                                       # ... now it records the end
+                    await until(lambda: client.board.shelves == {}, 10, "the service's end of the shelf")
+                    assert store.shelves() == {}
+                    await shelve(pilot, "gas company crew on site", minutes="60")
+                    await until(lambda: cell(0) == "shelf", 15, "shelved again")
+                    assert "1:00:00 left" in panel()
+                    await pilot.press("s")                               # a shelved row: unshelve, asked first
+                    assert app.screen.__class__.__name__ == "ConfirmShelve"
+                    await pilot.press("y")
+                    await until(lambda: "unshelved" in status(), 15, "the unshelving confirmed")
+                    assert cell(0) == "UNACK" and store.shelves() == {} and client.board.shelves == {}
+                    await pilot.press("q")
+            asyncio.run(run())
+        recs = [(r["type"], r["outcome"], r["source"].get("operator")) for r in AU.show(audit_dir, category="incident")]
+        assert recs == [("shelve", "allowed", "duty"), ("shelve", "failed", "duty"),   # too short: refused
+                        ("shelve", "allowed", "duty"), ("shelve", "done", "duty"),
+                        ("shelve_expired", "info", None),                              # the service's own act
+                        ("shelve", "allowed", "duty"), ("shelve", "done", "duty"),     # shelved again
+                        ("shelve", "allowed", "duty"), ("shelve", "done", "duty")]     # unshelved
+        log = [(e["action"], e["who"], e["outcome"].split(":")[0]) for e in store.shelf_log(iid)]
+        assert log == [("shelve", "duty", "refused"), ("shelve", "duty", "accepted"), ("expired", "command", "ended"),
+                       ("shelve", "duty", "accepted"), ("unshelve", "duty", "accepted")]
+    finally:
+        gw.loop_stop()
+        gw.disconnect()
+        store.close()
+        svc.stop()

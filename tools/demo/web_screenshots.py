@@ -4,8 +4,11 @@ served by the real app under uvicorn, photographed by headless Chromium (the tes
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 from gasguard.command.web.app import WebConfig, create_app
@@ -71,6 +74,10 @@ def district(clock) -> EngineSource:
     iid = next(i for i in src.latest if "-leak-" in i)
     clock["t"] = now - 6 * 60
     src.acknowledge(iid, b'{"by": "wang.li"}', 5)
+    # ... and shelved while the crew works there (ISA-18.2): on the board apart, in the watch marked "shelf"
+    shelf = {"by": "zhao.min", "reason": "抢修队在场，三户阀门已关 (crew on site, valves closed)",
+             "duration_s": 45 * 60}
+    src.shelve(iid, json.dumps(shelf).encode(), shelf, 5)
     # a leak at a primary school: a key area raises blue to yellow (plan 3.3)
     school = dev(0x100100, "household", "历下实验小学 食堂", 36.6702, 117.0598, 1, 0xA006, key_area=True,
                  address="历下区山大路 历下实验小学")
@@ -111,13 +118,24 @@ def watch_png(src, out_dir: Path, browser) -> None:
     client = CommandClient("127.0.0.1", 1, "lixia")          # never connected: the board is filled here
     for m in src.snapshot():
         client.board.apply(m)
+    client.board.apply_shelves({"seq": 1, "shelves": src.shelves()})    # as the command service publishes them
     app = WatchApp(client, by="wang.li", clock=lambda: T, refresh=3600)
 
     async def shoot():
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause(0.2)
             app.save_screenshot(str(out_dir / "watch.svg"))
-    asyncio.run(shoot())
+    tz = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Shanghai"      # the watch says "until 10:58" in its machine's time: Lixia's here
+    time.tzset()
+    try:
+        asyncio.run(shoot())
+    finally:
+        if tz is None:
+            os.environ.pop("TZ")
+        else:
+            os.environ["TZ"] = tz
+        time.tzset()
     browser.driver.get((out_dir / "watch.svg").resolve().as_uri())
     browser.screenshot(out_dir / "watch.png")
     (out_dir / "watch.svg").unlink()
