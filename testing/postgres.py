@@ -100,6 +100,36 @@ class Postgres:
         self.stop()
 
 
+class WireTrace:
+    """What one psycopg connection puts on the wire, from libpq's own trace (PQtrace), while the block runs:
+
+        with WireTrace(conn, tmp_path / "wire.trace") as w:
+            ...
+        w.statements, w.round_trips
+
+    `statements`: statements executed (extended-protocol Binds and simple Queries). `round_trips`: the times the
+    client, having sent, read the server's answers; the server answers only at a Sync or a Flush, so a run of
+    answers is one wait, however many statements it answers."""
+
+    def __init__(self, conn, path):
+        self.conn, self.path = conn, Path(path)
+        self.statements = self.round_trips = 0
+
+    def __enter__(self) -> "WireTrace":
+        import psycopg
+        self.f = open(self.path, "w")
+        self.conn.pgconn.trace(self.f.fileno())
+        self.conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.conn.pgconn.untrace()
+        self.f.close()
+        lines = [line.split("\t") for line in self.path.read_text().splitlines()]
+        self.statements = sum(1 for p in lines if p[0] == "F" and p[2].strip() in ("Bind", "Query"))
+        self.round_trips = sum(1 for a, b in zip(lines, lines[1:]) if a[0] == "F" and b[0] == "B")
+
+
 def wait_ready(url: str, timeout: float = 10.0) -> None:
     import psycopg
     deadline = time.monotonic() + timeout

@@ -35,6 +35,15 @@ def test_bench_retention_runs_and_its_passes_remove_what_they_say():
     assert out["over_bound"] == {"expired": 0, "over_bound": 3 * (96 - out["bound"])}
 
 
+def test_bench_command_store_times_each_pass_and_counts_postgresqls_round_trips():
+    """The command-store bench at a tiny size on PostgreSQL: every kind of pass timed, its wire counted."""
+    r = CliRunner().invoke(bench, ["command-store", "--passes", "6", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["store"] == "postgresql" and set(out["passes_ms"]) == {"alarm", "alarms", "readings"}
+    assert all(p["median"] > 0 and p["statements"] > 0 and p["round_trips"] > 0 for p in out["passes_ms"].values())
+
+
 def test_bench_misses_runs_every_reading_through_a_registry_miss(tmp_path):
     from gasguard.tools.bench.gateway import misses_figures
     out = misses_figures(devices=600, group=170, echo=lambda *_: None, workdir=tmp_path)

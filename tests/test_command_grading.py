@@ -5,12 +5,11 @@ DistrictGrader; incidents, revisions, escalations and notifications come out of 
 import pytest
 
 from gasguard.command import config as cconfig
-from gasguard.command.grader import DistrictGrader
-from gasguard.command.service import Registry as CachedRegistry
-from gasguard.command.store import open_store
 from gasguard.gateway import payloads
 from gasguard.registry import Device, Registry
 from gasguard.protocol import frame
+from gasguard.testing.grader import district_grader
+from gasguard.testing.postgres import WireTrace
 from grading_helpers import T0
 
 D = "lixia"
@@ -38,15 +37,7 @@ def district(tmp_path, store_url):
 
 
 def _grader(cfg):
-    store = open_store(cfg.store)
-    store.migrate()
-    reg = CachedRegistry(cfg.registry)
-    from gasguard.command import notify
-    g = DistrictGrader(cfg.grading, store, devices=reg.device, downstream=reg.downstream,
-                       notify_routes=notify.routes(cfg.notify), gateway_silent_s=cfg.gateway_silent_s)
-    g.load()
-    fence = store.acquire_lease("test", ttl=3600)
-    return g, store, fence
+    return district_grader(cfg)
 
 
 def _alarm(gw, dev, fcnt, t, code, state, value=900, aseq=1, age=3):
@@ -194,29 +185,6 @@ def test_station_readings_and_valve_moves_are_kept_once_for_a_bounded_time(distr
     store.close()
 
 
-class Wire:
-    """What a store's PostgreSQL connection puts on the wire, from libpq's own trace (PQtrace): the
-    statements sent, and the round trips (each time the client, having sent, reads the server's answers:
-    the server answers only at a Sync or a Flush, so a run of answers is one wait)."""
-
-    def __init__(self, store, path):
-        self.store, self.path = store, path
-
-    def __enter__(self):
-        import psycopg
-        self.f = open(self.path, "w")
-        self.store.db.conn.pgconn.trace(self.f.fileno())
-        self.store.db.conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        return self
-
-    def __exit__(self, *exc):
-        self.store.db.conn.pgconn.untrace()
-        self.f.close()
-        lines = [line.split("\t") for line in self.path.read_text().splitlines()]
-        self.statements = sum(1 for p in lines if p[0] == "F" and p[2].strip() in ("Bind", "Query"))
-        self.round_trips = sum(1 for a, b in zip(lines, lines[1:]) if a[0] == "F" and b[0] == "B")
-
-
 @pytest.fixture
 def far_homes(tmp_path, postgres_url):
     """Two stations and 60 households ~330 m apart: each household's alarm is a leak incident of its own."""
@@ -244,7 +212,7 @@ def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twent
     g.handle([_alarm("gw1", homes[0], 1, T0, GAS_L2, SHUT_STATE, value=260)], T0, fence)     # gateways seen
     waits = {}
     for n, first in ((1, 1), (20, 2), (1, 30)):
-        with Wire(store, tmp_path / f"alarms-{first}.trace") as w:
+        with WireTrace(store.db.conn, tmp_path / f"alarms-{first}.trace") as w:
             out = g.handle([_alarm(f"gw{k % 2 + 1}", h, 1, T0 + first, GAS_L2, SHUT_STATE, value=260)
                             for k, h in enumerate(homes[first:first + n])], T0 + first, fence)
         assert len(out.revisions) == n and out.graded == n
@@ -253,7 +221,7 @@ def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twent
     assert waits[2] == waits[1] == waits[30] <= 4
     for n, fcnt in ((1, 1), (20, 2)):
         rows = [(0xA001 + k % 2, fcnt + k, T0 + 60 + k, 3000, 300_000) for k in range(n)]
-        with Wire(store, tmp_path / f"readings-{n}.trace") as w:
+        with WireTrace(store.db.conn, tmp_path / f"readings-{n}.trace") as w:
             out = g.handle([_batch("gw1", rows)], T0 + 100, fence)
         assert out.kept == n and out.graded == n
         waits[f"readings {n}"] = w.round_trips

@@ -8,6 +8,7 @@ from gasguard.protocol import airtime
 from gasguard.protocol.const import UP
 from gasguard.protocol import frame, framing
 from gasguard.tools.bench.command import command_bench
+from gasguard.tools.bench.command_store import command_store_bench
 from gasguard.tools.bench.deframe import deframe_bench
 from gasguard.tools.bench.authority import authority_bench
 from gasguard.tools.bench.firmware import firmware_bench
@@ -102,6 +103,7 @@ def fuzz(inputs, seed, as_json):
 
 bench.add_command(fleet_bench)
 bench.add_command(command_bench)
+bench.add_command(command_store_bench)
 bench.add_command(authority_bench)
 bench.add_command(firmware_bench)
 bench.add_command(gateway_bench)
