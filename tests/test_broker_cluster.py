@@ -50,7 +50,9 @@ def test_gateway_node_dies_in_a_storm_nothing_lost_exactly_once_at_the_command(t
             if r == KILL_AT:
                 cl.kill(0)                      # gw1's node, mid-storm
                 t_kill = time.monotonic()
-            time.sleep(0.01)                    # the storm's pace (a round every 10 ms), not a wait for anything
+            # the storm's pace: the next round once both gateways took this one (their queues are empty)
+            wait_until(lambda: all(g.daemon.ingest.queue.empty() for g in gws.values()), 10,
+                       "the gateways to take the round", step=0.002)
         want = {(n.dev, UP, fc) for n in nodes for fc in range(1, ROUNDS + 1)}
 
         def complete():
