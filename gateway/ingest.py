@@ -39,7 +39,7 @@ from .micwatch import MicWatch
 from .preverify import PreVerifier
 from .spool import ALARM, EVENT, READING, Item, SpoolError
 from .transports import Route
-from .verify import Rejected, RegistryUnreadable, Verifier
+from .verify import Rejected, Verifier
 
 log = logging.getLogger("gasguard.gateway")
 
@@ -463,7 +463,9 @@ class Ingest:
             self.metrics.frames_in.labels(t).inc(n)
         verifier, presence = self.verifier, self.presence
         check, accept, heard = verifier.check, verifier.accept, presence.heard
-        if len(group) > 1:             # the group's devices not in the registry LRU, in a few queries
+        # the registry checked for changes once a group: the read-ahead and the lane read its LRU as it is then
+        readable = verifier.registry.readable()
+        if readable and len(group) > 1:   # the group's devices not in the registry LRU, in a few queries
             verifier.registry.prefetch([int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group
                                         if raw is not None and len(raw) >= 5])
         reading_json, msg_id = payloads.reading_json, payloads.msg_id
@@ -473,12 +475,7 @@ class Ingest:
         run_bytes, run_routine, run_head = 0, False, None
         # (half a batch each: the publisher merges whole rows, so rows of half a batch fill every message)
         most, room = max(1, self.cfg.batch_count // 2), (self.cfg.batch_bytes - payloads.BATCH_HEAD) // 2
-        lane = self.lane if pre is None else None
-        if lane is not None:
-            try:
-                verifier.registry._fresh()  # the lane reads the registry's LRU as it is for the whole group
-            except RegistryUnreadable:
-                lane = None                 # the general path refuses each frame, naming it
+        lane = self.lane if pre is None and readable else None   # unreadable: the general path names it
         lane_rx, shared, take, routes = None, None, lane.take if lane else None, g.routes
         for i, (raw, rx, route) in enumerate(group):
             if raw is None:

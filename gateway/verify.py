@@ -136,14 +136,18 @@ class RegistryCache:
             if self._signature() != self.sig:
                 self.reload()
 
-    def prefetch(self, devs) -> None:
-        """Read the devices of a group that are not in the LRU with one query per PREFETCH of them (~4 µs a
-        device instead of ~13): a district's 15-minute cycle misses the LRU for nearly every reading. Best
-        effort: an unreadable file is left to get(), which names it."""
+    def readable(self) -> bool:
+        """Reload when the file changed (as get() does); False while it cannot be read (get() names why)."""
         try:
             self._fresh()
         except RegistryUnreadable:
-            return
+            return False
+        return True
+
+    def prefetch(self, devs) -> None:
+        """Read the devices of a group that are not in the LRU with one query per PREFETCH of them (~4 µs a
+        device instead of ~13): a district's 15-minute cycle misses the LRU for nearly every reading. Call
+        after readable() said True. Best effort: a file overwritten meanwhile is left to get(), which names it."""
         cached = self.cached
         missing = list({d for d in devs if d not in cached})
         if len(missing) < 2 or self.db is None:

@@ -102,6 +102,7 @@ def test_a_groups_devices_are_read_ahead_in_one_query_and_are_the_devices_a_look
     with Registry(path) as r:
         r.rotate_key(nodes[0].dev, bytes(range(16)))
     clock.t += 1.1
+    assert cache.readable()                          # (ingest checks once a group, then reads ahead)
     cache.prefetch([nodes[0].dev, nodes[1].dev])
     assert cache.get(nodes[0].dev).key == bytes(range(16))
     cache.close()
