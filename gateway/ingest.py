@@ -115,7 +115,7 @@ def readings_only(group: list) -> bool:
 
 class _Prepared:
     """One verified group, between its verification and its commit."""
-    __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "routes", "n", "results",
+    __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "routes", "results",
                  "down", "observations", "journal", "by_type")
 
     def __init__(self, now: float):
@@ -127,7 +127,6 @@ class _Prepared:
         self.acks: list = []          # (dev, ack fields, key) to seal after commit
         self.accepted: list = []      # (mid, f, device, rx, route, retransmission), but the reading lane's
         self.routes: list = []        # (dev, route, rx) per accepted frame: where downlinks go once committed
-        self.n = 0                    # frames accepted
         self.results: list = []
         self.down: dict = {}          # downlink counters reserved by this group's acks
         self.observations: list = []
@@ -444,8 +443,8 @@ class Ingest:
     def _refused(self, g: _Prepared, e: SpoolError) -> None:
         self._rollback(g)
         self.metrics.spool_errors.inc()
-        self.metrics.rejected.labels(f"spool_{e.kind}").inc(g.n)
-        self.storage_fault("spool", e.kind, g.n, e)
+        self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(g.routes))
+        self.storage_fault("spool", e.kind, len(g.routes), e)
 
     def _prepare(self, group: list, pre: list | None = None, now: float | None = None) -> _Prepared | None:
         """Verify a group: what it will commit, or None when nothing in it was accepted. Changes the verifier's
@@ -494,7 +493,6 @@ class Ingest:
                     undo.append((dev, prev))
                     counters[(dev, UP)] = fcnt
                     routes.append((dev, route, rx))
-                    g.n += 1
                     if run and (routine != run_routine or len(run) >= most or run_bytes + len(js) + 1 > room):
                         items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now,
                                           routine=run_routine, count=len(run)))
@@ -570,14 +568,13 @@ class Ingest:
                 items.extend(state)
             accepted.append((mid, f, v.device, rx, route, repeat))
             routes.append((dev, route, rx))
-            g.n += 1
         if run:
             items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,
                               count=len(run)))
-        if not g.n:
+        if not routes:
             return None
-        if lane is not None and g.n > len(accepted):
-            by_type["reading"] = by_type.get("reading", 0) + g.n - len(accepted)
+        if len(routes) > len(accepted):      # the lane's readings (it keeps no `accepted` entry)
+            by_type["reading"] = by_type.get("reading", 0) + len(routes) - len(accepted)
         counters.update(self.dispatcher.counters_of(down))
         g.observations = self.observers.observations(
             [(mid, f, device, rx, repeat) for mid, f, device, rx, _route, repeat in accepted], now)
@@ -600,7 +597,7 @@ class Ingest:
         # acks only now: the alarm is on disk
         for dev, fields, key in g.acks:
             self.dispatcher.send(dev, fields, "ack", key)
-        self.accepted_count += g.n
+        self.accepted_count += len(g.routes)
         if wake:
             self.outbox.wake({it.lane for it in g.items})
         # observers last: what they say is about frames that are on disk and on their way to the broker
