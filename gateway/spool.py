@@ -526,9 +526,13 @@ class Spool:
         new = len(counters) - len(counters.keys() & self.log_latest.keys()) if row is not None else 0
         urgent = not items or any(it.lane <= EVENT for it in items)
         over = 2 if urgent else 1           # the log's bounds times this: a fold is due
-        fold = row is not None and (len(self.log_latest) + new > over * LOG_COUNTERS
-                                    or self.log_entries + len(counters) > over * LOG_ENTRIES
-                                    or self.log_rows >= over * LOG_ROWS)
+        if row is not None:
+            fold = (len(self.log_latest) + new > over * LOG_COUNTERS
+                    or self.log_entries + len(counters) > over * LOG_ENTRIES or self.log_rows >= over * LOG_ROWS)
+        else:   # a commit with no counters: an alarm's commit may have left the log past its bound (up to twice
+            #     it), and a commit of readings brings it back under, counters or not
+            fold = not urgent and (len(self.log_latest) > LOG_COUNTERS or self.log_entries > LOG_ENTRIES
+                                   or self.log_rows > LOG_ROWS)
         try:
             with self._transaction():
                 if journal:

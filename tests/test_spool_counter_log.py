@@ -152,6 +152,10 @@ def test_an_alarms_commit_leaves_the_fold_to_the_next_readings_under_twice_the_b
         assert (s.log_rows, s.log_entries) == (1, 16)
         s.commit(alarm, {(99, 0): 1})                       # 17 > 2 x 8: folded, alarm or not
         assert (s.log_rows, s.log_entries) == (0, 0) and _table(s.path)[(99, 0)] == 1
+        s.commit(alarm, {(d, 0): 5 for d in range(100, 110)})   # 10 counters: over the bound, under twice it
+        assert (s.log_rows, s.log_entries) == (1, 10)
+        s.commit(reading, {})                               # readings with no counters fold too (hypothesis
+        assert (s.log_rows, s.log_entries) == (0, 0) and _table(s.path)[(109, 0)] == 5   # found this one)
     finally:
         s.close()
 
