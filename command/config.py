@@ -14,6 +14,7 @@ anything is opened. A bad value exits 2 with one message naming the file, the ke
     readings_keep_s = 86400.0                            # station readings and valve events kept this long
     readings_max_per_device = 20000                      # ... and at most this many per device (oldest dropped)
     readings_prune_s = 60.0                              # how often the retention runs
+    readings_prune_rows = 5000                           # rows one retention pass removes at most (the rest: next tick)
     shelve_max_s = 28800.0                               # the longest shelf an operator may set (a shift)
 
     [command.mqtt]
@@ -65,6 +66,9 @@ class Config:
     readings_keep_s: float = 86400.0    # station readings and valve events kept this long (the station page: 24 h)
     readings_max_per_device: int = 20_000   # and no more rows per device (a reading every 4.3 s for 24 h)
     readings_prune_s: float = 60.0      # the retention runs this often
+    readings_prune_rows: int = 5_000    # rows one retention pass removes at most: a pass runs in the grading loop,
+                                        # so this bounds how long an alarm waits behind it (~0.1 s on SQLite,
+                                        # BENCHMARKS.md); a larger backlog goes over the next ticks
     shelve_max_s: float = MAX_S         # the longest an operator may shelve an incident (command/shelving.py)
     batch_max: int = 50                 # broker messages graded in one transaction at most (a reading batch
                                         # holds up to 200 readings: transactions stay well inside the lease)
@@ -150,6 +154,9 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
     if cfg.readings_keep_s <= 0 or cfg.readings_max_per_device < 1 or cfg.readings_prune_s <= 0:
         raise ConfigError(f"{where}: [command] readings_keep_s > 0, readings_max_per_device >= 1 and "
                           "readings_prune_s > 0 (e.g. 86400.0, 20000 and 60.0)")
+    if cfg.readings_prune_rows < 1:
+        raise ConfigError(f"{where}: [command] readings_prune_rows = {cfg.readings_prune_rows}: at least 1 (rows "
+                          "one retention pass removes; e.g. 5000)")
     if cfg.lease_ttl < 1 or cfg.tick_interval <= 0:
         raise ConfigError(f"{where}: [command] lease_ttl >= 1 s and tick_interval > 0 s (e.g. 5.0 and 1.0)")
     if cfg.authority:

@@ -44,6 +44,10 @@ class Metrics:
         self.readings_removed = Counter("gasguard_command_readings_removed",
                                         "Readings and valve events removed: past readings_keep_s (expired) or "
                                         "past readings_max_per_device (over_bound)", ["reason"], registry=r)
+        self.prune_pass = Histogram("gasguard_command_readings_prune_seconds",
+                                    "One pass of the readings' retention (at most readings_prune_rows rows removed): "
+                                    "the grading loop waits this long behind it", registry=r,
+                                    buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.takeovers = Counter("gasguard_command_takeovers", "Times this copy became the leader", registry=r)
         self.broker_connected = Gauge("gasguard_command_broker_connected", "1 while connected to the broker",
                                       registry=r)

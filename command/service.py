@@ -44,7 +44,7 @@ from . import notify
 from .acts import GateActs, Unsigned
 from .grader import DistrictGrader
 from .metrics import Metrics
-from .store import LeaseLost, open_store
+from .store import LeaseLost, Retention, open_store
 
 log = logging.getLogger("gasguard.command")
 
@@ -138,7 +138,8 @@ class CommandService:
         self.became_leader_at: float | None = None     # wall time of the last take-over
         self.last_tick = float("-inf")               # monotonic time of the last tick; -inf: the first pass ticks
         self.last_prune = 0.0
-        self.last_readings_prune = 0.0                 # service-clock time of the last readings retention pass
+        self.last_readings_prune = 0.0                 # service-clock time the last readings retention round began
+        self.retention: Retention | None = None        # the round being worked off; None: none (store.Retention)
         self.grading_alive = time.monotonic()          # the grading loop's last pass (the lease depends on it)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -212,6 +213,7 @@ class CommandService:
         self.became_leader_at = self.wall()
         self.pending_pub.clear()
         self.outbox_after = 0
+        self.retention = None           # a round of an earlier leadership starts again (it only removes what goes)
         self._connect()
         self.leader.set()
         self.kick.set()
@@ -369,21 +371,31 @@ class CommandService:
                     self.last_prune = now
                     with self.store.write(fence) as tx:
                         tx.prune_frames(now - self.cfg.frames_keep_s)
-                if now - self.last_readings_prune >= self.cfg.readings_prune_s:
+                # a round with work left goes on at the next tick, not readings_prune_s later
+                if self.retention is not None or now - self.last_readings_prune >= self.cfg.readings_prune_s:
                     self.prune_readings(now, fence)
 
     def prune_readings(self, now: float, fence) -> dict:
-        """The readings' retention: older than `readings_keep_s` goes, and no device keeps more than
-        `readings_max_per_device` rows (its oldest go, counted: gasguard_command_readings_removed_total)."""
-        self.last_readings_prune = now
+        """One pass of the readings' retention: older than `readings_keep_s` goes, and no device keeps more than
+        `readings_max_per_device` rows (its oldest go, counted: gasguard_command_readings_removed_total). A pass
+        removes at most `readings_prune_rows` rows, so the grading loop it runs in never stalls for long; a round
+        with more to remove is carried on by the next passes (`self.retention` says where it stands)."""
+        if self.retention is None:
+            self.last_readings_prune = now
+            self.retention = Retention(now - self.cfg.readings_keep_s, self.cfg.readings_max_per_device)
+        r = self.retention
+        t0 = time.monotonic()
         with self.store.write(fence) as tx:
-            gone = tx.prune_readings(now - self.cfg.readings_keep_s, self.cfg.readings_max_per_device)
+            gone = tx.retention_pass(r, self.cfg.readings_prune_rows)
         for reason, n in gone.items():
             self.metrics.readings_removed.labels(reason).inc(n)
-        if gone["over_bound"]:
-            log.warning("%d readings dropped past the bound of %d per device (readings_max_per_device): a device "
-                        "reports faster than the bound allows for readings_keep_s", gone["over_bound"],
-                        self.cfg.readings_max_per_device)
+        if r.done:
+            self.retention = None
+            if r.removed["over_bound"]:
+                log.warning("%d readings dropped past the bound of %d per device (readings_max_per_device): a "
+                            "device reports faster than the bound allows for readings_keep_s",
+                            r.removed["over_bound"], r.max_per_device)
+        self.metrics.prune_pass.observe(time.monotonic() - t0)       # last: a pass counted here is complete
         return gone
 
     def tick_now(self) -> None:

@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LEADER = "leader"
@@ -722,6 +722,32 @@ class Store:
         return {r["level"]: r["n"] for r in rows}
 
 
+RETAINED = ("readings", "valve_events")     # the tables the readings' retention keeps bounded, in its order
+_UNBOUNDED = 1 << 62        # LIMIT of an unbounded retention pass (both dialects take a number, not NULL)
+_ROWID = {"sqlite": "rowid", "postgresql": "ctid"}   # a row's address, read and used within one statement
+# devices over the bound whose cut one retention pass looks up at most: a look-up walks max_per_device entries
+# of the (dev, t) index (20,000 by default), so a district of devices each a row over the bound cannot make
+# one pass walk them all
+_PROBES_MAX = 16
+
+
+@dataclass
+class Retention:
+    """Where a round of the readings' retention stands, worked off in bounded passes (`_Writer.retention_pass`).
+    Held in memory by the leader: a crash forgets it, and the next leader starts a new round (every pass only
+    removes rows that should go, so nothing that should stay is lost)."""
+    before: float                 # rows older than this go: fixed for the round, so its counts are one pass's
+    max_per_device: int
+    table: int = 0                # RETAINED[table] is being worked on; len(RETAINED): the round is done
+    over: list | None = None      # None: its expired rows are still going; then its devices found over the bound
+                                  # and not trimmed yet, in key order
+    removed: dict = field(default_factory=lambda: {"expired": 0, "over_bound": 0})   # by the round so far
+
+    @property
+    def done(self) -> bool:
+        return self.table >= len(RETAINED)
+
+
 _RUN_MAX = 256       # rows in one multi-row statement (at most 7 parameters a row: far below either limit)
 
 
@@ -827,19 +853,59 @@ class _Writer:
                (dev, t, valve, cause, gateway))
 
     def prune_readings(self, before: float, max_per_device: int) -> dict[str, int]:
-        """Retention: rows older than `before` go ("expired"); then a device holding more than `max_per_device`
-        rows in a table loses its oldest ("over_bound": a chattering device cannot fill the store). Counts."""
+        """Retention in one go (a whole round, however long it takes): rows older than `before` go ("expired");
+        then a device holding more than `max_per_device` rows in a table loses its oldest ("over_bound": a
+        chattering device cannot fill the store). Counts. The service works a round off in bounded passes
+        (`retention_pass`); this is the reference they are measured and tested against."""
+        return self.retention_pass(Retention(before, max_per_device), None)
+
+    def retention_pass(self, r: "Retention", limit: int | None) -> dict[str, int]:
+        """One bounded pass of the retention round `r`: at most `limit` rows deleted and at most `_PROBES_MAX`
+        devices' cuts looked up (None: no bound, the whole round); `r` records where it stopped (`r.done` once the
+        round is worked off). Counts what it removed, by reason. The rows go oldest first, in the round's order:
+        expired, then over the bound, table by table; so between two passes (or after a crash) a device keeps a
+        run of its newest rows, and a round's end state and counts are those of `prune_readings` at its start."""
         out = {"expired": 0, "over_bound": 0}
-        for table in ("readings", "valve_events"):
-            out["expired"] += self._answered(self.x(f"DELETE FROM {table} WHERE t < ?", (before,))).rowcount
-            over = self.x(f"SELECT dev FROM {table} GROUP BY dev HAVING COUNT(*) > ?", (max_per_device,)).fetchall()
-            for (dev,) in over:
-                # the newest max_per_device rows stay; ties at the cut stay too (never a row newer than one kept)
-                cut = self.x(f"SELECT t FROM {table} WHERE dev = ? ORDER BY t DESC LIMIT 1 OFFSET ?",
-                             (dev, max_per_device - 1)).fetchone()[0]
-                out["over_bound"] += self._answered(self.x(f"DELETE FROM {table} WHERE dev = ? AND t < ?",
-                                                           (dev, cut))).rowcount
+        left = _UNBOUNDED if limit is None else limit
+        probes = _UNBOUNDED if limit is None else _PROBES_MAX       # cuts this pass may still look up
+        while not r.done and left > 0:
+            table = RETAINED[r.table]
+            if r.over is None:
+                n = self._delete_oldest(table, "t < ?", (r.before,), left)
+                out["expired"] += n
+                if n < left:
+                    # this table's expired rows are gone: find its devices over the bound (one scan of the
+                    # (dev, t) index a round, as the unbounded pass did); each is checked again when trimmed
+                    r.over = [dev for (dev,) in self.x(f"SELECT dev FROM {table} GROUP BY dev HAVING COUNT(*) > ? "
+                                                       "ORDER BY dev", (r.max_per_device,)).fetchall()]
+                left -= n
+            elif not r.over:
+                r.table, r.over = r.table + 1, None
+            elif not probes:
+                break
+            else:
+                dev = r.over[0]
+                probes -= 1
+                # the newest max_per_device rows not expired stay; ties at the cut stay too (never a row newer
+                # than one kept). Looked up now, not at the scan: rows that came since only raise it.
+                cut = self.x(f"SELECT t FROM {table} WHERE dev = ? AND t >= ? ORDER BY t DESC LIMIT 1 OFFSET ?",
+                             (dev, r.before, r.max_per_device - 1)).fetchone()
+                n = 0 if cut is None else self._delete_oldest(table, "dev = ? AND t >= ? AND t < ?",
+                                                               (dev, r.before, cut[0]), left)
+                out["over_bound"] += n
+                if n < left:
+                    r.over.pop(0)           # within its bound now
+                left -= n
+        for reason, n in out.items():
+            r.removed[reason] += n
         return out
+
+    def _delete_oldest(self, table: str, where: str, args: tuple, limit: int) -> int:
+        """Delete the oldest `limit` rows of `table` matching `where`, by row address (SQLite's rowid,
+        PostgreSQL's ctid: these tables have no key, and a cut by time could not stop inside a run of ties)."""
+        rid = _ROWID[self.s.dialect]
+        return self._answered(self.x(f"DELETE FROM {table} WHERE {rid} IN (SELECT {rid} FROM {table} WHERE {where} "
+                                     "ORDER BY t LIMIT ?)", (*args, limit))).rowcount
 
     def save_incident(self, state: dict, latest: dict, timeline_n: int) -> None:
         acked = latest.get("acked") or {}
