@@ -67,7 +67,7 @@ class Config:
     readings_max_per_device: int = 20_000   # and no more rows per device (a reading every 4.3 s for 24 h)
     readings_prune_s: float = 60.0      # the retention runs this often
     readings_prune_rows: int = 5_000    # rows one retention pass removes at most: a pass runs in the grading loop,
-                                        # so this bounds how long an alarm waits behind it (~0.1 s on SQLite,
+                                        # so this bounds how long an alarm waits behind it (tens of ms,
                                         # BENCHMARKS.md); a larger backlog goes over the next ticks
     shelve_max_s: float = MAX_S         # the longest an operator may shelve an incident (command/shelving.py)
     batch_max: int = 50                 # broker messages graded in one transaction at most (a reading batch

@@ -27,7 +27,7 @@ SLICE = 37                 # readings_prune_rows: rows one pass removes at most 
 
 def _backlog() -> dict[str, list[tuple]]:
     """24 stations with 10..79 readings each (some with every time twice: ties at the cut), 6 devices' valve
-    moves, some of each expired: 20 of the stations over the bound, more than a pass probes (store._PROBES_MAX)."""
+    moves, some of each expired: 20 of the stations over the bound, more than a pass trims together (store._BATCH)."""
     readings, valves = [], []
     for d in range(24):
         dev = 0xA000 + d
