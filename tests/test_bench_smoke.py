@@ -25,14 +25,16 @@ def test_bench_all_quick_prints_every_figure():
 
 
 def test_bench_retention_runs_and_its_passes_remove_what_they_say():
-    """The readings-retention bench at a tiny size: the expired minute and the rows over the bound go."""
-    r = CliRunner().invoke(bench, ["retention", "--stations", "3", "--every", "900", "--json"],
+    """The readings-retention bench at a tiny size: the expired minute and the rows over the bound go, the
+    latter in passes of at most --rows rows."""
+    r = CliRunner().invoke(bench, ["retention", "--stations", "3", "--every", "900", "--rows", "50", "--json"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["rows"] == 3 * 96 and out["page_rows"] == 96
     assert out["prune"] == {"expired": 3, "over_bound": 0}
     assert out["over_bound"] == {"expired": 0, "over_bound": 3 * (96 - out["bound"])}
+    assert out["over_bound_passes"] > 3 * (96 - out["bound"]) // 50
 
 
 def test_bench_command_store_times_each_pass_and_counts_postgresqls_round_trips():
