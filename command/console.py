@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gasguard.authority.envelope import sign_request
+from gasguard.command.web import alarms as A
 from gasguard.grading import engine as G
 from gasguard.protocol.topics import CMD, CMD_RESULT, ROOT, CommandTopics, Topics
 
@@ -101,6 +102,13 @@ class IncidentBoard:
         with self._lock:
             return (self.shelves or {}).get(iid)
 
+    def holding(self, msg: dict, now: float) -> dict | None:
+        """The shelf that holds for incident `msg` at `now`, or None: the web board's rule (`alarms.alarm_state`:
+        an open incident, the shelf not past its expiry, the incident not upgraded beyond what was shelved), so
+        a shelf that ended shows as ended before the service has recorded it."""
+        shelf = self.shelf(msg["incident_id"])
+        return shelf if shelf is not None and A.alarm_state(msg, shelf, now) == A.SHELVED else None
+
     def gateway_line(self) -> str:
         """"gateways: 19 heard, SILENT gw07 (last heard 10:31:02)" -- what the operator must see."""
         with self._lock:
@@ -139,11 +147,16 @@ def render_board(board: IncidentBoard, now: float, *, district: str = "", select
                     ("phone 20'", {"no_wrap": True}), ("written 45'", {"no_wrap": True}), ("ack", {}),
                     ("rev", {"justify": "right"})):
         table.add_column(col, **kw)
+    shelved = []
     for m in rows:
         open_ = m["status"] == "open"
         lv = G.LEVEL_NAMES.get(m["level"], "-") + (" (projected)" if m["projected"] else "")
         ack = m["acked"]["by"] if m.get("acked") else ("ESCALATED x%d" % m["escalation"]["count"]
                                                         if m.get("escalation") else "not acked")
+        shelf = board.holding(m, now)
+        if shelf is not None:           # hidden on purpose (ISA-18.2): said on its row, who and why below
+            ack = f"SHELVED ({ack})"
+            shelved.append((m, shelf))
         late = open_ and not m.get("acked")
         phone = _left(m["deadlines"]["phone"], now) if open_ else "resolved"
         written = _left(m["deadlines"]["written"], now) if open_ else ""
@@ -156,13 +169,25 @@ def render_board(board: IncidentBoard, now: float, *, district: str = "", select
             f"{m['households']:,}" if m["households"] else "-",
             Text(phone, style="bold red" if late and "OVERDUE" in phone else ""),
             Text(written, style="bold red" if late and "OVERDUE" in written else ""),
-            Text(ack, style="bold red" if m.get("escalation") else ("green" if m.get("acked") else "yellow")),
+            Text(ack, style="italic" if shelf is not None else "bold red" if m.get("escalation") else
+                 ("green" if m.get("acked") else "yellow")),
             str(m["revision"]),
             style=None if open_ else "dim")
     if not rows:
         table.add_row("", "no open incidents", *[""] * 9)
     keys = Text("keys: j/k select   a acknowledge   i operator input   r draft report   q quit", style="dim")
-    return Group(table, keys)
+    return Group(table, *(_shelf_line(m, shelf, now) for m, shelf in shelved), keys)
+
+
+def _shelf_line(m: dict, shelf: dict, now: float) -> Text:
+    """Who shelved an incident, the time left, when it ends (this machine's clock) and why: as the watch shows."""
+    left = max(0, int(shelf["until"] - now))
+    line = Text("shelved ", style="italic")
+    line.append(m["incident_id"], style="bold")
+    line.append(f" by {shelf['by']}: {left // 60:d}:{left % 60:02d} left, until "
+                f"{time.strftime('%H:%M', time.localtime(shelf['until']))}: ")
+    line.append(" ".join(str(shelf["reason"]).split()), style="italic")
+    return line
 
 
 def render_report(msg: dict) -> Panel:

@@ -98,7 +98,8 @@ def watch(refresh, **o):
 @click.option("--wait", default=2.0, show_default=True, type=float, help="seconds to collect incidents")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_(wait, as_json, **o):
-    """Incidents the gateway holds now (asks it to re-publish them)."""
+    """Incidents the gateway holds now (asks it to re-publish them), and which the command service holds
+    shelved (its retained command/shelves): who shelved each, until when and why."""
     import time
 
     from rich.console import Console
@@ -107,13 +108,15 @@ def list_(wait, as_json, **o):
     try:
         with _client(o) as client:
             time.sleep(wait)
-            rows = client.board.rows(time.time())
-            if as_json:
-                click.echo(json.dumps([{k: m[k] for k in ("incident_id", "revision", "status", "level", "warning",
-                                                         "projected", "households", "acked", "escalation",
-                                                         "deadlines", "title")} for m in rows], ensure_ascii=False))
+            now = time.time()
+            rows = client.board.rows(now)
+            if as_json:       # "shelf": the command service's shelf while it holds (who, why, until), else null
+                click.echo(json.dumps([{**{k: m[k] for k in ("incident_id", "revision", "status", "level", "warning",
+                                                            "projected", "households", "acked", "escalation",
+                                                            "deadlines", "title")},
+                                        "shelf": client.board.holding(m, now)} for m in rows], ensure_ascii=False))
             else:
-                Console().print(render_board(client.board, time.time(), district=o["district"]))
+                Console().print(render_board(client.board, now, district=o["district"]))
     except ConsoleError as e:
         _fail(e)
 

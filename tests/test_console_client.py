@@ -82,6 +82,39 @@ def test_parse_input_rejects_bare_words():
         parse_input("deaths 1")
 
 
+def _shelves(iid, until, seq=3, grade=(2, 3)):
+    """The command service's retained snapshot (command/README.md: gasguard.command-shelves/1)."""
+    return {"schema": "gasguard.command-shelves/1", "district": "lixia", "seq": seq, "t": T0,
+            "shelves": {iid: {"by": "zhao.min", "reason": "crew on site,\n valve closed", "at": T0 + 1300,
+                              "until": until, "revision": 2, "grade": list(grade)}}}
+
+
+def test_render_board_says_which_incidents_are_shelved_by_whom_until_when_and_why():
+    """`gasguard command list`'s board: a shelved incident says SHELVED on its row and who, the time left and
+    why under the table, while the shelf holds by the watch's rule; past its expiry, or once the incident is
+    upgraded beyond the grade shelved, it is back as it was, whatever the service has published since."""
+    _, msgs = _incidents((1200,))
+    board = IncidentBoard()
+    for m in msgs:
+        board.apply(m)
+    leak = [m for m in msgs if m["category"] == "safety_accident"][-1]
+    assert board.apply_shelves(_shelves(leak["incident_id"], T0 + 1300 + 2700, grade=(3, 4)))
+
+    def text(now):
+        con = Console(record=True, width=170)
+        con.print(render_board(board, now, district="lixia"))
+        return con.export_text()
+
+    held = text(T0 + 1360)
+    assert held.count("SHELVED") == 1 and "SHELVED (not acked)" in held
+    assert f"shelved {leak['incident_id']} by zhao.min: 44:00 left, until " in held
+    assert "crew on site, valve closed" in held                      # one line, whatever was typed
+    assert "SHELVED" not in text(T0 + 1300 + 2700)                      # expired by this machine's clock
+    upgraded = dict(leak, revision=leak["revision"] + 1, warning="orange", level=2)
+    board.apply(upgraded)
+    assert "SHELVED" not in text(T0 + 1360)                            # upgraded beyond what was shelved
+
+
 @pytest.fixture
 def district(tmp_path):
     """Lixia's operators: an admin, the duty operator 王值班 (id duty) and an engineer."""
@@ -161,8 +194,44 @@ def test_cli_report_ack_input_json(mosquitto, gateway, district):
         r = CliRunner().invoke(command, ["input", iid, "deaths=-1", *port, *_cli_as(district)])
         assert r.exit_code == 2 and "cannot be negative" in r.output
         r = CliRunner().invoke(command, ["list", "--json", "--wait", "3", *port])
-        assert [m["incident_id"] for m in json.loads(r.output)] == [iid]
+        assert [(m["incident_id"], m["shelf"]) for m in json.loads(r.output)] == [(iid, None)]
     finally:
+        gateway.stop_pumping()
+
+
+def test_cli_list_shows_the_command_services_shelves(mosquitto, gateway):
+    """`gasguard command list` reads the shelves the service keeps retained on command/shelves: a shelved
+    incident is shown so (--json: the shelf; the table: SHELVED, who, the time left, why), an expired one not."""
+    import re
+    import time
+
+    import paho.mqtt.client as mqtt
+    from gasguard.protocol.topics import Topics
+    gateway.observe(alarm(device(0xA001, households=12_000, site="燕山调压站"), T0, 4, value=900, ptrip=True))
+    iid = gateway.published[0][1]["incident_id"]
+    gateway.pump_in_background()
+    topic = Topics().command("lixia").shelves
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    try:
+        port = ["--port", str(mosquitto.port), "--timeout", "5", "--wait", "3"]
+        until = time.time() + 1800           # the CLI's clock is this machine's
+        pub.publish(topic, json.dumps(_shelves(iid, until, grade=(2, 3))), qos=1, retain=True).wait_for_publish(5)
+        r = CliRunner().invoke(command, ["list", "--json", *port])
+        assert r.exit_code == 0, r.output
+        assert [(m["incident_id"], m["shelf"]["by"], m["shelf"]["until"]) for m in json.loads(r.output)] == [
+            (iid, "zhao.min", until)]
+        r = CliRunner().invoke(command, ["list", *port], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        assert "SHELVED" in r.output and re.search(rf"shelved {iid} by zhao\.min: 29:\d\d left", r.output), r.output
+        pub.publish(topic, json.dumps(_shelves(iid, time.time() - 1, seq=4)), qos=1,
+                    retain=True).wait_for_publish(5)
+        r = CliRunner().invoke(command, ["list", "--json", *port])
+        assert [(m["incident_id"], m["shelf"]) for m in json.loads(r.output)] == [(iid, None)]
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
         gateway.stop_pumping()
 
 
