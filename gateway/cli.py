@@ -106,6 +106,7 @@ def run(path, clock_spec, t0):
     from gasguard import logs
 
     from .daemon import Daemon
+    from .gcpause import Collector
     logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
 
     async def main():
@@ -118,7 +119,7 @@ def run(path, clock_spec, t0):
     # a refusal at start (plugin options, registry, spool, a port in use) exits 2, which the systemd unit
     # does not restart; the daemon itself never exits on a fault once it runs
     try:
-        daemon = Daemon(cfg, clock=clock)
+        daemon = Daemon(cfg, clock=clock, collector=Collector())     # this process is the gateway: it may freeze
         if clock.mode != "real":
             logging.getLogger("gasguard.gateway").warning(
                 "DRILL CLOCK %s: every message this gateway publishes is marked \"drill\"; not for production",

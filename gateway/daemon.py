@@ -28,6 +28,7 @@ from .authority import authorise_act, open_gate, result_topic, sha256_file
 from .burstlog import BurstLog
 from .config import ConfigError
 from .dispatch import Dispatcher
+from .gcpause import Collector
 from .ingest import Ingest
 from .metrics import Metrics
 from .micwatch import MicWatch
@@ -58,8 +59,12 @@ async def _cancelled(tasks: list, what: str, timeout: float = 5.0) -> None:
 
 
 class Daemon:
-    def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None):
+    def __init__(self, cfg, *, clock=time.time, plugins: list[Plugin] | None = None, spool_max_pages=None,
+                 collector: Collector | None = None):
+        """`collector`: the garbage collector's pauses kept off the alarm path (gateway/gcpause.py). It freezes
+        the whole process's objects, so only a process that is the gateway passes one (`gasguard gateway run`)."""
         self.cfg, self.clock = cfg, clock
+        self.collector = collector
         self.topics = cfg.topics
         self.metrics = Metrics()
         self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
@@ -173,8 +178,11 @@ class Daemon:
             await asyncio.sleep(self.cfg.tick_interval)
             self.tick(self.clock())
             self.beats.beat("ticker")
-            if self.ingest.queue.empty():
+            idle = self.ingest.queue.empty()
+            if idle:
                 self.beats.beat("ingest")     # waiting for frames is healthy; a queue that does not drain is not
+            if self.collector is not None:
+                self.collector.tick(idle)
             mono = time.monotonic()
             if mono - last_gauges >= 5:
                 last_gauges = mono
@@ -301,6 +309,8 @@ class Daemon:
             self.pre.start()
         self.publisher.start()
         self._settle_journal()          # before the first new frame: what the last run acked but never graded
+        if self.collector is not None:
+            self.collector.start()      # the state loaded at start, frozen before the first frame
         udp_transport = None
         if self.cfg.udp_bind:
             try:

@@ -45,6 +45,7 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
+AHEAD_MAX = 256        # alarms waiting ahead of the queue (FrameQueue.put_ahead)
 PIPELINE = 2           # groups in the verification worker at once: one being verified, one ready
 WRITTEN_MAX = 4        # groups of readings written and waiting for a sync (then ingest waits for the disk)
 EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
@@ -77,23 +78,88 @@ def alarms_first(group: list, busy=()) -> tuple[list, list]:
 class FrameQueue(asyncio.Queue):
     """The verification queue, bounded in frames: an entry is one frame (raw, rx, route) or a transport's whole
     read of them (a list: one queue operation per read, not per frame, on the hot path). full() counts frames,
-    so a stream transport waits while QUEUE_MAX frames wait (it may pass the bound by one read)."""
+    so a stream transport waits while QUEUE_MAX frames wait (it may pass the bound by one read).
+
+    Alarms ahead (issue 17): an alarm whose device has no frame waiting (`ahead`) does not queue behind the
+    readings of other devices. It waits in `ahead`, which the next get() returns before anything queued, so at
+    saturation (QUEUE_MAX frames waiting, ~20 groups) it waits for the group being processed, not for the whole
+    queue, and a datagram flood that fills the queue refuses readings, not alarms. A device's frames keep their
+    order: its alarm stays in line behind its own waiting frames. `ahead` holds at most AHEAD_MAX frames (past
+    that, alarms queue in line as before): a sender forging alarm headers gets no more than that."""
 
     def _init(self, maxsize):
         super()._init(maxsize)
         self.frames = 0
+        self.ahead: deque = deque()
+        # the devices with a frame in the queue, while known: built by the first alarm after a get (a scan of
+        # the queue, ~0.3 µs a frame), kept up by puts, dropped at the next get (the take of a group) - so a
+        # scan costs at most once per group, however many alarms arrive
+        self.queued: set | None = None
 
     def _put(self, item):
-        self.frames += len(item) if type(item) is list else 1
+        if type(item) is list:
+            self.frames += len(item)
+            if self.queued is not None:
+                self.queued.update(h[1] for h in (frame.peek(f[0]) for f in item if f[0] is not None) if h)
+        else:
+            self.frames += 1
+            if self.queued is not None and item[0] is not None:
+                h = frame.peek(item[0])
+                if h:
+                    self.queued.add(h[1])
         super()._put(item)
 
     def _get(self):
+        self.queued = None
+        if self.ahead:
+            out = list(self.ahead)
+            self.ahead.clear()
+            self.frames -= len(out)
+            return out
         item = super()._get()
         self.frames -= len(item) if type(item) is list else 1
         return item
 
+    def empty(self) -> bool:
+        return not self._queue and not self.ahead
+
     def qsize(self) -> int:
         return self.frames
+
+    def full(self) -> bool:
+        return self.frames - len(self.ahead) >= self._maxsize > 0
+
+    def put_ahead(self, frames: list) -> list:
+        """The alarms of `frames` (one read, in order) that may go ahead are put there; the rest is returned, in
+        order, for the queue. One byte a frame tells the common read, which holds no alarm (hot path)."""
+        for raw, _, _ in frames:
+            if raw and (raw[0] >> 3) & 7 == T_ALARM:
+                break
+        else:
+            return frames
+        if self.queued is None:
+            q: set = set()
+            for item in self._queue:
+                for f in (item if type(item) is list else (item,)):
+                    h = frame.peek(f[0]) if f[0] is not None else None
+                    if h:
+                        q.add(h[1])
+            self.queued = q
+        behind = self.queued
+        rest, moved = [], False
+        for f in frames:
+            h = frame.peek(f[0]) if f[0] is not None else None
+            if (h is not None and h[0] == T_ALARM and h[1] not in behind and len(self.ahead) < AHEAD_MAX):
+                self.ahead.append(f)
+                self.frames += 1
+                moved = True
+                continue
+            if h is not None:
+                behind.add(h[1])        # this read's frame, queued next: a later alarm of its device stays behind it
+            rest.append(f)
+        if moved:
+            self._wakeup_next(self._getters)
+        return rest
 
     def take_all(self) -> list:
         """Every queued frame, in order (at stop, and for the fuzzer)."""
@@ -168,16 +234,23 @@ class Ingest:
 
     # -- what transports call ------------------------------------------------------------------------
     async def deliver(self, raw: bytes | None, rx: dict, route: Route) -> None:
-        """A stream transport's frame (back-pressure: waits while the queue is full)."""
-        await self.queue.put((raw, rx, route))
+        """A stream transport's frame (back-pressure: waits while the queue is full; an alarm that may go
+        ahead does not wait)."""
+        if self.queue.put_ahead([(raw, rx, route)]):
+            await self.queue.put((raw, rx, route))
 
     async def deliver_many(self, frames: list) -> None:
         """A stream transport's frames of one read, in order: [(raw or None, rx, route or noise reason)]."""
         if frames:
-            await self.queue.put(frames)
+            frames = self.queue.put_ahead(frames)
+            if frames:
+                await self.queue.put(frames)
 
     def deliver_nowait(self, raw: bytes | None, rx: dict, route: Route) -> None:
-        """A datagram transport's frame (no back-pressure possible: counted and refused when full)."""
+        """A datagram transport's frame (no back-pressure possible: counted and refused when full; an alarm
+        that may go ahead is not refused for the readings waiting)."""
+        if not self.queue.put_ahead([(raw, rx, route)]):
+            return
         try:
             self.queue.put_nowait((raw, rx, route))
         except asyncio.QueueFull:
@@ -227,6 +300,10 @@ class Ingest:
                 self.process(rest, durable=not (self.writer is not None and not self.queue.empty()
                                                 and readings_only(rest)))
             self.beat()
+            # the transports' turn between groups: get() does not yield while frames wait, so at saturation
+            # this loop would work through the whole queue (~20 groups, ~300 ms) before a read could put an
+            # alarm ahead of it
+            await asyncio.sleep(0)
         # drain() took over at stop: nothing more to do here until the daemon cancels this task (returning
         # would read as a crash to the supervisor and restart it)
         await asyncio.get_running_loop().create_future()

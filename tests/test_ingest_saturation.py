@@ -1,0 +1,130 @@
+"""Alarms at saturation (issue 17): an alarm does not queue behind the readings of other devices waiting for
+verification, and a datagram flood that fills the queue refuses readings, not alarms. A device's frames keep
+their order. The queue alone (asyncio, header peeks), then the real daemon with a real mosquitto."""
+
+import asyncio
+
+import pytest
+
+from gasguard.gateway import ingest as I
+from gasguard.gateway.ingest import FrameQueue
+from gasguard.testing.node import Node
+from gasguard.tools.bench import gateway as B
+
+RX = {"transport": "udp"}
+
+
+def _f(raw):
+    return (raw, RX, None)
+
+
+def _all(q: FrameQueue) -> list:
+    return [f[0] for f in q.take_all()]
+
+
+def test_an_alarm_goes_ahead_of_other_devices_frames_and_behind_its_own():
+    async def go():
+        q = FrameQueue(I.QUEUE_MAX)
+        a, b, c = Node(0x00C00001), Node(0x00C00002), Node(0x00C00003)
+        readings = [n.reading() for _ in range(3000) for n in (a, b)]
+        assert q.put_ahead([_f(r) for r in readings[:10]]) == [_f(r) for r in readings[:10]]  # no alarm: as is
+        q.put_nowait([_f(r) for r in readings])          # one read's frames, and single frames
+        rb = b.reading()
+        q.put_nowait(_f(rb))
+        ac, ab = c.alarm(code=2), b.alarm(code=2)
+        # one read: c's alarm (nothing of c waits) goes ahead; b's stays behind b's waiting readings
+        rest = q.put_ahead([_f(ab), _f(ac)])
+        assert [f[0] for f in rest] == [ab] and q.qsize() == 6002
+        q.put_nowait(rest)
+        # within one read: c's reading then c's alarm - the alarm stays behind it; a new device's alarm then
+        # its reading - the alarm goes ahead, the reading in line
+        d = Node(0x00C00004)
+        rc, ac2, ad, rd = c.reading(), c.alarm(code=1), d.alarm(code=2), d.reading()
+        rest = q.put_ahead([_f(rc), _f(ac2), _f(ad), _f(rd)])
+        assert [f[0] for f in rest] == [rc, ac2, rd]
+        q.put_nowait(rest)
+        got = q.get_nowait()                                   # the next get: the alarms ahead, in order
+        assert [f[0] for f in got] == [ac, ad]
+        left = _all(q)
+        assert left == [*readings, rb, ab, rc, ac2, rd] and q.qsize() == 0 and q.empty()
+    asyncio.run(go())
+
+
+def test_the_scan_of_waiting_devices_is_dropped_at_each_get_and_kept_up_by_puts():
+    async def go():
+        q = FrameQueue(I.QUEUE_MAX)
+        a, b = Node(0x00C00011), Node(0x00C00012)
+        q.put_nowait([_f(a.reading())])
+        assert q.put_ahead([_f(b.alarm(code=2))]) == [] and q.queued == {a.dev}
+        ra = b.reading()
+        q.put_nowait([_f(ra)])                  # kept up: b now waits in line
+        assert q.queued == {a.dev, b.dev}
+        assert len(q.put_ahead([_f(b.alarm(code=1))])) == 1
+        q.get_nowait()
+        assert q.queued is None                 # a get takes frames away: built again at the next alarm
+    asyncio.run(go())
+
+
+def test_a_full_queue_refuses_readings_and_takes_alarms_up_to_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(I, "AHEAD_MAX", 3)
+
+    class _Ingest:                  # deliver_nowait and reject, on a real queue; the counting is the metric's
+        deliver_nowait = I.Ingest.deliver_nowait
+
+        def __init__(self):
+            self.queue = FrameQueue(50)
+            self.refused = []
+
+        def reject(self, reason, dev, rx, detail):
+            self.refused.append(reason)
+
+    async def go():
+        ing = _Ingest()
+        n = Node(0x00C00021)
+        for _ in range(60):
+            ing.deliver_nowait(n.reading(), RX, None)
+        assert ing.queue.full() and ing.refused == ["ingest_overflow"] * 10
+        alarms = [Node(0x00C00100 + i).alarm(code=2) for i in range(4)]
+        for raw in alarms:
+            ing.deliver_nowait(raw, RX, None)
+        # three go ahead (AHEAD_MAX); the fourth would queue in line, and the line is full: refused, counted
+        assert ing.refused == ["ingest_overflow"] * 11
+        assert [f[0] for f in ing.queue.get_nowait()] == alarms[:3]
+        assert ing.queue.qsize() == 50
+    asyncio.run(go())
+
+
+@pytest.mark.mosquitto
+def test_the_real_daemon_takes_an_alarm_within_two_groups_of_a_full_queue(tmp_path, mosquitto):
+    """6,000 readings wait; an alarm arrives as a transport callback once the first group began. It is
+    committed, acked and published after at most two groups of readings, not after all 6,000: ingest gives
+    the transports a turn between groups, and the alarm goes ahead of the line."""
+    from gasguard.gateway.daemon import Daemon
+    nodes, alarm_nodes = B._setup(tmp_path, 6000, 1)
+    readings = B._frames(nodes, B.PER_DEV)[:6000]
+    (mid, alarm), = B._alarm_frames(alarm_nodes, 1)
+    daemon = Daemon(B._cfg(tmp_path, mosquitto.port), plugins=[])
+
+    async def go():
+        probe = B.Probe(daemon)
+        stop, task = await B._start(daemon)
+        ing = daemon.ingest
+        seen = {}
+        committed = ing._committed
+
+        def spy(g, *a, **k):
+            committed(g, *a, **k)
+            if g.by_type.get("alarm"):
+                seen["readings_before"] = ing.accepted_count - g.by_type["alarm"]
+        ing._committed = spy
+        for raw in readings:
+            daemon._deliver_nowait(raw, B.RX, "bench")
+        asyncio.get_running_loop().call_soon(daemon._deliver_nowait, alarm, B.RX, "bench")
+        probe.arrived[mid] = 0.0
+        await B._until(lambda: "readings_before" in seen and not probe.arrived, 60, "the alarm's PUBACK")
+        await B._until(lambda: daemon.accepted_count >= 6001, 60, "every reading")
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        return seen["readings_before"]
+    before = asyncio.run(go())
+    assert before <= 2 * I.GROUP_MAX, f"the alarm waited for {before} readings"
