@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections import deque
 
 from gasguard import logs
@@ -45,6 +46,12 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
+# A group is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
+# GROUP_MIN and GROUP_MAX frames: an alarm arriving while a group is verified waits for it (it goes ahead of the
+# queue, not into the group in progress). 512 lane frames take ~13 ms, 512 first-sight frames ~40 ms; the
+# budget's groups (~160 frames) cost ~5 % more CPU a reading in fsyncs and commits (BENCHMARKS.md, issue 17)
+GROUP_BUDGET = 0.004
+GROUP_MIN = 32
 AHEAD_MAX = 256        # alarms waiting ahead of the queue (FrameQueue.put_ahead)
 PIPELINE = 2           # groups in the verification worker at once: one being verified, one ready
 WRITTEN_MAX = 4        # groups of readings written and waiting for a sync (then ingest waits for the disk)
@@ -211,6 +218,7 @@ class Ingest:
         self.idents = idents              # (dev, kind) -> identity of the last alarm/event taken (durable)
         self.queue: FrameQueue | None = None      # made on the running loop (start)
         self.accepted_count = 0
+        self.per_frame = 25e-6            # s to verify a frame, recent average: sizes the groups (GROUP_BUDGET)
         self.mic = mic or MicWatch(cfg.mic_failures, cfg.mic_window)   # SPEC 5: failed MICs are alarmed
         self.pre = pre                    # the verification worker (the second core), or None
         self.pending: deque = deque()     # (group, now, devices, future of the worker's answers), oldest first
@@ -264,7 +272,8 @@ class Ingest:
     def _take(self, first) -> list:
         group = list(first) if type(first) is list else [first]
         q = self.queue
-        while len(group) < GROUP_MAX and not q.empty():
+        limit = min(GROUP_MAX, max(GROUP_MIN, int(GROUP_BUDGET / self.per_frame)))
+        while len(group) < limit and not q.empty():
             item = q.get_nowait()
             group.extend(item) if type(item) is list else group.append(item)
         return group
@@ -470,7 +479,11 @@ class Ingest:
         acted on after the next sync; writes stay in order on the event loop, so verification always sees
         every counter written before - only durability, and what waits for it, is deferred."""
         try:
+            t = time.perf_counter()
             g = self._prepare(group, pre, now)
+            n = len(group)
+            if n >= GROUP_MIN:      # (small groups: fixed costs, not a frame's)
+                self.per_frame += 0.25 * ((time.perf_counter() - t) / n - self.per_frame)
             if g is not None:
                 self._commit(g, durable)
         except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames

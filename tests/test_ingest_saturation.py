@@ -123,8 +123,30 @@ def test_the_real_daemon_takes_an_alarm_within_two_groups_of_a_full_queue(tmp_pa
         probe.arrived[mid] = 0.0
         await B._until(lambda: "readings_before" in seen and not probe.arrived, 60, "the alarm's PUBACK")
         await B._until(lambda: daemon.accepted_count >= 6001, 60, "every reading")
+        assert ing.per_frame != 25e-6 and 0 < ing.per_frame < 0.01   # learnt from the groups verified
         stop.set()
         await asyncio.wait_for(task, 15)
         return seen["readings_before"]
     before = asyncio.run(go())
     assert before <= 2 * I.GROUP_MAX, f"the alarm waited for {before} readings"
+
+
+def test_a_group_is_sized_for_the_budget_by_the_recent_cost_of_a_frame():
+    """An alarm waits for the group being verified: groups are cut to GROUP_BUDGET s of verification at the
+    recent cost of a frame (~160 lane frames; ~50 first-sight frames), within GROUP_MIN..GROUP_MAX."""
+    class _Ingest:
+        _take = I.Ingest._take
+
+    async def go():
+        ing = _Ingest()
+        ing.queue = FrameQueue(I.QUEUE_MAX)
+        n = Node(0x00C00031)
+        sizes = []
+        for per_frame in (25e-6, 80e-6, 1e-9, 1.0):
+            for _ in range(1000):
+                ing.queue.put_nowait(_f(n.reading()))
+            ing.per_frame = per_frame
+            sizes.append(len(ing._take(ing.queue.get_nowait())))
+            ing.queue.take_all()
+        assert sizes == [int(I.GROUP_BUDGET / 25e-6), int(I.GROUP_BUDGET / 80e-6), I.GROUP_MAX, I.GROUP_MIN]
+    asyncio.run(go())
