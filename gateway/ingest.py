@@ -48,9 +48,9 @@ QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this 
 GROUP_MAX = 512        # frames per transaction
 # A group is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
 # GROUP_MIN and GROUP_MAX frames: an alarm arriving while a group is verified waits for it (it goes ahead of the
-# queue, not into the group in progress). 512 lane frames take ~13 ms, 512 first-sight frames ~40 ms. Behind
-# (a backlog of more than four such groups), groups grow to a quarter of the backlog, up to GROUP_MAX: throughput
-# first, as each group pays a commit and an fsync (BENCHMARKS.md, issue 17)
+# queue, not into the group in progress). 512 lane frames take ~13 ms, 512 first-sight frames ~40 ms. Far
+# behind (the queue over half full), groups are GROUP_MAX: throughput first, as each group pays a commit and an
+# fsync (BENCHMARKS.md, issue 17)
 GROUP_BUDGET = 0.004
 GROUP_MIN = 32
 AHEAD_MAX = 256        # alarms waiting ahead of the queue (FrameQueue.put_ahead)
@@ -273,9 +273,11 @@ class Ingest:
     def _take(self, first) -> list:
         group = list(first) if type(first) is list else [first]
         q = self.queue
-        # behind (more than four budget groups waiting), a quarter of the backlog: small groups pay a commit and
-        # an fsync each, and a gateway that cannot keep up would fall further behind (and refuse datagrams)
-        limit = min(GROUP_MAX, max(GROUP_MIN, int(GROUP_BUDGET / self.per_frame), q.qsize() // 4))
+        # far behind (the queue over half full), GROUP_MAX: small groups pay a commit and an fsync each, and a
+        # gateway that cannot keep up would fall further behind and refuse datagrams. (Growing with any backlog
+        # - a quarter of it - undid the budget at a steady 10,000/s: every short stall left a backlog)
+        limit = GROUP_MAX if q.qsize() > QUEUE_MAX // 2 else \
+            min(GROUP_MAX, max(GROUP_MIN, int(GROUP_BUDGET / self.per_frame)))
         while len(group) < limit and not q.empty():
             item = q.get_nowait()
             group.extend(item) if type(item) is list else group.append(item)

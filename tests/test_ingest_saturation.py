@@ -143,14 +143,15 @@ def test_a_group_is_sized_for_the_budget_by_the_recent_cost_of_a_frame():
         ing.queue = FrameQueue(I.QUEUE_MAX)
         n = Node(0x00C00031)
         sizes = []
-        for per_frame, waiting in ((25e-6, 400), (80e-6, 150), (1e-9, 600), (1.0, 100), (25e-6, 1600)):
+        for per_frame, waiting in ((25e-6, 400), (80e-6, 150), (1e-9, 600), (1.0, 100), (25e-6, 1600),
+                                   (1.0, I.QUEUE_MAX // 2 + 2)):
             for _ in range(waiting):
                 ing.queue.put_nowait(_f(n.reading()))
             ing.per_frame = per_frame
             sizes.append(len(ing._take(ing.queue.get_nowait())))
             ing.queue.take_all()
-        # the budget's group, at least GROUP_MIN, at most GROUP_MAX; behind (1,600 waiting: more than four
-        # budget groups), a quarter of the backlog
+        # the budget's group, at least GROUP_MIN, at most GROUP_MAX, whatever the backlog (1,600 waiting); far
+        # behind (the queue over half full), GROUP_MAX
         assert sizes == [int(I.GROUP_BUDGET / 25e-6), int(I.GROUP_BUDGET / 80e-6), I.GROUP_MAX, I.GROUP_MIN,
-                         1599 // 4]
+                         int(I.GROUP_BUDGET / 25e-6), I.GROUP_MAX]
     asyncio.run(go())
