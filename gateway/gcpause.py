@@ -34,7 +34,7 @@ class Collector:
     def __init__(self, clock=time.monotonic):
         self.clock = clock
         self.last = self.last_full = clock()
-        self.freezes = self.fulls = 0
+        self.fulls = 0
 
     def start(self) -> None:
         gc.collect()
@@ -61,4 +61,3 @@ class Collector:
         gc.collect(1)
         gc.freeze()
         self.last = self.clock()
-        self.freezes += 1

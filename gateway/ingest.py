@@ -9,8 +9,8 @@ Order of effects for one accepted frame (the invariants the fault tests check):
      observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
      state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
-is paid per group, not per frame; an alarm moves ahead of its group (alarms_first). Step 1 for the common
-frame - a reading of a known device at its next counter that changes no retained state - is the reading
+is paid per group, not per frame; an alarm moves ahead of its group and of the queue (alarms_first). Step 1
+for the common frame - a reading of a known device at its next counter that changes no retained state - is the reading
 lane (gateway/fastlane.py: one call, the same outcome; not with plugins, which observe each frame's fields). With `[ingest] commit_thread`
 (issue 17, off by default), a group of readings (nothing to ack) arriving while more frames wait is written at
 once and its fsync runs on a thread while the next group is verified and written; it is counted, published
@@ -48,7 +48,8 @@ QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this 
 GROUP_MAX = 512        # frames per transaction
 # A group is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
 # GROUP_MIN and GROUP_MAX frames: an alarm arriving while a group is verified waits for it (it goes ahead of the
-# queue, not into the group in progress). 512 lane frames take ~13 ms, 512 first-sight frames ~40 ms. Far
+# queue, not into the group in progress). A frame takes 18.6-24.6 µs to verify in the steady state (5,000-25,000
+# devices; ~160-215 frames to the budget), ~100 µs at first sight (~40): 512 of them take 10-13 ms, or ~50. Far
 # behind (the queue over half full), groups are GROUP_MAX: throughput first, as each group pays a commit and an
 # fsync (BENCHMARKS.md, issue 17)
 GROUP_BUDGET = 0.004
@@ -59,28 +60,39 @@ WRITTEN_MAX = 4        # groups of readings written and waiting for a sync (then
 EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms, (dev, EVENT_KIND) for events
 
 
-def alarms_first(group: list, busy=()) -> tuple[list, list]:
-    """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
-    frame in this group (nor in `busy`: devices with frames still in the verification worker) moves to a
-    group of its own, committed and published before the rest. Nothing else moves, so readings keep their
-    arrival order and each device its frame order (counters verify as they would). ([], group) when no
-    alarm can move."""
-    for raw, _, _ in group:       # the common group holds no alarm: one byte a frame tells (hot path)
+def has_alarm(group: list) -> bool:
+    """One header byte a frame: the common group or read holds no alarm (hot path)."""
+    for raw, _, _ in group:
         if raw and (raw[0] >> 3) & 7 == T_ALARM:
-            break
-    else:
+            return True
+    return False
+
+
+def alarms_first(group: list, busy=(), room: float = float("inf")) -> tuple[list, list]:
+    """Alarm priority at ingest (a header peek, no verification): an alarm whose device has no earlier
+    frame in this group (nor in `busy`: devices with frames still in the verification worker, or waiting in the
+    queue) moves to a group of its own, committed and published before the rest; at most `room` of them. Nothing
+    else moves, so readings keep their arrival order and each device its frame order (counters verify as they
+    would). ([], group) when no alarm can move."""
+    if not has_alarm(group):
         return [], group
-    heads = [frame.peek(raw) if raw is not None else None for raw, _, _ in group]
-    first, rest, seen = [], [], set(busy)
-    for g, h in zip(group, heads):
+    first, rest, seen = [], [], set()
+    for g in group:
+        h = frame.peek(g[0]) if g[0] is not None else None
         if h is not None:
-            if h[1] not in seen and h[0] == T_ALARM:
+            if h[0] == T_ALARM and h[1] not in seen and h[1] not in busy and len(first) < room:
                 first.append(g)
                 seen.add(h[1])
                 continue
             seen.add(h[1])
         rest.append(g)
     return first, rest
+
+
+def _devices(item) -> list[int]:
+    """The devices of a queue entry (one frame, or a read's list of them), by their headers."""
+    frames = item if type(item) is list else (item,)
+    return [h[1] for h in (frame.peek(f[0]) for f in frames if f[0] is not None) if h]
 
 
 class FrameQueue(asyncio.Queue):
@@ -105,16 +117,9 @@ class FrameQueue(asyncio.Queue):
         self.queued: set | None = None
 
     def _put(self, item):
-        if type(item) is list:
-            self.frames += len(item)
-            if self.queued is not None:
-                self.queued.update(h[1] for h in (frame.peek(f[0]) for f in item if f[0] is not None) if h)
-        else:
-            self.frames += 1
-            if self.queued is not None and item[0] is not None:
-                h = frame.peek(item[0])
-                if h:
-                    self.queued.add(h[1])
+        self.frames += len(item) if type(item) is list else 1
+        if self.queued is not None:
+            self.queued.update(_devices(item))
         super()._put(item)
 
     def _get(self):
@@ -138,34 +143,16 @@ class FrameQueue(asyncio.Queue):
         return self.frames - len(self.ahead) >= self._maxsize > 0
 
     def put_ahead(self, frames: list) -> list:
-        """The alarms of `frames` (one read, in order) that may go ahead are put there; the rest is returned, in
-        order, for the queue. One byte a frame tells the common read, which holds no alarm (hot path)."""
-        for raw, _, _ in frames:
-            if raw and (raw[0] >> 3) & 7 == T_ALARM:
-                break
-        else:
+        """The alarms of `frames` (one read, in order) that may go ahead are put there (alarms_first, the queued
+        frames' devices as busy); the rest is returned, in order, for the queue."""
+        if not has_alarm(frames):
             return frames
         if self.queued is None:
-            q: set = set()
-            for item in self._queue:
-                for f in (item if type(item) is list else (item,)):
-                    h = frame.peek(f[0]) if f[0] is not None else None
-                    if h:
-                        q.add(h[1])
-            self.queued = q
-        behind = self.queued
-        rest, moved = [], False
-        for f in frames:
-            h = frame.peek(f[0]) if f[0] is not None else None
-            if (h is not None and h[0] == T_ALARM and h[1] not in behind and len(self.ahead) < AHEAD_MAX):
-                self.ahead.append(f)
-                self.frames += 1
-                moved = True
-                continue
-            if h is not None:
-                behind.add(h[1])        # this read's frame, queued next: a later alarm of its device stays behind it
-            rest.append(f)
-        if moved:
+            self.queued = {d for item in self._queue for d in _devices(item)}
+        first, rest = alarms_first(frames, self.queued, AHEAD_MAX - len(self.ahead))
+        if first:
+            self.ahead.extend(first)
+            self.frames += len(first)
             self._wakeup_next(self._getters)
         return rest
 
@@ -245,8 +232,9 @@ class Ingest:
     async def deliver(self, raw: bytes | None, rx: dict, route: Route) -> None:
         """A stream transport's frame (back-pressure: waits while the queue is full; an alarm that may go
         ahead does not wait)."""
-        if self.queue.put_ahead([(raw, rx, route)]):
-            await self.queue.put((raw, rx, route))
+        f = (raw, rx, route)
+        if self.queue.put_ahead([f]):
+            await self.queue.put(f)
 
     async def deliver_many(self, frames: list) -> None:
         """A stream transport's frames of one read, in order: [(raw or None, rx, route or noise reason)]."""
@@ -258,10 +246,11 @@ class Ingest:
     def deliver_nowait(self, raw: bytes | None, rx: dict, route: Route) -> None:
         """A datagram transport's frame (no back-pressure possible: counted and refused when full; an alarm
         that may go ahead is not refused for the readings waiting)."""
-        if not self.queue.put_ahead([(raw, rx, route)]):
+        f = (raw, rx, route)
+        if not self.queue.put_ahead([f]):
             return
         try:
-            self.queue.put_nowait((raw, rx, route))
+            self.queue.put_nowait(f)
         except asyncio.QueueFull:
             self.reject("ingest_overflow", None, rx, "verification queue full")
 

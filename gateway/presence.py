@@ -16,6 +16,7 @@ from .transports import Route, Transport
 
 
 SWEEP_SLICE = 20_000     # devices gone_quiet checks a call (~1 ms)
+NEVER = -1e18            # Presence.pub of a device never published: never heard (heard() publishes at once)
 
 
 def offline_timeout(cfg, device) -> float:
@@ -39,7 +40,7 @@ class Presence:
         self.online = False                # retained <dev>/state: as last published
         self.last_seen = 0.0
         self.sbyte: int | None = None      # the last state byte heard
-        self.pub = -1e18                   # when <dev>/state was last published
+        self.pub = NEVER                   # when <dev>/state was last published
         self.via: Transport | None = None  # the transport the device was last heard on (downlinks go there)
         self.rx: dict | None = None        # ... and how (forwarder EUI, frequency): the transport's route
         # the last reading, for the retained state (slots, not a 7-tuple: 48 bytes less per device);
@@ -82,7 +83,7 @@ class PresenceTable:
         if not st.silence:
             st.silence = offline_timeout(self.cfg, device)
         sbyte = f.get("state")
-        if st.pub == -1e18:                # first heard (a heard device is published at once: pub is set)
+        if st.pub == NEVER:                # first heard
             self.n_heard += 1
         st.last_seen = now
         if f["type"] == "reading":

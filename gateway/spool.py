@@ -58,8 +58,8 @@ THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with ma
 #   that follow: each upserts the next FOLD_SLICE keys (at least as many as it logs, so the log does not grow
 #   meanwhile) of a snapshot of the log's keys, and the one that ends the snapshot deletes the rows the snapshot
 #   covered. A fold of 2,048 counters at once held ingest 8-18 ms (25,000 devices), and an alarm waiting behind
-#   it; a slice ~0.7 ms (`gasguard bench spool-commit`, 60,000 devices: commit p99 13.7-14.0 -> 7.7-9.6 ms, max
-#   48-55 -> 10-25 ms; p50 0.5 -> 1.3 ms, CPU a reading the same within the spread). The log overrides the table
+#   it; a slice adds ~0.8 ms to a commit (`gasguard bench spool-commit`, 60,000 devices: commit p50 0.5 -> 1.3
+#   ms, p99 13.7-14.0 -> 7.7-9.6 ms, max 48-55 -> 10-25 ms; CPU a reading 6.33 -> 6.81 µs). The log overrides the table
 #   (counters()), so a key upserted early is harmless, and a kill between slices leaves the log whole. Past twice
 #   the bounds the log is folded at once, as before.
 LOG_COUNTERS = 2048
@@ -329,7 +329,6 @@ class Spool:
             self._folded()
             for seq, blob in self.db.execute("SELECT seq, entries FROM counter_log ORDER BY seq"):
                 pairs = list(_unpack(self.path, blob))
-                self.log_rows += 1
                 self.log_entries += len(pairs)
                 self.log_latest.update(pairs)
                 self.log_sizes.append((seq, len(pairs)))
@@ -457,9 +456,13 @@ class Spool:
             raise spool_error(self.path, e) from None
         self._folded()
 
+    @property
+    def log_rows(self) -> int:
+        return len(self.log_sizes)
+
     def _folded(self) -> None:
         """The log is empty (or, at start, about to be read): no rows, no keys, no fold in slices under way."""
-        self.log_rows = self.log_entries = 0
+        self.log_entries = 0
         self.log_latest = {}
         self.log_sizes: deque = deque()     # (seq, counters) of each log row, oldest first
         # a fold in slices under way: the snapshot of the log's keys (by device), how far it got, the last row
@@ -475,14 +478,15 @@ class Spool:
         folded the log meanwhile: these values are still the newest.)"""
         db = self.db
         latest = {**self.log_latest, **extra} if extra else self.log_latest
-        if latest:
-            # in device order: the upserts walk the table's B-tree once, leaf after leaf (with 330,000 devices
-            # random order cost ~5.5 µs per counter against ~3.3 µs sorted, the table outgrowing the cache)
-            keys = sorted(latest, key=_DEV)
-            devs, dirs = zip(*keys)
-            db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
-                           zip(devs, dirs, map(latest.__getitem__, keys)))
+        # in device order: the upserts walk the table's B-tree once, leaf after leaf (with 330,000 devices
+        # random order cost ~5.5 µs per counter against ~3.3 µs sorted, the table outgrowing the cache)
+        self._upsert(sorted(latest, key=_DEV), latest)
         db.execute("DELETE FROM counter_log")
+
+    def _upsert(self, keys, latest: dict) -> None:
+        """Inside a transaction: `counters` set to `latest`'s value for each (dev, dir) of `keys`."""
+        self.db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                            [(d, r, latest[(d, r)]) for d, r in keys])
 
     def idents(self) -> dict[tuple[int, int], int]:
         return {(d, k): i for d, k, i in self._read("SELECT dev, kind, ident FROM idents")}
@@ -573,9 +577,7 @@ class Spool:
                     self._fold(counters)
                 else:
                     if part is not None:
-                        latest = self.log_latest
-                        db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
-                                       [(d, r, latest[(d, r)]) for d, r in part])
+                        self._upsert(part, self.log_latest)
                         if done:
                             db.execute("DELETE FROM counter_log WHERE seq <= ?", (upto,))
                     if row is not None:
@@ -598,7 +600,6 @@ class Spool:
             if done:                        # the rows up to `upto` are gone; what was logged since stays
                 sizes = self.log_sizes
                 while sizes and sizes[0][0] <= upto:
-                    self.log_rows -= 1
                     self.log_entries -= sizes.popleft()[1]
                 self.log_latest = {k: self.log_latest[k] for k in self.since}
                 self.slicing, self.since = None, set()
@@ -607,7 +608,6 @@ class Spool:
                     self.slicing, self.slice_upto = keys, upto
                 self.slice_at = at + len(part)
         if row is not None:
-            self.log_rows += 1
             self.log_entries += len(counters)
             self.log_latest.update(counters)
             self.log_sizes.append((seq, len(counters)))

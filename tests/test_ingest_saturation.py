@@ -133,7 +133,7 @@ def test_the_real_daemon_takes_an_alarm_within_two_groups_of_a_full_queue(tmp_pa
 
 def test_a_group_is_sized_for_the_budget_by_the_recent_cost_of_a_frame():
     """An alarm waits for the group being verified: groups are cut to GROUP_BUDGET s of verification at the
-    recent cost of a frame (~160 lane frames; ~50 first-sight frames), within GROUP_MIN..GROUP_MAX, unless the
+    recent cost of a frame (~160-215 steady-state frames; ~40 first-sight ones), within GROUP_MIN..GROUP_MAX, unless the
     gateway is behind."""
     class _Ingest:
         _take = I.Ingest._take

@@ -13,7 +13,7 @@ class _Cfg:
 
 def _walk(pt):
     on = sum(1 for st in pt.devices.values() if st.online)
-    return on, sum(1 for st in pt.devices.values() if st.pub != -1e18) - on
+    return on, sum(1 for st in pt.devices.values() if st.pub != P.NEVER) - on
 
 
 def _reading(dev):
