@@ -267,14 +267,25 @@ class CommandClient:
         self.subacks: set[int] = set()              # SUBACKed message ids (subscribe_wait)
         self.extra_subs: set[str] = set()           # subscribed again after a reconnect
         self.client.reconnect_delay_set(1, 30)
+        self.started = False                        # connect() called (it may be called once)
+        self.session = 0                            # connections made so far (_on_connect; subscribe_wait)
 
     def __enter__(self):
-        return self.connect()
+        # `with CommandClient(...).connect() as c` (console_cli) is connected already: connecting again would
+        # race paho's running network thread (see connect)
+        return self if self.started else self.connect()
 
     def __exit__(self, *exc):
         self.close()
 
     def connect(self, timeout: float = 10.0) -> "CommandClient":
+        """Connect once and start paho's network thread; ConsoleError if no session within `timeout` s."""
+        if self.started:
+            # a second paho connect() from this thread while the network thread runs tears down the session
+            # under it: the thread sees no socket and reconnects a second later, dropping what was just
+            # subscribed or published on the connection it closes (1 in 3 commands lost their subscription)
+            raise RuntimeError("CommandClient.connect() called twice: connect once, or use `with`")
+        self.started = True
         try:
             self.client.connect(self.host, self.port, keepalive=30)
         except OSError as e:
@@ -303,7 +314,10 @@ class CommandClient:
             client.subscribe(self.command_topics.gateways, qos=1)     # silent gateways (the command service)
             client.subscribe(self.command_topics.shelves, qos=1)      # its shelves (retained)
         client.subscribe(self.result_topic, qos=1)
-        for t in self.extra_subs:
+        with self.results_cond:             # subscribe_wait adds to extra_subs from another thread
+            self.session += 1
+            extra = list(self.extra_subs)
+        for t in extra:
             client.subscribe(t, qos=1)
         self.connected.set()
         self.request_sync()
@@ -316,16 +330,26 @@ class CommandClient:
     def subscribe_wait(self, topic: str, timeout: float) -> None:
         """Subscribe and wait for the broker's SUBACK, so an answer to what we send next is not missed; a
         subscription lost to a reconnect in between is made again (and after every later reconnect)."""
-        self.extra_subs.add(topic)
+        with self.results_cond:
+            self.extra_subs.add(topic)
         deadline = time.monotonic() + timeout
+        session, mids = None, []    # this connection's SUBSCRIBEs of `topic`: any one's SUBACK confirms it
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.connected.wait(left):
-                raise ConsoleError(f"the broker did not confirm the subscription to {topic} within {timeout:.0f} s")
+                raise ConsoleError(f"the broker did not confirm the subscription to {topic} within {timeout:.0f} s: "
+                                   "check the connection to the broker (and that it is not overloaded)")
             with self.results_cond:
+                if self.session != session:     # a reconnect (clean session) dropped what was subscribed before
+                    session, mids = self.session, []
                 _, mid = self.client.subscribe(topic, qos=1)
-                if self.results_cond.wait_for(lambda: mid in self.subacks, min(2.0, max(0.1, left))):
-                    self.subacks.discard(mid)
+                if mid is not None:
+                    mids.append(mid)
+                # a SUBACK later than the 2 s between tries still counts: a broker that answers in 3 s must
+                # not make every try time out
+                if self.results_cond.wait_for(lambda: self.session == session and self.subacks.intersection(mids),
+                                              min(2.0, max(0.1, left))):
+                    self.subacks.difference_update(mids)
                     return
 
     def _on_message(self, client, userdata, m):

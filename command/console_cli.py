@@ -62,7 +62,7 @@ def _client(o: dict, sign: bool = False):
             sys.exit(e.exit_code)
     login = BrokerLogin(o["username"], o["password"], o["cafile"], o["cert"], o["key"])
     return CommandClient(o["host"], o["port"], o["district"], city=o["city"], login=login,
-                         signer=signer).connect(o["timeout"])
+                         signer=signer).connect(o["timeout"])     # once: `with` on it does not connect again
 
 
 def _fail(e) -> None:

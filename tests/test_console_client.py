@@ -473,3 +473,60 @@ def test_watch_shows_the_services_shelves_shelves_and_unshelves_signed_and_audit
         gw.disconnect()
         store.close()
         svc.stop()
+
+
+def _opts(port, **kw):
+    """console_cli's common options (what click hands each subcommand)."""
+    return {"host": "127.0.0.1", "port": port, "district": "lixia", "city": False, "username": None,
+            "password": None, "cafile": None, "cert": None, "key": None, "timeout": 10.0, **kw}
+
+
+def test_a_cli_command_connects_once_and_keeps_the_subscription_it_waited_for(mosquitto, monkeypatch):
+    """Every `gasguard command` subcommand runs `with _client(o) as client`, and `_client` connects: `with`
+    connected the same paho client again, from this thread while paho's network thread ran. That thread then
+    found the socket gone, reconnected a second later and dropped what had just been subscribed (a node
+    command's cmd/result subscription: 98 of 300 commands waited 1-2 s for their SUBACK, and CI once saw none
+    in 10 s)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from gasguard.command import console
+    from gasguard.command.console_cli import _client
+    connects = []
+
+    class Counting(mqtt.Client):
+        def reconnect(self):                   # every connection paho makes: connect() and its own retries
+            connects.append((self._client_id, threading.current_thread().name))
+            return super().reconnect()
+    monkeypatch.setattr(console.mqtt, "Client", Counting)
+    topic = "gasguard/v1/lixia/gw1/0000a001/cmd/result"
+    with _client(_opts(mosquitto.port)) as client:
+        got = threading.Event()
+        client.client.message_callback_add(topic, lambda *a: got.set())
+        client.subscribe_wait(topic, 10)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        pub.publish(topic, b"{}", qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        assert got.wait(5), "the subscription the console waited for is not in place"
+        assert [c for c in connects if c[0] == client.client_id.encode()] == [(client.client_id.encode(), "MainThread")]
+        with pytest.raises(RuntimeError, match="connect once"):
+            client.connect()
+
+
+def test_subscribe_wait_takes_a_suback_that_comes_after_its_next_try(mosquitto):
+    """A broker that answers a SUBSCRIBE in more than the 2 s between tries (a stalled fsync, an overloaded
+    machine) must not make every try time out: the SUBACK of an earlier try on the same connection counts."""
+    import threading
+
+    from gasguard.command.console import ConsoleError
+    with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+        on_subscribe = client.client.on_subscribe
+        client.client.on_subscribe = lambda *a: threading.Timer(2.5, on_subscribe, a).start()   # 2.5 s late
+        try:
+            client.subscribe_wait("gasguard/v1/lixia/gw1/0000a001/cmd/result", 6)
+        except ConsoleError as e:
+            pytest.fail(f"a SUBACK 2.5 s late was never taken: {e}")
