@@ -9,7 +9,10 @@ Order of effects for one accepted frame (the invariants the fault tests check):
      observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
      state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
-is paid per group, not per frame; an alarm moves ahead of its group and of the queue (alarms_first). Step 1
+is paid per group, not per frame; an alarm moves ahead of its group and of the queue (alarms_first). A group
+is verified in chunks of ~4 ms (GROUP_BUDGET) with the transports' turn between them (Ingest._chunks): with a
+backlog, one commit serves up to GROUP_MAX frames, and an alarm read meanwhile waits for one chunk, then is
+committed with the chunks verified before it. Step 1
 for the common frame - a reading of a known device at its next counter that changes no retained state - is the reading
 lane (gateway/fastlane.py: one call, the same outcome; not with plugins, which observe each frame's fields). With `[ingest] commit_thread`
 (issue 17, off by default), a group of readings (nothing to ack) arriving while more frames wait is written at
@@ -46,12 +49,13 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
-# A group is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
-# GROUP_MIN and GROUP_MAX frames: an alarm arriving while a group is verified waits for it (it goes ahead of the
-# queue, not into the group in progress). A frame takes 18.6-24.6 µs to verify in the steady state (5,000-25,000
-# devices; ~160-215 frames to the budget), ~100 µs at first sight (~40): 512 of them take 10-13 ms, or ~50. Far
-# behind (the queue over half full), groups are GROUP_MAX: throughput first, as each group pays a commit and an
-# fsync (BENCHMARKS.md, issue 17)
+# A chunk is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
+# GROUP_MIN and GROUP_MAX frames: an alarm arriving while a chunk is verified waits for it (it goes ahead of the
+# queue, not into the chunk in progress). A frame takes 18.6-24.6 µs to verify in the steady state (5,000-25,000
+# devices; ~160-215 frames to the budget), ~100 µs at first sight (~40): 512 of them take 10-13 ms, or ~50.
+# Chunks verified while more frames wait share one commit, up to GROUP_MAX frames: throughput, as each commit
+# pays an fsync (Ingest._chunks; BENCHMARKS.md, issue 17). With the sync thread or the verification worker a
+# group is its own commit, and far behind (the queue over half full) it is GROUP_MAX frames (Ingest._take)
 GROUP_BUDGET = 0.004
 GROUP_MIN = 32
 AHEAD_MAX = 256        # alarms waiting ahead of the queue (FrameQueue.put_ahead)
