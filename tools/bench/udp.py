@@ -78,7 +78,7 @@ def _listener_at(rev: str, workdir: Path):
     return path
 
 
-def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str) -> None:
+def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str, rcvbuf_kb: str) -> None:
     """The gateway side: the daemon, warmed with one reading per device, then driven by lines on stdin:
     `go` (counters start), `report` (wait until the socket and the queue are empty, print the figures)."""
     import asyncio
@@ -97,9 +97,10 @@ def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str) 
         async def listen(*a, **kw):
             return await mod.listen(*a, **{k: v for k, v in kw.items() if k in takes})
         daemon_mod.listen = listen
-    daemon = daemon_mod.Daemon(_cfg(d, int(broker_port), udp_bind=f"127.0.0.1:{port}"), plugins=[])
+    kw = {"udp_rcvbuf": int(rcvbuf_kb) * 1024} if int(rcvbuf_kb) else {}
+    daemon = daemon_mod.Daemon(_cfg(d, int(broker_port), udp_bind=f"127.0.0.1:{port}", **kw), plugins=[])
     ing, out = daemon.ingest, daemon.outbox
-    n = {"groups": 0, "frames": 0, "commits": 0}
+    n = {"groups": 0, "frames": 0, "commits": 0, "datagrams": 0}
     process, commit = ing.process, out.commit
 
     def counted_process(group, *a, **kw):
@@ -119,6 +120,12 @@ def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str) 
         rx = {"transport": "udp", "gw": EUI.hex()}
         for i in range(0, len(warm), 512):
             daemon.process([(raw, rx, "bench") for raw in warm[i:i + 512]])
+        proto, received = daemon.udp, daemon.udp.datagram_received
+
+        def counted_datagram(data, addr):
+            n["datagrams"] += 1
+            return received(data, addr)
+        proto.datagram_received = counted_datagram
         sock = daemon.udp.transport.get_extra_info("socket")
         rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         print(json.dumps({"ready": True, "warm": daemon.accepted_count, "rcvbuf": rcvbuf}), flush=True)
@@ -127,12 +134,16 @@ def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str) 
             n[k] = 0
         acc0, rej0 = daemon.accepted_count, daemon.stats()["rejected"]
         t0 = time.perf_counter()
+        print("going", flush=True)          # the sender starts now, not before the counters did
         assert (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "report"
-        # settled: nothing left in the socket, the queue empty, twice across a turn of the loop
-        calm = 0
-        while calm < 2:
+        # settled: nothing left in the socket, the queue empty and no frame accepted or refused since the last
+        # look, three looks 10 ms apart (a group taken from the queue is not in it, nor counted yet)
+        calm, last = 0, None
+        while calm < 3:
             s = udp_socket_stats(port)
-            calm = calm + 1 if s is not None and s[0] == 0 and ing.queue.empty() else 0
+            now = (daemon.accepted_count, sum(daemon.stats()["rejected"].values()))
+            calm = calm + 1 if s is not None and s[0] == 0 and ing.queue.empty() and now == last else 0
+            last = now
             await asyncio.sleep(0.01)
         wall = time.perf_counter() - t0
         s = udp_socket_stats(port)
@@ -175,13 +186,15 @@ def _blast(datagrams: list[bytes], addr, per_s: float) -> float:
     return wall
 
 
-def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: float, listener: str) -> dict:
+def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: float, listener: str,
+             rcvbuf_kb: int = 0) -> dict:
     _fresh(d)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         udp_port = s.getsockname()[1]
     datagrams = _datagrams(frames, per)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(d), str(broker_port), str(udp_port), listener],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(d), str(broker_port), str(udp_port), listener,
+                              str(rcvbuf_kb)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
@@ -190,6 +203,8 @@ def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: flo
         ready = json.loads(line)
         child.stdin.write("go\n")
         child.stdin.flush()
+        if child.stdout.readline().strip() != "going":
+            raise click.ClickException(f"the gateway child exited ({child.wait()}) before it started counting")
         wall = _blast(datagrams, ("127.0.0.1", udp_port), rate / per)
         child.stdin.write("report\n")
         child.stdin.flush()
@@ -208,7 +223,7 @@ def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: flo
     return {"rxpk": per, "rate": rate, "frames": offered, "datagrams": len(datagrams),
             "offered_per_s": offered / wall, "accepted": r["accepted"], "refused": refused,
             "refused_by": r["rejected"], "lost": lost, "unaccounted": offered - r["accepted"] - refused - lost,
-            "groups": r["groups"], "groups_per_s": r["groups"] / r["wall"],
+            "received": r["datagrams"], "groups": r["groups"], "groups_per_s": r["groups"] / r["wall"],
             "frames_per_group": r["frames"] / max(1, r["groups"]),
             "frames_per_commit": r["accepted"] / max(1, r["commits"]), "rcvbuf": ready["rcvbuf"], "load": load()}
 
@@ -223,7 +238,7 @@ HEAD = (f"{'listener':>12} {'rxpk':>4} {'rate':>7} {'offered/s':>9} {'accepted':
         f"{'?':>5} {'groups/s':>8} {'fr/grp':>7} {'fr/commit':>8} {'rcvbuf':>9}")
 
 
-def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1, against=None,
+def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1, against=None, rcvbuf_kb=0,
             echo=click.echo, workdir=None) -> dict:
     from gasguard.testing.mosquitto import Mosquitto
     from gasguard.testing.node import make_registry
@@ -248,7 +263,7 @@ def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1
                     for rate in rates:
                         for name in (names if r % 2 == 0 else names[::-1]):    # A B, B A: drift falls on both
                             f = run_once(base, broker.port, frames[:int(rate * seconds)], per, rate,
-                                         variants[name])
+                                         variants[name], rcvbuf_kb)
                             f["listener"] = name
                             out["runs"].append(f)
                             echo(row(name, f))
@@ -267,11 +282,13 @@ def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1
 @click.option("--seconds", default=2.0, show_default=True, help="length of each run at its offered rate")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1), help="rounds (alternated with --against)")
 @click.option("--against", default=None, help="a git revision: its UDP listener runs alternately with this one")
+@click.option("--rcvbuf-kb", default=0, show_default=True, type=click.IntRange(0),
+              help="udp.rcvbuf_kb of this tree's runs (0: its default)")
 @click.option("--json", "as_json", is_flag=True)
-def udp_bench(rates, rxpk, seconds, rounds, against, as_json):
+def udp_bench(rates, rxpk, seconds, rounds, against, rcvbuf_kb, as_json):
     """Semtech UDP intake at fixed offered rates: frames accepted, refused (counted) and lost in the kernel
     (the socket's drops), groups/s and frames per group; optionally A/B against another revision's listener."""
-    out = figures(rates=rates, rxpk=rxpk, seconds=seconds, rounds=rounds, against=against,
+    out = figures(rates=rates, rxpk=rxpk, seconds=seconds, rounds=rounds, against=against, rcvbuf_kb=rcvbuf_kb,
                   echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))
