@@ -11,7 +11,7 @@ Where each offered frame ended, per run:
 - refused:  counted by the gateway (`gasguard_gateway_rejected_total`, e.g. ingest_overflow: queue full);
 - lost:     dropped by the kernel because the socket's receive buffer was full: the socket's `drops` in
             /proc/net/udp (datagrams, times the rxpk per datagram), which nothing in the gateway counted
-            before issue 17;
+            before issue 17 (`counted`: of those, what the gateway's gasguard_gateway_udp_kernel_drops_total saw);
 and how ingest grouped them: groups (transactions, each paying an fsync) per second, frames per group.
 
 With `--against REV`, gateway/transports/semtech_udp.py as of that git revision is the listener of the
@@ -148,7 +148,9 @@ def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str, 
         wall = time.perf_counter() - t0
         s = udp_socket_stats(port)
         rej = {k: v - rej0.get(k, 0) for k, v in daemon.stats()["rejected"].items() if v - rej0.get(k, 0)}
+        counted = daemon.metrics.value("gasguard_gateway_udp_kernel_drops_total")    # 0 where not counted
         print(json.dumps({"accepted": daemon.accepted_count - acc0, "rejected": rej, "drops": s[1] if s else None,
+                          "counted": int(counted),
                           "wall": wall, **n}), flush=True)
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -222,7 +224,7 @@ def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: flo
     lost = (r["drops"] or 0) * per
     return {"rxpk": per, "rate": rate, "frames": offered, "datagrams": len(datagrams),
             "offered_per_s": offered / wall, "accepted": r["accepted"], "refused": refused,
-            "refused_by": r["rejected"], "lost": lost, "unaccounted": offered - r["accepted"] - refused - lost,
+            "refused_by": r["rejected"], "lost": lost, "lost_counted": r["counted"] * per, "unaccounted": offered - r["accepted"] - refused - lost,
             "received": r["datagrams"], "groups": r["groups"], "groups_per_s": r["groups"] / r["wall"],
             "frames_per_group": r["frames"] / max(1, r["groups"]),
             "frames_per_commit": r["accepted"] / max(1, r["commits"]), "rcvbuf": ready["rcvbuf"], "load": load()}
@@ -230,12 +232,12 @@ def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: flo
 
 def row(name: str, f: dict) -> str:
     return (f"{name:>12} {f['rxpk']:>4} {f['rate']:>7,.0f} {f['offered_per_s']:>9,.0f} {f['accepted']:>9,} "
-            f"{f['refused']:>8,} {f['lost']:>8,} {f['unaccounted']:>5,} {f['groups_per_s']:>8,.0f} "
+            f"{f['refused']:>8,} {f['lost']:>8,} {f['lost_counted']:>8,} {f['unaccounted']:>5,} {f['groups_per_s']:>8,.0f} "
             f"{f['frames_per_group']:>7.1f} {f['frames_per_commit']:>8.1f} {f['rcvbuf']:>9,}  {f['load']}")
 
 
 HEAD = (f"{'listener':>12} {'rxpk':>4} {'rate':>7} {'offered/s':>9} {'accepted':>9} {'refused':>8} {'lost':>8} "
-        f"{'?':>5} {'groups/s':>8} {'fr/grp':>7} {'fr/commit':>8} {'rcvbuf':>9}")
+        f"{'counted':>8} {'?':>5} {'groups/s':>8} {'fr/grp':>7} {'fr/commit':>8} {'rcvbuf':>9}")
 
 
 def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1, against=None, rcvbuf_kb=0,
@@ -294,4 +296,5 @@ def udp_bench(rates, rxpk, seconds, rounds, against, rcvbuf_kb, as_json):
         click.echo(json.dumps(out, indent=2))
     else:
         click.echo(f"{out['load_before']} before, {out['load_after']} after; rxpk: frames per datagram; lost: "
-                   "the kernel's drops x rxpk; ?: offered - accepted - refused - lost")
+                   "the kernel's drops x rxpk; counted: of those, what the gateway counted "
+                   "(gasguard_gateway_udp_kernel_drops_total); ?: offered - accepted - refused - lost")
