@@ -9,7 +9,10 @@ Order of effects for one accepted frame (the invariants the fault tests check):
      observation of an alarm or event was journalled in 2 and is settled with the observers' outputs and
      state, so a kill between 3 and 4 is made good at the next start (issue 12).
 Frames are processed in arrival order, in groups that share one transaction (group commit), so a fsync
-is paid per group, not per frame; an alarm moves ahead of its group and of the queue (alarms_first). Step 1
+is paid per group, not per frame; an alarm moves ahead of its group and of the queue (alarms_first). A group
+is verified in chunks of ~4 ms (GROUP_BUDGET) with the transports' turn between them (Ingest._chunks): with a
+backlog, one commit serves up to GROUP_MAX frames, and an alarm read meanwhile waits for one chunk, then is
+committed with the chunks verified before it. Step 1
 for the common frame - a reading of a known device at its next counter that changes no retained state - is the reading
 lane (gateway/fastlane.py: one call, the same outcome; not with plugins, which observe each frame's fields). With `[ingest] commit_thread`
 (issue 17, off by default), a group of readings (nothing to ack) arriving while more frames wait is written at
@@ -46,12 +49,13 @@ log = logging.getLogger("gasguard.gateway")
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
-# A group is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
-# GROUP_MIN and GROUP_MAX frames: an alarm arriving while a group is verified waits for it (it goes ahead of the
-# queue, not into the group in progress). A frame takes 18.6-24.6 µs to verify in the steady state (5,000-25,000
-# devices; ~160-215 frames to the budget), ~100 µs at first sight (~40): 512 of them take 10-13 ms, or ~50. Far
-# behind (the queue over half full), groups are GROUP_MAX: throughput first, as each group pays a commit and an
-# fsync (BENCHMARKS.md, issue 17)
+# A chunk is sized for GROUP_BUDGET s of verification, by the recent cost of a frame (Ingest.per_frame), between
+# GROUP_MIN and GROUP_MAX frames: an alarm arriving while a chunk is verified waits for it (it goes ahead of the
+# queue, not into the chunk in progress). A frame takes 18.6-24.6 µs to verify in the steady state (5,000-25,000
+# devices; ~160-215 frames to the budget), ~100 µs at first sight (~40): 512 of them take 10-13 ms, or ~50.
+# Chunks verified while more frames wait share one commit, up to GROUP_MAX frames: throughput, as each commit
+# pays an fsync (Ingest._chunks; BENCHMARKS.md, issue 17). With the sync thread or the verification worker a
+# group is its own commit, and far behind (the queue over half full) it is GROUP_MAX frames (Ingest._take)
 GROUP_BUDGET = 0.004
 GROUP_MIN = 32
 AHEAD_MAX = 256        # alarms waiting ahead of the queue (FrameQueue.put_ahead)
@@ -194,6 +198,27 @@ class _Prepared:
         self.journal: list = []
         self.by_type: dict = {}       # accepted frames per type (metrics, counted once per group)
 
+    def urgent(self) -> bool:
+        """Something in it is waited for (an ack, a command's answer, an alarm's or event's identity): it is
+        committed at once, not held for the chunks that follow."""
+        return bool(self.acks or self.results or self.idents or self.journal)
+
+    def merge(self, g: _Prepared) -> None:
+        """Take a later chunk's verified frames into this commit (Ingest._chunks), in order. `down` is shared:
+        the chunk reserved its downlink counters in this one's dict."""
+        self.items += g.items
+        self.counters.update(g.counters)          # a later chunk's counter for a device is the later one
+        self.idents.update(g.idents)
+        self.undo += g.undo
+        self.acks += g.acks
+        self.accepted += g.accepted
+        self.routes += g.routes
+        self.results += g.results
+        self.observations += g.observations
+        self.journal += g.journal
+        for t, n in g.by_type.items():
+            self.by_type[t] = self.by_type.get(t, 0) + n
+
 
 class Ingest:
     def __init__(self, cfg, verifier: Verifier, outbox: Outbox, dispatcher: Dispatcher, presence: PresenceTable,
@@ -221,6 +246,7 @@ class Ingest:
         self.syncing: tuple | None = None       # (future of the fsync, [_Prepared] it makes durable)
         self.written: list[_Prepared] = []      # written since that fsync began
         self.stopped = False
+        self.acc: _Prepared | None = None       # chunks verified and not yet committed (_chunks)
         # the common frame's path in one call (gateway/fastlane.py); not with plugins, which observe each
         # frame's fields (the lane builds none)
         self.lane = None if observers.plugins else ReadingLane(verifier, presence)
@@ -259,14 +285,21 @@ class Ingest:
         self.burst.event("reject:" + reason, "rejected %s frame from %s via %s: %s", reason,
                          "?" if dev is None else f"{dev:08x}", rx.get("transport") if rx else "?", detail)
 
-    def _take(self, first) -> list:
+    def chunk(self) -> int:
+        """Frames to GROUP_BUDGET s of verification at the recent cost of a frame, within GROUP_MIN..GROUP_MAX."""
+        return min(GROUP_MAX, max(GROUP_MIN, int(GROUP_BUDGET / self.per_frame)))
+
+    def _take(self, first, limit: int | None = None) -> list:
+        """`first` and what follows it in the queue, up to `limit` frames (a read is not split, so the limit may
+        be passed by one read). Without a limit, as a group of its own commit: the budget's chunk, or GROUP_MAX
+        when far behind (the sync thread, the verification worker; Ingest._chunks commits chunks together)."""
         group = list(first) if type(first) is list else [first]
         q = self.queue
-        # far behind (the queue over half full), GROUP_MAX: small groups pay a commit and an fsync each, and a
-        # gateway that cannot keep up would fall further behind and refuse datagrams. (Growing with any backlog
-        # - a quarter of it - undid the budget at a steady 10,000/s: every short stall left a backlog)
-        limit = GROUP_MAX if q.qsize() > QUEUE_MAX // 2 else \
-            min(GROUP_MAX, max(GROUP_MIN, int(GROUP_BUDGET / self.per_frame)))
+        if limit is None:
+            # far behind (the queue over half full), GROUP_MAX: small groups pay a commit and an fsync each, and
+            # a gateway that cannot keep up would fall further behind and refuse datagrams. (Growing with any
+            # backlog - a quarter of it - undid the budget at a steady 10,000/s: every short stall left a backlog)
+            limit = GROUP_MAX if q.qsize() > QUEUE_MAX // 2 else self.chunk()
         while len(group) < limit and not q.empty():
             item = q.get_nowait()
             group.extend(item) if type(item) is list else group.append(item)
@@ -291,17 +324,19 @@ class Ingest:
                     continue
             else:
                 item = self.queue.get_nowait()
-            first, rest = alarms_first(self._take(item))
-            if first:
-                # its own, small transaction, synced at once (which makes every group written before it durable
-                # too) and acked: it never waits for the sync thread
-                self.process(first)
-            if rest:
-                # the fsync is deferred only while more frames already wait (throughput-bound: a burst, a
-                # drain); at a steady pace each group syncs at once, so a new alarm never finds the disk busy
-                # with another fsync (its p99 doubled when every group's sync ran on the thread)
-                self.process(rest, durable=not (self.writer is not None and not self.queue.empty()
-                                                and readings_only(rest)))
+            if self.writer is None:
+                await self._chunks(self._take(item, self.chunk()))
+            else:
+                first, rest = alarms_first(self._take(item))
+                if first:
+                    # its own, small transaction, synced at once (which makes every group written before it
+                    # durable too) and acked: it never waits for the sync thread
+                    self.process(first)
+                if rest:
+                    # the fsync is deferred only while more frames already wait (throughput-bound: a burst, a
+                    # drain); at a steady pace each group syncs at once, so a new alarm never finds the disk
+                    # busy with another fsync (its p99 doubled when every group's sync ran on the thread)
+                    self.process(rest, durable=not (not self.queue.empty() and readings_only(rest)))
             self.beat()
             # the transports' turn between groups: get() does not yield while frames wait, so at saturation
             # this loop would work through the whole queue (~20 groups, ~300 ms) before a read could put an
@@ -310,6 +345,67 @@ class Ingest:
         # drain() took over at stop: nothing more to do here until the daemon cancels this task (returning
         # would read as a crash to the supervisor and restart it)
         await asyncio.get_running_loop().create_future()
+
+    async def _chunks(self, group: list) -> None:
+        """Verify in chunks, commit in groups. A chunk is GROUP_BUDGET s of verification; between chunks the
+        transports get their turn, and the chunks verified so far are held for one commit (self.acc) while
+        more frames wait, up to GROUP_MAX frames: with a backlog a commit and its fsync serve many chunks
+        (throughput), while an alarm read meanwhile waits for one chunk, not for a whole group's verification.
+        That alarm comes out of the queue next (FrameQueue.ahead) and is committed with the chunks verified
+        before it, in the same transaction: one fsync. Commits follow verification order, so a device's
+        counter on disk never goes back. What is waited for (acks, a command's answer) is committed at once."""
+        q, n = self.queue, 0
+        while True:
+            first, rest = alarms_first(group)
+            if first:
+                self._add(first)
+                self._flush()             # the alarm, with what was verified before it
+            if rest:
+                self._add(rest)
+                n += len(rest)
+                if self.acc is not None and self.acc.urgent():
+                    self._flush()
+            if self.acc is None or n >= GROUP_MAX or q.empty():
+                break
+            self.beat()
+            await asyncio.sleep(0)        # the transports' turn: an alarm read now goes ahead of the queue
+            if self.stopped:
+                return                    # drain() committed what was verified
+            if q.empty():
+                break
+            group = self._take(q.get_nowait(), min(self.chunk(), GROUP_MAX - n))
+        self._flush()
+
+    def _add(self, group: list) -> None:
+        """Verify a chunk into the commit being gathered (a defect refuses the chunk, counted; what was verified
+        before it stays)."""
+        try:
+            t = time.perf_counter()
+            g = self._prepare(group, down=None if self.acc is None else self.acc.down)
+            # (a chunk is at least GROUP_MIN frames unless the queue ran dry; half that still measures the cost
+            # of a frame - below it, the group's fixed costs would - and a chunk at the floor must still update
+            # it, or a cost measured at first sight would keep chunks at the floor)
+            if len(group) >= GROUP_MIN // 2:
+                self.per_frame += 0.25 * ((time.perf_counter() - t) / len(group) - self.per_frame)
+        except Exception as e:  # noqa: BLE001 - a defect must not turn into a restart loop that loses frames
+            self._defect(group, e)
+            return
+        if g is None:
+            return
+        if self.acc is None:
+            self.acc = g
+        else:
+            self.acc.merge(g)
+
+    def _flush(self) -> None:
+        """Commit what _chunks gathered."""
+        g, self.acc = self.acc, None
+        if g is None:
+            return
+        try:
+            self._commit(g)
+        except Exception as e:  # noqa: BLE001 - as in process()
+            self._defect(g.routes, e)
 
     def _sync_start(self) -> None:
         groups, self.written = self.written, []
@@ -416,6 +512,7 @@ class Ingest:
         (taken first, so first, in order, verified here), then what the transports delivered and is still
         queued are processed, not dropped."""
         self.stopped = True               # the run task, if it wakes before it is cancelled, does nothing more
+        self._flush()                     # chunks verified and not yet committed (_chunks), first
         if self.syncing is not None:
             self._settle(self.syncing)
         if self.written:                  # written, not synced yet: synced here
@@ -530,12 +627,16 @@ class Ingest:
         self.metrics.rejected.labels(f"spool_{e.kind}").inc(len(g.routes))
         self.storage_fault("spool", e.kind, len(g.routes), e)
 
-    def _prepare(self, group: list, pre: list | None = None, now: float | None = None) -> _Prepared | None:
+    def _prepare(self, group: list, pre: list | None = None, now: float | None = None,
+                 down: dict | None = None) -> _Prepared | None:
         """Verify a group: what it will commit, or None when nothing in it was accepted. Changes the verifier's
-        working counters (undone by _rollback when the commit fails) and presence; nothing on disk."""
+        working counters (undone by _rollback when the commit fails) and presence; nothing on disk. `down`:
+        the downlink counters already reserved by the commit this group will join (_chunks)."""
         now = self.clock() if now is None else now
         gid, dist = self.cfg.gateway_id, self.cfg.district
         g = _Prepared(now)
+        if down is not None:
+            g.down = down
         items, counters, idents, undo, acks, accepted = g.items, g.counters, g.idents, g.undo, g.acks, g.accepted
         results, down, by_type = g.results, g.down, g.by_type
         per_transport: dict = {}

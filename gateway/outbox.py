@@ -37,11 +37,19 @@ class Outbox:
         observations that go with them) in one transaction, then wake the publisher (ingest wakes it itself,
         after its acks: `wake=False`). Raises SpoolError (full, read-only, damaged, I/O): nothing of it was
         written. `durable=False`: on disk once sync() returned (the caller syncs before it acts on it)."""
-        self.publisher.flush_acked()   # PUBACKed rows leave first: their space is free for this commit
-        self.spool.commit(items, counters or {}, idents or {}, journal=journal, durable=durable)
+        self._spool(items, counters or {}, idents or {}, journal=journal, durable=durable)
         self.journaled += len(journal or ())
         if wake:
             self.wake({it.lane for it in items})
+
+    def _spool(self, items: list[Item], *args, **kw) -> None:
+        """Spool.commit, PUBACKed rows deleted first (their space is free for this commit); then the rows are
+        handed to the publisher in memory where it is caught up with the spool (Publisher.take, issue 17),
+        and left for it to read back (fetch) where it is not. Raises SpoolError."""
+        self.publisher.flush_acked()
+        before = self.spool.lane_last[:]
+        last = self.spool.commit(items, *args, **kw)
+        self.publisher.take(items, last, before)
 
     def sync(self) -> None:
         """Make every commit so far durable (spool.Spool.sync; ingest calls it on its sync thread after a
@@ -83,8 +91,7 @@ class Outbox:
         self.dirty = self.dirty or bool(observed and outs)
         states = self.snapshot() if self.dirty else None
         try:
-            self.publisher.flush_acked()
-            self.spool.commit(items, states=states, settle=settle)
+            self._spool(items, states=states, settle=settle)
             self.wake({it.lane for it in items})
             self.journaled = 0
             self.dirty = False

@@ -336,6 +336,12 @@ class Spool:
             # the publisher (fetch): nothing is published before it is on disk. At start, all that is there is.
             self.written_upto = self._last_seq()
             self.durable_upto = self.written_upto if self.deferred_sync else 1 << 62
+            # the last seq committed in each lane (issue 17): a publisher whose cursor is there has every row
+            # of the lane loaded, and is handed the next commit's rows (Publisher.take) instead of reading them
+            # back. From the (lane, seq, count) index; kept by commit (thinning may delete a lane's last rows,
+            # which leaves this higher than what is there: the publisher then reads once more, no harm)
+            self.lane_last = [self.db.execute("SELECT coalesce(max(seq), 0) FROM outbox WHERE lane = ?",
+                                              (lane,)).fetchone()[0] for lane in range(len(LANE_NAMES))]
             self.id = self._identity()
         except (sqlite3.Error, OSError) as e:
             if self.db is not None:
@@ -532,11 +538,12 @@ class Spool:
 
     def commit(self, items: list[Item], counters: dict | None = None, idents: dict | None = None, *,
                journal: list[str] | None = None, states: dict[str, str] | None = None,
-               settle: bool = False, durable: bool = True) -> None:
+               settle: bool = False, durable: bool = True) -> int:
         """Write items + counter/identity updates atomically (the counters as one counter_log row); with them the
         observations to `journal`, the plugins' `states`, and with `settle` the journal emptied (what it held
         is reflected in these items and states). Raises SpoolFull. `durable=False` (deferred_sync only): on
-        disk only once the caller's sync() returned."""
+        disk only once the caller's sync() returned. Returns the seq of the last item's row (items[i] is row
+        `last - len(items) + 1 + i`: one writer, one executemany, AUTOINCREMENT), 0 without items."""
         db = self.db
         # the group's counters as one counter_log row; past the log's bound the log is folded instead, in this
         # transaction, with these counters in it (durable with the group, one fsync for both). Not in a commit
@@ -589,37 +596,49 @@ class Spool:
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
                 db.executemany(ins, [(it.lane, it.dev, it.topic, it.count, it.payload, it.msg_id, it.t,
                                       1 if it.routine else 0, 1 if it.retain else 0) for it in items])
+                # the seqs of these rows, for a publisher handed them in memory (Publisher.take): this
+                # connection is the spool's one writer, so one executemany's AUTOINCREMENT seqs are
+                # consecutive, ending at the last rowid it inserted (tests/test_spool_rows.py checks them
+                # against what fetch reads)
+                last = db.execute("SELECT last_insert_rowid()").fetchone()[0] if items else 0
                 if self.audit and items:
                     db.executemany("INSERT OR IGNORE INTO audit VALUES (?, ?)", _audited(items))
         except sqlite3.Error as e:      # full, read-only, damaged, I/O: each a SpoolError the caller counts
             raise spool_error(self.path, e) from None
+        if items:
+            lane_last = self.lane_last
+            for at_seq, it in enumerate(items, last - len(items) + 1):   # (not `seq`: the log row's, below)
+                lane_last[it.lane] = at_seq
+        # (a fold does not end the commit here: its rows count in the size and, with deferred_sync, its sync
+        # and durable_upto are still due - an early return here left both undone)
         if fold:
             self._folded()
-            return
-        if part is not None:
-            if done:                        # the rows up to `upto` are gone; what was logged since stays
-                sizes = self.log_sizes
-                while sizes and sizes[0][0] <= upto:
-                    self.log_entries -= sizes.popleft()[1]
-                self.log_latest = {k: self.log_latest[k] for k in self.since}
-                self.slicing, self.since = None, set()
-            else:
-                if self.slicing is None:
-                    self.slicing, self.slice_upto = keys, upto
-                self.slice_at = at + len(part)
-        if row is not None:
-            self.log_entries += len(counters)
-            self.log_latest.update(counters)
-            self.log_sizes.append((seq, len(counters)))
-            if self.slicing is not None:
-                self.since.update(counters)
+        else:
+            if part is not None:
+                if done:                        # the rows up to `upto` are gone; what was logged since stays
+                    sizes = self.log_sizes
+                    while sizes and sizes[0][0] <= upto:
+                        self.log_entries -= sizes.popleft()[1]
+                    self.log_latest = {k: self.log_latest[k] for k in self.since}
+                    self.slicing, self.since = None, set()
+                else:
+                    if self.slicing is None:
+                        self.slicing, self.slice_upto = keys, upto
+                    self.slice_at = at + len(part)
+            if row is not None:
+                self.log_entries += len(counters)
+                self.log_latest.update(counters)
+                self.log_sizes.append((seq, len(counters)))
+                if self.slicing is not None:
+                    self.since.update(counters)
         self.size += sum(len(it.payload) + ROW_OVERHEAD for it in items)
         if self.deferred_sync:
             if items:
-                self.written_upto = self._last_seq()
+                self.written_upto = last
             if durable:
                 self.sync()
                 self.durable_upto = self.written_upto
+        return last
 
     def _last_seq(self) -> int:
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()

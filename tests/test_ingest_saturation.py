@@ -95,10 +95,11 @@ def test_a_full_queue_refuses_readings_and_takes_alarms_up_to_the_bound(tmp_path
 
 
 @pytest.mark.mosquitto
-def test_the_real_daemon_takes_an_alarm_within_two_groups_of_a_full_queue(tmp_path, mosquitto):
-    """6,000 readings wait; an alarm arrives as a transport callback once the first group began. It is
-    committed, acked and published after at most two groups of readings, not after all 6,000: ingest gives
-    the transports a turn between groups, and the alarm goes ahead of the line."""
+def test_the_real_daemon_takes_an_alarm_after_one_chunk_of_a_full_queue(tmp_path, mosquitto):
+    """6,000 readings wait; an alarm arrives as a transport callback once the first chunk began. It is
+    committed, acked and published after that one chunk of readings (in the same transaction), not after a
+    group of GROUP_MAX nor after all 6,000: ingest gives the transports a turn between chunks, and the alarm goes
+    ahead of the line."""
     from gasguard.gateway.daemon import Daemon
     nodes, alarm_nodes = B._setup(tmp_path, 6000, 1)
     readings = B._frames(nodes, B.PER_DEV)[:6000]
@@ -109,14 +110,19 @@ def test_the_real_daemon_takes_an_alarm_within_two_groups_of_a_full_queue(tmp_pa
         probe = B.Probe(daemon)
         stop, task = await B._start(daemon)
         ing = daemon.ingest
-        seen = {}
-        committed = ing._committed
+        seen, chunks = {}, []
+        committed, add = ing._committed, ing._add
 
         def spy(g, *a, **k):
             committed(g, *a, **k)
             if g.by_type.get("alarm"):
                 seen["readings_before"] = ing.accepted_count - g.by_type["alarm"]
-        ing._committed = spy
+                seen["alarm_group"] = len(g.routes)
+
+        def spy_add(group):
+            chunks.append(len(group))
+            add(group)
+        ing._committed, ing._add = spy, spy_add
         for raw in readings:
             daemon._deliver_nowait(raw, B.RX, "bench")
         asyncio.get_running_loop().call_soon(daemon._deliver_nowait, alarm, B.RX, "bench")
@@ -126,9 +132,64 @@ def test_the_real_daemon_takes_an_alarm_within_two_groups_of_a_full_queue(tmp_pa
         assert ing.per_frame != 25e-6 and 0 < ing.per_frame < 0.01   # learnt from the groups verified
         stop.set()
         await asyncio.wait_for(task, 15)
-        return seen["readings_before"]
-    before = asyncio.run(go())
-    assert before <= 2 * I.GROUP_MAX, f"the alarm waited for {before} readings"
+        return seen, chunks
+    seen, chunks = asyncio.run(go())
+    # the first chunk (the budget at the default cost of a frame, 160), then the alarm, read in the transports'
+    # turn after it and committed with it: one transaction, one fsync
+    assert chunks[:2] == [int(I.GROUP_BUDGET / 25e-6), 1], chunks[:4]
+    assert seen["readings_before"] == chunks[0] and seen["alarm_group"] == chunks[0] + 1, (seen, chunks[:4])
+    assert seen["readings_before"] < I.GROUP_MAX
+
+
+@pytest.mark.mosquitto
+def test_chunks_are_committed_together_and_a_stop_between_them_loses_none(tmp_path, mosquitto):
+    """With a backlog, the chunks verified between the transports' turns are held for one commit of up to
+    GROUP_MAX frames (throughput: one fsync for several chunks). A stop while a commit is being gathered
+    commits it (drain), and the run task, resuming, commits nothing twice."""
+    from gasguard.gateway.daemon import Daemon
+    nodes, _ = B._setup(tmp_path, 3000, 1)
+    readings = B._frames(nodes, B.PER_DEV)[:3000]
+    daemon = Daemon(B._cfg(tmp_path, mosquitto.port), plugins=[])
+
+    async def go():
+        stop, task = await B._start(daemon)
+        ing = daemon.ingest
+        groups, committed, add = [], ing._committed, ing._add
+        gathering = asyncio.Event()
+
+        def spy(g, *a, **k):
+            groups.append(len(g.routes))
+            committed(g, *a, **k)
+
+        def spy_add(group):
+            add(group)
+            # a chunk held for its commit while more wait: _chunks gives the transports their turn now, and
+            # this test's task runs first in it (woken before ingest's step is scheduled)
+            if ing.accepted_count >= 2000 and ing.acc is not None and len(ing.acc.routes) < I.GROUP_MAX \
+                    and not ing.queue.empty():
+                gathering.set()
+        ing._committed, ing._add = spy, spy_add
+        for raw in readings[:2000]:
+            daemon._deliver_nowait(raw, B.RX, "bench")
+        await B._until(lambda: ing.accepted_count >= 2000, 60, "the first 2,000 readings")
+        # several chunks to a commit, none past GROUP_MAX; every frame once
+        assert max(groups) > ing.chunk() and max(groups) <= I.GROUP_MAX and sum(groups) == 2000, groups
+        # a stop while chunks wait for their commit: drain() commits them, then what is queued
+        for raw in readings[2000:]:
+            daemon._deliver_nowait(raw, B.RX, "bench")
+        await asyncio.wait_for(gathering.wait(), 30)
+        held = len(ing.acc.routes)
+        assert 0 < held < 1000
+        ing.drain()
+        assert ing.acc is None and ing.accepted_count == 3000 and sum(groups) == 3000
+        await asyncio.sleep(0.05)         # the run task resumes after its turn, and must not commit again
+        assert ing.accepted_count == 3000 and sum(groups) == 3000
+        rejected = daemon.stats()["rejected"]
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        return rejected
+    rejected = asyncio.run(go())
+    assert not rejected, rejected
 
 
 def test_a_group_is_sized_for_the_budget_by_the_recent_cost_of_a_frame():
@@ -136,22 +197,28 @@ def test_a_group_is_sized_for_the_budget_by_the_recent_cost_of_a_frame():
     recent cost of a frame (~160-215 steady-state frames; ~40 first-sight ones), within GROUP_MIN..GROUP_MAX, unless the
     gateway is behind."""
     class _Ingest:
-        _take = I.Ingest._take
+        _take, chunk = I.Ingest._take, I.Ingest.chunk
 
     async def go():
         ing = _Ingest()
         ing.queue = FrameQueue(I.QUEUE_MAX)
         n = Node(0x00C00031)
-        sizes = []
+        sizes, chunks = [], []
         for per_frame, waiting in ((25e-6, 400), (80e-6, 150), (1e-9, 600), (1.0, 100), (25e-6, 1600),
                                    (1.0, I.QUEUE_MAX // 2 + 2)):
             for _ in range(waiting):
                 ing.queue.put_nowait(_f(n.reading()))
             ing.per_frame = per_frame
             sizes.append(len(ing._take(ing.queue.get_nowait())))
+            for _ in range(sizes[-1]):                 # as many waiting again
+                ing.queue.put_nowait(_f(n.reading()))
+            chunks.append(len(ing._take(ing.queue.get_nowait(), ing.chunk())))   # Ingest._chunks
             ing.queue.take_all()
         # the budget's group, at least GROUP_MIN, at most GROUP_MAX, whatever the backlog (1,600 waiting); far
-        # behind (the queue over half full), GROUP_MAX
+        # behind (the queue over half full), GROUP_MAX for a group of its own commit (the sync thread, the
+        # verification worker) ...
         assert sizes == [int(I.GROUP_BUDGET / 25e-6), int(I.GROUP_BUDGET / 80e-6), I.GROUP_MAX, I.GROUP_MIN,
                          int(I.GROUP_BUDGET / 25e-6), I.GROUP_MAX]
+        # ... and always the budget for a chunk (Ingest._chunks: chunks are committed together)
+        assert chunks == sizes[:-1] + [I.GROUP_MIN]
     asyncio.run(go())

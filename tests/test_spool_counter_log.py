@@ -288,7 +288,7 @@ def _check(path: Path) -> int:
 
 
 # every statement a commit or a fold runs (the fold's upserts are one executemany: a statement a row)
-STEPS = ("BEGIN IMMEDIATE", "INSERT INTO counter_log", "INSERT INTO outbox", "COMMIT",
+STEPS = ("BEGIN IMMEDIATE", "INSERT INTO counter_log", "INSERT INTO outbox", "SELECT last_insert_rowid()", "COMMIT",
          "INSERT OR REPLACE INTO counters", "DELETE FROM counter_log")
 
 
@@ -317,7 +317,7 @@ def test_counters_survive_sigkill_at_any_statement_of_commits_and_folds(tmp_path
 
 def test_a_kill_right_after_a_commit_leaves_its_counters_in_the_log_alone(tmp_path):
     path = _prepared(tmp_path / "spool.db")
-    err = _kill_child(path, kill_at=9)              # 4 statements a commit: the 3rd commit's BEGIN
+    err = _kill_child(path, kill_at=11)             # 5 statements a commit: the 3rd commit's BEGIN
     assert "killed at 'BEGIN IMMEDIATE'" in err
     assert _check(path) == 3
     assert len(_log_rows(path)) == 2 and _table(path) == _group(0)      # groups 1 and 2: in the log alone
