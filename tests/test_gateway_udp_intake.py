@@ -1,8 +1,8 @@
 """The Semtech UDP listener's intake (issue 17): a burst of datagrams is read in a few readiness callbacks, not
-one datagram per turn of the event loop, so ingest's groups grow with the burst instead of paying a commit and
+one datagram per turn of the event loop, so ingest's commits grow with the burst instead of paying a commit and
 an fsync per frame while the kernel drops the rest; datagrams the kernel drops are counted, never silent; a
 receive buffer the kernel caps is reported. Real UDP sockets on loopback, the real listener (`listen`), the
-real daemon and mosquitto for the groups."""
+real daemon and mosquitto for the commits."""
 
 import asyncio
 import base64
@@ -117,19 +117,19 @@ def test_a_receive_buffer_the_kernel_caps_is_reported(caplog):
 
 @pytest.mark.mosquitto
 @pytest.mark.timeout(90)
-def test_groups_grow_under_a_burst_and_nothing_is_lost(tmp_path, mosquitto):
+def test_frames_per_commit_grow_under_a_burst_and_nothing_is_lost(tmp_path, mosquitto):
     devices, per_dev, chunk = 40, 25, 100     # under limits.burst (30) per device
     rig = Rig(tmp_path, mosquitto.port, nodes=devices, cables=0, udp=True)
     fwd = PacketForwarder(rig.udp_addr, EUI)
     try:
         d = rig.start()
-        groups: list[int] = []
-        process = d.ingest.process
+        commits: list[int] = []          # readings per spool commit (a transaction and its fsync)
+        commit = d.outbox.commit
 
-        def counted(group, *a, **kw):
-            groups.append(len(group))
-            return process(group, *a, **kw)
-        d.ingest.process = counted
+        def counted(items, *a, **kw):
+            commits.append(sum(it.count for it in items))
+            return commit(items, *a, **kw)
+        d.outbox.commit = counted
         frames = [n.reading() for _ in range(per_dev) for n in rig.nodes]
         base = d.accepted_count
         for i in range(0, len(frames), chunk):
@@ -140,8 +140,8 @@ def test_groups_grow_under_a_burst_and_nothing_is_lost(tmp_path, mosquitto):
                 fwd.sock.sendto(_push(raw), rig.udp_addr)
         wait_until(lambda: d.accepted_count - base >= len(frames), 20, "every frame accepted")
         assert d.metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0
-        # asyncio's transport read one datagram a turn of the loop: one frame a group, an fsync each
-        assert sum(groups) / len(groups) >= 4 and max(groups) >= 16, groups
+        # asyncio's transport read one datagram a turn of the loop: one frame a commit, an fsync each
+        assert len(frames) / len(commits) >= 4 and max(commits) >= 16, commits
     finally:
         fwd.close()
         rig.close()

@@ -12,7 +12,7 @@ Where each offered frame ended, per run:
 - lost:     dropped by the kernel because the socket's receive buffer was full: the socket's `drops` in
             /proc/net/udp (datagrams, times the rxpk per datagram), which nothing in the gateway counted
             before issue 17 (`counted`: of those, what the gateway's gasguard_gateway_udp_kernel_drops_total saw);
-and how ingest grouped them: groups (transactions, each paying an fsync) per second, frames per group.
+and how ingest committed them: commits (transactions, each paying an fsync) per second, frames per commit.
 
 With `--against REV`, gateway/transports/semtech_udp.py as of that git revision is the listener of the
 `REV` runs (everything else is this tree), alternated with this tree's runs: A B, B A, ...
@@ -100,18 +100,13 @@ def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str, 
     kw = {"udp_rcvbuf": int(rcvbuf_kb) * 1024} if int(rcvbuf_kb) else {}
     daemon = daemon_mod.Daemon(_cfg(d, int(broker_port), udp_bind=f"127.0.0.1:{port}", **kw), plugins=[])
     ing, out = daemon.ingest, daemon.outbox
-    n = {"groups": 0, "frames": 0, "commits": 0, "datagrams": 0}
-    process, commit = ing.process, out.commit
-
-    def counted_process(group, *a, **kw):
-        n["groups"] += 1
-        n["frames"] += len(group)
-        return process(group, *a, **kw)
+    n = {"commits": 0, "datagrams": 0}
+    commit = out.commit
 
     def counted_commit(*a, **kw):
         n["commits"] += 1
         return commit(*a, **kw)
-    ing.process, out.commit = counted_process, counted_commit
+    out.commit = counted_commit
     warm = pickle.loads((d / "warm.pickle").read_bytes())
 
     async def go():
@@ -225,19 +220,18 @@ def run_once(d: Path, broker_port: int, frames: list[bytes], per: int, rate: flo
     return {"rxpk": per, "rate": rate, "frames": offered, "datagrams": len(datagrams),
             "offered_per_s": offered / wall, "accepted": r["accepted"], "refused": refused,
             "refused_by": r["rejected"], "lost": lost, "lost_counted": r["counted"] * per, "unaccounted": offered - r["accepted"] - refused - lost,
-            "received": r["datagrams"], "groups": r["groups"], "groups_per_s": r["groups"] / r["wall"],
-            "frames_per_group": r["frames"] / max(1, r["groups"]),
+            "received": r["datagrams"], "commits": r["commits"], "commits_per_s": r["commits"] / r["wall"],
             "frames_per_commit": r["accepted"] / max(1, r["commits"]), "rcvbuf": ready["rcvbuf"], "load": load()}
 
 
 def row(name: str, f: dict) -> str:
     return (f"{name:>12} {f['rxpk']:>4} {f['rate']:>7,.0f} {f['offered_per_s']:>9,.0f} {f['accepted']:>9,} "
-            f"{f['refused']:>8,} {f['lost']:>8,} {f['lost_counted']:>8,} {f['unaccounted']:>5,} {f['groups_per_s']:>8,.0f} "
-            f"{f['frames_per_group']:>7.1f} {f['frames_per_commit']:>8.1f} {f['rcvbuf']:>9,}  {f['load']}")
+            f"{f['refused']:>8,} {f['lost']:>8,} {f['lost_counted']:>8,} {f['unaccounted']:>5,} {f['commits_per_s']:>9,.0f} "
+            f"{f['frames_per_commit']:>9.1f} {f['rcvbuf']:>9,}  {f['load']}")
 
 
 HEAD = (f"{'listener':>12} {'rxpk':>4} {'rate':>7} {'offered/s':>9} {'accepted':>9} {'refused':>8} {'lost':>8} "
-        f"{'counted':>8} {'?':>5} {'groups/s':>8} {'fr/grp':>7} {'fr/commit':>8} {'rcvbuf':>9}")
+        f"{'counted':>8} {'?':>5} {'commits/s':>9} {'fr/commit':>9} {'rcvbuf':>9}")
 
 
 def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1, against=None, rcvbuf_kb=0,
@@ -289,7 +283,7 @@ def figures(*, rates=(5_000, 20_000, 50_000), rxpk=(1, 8), seconds=2.0, rounds=1
 @click.option("--json", "as_json", is_flag=True)
 def udp_bench(rates, rxpk, seconds, rounds, against, rcvbuf_kb, as_json):
     """Semtech UDP intake at fixed offered rates: frames accepted, refused (counted) and lost in the kernel
-    (the socket's drops), groups/s and frames per group; optionally A/B against another revision's listener."""
+    (the socket's drops), commits/s and frames per commit; optionally A/B against another revision's listener."""
     out = figures(rates=rates, rxpk=rxpk, seconds=seconds, rounds=rounds, against=against, rcvbuf_kb=rcvbuf_kb,
                   echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
