@@ -45,6 +45,7 @@ class Config:
     serial: list[SerialPort] = field(default_factory=list)
     udp_bind: str | None = None       # "host:port" of the Semtech packet-forwarder listener
     udp_forwarders: dict = field(default_factory=dict)   # EUI (16 hex) -> the IP it may speak from; {}: pin
+    udp_rcvbuf: int = 4 << 20          # SO_RCVBUF asked for the listener (udp.rcvbuf_kb; capped by rmem_max)
     topic_root: str = ROOT             # every topic is built from it (protocol/topics.py)
     mqtt_host: str = "127.0.0.1"       # the single-broker form; `brokers` wins when set
     mqtt_port: int = 1883
@@ -145,7 +146,7 @@ def _hostport(v: str, key: str) -> str:
 _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
-    "udp": {"bind", "forwarders"},
+    "udp": {"bind", "forwarders", "rcvbuf_kb"},
     "mqtt": {"host", "port", "brokers", "connect_timeout", "topic_root", "client_id", "username", "password",
              "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight"},
@@ -211,6 +212,10 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         u = _get(doc, "udp", dict)
         _unknown(u, "udp")
         cfg.udp_bind = _hostport(_get(u, "bind", str, path="udp"), "udp.bind")
+        kb = _get(u, "rcvbuf_kb", int, cfg.udp_rcvbuf // 1024, "udp")
+        if not 64 <= kb <= 1 << 20:
+            raise ConfigError("udp.rcvbuf_kb", f"{kb} is not between 64 and 1048576 (KiB); e.g. 4096")
+        cfg.udp_rcvbuf = kb * 1024
         for eui, ip in _get(u, "forwarders", dict, {}, "udp").items():
             key = f"udp.forwarders.{eui}"
             if not re.fullmatch(r"[0-9A-Fa-f]{16}", eui):

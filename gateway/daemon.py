@@ -315,7 +315,8 @@ class Daemon:
         if self.cfg.udp_bind:
             try:
                 udp_transport, self.udp = await listen(self.cfg.udp_bind, self.ingest.deliver_nowait, self.metrics,
-                                                       self.burst, allow=self.cfg.udp_forwarders)
+                                                       self.burst, allow=self.cfg.udp_forwarders,
+                                                       rcvbuf=self.cfg.udp_rcvbuf)
             except OSError as e:        # a refusal at start (exit 2), not a traceback
                 self.publisher.stop()
                 raise ConfigError("udp.bind", f"{self.cfg.udp_bind}: cannot listen ({e.strerror}); stop what "

@@ -41,6 +41,9 @@ class Metrics:
                                        registry=r), *FRAME_TYPES)
         self.rejected = zeroed(Counter("gasguard_gateway_rejected", "Frames rejected, by reason", ["reason"],
                                        registry=r), *REJECT_REASONS)
+        self.udp_kernel_drops = Counter("gasguard_gateway_udp_kernel_drops", "Datagrams the kernel dropped before "
+                                        "the UDP listener read them (its receive buffer was full: the gateway is "
+                                        "saturated, or raise udp.rcvbuf_kb and net.core.rmem_max)", registry=r)
         self.text_lines = Counter("gasguard_gateway_node_log_lines", "Log lines printed by nodes", registry=r)
         self.spool_depth = zeroed(Gauge("gasguard_gateway_spool_depth", "Messages waiting in the spool (the reading "
                                         "lane: readings, however many share a row)", ["lane"], registry=r),

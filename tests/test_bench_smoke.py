@@ -58,3 +58,19 @@ def test_bench_spool_commit_runs_both_spools_alternately():
     out = figures(devices=500, group=50, groups=30, rounds=2, against="HEAD", echo=lambda *_: None)
     assert set(out["variants"]) == {"HEAD", "this tree"}
     assert all(len(v["cpu_us"]) == 2 and min(v["cpu_us"]) > 0 for v in out["variants"].values())
+
+
+@pytest.mark.mosquitto
+def test_bench_gateway_stages_split_each_alarm_and_leave_the_event_loop_as_it_was():
+    """`bench gateway --stages`: every timed alarm is split into its four stages (they add up to no more than
+    its end-to-end latency), the loop's callbacks are named, and asyncio's Handle._run is restored after."""
+    import asyncio.events
+    run = asyncio.events.Handle._run
+    r = CliRunner().invoke(bench, ["gateway", "--quick", "--stages", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    la = json.loads(r.output[r.output.index("{"):])["latency"]
+    st = la["stages"]
+    assert {s["n"] for k, s in st.items() if k != "loop"} == {la["alarms"]}
+    assert sum(s["p50"] for k, s in st.items() if k != "loop") <= la["max_ms"]
+    assert any(c["callback"] == "task ingest" for c in st["loop"]), st["loop"]
+    assert asyncio.events.Handle._run is run

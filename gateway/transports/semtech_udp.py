@@ -13,6 +13,11 @@ import base64
 import json
 import logging
 import os
+import socket
+import sys
+import time
+from collections import deque
+from pathlib import Path
 
 from gasguard.protocol import semtech
 from gasguard.protocol.semtech import PULL_ACK, PULL_DATA, PUSH_ACK, PUSH_DATA, TX_ACK
@@ -24,6 +29,17 @@ log = logging.getLogger("gasguard.gateway.udp")
 RXPK_TYPES = {"data": str, "stat": int, "rssi": (int, float), "lsnr": (int, float), "freq": (int, float),
               "datr": (str, int)}    # datr: "SF11BW125" for LoRa, bits/s for FSK
 # txpk_ack "error" values of PROTOCOL.TXT (v2); anything else is logged as OTHER
+# A readiness callback reads until the socket is empty, READ_MAX datagrams or READ_BUDGET s, whichever comes
+# first: the loop's other work (an ingest group, an alarm ahead of the queue, the ticker) waits for it, and a
+# datagram takes 46 µs to handle with 1 rxpk, 232 µs with 8 (SemtechUDP.datagram_received with its PUSH_ACK, on
+# the loaded 2-core bench machine), so the time bound is the one that binds at 8 rxpk. Each datagram is read
+# into a buffer of RECV_MAX (a UDP payload is at most 65,507 bytes over IPv4)
+READ_MAX = 256
+READ_BUDGET = 0.004       # s: an ingest group's (ingest.GROUP_BUDGET)
+RECV_MAX = 65_536
+RCVBUF = 4 << 20          # udp.rcvbuf_kb's default: SO_RCVBUF asked for (the kernel caps it at net.core.rmem_max)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)   # Linux's number; Python 3.11's socket module lacks the name
+UNSENT_MAX = 1024         # downlink datagrams waiting for a full send buffer
 TX_ERRORS = {"NONE", "TOO_LATE", "TOO_EARLY", "COLLISION_PACKET", "COLLISION_BEACON", "TX_FREQ", "TX_POWER",
              "GPS_UNLOCKED", "BAD_JSON"}
 
@@ -45,6 +61,9 @@ class SemtechUDP(asyncio.DatagramProtocol):
 
     def connection_made(self, transport):
         self.transport = transport
+
+    def error_received(self, exc: OSError) -> None:
+        self.burst.event("udp:error", "udp: socket error %s", exc, level=logging.ERROR)
 
     def _refuse(self, reason: str, addr, msg: str, *args) -> None:
         """A datagram (or one packet in it) refused: counted by reason, logged once per burst."""
@@ -159,10 +178,156 @@ class SemtechUDP(asyncio.DatagramProtocol):
         return True
 
 
-async def listen(bind: str, deliver_nowait, metrics, burst, allow: dict[str, str] | None = None):
+class DatagramReader:
+    """The listener's socket, read in bursts: until it is empty, READ_MAX datagrams or READ_BUDGET s per readiness
+    callback, not one datagram. asyncio's datagram transport (CPython 3.11 `_SelectorDatagramTransport._read_ready`)
+    reads one datagram per turn of the event loop, and each turn while frames wait also runs one ingest group
+    (its commit and fsync): groups of one frame, ~330 a second, the rest dropped by the kernel once the
+    receive buffer (~166 datagrams at the default 208 KiB) was full - 593 of 5,000 frames/s accepted, no loss
+    counted anywhere (BENCHMARKS.md, issue 17). Read in bursts, the datagrams of a turn reach the verification
+    queue together and the next group takes them all.
+
+    Datagrams the kernel drops (the receive buffer full) are counted from SO_RXQ_OVFL: each datagram read
+    carries the socket's drop count at the time it was queued, so the count is up to date with the first
+    datagram read after a loss (`metrics.udp_kernel_drops`, and a log line per burst).
+
+    Otherwise what asyncio's transport is to the protocol: `sendto` (sent at once; queued behind a full send
+    buffer and written when the socket is writable), `get_extra_info`, `close`."""
+
+    def __init__(self, loop, sock: socket.socket, protocol: "SemtechUDP", metrics, burst):
+        self.loop, self.sock, self.protocol = loop, sock, protocol
+        self.metrics, self.burst = metrics, burst
+        self.read_max, self.budget = READ_MAX, READ_BUDGET
+        self.drops = 0                  # the kernel's drop count last seen (SO_RXQ_OVFL)
+        self.unsent: deque = deque()    # (datagram, address) behind a full send buffer
+        self.closed = False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self.anc = socket.CMSG_SPACE(4)
+        except OSError:                 # not Linux: read without the drop count
+            self.anc = 0
+            log.warning("udp: this kernel does not report the socket's dropped datagrams (SO_RXQ_OVFL): a full "
+                        "receive buffer loses datagrams uncounted")
+        loop.add_reader(sock.fileno(), self._read_ready)
+
+    def _read_ready(self) -> None:
+        recvmsg, received, anc = self.sock.recvmsg, self.protocol.datagram_received, self.anc
+        clock = time.perf_counter
+        until = clock() + self.budget
+        for _ in range(self.read_max):       # bounded: the loop's other work (ingest, the ticker) gets its turn
+            try:
+                data, ancdata, _flags, addr = recvmsg(RECV_MAX, anc)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.protocol.error_received(e)
+                return
+            if ancdata:
+                self._dropped(ancdata)
+            received(data, addr)
+            if self.closed or clock() >= until:
+                return
+
+    def _dropped(self, ancdata) -> None:
+        for level, kind, value in ancdata:
+            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                total = int.from_bytes(value[:4], sys.byteorder)
+                if total > self.drops:
+                    n, self.drops = total - self.drops, total
+                    self.metrics.udp_kernel_drops.inc(n)
+                    self.burst.event("udp:kernel_drops", "udp: the kernel dropped %d datagrams (%d since start): the "
+                                     "socket's receive buffer was full - the gateway is saturated, or raise "
+                                     "udp.rcvbuf_kb (and net.core.rmem_max)", n, total, level=logging.ERROR)
+
+    def sendto(self, data: bytes, addr) -> None:
+        if self.closed:
+            return
+        if not self.unsent:
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.sock.fileno(), self._write_ready)
+            except OSError as e:
+                self.protocol.error_received(e)
+                return
+        if len(self.unsent) >= UNSENT_MAX:
+            self.burst.event("udp:unsent", "udp: %d datagrams wait for the send buffer; one more dropped",
+                             len(self.unsent), level=logging.ERROR)
+            return
+        self.unsent.append((data, addr))
+
+    def _write_ready(self) -> None:
+        while self.unsent:
+            data, addr = self.unsent[0]
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.protocol.error_received(e)
+            self.unsent.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def get_extra_info(self, name: str, default=None):
+        if name == "socket":
+            return self.sock
+        if name == "sockname":
+            return self.sock.getsockname()
+        return default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self.unsent:
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.protocol.connection_lost(None)
+
+
+def receive_buffer(sock: socket.socket, want: int) -> int:
+    """SO_RCVBUF asked for `want` bytes; what the kernel gave (it doubles the request for its bookkeeping and
+    caps it at net.core.rmem_max): a capped request is logged with the cap and how to raise it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if got < (2 * want if sys.platform.startswith("linux") else want):
+        try:
+            cap = Path("/proc/sys/net/core/rmem_max").read_text().strip()
+        except OSError:
+            cap = "unknown"
+        log.warning("udp: receive buffer of %d KiB asked (udp.rcvbuf_kb), the kernel capped it (SO_RCVBUF reads %d "
+                    "KiB): net.core.rmem_max is %s bytes; raise it (sysctl -w net.core.rmem_max=%d) or a burst "
+                    "overflows sooner", want // 1024, got // 1024, cap, want)
+    return got
+
+
+async def listen(bind: str, deliver_nowait, metrics, burst, allow: dict[str, str] | None = None,
+                 rcvbuf: int = RCVBUF):
     host, _, port = bind.rpartition(":")
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(
-        lambda: SemtechUDP(deliver_nowait, metrics, burst, allow), local_addr=(host, int(port)))
-    log.info("udp packet-forwarder listener on %s", bind)
+    infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned no address")
+    err = None
+    for family, kind, proto_, _, addr in infos:   # the first address that binds, as create_datagram_endpoint
+        sock = socket.socket(family, kind, proto_)
+        try:
+            sock.setblocking(False)
+            sock.bind(addr)
+            break
+        except OSError as e:
+            sock.close()
+            err = e
+    else:
+        raise err
+    got = receive_buffer(sock, rcvbuf)
+    proto = SemtechUDP(deliver_nowait, metrics, burst, allow)
+    transport = DatagramReader(loop, sock, proto, metrics, burst)
+    proto.connection_made(transport)
+    log.info("udp packet-forwarder listener on %s (receive buffer %d KiB)", bind, got // 1024)
     return transport, proto

@@ -16,6 +16,7 @@ from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
 from gasguard.tools.bench.gateway import gateway_bench, memory_bench, misses_bench
 from gasguard.tools.bench.spool_commit import spool_commit_bench
+from gasguard.tools.bench.udp import udp_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
 from gasguard.tools.bench.web import web_bench
 from gasguard.tools.bench.retention import retention_bench
@@ -110,6 +111,7 @@ bench.add_command(gateway_bench)
 bench.add_command(memory_bench)
 bench.add_command(misses_bench)
 bench.add_command(spool_commit_bench)
+bench.add_command(udp_bench)
 bench.add_command(bench_all)
 bench.add_command(provisioning_bench)
 bench.add_command(web_bench)

@@ -103,6 +103,95 @@ class Probe:
         p._send_one, p._on_puback = send_one, on_puback
 
 
+def _coro_name(coro) -> str:
+    """A coroutine's name; a supervised task's (gateway/supervisor.py) is the name it was supervised under."""
+    frame = getattr(coro, "cr_frame", None)
+    if coro.__qualname__ == "supervise" and frame is not None and isinstance(frame.f_locals.get("name"), str):
+        return "task " + frame.f_locals["name"]
+    return coro.__qualname__
+
+
+class Stages:
+    """Where an alarm's time goes (`bench gateway --stages`): per alarm, arrival -> taken by ingest (the loop's
+    other work, the chunk in progress) -> verified -> published (its commit and fsync: the publish is called
+    from the commit's wake) -> PUBACK read by paho's thread; and which event-loop callbacks held the loop, by
+    total time. Wraps this daemon's methods, and asyncio's Handle._run while attached (restored by detach):
+    a diagnostic, it adds ~1 µs a callback."""
+
+    def __init__(self, daemon, probe: Probe):
+        import asyncio.events as events
+        from gasguard.protocol.const import ALARM as T_ALARM
+        self.probe, self.events = probe, events
+        self.taken, self.verified, self.published, self.acked = {}, {}, {}, {}
+        self.loop_time: dict[str, list[float]] = {}
+        ing, pub = daemon.ingest, probe.pub
+        prepare, send_one, on_publish = ing._prepare, pub._send_one, pub.client.on_publish
+
+        def _prepare(group, *a, **k):
+            t = time.perf_counter()
+            alarms = [raw for raw, _rx, _r in group if raw and (raw[0] >> 3) & 7 == T_ALARM]
+            g = prepare(group, *a, **k)
+            t2 = time.perf_counter()
+            for raw in alarms:
+                self.taken.setdefault(raw, t)
+                self.verified.setdefault(raw, t2)
+            return g
+
+        def _send_one(row):
+            send_one(row)
+            if row.lane == 0:
+                self.published[row.msg_id] = (time.perf_counter(), next(reversed(pub.inflight)))
+
+        def _on_publish(c, u, mid, rc, props):
+            self.acked[mid] = time.perf_counter()
+            on_publish(c, u, mid, rc, props)
+        ing._prepare, pub._send_one, pub.client.on_publish = _prepare, _send_one, _on_publish
+        self.arrived: dict[str, float] = {}
+        arrived, rec = probe.arrived, self.arrived
+
+        class _Arrived(dict):            # the feeder's arrival times, kept after the probe pops them
+            def __setitem__(s, k, v):
+                rec[k] = v
+                dict.__setitem__(s, k, v)
+        probe.arrived = _Arrived(arrived)
+        self.run = run = events.Handle._run
+        times = self.loop_time
+
+        def _run(h):
+            t = time.perf_counter()
+            run(h)
+            cb = h._callback
+            name = getattr(cb, "__qualname__", None)
+            if name is None and type(cb).__name__ == "TaskStepMethWrapper":   # a task's step: name its coroutine
+                import gc
+                task = next((r for r in gc.get_referents(cb) if isinstance(r, asyncio.Task)), None)
+                name = _coro_name(task.get_coro()) if task is not None else None
+            elif name == "Task.task_wakeup":
+                name = _coro_name(cb.__self__.get_coro()) + " (woken)"
+            times.setdefault(name or type(cb).__name__, []).append(time.perf_counter() - t)
+        events.Handle._run = _run
+
+    def detach(self) -> None:
+        self.events.Handle._run = self.run
+
+    def figures(self, raw_of: dict[str, bytes]) -> dict:
+        parts: dict[str, list[float]] = {"queued": [], "verify": [], "commit + fsync": [], "PUBACK": []}
+        for mid, raw in raw_of.items():
+            if mid not in self.arrived or raw not in self.taken or mid not in self.published:
+                continue
+            t_pub, pmid = self.published[mid]
+            if pmid not in self.acked:
+                continue
+            for k, v in zip(parts, (self.taken[raw] - self.arrived[mid], self.verified[raw] - self.taken[raw],
+                                    t_pub - self.verified[raw], self.acked[pmid] - t_pub)):
+                parts[k].append(v * 1000)
+        out = {k: {"p50": _pct(sorted(v), 50), "p90": _pct(sorted(v), 90), "p99": _pct(sorted(v), 99),
+                   "max": _pct(sorted(v), 100), "n": len(v)} for k, v in parts.items()}
+        top = sorted(((sum(v), k, len(v), max(v)) for k, v in self.loop_time.items()), reverse=True)[:6]
+        out["loop"] = [{"callback": k, "total_ms": t * 1000, "calls": n, "max_ms": m * 1000} for t, k, n, m in top]
+        return out
+
+
 async def _start(daemon):
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
@@ -167,7 +256,7 @@ def ingest_run(d: Path, port: int, frames: list[bytes], *, naive: bool, profile:
 
 
 def latency_run(d: Path, port: int, frames: list[bytes], alarms: list[tuple[str, bytes]], rate: float,
-                seconds: float, warm: int = 0) -> dict:
+                seconds: float, warm: int = 0, stages: bool = False) -> dict:
     """Background at `rate` readings/s for `seconds`, an alarm every ALARM_EVERY s; alarm latency. `warm`: the
     first `warm` frames (one per device) are accepted before the clock starts, so the run is the steady state
     of a gateway that has heard its devices (the first sight of a device takes the general path and a registry
@@ -188,11 +277,12 @@ def latency_run(d: Path, port: int, frames: list[bytes], alarms: list[tuple[str,
         if collector is not None:
             collector.freeze()  # the devices heard, frozen: a gateway up for more than gcpause.FREEZE_EVERY
         base = daemon.accepted_count
+        st = Stages(daemon, probe) if stages else None
+        attached.append(st)
         fi = warm
         ai = 0
         t0 = time.perf_counter()
         next_alarm = t0
-        tick = 0
         while time.perf_counter() - t0 < seconds and fi < len(frames):
             now = time.perf_counter()
             if now >= next_alarm and ai < len(alarms):
@@ -220,14 +310,23 @@ def latency_run(d: Path, port: int, frames: list[bytes], alarms: list[tuple[str,
         wall = time.perf_counter() - t0
         sent = min(fi, len(frames))
         await _until(lambda: not probe.arrived, 30, "the last alarms' PUBACKs")
+        if st is not None:
+            st.detach()
         stop.set()
         await asyncio.wait_for(task, 15)
         rej = daemon.stats()["rejected"]
         sent -= warm
         return {"offered_per_s": sent / wall, "accepted_per_s": (daemon.accepted_count - base - ai) / wall,
                 "overflow": rej.get("ingest_overflow", 0), "alarms": len(probe.latencies),
-                "lat_ms": sorted(x * 1000 for x in probe.latencies)}
-    return asyncio.run(go())
+                "lat_ms": sorted(x * 1000 for x in probe.latencies),
+                **({"stages": st.figures(dict(alarms[:ai]))} if st is not None else {})}
+    attached: list = []
+    try:
+        return asyncio.run(go())
+    finally:
+        for st in attached:
+            if st is not None:
+                st.detach()
 
 
 def _fill_backlog(d: Path, n: int, per_row: int = 1) -> None:
@@ -321,7 +420,8 @@ def load() -> str:
 
 
 def gateway_figures(*, readings=200_000, runs=3, rate=50_000, seconds=5.0, backlog=1_000_000,
-                    drain_runs=1, profile=False, echo=click.echo, workdir=None, backlog_row=100) -> dict:
+                    drain_runs=1, profile=False, echo=click.echo, workdir=None, backlog_row=100,
+                    stages=False) -> dict:
     """`backlog_row`: readings per spool row in the drain run's backlog (100: as ingest writes them, half a
     batch of the default batch.count 200; 1: a row per reading, as spools written before issue 17 hold)."""
     from gasguard.testing.mosquitto import Mosquitto
@@ -363,11 +463,13 @@ def gateway_figures(*, readings=200_000, runs=3, rate=50_000, seconds=5.0, backl
                 # ahead of the queue (ingest.FrameQueue)
                 alarms = _alarm_frames(alarm_nodes, int(seconds / ALARM_EVERY) + 10)
                 lat = latency_run(base, broker.port, frames[:warm + int(r_bg * seconds)], alarms, r_bg, seconds,
-                                  warm=warm)
+                                  warm=warm, stages=stages)
                 out.setdefault(key, {"requested_per_s": rate, "seconds": seconds})
                 out[key].update(offered_per_s=lat["offered_per_s"], accepted_per_s=lat["accepted_per_s"],
                                 overflow=lat["overflow"], alarms=lat["alarms"], p50_ms=_pct(lat["lat_ms"], 50),
                                 p99_ms=_pct(lat["lat_ms"], 99), max_ms=_pct(lat["lat_ms"], 100))
+                if "stages" in lat:
+                    out[key]["stages"] = lat["stages"]
                 echo(f"  alarm latency{' (overload)' if key == 'overload' else ''}: {lat['alarms']} alarms, "
                      f"background {lat['offered_per_s']:,.0f} readings/s offered, {lat['accepted_per_s']:,.0f}/s "
                      f"accepted, {lat['overflow']:,} refused (queue full): p50 {out[key]['p50_ms']:.1f} ms, "
@@ -405,9 +507,23 @@ def print_gateway(out: dict, echo=click.echo) -> None:
         echo(f"alarm latency at {o['requested_per_s']:,.0f} readings/s offered (overload: {o['offered_per_s']:,.0f}/s "
              f"offered, {o['accepted_per_s']:,.0f}/s accepted, {o['overflow']:,} refused as the queue was full): "
              f"{o['alarms']} alarms, p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, max {o['max_ms']:.1f} ms")
+    for key in ("latency", "overload"):
+        if "stages" in out.get(key, {}):
+            print_stages(key, out[key]["stages"], echo)
     echo(f"drain: {dr['backlog']:,} spooled readings ({dr.get('per_row', 1)} a row) at {dr['drain_per_s']:,.0f}/s "
          f"(median of {dr['runs']}); "
          f"{dr['alarms']} alarms meanwhile: p50 {dr['p50_ms']:.1f} ms, p99 {dr['p99_ms']:.1f} ms")
+
+
+def print_stages(key: str, st: dict, echo=click.echo) -> None:
+    echo(f"  where the alarms' time went ({key} run; arrival -> taken -> verified -> published -> PUBACK):")
+    for name, v in st.items():
+        if name != "loop":
+            echo(f"    {name:15s} p50 {v['p50']:6.2f}  p90 {v['p90']:6.2f}  p99 {v['p99']:6.2f}  max {v['max']:6.2f} ms"
+                 f"  ({v['n']} alarms)")
+    echo("    the event loop's callbacks, most time first:")
+    for c in st["loop"]:
+        echo(f"    {c['callback'][:48]:48s} {c['total_ms']:8.1f} ms in {c['calls']:6d} calls, longest {c['max_ms']:6.2f} ms")
 
 
 @click.command("gateway")
@@ -420,15 +536,16 @@ def print_gateway(out: dict, echo=click.echo) -> None:
 @click.option("--backlog-row", default=100, show_default=True, type=click.IntRange(1),
               help="readings per spool row in the backlog (100: as ingest writes them; 1: as older spools hold)")
 @click.option("--profile", is_flag=True, help="cProfile the first batched ingest run, print the top 25")
+@click.option("--stages", is_flag=True, help="where each alarm's time went, and what held the event loop")
 @click.option("--quick", is_flag=True, help="a smoke run: small numbers")
 @click.option("--json", "as_json", is_flag=True)
-def gateway_bench(readings, runs, rate, seconds, backlog, drain_runs, backlog_row, profile, quick, as_json):
+def gateway_bench(readings, runs, rate, seconds, backlog, drain_runs, backlog_row, profile, stages, quick, as_json):
     """Gateway ingest (batched vs naive, same run), alarm latency under load, spool drain rate."""
     if quick:
         readings, runs, seconds, backlog, drain_runs = 20_000, 1, 1.0, 20_000, 1
     out = gateway_figures(readings=readings, runs=runs, rate=rate, seconds=seconds, backlog=backlog,
                           drain_runs=drain_runs, profile=profile, echo=(lambda *_: None) if as_json else click.echo,
-                          backlog_row=backlog_row)
+                          backlog_row=backlog_row, stages=stages)
     if as_json:
         out.pop("profile", None)
         click.echo(json.dumps(out, indent=2))

@@ -1,0 +1,147 @@
+"""The Semtech UDP listener's intake (issue 17): a burst of datagrams is read in a few readiness callbacks, not
+one datagram per turn of the event loop, so ingest's commits grow with the burst instead of paying a commit and
+an fsync per frame while the kernel drops the rest; datagrams the kernel drops are counted, never silent; a
+receive buffer the kernel caps is reported. Real UDP sockets on loopback, the real listener (`listen`), the
+real daemon and mosquitto for the commits."""
+
+import asyncio
+import base64
+import logging
+import math
+import socket
+from pathlib import Path
+
+import pytest
+
+from gasguard.gateway.burstlog import BurstLog
+from gasguard.gateway.metrics import Metrics
+from gasguard.gateway.transports.semtech_udp import listen
+from gasguard.protocol import semtech
+from gasguard.testing.links import PacketForwarder
+from gasguard.testing.node import Node
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import until, wait_until
+
+EUI = b"\xaa\x55\x5a\x00\x00\x00\x00\x01"
+
+
+def _push(raw: bytes, token: int = 1) -> bytes:
+    return semtech.push_data(token, EUI, {"rxpk": [{"stat": 1, "rssi": -97, "lsnr": 7.5, "freq": 470.9,
+                                                    "datr": "SF11BW125", "data": base64.b64encode(raw).decode()}]})
+
+
+def _proc_drops(port: int) -> int | None:
+    """The kernel's drop count of the UDP socket bound to `port` (/proc/net/udp), or None."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        p = line.split()
+        if p[1].endswith(f":{port:04X}"):
+            return int(p[12])
+    return None
+
+
+async def _listener(**kw):
+    got: list[bytes] = []
+    metrics = Metrics()
+    transport, proto = await listen("127.0.0.1:0", lambda raw, rx, route: got.append(raw), metrics,
+                                    BurstLog(logging.getLogger("gasguard.gateway"), 10), **kw)
+    return transport, proto, got, metrics
+
+
+@pytest.mark.timeout(30)
+def test_a_burst_sent_before_the_loop_runs_is_read_in_ceil_k_over_the_bound_callbacks():
+    k, bound = 160, 16       # 160 datagrams of ~200 bytes fit the kernel's default receive buffer
+    node = Node(0xA1, bytes(16))
+    frames = [node.reading() for _ in range(k)]
+
+    async def go():
+        transport, _proto, got, _m = await _listener()
+        transport.read_max, transport.budget = bound, 60.0     # the count binds here, not the time
+        addr = transport.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i, raw in enumerate(frames):      # all sent before the loop turns again
+                s.sendto(_push(raw, i), addr)
+            turns = 0
+            while len(got) < k and turns < 10 * k:
+                await asyncio.sleep(0)            # one turn of the loop: at most one readiness callback
+                turns += 1
+        transport.close()
+        return turns, got
+    turns, got = asyncio.run(go())
+    assert got == frames
+    # a turn to reach the first read, then one read of `bound` datagrams a turn (asyncio's transport: one each)
+    assert turns <= math.ceil(k / bound) + 1, f"{k} datagrams took {turns} turns of the loop"
+
+
+@pytest.mark.timeout(30)
+def test_datagrams_the_kernel_drops_are_counted(caplog):
+    caplog.set_level(logging.WARNING)
+
+    async def go():
+        transport, _proto, got, metrics = await _listener(rcvbuf=4096)     # the kernel's smallest, near enough
+        addr = transport.get_extra_info("sockname")
+        port = addr[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            raw = Node(0xA1, bytes(16)).reading()
+            for i in range(200):                  # not read meanwhile: most overflow the buffer
+                s.sendto(_push(raw, i), addr)
+            dropped = _proc_drops(port)
+            assert dropped and dropped > 100, dropped
+            await until(lambda: len(got) == 200 - dropped, 10, "the datagrams that fit read")
+            assert metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0   # none seen yet:
+            s.sendto(_push(raw, 999), addr)       # the count rides on the next datagram queued
+            await until(lambda: len(got) == 201 - dropped, 10, "the next datagram read")
+        transport.close()
+        return dropped, metrics.value("gasguard_gateway_udp_kernel_drops_total")
+    dropped, counted = asyncio.run(go())
+    assert counted == dropped
+    assert [r for r in caplog.records if "the kernel dropped %d datagrams" % dropped in r.getMessage()]
+
+
+@pytest.mark.timeout(30)
+def test_a_receive_buffer_the_kernel_caps_is_reported(caplog):
+    try:
+        cap = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except OSError:
+        pytest.skip("no /proc/sys/net/core/rmem_max: not Linux")
+    caplog.set_level(logging.INFO)
+
+    async def go():
+        transport, *_ = await _listener(rcvbuf=cap + (1 << 20))
+        got = transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        transport.close()
+        return got
+    assert asyncio.run(go()) == 2 * cap
+    (line,) = [r.getMessage() for r in caplog.records if "net.core.rmem_max" in r.getMessage()]
+    assert f"net.core.rmem_max is {cap} bytes" in line and r"sysctl -w net.core.rmem_max=" in line
+
+
+@pytest.mark.mosquitto
+@pytest.mark.timeout(90)
+def test_frames_per_commit_grow_under_a_burst_and_nothing_is_lost(tmp_path, mosquitto):
+    devices, per_dev, chunk = 40, 25, 100     # under limits.burst (30) per device
+    rig = Rig(tmp_path, mosquitto.port, nodes=devices, cables=0, udp=True)
+    fwd = PacketForwarder(rig.udp_addr, EUI)
+    try:
+        d = rig.start()
+        commits: list[int] = []          # readings per spool commit (a transaction and its fsync)
+        commit = d.outbox.commit
+
+        def counted(items, *a, **kw):
+            commits.append(sum(it.count for it in items))
+            return commit(items, *a, **kw)
+        d.outbox.commit = counted
+        frames = [n.reading() for _ in range(per_dev) for n in rig.nodes]
+        base = d.accepted_count
+        for i in range(0, len(frames), chunk):
+            # at most two chunks in flight: they fit the kernel's default receive buffer, so a loss here is the
+            # listener's, not this sender's
+            wait_until(lambda: d.accepted_count - base >= i - chunk, 20, f"frames up to {i - chunk} accepted")
+            for raw in frames[i:i + chunk]:
+                fwd.sock.sendto(_push(raw), rig.udp_addr)
+        wait_until(lambda: d.accepted_count - base >= len(frames), 20, "every frame accepted")
+        assert d.metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0
+        # asyncio's transport read one datagram a turn of the loop: one frame a commit, an fsync each
+        assert len(frames) / len(commits) >= 4 and max(commits) >= 16, commits
+    finally:
+        fwd.close()
+        rig.close()
