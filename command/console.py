@@ -264,10 +264,17 @@ class CommandClient:
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self.subacks: set[int] = set()              # SUBACKed message ids (subscribe_wait)
+        # subscribe_wait's SUBSCRIBEs on the current connection: mid -> None until its SUBACK, then True when
+        # granted or the refusal's reason code ("Unspecified error 0x80"); nothing else (the subscriptions made on
+        # connect are not waited for), dropped when their waiter returns and emptied on every connect (the last
+        # connection's SUBACKs cannot come), so a long-lived client (the web console) holds only what its
+        # waiters still wait for
+        self.subacks: dict[int, bool | str | None] = {}
         self.extra_subs: set[str] = set()           # subscribed again after a reconnect
         self.client.reconnect_delay_set(1, 30)
         self.started = False                        # connect() called (it may be called once)
+        self.answered = threading.Event()           # the broker's first CONNACK came: granted or refused
+        self.refused: str | None = None             # the refusing CONNACK's reason (a wrong login)
         self.session = 0                            # connections made so far (_on_connect; subscribe_wait)
 
     def __enter__(self):
@@ -291,15 +298,28 @@ class CommandClient:
         except OSError as e:
             raise ConsoleError(f"cannot reach the MQTT broker at {self.host}:{self.port} ({e}): "
                                "check --host/--port and that the broker runs") from None
-        self.refused = None
         self.client.loop_start()
-        if not self.connected.wait(timeout):
+        # a refusing CONNACK ends the wait too: the broker's answer will not change on paho's retries (it
+        # retried every 1-30 s until --timeout ran out: a mistyped password took the whole 10 s to say so)
+        if not self.answered.wait(timeout) or self.refused:
             self.close()
             if self.refused:
-                raise ConsoleError(f"the broker at {self.host}:{self.port} refused the login ({self.refused}): "
-                                   "check --username/--password (GASGUARD_MQTT_PASSWORD) and the TLS files")
+                raise ConsoleError(self._login_refused())
             raise ConsoleError(f"no MQTT session with {self.host}:{self.port} within {timeout:.0f} s")
         return self
+
+    def _login_refused(self) -> str:
+        user = self.client.username
+        at = f"the broker at {self.host}:{self.port}"
+        if not user:
+            return (f"{at} refused the login ({self.refused}): it takes no anonymous clients: give your broker "
+                    "login with --username and --password (GASGUARD_MQTT_PASSWORD)")
+        # mosquitto answers a wrong password, a user it does not know and a revoked operator (broker-config
+        # writes them no user) alike, "Not authorized"
+        return (f"{at} refused the login of {user!r} ({self.refused}): a wrong password, or a user its password "
+                f"file does not hold (a revoked operator has none): check --password (GASGUARD_MQTT_PASSWORD) against "
+                f"credentials/{user}.password of 'gasguard authority broker-config', and that the broker was "
+                "reloaded after the roster changed (docs/OPERATORS.md section 5)")
 
     def close(self) -> None:
         self.client.disconnect()
@@ -308,6 +328,12 @@ class CommandClient:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             self.refused = str(reason_code)
+            if self.session == 0:
+                # connect() gives up on this answer: without this paho's thread first slept its 1 s reconnect
+                # delay, which close() (loop_stop) then waited out. Later refusals (a long-lived web console
+                # whose password was changed under it) are retried as before.
+                client.disconnect()
+            self.answered.set()
             return
         client.subscribe(self.topic, qos=1)
         if self.topic == self.command_topics.incidents:
@@ -316,16 +342,21 @@ class CommandClient:
         client.subscribe(self.result_topic, qos=1)
         with self.results_cond:             # subscribe_wait adds to extra_subs from another thread
             self.session += 1
+            self.subacks.clear()            # the last connection's: their SUBACKs cannot come on this one
             extra = list(self.extra_subs)
         for t in extra:
             client.subscribe(t, qos=1)
         self.connected.set()
+        self.answered.set()
         self.request_sync()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         with self.results_cond:
-            self.subacks.add(mid)
-            self.results_cond.notify_all()
+            if mid in self.subacks:         # a waiter's (subscribe_wait), not one made on connect
+                # 0x80 (MQTT 3.1.1) or a reason code >= 0x80 (MQTT 5): the broker refused the subscription
+                bad = [rc for rc in reason_codes if rc.is_failure]
+                self.subacks[mid] = f"{bad[0]} 0x{bad[0].value:02x}" if bad else True
+                self.results_cond.notify_all()
 
     def subscribe_wait(self, topic: str, timeout: float) -> None:
         """Subscribe and wait for the broker's SUBACK, so an answer to what we send next is not missed; a
@@ -334,23 +365,46 @@ class CommandClient:
             self.extra_subs.add(topic)
         deadline = time.monotonic() + timeout
         session, mids = None, []    # this connection's SUBSCRIBEs of `topic`: any one's SUBACK confirms it
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.connected.wait(left):
-                raise ConsoleError(f"the broker did not confirm the subscription to {topic} within {timeout:.0f} s: "
-                                   "check the connection to the broker (and that it is not overloaded)")
-            with self.results_cond:
-                if self.session != session:     # a reconnect (clean session) dropped what was subscribed before
-                    session, mids = self.session, []
-                _, mid = self.client.subscribe(topic, qos=1)
-                if mid is not None:
-                    mids.append(mid)
-                # a SUBACK later than the 2 s between tries still counts: a broker that answers in 3 s must
-                # not make every try time out
-                if self.results_cond.wait_for(lambda: self.session == session and self.subacks.intersection(mids),
-                                              min(2.0, max(0.1, left))):
-                    self.subacks.difference_update(mids)
-                    return
+
+        def answered():
+            return self.session == session and any(self.subacks.get(m) is not None for m in mids)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.connected.wait(left):
+                    raise ConsoleError(f"the broker did not confirm the subscription to {topic} within "
+                                       f"{timeout:.0f} s: check the connection to the broker (and that it is not "
+                                       "overloaded)")
+                with self.results_cond:
+                    if self.session != session:     # a reconnect (clean session) dropped what was subscribed
+                        session, mids = self.session, []
+                    _, mid = self.client.subscribe(topic, qos=1)
+                    if mid is not None:
+                        # under the lock: its SUBACK (on paho's thread, which takes the lock) finds it awaited
+                        self.subacks[mid] = None
+                        mids.append(mid)
+                    # a SUBACK later than the 2 s between tries still counts: a broker that answers in 3 s must
+                    # not make every try time out
+                    if self.results_cond.wait_for(answered, min(2.0, max(0.1, left))):
+                        refused = next((r for m in mids if isinstance(r := self.subacks.get(m), str)), None)
+                        if refused:
+                            self.extra_subs.discard(topic)      # not asked again on every reconnect
+                            raise ConsoleError(self._subscription_refused(topic, refused))
+                        return
+        finally:
+            with self.results_cond:         # nobody waits for these any more (a late SUBACK is not kept)
+                for m in mids:
+                    self.subacks.pop(m, None)
+
+    def _subscription_refused(self, topic: str, reason: str) -> str:
+        user = self.client.username
+        who = f"login {user!r}" if user else "anonymous clients"
+        # the answer to what we would send next could never reach us: say so now, not after the timeout
+        return (f"the broker refused the subscription to {topic} (SUBACK: {reason}): its ACL does not let {who} "
+                "subscribe to it, so no answer could reach this console: ask the broker's admin to grant it to "
+                "your account (mosquitto's dynamic-security plugin: a subscribe ACL on one of the client's roles; "
+                "an acl_file: a 'topic read' line for the user, as 'gasguard authority broker-config' writes, "
+                "docs/OPERATORS.md section 5), or log in as an account that has it")
 
     def _on_message(self, client, userdata, m):
         try:

@@ -4,11 +4,17 @@
         client.connect("127.0.0.1", b.port)
         b.restart()                   # for fault tests: broker down and up on the same port
 
+    # logins and subscription ACLs that the broker enforces (a denied SUBSCRIBE is answered 0x80)
+    Mosquitto(extra_config=dynamic_security(folder, {"op": ("secret", ["gasguard/v1/lixia/command/#"])}))
+
 Persistence is on, so QoS 1 sessions survive a restart like a production broker's.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -31,6 +37,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def dynamic_security(folder: str | Path, users: dict[str, tuple[str, list[str]]]) -> str:
+    """`extra_config` for a broker behind mosquitto's dynamic-security plugin (Debian's mosquitto ships it):
+    no anonymous clients; each of `users` logs in with its password and may subscribe to its topic filters
+    only, anything else answered with SUBACK 0x80; publishing is left open. mosquitto's acl_file cannot be
+    used for that: mosquitto 2.0 grants every SUBSCRIBE under it and checks read access only on delivery."""
+    plugin = next(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"), None)
+    if plugin is None:
+        raise BrokerError("mosquitto_dynamic_security.so not found: apt-get install mosquitto (Debian ships it)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clients, roles = [], []
+    for user, (password, subscribe) in users.items():
+        salt = os.urandom(12)
+        # the plugin's own hash: PBKDF2-SHA512, 64 bytes, its iteration count per client (101 is its default)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+        clients.append({"username": user, "password": base64.b64encode(digest).decode(),
+                        "salt": base64.b64encode(salt).decode(), "iterations": 101, "roles": [{"rolename": user}]})
+        roles.append({"rolename": user, "acls": [{"acltype": "subscribePattern", "topic": t, "allow": True}
+                                                 for t in subscribe]})
+    conf = folder / "dynamic-security.json"
+    conf.write_text(json.dumps({"defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
+                                                     "subscribe": False, "unsubscribe": True},
+                                "clients": clients, "groups": [], "roles": roles}))
+    return f"allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {conf}\n"
 
 
 class Mosquitto:

@@ -530,3 +530,89 @@ def test_subscribe_wait_takes_a_suback_that_comes_after_its_next_try(mosquitto):
             client.subscribe_wait("gasguard/v1/lixia/gw1/0000a001/cmd/result", 6)
         except ConsoleError as e:
             pytest.fail(f"a SUBACK 2.5 s late was never taken: {e}")
+
+
+@pytest.fixture
+def acl_broker(tmp_path):
+    """A real mosquitto that logs in "op" and lets it subscribe to the district's command topics only (what
+    a console subscribes to on connect), so a node's cmd/result is refused with SUBACK 0x80."""
+    from gasguard.testing.mosquitto import Mosquitto, dynamic_security
+    conf = dynamic_security(tmp_path / "dynsec", {"op": ("good", ["gasguard/v1/lixia/command/#"])})
+    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf) as broker:
+        yield broker
+
+
+@pytest.mark.parametrize("user, password", [("op", "wrong"), ("nobody", "good"), (None, None)])
+def test_a_refused_login_ends_the_wait_at_once_and_says_what_to_check(acl_broker, user, password):
+    """The broker's first CONNACK refuses a wrong password, an unknown user and an anonymous client ("Not
+    authorized"); the console waited the whole --timeout (10 s) for a session that could not come."""
+    import time
+
+    from gasguard.command.console import BrokerLogin, ConsoleError
+    args = ["list", "--wait", "0", "-p", str(acl_broker.port), "--timeout", "10"]
+    args += ["-u", user, "-P", password] if user else []
+    t0 = time.monotonic()
+    r = CliRunner().invoke(command, args, env={"GASGUARD_MQTT_USERNAME": None, "GASGUARD_MQTT_PASSWORD": None})
+    took = time.monotonic() - t0
+    assert r.exit_code == 1, r.output
+    assert took < 3, f"a refused login took {took:.1f} s to say so"
+    assert "refused the login" in r.output and "Not authorized" in r.output
+    if user:
+        assert f"of '{user}'" in r.output and "--password" in r.output and f"credentials/{user}.password" in r.output
+    else:
+        assert "no anonymous clients" in r.output and "--username" in r.output
+    with pytest.raises(ConsoleError, match="refused the login"):    # no session left behind to retry
+        CommandClient("127.0.0.1", acl_broker.port, "lixia", login=BrokerLogin(user, password)).connect(10)
+
+
+def test_a_subscription_the_brokers_acl_refuses_is_an_error_at_once(acl_broker):
+    """A SUBACK 0x80 (the broker's ACL) was taken as a confirmation: a node command then waited its whole
+    timeout for a result that could never reach it."""
+    import time
+
+    from gasguard.command.console import BrokerLogin, ConsoleError
+    result = "gasguard/v1/lixia/gw1/0000a001/cmd/result"
+    with CommandClient("127.0.0.1", acl_broker.port, "lixia", login=BrokerLogin("op", "good")) as client:
+        client.subscribe_wait("gasguard/v1/lixia/command/result/gw1", 10)       # granted: still confirmed
+        t0 = time.monotonic()
+        with pytest.raises(ConsoleError) as e:
+            client.node_command("gw1", 0xA001, {"request_id": "r1", "cmd": "status"}, 10)
+        took = time.monotonic() - t0
+        assert took < 3, f"a refused subscription took {took:.1f} s to say so ({e.value})"
+        assert result in str(e.value) and "refused the subscription" in str(e.value)
+        assert "ACL" in str(e.value) and "'op'" in str(e.value) and "0x80" in str(e.value)
+        assert result not in client.extra_subs            # not asked for again on every reconnect
+        assert client.subacks == {}
+
+
+def test_subacks_hold_only_what_a_waiter_still_waits_for_over_reconnects(mosquitto):
+    """The web console's CommandClient lives for weeks: every connect's own SUBSCRIBEs (incidents, gateways,
+    shelves, results, and each subscribe_wait topic again) and every SUBACK that came after its waiter gave
+    up were kept in `subacks` for good."""
+    import threading
+
+    from gasguard.command.console import ConsoleError
+    from gasguard.testing.waits import wait_until
+    with CommandClient("127.0.0.1", mosquitto.port, "lixia") as client:
+        for n in range(1, 4):
+            client.subscribe_wait(f"gasguard/v1/lixia/gw1/0000a00{n}/cmd/result", 10)
+            assert client.subacks == {}
+            session = client.session
+            mosquitto.restart()
+            wait_until(lambda: client.session > session and client.connected.is_set(), 30, "the reconnect")
+            # the broker answers in order: the connect's own SUBACKs came before this one's
+            client.subscribe_wait("gasguard/v1/lixia/command/result/gw1", 10)
+            assert client.subacks == {}, f"after reconnect {n}"
+        # a SUBACK that comes after its waiter gave up is not kept
+        on_subscribe, late = client.client.on_subscribe, threading.Event()
+
+        def slow(*a):
+            def later():
+                on_subscribe(*a)
+                late.set()
+            threading.Timer(1.0, later).start()
+        client.client.on_subscribe = slow
+        with pytest.raises(ConsoleError, match="did not confirm"):
+            client.subscribe_wait("gasguard/v1/lixia/gw1/0000a009/cmd/result", 0.3)
+        assert late.wait(5)
+        assert client.subacks == {}
