@@ -71,6 +71,7 @@ def test_bench_gateway_stages_split_each_alarm_and_leave_the_event_loop_as_it_wa
     la = json.loads(r.output[r.output.index("{"):])["latency"]
     st = la["stages"]
     assert {s["n"] for k, s in st.items() if k != "loop"} == {la["alarms"]}
+    assert 0 < la["puback_per_s"] and la["accepted_per_s"] > 0
     assert sum(s["p50"] for k, s in st.items() if k != "loop") <= la["max_ms"]
     assert any(c["callback"] == "task ingest" for c in st["loop"]), st["loop"]
     assert asyncio.events.Handle._run is run
