@@ -1,0 +1,56 @@
+"""The publisher's in-flight window (issue 17): PRIORITY_SLOTS slots past `[mqtt] inflight` are the alarms'.
+Readings and retained states never take them, events take at most half, so an alarm goes out at once however
+many other messages wait for their PUBACKs. The real daemon, a real mosquitto held with SIGSTOP so that no
+PUBACK comes back while the window fills, then let go: every message arrives once."""
+
+import os
+import signal
+
+import pytest
+
+from gasguard.gateway.publisher import PRIORITY_SLOTS
+from gasguard.gateway.spool import ALARM, EVENT, STATE
+from gasguard.testing.rig import Rig
+from gasguard.testing.waits import wait_until
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(60)]
+
+
+def test_states_and_events_leave_the_last_slots_to_alarms(tmp_path, mosquitto):
+    rig = Rig(tmp_path, mosquitto.port)
+    try:
+        rig.cfg.inflight = 2
+        d = rig.start()
+        root, pub = rig.root, d.publisher
+
+        def lanes():
+            return sorted(f.lane for f in pub.inflight.values())
+
+        def put(lane: str, n: int, kind: str):
+            outs = [(f"{root}/test/{kind}/{i}", {"id": f"t:{kind}:{i}", "n": i}, lane, False) for i in range(n)]
+            rig.runner.call(lambda: d.outbox.put(outs, d.clock()))
+
+        wait_until(lambda: rig.runner.call(lambda: not pub.inflight), 10, "the start's messages PUBACKed")
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)      # no PUBACK from now on: what goes out stays in flight
+        try:
+            put("state", 3 * PRIORITY_SLOTS, "state")
+            put("event", PRIORITY_SLOTS, "event")
+            held = rig.runner.call(lanes)
+            # states only up to [mqtt] inflight, events up to half the priority slots past it
+            assert held.count(STATE) == 2 and held.count(EVENT) == PRIORITY_SLOTS // 2, held
+            put("alarm", 3, "alarm")
+            held = rig.runner.call(lanes)
+            assert held.count(ALARM) == 3, f"alarms waiting for a slot: {held}"
+        finally:
+            os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        # let go: everything arrives, once
+        want = {f"t:{k}:{i}" for k, n in (("state", 3 * PRIORITY_SLOTS), ("event", PRIORITY_SLOTS),
+                                            ("alarm", 3)) for i in range(n)}
+
+        def got():
+            with rig.sub.lock:
+                return [doc.get("id") for t, doc, _ in rig.sub.messages if "/test/" in t]
+        rig.sub.wait(lambda ms: want <= set(got()), 20)
+        assert sorted(x for x in got() if x in want) == sorted(want)
+    finally:
+        rig.close()
