@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import ssl
 import threading
@@ -35,6 +36,7 @@ from gasguard.protocol.topics import CMD, CMD_RESULT, ROOT, CommandTopics, Topic
 WARNING_STYLE = {"red": "bold white on red", "orange": "bold black on dark_orange", "yellow": "black on yellow",
                  "blue": "bold white on blue", None: "dim"}
 _SEVERITY = {"red": 0, "orange": 1, "yellow": 2, "blue": 3, None: 4}
+log = logging.getLogger("gasguard.command")
 
 
 class ConsoleError(Exception):
@@ -276,6 +278,11 @@ class CommandClient:
         self.answered = threading.Event()           # the broker's first CONNACK came: granted or refused
         self.refused: str | None = None             # the refusing CONNACK's reason (a wrong login)
         self.session = 0                            # connections made so far (_on_connect; subscribe_wait)
+        # the SUBSCRIBEs _on_connect made on the current connection (mid -> topic) until their SUBACK, and the
+        # topics of those the broker refused (topic -> reason code): what this console cannot show, for its
+        # status line (web console); both new on every connect, as the broker's ACL may have changed
+        self.connect_subs: dict[int, str] = {}
+        self.refused_topics: dict[str, str] = {}
 
     def __enter__(self):
         # `with CommandClient(...).connect() as c` (console_cli) is connected already: connecting again would
@@ -335,28 +342,41 @@ class CommandClient:
                 client.disconnect()
             self.answered.set()
             return
-        client.subscribe(self.topic, qos=1)
+        topics = [self.topic]
         if self.topic == self.command_topics.incidents:
-            client.subscribe(self.command_topics.gateways, qos=1)     # silent gateways (the command service)
-            client.subscribe(self.command_topics.shelves, qos=1)      # its shelves (retained)
-        client.subscribe(self.result_topic, qos=1)
+            topics.append(self.command_topics.gateways)     # silent gateways (the command service)
+            topics.append(self.command_topics.shelves)      # its shelves (retained)
+        topics.append(self.result_topic)
         with self.results_cond:             # subscribe_wait adds to extra_subs from another thread
             self.session += 1
             self.subacks.clear()            # the last connection's: their SUBACKs cannot come on this one
-            extra = list(self.extra_subs)
-        for t in extra:
-            client.subscribe(t, qos=1)
+            self.connect_subs, self.refused_topics = {}, {}
+            for t in topics + sorted(self.extra_subs):
+                # under the lock with their mids recorded: their SUBACKs are checked in _on_subscribe
+                _, mid = client.subscribe(t, qos=1)
+                if mid is not None:
+                    self.connect_subs[mid] = t
         self.connected.set()
         self.answered.set()
         self.request_sync()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        # 0x80 (MQTT 3.1.1) or a reason code >= 0x80 (MQTT 5): the broker refused the subscription
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        refused = f"{bad[0]} 0x{bad[0].value:02x}" if bad else None
         with self.results_cond:
+            topic = self.connect_subs.pop(mid, None)
+            if topic is not None and refused and topic not in self.refused_topics:
+                self.refused_topics[topic] = refused
+            else:
+                topic = None
             if mid in self.subacks:         # a waiter's (subscribe_wait), not one made on connect
-                # 0x80 (MQTT 3.1.1) or a reason code >= 0x80 (MQTT 5): the broker refused the subscription
-                bad = [rc for rc in reason_codes if rc.is_failure]
-                self.subacks[mid] = f"{bad[0]} 0x{bad[0].value:02x}" if bad else True
+                self.subacks[mid] = refused or True
                 self.results_cond.notify_all()
+        if topic is not None:
+            # nobody waits for an on-connect SUBSCRIBE: unsaid, the board stays empty with nobody told
+            log.error("%s", self._subscription_refused(topic, refused, "nothing published there reaches this "
+                                                                       "console"))
 
     def subscribe_wait(self, topic: str, timeout: float) -> None:
         """Subscribe and wait for the broker's SUBACK, so an answer to what we send next is not missed; a
@@ -396,12 +416,12 @@ class CommandClient:
                 for m in mids:
                     self.subacks.pop(m, None)
 
-    def _subscription_refused(self, topic: str, reason: str) -> str:
+    def _subscription_refused(self, topic: str, reason: str, missed: str = "no answer could reach this console") -> str:
+        """What an operator is told of a refused subscription (subscribe_wait's error, _on_connect's log)."""
         user = self.client.username
         who = f"login {user!r}" if user else "anonymous clients"
-        # the answer to what we would send next could never reach us: say so now, not after the timeout
         return (f"the broker refused the subscription to {topic} (SUBACK: {reason}): its ACL does not let {who} "
-                "subscribe to it, so no answer could reach this console: ask the broker's admin to grant it to "
+                f"subscribe to it, so {missed}: ask the broker's admin to grant it to "
                 "your account (mosquitto's dynamic-security plugin: a subscribe ACL on one of the client's roles; "
                 "an acl_file: a 'topic read' line for the user, as 'gasguard authority broker-config' writes, "
                 "docs/OPERATORS.md section 5), or log in as an account that has it")

@@ -616,3 +616,53 @@ def test_subacks_hold_only_what_a_waiter_still_waits_for_over_reconnects(mosquit
             client.subscribe_wait("gasguard/v1/lixia/gw1/0000a009/cmd/result", 0.3)
         assert late.wait(5)
         assert client.subacks == {}
+
+
+def test_subscriptions_the_broker_refuses_on_connect_are_logged_kept_and_reset_on_reconnect(tmp_path, caplog):
+    """Nobody waits for the SUBSCRIBEs made on connect: an account that may not read the gateways' status and
+    the shelves showed an empty board at the command, with nobody told. Each refusal is an ERROR (once per
+    connection) and in `refused_topics`, made anew on every connect (the broker's ACL may change between)."""
+    import logging
+
+    import paho.mqtt.client as mqtt
+    from gasguard.command.console import BrokerLogin
+    from gasguard.testing.mosquitto import Mosquitto, dynamic_security
+    from gasguard.testing.waits import wait_until
+    d = "gasguard/v1/lixia/command"
+    gateways, shelves = f"{d}/gateway/+", f"{d}/shelves"
+    conf = dynamic_security(tmp_path / "dynsec", {"op": ("good", [f"{d}/incident/+", f"{d}/result/+"])})
+
+    def refusals(topic):
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.ERROR and f"subscription to {topic} " in r.getMessage()]
+    caplog.set_level(logging.ERROR, "gasguard.command")
+    _, msgs = _incidents()
+    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf) as broker, \
+            CommandClient("127.0.0.1", broker.port, "lixia", login=BrokerLogin("op", "good")) as client:
+        wait_until(lambda: len(client.refused_topics) == 2, 10, "the refused SUBACKs")
+        assert set(client.refused_topics) == {gateways, shelves}
+        assert "0x80" in client.refused_topics[shelves]
+        for t in (gateways, shelves):
+            [text] = refusals(t)
+            assert "'op'" in text and "0x80" in text and "grant it to your account" in text
+        # what the account may read still works
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        BrokerLogin("op", "good").apply(pub)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        try:
+            pub.publish(f"{d}/incident/{msgs[0]['incident_id']}", json.dumps(msgs[0]), qos=1).wait_for_publish(5)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        wait_until(lambda: client.board.get(msgs[0]["incident_id"]) is not None, 10, "the incident")
+        assert not refusals(f"{d}/incident/+") and not refusals(f"{d}/result/+")
+
+        # the gateways granted meanwhile: the reconnect's SUBACKs replace what was refused, shelves said again
+        dynamic_security(tmp_path / "dynsec", {"op": ("good", [f"{d}/incident/+", f"{d}/result/+", gateways])})
+        session = client.session
+        broker.restart()
+        wait_until(lambda: client.session > session and len(refusals(shelves)) == 2, 30, "the reconnect's refusal")
+        assert client.refused_topics == {shelves: client.refused_topics[shelves]}
+        assert len(refusals(gateways)) == 1
+        assert client.connect_subs == {}
