@@ -397,3 +397,32 @@ def test_shelves_and_station_readings_are_the_services_and_outlive_a_console_res
             svc.wait(10)
         log.close()
         store.close()
+
+
+def test_the_board_status_line_names_the_topics_the_broker_refuses_this_console(tmp_path):
+    """A console whose broker account may not read the shelves showed a board as quiet as a calm district."""
+    from gasguard.command.console import BrokerLogin
+    from gasguard.command.web.source import MqttSource
+    from gasguard.testing.mosquitto import Mosquitto, dynamic_security
+    from gasguard.testing.waits import wait_until
+
+    class NoFeed:           # the readings feed is not under test (it logs in anonymously)
+        def start(self): return self
+        def close(self): pass
+    d = "gasguard/v1/lixia/command"
+    conf = dynamic_security(tmp_path / "dynsec", {"op": ("good", [f"{d}/incident/+", f"{d}/result/+",
+                                                                   f"{d}/gateway/+"])})
+    acting = RecordingActing({OP: {"name": "王丽", "role": "operator"}})
+    book = new_password_file(tmp_path / "pw.json", OP, PW, quick_hasher())
+    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf) as broker:
+        src = MqttSource("127.0.0.1", broker.port, "lixia", feed=NoFeed(), login=BrokerLogin("op", "good")).start()
+        try:
+            with TestClient(create_app(WebConfig(), src, acting, book)) as client:
+                _login(client)
+                wait_until(lambda: client.get("/api/board").json()["refused"], 10, "the refusal on the board")
+                line = client.get("/api/board").json()["refused"]
+                assert f"{d}/shelves (" in line and "0x80" in line and "grant" in line
+                assert "gateway" not in line and "incident" not in line
+                assert re.search(r'<span id="refused"[^>]*>the broker refuses[^<]*shelves', client.get("/").text)
+        finally:
+            src.close()

@@ -141,7 +141,17 @@ class Console:
         with self._lock:
             flood = self.flood.state(now)
         return {"now": now, "now_text": self.fmt_time(now), "rows": rows, "flood": flood,
-                "district": self.cfg.district}
+                "district": self.cfg.district, "refused": self.refused_line()}
+
+    def refused_line(self) -> str:
+        """The board's status line when the broker refuses this console topics (the log has the whole text):
+        an empty board must not pass for a quiet district."""
+        refused = getattr(self.source, "refused_topics", dict)()
+        if not refused:
+            return ""
+        topics = ", ".join(f"{t} ({r})" for t, r in sorted(refused.items()))
+        return (f"the broker refuses this console's account {topics}: nothing from there shows here; ask the "
+                "broker's admin to grant them (the console's log says how)")
 
     def board_json(self) -> str:
         """The board as JSON, made once per change and per second whoever asks (a wall of screens costs
@@ -317,7 +327,7 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
 
     # --- board -----------------------------------------------------------------------------------
     async def board_page(request: Request):
-        return page(request, "board.html", board=json.dumps(con.board(), ensure_ascii=False).replace("</", "<\\/"))
+        return page(request, "board.html", refused=con.refused_line(), board=json.dumps(con.board(), ensure_ascii=False).replace("</", "<\\/"))
 
     async def board_json(request: Request):
         return JSONResponse(con.board())

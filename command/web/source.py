@@ -57,6 +57,7 @@ class IncidentSource(Protocol):
     def shelves(self) -> dict[str, dict]: ...                   # incident id -> {"by", "reason", "at", "until", ...}
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
     def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause", "gateway"}
+    # optional: refused_topics() -> {topic: reason}, what the broker will not let this console read
     # optional: journal(incident_id) -> [{"t", "category", "who", "text"}], the service's record of who did what
 
 
@@ -196,6 +197,10 @@ class MqttSource:
     def close(self) -> None:
         self.feed.close()
         self.client.close()
+
+    def refused_topics(self) -> dict[str, str]:
+        """The topics the broker refused this console's account on the current connection (topic -> reason)."""
+        return dict(self.client.refused_topics)
 
     def snapshot(self) -> list[dict]:
         with self.client.board._lock:

@@ -71,6 +71,9 @@
     banner.hidden = !f.flood;
     if (f.flood) banner.textContent = "ALARM FLOOD: " + f.count + " alarms in the last " + Math.round(f.window_s / 60) +
       " minutes (more than " + f.start_above + "). Work the red and unacknowledged first; shelve what is understood.";
+    const refused = document.getElementById("refused");
+    refused.hidden = !board.refused;
+    refused.textContent = board.refused || "";
     document.getElementById("clock").textContent = board.now_text;   // the district's time, from the server
     document.body.dataset.boardAt = String(board.now);
   }
