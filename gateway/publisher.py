@@ -73,9 +73,6 @@ class Publisher:
         self.cursor = {lane: 0 for lane in range(4)}
         self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
         self.exhausted = {lane: False for lane in range(4)}
-        # readings and payload characters in buf, per lane: what a handed-over commit (take) is bounded by.
-        # Added when rows are loaded (fetch, take), taken off when they are published
-        self.held = {lane: [0, 0] for lane in range(4)}
         self.batch_wait_since: float | None = None
         self.batch_timer: asyncio.TimerHandle | None = None
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
@@ -249,12 +246,7 @@ class Publisher:
         return b[0] if b else None
 
     def _load(self, lane: int, rows: list[Row]) -> None:
-        b, held = self.buf[lane], self.held[lane]
-        if not b:
-            held[0] = held[1] = 0
-        b.extend(rows)
-        held[0] += sum(r.count for r in rows)
-        held[1] += sum(len(r.payload) for r in rows)
+        self.buf[lane].extend(rows)
         self.cursor[lane] = rows[-1].seq
 
     def take(self, items: list[Item], last: int, before: list[int]) -> None:
@@ -276,9 +268,10 @@ class Publisher:
         for lane, new in lanes.items():
             if self.cursor[lane] < before[lane]:
                 continue            # rows of the lane not loaded yet come first: fetch, from the cursor
-            held = self.held[lane] if self.buf[lane] else (0, 0)
-            if (len(self.buf[lane]) + len(new) > PAGE or held[0] + sum(it.count for _, it in new) > PAGE_READINGS
-                    or held[1] + sum(len(it.payload) for _, it in new) > PAGE_BYTES):
+            b = self.buf[lane]      # (caught up, it holds the few rows waiting for a batch's company)
+            if (len(b) + len(new) > PAGE
+                    or sum(r.count for r in b) + sum(it.count for _, it in new) > PAGE_READINGS
+                    or sum(len(r.payload) for r in b) + sum(len(it.payload) for _, it in new) > PAGE_BYTES):
                 continue            # past a page: the cursor stays, fetch reads them when the buffer ran out
             self._load(lane, [Row(seq, lane, it.dev, it.topic, it.payload, it.msg_id, it.t, it.retain, it.count)
                               for seq, it in new])
@@ -334,9 +327,6 @@ class Publisher:
             batches += 1
 
     def _send_one(self, row: Row) -> None:
-        held = self.held[row.lane]
-        held[0] -= row.count
-        held[1] -= len(row.payload)
         info = self.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
         self.inflight[info.mid] = Flight(row.seq, row.seq, len(row.payload) + ROW_OVERHEAD, row.lane, row.count,
                                          row.t, time.monotonic())
@@ -382,9 +372,6 @@ class Publisher:
                                                             self._batch_due)
                 return False
         self.batch_wait_since = None
-        held = self.held[READING]
-        held[0] -= n
-        held[1] -= size - 200 - len(rows)
         body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), [r.payload for r in rows])
         info = self.client.publish(self.topics.reading, body, qos=1)
         self.inflight[info.mid] = Flight(rows[0].seq, rows[-1].seq, size - 200 - len(rows) + ROW_OVERHEAD * len(rows),

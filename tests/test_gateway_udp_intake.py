@@ -5,7 +5,6 @@ receive buffer the kernel caps is reported. Real UDP sockets on loopback, the re
 real daemon and mosquitto for the commits."""
 
 import asyncio
-import base64
 import logging
 import math
 import socket
@@ -15,28 +14,14 @@ import pytest
 
 from gasguard.gateway.burstlog import BurstLog
 from gasguard.gateway.metrics import Metrics
-from gasguard.gateway.transports.semtech_udp import listen
-from gasguard.protocol import semtech
+from gasguard.gateway.transports.semtech_udp import DatagramReader, listen
 from gasguard.testing.links import PacketForwarder
 from gasguard.testing.node import Node
 from gasguard.testing.rig import Rig
 from gasguard.testing.waits import until, wait_until
+from gasguard.tools.bench.udp import udp_socket_stats
 
 EUI = b"\xaa\x55\x5a\x00\x00\x00\x00\x01"
-
-
-def _push(raw: bytes, token: int = 1) -> bytes:
-    return semtech.push_data(token, EUI, {"rxpk": [{"stat": 1, "rssi": -97, "lsnr": 7.5, "freq": 470.9,
-                                                    "datr": "SF11BW125", "data": base64.b64encode(raw).decode()}]})
-
-
-def _proc_drops(port: int) -> int | None:
-    """The kernel's drop count of the UDP socket bound to `port` (/proc/net/udp), or None."""
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-        p = line.split()
-        if p[1].endswith(f":{port:04X}"):
-            return int(p[12])
-    return None
 
 
 async def _listener(**kw):
@@ -48,28 +33,35 @@ async def _listener(**kw):
 
 
 @pytest.mark.timeout(30)
-def test_a_burst_sent_before_the_loop_runs_is_read_in_ceil_k_over_the_bound_callbacks():
+def test_a_burst_sent_before_the_loop_runs_is_read_in_ceil_k_over_the_bound_callbacks(monkeypatch):
     k, bound = 160, 16       # 160 datagrams of ~200 bytes fit the kernel's default receive buffer
     node = Node(0xA1, bytes(16))
     frames = [node.reading() for _ in range(k)]
+    calls = []
+    read_ready = DatagramReader._read_ready
+
+    def counted(self):
+        calls.append(1)
+        read_ready(self)
+    monkeypatch.setattr(DatagramReader, "_read_ready", counted)    # (before listen registers it)
 
     async def go():
         transport, _proto, got, _m = await _listener()
         transport.read_max, transport.budget = bound, 60.0     # the count binds here, not the time
-        addr = transport.get_extra_info("sockname")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for i, raw in enumerate(frames):      # all sent before the loop turns again
-                s.sendto(_push(raw, i), addr)
-            turns = 0
-            while len(got) < k and turns < 10 * k:
-                await asyncio.sleep(0)            # one turn of the loop: at most one readiness callback
-                turns += 1
-        transport.close()
-        return turns, got
-    turns, got = asyncio.run(go())
+        fwd = PacketForwarder(transport.get_extra_info("sockname"))
+        try:
+            for raw in frames:                    # all sent before the loop turns again
+                fwd.push(raw)
+            await until(lambda: len(got) == k, 10, f"{k} datagrams read")
+        finally:
+            fwd.close()
+            transport.close()
+        return got
+    got = asyncio.run(go())
     assert got == frames
-    # a turn to reach the first read, then one read of `bound` datagrams a turn (asyncio's transport: one each)
-    assert turns <= math.ceil(k / bound) + 1, f"{k} datagrams took {turns} turns of the loop"
+    # one readiness callback per `bound` datagrams (asyncio's transport: one a datagram, and a turn of the loop
+    # each)
+    assert len(calls) <= math.ceil(k / bound), f"{k} datagrams took {len(calls)} readiness callbacks"
 
 
 @pytest.mark.timeout(30)
@@ -79,18 +71,20 @@ def test_datagrams_the_kernel_drops_are_counted(caplog):
     async def go():
         transport, _proto, got, metrics = await _listener(rcvbuf=4096)     # the kernel's smallest, near enough
         addr = transport.get_extra_info("sockname")
-        port = addr[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fwd = PacketForwarder(addr)
+        try:
             raw = Node(0xA1, bytes(16)).reading()
-            for i in range(200):                  # not read meanwhile: most overflow the buffer
-                s.sendto(_push(raw, i), addr)
-            dropped = _proc_drops(port)
-            assert dropped and dropped > 100, dropped
+            for _ in range(200):                  # not read meanwhile: most overflow the buffer
+                fwd.push(raw)
+            dropped = udp_socket_stats(addr[1])[1]
+            assert dropped > 100, dropped
             await until(lambda: len(got) == 200 - dropped, 10, "the datagrams that fit read")
             assert metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0   # none seen yet:
-            s.sendto(_push(raw, 999), addr)       # the count rides on the next datagram queued
+            fwd.push(raw)                         # the count rides on the next datagram queued
             await until(lambda: len(got) == 201 - dropped, 10, "the next datagram read")
-        transport.close()
+        finally:
+            fwd.close()
+            transport.close()
         return dropped, metrics.value("gasguard_gateway_udp_kernel_drops_total")
     dropped, counted = asyncio.run(go())
     assert counted == dropped
@@ -137,7 +131,7 @@ def test_frames_per_commit_grow_under_a_burst_and_nothing_is_lost(tmp_path, mosq
             # listener's, not this sender's
             wait_until(lambda: d.accepted_count - base >= i - chunk, 20, f"frames up to {i - chunk} accepted")
             for raw in frames[i:i + chunk]:
-                fwd.sock.sendto(_push(raw), rig.udp_addr)
+                fwd.push(raw)
         wait_until(lambda: d.accepted_count - base >= len(frames), 20, "every frame accepted")
         assert d.metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0
         # asyncio's transport read one datagram a turn of the loop: one frame a commit, an fsync each

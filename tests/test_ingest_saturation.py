@@ -9,6 +9,7 @@ import pytest
 from gasguard.gateway import ingest as I
 from gasguard.gateway.ingest import FrameQueue
 from gasguard.testing.node import Node
+from gasguard.testing.waits import until
 from gasguard.tools.bench import gateway as B
 
 RX = {"transport": "udp"}
@@ -127,8 +128,8 @@ def test_the_real_daemon_takes_an_alarm_after_one_chunk_of_a_full_queue(tmp_path
             daemon._deliver_nowait(raw, B.RX, "bench")
         asyncio.get_running_loop().call_soon(daemon._deliver_nowait, alarm, B.RX, "bench")
         probe.arrived[mid] = 0.0
-        await B._until(lambda: "readings_before" in seen and not probe.arrived, 60, "the alarm's PUBACK")
-        await B._until(lambda: daemon.accepted_count >= 6001, 60, "every reading")
+        await until(lambda: "readings_before" in seen and not probe.arrived, 60, "the alarm's PUBACK")
+        await until(lambda: daemon.accepted_count >= 6001, 60, "every reading")
         assert ing.per_frame != 25e-6 and 0 < ing.per_frame < 0.01   # learnt from the groups verified
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -171,7 +172,7 @@ def test_chunks_are_committed_together_and_a_stop_between_them_loses_none(tmp_pa
         ing._committed, ing._add = spy, spy_add
         for raw in readings[:2000]:
             daemon._deliver_nowait(raw, B.RX, "bench")
-        await B._until(lambda: ing.accepted_count >= 2000, 60, "the first 2,000 readings")
+        await until(lambda: ing.accepted_count >= 2000, 60, "the first 2,000 readings")
         # several chunks to a commit, none past GROUP_MAX; every frame once
         assert max(groups) > ing.chunk() and max(groups) <= I.GROUP_MAX and sum(groups) == 2000, groups
         # a stop while chunks wait for their commit: drain() commits them, then what is queued
@@ -186,7 +187,11 @@ def test_chunks_are_committed_together_and_a_stop_between_them_loses_none(tmp_pa
         assert 0 < held < 1000
         ing.drain()
         assert ing.acc is None and ing.accepted_count == 3000 and sum(groups) == 3000
-        await asyncio.sleep(0.05)         # the run task resumes after its turn, and must not commit again
+        # the run task resumes after its turn (its next beat: _chunks returned) and must not commit again
+        resumed = asyncio.Event()
+        ing.beat = resumed.set
+        async with asyncio.timeout(10):
+            await resumed.wait()
         assert ing.accepted_count == 3000 and sum(groups) == 3000
         rejected = daemon.stats()["rejected"]
         stop.set()

@@ -327,7 +327,8 @@ def create_app(cfg: WebConfig, source: IncidentSource, acting: Acting, passwords
 
     # --- board -----------------------------------------------------------------------------------
     async def board_page(request: Request):
-        return page(request, "board.html", refused=con.refused_line(), board=json.dumps(con.board(), ensure_ascii=False).replace("</", "<\\/"))
+        b = con.board()
+        return page(request, "board.html", refused=b["refused"], board=json.dumps(b, ensure_ascii=False).replace("</", "<\\/"))
 
     async def board_json(request: Request):
         return JSONResponse(con.board())

@@ -200,7 +200,8 @@ class MqttSource:
 
     def refused_topics(self) -> dict[str, str]:
         """The topics the broker refused this console's account on the current connection (topic -> reason)."""
-        return dict(self.client.refused_topics)
+        with self.client.results_cond:      # (paho's thread fills it under this lock)
+            return dict(self.client.refused_topics)
 
     def snapshot(self) -> list[dict]:
         with self.client.board._lock:

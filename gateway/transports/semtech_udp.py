@@ -182,9 +182,9 @@ class DatagramReader:
     """The listener's socket, read in bursts: until it is empty, READ_MAX datagrams or READ_BUDGET s per readiness
     callback, not one datagram. asyncio's datagram transport (CPython 3.11 `_SelectorDatagramTransport._read_ready`)
     reads one datagram per turn of the event loop, and each turn while frames wait also runs one ingest group
-    (its commit and fsync): groups of one frame, ~330 a second, the rest dropped by the kernel once the
-    receive buffer (~166 datagrams at the default 208 KiB) was full - 593 of 5,000 frames/s accepted, no loss
-    counted anywhere (BENCHMARKS.md, issue 17). Read in bursts, the datagrams of a turn reach the verification
+    (its commit and fsync): groups of one frame, the rest dropped by the kernel once the receive buffer (~166
+    datagrams at the default 208 KiB) was full - 473 and 501 of the 10,000 frames offered in 2 s at 5,000/s
+    accepted (`gasguard bench udp`), no loss counted anywhere (BENCHMARKS.md, issue 17). Read in bursts, the datagrams of a turn reach the verification
     queue together and the next group takes them all.
 
     Datagrams the kernel drops (the receive buffer full) are counted from SO_RXQ_OVFL: each datagram read

@@ -72,6 +72,8 @@ class Probe:
         self.mid_of: dict[int, str] = {}
         self.latencies: list[float] = []
         self.readings_at_alarm: list[int] = []   # readings PUBACKed when each alarm was (drain: alarms first)
+        self.sent: dict[str, float] = {}          # alarm msg id -> when it was published
+        self.timed: dict[str, tuple[float, float]] = {}   # alarm msg id -> (arrival, PUBACK on paho's thread)
         self.last_ack = 0.0
         orig_send, orig_ack = p._send_one, p._on_puback
         self.acked_at: dict[int, float] = {}      # mid -> when the PUBACK reached the gateway (paho's thread)
@@ -86,6 +88,7 @@ class Probe:
             orig_send(row)
             if row.lane == 0:
                 self.mid_of[next(reversed(p.inflight))] = row.msg_id
+                self.sent[row.msg_id] = time.perf_counter()
 
         def on_puback(mid, rc):
             entry = p.inflight.get(mid)
@@ -95,9 +98,11 @@ class Probe:
                     self.readings += entry.readings
                     self.last_ack = now
                 elif entry.lane == 0:
-                    t = self.arrived.pop(self.mid_of.pop(mid, ""), None)
+                    msg_id = self.mid_of.pop(mid, "")
+                    t = self.arrived.pop(msg_id, None)
                     if t is not None:
                         self.latencies.append(now - t)
+                        self.timed[msg_id] = (t, now)
                         self.readings_at_alarm.append(self.readings)
             orig_ack(mid, rc)
         p._send_one, p._on_puback = send_one, on_puback
@@ -114,18 +119,18 @@ def _coro_name(coro) -> str:
 class Stages:
     """Where an alarm's time goes (`bench gateway --stages`): per alarm, arrival -> taken by ingest (the loop's
     other work, the chunk in progress) -> verified -> published (its commit and fsync: the publish is called
-    from the commit's wake) -> PUBACK read by paho's thread; and which event-loop callbacks held the loop, by
-    total time. Wraps this daemon's methods, and asyncio's Handle._run while attached (restored by detach):
-    a diagnostic, it adds ~1 µs a callback."""
+    from the commit's wake) -> PUBACK read by paho's thread (the last three from the Probe); and which
+    event-loop callbacks held the loop, by total time. Wraps this daemon's _prepare, and asyncio's Handle._run
+    while attached (restored by detach): a diagnostic, it adds ~1 µs a callback."""
 
     def __init__(self, daemon, probe: Probe):
         import asyncio.events as events
         from gasguard.protocol.const import ALARM as T_ALARM
         self.probe, self.events = probe, events
-        self.taken, self.verified, self.published, self.acked = {}, {}, {}, {}
+        self.taken, self.verified = {}, {}
         self.loop_time: dict[str, list[float]] = {}
-        ing, pub = daemon.ingest, probe.pub
-        prepare, send_one, on_publish = ing._prepare, pub._send_one, pub.client.on_publish
+        ing = daemon.ingest
+        prepare = ing._prepare
 
         def _prepare(group, *a, **k):
             t = time.perf_counter()
@@ -136,24 +141,7 @@ class Stages:
                 self.taken.setdefault(raw, t)
                 self.verified.setdefault(raw, t2)
             return g
-
-        def _send_one(row):
-            send_one(row)
-            if row.lane == 0:
-                self.published[row.msg_id] = (time.perf_counter(), next(reversed(pub.inflight)))
-
-        def _on_publish(c, u, mid, rc, props):
-            self.acked[mid] = time.perf_counter()
-            on_publish(c, u, mid, rc, props)
-        ing._prepare, pub._send_one, pub.client.on_publish = _prepare, _send_one, _on_publish
-        self.arrived: dict[str, float] = {}
-        arrived, rec = probe.arrived, self.arrived
-
-        class _Arrived(dict):            # the feeder's arrival times, kept after the probe pops them
-            def __setitem__(s, k, v):
-                rec[k] = v
-                dict.__setitem__(s, k, v)
-        probe.arrived = _Arrived(arrived)
+        ing._prepare = _prepare
         self.run = run = events.Handle._run
         times = self.loop_time
 
@@ -175,15 +163,14 @@ class Stages:
         self.events.Handle._run = self.run
 
     def figures(self, raw_of: dict[str, bytes]) -> dict:
+        pr = self.probe
         parts: dict[str, list[float]] = {"queued": [], "verify": [], "commit + fsync": [], "PUBACK": []}
         for mid, raw in raw_of.items():
-            if mid not in self.arrived or raw not in self.taken or mid not in self.published:
+            if mid not in pr.timed or raw not in self.taken or mid not in pr.sent:
                 continue
-            t_pub, pmid = self.published[mid]
-            if pmid not in self.acked:
-                continue
-            for k, v in zip(parts, (self.taken[raw] - self.arrived[mid], self.verified[raw] - self.taken[raw],
-                                    t_pub - self.verified[raw], self.acked[pmid] - t_pub)):
+            (arrived, acked), sent = pr.timed[mid], pr.sent[mid]
+            for k, v in zip(parts, (self.taken[raw] - arrived, self.verified[raw] - self.taken[raw],
+                                    sent - self.verified[raw], acked - sent)):
                 parts[k].append(v * 1000)
         out = {k: {"p50": _pct(sorted(v), 50), "p90": _pct(sorted(v), 90), "p99": _pct(sorted(v), 99),
                    "max": _pct(sorted(v), 100), "n": len(v)} for k, v in parts.items()}
