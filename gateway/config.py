@@ -61,6 +61,7 @@ class Config:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     inflight: int = 200
+    alarm_connection: bool = True      # [mqtt] alarm_connection: alarms and events on a second connection
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
@@ -149,7 +150,7 @@ _KNOWN = {
     "udp": {"bind", "forwarders", "rcvbuf_kb"},
     "mqtt": {"host", "port", "brokers", "connect_timeout", "topic_root", "client_id", "username", "password",
              "tls_ca", "tls_cert", "tls_key",
-             "keepalive", "reconnect_min", "reconnect_max", "inflight"},
+             "keepalive", "reconnect_min", "reconnect_max", "inflight", "alarm_connection"},
     "batch": {"count", "bytes", "delay"},
     "ingest": {"verify_worker", "commit_thread"},
     "spool": {"max_mb", "audit", "synchronous"},
@@ -261,6 +262,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
     if cfg.reconnect_max < cfg.reconnect_min:
         raise ConfigError("mqtt.reconnect_max", "must be at least mqtt.reconnect_min")
     cfg.inflight = _positive(_get(m, "inflight", int, 200, "mqtt"), "mqtt.inflight")
+    cfg.alarm_connection = _get(m, "alarm_connection", bool, True, "mqtt")
 
     b = _get(doc, "batch", dict, {})
     _unknown(b, "batch")

@@ -345,7 +345,7 @@ class Daemon:
             self.ingest.drain()
             self.beats.beat("ingest")
             deadline = time.monotonic() + 3.0
-            while self.publisher.connected and self.publisher.inflight and time.monotonic() < deadline:
+            while self.publisher.pending() and time.monotonic() < deadline:
                 self.publisher.fill()
                 await asyncio.sleep(0.05)
             for t in core:

@@ -74,6 +74,9 @@ class Metrics:
                                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60, 600)),
                                       *LANE_NAMES)
         self.connected = Gauge("gasguard_gateway_broker_connected", "1 while connected to the broker", registry=r)
+        self.alarm_connected = Gauge("gasguard_gateway_broker_alarm_connected",
+                                     "1 while the alarms' own connection to the broker is up ([mqtt] alarm_connection;"
+                                     " while it is down alarms and events go on the main one)", registry=r)
         self.failovers = Counter("gasguard_gateway_broker_failovers",
                                  "Connections accepted by a different broker node than the one before", registry=r)
         self.task_restarts = zeroed(Counter("gasguard_gateway_task_restarts", "Supervised task restarts", ["task"],

@@ -9,6 +9,20 @@ Failover: `[mqtt] brokers` names a cluster's nodes; `gasguard.brokers.FailoverCl
 node after a failed attempt or a lost connection. Nothing else changes on a move: the in-flight messages are
 re-sent to the new node before any new row (`resending`, per-device order), and the rest is still in the
 spool, so the new node gets everything the old one did not PUBACK.
+
+The alarms' connection (`[mqtt] alarm_connection`, on by default): lanes ALARM and EVENT go on a second
+connection to the same broker or cluster (client id `<client_id>-alarms`, the same login, TLS and nodes), so an
+alarm never waits behind the reading batches written before it on one TCP connection. Measured (issue 17,
+BENCHMARKS.md): with 8 reading batches written back to back, a small message's PUBACK on the batches'
+connection took p50 16 ms (mosquitto holds the later PUBACKs of a burst until the gateway's delayed TCP ACK:
+Nagle on the broker's socket), 0.5 ms on a second connection; at saturation p50 14-19 against 0.8-0.9 ms (one
+packet a connection per pass of mosquitto's loop). Each connection is a `Link`: its own paho client, so its own
+mid space, in-flight map and re-send on reconnect. The main one keeps everything else: the gateway's status
+and Will, subscriptions, states, readings. A lane is in flight on one connection at a time (per-device order):
+alarms move to the alarms' connection once the main one has none in flight, and back to the main one while the
+alarms' connection is down with nothing in flight, or has been down for TAKE_BACK_AFTER with some (those are
+fetched from the spool again and re-sent on the main connection; paho may send them again when the alarms'
+connection comes back: at-least-once, consumers drop copies by message id).
 """
 
 from __future__ import annotations
@@ -40,6 +54,11 @@ PRIORITY_SLOTS = 16   # in-flight slots past [mqtt] inflight that readings and s
 #                       at ~45,000 readings/s of 10,000 devices the state messages filled all 16, and an alarm
 #                       committed waited for a PUBACK to free one: up to 24-37 ms, `bench gateway --stages`)
 FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the event loop for a whole window
+TAKE_BACK_AFTER = 5.0  # s the alarms' connection may stay down holding alarms while the main one is up; then
+#                        the main connection re-sends them (a broker that kicks or refuses only that client
+#                        must not hold alarms back; a restarted broker takes both back within ~a reconnect)
+PRIORITY_LANES = (ALARM, EVENT)   # the lanes of the alarms' connection: alarms, and the events an operator
+#                                   waits for (command results, device acks, security events); few and small
 
 
 class Flight(NamedTuple):
@@ -57,6 +76,25 @@ class _ClosedBeforeConnack(ConnectionError):
     """The TCP/TLS connection was made, then closed by the broker before its CONNACK."""
 
 
+class Link:
+    """One MQTT connection of the publisher. A paho client of its own: its own message ids, so its own
+    in-flight map (mid -> Flight), and paho re-sends its own in-flight messages when it reconnects."""
+
+    def __init__(self, name: str, gauge):
+        self.name = name                          # "main" or "alarms": the logs'
+        self.label = "" if name == "main" else f" ({name}' connection)"
+        self.gauge = gauge                        # 1 while connected
+        self.client: FailoverClient | None = None
+        self.connected = False
+        self.inflight: dict[int, Flight] = {}     # mid -> what it carries
+        self.priority = 0                         # of them, messages of PRIORITY_LANES (one connection at a time)
+        self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
+        self.resend_deadline = 0.0
+        self.broker = None                        # the endpoint of the last accepted connection (failover count)
+        self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
+        self.down_since = 0.0                     # time.monotonic() of the last loss
+
+
 class Publisher:
     def __init__(self, cfg, spool: Spool, metrics, clock, version: str, *, subscriptions: list[str] = (),
                  on_message=None):
@@ -68,8 +106,8 @@ class Publisher:
         self.on_message_cb = on_message
         self.subscriptions: tuple[str, ...] = tuple(subscriptions)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.connected = False
-        self.inflight: dict[int, Flight] = {}    # mid -> what it carries
+        self.main = Link("main", metrics.connected)
+        self.alarms = Link("alarms", metrics.alarm_connected) if cfg.alarm_connection else None
         self.cursor = {lane: 0 for lane in range(4)}
         self.buf: dict[int, deque[Row]] = {lane: deque() for lane in range(4)}
         self.exhausted = {lane: False for lane in range(4)}
@@ -78,18 +116,51 @@ class Publisher:
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
         self.acked_bytes = 0
         self.wake = asyncio.Event()
-        self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
         self.stopping = False
-        self.resending: set[int] = set()          # mids paho re-sends after a reconnect (see _on_connect)
-        self.resend_deadline = 0.0
-        self.broker = None                        # the endpoint of the last accepted connection (failover count)
-        self.client = self._client()
+        self.main.client = self._client(self.main, self.cfg.mqtt_client_id)
+        if self.alarms is not None:
+            self.alarms.client = self._client(self.alarms, f"{self.cfg.mqtt_client_id}-alarms")
 
-    def _client(self) -> FailoverClient:
+    # the main connection, as the rest of the gateway (and its tests) knew the publisher's one connection
+    @property
+    def client(self) -> FailoverClient:
+        return self.main.client
+
+    @property
+    def connected(self) -> bool:
+        return self.main.connected
+
+    @connected.setter
+    def connected(self, v: bool) -> None:
+        self.main.connected = v
+
+    @property
+    def inflight(self) -> dict[int, Flight]:
+        return self.main.inflight
+
+    @inflight.setter
+    def inflight(self, v: dict[int, Flight]) -> None:
+        self.main.inflight = v
+
+    @property
+    def resending(self) -> set[int]:
+        return self.main.resending
+
+    @property
+    def broker(self):
+        return self.main.broker
+
+    def links(self) -> tuple[Link, ...]:
+        return (self.main,) if self.alarms is None else (self.main, self.alarms)
+
+    def pending(self) -> bool:
+        """Messages in flight on a connection that is up (a graceful stop waits a little for their PUBACKs)."""
+        return any(link.connected and link.inflight for link in self.links())
+
+    def _client(self, link: Link, client_id: str) -> FailoverClient:
         mode = getattr(self.clock, "mode", "real")     # a drill clock marks every message (gateway/clock.py)
         client = FailoverClient if mode == "real" else drill_client(mode, FailoverClient)
-        c = client(self.cfg.brokers, mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.mqtt_client_id,
-                   clean_session=True)
+        c = client(self.cfg.brokers, mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         c.max_inflight_messages_set(self.cfg.inflight + PRIORITY_SLOTS)
         c.max_queued_messages_set(0)
         # a dead cluster node costs one reconnect_min and the next node is tried; a node that takes the TCP
@@ -101,15 +172,18 @@ class Publisher:
         if self.cfg.tls_ca:
             c.tls_set(ca_certs=str(self.cfg.tls_ca), certfile=str(self.cfg.tls_cert) if self.cfg.tls_cert else None,
                       keyfile=str(self.cfg.tls_key) if self.cfg.tls_key else None, cert_reqs=ssl.CERT_REQUIRED)
-        # Last Will: the command sees a dead gateway (retained, so late subscribers see it too)
-        c.will_set(self.topics.status, payloads.dumps(payloads.status(
-            self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
+        if link is self.main:
+            # Last Will: the command sees a dead gateway (retained, so late subscribers see it too). The alarms'
+            # connection has none: the gateway's status is the main connection's
+            c.will_set(self.topics.status, payloads.dumps(payloads.status(
+                self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
+            c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload)
         # called by paho's thread inside its `except OSError`: exc_info is the reason (TLS, refused, DNS)
-        c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, sys.exc_info()[1], c.endpoint)
-        c.on_connect = lambda *a: self._threadsafe(self._on_connect, a[3], c.endpoint)
-        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, a[3], c.endpoint)
-        c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, mid, rc)
-        c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload)
+        c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, link, sys.exc_info()[1],
+                                                            c.endpoint)
+        c.on_connect = lambda *a: self._threadsafe(self._on_connect, link, a[3], c.endpoint)
+        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, link, a[3], c.endpoint)
+        c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, link, mid, rc)
         return c
 
     def _threadsafe(self, fn, *args):
@@ -123,9 +197,11 @@ class Publisher:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        log.info("connecting to mqtt %s%s", ", then ".join(map(str, self.cfg.brokers)),
-                 " (TLS)" if self.cfg.tls_ca else "")
-        self.client.start(self.cfg.keepalive)
+        log.info("connecting to mqtt %s%s%s", ", then ".join(map(str, self.cfg.brokers)),
+                 " (TLS)" if self.cfg.tls_ca else "", "; alarms and events on a second connection"
+                 if self.alarms is not None else "")
+        for link in self.links():
+            link.client.start(self.cfg.keepalive)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
@@ -137,34 +213,44 @@ class Publisher:
                     retain=True).wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
-        self.client.disconnect()
-        self.client.loop_stop()
+        for link in self.links():     # every one disconnects first: each loop_stop may sit out a reconnect wait
+            link.client.disconnect()
+        for link in self.links():
+            link.client.loop_stop()
         self.loop = None
         self.flush_acked()
 
-    def _on_connect(self, rc, endpoint) -> None:
+    def _said(self, link: Link) -> bool:
+        """The alarms' connection failing while the main one is down too fails for the main one's reason, which
+        its own line says: said once, not once per connection."""
+        return link is not self.main and not self.main.connected
+
+    def _on_connect(self, link: Link, rc, endpoint) -> None:
         if rc.is_failure:
-            log.error("broker %s refused the connection: %s (check mqtt.username/password/TLS)", endpoint, rc)
+            log.log(logging.DEBUG if self._said(link) else logging.ERROR, "broker %s refused the connection%s: %s "
+                    "(check mqtt.username/password/TLS)", endpoint, link.label, rc)
             return
-        self.connected = True
-        self.fail_logged = (None, 0.0)
-        self.metrics.connected.set(1)
-        if self.broker is not None and endpoint != self.broker:
-            self.metrics.failovers.inc()
-        self.broker = endpoint
-        log.info("connected to mqtt broker %s; %d messages in flight will be re-sent", endpoint, len(self.inflight))
+        link.connected = True
+        link.fail_logged = (None, 0.0)
+        link.gauge.set(1)
+        if link is self.main and link.broker is not None and endpoint != link.broker:
+            self.metrics.failovers.inc()      # (the main connection's moves; the alarms' one follows it)
+        link.broker = endpoint
+        log.info("connected to mqtt broker %s%s; %d messages in flight will be re-sent", endpoint, link.label,
+                 len(link.inflight))
         # paho re-sends what was in flight when the link dropped, but only after its on_connect returns, from
         # its own thread: rows published now could overtake them and break the per-device order. New rows
         # wait for those PUBACKs (one round trip), at most a keepalive.
-        self.resending = set(self.inflight)
-        self.resend_deadline = time.monotonic() + self.cfg.keepalive
-        self.client.publish(self.topics.status, payloads.dumps(payloads.status(
-            self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
-        for t in self.subscriptions:
-            self.client.subscribe(t, qos=1)
+        link.resending = set(link.inflight)
+        link.resend_deadline = time.monotonic() + self.cfg.keepalive
+        if link is self.main:
+            link.client.publish(self.topics.status, payloads.dumps(payloads.status(
+                self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
+            for t in self.subscriptions:
+                link.client.subscribe(t, qos=1)
         self.kick()
 
-    def _on_connect_fail(self, err, endpoint) -> None:
+    def _on_connect_fail(self, link: Link, err, endpoint) -> None:
         """paho retries by itself with backoff (mqtt.reconnect_min..max); say why and what to do, once per
         reason and then at most once a minute, so a broker that stays away does not flood the log."""
         if isinstance(err, ssl.SSLCertVerificationError):
@@ -183,34 +269,40 @@ class Publisher:
         else:
             hint = "check mqtt.host / mqtt.port and the network"
         key, now = (type(err).__name__, hint), time.monotonic()
-        if key != self.fail_logged[0] or now - self.fail_logged[1] >= 60:
-            self.fail_logged = (key, now)
+        if self._said(link):
+            log.debug("cannot connect to mqtt %s%s either (%s)", endpoint, link.label, err)
+        elif key != link.fail_logged[0] or now - link.fail_logged[1] >= 60:
+            link.fail_logged = (key, now)
             others = " on the next broker" if len(self.cfg.brokers) > 1 else ""
-            log.error("cannot connect to mqtt %s (%s); %s. Retrying%s with backoff up to %.0f s, spooling meanwhile",
-                      endpoint, err, hint, others, self.cfg.reconnect_max)
+            log.error("cannot connect to mqtt %s%s (%s); %s. Retrying%s with backoff up to %.0f s, spooling "
+                      "meanwhile", endpoint, link.label, err, hint, others, self.cfg.reconnect_max)
 
-    def _on_disconnect(self, rc, endpoint) -> None:
+    def _on_disconnect(self, link: Link, rc, endpoint) -> None:
         if self.stopping:
-            log.info("disconnected from the mqtt broker %s (%s)", endpoint, rc)
-        elif self.connected:
+            log.info("disconnected from the mqtt broker %s%s (%s)", endpoint, link.label, rc)
+        elif link.connected:
             nxt = " (next: the following broker in mqtt.brokers)" if len(self.cfg.brokers) > 1 else ""
-            log.warning("lost the mqtt broker %s (%s); spooling, reconnecting with backoff up to %.0f s%s",
-                        endpoint, rc, self.cfg.reconnect_max, nxt)
+            log.warning("lost the mqtt broker %s%s (%s); spooling, reconnecting with backoff up to %.0f s%s",
+                        endpoint, link.label, rc, self.cfg.reconnect_max, nxt)
         else:
             # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
-            self._on_connect_fail(_ClosedBeforeConnack(str(rc)), endpoint)
-        self.connected = False
-        self.metrics.connected.set(0)
+            self._on_connect_fail(link, _ClosedBeforeConnack(str(rc)), endpoint)
+        if link.connected:
+            link.down_since = time.monotonic()
+        link.connected = False
+        link.gauge.set(0)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if self.on_message_cb:
             self.on_message_cb(topic, payload)
 
-    def _on_puback(self, mid: int, rc) -> None:
-        entry = self.inflight.pop(mid, None)
-        self.resending.discard(mid)
+    def _on_puback(self, link: Link, mid: int, rc) -> None:
+        entry = link.inflight.pop(mid, None)
+        link.resending.discard(mid)
         if entry is None:
-            return   # birth/status/stats, not from the spool
+            return   # birth/status/stats, not from the spool (or taken back: _take_back)
+        if entry.lane in PRIORITY_LANES:
+            link.priority -= 1
         if not self.acked and self.loop is not None:
             self.loop.call_soon(self.flush_acked)   # after every PUBACK already queued: one transaction
         # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
@@ -289,47 +381,97 @@ class Publisher:
         return self.cursor[READING]
 
     def kick(self) -> None:
-        if self.connected:
+        if any(link.connected for link in self.links()):
             self.fill()
         else:
             self.wake.set()
 
     def fill(self) -> None:
-        if self.resending:
-            if time.monotonic() < self.resend_deadline:
-                return
-            log.warning("%d re-sent messages not acknowledged within %d s; publishing on (order may slip)",
-                        len(self.resending), self.cfg.keepalive)
-            self.resending = set()
         window = self.cfg.inflight + PRIORITY_SLOTS
-        # what each lane may fill the in-flight window up to: the last slots are the alarms' alone
-        upto = ((ALARM, window), (EVENT, self.cfg.inflight + PRIORITY_SLOTS // 2), (STATE, self.cfg.inflight))
+        prio = self._priority_link()
+        if prio is self.main:
+            # what each lane may fill the in-flight window up to: the last slots are the alarms' alone
+            upto = ((ALARM, window), (EVENT, self.cfg.inflight + PRIORITY_SLOTS // 2), (STATE, self.cfg.inflight))
+        else:
+            if prio is not None:     # the alarms' connection: events up to [mqtt] inflight, the rest alarms'
+                self._fill(prio, ((ALARM, window), (EVENT, self.cfg.inflight)), window, readings=False)
+            upto = ((STATE, self.cfg.inflight),)
+        self._fill(self.main, upto, window, readings=True)
+
+    def _priority_link(self) -> Link | None:
+        """The connection that carries alarms and events now; None: neither, for now. One at a time, so that
+        a device's alarms stay in order: a message re-sent on one connection must not come after a newer one
+        sent on the other."""
+        a = self.alarms
+        if a is None:
+            return self.main
+        if a.connected:
+            # alarms sent on the main connection while this one was away are PUBACKed first (one round trip)
+            return None if self.main.priority else a
+        if not a.inflight:
+            return self.main          # away (refused, not yet connected, lost) with nothing paho would re-send
+        if self.main.connected and time.monotonic() - a.down_since >= TAKE_BACK_AFTER:
+            self._take_back(a)
+            return self.main
+        return None                   # its in-flight alarms go first, re-sent when it is back
+
+    def _take_back(self, link: Link) -> None:
+        """`link` stayed down with messages in flight: forget them there and read their rows from the spool
+        again (they are deleted only on a PUBACK), from the oldest, for the main connection to send in order."""
+        first = {}
+        for f in link.inflight.values():
+            first[f.lane] = min(f.first, first.get(f.lane, f.first))
+        log.warning("the alarms' connection has been down %.0f s with %d messages in flight: sending them on the "
+                    "main connection", time.monotonic() - link.down_since, len(link.inflight))
+        link.inflight, link.resending, link.priority = {}, set(), 0
+        for lane, seq in first.items():
+            self.buf[lane].clear()    # loaded rows are after the cursor's new place: read again, in order
+            self.cursor[lane] = seq - 1
+            self.exhausted[lane] = False
+
+    def _resent(self, link: Link) -> bool:
+        """False while `link` waits for the PUBACKs of what paho re-sends after a reconnect (_on_connect)."""
+        if link.resending:
+            if time.monotonic() < link.resend_deadline:
+                return False
+            log.warning("%d re-sent messages not acknowledged within %d s%s; publishing on (order may slip)",
+                        len(link.resending), self.cfg.keepalive, link.label)
+            link.resending = set()
+        return True
+
+    def _fill(self, link: Link, upto: tuple, window: int, *, readings: bool) -> None:
+        if not link.connected or not self._resent(link):
+            return
         batches = 0
-        while self.connected and len(self.inflight) < window:
+        while link.connected and len(link.inflight) < window:
             row = None
-            n = len(self.inflight)
+            n = len(link.inflight)
             for lane, limit in upto:
                 if n >= limit:
                     continue
                 row = self._peek(lane)
                 if row is not None:
                     self.buf[lane].popleft()
-                    self._send_one(row)
+                    self._send_one(row, link)
                     break
             if row is not None:
                 continue
+            if not readings:
+                break
             if batches >= FILL_BATCHES:
                 if self.loop is not None:   # the rest on a later pass: ingest (and a new alarm) go in between
                     self.loop.call_soon(self.wake.set)
                 break
-            if len(self.inflight) >= self.cfg.inflight or not self._send_readings():
+            if len(link.inflight) >= self.cfg.inflight or not self._send_readings():
                 break
             batches += 1
 
-    def _send_one(self, row: Row) -> None:
-        info = self.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
-        self.inflight[info.mid] = Flight(row.seq, row.seq, len(row.payload) + ROW_OVERHEAD, row.lane, row.count,
+    def _send_one(self, row: Row, link: Link) -> None:
+        info = link.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+        link.inflight[info.mid] = Flight(row.seq, row.seq, len(row.payload) + ROW_OVERHEAD, row.lane, row.count,
                                          row.t, time.monotonic())
+        if row.lane in PRIORITY_LANES:
+            link.priority += 1
 
     def _send_readings(self) -> bool:
         """Publish one batch if it is full, or its oldest reading waited batch.delay. False if nothing sent.
@@ -344,7 +486,7 @@ class Publisher:
             return False
         if first.topic is not None:       # a plugin's message in the reading lane: alone, in order
             b.popleft()
-            self._send_one(first)
+            self._send_one(first, self.main)
             return True
         cap, cap_bytes = self.cfg.batch_count, self.cfg.batch_bytes
         rows, n, size = [], 0, 200        # (200: the message's head, an estimate)
@@ -390,7 +532,7 @@ class Publisher:
             except TimeoutError:
                 pass
             self.wake.clear()
-            if self.connected:
+            if any(link.connected for link in self.links()):
                 self.fill()
 
     def publish_direct(self, topic: str, payload: dict, qos: int = 0, retain: bool = False) -> None:

@@ -1,5 +1,6 @@
 """The far ends of the gateway's links, as real as a test can have them: a serial cable made of a pty (that
-can be unplugged), and a Semtech UDP packet forwarder on loopback."""
+can be unplugged), a Semtech UDP packet forwarder on loopback, and a TCP hop to the broker that can clog or cut
+one MQTT connection while the others go on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import os
 import socket
 import struct
+import threading
 import time
 import tty
 from pathlib import Path
@@ -136,3 +138,157 @@ class PacketForwarder:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def mqtt_client_id(connect: bytes) -> str | None:
+    """The client id in the first bytes a client sends (an MQTT 3.1.1 / 5 CONNECT); None if it is not one."""
+    if not connect or connect[0] != 0x10:
+        return None
+    i = 1
+    while i < len(connect) and connect[i] & 0x80:      # remaining length (variable-length integer)
+        i += 1
+    i += 1
+    if len(connect) < i + 2:
+        return None
+    i += 2 + int.from_bytes(connect[i:i + 2], "big")   # protocol name
+    if len(connect) < i + 4:
+        return None
+    level = connect[i]
+    i += 4                                             # level, flags, keepalive
+    if level == 5:                                     # MQTT 5: properties (their length a variable integer)
+        n, shift = 0, 0
+        while i < len(connect):
+            b = connect[i]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not b & 0x80:
+                break
+        i += n
+    if len(connect) < i + 2:
+        return None
+    n = int.from_bytes(connect[i:i + 2], "big")
+    return connect[i + 2:i + 2 + n].decode(errors="replace")
+
+
+class TcpProxy:
+    """A TCP hop between MQTT clients and their broker on loopback. Each connection is named by the client id
+    of its CONNECT; `hold(client_id)` stops forwarding what that client sends (its connection and any new one:
+    the broker reads nothing more, PUBACKs nothing, and the client's socket fills as on a clogged link) until
+    `release(client_id)`; `cut(client_id)` closes its connections (the client sees the broker gone and
+    reconnects through the proxy); `refuse(client_id)` closes every new connection of it at once, until
+    `release`. Threads forward 64 KiB at a time; `close()` ends everything."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
+        self.target = (host, target_port)
+        self.listener = socket.create_server((host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.cond = threading.Condition()
+        self.held: set[str] = set()
+        self.refused: set[str] = set()
+        self.conns: list[tuple[str | None, socket.socket, socket.socket]] = []
+        self.closed = False
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), name="proxy-conn", daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            first = client.recv(65536)
+            cid = mqtt_client_id(first)
+            if cid in self.refused or not first:
+                client.close()
+                return
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        conn = (cid, client, upstream)
+        with self.cond:
+            self.conns.append(conn)
+        threading.Thread(target=self._pump, args=(upstream, client, None, b""), name="proxy-down",
+                         daemon=True).start()
+        self._pump(client, upstream, conn, first)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, conn: tuple | None, data: bytes) -> None:
+        """Forward src -> dst; the client's direction (conn given) waits while its client id is held, and
+        what it held is dropped if the connection is cut meanwhile (the broker never sees it)."""
+        try:
+            while True:
+                if conn is not None:
+                    with self.cond:
+                        self.cond.wait_for(lambda: conn[0] not in self.held or self.closed)
+                        if conn not in self.conns:
+                            return
+                if data:
+                    dst.sendall(data)
+                if self.closed:
+                    return
+                data = src.recv(65536)
+                if not data:
+                    return
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def hold(self, client_id: str) -> None:
+        with self.cond:
+            self.held.add(client_id)
+
+    def release(self, client_id: str) -> None:
+        with self.cond:
+            self.held.discard(client_id)
+            self.refused.discard(client_id)
+            self.cond.notify_all()
+
+    def refuse(self, client_id: str) -> None:
+        with self.cond:
+            self.refused.add(client_id)
+
+    def cut(self, client_id: str) -> int:
+        """Close the connections of `client_id` (a hold on it ends: a new connection goes through). Returns
+        how many were open."""
+        with self.cond:
+            self.held.discard(client_id)
+            victims = [c for c in self.conns if c[0] == client_id]
+            self.conns = [c for c in self.conns if c[0] != client_id]
+            self.cond.notify_all()
+        for _cid, a, b in victims:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return len(victims)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            conns, self.conns = self.conns, []
+            self.cond.notify_all()
+        self.listener.close()
+        for _cid, a, b in conns:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "TcpProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

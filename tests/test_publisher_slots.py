@@ -1,6 +1,7 @@
 """The publisher's in-flight window (issue 17): PRIORITY_SLOTS slots past `[mqtt] inflight` are the alarms'.
 Readings and retained states never take them, events take at most half, so an alarm goes out at once however
-many other messages wait for their PUBACKs. The real daemon, a real mosquitto held with SIGSTOP so that no
+many other messages wait for their PUBACKs. (One connection: `[mqtt] alarm_connection = false`, or the alarms'
+connection down; with it, tests/test_publisher_alarm_link.py.) The real daemon, a real mosquitto held with SIGSTOP so that no
 PUBACK comes back while the window fills, then let go: every message arrives once."""
 
 import os
@@ -20,6 +21,7 @@ def test_states_and_events_leave_the_last_slots_to_alarms(tmp_path, mosquitto):
     rig = Rig(tmp_path, mosquitto.port)
     try:
         rig.cfg.inflight = 2
+        rig.cfg.alarm_connection = False
         d = rig.start()
         root, pub = rig.root, d.publisher
 

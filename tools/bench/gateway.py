@@ -76,35 +76,35 @@ class Probe:
         self.timed: dict[str, tuple[float, float]] = {}   # alarm msg id -> (arrival, PUBACK on paho's thread)
         self.last_ack = 0.0
         orig_send, orig_ack = p._send_one, p._on_puback
-        self.acked_at: dict[int, float] = {}      # mid -> when the PUBACK reached the gateway (paho's thread)
-        orig_cb = p.client.on_publish
+        # (connection, mid) -> when the PUBACK reached the gateway (paho's thread); each connection has its mids
+        self.acked_at: dict[tuple[str, int], float] = {}
+        for link in p.links():
+            def on_publish(c, u, mid, rc, props, name=link.name, orig_cb=link.client.on_publish):
+                self.acked_at[name, mid] = time.perf_counter()
+                orig_cb(c, u, mid, rc, props)
+            link.client.on_publish = on_publish
 
-        def on_publish(c, u, mid, rc, props):
-            self.acked_at[mid] = time.perf_counter()
-            orig_cb(c, u, mid, rc, props)
-        p.client.on_publish = on_publish
-
-        def send_one(row):
-            orig_send(row)
+        def send_one(row, link):
+            orig_send(row, link)
             if row.lane == 0:
-                self.mid_of[next(reversed(p.inflight))] = row.msg_id
+                self.mid_of[link.name, next(reversed(link.inflight))] = row.msg_id
                 self.sent[row.msg_id] = time.perf_counter()
 
-        def on_puback(mid, rc):
-            entry = p.inflight.get(mid)
-            now = self.acked_at.pop(mid, None) or time.perf_counter()
+        def on_puback(link, mid, rc):
+            entry = link.inflight.get(mid)
+            now = self.acked_at.pop((link.name, mid), None) or time.perf_counter()
             if entry is not None:
                 if entry.lane == 3:
                     self.readings += entry.readings
                     self.last_ack = now
                 elif entry.lane == 0:
-                    msg_id = self.mid_of.pop(mid, "")
+                    msg_id = self.mid_of.pop((link.name, mid), "")
                     t = self.arrived.pop(msg_id, None)
                     if t is not None:
                         self.latencies.append(now - t)
                         self.timed[msg_id] = (t, now)
                         self.readings_at_alarm.append(self.readings)
-            orig_ack(mid, rc)
+            orig_ack(link, mid, rc)
         p._send_one, p._on_puback = send_one, on_puback
 
 
@@ -183,7 +183,7 @@ async def _start(daemon):
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
     t0 = time.monotonic()
-    while not daemon.publisher.connected:
+    while not all(link.connected for link in daemon.publisher.links()):   # the alarms' one too, if any
         if time.monotonic() - t0 > 10 or task.done():
             raise click.ClickException("the gateway did not connect to mosquitto in 10 s")
         await asyncio.sleep(0.01)
