@@ -140,6 +140,15 @@ class PacketForwarder:
         self.sock.close()
 
 
+def _shut(*socks: socket.socket) -> None:
+    """Both directions down: the thread blocked reading either socket wakes and ends."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def mqtt_client_id(connect: bytes) -> str | None:
     """The client id in the first bytes a client sends (an MQTT 3.1.1 / 5 CONNECT); None if it is not one."""
     if not connect or connect[0] != 0x10:
@@ -237,12 +246,9 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            _shut(src, dst)
+            src.close()
+            dst.close()
 
     def hold(self, client_id: str) -> None:
         with self.cond:
@@ -267,11 +273,7 @@ class TcpProxy:
             self.conns = [c for c in self.conns if c[0] != client_id]
             self.cond.notify_all()
         for _cid, a, b in victims:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(a, b)
         return len(victims)
 
     def close(self) -> None:
@@ -281,11 +283,7 @@ class TcpProxy:
             self.cond.notify_all()
         self.listener.close()
         for _cid, a, b in conns:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(a, b)
 
     def __enter__(self) -> "TcpProxy":
         return self

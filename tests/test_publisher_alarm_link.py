@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from gasguard.gateway import publisher as publisher_mod
-from gasguard.gateway.spool import ALARM, READING
+from gasguard.gateway.spool import READING
 from gasguard.testing.links import TcpProxy
 from gasguard.testing.rig import Rig
 from gasguard.testing.waits import wait_until
@@ -30,6 +30,20 @@ def _start(tmp_path, proxy, **cfg):
     pub = d.publisher
     wait_until(lambda: pub.alarms is None or pub.alarms.connected, 10, "the alarms' connection")
     return rig, d, pub
+
+
+def _held(rig, pub, proxy, n: int) -> tuple[str, list[int]]:
+    """`n` alarms of the first node in flight on the alarms' connection, held at the proxy (never PUBACKed)."""
+    a = rig.nodes[0]
+    cid = f"{rig.cfg.mqtt_client_id}-alarms"
+    proxy.hold(cid)
+    sent = []
+    for _ in range(n):
+        rig.cables[0].send(a.alarm())
+        sent.append(a.fcnt)
+    wait_until(lambda: rig.runner.call(lambda: len(pub.alarms.inflight)) == n, 10,
+               f"{n} alarms in flight on the held connection")
+    return cid, sent
 
 
 def test_an_alarm_is_pubacked_while_the_readings_connection_is_clogged(tmp_path, mosquitto):
@@ -70,14 +84,7 @@ def test_the_alarm_connection_lost_resends_its_alarms_in_order(tmp_path, mosquit
         rig, d, pub = _start(tmp_path, proxy)
         try:
             a = rig.nodes[0]
-            cid = f"{rig.cfg.mqtt_client_id}-alarms"
-            proxy.hold(cid)
-            sent = []
-            for _ in range(3):
-                rig.cables[0].send(a.alarm())
-                sent.append(a.fcnt)
-            wait_until(lambda: rig.runner.call(lambda: len(pub.alarms.inflight)) == 3, 10,
-                       "three alarms in flight on the held connection")
+            cid, sent = _held(rig, pub, proxy, 3)
             assert proxy.cut(cid) == 1
             wait_until(lambda: "(alarms' connection); 3 messages in flight will be re-sent" in caplog.text, 15,
                        "the alarms' connection back, re-sending")
@@ -102,13 +109,7 @@ def test_alarms_go_on_the_main_connection_while_the_alarm_connection_stays_away(
         rig, d, pub = _start(tmp_path, proxy)
         try:
             a = rig.nodes[0]
-            cid = f"{rig.cfg.mqtt_client_id}-alarms"
-            proxy.hold(cid)
-            sent = []
-            for _ in range(2):
-                rig.cables[0].send(a.alarm())
-                sent.append(a.fcnt)
-            wait_until(lambda: rig.runner.call(lambda: len(pub.alarms.inflight)) == 2, 10, "two alarms held")
+            cid, sent = _held(rig, pub, proxy, 2)
             proxy.refuse(cid)
             proxy.cut(cid)
             rig.cables[0].send(a.alarm())
