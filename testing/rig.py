@@ -106,8 +106,10 @@ class Rig:
     def settle(self, node=None, cable=None, timeout: float = 10.0) -> list[dict]:
         """Wait until everything sent so far is published, on an event rather than a pause: a reading sent
         now (by `node`, on `cable`) comes out after every reading sent before it and after every alarm and
-        event (the publisher drains lanes in order and MQTT keeps one publisher's order on a topic), so once
-        it is here, what came before it is all there is. Returns the readings before it."""
+        event (the publisher drains lanes in order and MQTT keeps one connection's order on a topic; alarms and
+        events, on the gateway's alarms' connection, leave at once, the marker only after batch.delay, 1 s here,
+        waiting for company), so once it is here, what came before it is all there is. Returns the readings
+        before it."""
         node = node or self.nodes[0]
         cable = cable or self.cables[0]
         cable.send(node.reading())
