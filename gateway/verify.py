@@ -6,6 +6,7 @@ the working copy (`ReplayState.up`), which ingest rolls back if the spool write 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import sqlite3
@@ -213,7 +214,34 @@ _READING_LEN = HEAD_LEN + 6 + MIC_LEN
 _R = struct.Struct(">BIHHHBB")
 _RI = struct.Struct(">BIHHHBBH")
 _B0_HEAD = mic.b0(UP, 0)[:4]          # SPEC 5: B0 = 'G' 'G' version direction | fcnt u32 BE
-_hmac_digest, _equal = hmac.digest, hmac.compare_digest
+_equal = hmac.compare_digest
+
+# HMAC-SHA256 from each key's padded inner and outer SHA-256 states, made once per key and copied per frame:
+# 0.96 µs a MIC against 2.73 µs for hmac.digest, which makes OpenSSL 3 fetch the algorithm and key the MAC on
+# every call (timeit, 16-byte key, 26-byte message, 2026-12-03). Same bytes as hmac.digest (RFC 2104), tested
+# for key lengths around the 64-byte block (tests/test_verify_fast.py).
+PADS_MAX = 65_536     # keys kept (two SHA-256 states each, ~0.5 KB): twice the registry LRU; past it, start over
+_PADS: dict[bytes, tuple] = {}
+_IPAD, _OPAD = bytes(x ^ 0x36 for x in range(256)), bytes(x ^ 0x5C for x in range(256))
+
+
+def _pads(key: bytes) -> tuple:
+    k = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    k = k.ljust(64, b"\0")
+    if len(_PADS) >= PADS_MAX:
+        _PADS.clear()
+    p = _PADS[key] = (hashlib.sha256(k.translate(_IPAD)), hashlib.sha256(k.translate(_OPAD)))
+    return p
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """hmac.digest(key, msg, "sha256"), from the key's precomputed pads (hot path)."""
+    p = _PADS.get(key) or _pads(key)
+    i = p[0].copy()
+    i.update(msg)
+    o = p[1].copy()
+    o.update(i.digest())
+    return o.digest()
 
 _KEY = 4 + MIC_LEN
 
@@ -227,7 +255,7 @@ def mic_at_next(key: bytes, raw: bytes, n: int, c16: int, last: int) -> int | No
         fcnt += 0x10000
     if fcnt > MAX_FCNT or fcnt - last > MAX_GAP:
         return None
-    if not _equal(_hmac_digest(key, _B0_HEAD + fcnt.to_bytes(4, "big") + raw[:n - MIC_LEN], "sha256")[:MIC_LEN],
+    if not _equal(hmac_sha256(key, _B0_HEAD + fcnt.to_bytes(4, "big") + raw[:n - MIC_LEN])[:MIC_LEN],
                   raw[n - MIC_LEN:]):
         return None
     return fcnt

@@ -104,3 +104,29 @@ def test_the_fast_path_declines_whatever_the_general_path_refuses_or_names(setup
 def _signed(data: bytes, key: bytes, fcnt: int) -> bytes:
     from gasguard.protocol import mic
     return data + mic.compute(key, UP, fcnt, data)
+
+
+@pytest.mark.parametrize("klen", [1, 16, 32, 63, 64, 65, 100])
+def test_mic_from_pads_equals_hmac(klen):
+    """The fast paths' HMAC from precomputed pads (verify.hmac_sha256) gives hmac.digest's bytes, for keys
+    shorter than, equal to and longer than SHA-256's block (hashed first), and again once the pads are kept."""
+    import hmac
+
+    from gasguard.gateway import verify
+    rng = random.Random(klen)
+    key = bytes(rng.randrange(256) for _ in range(klen))
+    for n in (0, 26, 64, 200):
+        msg = bytes(rng.randrange(256) for _ in range(n))
+        want = hmac.digest(key, msg, "sha256")
+        assert verify.hmac_sha256(key, msg) == want
+        assert verify.hmac_sha256(key, msg) == want       # from the kept pads: copied, not consumed
+    assert key in verify._PADS
+
+
+def test_pads_are_bounded(monkeypatch):
+    from gasguard.gateway import verify
+    monkeypatch.setattr(verify, "PADS_MAX", 4)
+    monkeypatch.setattr(verify, "_PADS", {})
+    for i in range(10):
+        verify.hmac_sha256(bytes([i]) * 16, b"m")
+        assert len(verify._PADS) <= 4
