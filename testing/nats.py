@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gasguard.testing.mosquitto import BrokerError, free_port
+from gasguard.testing.mosquitto import BrokerError, free_ports
 
 NODES = 3
 
@@ -54,10 +54,8 @@ class NatsCluster:
 
     def _configure(self) -> None:
         """Fresh, distinct free ports for every listener of every node, and each node's config file."""
-        nodes, ports = self.n, set()
-        while len(ports) < 4 * nodes:       # free_port may hand the same port out twice in a row
-            ports.add(free_port())
-        ports = sorted(ports)
+        nodes = self.n
+        ports = sorted(free_ports(4 * nodes))
         self.client_ports, self.route_ports = ports[:nodes], ports[nodes:2 * nodes]
         self.mqtt_ports, self.http_ports = ports[2 * nodes:3 * nodes], ports[3 * nodes:]
         routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.route_ports)
