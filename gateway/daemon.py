@@ -70,6 +70,8 @@ class Daemon:
         self.metrics.spool_max_bytes.set(cfg.spool_max_bytes)
         self.metrics.info.labels(cfg.gateway_id, cfg.district, getattr(clock, "mode", "real")).set(1)
         self.metrics.clock_speed.set(getattr(clock, "speed", 1.0))
+        if not cfg.alarm_connection:   # no alarms' connection: no gauge of it, so no alert that it is down
+            self.metrics.registry.unregister(self.metrics.alarm_connected)
         self.beats = Heartbeats()                  # progress of ingest and ticker, for the systemd watchdog
         self.burst = BurstLog(log, cfg.log_window, on_suppressed=lambda key, n: self.metrics.log_suppressed.labels(
             key.split(":", 1)[0]).inc(n))

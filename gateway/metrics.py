@@ -75,8 +75,9 @@ class Metrics:
                                       *LANE_NAMES)
         self.connected = Gauge("gasguard_gateway_broker_connected", "1 while connected to the broker", registry=r)
         self.alarm_connected = Gauge("gasguard_gateway_broker_alarm_connected",
-                                     "1 while the alarms' own connection to the broker is up ([mqtt] alarm_connection;"
-                                     " while it is down alarms and events go on the main one)", registry=r)
+                                     "1 while the alarms' own connection to the broker is up (while it is down alarms"
+                                     " and events go on the main one); not exported with [mqtt] alarm_connection ="
+                                     " false", registry=r)
         self.failovers = Counter("gasguard_gateway_broker_failovers",
                                  "Connections accepted by a different broker node than the one before", registry=r)
         self.task_restarts = zeroed(Counter("gasguard_gateway_task_restarts", "Supervised task restarts", ["task"],

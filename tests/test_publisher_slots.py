@@ -24,6 +24,8 @@ def test_states_and_events_leave_the_last_slots_to_alarms(tmp_path, mosquitto):
         rig.cfg.alarm_connection = False
         d = rig.start()
         root, pub = rig.root, d.publisher
+        # no alarms' connection, no gauge of it: GasGuardAlarmConnectionDown is for gateways that have one
+        assert d.metrics.registry.get_sample_value("gasguard_gateway_broker_alarm_connected") is None
 
         def lanes():
             return sorted(f.lane for f in pub.inflight.values())
