@@ -58,10 +58,11 @@ def free_ports(n: int, avoid=()) -> list[int]:
     return ports
 
 
-def listening_ports(pid: int) -> set[int] | None:
-    """The TCP ports on which process `pid` holds a listening socket, from Linux's /proc (the socket inodes
-    among its open files, looked up in the kernel's TCP tables); None where /proc cannot tell (another OS)."""
-    inodes = set()
+def tcp_sockets(pid: int) -> list[tuple[int, int, str]] | None:
+    """(fd, local port, state) of each TCP socket process `pid` holds, from Linux's /proc: the socket inodes
+    among its open files, looked up in the kernel's TCP tables (state "0A" listening, "01" established).
+    None where /proc cannot tell (another OS)."""
+    inodes = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -72,18 +73,24 @@ def listening_ports(pid: int) -> set[int] | None:
         except OSError:                         # closed since the listing
             continue
         if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    ports = set()
+            inodes[link[8:-1]] = int(fd)
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for row in rows:
-            f = row.split()        # sl local_address rem_address st ... inode (10th): st 0A is TCP_LISTEN
-            if f[3] == "0A" and f[9] in inodes:
-                ports.add(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
+            f = row.split()                     # sl local_address rem_address st ... inode (the 10th)
+            if f[9] in inodes:
+                out.append((inodes[f[9]], int(f[1].rsplit(":", 1)[1], 16), f[3]))
+    return out
+
+
+def listening_ports(pid: int) -> set[int] | None:
+    """The TCP ports on which process `pid` holds a listening socket; None where /proc cannot tell."""
+    socks = tcp_sockets(pid)
+    return None if socks is None else {port for _, port, state in socks if state == "0A"}
 
 
 def accepts(port: int) -> bool:
@@ -172,6 +179,24 @@ class Mosquitto:
             missing = sorted(want - held) if held is not None else sorted(want)
             raise BrokerError(f"{self.kind} did not listen on port(s) {missing} within {timeout} s") from None
         return self
+
+    def client_sockets(self) -> list[socket.socket]:
+        """Copies of the broker's own sockets of its connected clients (Linux 5.6+ pidfd_getfd; the broker is
+        our child, so we may take its files), to read the options mosquitto set on them. Close them after."""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            out = []
+            for fd, _, state in tcp_sockets(self.proc.pid) or ():
+                if state == "01":
+                    n = libc.syscall(438, pidfd, fd, 0)              # 438: pidfd_getfd on every architecture
+                    if n < 0:
+                        raise OSError(ctypes.get_errno(), f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+                    out.append(socket.socket(fileno=n))
+            return out
+        finally:
+            os.close(pidfd)
 
     def _log_tail(self, chars: int = 2000) -> str:
         """The end of the broker's own log: mosquitto says why it exited there once log_dest is a file."""

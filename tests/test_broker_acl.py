@@ -1,7 +1,9 @@
 """The broker as the second wall (issue 14, 3): the real mosquitto runs the configuration that
 `gasguard authority broker-config` writes, and refuses an anonymous client, a wrong password, an operator
 publishing a node command, and a gateway publishing under another gateway's prefix; what each role may do
-still flows."""
+still flows. The same configuration turns Nagle off on the broker's client sockets (set_tcp_nodelay)."""
+
+import socket
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,13 +37,21 @@ def test_generated_config_refuses_anonymous_and_wrong_roles_at_the_real_broker(t
     assert (out / "passwd").read_text().count("$7$") == 5 and "gone" not in (out / "acl").read_text()
     pw = {u: (out / "credentials" / f"{u}.password").read_text().strip() for u in rep["users"]}
     assert broker.write_config(ro, ["gw-1", "gw-2"], out)["new_credentials"] == []   # passwords are kept
-    with Mosquitto(workdir=tmp_path / "m", extra_config=(out / "gasguard.conf").read_text()) as m:
+    # included as OPERATORS.md says (include_dir: mosquitto reads every *.conf there, here gasguard.conf)
+    with Mosquitto(workdir=tmp_path / "m", extra_config=f"include_dir {out}\n") as m:
         anon = Client(m.port)
         assert anon.rc.is_failure and anon.rc.value == 135                              # not authorised
         wrong = Client(m.port, "zhao", "guess")
         assert wrong.rc.is_failure
         gw1 = Client(m.port, "gw-gw-1", pw["gw-gw-1"])
         assert not gw1.rc.is_failure
+        # the gateways' PUBACKs leave at once, not after the client's delayed ACK (BENCHMARKS.md, sixth pass)
+        held = m.client_sockets()
+        try:
+            assert held and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in held)
+        finally:
+            for s in held:
+                s.close()
         assert gw1.subscribe("gasguard/v1/lixia/gw-1/+/cmd") == [1]
         assert gw1.subscribe("gasguard/v1/lixia/command/ack/+") == [1]
         gw1.subscribe("gasguard/v1/lixia/gw-2/+/cmd")      # mosquitto grants it, then delivers nothing (read ACL)
