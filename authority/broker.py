@@ -39,6 +39,13 @@ PBKDF2_ITERATIONS = 10_000     # mosquitto_passwd's default is 101; the broker r
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+# mosquitto >= 1.5; p50 of a PUBACK in a burst at 50,000 readings/s 16-17 ms with Nagle, 0.4-0.5 ms without (sixth
+# pass). Written into the district's gasguard.conf, and the broker of `gasguard bench alarms --broker district`
+PUBACK_AT_ONCE = ("# PUBACKs at once: without this the later PUBACKs of a burst, an alarm's too, wait for the\n"
+                  "# client's delayed TCP ACK (Nagle; GasGuard BENCHMARKS.md, sixth pass)\n"
+                  "set_tcp_nodelay true")
+
+
 def password_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
     """mosquitto 2's `$7$<iterations>$<b64 salt>$<b64 sha512-pbkdf2>` (mosquitto_passwd -H sha512-pbkdf2)."""
     salt = salt or os.urandom(12)
@@ -114,9 +121,6 @@ def write_config(ro: Roster, gateways: list[str], out_dir: str | Path, *, city_t
                     "# refused logins on the broker's own record (log_dest as configured); a denied publication is\n"
                     "# answered 0x87 (MQTT 5) and counted nowhere else: the gateway's audit log records what reaches it\n"
                     "connection_messages true\nlog_type notice\n"
-                    "# PUBACKs at once (mosquitto >= 1.5): with Nagle on the broker's sockets the later PUBACKs of a\n"
-                    "# burst wait for the client's delayed TCP ACK, an alarm's too: p50 16-17 ms at 50,000\n"
-                    "# readings/s, 0.4-0.5 ms with this (GasGuard BENCHMARKS.md, sixth pass)\n"
-                    "set_tcp_nodelay true\n")
+                    f"{PUBACK_AT_ONCE}\n")
     return {"out": str(out), "users": sorted(acl), "new_credentials": new, "serial": ro.serial,
             "conf": str(conf)}

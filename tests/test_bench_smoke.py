@@ -75,3 +75,18 @@ def test_bench_gateway_stages_split_each_alarm_and_leave_the_event_loop_as_it_wa
     assert sum(s["p50"] for k, s in st.items() if k != "loop") <= la["max_ms"]
     assert any(c["callback"] == "task ingest" for c in st["loop"]), st["loop"]
     assert asyncio.events.Handle._run is run
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("broker", ["district", "default"])
+def test_bench_alarms_repeats_the_goal_run_on_the_broker_asked_for(tmp_path, broker):
+    """`bench alarms`: each run timed on its own and judged against the goal; `--broker district` is mosquitto
+    with the district's PUBACK setting (authority.broker.PUBACK_AT_ONCE), `default` without it."""
+    from gasguard.tools.bench.gateway import ALARM_GOAL_MS, alarm_figures
+    out = alarm_figures(rate=2_000, seconds=0.5, runs=2, broker=broker, echo=lambda *_: None, workdir=tmp_path)
+    rs = out["runs"]
+    assert len(rs) == 2 and all(x["alarms"] > 0 and x["accepted_per_s"] > 0 for x in rs)
+    assert out["met"] == sum(x["p99_ms"] <= ALARM_GOAL_MS for x in rs)
+    assert out["full_rate_runs"] == sum(x["offered_per_s"] >= 0.9 * 2_000 for x in rs)
+    conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+    assert ("set_tcp_nodelay true" in conf) == (broker == "district")

@@ -14,7 +14,7 @@ from gasguard.tools.bench.authority import authority_bench
 from gasguard.tools.bench.firmware import firmware_bench
 from gasguard.tools.bench.fleet import fleet as fleet_bench
 from gasguard.tools.bench.suite import bench_all
-from gasguard.tools.bench.gateway import gateway_bench, memory_bench, misses_bench
+from gasguard.tools.bench.gateway import alarms_bench, gateway_bench, memory_bench, misses_bench
 from gasguard.tools.bench.spool_commit import spool_commit_bench
 from gasguard.tools.bench.udp import udp_bench
 from gasguard.tools.bench.provisioning import provisioning_bench
@@ -108,6 +108,7 @@ bench.add_command(command_store_bench)
 bench.add_command(authority_bench)
 bench.add_command(firmware_bench)
 bench.add_command(gateway_bench)
+bench.add_command(alarms_bench)
 bench.add_command(memory_bench)
 bench.add_command(misses_bench)
 bench.add_command(spool_commit_bench)

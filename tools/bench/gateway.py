@@ -308,6 +308,7 @@ def latency_run(d: Path, port: int, frames: list[bytes], alarms: list[tuple[str,
                 "puback_per_s": acked / wall,
                 "overflow": rej.get("ingest_overflow", 0), "alarms": len(probe.latencies),
                 "lat_ms": sorted(x * 1000 for x in probe.latencies),
+                "arrived_at": {mid: t for mid, (t, _acked) in probe.timed.items()},
                 **({"stages": st.figures(dict(alarms[:ai]))} if st is not None else {})}
     attached: list = []
     try:
@@ -372,7 +373,8 @@ def drain_run(d: Path, port: int, backlog: int, alarms: list[tuple[str, bytes]],
         await asyncio.wait_for(task, 15)
         return {"backlog": backlog, "per_row": per_row, "drain_per_s": rate, "fill_s": fill_s,
                 "alarms": len(probe.latencies),
-                "lat_ms": sorted(x * 1000 for x in probe.latencies), "readings_at_alarm": probe.readings_at_alarm}
+                "lat_ms": sorted(x * 1000 for x in probe.latencies),
+                "arrived_at": {mid: t for mid, (t, _acked) in probe.timed.items()}, "readings_at_alarm": probe.readings_at_alarm}
     return asyncio.run(go())
 
 
@@ -547,6 +549,160 @@ def gateway_bench(readings, runs, rate, seconds, backlog, drain_runs, backlog_ro
         click.echo(out["profile"])
     print_gateway(out)
 
+
+
+# -- alarms: the goal of issue 17, repeated -----------------------------------------------------------
+
+ALARM_GOAL_MS = 20.0     # issue 17: alarm latency p99 <= 20 ms at 50,000 readings/s of background
+
+
+SUBSCRIBER = r'''
+import json, sys, time
+import paho.mqtt.client as mqtt
+port, flt = int(sys.argv[1]), sys.argv[2]
+def on_connect(c, u, flags, rc, props):
+    c.subscribe(flt, qos=1)
+def on_subscribe(c, u, mid, rcs, props):
+    print("ready", flush=True)
+def on_message(c, u, m):
+    t = time.perf_counter()        # CLOCK_MONOTONIC: the same clock as the bench's in another process
+    print(t, json.loads(m.payload)["id"], flush=True)
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-alarm-subscriber")
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", port)
+c.loop_forever()
+'''
+
+
+class AlarmSubscriber:
+    """The alarms as a subscriber of the broker sees them, in a process of its own (as the command is): when
+    each alarm message reached it, by msg id, on the clock the bench stamps arrivals with (perf_counter is
+    CLOCK_MONOTONIC on Linux, one clock for every process)."""
+
+    def __init__(self, port: int, topic_filter: str):
+        import threading
+        self.seen: dict[str, float] = {}
+        self.proc = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, str(port), topic_filter],
+                                     stdout=subprocess.PIPE, text=True)
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.ready.wait(30):
+            self.close()
+            raise click.ClickException("the alarm subscriber did not subscribe in 30 s")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("ready"):
+                self.ready.set()
+                continue
+            t, mid = line.split()
+            self.seen[mid] = float(t)
+
+    def wait_for(self, mids, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while any(m not in self.seen for m in mids) and time.monotonic() < end:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def alarm_figures(*, rate=50_000, seconds=4.0, runs=6, broker="district", stages=False, echo=click.echo,
+                  workdir=None) -> dict:
+    """`runs` latency runs at `rate` readings/s requested, whatever the gateway sustains (each a fresh daemon and
+    spool, every device heard once before, one broker for all). `broker`: "district" is mosquitto as
+    `gasguard authority broker-config` configures it (authority.broker.PUBACK_AT_ONCE), "default" mosquitto's
+    own defaults, as the test broker and the earlier passes ran. A single run's p99 moves with the machine's
+    load by several ms, so the goal is judged on all of them: each run's p99, and how many met it."""
+    from gasguard.authority.broker import PUBACK_AT_ONCE
+    from gasguard.protocol.topics import Topics
+    from gasguard.testing.mosquitto import Mosquitto
+    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-alarms-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    out: dict = {"rate": rate, "seconds": seconds, "broker": broker, "load_before": load(), "runs": []}
+    try:
+        extra = PUBACK_AT_ONCE + "\n" if broker == "district" else ""
+        with Mosquitto(workdir=base / "broker", extra_config=extra) as mq:
+            nodes, alarm_nodes = _setup(base, int(rate * seconds))
+            echo(f"sealing {len(nodes) * PER_DEV:,} readings of {len(nodes):,} devices; broker: {broker} "
+                 f"({'set_tcp_nodelay true' if extra else 'mosquitto defaults'}) ... ({load()})")
+            frames = _frames(nodes, PER_DEV)
+            cfg = _cfg(base, mq.port)
+            sub = AlarmSubscriber(mq.port, Topics().gateway(cfg.district, cfg.gateway_id).devices("alarm"))
+            try:
+                _alarm_runs(base, mq.port, nodes, alarm_nodes, frames, rate, seconds, runs, stages, sub, out, echo)
+            finally:
+                sub.close()
+    finally:
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    rs = out["runs"]
+    full = [x for x in rs if x["offered_per_s"] >= 0.9 * rate]    # runs whose background was the one asked for
+    out.update(p99_median_ms=statistics.median(x["p99_ms"] for x in rs), met=sum(x["p99_ms"] <= ALARM_GOAL_MS for x in rs),
+               full_rate_runs=len(full), met_at_full_rate=sum(x["p99_ms"] <= ALARM_GOAL_MS for x in full),
+               sub_p99_median_ms=statistics.median(x["sub_p99_ms"] for x in rs),
+               sub_met=sum(x["sub_p99_ms"] <= ALARM_GOAL_MS for x in rs), load_after=load())
+    return out
+
+
+def _alarm_runs(base, port, nodes, alarm_nodes, frames, rate, seconds, runs, stages, sub, out, echo) -> None:
+    """The runs of alarm_figures, each one's figures into out["runs"]."""
+    for r in range(runs):
+        alarms = _alarm_frames(alarm_nodes, int(seconds / ALARM_EVERY) + 10)
+        lat = latency_run(base, port, frames[:len(nodes) + int(rate * seconds)], alarms, rate, seconds,
+                          warm=len(nodes), stages=stages)
+        arrived = lat["arrived_at"]
+        sub.wait_for(arrived)
+        at_sub = sorted((sub.seen[m] - t) * 1000 for m, t in arrived.items() if m in sub.seen)
+        run = {"offered_per_s": lat["offered_per_s"], "accepted_per_s": lat["accepted_per_s"],
+               "overflow": lat["overflow"], "alarms": lat["alarms"], "p50_ms": _pct(lat["lat_ms"], 50),
+               "p99_ms": _pct(lat["lat_ms"], 99), "max_ms": _pct(lat["lat_ms"], 100),
+               "sub_alarms": len(at_sub), "sub_p50_ms": _pct(at_sub, 50), "sub_p99_ms": _pct(at_sub, 99),
+               "sub_max_ms": _pct(at_sub, 100)}
+        if "stages" in lat:
+            run["puback_p99_ms"] = lat["stages"]["PUBACK"]["p99"]
+        out["runs"].append(run)
+        echo(f"  run {r + 1}: {run['offered_per_s']:,.0f} readings/s offered, {run['accepted_per_s']:,.0f}/s "
+             f"accepted, {run['overflow']:,} refused (queue full); {run['alarms']} alarms: p50 "
+             f"{run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms, max {run['max_ms']:.1f} ms"
+             + (f"; PUBACK stage p99 {run['puback_p99_ms']:.1f} ms" if "puback_p99_ms" in run else "")
+             + f"; at the subscriber ({run['sub_alarms']}): p50 {run['sub_p50_ms']:.1f} ms, p99 "
+             f"{run['sub_p99_ms']:.1f} ms, max {run['sub_max_ms']:.1f} ms  ({load()})")
+
+
+def print_alarms(out: dict, echo=click.echo) -> None:
+    rs = out["runs"]
+    echo(f"alarm latency, arrival -> PUBACK, at {out['rate']:,} readings/s requested for {out['seconds']} s "
+         f"(broker: {out['broker']}): p99 per run " + " / ".join(f"{x['p99_ms']:.1f}" for x in rs)
+         + f" ms (median {out['p99_median_ms']:.1f}); p99 <= {ALARM_GOAL_MS:.0f} ms in {out['met']} of {len(rs)} runs; "
+         f"{out['full_rate_runs']} runs were offered >= 90 % of the rate, {out['met_at_full_rate']} of them met it; "
+         f"offered {min(x['offered_per_s'] for x in rs):,.0f}-{max(x['offered_per_s'] for x in rs):,.0f}/s")
+    echo(f"arrival -> at a subscriber of the broker (another process, as the command is): p99 per run "
+         + " / ".join(f"{x['sub_p99_ms']:.1f}" for x in rs)
+         + f" ms (median {out['sub_p99_median_ms']:.1f}); p99 <= {ALARM_GOAL_MS:.0f} ms in {out['sub_met']} of {len(rs)} runs")
+
+
+@click.command("alarms")
+@click.option("--rate", default=50_000, show_default=True, help="background readings/s requested")
+@click.option("--seconds", default=4.0, show_default=True, help="length of each run")
+@click.option("--runs", default=6, show_default=True, type=click.IntRange(1))
+@click.option("--broker", type=click.Choice(["district", "default"]), default="district", show_default=True,
+              help="district: mosquitto as `authority broker-config` sets it up (set_tcp_nodelay); default: "
+                   "mosquitto's defaults")
+@click.option("--stages", is_flag=True, help="also time each alarm's PUBACK stage (publish -> PUBACK)")
+@click.option("--json", "as_json", is_flag=True)
+def alarms_bench(rate, seconds, runs, broker, stages, as_json):
+    """Issue 17's alarm goal, repeated: alarm p99 (arrival -> PUBACK) with N readings/s of background."""
+    out = alarm_figures(rate=rate, seconds=seconds, runs=runs, broker=broker, stages=stages,
+                        echo=(lambda *_: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    print_alarms(out)
 
 # -- memory ------------------------------------------------------------------------------------------
 
