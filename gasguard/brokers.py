@@ -23,6 +23,8 @@ sessions (NATS JetStream, EMQX) hands its session to the node it reconnects to (
 
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -116,6 +118,13 @@ class FailoverClient(mqtt.Client):
         self.index = 0              # the endpoint of the current / next attempt
         self.attempts = 0           # connect attempts so far (0: none yet)
         self.moves = 0              # times an attempt went to a different endpoint than the one before
+        # paho's connect_timeout bounds only the TCP/TLS connect; the wait for the CONNACK is bounded by nothing
+        # shorter than keepalive (30 s by default). A cluster node re-electing its stream leaders takes the
+        # CONNECT and answers nothing for that long (NATS, BENCHMARKS.md eighth pass), so the CONNACK has
+        # connect_timeout too: past it the socket is shut down and paho moves on as from a lost connection
+        self.connack_due: float | None = None     # monotonic deadline of the CONNACK of the current attempt
+        self.connack_timeouts = 0                 # attempts cut for want of a CONNACK
+        self.timed_out = False                    # the last attempt was cut so (read by on_disconnect)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -133,4 +142,24 @@ class FailoverClient(mqtt.Client):
         self.attempts += 1
         ep = self.endpoints[self.index]
         self.connect_async(ep.host, ep.port, keepalive=self.keepalive)
-        return super().reconnect()
+        self.connack_due, self.timed_out = None, False
+        rc = super().reconnect()                  # raises when the TCP/TLS connect fails: no CONNACK to wait for
+        self.connack_due = time.monotonic() + self.connect_timeout     # the CONNECT is sent
+        return rc
+
+    def loop_misc(self) -> mqtt.MQTTErrorCode:
+        """paho's network thread calls this at least once a second: cut an attempt whose CONNACK is late."""
+        due = self.connack_due
+        if due is not None:
+            if self.is_connected():
+                self.connack_due = None
+            elif time.monotonic() >= due:
+                self.connack_due, self.timed_out = None, True
+                self.connack_timeouts += 1
+                sock = self.socket()
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)   # paho's next read sees the connection lost
+                    except OSError:
+                        pass
+        return super().loop_misc()

@@ -76,6 +76,10 @@ class _ClosedBeforeConnack(ConnectionError):
     """The TCP/TLS connection was made, then closed by the broker before its CONNACK."""
 
 
+class _NoConnack(TimeoutError):
+    """The TCP/TLS connection was made and CONNECT sent; no CONNACK came within mqtt.connect_timeout."""
+
+
 class Link:
     """One MQTT connection of the publisher. A paho client of its own: its own message ids, so its own
     in-flight map (mid -> Flight), and paho re-sends its own in-flight messages when it reconnects."""
@@ -165,6 +169,7 @@ class Publisher:
         c.max_queued_messages_set(0)
         # a dead cluster node costs one reconnect_min and the next node is tried; a node that takes the TCP
         # connection but gives no CONNACK (e.g. still electing its stream leaders) costs connect_timeout
+        # (FailoverClient bounds the CONNACK too; paho alone bounds only the TCP/TLS connect)
         c.reconnect_delay_set(min_delay=self.cfg.reconnect_min, max_delay=self.cfg.reconnect_max)
         c.connect_timeout = self.cfg.connect_timeout
         if self.cfg.mqtt_username:
@@ -182,7 +187,7 @@ class Publisher:
         c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, link, sys.exc_info()[1],
                                                             c.endpoint)
         c.on_connect = lambda *a: self._threadsafe(self._on_connect, link, a[3], c.endpoint)
-        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, link, a[3], c.endpoint)
+        c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, link, a[3], c.endpoint, c.timed_out)
         c.on_publish = lambda _c, _u, mid, rc, _p: self._threadsafe(self._on_puback, link, mid, rc)
         return c
 
@@ -259,6 +264,10 @@ class Publisher:
         elif isinstance(err, ssl.SSLError):
             hint = ("TLS handshake failed: check that mqtt.port is the broker's TLS listener and, if it asks for "
                     "client certificates, mqtt.tls_cert / mqtt.tls_key")
+        elif isinstance(err, _NoConnack):
+            hint = ("the broker took the connection but did not accept it in mqtt.connect_timeout: an overloaded "
+                    "broker, or a listener that is not MQTT" + ("; a cluster node does this while it re-elects its "
+                    "stream leaders after another node died" if len(self.cfg.brokers) > 1 else ""))
         elif isinstance(err, _ClosedBeforeConnack):
             hint = ("the broker closed the connection before accepting it: check mqtt.username / mqtt.password, "
                     "and whether the listener requires a client certificate (mqtt.tls_cert / mqtt.tls_key)"
@@ -277,7 +286,8 @@ class Publisher:
             log.error("cannot connect to mqtt %s%s (%s); %s. Retrying%s with backoff up to %.0f s, spooling "
                       "meanwhile", endpoint, link.label, err, hint, others, self.cfg.reconnect_max)
 
-    def _on_disconnect(self, link: Link, rc, endpoint) -> None:
+    def _on_disconnect(self, link: Link, rc, endpoint, late: bool = False) -> None:
+        """`late`: FailoverClient cut the attempt for want of a CONNACK (read on paho's thread, at the time)."""
         if self.stopping:
             log.info("disconnected from the mqtt broker %s%s (%s)", endpoint, link.label, rc)
         elif link.connected:
@@ -286,7 +296,8 @@ class Publisher:
                         endpoint, link.label, rc, self.cfg.reconnect_max, nxt)
         else:
             # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
-            self._on_connect_fail(link, _ClosedBeforeConnack(str(rc)), endpoint)
+            self._on_connect_fail(link, _NoConnack(f"no CONNACK in {self.cfg.connect_timeout:g} s") if late
+                                  else _ClosedBeforeConnack(str(rc)), endpoint)
         if link.connected:
             link.down_since = time.monotonic()
         link.connected = False

@@ -111,3 +111,82 @@ def test_failover_client_goes_round_the_list_and_stays_on_one_endpoint():
         with pytest.raises(ConnectionRefusedError):
             one.reconnect()
     assert one.endpoint == eps[0] and one.moves == 0
+
+
+class _SilentNode:
+    """A listener that takes TCP connections and never answers them: a cluster node re-electing its stream
+    leaders holds a CONNECT like this (NATS, BENCHMARKS.md eighth pass)."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_node_that_takes_the_connection_but_never_accepts_it_costs_connect_timeout_not_keepalive(tmp_path):
+    """paho bounds only the TCP connect by connect_timeout; without FailoverClient's CONNACK deadline a silent
+    node held the client for keepalive (60 s here) before the next node was tried."""
+    import threading
+    import time
+
+    import paho.mqtt.client as mqtt
+    silent = _SilentNode()
+    with Mosquitto(workdir=tmp_path / "b") as b:
+        c = FailoverClient([Endpoint("127.0.0.1", silent.port), Endpoint("127.0.0.1", b.port)],
+                           mqtt.CallbackAPIVersion.VERSION2, client_id="t-connack")
+        c.connect_timeout = 1.0
+        c.reconnect_delay_set(min_delay=0.1, max_delay=0.2)
+        connected = threading.Event()
+        c.on_connect = lambda *a: connected.set()
+        t0 = time.monotonic()
+        try:
+            c.start(keepalive=60)
+            assert connected.wait(15), "still waiting on the silent node"
+            took = time.monotonic() - t0
+            assert c.endpoint == Endpoint("127.0.0.1", b.port)
+            assert c.connack_timeouts == 1 and len(silent.held) == 1
+            assert 1.0 <= took < 5.0, took
+        finally:
+            c.disconnect()
+            c.loop_stop()
+            silent.close()
+
+
+def test_the_gateway_says_a_node_gave_no_connack_and_moves_on(tmp_path, caplog):
+    """brokers = [a silent node, A]: the gateway reaches A after connect_timeout and its log names the reason
+    (not a refused login, which a closed connection would suggest)."""
+    import logging
+    make_registry(tmp_path / "registry.db", [Node(0x00C10000)])
+    silent = _SilentNode()
+    with Mosquitto(workdir=tmp_path / "a") as a:
+        cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
+                     udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", reconnect_min=0.1, reconnect_max=0.5,
+                     connect_timeout=1.0, keepalive=60, alarm_connection=False,
+                     mqtt_brokers=[Endpoint("127.0.0.1", silent.port), Endpoint("127.0.0.1", a.port)])
+        caplog.set_level(logging.WARNING, logger="gasguard.gateway")
+        gw = DaemonThread(Daemon(cfg, plugins=[]))
+        try:
+            wait_until(lambda: gw.daemon.publisher.connected, 15, "the gateway to give up on the silent node")
+            assert gw.daemon.publisher.broker == Endpoint("127.0.0.1", a.port)
+            said = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+            assert said and "did not accept it in mqtt.connect_timeout" in said[0], said
+            assert "no CONNACK in 1 s" in said[0]
+        finally:
+            gw.stop()
+            silent.close()
