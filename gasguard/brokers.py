@@ -122,8 +122,11 @@ class FailoverClient(mqtt.Client):
         # shorter than keepalive (30 s by default). A cluster node re-electing its stream leaders takes the
         # CONNECT and answers nothing for that long (NATS, BENCHMARKS.md eighth pass), so the CONNACK has
         # connect_timeout too: past it the socket is shut down and paho moves on as from a lost connection
+        # A broker that is merely slow must still get in: after a whole round of the list cut so, the wait doubles
+        # (up to keepalive, what paho alone would have waited), and it is back to connect_timeout once connected
         self.connack_due: float | None = None     # monotonic deadline of the CONNACK of the current attempt
         self.connack_timeouts = 0                 # attempts cut for want of a CONNACK
+        self.cut_in_a_row = 0                     # consecutive attempts cut so (0 after a CONNACK or another failure)
         self.timed_out = False                    # the last attempt was cut so (read by on_disconnect)
 
     @property
@@ -142,20 +145,29 @@ class FailoverClient(mqtt.Client):
         self.attempts += 1
         ep = self.endpoints[self.index]
         self.connect_async(ep.host, ep.port, keepalive=self.keepalive)
+        if not self.timed_out:
+            self.cut_in_a_row = 0
         self.connack_due, self.timed_out = None, False
         rc = super().reconnect()                  # raises when the TCP/TLS connect fails: no CONNACK to wait for
-        self.connack_due = time.monotonic() + self.connect_timeout     # the CONNECT is sent
+        self.connack_due = time.monotonic() + self.connack_wait()      # the CONNECT is sent
         return rc
+
+    def connack_wait(self) -> float:
+        """connect_timeout, doubled after every whole round of the list cut for want of a CONNACK, up to
+        keepalive."""
+        rounds = self.cut_in_a_row // len(self.endpoints)
+        return min(self.connect_timeout * 2 ** min(rounds, 16), max(self.connect_timeout, float(self.keepalive)))
 
     def loop_misc(self) -> mqtt.MQTTErrorCode:
         """paho's network thread calls this at least once a second: cut an attempt whose CONNACK is late."""
         due = self.connack_due
         if due is not None:
             if self.is_connected():
-                self.connack_due = None
+                self.connack_due, self.cut_in_a_row = None, 0
             elif time.monotonic() >= due:
                 self.connack_due, self.timed_out = None, True
                 self.connack_timeouts += 1
+                self.cut_in_a_row += 1
                 sock = self.socket()
                 if sock is not None:
                     try:

@@ -186,7 +186,9 @@ class TcpProxy:
     the broker reads nothing more, PUBACKs nothing, and the client's socket fills as on a clogged link) until
     `release(client_id)`; `cut(client_id)` closes its connections (the client sees the broker gone and
     reconnects through the proxy); `refuse(client_id)` closes every new connection of it at once, until
-    `release`. Threads forward 64 KiB at a time; `close()` ends everything."""
+    `release`; `delay(client_id, s)` makes a slow broker of it: each new connection's first bytes (its
+    CONNECT) reach the broker only `s` seconds after they came. Threads forward 64 KiB at a time; `close()`
+    ends everything."""
 
     def __init__(self, target_port: int, host: str = "127.0.0.1"):
         self.target = (host, target_port)
@@ -195,6 +197,7 @@ class TcpProxy:
         self.cond = threading.Condition()
         self.held: set[str] = set()
         self.refused: set[str] = set()
+        self.delays: dict[str, float] = {}
         self.conns: list[tuple[str | None, socket.socket, socket.socket]] = []
         self.closed = False
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
@@ -222,6 +225,9 @@ class TcpProxy:
         conn = (cid, client, upstream)
         with self.cond:
             self.conns.append(conn)
+            pause = self.delays.get(cid, 0.0)
+            if pause:       # a slow broker: the CONNECT waits (a close of the proxy ends the wait)
+                self.cond.wait_for(lambda: self.closed, timeout=pause)
         threading.Thread(target=self._pump, args=(upstream, client, None, b""), name="proxy-down",
                          daemon=True).start()
         self._pump(client, upstream, conn, first)
@@ -259,6 +265,10 @@ class TcpProxy:
             self.held.discard(client_id)
             self.refused.discard(client_id)
             self.cond.notify_all()
+
+    def delay(self, client_id: str, seconds: float) -> None:
+        with self.cond:
+            self.delays[client_id] = seconds
 
     def refuse(self, client_id: str) -> None:
         with self.cond:
