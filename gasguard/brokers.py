@@ -121,7 +121,7 @@ class FailoverClient(mqtt.Client):
         # paho's connect_timeout bounds only the TCP/TLS connect; the wait for the CONNACK is bounded by nothing
         # shorter than keepalive (30 s by default). A cluster node re-electing its stream leaders takes the
         # CONNECT and answers nothing for that long (NATS, BENCHMARKS.md eighth pass), so the CONNACK has
-        # connect_timeout too: past it the socket is shut down and paho moves on as from a lost connection
+        # connect_timeout too: past it the socket is shut down and paho moves on as from a lost connection.
         # A broker that is merely slow must still get in: after a whole round of the list cut so, the wait doubles
         # (up to keepalive, what paho alone would have waited), and it is back to connect_timeout once connected
         self.connack_due: float | None = None     # monotonic deadline of the CONNACK of the current attempt

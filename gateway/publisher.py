@@ -391,8 +391,12 @@ class Publisher:
         """Reading rows at or below this seq may be in memory or in flight (thinning leaves them alone)."""
         return self.cursor[READING]
 
+    def up(self) -> bool:
+        """Some connection is up: something may be published."""
+        return any(link.connected for link in self.links())
+
     def kick(self) -> None:
-        if any(link.connected for link in self.links()):
+        if self.up():
             self.fill()
         else:
             self.wake.set()
@@ -543,7 +547,7 @@ class Publisher:
             except TimeoutError:
                 pass
             self.wake.clear()
-            if any(link.connected for link in self.links()):
+            if self.up():
                 self.fill()
 
     def publish_direct(self, topic: str, payload: dict, qos: int = 0, retain: bool = False) -> None:

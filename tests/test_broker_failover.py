@@ -113,68 +113,57 @@ def test_failover_client_goes_round_the_list_and_stays_on_one_endpoint():
     assert one.endpoint == eps[0] and one.moves == 0
 
 
-class _SilentNode:
-    """A listener that takes TCP connections and never answers them: a cluster node re-electing its stream
-    leaders holds a CONNECT like this (NATS, BENCHMARKS.md eighth pass)."""
+def _started(endpoints, client_id: str, connect_timeout: float):
+    """A FailoverClient over `endpoints`, started (keepalive 60 s: far past any wait a test allows), and the event
+    its on_connect sets."""
+    import threading
 
-    def __init__(self):
-        import socket
-        import threading
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.held: list = []
-        threading.Thread(target=self._accept, daemon=True).start()
+    import paho.mqtt.client as mqtt
+    c = FailoverClient(endpoints, mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    c.connect_timeout = connect_timeout
+    c.reconnect_delay_set(min_delay=0.1, max_delay=0.2)
+    connected = threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.start(keepalive=60)
+    return c, connected
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
 
-    def close(self):
-        self.sock.close()
-        for c in self.held:
-            c.close()
+def _stop(c) -> None:
+    c.disconnect()
+    c.loop_stop()
 
 
 def test_a_node_that_takes_the_connection_but_never_accepts_it_costs_connect_timeout_not_keepalive(tmp_path):
     """paho bounds only the TCP connect by connect_timeout; without FailoverClient's CONNACK deadline a silent
-    node held the client for keepalive (60 s here) before the next node was tried."""
-    import threading
+    node held the client for keepalive (60 s here) before the next node was tried. The silent node: a TCP hop
+    holding the client's CONNECT (a cluster node re-electing its stream leaders does this, BENCHMARKS.md eighth
+    pass)."""
     import time
 
-    import paho.mqtt.client as mqtt
-    silent = _SilentNode()
-    with Mosquitto(workdir=tmp_path / "b") as b:
-        c = FailoverClient([Endpoint("127.0.0.1", silent.port), Endpoint("127.0.0.1", b.port)],
-                           mqtt.CallbackAPIVersion.VERSION2, client_id="t-connack")
-        c.connect_timeout = 1.0
-        c.reconnect_delay_set(min_delay=0.1, max_delay=0.2)
-        connected = threading.Event()
-        c.on_connect = lambda *a: connected.set()
+    from gasguard.testing.links import TcpProxy
+    with Mosquitto(workdir=tmp_path / "b") as b, TcpProxy(b.port) as silent:
+        silent.hold("t-connack")
         t0 = time.monotonic()
+        c, connected = _started([Endpoint("127.0.0.1", silent.port), Endpoint("127.0.0.1", b.port)], "t-connack", 1.0)
         try:
-            c.start(keepalive=60)
             assert connected.wait(15), "still waiting on the silent node"
             took = time.monotonic() - t0
             assert c.endpoint == Endpoint("127.0.0.1", b.port)
-            assert c.connack_timeouts == 1 and len(silent.held) == 1
+            assert c.connack_timeouts == 1 and len(silent.conns) == 1
             assert 1.0 <= took < 5.0, took
         finally:
-            c.disconnect()
-            c.loop_stop()
-            silent.close()
+            _stop(c)
 
 
 def test_the_gateway_says_a_node_gave_no_connack_and_moves_on(tmp_path, caplog):
     """brokers = [a silent node, A]: the gateway reaches A after connect_timeout and its log names the reason
     (not a refused login, which a closed connection would suggest)."""
     import logging
+
+    from gasguard.testing.links import TcpProxy
     make_registry(tmp_path / "registry.db", [Node(0x00C10000)])
-    silent = _SilentNode()
-    with Mosquitto(workdir=tmp_path / "a") as a:
+    with Mosquitto(workdir=tmp_path / "a") as a, TcpProxy(a.port) as silent:
+        silent.hold("gw1")
         cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
                      udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", reconnect_min=0.1, reconnect_max=0.5,
                      connect_timeout=1.0, keepalive=60, alarm_connection=False,
@@ -189,7 +178,6 @@ def test_the_gateway_says_a_node_gave_no_connack_and_moves_on(tmp_path, caplog):
             assert "no CONNACK in 1 s" in said[0]
         finally:
             gw.stop()
-            silent.close()
 
 
 def test_a_slow_broker_still_gets_in_the_connack_wait_doubles_after_each_round_cut(tmp_path):
@@ -197,26 +185,18 @@ def test_a_slow_broker_still_gets_in_the_connack_wait_doubles_after_each_round_c
     broker whose CONNACK takes 2.5 s, the attempts are cut after 0.5 and 1 s, then 2 s (paho's thread checks
     once a second, so a cut comes up to 1 s late, and the third may get in), and the wait doubles until one gets
     in; once connected the wait is connect_timeout again. With a fixed wait every attempt is cut."""
-    import threading
-
     import paho.mqtt.client as mqtt
     from gasguard.testing.links import TcpProxy
     with Mosquitto(workdir=tmp_path / "b") as b, TcpProxy(b.port) as slow:
         slow.delay("t-slow", 2.5)
-        c = FailoverClient([Endpoint("127.0.0.1", slow.port)], mqtt.CallbackAPIVersion.VERSION2, client_id="t-slow")
-        c.connect_timeout = 0.5
-        c.reconnect_delay_set(min_delay=0.1, max_delay=0.2)
-        connected = threading.Event()
-        c.on_connect = lambda *a: connected.set()
+        c, connected = _started([Endpoint("127.0.0.1", slow.port)], "t-slow", 0.5)
         try:
-            c.start(keepalive=60)
             assert connected.wait(30), f"locked out: {c.connack_timeouts} attempts cut"
             assert c.connack_timeouts in (2, 3)
             wait_until(lambda: c.cut_in_a_row == 0, 5, "the count of cut attempts to reset on the CONNACK")
             assert c.connack_wait() == 0.5
         finally:
-            c.disconnect()
-            c.loop_stop()
+            _stop(c)
     one = FailoverClient([Endpoint("h", 1), Endpoint("h", 2)], mqtt.CallbackAPIVersion.VERSION2, client_id="w")
     one.connect_timeout, one.keepalive = 2.0, 30
     waits = []

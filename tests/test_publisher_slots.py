@@ -1,8 +1,8 @@
 """The publisher's in-flight window (issue 17): PRIORITY_SLOTS slots past `[mqtt] inflight` are the alarms'.
 Readings and retained states never take them, events take at most half, so an alarm goes out at once however
 many other messages wait for their PUBACKs. (One connection: `[mqtt] alarm_connection = false`, or the alarms'
-connection down; with it, tests/test_publisher_alarm_link.py.) The real daemon, a real mosquitto held with SIGSTOP so that no
-PUBACK comes back while the window fills, then let go: every message arrives once."""
+connection down; with it, tests/test_publisher_alarm_link.py.) The real daemon, a real mosquitto held with
+SIGSTOP so that no PUBACK comes back while the window fills, then let go: every message arrives once."""
 
 import os
 import signal

@@ -46,8 +46,8 @@ def failover_run(base: Path, *, rate: float, seconds: float, kill_at: float, dev
         consumer = ClusterConsumer([ep[2], ep[0], ep[1]], str(base / "dedup.db"), "gasguard/v1/d1/+/reading")
         cfg = Config(gateway_id="gw1", district="d1", registry=base / "registry.db", spool=base / "spool.db",
                      udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", mqtt_brokers=ep, batch_delay=0.05,
-                     reconnect_min=0.2, reconnect_max=1.0, connect_timeout=connect_timeout, keepalive=10, rate_per_min=1e6,
-                     rate_burst=100_000, verify_worker=False)
+                     reconnect_min=0.2, reconnect_max=1.0, connect_timeout=connect_timeout, keepalive=10,
+                     rate_per_min=1e6, rate_burst=100_000, verify_worker=False)
         gw = DaemonThread(Daemon(cfg, plugins=[]))
         d = gw.daemon
         try:
@@ -83,9 +83,9 @@ def failover_run(base: Path, *, rate: float, seconds: float, kill_at: float, dev
             gw.stop()
             consumer.close()
     gaps = [b - a for a, b in zip(times, times[1:]) if b > t_kill - 1]
-    return {"offered": sent, "accepted": accepted, "refused": refused, "received": got, "lost": accepted - got, "copies": copies,
-            "failover_s": (t_back - t_kill) if t_back else None, "gap_s": max(gaps) if gaps else None,
-            "rate": rate, "load": load()}
+    return {"offered": sent, "accepted": accepted, "refused": refused, "received": got, "lost": accepted - got,
+            "copies": copies, "failover_s": (t_back - t_kill) if t_back else None,
+            "gap_s": max(gaps) if gaps else None, "rate": rate, "load": load()}
 
 
 def failover_figures(*, runs=2, rate=5000.0, seconds=12.0, kill_at=4.0, devices=500, connect_timeout=3.0,
@@ -121,7 +121,8 @@ def failover_figures(*, runs=2, rate=5000.0, seconds=12.0, kill_at=4.0, devices=
 @click.option("--json", "as_json", is_flag=True)
 def failover_bench(runs, rate, seconds, connect_timeout, as_json):
     """A broker node dies under a gateway: failover time, delivery gap and loss on a real 3-node NATS cluster."""
-    out = failover_figures(runs=runs, rate=rate, seconds=seconds, connect_timeout=connect_timeout, echo=(lambda *_: None) if as_json else click.echo)
+    out = failover_figures(runs=runs, rate=rate, seconds=seconds, connect_timeout=connect_timeout,
+                           echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:
