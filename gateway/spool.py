@@ -16,6 +16,7 @@ then. The durable counters are `counters` with the log replayed over it in seq o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -133,6 +134,8 @@ FIXES = {
     "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
     "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
     "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
+    "held": "each gateway instance needs a spool of its own: stop the other gateway, or give this configuration "
+            "its own [gateway] spool path",
     "lost": "it holds the replay counters: restore it from the backup (gateway/README.md, 'Backup': with the "
             "gateway stopped, sqlite3 {path} \".restore BACKUP\"); only if it is truly gone, start a new spool on "
             "purpose by deleting {folder}/.{name}.id and re-synchronise the devices' counters (the nodes refuse "
@@ -165,6 +168,33 @@ class SpoolLost(SpoolError):
 
     def __init__(self, path, detail: str):
         super().__init__("lost", path, detail)
+
+
+def hold(path: Path) -> int | None:
+    """Take the spool for this process: an exclusive lock on `.<name>.lock` beside it, kept until the process
+    ends (the kernel drops it then, SIGKILL included, so there is no stale lock to clear). Returns the lock's
+    descriptor (keep it open), or None where the lock file cannot be made: the spool's own checks then refuse
+    the folder with their fix. Raises SpoolError "held" while another process holds it.
+
+    Why: the spool has one writer. Its publisher is handed each commit's rows by their seqs, which are
+    consecutive only while one connection writes (Spool.commit), and its in-memory counters are the replay
+    protection. A second gateway started on the same file (a copied configuration: one gateway per bus) ran
+    beside the first without a word and could delete rows the other had not published."""
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)      # as the spool's own open does (private_file)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SpoolError("held", path, f"another gateway holds it (pid {holder}, lock {lock})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def marker_path(path: Path) -> Path:

@@ -149,3 +149,34 @@ def test_the_shipped_unit_does_not_restart_a_refusal():
     assert "ExecStartPre" not in u, u.get("ExecStartPre")
     assert any(re.search(r"\bgateway run\b", v) for v in u["ExecStart"])
     assert 2 in {int(c) for v in u["RestartPreventExitStatus"] for c in v.split()}
+
+
+@pytest.mark.timeout(90)
+def test_a_spool_another_gateway_holds_is_refused_and_freed_when_that_gateway_dies(tmp_path):
+    """One gateway per bus means several configurations on one machine. A copied one that still names the
+    first gateway's spool must not start beside it: the spool has one writer (its publisher takes each
+    commit's rows by consecutive seqs, and its counters are the replay protection). The lock is the kernel's,
+    so a SIGKILLed holder leaves nothing to clear by hand."""
+    from gasguard.testing.gateway import GatewayProcess
+    cfg = _setup(tmp_path)
+    copy = write_config(tmp_path / "bus1.toml", registry=tmp_path / "registry.db",
+                        spool=tmp_path / "spool" / "spool.db", mqtt_port=free_port(),
+                        udp=f"127.0.0.1:{free_port()}", gateway_id="bus1")
+    first = GatewayProcess(cfg, tmp_path / "first.log").start()
+    try:
+        first.wait_log("starting; spool", timeout=30)
+        for cmd in ("run",):
+            r = _gateway(cmd, "--config", str(copy))
+            err = r.stderr.strip()
+            assert r.returncode == 2 and "Traceback" not in r.stderr and "\n" not in err, r.stderr
+            assert str(tmp_path / "spool" / "spool.db") in err and f"pid {first.proc.pid}" in err, err
+            assert "its own [gateway] spool" in err and str(copy) in err, err
+        assert first.proc.poll() is None, "the refused second gateway disturbed the first"
+        first.kill()
+        second = GatewayProcess(copy, tmp_path / "second.log").start()
+        try:
+            second.wait_log("starting; spool", timeout=30)
+        finally:
+            second.stop()
+    finally:
+        first.close()

@@ -8,6 +8,9 @@ on this shared machine hits every peer alike; the figures are medians over the r
 - GasGuard: the real gateway process (`gasguard gateway run`) reading signed, COBS-framed frames; each
   reading is verified (MIC, counter, registry), committed to the SQLite spool with synchronous=FULL and
   published at QoS 1; the subscriber sees it only after that.
+- GasGuard on two buses (`gasguard-2`): what a substation with two serial buses runs, one gateway process per
+  bus (the systemd template `gasguard-gateway@`), each with its own pty, gateway id, spool and half the
+  devices; one broker and one subscriber for both. This is how GasGuard uses a second core.
 - ThingsBoard IoT Gateway 3.8.5 (PyPI `thingsboard-gateway`) with its serial extension and SQLite event
   storage, pointed at the private broker as its "platform". It publishes nothing until the platform answers
   its `getSessionLimits` RPC, so the harness answers that one request (no limits, as a self-hosted platform
@@ -48,7 +51,9 @@ GG_EXTRA = os.environ.get("GG_PEERS_GATEWAY_EXTRA", "")   # extra gateway.toml l
 # the interpreter the gateway runs under, e.g. ".venv/bin/python -m cProfile -o gw.prof" to profile the real process
 GG_PYTHON = os.environ.get("GG_PEERS_GATEWAY_PYTHON", "").split() or [sys.executable]
 PROBE_LINE = b"%08x,1,0,0,0,0\n" % PROBE_DEV
-PEERS = ("gasguard", "thingsboard", "node-red")
+# "gasguard-2": a substation with two serial buses runs one gateway per bus (systemd gasguard-gateway@), which
+# is how GasGuard uses a second core today; each gateway gets its own pty and half the devices
+PEERS = ("gasguard", "gasguard-2", "thingsboard", "node-red")
 
 
 def load() -> str:
@@ -92,13 +97,14 @@ class Workload:
         # round-robin over the devices, as a district's nodes report: every device's counters ascend
         self.fields = [(nd.dev, k + 1, 0, 2000 + k, 90, 0) for k in range(per) for nd in self.nodes]
 
-    def frames(self) -> bytes:
+    def frames(self, bus: int = 0, buses: int = 1) -> bytes:
+        """The framed stream of one serial bus of `buses`: a device is wired to one bus (dev % buses)."""
         from gasguard.protocol import frame, framing
         from gasguard.protocol.const import UP
         keys = {nd.dev: nd.key for nd in self.nodes}
         return b"".join(framing.wrap(frame.seal({"type": "reading", "dev": d, "fcnt": fc, "gas": g, "pressure": p,
                                                  "battery": b, "state": s}, keys[d], UP))
-                        for d, fc, g, p, b, s in self.fields)
+                        for d, fc, g, p, b, s in self.fields if d % buses == bus)
 
     def lines(self) -> bytes:
         return "".join(f"{d:08x},{fc},{g},{p},{b},{s}\n" for d, fc, g, p, b, s in self.fields).encode()
@@ -200,6 +206,7 @@ def _write_all(cable, data: bytes, chunk: int = 4096) -> None:
 
 
 def _until_ready(cable, counter, probe_bytes: bytes, key, timeout: float, what: str, proc) -> None:
+    """Write the probe until it comes out at the subscriber (`key`)."""
     deadline = time.monotonic() + timeout
     while not counter.has(key):
         if proc.poll() is not None:
@@ -220,41 +227,54 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(cable, counter, data: bytes, n: int, pid: int) -> dict:
-    cpu0 = _cpu_s(pid)
+def _measure(cables: list, counter, datas: list, n: int, pids: list) -> dict:
+    """Every cable written at once (one writer each), until the subscriber has all n readings or nothing new
+    came for IDLE_S; the CPU is the sum over the peer's processes."""
+    cpu0, own0 = sum(_cpu_s(p) for p in pids), _cpu_s(os.getpid())
     with counter.lock:
         counter.seen.clear()
         counter.messages = 0
         counter.last_new = 0.0
     t0 = time.perf_counter()
-    writer = threading.Thread(target=_write_all, args=(cable, data), daemon=True)
-    writer.start()
+    writers = [threading.Thread(target=_write_all, args=(c, data), daemon=True) for c, data in zip(cables, datas)]
+    for w in writers:
+        w.start()
     while True:
         time.sleep(0.1)
         with counter.lock:
             got, last = len(counter.seen), counter.last_new
         now = time.perf_counter()
-        if got >= n or now - t0 > RUN_CAP_S or (not writer.is_alive() and now - max(last, t0) > IDLE_S):
+        if got >= n or now - t0 > RUN_CAP_S or (not any(w.is_alive() for w in writers)
+                                                  and now - max(last, t0) > IDLE_S):
             break
-    writer.join(30)
-    cpu = _cpu_s(pid) - cpu0
+    for w in writers:
+        w.join(30)
+    cpu, own = sum(_cpu_s(p) for p in pids) - cpu0, _cpu_s(os.getpid()) - own0
     with counter.lock:
         got, last, msgs = len(counter.seen & counter.expected), counter.last_new, counter.messages
     secs = max(1e-9, (last or time.perf_counter()) - t0)
     return {"readings": n, "received": got, "lost": n - got, "seconds": secs, "per_s": got / secs,
-            "messages": msgs, "cpu_s": cpu, "cpu_us_per_reading": cpu / max(1, got) * 1e6}
+            "messages": msgs, "cpu_s": cpu, "cpu_us_per_reading": cpu / max(1, got) * 1e6,
+            # this process: the writers and the subscriber, on the same cores as the peer
+            "bench_cpu_us_per_reading": own / max(1, got) * 1e6}
 
 
-def _run_peer(proc, cable, counter, log, probe: bytes, what: str, ready_s: float, data: bytes) -> dict:
-    """Wait until a probe reading comes out of the peer, measure, then stop the peer and close its pty."""
+def _run_peer(procs: list, cables: list, counter, logs: list, probes: list, what: str, ready_s: float,
+              datas: list) -> dict:
+    """Wait until a probe reading (`probes`: (bytes, key) per cable) comes out of each of the peer's processes,
+    measure, then stop them and close their ptys."""
     try:
-        _until_ready(cable, counter, probe, (PROBE_DEV, 1), ready_s, what, proc)
-        return _measure(cable, counter, data, len(counter.expected), proc.pid)
+        for proc, cable, (probe, key) in zip(procs, cables, probes):
+            _until_ready(cable, counter, probe, key, ready_s, what, proc)
+        return _measure(cables, counter, datas, len(counter.expected), [p.pid for p in procs])
     finally:
-        _stop(proc)
+        for proc in procs:
+            _stop(proc)
         counter.close()
-        cable.close()
-        log.close()
+        for c in cables:
+            c.close()
+        for log in logs:
+            log.close()
 
 
 def _stop(proc, timeout=10.0):
@@ -267,7 +287,11 @@ def _stop(proc, timeout=10.0):
             proc.wait()
 
 
-def run_gasguard(wl: Workload, d: Path, data: bytes, expected: set) -> dict:
+def run_gasguard(wl: Workload, d: Path, datas: list, expected: set) -> dict:
+    """One gateway process per bus (`datas`: each bus's framed stream), each with its own pty, configuration,
+    gateway id and spool, as `gasguard-gateway@<bus>` runs them; one broker, one subscriber for all."""
+    from gasguard.protocol import frame, framing
+    from gasguard.protocol.const import UP
     from gasguard.testing.config import write_config
     from gasguard.testing.links import PtyCable
     from gasguard.testing.node import make_registry
@@ -275,21 +299,25 @@ def run_gasguard(wl: Workload, d: Path, data: bytes, expected: set) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     make_registry(d / "registry.db", wl.nodes + [wl.probe])
     with Mosquitto(workdir=d / "broker") as broker:
-        cable = PtyCable(d / "ttyGG")
-        cfg = write_config(d / "gateway.toml", registry=d / "registry.db", spool=d / "spool.db", mqtt_port=broker.port,
-                           serial=[str(cable.link)], gateway_id="peer", district="bench",
-                           extra="[batch]\ndelay = 0.05\n[limits]\nburst = 60\n" + GG_EXTRA)
-        counter = Counter(broker.port, "gasguard/v1/bench/peer/reading", _gg_keys)
+        counter = Counter(broker.port, "gasguard/v1/bench/+/reading", _gg_keys)
         counter.expected = expected
-        log = open(d / "gateway.log", "w")
-        proc = subprocess.Popen([*GG_PYTHON, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
-                                stdout=log, stderr=subprocess.STDOUT)
-        from gasguard.protocol import frame, framing
-        from gasguard.protocol.const import UP
-        # counter 1 every round: each round's gateway starts with a fresh spool (its counters)
-        probe = framing.wrap(frame.seal({"type": "reading", "dev": PROBE_DEV, "fcnt": 1, "gas": 0, "pressure": 0,
-                                         "battery": 0, "state": 0}, wl.probe.key, UP))
-        return _run_peer(proc, cable, counter, log, probe, "the GasGuard gateway", 60, data)
+        procs, cables, logs, probes = [], [], [], []
+        for bus in range(len(datas)):
+            gid = "peer" if bus == 0 else f"peer-{bus}"
+            cable = PtyCable(d / f"tty{bus}")
+            cfg = write_config(d / f"{gid}.toml", registry=d / "registry.db", spool=d / f"{gid}.db",
+                               mqtt_port=broker.port, serial=[str(cable.link)], gateway_id=gid, district="bench",
+                               extra="[batch]\ndelay = 0.05\n[limits]\nburst = 60\n" + GG_EXTRA)
+            cables.append(cable)
+            logs.append(open(d / f"{gid}.log", "w"))
+            procs.append(subprocess.Popen([*GG_PYTHON, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
+                                          stdout=logs[-1], stderr=subprocess.STDOUT))
+            # a counter of its own on each bus (the subscriber tells the gateways' probes apart by it); each
+            # round's gateways start with fresh spools (their counters)
+            probes.append((framing.wrap(frame.seal({"type": "reading", "dev": PROBE_DEV, "fcnt": bus + 1, "gas": 0,
+                                                    "pressure": 0, "battery": 0, "state": 0}, wl.probe.key, UP)),
+                           (PROBE_DEV, bus + 1)))
+        return _run_peer(procs, cables, counter, logs, probes, "the GasGuard gateway", 60, datas)
 
 
 TB_LOGS = {"version": 1, "disable_existing_loggers": False,
@@ -330,7 +358,8 @@ def run_thingsboard(home: Path, d: Path, data: bytes, expected: set) -> dict:
         proc = subprocess.Popen([str(home / "thingsboard" / "bin" / "python"), "-c",
                                  "from thingsboard_gateway.tb_gateway import main; main()"],
                                 cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)
-        return _run_peer(proc, cable, counter, log, PROBE_LINE, "ThingsBoard IoT Gateway", 120, data)
+        return _run_peer([proc], [cable], counter, [log], [(PROBE_LINE, (PROBE_DEV, 1))], "ThingsBoard IoT Gateway",
+                         120, [data])
 
 
 def _nr_flow(tty: str, port: int) -> list:
@@ -367,7 +396,7 @@ def run_nodered(home: Path, d: Path, data: bytes, expected: set) -> dict:
         red = home / "node-red" / "node_modules" / "node-red" / "red.js"
         proc = subprocess.Popen(["node", str(red), "--userDir", str(user), "--port", str(free_port()), "flows.json"],
                                 stdout=log, stderr=subprocess.STDOUT)
-        return _run_peer(proc, cable, counter, log, PROBE_LINE, "Node-RED", 120, data)
+        return _run_peer([proc], [cable], counter, [log], [(PROBE_LINE, (PROBE_DEV, 1))], "Node-RED", 120, [data])
 
 
 def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=DEFAULT_HOME, echo=click.echo,
@@ -375,6 +404,7 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
     setup(home, echo)
     wl = Workload(devices, readings)
     frames, lines = wl.frames(), wl.lines()
+    buses = [wl.frames(0, 2), wl.frames(1, 2)] if "gasguard-2" in only else []
     expected = {(d, fc) for d, fc, *_ in wl.fields}
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-peers-", dir="/var/tmp"))
     out: dict = {"devices": devices, "readings": wl.n, "rounds": rounds, "load_before": load(),
@@ -386,7 +416,9 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
             for peer in only:
                 d = base / f"r{r}-{peer}"
                 if peer == "gasguard":
-                    res = run_gasguard(wl, d, frames, expected)
+                    res = run_gasguard(wl, d, [frames], expected)
+                elif peer == "gasguard-2":
+                    res = run_gasguard(wl, d, buses, expected)
                 elif peer == "thingsboard":
                     res = run_thingsboard(home, d, lines, expected)
                 else:
@@ -394,8 +426,9 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
                 res["load"] = load()
                 out["runs"].setdefault(peer, []).append(res)
                 echo(f"  round {r + 1} {peer:12}: {res['received']:,}/{res['readings']:,} distinct readings "
-                     f"({res['lost']:,} lost) in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s; the peer's process used "
-                     f"{res['cpu_us_per_reading']:.1f} µs CPU per reading  ({res['load']})")
+                     f"({res['lost']:,} lost) in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s; CPU per reading: the peer's "
+                     f"processes {res['cpu_us_per_reading']:.1f} µs, the bench's writer and subscriber "
+                     f"{res['bench_cpu_us_per_reading']:.1f} µs  ({res['load']})")
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
