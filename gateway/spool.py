@@ -132,7 +132,7 @@ FIXES = {
                "and start again (the counters it held are lost: see the operations docs on replay protection)",
     "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
     "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
-    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
+    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status 'gasguard-gateway@*')",
     "lost": "it holds the replay counters: restore it from the backup (gateway/README.md, 'Backup': with the "
             "gateway stopped, sqlite3 {path} \".restore BACKUP\"); only if it is truly gone, start a new spool on "
             "purpose by deleting {folder}/.{name}.id and re-synchronise the devices' counters (the nodes refuse "
