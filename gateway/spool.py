@@ -133,7 +133,7 @@ FIXES = {
                "and start again (the counters it held are lost: see the operations docs on replay protection)",
     "io": "the disk reports I/O errors: check it (dmesg, smartctl) and free or replace it",
     "open": "the folder {folder} must exist and be writable by the gateway user (install -d -o gasguard {folder})",
-    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status gasguard-gateway)",
+    "busy": "another process holds it: is a second gateway running on this spool? (systemctl status 'gasguard-gateway@*')",
     "held": "each gateway instance needs a spool of its own: stop the other gateway, or give this configuration "
             "its own [gateway] spool path",
     "lost": "it holds the replay counters: restore it from the backup (gateway/README.md, 'Backup': with the "

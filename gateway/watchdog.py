@@ -1,8 +1,9 @@
 """systemd readiness and watchdog: READY=1 once the daemon's loops run, WATCHDOG=1 only while they make progress.
 
-The unit (`gasguard-gateway.service`) is `Type=notify` with `WatchdogSec=`: systemd starts the next unit only
-after READY=1, and kills and restarts the daemon when WATCHDOG=1 stops coming. The messages go over
-`$NOTIFY_SOCKET` through the `sdnotify` package; without that variable (a shell, a test) nothing is sent.
+The unit (`gasguard-gateway@.service`, one instance per config) is `Type=notify` with `WatchdogSec=`:
+systemd starts the next unit only after READY=1, and kills and restarts the daemon when WATCHDOG=1 stops
+coming. The messages go over `$NOTIFY_SOCKET` through the `sdnotify` package; without that variable (a shell,
+a test) nothing is sent.
 
 Which loops: `ingest` (verification and the spool commit) and `ticker` (offline detection, command retries,
 plugins' deadlines, gauges). Each calls `Heartbeats.beat(name)` when it has done a round of work; an idle
@@ -11,7 +12,8 @@ drain is not. A loop is stuck when its last beat is older than `metrics.stall_af
 
 The feeding runs in a thread, not on the event loop: a blocked event loop (a hung disk under the spool's
 fsync, a plugin stuck in a blocking call) stops its own beats, and the thread can still say which loop
-stopped, in the log and in systemd's STATUS= (`systemctl status gasguard-gateway`), before systemd kills it.
+stopped, in the log and in systemd's STATUS= (`systemctl status gasguard-gateway@gateway`), before systemd
+kills it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from gasguard.testing.node import Node, make_registry
 from gasguard.gateway.spool import Item, Spool
 from gasguard.testing.mosquitto import free_port
 
-UNIT = Path(gasguard.gateway.__file__).parent / "gasguard-gateway.service"
+UNIT = Path(gasguard.gateway.__file__).parent / "gasguard-gateway@.service"
 NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
 
 
