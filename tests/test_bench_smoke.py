@@ -90,3 +90,19 @@ def test_bench_alarms_repeats_the_goal_run_on_the_broker_asked_for(tmp_path, bro
     assert out["full_rate_runs"] == sum(x["offered_per_s"] >= 0.9 * 2_000 for x in rs)
     conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
     assert ("set_tcp_nodelay true" in conf) == (broker == "district")
+
+
+def test_bench_peers_two_buses_splits_the_devices_and_counts_both_gateways(tmp_path):
+    """`bench peers`' GasGuard on two buses (`gasguard-2`): each device on one bus only, every reading once,
+    and the subscriber counts what both gateway processes published (the run fails if either is missing)."""
+    from gasguard.tools.bench import peers
+    wl = peers.Workload(20, 200)
+    one, buses = wl.frames(), [wl.frames(0, 2), wl.frames(1, 2)]
+    frames = lambda data: [f for f in data.split(b"\0") if f]      # noqa: E731 - COBS: 0 only between frames
+    assert sorted(frames(one)) == sorted(frames(buses[0]) + frames(buses[1])) and len(frames(one)) == 200
+    expected = {(d, fc) for d, fc, *_ in wl.fields}
+    res = peers.run_gasguard(wl, tmp_path, buses, expected)
+    assert res["received"] == len(expected) == 200 and res["lost"] == 0, res
+    assert res["cpu_us_per_reading"] > 0 and res["bench_cpu_us_per_reading"] >= 0   # (clock ticks: 200 readings may take none)
+    logs = [tmp_path / "peer.log", tmp_path / "peer-1.log"]
+    assert all("starting; spool" in p.read_text() for p in logs)
