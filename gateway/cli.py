@@ -107,7 +107,6 @@ def run(path, clock_spec, t0):
 
     from .daemon import Daemon
     from .gcpause import Collector
-    from .spool import hold
     logs.setup(cfg.log_level, cfg.log_json, gateway=cfg.gateway_id)
 
     async def main():
@@ -120,8 +119,8 @@ def run(path, clock_spec, t0):
     # a refusal at start (plugin options, registry, spool, a port in use) exits 2, which the systemd unit
     # does not restart; the daemon itself never exits on a fault once it runs
     try:
-        # this process is the spool's one writer until it ends (a second gateway on the same spool: exit 2)
-        hold(cfg.spool)
+        # this process is the spool's one writer, and the one gateway of its id, until it ends (exit 2 if not)
+        startup.hold(cfg)
         daemon = Daemon(cfg, clock=clock, collector=Collector())     # this process is the gateway: it may freeze
         if clock.mode != "real":
             logging.getLogger("gasguard.gateway").warning(

@@ -170,30 +170,40 @@ class SpoolLost(SpoolError):
         super().__init__("lost", path, detail)
 
 
+def exclusive(lock: Path) -> tuple[int | None, str | None]:
+    """An exclusive lock on the file `lock` for this process, kept until it ends: the kernel drops it then,
+    SIGKILL included, so there is no stale lock to clear. (descriptor, None): taken (keep it open; it is not
+    inherited by programs this one starts); (None, pid): another process holds it; (None, None): the file
+    cannot be made (the caller's own checks of that folder say what to do)."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)      # as the spool's own open does (private_file)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, None
+
+
 def hold(path: Path) -> int | None:
-    """Take the spool for this process: an exclusive lock on `.<name>.lock` beside it, kept until the process
-    ends (the kernel drops it then, SIGKILL included, so there is no stale lock to clear). Returns the lock's
-    descriptor (keep it open), or None where the lock file cannot be made: the spool's own checks then refuse
-    the folder with their fix. Raises SpoolError "held" while another process holds it.
+    """Take the spool for this process (`exclusive` on `.<name>.lock` beside it): its descriptor, or None where
+    the lock file cannot be made (the spool's own checks then refuse the folder with their fix). Raises
+    SpoolError "held" while another process holds it.
 
     Why: the spool has one writer. Its publisher is handed each commit's rows by their seqs, which are
     consecutive only while one connection writes (Spool.commit), and its in-memory counters are the replay
     protection. A second gateway started on the same file (a copied configuration: one gateway per bus) ran
     beside the first without a word and could delete rows the other had not published."""
     lock = path.parent / f".{path.name}.lock"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)      # as the spool's own open does (private_file)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise SpoolError("held", path, f"another gateway holds it (pid {holder}, lock {lock})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fd, holder = exclusive(lock)
+    if holder is not None:
+        raise SpoolError("held", path, f"another gateway holds it (pid {holder}, lock {lock})")
     return fd
 
 

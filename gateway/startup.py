@@ -15,7 +15,8 @@ from gasguard import __version__
 
 from .config import Config, ConfigError, load
 from .plugin import PLUGINS, Plugin, PluginContext
-from .spool import Spool, SpoolError
+from .spool import Spool, SpoolError, exclusive
+from .spool import hold as hold_spool
 from .verify import RegistryCache, RegistryUnreadable
 
 EXIT_REFUSED = 2
@@ -63,6 +64,22 @@ def build_plugins(cfg: Config, clock=time.time) -> list[Plugin]:
             raise ConfigError(f"plugins.{name}", f"the plugin failed to start ({type(e).__name__}: {e}); "
                                                  "check its options") from None
     return out
+
+
+def hold(cfg: Config) -> None:
+    """What only the process that runs the gateway takes, until it ends: its spool (a second gateway on it is
+    refused: one writer), and its gateway id among the gateways whose spools share a folder (one per bus on a
+    substation's machine, all in /var/lib/gasguard). Two gateways with one id connect with one MQTT client id:
+    the broker drops each when the other connects, so both would come and go at the command, every
+    reconnect_min, with nothing in either log but lost connections. Raises SpoolError or ConfigError."""
+    hold_spool(cfg.spool)
+    folder = cfg.spool.parent
+    _fd, holder = exclusive(folder / f".gateway-{cfg.gateway_id}.lock")
+    if holder is not None:
+        raise ConfigError("gateway.id", f"{cfg.gateway_id!r}: another gateway with this id runs beside this one "
+                                        f"(pid {holder}, its spool in {folder}); two gateways with one id take "
+                                        f"each other's MQTT connection (client id {cfg.mqtt_client_id}) in turn: "
+                                        "give each instance its own [gateway] id")
 
 
 def check(cfg: Config) -> dict:

@@ -180,3 +180,26 @@ def test_a_spool_another_gateway_holds_is_refused_and_freed_when_that_gateway_di
             second.stop()
     finally:
         first.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_second_gateway_with_the_same_id_beside_the_first_is_refused(tmp_path):
+    """Two gateways with one id connect with one MQTT client id and drop each other in turn; a copied bus
+    configuration whose spool was renamed but whose [gateway] id was not is refused at start, naming the key."""
+    from gasguard.testing.gateway import GatewayProcess
+    cfg = _setup(tmp_path)
+    gid = re.search(r'^id\s*=\s*"([^"]+)"', cfg.read_text(), re.M).group(1)
+    copy = write_config(tmp_path / "bus1.toml", registry=tmp_path / "registry.db",
+                        spool=tmp_path / "spool" / "spool-bus1.db", mqtt_port=free_port(),
+                        udp=f"127.0.0.1:{free_port()}", gateway_id=gid)
+    first = GatewayProcess(cfg, tmp_path / "first.log").start()
+    try:
+        first.wait_log("starting; spool", timeout=30)
+        r = _gateway("run", "--config", str(copy))
+        err = r.stderr.strip()
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "\n" not in err, r.stderr
+        assert err.startswith("configuration error: gateway.id: ") and str(copy) in err, err
+        assert f"pid {first.proc.pid}" in err and "its own [gateway] id" in err, err
+        assert first.proc.poll() is None
+    finally:
+        first.close()
