@@ -106,3 +106,16 @@ def test_bench_peers_two_buses_splits_the_devices_and_counts_both_gateways(tmp_p
     assert res["cpu_us_per_reading"] > 0 and res["bench_cpu_us_per_reading"] >= 0   # (clock ticks: 200 readings may take none)
     logs = [tmp_path / "peer.log", tmp_path / "peer-1.log"]
     assert all("starting; spool" in p.read_text() for p in logs)
+
+
+def test_bench_buses_times_alarms_over_the_lines_of_one_and_two_gateways():
+    """`bench buses` at a tiny size: both bus counts run, every alarm written to a line reaches the subscriber,
+    and the background is what the lines took."""
+    r = CliRunner().invoke(bench, ["buses", "--runs", "1", "--seconds", "1", "--rate", "2000", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert sorted(out["by_buses"], key=int) == ["1", "2"]
+    for run in out["runs"]:
+        assert run["alarms"] == 50 and run["arrived"] == run["alarms"], run
+        assert 1000 < run["offered_per_s"] <= 2100 and 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"], run

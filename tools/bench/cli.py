@@ -22,6 +22,7 @@ from gasguard.tools.bench.web import web_bench
 from gasguard.tools.bench.retention import retention_bench
 from gasguard.tools.bench.failover import failover_bench
 from gasguard.tools.bench.peers import peers_bench
+from gasguard.tools.bench.buses import buses_bench
 
 
 @click.group()
@@ -118,6 +119,7 @@ bench.add_command(provisioning_bench)
 bench.add_command(web_bench)
 bench.add_command(retention_bench)
 bench.add_command(peers_bench)
+bench.add_command(buses_bench)
 bench.add_command(failover_bench)
 bench.add_command(deframe_bench)
 

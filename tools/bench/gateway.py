@@ -605,6 +605,11 @@ class AlarmSubscriber:
         except TimeoutError:
             pass
 
+    def wait_until(self, mid: str, timeout: float) -> None:
+        """Until `mid` arrived; TimeoutError after `timeout`."""
+        from gasguard.testing.waits import wait_until
+        wait_until(lambda: mid in self.seen, timeout, f"alarm {mid} at the subscriber", step=0.005)
+
     def close(self) -> None:
         self.proc.terminate()
         try:
