@@ -31,6 +31,7 @@ from pathlib import Path
 import click
 
 from .gateway import ALARM_EVERY, ALARM_GOAL_MS, PER_DEV, AlarmSubscriber, _pct, load
+from .peers import _stop
 
 TICK = 0.005             # s between a writer's slices of readings
 READY_S = 60.0           # a gateway that delivers no probe alarm in this long did not start
@@ -183,13 +184,7 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
                 "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100)}
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            _stop(p)
         for c in cables:
             c.close()
         for f in logs:
