@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import click
+import orjson
 import paho.mqtt.client as mqtt
 
 HERE = Path(__file__).resolve().parent
@@ -157,7 +158,9 @@ class Counter:
 
 
 def _gg_keys(payload: bytes):
-    return [(int(r["dev"], 16), r["fcnt"]) for r in json.loads(payload)["readings"]]
+    # orjson, as the gateway writes it: the bench's subscriber shares the two cores with the peer it measures,
+    # so its own parsing should take as little of them as it can (json.loads: ~6-8 µs a reading)
+    return [(int(r["dev"], 16), r["fcnt"]) for r in orjson.loads(payload)["readings"]]
 
 
 def _line_key(line: str):
