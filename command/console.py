@@ -280,7 +280,7 @@ class CommandClient:
         self.session = 0                            # connections made so far (_on_connect; subscribe_wait)
         # the SUBSCRIBEs _on_connect made on the current connection (mid -> topic) until their SUBACK, and the
         # topics of those the broker refused (topic -> reason code): what this console cannot show, for its
-        # status line (web console); both new on every connect, as the broker's ACL may have changed
+        # status line (refused_line: the web console's board, the watch); both new on every connect, as the broker's ACL may have changed
         self.connect_subs: dict[int, str] = {}
         self.refused_topics: dict[str, str] = {}
 
@@ -586,6 +586,17 @@ class CommandClient:
                     raise ConsoleError(f"no confirmation from the command service within {timeout:g} s: is "
                                        "gasguard command serve running? (nothing is shelved until it confirms)")
                 self.results_cond.wait(left)
+
+
+def refused_line(refused: dict[str, str]) -> str:
+    """The consoles' status line for the topics the broker refuses this console's account (CommandClient's
+    `refused_topics`: topic -> reason code), or "" when it refuses none: an empty board must not pass for a
+    quiet district. One wording for the web board and the field console (watch)."""
+    if not refused:
+        return ""
+    topics = ", ".join(f"{t} ({r})" for t, r in sorted(refused.items()))
+    return (f"the broker refuses this console's account {topics}: nothing from there shows here; ask the "
+            "broker's admin to grant them (the console's log says how)")
 
 
 def refusal(res: dict) -> str:

@@ -12,6 +12,9 @@ says "shelf", and a line under the board says who shelved it, why and how long i
 the next redraw, whether or not the service has said so yet. `s` shelves or unshelves the selected incident:
 a reason, minutes, a confirmation, then a signed act the service checks, applies and audits (as the web
 console's), shown done only once the service confirmed it.
+
+Topics the broker refuses this console's account (its ACL: SUBACK 0x80) are named in a line on top of the
+board, in the web board's words (`console.refused_line`): an empty board must not pass for a quiet district.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from gasguard.command.console import CommandClient, ConsoleError, parse_input, refusal
+from gasguard.command.console import CommandClient, ConsoleError, parse_input, refusal, refused_line
 from gasguard.command.web import alarms as A
 from gasguard.grading import engine as G
 
@@ -267,6 +270,8 @@ class WatchApp(App):
     TITLE = "GasGuard district command"
     CSS = "#report { height: auto; max-height: 50%; border: round $accent; padding: 0 1; display: none; } " \
           "#report.shown { display: block; } #status { height: auto; padding: 0 1; } " \
+          "#refused { height: auto; padding: 0 1; display: none; background: $error; color: $text; } " \
+          "#refused.shown { display: block; } " \
           "#board { height: 1fr; } #shelves { height: auto; padding: 0 1; display: none; " \
           "border-top: solid $accent; } #shelves.shown { display: block; }"
     BINDINGS = [Binding("j,down", "move(1)", "next", show=False), Binding("k,up", "move(-1)", "prev", show=False),
@@ -285,6 +290,7 @@ class WatchApp(App):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Static("", id="refused")          # what the broker will not let this console read (redraw)
         yield DataTable(id="board", cursor_type="row", zebra_stripes=True)
         yield Static("", id="shelves")
         yield Static("", id="report")
@@ -353,6 +359,16 @@ class WatchApp(App):
             m = self.client.board.get(self.selected)
             report.update(Text(m["text_zh"]) if m else "")
         self.query_one("#status", Static).update(Text(self.status_text))
+        self._draw_refused()
+
+    def _draw_refused(self) -> None:
+        """The topics the broker refuses this console's account, on top of the board (the web board's line):
+        an empty board must not pass for a quiet district. Hidden when it refuses none."""
+        with self.client.results_cond:          # paho's thread fills it under this lock
+            line = refused_line(dict(self.client.refused_topics))
+        panel = self.query_one("#refused", Static)
+        panel.set_class(bool(line), "shown")
+        panel.update(Text(line))                # never markup: topics are the broker's and the config's
 
     def _draw_shelves(self, shelved: list[dict], width: int) -> None:
         """Who shelved what, why, and the time left: one line each under the board (at most SHELF_LINES)."""

@@ -668,3 +668,46 @@ def test_subscriptions_the_broker_refuses_on_connect_are_logged_kept_and_reset_o
                    "the reconnect's SUBACKs")
         assert client.refused_topics == {shelves: client.refused_topics[shelves]}
         assert len(refusals(gateways)) == 1
+
+
+def test_watch_says_which_topics_the_broker_refuses_this_console_and_not_once_granted(tmp_path):
+    """The field console showed an empty board when the broker's ACL refused its subscriptions (SUBACK 0x80):
+    to an operator in a van that reads as a quiet district. It now says so on screen, in the web console's
+    words, and says nothing once the broker grants everything (after the admin fixed the ACL and the reconnect)."""
+    import asyncio
+
+    from gasguard.command.console import BrokerLogin
+    from textual.widgets import Static
+
+    from gasguard.command.watch import WatchApp
+    from gasguard.testing.mosquitto import Mosquitto, dynamic_security
+    from gasguard.testing.waits import until, wait_until
+    d = "gasguard/v1/lixia/command"
+    shelves = f"{d}/shelves"
+    conf = dynamic_security(tmp_path / "dynsec", {"op": ("good", [f"{d}/incident/+", f"{d}/result/+",
+                                                                   f"{d}/gateway/+"])})
+    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf) as broker, \
+            CommandClient("127.0.0.1", broker.port, "lixia", login=BrokerLogin("op", "good")) as client:
+        app = WatchApp(client, by="duty", refresh=0.05)
+
+        def refused():
+            """The refusal line wherever the watch shows it (any shown text on its screen), or ""."""
+            shown = [str(w.render()) for w in app.screen.query(Static) if w.display]
+            return next((t for t in shown if t.startswith("the broker refuses")), "")
+
+        async def run():
+            async with app.run_test(size=(100, 30)) as pilot:
+                line = await until(refused, 10, "the refusal on the watch")
+                assert line.startswith("the broker refuses this console's account ")
+                assert f"{shelves} (" in line and "0x80" in line and "grant" in line
+                assert "gateway" not in line and "incident" not in line and "result" not in line
+                # the admin grants the rest; the broker comes back with it, the console reconnects
+                dynamic_security(tmp_path / "dynsec", {"op": ("good", [f"{d}/#"])})
+                session = client.session
+                await asyncio.to_thread(broker.restart)
+                await asyncio.to_thread(wait_until, lambda: client.session > session and not client.connect_subs,
+                                        30, "the reconnect's SUBACKs")
+                assert client.refused_topics == {}
+                await until(lambda: not refused(), 10, "the refusal gone from the watch")
+                await pilot.press("q")
+        asyncio.run(run())

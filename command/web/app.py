@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from gasguard.command.console import refused_line
 from gasguard.command.shelving import MAX_S
 from gasguard.grading import engine as G
 
@@ -146,12 +147,7 @@ class Console:
     def refused_line(self) -> str:
         """The board's status line when the broker refuses this console topics (the log has the whole text):
         an empty board must not pass for a quiet district."""
-        refused = getattr(self.source, "refused_topics", dict)()
-        if not refused:
-            return ""
-        topics = ", ".join(f"{t} ({r})" for t, r in sorted(refused.items()))
-        return (f"the broker refuses this console's account {topics}: nothing from there shows here; ask the "
-                "broker's admin to grant them (the console's log says how)")
+        return refused_line(getattr(self.source, "refused_topics", dict)())
 
     def board_json(self) -> str:
         """The board as JSON, made once per change and per second whoever asks (a wall of screens costs
