@@ -177,11 +177,15 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
             w.join(seconds + 30)
         stop.set()
         sub.wait_for(stamped, 10.0)
-        lat = sorted((sub.seen[m] - t) * 1000 for m, t in stamped.items() if m in sub.seen)
+        t_first = min(stamped.values(), default=0.0)
+        # (s into the run, ms) per alarm, in the order written: where in the run the slow ones were
+        series = sorted((round(t - t_first, 3), round((sub.seen[m] - t) * 1000, 2)) for m, t in stamped.items()
+                        if m in sub.seen)
+        lat = sorted(ms for _t, ms in series)
         written = sum(o.get("written", 0) for o in outs)
         wall = max(o.get("wall", 1e-9) for o in outs)
         return {"buses": buses, "offered_per_s": written / wall, "alarms": len(stamped), "arrived": len(lat),
-                "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100)}
+                "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100), "series": series}
     finally:
         for p in procs:
             _stop(p)
