@@ -588,15 +588,18 @@ class CommandClient:
                 self.results_cond.wait(left)
 
 
-def refused_line(refused: dict[str, str]) -> str:
+def refused_line(refused: dict[str, str], log: str | None = None) -> str:
     """The consoles' status line for the topics the broker refuses this console's account (CommandClient's
     `refused_topics`: topic -> reason code), or "" when it refuses none: an empty board must not pass for a
-    quiet district. One wording for the web board and the field console (watch)."""
+    quiet district. One wording for the web board and the field console (watch); `log`: where this console's
+    log is, named when the reader cannot be assumed to know (the watch's file; the web console's is the
+    service's, its operators' business)."""
     if not refused:
         return ""
     topics = ", ".join(f"{t} ({r})" for t, r in sorted(refused.items()))
+    where = f"the console's log, {log}," if log else "the console's log"
     return (f"the broker refuses this console's account {topics}: nothing from there shows here; ask the "
-            "broker's admin to grant them (the console's log says how)")
+            f"broker's admin to grant them ({where} says how)")
 
 
 def refusal(res: dict) -> str:

@@ -9,8 +9,10 @@ GASGUARD_MQTT_PASSWORD, --cafile, --cert, --key). Acts (ack, input, watch) are s
 records the verified operator as who acted and refuses anything else (issue 14).
 """
 
+import contextlib
 import getpass
 import json
+import logging
 import sys
 
 import click
@@ -78,18 +80,35 @@ def command():
 @command.command()
 @_common
 @click.option("--refresh", default=1.0, show_default=True, type=float, help="seconds between redraws")
-def watch(refresh, **o):
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="the console's log file (appended to; created 0600) [default: $XDG_STATE_HOME/gasguard/watch.log, "
+                   "else ~/.local/state/gasguard/watch.log]")
+def watch(refresh, log_path, **o):
     """Live view of open incidents (? help, j/k select, a acknowledge, i input, r report, q quit); acts signed
-    as you."""
+    as you. Its log (e.g. what the broker refuses this console and what to ask its admin) goes to a file, named
+    in its help: the terminal is the board's."""
+    from gasguard import logs
     from gasguard.command.console import ConsoleError
     from gasguard.command.watch import WatchApp
+    log_path = str(log_path or logs.user_state_file("watch.log"))
+    logged = contextlib.ExitStack()
     try:
-        with _client(o, sign=True) as client:
-            WatchApp(client, by=o["operator"], refresh=refresh, confirm_timeout=o["timeout"]).run()
-    except ConsoleError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        pass
+        logged.enter_context(logs.to_file(log_path))
+    except OSError as e:
+        click.echo(f"error: cannot write the console's log {log_path} ({e.strerror or e}): give --log FILE", err=True)
+        sys.exit(2)
+    with logged:                # the logging as it was once the board is gone
+        logging.getLogger("gasguard.command").info("watch started", extra=logs.fields(
+            operator=o["operator"], district=o["district"], broker=f"{o['host']}:{o['port']}",
+            username=o["username"]))
+        try:
+            with _client(o, sign=True) as client:
+                WatchApp(client, by=o["operator"], refresh=refresh, confirm_timeout=o["timeout"],
+                         log_path=log_path).run()
+        except ConsoleError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            pass
     sys.exit(0)
 
 

@@ -15,6 +15,9 @@ console's), shown done only once the service confirmed it.
 
 Topics the broker refuses this console's account (its ACL: SUBACK 0x80) are named in a line on top of the
 board, in the web board's words (`console.refused_line`): an empty board must not pass for a quiet district.
+The line names this console's log file (`log_path`), where the client's warning says what to ask the broker's
+admin; the help screen names it too. The log goes to that file only (`gasguard command watch --log`): while
+textual holds the terminal, nothing may be written to it.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ HELP = """\
 Input fields: deaths, serious_injuries, direct_loss_cny, evacuated, forecast_excess_pct
 (numbers); secondary_hazards, hazard_sources_nearby, warnings_issued, support_needed,
 on_site_lead, note (text); evacuation_advised, resolved (yes/no).
-
+{log}
 Press any key to close."""
 
 
@@ -129,8 +132,14 @@ class HelpScreen(ModalScreen):
     DEFAULT_CSS = "HelpScreen { align: center middle; } #help { width: 96; height: auto; border: round $accent; " \
                   "padding: 1 2; background: $panel; }"
 
+    def __init__(self, log_path: str | None = None):
+        super().__init__()
+        self.log_path = log_path
+
     def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
+        log = (f"\n[b]log[/b]     {escape(self.log_path)}\n        what the broker refused and what to ask its "
+               "admin, and other warnings\n" if self.log_path else "")
+        yield Static(HELP.format(log=log), id="help")
 
     def on_key(self, event) -> None:
         event.stop()
@@ -280,9 +289,10 @@ class WatchApp(App):
                 Binding("q", "quit", "quit")]
 
     def __init__(self, client: CommandClient, *, by: str, refresh: float = 1.0, clock=time.time,
-                 confirm_timeout: float = 10.0):
+                 confirm_timeout: float = 10.0, log_path: str | None = None):
         super().__init__()
         self.client, self.by, self.refresh_s, self.clock = client, by, refresh, clock
+        self.log_path = log_path        # where this console's log goes (named in the help and the refusal line)
         self.confirm_timeout = confirm_timeout
         self.selected: str | None = None
         self.status_text = ""
@@ -365,7 +375,7 @@ class WatchApp(App):
         """The topics the broker refuses this console's account, on top of the board (the web board's line):
         an empty board must not pass for a quiet district. Hidden when it refuses none."""
         with self.client.results_cond:          # paho's thread fills it under this lock
-            line = refused_line(dict(self.client.refused_topics))
+            line = refused_line(dict(self.client.refused_topics), self.log_path)
         panel = self.query_one("#refused", Static)
         panel.set_class(bool(line), "shown")
         panel.update(Text(line))                # never markup: topics are the broker's and the config's
@@ -398,7 +408,7 @@ class WatchApp(App):
             self.redraw()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.log_path))
 
     def action_report(self) -> None:
         self.query_one("#report", Static).toggle_class("shown")

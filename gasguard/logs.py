@@ -28,9 +28,12 @@ Never log a key (device keys, MIC keys, operator private keys).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import structlog
 
@@ -118,3 +121,32 @@ def setup(level: str = "INFO", as_json: bool = False, stream=None, **static: Any
     root.setLevel(level)
     root.propagate = False
     return h
+
+
+def user_state_file(name: str) -> Path:
+    """Where a user's own command keeps its log: $XDG_STATE_HOME/gasguard/NAME, else
+    ~/.local/state/gasguard/NAME (the XDG base directory spec's state directory)."""
+    base = os.environ.get("XDG_STATE_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"   # the spec: relative = unset
+    return root / "gasguard" / name
+
+
+@contextlib.contextmanager
+def to_file(path: str | os.PathLike, level: str = "INFO", **static: Any) -> Iterator[logging.Handler]:
+    """`setup`, into a file instead of stderr, for a command that holds the terminal (the field console): the
+    file appended to, created 0600 in a folder created 0700 (a log may name operators). Every logger's records
+    go there, the root's too (a library's warning must not reach Python's last-resort stderr under a TUI).
+    OSError if it cannot be opened. The logging as it was comes back on exit."""
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stream = open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8",
+                  buffering=1)        # line-buffered: a reader (tail -f) sees each line as it is logged
+    gg, root = logging.getLogger("gasguard"), logging.getLogger()
+    before = (gg.handlers[:], gg.level, gg.propagate, root.handlers[:])
+    try:
+        h = setup(level, stream=stream, **static)
+        root.handlers[:] = [h]
+        yield h
+    finally:
+        gg.handlers[:], gg.level, gg.propagate, root.handlers[:] = before
+        stream.close()

@@ -711,3 +711,63 @@ def test_watch_says_which_topics_the_broker_refuses_this_console_and_not_once_gr
                 await until(lambda: not refused(), 10, "the refusal gone from the watch")
                 await pilot.press("q")
         asyncio.run(run())
+
+
+def test_watch_cli_logs_to_a_private_file_the_refusal_line_and_help_name(tmp_path, district, monkeypatch):
+    """`gasguard command watch` set up no logging: the client's warning of a refused subscription (with what to
+    ask the broker's admin) went to Python's last-resort stderr handler, under the TUI, while the line on screen
+    said "the console's log says how". It now logs to a file in the user's state directory (0600 in a 0700
+    folder), never to the terminal, and the refusal line and the help screen name that file."""
+    import os
+    import stat
+
+    from textual.widgets import Static
+
+    from gasguard.command.console import BrokerLogin
+    from gasguard.command.watch import WatchApp
+    from gasguard.testing.mosquitto import Mosquitto, dynamic_security
+    from gasguard.testing.waits import until
+    d = "gasguard/v1/lixia/command"
+    conf = dynamic_security(tmp_path / "dynsec", {"op": ("s3cret-pw", [f"{d}/incident/+", f"{d}/result/+",
+                                                                       f"{d}/gateway/+"])})
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    log = tmp_path / "state" / "gasguard" / "watch.log"
+    seen: dict = {}
+
+    def shown(app, start):
+        return next((str(w.render()) for w in app.screen.query(Static)
+                     if w.display and str(w.render()).lstrip().startswith(start)), "")
+
+    async def drive(pilot):
+        """The operator's side: the refusal on screen, the help; the test's: the log file meanwhile."""
+        app = pilot.app
+        try:
+            seen["line"] = await until(lambda: shown(app, "the broker refuses"), 10, "the refusal on the watch")
+            seen["log"] = await until(lambda: log.exists() and "refused the subscription" in log.read_text()
+                                      and log.read_text(), 10, "the refusal in the log file")
+            await pilot.press("question_mark")
+            seen["help"] = await until(lambda: shown(app, "GasGuard field console"), 10, "the help screen")
+            await pilot.press("escape")
+        except Exception as e:          # said after the run: an exception here would only end the app
+            seen["error"] = e
+        app.exit()
+
+    run = WatchApp.run
+    monkeypatch.setattr(WatchApp, "run", lambda self: run(self, headless=True, size=(120, 40), auto_pilot=drive))
+    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf) as broker:
+        r = CliRunner().invoke(command, ["watch", "--port", str(broker.port), "--username", "op", "--password",
+                                         "s3cret-pw", "--refresh", "0.05", *_cli_as(district)])
+    assert "error" not in seen, seen.get("error")
+    assert r.exit_code == 0, r.output
+    assert "refused the subscription" not in r.output and "SUBACK" not in r.output    # not on the terminal
+    line, text = seen["line"], seen["log"]
+    assert line.endswith(f"ask the broker's admin to grant them (the console's log, {log}, says how)"), line
+    assert f"{d}/shelves (" in line
+    # the client's whole warning, what to ask the admin included; no password, no key
+    warning = next(ln for ln in text.splitlines() if "refused the subscription" in ln)
+    assert "level=error" in warning and "logger=gasguard.command" in warning
+    assert f"{d}/shelves" in warning and "login 'op'" in warning and "ask the broker's admin" in warning
+    assert "docs/OPERATORS.md section 5" in warning and "or log in as an account that has it" in warning
+    assert "s3cret-pw" not in text and "PRIVATE KEY" not in text
+    assert str(log) in " ".join(seen["help"].split())
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600 and stat.S_IMODE(os.stat(log.parent).st_mode) == 0o700

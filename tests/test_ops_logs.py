@@ -129,3 +129,12 @@ def test_the_daemon_logs_fields_in_the_configured_format(tmp_path, mosquitto, as
     assert queued[0]["operator"] == "eng"
     assert any(r.get("device") == dev and r.get("request") == "req-77" and "timed out" in r["msg"] for r in recs)
     assert any(r.get("device") == dev and r["msg"].startswith("device offline") for r in recs)
+
+
+def test_user_state_file_follows_xdg_state_home_else_local_state(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert logs.user_state_file("watch.log") == tmp_path / "state" / "gasguard" / "watch.log"
+    for unset in ("", "relative/state"):          # the XDG spec: empty or relative is to be ignored
+        monkeypatch.setenv("XDG_STATE_HOME", unset)
+        assert logs.user_state_file("watch.log") == tmp_path / "home" / ".local" / "state" / "gasguard" / "watch.log"
