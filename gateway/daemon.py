@@ -185,6 +185,8 @@ class Daemon:
                 self.beats.beat("ingest")     # waiting for frames is healthy; a queue that does not drain is not
             if self.collector is not None:
                 self.collector.tick(idle)
+            if self.udp is not None:
+                self.udp.transport.poll_drops()   # the kernel's drops, also when no datagram followed them
             mono = time.monotonic()
             if mono - last_gauges >= 5:
                 last_gauges = mono

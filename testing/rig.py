@@ -34,7 +34,7 @@ class Rig:
     def __init__(self, tmp_path: Path, broker_port: int, *, nodes: int = 2, cables: int = 1, udp: bool = False,
                  extra: str = "", metrics: str = "tick_interval = 0.1\n", gateway_id: str = "gw1",
                  district: str = "d1", sub_topic: str = "gasguard/#", sub: bool = True, mqtt_extra: str = "",
-                 authority: District | None = None):
+                 udp_extra: str = "", authority: District | None = None):
         self.tmp = tmp_path
         self.port = broker_port
         self.nodes = [Node(0x00A10000 + i) for i in range(nodes)]
@@ -49,7 +49,8 @@ class Rig:
         self.config_path = write_config(
             tmp_path / "gateway.toml", registry=self.registry, spool=self.spool, mqtt_port=broker_port,
             serial=[str(c.link) for c in self.cables], udp=f"{self.udp_addr[0]}:{self.udp_addr[1]}" if udp else None,
-            gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}", mqtt_extra=mqtt_extra)
+            gateway_id=gateway_id, district=district, extra=f"[metrics]\n{metrics}\n{extra}", mqtt_extra=mqtt_extra,
+            udp_extra=udp_extra)
         self.cfg = gwconfig.load(self.config_path)
         self.root = self.cfg.root
         # a persistent session: what the gateway publishes while a restarted broker waits for this

@@ -7,19 +7,24 @@ real daemon and mosquitto for the commits."""
 import asyncio
 import logging
 import math
+import signal
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from gasguard.gateway.burstlog import BurstLog
 from gasguard.gateway.metrics import Metrics
+from gasguard.gateway.transports import procnet
+from gasguard.gateway.transports.procnet import udp_socket_stats
 from gasguard.gateway.transports.semtech_udp import DatagramReader, listen
+from gasguard.testing.gateway import GatewayProcess
 from gasguard.testing.links import PacketForwarder
+from gasguard.testing.mosquitto import free_port
 from gasguard.testing.node import Node
 from gasguard.testing.rig import Rig
 from gasguard.testing.waits import until, wait_until
-from gasguard.tools.bench.udp import udp_socket_stats
 
 EUI = b"\xaa\x55\x5a\x00\x00\x00\x00\x01"
 
@@ -65,7 +70,10 @@ def test_a_burst_sent_before_the_loop_runs_is_read_in_ceil_k_over_the_bound_call
 
 
 @pytest.mark.timeout(30)
-def test_datagrams_the_kernel_drops_are_counted(caplog):
+@pytest.mark.parametrize("proc_first", [False, True], ids=["rxq_ovfl_first", "proc_first"])
+def test_datagrams_the_kernel_drops_are_counted_once(caplog, proc_first):
+    """Counted from SO_RXQ_OVFL on the next datagram, or from /proc on a tick (`poll_drops`, called here as the
+    daemon's ticker would), whichever comes first; the other then adds nothing."""
     caplog.set_level(logging.WARNING)
 
     async def go():
@@ -78,17 +86,49 @@ def test_datagrams_the_kernel_drops_are_counted(caplog):
                 fwd.push(raw)
             dropped = udp_socket_stats(addr[1])[1]
             assert dropped > 100, dropped
+            if proc_first:
+                transport.poll_drops()            # a tick: the count from /proc, before any datagram is read
             await until(lambda: len(got) == 200 - dropped, 10, "the datagrams that fit read")
-            assert metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0   # none seen yet:
-            fwd.push(raw)                         # the count rides on the next datagram queued
+            # none of those carries a drop count (queued before the loss): only the tick has counted
+            assert metrics.value("gasguard_gateway_udp_kernel_drops_total") == (dropped if proc_first else 0)
+            fwd.push(raw)                         # carries SO_RXQ_OVFL = dropped
             await until(lambda: len(got) == 201 - dropped, 10, "the next datagram read")
+            transport.poll_drops()                # /proc shows the same count
         finally:
             fwd.close()
             transport.close()
         return dropped, metrics.value("gasguard_gateway_udp_kernel_drops_total")
     dropped, counted = asyncio.run(go())
     assert counted == dropped
-    assert [r for r in caplog.records if "the kernel dropped %d datagrams" % dropped in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "the kernel dropped" in r.getMessage()]
+    assert len(lines) == 1 and f"the kernel dropped {dropped} datagrams" in lines[0], lines
+
+
+@pytest.mark.timeout(30)
+def test_without_proc_the_drops_are_counted_from_the_next_datagram_and_that_is_logged_once(caplog, monkeypatch,
+                                                                                           tmp_path):
+    monkeypatch.setattr(procnet, "PROC_NET_UDP", (str(tmp_path / "no-proc-net-udp"),))   # a hardened /proc
+    caplog.set_level(logging.WARNING)
+
+    async def go():
+        transport, _proto, got, metrics = await _listener(rcvbuf=4096)
+        fwd = PacketForwarder(transport.get_extra_info("sockname"))
+        try:
+            raw = Node(0xA1, bytes(16)).reading()
+            for _ in range(200):
+                fwd.push(raw)
+            await until(lambda: len(got) > 0, 10, "the datagrams that fit read")
+            for _ in range(3):                    # three ticks
+                transport.poll_drops()
+            assert metrics.value("gasguard_gateway_udp_kernel_drops_total") == 0
+            fwd.push(raw)                         # as before /proc was read: with the next datagram
+            await until(lambda: metrics.value("gasguard_gateway_udp_kernel_drops_total") > 100, 10,
+                        "the drops counted from SO_RXQ_OVFL")
+        finally:
+            fwd.close()
+            transport.close()
+    asyncio.run(go())
+    assert len([r for r in caplog.records if "/proc/net/udp does not show" in r.getMessage()]) == 1
 
 
 @pytest.mark.timeout(30)
@@ -138,4 +178,52 @@ def test_frames_per_commit_grow_under_a_burst_and_nothing_is_lost(tmp_path, mosq
         assert len(frames) / len(commits) >= 4 and max(commits) >= 16, commits
     finally:
         fwd.close()
+        rig.close()
+
+
+@pytest.mark.mosquitto
+@pytest.mark.timeout(90)
+def test_drops_are_counted_in_the_quiet_after_a_flood_with_no_datagram_after_it(tmp_path, mosquitto):
+    """The gateway (the real command, a child process) stopped (SIGSTOP) while a flood overflows its receive
+    buffer, then resumed with nothing sent after the flood: no datagram read carries a drop count (SO_RXQ_OVFL
+    rides on datagrams queued after a loss, and none was), yet the metric reaches the kernel's count within a
+    few ticks (0.1 s here), from the socket's `drops` in /proc/net/udp."""
+    bind = f"127.0.0.1:{free_port()}"
+    rig = Rig(tmp_path, mosquitto.port, nodes=1, cables=0, udp=True, sub=False,
+              metrics=f'tick_interval = 0.1\nbind = "{bind}"\n', udp_extra="rcvbuf_kb = 64\n")  # the smallest
+    port = rig.udp_addr[1]
+    gw = GatewayProcess(rig.config_path, tmp_path / "gateway.log")
+    fwd = PacketForwarder(rig.udp_addr, EUI)
+
+    def counted():
+        text = urllib.request.urlopen(f"http://{bind}/metrics", timeout=5).read().decode()
+        (line,) = [ln for ln in text.splitlines() if ln.startswith("gasguard_gateway_udp_kernel_drops_total ")]
+        return float(line.split()[1])
+    stopped = False
+    try:
+        gw.start()
+        gw.wait_log("udp packet-forwarder listener on", 20)
+        gw.wait_log("prometheus metrics on", 20)
+        if udp_socket_stats(port) is None:
+            pytest.skip("/proc/net/udp does not list the gateway's socket (not Linux, or not readable here)")
+        assert udp_socket_stats(port)[1] == 0 and counted() == 0
+        gw.proc.send_signal(signal.SIGSTOP)
+        stopped = True
+        raw = rig.nodes[0].reading()
+        for _ in range(2000):                     # a few hundred fit 128 KiB (64 KiB asked, doubled); the rest not
+            fwd.push(raw)
+        dropped = udp_socket_stats(port)[1]       # loopback: a datagram is queued or dropped within its sendto
+        assert dropped > 1000, dropped
+        gw.proc.send_signal(signal.SIGCONT)
+        stopped = False
+        # nothing more is sent: the queued datagrams are read (none carries a drop count), then the quiet
+        wait_until(lambda: udp_socket_stats(port)[0] == 0, 20, "the queued datagrams read")
+        wait_until(lambda: counted() == dropped, 5, f"the metric at the kernel's {dropped} drops")
+        assert udp_socket_stats(port)[1] == dropped   # the kernel dropped nothing since: the same count
+        assert f"the kernel dropped {dropped} datagrams ({dropped} since start)" in gw.run_log()
+    finally:
+        if stopped:
+            gw.proc.send_signal(signal.SIGCONT)
+        fwd.close()
+        gw.stop()
         rig.close()

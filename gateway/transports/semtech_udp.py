@@ -22,6 +22,7 @@ from pathlib import Path
 from gasguard.protocol import semtech
 from gasguard.protocol.semtech import PULL_ACK, PULL_DATA, PUSH_ACK, PUSH_DATA, TX_ACK
 from gasguard.gateway.transports import DeliverNowait
+from gasguard.gateway.transports.procnet import udp_socket_stats
 
 log = logging.getLogger("gasguard.gateway.udp")
 
@@ -187,9 +188,13 @@ class DatagramReader:
     accepted (`gasguard bench udp`), no loss counted anywhere (BENCHMARKS.md, issue 17). Read in bursts, the datagrams of a turn reach the verification
     queue together and the next group takes them all.
 
-    Datagrams the kernel drops (the receive buffer full) are counted from SO_RXQ_OVFL: each datagram read
-    carries the socket's drop count at the time it was queued, so the count is up to date with the first
-    datagram read after a loss (`metrics.udp_kernel_drops`, and a log line per burst).
+    Datagrams the kernel drops (the receive buffer full) are counted (`metrics.udp_kernel_drops`, and a log line
+    per burst) from two views of the one kernel counter, the socket's sk_drops: SO_RXQ_OVFL, which each datagram
+    read carries as it was when the datagram was queued (up to date with the first datagram read after a loss),
+    and the socket's `drops` in /proc/net/udp{,6}, read on the daemon's tick (`poll_drops`), so a flood that
+    stopped is counted in the quiet after it too, within a tick. One high-water mark (`drops`): whichever view
+    sees an increase first counts it, the other then sees nothing new. Where /proc is unreadable (not Linux, a
+    hardened mount) only SO_RXQ_OVFL counts, and the log says so once.
 
     Otherwise what asyncio's transport is to the protocol: `sendto` (sent at once; queued behind a full send
     buffer and written when the socket is writable), `get_extra_info`, `close`."""
@@ -198,7 +203,9 @@ class DatagramReader:
         self.loop, self.sock, self.protocol = loop, sock, protocol
         self.metrics, self.burst = metrics, burst
         self.read_max, self.budget = READ_MAX, READ_BUDGET
-        self.drops = 0                  # the kernel's drop count last seen (SO_RXQ_OVFL)
+        self.drops = 0                  # the kernel's drop count last seen (SO_RXQ_OVFL or /proc: the same counter)
+        self.inode = os.fstat(sock.fileno()).st_ino     # the socket's row in /proc/net/udp{,6}
+        self.proc_drops = True          # False once /proc did not show the socket (logged then, once)
         self.unsent: deque = deque()    # (datagram, address) behind a full send buffer
         self.closed = False
         try:
@@ -231,13 +238,33 @@ class DatagramReader:
     def _dropped(self, ancdata) -> None:
         for level, kind, value in ancdata:
             if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
-                total = int.from_bytes(value[:4], sys.byteorder)
-                if total > self.drops:
-                    n, self.drops = total - self.drops, total
-                    self.metrics.udp_kernel_drops.inc(n)
-                    self.burst.event("udp:kernel_drops", "udp: the kernel dropped %d datagrams (%d since start): the "
-                                     "socket's receive buffer was full - the gateway is saturated, or raise "
-                                     "udp.rcvbuf_kb (and net.core.rmem_max)", n, total, level=logging.ERROR)
+                self._count_drops(int.from_bytes(value[:4], sys.byteorder))
+
+    def poll_drops(self) -> None:
+        """The socket's `drops` from /proc/net/udp{,6} (the daemon's ticker calls this): drops of a flood after
+        which no datagram came, which SO_RXQ_OVFL would only report with the next one. Both are the socket's one
+        drop counter (sk_drops): the kernel stamps a datagram's SO_RXQ_OVFL value from it when it queues the
+        datagram, and /proc/net/udp prints it. Checked on Linux 6.18: 300 datagrams into a 4 KiB buffer, /proc's
+        drops 294 and the next datagram read carries SO_RXQ_OVFL 294; another 300, 588 and 588."""
+        if self.closed or not self.proc_drops:
+            return
+        stats = udp_socket_stats(inode=self.inode)
+        if stats is None:
+            self.proc_drops = False
+            log.warning("udp: /proc/net/udp does not show the listener's socket (not Linux, or not readable "
+                        "here): datagrams the kernel drops are counted only when a later datagram is read "
+                        "(SO_RXQ_OVFL), not in the quiet after a flood")
+            return
+        self._count_drops(stats[1])
+
+    def _count_drops(self, total: int) -> None:
+        """`total`: the socket's sk_drops as SO_RXQ_OVFL or /proc show it; what it adds is counted once."""
+        if total > self.drops:
+            n, self.drops = total - self.drops, total
+            self.metrics.udp_kernel_drops.inc(n)
+            self.burst.event("udp:kernel_drops", "udp: the kernel dropped %d datagrams (%d since start): the "
+                             "socket's receive buffer was full - the gateway is saturated, or raise "
+                             "udp.rcvbuf_kb (and net.core.rmem_max)", n, total, level=logging.ERROR)
 
     def sendto(self, data: bytes, addr) -> None:
         if self.closed:

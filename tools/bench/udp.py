@@ -37,6 +37,7 @@ from pathlib import Path
 
 import click
 
+from gasguard.gateway.transports.procnet import udp_socket_stats
 from gasguard.tools.bench.gateway import PER_DEV, _cfg, _fresh, _nodes, load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,22 +48,6 @@ import sys
 from gasguard.tools.bench.udp import gateway_child
 gateway_child(*sys.argv[1:])
 '''
-
-
-def udp_socket_stats(port: int) -> tuple[int, int] | None:
-    """(rx_queue bytes, drops) of the UDP socket bound to `port` (/proc/net/udp, udp6), or None."""
-    want = f":{port:04X}"
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(name) as f:
-                next(f)
-                for line in f:
-                    p = line.split()
-                    if p[1].endswith(want):
-                        return int(p[4].split(":")[1], 16), int(p[12])
-        except OSError:
-            continue
-    return None
 
 
 def _listener_at(rev: str, workdir: Path):
@@ -95,7 +80,10 @@ def gateway_child(workdir: str, broker_port: str, udp_port: str, listener: str, 
         takes = inspect.signature(mod.listen).parameters
 
         async def listen(*a, **kw):
-            return await mod.listen(*a, **{k: v for k, v in kw.items() if k in takes})
+            transport, proto = await mod.listen(*a, **{k: v for k, v in kw.items() if k in takes})
+            if not hasattr(transport, "poll_drops"):    # the daemon's ticker calls it; older listeners lack it
+                transport.poll_drops = lambda: None
+            return transport, proto
         daemon_mod.listen = listen
     kw = {"udp_rcvbuf": int(rcvbuf_kb) * 1024} if int(rcvbuf_kb) else {}
     daemon = daemon_mod.Daemon(_cfg(d, int(broker_port), udp_bind=f"127.0.0.1:{port}", **kw), plugins=[])
