@@ -74,7 +74,7 @@ def serve(config, clock_spec, t0):
     from .acting import AuthorityActing
     from .app import create_app
     from .login import PasswordBook, PasswordFileError
-    from .source import MqttSource, ReadingFeed, SourceError, StoreSource
+    from .source import MqttSource, SourceError, StoreSource
     sc = _load(config)
     try:
         clock = parse(clock_spec, t0)
@@ -104,10 +104,7 @@ def serve(config, clock_spec, t0):
             source = StoreSource(store, sc.web.district, topic_root=m["topic_root"],
                                  source_name=a["console_id"]).start()
         else:                        # a substation working alone: its grading plugin's topics
-            feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
-                               keep_s=sc.web.readings_window_s)
-            source = MqttSource(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed,
-                                shelve_max_s=sc.web.shelve_max_s).start(10)
+            source = MqttSource.from_config(sc).start(10)      # with the [mqtt] login and TLS
     except SourceError as e:
         _fail(str(e), 1)
     stations = RegistryStations(sc.registry) if sc.registry else (lambda: [])

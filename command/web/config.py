@@ -12,6 +12,7 @@ naming the key and the fix (exit 2), as for the gateway's `check-config`.
     [web.flood]    window_s = 600, start_above = 10, end_below = 5
 
     [mqtt]         host, port, topic_root   (a console alone, no store: incidents, readings, valve events)
+                   username, password_file (0600; else $GASGUARD_MQTT_PASSWORD), cafile (TLS on), cert, key
 
     [command]      store = "sqlite:///var/lib/gasguard/command.db"  (the command service's store, issue 15)
 
@@ -27,9 +28,13 @@ from __future__ import annotations
 import difflib
 import os
 import secrets
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gasguard.authority import AuthorityError, BadInput, secretfile
+from gasguard.command.console import BrokerLogin
 
 from .alarms import FloodConfig
 from .app import WebConfig
@@ -40,13 +45,15 @@ SECTIONS = {
             "https_only": bool, "session_idle_s": (int, float), "confirm_timeout_s": (int, float),
             "shelve_max_s": (int, float), "readings_window_s": (int, float), "keep_normal_s": (int, float),
             "lockout": dict, "flood": dict},
-    "mqtt": {"host": str, "port": int, "topic_root": str},
+    "mqtt": {"host": str, "port": int, "topic_root": str, "username": str, "password_file": str, "cafile": str,
+             "cert": str, "key": str},
     "command": {"store": str},
     "authority": {"roster": str, "trust": str, "console_id": str, "console_key": str,
                   "passphrase_env": str, "audit": str},
     "grading": dict,
 }
 SUB = {"lockout": LockoutConfig, "flood": FloodConfig}
+MQTT_PASSWORD_ENV = "GASGUARD_MQTT_PASSWORD"    # as the terminal console (gasguard command console -P)
 
 
 class ConfigError(Exception):
@@ -64,6 +71,7 @@ class ServeConfig:
     mqtt: dict = field(default_factory=lambda: {"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1"})
     authority: dict = field(default_factory=dict)
     store: str | None = None          # the command service's store URL; None: incidents from MQTT (standalone)
+    login: BrokerLogin = field(default_factory=BrokerLogin)   # [mqtt] login and TLS (substation mode)
 
 
 def _hint(key: str, known) -> str:
@@ -91,6 +99,9 @@ def load(path: str | Path) -> ServeConfig:
         if SECTIONS[sec] is dict:
             continue
         for k, v in body.items():
+            if sec == "mqtt" and k == "password":
+                raise ConfigError(path, "mqtt.password", f"not in this file: set ${MQTT_PASSWORD_ENV}, or "
+                                  "password_file = a file (chmod 600) whose first line is the password")
             if k not in SECTIONS[sec]:
                 raise ConfigError(path, f"{sec}.{k}", _hint(k, SECTIONS[sec]))
             want = SECTIONS[sec][k]
@@ -120,9 +131,47 @@ def load(path: str | Path) -> ServeConfig:
                        registry=rel(w["registry"]) if "registry" in w else None,
                        passwords=rel(w.get("passwords", "console-passwords.json")),
                        mqtt={"host": "127.0.0.1", "port": 1883, "topic_root": "gasguard/v1", **doc.get("mqtt", {})},
-                       store=doc.get("command", {}).get("store"),
+                       store=doc.get("command", {}).get("store"), login=_broker_login(path, doc.get("mqtt", {}), rel),
                        authority={k: (str(rel(v)) if k in ("roster", "trust", "console_key", "audit") else v)
                                   for k, v in doc.get("authority", {}).items()})
+
+
+def _broker_login(path: Path, m: dict, rel) -> BrokerLogin:
+    """The broker login and TLS of [mqtt], its files checked now (a bad one is named at start, not found by
+    paho's thread later). The password comes from `password_file` (0600, first line) or $GASGUARD_MQTT_PASSWORD,
+    never from this file; it is not logged."""
+    files = {k: str(rel(m[k])) for k in ("password_file", "cafile", "cert", "key") if k in m}
+    password = None
+    if "password_file" in files:
+        pf = Path(files["password_file"])
+        try:
+            secretfile.check_private(pf)
+            password = secretfile.passphrase(file=pf).decode()
+        except FileNotFoundError:
+            raise ConfigError(path, "mqtt.password_file", f"no file at {pf}: its first line is the broker "
+                              "password (credentials/USER.password of 'gasguard authority broker-config')") from None
+        except (AuthorityError, BadInput) as e:
+            raise ConfigError(path, "mqtt.password_file", str(e)) from None
+    elif m.get("username"):
+        password = os.environ.get(MQTT_PASSWORD_ENV) or None
+    if "cert" in files and "cafile" not in files:
+        raise ConfigError(path, "mqtt.cert", "a client certificate needs TLS: give cafile (the broker's CA) too")
+    if ("cert" in files) != ("key" in files):
+        raise ConfigError(path, "mqtt.cert" if "key" in files else "mqtt.key",
+                          "a client certificate needs both cert and key")
+    try:
+        if "cafile" in files:
+            what = "mqtt.cafile"
+            ssl.create_default_context(cafile=files["cafile"])
+        if "cert" in files:
+            what = "mqtt.cert"
+            ssl.create_default_context().load_cert_chain(files["cert"], files["key"])
+    except (OSError, ssl.SSLError) as e:
+        named = files["cafile"] if what == "mqtt.cafile" else f"{files['cert']} with {files['key']}"
+        raise ConfigError(path, what, f"{named}: {getattr(e, 'strerror', None) or e}: give the PEM file "
+                          + ("of the CA that signed the broker's certificate" if what == "mqtt.cafile"
+                             else "of this console's certificate and its private key")) from None
+    return BrokerLogin(m.get("username"), password, files.get("cafile"), files.get("cert"), files.get("key"))
 
 
 def _session_secret(p: Path) -> bytes:

@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 import paho.mqtt.client as mqtt
 
-from gasguard.command.console import CommandClient, ConsoleError
+from gasguard.command.console import BrokerLogin, CommandClient, ConsoleError
 from gasguard.command.readings import readings_of, valve_of
 from gasguard.command.shelving import MAX_S, ShelfBook, ShelfError
 from gasguard.protocol.topics import EVENT, READING, ROOT, Topics
@@ -95,9 +95,10 @@ class ReadingFeed:
     """Readings and valve events of every gateway of a district, a bounded window in memory."""
 
     def __init__(self, host: str, port: int, district: str, *, topic_root: str = ROOT, keep_s: float = 86_400.0,
-                 max_per_device: int = 20_000, clock=time.time):
+                 max_per_device: int = 20_000, clock=time.time, login: BrokerLogin | None = None):
         self.keep_s, self.max_per_device, self.clock = keep_s, max_per_device, clock
         self.host, self.port = host, port
+        self.login = login or BrokerLogin()    # the same broker login and TLS as the incidents' client
         tree = Topics(topic_root)
         self.subscriptions = [(f"{tree.root}/{district}/+/{READING}", 1), (tree.district_gateways(district, EVENT), 1)]
         self._lock = threading.Lock()
@@ -109,6 +110,10 @@ class ReadingFeed:
 
     def start(self) -> "ReadingFeed":
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gg-web-readings-{uuid.uuid4().hex[:8]}")
+        try:
+            self.login.apply(c)
+        except ConsoleError as e:
+            raise SourceError(str(e)) from None
         c.on_connect = lambda cl, u, f, rc, p: None if rc.is_failure else cl.subscribe(self.subscriptions)
         c.on_message = lambda cl, u, m: self.take(m.topic, m.payload)
         c.reconnect_delay_set(1, 30)
@@ -171,8 +176,11 @@ class MqttSource:
 
     def __init__(self, host: str, port: int, district: str, *, topic_root: str = ROOT, feed: ReadingFeed | None = None,
                  shelve_max_s: float = MAX_S, **client_kw):
-        self.client = CommandClient(host, port, district, topic_root=topic_root, **client_kw)
-        self.feed = feed or ReadingFeed(host, port, district, topic_root=topic_root)
+        try:
+            self.client = CommandClient(host, port, district, topic_root=topic_root, **client_kw)
+        except ConsoleError as e:              # the login's TLS files
+            raise SourceError(str(e)) from None
+        self.feed = feed or ReadingFeed(host, port, district, topic_root=topic_root, login=client_kw.get("login"))
         self.local_shelves = LocalShelves(shelve_max_s)      # no command service here to hold them
         self._listeners: list[Listener] = []
         on_incident = self.client.client.on_message
@@ -190,9 +198,22 @@ class MqttSource:
         try:
             self.client.connect(timeout)
         except ConsoleError as e:
-            raise SourceError(str(e)) from None
+            hint = (" (the web console: [mqtt] username, and password_file or $GASGUARD_MQTT_PASSWORD, in its "
+                    "config)") if "refused the login" in str(e) else ""
+            raise SourceError(f"{e}{hint}") from None
         self.feed.start()
         return self
+
+    @classmethod
+    def from_config(cls, sc) -> "MqttSource":
+        """A substation's console working alone, as `gasguard command web serve` builds it from its config
+        (`config.ServeConfig`): incidents and readings over two connections with the one [mqtt] login and TLS.
+        Not started."""
+        m = sc.mqtt
+        feed = ReadingFeed(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"],
+                           keep_s=sc.web.readings_window_s, login=sc.login)
+        return cls(m["host"], m["port"], sc.web.district, topic_root=m["topic_root"], feed=feed,
+                   shelve_max_s=sc.web.shelve_max_s, login=sc.login)
 
     def close(self) -> None:
         self.feed.close()
