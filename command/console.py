@@ -263,7 +263,7 @@ class CommandClient:
         (login or BrokerLogin()).apply(self.client)
         self.result_topic = self.tree.all_results() if city else self.command_topics.results
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         # subscribe_wait's SUBSCRIBEs on the current connection: mid -> None until its SUBACK, then True when
@@ -277,6 +277,7 @@ class CommandClient:
         self.started = False                        # connect() called (it may be called once)
         self.answered = threading.Event()           # the broker's first CONNACK came: granted or refused
         self.refused: str | None = None             # the refusing CONNACK's reason (a wrong login)
+        self.closed_early: str | None = None        # the broker closed the first connection before any CONNACK
         self.session = 0                            # connections made so far (_on_connect; subscribe_wait)
         # the SUBSCRIBEs _on_connect made on the current connection (mid -> topic) until their SUBACK, and the
         # topics of those the broker refused (topic -> reason code): what this console cannot show, for its
@@ -308,10 +309,16 @@ class CommandClient:
         self.client.loop_start()
         # a refusing CONNACK ends the wait too: the broker's answer will not change on paho's retries (it
         # retried every 1-30 s until --timeout ran out: a mistyped password took the whole 10 s to say so)
-        if not self.answered.wait(timeout) or self.refused:
+        if not self.answered.wait(timeout) or self.refused or self.closed_early:
             self.close()
             if self.refused:
                 raise ConsoleError(self._login_refused())
+            if self.closed_early:
+                raise ConsoleError(
+                    f"the broker at {self.host}:{self.port} closed the connection before accepting it "
+                    f"({self.closed_early}): if that listener requires a client certificate, give the console's "
+                    "certificate and key (--cert/--key, with --cafile); otherwise check that the port is the "
+                    "broker's MQTT listener (a TLS one needs --cafile)")
             raise ConsoleError(f"no MQTT session with {self.host}:{self.port} within {timeout:.0f} s")
         return self
 
@@ -331,6 +338,16 @@ class CommandClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+        if self.session == 0 and not self.answered.is_set():
+            # no CONNACK will come: TLS 1.3 refuses a missing client certificate after the handshake, by closing
+            # (as a listener that is not MQTT does); paho would retry until connect()'s timeout ran out and then
+            # say only "no session". connect() gives up on it, as on a refusing CONNACK
+            self.closed_early = str(reason_code)
+            client.disconnect()
+            self.answered.set()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:

@@ -27,16 +27,20 @@ DEV = "0000a001"
 
 @pytest.fixture
 def broker(tmp_path, monkeypatch):
-    """A mosquitto that logs in "op" only (no anonymous clients), with a plain and a TLS listener."""
+    """A mosquitto that logs in "op" only (no anonymous clients), with a plain listener, a TLS one, and a TLS
+    one that also requires a client certificate from the same CA (the console's: `console.pem`)."""
     monkeypatch.delenv("GASGUARD_MQTT_PASSWORD", raising=False)
     pki = tmp_path / "pki"
     pki.mkdir()
     ca = make_ca(pki / "ca", "GasGuard test CA")
     cert, key = issue(pki / "broker", ca, "broker.test", server=True)
-    (tls,) = free_ports(1)
+    issue(pki / "console", ca, "web-console", server=False)
+    tls, mtls = free_ports(2)
     conf = dynamic_security(tmp_path / "dynsec", {"op": (PW, ["gasguard/v1/lixia/#"])})
-    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf + tls_listener(tls, pki / "ca.pem", cert, key)) as b:
-        b.tls_port, b.pki = tls, pki
+    listeners = (tls_listener(tls, pki / "ca.pem", cert, key) + tls_listener(mtls, pki / "ca.pem", cert, key)
+                 + "require_certificate true\n")
+    with Mosquitto(workdir=tmp_path / "broker", extra_config=conf + listeners) as b:
+        b.tls_port, b.mtls_port, b.pki = tls, mtls, pki
         yield b
 
 
@@ -144,3 +148,22 @@ def test_the_substation_console_talks_tls_to_the_brokers_ca_and_a_bad_tls_file_i
                               (f'cafile = "{cafile}"\ncert = "not-a-ca.pem"\n', "mqtt.key", "both cert and key")]:
         r = CliRunner().invoke(web, ["check-config", "-c", str(_config(tmp_path, broker.tls_port, lines))])
         assert r.exit_code == 2 and key in r.output and str(named) in r.output, r.output
+
+
+def test_the_substation_console_shows_its_client_certificate_where_the_broker_requires_one(
+        tmp_path, broker, monkeypatch):
+    """A listener with `require_certificate true`: the console's cert and key from [mqtt] get it in, on both
+    of its connections; with the CA alone the start is refused, not left hanging."""
+    monkeypatch.setenv("GASGUARD_MQTT_PASSWORD", PW)
+    pki = os.path.relpath(broker.pki, tmp_path)
+    with_cert = f'username = "op"\ncafile = "{pki}/ca.pem"\ncert = "{pki}/console.pem"\nkey = "{pki}/console.key"\n'
+    source = MqttSource.from_config(load(_config(tmp_path, broker.mtls_port, with_cert))).start(10)
+    try:
+        _receives(source, broker.port)
+    finally:
+        source.close()
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="closed the connection before accepting it.*client certificate"):
+        MqttSource.from_config(load(_config(tmp_path, broker.mtls_port,
+                                            f'username = "op"\ncafile = "{pki}/ca.pem"\n'))).start(10)
+    assert time.monotonic() - t0 < 5, "a refused client certificate must not wait out the start's timeout"
