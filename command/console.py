@@ -210,13 +210,21 @@ class BrokerLogin:
     cert: str | None = None          # client certificate and key (mutual TLS)
     key: str | None = None
 
+    def problem(self, name=lambda setting: f"--{setting}") -> tuple[str, str] | None:
+        """What these settings lack, as (the setting at fault, what to do), or None. `name` spells a setting as
+        its user gives it: the consoles' flags (--cafile), or a config file's keys (the web console's [mqtt])."""
+        if self.cert and not self.cafile:
+            return "cert", f"a client certificate needs TLS: give {name('cafile')} (the broker's CA) too"
+        if bool(self.cert) != bool(self.key):
+            return "key" if self.cert else "cert", f"a client certificate needs both {name('cert')} and {name('key')}"
+        return None
+
     def apply(self, client: mqtt.Client) -> None:
         if self.username:
             client.username_pw_set(self.username, self.password)
-        if self.cert and not self.cafile:
-            raise ConsoleError("a client certificate needs TLS: give --cafile with the broker's CA too")
-        if bool(self.cert) != bool(self.key):
-            raise ConsoleError("a client certificate needs both --cert and --key")
+        lack = self.problem()
+        if lack:
+            raise ConsoleError(lack[1])
         if self.cafile:
             try:
                 client.tls_set(ca_certs=self.cafile, certfile=self.cert, keyfile=self.key,

@@ -12,6 +12,18 @@ import time
 from pathlib import Path
 
 
+def scrape(bind: str, name: str, **labels) -> float:
+    """A gateway in another process, by its /metrics (`[metrics] bind`, host:port): the sum of the samples
+    called `name` whose labels include `labels` (all of them: every label value summed). prometheus_client's
+    own parser reads the text."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://{bind}/metrics", timeout=5).read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
 class DaemonThread:
     """Run a Daemon on its own event loop in a thread (in-process tests: inspect metrics and spool)."""
 

@@ -15,23 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import gasguard.gateway
 from gasguard.testing.config import write_config
 from gasguard.testing.node import Node, make_registry
 from gasguard.gateway.spool import Item, Spool
 from gasguard.testing.mosquitto import free_port
+from test_ops_unit import _unit       # the shipped unit's [Service] section, read in one place
 
-UNIT = Path(gasguard.gateway.__file__).parent / "gasguard-gateway@.service"
 NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
-
-
-def _unit() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
-            k, _, v = line.partition("=")
-            out.setdefault(k.strip(), []).append(v.strip())
-    return out
 
 
 def _gateway(*args, no_dac=False, timeout=30) -> subprocess.CompletedProcess:

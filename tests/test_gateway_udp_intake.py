@@ -9,7 +9,6 @@ import logging
 import math
 import signal
 import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from gasguard.gateway.metrics import Metrics
 from gasguard.gateway.transports import procnet
 from gasguard.gateway.transports.procnet import udp_socket_stats
 from gasguard.gateway.transports.semtech_udp import DatagramReader, listen
-from gasguard.testing.gateway import GatewayProcess
+from gasguard.testing.gateway import GatewayProcess, scrape
 from gasguard.testing.links import PacketForwarder
 from gasguard.testing.mosquitto import free_port
 from gasguard.testing.node import Node
@@ -196,9 +195,7 @@ def test_drops_are_counted_in_the_quiet_after_a_flood_with_no_datagram_after_it(
     fwd = PacketForwarder(rig.udp_addr, EUI)
 
     def counted():
-        text = urllib.request.urlopen(f"http://{bind}/metrics", timeout=5).read().decode()
-        (line,) = [ln for ln in text.splitlines() if ln.startswith("gasguard_gateway_udp_kernel_drops_total ")]
-        return float(line.split()[1])
+        return scrape(bind, "gasguard_gateway_udp_kernel_drops_total")
     stopped = False
     try:
         gw.start()

@@ -154,11 +154,10 @@ def _broker_login(path: Path, m: dict, rel) -> BrokerLogin:
             raise ConfigError(path, "mqtt.password_file", str(e)) from None
     elif m.get("username"):
         password = os.environ.get(MQTT_PASSWORD_ENV) or None
-    if "cert" in files and "cafile" not in files:
-        raise ConfigError(path, "mqtt.cert", "a client certificate needs TLS: give cafile (the broker's CA) too")
-    if ("cert" in files) != ("key" in files):
-        raise ConfigError(path, "mqtt.cert" if "key" in files else "mqtt.key",
-                          "a client certificate needs both cert and key")
+    login = BrokerLogin(m.get("username"), password, files.get("cafile"), files.get("cert"), files.get("key"))
+    lack = login.problem(name=str)          # named as this file's [mqtt] keys
+    if lack:
+        raise ConfigError(path, f"mqtt.{lack[0]}", lack[1])
     try:
         if "cafile" in files:
             what = "mqtt.cafile"
@@ -171,7 +170,7 @@ def _broker_login(path: Path, m: dict, rel) -> BrokerLogin:
         raise ConfigError(path, what, f"{named}: {getattr(e, 'strerror', None) or e}: give the PEM file "
                           + ("of the CA that signed the broker's certificate" if what == "mqtt.cafile"
                              else "of this console's certificate and its private key")) from None
-    return BrokerLogin(m.get("username"), password, files.get("cafile"), files.get("cert"), files.get("key"))
+    return login
 
 
 def _session_secret(p: Path) -> bytes:

@@ -199,7 +199,7 @@ class MqttSource:
             self.client.connect(timeout)
         except ConsoleError as e:
             hint = (" (the web console: [mqtt] username, and password_file or $GASGUARD_MQTT_PASSWORD, in its "
-                    "config)") if "refused the login" in str(e) else ""
+                    "config)") if self.client.refused else ""
             raise SourceError(f"{e}{hint}") from None
         self.feed.start()
         return self

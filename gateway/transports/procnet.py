@@ -22,7 +22,8 @@ def udp_socket_stats(port: int | None = None, *, inode: int | None = None) -> tu
                 next(f)
                 for line in f:
                     p = line.split()
-                    if int(p[9]) == inode if inode is not None else p[1].endswith(want):
+                    mine = int(p[9]) == inode if inode is not None else p[1].endswith(want)
+                    if mine:
                         return int(p[4].split(":")[1], 16), int(p[12])
         except (OSError, StopIteration, IndexError, ValueError):   # unreadable, empty or not this format
             continue

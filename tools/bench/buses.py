@@ -21,8 +21,6 @@ import os
 import select
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,10 +29,9 @@ from pathlib import Path
 import click
 
 from .gateway import ALARM_EVERY, ALARM_GOAL_MS, PER_DEV, AlarmSubscriber, _pct, load
-from .peers import _stop
 
 TICK = 0.005             # s between a writer's slices of readings
-READY_S = 60.0           # a gateway that delivers no probe alarm in this long did not start
+READY_S = 60.0           # a gateway not up (port open, warm-up taken, probe alarm through) in this long failed
 
 
 def _line_writer(fd: int, frames: list[bytes], rate: float, seconds: float, alarms: list[tuple[str, bytes]],
@@ -77,31 +74,20 @@ def _line_writer(fd: int, frames: list[bytes], rate: float, seconds: float, alar
     out["wall"] = time.perf_counter() - t0
 
 
-def _until_open(log: Path, proc) -> None:
-    deadline = time.monotonic() + READY_S
-    while "open (serial" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise click.ClickException(f"the gateway did not open its port (exit {proc.poll()}); see {log}")
-        time.sleep(0.05)
-
-
-def _until_accepted(url: str, n: int, proc, log: Path) -> None:
+def _until_accepted(gw, bind: str, n: int) -> None:
     """Until the gateway's gasguard_gateway_accepted_total (every type) reaches n."""
-    import urllib.request
+    from gasguard.testing.gateway import scrape
     deadline = time.monotonic() + READY_S
-    while True:
-        try:
-            text = urllib.request.urlopen(url, timeout=2).read().decode()
-            got = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                      if line.startswith("gasguard_gateway_accepted_total{"))
-        except OSError:
-            got = 0
-        if got >= n:
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
+    got = 0.0
+    while got < n:
+        if gw.proc.poll() is not None or time.monotonic() > deadline:
             raise click.ClickException(f"the gateway accepted {got:.0f} of {n} warm-up readings in {READY_S:.0f} s "
-                                       f"(exit {proc.poll()}); see {log}")
+                                       f"(exit {gw.proc.poll()}); see {gw.log_path}")
         time.sleep(0.05)
+        try:
+            got = scrape(bind, "gasguard_gateway_accepted_total")
+        except OSError:             # not listening yet
+            got = 0.0
 
 
 def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, probe_nodes: list, rate: float,
@@ -110,28 +96,28 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
     from gasguard.gateway import payloads
     from gasguard.protocol import framing
     from gasguard.testing.config import write_config
+    from gasguard.testing.gateway import GatewayProcess
     from gasguard.testing.links import PtyCable
+    from gasguard.testing.mosquitto import free_port
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    from gasguard.testing.mosquitto import free_port
-    procs, cables, logs, metrics = [], [], [], []
+    gws, cables, binds = [], [], []
     try:
         for b in range(buses):
             cable = PtyCable(base / f"tty{b}")
-            mport = free_port()
-            metrics.append(f"http://127.0.0.1:{mport}/metrics")
+            binds.append(f"127.0.0.1:{free_port()}")
             cfg = write_config(base / f"bus{b}.toml", registry=base.parent / "registry.db",
                                spool=base / f"spool-bus{b}.db", mqtt_port=port, serial=[str(cable.link)],
                                gateway_id=f"bus{b}", district="d1",
-                               extra=f"[batch]\ndelay = 0.05\n[limits]\nburst = 60\n"
-                                     f"[metrics]\nbind = \"127.0.0.1:{mport}\"\n")
+                               extra=f"[batch]\ndelay = 0.05\n[limits]\nburst = 60\n[metrics]\nbind = \"{binds[b]}\"\n")
             cables.append(cable)
-            logs.append(open(base / f"bus{b}.log", "w"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "gasguard.cli", "gateway", "run", "-c", str(cfg)],
-                                          stdout=logs[-1], stderr=subprocess.STDOUT))
+            gws.append(GatewayProcess(cfg, base / f"bus{b}.log").start())
         # pyserial's open() flushes what waits on the line: nothing is written before each gateway opened it
-        for b in range(buses):
-            _until_open(base / f"bus{b}.log", procs[b])
+        for gw in gws:
+            try:
+                gw.wait_log("open (serial", READY_S)
+            except AssertionError as e:
+                raise click.ClickException(str(e)) from None
         # a device is wired to one bus: device i on bus i % buses
         mine = [[n for i, n in enumerate(nodes) if i % buses == b] for b in range(buses)]
         # every device heard once (the first sight takes the general path: ~80 µs, not ~25), all of it accepted
@@ -140,7 +126,7 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
         for b in range(buses):
             cables[b].write(b"".join(framing.wrap(n.reading(gas=0, pressure=2000)) for n in mine[b]))
         for b in range(buses):
-            _until_accepted(metrics[b], len(mine[b]), procs[b], base / f"bus{b}.log")
+            _until_accepted(gws[b], binds[b], len(mine[b]))
         deadline = time.monotonic() + READY_S
         for b in range(buses):
             pn = probe_nodes[b]
@@ -152,9 +138,9 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
                     sub.wait_until(mid, 1.0)
                     break
                 except TimeoutError:
-                    if procs[b].poll() is not None or time.monotonic() > deadline:
+                    if gws[b].proc.poll() is not None or time.monotonic() > deadline:
                         raise click.ClickException(f"gateway bus{b} delivered no probe alarm in {READY_S:.0f} s "
-                                                   f"(exit {procs[b].poll()}); see {base / f'bus{b}.log'}") from None
+                                                   f"(exit {gws[b].proc.poll()}); see {gws[b].log_path}") from None
         frames = [[framing.wrap(n.reading(gas=0, pressure=2001 + k)) for k in range(PER_DEV - 1) for n in m]
                   for m in mine]
         n_alarms = int(seconds / ALARM_EVERY)
@@ -187,12 +173,10 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
         return {"buses": buses, "offered_per_s": written / wall, "alarms": len(stamped), "arrived": len(lat),
                 "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100), "series": series}
     finally:
-        for p in procs:
-            _stop(p)
+        for gw in gws:
+            gw.stop()
         for c in cables:
             c.close()
-        for f in logs:
-            f.close()
 
 
 def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=click.echo, workdir=None) -> dict:
