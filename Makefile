@@ -32,7 +32,7 @@ bench: setup
 
 setup: $(STAMP) $(NODE_MODS) $(TAHU_MODS) mosquitto postgresql chromium
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock setup.py gateway/_lane.c
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip==24.3.1
 	$(VPY) -m pip install --quiet -c requirements.lock -e '.[dev]'

@@ -309,6 +309,8 @@ class Daemon:
         depth = self.spool.depth()
         log.info("gateway %s (%s) starting; spool %s holds %s", self.cfg.gateway_id, self.cfg.district,
                  self.cfg.spool, ", ".join(f"{k} {v[0]}" for k, v in depth.items()))
+        if self.ingest.lane is not None:
+            log.info("reading lane: %s", self.ingest.lane.describe())
         if self.pre is not None:
             self.pre.start()
         self.publisher.start()

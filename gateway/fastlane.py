@@ -11,6 +11,10 @@ state - returns None having changed nothing, and the general path decides, as it
 
 tests/test_fastlane.py holds the two paths equal, frame by frame: the same verdicts, counters, replay memory,
 rate buckets, presence and entry text.
+
+The same lane is compiled (gateway/_lane.c, built with the package; issue 17): `take` is the C one where the module
+was built, this Python one where it was not (`compiled` says which). The Python lane stays the reference: the test
+holds both equal to the general path.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from gasguard.protocol.const import FLAG_INLET, MIC_LEN, NA16
 from gasguard.protocol.units import pressure_from_wire
 
 from .payloads import _STATE_JSON
-from .verify import _R, _READING_HDR, _READING_LEN, _REC, _RI, RECENT, mic_at_next
+from .verify import _B0_HEAD, _R, _READING_HDR, _READING_LEN, _REC, _RI, PADS_MAX, RECENT, mic_at_next
+
+try:
+    from . import _lane
+except ImportError:         # not built (no C compiler where the package was installed): the Python lane
+    _lane = None
 
 _RECENT_BYTES = RECENT * _REC
 _INLET_HDR = _READING_HDR | FLAG_INLET
@@ -42,10 +51,27 @@ def _pressure_txt(u: int) -> str:
 class ReadingLane:
     """Bound to one ingest's verifier and presence table; `take` is called per frame of a group."""
 
-    def __init__(self, verifier, presence):
+    def __init__(self, verifier, presence, compiled: bool = True):
+        """`compiled`: the C lane when the module was built (else, and with False, this one)."""
         self.verifier, self.presence = verifier, presence
         self.pressure_txt: dict[int, str] = {}     # wire value -> JSON text, filled as values are seen (bounded:
         #                                            65,536 values at most)
+        self.compiled = compiled and _lane is not None
+        if self.compiled:
+            self.take = _lane.Lane(verifier, presence, gas_txt=_GAS_TXT, battery_txt=_BATTERY_TXT,
+                                   state_txt=_STATE_TXT, pressure_from_wire=pressure_from_wire,
+                                   pressure_txt=_pressure_txt, header=_READING_HDR, inlet_flag=FLAG_INLET,
+                                   recent=RECENT, b0_head=_B0_HEAD, pads_max=PADS_MAX).take
+
+    def describe(self) -> str:
+        """Which lane runs, for the start log (a gateway without the compiled lane takes ~2.5x its CPU a reading
+        in the lane: BENCHMARKS.md, issue 17)."""
+        if self.compiled:
+            return "compiled, " + ("SHA extensions" if _lane.SHA_EXTENSIONS else "portable SHA-256")
+        if _lane is None:
+            return ("in Python: gasguard.gateway._lane is not built (reinstall the package where a C compiler and "
+                    "Python's headers are installed)")
+        return "in Python"
 
     def group(self, gateway_id: str, now: float, rx: dict) -> tuple:
         """What every frame of a group shares: the msg id's head, the time (its JSON and replay-memory

@@ -4,7 +4,10 @@ and one without, fed the same groups of frames on the same clock, end every grou
 metrics. The groups mix what the lane takes (routine and non-routine readings, with and without inlet
 pressure, values not available) with everything it must leave to the general path: first sight, unknown and
 decommissioned devices, forged MICs, replays and second-path copies, an empty rate bucket, state changes,
-alarms, the retained state's refresh, an rx the JSON encoder refuses."""
+alarms, the retained state's refresh, an rx the JSON encoder refuses.
+
+Each test runs twice: with the lane compiled (gateway/_lane.c: the gateway's lane wherever the package was built
+with a C compiler, so these runs fail where it was not built) and with the Python lane (its reference)."""
 
 import asyncio
 import random
@@ -23,7 +26,7 @@ RADIO = {"transport": "udp", "gw": "aa555a0000000001", "rssi": -97, "snr": 7.5, 
 HUGE = {"transport": "udp", "gw": "aa555a0000000002", "rssi": -80, "snr": 1.0, "tmst": 1 << 70}
 
 
-def _daemon(tmp_path, name, clock, lane: bool) -> Daemon:
+def _daemon(tmp_path, name, clock, lane: bool, compiled: bool = True) -> Daemon:
     d = tmp_path / name
     d.mkdir()
     cfg = Config(gateway_id="gw", district="d", registry=tmp_path / "registry.db", spool=d / "spool.db",
@@ -33,6 +36,9 @@ def _daemon(tmp_path, name, clock, lane: bool) -> Daemon:
         daemon.ingest.lane = None
     else:
         assert isinstance(daemon.ingest.lane, ReadingLane)
+        assert daemon.ingest.lane.compiled, "the compiled lane is not built: pip install -e . with a C compiler"
+        if not compiled:
+            daemon.ingest.lane = ReadingLane(daemon.verifier, daemon.presence, compiled=False)
     return daemon
 
 
@@ -56,8 +62,9 @@ def _memory(daemon: Daemon) -> dict:
             "count": daemon.accepted_count}
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed):
+def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed, compiled):
     rng = random.Random(seed)
     nodes = [Node(0x00D00000 + i) for i in range(12)]
     gone, stranger = Node(0x00D000FE), Node(0x00D000FF)
@@ -66,7 +73,7 @@ def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed):
         r.decommission(gone.dev)
     now = [1_700_000_000.25]
     clock = lambda: now[0]  # noqa: E731
-    a, b = _daemon(tmp_path, "lane", clock, True), _daemon(tmp_path, "general", clock, False)
+    a, b = _daemon(tmp_path, "lane", clock, True, compiled), _daemon(tmp_path, "general", clock, False)
     sent: list[bytes] = []
     taken = [0]
     take = a.ingest.lane.take
@@ -125,12 +132,14 @@ def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed):
     assert a.accepted_count > taken[0]            # and the general path decided the rest
 
 
-def test_a_reading_the_lane_takes_is_the_general_paths_entry_text(tmp_path):
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+def test_a_reading_the_lane_takes_is_the_general_paths_entry_text(tmp_path, compiled):
     """Field by field over the value ranges (the JSON text is written from parts in the lane)."""
     node = Node(0x00D10001)
     make_registry(tmp_path / "registry.db", [node])
     now = [1_700_000_123.4567]
-    a, b = _daemon(tmp_path, "lane", lambda: now[0], True), _daemon(tmp_path, "general", lambda: now[0], False)
+    a, b = (_daemon(tmp_path, "lane", lambda: now[0], True, compiled),
+            _daemon(tmp_path, "general", lambda: now[0], False))
     rng = random.Random(5)
     groups = []
     for _ in range(60):

@@ -1,0 +1,729 @@
+/* The reading lane in C (issue 17): gateway/fastlane.py's ReadingLane.take, the same checks, the same changes and
+ * the same entry text, without a Python object per step of a reading.
+ *
+ * fastlane.py stays the reference and the fallback where this module is not built; tests/test_fastlane.py holds
+ * this lane, the Python lane and the general path equal frame by frame, and tests/test_lane_c.py checks the
+ * SHA-256 and HMAC below against hashlib and hmac.
+ *
+ * What is written here and not taken from a library, and why:
+ * - SHA-256 (FIPS 180-4) and HMAC (RFC 2104). The module must build on a fresh machine with gcc and Python's
+ *   headers alone (no libssl-dev), and a MIC is two compressions of one block each from a key's precomputed pads:
+ *   OpenSSL's EVP interface costs more in set-up per call than that. On x86-64 CPUs with the SHA extensions the
+ *   compression uses them (chosen at import by CPUID), else the portable C.
+ * Facts of the protocol and of the entry (value ranges, the texts of gas, battery, state and pressure values,
+ * pressure_from_wire, Device.active) are not repeated here: the Python side hands them in at construction or
+ * this module calls it. What is repeated is the frame layout of a reading, which fastlane.py also unpacks.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHANI_BUILD 1
+#endif
+
+/* ---- SHA-256 -------------------------------------------------------------------------------------------- */
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+static const uint32_t H256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static inline uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+static void block_portable(uint32_t st[8], const uint8_t *p) {
+    uint32_t w[64], a, b, c, d, e, f, g, h;
+    int i;
+    for (i = 0; i < 16; i++) w[i] = be32(p + 4 * i);
+    for (i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = st[0]; b = st[1]; c = st[2]; d = st[3]; e = st[4]; f = st[5]; g = st[6]; h = st[7];
+    for (i = 0; i < 64; i++) {
+        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    st[0] += a; st[1] += b; st[2] += c; st[3] += d; st[4] += e; st[5] += f; st[6] += g; st[7] += h;
+}
+
+#ifdef HAVE_SHANI_BUILD
+/* The SHA extensions' compression: the message schedule four words at a time (msg1/msg2) and two rounds per
+ * sha256rnds2, the state kept as ABEF/CDGH as the instructions want it. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void block_shani(uint32_t st[8], const uint8_t *p) {
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_loadu_si128((const __m128i *)&st[0]);
+    __m128i s1 = _mm_loadu_si128((const __m128i *)&st[4]);
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);          /* CDAB */
+    s1 = _mm_shuffle_epi32(s1, 0x1B);            /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);    /* ABEF */
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);         /* CDGH */
+    const __m128i abef = s0, cdgh = s1;
+    __m128i m[4];
+    for (int i = 0; i < 16; i++) {
+        __m128i cur;
+        if (i < 4) {
+            cur = m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), mask);
+        } else {
+            __m128i x = _mm_sha256msg1_epu32(m[i & 3], m[(i + 1) & 3]);
+            x = _mm_add_epi32(x, _mm_alignr_epi8(m[(i + 3) & 3], m[(i + 2) & 3], 4));
+            cur = m[i & 3] = _mm_sha256msg2_epu32(x, m[(i + 3) & 3]);
+        }
+        __m128i msg = _mm_add_epi32(cur, _mm_loadu_si128((const __m128i *)&K256[4 * i]));
+        s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+        msg = _mm_shuffle_epi32(msg, 0x0E);
+        s0 = _mm_sha256rnds2_epu32(s0, s1, msg);
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+    tmp = _mm_shuffle_epi32(s0, 0x1B);           /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);            /* DCHG */
+    s0 = _mm_blend_epi16(tmp, s1, 0xF0);         /* DCBA */
+    s1 = _mm_alignr_epi8(s1, tmp, 8);            /* HGFE */
+    _mm_storeu_si128((__m128i *)&st[0], s0);
+    _mm_storeu_si128((__m128i *)&st[4], s1);
+}
+
+static int cpu_has_shani(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & bit_SSSE3) || !(c & bit_SSE4_1)) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 29)) != 0;    /* CPUID.(EAX=7,ECX=0):EBX.SHA[bit 29] */
+}
+#endif
+
+static void (*sha_block)(uint32_t st[8], const uint8_t *p) = block_portable;
+static int sha_shani_available = 0;
+
+/* The state after `prefix` whole blocks (prefix_len bytes, a multiple of 64) has `st`; hash `msg` and finish. */
+static void sha_finish(uint32_t st[8], uint64_t prefix_len, const uint8_t *msg, size_t len, uint8_t out[32]) {
+    uint8_t blk[64];
+    uint64_t bits = (prefix_len + len) * 8;
+    while (len >= 64) {
+        sha_block(st, msg);
+        msg += 64;
+        len -= 64;
+    }
+    memcpy(blk, msg, len);
+    blk[len] = 0x80;
+    if (len >= 56) {
+        memset(blk + len + 1, 0, 63 - len);
+        sha_block(st, blk);
+        memset(blk, 0, 56);
+    } else {
+        memset(blk + len + 1, 0, 55 - len);
+    }
+    for (int i = 0; i < 8; i++) blk[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha_block(st, blk);
+    for (int i = 0; i < 8; i++) put_be32(out + 4 * i, st[i]);
+}
+
+/* HMAC-SHA256 pads of a key: the states after its inner and outer padded blocks (RFC 2104), 2 x 8 words. */
+static void hmac_pads(const uint8_t *key, size_t klen, uint32_t pads[16]) {
+    uint8_t k[64], blk[64];
+    memset(k, 0, 64);
+    if (klen > 64) {
+        uint32_t st[8];
+        memcpy(st, H256, sizeof st);
+        sha_finish(st, 0, key, klen, k);
+    } else {
+        memcpy(k, key, klen);
+    }
+    for (int i = 0; i < 64; i++) blk[i] = k[i] ^ 0x36;
+    memcpy(pads, H256, 32);
+    sha_block(pads, blk);
+    for (int i = 0; i < 64; i++) blk[i] = k[i] ^ 0x5c;
+    memcpy(pads + 8, H256, 32);
+    sha_block(pads + 8, blk);
+}
+
+static void hmac_from_pads(const uint32_t pads[16], const uint8_t *msg, size_t len, uint8_t out[32]) {
+    uint32_t st[8];
+    uint8_t inner[32];
+    memcpy(st, pads, 32);
+    sha_finish(st, 64, msg, len, inner);
+    memcpy(st, pads + 8, 32);
+    sha_finish(st, 64, inner, 32, out);
+}
+
+/* Each key's pads, made once (as verify.hmac_sha256 keeps them): key bytes -> 64 bytes of state. Bounded: past
+ * PADS_MAX keys (verify.PADS_MAX, handed in) it starts over. */
+static PyObject *pads_cache = NULL;
+static Py_ssize_t pads_max = 65536;
+
+static const uint32_t *pads_of(PyObject *key) {
+    PyObject *p = PyDict_GetItemWithError(pads_cache, key);
+    if (p == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        uint32_t pads[16];
+        hmac_pads((const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), pads);
+        if (PyDict_GET_SIZE(pads_cache) >= pads_max) PyDict_Clear(pads_cache);
+        p = PyBytes_FromStringAndSize((const char *)pads, sizeof pads);
+        if (p == NULL) return NULL;
+        int r = PyDict_SetItem(pads_cache, key, p);
+        Py_DECREF(p);         /* the dict holds it */
+        if (r < 0) return NULL;
+    }
+    return (const uint32_t *)PyBytes_AS_STRING(p);
+}
+
+static PyObject *py_hmac_sha256(PyObject *self, PyObject *args) {
+    Py_buffer key, msg;
+    if (!PyArg_ParseTuple(args, "y*y*", &key, &msg)) return NULL;
+    uint32_t pads[16];
+    uint8_t out[32];
+    hmac_pads(key.buf, (size_t)key.len, pads);
+    hmac_from_pads(pads, msg.buf, (size_t)msg.len, out);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&msg);
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyObject *py_sha256(PyObject *self, PyObject *args) {
+    Py_buffer msg;
+    if (!PyArg_ParseTuple(args, "y*", &msg)) return NULL;
+    uint32_t st[8];
+    uint8_t out[32];
+    memcpy(st, H256, sizeof st);
+    sha_finish(st, 0, msg.buf, (size_t)msg.len, out);
+    PyBuffer_Release(&msg);
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyObject *py_use_shani(PyObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+#ifdef HAVE_SHANI_BUILD
+    sha_block = (on && sha_shani_available) ? block_shani : block_portable;
+    return PyBool_FromLong(sha_block == block_shani);
+#else
+    return PyBool_FromLong(0);
+#endif
+}
+
+/* ---- the lane --------------------------------------------------------------------------------------------- */
+
+#define READING_LEN 19        /* fastlane/verify: HEAD_LEN 7 + 6 + MIC_LEN 6; + 2 with the inlet pressure */
+#define MIC_LEN 6
+#define NA16 0xFFFF
+#define MAX_GAP 16384u
+#define REC 14                /* verify._REC: fcnt u32 LE + MIC + accept second u32 LE */
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} txt_t;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *verifier, *registry, *states, *presence;  /* presence: PresenceTable.devices */
+    PyObject *pfn;              /* pressure_from_wire */
+    PyObject *ptxt_fn;          /* fastlane._pressure_txt */
+    PyObject *holds;            /* the str objects the texts below point into */
+    txt_t gas[NA16 + 1];        /* JSON text of a wire gas value (fastlane._GAS_TXT), n = -1: not a valid value */
+    txt_t bat[256];             /* ... battery (_BATTERY_TXT) */
+    txt_t state[256];           /* ... state byte (_STATE_TXT) */
+    PyObject **pval;            /* wire pressure -> pressure_from_wire(u), made on first sight (65,536 at most) */
+    PyObject **ptxt;            /* wire pressure -> its JSON text */
+    int hdr;                    /* a reading's header byte; | inlet_flag with the inlet pressure */
+    int inlet_flag;
+    Py_ssize_t recent_bytes;    /* RECENT * REC */
+    uint8_t b0head[4];          /* SPEC 5: B0 'G' 'G' version direction */
+} Lane;
+
+static PyObject *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
+    *s_sbyte, *s_silence, *s_pub, *s_last_seen, *s_r_fcnt, *s_r_gas, *s_r_pressure, *s_r_battery, *s_r_state,
+    *s_r_inlet, *s_r_t, *s_key, *s_burst, *s_rate;
+
+static int fill_txt(Lane *self, PyObject *map, txt_t *out, Py_ssize_t size, const char *what) {
+    /* map: a dict int -> str, or a list of str; every text must be ASCII (orjson's output is) */
+    for (Py_ssize_t i = 0; i < size; i++) out[i].n = -1;
+    if (PyList_Check(map)) {
+        if (PyList_GET_SIZE(map) != size) {
+            PyErr_Format(PyExc_ValueError, "%s: %zd texts, not %zd", what, PyList_GET_SIZE(map), size);
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyObject *v = PyList_GET_ITEM(map, i);
+            if (!PyUnicode_Check(v) || !PyUnicode_IS_ASCII(v)) {
+                PyErr_Format(PyExc_ValueError, "%s: not ASCII text", what);
+                return -1;
+            }
+            if (PyList_Append(self->holds, v) < 0) return -1;
+            out[i].s = (const char *)PyUnicode_1BYTE_DATA(v);
+            out[i].n = PyUnicode_GET_LENGTH(v);
+        }
+        return 0;
+    }
+    if (!PyDict_Check(map)) {
+        PyErr_Format(PyExc_TypeError, "%s: a dict or a list", what);
+        return -1;
+    }
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(map, &pos, &k, &v)) {
+        long i = PyLong_AsLong(k);
+        if (i == -1 && PyErr_Occurred()) return -1;
+        if (i < 0 || i >= size || !PyUnicode_Check(v) || !PyUnicode_IS_ASCII(v)) {
+            PyErr_Format(PyExc_ValueError, "%s: key %ld or its text out of range", what, i);
+            return -1;
+        }
+        if (PyList_Append(self->holds, v) < 0) return -1;
+        out[i].s = (const char *)PyUnicode_1BYTE_DATA(v);
+        out[i].n = PyUnicode_GET_LENGTH(v);
+    }
+    return 0;
+}
+
+static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"verifier", "presence", "gas_txt", "battery_txt", "state_txt", "pressure_from_wire",
+                            "pressure_txt", "header", "inlet_flag", "recent", "b0_head", "pads_max", NULL};
+    PyObject *verifier, *presence, *gas, *bat, *state, *pfn, *ptxt_fn;
+    int hdr, inlet, recent;
+    Py_buffer b0;
+    Py_ssize_t pmax;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOiiiy*n", names, &verifier, &presence, &gas, &bat, &state,
+                                     &pfn, &ptxt_fn, &hdr, &inlet, &recent, &b0, &pmax))
+        return -1;
+    if (b0.len != 4) {
+        PyBuffer_Release(&b0);
+        PyErr_SetString(PyExc_ValueError, "b0_head: 4 bytes");
+        return -1;
+    }
+    memcpy(self->b0head, b0.buf, 4);
+    PyBuffer_Release(&b0);
+    pads_max = pmax;
+    self->hdr = hdr;
+    self->inlet_flag = inlet;
+    self->recent_bytes = (Py_ssize_t)recent * REC;
+    Py_XSETREF(self->verifier, Py_NewRef(verifier));
+    Py_XSETREF(self->registry, PyObject_GetAttrString(verifier, "registry"));
+    Py_XSETREF(self->states, PyObject_GetAttrString(verifier, "states"));
+    Py_XSETREF(self->presence, PyObject_GetAttrString(presence, "devices"));
+    Py_XSETREF(self->pfn, Py_NewRef(pfn));
+    Py_XSETREF(self->ptxt_fn, Py_NewRef(ptxt_fn));
+    Py_XSETREF(self->holds, PyList_New(0));
+    if (!self->registry || !self->states || !self->presence || !self->holds) return -1;
+    if (!PyDict_Check(self->states) || !PyDict_Check(self->presence)) {
+        PyErr_SetString(PyExc_TypeError, "verifier.states and presence.devices: dicts");
+        return -1;
+    }
+    if (fill_txt(self, gas, self->gas, NA16 + 1, "gas_txt") < 0 || fill_txt(self, bat, self->bat, 256, "battery_txt") < 0
+        || fill_txt(self, state, self->state, 256, "state_txt") < 0)
+        return -1;
+    if (self->pval == NULL) {
+        self->pval = PyMem_Calloc(NA16 + 1, sizeof(PyObject *));
+        self->ptxt = PyMem_Calloc(NA16 + 1, sizeof(PyObject *));
+        if (!self->pval || !self->ptxt) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void Lane_dealloc(Lane *self) {
+    if (self->pval) {
+        for (int i = 0; i <= NA16; i++) {
+            Py_XDECREF(self->pval[i]);
+            Py_XDECREF(self->ptxt[i]);
+        }
+        PyMem_Free(self->pval);
+        PyMem_Free(self->ptxt);
+    }
+    Py_XDECREF(self->verifier);
+    Py_XDECREF(self->registry);
+    Py_XDECREF(self->states);
+    Py_XDECREF(self->presence);
+    Py_XDECREF(self->pfn);
+    Py_XDECREF(self->ptxt_fn);
+    Py_XDECREF(self->holds);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* pressure_from_wire(u) and its JSON text, each made once per wire value by the Python side's functions */
+static int pressure_of(Lane *self, unsigned u, PyObject **val, PyObject **txt) {
+    if (self->pval[u] == NULL) {
+        PyObject *pu = PyLong_FromUnsignedLong(u);
+        if (pu == NULL) return -1;
+        PyObject *v = PyObject_CallOneArg(self->pfn, pu);
+        PyObject *t = v ? PyObject_CallOneArg(self->ptxt_fn, pu) : NULL;
+        Py_DECREF(pu);
+        if (t == NULL) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        if (!PyUnicode_Check(t) || !PyUnicode_IS_ASCII(t)) {
+            Py_DECREF(v);
+            Py_DECREF(t);
+            PyErr_SetString(PyExc_ValueError, "pressure_txt: not ASCII text");
+            return -1;
+        }
+        self->pval[u] = v;
+        self->ptxt[u] = t;
+    }
+    *val = self->pval[u];
+    *txt = self->ptxt[u];
+    return 0;
+}
+
+/* a number attribute (a float, or an int as Python's arithmetic would take it): 0 and *out set; 1: neither (the
+ * caller leaves the frame to the general path); -1: an error */
+static int get_float(PyObject *o, PyObject *name, double *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int r = 0;
+    if (PyFloat_CheckExact(v)) *out = PyFloat_AS_DOUBLE(v);
+    else if (PyLong_CheckExact(v)) {
+        *out = PyLong_AsDouble(v);
+        if (*out == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            r = 1;
+        }
+    } else r = 1;
+    Py_DECREF(v);
+    return r;
+}
+
+static inline char *put(char *w, const char *s, Py_ssize_t n) {
+    memcpy(w, s, (size_t)n);
+    return w + n;
+}
+
+#define LIT(w, s) put((w), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* take(raw, now, shared) -> (dev, fcnt, previous counter, msg id, entry JSON, routine) or None, as
+ * fastlane.ReadingLane.take. None: not this lane's frame, and nothing was changed (but the registry LRU's order
+ * of a known, active device, as the Python lane leaves it). */
+static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take(raw, now, shared)");
+        return NULL;
+    }
+    PyObject *raw = args[0], *now_o = args[1], *shared = args[2];
+    if (!PyBytes_CheckExact(raw) || !PyFloat_CheckExact(now_o) || !PyTuple_CheckExact(shared)
+        || PyTuple_GET_SIZE(shared) != 4)
+        Py_RETURN_NONE;
+    PyObject *prefix = PyTuple_GET_ITEM(shared, 0), *t_txt = PyTuple_GET_ITEM(shared, 1),
+             *t_rec = PyTuple_GET_ITEM(shared, 2), *rx_txt = PyTuple_GET_ITEM(shared, 3);
+    if (!PyUnicode_CheckExact(prefix) || !PyUnicode_IS_ASCII(prefix) || !PyUnicode_CheckExact(t_txt)
+        || !PyUnicode_IS_ASCII(t_txt) || !PyUnicode_CheckExact(rx_txt) || !PyUnicode_IS_ASCII(rx_txt)
+        || !PyBytes_CheckExact(t_rec) || PyBytes_GET_SIZE(t_rec) != 4)
+        Py_RETURN_NONE;     /* the Python lane writes what these are; the C one only ASCII text */
+    const uint8_t *r = (const uint8_t *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    int inlet;
+    if (n == READING_LEN && r[0] == self->hdr) inlet = 0;
+    else if (n == READING_LEN + 2 && r[0] == (self->hdr | self->inlet_flag)) inlet = 1;
+    else Py_RETURN_NONE;
+    uint32_t dev = be32(r + 1);
+    unsigned c16 = ((unsigned)r[5] << 8) | r[6], g = ((unsigned)r[7] << 8) | r[8], p = ((unsigned)r[9] << 8) | r[10];
+    unsigned bat = r[11], st = r[12], iw = inlet ? (((unsigned)r[13] << 8) | r[14]) : 0;
+    if (self->gas[g].n < 0 || self->bat[bat].n < 0 || dev == 0 || dev == 0xFFFFFFFFu) Py_RETURN_NONE;
+
+    PyObject *out = NULL, *dev_o = NULL, *cached = NULL, *device = NULL, *key = NULL, *up_o = NULL,
+             *fcnt_o = NULL, *recent_o = NULL, *newrec = NULL, *tok_new = NULL, *mid = NULL,
+             *js = NULL, *gas_o = NULL, *bat_o = NULL, *st_o = NULL;
+    dev_o = PyLong_FromUnsignedLong(dev);
+    if (dev_o == NULL) goto done;
+    cached = PyObject_GetAttr(self->registry, s_cached);      /* the LRU, kept fresh by the group's prefetch */
+    if (cached == NULL) goto done;
+    if (!PyDict_Check(cached)) goto none;
+    device = PyDict_GetItemWithError(cached, dev_o);
+    if (device == NULL) {
+        if (PyErr_Occurred()) goto done;
+        goto none;
+    }
+    Py_INCREF(device);
+    {
+        PyObject *act = PyObject_GetAttr(device, s_active);
+        if (act == NULL) goto done;
+        int a = PyObject_IsTrue(act);
+        Py_DECREF(act);
+        if (a < 0) goto done;
+        if (!a) goto none;
+    }
+    {   /* the LRU's order, as RegistryCache.get keeps it */
+        PyObject *m = PyObject_CallMethodOneArg(cached, s_move_to_end, dev_o);
+        if (m == NULL) goto done;
+        Py_DECREF(m);
+    }
+    PyObject *sta = PyDict_GetItemWithError(self->states, dev_o);   /* borrowed; held by states */
+    if (sta == NULL) {
+        if (PyErr_Occurred()) goto done;
+        goto none;         /* first sight of this device: the general path makes its state */
+    }
+    Py_INCREF(sta);
+    PyObject *pr = NULL;
+    up_o = PyObject_GetAttr(sta, s_up);
+    if (up_o == NULL) goto done_sta;
+    if (!PyLong_CheckExact(up_o)) goto none_sta;
+    unsigned long long last = PyLong_AsUnsignedLongLong(up_o);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto none_sta;
+    }
+    /* mic_at_next: the full counter (counter.forward, inlined) within the window, and the MIC at it */
+    unsigned long long fcnt = (last & 0xFFFF0000ULL) | c16;
+    if (fcnt <= last) fcnt += 0x10000;
+    if (fcnt > 0xFFFFFFFFULL || fcnt - last > MAX_GAP) goto none_sta;
+    key = PyObject_GetAttr(device, s_key);
+    if (key == NULL) goto done_sta;
+    if (!PyBytes_CheckExact(key)) goto none_sta;
+    {
+        uint8_t msg[8 + READING_LEN + 2 - MIC_LEN], mac[32];
+        const uint32_t *pads = pads_of(key);
+        if (pads == NULL) goto done_sta;
+        memcpy(msg, self->b0head, 4);
+        put_be32(msg + 4, (uint32_t)fcnt);
+        memcpy(msg + 8, r, (size_t)(n - MIC_LEN));
+        hmac_from_pads(pads, msg, (size_t)(8 + n - MIC_LEN), mac);
+        unsigned diff = 0;          /* constant time, as hmac.compare_digest */
+        for (int i = 0; i < MIC_LEN; i++) diff |= mac[i] ^ r[n - MIC_LEN + i];
+        if (diff) goto none_sta;
+    }
+    /* the rate bucket (Verifier._take_token): an empty one is the general path's rejection to name */
+    double now = PyFloat_AS_DOUBLE(now_o), tokens, t_bucket, burst, rate;
+    int k;
+    if ((k = get_float(sta, s_tokens, &tokens)) != 0) goto k_sta;     /* None: no reading yet */
+    if ((k = get_float(sta, s_t_bucket, &t_bucket)) != 0) goto k_sta;
+    if ((k = get_float(self->verifier, s_burst, &burst)) != 0) goto k_sta;
+    if ((k = get_float(self->verifier, s_rate, &rate)) != 0) goto k_sta;
+    {
+        double refill = tokens + (now - t_bucket) * rate;
+        tokens = refill < burst ? refill : burst;         /* min(burst, refill) */
+    }
+    if (tokens < 1.0) goto none_sta;
+    /* presence (PresenceTable.heard) when it publishes nothing; else the general path, which publishes */
+    pr = PyDict_GetItemWithError(self->presence, dev_o);
+    if (pr == NULL) {
+        if (PyErr_Occurred()) goto done_sta;
+        goto none_sta;
+    }
+    Py_INCREF(pr);
+    {
+        PyObject *v = PyObject_GetAttr(pr, s_online);
+        if (v == NULL) goto done_sta;
+        int on = PyObject_IsTrue(v);
+        Py_DECREF(v);
+        if (on < 0) goto done_sta;
+        if (!on) goto none_sta;
+        v = PyObject_GetAttr(pr, s_sbyte);
+        if (v == NULL) goto done_sta;
+        int same = PyLong_CheckExact(v) && PyLong_AsLong(v) == (long)st;
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            same = 0;
+        }
+        Py_DECREF(v);
+        if (!same) goto none_sta;
+        double silence, pub;
+        if ((k = get_float(pr, s_silence, &silence)) != 0) goto k_sta;
+        if ((k = get_float(pr, s_pub, &pub)) != 0) goto k_sta;
+        if (silence == 0.0 || now - pub >= silence / 3) goto none_sta;
+    }
+    /* accepted: from here on every change the general path would make */
+    PyObject *pv, *pt, *iv = Py_None, *it = NULL;
+    if (pressure_of(self, p, &pv, &pt) < 0) goto done_sta;
+    if (inlet && pressure_of(self, iw, &iv, &it) < 0) goto done_sta;
+    if (inlet && iv == Py_None) it = NULL;           /* fastlane: no inlet_pa key without a value */
+    fcnt_o = PyLong_FromUnsignedLongLong(fcnt);
+    tok_new = PyFloat_FromDouble(tokens - 1.0);
+    recent_o = PyObject_GetAttr(sta, s_recent);
+    if (!fcnt_o || !tok_new || !recent_o) goto done_sta;
+    if (!PyBytes_CheckExact(recent_o)) goto none_sta;
+    {
+        Py_ssize_t old = PyBytes_GET_SIZE(recent_o), total = old + REC;
+        Py_ssize_t keep = total < self->recent_bytes ? total : self->recent_bytes;
+        newrec = PyBytes_FromStringAndSize(NULL, keep);
+        if (newrec == NULL) goto done_sta;
+        uint8_t full[REC], *w = (uint8_t *)PyBytes_AS_STRING(newrec);
+        full[0] = (uint8_t)fcnt; full[1] = (uint8_t)(fcnt >> 8); full[2] = (uint8_t)(fcnt >> 16);
+        full[3] = (uint8_t)(fcnt >> 24);
+        memcpy(full + 4, r + n - MIC_LEN, MIC_LEN);
+        memcpy(full + 4 + MIC_LEN, PyBytes_AS_STRING(t_rec), 4);
+        /* the last `keep` bytes of recent + full */
+        Py_ssize_t from_old = keep - REC;
+        if (from_old > 0) memcpy(w, PyBytes_AS_STRING(recent_o) + old - from_old, (size_t)from_old);
+        if (from_old >= 0) memcpy(w + from_old, full, REC);
+        else memcpy(w, full - from_old, (size_t)keep);
+    }
+    /* the msg id and the entry text */
+    char head[32];
+    int hn = snprintf(head, sizeof head, "%08x:%llu", dev, fcnt);
+    Py_ssize_t pn = PyUnicode_GET_LENGTH(prefix);
+    mid = PyUnicode_New(pn + hn, 127);
+    if (mid == NULL) goto done_sta;
+    {
+        char *w = (char *)PyUnicode_1BYTE_DATA(mid);
+        w = put(w, (const char *)PyUnicode_1BYTE_DATA(prefix), pn);
+        put(w, head, hn);
+    }
+    {
+        const txt_t *gt = &self->gas[g], *bt = &self->bat[bat], *stt = &self->state[st];
+        char fc[24];
+        int fn = snprintf(fc, sizeof fc, "%llu", fcnt);
+        Py_ssize_t tn = PyUnicode_GET_LENGTH(t_txt), rn = PyUnicode_GET_LENGTH(rx_txt),
+                   ptn = PyUnicode_GET_LENGTH(pt), itn = it ? PyUnicode_GET_LENGTH(it) : 0;
+        Py_ssize_t len = (Py_ssize_t)(sizeof("{\"id\":\"") - 1) + pn + hn + (Py_ssize_t)(sizeof("\",\"dev\":\"") - 1) + 8
+                         + (Py_ssize_t)(sizeof("\",\"fcnt\":") - 1) + fn + (Py_ssize_t)(sizeof(",\"t\":") - 1) + tn
+                         + (Py_ssize_t)(sizeof(",\"gas_pct_lel\":") - 1) + gt->n
+                         + (Py_ssize_t)(sizeof(",\"pressure_pa\":") - 1) + ptn
+                         + (Py_ssize_t)(sizeof(",\"battery_pct\":") - 1) + bt->n
+                         + (Py_ssize_t)(sizeof(",\"state\":") - 1) + stt->n + (Py_ssize_t)(sizeof(",\"rx\":") - 1) + rn
+                         + (it ? (Py_ssize_t)(sizeof(",\"inlet_pa\":") - 1) + itn : 0) + 1;
+        js = PyUnicode_New(len, 127);
+        if (js == NULL) goto done_sta;
+        char *w = (char *)PyUnicode_1BYTE_DATA(js), *start = w;
+        w = LIT(w, "{\"id\":\"");
+        w = put(w, (const char *)PyUnicode_1BYTE_DATA(mid), pn + hn);
+        w = LIT(w, "\",\"dev\":\"");
+        w = put(w, head, 8);
+        w = LIT(w, "\",\"fcnt\":");
+        w = put(w, fc, fn);
+        w = LIT(w, ",\"t\":");
+        w = put(w, (const char *)PyUnicode_1BYTE_DATA(t_txt), tn);
+        w = LIT(w, ",\"gas_pct_lel\":");
+        w = put(w, gt->s, gt->n);
+        w = LIT(w, ",\"pressure_pa\":");
+        w = put(w, (const char *)PyUnicode_1BYTE_DATA(pt), ptn);
+        w = LIT(w, ",\"battery_pct\":");
+        w = put(w, bt->s, bt->n);
+        w = LIT(w, ",\"state\":");
+        w = put(w, stt->s, stt->n);
+        w = LIT(w, ",\"rx\":");
+        w = put(w, (const char *)PyUnicode_1BYTE_DATA(rx_txt), rn);
+        if (it) {
+            w = LIT(w, ",\"inlet_pa\":");
+            w = put(w, (const char *)PyUnicode_1BYTE_DATA(it), itn);
+        }
+        *w++ = '}';
+        if (w - start != len) {
+            PyErr_SetString(PyExc_SystemError, "_lane: entry length");
+            goto done_sta;
+        }
+    }
+    gas_o = g == NA16 ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(g);
+    bat_o = bat == 0xFF ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(bat);
+    st_o = PyLong_FromUnsignedLong(st);
+    if (!gas_o || !bat_o || !st_o) goto done_sta;
+    if (PyObject_SetAttr(sta, s_tokens, tok_new) < 0 || PyObject_SetAttr(sta, s_t_bucket, now_o) < 0
+        || PyObject_SetAttr(sta, s_up, fcnt_o) < 0 || PyObject_SetAttr(sta, s_recent, newrec) < 0
+        || PyObject_SetAttr(pr, s_last_seen, now_o) < 0 || PyObject_SetAttr(pr, s_r_fcnt, fcnt_o) < 0
+        || PyObject_SetAttr(pr, s_r_gas, gas_o) < 0 || PyObject_SetAttr(pr, s_r_pressure, pv) < 0
+        || PyObject_SetAttr(pr, s_r_battery, bat_o) < 0 || PyObject_SetAttr(pr, s_r_state, st_o) < 0
+        || PyObject_SetAttr(pr, s_r_inlet, iv) < 0 || PyObject_SetAttr(pr, s_r_t, now_o) < 0)
+        goto done_sta;
+    out = PyTuple_New(6);
+    if (out == NULL) goto done_sta;
+    PyTuple_SET_ITEM(out, 0, Py_NewRef(dev_o));
+    PyTuple_SET_ITEM(out, 1, Py_NewRef(fcnt_o));
+    PyTuple_SET_ITEM(out, 2, Py_NewRef(up_o));
+    PyTuple_SET_ITEM(out, 3, Py_NewRef(mid));
+    PyTuple_SET_ITEM(out, 4, Py_NewRef(js));
+    PyTuple_SET_ITEM(out, 5, PyBool_FromLong((st & 0xF8) == 0));
+    goto done_sta;
+
+k_sta:
+    if (k < 0) goto done_sta;
+none_sta:
+    out = Py_NewRef(Py_None);
+done_sta:
+    Py_DECREF(sta);
+    Py_XDECREF(pr);
+    goto done;
+none:
+    out = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(dev_o);
+    Py_XDECREF(cached);
+    Py_XDECREF(device);
+    Py_XDECREF(key);
+    Py_XDECREF(up_o);
+    Py_XDECREF(fcnt_o);
+    Py_XDECREF(recent_o);
+    Py_XDECREF(newrec);
+    Py_XDECREF(tok_new);
+    Py_XDECREF(mid);
+    Py_XDECREF(js);
+    Py_XDECREF(gas_o);
+    Py_XDECREF(bat_o);
+    Py_XDECREF(st_o);
+    return out;
+}
+
+static PyMethodDef Lane_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))Lane_take, METH_FASTCALL,
+     "take(raw, now, shared): (dev, fcnt, previous counter, msg id, entry JSON, routine), or None"},
+    {NULL}};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gasguard.gateway._lane.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The reading lane (fastlane.ReadingLane.take) in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_methods = Lane_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"hmac_sha256", py_hmac_sha256, METH_VARARGS, "hmac_sha256(key, msg) -> 32 bytes (tests)"},
+    {"sha256", py_sha256, METH_VARARGS, "sha256(msg) -> 32 bytes (tests)"},
+    {"use_shani", py_use_shani, METH_O,
+     "use_shani(on): the SHA extensions' compression when on and the CPU has them, else the portable one; "
+     "returns whether they are in use (tests, benchmarks)"},
+    {NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane", "The reading lane in C (issue 17).", -1,
+                                    module_methods};
+
+PyMODINIT_FUNC PyInit__lane(void) {
+#define INTERN(v, s) if (!((v) = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_cached, "cached"); INTERN(s_active, "active"); INTERN(s_move_to_end, "move_to_end");
+    INTERN(s_up, "up"); INTERN(s_tokens, "tokens"); INTERN(s_t_bucket, "t_bucket"); INTERN(s_recent, "recent");
+    INTERN(s_online, "online"); INTERN(s_sbyte, "sbyte"); INTERN(s_silence, "silence"); INTERN(s_pub, "pub");
+    INTERN(s_last_seen, "last_seen"); INTERN(s_r_fcnt, "r_fcnt"); INTERN(s_r_gas, "r_gas");
+    INTERN(s_r_pressure, "r_pressure"); INTERN(s_r_battery, "r_battery"); INTERN(s_r_state, "r_state");
+    INTERN(s_r_inlet, "r_inlet"); INTERN(s_r_t, "r_t"); INTERN(s_key, "key"); INTERN(s_burst, "burst");
+    INTERN(s_rate, "rate");
+#undef INTERN
+    pads_cache = PyDict_New();
+    if (pads_cache == NULL) return NULL;
+#ifdef HAVE_SHANI_BUILD
+    sha_shani_available = cpu_has_shani();
+    if (sha_shani_available) sha_block = block_shani;
+#endif
+    if (PyType_Ready(&LaneType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0
+        || PyModule_AddIntConstant(m, "SHA_EXTENSIONS", sha_shani_available) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
