@@ -90,6 +90,21 @@ def test_bench_alarms_repeats_the_goal_run_on_the_broker_asked_for(tmp_path, bro
     assert out["full_rate_runs"] == sum(x["offered_per_s"] >= 0.9 * 2_000 for x in rs)
     conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
     assert ("set_tcp_nodelay true" in conf) == (broker == "district")
+    assert "autosave_interval" not in conf and out["autosave_s"] == 1800     # a district's: mosquitto's default
+
+
+@pytest.mark.mosquitto
+def test_bench_autosave_times_pubacks_on_brokers_saving_every_second_and_not(tmp_path):
+    """`bench autosave` at a tiny size: the retained states reach the broker (its saved database holds them), and
+    the PUBACKs are timed on a broker saving every second and on one with mosquitto's default."""
+    from gasguard.tools.bench.autosave import autosave_figures
+    out = autosave_figures(retained=(300,), seconds=1.2, echo=lambda *_: None, workdir=tmp_path)
+    assert [r["autosave_s"] for r in out["runs"]] == [1, 1800]
+    assert "autosave_interval 1\n" in (tmp_path / "r300-1" / "mosquitto.conf").read_text()
+    assert "autosave_interval" not in (tmp_path / "r300-None" / "mosquitto.conf").read_text()
+    for r in out["runs"]:
+        assert r["pings"] > 50 and 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], r
+        assert r["db_mb"] >= 0.9 * r["payload_mb"] > 0, r       # saved at the latest when the broker stopped
 
 
 def test_bench_peers_two_buses_splits_the_devices_and_counts_both_gateways(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from .gateway import ALARM_EVERY, ALARM_GOAL_MS, PER_DEV, AlarmSubscriber, _pct, load
+from .gateway import ALARM_EVERY, ALARM_GOAL_MS, PER_DEV, AlarmSubscriber, _pct, _saves, autosave_option, load
 
 TICK = 0.005             # s between a writer's slices of readings
 READY_S = 60.0           # a gateway not up (port open, warm-up taken, probe alarm through) in this long failed
@@ -179,7 +179,8 @@ def bus_run(base: Path, port: int, buses: int, nodes: list, alarm_nodes: list, p
             c.close()
 
 
-def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=click.echo, workdir=None) -> dict:
+def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=click.echo, workdir=None,
+                autosave: int | None = None) -> dict:
     from gasguard.authority.broker import PUBACK_AT_ONCE
     from gasguard.protocol.topics import Topics
     from gasguard.testing.mosquitto import Mosquitto
@@ -187,15 +188,16 @@ def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=cli
     from .gateway import _nodes
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-buses-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    out: dict = {"rate": rate, "seconds": seconds, "load_before": load(), "runs": []}
+    out: dict = {"rate": rate, "seconds": seconds, "autosave_s": autosave or 1800, "load_before": load(), "runs": []}
     try:
         nodes = _nodes(max(1, int(rate * seconds) // (PER_DEV - 1)))
         alarm_nodes = _nodes(200, first=0x800000)
         probe_nodes = _nodes(max(bus_counts), first=0x900000)
         make_registry(base / "registry.db", nodes + alarm_nodes + probe_nodes)
         echo(f"{len(nodes):,} devices, {rate:,} readings/s requested for {seconds} s, an alarm every "
-             f"{ALARM_EVERY * 1000:.0f} ms; buses {', '.join(map(str, bus_counts))} alternated ({load()})")
-        with Mosquitto(workdir=base / "broker", extra_config=PUBACK_AT_ONCE + "\n") as mq:
+             f"{ALARM_EVERY * 1000:.0f} ms; buses {', '.join(map(str, bus_counts))} alternated; the broker "
+             f"{_saves(autosave)} ({load()})")
+        with Mosquitto(workdir=base / "broker", extra_config=PUBACK_AT_ONCE + "\n", autosave=autosave) as mq:
             sub = AlarmSubscriber(mq.port, Topics().gateway("d1", "+").devices("alarm"))
             try:
                 for r in range(runs):
@@ -229,11 +231,12 @@ def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=cli
 @click.option("--rate", default=50_000, show_default=True, help="background readings/s requested, over all buses")
 @click.option("--seconds", default=4.0, show_default=True)
 @click.option("--runs", default=3, show_default=True, type=click.IntRange(1), help="runs of each bus count")
+@autosave_option
 @click.option("--json", "as_json", is_flag=True)
-def buses_bench(bus_counts, rate, seconds, runs, as_json):
+def buses_bench(bus_counts, rate, seconds, runs, autosave, as_json):
     """Alarm p99 (written to the line -> at a subscriber) with the background over 1 or more buses, one
     gateway process each."""
-    out = bus_figures(bus_counts=bus_counts, rate=rate, seconds=seconds, runs=runs,
+    out = bus_figures(bus_counts=bus_counts, rate=rate, seconds=seconds, runs=runs, autosave=autosave,
                       echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))

@@ -618,8 +618,21 @@ class AlarmSubscriber:
             self.proc.kill()
 
 
+def autosave_option(f):
+    """`--autosave S` of the alarm benchmarks: how often the broker saves its database. A save writes every
+    retained message while mosquitto serves nobody (`gasguard bench autosave`): a district's broker saves every
+    1800 s (mosquitto's default: gasguard.conf sets none), the test broker every 1 s (for the kill tests)."""
+    return click.option("--autosave", type=click.IntRange(1), default=None,
+                        help="s between the broker's database saves  [default: mosquitto's, 1800, as a district's "
+                             "broker; the earlier passes ran the test broker's 1]")(f)
+
+
+def _saves(autosave: int | None) -> str:
+    return f"saves its database every {autosave or 1800} s"
+
+
 def alarm_figures(*, rate=50_000, seconds=4.0, runs=6, broker="district", stages=False, echo=click.echo,
-                  workdir=None) -> dict:
+                  workdir=None, autosave: int | None = None) -> dict:
     """`runs` latency runs at `rate` readings/s requested, whatever the gateway sustains (each a fresh daemon and
     spool, every device heard once before, one broker for all). `broker`: "district" is mosquitto as
     `gasguard authority broker-config` configures it (authority.broker.PUBACK_AT_ONCE), "default" mosquitto's
@@ -630,13 +643,14 @@ def alarm_figures(*, rate=50_000, seconds=4.0, runs=6, broker="district", stages
     from gasguard.testing.mosquitto import Mosquitto
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-alarms-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    out: dict = {"rate": rate, "seconds": seconds, "broker": broker, "load_before": load(), "runs": []}
+    out: dict = {"rate": rate, "seconds": seconds, "broker": broker, "autosave_s": autosave or 1800,
+                 "load_before": load(), "runs": []}
     try:
         extra = PUBACK_AT_ONCE + "\n" if broker == "district" else ""
-        with Mosquitto(workdir=base / "broker", extra_config=extra) as mq:
+        with Mosquitto(workdir=base / "broker", extra_config=extra, autosave=autosave) as mq:
             nodes, alarm_nodes = _setup(base, int(rate * seconds))
             echo(f"sealing {len(nodes) * PER_DEV:,} readings of {len(nodes):,} devices; broker: {broker} "
-                 f"({'set_tcp_nodelay true' if extra else 'mosquitto defaults'}) ... ({load()})")
+                 f"({'set_tcp_nodelay true' if extra else 'mosquitto defaults'}; {_saves(autosave)}) ... ({load()})")
             frames = _frames(nodes, PER_DEV)
             cfg = _cfg(base, mq.port)
             sub = AlarmSubscriber(mq.port, Topics().gateway(cfg.district, cfg.gateway_id).devices("alarm"))
@@ -711,10 +725,11 @@ def print_alarms(out: dict, echo=click.echo) -> None:
               help="district: mosquitto as `authority broker-config` sets it up (set_tcp_nodelay); default: "
                    "mosquitto's defaults")
 @click.option("--stages", is_flag=True, help="also time each alarm's PUBACK stage (publish -> PUBACK)")
+@autosave_option
 @click.option("--json", "as_json", is_flag=True)
-def alarms_bench(rate, seconds, runs, broker, stages, as_json):
+def alarms_bench(rate, seconds, runs, broker, stages, autosave, as_json):
     """Issue 17's alarm goal, repeated: alarm p99 (arrival -> PUBACK) with N readings/s of background."""
-    out = alarm_figures(rate=rate, seconds=seconds, runs=runs, broker=broker, stages=stages,
+    out = alarm_figures(rate=rate, seconds=seconds, runs=runs, broker=broker, stages=stages, autosave=autosave,
                         echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))

@@ -1,0 +1,128 @@
+"""`gasguard bench autosave`: how long mosquitto serves nobody while it saves its database (issue 17).
+
+mosquitto (2.0) saves its whole in-memory database - every retained message, every message queued for a
+persistent session - every `autosave_interval` seconds, on its one thread. While it writes, no client is
+served: an alarm published then waits. The gateway keeps one retained `<dev>/state` per heard device, so a
+district's broker holds ~330,000 of them. This bench fills a real mosquitto with N retained state messages
+(each the gateway's own `payloads.state` of a device with its last reading), then publishes a small QoS-1
+message every PING_EVERY s for `seconds` and times each PUBACK: once with the broker saving every second (the
+test broker's setting) and once with mosquitto's default (1800 s: no save in the window). The longest PUBACK
+with saves against without is the save's stall.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from .gateway import _pct, load
+
+PING_EVERY = 0.002       # s between timed publishes
+STALL_MS = 20.0          # a PUBACK slower than this is counted as a stall (the alarm goal's bound)
+
+
+def _state_payload(dev: int, now: float) -> str:
+    from gasguard.gateway import payloads
+    f = {"dev": dev, "fcnt": 12345, "type": "reading", "gas": 0, "pressure": 2000, "battery": 90, "state": 0,
+         "inlet": None}
+    last = payloads.reading_entry(payloads.msg_id("gw1", dev, 12345), f, now, {})
+    return payloads.dumps(payloads.state("gw1", dev, now, True, now, last))
+
+
+def _client(port: int, name: str):
+    import paho.mqtt.client as mqtt
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def _fill(port: int, retained: int) -> int:
+    """N retained state messages on the broker (each PUBACKed); returns the payload bytes."""
+    from gasguard.protocol.topics import STATE, Topics
+    topics = Topics().gateway("d1", "gw1")
+    c = _client(port, "gg-bench-fill")
+    now, total = time.time(), 0
+    try:
+        infos = []
+        for i in range(retained):
+            dev = 0x00A00000 + i
+            body = _state_payload(dev, now)
+            total += len(body)
+            infos.append(c.publish(topics.device(dev, STATE), body, qos=1, retain=True))
+            if len(infos) >= 900:
+                for m in infos:
+                    m.wait_for_publish(30)
+                infos = []
+        for m in infos:
+            m.wait_for_publish(30)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return total
+
+
+def _pings(port: int, seconds: float) -> list[float]:
+    """PUBACK times (ms) of one small QoS-1 message every PING_EVERY s, each sent once the last was acked."""
+    c = _client(port, "gg-bench-ping")
+    out: list[float] = []
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            c.publish("gg-bench/ping", b"x", qos=1).wait_for_publish(10)
+            out.append((time.perf_counter() - t) * 1000)
+            time.sleep(max(0.0, t + PING_EVERY - time.perf_counter()))
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return out
+
+
+def autosave_figures(*, retained=(10_000, 50_000, 330_000), seconds=5.0, echo=click.echo, workdir=None) -> dict:
+    from gasguard.testing.mosquitto import Mosquitto
+    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-autosave-", dir="/var/tmp"))
+    out: dict = {"seconds": seconds, "ping_every_ms": PING_EVERY * 1000, "load_before": load(), "runs": []}
+    try:
+        for n in retained:
+            for autosave in (1, None):
+                d = base / f"r{n}-{autosave}"
+                with Mosquitto(workdir=d, autosave=autosave) as mq:
+                    t = time.perf_counter()
+                    size = _fill(mq.port, n)
+                    fill_s = time.perf_counter() - t
+                    lat = sorted(_pings(mq.port, seconds))
+                db = d / "mosquitto.db"         # (mosquitto saves at a clean stop too: what it held)
+                run = {"retained": n, "autosave_s": autosave or 1800, "payload_mb": size / 1e6,
+                       "db_mb": db.stat().st_size / 1e6 if db.exists() else 0.0, "fill_s": fill_s,
+                       "pings": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+                       "max_ms": _pct(lat, 100), "stalls": sum(x > STALL_MS for x in lat)}
+                out["runs"].append(run)
+                echo(f"  {n:,} retained ({run['payload_mb']:.0f} MB of payload), broker saving every "
+                     f"{run['autosave_s']} s: {run['pings']} PUBACKs in {seconds:.0f} s, p50 {run['p50_ms']:.2f} ms, "
+                     f"p99 {run['p99_ms']:.1f} ms, max {run['max_ms']:.1f} ms, {run['stalls']} over "
+                     f"{STALL_MS:.0f} ms  ({load()})")
+    finally:
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    out["load_after"] = load()
+    return out
+
+
+@click.command("autosave")
+@click.option("--retained", multiple=True, type=click.IntRange(1), default=(10_000, 50_000, 330_000),
+              show_default=True, help="retained state messages on the broker (repeatable)")
+@click.option("--seconds", default=5.0, show_default=True, help="timed window per broker")
+@click.option("--json", "as_json", is_flag=True)
+def autosave_bench(retained, seconds, as_json):
+    """The broker's stall while it saves its database, by the number of retained states it holds."""
+    out = autosave_figures(retained=retained, seconds=seconds, echo=(lambda *_: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
