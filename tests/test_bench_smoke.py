@@ -93,6 +93,15 @@ def test_bench_alarms_repeats_the_goal_run_on_the_broker_asked_for(tmp_path, bro
     assert "autosave_interval" not in conf and out["autosave_s"] == 1800     # a district's: mosquitto's default
 
 
+def test_bench_lane_times_both_lanes_on_readings_each_takes(tmp_path):
+    """`bench lane` at a tiny size: both lanes timed, on readings each of them took (the run fails otherwise)."""
+    from gasguard.tools.bench.lane import lane_figures
+    out = lane_figures(devices=50, rounds=2, repeats=2, echo=lambda *_: None, workdir=tmp_path)
+    assert sorted(out["us_per_take"]) == ["compiled", "python"]
+    assert all(len(v) == 2 and min(v) > 0 for v in out["us_per_take"].values())
+    assert out["ratio"] == out["median_us"]["python"] / out["median_us"]["compiled"]
+
+
 @pytest.mark.mosquitto
 def test_bench_autosave_times_pubacks_on_brokers_saving_every_second_and_not(tmp_path):
     """`bench autosave` at a tiny size: the retained states reach the broker (its saved database holds them), and

@@ -24,6 +24,7 @@ from gasguard.tools.bench.failover import failover_bench
 from gasguard.tools.bench.peers import peers_bench
 from gasguard.tools.bench.buses import buses_bench
 from gasguard.tools.bench.autosave import autosave_bench
+from gasguard.tools.bench.lane import lane_bench
 
 
 @click.group()
@@ -112,6 +113,7 @@ bench.add_command(firmware_bench)
 bench.add_command(gateway_bench)
 bench.add_command(alarms_bench)
 bench.add_command(autosave_bench)
+bench.add_command(lane_bench)
 bench.add_command(memory_bench)
 bench.add_command(misses_bench)
 bench.add_command(spool_commit_bench)

@@ -1,0 +1,95 @@
+"""`gasguard bench lane`: the reading lane's cost a reading, compiled (gateway/_lane.c) against Python
+(gateway/fastlane.py), on the same frames (issue 17).
+
+Two daemons on one registry of N devices, each device heard twice through the general path (the lane takes a
+device's readings from then on); then `rounds` readings of every device, each handed to `take` alone, timed
+per call. Both lanes must take every one of them (the run fails otherwise): what is timed is the accepted path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from .gateway import load
+
+SERIAL = {"transport": "serial", "port": "tty0", "rssi": None, "snr": None}
+
+
+def lane_figures(*, devices=10_000, rounds=4, repeats=3, echo=click.echo, workdir=None) -> dict:
+    from gasguard.gateway.config import Config
+    from gasguard.gateway.daemon import Daemon
+    from gasguard.gateway.fastlane import ReadingLane, _lane
+    from gasguard.testing.node import Node, make_registry
+    if _lane is None:
+        raise click.ClickException("gasguard.gateway._lane is not built: reinstall with a C compiler (pip install -e .)")
+    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-lane-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    out: dict = {"devices": devices, "rounds": rounds, "load_before": load(), "us_per_take": {}}
+    try:
+        nodes = [Node(0x00C00000 + i) for i in range(devices)]
+        make_registry(base / "registry.db", nodes)
+
+        async def run() -> None:
+            daemons = {}
+            for name in ("compiled", "python"):
+                now = [1_700_000_000.25]
+                cfg = Config(gateway_id="gw", district="d", registry=base / "registry.db",
+                             spool=base / f"spool-{name}.db", mqtt_port=1, rate_per_min=6000.0, rate_burst=100)
+                d = Daemon(cfg, clock=lambda now=now: now[0], plugins=[])
+                d.ingest.lane = ReadingLane(d.verifier, d.presence, compiled=name == "compiled")
+                d.ingest.start()
+                daemons[name] = (d, now)
+            for _ in range(2):
+                group = [(n.reading(), SERIAL, "serial:tty0") for n in nodes]
+                for d, now in daemons.values():
+                    for i in range(0, devices, 500):
+                        d.process(group[i:i + 500])
+                    now[0] += 1.0
+            for rep in range(repeats):
+                frames = [[n.reading(pressure=2000 + k) for n in nodes] for k in range(rounds)]
+                for name, (d, now) in daemons.items():       # the same frames, each lane its own state
+                    lane = d.ingest.lane
+                    d.verifier.registry.prefetch([n.dev for n in nodes])
+                    taken, t = 0, time.perf_counter()
+                    for fr in frames:
+                        shared = lane.group("gw", now[0], SERIAL)
+                        for raw in fr:
+                            taken += lane.take(raw, now[0], shared) is not None
+                        now[0] += 0.5
+                    us = (time.perf_counter() - t) / (rounds * devices) * 1e6
+                    if taken != rounds * devices:
+                        raise click.ClickException(f"the {name} lane took {taken} of {rounds * devices} readings")
+                    out["us_per_take"].setdefault(name, []).append(us)
+                    echo(f"  repeat {rep + 1}, {name:8}: {us:.2f} µs a reading ({rounds * devices:,} taken)  ({load()})")
+        asyncio.run(run())
+    finally:
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    m = {k: statistics.median(v) for k, v in out["us_per_take"].items()}
+    out.update(median_us=m, ratio=m["python"] / m["compiled"], sha_extensions=bool(_lane.SHA_EXTENSIONS),
+               load_after=load())
+    return out
+
+
+@click.command("lane")
+@click.option("--devices", default=10_000, show_default=True)
+@click.option("--rounds", default=4, show_default=True, help="readings of every device per repeat")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True)
+def lane_bench(devices, rounds, repeats, as_json):
+    """The reading lane a reading: compiled against Python, the same frames."""
+    out = lane_figures(devices=devices, rounds=rounds, repeats=repeats,
+                       echo=(lambda *_: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"median: compiled {out['median_us']['compiled']:.2f} µs, Python {out['median_us']['python']:.2f} µs a "
+               f"reading ({out['ratio']:.1f}x; SHA extensions {'on' if out['sha_extensions'] else 'not on this CPU'})")
