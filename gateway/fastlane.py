@@ -83,11 +83,10 @@ class ReadingLane:
         """A reading taken: (dev, fcnt, previous counter, msg id, entry JSON, routine). None: not this
         lane's frame; nothing was changed."""
         n = len(raw)
-        h = raw[0]
-        if n == _READING_LEN and h == _READING_HDR:
+        if n == _READING_LEN and raw[0] == _READING_HDR:     # (the length first: an empty frame has no header)
             _h, dev, c16, g, p, bat, st = _R.unpack_from(raw)
             iw = None
-        elif n == _READING_LEN + 2 and h == _INLET_HDR:
+        elif n == _READING_LEN + 2 and raw[0] == _INLET_HDR:
             _h, dev, c16, g, p, bat, st, iw = _RI.unpack_from(raw)
         else:
             return None
