@@ -162,3 +162,27 @@ def test_a_reading_the_lane_takes_is_the_general_paths_entry_text(tmp_path, comp
     ra, rb = _rows(a), _rows(b)
     assert ra == rb
     assert sum(r[3] for r in ra[0] if r[2] is None) == 180
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+def test_an_empty_frame_is_refused_alone_not_with_its_group(tmp_path, compiled):
+    """A Semtech datagram may carry `"data": ""`. The Python lane read its header byte before its length and
+    raised IndexError, and ingest refused the whole group (up to 512 frames) as internal_error."""
+    nodes = [Node(0x00D20000 + i) for i in range(3)]
+    make_registry(tmp_path / "registry.db", nodes)
+    now = [1_700_000_000.25]
+    d = _daemon(tmp_path, "d", lambda: now[0], True, compiled)
+
+    async def run():
+        d.ingest.start()
+        for _ in range(2):      # heard: the lane takes their next readings
+            d.process([(n.reading(), SERIAL, "serial:tty0") for n in nodes])
+            now[0] += 2.0
+        before = d.accepted_count
+        d.process([(nodes[0].reading(), RADIO, "udp"), (b"", RADIO, "udp"), (nodes[1].reading(), RADIO, "udp"),
+                   (nodes[2].reading(), RADIO, "udp")])
+        assert d.accepted_count == before + 3
+        rejected = _memory(d)["rejected"]
+        assert not any(v for k, v in rejected.items() if ("reason", "internal_error") in k), rejected
+        assert sum(rejected.values()) == 1, rejected
+    asyncio.run(run())
