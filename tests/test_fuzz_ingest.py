@@ -25,3 +25,17 @@ def test_fuzz_of_the_whole_ingest_path_finds_no_unexpected_exception_and_no_wron
     assert r["accepted"] > 1000
     for reason in ("mic", "replay", "crc", "cobs", "udp_json", "udp_rxpk", "unknown_device", "version"):
         assert r["rejected"].get(reason, 0) > 0, reason
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+def test_fuzz_with_the_reading_lane_on_finds_nothing_either(tmp_path, compiled):
+    """The run above has the grading plugin, which turns the reading lane off; a gateway runs without plugins by
+    default, its common readings taken by the lane (compiled, or its Python reference). The same generator and
+    oracle over that path: with the Python lane before ce79d95 a Semtech datagram's empty frame raised in the
+    lane, and ingest refused its whole group as internal_error."""
+    r = run_fuzz(100_000, 21, workdir=tmp_path, lane=True, compiled=compiled)
+    print_report(r)
+    assert r["lane"].startswith("compiled" if compiled else "in Python"), r["lane"]
+    assert r["unexpected"] == {}, "\n".join(r["unexpected_examples"].values())
+    assert r["wrongly_accepted"] == 0, r["wrong_examples"]
+    assert r["lane_taken"] > 500 and r["accepted"] > r["lane_taken"], (r["lane_taken"], r["accepted"])

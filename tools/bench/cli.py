@@ -90,12 +90,14 @@ def air(lbt_ms, as_json):
 @bench.command("fuzz")
 @click.option("--inputs", default=2_000_000, show_default=True, help="inputs over the five ingest paths")
 @click.option("--seed", default=1, show_default=True)
+@click.option("--lane", is_flag=True, help="without the grading plugin, so the reading lane takes the common "
+                                           "readings (a plugin turns it off); no incident topics")
 @click.option("--json", "as_json", is_flag=True)
-def fuzz(inputs, seed, as_json):
+def fuzz(inputs, seed, lane, as_json):
     """Fuzz the whole ingest path in-process (deframer, verifier, Semtech UDP, command and incident topics):
     prints counts; exit 1 on any unexpected exception type or wrongly accepted frame (issue 12 item 11)."""
     from gasguard.tools.bench.fuzz import print_report, run_fuzz
-    r = run_fuzz(inputs, seed, progress=None if as_json else
+    r = run_fuzz(inputs, seed, lane=lane, progress=None if as_json else
                  lambda n, s: click.echo(f"  {n:,} inputs, {s:.0f} s", err=True) if n % 262_144 < 8192 else None)
     if as_json:
         click.echo(json.dumps(r, indent=2))

@@ -7,6 +7,11 @@ with its own key, with the fields the node sealed, accepted once and in counter 
 counts the others); no exception may escape a handler, and none may be caught by the daemon's last-resort
 handlers either (`unexpected` counts both, by type). Used by
 tests/test_fuzz_ingest.py (>= 200,000 inputs) and `gasguard bench fuzz` (>= 2,000,000).
+
+With `lane=True` (`gasguard bench fuzz --lane`) the daemon runs without the grading plugin, as a gateway does by
+default, so its reading lane (gateway/_lane.c where built: fastlane.ReadingLane) takes the common readings, which
+a plugin turns off; the incident topics, which are the plugin's, are left out, and the oracle sees what the
+lane takes (decoded from the frame it took, with its counter) as well as what the verifier accepts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from gasguard.testing.node import Node, make_registry
 from gasguard.gateway.config import parse
 from gasguard.gateway.daemon import Daemon
+from gasguard.gateway.fastlane import ReadingLane
 from gasguard.gateway.grading_plugin import GradingPlugin
 from gasguard.gateway.transports.semtech_udp import SemtechUDP
 from gasguard.protocol import frame, framing
@@ -102,7 +108,7 @@ def _mutate(r: random.Random, b: bytes) -> bytes:
 
 
 class Fuzz:
-    def __init__(self, workdir: Path, seed: int, nodes: int = 8):
+    def __init__(self, workdir: Path, seed: int, nodes: int = 8, lane: bool = False, compiled: bool = True):
         self.r = random.Random(seed)
         self.nodes = [Node(0x00C10000 + i) for i in range(nodes)]
         make_registry(workdir / "registry.db", self.nodes)
@@ -115,8 +121,10 @@ class Fuzz:
         self.t = time.time()
         # the grading plugin (incident engine and its command-side topics), without its state file: a JSON
         # dump with fsync per change would be the whole cost of the run, and it is not an input path
-        grading = GradingPlugin({"district": "d1", "gateway_id": "gw1"}, state_path=None, keep_state=False)
-        self.d = Daemon(self.cfg, clock=lambda: self.t, plugins=[grading])
+        plugins = [] if lane else [GradingPlugin({"district": "d1", "gateway_id": "gw1"}, state_path=None,
+                                                 keep_state=False)]
+        self.d = Daemon(self.cfg, clock=lambda: self.t, plugins=plugins)
+        self.targets = tuple(t for t in TARGETS if plugins or t != "incident")
         self.d.ingest.start()                       # its queue, drained by `_drain` below (no event loop runs)
         self.udp = SemtechUDP(self.d._deliver_nowait, self.d.metrics, self.d.burst)
         self.udp.connection_made(_Wire())
@@ -132,7 +140,23 @@ class Fuzz:
             self.accepted.append(dict(v.f))
             return accept(v, *args)
         self.d.verifier.accept = recording                 # observed, not changed: the daemon's own call
-        self.counts = dict.fromkeys(TARGETS, 0)
+        self.lane_taken = 0
+        if lane:
+            if not compiled:                               # the Python lane, the compiled one's reference
+                self.d.ingest.lane = ReadingLane(self.d.verifier, self.d.presence, compiled=False)
+            assert self.d.ingest.lane is not None
+            take = self.d.ingest.lane.take
+
+            def taking(raw, *args):
+                r = take(raw, *args)
+                if r is not None:                          # (dev, fcnt, ...): the fields of the frame it took
+                    f = frame.decode(raw)
+                    f["fcnt"] = r[1]
+                    self.accepted.append(f)
+                    self.lane_taken += 1
+                return r
+            self.d.ingest.lane.take = taking
+        self.counts = dict.fromkeys(self.targets, 0)
         self.escaped: dict[str, int] = {}
         self.first_escape: dict[str, str] = {}
         self.pending: list = []
@@ -256,7 +280,7 @@ class Fuzz:
         logging.getLogger("gasguard").setLevel(logging.ERROR)     # the fuzz is meant to provoke warnings
         t0 = time.monotonic()
         try:
-            plan = [t for t in TARGETS for _ in range(int(SHARE[t] * 1000))]
+            plan = [t for t in self.targets for _ in range(int(SHARE[t] * 1000))]
             for i in range(inputs):
                 self.t += 0.01
                 target = plan[self.r.randrange(len(plan))]
@@ -321,8 +345,10 @@ class Fuzz:
                 "wrongly_accepted": len(wrong), "wrong_examples": wrong[:5],
                 "unexpected": unexpected, "unexpected_examples": {**self.first_escape, **traps.first},
                 "security_events": int(m.value("gasguard_gateway_security_events_total", kind="mic_failures")),
-                "incidents": len(self.d.plugins[0].engine.incidents),
-                "open_incidents": len(self.d.plugins[0].engine.open_incidents())}
+                "lane": None if self.d.ingest.lane is None else self.d.ingest.lane.describe(),
+                "lane_taken": self.lane_taken,
+                "incidents": len(self.d.plugins[0].engine.incidents) if self.d.plugins else 0,
+                "open_incidents": len(self.d.plugins[0].engine.open_incidents()) if self.d.plugins else 0}
 
     def close(self) -> None:
         for p in self.d.plugins:
@@ -331,9 +357,10 @@ class Fuzz:
         self.d.registry.close()
 
 
-def run_fuzz(inputs: int, seed: int = 1, workdir: Path | None = None, progress=None) -> dict:
+def run_fuzz(inputs: int, seed: int = 1, workdir: Path | None = None, progress=None, lane: bool = False,
+             compiled: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="gasguard-fuzz-") as tmp:
-        f = Fuzz(Path(workdir or tmp), seed)
+        f = Fuzz(Path(workdir or tmp), seed, lane=lane, compiled=compiled)
         try:
             return f.run(inputs, progress)
         finally:
@@ -346,6 +373,8 @@ def print_report(r: dict, echo=print) -> None:
     echo(f"legit frames made {r['legit_fresh']:,}; accepted {r['accepted']:,}; rejected "
          f"{sum(r['rejected'].values()):,} by reason: "
          + ", ".join(f"{k} {v:,}" for k, v in sorted(r["rejected"].items(), key=lambda kv: -kv[1])))
+    if r.get("lane"):
+        echo(f"reading lane ({r['lane']}): took {r['lane_taken']:,} of the accepted frames")
     echo(f"wrongly accepted: {r['wrongly_accepted']}; unexpected exception types: {len(r['unexpected'])} "
          f"{r['unexpected'] or ''}; MIC security events: {r['security_events']}")
     for name, tb in r.get("unexpected_examples", {}).items():
