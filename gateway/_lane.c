@@ -238,7 +238,9 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *verifier, *registry, *states, *presence;  /* presence: PresenceTable.devices */
+    PyObject *verifier, *registry, *table;   /* the Verifier, its RegistryCache, the PresenceTable: their dicts
+                                              * (states, devices, the LRU) are looked up on every call, as the
+                                              * Python lane does, so a dict replaced later is never read stale */
     PyObject *pfn;              /* pressure_from_wire */
     PyObject *ptxt_fn;          /* fastlane._pressure_txt */
     PyObject *holds;            /* the str objects the texts below point into */
@@ -253,7 +255,7 @@ typedef struct {
     uint8_t b0head[4];          /* SPEC 5: B0 'G' 'G' version direction */
 } Lane;
 
-static PyObject *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
+static PyObject *s_states, *s_devices, *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
     *s_sbyte, *s_silence, *s_pub, *s_last_seen, *s_r_fcnt, *s_r_gas, *s_r_pressure, *s_r_battery, *s_r_state,
     *s_r_inlet, *s_r_t, *s_key, *s_burst, *s_rate;
 
@@ -320,16 +322,11 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
     self->recent_bytes = (Py_ssize_t)recent * REC;
     Py_XSETREF(self->verifier, Py_NewRef(verifier));
     Py_XSETREF(self->registry, PyObject_GetAttrString(verifier, "registry"));
-    Py_XSETREF(self->states, PyObject_GetAttrString(verifier, "states"));
-    Py_XSETREF(self->presence, PyObject_GetAttrString(presence, "devices"));
+    Py_XSETREF(self->table, Py_NewRef(presence));
     Py_XSETREF(self->pfn, Py_NewRef(pfn));
     Py_XSETREF(self->ptxt_fn, Py_NewRef(ptxt_fn));
     Py_XSETREF(self->holds, PyList_New(0));
-    if (!self->registry || !self->states || !self->presence || !self->holds) return -1;
-    if (!PyDict_Check(self->states) || !PyDict_Check(self->presence)) {
-        PyErr_SetString(PyExc_TypeError, "verifier.states and presence.devices: dicts");
-        return -1;
-    }
+    if (!self->registry || !self->holds) return -1;
     if (fill_txt(self, gas, self->gas, NA16 + 1, "gas_txt") < 0 || fill_txt(self, bat, self->bat, 256, "battery_txt") < 0
         || fill_txt(self, state, self->state, 256, "state_txt") < 0)
         return -1;
@@ -355,8 +352,7 @@ static void Lane_dealloc(Lane *self) {
     }
     Py_XDECREF(self->verifier);
     Py_XDECREF(self->registry);
-    Py_XDECREF(self->states);
-    Py_XDECREF(self->presence);
+    Py_XDECREF(self->table);
     Py_XDECREF(self->pfn);
     Py_XDECREF(self->ptxt_fn);
     Py_XDECREF(self->holds);
@@ -443,7 +439,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     unsigned bat = r[11], st = r[12], iw = inlet ? (((unsigned)r[13] << 8) | r[14]) : 0;
     if (self->gas[g].n < 0 || self->bat[bat].n < 0 || dev == 0 || dev == 0xFFFFFFFFu) Py_RETURN_NONE;
 
-    PyObject *out = NULL, *dev_o = NULL, *cached = NULL, *device = NULL, *key = NULL, *up_o = NULL,
+    PyObject *out = NULL, *dev_o = NULL, *cached = NULL, *states = NULL, *devices = NULL, *device = NULL, *key = NULL, *up_o = NULL,
              *fcnt_o = NULL, *recent_o = NULL, *newrec = NULL, *tok_new = NULL, *mid = NULL,
              *js = NULL, *gas_o = NULL, *bat_o = NULL, *st_o = NULL;
     dev_o = PyLong_FromUnsignedLong(dev);
@@ -470,7 +466,10 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
         if (m == NULL) goto done;
         Py_DECREF(m);
     }
-    PyObject *sta = PyDict_GetItemWithError(self->states, dev_o);   /* borrowed; held by states */
+    states = PyObject_GetAttr(self->verifier, s_states);
+    if (states == NULL) goto done;
+    if (!PyDict_Check(states)) goto none;
+    PyObject *sta = PyDict_GetItemWithError(states, dev_o);   /* borrowed; held by states */
     if (sta == NULL) {
         if (PyErr_Occurred()) goto done;
         goto none;         /* first sight of this device: the general path makes its state */
@@ -517,7 +516,10 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     if (tokens < 1.0) goto none_sta;
     /* presence (PresenceTable.heard) when it publishes nothing; else the general path, which publishes */
-    pr = PyDict_GetItemWithError(self->presence, dev_o);
+    devices = PyObject_GetAttr(self->table, s_devices);
+    if (devices == NULL) goto done_sta;
+    if (!PyDict_Check(devices)) goto none_sta;
+    pr = PyDict_GetItemWithError(devices, dev_o);
     if (pr == NULL) {
         if (PyErr_Occurred()) goto done_sta;
         goto none_sta;
@@ -659,6 +661,8 @@ none:
 done:
     Py_XDECREF(dev_o);
     Py_XDECREF(cached);
+    Py_XDECREF(states);
+    Py_XDECREF(devices);
     Py_XDECREF(device);
     Py_XDECREF(key);
     Py_XDECREF(up_o);
@@ -703,7 +707,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane", "The reading
 
 PyMODINIT_FUNC PyInit__lane(void) {
 #define INTERN(v, s) if (!((v) = PyUnicode_InternFromString(s))) return NULL
-    INTERN(s_cached, "cached"); INTERN(s_active, "active"); INTERN(s_move_to_end, "move_to_end");
+    INTERN(s_states, "states"); INTERN(s_devices, "devices"); INTERN(s_cached, "cached"); INTERN(s_active, "active"); INTERN(s_move_to_end, "move_to_end");
     INTERN(s_up, "up"); INTERN(s_tokens, "tokens"); INTERN(s_t_bucket, "t_bucket"); INTERN(s_recent, "recent");
     INTERN(s_online, "online"); INTERN(s_sbyte, "sbyte"); INTERN(s_silence, "silence"); INTERN(s_pub, "pub");
     INTERN(s_last_seen, "last_seen"); INTERN(s_r_fcnt, "r_fcnt"); INTERN(s_r_gas, "r_gas");
