@@ -238,9 +238,9 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *verifier, *registry, *table;   /* the Verifier, its RegistryCache, the PresenceTable: their dicts
-                                              * (states, devices, the LRU) are looked up on every call, as the
-                                              * Python lane does, so a dict replaced later is never read stale */
+    PyObject *verifier, *table;   /* the Verifier and the PresenceTable: what they hold (states, the registry's
+                                   * LRU, devices) is looked up on every call, as the Python lane does, so an
+                                   * object replaced later is never read stale */
     PyObject *pfn;              /* pressure_from_wire */
     PyObject *ptxt_fn;          /* fastlane._pressure_txt */
     PyObject *holds;            /* the str objects the texts below point into */
@@ -255,7 +255,7 @@ typedef struct {
     uint8_t b0head[4];          /* SPEC 5: B0 'G' 'G' version direction */
 } Lane;
 
-static PyObject *s_states, *s_devices, *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
+static PyObject *s_registry, *s_states, *s_devices, *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
     *s_sbyte, *s_silence, *s_pub, *s_last_seen, *s_r_fcnt, *s_r_gas, *s_r_pressure, *s_r_battery, *s_r_state,
     *s_r_inlet, *s_r_t, *s_key, *s_burst, *s_rate;
 
@@ -321,12 +321,11 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
     self->inlet_flag = inlet;
     self->recent_bytes = (Py_ssize_t)recent * REC;
     Py_XSETREF(self->verifier, Py_NewRef(verifier));
-    Py_XSETREF(self->registry, PyObject_GetAttrString(verifier, "registry"));
     Py_XSETREF(self->table, Py_NewRef(presence));
     Py_XSETREF(self->pfn, Py_NewRef(pfn));
     Py_XSETREF(self->ptxt_fn, Py_NewRef(ptxt_fn));
     Py_XSETREF(self->holds, PyList_New(0));
-    if (!self->registry || !self->holds) return -1;
+    if (!self->holds) return -1;
     if (fill_txt(self, gas, self->gas, NA16 + 1, "gas_txt") < 0 || fill_txt(self, bat, self->bat, 256, "battery_txt") < 0
         || fill_txt(self, state, self->state, 256, "state_txt") < 0)
         return -1;
@@ -351,7 +350,6 @@ static void Lane_dealloc(Lane *self) {
         PyMem_Free(self->ptxt);
     }
     Py_XDECREF(self->verifier);
-    Py_XDECREF(self->registry);
     Py_XDECREF(self->table);
     Py_XDECREF(self->pfn);
     Py_XDECREF(self->ptxt_fn);
@@ -444,7 +442,12 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
              *js = NULL, *gas_o = NULL, *bat_o = NULL, *st_o = NULL;
     dev_o = PyLong_FromUnsignedLong(dev);
     if (dev_o == NULL) goto done;
-    cached = PyObject_GetAttr(self->registry, s_cached);      /* the LRU, kept fresh by the group's prefetch */
+    {
+        PyObject *registry = PyObject_GetAttr(self->verifier, s_registry);
+        if (registry == NULL) goto done;
+        cached = PyObject_GetAttr(registry, s_cached);      /* the LRU, kept fresh by the group's prefetch */
+        Py_DECREF(registry);
+    }
     if (cached == NULL) goto done;
     if (!PyDict_Check(cached)) goto none;
     device = PyDict_GetItemWithError(cached, dev_o);
@@ -707,7 +710,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane", "The reading
 
 PyMODINIT_FUNC PyInit__lane(void) {
 #define INTERN(v, s) if (!((v) = PyUnicode_InternFromString(s))) return NULL
-    INTERN(s_states, "states"); INTERN(s_devices, "devices"); INTERN(s_cached, "cached"); INTERN(s_active, "active"); INTERN(s_move_to_end, "move_to_end");
+    INTERN(s_registry, "registry"); INTERN(s_states, "states"); INTERN(s_devices, "devices"); INTERN(s_cached, "cached"); INTERN(s_active, "active"); INTERN(s_move_to_end, "move_to_end");
     INTERN(s_up, "up"); INTERN(s_tokens, "tokens"); INTERN(s_t_bucket, "t_bucket"); INTERN(s_recent, "recent");
     INTERN(s_online, "online"); INTERN(s_sbyte, "sbyte"); INTERN(s_silence, "silence"); INTERN(s_pub, "pub");
     INTERN(s_last_seen, "last_seen"); INTERN(s_r_fcnt, "r_fcnt"); INTERN(s_r_gas, "r_gas");
