@@ -7,7 +7,10 @@ district's broker holds ~330,000 of them. This bench fills a real mosquitto with
 (each the gateway's own `payloads.state` of a device with its last reading), then publishes a small QoS-1
 message every PING_EVERY s for `seconds` and times each PUBACK: once with the broker saving every second (the
 test broker's setting) and once with mosquitto's default (1800 s: no save in the window). The longest PUBACK
-with saves against without is the save's stall.
+with saves against without is the save's stall. With `--nats`, the same on the 3-node NATS cluster of the tests
+(`testing.nats`: retained messages in a JetStream stream replicated on every node), the states published to one
+node and the PUBACKs timed on another; it takes retained messages far more slowly (~600/s here), so give it the
+smaller counts.
 """
 
 from __future__ import annotations
@@ -86,7 +89,23 @@ def _pings(port: int, seconds: float) -> list[float]:
     return out
 
 
-def autosave_figures(*, retained=(10_000, 50_000, 330_000), seconds=5.0, echo=click.echo, workdir=None) -> dict:
+def _line(run: dict, seconds: float) -> str:
+    where = ("a 3-node NATS cluster" if run["broker"] == "nats"
+             else f"mosquitto saving every {run['autosave_s']} s")
+    return (f"  {run['retained']:,} retained ({run['payload_mb']:.0f} MB of payload), {where}: {run['pings']} PUBACKs in "
+            f"{seconds:.0f} s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.1f} ms, max {run['max_ms']:.1f} ms, "
+            f"{run['stalls']} over {STALL_MS:.0f} ms  ({load()})")
+
+
+def _timed(pings: list[float]) -> dict:
+    lat = sorted(pings)
+    return {"pings": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100),
+            "stalls": sum(x > STALL_MS for x in lat)}
+
+
+def autosave_figures(*, retained=(10_000, 50_000, 330_000), seconds=5.0, echo=click.echo, workdir=None,
+                     nats: tuple = ()) -> dict:
+    """`nats`: the retained counts to time on the NATS cluster as well."""
     from gasguard.testing.mosquitto import Mosquitto
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-autosave-", dir="/var/tmp"))
     out: dict = {"seconds": seconds, "ping_every_ms": PING_EVERY * 1000, "load_before": load(), "runs": []}
@@ -98,17 +117,21 @@ def autosave_figures(*, retained=(10_000, 50_000, 330_000), seconds=5.0, echo=cl
                     t = time.perf_counter()
                     size = _fill(mq.port, n)
                     fill_s = time.perf_counter() - t
-                    lat = sorted(_pings(mq.port, seconds))
+                    timed = _timed(_pings(mq.port, seconds))
                 db = d / "mosquitto.db"         # (mosquitto saves at a clean stop too: what it held)
-                run = {"retained": n, "autosave_s": autosave or 1800, "payload_mb": size / 1e6,
-                       "db_mb": db.stat().st_size / 1e6 if db.exists() else 0.0, "fill_s": fill_s,
-                       "pings": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
-                       "max_ms": _pct(lat, 100), "stalls": sum(x > STALL_MS for x in lat)}
+                run = {"broker": "mosquitto", "retained": n, "autosave_s": autosave or 1800, "payload_mb": size / 1e6,
+                       "db_mb": db.stat().st_size / 1e6 if db.exists() else 0.0, "fill_s": fill_s, **timed}
                 out["runs"].append(run)
-                echo(f"  {n:,} retained ({run['payload_mb']:.0f} MB of payload), broker saving every "
-                     f"{run['autosave_s']} s: {run['pings']} PUBACKs in {seconds:.0f} s, p50 {run['p50_ms']:.2f} ms, "
-                     f"p99 {run['p99_ms']:.1f} ms, max {run['max_ms']:.1f} ms, {run['stalls']} over "
-                     f"{STALL_MS:.0f} ms  ({load()})")
+                echo(_line(run, seconds))
+        for n in nats:
+            from gasguard.testing.nats import NatsCluster
+            with NatsCluster(workdir=base / f"nats-{n}") as cl:
+                t = time.perf_counter()
+                size = _fill(cl.mqtt_ports[0], n)
+                run = {"broker": "nats", "retained": n, "payload_mb": size / 1e6, "fill_s": time.perf_counter() - t,
+                       **_timed(_pings(cl.mqtt_ports[1], seconds))}
+            out["runs"].append(run)
+            echo(_line(run, seconds))
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -120,9 +143,12 @@ def autosave_figures(*, retained=(10_000, 50_000, 330_000), seconds=5.0, echo=cl
 @click.option("--retained", multiple=True, type=click.IntRange(1), default=(10_000, 50_000, 330_000),
               show_default=True, help="retained state messages on the broker (repeatable)")
 @click.option("--seconds", default=5.0, show_default=True, help="timed window per broker")
+@click.option("--nats", multiple=True, type=click.IntRange(1),
+              help="retained states to time on a 3-node NATS cluster too (repeatable; ~600 retained/s to fill)")
 @click.option("--json", "as_json", is_flag=True)
-def autosave_bench(retained, seconds, as_json):
+def autosave_bench(retained, seconds, nats, as_json):
     """The broker's stall while it saves its database, by the number of retained states it holds."""
-    out = autosave_figures(retained=retained, seconds=seconds, echo=(lambda *_: None) if as_json else click.echo)
+    out = autosave_figures(retained=retained, seconds=seconds, nats=nats,
+                           echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))
