@@ -64,8 +64,8 @@ class ReadingLane:
                                    recent=RECENT, b0_head=_B0_HEAD, pads_max=PADS_MAX).take
 
     def describe(self) -> str:
-        """Which lane runs, for the start log (a gateway without the compiled lane takes ~2.5x its CPU a reading
-        in the lane: BENCHMARKS.md, issue 17)."""
+        """Which lane runs, for the start log (without the compiled lane a reading takes ~3x the CPU in the lane:
+        `gasguard bench lane`, BENCHMARKS.md, issue 17)."""
         if self.compiled:
             return "compiled, " + ("SHA extensions" if _lane.SHA_EXTENSIONS else "portable SHA-256")
         if _lane is None:
