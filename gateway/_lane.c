@@ -225,10 +225,11 @@ static PyObject *py_use_shani(PyObject *self, PyObject *arg) {
 
 /* ---- the lane --------------------------------------------------------------------------------------------- */
 
+/* The reading's layout, which sizes this module's buffers and tables: Lane() refuses to start when the Python
+ * side's differs (a protocol change needs this file changed and rebuilt). The counter window comes in as values. */
 #define READING_LEN 19        /* fastlane/verify: HEAD_LEN 7 + 6 + MIC_LEN 6; + 2 with the inlet pressure */
 #define MIC_LEN 6
 #define NA16 0xFFFF
-#define MAX_GAP 16384u
 #define REC 14                /* verify._REC: fcnt u32 LE + MIC + accept second u32 LE */
 
 typedef struct {
@@ -249,6 +250,7 @@ typedef struct {
     txt_t state[256];           /* ... state byte (_STATE_TXT) */
     PyObject **pval;            /* wire pressure -> pressure_from_wire(u), made on first sight (65,536 at most) */
     PyObject **ptxt;            /* wire pressure -> its JSON text */
+    unsigned long long max_gap, max_fcnt;   /* SPEC 4's counter window (protocol.const MAX_GAP, MAX_FCNT) */
     int hdr;                    /* a reading's header byte; | inlet_flag with the inlet pressure */
     int inlet_flag;
     Py_ssize_t recent_bytes;    /* RECENT * REC */
@@ -301,14 +303,26 @@ static int fill_txt(Lane *self, PyObject *map, txt_t *out, Py_ssize_t size, cons
 
 static int Lane_init(Lane *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"verifier", "presence", "gas_txt", "battery_txt", "state_txt", "pressure_from_wire",
-                            "pressure_txt", "header", "inlet_flag", "recent", "b0_head", "pads_max", NULL};
+                            "pressure_txt", "header", "inlet_flag", "recent", "b0_head", "pads_max", "layout",
+                            "max_gap", "max_fcnt", NULL};
     PyObject *verifier, *presence, *gas, *bat, *state, *pfn, *ptxt_fn;
-    int hdr, inlet, recent;
+    int hdr, inlet, recent, len, mic, na, rec;
     Py_buffer b0;
     Py_ssize_t pmax;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOiiiy*n", names, &verifier, &presence, &gas, &bat, &state,
-                                     &pfn, &ptxt_fn, &hdr, &inlet, &recent, &b0, &pmax))
+    unsigned long long gap, fmax;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOiiiy*n(iiii)KK", names, &verifier, &presence, &gas, &bat,
+                                     &state, &pfn, &ptxt_fn, &hdr, &inlet, &recent, &b0, &pmax, &len, &mic, &na, &rec,
+                                     &gap, &fmax))
         return -1;
+    if (len != READING_LEN || mic != MIC_LEN || na != NA16 || rec != REC) {
+        PyBuffer_Release(&b0);
+        PyErr_Format(PyExc_ValueError, "gateway/_lane.c was built for a reading of %d bytes, a %d-byte MIC, "
+                     "no value %d and %d-byte replay records, not %d/%d/%d/%d: change it to the protocol's, then "
+                     "reinstall the package", READING_LEN, MIC_LEN, NA16, REC, len, mic, na, rec);
+        return -1;
+    }
+    self->max_gap = gap;
+    self->max_fcnt = fmax;
     if (b0.len != 4) {
         PyBuffer_Release(&b0);
         PyErr_SetString(PyExc_ValueError, "b0_head: 4 bytes");
@@ -401,6 +415,15 @@ static int get_float(PyObject *o, PyObject *name, double *out) {
     return r;
 }
 
+/* the truth of an attribute: 1, 0, or -1 with the exception set */
+static int attr_true(PyObject *o, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
 static inline char *put(char *w, const char *s, Py_ssize_t n) {
     memcpy(w, s, (size_t)n);
     return w + n;
@@ -457,10 +480,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     Py_INCREF(device);
     {
-        PyObject *act = PyObject_GetAttr(device, s_active);
-        if (act == NULL) goto done;
-        int a = PyObject_IsTrue(act);
-        Py_DECREF(act);
+        int a = attr_true(device, s_active);
         if (a < 0) goto done;
         if (!a) goto none;
     }
@@ -490,7 +510,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     /* mic_at_next: the full counter (counter.forward, inlined) within the window, and the MIC at it */
     unsigned long long fcnt = (last & 0xFFFF0000ULL) | c16;
     if (fcnt <= last) fcnt += 0x10000;
-    if (fcnt > 0xFFFFFFFFULL || fcnt - last > MAX_GAP) goto none_sta;
+    if (fcnt > self->max_fcnt || fcnt - last > self->max_gap) goto none_sta;
     key = PyObject_GetAttr(device, s_key);
     if (key == NULL) goto done_sta;
     if (!PyBytes_CheckExact(key)) goto none_sta;
@@ -529,13 +549,10 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     Py_INCREF(pr);
     {
-        PyObject *v = PyObject_GetAttr(pr, s_online);
-        if (v == NULL) goto done_sta;
-        int on = PyObject_IsTrue(v);
-        Py_DECREF(v);
+        int on = attr_true(pr, s_online);
         if (on < 0) goto done_sta;
         if (!on) goto none_sta;
-        v = PyObject_GetAttr(pr, s_sbyte);
+        PyObject *v = PyObject_GetAttr(pr, s_sbyte);
         if (v == NULL) goto done_sta;
         int same = PyLong_CheckExact(v) && PyLong_AsLong(v) == (long)st;
         if (PyErr_Occurred()) {

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import orjson
 
-from gasguard.protocol.const import FLAG_INLET, MIC_LEN, NA16
+from gasguard.protocol.const import FLAG_INLET, MAX_FCNT, MAX_GAP, MIC_LEN, NA16
 from gasguard.protocol.units import pressure_from_wire
 
 from .payloads import _STATE_JSON
@@ -54,14 +54,17 @@ class ReadingLane:
     def __init__(self, verifier, presence, compiled: bool = True):
         """`compiled`: the C lane when the module was built (else, and with False, this one)."""
         self.verifier, self.presence = verifier, presence
-        self.pressure_txt: dict[int, str] = {}     # wire value -> JSON text, filled as values are seen (bounded:
-        #                                            65,536 values at most)
         self.compiled = compiled and _lane is not None
         if self.compiled:
             self.take = _lane.Lane(verifier, presence, gas_txt=_GAS_TXT, battery_txt=_BATTERY_TXT,
                                    state_txt=_STATE_TXT, pressure_from_wire=pressure_from_wire,
                                    pressure_txt=_pressure_txt, header=_READING_HDR, inlet_flag=FLAG_INLET,
-                                   recent=RECENT, b0_head=_B0_HEAD, pads_max=PADS_MAX).take
+                                   recent=RECENT, b0_head=_B0_HEAD, pads_max=PADS_MAX,
+                                   layout=(_READING_LEN, MIC_LEN, NA16, _REC), max_gap=MAX_GAP,
+                                   max_fcnt=MAX_FCNT).take
+        else:       # (the C lane keeps its own)
+            self.pressure_txt: dict[int, str] = {}     # wire value -> JSON text, filled as values are seen
+            #                                            (bounded: 65,536 values at most)
 
     def describe(self) -> str:
         """Which lane runs, for the start log (without the compiled lane a reading takes ~3x the CPU in the lane:

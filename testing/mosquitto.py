@@ -127,6 +127,14 @@ def dynamic_security(folder: str | Path, users: dict[str, tuple[str, list[str]]]
     return f"allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {conf}\n"
 
 
+AUTOSAVE_DEFAULT = 1800    # s: mosquitto's own autosave_interval, which a district's broker keeps (gasguard.conf sets none)
+
+
+def autosave_of(autosave: int | None) -> int:
+    """The seconds between saves of a Mosquitto(autosave=...)."""
+    return AUTOSAVE_DEFAULT if autosave is None else autosave
+
+
 class Mosquitto:
     kind = "mosquitto"
     extra_ports: tuple[int, ...] = ()      # the TCP listeners of extra_config, beside self.port
@@ -134,8 +142,8 @@ class Mosquitto:
     def __init__(self, port: int | None = None, workdir: str | Path | None = None, extra_config: str = "",
                  autosave: int | None = 1):
         """`autosave`: s between saves of the broker's database. 1 (the tests': a message PUBACKed a second
-        before a SIGKILL is in the database the restarted broker reads); None: mosquitto's own default (1800 s),
-        as a district's broker runs (gasguard.conf sets none). A save writes every retained message and queued
+        before a SIGKILL is in the database the restarted broker reads); None: mosquitto's own default
+        (AUTOSAVE_DEFAULT), as a district's broker runs (gasguard.conf sets none). A save writes every retained message and queued
         session message while the broker serves nobody: the alarm benchmarks use None (BENCHMARKS.md, issue
         17: `gasguard bench autosave`)."""
         self.binary = find_mosquitto()
@@ -151,6 +159,7 @@ class Mosquitto:
         # as root, mosquitto switches to the 'mosquitto' user, which cannot write our persistence folder:
         # sessions would then be lost on restart. Staying root keeps the broker's state like production's.
         user = "user root\n" if os.geteuid() == 0 else ""
+        self.autosave_s = autosave_of(autosave)
         save = "" if autosave is None else f"autosave_interval {autosave}\n"
         self.conf.write_text(
             f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"

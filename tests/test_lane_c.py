@@ -3,7 +3,6 @@ bytes as hashlib's and hmac's (with the CPU's SHA extensions and without), input
 general path with nothing changed, no memory kept per call, and the gateway saying which lane it runs.
 tests/test_fastlane.py holds its outcomes equal to the general path's."""
 
-import asyncio
 import gc
 import hashlib
 import hmac
@@ -69,62 +68,56 @@ def _state(d, dev):
 def test_what_the_lane_does_not_know_is_left_unchanged(tmp_path):
     nodes = [Node(0x00E00000 + i) for i in range(4)]
     now = [1_700_000_000.5]
-
-    async def run():
-        d = _daemon(tmp_path, nodes, now)
-        lane = d.ingest.lane
-        shared = lane.group("gw", now[0], SERIAL)
-        raw = nodes[0].reading()
-        before = _state(d, nodes[0].dev)
-        # not bytes, not a float clock, a shared tuple of the wrong shape or not ASCII (the Python lane's text):
-        # None, and nothing changed; a frame cut short or one byte longer: not a reading
-        for args in [(bytearray(raw), now[0], shared), (raw, int(now[0]), shared), (raw, now[0], shared[:3]),
-                     (raw, now[0], ("gw:",) + shared[1:3] + ('{"port":"\u00e9"}',)),
-                     (raw[:-1], now[0], shared), (raw + b"\x00", now[0], shared)]:
-            assert lane.take(*args) is None
-            assert _state(d, nodes[0].dev) == before
-        forged = bytearray(raw)
-        forged[-3] ^= 0x40
-        assert lane.take(bytes(forged), now[0], shared) is None
-        assert _state(d, nodes[0].dev)[:5] == before[:5]       # (the LRU's order moves, as the Python lane's)
-        taken = lane.take(raw, now[0], shared)
-        assert taken is not None and taken[0] == nodes[0].dev and taken[1] == before[0] + 1
-        assert lane.take(raw, now[0], shared) is None          # the same frame again: a replay, not the lane's
-    asyncio.run(run())
+    d = _daemon(tmp_path, nodes, now)
+    lane = d.ingest.lane
+    shared = lane.group("gw", now[0], SERIAL)
+    raw = nodes[0].reading()
+    before = _state(d, nodes[0].dev)
+    # not bytes, not a float clock, a shared tuple of the wrong shape or not ASCII (the Python lane's text):
+    # None, and nothing changed; a frame cut short or one byte longer: not a reading
+    for args in [(bytearray(raw), now[0], shared), (raw, int(now[0]), shared), (raw, now[0], shared[:3]),
+                 (raw, now[0], ("gw:",) + shared[1:3] + ('{"port":"\u00e9"}',)),
+                 (raw[:-1], now[0], shared), (raw + b"\x00", now[0], shared)]:
+        assert lane.take(*args) is None
+        assert _state(d, nodes[0].dev) == before
+    forged = bytearray(raw)
+    forged[-3] ^= 0x40
+    assert lane.take(bytes(forged), now[0], shared) is None
+    assert _state(d, nodes[0].dev)[:5] == before[:5]       # (the LRU's order moves, as the Python lane's)
+    taken = lane.take(raw, now[0], shared)
+    assert taken is not None and taken[0] == nodes[0].dev and taken[1] == before[0] + 1
+    assert lane.take(raw, now[0], shared) is None          # the same frame again: a replay, not the lane's
 
 
 def test_the_lane_keeps_no_memory_per_call(tmp_path):
     """A reference leaked per call would grow the heap with every reading a gateway hears."""
     nodes = [Node(0x00E10000 + i) for i in range(50)]
     now = [1_700_000_000.5]
+    d = _daemon(tmp_path, nodes, now)
+    lane = d.ingest.lane
+    frames = [[n.reading(gas=g, pressure=p, **({"inlet": 300} if g % 2 else {})) for n in nodes]
+              for g, p in zip(range(1, 61), range(2000, 2060))]
+    forged = [bytes(f[:-1]) + bytes([f[-1] ^ 1]) for f in frames[0]]
 
-    async def run():
-        d = _daemon(tmp_path, nodes, now)
-        lane = d.ingest.lane
-        frames = [[n.reading(gas=g, pressure=p, **({"inlet": 300} if g % 2 else {})) for n in nodes]
-                  for g, p in zip(range(1, 61), range(2000, 2060))]
-        forged = [bytes(f[:-1]) + bytes([f[-1] ^ 1]) for f in frames[0]]
-
-        def burst(rounds):
-            taken = 0
-            for fr in rounds:
-                shared = lane.group("gw", now[0], SERIAL)
-                for raw in fr:
-                    taken += lane.take(raw, now[0], shared) is not None
-                for raw in forged:
-                    lane.take(raw, now[0], shared)
-                now[0] += 0.5
-            return taken
-        assert burst(frames[:10]) == 500           # warm: every pressure text and key pad made
-        gc.collect()
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        assert burst(frames[10:]) == 2500
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - base
-        tracemalloc.stop()
-        assert grown < 64 * 1024, f"{grown} bytes kept over 5,000 calls"
-    asyncio.run(run())
+    def burst(rounds):
+        taken = 0
+        for fr in rounds:
+            shared = lane.group("gw", now[0], SERIAL)
+            for raw in fr:
+                taken += lane.take(raw, now[0], shared) is not None
+            for raw in forged:
+                lane.take(raw, now[0], shared)
+            now[0] += 0.5
+        return taken
+    assert burst(frames[:10]) == 500           # warm: every pressure text and key pad made
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    assert burst(frames[10:]) == 2500
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes kept over 5,000 calls"
 
 
 def test_the_gateway_says_which_lane_it_runs(tmp_path):
@@ -140,6 +133,23 @@ def test_the_gateway_says_which_lane_it_runs(tmp_path):
         assert not unbuilt.compiled and "not built" in unbuilt.describe()
     finally:
         fastlane._lane = saved
+
+
+def test_a_lane_built_for_another_reading_layout_refuses_to_start(tmp_path):
+    """The reading's layout sizes the C lane's buffers: a protocol whose layout changed without this module
+    refuses at the lane's construction, naming the file, instead of reading past a frame."""
+    d = _daemon(tmp_path, [Node(0x00E40001)], [1_700_000_000.5])
+    args = dict(gas_txt=fastlane._GAS_TXT, battery_txt=fastlane._BATTERY_TXT, state_txt=fastlane._STATE_TXT,
+                pressure_from_wire=fastlane.pressure_from_wire, pressure_txt=fastlane._pressure_txt,
+                header=fastlane._READING_HDR, inlet_flag=fastlane.FLAG_INLET, recent=fastlane.RECENT,
+                b0_head=fastlane._B0_HEAD, pads_max=fastlane.PADS_MAX, max_gap=fastlane.MAX_GAP,
+                max_fcnt=fastlane.MAX_FCNT)
+    lane = fastlane._lane.Lane(d.verifier, d.presence, layout=(fastlane._READING_LEN, fastlane.MIC_LEN,
+                                                                fastlane.NA16, fastlane._REC), **args)
+    assert callable(lane.take)
+    with pytest.raises(ValueError, match="gateway/_lane.c was built for a reading of 19 bytes"):
+        fastlane._lane.Lane(d.verifier, d.presence, layout=(fastlane._READING_LEN + 1, fastlane.MIC_LEN,
+                                                             fastlane.NA16, fastlane._REC), **args)
 
 
 def test_the_installed_gateway_runs_the_compiled_lane(tmp_path):
@@ -177,57 +187,55 @@ def test_the_compiled_lane_answers_as_the_python_lane_on_mutated_frames(tmp_path
         d.ingest.start()
         return d
 
-    async def run():
-        c, p = daemon("c", True), daemon("p", False)
-        assert c.ingest.lane.compiled and not p.ingest.lane.compiled
-        for _ in range(2):
-            group = [(n.reading(), SERIAL, "serial:tty0") for n in nodes]
-            c.process(group)
-            p.process(group)
-            now[0] += 1.0
-        taken, restore = 0, []
-        for i in range(30_000):
-            n = rng.choice(nodes)
-            k = rng.random()
-            if k < 0.3:
-                raw = n.reading(gas=rng.choice([0, 5, 1000, None]), pressure=rng.choice([2000, 40000, None]),
-                                battery=rng.choice([90, None]), state=rng.choice([0, 0, 0, 0x08]),
-                                **({"inlet": rng.choice([300, None, 50000])} if rng.random() < 0.3 else {}))
-            elif k < 0.85:
-                raw = bytearray(n.reading(**({"inlet": 400} if rng.random() < 0.3 else {})))
-                for _ in range(rng.choice([1, 1, 2, 3])):
-                    what = rng.random() if raw else 1.0
-                    if what < 0.6:
-                        raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
-                    elif what < 0.8:
-                        del raw[rng.randrange(len(raw)):]
-                    else:
-                        raw += bytes(rng.randrange(256) for _ in range(rng.choice([1, 2, 3])))
-                raw = bytes(raw)
-            else:
-                raw = rng.randbytes(rng.choice([0, 1, 5, 19, 21, 40]))
-            if rng.random() < 0.005:        # the same odd state on both sides, put back 200 inputs later
-                dev = rng.choice(nodes).dev
-                field, value = rng.choice([("tokens", None), ("tokens", 0.5), ("tokens", 3),
-                                           ("sbyte", None), ("sbyte", 0x08), ("pub", -1e18), ("silence", 0),
-                                           ("silence", 90), ("online", False), ("up", 0)])
-                for d in (c, p):
-                    obj = d.verifier.states[dev] if field in ("tokens", "up") else d.presence.devices[dev]
-                    restore.append((i + 200, obj, field, getattr(obj, field)))
-                    setattr(obj, field, value)
-            while restore and restore[0][0] <= i:
-                _, obj, field, value = restore.pop(0)
+    c, p = daemon("c", True), daemon("p", False)
+    assert c.ingest.lane.compiled and not p.ingest.lane.compiled
+    for _ in range(2):
+        group = [(n.reading(), SERIAL, "serial:tty0") for n in nodes]
+        c.process(group)
+        p.process(group)
+        now[0] += 1.0
+    taken, restore = 0, []
+    for i in range(30_000):
+        n = rng.choice(nodes)
+        k = rng.random()
+        if k < 0.3:
+            raw = n.reading(gas=rng.choice([0, 5, 1000, None]), pressure=rng.choice([2000, 40000, None]),
+                            battery=rng.choice([90, None]), state=rng.choice([0, 0, 0, 0x08]),
+                            **({"inlet": rng.choice([300, None, 50000])} if rng.random() < 0.3 else {}))
+        elif k < 0.85:
+            raw = bytearray(n.reading(**({"inlet": 400} if rng.random() < 0.3 else {})))
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                what = rng.random() if raw else 1.0
+                if what < 0.6:
+                    raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+                elif what < 0.8:
+                    del raw[rng.randrange(len(raw)):]
+                else:
+                    raw += bytes(rng.randrange(256) for _ in range(rng.choice([1, 2, 3])))
+            raw = bytes(raw)
+        else:
+            raw = rng.randbytes(rng.choice([0, 1, 5, 19, 21, 40]))
+        if rng.random() < 0.005:        # the same odd state on both sides, put back 200 inputs later
+            dev = rng.choice(nodes).dev
+            field, value = rng.choice([("tokens", None), ("tokens", 0.5), ("tokens", 3),
+                                       ("sbyte", None), ("sbyte", 0x08), ("pub", -1e18), ("silence", 0),
+                                       ("silence", 90), ("online", False), ("up", 0)])
+            for d in (c, p):
+                obj = d.verifier.states[dev] if field in ("tokens", "up") else d.presence.devices[dev]
+                restore.append((i + 200, obj, field, getattr(obj, field)))
                 setattr(obj, field, value)
-            # (~700 s in all: under a third of the devices' offline timeout, when the lane leaves a reading to the
-            # general path to refresh the retained state; "pub" above puts that case in)
-            now[0] += 0.01 if rng.random() < 0.995 else rng.choice([0.0, 0.5, 7.0])
-            shared = c.ingest.lane.group("gw", now[0], SERIAL)
-            a = c.ingest.lane.take(raw, now[0], shared)
-            b = p.ingest.lane.take(raw, now[0], shared)
-            assert a == b, (i, raw.hex())
-            taken += a is not None
-            dev = int.from_bytes(raw[1:5], "big") if len(raw) >= 5 else None
-            if dev in c.verifier.states:
-                assert _state(c, dev) == _state(p, dev), (i, raw.hex())
-        assert taken > 3_000, "too few readings taken for the comparison to mean anything"
-    asyncio.run(run())
+        while restore and restore[0][0] <= i:
+            _, obj, field, value = restore.pop(0)
+            setattr(obj, field, value)
+        # (~700 s in all: under a third of the devices' offline timeout, when the lane leaves a reading to the
+        # general path to refresh the retained state; "pub" above puts that case in)
+        now[0] += 0.01 if rng.random() < 0.995 else rng.choice([0.0, 0.5, 7.0])
+        shared = c.ingest.lane.group("gw", now[0], SERIAL)
+        a = c.ingest.lane.take(raw, now[0], shared)
+        b = p.ingest.lane.take(raw, now[0], shared)
+        assert a == b, (i, raw.hex())
+        taken += a is not None
+        dev = int.from_bytes(raw[1:5], "big") if len(raw) >= 5 else None
+        if dev in c.verifier.states:
+            assert _state(c, dev) == _state(p, dev), (i, raw.hex())
+    assert taken > 3_000, "too few readings taken for the comparison to mean anything"

@@ -4,7 +4,7 @@ mosquitto (2.0) saves its whole in-memory database - every retained message, eve
 persistent session - every `autosave_interval` seconds, on its one thread. While it writes, no client is
 served: an alarm published then waits. The gateway keeps one retained `<dev>/state` per heard device, so a
 district's broker holds ~330,000 of them. This bench fills a real mosquitto with N retained state messages
-(each the gateway's own `payloads.state` of a device with its last reading), then publishes a small QoS-1
+(each the gateway's own, `PresenceTable.state_item`, of a device with its last reading), then publishes a small QoS-1
 message every PING_EVERY s for `seconds` and times each PUBACK: once with the broker saving every second (the
 test broker's setting) and once with mosquitto's default (1800 s: no save in the window). The longest PUBACK
 with saves against without is the save's stall. With `--nats`, the same on the 3-node NATS cluster of the tests
@@ -29,12 +29,21 @@ PING_EVERY = 0.002       # s between timed publishes
 STALL_MS = 20.0          # a PUBACK slower than this is counted as a stall (the alarm goal's bound)
 
 
-def _state_payload(dev: int, now: float) -> str:
-    from gasguard.gateway import payloads
-    f = {"dev": dev, "fcnt": 12345, "type": "reading", "gas": 0, "pressure": 2000, "battery": 90, "state": 0,
-         "inlet": None}
-    last = payloads.reading_entry(payloads.msg_id("gw1", dev, 12345), f, now, {})
-    return payloads.dumps(payloads.state("gw1", dev, now, True, now, last))
+def _states(now: float):
+    """(topic, payload) of each device's retained state, as the gateway's presence table makes it
+    (`PresenceTable.state_item`), for a device online with a routine last reading."""
+    from types import SimpleNamespace
+    from gasguard.gateway.presence import Presence, PresenceTable
+    from gasguard.protocol.topics import Topics
+    table = PresenceTable(SimpleNamespace(gateway_id="gw1"), Topics().gateway("d1", "gw1"))
+    st = Presence()
+    st.online, st.last_seen, st.r_t = True, now, now
+    st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state = 12345, 0, 2000, 90, 0
+    dev = 0x00A00000
+    while True:
+        item = table.state_item(dev, now, st)
+        yield item.topic, item.payload
+        dev += 1
 
 
 def _client(port: int, name: str):
@@ -49,17 +58,13 @@ def _client(port: int, name: str):
 
 def _fill(port: int, retained: int) -> int:
     """N retained state messages on the broker (each PUBACKed); returns the payload bytes."""
-    from gasguard.protocol.topics import STATE, Topics
-    topics = Topics().gateway("d1", "gw1")
     c = _client(port, "gg-bench-fill")
-    now, total = time.time(), 0
+    total = 0
     try:
         infos = []
-        for i in range(retained):
-            dev = 0x00A00000 + i
-            body = _state_payload(dev, now)
+        for _, (topic, body) in zip(range(retained), _states(time.time())):
             total += len(body)
-            infos.append(c.publish(topics.device(dev, STATE), body, qos=1, retain=True))
+            infos.append(c.publish(topic, body, qos=1, retain=True))
             if len(infos) >= 900:
                 for m in infos:
                     m.wait_for_publish(30)
@@ -114,12 +119,13 @@ def autosave_figures(*, retained=(10_000, 50_000, 330_000), seconds=5.0, echo=cl
             for autosave in (1, None):
                 d = base / f"r{n}-{autosave}"
                 with Mosquitto(workdir=d, autosave=autosave) as mq:
+                    saves = mq.autosave_s
                     t = time.perf_counter()
                     size = _fill(mq.port, n)
                     fill_s = time.perf_counter() - t
                     timed = _timed(_pings(mq.port, seconds))
                 db = d / "mosquitto.db"         # (mosquitto saves at a clean stop too: what it held)
-                run = {"broker": "mosquitto", "retained": n, "autosave_s": autosave or 1800, "payload_mb": size / 1e6,
+                run = {"broker": "mosquitto", "retained": n, "autosave_s": saves, "payload_mb": size / 1e6,
                        "db_mb": db.stat().st_size / 1e6 if db.exists() else 0.0, "fill_s": fill_s, **timed}
                 out["runs"].append(run)
                 echo(_line(run, seconds))

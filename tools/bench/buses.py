@@ -188,7 +188,7 @@ def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=cli
     from .gateway import _nodes
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-buses-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    out: dict = {"rate": rate, "seconds": seconds, "autosave_s": autosave or 1800, "load_before": load(), "runs": []}
+    out: dict = {"rate": rate, "seconds": seconds, "load_before": load(), "runs": []}
     try:
         nodes = _nodes(max(1, int(rate * seconds) // (PER_DEV - 1)))
         alarm_nodes = _nodes(200, first=0x800000)
@@ -198,6 +198,7 @@ def bus_figures(*, bus_counts=(1, 2), rate=50_000, seconds=4.0, runs=3, echo=cli
              f"{ALARM_EVERY * 1000:.0f} ms; buses {', '.join(map(str, bus_counts))} alternated; the broker "
              f"{_saves(autosave)} ({load()})")
         with Mosquitto(workdir=base / "broker", extra_config=PUBACK_AT_ONCE + "\n", autosave=autosave) as mq:
+            out["autosave_s"] = mq.autosave_s
             sub = AlarmSubscriber(mq.port, Topics().gateway("d1", "+").devices("alarm"))
             try:
                 for r in range(runs):

@@ -628,7 +628,8 @@ def autosave_option(f):
 
 
 def _saves(autosave: int | None) -> str:
-    return f"saves its database every {autosave or 1800} s"
+    from gasguard.testing.mosquitto import autosave_of
+    return f"saves its database every {autosave_of(autosave)} s"
 
 
 def alarm_figures(*, rate=50_000, seconds=4.0, runs=6, broker="district", stages=False, echo=click.echo,
@@ -643,11 +644,11 @@ def alarm_figures(*, rate=50_000, seconds=4.0, runs=6, broker="district", stages
     from gasguard.testing.mosquitto import Mosquitto
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-alarms-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    out: dict = {"rate": rate, "seconds": seconds, "broker": broker, "autosave_s": autosave or 1800,
-                 "load_before": load(), "runs": []}
+    out: dict = {"rate": rate, "seconds": seconds, "broker": broker, "load_before": load(), "runs": []}
     try:
         extra = PUBACK_AT_ONCE + "\n" if broker == "district" else ""
         with Mosquitto(workdir=base / "broker", extra_config=extra, autosave=autosave) as mq:
+            out["autosave_s"] = mq.autosave_s
             nodes, alarm_nodes = _setup(base, int(rate * seconds))
             echo(f"sealing {len(nodes) * PER_DEV:,} readings of {len(nodes):,} devices; broker: {broker} "
                  f"({'set_tcp_nodelay true' if extra else 'mosquitto defaults'}; {_saves(autosave)}) ... ({load()})")
