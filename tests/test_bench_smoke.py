@@ -147,3 +147,18 @@ def test_bench_buses_times_alarms_over_the_lines_of_one_and_two_gateways():
     for run in out["runs"]:
         assert run["alarms"] == 50 and run["arrived"] == run["alarms"], run
         assert 1000 < run["offered_per_s"] <= 2100 and 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"], run
+
+
+def test_bench_peers_warm_hears_every_device_before_the_clock(tmp_path):
+    """`bench peers --warm`: every device's first reading goes through the gateway before the clock starts,
+    the timed readings follow it on each device's counters (a replay would be refused and counted lost), and
+    the figure counts only the timed ones."""
+    from gasguard.tools.bench import peers
+    wl = peers.Workload(20, 200, warm=True)
+    assert sorted(wl.warm) == sorted((nd.dev, 1, 0, 2000, 90, 0) for nd in wl.nodes)
+    assert min(fc for _d, fc, *_ in wl.fields) == 2 and len(wl.fields) == 200
+    expected = {(d, fc) for d, fc, *_ in wl.fields}
+    keys = {(d, fc) for d, fc, *_ in wl.warm}
+    res = peers.run_gasguard(wl, tmp_path, [wl.frames()], expected, ([wl.frames(warm=True)], keys))
+    assert res["received"] == len(expected) == 200 and res["lost"] == 0, res
+    assert res["warmed"] == 20, res       # delivered, all of them, before _measure started the clock
