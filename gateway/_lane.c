@@ -431,8 +431,8 @@ static inline char *put(char *w, const char *s, Py_ssize_t n) {
 
 #define LIT(w, s) put((w), (s), (Py_ssize_t)(sizeof(s) - 1))
 
-/* take(raw, now, shared) -> (dev, fcnt, previous counter, msg id, entry JSON, routine) or None, as
- * fastlane.ReadingLane.take. None: not this lane's frame, and nothing was changed (but the registry LRU's order
+/* take(raw, now, shared) -> (dev, fcnt, previous counter, msg id, entry JSON, routine, due) or None, as
+ * fastlane.ReadingLane.take (due: the state byte when the retained state falls due, else None). None: not this lane's frame, and nothing was changed (but the registry LRU's order
  * of a known, active device, as the Python lane leaves it). */
 static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
@@ -538,7 +538,10 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
         tokens = refill < burst ? refill : burst;         /* min(burst, refill) */
     }
     if (tokens < 1.0) goto none_sta;
-    /* presence (PresenceTable.heard) when it publishes nothing; else the general path, which publishes */
+    /* presence (PresenceTable.heard) of a device heard before: its silence is set with the first state heard
+     * publishes (a device's first sight is the general path's). `due`: its retained state falls due with this
+     * reading (PresenceTable.due: back online, a new state byte, the refresh); the caller publishes it */
+    int due;
     devices = PyObject_GetAttr(self->table, s_devices);
     if (devices == NULL) goto done_sta;
     if (!PyDict_Check(devices)) goto none_sta;
@@ -549,9 +552,12 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     Py_INCREF(pr);
     {
+        double silence, pub;
+        if ((k = get_float(pr, s_silence, &silence)) != 0) goto k_sta;
+        if (silence == 0.0) goto none_sta;
+        if ((k = get_float(pr, s_pub, &pub)) != 0) goto k_sta;
         int on = attr_true(pr, s_online);
         if (on < 0) goto done_sta;
-        if (!on) goto none_sta;
         PyObject *v = PyObject_GetAttr(pr, s_sbyte);
         if (v == NULL) goto done_sta;
         int same = PyLong_CheckExact(v) && PyLong_AsLong(v) == (long)st;
@@ -560,11 +566,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
             same = 0;
         }
         Py_DECREF(v);
-        if (!same) goto none_sta;
-        double silence, pub;
-        if ((k = get_float(pr, s_silence, &silence)) != 0) goto k_sta;
-        if ((k = get_float(pr, s_pub, &pub)) != 0) goto k_sta;
-        if (silence == 0.0 || now - pub >= silence / 3) goto none_sta;
+        due = !on || !same || now - pub >= silence / 3;
     }
     /* accepted: from here on every change the general path would make */
     PyObject *pv, *pt, *iv = Py_None, *it = NULL;
@@ -658,7 +660,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
         || PyObject_SetAttr(pr, s_r_battery, bat_o) < 0 || PyObject_SetAttr(pr, s_r_state, st_o) < 0
         || PyObject_SetAttr(pr, s_r_inlet, iv) < 0 || PyObject_SetAttr(pr, s_r_t, now_o) < 0)
         goto done_sta;
-    out = PyTuple_New(6);
+    out = PyTuple_New(7);
     if (out == NULL) goto done_sta;
     PyTuple_SET_ITEM(out, 0, Py_NewRef(dev_o));
     PyTuple_SET_ITEM(out, 1, Py_NewRef(fcnt_o));
@@ -666,6 +668,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     PyTuple_SET_ITEM(out, 3, Py_NewRef(mid));
     PyTuple_SET_ITEM(out, 4, Py_NewRef(js));
     PyTuple_SET_ITEM(out, 5, PyBool_FromLong((st & 0xF8) == 0));
+    PyTuple_SET_ITEM(out, 6, due ? Py_NewRef(st_o) : Py_NewRef(Py_None));
     goto done_sta;
 
 k_sta:

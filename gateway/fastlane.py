@@ -5,9 +5,10 @@ path (verify.Verifier.check -> accept, payloads.reading_json, presence.heard) ha
 every rejection, at ~15 Python calls a frame. This lane does the same work for that one common case in one
 call: the checks of `Verifier._reading` (MIC at the next counter, rate bucket), `Verifier.accept` (counter and
 replay memory), the entry JSON of `payloads.reading_json` (written from pre-encoded parts, same text) and
-`PresenceTable.heard` when it would publish nothing. Anything else - another frame type, an unknown or
-decommissioned device, a MIC that fails, an empty rate bucket, a reading that changes the device's retained
-state - returns None having changed nothing, and the general path decides, as it always did.
+`PresenceTable.heard`. A reading whose retained state falls due (the device back online, a new state byte, the
+refresh) is taken too, and says so: ingest publishes the state (`PresenceTable.published`) where heard would have.
+Anything else - another frame type, an unknown or decommissioned device, a device's first sight, a MIC that fails,
+an empty rate bucket - returns None having changed nothing, and the general path decides, as it always did.
 
 tests/test_fastlane.py holds the two paths equal, frame by frame: the same verdicts, counters, replay memory,
 rate buckets, presence and entry text.
@@ -25,6 +26,7 @@ from gasguard.protocol.const import FLAG_INLET, MAX_FCNT, MAX_GAP, MIC_LEN, NA16
 from gasguard.protocol.units import pressure_from_wire
 
 from .payloads import _STATE_JSON
+from .presence import PresenceTable
 from .verify import _B0_HEAD, _R, _READING_HDR, _READING_LEN, _REC, _RI, PADS_MAX, RECENT, mic_at_next
 
 try:
@@ -83,8 +85,9 @@ class ReadingLane:
                 orjson.dumps(rx, option=orjson.OPT_NON_STR_KEYS).decode())
 
     def take(self, raw: bytes, now: float, shared: tuple):
-        """A reading taken: (dev, fcnt, previous counter, msg id, entry JSON, routine). None: not this
-        lane's frame; nothing was changed."""
+        """A reading taken: (dev, fcnt, previous counter, msg id, entry JSON, routine, due): `due` is the reading's
+        state byte when the device's retained state falls due with it (the caller publishes it:
+        PresenceTable.published), else None. None: not this lane's frame; nothing was changed."""
         n = len(raw)
         if n == _READING_LEN and raw[0] == _READING_HDR:     # (the length first: an empty frame has no header)
             _h, dev, c16, g, p, bat, st = _R.unpack_from(raw)
@@ -116,10 +119,12 @@ class ReadingLane:
         tokens = min(verifier.burst, tokens + (now - sta.t_bucket) * verifier.rate)
         if tokens < 1.0:
             return None
-        # presence (PresenceTable.heard) when it publishes nothing; else the general path, which publishes
+        # presence (PresenceTable.heard) of a device heard before: its silence is set with the first state heard
+        # publishes (a device's first sight is the general path's)
         pr = self.presence.devices.get(dev)
-        if pr is None or not pr.online or pr.sbyte != st or not pr.silence or now - pr.pub >= pr.silence / 3:
+        if pr is None or not pr.silence:
             return None
+        due = st if PresenceTable.due(pr, st, now) else None
         # accepted: from here on every change the general path would make
         sta.tokens, sta.t_bucket = tokens - 1.0, now
         sta.up = fcnt
@@ -139,4 +144,4 @@ class ReadingLane:
             js += f',"inlet_pa":{orjson.dumps(inlet).decode()}}}'
         else:
             js += "}"
-        return dev, fcnt, last, mid, js, (st & 0xF8) == 0
+        return dev, fcnt, last, mid, js, (st & 0xF8) == 0, due

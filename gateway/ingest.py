@@ -675,7 +675,7 @@ class Ingest:
                         shared = None
                 r = take(raw, now, shared) if shared is not None else None
                 if r is not None:
-                    dev, fcnt, prev, mid, js, routine = r
+                    dev, fcnt, prev, mid, js, routine, due = r
                     undo.append((dev, prev))
                     counters[(dev, UP)] = fcnt
                     routes.append((dev, route, rx))
@@ -687,6 +687,8 @@ class Ingest:
                         run_bytes, run_routine, run_head = 0, routine, (dev, mid)
                     run.append(js)
                     run_bytes += len(js) + 1
+                    if due is not None:     # its retained state, where the general path's heard() puts it
+                        items.append(presence.published(dev, now, due))
                     continue
             p = pre[i] if pre is not None else None
             try:

@@ -91,14 +91,26 @@ class PresenceTable:
             st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
                 f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
         changed = sbyte is not None and sbyte != st.sbyte
-        if sbyte is not None:
-            st.sbyte = sbyte
         if st.online and not changed and now - st.pub < st.silence / 3:
             return []
+        return [self.published(dev, now, sbyte)]
+
+    @staticmethod
+    def due(st: Presence, sbyte: int, now: float) -> bool:
+        """Would a reading with state byte `sbyte` now publish the device's retained state (heard)? For a device
+        heard before (its silence set): back online, a new state byte, or the refresh due."""
+        return not st.online or sbyte != st.sbyte or now - st.pub >= st.silence / 3
+
+    def published(self, dev: int, now: float, sbyte: int | None) -> Item:
+        """The device's retained state, published now (heard; the reading lane for a reading it took whose state
+        falls due): online, with its new state byte and last reading."""
+        st = self.devices[dev]
+        if sbyte is not None:
+            st.sbyte = sbyte
         if not st.online:
             self.n_online += 1
         st.online, st.pub = True, now
-        return [self.state_item(dev, now, st)]
+        return self.state_item(dev, now, st)
 
     def state_item(self, dev: int, now: float, st: Presence) -> Item:
         gid = self.cfg.gateway_id

@@ -75,12 +75,13 @@ def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed, 
     clock = lambda: now[0]  # noqa: E731
     a, b = _daemon(tmp_path, "lane", clock, True, compiled), _daemon(tmp_path, "general", clock, False)
     sent: list[bytes] = []
-    taken = [0]
+    taken, due = [0], [0]
     take = a.ingest.lane.take
 
     def counting(*args):
         r = take(*args)
         taken[0] += r is not None
+        due[0] += r is not None and r[6] is not None      # the lane's readings that publish the retained state
         return r
     a.ingest.lane.take = counting
 
@@ -126,9 +127,15 @@ def test_the_lane_leaves_every_outcome_as_the_general_path_does(tmp_path, seed, 
             assert _memory(a) == _memory(b), f"group {step}"
             assert _rows(a) == _rows(b), f"group {step}"
             # time passes: buckets refill (or not), the retained state falls due for refresh, devices go quiet
-            now[0] += rng.choice([0.0, 0.05, 0.5, 3.0, 25.0, 70.0])
+            # (offline, as the daemon's tick marks them: their next reading brings them back online)
+            now[0] += rng.choice([0.0, 0.05, 0.5, 3.0, 25.0, 70.0, 130.0, 1000.0, 3000.0])
+            for d in (a, b):
+                quiet = d.presence.gone_quiet(now[0])
+                if quiet:
+                    d.outbox.commit([item for _dev, _s, item in quiet])
     asyncio.run(run())
     assert taken[0] > 300, "the lane took too few frames for the comparison to mean anything"
+    assert due[0] > 30, "the lane published too few retained states for the comparison to mean anything"
     assert a.accepted_count > taken[0]            # and the general path decided the rest
 
 
