@@ -431,6 +431,25 @@ static inline char *put(char *w, const char *s, Py_ssize_t n) {
 
 #define LIT(w, s) put((w), (s), (Py_ssize_t)(sizeof(s) - 1))
 
+/* `v` in decimal at `w` (no terminator): its length. snprintf("%llu") costs ~0.2-0.3 us a call in glibc, and a
+ * reading's id and entry wrote two (py-spy --native on the gateway: a sixth of the lane's time) */
+static int put_dec(char *w, unsigned long long v) {
+    char t[20];
+    int n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (int i = 0; i < n; i++) w[i] = t[n - 1 - i];
+    return n;
+}
+
+/* `v` as 8 lowercase hex digits at `w`, as "%08x" */
+static void put_hex8(char *w, uint32_t v) {
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 7; i >= 0; i--, v >>= 4) w[i] = digits[v & 0xF];
+}
+
 /* take(raw, now, shared) -> (dev, fcnt, previous counter, msg id, entry JSON, routine, due) or None, as
  * fastlane.ReadingLane.take (due: the state byte when the retained state falls due, else None). None: not this lane's frame, and nothing was changed (but the registry LRU's order
  * of a known, active device, as the Python lane leaves it). */
@@ -596,7 +615,9 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     /* the msg id and the entry text */
     char head[32];
-    int hn = snprintf(head, sizeof head, "%08x:%llu", dev, fcnt);
+    put_hex8(head, dev);            /* "%08x:%llu" */
+    head[8] = ':';
+    int hn = 9 + put_dec(head + 9, fcnt);
     Py_ssize_t pn = PyUnicode_GET_LENGTH(prefix);
     mid = PyUnicode_New(pn + hn, 127);
     if (mid == NULL) goto done_sta;
@@ -608,7 +629,7 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     {
         const txt_t *gt = &self->gas[g], *bt = &self->bat[bat], *stt = &self->state[st];
         char fc[24];
-        int fn = snprintf(fc, sizeof fc, "%llu", fcnt);
+        int fn = put_dec(fc, fcnt);
         Py_ssize_t tn = PyUnicode_GET_LENGTH(t_txt), rn = PyUnicode_GET_LENGTH(rx_txt),
                    ptn = PyUnicode_GET_LENGTH(pt), itn = it ? PyUnicode_GET_LENGTH(it) : 0;
         Py_ssize_t len = (Py_ssize_t)(sizeof("{\"id\":\"") - 1) + pn + hn + (Py_ssize_t)(sizeof("\",\"dev\":\"") - 1) + 8
