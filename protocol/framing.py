@@ -149,58 +149,7 @@ class Deframer:
             elif self.buf:
                 parts[0] = self.buf + parts[0]
             self.buf = b""
-            frames = 0
-            append = out.append
-            crc = _crc_hqx
-            for seg in parts:
-                if not seg:
-                    continue        # SPEC 6: empty segments are ignored (two delimiters between frames)
-                n = len(seg)
-                if n > limit:
-                    # the byte past the bound started a drop and this delimiter ended it: counted once
-                    self._noise("overflow", out)
-                    continue
-                if n > 255:
-                    # only with max_segment > 255: a block of 254 (no zero after it) may precede another
-                    r = _frame_or_reason(seg)
-                    if type(r) is bytes:
-                        append((FRAME, r))
-                        frames += 1
-                        continue
-                    reason = r
-                else:
-                    # COBS decoded in place: each block code after the first stands for a zero (n <= 255:
-                    # no block of 254 precedes another), so decoded == raw[1:]; one step per block
-                    code = seg[0]
-                    if code == n:
-                        raw = seg           # one block: the frame and its CRC hold no zero byte
-                    elif code > n:
-                        raw = None
-                    else:
-                        raw = bytearray(seg)
-                        i = code
-                        while i < n:
-                            code = seg[i]
-                            raw[i] = 0
-                            i += code
-                        if i != n:
-                            raw = None      # the last block runs past the end
-                    if raw is None:
-                        reason = "cobs"
-                    elif n < 4:
-                        reason = "short"    # decoded n - 1 bytes: not more than a CRC
-                    else:
-                        body = bytes(raw[1:-2])
-                        if crc(body, 0xFFFF) == (raw[-2] << 8 | raw[-1]):
-                            append((FRAME, body))
-                            frames += 1
-                            continue
-                        reason = "crc"
-                if _is_text(seg):
-                    self.text += 1
-                    append((TEXT, seg))
-                else:
-                    self._noise(reason, out)
+            frames = self._segments(parts, out)
             self.frames += frames
         if tail and not self.dropping:
             buf = self.buf + tail if self.buf else tail
@@ -211,6 +160,64 @@ class Deframer:
             else:
                 self.buf = buf
         return out
+
+    def _segments(self, parts, out):
+        """The segments one feed closed (delimiters stripped) -> out, in order: FRAME, TEXT or NOISE each. Returns
+        how many were frames. (The gateway runs a compiled version where it was built: gateway/deframe.py.)"""
+        limit = self.max_segment
+        frames = 0
+        append = out.append
+        crc = _crc_hqx
+        for seg in parts:
+            if not seg:
+                continue        # SPEC 6: empty segments are ignored (two delimiters between frames)
+            n = len(seg)
+            if n > limit:
+                # the byte past the bound started a drop and this delimiter ended it: counted once
+                self._noise("overflow", out)
+                continue
+            if n > 255:
+                # only with max_segment > 255: a block of 254 (no zero after it) may precede another
+                r = _frame_or_reason(seg)
+                if type(r) is bytes:
+                    append((FRAME, r))
+                    frames += 1
+                    continue
+                reason = r
+            else:
+                # COBS decoded in place: each block code after the first stands for a zero (n <= 255:
+                # no block of 254 precedes another), so decoded == raw[1:]; one step per block
+                code = seg[0]
+                if code == n:
+                    raw = seg           # one block: the frame and its CRC hold no zero byte
+                elif code > n:
+                    raw = None
+                else:
+                    raw = bytearray(seg)
+                    i = code
+                    while i < n:
+                        code = seg[i]
+                        raw[i] = 0
+                        i += code
+                    if i != n:
+                        raw = None      # the last block runs past the end
+                if raw is None:
+                    reason = "cobs"
+                elif n < 4:
+                    reason = "short"    # decoded n - 1 bytes: not more than a CRC
+                else:
+                    body = bytes(raw[1:-2])
+                    if crc(body, 0xFFFF) == (raw[-2] << 8 | raw[-1]):
+                        append((FRAME, body))
+                        frames += 1
+                        continue
+                    reason = "crc"
+            if _is_text(seg):
+                self.text += 1
+                append((TEXT, seg))
+            else:
+                self._noise(reason, out)
+        return frames
 
     def pending_text(self):
         """Text received since the last delimiter (a log line not yet closed by a frame)."""

@@ -217,4 +217,4 @@ def test_bench_deframe_runs_and_both_deframers_give_every_frame():
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["frames"] == 2000 and out["frame_bytes"] == 24   # 19-byte readings: 0x00 | 22 B COBS | 0x00
-    assert out["old_us_per_frame"] > 0 and out["new_us_per_frame"] > 0
+    assert out["old_us_per_frame"] > 0 and out["new_us_per_frame"] > 0 and out["compiled_us_per_frame"] > 0

@@ -15,6 +15,7 @@ from gasguard import logs
 from gasguard.protocol import framing
 from gasguard.gateway.transports import DeliverMany
 
+from .. import deframe
 from ..burstlog import BurstLog, untrusted
 
 log = logging.getLogger("gasguard.gateway.serial")
@@ -31,7 +32,7 @@ class SerialTransport:
         self.node_lines = node_lines     # node log lines logged per port and BurstLog window (limits.node_log_lines)
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.ser: serial.Serial | None = None
-        self.deframer = framing.Deframer()
+        self.deframer = deframe.Deframer()
         self.opened = 0                  # how many times the port was (re)opened
         metrics.port(spec.name, spec.kind)
 
@@ -66,7 +67,7 @@ class SerialTransport:
             self.opened += 1
             self.metrics.port_up.labels(self.spec.name, self.spec.kind).set(1)
             self.metrics.port_opens.labels(self.spec.name, self.spec.kind).inc()
-            self.deframer = framing.Deframer()   # a partial frame from before the unplug is noise, not a frame
+            self.deframer = deframe.Deframer()   # a partial frame from before the unplug is noise, not a frame
             log.info("serial %s open (%s, %d baud)%s", self.spec.port, self.spec.kind, self.spec.baud,
                      " again after a disconnect" if self.opened > 1 else "", extra=logs.fields(port=self.spec.name))
             try:

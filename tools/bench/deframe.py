@@ -147,27 +147,39 @@ def time_feed(make, stream: bytes, chunk: int = CHUNK) -> tuple[float, bytes, in
 
 
 def deframe_figures(frames: int = FRAMES, chunk: int = CHUNK, rounds: int = 3) -> dict:
+    from gasguard.gateway import deframe
     stream, want = reading_stream(frames)
     best = {"old": float("inf"), "new": float("inf")}
-    for _ in range(rounds):   # alternated, so a burst of load elsewhere hits both alike
-        for name, make in (("old", ReferenceDeframer), ("new", framing.Deframer)):
+    makers = [("old", ReferenceDeframer), ("new", framing.Deframer)]
+    if deframe.COMPILED:      # the gateway's: the segment loop in C (gateway/_lane.c), where it was built
+        best["compiled"] = float("inf")
+        makers.append(("compiled", deframe.Deframer))
+    for _ in range(rounds):   # alternated, so a burst of load elsewhere hits each alike
+        for name, make in makers:
             s, got, n = time_feed(make, stream, chunk)
             if got != want or n != frames:
                 raise RuntimeError(f"the {name} deframer lost or changed frames ({n:,} of {frames:,})")
             best[name] = min(best[name], s)
     old_us, new_us = best["old"] / frames * 1e6, best["new"] / frames * 1e6
-    return {"frames": frames, "frame_bytes": len(stream) // frames, "chunk": chunk, "rounds": rounds,
-            "old_us_per_frame": round(old_us, 3), "new_us_per_frame": round(new_us, 3),
-            "speedup": round(old_us / new_us, 1)}
+    out = {"frames": frames, "frame_bytes": len(stream) // frames, "chunk": chunk, "rounds": rounds,
+           "old_us_per_frame": round(old_us, 3), "new_us_per_frame": round(new_us, 3),
+           "speedup": round(old_us / new_us, 1)}
+    if "compiled" in best:
+        out["compiled_us_per_frame"] = round(best["compiled"] / frames * 1e6, 3)
+    return out
 
 
 def print_deframe(r: dict, echo=click.echo) -> None:
     echo(f"{r['frames']:,} sealed readings, {r['frame_bytes']} B each on the wire, fed in {r['chunk']}-byte "
          f"chunks; best of {r['rounds']}, one core")
     echo(f"{'deframer':28} {'us/frame':>9} {'frames/s':>12}")
-    for name, key in (("per byte (before issue 17)", "old_us_per_frame"), ("split + slices (now)", "new_us_per_frame")):
-        echo(f"{name:28} {r[key]:9.3f} {1e6 / r[key]:12,.0f}")
-    echo(f"speed-up x{r['speedup']:.1f}")
+    for name, key in (("per byte (before issue 17)", "old_us_per_frame"), ("split + slices (protocol)", "new_us_per_frame"),
+                      ("segment loop in C (gateway)", "compiled_us_per_frame")):
+        if key in r:
+            echo(f"{name:28} {r[key]:9.3f} {1e6 / r[key]:12,.0f}")
+    echo(f"speed-up x{r['speedup']:.1f} (split + slices against per byte)"
+         + (f"; the gateway's compiled loop x{r['new_us_per_frame'] / r['compiled_us_per_frame']:.1f} against the "
+            "protocol's" if "compiled_us_per_frame" in r else "; the compiled loop is not built"))
 
 
 @click.command("deframe")
@@ -176,7 +188,8 @@ def print_deframe(r: dict, echo=click.echo) -> None:
 @click.option("--rounds", default=3, show_default=True, help="timed rounds of each; the best counts")
 @click.option("--json", "as_json", is_flag=True)
 def deframe_bench(frames, chunk, rounds, as_json):
-    """UART deframer (feed + COBS + CRC) per frame: the per-byte design vs the current one (issue 17)."""
+    """UART deframer (feed + COBS + CRC) per frame: the per-byte design, the protocol's and the gateway's compiled
+    segment loop (issue 17)."""
     r = deframe_figures(frames, chunk, rounds)
     if as_json:
         click.echo(json.dumps(r, indent=2))
