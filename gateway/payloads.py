@@ -37,13 +37,30 @@ def dumps(d: dict) -> str:
 
 # the state byte's named fields, encoded once per value (256 of them) instead of once per reading (hot path)
 _STATE_JSON = [orjson.Fragment(orjson.dumps(frame.state_fields(b))) for b in range(256)]
+# ... and as dicts, made once (the retained state's last reading, which either encoder may write); never mutated
+_STATE_FIELDS = tuple(frame.state_fields(b) for b in range(256))
+
+
+def _reading(mid: str, dev: int, fcnt: int, t: float, gas, pressure, battery, state) -> dict:
+    """A reading's fields as the entries of a batch and a retained state's last reading carry them, in order."""
+    return {"id": mid, "dev": dev_hex(dev), "fcnt": fcnt, "t": round(t, 3), "gas_pct_lel": gas_percent_lel(gas),
+            "pressure_pa": pressure, "battery_pct": battery, "state": state}
 
 
 def _entry(mid: str, f: dict, t: float, rx: dict, state) -> dict:
-    e = {"id": mid, "dev": dev_hex(f["dev"]), "fcnt": f["fcnt"], "t": round(t, 3), "gas_pct_lel": gas_percent_lel(f["gas"]),
-         "pressure_pa": f["pressure"], "battery_pct": f["battery"], "state": state, "rx": rx}
+    e = _reading(mid, f["dev"], f["fcnt"], t, f["gas"], f["pressure"], f["battery"], state)
+    e["rx"] = rx
     if f.get("inlet") is not None:
         e["inlet_pa"] = f["inlet"]
+    return e
+
+
+def last_reading(mid: str, dev: int, fcnt: int, t: float, gas, pressure, battery, state: int, inlet) -> dict:
+    """A retained state's last reading: the reading's entry without its rx (presence.PresenceTable.state_item,
+    from the fields it keeps per device)."""
+    e = _reading(mid, dev, fcnt, t, gas, pressure, battery, _STATE_FIELDS[state])
+    if inlet is not None:
+        e["inlet_pa"] = inlet
     return e
 
 

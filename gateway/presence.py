@@ -114,12 +114,9 @@ class PresenceTable:
 
     def state_item(self, dev: int, now: float, st: Presence) -> Item:
         gid = self.cfg.gateway_id
-        last = None
-        if st.r_t is not None:
-            f = {"dev": dev, "fcnt": st.r_fcnt, "gas": st.r_gas, "pressure": st.r_pressure, "battery": st.r_battery,
-                 "state": st.r_state, "inlet": st.r_inlet}
-            last = payloads.reading_entry(payloads.msg_id(gid, dev, st.r_fcnt), f, st.r_t, {})
-            last.pop("rx")
+        last = None if st.r_t is None else payloads.last_reading(
+            payloads.msg_id(gid, dev, st.r_fcnt), dev, st.r_fcnt, st.r_t, st.r_gas, st.r_pressure, st.r_battery,
+            st.r_state, st.r_inlet)
         body = payloads.state(gid, dev, now, st.online, st.last_seen, last)
         return Item(STATE, dev, payloads.dumps(body), f"{gid}:{dev:08x}:state:{now:.3f}", now,
                     topic=self.topics.device(dev, topics.STATE), retain=True)

@@ -31,3 +31,35 @@ def test_dumps_takes_integers_past_64_bits():
     f = {"dev": 1, "fcnt": 2, "gas": 0, "pressure": 2000, "battery": 90, "state": 0, "inlet": None}
     rx = {"transport": "udp", "rssi": 2 ** 70}                # what a forwarder's JSON may say
     assert json.loads(payloads.reading_json("gw:00000001:2", f, 1.0, rx))["rx"]["rssi"] == 2 ** 70
+
+
+def test_a_retained_states_last_reading_is_the_readings_entry_without_rx():
+    """PresenceTable.state_item writes the last reading from the fields it keeps per device (payloads.last_reading);
+    the text must be what the standard library makes of the reading's own entry with its rx removed, for every
+    state byte, values not available and an inlet pressure or none."""
+    import random
+
+    from gasguard.gateway.config import Config
+    from gasguard.gateway.presence import Presence, PresenceTable
+    from gasguard.protocol.topics import GatewayTopics
+    cfg = Config(gateway_id="gw-7", district="d", registry="r.db", spool="s.db", mqtt_port=1)
+    table = PresenceTable(cfg, GatewayTopics("gasguard/v1/d/gw-7"))
+    r = random.Random(9)
+    for b in range(256):
+        st = Presence()
+        st.online, st.last_seen = r.random() < 0.5, 1764661234.5 + b
+        st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
+            r.randrange(1, 1 << 32), r.choice([None, 0, 17, 1000]), r.choice([None, 2000, 401_325.0]),
+            r.choice([None, 0, 90, 100]), b, r.choice([None, 300, 400_000.5]), 1764661230.1234 + b)
+        f = {"dev": 0x00A1B2C3, "fcnt": st.r_fcnt, "gas": st.r_gas, "pressure": st.r_pressure,
+             "battery": st.r_battery, "state": b, "inlet": st.r_inlet}
+        entry = payloads.reading_entry(payloads.msg_id("gw-7", 0x00A1B2C3, st.r_fcnt), f, st.r_t, {})
+        entry.pop("rx")
+        want = json.dumps(payloads.state("gw-7", 0x00A1B2C3, 1764661300.0, st.online, st.last_seen, entry),
+                          separators=(",", ":"))
+        item = table.state_item(0x00A1B2C3, 1764661300.0, st)
+        assert item.payload == want, b
+        assert item.topic == "gasguard/v1/d/gw-7/00a1b2c3/state" and item.retain
+    st = Presence()                     # never sent a reading: no last reading
+    st.online, st.last_seen = True, 1.5
+    assert json.loads(table.state_item(1, 2.0, st).payload)["last_reading"] is None
