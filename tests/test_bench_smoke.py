@@ -162,3 +162,12 @@ def test_bench_peers_warm_hears_every_device_before_the_clock(tmp_path):
     res = peers.run_gasguard(wl, tmp_path, [wl.frames()], expected, ([wl.frames(warm=True)], keys))
     assert res["received"] == len(expected) == 200 and res["lost"] == 0, res
     assert res["warmed"] == 20, res       # delivered, all of them, before _measure started the clock
+
+
+def test_bench_lane_states_times_readings_that_each_publish_their_state(tmp_path):
+    """`bench lane --states` at a tiny size: both paths run, every timed reading published its retained state
+    (the run fails otherwise), a figure for each."""
+    from gasguard.tools.bench.lane import states_figures
+    out = states_figures(devices=40, rounds=2, repeats=1, echo=lambda *_: None, workdir=tmp_path)
+    assert sorted(out["us_per_reading"]) == ["general", "lane"]
+    assert all(v[0] > 0 for v in out["us_per_reading"].values()), out
