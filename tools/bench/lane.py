@@ -29,19 +29,26 @@ from .gateway import load
 SERIAL = {"transport": "serial", "port": "tty0", "rssi": None, "snr": None}
 
 
-def lane_figures(*, devices=10_000, rounds=4, repeats=3, echo=click.echo, workdir=None) -> dict:
-    from gasguard.gateway.config import Config
-    from gasguard.gateway.daemon import Daemon
-    from gasguard.gateway.fastlane import ReadingLane, _lane
+def _scratch(workdir, devices: int, first_dev: int) -> tuple[Path, list]:
+    """Both benches' start: the compiled module is there, a scratch folder, N nodes and their registry."""
+    from gasguard.gateway.fastlane import _lane
     from gasguard.testing.node import Node, make_registry
     if _lane is None:
         raise click.ClickException("gasguard.gateway._lane is not built: reinstall with a C compiler (pip install -e .)")
     base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-lane-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
+    nodes = [Node(first_dev + i) for i in range(devices)]
+    make_registry(base / "registry.db", nodes)
+    return base, nodes
+
+
+def lane_figures(*, devices=10_000, rounds=4, repeats=3, echo=click.echo, workdir=None) -> dict:
+    from gasguard.gateway.config import Config
+    from gasguard.gateway.daemon import Daemon
+    from gasguard.gateway.fastlane import ReadingLane, _lane
     out: dict = {"devices": devices, "rounds": rounds, "load_before": load(), "us_per_take": {}}
+    base, nodes = _scratch(workdir, devices, 0x00C00000)
     try:
-        nodes = [Node(0x00C00000 + i) for i in range(devices)]
-        make_registry(base / "registry.db", nodes)
 
         async def run() -> None:
             daemons = {}
@@ -93,17 +100,9 @@ def states_figures(*, devices=2_000, rounds=12, repeats=3, echo=click.echo, work
     the compiled lane and with the general path alone, alternated (module docstring)."""
     from gasguard.gateway.config import Config
     from gasguard.gateway.daemon import Daemon
-    from gasguard.gateway.fastlane import _lane
-    from gasguard.gateway.spool import STATE
-    from gasguard.testing.node import Node, make_registry
-    if _lane is None:
-        raise click.ClickException("gasguard.gateway._lane is not built: reinstall with a C compiler (pip install -e .)")
-    base = Path(workdir or tempfile.mkdtemp(prefix="gg-bench-lane-", dir="/var/tmp"))
-    base.mkdir(parents=True, exist_ok=True)
     out: dict = {"devices": devices, "rounds": rounds, "load_before": load(), "us_per_reading": {}}
+    base, nodes = _scratch(workdir, devices, 0x00C80000)
     try:
-        nodes = [Node(0x00C80000 + i) for i in range(devices)]
-        make_registry(base / "registry.db", nodes)
 
         async def one(name: str, rep: int) -> float:
             now = [1_700_000_000.25]
