@@ -54,6 +54,11 @@ PRIORITY_SLOTS = 16   # in-flight slots past [mqtt] inflight that readings and s
 #                       at ~45,000 readings/s of 10,000 devices the state messages filled all 16, and an alarm
 #                       committed waited for a PUBACK to free one: up to 24-37 ms, `bench gateway --stages`)
 FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the event loop for a whole window
+STATE_RUN = 64        # retained states sent in a row while readings wait; then a batch of readings (issue 17). A
+#                       flood of states (a backlog after an outage: one per device per refresh, most superseded;
+#                       a tiny offline timeout) held every reading back: 142,467 states ahead of 300,000 spooled
+#                       readings, none of which went out in the run (BENCHMARKS.md, eleventh pass). States keep
+#                       63 of every 64 slots they compete for; alarms and events are not affected
 TAKE_BACK_AFTER = 5.0  # s the alarms' connection may stay down holding alarms while the main one is up; then
 #                        the main connection re-sends them (a broker that kicks or refuses only that client
 #                        must not hold alarms back; a restarted broker takes both back within ~a reconnect)
@@ -117,6 +122,7 @@ class Publisher:
         self.exhausted = {lane: False for lane in range(4)}
         self.batch_wait_since: float | None = None
         self.batch_timer: asyncio.TimerHandle | None = None
+        self.states_in_row = 0                   # states sent since the last batch of readings (STATE_RUN)
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
         self.acked_bytes = 0
         self.wake = asyncio.Event()
@@ -461,6 +467,14 @@ class Publisher:
         while link.connected and len(link.inflight) < window:
             row = None
             n = len(link.inflight)
+            # after STATE_RUN states in a row, a batch of readings first if one is ready (STATE_RUN)
+            readings_turn = (readings and self.states_in_row >= STATE_RUN and batches < FILL_BATCHES
+                             and n < self.cfg.inflight and self._peek(READING) is not None)
+            if readings_turn:
+                self.states_in_row = 0          # (a batch waiting for company is tried again after the next run)
+                if self._send_readings():
+                    batches += 1
+                    continue
             for lane, limit in upto:
                 if n >= limit:
                     continue
@@ -468,6 +482,8 @@ class Publisher:
                 if row is not None:
                     self.buf[lane].popleft()
                     self._send_one(row, link)
+                    if lane == STATE:
+                        self.states_in_row += 1
                     break
             if row is not None:
                 continue
@@ -479,6 +495,7 @@ class Publisher:
                 break
             if len(link.inflight) >= self.cfg.inflight or not self._send_readings():
                 break
+            self.states_in_row = 0
             batches += 1
 
     def _send_one(self, row: Row, link: Link) -> None:

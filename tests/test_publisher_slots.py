@@ -58,3 +58,43 @@ def test_states_and_events_leave_the_last_slots_to_alarms(tmp_path, mosquitto):
         assert sorted(x for x in got() if x in want) == sorted(want)
     finally:
         rig.close()
+
+
+def test_a_flood_of_states_lets_a_batch_of_readings_through(tmp_path, mosquitto):
+    """Retained states outrank readings, but not absolutely: after STATE_RUN states in a row a ready batch of
+    readings goes out (a backlog of states - one per device per refresh after an outage - held every reading back
+    until the last state was PUBACKed). Nothing is lost or duplicated either way."""
+    from gasguard.gateway.publisher import STATE_RUN
+    rig = Rig(tmp_path, mosquitto.port, nodes=20)
+    try:
+        rig.cfg.inflight = 50
+        rig.cfg.alarm_connection = False
+        d = rig.start()
+        root, pub = rig.root, d.publisher
+        wait_until(lambda: rig.runner.call(lambda: not pub.inflight), 10, "the start's messages PUBACKed")
+        n_states = 12 * STATE_RUN
+        outs = [(f"{root}/test/state/{i}", {"id": f"t:state:{i}", "n": i}, "state", False) for i in range(n_states)]
+        rx = {"transport": "serial", "port": "tty0", "rssi": None, "snr": None}
+        frames = [(n.reading(pressure=2000 + k), rx, "serial:tty0") for k in range(10) for n in rig.nodes]
+
+        def backlog():
+            d.outbox.put(outs, d.clock())          # the states first: they fill the window at once
+            d.process(frames)                      # then 200 readings: a full batch
+        rig.runner.call(backlog)
+
+        def arrivals():
+            with rig.sub.lock:
+                return [("state", doc["id"]) if "/test/state/" in t else ("reading", len(doc["readings"]))
+                        for t, doc, _ in rig.sub.messages if "/test/state/" in t or t.endswith("/reading")]
+        rig.sub.wait(lambda ms: sum(1 for k, _ in arrivals() if k == "state") == n_states
+                     and sum(n for k, n in arrivals() if k == "reading") >= len(frames), 20)
+        got = arrivals()
+        states = [x for k, x in got if k == "state"]
+        assert sorted(states) == sorted(f"t:state:{i}" for i in range(n_states))       # each once
+        assert sum(n for k, n in got if k == "reading") == len(frames)
+        first_reading = next(i for i, (k, _) in enumerate(got) if k == "reading")
+        last_state = max(i for i, (k, _) in enumerate(got) if k == "state")
+        assert first_reading < last_state, f"the readings waited for all {n_states} states"
+        assert first_reading <= rig.cfg.inflight + STATE_RUN + 1, first_reading
+    finally:
+        rig.close()
