@@ -143,11 +143,14 @@ def test_the_real_daemon_takes_an_alarm_after_one_chunk_of_a_full_queue(tmp_path
 
 
 @pytest.mark.mosquitto
-def test_chunks_are_committed_together_and_a_stop_between_them_loses_none(tmp_path, mosquitto):
+def test_chunks_are_committed_together_and_a_stop_between_them_loses_none(tmp_path, mosquitto, monkeypatch):
     """With a backlog, the chunks verified between the transports' turns are held for one commit of up to
     GROUP_MAX frames (throughput: one fsync for several chunks). A stop while a commit is being gathered
     commits it (drain), and the run task, resuming, commits nothing twice."""
     from gasguard.gateway.daemon import Daemon
+    # chunks well under GROUP_MAX whatever this machine's pace: at ~5 us a frame (the compiled lane, a quick
+    # machine) GROUP_BUDGET's 4 ms already is GROUP_MAX frames, one chunk a commit, and nothing to gather
+    monkeypatch.setattr(I, "GROUP_BUDGET", 0.0005)
     nodes, _ = B._setup(tmp_path, 3000, 1)
     readings = B._frames(nodes, B.PER_DEV)[:3000]
     daemon = Daemon(B._cfg(tmp_path, mosquitto.port), plugins=[])
