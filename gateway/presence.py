@@ -90,15 +90,16 @@ class PresenceTable:
             # the entry is built only when a state message is (hot path); the fields, not the frame (memory)
             st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
                 f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
-        changed = sbyte is not None and sbyte != st.sbyte
-        if st.online and not changed and now - st.pub < st.silence / 3:
+        # (a frame without a state byte - an alarm, an ack - changes none: the refresh or back online only)
+        if not self.due(st, st.sbyte if sbyte is None else sbyte, now):
             return []
         return [self.published(dev, now, sbyte)]
 
     @staticmethod
-    def due(st: Presence, sbyte: int, now: float) -> bool:
-        """Would a reading with state byte `sbyte` now publish the device's retained state (heard)? For a device
-        heard before (its silence set): back online, a new state byte, or the refresh due."""
+    def due(st: Presence, sbyte: int | None, now: float) -> bool:
+        """Does a frame with state byte `sbyte` now publish the device's retained state (heard, and the reading
+        lane's Python form; gateway/_lane.c has the same condition)? For a device heard before (its silence set):
+        back online, a new state byte, or the refresh due."""
         return not st.online or sbyte != st.sbyte or now - st.pub >= st.silence / 3
 
     def published(self, dev: int, now: float, sbyte: int | None) -> Item:
