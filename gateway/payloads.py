@@ -35,10 +35,10 @@ def dumps(d: dict) -> str:
         return json.dumps(d, separators=(",", ":"))
 
 
-# the state byte's named fields, encoded once per value (256 of them) instead of once per reading (hot path)
-_STATE_JSON = [orjson.Fragment(orjson.dumps(frame.state_fields(b))) for b in range(256)]
-# ... and as dicts, made once (the retained state's last reading, which either encoder may write); never mutated
+# the state byte's named fields, made once per value (256 of them) instead of once per reading: as dicts (the
+# retained state's last reading, which either encoder may write; never mutated) and as JSON (the hot path)
 _STATE_FIELDS = tuple(frame.state_fields(b) for b in range(256))
+_STATE_JSON = [orjson.Fragment(orjson.dumps(f)) for f in _STATE_FIELDS]
 
 
 def _reading(mid: str, dev: int, fcnt: int, t: float, gas, pressure, battery, state) -> dict:

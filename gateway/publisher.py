@@ -57,8 +57,8 @@ FILL_BATCHES = 8      # reading batches per fill pass: a drain never holds the e
 STATE_RUN = 64        # retained states sent in a row while readings wait; then a batch of readings (issue 17). A
 #                       flood of states (a backlog after an outage: one per device per refresh, most superseded;
 #                       a tiny offline timeout) held every reading back: 142,467 states ahead of 300,000 spooled
-#                       readings, none of which went out in the run (BENCHMARKS.md, eleventh pass). States keep
-#                       63 of every 64 slots they compete for; alarms and events are not affected
+#                       readings, none of which went out in the run (BENCHMARKS.md, eleventh pass). At most one
+#                       batch of readings per STATE_RUN states while both wait; alarms and events are not affected
 TAKE_BACK_AFTER = 5.0  # s the alarms' connection may stay down holding alarms while the main one is up; then
 #                        the main connection re-sends them (a broker that kicks or refuses only that client
 #                        must not hold alarms back; a restarted broker takes both back within ~a reconnect)

@@ -227,8 +227,8 @@ def test_the_compiled_lane_answers_as_the_python_lane_on_mutated_frames(tmp_path
         while restore and restore[0][0] <= i:
             _, obj, field, value = restore.pop(0)
             setattr(obj, field, value)
-        # (~700 s in all: under a third of the devices' offline timeout, when the lane leaves a reading to the
-        # general path to refresh the retained state; "pub" above puts that case in)
+        # (~700 s in all: under a third of the devices' offline timeout, when the retained state's refresh
+        # falls due; "pub" above puts that case in, which the lane takes and reports as due)
         now[0] += 0.01 if rng.random() < 0.995 else rng.choice([0.0, 0.5, 7.0])
         shared = c.ingest.lane.group("gw", now[0], SERIAL)
         a = c.ingest.lane.take(raw, now[0], shared)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from .gateway import load
+from .gateway import READ_FRAMES, load
 
 SERIAL = {"transport": "serial", "port": "tty0", "rssi": None, "snr": None}
 
@@ -92,9 +92,6 @@ def lane_figures(*, devices=10_000, rounds=4, repeats=3, echo=click.echo, workdi
     return out
 
 
-GROUP = 170         # frames a group: a 4 KiB serial read
-
-
 def states_figures(*, devices=2_000, rounds=12, repeats=3, echo=click.echo, workdir=None) -> dict:
     """--states: CPU a reading of Daemon.process when every reading publishes its device's retained state, with
     the compiled lane and with the general path alone, alternated (module docstring)."""
@@ -112,15 +109,15 @@ def states_figures(*, devices=2_000, rounds=12, repeats=3, echo=click.echo, work
             if name == "general":
                 d.ingest.lane = None
             d.ingest.start()
-            for g in range(0, devices, GROUP):                  # heard: online, state byte 0
-                d.process([(n.reading(state=0), SERIAL, "serial:tty0") for n in nodes[g:g + GROUP]])
+            for g in range(0, devices, READ_FRAMES):            # heard: online, state byte 0
+                d.process([(n.reading(state=0), SERIAL, "serial:tty0") for n in nodes[g:g + READ_FRAMES]])
             # the state byte flips with every reading (the gas level, 0 <-> 1): each one publishes the state
             frames = [n.reading(state=(k % 2) * 8) for k in range(1, rounds + 1) for n in nodes]
             before = d.spool.depth()["state"][0]
             t = time.process_time()
-            for g in range(0, len(frames), GROUP):
+            for g in range(0, len(frames), READ_FRAMES):
                 now[0] += 0.01
-                d.process([(f, SERIAL, "serial:tty0") for f in frames[g:g + GROUP]])
+                d.process([(f, SERIAL, "serial:tty0") for f in frames[g:g + READ_FRAMES]])
             us = (time.process_time() - t) / len(frames) * 1e6
             states = d.spool.depth()["state"][0] - before
             d.spool.close()

@@ -244,20 +244,7 @@ def _measure(cables: list, counter, datas: list, n: int, pids: list) -> dict:
         counter.seen.clear()
         counter.messages = 0
         counter.last_new = 0.0
-    t0 = time.perf_counter()
-    writers = [threading.Thread(target=_write_all, args=(c, data), daemon=True) for c, data in zip(cables, datas)]
-    for w in writers:
-        w.start()
-    while True:
-        time.sleep(0.1)
-        with counter.lock:
-            got, last = len(counter.seen), counter.last_new
-        now = time.perf_counter()
-        if got >= n or now - t0 > RUN_CAP_S or (not any(w.is_alive() for w in writers)
-                                                  and now - max(last, t0) > IDLE_S):
-            break
-    for w in writers:
-        w.join(30)
+    t0 = _write_until(cables, datas, counter, lambda: len(counter.seen), n)
     cpu, own = sum(_cpu_s(p) for p in pids) - cpu0, _cpu_s(os.getpid()) - own0
     with counter.lock:
         got, last, msgs = len(counter.seen & counter.expected), counter.last_new, counter.messages
@@ -268,11 +255,9 @@ def _measure(cables: list, counter, datas: list, n: int, pids: list) -> dict:
             "bench_cpu_us_per_reading": own / max(1, got) * 1e6}
 
 
-def _warm_up(cables: list, counter, warm: tuple) -> int:
-    """--warm: write every device's first reading (`warm`: (data per cable, their keys)) and wait until the
-    subscriber has all of them or, as in _measure, nothing new came for IDLE_S after the writing (a peer that
-    loses readings - ThingsBoard's serial connector - never delivers them all). Returns how many arrived."""
-    datas, keys = warm
+def _write_until(cables: list, datas: list, counter, arrived, n: int) -> float:
+    """Every cable written at once (one writer each) until `arrived()` (read under the counter's lock) reaches n,
+    or nothing new came for IDLE_S after the writing, or RUN_CAP_S passed. Returns when the writing started."""
     writers = [threading.Thread(target=_write_all, args=(c, data), daemon=True) for c, data in zip(cables, datas)]
     t0 = time.perf_counter()
     for w in writers:
@@ -280,14 +265,24 @@ def _warm_up(cables: list, counter, warm: tuple) -> int:
     while True:
         time.sleep(0.1)
         with counter.lock:
-            got, last = len(keys & counter.seen), counter.last_new
+            got, last = arrived(), counter.last_new
         now = time.perf_counter()
-        if got >= len(keys) or now - t0 > RUN_CAP_S or (not any(w.is_alive() for w in writers)
-                                                        and now - max(last, t0) > IDLE_S):
+        if got >= n or now - t0 > RUN_CAP_S or (not any(w.is_alive() for w in writers)
+                                                  and now - max(last, t0) > IDLE_S):
             break
     for w in writers:
         w.join(30)
-    return got
+    return t0
+
+
+def _warm_up(cables: list, counter, warm: tuple) -> int:
+    """--warm: write every device's first reading (`warm`: (data per cable, their keys)) and wait until the
+    subscriber has all of them or, as in _measure, nothing new came for IDLE_S after the writing (a peer that
+    loses readings - ThingsBoard's serial connector - never delivers them all). Returns how many arrived."""
+    datas, keys = warm
+    _write_until(cables, datas, counter, lambda: len(keys & counter.seen), len(keys))
+    with counter.lock:
+        return len(keys & counter.seen)
 
 
 def _run_peer(procs: list, cables: list, counter, logs: list, probes: list, what: str, ready_s: float,
