@@ -5,7 +5,8 @@ cannot see who signed a request.
 
 Users and what each may do (mosquitto's ACL: `topic read|write PATTERN`, everything else denied):
 - gateway `gw-<gateway id>`: write under its own prefix `gasguard/v1/<d>/<gw>/#` (status, readings,
-  alarms, state, command results); read only its own command topics `<prefix>/+/cmd` and the district's
+  alarms, state, command results); read only its own status (another process publishing as it:
+  gateway/identity.py), its own command topics `<prefix>/+/cmd` and the district's
   requests to it (`command/ack/+`, `command/input/+`, `command/sync`); write the district's incident and
   result topics and the city's incident topic (its grading plugin publishes them, plan 4.1);
 - every active person in the roster (user = operator id): read the district `gasguard/v1/<d>/#`;
@@ -71,7 +72,7 @@ def acl_for(ro: Roster, gateways: list[str], city_topic: str = "city") -> dict[s
             raise BadInput(f"gateway id {gw!r}: 1-64 of A-Z a-z 0-9 _ - (as in the gateway's [gateway] id)")
         root = f"{base}/{gw}"
         out[gateway_user(gw)] = [
-            f"topic write {root}/#", f"topic read {root}/+/cmd",
+            f"topic write {root}/#", f"topic read {root}/+/cmd", f"topic read {root}/status",
             f"topic read {cmd}/ack/+", f"topic read {cmd}/input/+", f"topic read {cmd}/sync",
             f"topic write {cmd}/incident/+", f"topic write {cmd}/result/+",
             f"topic write gasguard/v1/{city_topic}/incident/+"]

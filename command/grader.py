@@ -79,6 +79,8 @@ class DistrictGrader:
         self.timeline_n: dict[str, int] = {}     # engine timeline entries already journaled, per incident
         self.levels: dict[str, tuple] = {}       # (level, warning) last notified, per incident
         self.gateways: dict[str, dict] = {}      # gateway id -> {"last_seen", "online", "silent"}
+        self.births: dict[str, list] = {}        # gateway id -> [(instance, host)] by latest birth (_births)
+        self.shared_ids: dict[str, set] = {}     # gateway id -> pairs of instances journaled as sharing it
         self.inlet_dirty: set[int] = set()       # stations whose inlet samples changed since the checkpoint
         self.inlet_saved = time.monotonic()
         # Inlet samples feed the "still falling" trend (plan 3.3.x(2)) over a 10-minute window; they are
@@ -244,7 +246,29 @@ class DistrictGrader:
         if was != (online, False):
             text = f"gateway {gid} " + ("online (birth)" if online else "OFFLINE (its Last Will or a clean stop)")
             tx.journal(now, "gateway", text, who=gid, data={"online": online})
+        if online and isinstance(doc.get("instance"), str):
+            self._births(tx, gid, doc, now)
         out.direct.append(self._gateway_msg(gid, now))      # births and Wills are rare: always shown
+
+    def _births(self, tx, gid, doc, now) -> None:
+        """Two gateways with one id (gateway/identity.py): each process has its own `instance`, and a restart
+        never brings an earlier one back, so a birth from an instance whose place another one's birth took is
+        a second process publishing as this gateway. Journaled once per pair of instances (in memory: a restart of
+        the service sees the next alternation again)."""
+        seen = self.births.setdefault(gid, [])          # instances by their latest birth, the newest last
+        inst, host = doc["instance"], str(doc.get("host") or "?")
+        if seen and seen[-1][0] != inst and any(i == inst for i, _h in seen):
+            other, other_host = seen[-1]
+            pair = frozenset((inst, other))
+            if pair not in self.shared_ids.setdefault(gid, set()):
+                self.shared_ids[gid].add(pair)
+                log.warning("gateway %s: two gateways publish as this id (instances %s on %s and %s on %s)",
+                            gid, inst, host, other, other_host)
+                tx.journal(now, "gateway", f"gateway {gid}: TWO GATEWAYS publish as this id (instance {inst} on "
+                           f"{host}, instance {other} on {other_host}); their devices are mixed under one name. "
+                           "Give each gateway its own [gateway] id", who=gid,
+                           data={"shared_id": True, "instances": {inst: host, other: other_host}})
+        seen[:] = [(i, h) for i, h in seen if i != inst][-3:] + [(inst, host)]
 
     def _heard(self, tx, gid, now, out) -> None:
         g = self.gateways.get(gid)

@@ -80,6 +80,9 @@ class Metrics:
                                      " false", registry=r)
         self.failovers = Counter("gasguard_gateway_broker_failovers",
                                  "Connections accepted by a different broker node than the one before", registry=r)
+        self.id_conflicts = Counter("gasguard_gateway_id_conflicts",
+                                    "Status messages showing another process publishing as this gateway id (two "
+                                    "gateways share [gateway] id: gateway/identity.py)", registry=r)
         self.task_restarts = zeroed(Counter("gasguard_gateway_task_restarts", "Supervised task restarts", ["task"],
                                             registry=r), "ingest", "publisher", "ticker")
         self.downlinks = zeroed(Counter("gasguard_gateway_downlinks", "Downlink frames sent", ["type"], registry=r),

@@ -115,9 +115,14 @@ def state(gateway_id: str, dev: int, t: float, online: bool, last_seen: float | 
             "online": online, "last_seen": None if last_seen is None else round(last_seen, 3), "last_reading": last}
 
 
-def status(gateway_id: str, district: str, t: float, online: bool, version: str) -> dict:
-    return {"schema": "gasguard.gateway-status/1", "gateway": gateway_id, "district": district,
-            "online": online, "t": round(t, 3), "version": version}
+def status(gateway_id: str, district: str, t: float, online: bool, version: str, instance: str | None = None,
+           host: str | None = None) -> dict:
+    """`instance`, `host`: the publishing process (gateway/identity.py: two gateways with one id)."""
+    out = {"schema": "gasguard.gateway-status/1", "gateway": gateway_id, "district": district,
+           "online": online, "t": round(t, 3), "version": version}
+    if instance is not None:
+        out["instance"], out["host"] = instance, host
+    return out
 
 
 def gateway_event(gateway_id: str, t: float, name: str, detail: dict) -> dict:

@@ -42,6 +42,7 @@ from gasguard.brokers import FailoverClient
 
 from . import payloads
 from .clock import drill_client
+from .identity import IdentityWatch
 from .spool import ALARM, EVENT, LANE_NAMES, READING, ROW_OVERHEAD, STATE, Item, Row, Spool
 
 log = logging.getLogger("gasguard.gateway.mqtt")
@@ -127,6 +128,9 @@ class Publisher:
         self.acked_bytes = 0
         self.wake = asyncio.Event()
         self.stopping = False
+        self.identity = IdentityWatch()          # another process publishing as this gateway (gateway/identity.py)
+        self.connects = 0                        # connections the main link had accepted (IdentityWatch's)
+        self.conflict_logged = 0.0               # time.monotonic() of the last "two gateways share this id" line
         self.main.client = self._client(self.main, self.cfg.mqtt_client_id)
         if self.alarms is not None:
             self.alarms.client = self._client(self.alarms, f"{self.cfg.mqtt_client_id}-alarms")
@@ -186,9 +190,8 @@ class Publisher:
         if link is self.main:
             # Last Will: the command sees a dead gateway (retained, so late subscribers see it too). The alarms'
             # connection has none: the gateway's status is the main connection's
-            c.will_set(self.topics.status, payloads.dumps(payloads.status(
-                self.cfg.gateway_id, self.cfg.district, 0, False, self.version)), qos=1, retain=True)
-            c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload)
+            c.will_set(self.topics.status, self._status(0, False), qos=1, retain=True)
+            c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload, m.retain)
         # called by paho's thread inside its `except OSError`: exc_info is the reason (TLS, refused, DNS)
         c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, link, sys.exc_info()[1],
                                                             c.endpoint)
@@ -219,9 +222,8 @@ class Publisher:
         self.stopping = True
         if self.connected:
             try:
-                self.client.publish(self.topics.status, payloads.dumps(payloads.status(
-                    self.cfg.gateway_id, self.cfg.district, self.clock(), False, self.version)), qos=1,
-                    retain=True).wait_for_publish(timeout)
+                self.client.publish(self.topics.status, self._status(self.clock(), False), qos=1,
+                                    retain=True).wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
         for link in self.links():     # every one disconnects first: each loop_stop may sit out a reconnect wait
@@ -255,8 +257,11 @@ class Publisher:
         link.resending = set(link.inflight)
         link.resend_deadline = time.monotonic() + self.cfg.keepalive
         if link is self.main:
-            link.client.publish(self.topics.status, payloads.dumps(payloads.status(
-                self.cfg.gateway_id, self.cfg.district, self.clock(), True, self.version)), qos=1, retain=True)
+            # its own status topic first, then the birth: what comes there before the birth's echo is what was
+            # retained while this process was away (IdentityWatch)
+            self.connects += 1
+            link.client.subscribe(self.topics.status, qos=1)
+            link.client.publish(self.topics.status, self._status(self.clock(), True), qos=1, retain=True)
             for t in self.subscriptions:
                 link.client.subscribe(t, qos=1)
         self.kick()
@@ -309,9 +314,35 @@ class Publisher:
         link.connected = False
         link.gauge.set(0)
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _status(self, t: float, online: bool) -> bytes:
+        return payloads.dumps(payloads.status(self.cfg.gateway_id, self.cfg.district, t, online, self.version,
+                                              self.identity.instance, self.identity.host))
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        if topic == self.topics.status:
+            self._on_status(payload, retained)
+            return
         if self.on_message_cb:
             self.on_message_cb(topic, payload)
+
+    def _on_status(self, payload: bytes, retained: bool) -> None:
+        """A message on this gateway's own status topic: its birth's echo, or another process's status."""
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not self.identity.observe(doc, retained, self.connects):
+            return
+        self.metrics.id_conflicts.inc()
+        now = time.monotonic()
+        if now - self.conflict_logged >= 60 or not self.conflict_logged:
+            self.conflict_logged = now
+            inst, host = self.identity.other
+            log.error("another gateway is publishing as gateway id %r (instance %s on host %s; this one is instance "
+                      "%s on %s): with one [mqtt] client_id the broker hands the connection from one to the other "
+                      "at every reconnect, and the command sees both gateways' devices under one name. Give each "
+                      "gateway its own [gateway] id (gateway.toml) and restart the one that was copied",
+                      self.cfg.gateway_id, inst, host, self.identity.instance, self.identity.host)
 
     def _on_puback(self, link: Link, mid: int, rc) -> None:
         entry = link.inflight.pop(mid, None)

@@ -36,9 +36,9 @@ class Client:
             self.acks[mid] = int(rc.value)
             self.acked.notify_all()
 
-    def publish(self, topic, payload=b"x") -> int:
+    def publish(self, topic, payload=b"x", retain=False) -> int:
         """The PUBACK reason code (0 ok, 135 not authorised)."""
-        mid = self.c.publish(topic, payload, qos=1).mid
+        mid = self.c.publish(topic, payload, qos=1, retain=retain).mid
         with self.acked:
             assert self.acked.wait_for(lambda: mid in self.acks, 5), f"no PUBACK for {topic}"
             return self.acks[mid]

@@ -58,6 +58,12 @@ def test_generated_config_refuses_anonymous_and_wrong_roles_at_the_real_broker(t
         zhao = Client(m.port, "zhao", pw["zhao"])
         eng = Client(m.port, "li.na", pw["li.na"])
         gw2 = Client(m.port, "gw-gw-2", pw["gw-gw-2"])
+        # its own status, retained (gateway/identity.py: another process publishing as it), not another's
+        assert gw1.publish("gasguard/v1/lixia/gw-1/status", b"birth 1", retain=True) < 128   # 16: no subscribers
+        assert gw2.publish("gasguard/v1/lixia/gw-2/status", b"birth 2", retain=True) < 128
+        assert gw1.subscribe("gasguard/v1/lixia/gw-1/status") == [1]
+        assert gw1.got.get(timeout=5) == ("gasguard/v1/lixia/gw-1/status", b"birth 1")
+        gw1.subscribe("gasguard/v1/lixia/gw-2/status")
         assert zhao.publish("gasguard/v1/lixia/gw-1/00c0ffee/cmd", b"reset") == 135     # an operator: no commands
         assert zhao.publish("gasguard/v1/other/command/ack/L-1") == 135                  # nor another district's acks
         assert gw2.publish("gasguard/v1/lixia/gw-1/00c0ffee/alarm") == 135              # nor another gateway's prefix

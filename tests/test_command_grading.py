@@ -230,3 +230,30 @@ def test_a_grading_pass_waits_for_postgresql_as_often_for_one_frame_as_for_twent
     assert len(store.notifications()) == 23
     assert [j["category"] for j in store.journal(limit=10_000)].count("notification") == 23
     store.close()
+
+
+def test_two_gateways_publishing_as_one_id_are_journaled_once(district):
+    """gateway/identity.py: each gateway process puts its own instance in its births; restarts bring new ones, and
+    only a second process brings an earlier one back (a copied gateway.toml: the two take the broker connection
+    from each other)."""
+    g, store, fence = _grader(district)
+
+    def birth(inst, host, t):
+        doc = payloads.status("gw1", D, t, True, "1", inst, host)
+        return g.handle([(f"gasguard/v1/{D}/gw1/status", doc)], t, fence)
+
+    def will(inst, t):
+        g.handle([(f"gasguard/v1/{D}/gw1/status", payloads.status("gw1", D, 0, False, "1", inst, "x"))], t, fence)
+
+    for k, inst in enumerate(("a1", "a2", "a3")):         # three restarts of one gateway: Will, then a new birth
+        birth(inst, "sub-17", T0 + 10 * k)
+        will(inst, T0 + 10 * k + 5)
+    assert not [j for j in store.journal() if j["data"].get("shared_id")]
+    for k in range(4):                                  # then a copy started on sub-18 (b1) beside a4: the two flap
+        birth("b1", "sub-18", T0 + 100 + 2 * k)
+        birth("a4", "sub-17", T0 + 101 + 2 * k)
+    shared = [j for j in store.journal() if j["data"].get("shared_id")]
+    assert len(shared) == 1, shared
+    assert shared[0]["data"]["instances"] == {"b1": "sub-18", "a4": "sub-17"}
+    assert "TWO GATEWAYS" in shared[0]["text"] and "sub-18" in shared[0]["text"]
+    store.close()
