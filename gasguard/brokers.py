@@ -158,6 +158,16 @@ class FailoverClient(mqtt.Client):
         rounds = self.cut_in_a_row // len(self.endpoints)
         return min(self.connect_timeout * 2 ** min(rounds, 16), max(self.connect_timeout, float(self.keepalive)))
 
+    def cut(self) -> None:
+        """Shut the connection down (any thread): paho's next read sees it lost and moves on to the next
+        endpoint, re-sending what was in flight there, as after a lost connection."""
+        sock = self.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def loop_misc(self) -> mqtt.MQTTErrorCode:
         """paho's network thread calls this at least once a second: cut an attempt whose CONNACK is late."""
         due = self.connack_due
@@ -168,10 +178,5 @@ class FailoverClient(mqtt.Client):
                 self.connack_due, self.timed_out = None, True
                 self.connack_timeouts += 1
                 self.cut_in_a_row += 1
-                sock = self.socket()
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)   # paho's next read sees the connection lost
-                    except OSError:
-                        pass
+                self.cut()
         return super().loop_misc()

@@ -51,6 +51,7 @@ class Config:
     mqtt_port: int = 1883
     mqtt_brokers: list[Endpoint] = field(default_factory=list)   # [mqtt] brokers: a cluster's nodes, in order
     connect_timeout: float = 5.0       # s for a node's CONNACK before the next node is tried
+    puback_timeout: float = 10.0       # s without a PUBACK for what is in flight: the node hung, the next is tried
     mqtt_client_id: str = ""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
@@ -148,7 +149,7 @@ _KNOWN = {
     "gateway": {"id", "district", "registry", "spool", "log_level", "log_json"},
     "serial": {"port", "baud", "kind", "name"},
     "udp": {"bind", "forwarders", "rcvbuf_kb"},
-    "mqtt": {"host", "port", "brokers", "connect_timeout", "topic_root", "client_id", "username", "password",
+    "mqtt": {"host", "port", "brokers", "connect_timeout", "puback_timeout", "topic_root", "client_id", "username", "password",
              "tls_ca", "tls_cert", "tls_key",
              "keepalive", "reconnect_min", "reconnect_max", "inflight", "alarm_connection"},
     "batch": {"count", "bytes", "delay"},
@@ -238,6 +239,9 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         raise ConfigError(e.key, e.fix) from None
     cfg.mqtt_host, cfg.mqtt_port = cfg.mqtt_brokers[0].host, cfg.mqtt_brokers[0].port
     cfg.connect_timeout = _positive(_get(m, "connect_timeout", float, 5.0, "mqtt"), "mqtt.connect_timeout")
+    cfg.puback_timeout = _get(m, "puback_timeout", float, 10.0, "mqtt")
+    if cfg.puback_timeout < 0:
+        raise ConfigError("mqtt.puback_timeout", "must be 0 (off) or seconds, e.g. 10")
     cfg.topic_root = _get(m, "topic_root", str, ROOT, "mqtt")
     try:
         Topics(cfg.topic_root)

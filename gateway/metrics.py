@@ -80,6 +80,10 @@ class Metrics:
                                      " false", registry=r)
         self.failovers = Counter("gasguard_gateway_broker_failovers",
                                  "Connections accepted by a different broker node than the one before", registry=r)
+        self.broker_stalls = zeroed(Counter("gasguard_gateway_broker_stalls",
+                                            "Connections cut for no PUBACK in mqtt.puback_timeout with messages in "
+                                            "flight (a frozen broker node)", ["connection"], registry=r),
+                                    "main", "alarms")
         self.id_conflicts = Counter("gasguard_gateway_id_conflicts",
                                     "Status messages showing another process publishing as this gateway id (two "
                                     "gateways share [gateway] id: gateway/identity.py)", registry=r)

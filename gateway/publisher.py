@@ -103,6 +103,7 @@ class Link:
         self.broker = None                        # the endpoint of the last accepted connection (failover count)
         self.fail_logged: tuple = (None, 0.0)     # (reason, when) of the last connect failure logged
         self.down_since = 0.0                     # time.monotonic() of the last loss
+        self.progress = 0.0                       # time.monotonic() of the last PUBACK or accepted connection
 
 
 class Publisher:
@@ -267,6 +268,7 @@ class Publisher:
                     "(check mqtt.username/password/TLS)", endpoint, link.label, rc)
             return
         link.connected = True
+        link.progress = time.monotonic()
         link.fail_logged = (None, 0.0)
         link.gauge.set(1)
         if link is self.main and link.broker is not None and endpoint != link.broker:
@@ -370,6 +372,7 @@ class Publisher:
     def _on_puback(self, link: Link, mid: int) -> None:
         entry = link.inflight.pop(mid, None)
         link.resending.discard(mid)
+        link.progress = time.monotonic()
         if entry is None:
             return   # birth/status/stats, not from the spool (or taken back: _take_back)
         if entry.lane in PRIORITY_LANES:
@@ -617,8 +620,31 @@ class Publisher:
             except TimeoutError:
                 pass
             self.wake.clear()
+            self.hung(time.monotonic())
             if self.up():
                 self.fill()
+
+    def hung(self, now: float) -> None:
+        """A connection with messages in flight and no PUBACK for mqtt.puback_timeout is cut, and paho moves to
+        the next node with them. A node that is frozen (a paused VM, SIGSTOP, a link that drops every packet)
+        keeps the TCP connection open and answers nothing: before, the gateway noticed only by keepalive, up to
+        twice mqtt.keepalive (60 s by default) of alarms held, with another node of the cluster ready."""
+        limit = self.cfg.puback_timeout
+        if not limit:
+            return
+        for link in self.links():
+            if not link.connected or not link.inflight:
+                continue
+            since = max(link.progress, next(iter(link.inflight.values())).sent)   # (dicts keep send order)
+            if now - since < limit:
+                continue
+            link.progress = now                  # once per deadline: the cut takes effect on paho's thread
+            self.metrics.broker_stalls.labels(link.name).inc()
+            log.warning("no PUBACK from mqtt broker %s%s for %.0f s with %d messages in flight: taking the connection "
+                        "as lost%s (mqtt.puback_timeout; a frozen node, or a link dropping every packet)",
+                        link.client.endpoint, link.label, now - since, len(link.inflight),
+                        "; next: the following broker in mqtt.brokers" if len(self.cfg.brokers) > 1 else "")
+            link.client.cut()
 
     def publish_direct(self, topic: str, payload: dict, qos: int = 0, retain: bool = False) -> None:
         """Best-effort messages that are not worth spooling (periodic stats)."""

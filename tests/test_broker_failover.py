@@ -31,12 +31,14 @@ def test_mqtt_takes_a_list_of_brokers_and_keeps_the_single_form(tmp_path):
     one = parse(_doc({"host": "mq.example", "port": 1884}), tmp_path)
     assert one.brokers == [Endpoint("mq.example", 1884)] and (one.mqtt_host, one.mqtt_port) == ("mq.example", 1884)
     assert parse(_doc({}), tmp_path).brokers == [Endpoint("127.0.0.1", 1883)]
+    assert parse(_doc({}), tmp_path).puback_timeout == 10 and parse(_doc({"puback_timeout": 0}), tmp_path).puback_timeout == 0
     for mqtt, key in (({"brokers": ["a:1883"], "host": "b"}, "mqtt.brokers"),
                       ({"brokers": []}, "mqtt.brokers"),
                       ({"brokers": ["a:1883", "b:x"]}, "mqtt.brokers[1]"),
                       ({"brokers": ["a:1883", "a:1883"]}, "mqtt.brokers[1]"),
                       ({"brokers": ["a:70000"]}, "mqtt.brokers[0]"),
-                      ({"port": 0}, "mqtt.port")):
+                      ({"port": 0}, "mqtt.port"),
+                      ({"puback_timeout": -1}, "mqtt.puback_timeout")):
         with pytest.raises(ConfigError) as e:
             parse(_doc(mqtt), tmp_path)
         assert e.value.key == key, (mqtt, e.value)
@@ -204,3 +206,56 @@ def test_a_slow_broker_still_gets_in_the_connack_wait_doubles_after_each_round_c
         one.cut_in_a_row = n
         waits.append(one.connack_wait())
     assert waits == [2.0, 2.0, 4.0, 4.0, 8.0, 8.0, 16.0, 16.0, 30.0, 30.0, 30.0, 30.0]
+
+
+def test_a_frozen_node_is_left_after_puback_timeout_not_keepalive(tmp_path, caplog):
+    """A node that keeps the TCP connection and answers nothing (a paused VM, SIGSTOP, a link dropping every
+    packet; here a TCP hop holding both of the gateway's connections) held the alarms in flight until keepalive
+    noticed: 60 s here, up to twice that. With mqtt.puback_timeout the connections are cut and the alarm and
+    the readings reach the next node, once each in the spool's order."""
+    import logging
+    import time
+
+    from gasguard.testing.links import TcpProxy
+    nodes = [Node(0x00C20000 + i) for i in range(5)]
+    make_registry(tmp_path / "registry.db", nodes)
+    caplog.set_level(logging.WARNING, logger="gasguard.gateway.mqtt")
+    with Mosquitto(workdir=tmp_path / "a") as a, Mosquitto(workdir=tmp_path / "b") as b, TcpProxy(a.port) as hop:
+        sub_b = Subscriber(b.port)
+        cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
+                     udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", batch_delay=0.05,
+                     reconnect_min=0.1, reconnect_max=0.5, keepalive=60, puback_timeout=1.0,
+                     mqtt_brokers=[Endpoint("127.0.0.1", hop.port), Endpoint("127.0.0.1", b.port)])
+        gw = DaemonThread(Daemon(cfg, plugins=[]))
+        d = gw.daemon
+        try:
+            wait_until(lambda: d.publisher.connected and d.publisher.alarms.connected, 10, "both connections via the hop")
+            assert d.publisher.broker == Endpoint("127.0.0.1", hop.port)
+            hop.hold("gw1")
+            hop.hold("gw1-alarms")
+            t0 = time.monotonic()
+            frames, want = [], set()
+            for k in range(2):
+                if k:
+                    frames.append(nodes[0].alarm())
+                for n in nodes:
+                    frames.append(n.reading())
+                    want.add(f"gw1:{n.dev:08x}:{n.fcnt}")
+            gw.call(lambda: [d._deliver_nowait(raw, RX, "test") for raw in frames])
+            sub_b.wait(lambda ms: any(t.endswith("/alarm") for t, _, _ in ms), 20)
+            took = time.monotonic() - t0
+            sub_b.wait(lambda ms: want <= sub_b.reading_ids(), 10)
+            assert took < 10, took                  # puback_timeout 1 s and a reconnect, not keepalive's 60 s
+            assert d.metrics.value("gasguard_gateway_broker_stalls_total", connection="alarms") >= 1
+            said = [r.getMessage() for r in caplog.records if "no PUBACK from mqtt broker" in r.getMessage()]
+            assert said and "mqtt.puback_timeout" in said[0], said
+            alarms = [doc["id"] for t, doc, _ in sub_b.messages if t.endswith("/alarm")]
+            assert len(alarms) == 1, alarms
+            # per device, the readings in counter order
+            for n in nodes:
+                mine = [r["fcnt"] for t, doc, _ in sub_b.messages if t.endswith("/reading")
+                        for r in doc["readings"] if r["dev"] == f"{n.dev:08x}"]
+                assert mine == sorted(mine), (n.dev, mine)
+        finally:
+            gw.stop()
+            sub_b.close()
