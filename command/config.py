@@ -76,6 +76,10 @@ class Config:
     mqtt_port: int = 1883
     mqtt_brokers: list = field(default_factory=list)   # [command.mqtt] brokers: a cluster's nodes, in order
     mqtt_client_id: str = ""
+    # a frozen node (a paused VM, a link dropping every packet) keeps the connection open and sends nothing:
+    # paho notices after at most twice the keepalive (30 s before: up to a minute of alarms not seen)
+    mqtt_keepalive: int = 10
+    mqtt_connect_timeout: float = 5.0   # s for a node's TCP connect, and again for its CONNACK (FailoverClient)
     mqtt_username: str = ""
     mqtt_password: str = ""
     mqtt_tls_ca: str = ""
@@ -133,8 +137,16 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
         name = f"mqtt_{k}"
         if name not in {f.name for f in fields(Config)}:
             raise ConfigError(f"{where}: unknown [command.mqtt] key {k!r}: host, port, brokers, client_id, "
-                              "username, password, tls_ca")
+                              "keepalive, connect_timeout, username, password, tls_ca")
         kw[name] = v
+    if not isinstance(kw.get("mqtt_keepalive", 10), int) or isinstance(kw.get("mqtt_keepalive"), bool) \
+            or not 4 <= kw.get("mqtt_keepalive", 10) <= 65535:
+        raise ConfigError(f"{where}: [command.mqtt] keepalive = {kw['mqtt_keepalive']!r}: whole seconds, 4 to 65535 "
+                          "(e.g. 10: a frozen broker node is left within twice it)")
+    timeout = kw.get("mqtt_connect_timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{where}: [command.mqtt] connect_timeout = {timeout!r}: seconds, more than 0 (e.g. 5)")
+    kw["mqtt_connect_timeout"] = float(timeout)
     kw.setdefault("grading", dict(data.get("grading", {})))
     kw.setdefault("notify", dict(data.get("notify", {})))
     kw.setdefault("authority", dict(data.get("authority", {})))

@@ -248,6 +248,7 @@ class CommandService:
         c.max_inflight_messages_set(200)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 30)
+        c.connect_timeout = self.cfg.mqtt_connect_timeout
         if self.cfg.mqtt_username:
             c.username_pw_set(self.cfg.mqtt_username, self.cfg.mqtt_password)
         if self.cfg.mqtt_tls_ca:
@@ -256,7 +257,7 @@ class CommandService:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
-        c.start(keepalive=30)
+        c.start(keepalive=self.cfg.mqtt_keepalive)
         return c
 
     def _disconnect(self) -> None:

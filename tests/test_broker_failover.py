@@ -58,6 +58,12 @@ def test_the_command_service_reads_the_same_broker_list(tmp_path):
     p.write_text('[command]\ndistrict = "d1"\n[command.mqtt]\nbrokers = ["a:1883"]\nhost = "b"\n')
     with pytest.raises(cc.ConfigError, match="command.mqtt.brokers"):
         cc.load(p)
+    assert (cc.load(None).mqtt_keepalive, cc.load(None).mqtt_connect_timeout) == (10, 5.0)
+    for bad, key in (("keepalive = 2", "keepalive"), ("keepalive = true", "keepalive"),
+                     ("connect_timeout = 0", "connect_timeout")):
+        p.write_text(f'[command]\ndistrict = "d1"\n[command.mqtt]\n{bad}\n')
+        with pytest.raises(cc.ConfigError, match=rf"\[command.mqtt\] {key} = "):
+            cc.load(p)
 
 
 
@@ -259,3 +265,53 @@ def test_a_frozen_node_is_left_after_puback_timeout_not_keepalive(tmp_path, capl
         finally:
             gw.stop()
             sub_b.close()
+
+
+def test_the_command_service_leaves_a_frozen_node_within_twice_its_keepalive(tmp_path):
+    """The command service mostly listens: a frozen node sends it nothing and it has nothing in flight to miss a
+    PUBACK for, so keepalive is what finds it. [command.mqtt] keepalive (30 s fixed before: up to a minute of
+    alarms not seen) bounds it; the service then takes the next node and grades what arrives there."""
+    import time
+
+    from gasguard.command import config as cconfig
+    from gasguard.command.service import CommandService
+    from gasguard.command.store import open_store
+    from gasguard.gateway import payloads
+    from gasguard.registry import Device, Registry
+    from gasguard.testing.links import TcpProxy
+    home = Node(0x00C30000)
+    reg = tmp_path / "registry.db"
+    with Registry(reg) as r:
+        r.add_many([Device(dev_id=home.dev, key=home.key, profile="household", households=1, lat=36.66, lon=117.06,
+                           state="commissioned")])
+    store_url = f"sqlite:///{tmp_path / 'command.db'}"
+    with Mosquitto(workdir=tmp_path / "a") as a, Mosquitto(workdir=tmp_path / "b") as b, TcpProxy(a.port) as hop:
+        hop_ep, b_ep = Endpoint("127.0.0.1", hop.port), Endpoint("127.0.0.1", b.port)
+        cfg = cconfig.load(None, district="d1", store=store_url, registry=str(reg), mqtt_brokers=[hop_ep, b_ep],
+                           mqtt_keepalive=2, tick_interval=0.1, instance="cmd-a", lease_ttl=2.0)
+        svc = CommandService(cfg).start()
+        store = open_store(store_url)
+        try:
+            wait_until(lambda: svc.connected.is_set() and svc.client.endpoint == hop_ep
+                       and svc.bulk_client.is_connected(), 15, "the service connected through the hop")
+            hop.hold(cfg.mqtt_client_id)
+            hop.hold(cfg.mqtt_client_id + "-readings")
+            t0 = time.monotonic()
+            wait_until(lambda: svc.client.endpoint == b_ep and svc.connected.is_set(), 15, "the next node")
+            took = time.monotonic() - t0
+            assert took < 2 * 2 + 2, took           # twice the keepalive, paho's 1-s check, a reconnect
+            wait_until(lambda: svc.bulk_client.endpoint == b_ep and svc.bulk_client.is_connected(), 15, "both")
+            f = {"dev": home.dev, "fcnt": 9, "code": 2, "cleared": False, "aseq": 1, "age": 0, "value": 260,
+                 "state": 0x15}
+            doc = payloads.alarm("gw1", "d1", payloads.msg_id("gw1", home.dev, 9), f, time.time(), {},
+                                 Device(dev_id=home.dev, key=bytes(16), profile="household"))
+            pub = Subscriber(b.port, "nothing/#")      # a client of node B, as a gateway on it
+            try:
+                pub.c.publish(f"gasguard/v1/d1/gw1/{home.dev:08x}/alarm", payloads.dumps(doc),
+                                   qos=1).wait_for_publish(5)
+            finally:
+                pub.close()
+            wait_until(lambda: len(store.list_incidents()) == 1, 15, "the alarm graded from the next node")
+        finally:
+            svc.stop()
+            store.close()
