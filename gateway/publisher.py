@@ -78,6 +78,9 @@ class Flight(NamedTuple):
     sent: float           # time.monotonic() at publish
 
 
+KEEPALIVE_TIMEOUT = 141   # the reason code paho gives its own keepalive's close (MQTT_ERR_KEEPALIVE)
+
+
 class _ClosedBeforeConnack(ConnectionError):
     """The TCP/TLS connection was made, then closed by the broker before its CONNACK."""
 
@@ -331,9 +334,13 @@ class Publisher:
             log.warning("lost the mqtt broker %s%s (%s); spooling, reconnecting with backoff up to %.0f s%s",
                         endpoint, link.label, rc, self.cfg.reconnect_max, nxt)
         else:
-            # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either
-            self._on_connect_fail(link, _NoConnack(f"no CONNACK in {self.cfg.connect_timeout:g} s") if late
-                                  else _ClosedBeforeConnack(str(rc)), endpoint)
+            # TLS 1.3 reports a refused client certificate only here, after the handshake: not silent either.
+            # paho's own keepalive ending a wait for the CONNACK (141) is no answer, not a closed connection
+            if late or getattr(rc, "value", None) == KEEPALIVE_TIMEOUT:
+                err = _NoConnack(f"no CONNACK in {self.cfg.connect_timeout:g} s" if late else str(rc))
+            else:
+                err = _ClosedBeforeConnack(str(rc))
+            self._on_connect_fail(link, err, endpoint)
         if link.connected:
             link.down_since = time.monotonic()
         link.connected = False

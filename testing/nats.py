@@ -151,9 +151,16 @@ class NatsCluster:
             p.wait(10)
         self.procs[i] = None
 
+    def freeze(self, i: int) -> None:
+        """SIGSTOP one node: a frozen broker node (a paused VM): its connections stay open, nothing answers."""
+        p = self.procs[i]
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGSTOP)
+
     def stop(self, timeout: float = 5.0) -> None:
         for p in self.procs:
             if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)      # a frozen node would not act on the SIGTERM
                 p.terminate()
         for i, p in enumerate(self.procs):
             if p is not None:

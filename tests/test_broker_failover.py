@@ -315,3 +315,26 @@ def test_the_command_service_leaves_a_frozen_node_within_twice_its_keepalive(tmp
         finally:
             svc.stop()
             store.close()
+
+
+def test_paho_keepalive_ending_a_wait_for_the_connack_is_said_as_no_answer(tmp_path, caplog):
+    """A frozen node takes the TCP connection of a reconnect and answers nothing; when paho's keepalive ends the
+    wait, the log said "the broker closed the connection before accepting it: check mqtt.username ..." (a refused
+    login's hint). It is no answer, and the log says so."""
+    import logging
+
+    from paho.mqtt.client import MQTTErrorCode, convert_disconnect_error_code_to_reason_code
+    make_registry(tmp_path / "registry.db", [Node(0x00C40000)])
+    cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
+                 udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1",
+                 mqtt_brokers=[Endpoint("127.0.0.1", 1), Endpoint("127.0.0.1", 2)])
+    caplog.set_level(logging.ERROR, logger="gasguard.gateway.mqtt")
+    d = Daemon(cfg, plugins=[])
+    try:
+        pub = d.publisher
+        pub._on_disconnect(pub.main, convert_disconnect_error_code_to_reason_code(MQTTErrorCode.MQTT_ERR_KEEPALIVE),
+                           cfg.mqtt_brokers[0])
+        said = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+        assert said and "did not accept it" in said[0] and "username" not in said[0], said
+    finally:
+        d.spool.close()

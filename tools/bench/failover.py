@@ -2,9 +2,11 @@
 
 One gateway (the real daemon: verification, SQLite spool with synchronous=FULL, the failover publisher) is
 connected to node 0 and gets a paced stream of readings; a command-side consumer with a persistent session
-on node 2 counts distinct frames (FrameDedup). Node 0 is SIGKILLed mid-stream. Measured:
+on node 2 counts distinct frames (FrameDedup). Node 0 is SIGKILLed mid-stream (with --freeze: SIGSTOPped, a
+paused VM: its connections stay open and nothing answers, so the gateway finds out by [mqtt] puback_timeout).
+Measured:
 
-- failover: SIGKILL -> the gateway's connection accepted by another node (its CONNACK);
+- failover: SIGKILL (SIGSTOP) -> the gateway's connection accepted by another node (its CONNACK);
 - delivery gap: the longest time without a new reading at the consumer, around the kill;
 - loss: readings accepted by the gateway that never reached the consumer (waited for up to 60 s);
 - copies: readings that arrived more than once (re-sent in flight; dropped by the dedup).
@@ -30,7 +32,7 @@ def load() -> str:
 
 
 def failover_run(base: Path, *, rate: float, seconds: float, kill_at: float, devices: int,
-                 connect_timeout: float = 3.0) -> dict:
+                 connect_timeout: float = 3.0, freeze: bool = False, puback_timeout: float = 10.0) -> dict:
     from gasguard.brokers import Endpoint
     from gasguard.gateway.config import Config
     from gasguard.gateway.daemon import Daemon
@@ -47,6 +49,7 @@ def failover_run(base: Path, *, rate: float, seconds: float, kill_at: float, dev
         cfg = Config(gateway_id="gw1", district="d1", registry=base / "registry.db", spool=base / "spool.db",
                      udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", mqtt_brokers=ep, batch_delay=0.05,
                      reconnect_min=0.2, reconnect_max=1.0, connect_timeout=connect_timeout, keepalive=10,
+                     puback_timeout=puback_timeout,
                      rate_per_min=1e6, rate_burst=100_000, verify_worker=False)
         gw = DaemonThread(Daemon(cfg, plugins=[]))
         d = gw.daemon
@@ -65,7 +68,7 @@ def failover_run(base: Path, *, rate: float, seconds: float, kill_at: float, dev
                 sent += len(frames)
                 now = time.monotonic()
                 if t_kill is None and now - t0 >= kill_at:
-                    cl.kill(0)
+                    (cl.freeze if freeze else cl.kill)(0)
                     t_kill = time.monotonic()
                 if t_kill is not None and t_back is None and d.publisher.connected and d.publisher.broker != ep[0]:
                     t_back = time.monotonic()
@@ -89,18 +92,19 @@ def failover_run(base: Path, *, rate: float, seconds: float, kill_at: float, dev
 
 
 def failover_figures(*, runs=2, rate=5000.0, seconds=12.0, kill_at=4.0, devices=500, connect_timeout=3.0,
-                     echo=click.echo) -> dict:
-    out: dict = {"load_before": load(), "connect_timeout": connect_timeout, "runs": []}
+                     freeze=False, puback_timeout=10.0, echo=click.echo) -> dict:
+    out: dict = {"load_before": load(), "connect_timeout": connect_timeout, "freeze": freeze,
+                 "puback_timeout": puback_timeout, "runs": []}
     for r in range(runs):
         base = Path(tempfile.mkdtemp(prefix="gg-bench-failover-", dir="/var/tmp"))
         try:
             res = failover_run(base, rate=rate, seconds=seconds, kill_at=kill_at, devices=devices,
-                              connect_timeout=connect_timeout)
+                              connect_timeout=connect_timeout, freeze=freeze, puback_timeout=puback_timeout)
         finally:
             shutil.rmtree(base, ignore_errors=True)
         out["runs"].append(res)
         fo = f"{res['failover_s']:.2f} s" if res["failover_s"] is not None else "never"
-        echo(f"  run {r + 1}: node SIGKILLed at {rate:,.0f} readings/s: failover {fo}, longest delivery gap "
+        echo(f"  run {r + 1}: node {'SIGSTOPped' if freeze else 'SIGKILLed'} at {rate:,.0f} readings/s: failover {fo}, longest delivery gap "
              f"{res['gap_s']:.2f} s, {res['accepted']:,} accepted, {res['received']:,} at the command, "
              f"{res['lost']} lost, {res['copies']} copies dropped by dedup"
              + (f"; refused by the gateway {res['refused']}" if res["refused"] else "") + f" ({res['load']})")
@@ -118,10 +122,14 @@ def failover_figures(*, runs=2, rate=5000.0, seconds=12.0, kill_at=4.0, devices=
 @click.option("--seconds", default=12.0, show_default=True)
 @click.option("--connect-timeout", default=3.0, show_default=True,
               help="the gateway's [mqtt] connect_timeout: a node's TCP connect and CONNACK")
+@click.option("--freeze", is_flag=True, help="SIGSTOP the node instead of SIGKILL: a frozen node, found by "
+              "[mqtt] puback_timeout")
+@click.option("--puback-timeout", default=10.0, show_default=True, help="the gateway's [mqtt] puback_timeout")
 @click.option("--json", "as_json", is_flag=True)
-def failover_bench(runs, rate, seconds, connect_timeout, as_json):
+def failover_bench(runs, rate, seconds, connect_timeout, freeze, puback_timeout, as_json):
     """A broker node dies under a gateway: failover time, delivery gap and loss on a real 3-node NATS cluster."""
-    out = failover_figures(runs=runs, rate=rate, seconds=seconds, connect_timeout=connect_timeout,
+    out = failover_figures(runs=runs, rate=rate, seconds=seconds, connect_timeout=connect_timeout, freeze=freeze,
+                           puback_timeout=puback_timeout,
                            echo=(lambda *_: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(out, indent=2))
