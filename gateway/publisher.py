@@ -216,16 +216,31 @@ class Publisher:
         paho handed over after the PUBACK."""
         self.pubacks.append((link, mid))
         if not self.puback_pending:
-            self.puback_pending = True
-            self._threadsafe(self._drain_pubacks)
+            self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        """(either thread) One _drain_pubacks on the loop. Without a running loop the PUBACKs stay queued and
+        start() drains them: `puback_pending` is set only for a drain that was scheduled."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        self.puback_pending = True
+        try:
+            loop.call_soon_threadsafe(self._drain_pubacks)
+        except RuntimeError:          # closed meanwhile
+            self.puback_pending = False
 
     def _drain_pubacks(self) -> None:
         # cleared first: a PUBACK queued after this line either finds it clear and schedules another drain,
         # or was queued before it and is drained below
         self.puback_pending = False
         q, on_puback = self.pubacks, self._on_puback
-        while q:
-            on_puback(*q.popleft())
+        try:
+            while q:
+                on_puback(*q.popleft())
+        finally:
+            if q and not self.puback_pending:     # one raised: the loop's handler has it; the rest go on
+                self._schedule_drain()
 
     def _threadsafe(self, fn, *args):
         loop = self.loop
@@ -238,6 +253,9 @@ class Publisher:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.puback_pending = False          # a drain scheduled on an earlier loop died with it
+        if self.pubacks:
+            self._schedule_drain()
         log.info("connecting to mqtt %s%s%s", ", then ".join(map(str, self.cfg.brokers)),
                  " (TLS)" if self.cfg.tls_ca else "", "; alarms and events on a second connection"
                  if self.alarms is not None else "")

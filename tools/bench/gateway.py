@@ -91,7 +91,7 @@ class Probe:
                 self.mid_of[link.name, next(reversed(link.inflight))] = row.msg_id
                 self.sent[row.msg_id] = time.perf_counter()
 
-        def on_puback(link, mid, rc):
+        def on_puback(link, mid):
             entry = link.inflight.get(mid)
             now = self.acked_at.pop((link.name, mid), None) or time.perf_counter()
             if entry is not None:
@@ -105,7 +105,7 @@ class Probe:
                         self.latencies.append(now - t)
                         self.timed[msg_id] = (t, now)
                         self.readings_at_alarm.append(self.readings)
-            orig_ack(link, mid, rc)
+            orig_ack(link, mid)
         p._send_one, p._on_puback = send_one, on_puback
 
 

@@ -1,0 +1,71 @@
+"""PUBACKs from paho's thread reach the loop in one hand-over for all that came meanwhile (publisher.py,
+_puback_threadsafe). None is lost: one that comes while there is no running loop (before start, between two
+loops) is handled when the next loop starts, and one whose handling raises does not strand those behind it."""
+
+import asyncio
+import logging
+
+from gasguard.brokers import Endpoint
+from gasguard.gateway.config import Config
+from gasguard.gateway.daemon import Daemon
+from gasguard.testing.mosquitto import free_port
+from gasguard.testing.node import Node, make_registry
+
+
+def _publisher(tmp_path, monkeypatch):
+    make_registry(tmp_path / "registry.db", [Node(0x00C50000)])
+    cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
+                 udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", mqtt_brokers=[Endpoint("127.0.0.1", 1)])
+    d = Daemon(cfg, plugins=[])
+    pub = d.publisher
+    for link in pub.links():                         # no broker here: the hand-over alone
+        monkeypatch.setattr(link.client, "start", lambda keepalive: None)
+    return d, pub
+
+
+def test_pubacks_without_a_running_loop_are_handled_when_the_next_one_starts(tmp_path, monkeypatch):
+    d, pub = _publisher(tmp_path, monkeypatch)
+    seen = []
+    monkeypatch.setattr(pub, "_on_puback", lambda link, mid: seen.append(mid))
+    try:
+        pub._puback_threadsafe(pub.main, 1)          # before start: no loop to hand it to
+        assert not pub.puback_pending and list(pub.pubacks) == [(pub.main, 1)]
+
+        async def run(mids):
+            pub.start()
+            for m in mids:
+                pub._puback_threadsafe(pub.main, m)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        asyncio.run(run([2, 3]))
+        assert seen == [1, 2, 3] and not pub.pubacks
+        pub.puback_pending = True                    # as if a drain was scheduled on the loop that just ended
+        pub.pubacks.append((pub.main, 4))
+        asyncio.run(run([5]))
+        assert seen == [1, 2, 3, 4, 5] and not pub.pubacks
+    finally:
+        d.spool.close()
+
+
+def test_a_puback_whose_handling_raises_does_not_strand_the_rest(tmp_path, monkeypatch, caplog):
+    d, pub = _publisher(tmp_path, monkeypatch)
+    seen = []
+
+    def on_puback(link, mid):
+        if mid == 2:
+            raise ValueError("bad entry")
+        seen.append(mid)
+    monkeypatch.setattr(pub, "_on_puback", on_puback)
+    caplog.set_level(logging.ERROR)
+    try:
+        async def run():
+            pub.start()
+            for m in (1, 2, 3, 4):
+                pub._puback_threadsafe(pub.main, m)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        asyncio.run(run())
+        assert seen == [1, 3, 4] and not pub.pubacks
+        assert "bad entry" in caplog.text
+    finally:
+        d.spool.close()
