@@ -51,7 +51,8 @@ class IdentityWatch:
         if retained:
             if not self.armed:
                 return False
-            self.retained_at.add(connection)
+            if len(self.retained_at) < 2:        # (bounded: two connections are the evidence)
+                self.retained_at.add(connection)
             evidence = len(self.retained_at) >= 2
         else:
             evidence = doc.get("online") is True
