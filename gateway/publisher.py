@@ -210,10 +210,10 @@ class Publisher:
 
     def _puback_threadsafe(self, link: Link, mid: int) -> None:
         """On paho's thread: PUBACKs are queued and handed over as one call for all that came meanwhile, not a
-        call_soon_threadsafe each (a write to the loop's self-pipe, a wake-up and a handle per PUBACK: with a
-        retained state per reading, a tenth of the gateway's CPU). Order against the other callbacks holds: a
-        PUBACK queued behind a pending hand-over is drained by it, and that was scheduled before anything
-        paho handed over after the PUBACK."""
+        call_soon_threadsafe each (a write to the loop's self-pipe, a wake-up and a handle per PUBACK: ~4 % of the
+        gateway's CPU with a retained state every fifth reading, BENCHMARKS.md twelfth pass). Order against the
+        other callbacks holds: a PUBACK queued behind a pending hand-over is drained by it, and that was
+        scheduled before anything paho handed over after the PUBACK."""
         self.pubacks.append((link, mid))
         if not self.puback_pending:
             self._schedule_drain()
