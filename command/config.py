@@ -139,10 +139,10 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
             raise ConfigError(f"{where}: unknown [command.mqtt] key {k!r}: host, port, brokers, client_id, "
                               "keepalive, connect_timeout, username, password, tls_ca")
         kw[name] = v
-    if not isinstance(kw.get("mqtt_keepalive", 10), int) or isinstance(kw.get("mqtt_keepalive"), bool) \
-            or not 4 <= kw.get("mqtt_keepalive", 10) <= 65535:
-        raise ConfigError(f"{where}: [command.mqtt] keepalive = {kw['mqtt_keepalive']!r}: whole seconds, 4 to 65535 "
-                          "(e.g. 10: a frozen broker node is left within twice it)")
+    keepalive = kw.get("mqtt_keepalive", 10)
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 4 <= keepalive <= 65535:
+        raise ConfigError(f"{where}: [command.mqtt] keepalive = {keepalive!r}: whole seconds, 4 to 65535 (e.g. 10: "
+                          "a frozen broker node is left within twice it)")
     timeout = kw.get("mqtt_connect_timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"{where}: [command.mqtt] connect_timeout = {timeout!r}: seconds, more than 0 (e.g. 5)")

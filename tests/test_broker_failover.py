@@ -31,7 +31,8 @@ def test_mqtt_takes_a_list_of_brokers_and_keeps_the_single_form(tmp_path):
     one = parse(_doc({"host": "mq.example", "port": 1884}), tmp_path)
     assert one.brokers == [Endpoint("mq.example", 1884)] and (one.mqtt_host, one.mqtt_port) == ("mq.example", 1884)
     assert parse(_doc({}), tmp_path).brokers == [Endpoint("127.0.0.1", 1883)]
-    assert parse(_doc({}), tmp_path).puback_timeout == 10 and parse(_doc({"puback_timeout": 0}), tmp_path).puback_timeout == 0
+    assert parse(_doc({}), tmp_path).puback_timeout == 10
+    assert parse(_doc({"puback_timeout": 0}), tmp_path).puback_timeout == 0          # off
     for mqtt, key in (({"brokers": ["a:1883"], "host": "b"}, "mqtt.brokers"),
                       ({"brokers": []}, "mqtt.brokers"),
                       ({"brokers": ["a:1883", "b:x"]}, "mqtt.brokers[1]"),
@@ -235,7 +236,8 @@ def test_a_frozen_node_is_left_after_puback_timeout_not_keepalive(tmp_path, capl
         gw = DaemonThread(Daemon(cfg, plugins=[]))
         d = gw.daemon
         try:
-            wait_until(lambda: d.publisher.connected and d.publisher.alarms.connected, 10, "both connections via the hop")
+            wait_until(lambda: d.publisher.connected and d.publisher.alarms.connected, 10,
+                       "both connections via the hop")
             assert d.publisher.broker == Endpoint("127.0.0.1", hop.port)
             hop.hold("gw1")
             hop.hold("gw1-alarms")

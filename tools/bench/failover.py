@@ -104,7 +104,8 @@ def failover_figures(*, runs=2, rate=5000.0, seconds=12.0, kill_at=4.0, devices=
             shutil.rmtree(base, ignore_errors=True)
         out["runs"].append(res)
         fo = f"{res['failover_s']:.2f} s" if res["failover_s"] is not None else "never"
-        echo(f"  run {r + 1}: node {'SIGSTOPped' if freeze else 'SIGKILLed'} at {rate:,.0f} readings/s: failover {fo}, longest delivery gap "
+        how = "SIGSTOPped" if freeze else "SIGKILLed"
+        echo(f"  run {r + 1}: node {how} at {rate:,.0f} readings/s: failover {fo}, longest delivery gap "
              f"{res['gap_s']:.2f} s, {res['accepted']:,} accepted, {res['received']:,} at the command, "
              f"{res['lost']} lost, {res['copies']} copies dropped by dedup"
              + (f"; refused by the gateway {res['refused']}" if res["refused"] else "") + f" ({res['load']})")
