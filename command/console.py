@@ -117,11 +117,14 @@ class IncidentBoard:
             gws = list(self.gateways.values())
         if not gws:
             return ""
-        bad = [g for g in gws if g.get("silent") or g.get("online") is False]
+        bad = [g for g in gws if g.get("silent") or g.get("online") is False or g.get("shared_by")]
         text = f"gateways: {len(gws) - len(bad)} heard"
         for g in sorted(bad, key=lambda g: g["gateway"]):
-            when = time.strftime("%H:%M:%S", time.localtime(g["last_seen"])) if g.get("last_seen") else "?"
-            text += f", {'SILENT' if g.get('silent') else 'OFFLINE'} {g['gateway']} (last heard {when})"
+            if g.get("silent") or g.get("online") is False:
+                when = time.strftime("%H:%M:%S", time.localtime(g["last_seen"])) if g.get("last_seen") else "?"
+                text += f", {'SILENT' if g.get('silent') else 'OFFLINE'} {g['gateway']} (last heard {when})"
+            if g.get("shared_by"):       # two gateways publish as this id (gateway/identity.py)
+                text += f", {g['gateway']} SHARED BY {len(g['shared_by'])} GATEWAYS ({', '.join(g['shared_by'])})"
         return text
 
     def rows(self, now: float) -> list[dict]:

@@ -38,6 +38,7 @@ from .readings import PLOTTED, readings_of, valve_of
 from .shelving import MAX_S, ShelfBook, ShelfError
 
 log = logging.getLogger("gasguard.command")
+SHARED_SHOWN_S = 600.0   # s the consoles show a gateway id as shared after the last birth of one of its pair
 
 
 @dataclass
@@ -81,6 +82,7 @@ class DistrictGrader:
         self.gateways: dict[str, dict] = {}      # gateway id -> {"last_seen", "online", "silent"}
         self.births: dict[str, list] = {}        # gateway id -> [(instance, host)] by latest birth (_births)
         self.shared_ids: dict[str, set] = {}     # gateway id -> pairs of instances journaled as sharing it
+        self.shared: dict[str, tuple] = {}       # gateway id -> (last birth of a shared pair, {instance: host})
         self.inlet_dirty: set[int] = set()       # stations whose inlet samples changed since the checkpoint
         self.inlet_saved = time.monotonic()
         # Inlet samples feed the "still falling" trend (plan 3.3.x(2)) over a 10-minute window; they are
@@ -257,11 +259,15 @@ class DistrictGrader:
         the service sees the next alternation again)."""
         seen = self.births.setdefault(gid, [])          # instances by their latest birth, the newest last
         inst, host = doc["instance"], str(doc.get("host") or "?")
+        pairs = self.shared_ids.setdefault(gid, set())
+        if any(inst in p for p in pairs):              # one of a pair still at it: the consoles keep showing it
+            self.shared[gid] = (now, {**self.shared.get(gid, (0, {}))[1], inst: host})
         if seen and seen[-1][0] != inst and any(i == inst for i, _h in seen):
             other, other_host = seen[-1]
             pair = frozenset((inst, other))
-            if pair not in self.shared_ids.setdefault(gid, set()):
-                self.shared_ids[gid].add(pair)
+            self.shared[gid] = (now, {**self.shared.get(gid, (0, {}))[1], inst: host, other: other_host})
+            if pair not in pairs:
+                pairs.add(pair)
                 log.warning("gateway %s: two gateways publish as this id (instances %s on %s and %s on %s)",
                             gid, inst, host, other, other_host)
                 tx.journal(now, "gateway", f"gateway {gid}: TWO GATEWAYS publish as this id (instance {inst} on "
@@ -286,8 +292,12 @@ class DistrictGrader:
 
     def _gateway_msg(self, gid, now) -> tuple:
         g = self.gateways[gid]
-        return (self.cmd.gateway(gid), {"schema": "gasguard.command-gateway/1", "gateway": gid,
-                "online": g["online"], "silent": g["silent"], "last_seen": g["last_seen"], "t": now}, True)
+        msg = {"schema": "gasguard.command-gateway/1", "gateway": gid, "online": g["online"], "silent": g["silent"],
+               "last_seen": g["last_seen"], "t": now}
+        shared = self.shared.get(gid)
+        if shared is not None and now - shared[0] < SHARED_SHOWN_S:
+            msg["shared_by"] = sorted(shared[1].values())       # the host of each process using the id
+        return (self.cmd.gateway(gid), msg, True)
 
     # --- the command's own inputs ----------------------------------------------------------------
     def _command(self, tx, kind: str, iid: str | None, doc: dict, now, out, changed) -> str | None:
@@ -429,6 +439,10 @@ class DistrictGrader:
             self._persist(tx, self.engine.tick(now), now, out)
             self._end_shelves(tx, now, out)
             self._checkpoint(tx)
+            for gid, (last, _who) in list(self.shared.items()):
+                if now - last >= SHARED_SHOWN_S and gid in self.gateways:     # the copy stopped: say so once
+                    del self.shared[gid]
+                    out.direct.append(self._gateway_msg(gid, now))
             for gid, g in self.gateways.items():
                 if not g["silent"] and now - g["last_seen"] > self.gateway_silent_s:
                     g["silent"] = True

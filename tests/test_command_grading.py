@@ -256,4 +256,17 @@ def test_two_gateways_publishing_as_one_id_are_journaled_once(district):
     assert len(shared) == 1, shared
     assert shared[0]["data"]["instances"] == {"b1": "sub-18", "a4": "sub-17"}
     assert "TWO GATEWAYS" in shared[0]["text"] and "sub-18" in shared[0]["text"]
+    # the consoles are told too, while the pair keeps at it, and once more when it has stopped
+    from gasguard.command.console import IncidentBoard
+    board = IncidentBoard()
+    out = birth("b1", "sub-18", T0 + 200)
+    msg = [p for t, p, _ in out.direct if t.endswith("/gateway/gw1")][-1]
+    assert msg["shared_by"] == ["sub-17", "sub-18"]
+    board.apply_gateway(msg)
+    assert "gw1 SHARED BY 2 GATEWAYS (sub-17, sub-18)" in board.gateway_line()
+    assert all(p.get("shared_by") for _, p, _ in g.tick(T0 + 200 + 599, fence).direct)   # (silent by then)
+    gone = [p for t, p, _ in g.tick(T0 + 200 + 601, fence).direct if t.endswith("/gateway/gw1")]
+    assert len(gone) == 1 and "shared_by" not in gone[0]
+    board.apply_gateway(gone[0])
+    assert "SHARED" not in board.gateway_line() and "SILENT gw1" in board.gateway_line()
     store.close()
