@@ -38,7 +38,7 @@ from .readings import PLOTTED, readings_of, valve_of
 from .shelving import MAX_S, ShelfBook, ShelfError
 
 log = logging.getLogger("gasguard.command")
-SHARED_SHOWN_S = 600.0   # s the consoles show a gateway id as shared after the last birth of one of its pair
+SHARED_SHOWN_S = 600.0   # s the consoles show a gateway id as shared after the last time two instances alternated
 
 
 @dataclass
@@ -257,15 +257,16 @@ class DistrictGrader:
         never brings an earlier one back, so a birth from an instance whose place another one's birth took is
         a second process publishing as this gateway. Journaled once per pair of instances (in memory: a restart of
         the service sees the next alternation again)."""
-        seen = self.births.setdefault(gid, [])          # instances by their latest birth, the newest last
+        seen = self.births.setdefault(gid, [])          # (instance, host, t) by latest birth, the newest last
         inst, host = doc["instance"], str(doc.get("host") or "?")
         pairs = self.shared_ids.setdefault(gid, set())
-        if any(inst in p for p in pairs):              # one of a pair still at it: the consoles keep showing it
-            self.shared[gid] = (now, {**self.shared.get(gid, (0, {}))[1], inst: host})
-        if seen and seen[-1][0] != inst and any(i == inst for i, _h in seen):
-            other, other_host = seen[-1]
+        if seen and seen[-1][0] != inst and any(i == inst for i, _h, _t in seen):
+            other, other_host, other_t = seen[-1]
             pair = frozenset((inst, other))
-            self.shared[gid] = (now, {**self.shared.get(gid, (0, {}))[1], inst: host, other: other_host})
+            # the consoles show it until SHARED_SHOWN_S after the last return from a recent birth of the other:
+            # once the copy is gone, the remaining gateway's next birth (a reconnect, days later) changes nothing
+            if now - other_t < SHARED_SHOWN_S:
+                self.shared[gid] = (now, {**self.shared.get(gid, (0, {}))[1], inst: host, other: other_host})
             if pair not in pairs:
                 pairs.add(pair)
                 log.warning("gateway %s: two gateways publish as this id (instances %s on %s and %s on %s)",
@@ -274,7 +275,7 @@ class DistrictGrader:
                            f"{host}, instance {other} on {other_host}); their devices are mixed under one name. "
                            "Give each gateway its own [gateway] id", who=gid,
                            data={"shared_id": True, "instances": {inst: host, other: other_host}})
-        seen[:] = [(i, h) for i, h in seen if i != inst][-3:] + [(inst, host)]
+        seen[:] = [e for e in seen if e[0] != inst][-3:] + [(inst, host, now)]
 
     def _heard(self, tx, gid, now, out) -> None:
         g = self.gateways.get(gid)

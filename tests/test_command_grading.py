@@ -260,6 +260,7 @@ def test_two_gateways_publishing_as_one_id_are_journaled_once(district):
     from gasguard.command.console import IncidentBoard
     board = IncidentBoard()
     out = birth("b1", "sub-18", T0 + 200)
+    birth("b1", "sub-18", T0 + 201)                     # (b1 again: not a return, the display's clock stays)
     msg = [p for t, p, _ in out.direct if t.endswith("/gateway/gw1")][-1]
     assert msg["shared_by"] == ["sub-17", "sub-18"]
     board.apply_gateway(msg)
@@ -268,5 +269,7 @@ def test_two_gateways_publishing_as_one_id_are_journaled_once(district):
     gone = [p for t, p, _ in g.tick(T0 + 200 + 601, fence).direct if t.endswith("/gateway/gw1")]
     assert len(gone) == 1 and "shared_by" not in gone[0]
     board.apply_gateway(gone[0])
+    later = birth("a4", "sub-17", T0 + 900)              # the copy is gone: the remaining gateway's next birth
+    assert all("shared_by" not in p for _, p, _ in later.direct)
     assert "SHARED" not in board.gateway_line() and "SILENT gw1" in board.gateway_line()
     store.close()
