@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from gasguard.gateway import spool as spool_mod
 from gasguard.gateway.spool import ALARM, READING, Item, Spool, SpoolError
@@ -98,6 +98,12 @@ _ops = st.lists(st.one_of(_commit, _commit, _commit, _failed, st.just(("fold",))
 @pytest.mark.parametrize("fold_slice", [spool_mod.FOLD_SLICE, 1, 3])
 @settings(max_examples=150, deadline=None)
 @given(ops=_ops)
+# found by the suite: a commit of readings began a fold in slices and logged 6 counters, the next (none of its own)
+# ended it; the log then held those 6, past the bound of 5 (what the spool does; the test's allowance was short)
+@example(ops=[("commit", {(0, 0): 0, (0, 1): 0, (10551297, 0): 0}, None),
+              ("commit", {(1, 0): 0, (1, 1): 0, (7, 0): 0, (7, 1): 0}, None),
+              ("commit", {(0, 0): 0, (0, 1): 0, (1, 0): 0, (1, 1): 0, (7, 0): 0, (7, 1): 0}, READING),
+              ("commit", {}, READING)])
 def test_the_merged_view_equals_a_dict_of_plain_upserts(fold_slice, ops, tmp_path_factory):
     """Random commits (counters going down as well as up: replay is last-wins like the upsert, it does not
     rely on ingest writing forward), commits that fail inside SQLite after their counters were written,
@@ -112,21 +118,32 @@ def test_the_merged_view_equals_a_dict_of_plain_upserts(fold_slice, ops, tmp_pat
         mp.setattr(spool_mod, "LOG_ROWS", 3)
         mp.setattr(spool_mod, "FOLD_SLICE", fold_slice)    # 1, 3: past the bound the log folds in slices
         s = Spool(path)
+        # the counters of the commits logged since a fold in slices began, from the one that began it: their rows
+        # come after the fold's snapshot, so they are what the log holds when the last slice is done
+        during: list[dict] = []
         try:
             for op in ops:
+                slicing_before = s.slicing is not None
                 if op[0] == "commit":
                     s.commit([] if op[2] is None else [Item(op[2], 1, "{}", "m", 0.0)], op[1])
                     model.update(op[1])
+                    if s.slicing is not None and not slicing_before:
+                        during = []                  # a new fold in slices: its snapshot covers what came before
+                    if (slicing_before or s.slicing is not None) and op[1]:
+                        during.append(op[1])
                 elif op[0] == "failed":      # payload NULL: the INSERT fails after the counters' row or fold
                     with pytest.raises(SpoolError):
                         s.commit([Item(READING, 1, None, "r", 0.0)], op[1])
                 elif op[0] == "fold":
                     s.fold_counters()
                     assert _log_rows(path) == []
+                    during = []
                 elif op[0] == "kill":
                     s.db.close()
                     s = Spool(path)
+                    during = []                      # (the next fold in slices takes what the log holds)
                 else:
+                    during = []
                     s.close()
                     assert _log_rows(path) == [] and _table(path) == model   # a clean close leaves no log
                     s = Spool(path)
@@ -137,11 +154,17 @@ def test_the_merged_view_equals_a_dict_of_plain_upserts(fold_slice, ops, tmp_pat
                 assert s.log_latest == replayed                  # what a fold would write is the log's own
                 assert s.log_rows <= 6 and s.log_entries <= 24 and len(replayed) <= 10
                 if op[0] == "commit" and op[2] == READING and s.slicing is None:
-                    # (the commit that ends a fold in slices logs its own counters after it: the log may hold
-                    # them past the bound, and the next commit of readings folds again)
-                    slack = len(op[1]) if fold_slice < 5 else 0
-                    assert s.log_rows <= 3 + (slack > 0) and s.log_entries <= 12 + slack
-                    assert len(replayed) <= 5 + slack
+                    # (a fold in slices leaves in the log what was logged while it went on, from the commit that
+                    # began it to the one that ended it: the log may hold those past the bound, and the next
+                    # commit of readings folds again. A whole fold leaves nothing.)
+                    within = s.log_rows <= 3 and s.log_entries <= 12 and len(replayed) <= 5
+                    if not within:
+                        # (also when this one commit began and ended it: one slice was all the log)
+                        since = during if slicing_before else [op[1]]
+                        assert fold_slice < 5 and since, (s.log_rows, s.log_entries, replayed)
+                        assert s.log_rows <= len(since) and s.log_entries <= sum(len(c) for c in since)
+                        assert set(replayed) <= set().union(*since)
+                    during = []
                 if s.slicing is not None:       # the snapshot covers the rows up to slice_upto, and only those
                     seqs = [q for (q,) in sqlite3.connect(path).execute("SELECT seq FROM counter_log")]
                     assert [q for q, _ in s.log_sizes] == seqs and s.slice_at < len(s.slicing)
