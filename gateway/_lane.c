@@ -451,8 +451,9 @@ static void put_hex8(char *w, uint32_t v) {
 }
 
 /* take(raw, now, shared) -> (dev, fcnt, previous counter, msg id, entry JSON, routine, due) or None, as
- * fastlane.ReadingLane.take (due: the state byte when the retained state falls due, else None). None: not this lane's frame, and nothing was changed (but the registry LRU's order
- * of a known, active device, as the Python lane leaves it). */
+ * fastlane.ReadingLane.take (due: the state byte when the retained state falls due, else None). None: not this
+ * lane's frame, and nothing was changed (but the registry LRU's order of a known, active device, as the Python
+ * lane leaves it). */
 static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "take(raw, now, shared)");

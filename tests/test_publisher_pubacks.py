@@ -23,25 +23,45 @@ def _publisher(tmp_path, monkeypatch):
     return d, pub
 
 
+class Handled(list):
+    """The PUBACKs the publisher handled (its _on_puback), and an event on the running loop for each."""
+
+    def __init__(self):
+        super().__init__()
+        self.grew: asyncio.Event | None = None
+
+    def add(self, mid: int) -> None:
+        self.append(mid)
+        if self.grew is not None:
+            self.grew.set()
+
+    async def until(self, n: int, timeout: float = 5.0) -> None:
+        """Until `n` were handled (each drain is a callback on this loop: nothing lands between the check and
+        the wait)."""
+        self.grew = asyncio.Event()
+        while len(self) < n:
+            self.grew.clear()
+            await asyncio.wait_for(self.grew.wait(), timeout)
+
+
 def test_pubacks_without_a_running_loop_are_handled_when_the_next_one_starts(tmp_path, monkeypatch):
     d, pub = _publisher(tmp_path, monkeypatch)
-    seen = []
-    monkeypatch.setattr(pub, "_on_puback", lambda link, mid: seen.append(mid))
+    seen = Handled()
+    monkeypatch.setattr(pub, "_on_puback", lambda link, mid: seen.add(mid))
     try:
         pub._puback_threadsafe(pub.main, 1)          # before start: no loop to hand it to
         assert not pub.puback_pending and list(pub.pubacks) == [(pub.main, 1)]
 
-        async def run(mids):
+        async def run(mids, n):
             pub.start()
             for m in mids:
                 pub._puback_threadsafe(pub.main, m)
-            for _ in range(3):
-                await asyncio.sleep(0)
-        asyncio.run(run([2, 3]))
+            await seen.until(n)
+        asyncio.run(run([2, 3], 3))
         assert seen == [1, 2, 3] and not pub.pubacks
         pub.puback_pending = True                    # as if a drain was scheduled on the loop that just ended
         pub.pubacks.append((pub.main, 4))
-        asyncio.run(run([5]))
+        asyncio.run(run([5], 5))
         assert seen == [1, 2, 3, 4, 5] and not pub.pubacks
     finally:
         d.spool.close()
@@ -49,12 +69,12 @@ def test_pubacks_without_a_running_loop_are_handled_when_the_next_one_starts(tmp
 
 def test_a_puback_whose_handling_raises_does_not_strand_the_rest(tmp_path, monkeypatch, caplog):
     d, pub = _publisher(tmp_path, monkeypatch)
-    seen = []
+    seen = Handled()
 
     def on_puback(link, mid):
         if mid == 2:
             raise ValueError("bad entry")
-        seen.append(mid)
+        seen.add(mid)
     monkeypatch.setattr(pub, "_on_puback", on_puback)
     caplog.set_level(logging.ERROR)
     try:
@@ -62,8 +82,7 @@ def test_a_puback_whose_handling_raises_does_not_strand_the_rest(tmp_path, monke
             pub.start()
             for m in (1, 2, 3, 4):
                 pub._puback_threadsafe(pub.main, m)
-            for _ in range(5):
-                await asyncio.sleep(0)
+            await seen.until(3)
         asyncio.run(run())
         assert seen == [1, 3, 4] and not pub.pubacks
         assert "bad entry" in caplog.text
