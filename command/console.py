@@ -111,21 +111,15 @@ class IncidentBoard:
         shelf = self.shelf(msg["incident_id"])
         return shelf if shelf is not None and A.alarm_state(msg, shelf, now) == A.SHELVED else None
 
+    def gateway_states(self) -> list[dict]:
+        """The command service's last message on each gateway (`gasguard.command-gateway/1`), copied."""
+        with self._lock:
+            return list(self.gateways.values())
+
     def gateway_line(self) -> str:
         """"gateways: 19 heard, SILENT gw07 (last heard 10:31:02)" -- what the operator must see."""
-        with self._lock:
-            gws = list(self.gateways.values())
-        if not gws:
-            return ""
-        bad = [g for g in gws if g.get("silent") or g.get("online") is False or g.get("shared_by")]
-        text = f"gateways: {len(gws) - len(bad)} heard"
-        for g in sorted(bad, key=lambda g: g["gateway"]):
-            if g.get("silent") or g.get("online") is False:
-                when = time.strftime("%H:%M:%S", time.localtime(g["last_seen"])) if g.get("last_seen") else "?"
-                text += f", {'SILENT' if g.get('silent') else 'OFFLINE'} {g['gateway']} (last heard {when})"
-            if g.get("shared_by"):       # two gateways publish as this id (gateway/identity.py)
-                text += f", {g['gateway']} SHARED BY {len(g['shared_by'])} GATEWAYS ({', '.join(g['shared_by'])})"
-        return text
+        status = gateway_status(self.gateway_states(), _local_hms)
+        return ", ".join([status["summary"], *(w["text"] for w in status["warnings"])]) if status else ""
 
     def rows(self, now: float) -> list[dict]:
         """Open incidents first (most severe, then oldest), then recently resolved ones."""
@@ -134,6 +128,37 @@ class IncidentBoard:
                      if m["status"] == "open" or now - (m.get("resolved_at") or now) < self.keep_resolved_s]
         return sorted(items, key=lambda m: (m["status"] != "open", _SEVERITY[m["warning"]], m["level"] or 9,
                                             m["detected_at"]))
+
+
+def _local_hms(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def gateway_status(gateways: list[dict], fmt_time=_local_hms) -> dict | None:
+    """What the consoles show of the district's gateways, from the command service's view of each ({gateway,
+    online, silent, last_seen, shared_by?}: its gateway messages, or its store's rows): the one rule for what is
+    wrong, for the field console's line and the web board's banner. None when no gateway was heard at all (no
+    command service: nothing to say). `summary` counts the gateways with nothing wrong; `warnings`, by gateway,
+    one per fault: "silent" (nothing heard for the service's gateway_silent_s; wins over offline, it is what
+    the operator last learnt) or "offline" (its Last Will or a clean stop) with when it was last heard, and
+    "shared" (two gateway processes publish as this id, gateway/identity.py) with each one's host.
+    `fmt_time`: how a time is written (the web console: the district's timezone)."""
+    if not gateways:
+        return None
+    warnings = []
+    for g in sorted(gateways, key=lambda g: g["gateway"]):
+        gid = g["gateway"]
+        down = "silent" if g.get("silent") else "offline" if g.get("online") is False else None
+        if down:
+            when = fmt_time(g["last_seen"]) if g.get("last_seen") else "?"
+            warnings.append({"gateway": gid, "kind": down, "last_seen": g.get("last_seen"),
+                             "text": f"{down.upper()} {gid} (last heard {when})"})
+        if g.get("shared_by"):
+            hosts = list(g["shared_by"])
+            warnings.append({"gateway": gid, "kind": "shared", "shared_by": hosts,
+                             "text": f"{gid} SHARED BY {len(hosts)} GATEWAYS ({', '.join(hosts)})"})
+    heard = len(gateways) - len({w["gateway"] for w in warnings})
+    return {"summary": f"gateways: {heard} heard", "heard": heard, "total": len(gateways), "warnings": warnings}
 
 
 def _left(deadline: float, now: float) -> str:

@@ -8,11 +8,17 @@
   the authority's Gate), read from its store; the acknowledgement signed by the console on behalf of the
   operator, verified and applied by the leader, whose hash-chained audit record names them; then shelved from
   the incident page, held by the service and shown apart on the board;
+- the gateway line, live: in a district the real gateway stops (OFFLINE, when last heard) and starts again
+  (the warning goes); over MQTT the command's messages on a silent gateway and on an id two gateways share;
 - pages need a login, print without controls, and a forged form is refused."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,6 +64,44 @@ def _gateway(tmp_path, mosquitto, grading=True, authority=None):
                                                   if grading else "")
         + (f'\n[authority]\nroster = "{authority.roster}"\ntrust = "{authority.trust}"\n' if authority else "")))
     return home, cable, cfg
+
+
+@contextlib.contextmanager
+def _district(tmp_path, mosquitto, chromium):
+    """A district on a board in the browser: the gateway (no grading plugin) on a pty, the real command service
+    (leader, SQLite store, the authority's Gate), the console reading its store (its own connection, as
+    `web serve` opens it), served, the operator logged in and the board's event stream up. Yields home, cable,
+    auth, svc, source, web and gateway (the running DaemonThread; `start_gateway()` starts another)."""
+    from gasguard.command import config as cconfig
+    from gasguard.command.service import CommandService
+    from gasguard.command.store import open_store
+    from gasguard.command.web.source import StoreSource
+    from gasguard.testing.webconsole import Authority
+    home, cable, gw_cfg = _gateway(tmp_path, mosquitto, grading=False)
+    d = SimpleNamespace(home=home, cable=cable, start_gateway=lambda: DaemonThread(Daemon(gw_cfg)), source=None)
+    d.gateway = d.start_gateway()
+    d.auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
+    url = f"sqlite:///{tmp_path / 'command.db'}"
+    d.svc = CommandService(cconfig.load(None, district="lixia", store=url, registry=str(tmp_path / "registry.db"),
+                                        mqtt_port=mosquitto.port, tick_interval=0.1, instance="cmd-a", lease_ttl=2.0,
+                                        authority=d.auth.command_table())).start()
+    try:
+        wait_until(d.svc.connected.is_set, 15, "the command service leads and connects")
+        d.gateway.wait_ports()
+        d.source = StoreSource(open_store(url), "lixia", poll_s=0.05).start()
+        book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
+        with WebServer(create_app(WebConfig(district="lixia"), d.source, d.auth.acting(), book)) as d.web:
+            chromium.reset()
+            _login(chromium, d.web.url)
+            chromium.wait_css("#live.on", 10)
+            yield d
+            chromium.reset()
+    finally:
+        if d.source is not None:
+            d.source.close()
+        d.gateway.stop()
+        cable.close()
+        d.svc.stop()
 
 
 def _login(browser, url, operator=OPERATOR, password=PASSWORD):
@@ -135,63 +179,105 @@ def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_
     authority's Gate) -> its store -> this console; the acknowledgement goes back through the store as a signed
     request the leader verifies, applies and audits with the operator's name."""
     from gasguard.authority import audit
-    from gasguard.command import config as cconfig
-    from gasguard.command.service import CommandService
-    from gasguard.command.store import open_store
-    from gasguard.command.web.source import StoreSource
-    from gasguard.testing.webconsole import Authority
-    home, cable, gw_cfg = _gateway(tmp_path, mosquitto, grading=False)
-    runner = DaemonThread(Daemon(gw_cfg))
-    auth = Authority(tmp_path / "authority", "lixia", {OPERATOR: ("operator", "王丽")})
-    url = f"sqlite:///{tmp_path / 'command.db'}"
-    svc = CommandService(cconfig.load(None, district="lixia", store=url, registry=str(tmp_path / "registry.db"),
-                                      mqtt_port=mosquitto.port, tick_interval=0.1, instance="cmd-a", lease_ttl=2.0,
-                                      authority=auth.command_table())).start()
-    source = None
+    with _district(tmp_path, mosquitto, chromium) as dist:
+        sent = time.monotonic()
+        dist.cable.send(dist.home.alarm(code=2, value=300))
+        row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]
+        print(f"leak frame -> service -> store -> board row: {(time.monotonic() - sent) * 1000:.0f} ms")
+        row.find_element("css selector", ".ack-button").click()
+        chromium.wait_css("#confirm-ack", 5)[0].click()
+        flash = chromium.wait_css("#flash", 15, "confirmed")[0]
+        assert "confirmed at revision" in flash.text, flash.text
+        chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
+        iid = dist.source.snapshot()[0]["incident_id"]
+        chromium.driver.get(f"{dist.web.url}/incidents/{iid}")         # the service's journal names them
+        chromium.wait_css("#journal tr", 5, OPERATOR)
+        # shelving from the incident page: the service holds it, the board shows it apart, with who and why
+        d = chromium.driver
+        d.find_element("id", "shelve-reason").send_keys("crew on site")
+        d.find_element("id", "shelve-minutes").clear()
+        d.find_element("id", "shelve-minutes").send_keys("45")
+        d.find_element("id", "shelve").click()
+        chromium.wait_css("#flash", 15, "shelved until")
+        chromium.wait_css("#shelved-rows tr", 5, f"shelved by {OPERATOR}: crew on site")
+        assert dist.svc.store.shelves()[iid]["by"] == OPERATOR
+        assert [a["outcome"] for a in dist.svc.store.get_incident(iid)["acks"]] == ["accepted"]
+    recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
+            for r in audit.show(dist.auth.dir / "audit-command", category="incident")]
+    assert ("ack", "allowed", OPERATOR, dist.auth.console_id) in recs          # the leader's record names them
+    assert ("shelve", "allowed", OPERATOR, dist.auth.console_id) in recs
+    assert audit.verify(dist.auth.dir / "audit-command")["ok"]
+
+
+def _gateway_line(browser, summary: str, warnings: list[tuple[str, str, str]], timeout: float) -> None:
+    """Wait until the board's gateway line reads `summary` then exactly `warnings` ((gateway, kind, text
+    pattern) each) and is in warning colours if and only if there are any."""
+    def shown(d):
+        line = d.find_element("id", "gateways")
+        if not line.is_displayed() or line.find_element("css selector", ".gw-summary").text != summary:
+            return False
+        got = [(w.get_attribute("data-gateway"), w.get_attribute("class"), w.text)
+               for w in line.find_elements("css selector", ".gw-warning")]
+        return (len(got) == len(warnings) and ("bad" in line.get_attribute("class").split()) == bool(warnings)
+                and all(g == gid and f"gw-{kind}" in cls.split() and re.fullmatch(pattern, text)
+                        for (g, cls, text), (gid, kind, pattern) in zip(got, warnings)))
+    browser.wait(shown, timeout, f"the gateway line {summary!r} with {warnings}")
+
+
+def test_a_gateway_stopped_and_started_again_shows_on_the_district_board_live(tmp_path, mosquitto, chromium):
+    """In a district: the real gateway stops (its clean stop says offline, as its Last Will would); the command
+    service records it in its store, and the board already open in the browser says OFFLINE with when it was
+    last heard, in warning colours; the gateway starts again and the warning goes. No reload in between."""
+    with _district(tmp_path, mosquitto, chromium) as dist:
+        _gateway_line(chromium, "gateways: 1 heard", [], 10)            # its birth, through the service
+        chromium.driver.execute_script("window.sameBoard = true")       # gone if the page were loaded again
+        dist.gateway.stop()
+        _gateway_line(chromium, "gateways: 0 heard",
+                      [("sub-017", "offline", r"OFFLINE sub-017 \(last heard \d\d:\d\d:\d\d\)")], 10)
+        dist.gateway = dist.start_gateway()
+        dist.gateway.wait_ports()
+        _gateway_line(chromium, "gateways: 1 heard", [], 10)
+        assert chromium.driver.execute_script("return window.sameBoard === true"), "the board was reloaded"
+
+
+def test_silent_and_shared_gateways_show_on_a_board_over_mqtt_live(tmp_path, mosquitto, chromium):
+    """A console on MQTT (MqttSource) gets the command's gateway messages, here the real grader's, published
+    to a real mosquitto as the service publishes them: two gateways heard; then one SILENT (with when it was last
+    heard) and the other's id used by two gateway processes (SHARED, their hosts); then both fine again and
+    the warning gone, on the board already open."""
+    from paho.mqtt import publish
+    from web_helpers import T0, GatewayGrader
+    gg = GatewayGrader(tmp_path)
+
+    def tell(msgs):
+        publish.multiple([{"topic": t, "payload": json.dumps(m), "qos": 1} for t, m in msgs],
+                         hostname="127.0.0.1", port=mosquitto.port)
+    source = MqttSource("127.0.0.1", mosquitto.port, "lixia").start(10)
+    book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
+    app = create_app(WebConfig(district="lixia"), source, RecordingActing({OPERATOR: {"role": "operator"}}), book)
     try:
-        wait_until(svc.connected.is_set, 15, "the command service leads and connects")
-        runner.wait_ports()
-        source = StoreSource(open_store(url), "lixia", poll_s=0.05).start()
-        book = new_password_file(tmp_path / "pw.json", OPERATOR, PASSWORD, quick_hasher())
-        app = create_app(WebConfig(district="lixia"), source, auth.acting(), book)
         with WebServer(app) as web:
             chromium.reset()
             _login(chromium, web.url)
             chromium.wait_css("#live.on", 10)
-            sent = time.monotonic()
-            cable.send(home.alarm(code=2, value=300))
-            row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]
-            print(f"leak frame -> service -> store -> board row: {(time.monotonic() - sent) * 1000:.0f} ms")
-            row.find_element("css selector", ".ack-button").click()
-            chromium.wait_css("#confirm-ack", 5)[0].click()
-            flash = chromium.wait_css("#flash", 15, "confirmed")[0]
-            assert "confirmed at revision" in flash.text, flash.text
-            chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
-            iid = source.snapshot()[0]["incident_id"]
-            chromium.driver.get(f"{web.url}/incidents/{iid}")             # the service's journal names them
-            chromium.wait_css("#journal tr", 5, OPERATOR)
-            # shelving from the incident page: the service holds it, the board shows it apart, with who and why
-            d = chromium.driver
-            d.find_element("id", "shelve-reason").send_keys("crew on site")
-            d.find_element("id", "shelve-minutes").clear()
-            d.find_element("id", "shelve-minutes").send_keys("45")
-            d.find_element("id", "shelve").click()
-            chromium.wait_css("#flash", 15, "shelved until")
-            chromium.wait_css("#shelved-rows tr", 5, f"shelved by {OPERATOR}: crew on site")
+            assert not chromium.driver.find_element("id", "gateways").is_displayed()   # none heard: nothing said
+            chromium.driver.execute_script("window.sameBoard = true")
+            tell(gg.status("gw03", True, T0, "a1", "sub-17") + gg.status("gw07", True, T0 + 1, "c1", "sub-20"))
+            _gateway_line(chromium, "gateways: 2 heard", [], 5)
+            # a copy of gw03's configuration started on sub-18: the two take the id from each other
+            tell(gg.status("gw03", True, T0 + 150, "b1", "sub-18") + gg.status("gw03", True, T0 + 151, "a1", "sub-17"))
+            tell(gg.tick(T0 + 200))                                  # gw07 not heard for more than 180 s
+            _gateway_line(chromium, "gateways: 0 heard", [
+                ("gw03", "shared", re.escape("gw03 SHARED BY 2 GATEWAYS (sub-17, sub-18)")),
+                ("gw07", "silent", re.escape("SILENT gw07 (last heard 10:13:21)"))], 5)   # T0 + 1, the district's time
+            # gw07 back; gw03's copy stopped long enough ago that the command says so
+            tell(gg.status("gw07", True, T0 + 800, "c1", "sub-20") + gg.status("gw03", True, T0 + 801, "a1", "sub-17"))
+            _gateway_line(chromium, "gateways: 2 heard", [], 5)
+            assert chromium.driver.execute_script("return window.sameBoard === true"), "the board was reloaded"
             chromium.reset()
-        assert svc.store.shelves()[iid]["by"] == OPERATOR
-        assert [a["outcome"] for a in svc.store.get_incident(iid)["acks"]] == ["accepted"]
-        recs = [(r["type"], r["outcome"], r["source"].get("operator"), r["source"].get("console"))
-                for r in audit.show(auth.dir / "audit-command", category="incident")]
-        assert ("ack", "allowed", OPERATOR, auth.console_id) in recs          # the leader's record names them
-        assert ("shelve", "allowed", OPERATOR, auth.console_id) in recs
-        assert audit.verify(auth.dir / "audit-command")["ok"]
     finally:
-        if source is not None:
-            source.close()
-        runner.stop()
-        cable.close()
-        svc.stop()
+        source.close()
+        gg.close()
 
 
 def test_pages_need_a_login_print_without_controls_and_a_forged_form_is_refused(tmp_path, chromium):

@@ -17,3 +17,36 @@ STATIONS = [
 
 def EngineSource(clock, cfg=None, stations=STATIONS, gate=None):  # noqa: N802 - the class, this district's defaults
     return _EngineSource(clock, stations, cfg, gate)
+
+
+class GatewayGrader:
+    """The real district grader (SQLite store, an empty registry) fed only the gateways' status messages (births,
+    Last Wills) and the passing of time: what it tells the consoles of each gateway, its
+    `gasguard.command-gateway/1` messages as (topic, message), as the command service publishes them."""
+
+    def __init__(self, folder, district: str = "lixia"):
+        from gasguard.command import config as cconfig
+        from gasguard.registry import Registry
+        from gasguard.testing.grader import district_grader
+        with Registry(folder / "registry.db"):
+            pass
+        self.district = district
+        self.cfg = cconfig.load(None, district=district, store=f"sqlite:///{folder / 'command.db'}",
+                                registry=str(folder / "registry.db"))
+        self.grader, self.store, self.fence = district_grader(self.cfg)
+
+    def status(self, gid: str, online: bool, t: float, instance: str | None = None,
+               host: str | None = None) -> list[tuple[str, dict]]:
+        from gasguard.gateway import payloads
+        doc = payloads.status(gid, self.district, t, online, "1", instance, host)
+        return self._told(self.grader.handle([(f"gasguard/v1/{self.district}/{gid}/status", doc)], t, self.fence))
+
+    def tick(self, t: float) -> list[tuple[str, dict]]:
+        return self._told(self.grader.tick(t, self.fence))
+
+    @staticmethod
+    def _told(out) -> list[tuple[str, dict]]:
+        return [(topic, msg) for topic, msg, _retain in out.direct if "/command/gateway/" in topic]
+
+    def close(self) -> None:
+        self.store.close()

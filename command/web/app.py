@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from gasguard.command.console import refused_line
+from gasguard.command.console import gateway_status, refused_line
 from gasguard.command.shelving import MAX_S
 from gasguard.grading import engine as G
 
@@ -142,7 +142,13 @@ class Console:
         with self._lock:
             flood = self.flood.state(now)
         return {"now": now, "now_text": self.fmt_time(now), "rows": rows, "flood": flood,
-                "district": self.cfg.district, "refused": self.refused_line()}
+                "district": self.cfg.district, "refused": self.refused_line(), "gateways": self.gateways()}
+
+    def gateways(self) -> dict | None:
+        """The gateway line (console.gateway_status: the field console's rule and wording, times in the
+        district's timezone), None when the source knows no gateway. A source without `gateways` (a test
+        kit's engine) has none to show."""
+        return gateway_status(getattr(self.source, "gateways", list)(), self.fmt_time)
 
     def refused_line(self) -> str:
         """The board's status line when the broker refuses this console topics (the log has the whole text):

@@ -45,7 +45,7 @@ class Refused(SourceError):
 class IncidentSource(Protocol):
     def snapshot(self) -> list[dict]: ...                       # latest revision of every incident held
     def get(self, incident_id: str) -> dict | None: ...
-    # fn(msg) on every new revision, fn(None) when shelves changed; returns unlisten
+    # fn(msg) on every new revision, fn(None) when shelves or gateways changed; returns unlisten
     def listen(self, fn: Listener) -> Callable[[], None]: ...
     def act_topic(self, kind: str, incident_id: str) -> str: ...   # where an "ack"/"input" goes (signed over)
     # the signed payload; returns once the command took it ("accepted") or None when only the incident's next
@@ -57,6 +57,9 @@ class IncidentSource(Protocol):
     def shelves(self) -> dict[str, dict]: ...                   # incident id -> {"by", "reason", "at", "until", ...}
     def readings(self, dev: str, since: float) -> list[dict]: ...   # {"t", "pressure_pa", "inlet_pa", ...}
     def valve_history(self, dev: str, since: float) -> list[dict]: ...  # {"t", "valve", "cause", "gateway"}
+    # the command service's view of each gateway: {"gateway", "online", "silent", "last_seen", "shared_by"?};
+    # [] when none is known (no command service); console.gateway_status says what of it is wrong
+    def gateways(self) -> list[dict]: ...
     # optional: refused_topics() -> {topic: reason}, what the broker will not let this console read
     # optional: journal(incident_id) -> [{"t", "category", "who", "text"}], the service's record of who did what
 
@@ -184,12 +187,15 @@ class MqttSource:
         self.local_shelves = LocalShelves(shelve_max_s)      # no command service here to hold them
         self._listeners: list[Listener] = []
         on_incident = self.client.client.on_message
+        gateway_topics = self.client.command_topics.gateways
 
         def on_message(client, userdata, m):
             before = self.client.board.version
             on_incident(client, userdata, m)
             if self.client.board.version != before:
-                msg = self.client.board.get(m.topic.rsplit("/", 1)[1])
+                # a gateway's state (fn(None): the board is drawn again) or an incident's new revision
+                msg = None if mqtt.topic_matches_sub(gateway_topics, m.topic) else \
+                    self.client.board.get(m.topic.rsplit("/", 1)[1])
                 for fn in list(self._listeners):
                     fn(msg)
         self.client.client.on_message = on_message
@@ -286,10 +292,21 @@ class MqttSource:
     def valve_history(self, dev: str, since: float) -> list[dict]:
         return self.feed.valve_history(dev, since)
 
+    def gateways(self) -> list[dict]:
+        """The command service's gateway messages as CommandClient's board keeps them, shared_by included;
+        none from a substation's grading plugin working alone (no command service watches gateways there)."""
+        return self.client.board.gateway_states()
+
 
 class StoreSource:
     """Incidents from the command service's store (`open_store(url)`), followed by revision sequence number:
-    a thread waits on `store.wait_changes` and hands every new revision to the listeners."""
+    a thread waits on `store.wait_changes` and hands every new revision to the listeners; it reads the
+    gateways' state every GATEWAYS_POLL_S."""
+
+    # the store keeps no sequence for gateway rows, so they are read again on a timer: a gateway's verdicts are
+    # rare (a Will, minutes of silence) and the board is re-sent every second anyway, so a second's delay costs
+    # nothing, while reading them on every poll_s would multiply the store's load by the number of consoles
+    GATEWAYS_POLL_S = 1.0
 
     def __init__(self, store, district: str, *, topic_root: str = ROOT, poll_s: float = 0.1, source_name: str = "web"):
         self.store, self.poll_s, self.source_name = store, poll_s, source_name
@@ -297,6 +314,8 @@ class StoreSource:
         self._latest: dict[str, dict] = {}
         self._shelves: dict[str, dict] = {}
         self._shelf_seq = -1                   # the store's shelf_seq() when _shelves was read
+        self._gateways: list[dict] = []
+        self._gateways_at = 0.0                # time.monotonic() of the last read of the gateways
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -308,6 +327,7 @@ class StoreSource:
             self._latest[m["incident_id"]] = m
         self._seq = self.store.last_seq()
         self._refresh_shelves()
+        self._refresh_gateways()
         self._thread = threading.Thread(target=self._follow, name="web-store-follow", daemon=True)
         self._thread.start()
         return self
@@ -327,16 +347,35 @@ class StoreSource:
             self._shelves, self._shelf_seq = shelves, seq
         return True
 
+    def _refresh_gateways(self) -> bool:
+        """Read the gateways' rows again; True if one went silent, offline or back (last_seen alone moves
+        every second for each gateway heard: the board's 1-s re-send shows it without waking every stream).
+        The store holds no shared flag: the grader keeps who shares an id in its own memory and tells only the
+        MQTT consoles (its gateway messages' shared_by), so this source shows silent and offline gateways; the
+        shared id is in the service's journal (its "TWO GATEWAYS" entry)."""
+        rows = [{"gateway": r["gateway_id"], "online": r["online"], "silent": r["silent"], "last_seen": r["last_seen"]}
+                for r in self.store.gateways()]
+        self._gateways_at = time.monotonic()
+
+        def states(gws):
+            return [(g["gateway"], g["online"], g["silent"]) for g in gws]
+        with self._lock:
+            changed = states(rows) != states(self._gateways)
+            self._gateways = rows
+        return changed
+
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
                 rows = self.store.changes(self._seq)
-                shelved = self._refresh_shelves()
+                redraw = self._refresh_shelves()
+                if time.monotonic() - self._gateways_at >= self.GATEWAYS_POLL_S:
+                    redraw = self._refresh_gateways() or redraw
             except Exception:  # noqa: BLE001 - a store that went away: counted, retried, the board says so
                 self.errors += 1
                 self._stop.wait(1.0)
                 continue
-            if shelved:
+            if redraw:                         # shelves or gateways: no incident revision to hand over
                 for fn in list(self._listeners):
                     fn(None)
             if not rows:
@@ -401,6 +440,10 @@ class StoreSource:
     def shelves(self) -> dict[str, dict]:
         with self._lock:
             return dict(self._shelves)
+
+    def gateways(self) -> list[dict]:
+        with self._lock:
+            return list(self._gateways)
 
     def journal(self, incident_id: str) -> list[dict]:
         """Every state change of the incident the service journaled, with who: {t, category, who, text}."""

@@ -57,6 +57,21 @@
     return tr;
   }
 
+  // The server's gateway line (console.gateway_status, the field console's rule and wording): the count, then
+  // each silent / offline / shared gateway, the whole line in warning colours while any is; hidden when the
+  // source knows no gateway (no command service).
+  function drawGateways(g) {
+    const line = document.getElementById("gateways");
+    line.hidden = !g;
+    if (!g) return;
+    line.classList.toggle("bad", g.warnings.length > 0);
+    line.replaceChildren(el("span", "gw-summary", g.summary), ...g.warnings.map(w => {
+      const s = el("span", "gw-warning gw-" + w.kind, w.text);
+      s.dataset.gateway = w.gateway;
+      return s;
+    }));
+  }
+
   function draw(board) {
     const main = board.rows.filter(r => r.state !== "shelved");
     const shelved = board.rows.filter(r => r.state === "shelved");
@@ -71,6 +86,7 @@
     banner.hidden = !f.flood;
     if (f.flood) banner.textContent = "ALARM FLOOD: " + f.count + " alarms in the last " + Math.round(f.window_s / 60) +
       " minutes (more than " + f.start_above + "). Work the red and unacknowledged first; shelve what is understood.";
+    drawGateways(board.gateways);
     const refused = document.getElementById("refused");
     refused.hidden = !board.refused;
     refused.textContent = board.refused || "";
