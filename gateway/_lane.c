@@ -633,39 +633,33 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
         int fn = put_dec(fc, fcnt);
         Py_ssize_t tn = PyUnicode_GET_LENGTH(t_txt), rn = PyUnicode_GET_LENGTH(rx_txt),
                    ptn = PyUnicode_GET_LENGTH(pt), itn = it ? PyUnicode_GET_LENGTH(it) : 0;
-        Py_ssize_t len = (Py_ssize_t)(sizeof("{\"id\":\"") - 1) + pn + hn + (Py_ssize_t)(sizeof("\",\"dev\":\"") - 1) + 8
-                         + (Py_ssize_t)(sizeof("\",\"fcnt\":") - 1) + fn + (Py_ssize_t)(sizeof(",\"t\":") - 1) + tn
-                         + (Py_ssize_t)(sizeof(",\"gas_pct_lel\":") - 1) + gt->n
-                         + (Py_ssize_t)(sizeof(",\"pressure_pa\":") - 1) + ptn
-                         + (Py_ssize_t)(sizeof(",\"battery_pct\":") - 1) + bt->n
-                         + (Py_ssize_t)(sizeof(",\"state\":") - 1) + stt->n + (Py_ssize_t)(sizeof(",\"rx\":") - 1) + rn
-                         + (it ? (Py_ssize_t)(sizeof(",\"inlet_pa\":") - 1) + itn : 0) + 1;
+        /* gasguard.readings/2's row (payloads.reading_row): ["dev",fcnt,t,gas,pressure,battery,state,rx(,inlet)] */
+        Py_ssize_t len = 2 + 8 + 2 + fn + 1 + tn + 1 + gt->n + 1 + ptn + 1 + bt->n + 1 + stt->n + 1 + rn
+                         + (it ? 1 + itn : 0) + 1;
         js = PyUnicode_New(len, 127);
         if (js == NULL) goto done_sta;
         char *w = (char *)PyUnicode_1BYTE_DATA(js), *start = w;
-        w = LIT(w, "{\"id\":\"");
-        w = put(w, (const char *)PyUnicode_1BYTE_DATA(mid), pn + hn);
-        w = LIT(w, "\",\"dev\":\"");
+        w = LIT(w, "[\"");
         w = put(w, head, 8);
-        w = LIT(w, "\",\"fcnt\":");
+        w = LIT(w, "\",");
         w = put(w, fc, fn);
-        w = LIT(w, ",\"t\":");
+        *w++ = ',';
         w = put(w, (const char *)PyUnicode_1BYTE_DATA(t_txt), tn);
-        w = LIT(w, ",\"gas_pct_lel\":");
+        *w++ = ',';
         w = put(w, gt->s, gt->n);
-        w = LIT(w, ",\"pressure_pa\":");
+        *w++ = ',';
         w = put(w, (const char *)PyUnicode_1BYTE_DATA(pt), ptn);
-        w = LIT(w, ",\"battery_pct\":");
+        *w++ = ',';
         w = put(w, bt->s, bt->n);
-        w = LIT(w, ",\"state\":");
+        *w++ = ',';
         w = put(w, stt->s, stt->n);
-        w = LIT(w, ",\"rx\":");
+        *w++ = ',';
         w = put(w, (const char *)PyUnicode_1BYTE_DATA(rx_txt), rn);
         if (it) {
-            w = LIT(w, ",\"inlet_pa\":");
+            *w++ = ',';
             w = put(w, (const char *)PyUnicode_1BYTE_DATA(it), itn);
         }
-        *w++ = '}';
+        *w++ = ']';
         if (w - start != len) {
             PyErr_SetString(PyExc_SystemError, "_lane: entry length");
             goto done_sta;

@@ -25,7 +25,6 @@ import orjson
 from gasguard.protocol.const import FLAG_INLET, MAX_FCNT, MAX_GAP, MIC_LEN, NA16
 from gasguard.protocol.units import pressure_from_wire
 
-from .payloads import _STATE_JSON
 from .presence import PresenceTable
 from .verify import _B0_HEAD, _R, _READING_HDR, _READING_LEN, _REC, _RI, PADS_MAX, RECENT, mic_at_next
 
@@ -38,8 +37,8 @@ _RECENT_BYTES = RECENT * _REC
 _INLET_HDR = _READING_HDR | FLAG_INLET
 
 # JSON text of each field value, made once (hot path): what orjson writes for the value payloads.reading_json
-# puts there, so the entry's text is the same
-_STATE_TXT = [orjson.dumps(s).decode() for s in _STATE_JSON]
+# puts there, so the entry's text is the same (the state: its byte, gasguard.readings/2)
+_STATE_TXT = [str(b) for b in range(256)]
 _GAS_TXT = {g: orjson.dumps(g / 10.0).decode() for g in range(1001)}
 _GAS_TXT[NA16] = "null"
 _BATTERY_TXT = {b: str(b) for b in range(101)}
@@ -138,10 +137,10 @@ class ReadingLane:
         pt = self.pressure_txt.get(p)
         if pt is None:
             pt = self.pressure_txt[p] = _pressure_txt(p)
-        js = (f'{{"id":"{mid}","dev":"{dev:08x}","fcnt":{fcnt},"t":{shared[1]},"gas_pct_lel":{_GAS_TXT[g]},'
-              f'"pressure_pa":{pt},"battery_pct":{_BATTERY_TXT[bat]},"state":{_STATE_TXT[st]},"rx":{shared[3]}')
+        js = (f'["{dev:08x}",{fcnt},{shared[1]},{_GAS_TXT[g]},{pt},{_BATTERY_TXT[bat]},{_STATE_TXT[st]},'
+              f'{shared[3]}')
         if inlet is not None:
-            js += f',"inlet_pa":{orjson.dumps(inlet).decode()}}}'
+            js += f',{orjson.dumps(inlet).decode()}]'
         else:
-            js += "}"
+            js += "]"
         return dev, fcnt, last, mid, js, (st & 0xF8) == 0, due

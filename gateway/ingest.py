@@ -715,7 +715,7 @@ class Ingest:
             repeat = False
             if typ == "reading":
                 # the worker's entry JSON when its fields are the ones accepted (same counter, same `now`)
-                js = p[2] if p is not None and p[0] is f else reading_json(mid, f, now, rx)
+                js = p[2] if p is not None and p[0] is f else reading_json(f, now, rx)
                 routine = (f["state"] & 0xF8) == 0
                 if run and (routine != run_routine or len(run) >= most or run_bytes + len(js) + 1 > room):
                     items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,

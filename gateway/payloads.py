@@ -35,10 +35,9 @@ def dumps(d: dict) -> str:
         return json.dumps(d, separators=(",", ":"))
 
 
-# the state byte's named fields, made once per value (256 of them) instead of once per reading: as dicts (the
-# retained state's last reading, which either encoder may write; never mutated) and as JSON (the hot path)
+# the state byte's named fields, made once per value (256 of them) instead of once per reading: dicts (a retained
+# state's last reading, a batch's row read back by name; never mutated)
 _STATE_FIELDS = tuple(frame.state_fields(b) for b in range(256))
-_STATE_JSON = [orjson.Fragment(orjson.dumps(f)) for f in _STATE_FIELDS]
 
 
 def _reading(mid: str, dev: int, fcnt: int, t: float, gas, pressure, battery, state) -> dict:
@@ -65,24 +64,79 @@ def last_reading(mid: str, dev: int, fcnt: int, t: float, gas, pressure, battery
 
 
 def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
+    """A reading's fields by name (the schema's `reading`): what `reading_fields` makes of a batch's row."""
     return _entry(mid, f, t, rx, frame.state_fields(f["state"]))
 
 
-def reading_json(mid: str, f: dict, t: float, rx: dict) -> str:
-    """reading_entry(...) as JSON text: the ingest hot path (same text, the state fields pre-encoded)."""
+# gasguard.readings/2 (issue 17, "fewer bytes per reading"): a batch's reading is an array of these columns, in
+# this order, not an object. A /1 entry spent ~280 B on its id (the gateway's id, dev and fcnt again), its keys and
+# the state byte spelled out as six named fields; a /2 row is ~100 B with the same facts. The id and the named
+# state are derived by whoever reads it (`reading_fields`, the one reader: command/readings.py uses it).
+# inlet_pa is there only for a reading that has one (a station's inlet pressure): a row of 8 or 9 items.
+READING_COLUMNS = ("dev", "fcnt", "t", "gas_pct_lel", "pressure_pa", "battery_pct", "state", "rx", "inlet_pa")
+READINGS_SCHEMA = "gasguard.readings/2"
+
+
+def reading_row(f: dict, t: float, rx: dict) -> list:
+    row = [dev_hex(f["dev"]), f["fcnt"], round(t, 3), gas_percent_lel(f["gas"]), f["pressure"], f["battery"],
+           f["state"], rx]
+    if f.get("inlet") is not None:
+        row.append(f["inlet"])
+    return row
+
+
+def reading_json(f: dict, t: float, rx: dict) -> str:
+    """reading_row(...) as JSON text: the ingest hot path (the compiled lane writes the same text:
+    gateway/_lane.c, tests/test_fastlane.py)."""
     try:
-        return orjson.dumps(_entry(mid, f, t, rx, _STATE_JSON[f["state"]]), option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(reading_row(f, t, rx), option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:      # an integer past 64 bits in what a forwarder reported (rx): see dumps
-        return dumps(reading_entry(mid, f, t, rx))
+        return json.dumps(reading_row(f, t, rx), separators=(",", ":"))
 
 
-BATCH_HEAD = 200   # bytes a batch message spends beyond its entries (schema, gateway, district, t): an upper bound
+def reading_fields(gateway_id: str, row: list) -> dict:
+    """A /2 batch's row as the reading's fields by name (`reading_entry`'s dict: the id derived, the state byte's
+    named fields). ValueError for a row that is not one (too short or long, a dev that is not hex, a state that
+    is not a byte)."""
+    if not isinstance(row, list) or not 8 <= len(row) <= 9:
+        raise ValueError(f"a reading row of {READINGS_SCHEMA} is a list of 8 or 9 items, not {row!r:.80}")
+    dev, fcnt, t, gas, pressure, battery, state, rx = row[:8]
+    if not isinstance(state, int) or not 0 <= state <= 255:
+        raise ValueError(f"a reading row's state is a byte, not {state!r}")
+    e = {"id": msg_id(gateway_id, int(dev, 16), fcnt), "dev": dev, "fcnt": fcnt, "t": t, "gas_pct_lel": gas,
+         "pressure_pa": pressure, "battery_pct": battery, "state": _STATE_FIELDS[state], "rx": rx}
+    if len(row) == 9:
+        e["inlet_pa"] = row[8]
+    return e
+
+
+# the state byte of each named-fields dict (the first byte that has them), for a /1 object made into a /2 row
+_STATE_BYTE: dict[str, int] = {}
+for _b, _f in enumerate(_STATE_FIELDS):
+    _STATE_BYTE.setdefault(json.dumps(_f, sort_keys=True), _b)
+
+
+def row_of_entry(e: dict) -> list:
+    """A /1 batch's reading object as a /2 row: what a spool written before the upgrade holds is published as /2
+    (gateway/spool.py converts it at start). ValueError/KeyError for an object that is not a reading's."""
+    st = _STATE_BYTE.get(json.dumps(e["state"], sort_keys=True))
+    if st is None:
+        raise ValueError(f"a reading whose state is not one the state byte spells: {e['state']!r:.80}")
+    row = [e["dev"], e["fcnt"], e["t"], e["gas_pct_lel"], e["pressure_pa"], e["battery_pct"], st, e.get("rx", {})]
+    if "inlet_pa" in e:
+        row.append(e["inlet_pa"])
+    return row
+
+
+BATCH_HEAD = 320   # bytes a batch message spends beyond its entries (schema, gateway, district, t, columns): an upper
+#                    bound for ids and names of up to ~60 characters
+_COLUMNS_JSON = orjson.dumps(READING_COLUMNS).decode()
 
 
 def batch(gateway_id: str, district: str, t: float, entries_json: list[str]) -> str:
     """The aggregated reading message; entries are already JSON (joined, not re-encoded: hot path)."""
-    head = dumps({"schema": "gasguard.readings/1", "gateway": gateway_id, "district": district, "t": round(t, 3)})
-    return head[:-1] + ',"readings":[' + ",".join(entries_json) + "]}"
+    head = dumps({"schema": READINGS_SCHEMA, "gateway": gateway_id, "district": district, "t": round(t, 3)})
+    return head[:-1] + ',"columns":' + _COLUMNS_JSON + ',"readings":[' + ",".join(entries_json) + "]}"
 
 
 def site(device) -> dict:

@@ -46,7 +46,7 @@ def _init(registry_path: str, gateway_id: str, counters: dict) -> None:
 
 def _verify(now: float, frames: list) -> list:
     """Runs in the worker. frames: [(raw, rx)]; one answer per frame: (fields, key, entry json) or None."""
-    reg, gid, last = _W["registry"], _W["gid"], _W["last"]
+    reg, last = _W["registry"], _W["last"]
     out = []
     for raw, rx in frames:
         if raw is None:
@@ -71,7 +71,7 @@ def _verify(now: float, frames: list) -> list:
             continue
         last[dev] = cand
         f["fcnt"] = cand
-        js = payloads.reading_json(payloads.msg_id(gid, dev, cand), f, now, rx) if f["type"] == "reading" else None
+        js = payloads.reading_json(f, now, rx) if f["type"] == "reading" else None
         out.append((f, device.key, js))
     return out
 

@@ -32,7 +32,11 @@ from operator import itemgetter
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from gasguard.authority.secretfile import private_file
+
+from .payloads import reading_fields, row_of_entry
 
 log = logging.getLogger("gasguard.gateway.spool")
 
@@ -250,7 +254,7 @@ class Row:
 _DECODER = json.JSONDecoder()
 
 
-def entries(fragment: str) -> list[tuple[str, dict]]:
+def entries(fragment: str) -> list[tuple[str, list]]:
     """A reading row's payload (entries joined by commas, Item) split into (each entry's exact text, its
     value). Raises ValueError on a payload that is not that."""
     out, pos, end = [], 0, len(fragment)
@@ -263,14 +267,22 @@ def entries(fragment: str) -> list[tuple[str, dict]]:
     return out
 
 
+def gateway_of(mid: str) -> str:
+    """The gateway id of a message id (payloads.msg_id: "<gateway>:<dev>:<fcnt>"): a reading row's entries
+    (gasguard.readings/2) leave it out, and their ids are made from it."""
+    return mid.rsplit(":", 2)[0]
+
+
 def _audited(items: list[Item]):
     """(msg_id, t) for the audit table: each alarm and each reading (those of a many-reading row one by one)."""
     for it in items:
         if it.lane == ALARM or (it.lane == READING and (it.count == 1 or it.topic is not None)):
             yield it.msg_id, it.t
         elif it.lane == READING:
+            gw = gateway_of(it.msg_id)
             for _, e in entries(it.payload):
-                yield e["id"], e.get("t", it.t)
+                f = reading_fields(gw, e)
+                yield f["id"], f["t"]
 
 
 def _pack(counters: dict) -> bytes:
@@ -458,6 +470,36 @@ class Spool:
             # would walk every payload's overflow pages)
             db.execute("DROP INDEX IF EXISTS outbox_lane")
             db.execute("CREATE INDEX IF NOT EXISTS outbox_lanes ON outbox(lane, seq, count)")
+            if db.execute("SELECT 1 FROM meta WHERE k = 'reading_rows'").fetchone() is None:
+                self._rows_to_v2()
+                db.execute("INSERT INTO meta VALUES ('reading_rows', '2')")
+
+    def _rows_to_v2(self) -> None:
+        """Inside _migrate's transaction: the reading rows an older gateway wrote (gasguard.readings/1 objects)
+        rewritten as /2 rows (payloads.row_of_entry), so that every batch the publisher merges is of one format.
+        Once per spool (meta `reading_rows`); a row that does not parse is left as it was, said once."""
+        db, after, done = self.db, 0, 0
+        q = ("SELECT seq, payload FROM outbox WHERE lane = ? AND topic IS NULL AND seq > ? ORDER BY seq LIMIT ?")
+        while True:
+            rows = db.execute(q, (READING, after, THIN_PAGE)).fetchall()
+            if not rows:
+                break
+            updates = []
+            for seq, payload in rows:
+                if not payload.startswith("{"):
+                    continue
+                try:
+                    text = ",".join(orjson.dumps(row_of_entry(e)).decode() for _, e in entries(payload))
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    log.error("spool row %d is not %s reading objects (%r): left as it was", seq, "gasguard.readings/1",
+                              e)
+                    continue
+                updates.append((text, seq))
+            db.executemany("UPDATE outbox SET payload = ? WHERE seq = ?", updates)
+            done += len(updates)
+            after = rows[-1][0]
+        if done:
+            log.info("spool: %d reading rows written by an older gateway rewritten as gasguard.readings/2", done)
 
     def _measure(self) -> int:
         n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
@@ -803,7 +845,7 @@ class Spool:
         after = protect_below
         keep = True          # the next routine reading in line is kept (False: dropped)
         progress = False     # this pass dropped something (a pass that drops nothing ends the thinning)
-        q = ("SELECT seq, dev, count, payload, t FROM outbox WHERE lane = ? AND routine = 1 AND topic IS NULL "
+        q = ("SELECT seq, dev, count, payload, t, msg_id FROM outbox WHERE lane = ? AND routine = 1 AND topic IS NULL "
              "AND seq > ? ORDER BY seq LIMIT ?")
         while self.size > target:
             try:
@@ -817,7 +859,7 @@ class Spool:
                 after, keep, progress = protect_below, True, False   # another pass over what is left
                 continue
             deletes, updates, freed, gone = [], [], 0, {}
-            for seq, dev, n, payload, t in rows:
+            for seq, dev, n, payload, t, row_mid in rows:
                 if n == 1:
                     if not keep:
                         deletes.append((seq,))
@@ -831,8 +873,9 @@ class Spool:
                 try:
                     parts = entries(payload)
                     kept = parts[first::2]
-                    devs = [int(e["dev"], 16) for _, e in parts[1 - first::2]]
-                    mid, oldest = kept[0][1]["id"], (t if first == 0 else float(kept[0][1]["t"]))
+                    devs = [int(e[0], 16) for _, e in parts[1 - first::2]]
+                    head = reading_fields(gateway_of(row_mid), kept[0][1])
+                    mid, oldest = head["id"], (t if first == 0 else float(head["t"]))
                 except (ValueError, KeyError, TypeError, IndexError) as e:
                     # (not what ingest writes: left whole and said once, rather than a thinning that fails)
                     log.error("spool thinning skips reading row %d: its payload is not %d reading entries (%r)",

@@ -211,10 +211,11 @@ class ClusterConsumer:
 
     def _msg(self, c, u, m) -> None:
         from gasguard.command.dedup import frame_key
+        from gasguard.command.readings import readings_of
         doc = json.loads(m.payload)
         now = time.monotonic()
         with self.lock:
-            for r in doc["readings"]:
+            for r in readings_of(doc):
                 r["gateway"] = doc["gateway"]
                 self.raw.append(r)
                 if self.dedup.first(r):

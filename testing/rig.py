@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gasguard.authority.bootstrap import District, bootstrap
 from gasguard.authority.envelope import sign_request
+from gasguard.command.readings import readings_of
 from gasguard.gateway import config as gwconfig
 from gasguard.gateway.daemon import Daemon
 from gasguard.protocol.topics import CMD
@@ -102,7 +103,7 @@ class Rig:
 
     def readings(self) -> list[dict]:
         with self.sub.lock:
-            return [r for t, d, _ in self.sub.messages if t == f"{self.root}/reading" for r in d["readings"]]
+            return [r for t, d, _ in self.sub.messages if t == f"{self.root}/reading" for r in readings_of(d)]
 
     def settle(self, node=None, cable=None, timeout: float = 10.0) -> list[dict]:
         """Wait until everything sent so far is published, on an event rather than a pause: a reading sent

@@ -9,6 +9,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from gasguard.command.readings import readings_of
+
 
 class Subscriber:
     """Collects every message under a topic filter (QoS 1, persistent session so a broker restart loses
@@ -62,7 +64,7 @@ class Subscriber:
 
     def reading_ids(self) -> set[str]:
         with self.lock:
-            return {r["id"] for t, d, _ in self.messages if t.endswith("/reading") for r in d.get("readings", [])}
+            return {r["id"] for t, d, _ in self.messages if t.endswith("/reading") for r in readings_of(d)}
 
     def close(self) -> None:
         self.c.loop_stop()

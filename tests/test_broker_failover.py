@@ -7,6 +7,7 @@ clustered broker with a consumer that must see every reading exactly once is tes
 import pytest
 
 from gasguard.brokers import Endpoint, EndpointError, FailoverClient, endpoints_from, parse_endpoint
+from gasguard.command.readings import readings_of
 from gasguard.gateway.config import ConfigError, parse
 from gasguard.gateway.daemon import Daemon
 from gasguard.gateway.config import Config
@@ -262,7 +263,7 @@ def test_a_frozen_node_is_left_after_puback_timeout_not_keepalive(tmp_path, capl
             # per device, the readings in counter order
             for n in nodes:
                 mine = [r["fcnt"] for t, doc, _ in sub_b.messages if t.endswith("/reading")
-                        for r in doc["readings"] if r["dev"] == f"{n.dev:08x}"]
+                        for r in readings_of(doc) if r["dev"] == f"{n.dev:08x}"]
                 assert mine == sorted(mine), (n.dev, mine)
         finally:
             gw.stop()

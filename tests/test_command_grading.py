@@ -150,8 +150,8 @@ def test_a_silent_gateway_is_shown_to_the_command(district):
 def _batch(gw, rows, state=0):
     """A gateway's reading batch as the daemon publishes it: rows of (dev, fcnt, t, outlet Pa, inlet Pa)."""
     import json
-    entries = [payloads.reading_json(payloads.msg_id(gw, dev, fcnt), {"dev": dev, "fcnt": fcnt, "gas": 0,
-                                     "pressure": p, "battery": None, "state": state, "inlet": inlet}, t, {})
+    entries = [payloads.reading_json({"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": p, "battery": None,
+                                      "state": state, "inlet": inlet}, t, {})
                for dev, fcnt, t, p, inlet in rows]
     return f"gasguard/v1/{D}/{gw}/reading", json.loads(payloads.batch(gw, D, rows[-1][2], entries))
 

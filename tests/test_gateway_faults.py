@@ -12,7 +12,9 @@ import time
 import pytest
 
 from gasguard.testing.node import Node, make_registry
-from gasguard.gateway.spool import entries
+from gasguard.command.readings import readings_of
+from gasguard.gateway.payloads import reading_fields
+from gasguard.gateway.spool import entries, gateway_of
 from gasguard.protocol.const import ALARM
 from gasguard.tools.sim.fleet import Fleet
 from gasguard.tools.sim.fleet_transport import PtyTransport
@@ -138,7 +140,7 @@ def _ids(messages) -> set[str]:
     out = set()
     for t, d, _ in messages:
         if t.endswith("/reading"):
-            out.update(r["id"] for r in d["readings"])
+            out.update(r["id"] for r in readings_of(d))
         elif t.endswith("/alarm"):
             out.add(d["id"])
     return out
@@ -149,7 +151,8 @@ def _spooled(path) -> set[str]:
     out = set()
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
         for lane, payload, mid in db.execute("SELECT lane, payload, msg_id FROM outbox WHERE lane IN (0, 3)"):
-            out.update(e["id"] for _, e in entries(payload)) if lane == 3 else out.add(mid)
+            out.update(reading_fields(gateway_of(mid), e)["id"] for _, e in entries(payload)) if lane == 3 \
+                else out.add(mid)
     return out
 
 

@@ -1,21 +1,49 @@
-"""The ingest hot path encodes reading entries with orjson and pre-encoded state fields (issue 17); the text
-must be what the standard library's json.dumps makes of `reading_entry` (the independent oracle), for every
-state byte, with and without an inlet pressure, so no consumer sees a difference."""
+"""The ingest hot path encodes a reading as a gasguard.readings/2 row with orjson (issue 17); the text must be what the
+standard library's json.dumps makes of `reading_row` (the independent oracle), and the row, read back as consumers
+read it (`reading_fields`, through command/readings.py), must be the reading's fields by name (`reading_entry`,
+what /1 published), for every state byte, with and without an inlet pressure, so no consumer loses a fact."""
 
 import json
 
+import pytest
+
+from gasguard.command.readings import readings_of
 from gasguard.gateway import payloads
 
 
-def test_reading_json_is_the_stdlib_encoding_of_the_entry_for_every_state_byte():
+def test_reading_json_is_the_stdlib_encoding_of_the_row_and_reads_back_as_the_entry_for_every_state_byte():
     rx = {"transport": "serial", "port": "ttyUSB0", "rssi": -71.5}
     for st in range(256):
         for inlet in (None, 1_200_000):
             f = {"dev": 0x00A1B2C3, "fcnt": 70_000 + st, "gas": st * 3, "pressure": 2000 + st, "battery": st % 101,
                  "state": st, "inlet": inlet}
-            want = json.dumps(payloads.reading_entry("gw:00a1b2c3:1", f, 1764661234.1234 + st, rx),
-                              separators=(",", ":"))
-            assert payloads.reading_json("gw:00a1b2c3:1", f, 1764661234.1234 + st, rx) == want
+            t = 1764661234.1234 + st
+            text = payloads.reading_json(f, t, rx)
+            assert text == json.dumps(payloads.reading_row(f, t, rx), separators=(",", ":"))
+            assert payloads.reading_fields("gw-7", json.loads(text)) == payloads.reading_entry(
+                payloads.msg_id("gw-7", 0x00A1B2C3, 70_000 + st), f, t, rx)
+
+
+def test_a_batch_is_read_as_the_entries_it_carries_and_a_v1_batch_as_it_is():
+    rx = {"transport": "lora", "rssi": -101, "snr": 7.5}
+    fs = [{"dev": 0x00B00000 + i, "fcnt": 5 + i, "gas": None if i == 1 else 10 * i, "pressure": 2000 + i,
+           "battery": None if i == 2 else 80, "state": 0x41 * i % 256, "inlet": 300_000 if i == 0 else None}
+          for i in range(3)]
+    doc = json.loads(payloads.batch("sub-17", "d", 1764661300.0, [payloads.reading_json(f, 1764661299.5, rx)
+                                                                  for f in fs]))
+    assert doc["schema"] == "gasguard.readings/2" and doc["columns"] == list(payloads.READING_COLUMNS)
+    assert readings_of(doc) == [payloads.reading_entry(payloads.msg_id("sub-17", f["dev"], f["fcnt"]), f, 1764661299.5,
+                                                       rx) for f in fs]
+    v1 = {"schema": "gasguard.readings/1", "gateway": "old-gw", "readings": [{"id": "old-gw:00b00000:5"}]}
+    assert readings_of(v1) == v1["readings"]          # an older gateway's batch, as it is
+
+
+@pytest.mark.parametrize("row", [["00b00000", 5, 1.0, 0, 2000, 80, 0], ["00b00000", 5, 1.0, 0, 2000, 80, 0, {}, 1, 2],
+                                 ["00b00000", 5, 1.0, 0, 2000, 80, 256, {}], ["zz", 5, 1.0, 0, 2000, 80, 0, {}],
+                                 {"dev": "00b00000"}])
+def test_a_row_that_is_not_one_is_refused_by_name(row):
+    with pytest.raises(ValueError):
+        readings_of({"schema": "gasguard.readings/2", "gateway": "gw", "readings": [row]})
 
 
 def test_dumps_matches_json_for_published_documents_and_keeps_non_string_keys():
@@ -30,7 +58,7 @@ def test_dumps_takes_integers_past_64_bits():
     assert json.loads(payloads.dumps(doc)) == doc
     f = {"dev": 1, "fcnt": 2, "gas": 0, "pressure": 2000, "battery": 90, "state": 0, "inlet": None}
     rx = {"transport": "udp", "rssi": 2 ** 70}                # what a forwarder's JSON may say
-    assert json.loads(payloads.reading_json("gw:00000001:2", f, 1.0, rx))["rx"]["rssi"] == 2 ** 70
+    assert json.loads(payloads.reading_json(f, 1.0, rx))[7]["rssi"] == 2 ** 70
 
 
 def test_a_retained_states_last_reading_is_the_readings_entry_without_rx():

@@ -27,12 +27,17 @@ def _entries(dev: int, first: int, n: int, t: float = 1_700_000_000.0, state: in
     out = []
     for fcnt in range(first, first + n):
         f = {"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": 2000, "battery": 90, "state": state}
-        out.append(payloads.reading_json(payloads.msg_id("gw1", dev, fcnt), f, t + fcnt / 1000, RX))
+        out.append(payloads.reading_json(f, t + fcnt / 1000, RX))
     return out
 
 
+def _fields(entry: str) -> dict:
+    """An entry's fields by name, as consumers read it (gasguard.readings/2: the id made from the gateway's)."""
+    return payloads.reading_fields("gw1", json.loads(entry))
+
+
 def _row(entries: list[str], dev: int, routine: bool = True) -> Item:
-    first = json.loads(entries[0])
+    first = _fields(entries[0])
     return Item(READING, dev, ",".join(entries), first["id"], first["t"], routine=routine, count=len(entries))
 
 
@@ -84,8 +89,10 @@ CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 def test_a_spool_written_before_the_upgrade_keeps_its_rows_and_drains_them_first(tmp_path, mosquitto):
     rig = Rig(tmp_path, mosquitto.port, extra="[batch]\ndelay = 0.05\n")
     old_dev = 0x00B00001                       # (not in the registry: its readings were accepted by the old run)
-    old = _entries(old_dev, 1, 5)
-    with sqlite3.connect(rig.spool) as db:     # what the old gateway left: a row per reading
+    new = _entries(old_dev, 1, 5)
+    # what the old gateway left: a row per reading, each a gasguard.readings/1 object
+    old = [json.dumps(_fields(e), separators=(",", ":")) for e in new]
+    with sqlite3.connect(rig.spool) as db:
         db.executescript(OLD_OUTBOX)
         db.executemany("INSERT INTO outbox (lane, dev, topic, payload, msg_id, t, routine) "
                        "VALUES (3, ?, NULL, ?, ?, ?, 1)",
@@ -98,7 +105,9 @@ def test_a_spool_written_before_the_upgrade_keeps_its_rows_and_drains_them_first
         assert rig.runner.call(spool.depth)["reading"] == (5, json.loads(old[0])["t"])
         with sqlite3.connect(rig.spool) as db:
             assert "count" in {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-            assert db.execute("SELECT count, payload FROM outbox ORDER BY seq").fetchall() == [(1, e) for e in old]
+            # rewritten as /2 rows at the start (the publisher merges rows into one batch format), once
+            assert db.execute("SELECT count, payload FROM outbox ORDER BY seq").fetchall() == [(1, e) for e in new]
+            assert db.execute("SELECT v FROM meta WHERE k = 'reading_rows'").fetchone() == ("2",)
         assert spool.size == spool._measure()
         a = rig.nodes[0]
         rig.cables[0].send(a.reading())        # a new reading, after the upgrade
@@ -166,12 +175,12 @@ def test_rows_of_many_readings_merge_into_batches_by_readings_and_bytes(tmp_path
         want = _groups(sizes, [len(",".join(p)) for p in parts], 200, d.cfg.batch_bytes)
         assert want == [[0], [1], [2], [3], [4, 5, 6, 7, 8]]
         rig.sub.wait(lambda ms: len(rig.sub.raw) >= len(want), 20)
-        # phase 2, connected, by bytes: rows of 10 readings (~2,600 B) under batch.bytes 10,000
-        d.cfg.batch_bytes = 10_000
+        # phase 2, connected, by bytes: rows of 10 readings (~1,060 B) under batch.bytes 4,000
+        d.cfg.batch_bytes = 4_000
         sizes2 = [10] * 7 + [60] + [10] * 2
         items2, parts2 = _rows(dev, sizes2, first=sum(sizes) + 1)
         rig.runner.call(d.outbox.commit, items2)
-        want2 = _groups(sizes2, [len(",".join(p)) for p in parts2], 200, 10_000)
+        want2 = _groups(sizes2, [len(",".join(p)) for p in parts2], 200, 4_000)
         assert want2 == [[0, 1, 2], [3, 4, 5], [6], [7], [8, 9]]
         rig.sub.wait(lambda ms: len(rig.sub.raw) >= len(want) + len(want2), 20)
         wait_until(lambda: rig.metric("gasguard_gateway_published_total", lane="reading") == len(want) + len(want2),
@@ -182,10 +191,10 @@ def test_rows_of_many_readings_merge_into_batches_by_readings_and_bytes(tmp_path
         for body, entries in zip(raw, expect):
             # the same bytes as one entry per row made: each reading's JSON unchanged, joined by commas
             assert body.endswith(('"readings":[' + ",".join(entries) + "]}").encode())
-            assert orjson.loads(body)["schema"] == "gasguard.readings/1"
+            assert orjson.loads(body)["schema"] == "gasguard.readings/2"
         for body in raw[len(want):]:
             doc = orjson.loads(body)
-            assert len(body) <= 10_000 or len(doc["readings"]) == 60       # only the oversize row goes over
+            assert len(body) <= 4_000 or len(doc["readings"]) == 60       # only the oversize row goes over
         # PUBACK deleted every row; the latency is one observation per message; the size is what is left
         wait_until(lambda: rig.runner.call(d.spool.depth)["reading"][0] == 0, 10, "rows deleted on PUBACK")
         assert rig.metric("gasguard_gateway_publish_latency_seconds_count", lane="reading") == len(raw)
@@ -235,7 +244,7 @@ def test_the_audit_keeps_every_reading_of_a_many_reading_row(tmp_path):
         items, parts = _rows(0x00B00004, [3, 1])
         s.commit(items + [Item(ALARM, 4, "{}", "alarm-1", 2.0, topic="x/alarm")])
         ids = {m for (m,) in s.db.execute("SELECT msg_id FROM audit")}
-        assert ids == {json.loads(e)["id"] for p in parts for e in p} | {"alarm-1"}
+        assert ids == {_fields(e)["id"] for p in parts for e in p} | {"alarm-1"}
     finally:
         s.close()
 
@@ -263,7 +272,9 @@ def test_thinning_keeps_every_other_reading_inside_rows_and_counts_them_per_devi
         left = {seq: (n, p, mid, t) for seq, n, p, mid, t in
                 s.db.execute("SELECT seq, count, payload, msg_id, t FROM outbox WHERE lane = 3")}
         assert left[1][:2] == before[1]                                   # the protected row, as it was
-        ids = {seq: [json.loads("[" + p + "]")[i]["id"] for i in range(n)] for seq, (n, p, _, _) in left.items()}
+        ids = {seq: [payloads.reading_fields("gw1", r)["id"] for r in json.loads("[" + p + "]")]
+               for seq, (n, p, _, _) in left.items()}
+        assert all(len(ids[seq]) == n for seq, (n, _, _, _) in left.items())
         assert ids[2] == ["gw1:00b00005:8", "gw1:00b00005:10", "gw1:00b00006:2"]
         assert ids[3] == ["gw1:00b00006:4", "gw1:00b00006:6"]
         assert 4 not in left                                              # a11: a row of one, deleted
@@ -271,7 +282,7 @@ def test_thinning_keeps_every_other_reading_inside_rows_and_counts_them_per_devi
         # the kept entries are the same text; count, msg_id and t follow the first kept reading
         assert left[2][1] == ",".join([mixed[0], mixed[2], mixed[4]])
         assert left[2][2:] == (rows[1].msg_id, rows[1].t)                 # its first reading was kept
-        assert left[3][2] == "gw1:00b00006:4" and left[3][3] == json.loads(_entries(b, 4, 1)[0])["t"]
+        assert left[3][2] == "gw1:00b00006:4" and left[3][3] == _fields(_entries(b, 4, 1)[0])["t"]
         assert s.db.execute("SELECT count(*) FROM outbox WHERE lane = 0").fetchone() == (1,)
         assert s.size == s._measure()
         assert s.depth()["reading"][0] == 7 + 3 + 2 + 4
@@ -287,7 +298,7 @@ def test_thinning_passes_again_until_under_the_bound_and_stops_at_one_reading(tm
         s.max_bytes = 1                                                   # no bound can be met: thin to the end
         assert s.thin(protect_below=0) == {0x00B00007: 499}
         (n, p), = s.db.execute("SELECT count, payload FROM outbox").fetchall()
-        assert n == 1 and json.loads(p)["id"] == "gw1:00b00007:1"         # the oldest reading is the one kept
+        assert n == 1 and _fields(p)["id"] == "gw1:00b00007:1"         # the oldest reading is the one kept
         assert s.size == s._measure()
     finally:
         s.close()
@@ -303,7 +314,7 @@ def test_thinned_rows_of_many_readings_publish_what_is_left_once_and_report_it(t
         mosquitto.stop()
         wait_until(lambda: not d.publisher.connected, 10, "the gateway sees the broker gone")
         a, b = 0x00B00008, 0x00B00009
-        items, _ = _rows(a, [100] * 5)
+        items, _ = _rows(a, [100] * 12)                                   # ~127 KB of rows (~106 B a reading)
         keep = _entries(b, 1, 50, state=0x08)                             # not routine: never thinned
         items.insert(2, _row(keep, b, routine=False))
         rig.runner.call(d.outbox.commit, items)
@@ -311,13 +322,13 @@ def test_thinned_rows_of_many_readings_publish_what_is_left_once_and_report_it(t
         rig.runner.call(d.outbox.make_room, time.time())
         thinned = int(rig.metric("gasguard_gateway_thinned_readings_total"))
         assert thinned > 0 and d.spool.size <= 0.9 * d.cfg.spool_max_bytes
-        left = 550 - thinned
+        left = 1250 - thinned
         assert rig.runner.call(d.spool.depth)["reading"][0] == left
         mosquitto.start()                                                 # (the report was spooled at once)
         rig.sub.wait(lambda ms: len(rig.sub.reading_ids()) >= left and rig.sub.on("gw1/event"), 20)
         ids = [r["id"] for r in rig.settle()]                             # all there is, before this reading
         assert len(ids) == len(set(ids)) == left
-        assert {json.loads(e)["id"] for e in keep} <= set(ids)
+        assert {_fields(e)["id"] for e in keep} <= set(ids)
         (report,) = rig.sub.on("gw1/event")
         assert report["event"] == "thinned" and report["detail"]["readings"] == thinned
         assert report["detail"]["devices"] == {f"{a:08x}": thinned}

@@ -42,8 +42,8 @@ def _alarm(gw: str, dev, t: float) -> tuple[str, dict]:
 def _readings(gw: str, rows: list[tuple]) -> tuple[str, dict]:
     """A gateway's reading batch as its daemon publishes it: rows of (dev, fcnt, t)."""
     from gasguard.gateway import payloads
-    entries = [payloads.reading_json(payloads.msg_id(gw, dev, fcnt), {"dev": dev, "fcnt": fcnt, "gas": 0,
-               "pressure": 3000, "battery": None, "state": 0, "inlet": 300_000}, t, {}) for dev, fcnt, t in rows]
+    entries = [payloads.reading_json({"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": 3000, "battery": None, "state": 0,
+                                      "inlet": 300_000}, t, {}) for dev, fcnt, t in rows]
     return f"gasguard/v1/{DISTRICT}/{gw}/reading", json.loads(payloads.batch(gw, DISTRICT, rows[-1][2], entries))
 
 

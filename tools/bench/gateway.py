@@ -337,7 +337,7 @@ def _fill_backlog(d: Path, n: int, per_row: int = 1) -> None:
                 fcnt = 1 + i // 50_000
                 mids.append(payloads.msg_id("bench", dev, fcnt))
                 f = {"dev": dev, "fcnt": fcnt, "gas": 0, "pressure": 2000, "battery": 90, "state": 0}
-                js.append(payloads.dumps(payloads.reading_entry(mids[-1], f, now, RX)))
+                js.append(payloads.reading_json(f, now, RX))
             items.append(Item(READING, 0x200000 + row % 50_000, ",".join(js), mids[0], now, routine=True,
                               count=len(js)))
         sp.commit(items)

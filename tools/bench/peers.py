@@ -169,7 +169,10 @@ class Counter:
 def _gg_keys(payload: bytes):
     # orjson, as the gateway writes it: the bench's subscriber shares the two cores with the peer it measures,
     # so its own parsing should take as little of them as it can (json.loads: ~6-8 µs a reading)
-    return [(int(r["dev"], 16), r["fcnt"]) for r in orjson.loads(payload)["readings"]]
+    rows = orjson.loads(payload)["readings"]
+    if rows and type(rows[0]) is dict:      # gasguard.readings/1: an earlier commit's gateway (A/B runs by hand)
+        return [(int(r["dev"], 16), r["fcnt"]) for r in rows]
+    return [(int(r[0], 16), r[1]) for r in rows]           # gasguard.readings/2 rows: dev, fcnt, ...
 
 
 def _line_key(line: str):

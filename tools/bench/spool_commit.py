@@ -74,8 +74,8 @@ def workload(devices: int, group: int, groups: int, seed: int = 1):
         counters, items, run = {}, [], []
         for dev in take:
             mid = payloads.msg_id("bench", dev, cycle)
-            run.append(payloads.reading_json(mid, {"dev": dev, "fcnt": cycle, "gas": 0, "pressure": 2000,
-                                                   "battery": 90, "state": 0}, now, rx))
+            run.append(payloads.reading_json({"dev": dev, "fcnt": cycle, "gas": 0, "pressure": 2000, "battery": 90,
+                                              "state": 0}, now, rx))
             counters[(dev, UP)] = cycle
             if len(run) == 100:           # half of batch.count's 200: a row as ingest writes it
                 items.append(Item(READING, dev, ",".join(run), mid, now, routine=True, count=len(run)))
