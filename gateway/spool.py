@@ -35,8 +35,8 @@ from pathlib import Path
 import orjson
 
 from gasguard.authority.secretfile import private_file
-
-from .payloads import reading_fields, row_of_entry
+# (absolute: `gasguard bench spool-commit --against REV` loads a revision's spool.py as a module of its own)
+from gasguard.gateway.payloads import reading_fields, row_of_entry
 
 log = logging.getLogger("gasguard.gateway.spool")
 
