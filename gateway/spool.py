@@ -50,12 +50,16 @@ THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with ma
 # LOG_ENTRIES counters or LOG_ROWS rows folds it into `counters` instead, in the commit's own transaction
 # (durable with the group, one fsync for both; a fold as a transaction of its own after the commit cost ~0.4 µs
 # more a reading). A commit an ack or a command waits for folds only past twice the bounds (commit).
-# - LOG_COUNTERS, 2,048: a fold upserts each distinct (dev, dir) of the log once, by device, ~2-3 µs each,
-#   and holds ingest (and an alarm behind it) that long: ~10-12 ms with 60,000 devices, ~20 ms with 330,000
-#   (4,096: ~20-25 and ~40 ms). What a fold saves grows with the counters it writes per B-tree page
-#   (`gasguard bench spool-commit`, CPU a reading with 60,000 / 330,000 devices: an upsert per counter
-#   9.3 / 16.5 µs; a log of 2,048: 5.9 / 10.2; 4,096: 5.7 / 8.7; 8,192: 5.9 / 6.5, but a fold of ~40-60 ms).
-#   The alarm latency goal (p99 <= 20 ms) weighs more than the last 0.2-1.5 µs a reading (BENCHMARKS.md).
+# - LOG_COUNTERS, 8,192: a fold upserts each distinct (dev, dir) of the log once, by device, ~2-3 µs each. Since
+#   folds go in slices (FOLD_SLICE, below) a larger log no longer holds ingest longer; what it costs is the sort
+#   of its keys when a fold begins (~2 ms at 8,192) and ~1 MB. What it saves: a gateway that hears no more devices
+#   than the log holds writes each counter once per LOG_ENTRIES readings instead of once per reading
+#   (`gasguard bench spool-commit --against`, 2,048 -> 8,192, CPU a reading: 5,000 devices 2.67 -> 1.77 µs;
+#   22,222 devices 2.77 -> 2.72, commit p99 3.4-3.7 -> 3.6-4.1 ms; 60,000 devices 3.44 -> 3.24; the real gateway,
+#   `gasguard bench peers`, 5,000 devices: 13.9 -> 12.5 µs, warm 9.9 -> 8.3 µs; BENCHMARKS.md, thirteenth pass).
+#   Alarm p99 at 50,000 readings/s over 22,222 devices stayed under 20 ms in every run (`gasguard bench buses`,
+#   one bus 2.5-4.1 -> 4.3-12.5 ms, two buses 2.8-3.4 -> 3.1-7.7 ms). (2,048 before: a fold all at once was
+#   ~40-60 ms at 8,192 keys, when folds were not sliced.)
 # - LOG_ENTRIES, 32,768 (288 KB of log; read at start in ~15 ms, twice): a fleet of fewer devices than those
 #   repeats within the log, and its fold writes each device once for many readings (2,000 devices: 4.4 ->
 #   3.2 µs a reading; 5,000: no gain, 5.9 -> 6.2, too many to repeat, a table small enough for upserts).
@@ -68,7 +72,7 @@ THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with ma
 #   ms, p99 13.7-14.0 -> 7.7-9.6 ms, max 48-55 -> 10-25 ms; CPU a reading 6.33 -> 6.81 µs). The log overrides the table
 #   (counters()), so a key upserted early is harmless, and a kill between slices leaves the log whole. Past twice
 #   the bounds the log is folded at once, as before.
-LOG_COUNTERS = 2048
+LOG_COUNTERS = 8192
 LOG_ENTRIES = 32768
 LOG_ROWS = 1024
 FOLD_SLICE = 256
