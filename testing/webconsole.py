@@ -33,6 +33,8 @@ class EngineSource:
         self.readings_rows: dict[str, list] = {}
         self.valves: dict[str, list] = {}
         self.sent: list[tuple[str, str, dict]] = []
+        # the command service's gateway messages a test hands the board (none: no command service here)
+        self.gateway_states: list[dict] = []
         self.lock = threading.Lock()
         self.topics = Topics().command("lixia")
         self.gate = gate                    # an authority Gate: acts are verified as the command service does
@@ -70,6 +72,9 @@ class EngineSource:
 
     def act_topic(self, kind, iid):
         return getattr(self.topics, kind)(iid)
+
+    def gateways(self):
+        return list(self.gateway_states)
 
     def _checked(self, kind, iid, request):
         """The act's body, with `by` the verified operator when a Gate checks it (Refused otherwise)."""

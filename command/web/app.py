@@ -146,9 +146,8 @@ class Console:
 
     def gateways(self) -> dict | None:
         """The gateway line (console.gateway_status: the field console's rule and wording, times in the
-        district's timezone), None when the source knows no gateway. A source without `gateways` (a test
-        kit's engine) has none to show."""
-        return gateway_status(getattr(self.source, "gateways", list)(), self.fmt_time)
+        district's timezone), None when the source knows no gateway."""
+        return gateway_status(self.source.gateways(), self.fmt_time)
 
     def refused_line(self) -> str:
         """The board's status line when the broker refuses this console topics (the log has the whole text):
