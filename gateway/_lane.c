@@ -717,9 +717,105 @@ done:
     return out;
 }
 
+/* run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush, published, up) -> j
+ * Ingest._prepare's loop over the lane's frames (issue 17), for the frames group[i:j]: each (raw, rx, route) of
+ * the transport's `rx` object that take() takes gets, as _prepare's Python loop gives it, an undo entry
+ * (dev, previous counter), its counter (counters[(dev, up)] = fcnt), its route (dev, route, rx), its row text in
+ * the run being gathered and, when its state falls due, the state's item (published(dev, state byte), appended to
+ * items). The run is rs = [texts, bytes, routine, head dev, head msg id], shared with the Python loop; flush() ends
+ * it (an Item in items, rs[0] a new list) when the next text would change its routine or pass `most` texts or
+ * `room` bytes. Stops at the first frame take() declines (or not of `rx`, or noise): j is its index, nothing of it
+ * changed; the Python loop goes on from there. */
+static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, "
+                                         "room, flush, published, up)");
+        return NULL;
+    }
+    PyObject *group = args[0], *now_o = args[2], *shared = args[3], *rx = args[4], *undo = args[5],
+             *counters = args[6], *routes = args[7], *rs = args[8], *items = args[9], *flush = args[12],
+             *published = args[13], *up = args[14];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]), most = PyLong_AsSsize_t(args[10]), room = PyLong_AsSsize_t(args[11]);
+    if ((i == -1 || most == -1 || room == -1) && PyErr_Occurred()) return NULL;
+    if (!PyList_CheckExact(group)) return PyLong_FromSsize_t(i);    /* (a tuple of frames: the Python loop's) */
+    if (!PyList_CheckExact(undo) || !PyDict_CheckExact(counters)
+        || !PyList_CheckExact(routes) || !PyList_CheckExact(rs) || PyList_GET_SIZE(rs) != 5
+        || !PyList_CheckExact(items)) {
+        PyErr_SetString(PyExc_TypeError, "run: lists, a dict and rs of 5");
+        return NULL;
+    }
+    Py_ssize_t j = i;
+    PyObject *targs[3] = {NULL, now_o, shared};
+    for (; j < PyList_GET_SIZE(group); j++) {
+        PyObject *fr = PyList_GET_ITEM(group, j);
+        if (!PyTuple_CheckExact(fr) || PyTuple_GET_SIZE(fr) != 3 || PyTuple_GET_ITEM(fr, 1) != rx) break;
+        targs[0] = PyTuple_GET_ITEM(fr, 0);
+        if (!PyBytes_CheckExact(targs[0])) break;             /* noise (None): the Python loop counts it */
+        PyObject *r = Lane_take(self, targs, 3);
+        if (r == NULL) return NULL;
+        if (r == Py_None) {
+            Py_DECREF(r);
+            break;
+        }
+        PyObject *dev = PyTuple_GET_ITEM(r, 0), *fcnt = PyTuple_GET_ITEM(r, 1), *prev = PyTuple_GET_ITEM(r, 2),
+                 *mid = PyTuple_GET_ITEM(r, 3), *js = PyTuple_GET_ITEM(r, 4), *routine = PyTuple_GET_ITEM(r, 5),
+                 *due = PyTuple_GET_ITEM(r, 6);
+        int ok = 0;
+        PyObject *u = PyTuple_Pack(2, dev, prev), *key = PyTuple_Pack(2, dev, up),
+                 *ro = PyTuple_Pack(3, dev, PyTuple_GET_ITEM(fr, 2), rx);
+        if (u && key && ro && PyList_Append(undo, u) == 0 && PyDict_SetItem(counters, key, fcnt) == 0
+            && PyList_Append(routes, ro) == 0)
+            ok = 1;
+        Py_XDECREF(u);
+        Py_XDECREF(key);
+        Py_XDECREF(ro);
+        if (ok) {
+            /* the run: the same rule as the Python loop's (Ingest._prepare) */
+            Py_ssize_t jn = PyUnicode_GET_LENGTH(js);
+            PyObject *run = PyList_GET_ITEM(rs, 0);
+            Py_ssize_t have = PyList_GET_SIZE(run);
+            if (have) {
+                Py_ssize_t rb = PyLong_AsSsize_t(PyList_GET_ITEM(rs, 1));
+                if (rb == -1 && PyErr_Occurred()) ok = 0;
+                else if (PyList_GET_ITEM(rs, 2) != routine || have >= most || rb + jn + 1 > room) {
+                    PyObject *f = PyObject_CallNoArgs(flush);
+                    if (f == NULL) ok = 0;
+                    Py_XDECREF(f);
+                    run = PyList_GET_ITEM(rs, 0);
+                    have = PyList_GET_SIZE(run);
+                }
+            }
+            if (ok && !have) {
+                PyObject *zero = PyLong_FromLong(0);
+                if (zero == NULL || PyList_SetItem(rs, 1, zero) < 0) ok = 0;   /* (steals zero) */
+                else {
+                    Py_INCREF(routine); PyList_SetItem(rs, 2, routine);
+                    Py_INCREF(dev); PyList_SetItem(rs, 3, dev);
+                    Py_INCREF(mid); PyList_SetItem(rs, 4, mid);
+                }
+            }
+            if (ok) {
+                Py_ssize_t rb = PyLong_AsSsize_t(PyList_GET_ITEM(rs, 1));
+                PyObject *nb = (rb == -1 && PyErr_Occurred()) ? NULL : PyLong_FromSsize_t(rb + jn + 1);
+                if (nb == NULL || PyList_Append(run, js) < 0 || PyList_SetItem(rs, 1, nb) < 0) ok = 0;
+            }
+            if (ok && due != Py_None) {     /* its retained state, where the Python loop puts it */
+                PyObject *it = PyObject_CallFunctionObjArgs(published, dev, due, NULL);
+                if (it == NULL || PyList_Append(items, it) < 0) ok = 0;
+                Py_XDECREF(it);
+            }
+        }
+        Py_DECREF(r);
+        if (!ok) return NULL;
+    }
+    return PyLong_FromSsize_t(j);
+}
+
 static PyMethodDef Lane_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Lane_take, METH_FASTCALL,
      "take(raw, now, shared): (dev, fcnt, previous counter, msg id, entry JSON, routine), or None"},
+    {"run", (PyCFunction)(void (*)(void))Lane_run, METH_FASTCALL,
+     "run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush, published, up) -> j"},
     {NULL}};
 
 static PyTypeObject LaneType = {

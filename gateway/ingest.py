@@ -35,7 +35,7 @@ from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, READING 
 from . import payloads
 from .burstlog import BurstLog
 from .dispatch import Dispatcher
-from .fastlane import ReadingLane
+from .fastlane import ReadingLane, add_to_run
 from .observe import Observers
 from .outbox import Outbox
 from .presence import PresenceTable
@@ -655,14 +655,25 @@ class Ingest:
                                         if raw is not None and len(raw) >= 5])
         reading_json, msg_id = payloads.reading_json, payloads.msg_id
         # readings share spool rows (spool.Item): one row per run of routine or non-routine readings (thinning
-        # drops only routine ones), at most one batch message's worth each
-        run: list[str] = []
-        run_bytes, run_routine, run_head = 0, False, None
+        # drops only routine ones), at most one batch message's worth each. The run being gathered is `rs`
+        # ([texts, bytes, routine, head dev, head msg id]), kept by this loop and by the lane's `run`, which
+        # takes the lane's frames in one call
+        rs: list = [[], 0, False, None, None]
+
+        def flush() -> None:
+            texts = rs[0]
+            items.append(Item(READING, rs[3], ",".join(texts), rs[4], now, routine=rs[2], count=len(texts)))
+            rs[0] = []
         # (half a batch each: the publisher merges whole rows, so rows of half a batch fill every message)
         most, room = max(1, self.cfg.batch_count // 2), (self.cfg.batch_bytes - payloads.BATCH_HEAD) // 2
         lane = self.lane if pre is None and readable else None   # unreadable: the general path names it
-        lane_rx, shared, take, routes = None, None, lane.take if lane else None, g.routes
+        lane_rx, shared, routes = None, None, g.routes
+        lane_run = lane.run if lane else None
+        published = lambda dev, sbyte: presence.published(dev, now, sbyte)   # noqa: E731 - the lane's state item
+        skip = 0          # frames before this one were taken by the lane's run
         for i, (raw, rx, route) in enumerate(group):
+            if i < skip:
+                continue
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
@@ -673,23 +684,11 @@ class Ingest:
                         shared = lane.group(gid, now, rx)
                     except TypeError:      # an integer past 64 bits in a forwarder's rx: the general path
                         shared = None
-                r = take(raw, now, shared) if shared is not None else None
-                if r is not None:
-                    dev, fcnt, prev, mid, js, routine, due = r
-                    undo.append((dev, prev))
-                    counters[(dev, UP)] = fcnt
-                    routes.append((dev, route, rx))
-                    if run and (routine != run_routine or len(run) >= most or run_bytes + len(js) + 1 > room):
-                        items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now,
-                                          routine=run_routine, count=len(run)))
-                        run = []
-                    if not run:
-                        run_bytes, run_routine, run_head = 0, routine, (dev, mid)
-                    run.append(js)
-                    run_bytes += len(js) + 1
-                    if due is not None:     # its retained state, where the general path's heard() puts it
-                        items.append(presence.published(dev, now, due))
-                    continue
+                if shared is not None:
+                    skip = lane_run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush,
+                                    published, UP)
+                    if skip > i:
+                        continue
             p = pre[i] if pre is not None else None
             try:
                 v = check(raw, now, p)
@@ -716,15 +715,7 @@ class Ingest:
             if typ == "reading":
                 # the worker's entry JSON when its fields are the ones accepted (same counter, same `now`)
                 js = p[2] if p is not None and p[0] is f else reading_json(f, now, rx)
-                routine = (f["state"] & 0xF8) == 0
-                if run and (routine != run_routine or len(run) >= most or run_bytes + len(js) + 1 > room):
-                    items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,
-                                      count=len(run)))
-                    run = []
-                if not run:
-                    run_bytes, run_routine, run_head = 0, routine, (dev, mid)
-                run.append(js)
-                run_bytes += len(js) + 1
+                add_to_run(rs, js, (f["state"] & 0xF8) == 0, dev, mid, most, room, flush)
             elif typ in ("alarm", "event"):
                 kind = (f["code"] | (0x80 if f["cleared"] else 0)) if typ == "alarm" else EVENT_KIND
                 sq = f["aseq"] if typ == "alarm" else f["eseq"]
@@ -756,9 +747,8 @@ class Ingest:
                 items.extend(state)
             accepted.append((mid, f, v.device, rx, route, repeat))
             routes.append((dev, route, rx))
-        if run:
-            items.append(Item(READING, run_head[0], ",".join(run), run_head[1], now, routine=run_routine,
-                              count=len(run)))
+        if rs[0]:
+            flush()
         if not routes:
             return None
         if len(routes) > len(accepted):      # the lane's readings (it keeps no `accepted` entry)

@@ -17,6 +17,7 @@ lane takes (decoded from the frame it took, with its counter) as well as what th
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import random
@@ -156,6 +157,9 @@ class Fuzz:
                     self.lane_taken += 1
                 return r
             self.d.ingest.lane.take = taking
+            # the lane's loop as the Python lane runs it, so that every frame it takes goes through `taking` (the
+            # compiled loop calls its own take); what decides each frame is still the compiled take
+            self.d.ingest.lane.run = functools.partial(ReadingLane.run, self.d.ingest.lane)
         self.counts = dict.fromkeys(self.targets, 0)
         self.escaped: dict[str, int] = {}
         self.first_escape: dict[str, str] = {}
