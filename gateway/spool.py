@@ -637,13 +637,22 @@ class Spool:
         # an ack or a command waits for (alarms, events; a downlink counter alone) while the log is under
         # twice its bound: the next group of readings folds it, and the alarm does not wait for the fold.
         row = _pack(counters) if counters else None
-        # keys new to the log: (an intersection walks the smaller side; a difference walks the log's keys)
-        new = len(counters) - len(counters.keys() & self.log_latest.keys()) if row is not None else 0
         urgent = not items or any(it.lane <= EVENT for it in items)
+        new: list = []      # how many of the counters are keys new to the log, once asked
+
+        def distinct(over: int) -> int:
+            """The log's distinct counters with this commit's: counted exactly only when they might pass the bound
+            (an intersection walks the smaller side; ~20 % of a commit's Python time when done every time)."""
+            n = len(self.log_latest)
+            if n + len(counters) <= over * LOG_COUNTERS:
+                return n + len(counters)
+            if not new:
+                new.append(len(counters) - len(counters.keys() & self.log_latest.keys()))
+            return n + new[0]
 
         def past(over: int) -> bool:        # would this commit take the log past its bounds times `over`?
             if row is not None:
-                return (len(self.log_latest) + new > over * LOG_COUNTERS
+                return (distinct(over) > over * LOG_COUNTERS
                         or self.log_entries + len(counters) > over * LOG_ENTRIES or self.log_rows >= over * LOG_ROWS)
             # a commit with no counters: an alarm's commit may have left the log past its bound (up to twice it)
             return (len(self.log_latest) > over * LOG_COUNTERS or self.log_entries > over * LOG_ENTRIES
