@@ -794,10 +794,11 @@ static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
                     Py_INCREF(mid); PyList_SetItem(rs, 4, mid);
                 }
             }
+            if (ok && PyList_Append(run, js) < 0) ok = 0;
             if (ok) {
                 Py_ssize_t rb = PyLong_AsSsize_t(PyList_GET_ITEM(rs, 1));
                 PyObject *nb = (rb == -1 && PyErr_Occurred()) ? NULL : PyLong_FromSsize_t(rb + jn + 1);
-                if (nb == NULL || PyList_Append(run, js) < 0 || PyList_SetItem(rs, 1, nb) < 0) ok = 0;
+                if (nb == NULL || PyList_SetItem(rs, 1, nb) < 0) ok = 0;      /* (SetItem steals nb) */
             }
             if (ok && due != Py_None) {     /* its retained state, where the Python loop puts it */
                 PyObject *it = PyObject_CallFunctionObjArgs(published, dev, due, NULL);
