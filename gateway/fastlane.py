@@ -15,7 +15,8 @@ rate buckets, presence and entry text.
 
 The same lane is compiled (gateway/_lane.c, built with the package; issue 17): `take` is the C one where the module
 was built, this Python one where it was not (`compiled` says which). The Python lane stays the reference: the test
-holds both equal to the general path.
+holds both equal to the general path. `run` is ingest's loop over the frames the lane takes (their undo entries,
+counters, routes and row texts), compiled too, so Python steps in only at a frame the lane declines.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def add_to_run(rs: list, js: str, routine: bool, dev: int, mid: str, most: int, 
 
 
 class ReadingLane:
-    """Bound to one ingest's verifier and presence table; `take` is called per frame of a group."""
+    """Bound to one ingest's verifier and presence table; `run` takes the lane's frames of a group, `take` one."""
 
     def __init__(self, verifier, presence, compiled: bool = True):
         """`compiled`: the C lane when the module was built (else, and with False, this one)."""
