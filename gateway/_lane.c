@@ -773,8 +773,8 @@ static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
             /* the run: the same rule as the Python loop's (Ingest._prepare) */
             Py_ssize_t jn = PyUnicode_GET_LENGTH(js);
             PyObject *run = PyList_GET_ITEM(rs, 0);
-            Py_ssize_t have = PyList_GET_SIZE(run);
-            if (have) {
+            Py_ssize_t have = PyList_CheckExact(run) ? PyList_GET_SIZE(run) : -1;
+            if (have > 0) {
                 Py_ssize_t rb = PyLong_AsSsize_t(PyList_GET_ITEM(rs, 1));
                 if (rb == -1 && PyErr_Occurred()) ok = 0;
                 else if (PyList_GET_ITEM(rs, 2) != routine || have >= most || rb + jn + 1 > room) {
@@ -782,8 +782,12 @@ static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
                     if (f == NULL) ok = 0;
                     Py_XDECREF(f);
                     run = PyList_GET_ITEM(rs, 0);
-                    have = PyList_GET_SIZE(run);
+                    have = PyList_CheckExact(run) ? PyList_GET_SIZE(run) : -1;
                 }
+            }
+            if (ok && have < 0) {               /* rs[0] is the run's list of texts, always (flush keeps it so) */
+                PyErr_SetString(PyExc_TypeError, "run: rs[0] is not a list");
+                ok = 0;
             }
             if (ok && !have) {
                 PyObject *zero = PyLong_FromLong(0);
