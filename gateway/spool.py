@@ -485,7 +485,7 @@ class Spool:
         db, after, done = self.db, 0, 0
         q = ("SELECT seq, payload FROM outbox WHERE lane = ? AND topic IS NULL AND seq > ? ORDER BY seq LIMIT ?")
         while True:
-            rows = db.execute(q, (READING, after, THIN_PAGE)).fetchall()
+            rows = db.execute(q, (READING, after, 100)).fetchall()   # (a row is at most half a batch: ~3 MB a page)
             if not rows:
                 break
             updates = []

@@ -175,6 +175,7 @@ def test_rows_whose_delete_failed_on_a_full_disk_are_deleted_once_space_is_back(
     a, b = rig.nodes
     try:
         gw.wait_log("connected to mqtt broker", 30)
+        gw.wait_log(f"{rig.cables[0].link} open", 30)      # (the port may open after the broker)
         mosquitto.stop()
         for _ in range(20):                                # within the rate limit's burst (30)
             rig.cables[0].send(a.reading())

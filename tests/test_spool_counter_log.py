@@ -487,6 +487,7 @@ def test_frames_replayed_after_the_gateway_was_killed_are_refused(tmp_path, mosq
     accepted = 'gasguard_gateway_accepted_total', 'type="reading"'
     try:
         gw.wait_log("connected to mqtt broker", 30)
+        gw.wait_log(f"{cable.link} open", 30)       # (the port may open after the broker: frames before it are lost)
         recorded = [a.reading() for _ in range(5)]
         for raw in recorded:
             cable.send(raw)
@@ -495,6 +496,7 @@ def test_frames_replayed_after_the_gateway_was_killed_are_refused(tmp_path, mosq
         gw.kill()
         gw.start()
         gw.wait_log("connected to mqtt broker", 30)
+        gw.wait_log(f"{cable.link} open", 30)
         for raw in recorded:
             cable.send(raw)
         wait_until(lambda: _metric(port, "gasguard_gateway_rejected_total", 'reason="replay"') == 5, 20,
