@@ -80,7 +80,7 @@ class DistrictGrader:
         self.timeline_n: dict[str, int] = {}     # engine timeline entries already journaled, per incident
         self.levels: dict[str, tuple] = {}       # (level, warning) last notified, per incident
         self.gateways: dict[str, dict] = {}      # gateway id -> {"last_seen", "online", "silent"}
-        self.births: dict[str, list] = {}        # gateway id -> [(instance, host)] by latest birth (_births)
+        self.births: dict[str, list] = {}        # gateway id -> [(instance, host, t)] by latest birth (_births)
         self.shared_ids: dict[str, set] = {}     # gateway id -> pairs of instances journaled as sharing it
         self.shared: dict[str, tuple] = {}       # gateway id -> (last birth of a shared pair, {instance: host})
         self.inlet_dirty: set[int] = set()       # stations whose inlet samples changed since the checkpoint

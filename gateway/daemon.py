@@ -106,7 +106,7 @@ class Daemon:
         self.dispatcher = Dispatcher(cfg, self.registry, self.presence, self.outbox, self.metrics, self.burst, down,
                                      self.gate)
         # the second core (ingest.verify_worker): decode + MIC + entry JSON of the next group in a worker
-        self.pre = PreVerifier(cfg.registry, cfg.gateway_id, up) if cfg.verify_worker else None
+        self.pre = PreVerifier(cfg.registry, up) if cfg.verify_worker else None
         self.ingest = Ingest(cfg, self.verifier, self.outbox, self.dispatcher, self.presence, self.observers,
                              self.spool.idents(), self.metrics, self.burst, clock,
                              beat=lambda: self.beats.beat("ingest"),

@@ -671,6 +671,7 @@ class Ingest:
         lane_run = lane.run if lane else None
         published = lambda dev, sbyte: presence.published(dev, now, sbyte)   # noqa: E731 - the lane's state item
         skip = 0          # frames before this one were taken by the lane's run
+        declined = -1     # the frame the lane's run stopped at, of the same rx: take() declined it already
         for i, (raw, rx, route) in enumerate(group):
             if i < skip:
                 continue
@@ -679,15 +680,16 @@ class Ingest:
                 continue
             if lane is not None:
                 if rx is not lane_rx:
-                    lane_rx = rx
+                    lane_rx, declined = rx, -1
                     try:
                         shared = lane.group(gid, now, rx)
                     except TypeError:      # an integer past 64 bits in a forwarder's rx: the general path
                         shared = None
-                if shared is not None:
+                if shared is not None and i != declined:
                     skip = lane_run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush,
                                     published, UP)
                     if skip > i:
+                        declined = skip   # (noise there is counted above; another rx resets this)
                         continue
             p = pre[i] if pre is not None else None
             try:

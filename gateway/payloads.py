@@ -23,6 +23,11 @@ def msg_id(gateway_id: str, dev: int, fcnt: int) -> str:
     return f"{gateway_id}:{dev:08x}:{fcnt}"
 
 
+def gateway_of(mid: str) -> str:
+    """The gateway id of a message id (msg_id): a /2 batch's rows leave it out, and their ids are made from it."""
+    return mid.rsplit(":", 2)[0]
+
+
 def dumps(d: dict) -> str:
     """Compact JSON text. orjson (a C encoder, ~3x json.dumps here) writes the same text as
     json.dumps(separators=(",", ":")) for what the gateway publishes, except non-ASCII: UTF-8, not \\u escapes
@@ -100,20 +105,17 @@ def reading_fields(gateway_id: str, row: list) -> dict:
     is not a byte)."""
     if not isinstance(row, list) or not 8 <= len(row) <= 9:
         raise ValueError(f"a reading row of {READINGS_SCHEMA} is a list of 8 or 9 items, not {row!r:.80}")
-    dev, fcnt, t, gas, pressure, battery, state, rx = row[:8]
+    e = dict(zip(READING_COLUMNS, row))        # (zip stops at the row's end: inlet_pa only where there is one)
+    state = e["state"]
     if not isinstance(state, int) or not 0 <= state <= 255:
         raise ValueError(f"a reading row's state is a byte, not {state!r}")
-    e = {"id": msg_id(gateway_id, int(dev, 16), fcnt), "dev": dev, "fcnt": fcnt, "t": t, "gas_pct_lel": gas,
-         "pressure_pa": pressure, "battery_pct": battery, "state": _STATE_FIELDS[state], "rx": rx}
-    if len(row) == 9:
-        e["inlet_pa"] = row[8]
-    return e
+    e["state"] = _STATE_FIELDS[state]
+    return {"id": msg_id(gateway_id, int(e["dev"], 16), e["fcnt"]), **e}
 
 
-# the state byte of each named-fields dict (the first byte that has them), for a /1 object made into a /2 row
-_STATE_BYTE: dict[str, int] = {}
-for _b, _f in enumerate(_STATE_FIELDS):
-    _STATE_BYTE.setdefault(json.dumps(_f, sort_keys=True), _b)
+# the state byte of each named-fields dict (the first byte that has them: later ones are written over by earlier),
+# for a /1 object made into a /2 row
+_STATE_BYTE = {json.dumps(f, sort_keys=True): b for b, f in reversed(list(enumerate(_STATE_FIELDS)))}
 
 
 def row_of_entry(e: dict) -> list:
@@ -122,10 +124,8 @@ def row_of_entry(e: dict) -> list:
     st = _STATE_BYTE.get(json.dumps(e["state"], sort_keys=True))
     if st is None:
         raise ValueError(f"a reading whose state is not one the state byte spells: {e['state']!r:.80}")
-    row = [e["dev"], e["fcnt"], e["t"], e["gas_pct_lel"], e["pressure_pa"], e["battery_pct"], st, e.get("rx", {})]
-    if "inlet_pa" in e:
-        row.append(e["inlet_pa"])
-    return row
+    fields = {**e, "state": st, "rx": e.get("rx", {})}
+    return [fields[c] for c in READING_COLUMNS if c != "inlet_pa" or c in fields]
 
 
 BATCH_HEAD = 320   # bytes a batch message spends beyond its entries (schema, gateway, district, t, columns): an upper

@@ -34,13 +34,12 @@ from . import payloads
 
 log = logging.getLogger("gasguard.gateway.preverify")
 
-_W: dict = {}      # the worker process's state: registry cache, gateway id, counter mirror
+_W: dict = {}      # the worker process's state: registry cache, counter mirror
 
 
-def _init(registry_path: str, gateway_id: str, counters: dict) -> None:
+def _init(registry_path: str, counters: dict) -> None:
     from .verify import RegistryCache
     _W["registry"] = RegistryCache(registry_path)
-    _W["gid"] = gateway_id
     _W["last"] = dict(counters)      # dev -> highest uplink counter this worker saw verify (a prediction)
 
 
@@ -79,12 +78,12 @@ def _verify(now: float, frames: list) -> list:
 class PreVerifier:
     """One worker process; `submit(now, group)` -> an asyncio future of its answers, in submission order."""
 
-    def __init__(self, registry_path, gateway_id: str, up: dict):
+    def __init__(self, registry_path, up: dict):
         """`up`: the spool's durable dev -> highest accepted uplink counter (the worker's first prediction)."""
         # spawn, not fork: the daemon has threads (paho, metrics) by the time a worker may be (re)started
         self.pool = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
-            initargs=(str(registry_path), gateway_id, up))
+            initargs=(str(registry_path), up))
         self.ready = False      # the worker answered its first (empty) group: groups go to it from now on
 
     def start(self) -> None:

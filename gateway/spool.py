@@ -36,7 +36,7 @@ import orjson
 
 from gasguard.authority.secretfile import private_file
 # (absolute: `gasguard bench spool-commit --against REV` loads a revision's spool.py as a module of its own)
-from gasguard.gateway.payloads import reading_fields, row_of_entry
+from gasguard.gateway.payloads import gateway_of, reading_fields, row_of_entry
 
 log = logging.getLogger("gasguard.gateway.spool")
 
@@ -269,12 +269,6 @@ def entries(fragment: str) -> list[tuple[str, list]]:
         out.append((fragment[pos:stop], value))
         pos = stop + 1
     return out
-
-
-def gateway_of(mid: str) -> str:
-    """The gateway id of a message id (payloads.msg_id: "<gateway>:<dev>:<fcnt>"): a reading row's entries
-    (gasguard.readings/2) leave it out, and their ids are made from it."""
-    return mid.rsplit(":", 2)[0]
 
 
 def _audited(items: list[Item]):
@@ -638,21 +632,16 @@ class Spool:
         # twice its bound: the next group of readings folds it, and the alarm does not wait for the fold.
         row = _pack(counters) if counters else None
         urgent = not items or any(it.lane <= EVENT for it in items)
-        new: list = []      # how many of the counters are keys new to the log, once asked
-
-        def distinct(over: int) -> int:
-            """The log's distinct counters with this commit's: counted exactly only when they might pass the bound
-            (an intersection walks the smaller side; ~20 % of a commit's Python time when done every time)."""
-            n = len(self.log_latest)
-            if n + len(counters) <= over * LOG_COUNTERS:
-                return n + len(counters)
-            if not new:
-                new.append(len(counters) - len(counters.keys() & self.log_latest.keys()))
-            return n + new[0]
+        # the log's distinct counters with this commit's: the keys already in the log are subtracted only when the
+        # sum could pass the lowest bound (an intersection walks the smaller side; done on every commit it was ~20 %
+        # of a commit's Python time)
+        distinct = len(self.log_latest) + len(counters) if row is not None else 0
+        if distinct > LOG_COUNTERS:
+            distinct -= len(counters.keys() & self.log_latest.keys())
 
         def past(over: int) -> bool:        # would this commit take the log past its bounds times `over`?
             if row is not None:
-                return (distinct(over) > over * LOG_COUNTERS
+                return (distinct > over * LOG_COUNTERS
                         or self.log_entries + len(counters) > over * LOG_ENTRIES or self.log_rows >= over * LOG_ROWS)
             # a commit with no counters: an alarm's commit may have left the log past its bound (up to twice it)
             return (len(self.log_latest) > over * LOG_COUNTERS or self.log_entries > over * LOG_ENTRIES
@@ -886,8 +875,9 @@ class Spool:
                 try:
                     parts = entries(payload)
                     kept = parts[first::2]
-                    devs = [int(e[0], 16) for _, e in parts[1 - first::2]]
-                    head = reading_fields(gateway_of(row_mid), kept[0][1])
+                    gw = gateway_of(row_mid)
+                    devs = [int(reading_fields(gw, e)["dev"], 16) for _, e in parts[1 - first::2]]
+                    head = reading_fields(gw, kept[0][1])
                     mid, oldest = head["id"], (t if first == 0 else float(head["t"]))
                 except (ValueError, KeyError, TypeError, IndexError) as e:
                     # (not what ingest writes: left whole and said once, rather than a thinning that fails)

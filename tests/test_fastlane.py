@@ -197,3 +197,31 @@ def test_an_empty_frame_is_refused_alone_not_with_its_group(tmp_path, compiled):
         assert not any(v for k, v in rejected.items() if ("reason", "internal_error") in k), rejected
         assert sum(rejected.values()) == 1, rejected
     asyncio.run(run())
+
+
+def test_a_frame_the_lane_declines_is_offered_to_it_once(tmp_path):
+    """Where the lane's run stops (a frame take() declines: here each first sighting, between readings it takes), the
+    general path goes on from that frame without asking the lane again: one take() a frame. (The Python lane: its
+    loop calls the take that is counted here.)"""
+    nodes = [Node(0x00D30000 + i) for i in range(40)]
+    make_registry(tmp_path / "registry.db", nodes)
+    now = [1_700_000_000.25]
+    d = _daemon(tmp_path, "lane", lambda: now[0], True, compiled=False)
+    lane, calls = d.ingest.lane, [0]
+    take = lane.take
+
+    def counting(*args):
+        calls[0] += 1
+        return take(*args)
+    lane.take = counting
+
+    async def run():
+        d.ingest.start()
+        d.process([(n.reading(), SERIAL, "serial:tty0") for n in nodes[:20]])           # heard: the lane takes these
+        calls[0] = 0
+        group = [(n.reading(), SERIAL, "serial:tty0") for pair in zip(nodes[:20], nodes[20:]) for n in pair]
+        d.process(group)
+        return len(group)
+    n = asyncio.run(run())
+    assert d.accepted_count == 20 + n
+    assert calls[0] == n, f"{calls[0]} take() calls for {n} frames"

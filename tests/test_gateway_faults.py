@@ -13,8 +13,8 @@ import pytest
 
 from gasguard.testing.node import Node, make_registry
 from gasguard.command.readings import readings_of
-from gasguard.gateway.payloads import reading_fields
-from gasguard.gateway.spool import entries, gateway_of
+from gasguard.gateway.payloads import gateway_of, reading_fields
+from gasguard.gateway.spool import entries
 from gasguard.protocol.const import ALARM
 from gasguard.tools.sim.fleet import Fleet
 from gasguard.tools.sim.fleet_transport import PtyTransport
