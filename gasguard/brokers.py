@@ -27,9 +27,21 @@ import socket
 import time
 from dataclasses import dataclass
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 DEFAULT_PORT = 1883
+# paho 2.2.0's per-message costs, taken off by FailoverClient below (BENCHMARKS.md, fourteenth pass): a QoS-1
+# publish and its PUBACK cost ~130 us of CPU in paho's threaded loop, ~48 us without them. The overrides lean on
+# paho's internals as 2.2.0 has them, so any other version runs paho unmodified (correct, only slower).
+LEAN_PAHO = paho.mqtt.__version__ == "2.2.0"
+READ_CHUNK = 65536                   # bytes a socket read takes at most (paho reads a header a byte at a time)
+_OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+# a v3.1.1 PUBACK has no reason code or properties: one shared "Success" and one empty set for all
+_PUBACK_OK, _NO_PROPERTIES = ReasonCode(PacketTypes.PUBACK), Properties(PacketTypes.PUBACK)
 
 
 class EndpointError(ValueError):
@@ -128,6 +140,8 @@ class FailoverClient(mqtt.Client):
         self.connack_timeouts = 0                 # attempts cut for want of a CONNACK
         self.cut_in_a_row = 0                     # consecutive attempts cut so (0 after a CONNACK or another failure)
         self.timed_out = False                    # the last attempt was cut so (read by on_disconnect)
+        self._rbuf, self._rpos = b"", 0           # bytes read from the socket, not yet handed to paho (LEAN_PAHO)
+        self._wake_pending = False                # a wake-up byte is on its way to paho's thread (LEAN_PAHO)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -180,3 +194,68 @@ class FailoverClient(mqtt.Client):
                 self.cut_in_a_row += 1
                 self.cut()
         return super().loop_misc()
+
+    # -- paho 2.2.0's per-message costs (LEAN_PAHO). Each override keeps paho's behaviour; only the work goes.
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        """paho reads a packet's command byte, each byte of its length and then its body with one recv() each: 3-4
+        system calls a PUBACK. Read up to READ_CHUNK at once and hand paho slices of that."""
+        if not LEAN_PAHO:
+            return super()._sock_recv(bufsize)
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            data = super()._sock_recv(READ_CHUNK)      # raises BlockingIOError when there is nothing, as before
+            if len(data) <= bufsize:
+                return data                            # (b"" is the peer's close: paho sees it as before)
+            buf, pos = self._rbuf, self._rpos = data, 0
+        self._rpos = pos + bufsize
+        return buf[pos:pos + bufsize]
+
+    def _sock_close(self) -> None:
+        # what was read ahead belongs to the connection that is closing: never to the next one
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        """paho's loop calls this when select() finds the socket readable; bytes already read ahead are not in
+        the socket any more, so they are read to the end here (as paho does for TLS's pending bytes)."""
+        rc = super().loop_read(max_packets)
+        while LEAN_PAHO and rc == _OK and self._rpos < len(self._rbuf) and self._sock is not None:
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _handle_pubackcomp(self, cmd):
+        """A v3.1.1 PUBACK is a 2-byte message id: paho 2.2 decodes it into a new ReasonCode and Properties each
+        (~8 % of the gateway's CPU with a retained state per device heard). Anything else goes to paho."""
+        packet = self._in_packet["packet"]
+        if (not LEAN_PAHO or cmd != "PUBACK" or len(packet) != 2
+                or self._protocol == mqtt.MQTTProtocolVersion.MQTTv5):
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_OK, _NO_PROPERTIES)
+        return _OK
+
+    def _loop(self, timeout: float = 1.0) -> mqtt.MQTTErrorCode:
+        # cleared before paho looks at what waits to be written (want_write) and selects: a packet queued
+        # after this clear either sends a wake-up itself or is behind one that was sent after it (_packet_queue)
+        self._wake_pending = False
+        return super()._loop(timeout)
+
+    def _packet_queue(self, command, packet, mid, qos, info=None):
+        """paho wakes its network thread with one byte through a socket pair for every packet queued: a system
+        call, and a wake-up of that thread, per publish. One wake-up is enough until the thread has looked at
+        the queue again (_loop clears the flag before it does), however many packets are queued meanwhile."""
+        if not LEAN_PAHO or self._sockpairW is None or self._thread is None:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": info})
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._sockpairW.send(b"0")
+            except BlockingIOError:
+                pass                                   # the pair is full of wake-ups already
+        self._call_socket_register_write()
+        return _OK

@@ -1,0 +1,146 @@
+"""FailoverClient's cuts of paho 2.2.0's per-message costs (gasguard.brokers, LEAN_PAHO): PUBACKs read many at a
+time, decoded without new objects, one wake-up of paho's thread for many packets. Each test runs against a real
+mosquitto with the cuts on and off: the behaviour must be paho's either way."""
+
+import threading
+import time
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+import pytest
+
+from gasguard import brokers
+from gasguard.brokers import Endpoint, FailoverClient
+from gasguard.testing.mosquitto import Mosquitto
+from gasguard.testing.waits import wait_until
+
+
+@pytest.fixture(params=[True, False], ids=["lean", "plain"])
+def lean(request, monkeypatch):
+    if request.param and not brokers.LEAN_PAHO:
+        pytest.skip(f"paho {paho.mqtt.__version__} is not 2.2.0: the cuts are off")
+    monkeypatch.setattr(brokers, "LEAN_PAHO", request.param)
+    return request.param
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with Mosquitto(workdir=tmp_path / "broker") as b:
+        yield b
+
+
+class Acks:
+    """on_publish, counted by message id."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_mid: dict[int, int] = {}
+        self.reasons: set = set()
+        self.at: dict[int, float] = {}
+
+    def __call__(self, _c, _u, mid, rc, props):
+        with self.lock:
+            self.by_mid[mid] = self.by_mid.get(mid, 0) + 1
+            self.reasons.add((rc.value, type(props).__name__))
+            self.at[mid] = time.monotonic()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.by_mid)
+
+
+def _client(broker, acks: Acks, cid: str) -> FailoverClient:
+    c = FailoverClient([Endpoint("127.0.0.1", broker.port)], mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
+                       clean_session=True)
+    c.max_inflight_messages_set(0)
+    c.on_publish = acks
+    c.connects = 0
+
+    def on_connect(*_a):
+        c.connects += 1
+    c.on_connect = on_connect
+    c.start(keepalive=30)
+    wait_until(lambda: c.connects, 10, "a CONNACK from the test's mosquitto")
+    return c
+
+
+def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
+    """2,000 QoS-1 publishes queued at once: the broker's PUBACKs arrive many to a TCP read; each message id is
+    acknowledged exactly once, as a success, and with the cuts on paho's reads are far fewer than the PUBACKs."""
+    acks = Acks()
+    c = _client(broker, acks, "burst")
+    reads = [0]
+    real = mqtt.Client._sock_recv
+
+    def counted(self, n):
+        reads[0] += 1
+        return real(self, n)
+    try:
+        mqtt.Client._sock_recv = counted
+        mids = [c.publish(f"t/lean/{i}", b"x" * 300, qos=1, retain=True).mid for i in range(2000)]
+        wait_until(lambda: acks.count() >= len(set(mids)), 20, "every PUBACK handed over")
+    finally:
+        mqtt.Client._sock_recv = real
+        c.loop_stop()
+        c.disconnect()
+    assert set(acks.by_mid) == set(mids) and set(acks.by_mid.values()) == {1}
+    assert acks.reasons == {(0, "Properties")}
+    if lean:
+        assert reads[0] < len(mids) / 4, reads[0]     # paho alone: 3 reads a PUBACK and more
+    else:
+        assert reads[0] >= 3 * len(mids), reads[0]
+
+
+def test_a_publish_from_another_thread_wakes_paho_at_once(lean, broker):
+    """Single publishes from two threads while paho's thread sleeps in select(): each is sent (and acked) at once.
+    A lost wake-up would leave a message until paho's 1-second select timeout."""
+    acks = Acks()
+    c = _client(broker, acks, "wake")
+    sent: dict[int, float] = {}
+    sent_lock = threading.Lock()
+
+    def one_by_one(tag: str):
+        for i in range(150):
+            n = acks.count()
+            t = time.monotonic()
+            info = c.publish(f"t/wake/{tag}/{i}", b"y", qos=1)
+            with sent_lock:
+                sent[info.mid] = t
+            wait_until(lambda: acks.count() > n, 5, "the PUBACK")
+    try:
+        threads = [threading.Thread(target=one_by_one, args=(tag,)) for tag in "ab"]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    assert len(acks.by_mid) == 300
+    worst = max(acks.at[mid] - t for mid, t in sent.items())
+    assert worst < 0.5, f"a publish waited {worst:.3f} s for paho's thread"
+
+
+def test_read_ahead_never_outlives_its_connection(lean, broker):
+    """The connection is lost mid-stream: what was read ahead goes with its socket, the client reconnects and
+    every later publish is acknowledged."""
+    acks = Acks()
+    c = _client(broker, acks, "restart")
+    try:
+        for i in range(200):
+            c.publish(f"t/restart/{i}", b"z" * 100, qos=1)
+        wait_until(lambda: acks.count() >= 200, 20, "the first PUBACKs")
+        c.cut()                                          # as FailoverClient cuts a late CONNACK: paho reconnects
+        wait_until(lambda: c.connects >= 2, 20, "reconnected")
+        mids = [c.publish(f"t/restart/b{i}", b"z", qos=1).mid for i in range(200)]
+        wait_until(lambda: all(m in acks.by_mid for m in mids), 20, "the PUBACKs after the reconnect")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_closing_the_socket_drops_what_was_read_ahead():
+    c = FailoverClient([Endpoint("127.0.0.1", 1)], mqtt.CallbackAPIVersion.VERSION2, client_id="x")
+    c._rbuf, c._rpos = b"\x40\x02\x00\x01", 1       # part of a PUBACK read from the socket being closed
+    c._sock_close()
+    assert (c._rbuf, c._rpos) == (b"", 0)
