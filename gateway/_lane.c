@@ -257,7 +257,7 @@ typedef struct {
     uint8_t b0head[4];          /* SPEC 5: B0 'G' 'G' version direction */
 } Lane;
 
-static PyObject *s_registry, *s_states, *s_devices, *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
+static PyObject *s_first_heard, *s_state, *s_registry, *s_states, *s_devices, *s_cached, *s_active, *s_move_to_end, *s_up, *s_tokens, *s_t_bucket, *s_recent, *s_online,
     *s_sbyte, *s_silence, *s_pub, *s_last_seen, *s_r_fcnt, *s_r_gas, *s_r_pressure, *s_r_battery, *s_r_state,
     *s_r_inlet, *s_r_t, *s_key, *s_burst, *s_rate;
 
@@ -512,14 +512,13 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     states = PyObject_GetAttr(self->verifier, s_states);
     if (states == NULL) goto done;
     if (!PyDict_Check(states)) goto none;
+    /* NULL: the device's first frame since the gateway started with an empty spool; its state is made (Verifier.state)
+     * once the reading is accepted, and its counter so far is 0, as the general path takes it */
     PyObject *sta = PyDict_GetItemWithError(states, dev_o);   /* borrowed; held by states */
-    if (sta == NULL) {
-        if (PyErr_Occurred()) goto done;
-        goto none;         /* first sight of this device: the general path makes its state */
-    }
-    Py_INCREF(sta);
+    if (sta == NULL && PyErr_Occurred()) goto done;
+    Py_XINCREF(sta);
     PyObject *pr = NULL;
-    up_o = PyObject_GetAttr(sta, s_up);
+    up_o = sta != NULL ? PyObject_GetAttr(sta, s_up) : PyLong_FromLong(0);
     if (up_o == NULL) goto done_sta;
     if (!PyLong_CheckExact(up_o)) goto none_sta;
     unsigned long long last = PyLong_AsUnsignedLongLong(up_o);
@@ -549,32 +548,42 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     /* the rate bucket (Verifier._take_token): an empty one is the general path's rejection to name */
     double now = PyFloat_AS_DOUBLE(now_o), tokens, t_bucket, burst, rate;
     int k;
-    if ((k = get_float(sta, s_tokens, &tokens)) != 0) goto k_sta;     /* None: no reading yet */
-    if ((k = get_float(sta, s_t_bucket, &t_bucket)) != 0) goto k_sta;
     if ((k = get_float(self->verifier, s_burst, &burst)) != 0) goto k_sta;
     if ((k = get_float(self->verifier, s_rate, &rate)) != 0) goto k_sta;
     {
-        double refill = tokens + (now - t_bucket) * rate;
-        tokens = refill < burst ? refill : burst;         /* min(burst, refill) */
+        PyObject *tv = sta != NULL ? PyObject_GetAttr(sta, s_tokens) : Py_NewRef(Py_None);
+        if (tv == NULL) goto done_sta;
+        int fresh = tv == Py_None;                        /* no reading yet: a full bucket (_take_token) */
+        Py_DECREF(tv);
+        if (fresh) tokens = burst;
+        else {
+            if ((k = get_float(sta, s_tokens, &tokens)) != 0) goto k_sta;
+            if ((k = get_float(sta, s_t_bucket, &t_bucket)) != 0) goto k_sta;
+            double refill = tokens + (now - t_bucket) * rate;
+            tokens = refill < burst ? refill : burst;     /* min(burst, refill) */
+        }
     }
     if (tokens < 1.0) goto none_sta;
-    /* presence (PresenceTable.heard) of a device heard before: its silence is set with the first state heard
-     * publishes (a device's first sight is the general path's). `due`: its retained state falls due with this
-     * reading (PresenceTable.due: back online, a new state byte, the refresh); the caller publishes it */
+    /* presence (PresenceTable.heard). Nothing can refuse the reading past the rate bucket: a device heard for the
+     * first time gets its presence here (PresenceTable.first_heard: its silence, counted as heard). `due`: its
+     * retained state falls due with this reading (PresenceTable.due: first sight or back online, a new state
+     * byte, the refresh); the caller publishes it */
     int due;
     devices = PyObject_GetAttr(self->table, s_devices);
     if (devices == NULL) goto done_sta;
     if (!PyDict_Check(devices)) goto none_sta;
     pr = PyDict_GetItemWithError(devices, dev_o);
-    if (pr == NULL) {
-        if (PyErr_Occurred()) goto done_sta;
-        goto none_sta;
-    }
-    Py_INCREF(pr);
+    if (pr == NULL && PyErr_Occurred()) goto done_sta;
+    Py_XINCREF(pr);
     {
         double silence, pub;
+        if (pr == NULL || ((k = get_float(pr, s_silence, &silence)) == 0 && silence == 0.0)) {
+            Py_XSETREF(pr, PyObject_CallMethodObjArgs(self->table, s_first_heard, dev_o, device, NULL));
+            if (pr == NULL) goto done_sta;
+            k = 0;
+        }
+        if (k != 0) goto k_sta;
         if ((k = get_float(pr, s_silence, &silence)) != 0) goto k_sta;
-        if (silence == 0.0) goto none_sta;
         if ((k = get_float(pr, s_pub, &pub)) != 0) goto k_sta;
         int on = attr_true(pr, s_online);
         if (on < 0) goto done_sta;
@@ -593,6 +602,10 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     if (pressure_of(self, p, &pv, &pt) < 0) goto done_sta;
     if (inlet && pressure_of(self, iw, &iv, &it) < 0) goto done_sta;
     if (inlet && iv == Py_None) it = NULL;           /* fastlane: no inlet_pa key without a value */
+    if (sta == NULL) {
+        sta = PyObject_CallMethodOneArg(self->verifier, s_state, dev_o);     /* the device's first: its state */
+        if (sta == NULL) goto done_sta;
+    }
     fcnt_o = PyLong_FromUnsignedLongLong(fcnt);
     tok_new = PyFloat_FromDouble(tokens - 1.0);
     recent_o = PyObject_GetAttr(sta, s_recent);
@@ -692,7 +705,7 @@ k_sta:
 none_sta:
     out = Py_NewRef(Py_None);
 done_sta:
-    Py_DECREF(sta);
+    Py_XDECREF(sta);
     Py_XDECREF(pr);
     goto done;
 none:
@@ -956,6 +969,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane", "The reading
 
 PyMODINIT_FUNC PyInit__lane(void) {
 #define INTERN(v, s) if (!((v) = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_first_heard, "first_heard"); INTERN(s_state, "state");
     INTERN(s_registry, "registry"); INTERN(s_states, "states"); INTERN(s_devices, "devices"); INTERN(s_cached, "cached"); INTERN(s_active, "active"); INTERN(s_move_to_end, "move_to_end");
     INTERN(s_up, "up"); INTERN(s_tokens, "tokens"); INTERN(s_t_bucket, "t_bucket"); INTERN(s_recent, "recent");
     INTERN(s_online, "online"); INTERN(s_sbyte, "sbyte"); INTERN(s_silence, "silence"); INTERN(s_pub, "pub");

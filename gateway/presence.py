@@ -79,12 +79,10 @@ class PresenceTable:
         """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
         every third of the device's offline timeout (so the retained last reading stays fresh without one
         message per reading)."""
-        st = self._of(dev)                 # new: online False, never published
-        if not st.silence:
-            st.silence = offline_timeout(self.cfg, device)
+        st = self.devices.get(dev)
+        if st is None or not st.silence:
+            st = self.first_heard(dev, device)
         sbyte = f.get("state")
-        if st.pub == NEVER:                # first heard
-            self.n_heard += 1
         st.last_seen = now
         if f["type"] == "reading":
             # the entry is built only when a state message is (hot path); the fields, not the frame (memory)
@@ -94,6 +92,16 @@ class PresenceTable:
         if not self.due(st, st.sbyte if sbyte is None else sbyte, now):
             return []
         return [self.published(dev, now, sbyte)]
+
+    def first_heard(self, dev: int, device=None) -> Presence:
+        """A device's presence as its first frame is accepted (heard, and the reading lane for a first reading):
+        new, online False and never published, its silence set and counted as heard."""
+        st = self._of(dev)
+        if not st.silence:
+            st.silence = offline_timeout(self.cfg, device)
+        if st.pub == NEVER:
+            self.n_heard += 1
+        return st
 
     @staticmethod
     def due(st: Presence, sbyte: int | None, now: float) -> bool:

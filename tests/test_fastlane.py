@@ -2,9 +2,10 @@
 and one without, fed the same groups of frames on the same clock, end every group with the same spool rows
 (payload text included), the same counters, replay memory, rate buckets, presence, registry LRU order and
 metrics. The groups mix what the lane takes (routine and non-routine readings, with and without inlet
-pressure, values not available) with everything it must leave to the general path: first sight, unknown and
-decommissioned devices, forged MICs, replays and second-path copies, an empty rate bucket, state changes,
-alarms, the retained state's refresh, an rx the JSON encoder refuses.
+pressure, values not available, a device's first reading) with everything it must leave to the general path:
+unknown and decommissioned devices, forged MICs, replays and second-path copies, an empty rate bucket, alarms, and
+the lane's readings that publish a state (first sight, state changes, the refresh) and one an rx the JSON encoder
+refuses.
 
 Each test runs twice: with the lane compiled (gateway/_lane.c: the gateway's lane wherever the package was built
 with a C compiler, so these runs fail where it was not built) and with the Python lane (its reference)."""
@@ -200,9 +201,9 @@ def test_an_empty_frame_is_refused_alone_not_with_its_group(tmp_path, compiled):
 
 
 def test_a_frame_the_lane_declines_is_offered_to_it_once(tmp_path):
-    """Where the lane's run stops (a frame take() declines: here each first sighting, between readings it takes), the
-    general path goes on from that frame without asking the lane again: one take() a frame. (The Python lane: its
-    loop calls the take that is counted here.)"""
+    """Where the lane's run stops (a frame take() declines: here alarms, between readings it takes), the general
+    path goes on from that frame without asking the lane again: one take() a frame. (The Python lane: its loop
+    calls the take that is counted here.)"""
     nodes = [Node(0x00D30000 + i) for i in range(40)]
     make_registry(tmp_path / "registry.db", nodes)
     now = [1_700_000_000.25]
@@ -219,9 +220,71 @@ def test_a_frame_the_lane_declines_is_offered_to_it_once(tmp_path):
         d.ingest.start()
         d.process([(n.reading(), SERIAL, "serial:tty0") for n in nodes[:20]])           # heard: the lane takes these
         calls[0] = 0
-        group = [(n.reading(), SERIAL, "serial:tty0") for pair in zip(nodes[:20], nodes[20:]) for n in pair]
+        group = [(raw, SERIAL, "serial:tty0") for n in nodes[:20] for raw in (n.reading(), n.alarm(code=1))]
         d.process(group)
         return len(group)
     n = asyncio.run(run())
     assert d.accepted_count == 20 + n
     assert calls[0] == n, f"{calls[0]} take() calls for {n} frames"
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+def test_the_lane_takes_a_devices_first_reading_and_the_first_after_a_restart(tmp_path, compiled):
+    """A device's first reading (no replay state, no presence) and its first after the gateway restarted (a counter
+    loaded from the spool, an untouched rate bucket) are the lane's, and leave what the general path leaves: the
+    replay state, a full bucket less one, the device counted heard and its retained state published."""
+    nodes = [Node(0x00D40000 + i) for i in range(30)]
+    make_registry(tmp_path / "registry.db", nodes)
+    now = [1_700_000_000.25]
+    clock = lambda: now[0]  # noqa: E731
+
+    def counted(d):
+        taken = [0]
+        lane_run = d.ingest.lane.run
+
+        def run(group, i, *args):
+            j = lane_run(group, i, *args)
+            taken[0] += j - i
+            return j
+        d.ingest.lane.run = run
+        return taken
+
+    async def feed(pairs, groups):
+        for a, b in pairs:
+            a.ingest.start()
+            b.ingest.start()
+        for group in groups:
+            for a, b in pairs:
+                a.process(list(group))
+                b.process(list(group))
+                assert _memory(a) == _memory(b)
+                assert _rows(a) == _rows(b)
+            now[0] += 1.0
+
+    a, b = _daemon(tmp_path, "lane", clock, True, compiled), _daemon(tmp_path, "general", clock, False)
+    taken = counted(a)
+    groups = [[(n.reading(), SERIAL, "serial:tty0") for n in nodes[k:k + 10]] for k in (0, 10, 20)]
+    asyncio.run(feed([(a, b)], groups))
+    assert taken[0] == len(nodes), f"the lane took {taken[0]} of {len(nodes)} first readings"
+    assert a.presence.counts() == (len(nodes), 0) and a.spool.depth()["state"][0] == len(nodes)
+    for d in (a, b):
+        d.spool.close()
+    # restarted on the same spools: the counters come back, nothing else does
+    a2, b2 = (_daemon_on(tmp_path, name, clock, lane, compiled) for name, lane in (("lane", True), ("general", False)))
+    assert set(a2.verifier.states) == {n.dev for n in nodes} and not a2.presence.devices
+    taken = counted(a2)
+    asyncio.run(feed([(a2, b2)], [[(n.reading(), SERIAL, "serial:tty0") for n in nodes]]))
+    assert taken[0] == len(nodes), f"the lane took {taken[0]} of {len(nodes)} first readings after the restart"
+    assert {s.tokens for s in a2.verifier.states.values()} == {a2.verifier.burst - 1.0}
+
+
+def _daemon_on(tmp_path, name, clock, lane: bool, compiled: bool) -> Daemon:
+    """A gateway started again on the spool _daemon made for `name`."""
+    cfg = Config(gateway_id="gw", district="d", registry=tmp_path / "registry.db", spool=tmp_path / name / "spool.db",
+                 mqtt_port=1, rate_per_min=600.0, rate_burst=3, offline_after=60.0)
+    daemon = Daemon(cfg, clock=clock, plugins=[])
+    if not lane:
+        daemon.ingest.lane = None
+    elif not compiled:
+        daemon.ingest.lane = ReadingLane(daemon.verifier, daemon.presence, compiled=False)
+    return daemon
