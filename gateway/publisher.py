@@ -183,7 +183,10 @@ class Publisher:
         mode = getattr(self.clock, "mode", "real")     # a drill clock marks every message (gateway/clock.py)
         client = FailoverClient if mode == "real" else drill_client(mode, FailoverClient)
         c = client(self.cfg.brokers, mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        c.max_inflight_messages_set(self.cfg.inflight + PRIORITY_SLOTS)
+        # paho's own bound off: the publisher bounds what is in flight itself (inflight + PRIORITY_SLOTS, and a few
+        # messages not from the spool: status, birth). A bounded paho walks every message in flight at each
+        # PUBACK looking for one it queued (3 % of the time the GIL was held, BENCHMARKS.md fourteenth pass)
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         # a dead cluster node costs one reconnect_min and the next node is tried; a node that takes the TCP
         # connection but gives no CONNACK (e.g. still electing its stream leaders) costs connect_timeout
