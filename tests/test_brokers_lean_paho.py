@@ -64,6 +64,14 @@ def _client(broker, acks: Acks, cid: str) -> FailoverClient:
     return c
 
 
+def _in_threads(target, args: list, timeout: float) -> None:
+    threads = [threading.Thread(target=target, args=a) for a in args]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)
+
+
 def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
     """2,000 QoS-1 publishes queued at once: the broker's PUBACKs arrive many to a TCP read; each message id is
     acknowledged exactly once, as a success, and with the cuts on paho's reads are far fewer than the PUBACKs."""
@@ -108,11 +116,7 @@ def test_a_publish_from_another_thread_wakes_paho_at_once(lean, broker):
                 sent[info.mid] = t
             wait_until(lambda: acks.count() > n, 5, "the PUBACK")
     try:
-        threads = [threading.Thread(target=one_by_one, args=(tag,)) for tag in "ab"]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
+        _in_threads(one_by_one, [(tag,) for tag in "ab"], 60)
     finally:
         c.loop_stop()
         c.disconnect()
@@ -144,3 +148,42 @@ def test_closing_the_socket_drops_what_was_read_ahead():
     c._rbuf, c._rpos = b"\x40\x02\x00\x01", 1       # part of a PUBACK read from the socket being closed
     c._sock_close()
     assert (c._rbuf, c._rpos) == (b"", 0)
+
+
+def test_waiting_for_a_publish_works_for_many_messages_at_once(lean, broker):
+    """wait_for_publish on many messages from many threads: each returns once its own PUBACK came (the lean message
+    info shares one condition among all messages; a PUBACK wakes every waiter, each looks at its own flag)."""
+    acks = Acks()
+    c = _client(broker, acks, "waiters")
+    infos = [c.publish(f"t/wait/{i}", b"w", qos=1) for i in range(400)]
+    done = []
+
+    def waiter(part):
+        for info in part:
+            info.wait_for_publish(10)
+            done.append(info.is_published())
+    try:
+        _in_threads(waiter, [(infos[k::8],) for k in range(8)], 30)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    assert done == [True] * len(infos)
+    assert set(acks.by_mid) == {i.mid for i in infos}
+
+
+def test_a_message_published_before_the_connection_is_sent_after_it(lean, broker):
+    """Published with no connection yet (paho's MQTT_ERR_NO_CONN): kept, and sent with the first CONNACK."""
+    acks = Acks()
+    c = FailoverClient([Endpoint("127.0.0.1", broker.port)], mqtt.CallbackAPIVersion.VERSION2, client_id="early",
+                       clean_session=True)
+    c.max_inflight_messages_set(0)
+    c.on_publish = acks
+    infos = [c.publish(f"t/early/{i}", "é" * 10, qos=1, retain=True) for i in range(20)]
+    assert {i.rc for i in infos} == {mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN}
+    try:
+        c.start(keepalive=30)
+        wait_until(lambda: acks.count() >= 20, 20, "the early messages' PUBACKs")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    assert set(acks.by_mid) == {i.mid for i in infos}
