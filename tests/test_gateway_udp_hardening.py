@@ -69,7 +69,11 @@ def test_garbage_json_is_a_counted_rejection_without_a_traceback(tmp_path, mosqu
                     expect[reason] = expect.get(reason, 0) + 1
             # a round at a time: 60 kB datagrams faster than a loaded gateway reads them would overflow the
             # socket's receive buffer, a loss in the kernel that nothing in the gateway can count
-            wait_until(lambda: all(rig.rejected(r) >= n for r, n in expect.items()), 20, "the round counted")
+            try:
+                wait_until(lambda: all(rig.rejected(r) >= n for r, n in expect.items()), 20, "the round counted")
+            except TimeoutError:       # say which reason fell short and whether the kernel dropped datagrams
+                raise AssertionError(f"counted {({r: rig.rejected(r) for r in expect})} of {expect} after 20 s; "
+                                     f"kernel drops {rig.metric('gasguard_gateway_udp_kernel_drops_total')}") from None
             fwd.poll(0.001)
         # a good frame still goes through, and its ack comes back on the pulled route
         fwd.pull()
