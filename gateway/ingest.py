@@ -769,9 +769,7 @@ class Ingest:
         for r in g.results:
             self.metrics.commands.labels(r).inc()
         # routes first: a device's first frame may be the alarm we are about to ack
-        route = self.presence.route
-        for dev, via, rx in g.routes:
-            route(dev, via, rx)
+        self.presence.routes(g.routes)
         for typ, n in g.by_type.items():
             self.metrics.accepted.labels(typ).inc(n)
         # acks only now: the alarm is on disk
