@@ -96,6 +96,19 @@ class Chromium:
             return [e for e in els if text is None or text in e.text]
         return self.wait(find, timeout, f"{css!r}" + (f" with {text!r}" if text else ""))
 
+    def click_css(self, css: str, timeout: float, text: str | None = None, inner: str | None = None) -> None:
+        """Click the first element matching `css` (holding `text`; `inner`: the element inside it to click), found
+        afresh on every try: a board row redrawn by a live update between finding and clicking is found again,
+        never clicked stale (selenium's StaleElementReferenceException)."""
+        def click(d):
+            for e in d.find_elements("css selector", css):
+                if text is None or text in e.text:
+                    (e.find_element("css selector", inner) if inner else e).click()
+                    return True
+            return False
+        self.wait(click, timeout, f"a click on {css!r}" + (f" with {text!r}" if text else "")
+                  + (f" at {inner!r}" if inner else ""))
+
     def screenshot(self, path: str | Path, full_height: bool = True) -> Path:
         """A PNG of the page; `full_height`: the whole document in one image (DevTools capture beyond the
         viewport), else what the window shows."""

@@ -142,7 +142,7 @@ def test_leak_reaches_the_board_and_is_acknowledged_by_the_logged_in_operator(tm
             assert "BLUE" in row.text and "IV" in row.text and "安全事故类" in row.text
             assert row.find_element("css selector", "td.deadline").text.startswith("19:")   # 20' counting down
 
-            row.find_element("css selector", ".ack-button").click()       # asks first ...
+            chromium.click_css("#rows tr", 5, LEAK_SITE, ".ack-button")  # asks first ...
             confirm = chromium.wait_css("#confirm-ack", 5)[0]
             assert OPERATOR in confirm.text
             confirm.click()                                               # ... acts on the confirmation
@@ -182,10 +182,10 @@ def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_
     with _district(tmp_path, mosquitto, chromium) as dist:
         sent = time.monotonic()
         dist.cable.send(dist.home.alarm(code=2, value=300))
-        row = chromium.wait_css("#rows tr", 2, LEAK_SITE)[0]
+        chromium.wait_css("#rows tr", 2, LEAK_SITE)
         print(f"leak frame -> service -> store -> board row: {(time.monotonic() - sent) * 1000:.0f} ms")
-        row.find_element("css selector", ".ack-button").click()
-        chromium.wait_css("#confirm-ack", 5)[0].click()
+        chromium.click_css("#rows tr", 5, LEAK_SITE, ".ack-button")   # (the row may be redrawn meanwhile)
+        chromium.click_css("#confirm-ack", 5)
         flash = chromium.wait_css("#flash", 15, "confirmed")[0]
         assert "confirmed at revision" in flash.text, flash.text
         chromium.wait_css("#rows tr[data-state=acknowledged]", 3, OPERATOR)
@@ -207,6 +207,36 @@ def test_district_path_leak_through_the_command_service_signed_ack_on_the_audit_
     assert ("ack", "allowed", OPERATOR, dist.auth.console_id) in recs          # the leader's record names them
     assert ("shelve", "allowed", OPERATOR, dist.auth.console_id) in recs
     assert audit.verify(dist.auth.dir / "audit-command")["ok"]
+
+
+def test_a_press_and_the_keyboard_focus_on_a_row_survive_the_boards_redraws(tmp_path, mosquitto, chromium):
+    """The board draws its rows anew at least once a second. Keyboard focus on a row's Acknowledge link stays on it
+    across redraws, and a press held on it across a redraw still clicks it: the boards that come meanwhile wait for
+    the release (before, the row under the pointer was replaced and the click was lost)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    with _district(tmp_path, mosquitto, chromium) as dist:
+        dist.cable.send(dist.home.alarm(code=2, value=300))
+        chromium.wait_css("#rows tr", 5, LEAK_SITE)
+        d = chromium.driver
+        iid = dist.source.snapshot()[0]["incident_id"]
+        board_at = lambda drv: drv.execute_script("return document.body.dataset.boardAt")  # noqa: E731
+        chromium.wait(lambda drv: drv.execute_script(
+            "const a = document.querySelector('#rows tr .ack-button'); if (a) a.focus(); return !!a"), 5, "focus")
+        for _ in range(2):                                   # two redraws
+            at = board_at(d)
+            chromium.wait(lambda drv: board_at(drv) != at, 5, "the board redrawn")
+        assert d.execute_script("const a = document.activeElement; return a.classList.contains('ack-button') "
+                                "&& a.closest('tr').dataset.incident") == iid
+
+        def press(drv):
+            link = drv.find_element("css selector", "#rows tr .ack-button")
+            ActionChains(drv).move_to_element(link).click_and_hold().perform()
+            return True
+        chromium.wait(press, 5, "a press on the Acknowledge link")
+        chromium.wait(lambda drv: drv.execute_script("return document.body.dataset.pending") == "1", 5,
+                      "a board held back while the pointer is down")
+        ActionChains(d).release().perform()
+        chromium.wait(lambda drv: "/ack" in drv.current_url, 5, "the Acknowledge page")
 
 
 def _gateway_line(browser, summary: str, warnings: list[tuple[str, str, str]], timeout: float) -> None:

@@ -72,11 +72,32 @@
     }));
   }
 
+  // The rows are drawn anew with every board, once a second at least. Two things an operator does must survive it:
+  // a press on a row's control (a click is a press and a release on the same element: a row replaced in between
+  // loses it), and the keyboard focus on one (tabbed to the Acknowledge link, then Enter).
+  function focused() {        // [incident, class] of the focused control in a row, or null
+    const a = document.activeElement;
+    const tr = a && a.closest ? a.closest("tr[data-incident]") : null;
+    return tr ? [tr.dataset.incident, a.className] : null;
+  }
+
+  function refocus(key) {
+    if (!key) return;
+    for (const tr of document.querySelectorAll("tr[data-incident]")) {
+      if (tr.dataset.incident !== key[0]) continue;
+      for (const c of tr.querySelectorAll("a, button")) {
+        if (c.className === key[1]) { c.focus(); return; }
+      }
+    }
+  }
+
   function draw(board) {
     const main = board.rows.filter(r => r.state !== "shelved");
     const shelved = board.rows.filter(r => r.state === "shelved");
+    const key = focused();
     rows.replaceChildren(...main.map(row));
     shelvedRows.replaceChildren(...shelved.map(row));
+    refocus(key);
     document.getElementById("empty").hidden = main.length > 0;
     document.getElementById("shelved").hidden = shelved.length === 0;
     document.getElementById("shelved-head").hidden = shelved.length === 0;
@@ -94,8 +115,40 @@
     document.body.dataset.boardAt = String(board.now);
   }
 
+  // While a pointer is down the boards that arrive wait (the newest is kept, body[data-pending]) and the newest is
+  // drawn after the release's click has gone to the element that was pressed (a task later: setTimeout). A press
+  // never holds the board longer than HOLD_MS (a release the page never saw: the pointer let go outside the
+  // window), nor past the window losing focus.
+  const HOLD_MS = 3000;
+  let pressed = false, pressedAt = 0, pending = null;
+  document.addEventListener("pointerdown", () => { pressed = true; pressedAt = Date.now(); }, true);
+  const release = () => {
+    pressed = false;
+    setTimeout(() => {
+      if (pressed || !pending) return;
+      const b = pending;
+      pending = null;
+      delete document.body.dataset.pending;
+      draw(b);
+    }, 0);
+  };
+  document.addEventListener("pointerup", release, true);
+  document.addEventListener("pointercancel", release, true);
+  window.addEventListener("blur", release);
+
   draw(JSON.parse(document.getElementById("board-data").textContent));
   const es = new EventSource("/events");
-  es.addEventListener("board", ev => { draw(JSON.parse(ev.data)); live.textContent = "live"; live.className = "live on"; });
+  es.addEventListener("board", ev => {
+    const b = JSON.parse(ev.data);
+    if (pressed && Date.now() - pressedAt < HOLD_MS) {
+      pending = b;
+      document.body.dataset.pending = "1";
+    } else {
+      pending = null;
+      delete document.body.dataset.pending;
+      draw(b);
+    }
+    live.textContent = "live"; live.className = "live on";
+  });
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
 })();
