@@ -36,7 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 DEFAULT_PORT = 1883
 # paho 2.2.0's per-message costs, taken off by FailoverClient below (BENCHMARKS.md, fourteenth pass): a QoS-1
-# publish and its PUBACK cost ~130 us of CPU in paho's threaded loop, ~48 us without them. The overrides lean on
+# publish and its PUBACK cost 118-178 us of CPU in paho's threaded loop, 44-50 us without them. The overrides lean on
 # paho's internals as 2.2.0 has them, so any other version runs paho unmodified (correct, only slower).
 LEAN_PAHO = paho.mqtt.__version__ == "2.2.0"
 READ_CHUNK = 65536                   # bytes a socket read takes at most (paho reads a header a byte at a time)
@@ -230,7 +230,8 @@ class FailoverClient(mqtt.Client):
             raise ValueError("Payload too large.")
         mid = self._mid_generate()
         m = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
-        m.timestamp, m.state, m.dup, m.mid, m._topic = mqtt.time_func(), mqtt.mqtt_ms_wait_for_puback, False, mid, topic_bytes
+        m.timestamp, m.state, m.dup, m.mid, m._topic = mqtt.time_func(), mqtt.mqtt_ms_wait_for_puback, False, mid, \
+            topic_bytes
         m.payload, m.qos, m.retain, m.info, m.properties = body, 1, retain, _Info(mid), None
         with self._out_message_mutex:
             if mid in self._out_messages:

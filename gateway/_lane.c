@@ -399,18 +399,22 @@ static int pressure_of(Lane *self, unsigned u, PyObject **val, PyObject **txt) {
 
 /* a number attribute (a float, or an int as Python's arithmetic would take it): 0 and *out set; 1: neither (the
  * caller leaves the frame to the general path); -1: an error */
-static int get_float(PyObject *o, PyObject *name, double *out) {
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL) return -1;
-    int r = 0;
+static int as_float(PyObject *v, double *out) {      /* the same for a value in hand: 0 or 1 */
     if (PyFloat_CheckExact(v)) *out = PyFloat_AS_DOUBLE(v);
     else if (PyLong_CheckExact(v)) {
         *out = PyLong_AsDouble(v);
         if (*out == -1.0 && PyErr_Occurred()) {
             PyErr_Clear();
-            r = 1;
+            return 1;
         }
-    } else r = 1;
+    } else return 1;
+    return 0;
+}
+
+static int get_float(PyObject *o, PyObject *name, double *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int r = as_float(v, out);
     Py_DECREF(v);
     return r;
 }
@@ -553,11 +557,12 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     {
         PyObject *tv = sta != NULL ? PyObject_GetAttr(sta, s_tokens) : Py_NewRef(Py_None);
         if (tv == NULL) goto done_sta;
+        k = tv == Py_None ? 0 : as_float(tv, &tokens);
         int fresh = tv == Py_None;                        /* no reading yet: a full bucket (_take_token) */
         Py_DECREF(tv);
+        if (k != 0) goto k_sta;
         if (fresh) tokens = burst;
         else {
-            if ((k = get_float(sta, s_tokens, &tokens)) != 0) goto k_sta;
             if ((k = get_float(sta, s_t_bucket, &t_bucket)) != 0) goto k_sta;
             double refill = tokens + (now - t_bucket) * rate;
             tokens = refill < burst ? refill : burst;     /* min(burst, refill) */

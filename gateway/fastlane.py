@@ -8,10 +8,10 @@ replay memory), the entry JSON of `payloads.reading_json` (written from pre-enco
 `PresenceTable.heard`. A reading whose retained state falls due (the device back online, a new state byte, the
 refresh) is taken too, and says so: ingest publishes the state (`PresenceTable.published`) where heard would have.
 So is a device's first reading (since the fourteenth pass: in-process a first sighting took ~93 µs through the
-general path, ~51 µs through the lane): the lane makes its replay state and presence (`Verifier.state`, `PresenceTable.first_heard`) once nothing
-can refuse it, and its state falls due. Anything else - another frame type, an unknown or decommissioned device, a
-MIC that fails, an empty rate bucket - returns None having changed nothing, and the general path decides, as it
-always did.
+general path, ~51 µs through the lane): the lane makes its replay state and presence (`Verifier.state`,
+`PresenceTable.first_heard`) once nothing can refuse it, and its state falls due. Anything else - another frame
+type, an unknown or decommissioned device, a MIC that fails, an empty rate bucket - returns None having changed
+nothing, and the general path decides, as it always did.
 
 tests/test_fastlane.py holds the two paths equal, frame by frame: the same verdicts, counters, replay memory,
 rate buckets, presence and entry text.

@@ -91,12 +91,10 @@ def reading_row(f: dict, t: float, rx: dict) -> list:
 
 
 def reading_json(f: dict, t: float, rx: dict) -> str:
-    """reading_row(...) as JSON text: the ingest hot path (the compiled lane writes the same text:
-    gateway/_lane.c, tests/test_fastlane.py)."""
-    try:
-        return orjson.dumps(reading_row(f, t, rx), option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:      # an integer past 64 bits in what a forwarder reported (rx): see dumps
-        return json.dumps(reading_row(f, t, rx), separators=(",", ":"))
+    """reading_row(...) as JSON text (dumps: an integer past 64 bits in what a forwarder reported goes through
+    json.dumps): the general path's; the compiled lane writes the same text (gateway/_lane.c,
+    tests/test_fastlane.py)."""
+    return dumps(reading_row(f, t, rx))
 
 
 def reading_fields(gateway_id: str, row: list) -> dict:

@@ -64,14 +64,6 @@ def _client(broker, acks: Acks, cid: str) -> FailoverClient:
     return c
 
 
-def _in_threads(target, args: list, timeout: float) -> None:
-    threads = [threading.Thread(target=target, args=a) for a in args]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout)
-
-
 def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
     """2,000 QoS-1 publishes queued at once: the broker's PUBACKs arrive many to a TCP read; each message id is
     acknowledged exactly once, as a success, and with the cuts on paho's reads are far fewer than the PUBACKs."""
@@ -116,7 +108,11 @@ def test_a_publish_from_another_thread_wakes_paho_at_once(lean, broker):
                 sent[info.mid] = t
             wait_until(lambda: acks.count() > n, 5, "the PUBACK")
     try:
-        _in_threads(one_by_one, [(tag,) for tag in "ab"], 60)
+        threads = [threading.Thread(target=one_by_one, args=(tag,)) for tag in "ab"]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
     finally:
         c.loop_stop()
         c.disconnect()
@@ -151,24 +147,38 @@ def test_closing_the_socket_drops_what_was_read_ahead():
 
 
 def test_waiting_for_a_publish_works_for_many_messages_at_once(lean, broker):
-    """wait_for_publish on many messages from many threads: each returns once its own PUBACK came (the lean message
-    info shares one condition among all messages; a PUBACK wakes every waiter, each looks at its own flag)."""
+    """8 threads each wait on their own message while its PUBACK is on its way: each returns, published, within
+    0.5 s of its own PUBACK (the lean message info shares one condition among all messages; a PUBACK that woke no
+    waiter would leave them to wait_for_publish's 1-s poll, and this fails). paho's thread is stopped while they
+    publish and start waiting, so no PUBACK is read before they all wait. (Whether notify_all rather than notify
+    is needed is not caught here: with the GIL the waiters wake after every flag of the burst is set.)"""
     acks = Acks()
     c = _client(broker, acks, "waiters")
-    infos = [c.publish(f"t/wait/{i}", b"w", qos=1) for i in range(400)]
-    done = []
+    c.loop_stop()                        # connected; PUBACKs stay unread in the socket
+    infos = [c.publish(f"t/wait/{i}", b"w", qos=1) for i in range(8)]
+    assert {i.rc for i in infos} == {mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS}
+    waiting = threading.Barrier(len(infos) + 1)
+    returned: dict[int, tuple[float, bool]] = {}
 
-    def waiter(part):
-        for info in part:
-            info.wait_for_publish(10)
-            done.append(info.is_published())
+    def waiter(info):
+        waiting.wait(10)
+        info.wait_for_publish(10)
+        returned[info.mid] = (time.monotonic(), info.is_published())
+    threads = [threading.Thread(target=waiter, args=(info,)) for info in infos]
+    for th in threads:
+        th.start()
     try:
-        _in_threads(waiter, [(infos[k::8],) for k in range(8)], 30)
+        waiting.wait(10)
+        c.loop_start()                   # the PUBACKs are read now
+        for th in threads:
+            th.join(30)
     finally:
         c.loop_stop()
         c.disconnect()
-    assert done == [True] * len(infos)
-    assert set(acks.by_mid) == {i.mid for i in infos}
+    assert set(returned) == set(acks.by_mid) == {i.mid for i in infos}
+    assert all(published for _t, published in returned.values())
+    late = {mid: round(t - acks.at[mid], 3) for mid, (t, _p) in returned.items() if t - acks.at[mid] > 0.5}
+    assert not late, f"waiters returned late after their PUBACK: {late}"
 
 
 def test_a_message_published_before_the_connection_is_sent_after_it(lean, broker):

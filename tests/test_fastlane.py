@@ -28,8 +28,9 @@ HUGE = {"transport": "udp", "gw": "aa555a0000000002", "rssi": -80, "snr": 1.0, "
 
 
 def _daemon(tmp_path, name, clock, lane: bool, compiled: bool = True) -> Daemon:
+    """A gateway on its own spool under tmp_path/name (started again on it when the folder is there)."""
     d = tmp_path / name
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     cfg = Config(gateway_id="gw", district="d", registry=tmp_path / "registry.db", spool=d / "spool.db",
                  mqtt_port=1, rate_per_min=600.0, rate_burst=3, offline_after=60.0)
     daemon = Daemon(cfg, clock=clock, plugins=[])
@@ -270,21 +271,10 @@ def test_the_lane_takes_a_devices_first_reading_and_the_first_after_a_restart(tm
     for d in (a, b):
         d.spool.close()
     # restarted on the same spools: the counters come back, nothing else does
-    a2, b2 = (_daemon_on(tmp_path, name, clock, lane, compiled) for name, lane in (("lane", True), ("general", False)))
+    a2, b2 = _daemon(tmp_path, "lane", clock, True, compiled), _daemon(tmp_path, "general", clock, False)
     assert set(a2.verifier.states) == {n.dev for n in nodes} and not a2.presence.devices
     taken = counted(a2)
     asyncio.run(feed([(a2, b2)], [[(n.reading(), SERIAL, "serial:tty0") for n in nodes]]))
     assert taken[0] == len(nodes), f"the lane took {taken[0]} of {len(nodes)} first readings after the restart"
     assert {s.tokens for s in a2.verifier.states.values()} == {a2.verifier.burst - 1.0}
 
-
-def _daemon_on(tmp_path, name, clock, lane: bool, compiled: bool) -> Daemon:
-    """A gateway started again on the spool _daemon made for `name`."""
-    cfg = Config(gateway_id="gw", district="d", registry=tmp_path / "registry.db", spool=tmp_path / name / "spool.db",
-                 mqtt_port=1, rate_per_min=600.0, rate_burst=3, offline_after=60.0)
-    daemon = Daemon(cfg, clock=clock, plugins=[])
-    if not lane:
-        daemon.ingest.lane = None
-    elif not compiled:
-        daemon.ingest.lane = ReadingLane(daemon.verifier, daemon.presence, compiled=False)
-    return daemon
