@@ -40,6 +40,7 @@ DEFAULT_PORT = 1883
 # paho's internals as 2.2.0 has them, so any other version runs paho unmodified (correct, only slower).
 LEAN_PAHO = paho.mqtt.__version__ == "2.2.0"
 READ_CHUNK = 65536                   # bytes a socket read takes at most (paho reads a header a byte at a time)
+WRITE_CHUNK = 65536                  # bytes a send() takes at most (paho sends each packet with one of its own)
 _OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 # a v3.1.1 PUBACK has no reason code or properties: one shared "Success" and one empty set for all
 _PUBACK_OK, _NO_PROPERTIES = ReasonCode(PacketTypes.PUBACK), Properties(PacketTypes.PUBACK)
@@ -292,6 +293,62 @@ class FailoverClient(mqtt.Client):
         # after this clear either sends a wake-up itself or is behind one that was sent after it (_packet_queue)
         self._wake_pending = False
         return super()._loop(timeout)
+
+    def _packet_write(self) -> mqtt.MQTTErrorCode:
+        """paho writes each queued packet with a send() of its own: a system call, and a pass through loopback TCP
+        to the broker, per message (a gateway publishing a retained state per device heard queues hundreds at a
+        time). Packets whose writing completes nothing - all but a QoS-0 PUBLISH (its on_publish) and a DISCONNECT
+        - go out joined, up to WRITE_CHUNK bytes a send(); what a short send() leaves stays at the head of the
+        queue, as paho keeps a packet it has not finished. The others are paho's, one at a time."""
+        if not LEAN_PAHO:
+            return super()._packet_write()
+        q = self._out_packet
+        while True:
+            batch, size = [], 0
+            while size < WRITE_CHUNK:
+                try:
+                    p = q.popleft()
+                except IndexError:
+                    break
+                if p["command"] & 0xF0 == mqtt.DISCONNECT or (p["command"] & 0xF0 == mqtt.PUBLISH and not p["qos"]):
+                    q.appendleft(p)
+                    break
+                batch.append(p)
+                size += p["to_process"]
+            if not batch:
+                if q:                                  # a packet with something to complete: paho's own write
+                    return super()._packet_write()
+                break
+            data = b"".join(p["packet"][p["pos"]:] for p in batch) if len(batch) > 1 else \
+                batch[0]["packet"][batch[0]["pos"]:]
+            try:
+                n = self._sock_send(data)
+            except (AttributeError, ValueError):       # no socket (closed meanwhile): kept, as paho keeps it
+                q.extendleft(reversed(batch))
+                return _OK
+            except BlockingIOError:
+                q.extendleft(reversed(batch))
+                return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                q.extendleft(reversed(batch))
+                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                return mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
+            if n <= 0:                                 # nothing written (paho stops there too)
+                q.extendleft(reversed(batch))
+                break
+            for i, p in enumerate(batch):            # the bytes written, packet by packet
+                if n >= p["to_process"]:
+                    n -= p["to_process"]
+                    p["pos"] += p["to_process"]
+                    p["to_process"] = 0
+                    continue
+                p["pos"] += n
+                p["to_process"] -= n
+                q.extendleft(reversed(batch[i:]))      # not finished: at the head, in order
+                break
+        with self._msgtime_mutex:
+            self._last_msg_out = mqtt.time_func()
+        return _OK
 
     def _packet_queue(self, command, packet, mid, qos, info=None):
         """paho wakes its network thread with one byte through a socket pair for every packet queued: a system

@@ -35,7 +35,7 @@ from gasguard.protocol.const import ALARM as T_ALARM, EVENT as T_EVENT, READING 
 from . import payloads
 from .burstlog import BurstLog
 from .dispatch import Dispatcher
-from .fastlane import ReadingLane, add_to_run
+from .fastlane import ReadingLane, _lane, add_to_run
 from .observe import Observers
 from .outbox import Outbox
 from .presence import PresenceTable
@@ -46,6 +46,10 @@ from .transports import Route
 from .verify import Rejected, Verifier
 
 log = logging.getLogger("gasguard.gateway")
+# a group's headers read in one C call where the lane is compiled (gateway/_lane.c: has_type, devices), else the
+# Python loops below (has_alarm, the registry read-ahead in _prepare)
+_has_type = _lane.has_type if _lane is not None else None
+_frame_devices = _lane.devices if _lane is not None else None
 
 QUEUE_MAX = 10_000     # frames waiting for verification; a UDP burst past this is counted, not buffered
 GROUP_MAX = 512        # frames per transaction
@@ -65,7 +69,11 @@ EVENT_KIND = 0x100     # idents table: (dev, alarm code | cleared<<7) for alarms
 
 
 def has_alarm(group: list) -> bool:
-    """One header byte a frame: the common group or read holds no alarm (hot path)."""
+    """One header byte a frame: the common group or read holds no alarm (hot path; compiled: _lane.has_type)."""
+    if _has_type is not None and type(group) is list:
+        r = _has_type(group, T_ALARM)
+        if r is not None:
+            return r
     for raw, _, _ in group:
         if raw and (raw[0] >> 3) & 7 == T_ALARM:
             return True
@@ -651,8 +659,11 @@ class Ingest:
         # the registry checked for changes once a group: the read-ahead and the lane read its LRU as it is then
         readable = verifier.registry.readable()
         if readable and len(group) > 1:   # the group's devices not in the registry LRU, in a few queries
-            verifier.registry.prefetch([int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group
-                                        if raw is not None and len(raw) >= 5])
+            devs = _frame_devices(group) if _frame_devices is not None and type(group) is list else None
+            if devs is None:
+                devs = [int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group
+                        if raw is not None and len(raw) >= 5]
+            verifier.registry.prefetch(devs)
         reading_json, msg_id = payloads.reading_json, payloads.msg_id
         # readings share spool rows (spool.Item): one row per run of routine or non-routine readings (thinning
         # drops only routine ones), at most one batch message's worth each. The run being gathered is `rs`

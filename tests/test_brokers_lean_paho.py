@@ -197,3 +197,64 @@ def test_a_message_published_before_the_connection_is_sent_after_it(lean, broker
         c.loop_stop()
         c.disconnect()
     assert set(acks.by_mid) == {i.mid for i in infos}
+
+
+def test_queued_packets_go_out_joined_and_whole_through_short_writes(lean, broker):
+    """1,500 messages of 40-900 bytes queued while paho's thread is held (in on_message of a message it receives),
+    written once it is let go through a socket that takes at most 1,000 bytes a send(): a subscriber gets every
+    one, whole and once, and each is acknowledged. With the cuts on the packets share send()s (fewer sends than
+    packets); paho alone makes at least one a packet."""
+    got: dict[str, bytes] = {}
+    subscribed = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="joined-sub")
+    sub.on_connect = lambda c, *_a: c.subscribe("t/join/#", qos=1)
+    sub.on_subscribe = lambda *_a: subscribed.set()
+
+    def on_message(_c, _u, m):
+        got[m.topic] = got.get(m.topic, b"") + m.payload     # a second copy would show as a longer payload
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    assert subscribed.wait(10)
+    acks = Acks()
+    held, go, holding = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(*_a):                                    # paho's thread waits here (no lock a publish takes is held)
+        held.set()
+        go.wait(10)
+    c = _client(broker, acks, "joined")
+    c.on_message = hold
+    c.on_subscribe = lambda *_a: holding.set()
+    c.subscribe("t/hold", qos=0)
+    assert holding.wait(10)
+    first = c.publish("t/join/first", b"1", qos=1)
+    payloads = {f"t/join/{i}": bytes([65 + i % 26]) * (40 + (i * 37) % 860) for i in range(1500)}
+    sends = [0]
+    real = mqtt.Client._sock_send
+
+    def short(self, buf):
+        if self is not c:                             # (the subscriber's PUBACKs)
+            return real(self, buf)
+        sends[0] += 1
+        return real(self, buf[:1000])
+    try:
+        sub.publish("t/hold", b"h")
+        assert held.wait(10), "the held message did not arrive"
+        mqtt.Client._sock_send = short
+        infos = [c.publish(topic, body, qos=1) for topic, body in payloads.items()]
+        go.set()
+        wait_until(lambda: acks.count() > len(infos), 30, "every PUBACK")
+        wait_until(lambda: len(got) > len(payloads), 30, "every message at the subscriber")
+    finally:
+        go.set()
+        mqtt.Client._sock_send = real
+        c.loop_stop()
+        c.disconnect()
+        sub.loop_stop()
+        sub.disconnect()
+    assert set(acks.by_mid) == {i.mid for i in infos} | {first.mid} and set(acks.by_mid.values()) == {1}
+    assert got == payloads | {"t/join/first": b"1"}
+    if lean:
+        assert sends[0] < len(payloads) * 0.7, sends[0]      # ~700 KB in sends of 1,000 bytes: ~720
+    else:
+        assert sends[0] >= len(payloads), sends[0]

@@ -239,3 +239,61 @@ def test_the_compiled_lane_answers_as_the_python_lane_on_mutated_frames(tmp_path
         if dev in c.verifier.states:
             assert _state(c, dev) == _state(p, dev), (i, raw.hex())
     assert taken > 3_000, "too few readings taken for the comparison to mean anything"
+
+
+def test_the_lane_reads_and_writes_a_class_that_overrides_attribute_access_through_it(tmp_path):
+    """The lane reads and writes ReplayState's and Presence's slots by their offsets (_lane.c, slots_t), taken from
+    the classes' own descriptors. A class whose attribute access is its own - here a Presence that records what is
+    set on it - must still see every change go through it, and the plain class, met again after it, must still be
+    read and written right (the offsets are those of the class in hand)."""
+    from gasguard.gateway.presence import Presence
+
+    class Recording(Presence):
+        __slots__ = ("sets",)
+
+        def __setattr__(self, name, value):
+            if name != "sets" and hasattr(self, "sets"):     # (not while __init__ sets the slots)
+                self.sets.append(name)
+            super().__setattr__(name, value)
+
+    nodes = [Node(0x00E40000 + i) for i in range(3)]
+    now = [1_700_000_000.5]
+    d = _daemon(tmp_path, nodes, now)
+    lane = d.ingest.lane
+    rec = Recording()
+    rec.sets = []
+    for k in Presence.__slots__:
+        object.__setattr__(rec, k, getattr(d.presence.devices[nodes[1].dev], k))
+    d.presence.devices[nodes[1].dev] = rec
+    for n in nodes:
+        shared = lane.group("gw", now[0], SERIAL)
+        taken = lane.take(n.reading(gas=7), now[0], shared)
+        assert taken is not None and taken[0] == n.dev
+        p = d.presence.devices[n.dev]
+        assert (p.last_seen, p.r_gas, p.r_t, d.verifier.states[n.dev].up) == (now[0], 7, now[0], taken[1])
+        now[0] += 1.0
+    assert set(rec.sets) == {"last_seen", "r_fcnt", "r_gas", "r_pressure", "r_battery", "r_state", "r_inlet", "r_t"}
+
+
+def test_a_groups_headers_read_in_c_are_the_python_loops(monkeypatch):
+    """_lane.has_type and _lane.devices (ingest.has_alarm, the registry read-ahead) against their Python forms,
+    on frames of every type, line noise (None), empty and short frames; a raw that is not bytes is left to the
+    Python form (None)."""
+    from gasguard.gateway import ingest
+    rng = random.Random(5)
+    lane = fastlane._lane
+    for _ in range(3000):
+        group = []
+        for _ in range(rng.choice([0, 1, 2, 5, 40])):
+            k = rng.random()
+            raw = None if k < 0.1 else rng.randbytes(rng.choice([0, 1, 4, 5, 19, 21]))
+            group.append((raw, SERIAL, "serial:tty0"))
+        python = [int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group if raw is not None and len(raw) >= 5]
+        assert lane.devices(group) == python
+        compiled = ingest.has_alarm(group)
+        monkeypatch.setattr(ingest, "_has_type", None)
+        assert ingest.has_alarm(group) == compiled
+        monkeypatch.undo()
+    odd = [(bytearray(b"\x08\x00\x00\x00\x01"), SERIAL, "serial:tty0")]
+    assert lane.devices(odd) is None and lane.has_type(odd, 1) is None
+    assert ingest.has_alarm(odd) is (((odd[0][0][0] >> 3) & 7) == ingest.T_ALARM)
