@@ -239,7 +239,7 @@ static PyObject *s_first_heard, *s_state, *s_registry, *s_states, *s_devices, *s
 
 /* The slotted attributes a reading reads and writes (verify.ReplayState, presence.Presence), by their slot's
  * offset in the object instead of PyObject_GetAttr/SetAttr: a reading made ~25 of those, each a type lookup and a
- * descriptor call (perf on the gateway: PyMember_GetOne, _PyType_Lookup and the generic get/set ~8 % of its CPU).
+ * descriptor call (perf on the gateway: PyMember_GetOne, _PyType_Lookup and the generic get/set ~7 % of its CPU).
  * The offsets are the classes' own member descriptors', read when the lane first meets the class (resolve): no
  * layout is repeated here. A class whose attribute is not a plain writable slot, or that overrides attribute
  * access, goes through PyObject_GetAttr/SetAttr as before, and so does an unset slot (its AttributeError). */
