@@ -331,7 +331,7 @@ class FailoverClient(mqtt.Client):
                 return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
             except OSError as err:
                 q.extendleft(reversed(batch))
-                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
                 return mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
             if n <= 0:                                 # nothing written (paho stops there too)
                 q.extendleft(reversed(batch))
