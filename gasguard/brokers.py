@@ -319,8 +319,7 @@ class FailoverClient(mqtt.Client):
                 if q:                                  # a packet with something to complete: paho's own write
                     return super()._packet_write()
                 break
-            data = b"".join(p["packet"][p["pos"]:] for p in batch) if len(batch) > 1 else \
-                batch[0]["packet"][batch[0]["pos"]:]
+            data = b"".join(p["packet"][p["pos"]:] for p in batch)
             try:
                 n = self._sock_send(data)
             except (AttributeError, ValueError):       # no socket (closed meanwhile): kept, as paho keeps it

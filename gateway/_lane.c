@@ -239,10 +239,11 @@ static PyObject *s_first_heard, *s_state, *s_registry, *s_states, *s_devices, *s
 
 /* The slotted attributes a reading reads and writes (verify.ReplayState, presence.Presence), by their slot's
  * offset in the object instead of PyObject_GetAttr/SetAttr: a reading made ~25 of those, each a type lookup and a
- * descriptor call (perf on the gateway: PyMember_GetOne, _PyType_Lookup and the generic get/set ~7 % of its CPU).
- * The offsets are the classes' own member descriptors', read when the lane first meets the class (resolve): no
- * layout is repeated here. A class whose attribute is not a plain writable slot, or that overrides attribute
- * access, goes through PyObject_GetAttr/SetAttr as before, and so does an unset slot (its AttributeError). */
+ * descriptor call (perf on the gateway: PyMember_GetOne, _PyType_Lookup and the generic attribute calls ~8 % of
+ * its CPU, not all of it the lane's). The offsets are the classes' own member descriptors', read when the lane
+ * first meets the class (resolve): no layout is repeated here. A class whose attribute is not a plain writable
+ * slot, or that overrides attribute access, goes through PyObject_GetAttr/SetAttr as before, and so does an unset
+ * slot (its AttributeError). */
 enum { RS_UP, RS_TOKENS, RS_T_BUCKET, RS_RECENT, RS_N };
 enum { PR_ONLINE, PR_SBYTE, PR_SILENCE, PR_PUB, PR_LAST_SEEN, PR_R_FCNT, PR_R_GAS, PR_R_PRESSURE, PR_R_BATTERY,
        PR_R_STATE, PR_R_INLET, PR_R_T, PR_N };
@@ -469,9 +470,9 @@ static int pressure_of(Lane *self, unsigned u, PyObject **val, PyObject **txt) {
     return 0;
 }
 
-/* a number attribute (a float, or an int as Python's arithmetic would take it): 0 and *out set; 1: neither (the
- * caller leaves the frame to the general path); -1: an error */
-static int as_float(PyObject *v, double *out) {      /* the same for a value in hand: 0 or 1 */
+/* a number (a float, or an int as Python's arithmetic would take it): 0 and *out set; 1: neither (the caller leaves
+ * the frame to the general path) */
+static int as_float(PyObject *v, double *out) {
     if (PyFloat_CheckExact(v)) *out = PyFloat_AS_DOUBLE(v);
     else if (PyLong_CheckExact(v)) {
         *out = PyLong_AsDouble(v);
@@ -483,28 +484,19 @@ static int as_float(PyObject *v, double *out) {      /* the same for a value in 
     return 0;
 }
 
-static int get_float(PyObject *o, PyObject *name, double *out) {
-    PyObject *v = PyObject_GetAttr(o, name);
+/* as_float of a new reference from a getter (PyObject_GetAttr, sget), which it releases: 0, 1, or -1 when the
+ * getter failed (its exception set) */
+static int float_of(PyObject *v, double *out) {
     if (v == NULL) return -1;
     int r = as_float(v, out);
     Py_DECREF(v);
     return r;
 }
 
-/* the truth of an attribute: 1, 0, or -1 with the exception set */
-static int attr_true(PyObject *o, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(o, name);
+/* the truth of a new reference from a getter, which it releases: 1, 0, or -1 with the exception set */
+static int truth_of(PyObject *v) {
     if (v == NULL) return -1;
     int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* get_float of a slotted attribute (sget) */
-static int sget_float(slots_t *s, PyObject *o, int i, double *out) {
-    PyObject *v = sget(s, o, i);
-    if (v == NULL) return -1;
-    int r = as_float(v, out);
     Py_DECREF(v);
     return r;
 }
@@ -540,8 +532,8 @@ static int ctx_open(Lane *self, ctx_t *c) {
     if (!PyDict_Check(c->states)) return 1;
     if ((c->devices = PyObject_GetAttr(self->table, s_devices)) == NULL) return -1;
     if (!PyDict_Check(c->devices)) return 1;
-    int k = get_float(self->verifier, s_burst, &c->burst);
-    return k != 0 ? k : get_float(self->verifier, s_rate, &c->rate);
+    int k = float_of(PyObject_GetAttr(self->verifier, s_burst), &c->burst);
+    return k != 0 ? k : float_of(PyObject_GetAttr(self->verifier, s_rate), &c->rate);
 }
 
 static inline char *put(char *w, const char *s, Py_ssize_t n) {
@@ -607,7 +599,7 @@ static PyObject *take_one(Lane *self, ctx_t *c, PyObject *raw, PyObject *now_o, 
     }
     Py_INCREF(device);
     {
-        int a = attr_true(device, s_active);
+        int a = truth_of(PyObject_GetAttr(device, s_active));
         if (a < 0) goto done;
         if (!a) goto none;
     }
@@ -661,7 +653,7 @@ static PyObject *take_one(Lane *self, ctx_t *c, PyObject *raw, PyObject *now_o, 
         if (k != 0) goto k_sta;
         if (fresh) tokens = burst;
         else {
-            if ((k = sget_float(&self->rs, sta, RS_T_BUCKET, &t_bucket)) != 0) goto k_sta;
+            if ((k = float_of(sget(&self->rs, sta, RS_T_BUCKET), &t_bucket)) != 0) goto k_sta;
             double refill = tokens + (now - t_bucket) * rate;
             tokens = refill < burst ? refill : burst;     /* min(burst, refill) */
         }
@@ -677,20 +669,17 @@ static PyObject *take_one(Lane *self, ctx_t *c, PyObject *raw, PyObject *now_o, 
     Py_XINCREF(pr);
     {
         double silence, pub;
-        if (pr == NULL || ((k = sget_float(&self->pr, pr, PR_SILENCE, &silence)) == 0 && silence == 0.0)) {
+        if (pr == NULL || ((k = float_of(sget(&self->pr, pr, PR_SILENCE), &silence)) == 0 && silence == 0.0)) {
             Py_XSETREF(pr, PyObject_CallMethodObjArgs(self->table, s_first_heard, dev_o, device, NULL));
             if (pr == NULL) goto done_sta;
             k = 0;
         }
         if (k != 0) goto k_sta;
-        if ((k = sget_float(&self->pr, pr, PR_SILENCE, &silence)) != 0) goto k_sta;
-        if ((k = sget_float(&self->pr, pr, PR_PUB, &pub)) != 0) goto k_sta;
-        PyObject *v = sget(&self->pr, pr, PR_ONLINE);
-        if (v == NULL) goto done_sta;
-        int on = PyObject_IsTrue(v);
-        Py_DECREF(v);
+        if ((k = float_of(sget(&self->pr, pr, PR_SILENCE), &silence)) != 0) goto k_sta;
+        if ((k = float_of(sget(&self->pr, pr, PR_PUB), &pub)) != 0) goto k_sta;
+        int on = truth_of(sget(&self->pr, pr, PR_ONLINE));
         if (on < 0) goto done_sta;
-        v = sget(&self->pr, pr, PR_SBYTE);
+        PyObject *v = sget(&self->pr, pr, PR_SBYTE);
         if (v == NULL) goto done_sta;
         int same = PyLong_CheckExact(v) && PyLong_AsLong(v) == (long)st;
         if (PyErr_Occurred()) {

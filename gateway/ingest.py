@@ -47,7 +47,7 @@ from .verify import Rejected, Verifier
 
 log = logging.getLogger("gasguard.gateway")
 # a group's headers read in one C call where the lane is compiled (gateway/_lane.c: has_type, devices), else the
-# Python loops below (has_alarm, the registry read-ahead in _prepare)
+# Python loops below (has_alarm, group_devices)
 _has_type = _lane.has_type if _lane is not None else None
 _frame_devices = _lane.devices if _lane is not None else None
 
@@ -78,6 +78,16 @@ def has_alarm(group: list) -> bool:
         if raw and (raw[0] >> 3) & 7 == T_ALARM:
             return True
     return False
+
+
+def group_devices(group: list) -> list[int]:
+    """The device id of each frame that has one, in order: the registry read-ahead's (hot path; compiled:
+    _lane.devices)."""
+    if _frame_devices is not None and type(group) is list:
+        devs = _frame_devices(group)
+        if devs is not None:
+            return devs
+    return [int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group if raw is not None and len(raw) >= 5]
 
 
 def alarms_first(group: list, busy=(), room: float = float("inf")) -> tuple[list, list]:
@@ -659,11 +669,7 @@ class Ingest:
         # the registry checked for changes once a group: the read-ahead and the lane read its LRU as it is then
         readable = verifier.registry.readable()
         if readable and len(group) > 1:   # the group's devices not in the registry LRU, in a few queries
-            devs = _frame_devices(group) if _frame_devices is not None and type(group) is list else None
-            if devs is None:
-                devs = [int.from_bytes(raw[1:5], "big") for raw, _rx, _route in group
-                        if raw is not None and len(raw) >= 5]
-            verifier.registry.prefetch(devs)
+            verifier.registry.prefetch(group_devices(group))
         reading_json, msg_id = payloads.reading_json, payloads.msg_id
         # readings share spool rows (spool.Item): one row per run of routine or non-routine readings (thinning
         # drops only routine ones), at most one batch message's worth each. The run being gathered is `rs`

@@ -255,6 +255,7 @@ def test_queued_packets_go_out_joined_and_whole_through_short_writes(lean, broke
     assert set(acks.by_mid) == {i.mid for i in infos} | {first.mid} and set(acks.by_mid.values()) == {1}
     assert got == payloads | {"t/join/first": b"1"}
     if lean:
-        assert sends[0] < len(payloads) * 0.7, sends[0]      # ~700 KB in sends of 1,000 bytes: ~720
+        # 717 KB of topics and payloads in sends of 1,000 bytes: 728 sends when this was written
+        assert sends[0] < len(payloads) * 0.7, sends[0]
     else:
         assert sends[0] >= len(payloads), sends[0]
