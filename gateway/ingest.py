@@ -62,6 +62,10 @@ GROUP_MAX = 512        # frames per transaction
 # group is its own commit, and far behind (the queue over half full) it is GROUP_MAX frames (Ingest._take)
 GROUP_BUDGET = 0.004
 GROUP_MIN = 32
+# A stream transport waits while this many frames wait (datagrams: up to QUEUE_MAX). It reads its line while there
+# is room (serial.py), so a backlog is verified and committed GROUP_MAX at a time; the rest stays on the line, where
+# the next read's alarms still go ahead of what is queued.
+STREAM_MAX = GROUP_MAX
 AHEAD_MAX = 256        # alarms waiting ahead of the queue (FrameQueue.put_ahead)
 PIPELINE = 2           # groups in the verification worker at once: one being verified, one ready
 WRITTEN_MAX = 4        # groups of readings written and waiting for a sync (then ingest waits for the disk)
@@ -119,8 +123,9 @@ def _devices(item) -> list[int]:
 
 class FrameQueue(asyncio.Queue):
     """The verification queue, bounded in frames: an entry is one frame (raw, rx, route) or a transport's whole
-    read of them (a list: one queue operation per read, not per frame, on the hot path). full() counts frames,
-    so a stream transport waits while QUEUE_MAX frames wait (it may pass the bound by one read).
+    read of them (a list: one queue operation per read, not per frame, on the hot path). full() counts frames
+    against QUEUE_MAX (datagrams); a stream transport waits while STREAM_MAX frames wait (put_stream; it may pass
+    the bound by one read).
 
     Alarms ahead (issue 17): an alarm whose device has no frame waiting (`ahead`) does not queue behind the
     readings of other devices. It waits in `ahead`, which the next get() returns before anything queued, so at
@@ -132,6 +137,8 @@ class FrameQueue(asyncio.Queue):
     def _init(self, maxsize):
         super()._init(maxsize)
         self.frames = 0
+        self.stream_max = min(STREAM_MAX, maxsize) if maxsize > 0 else STREAM_MAX
+        self.room = asyncio.Event()     # set by a get that leaves fewer than stream_max frames (put_stream)
         self.ahead: deque = deque()
         # the devices with a frame in the queue, while known: built by the first alarm after a get (a scan of
         # the queue, ~0.3 µs a frame), kept up by puts, dropped at the next get (the take of a group) - so a
@@ -153,7 +160,16 @@ class FrameQueue(asyncio.Queue):
             return out
         item = super()._get()
         self.frames -= len(item) if type(item) is list else 1
+        if self.frames - len(self.ahead) < self.stream_max:
+            self.room.set()
         return item
+
+    async def put_stream(self, item) -> None:
+        """A stream transport's put: waits while stream_max frames (or QUEUE_MAX) wait."""
+        while self.frames - len(self.ahead) >= self.stream_max or self.full():
+            self.room.clear()
+            await self.room.wait()
+        self.put_nowait(item)
 
     def empty(self) -> bool:
         return not self._queue and not self.ahead
@@ -274,18 +290,19 @@ class Ingest:
 
     # -- what transports call ------------------------------------------------------------------------
     async def deliver(self, raw: bytes | None, rx: dict, route: Route) -> None:
-        """A stream transport's frame (back-pressure: waits while the queue is full; an alarm that may go
+        """A stream transport's frame (back-pressure: waits while STREAM_MAX frames wait; an alarm that may go
         ahead does not wait)."""
         f = (raw, rx, route)
         if self.queue.put_ahead([f]):
-            await self.queue.put(f)
+            await self.queue.put_stream(f)
 
     async def deliver_many(self, frames: list) -> None:
-        """A stream transport's frames of one read, in order: [(raw or None, rx, route or noise reason)]."""
+        """A stream transport's frames of one read, in order: [(raw or None, rx, route or noise reason)]
+        (back-pressure: waits while STREAM_MAX frames wait; the alarms that may go ahead do not wait)."""
         if frames:
             frames = self.queue.put_ahead(frames)
             if frames:
-                await self.queue.put(frames)
+                await self.queue.put_stream(frames)
 
     def deliver_nowait(self, raw: bytes | None, rx: dict, route: Route) -> None:
         """A datagram transport's frame (no back-pressure possible: counted and refused when full; an alarm

@@ -199,6 +199,35 @@ def test_an_alarms_commit_leaves_the_fold_to_the_next_readings_under_twice_the_b
         s.close()
 
 
+def test_commits_of_new_devices_with_alarms_between_fold_in_slices_never_all_at_once(tmp_path, monkeypatch):
+    """Commits of readings of devices not heard before, more of them than FOLD_SLICE (a serial backlog read on
+    while ingest has room: ~500 a commit over 22,222 devices), and an alarm's commit after each (it logs its
+    counter and folds nothing under twice the bound): the slices outrun what is logged meanwhile, so the log never
+    reaches twice its bound and is never folded all at once - which held the next alarm 35-60 ms (`gasguard bench
+    buses`). Every counter is still there, by counters()."""
+    monkeypatch.setattr(spool_mod, "LOG_COUNTERS", 64)
+    monkeypatch.setattr(spool_mod, "FOLD_SLICE", 2)
+    whole = []
+    fold = Spool._fold
+    monkeypatch.setattr(Spool, "_fold", lambda self, extra=None: (whole.append(len(self.log_latest)),
+                                                                 fold(self, extra))[1])
+    s = Spool(tmp_path / "spool.db")
+    reading, alarm = [Item(READING, 1, "{}", "r", 0.0)], [Item(ALARM, 1, "{}", "a", 0.0)]
+    try:
+        model, sliced, dev = {}, 0, 0x00C00000
+        for n in range(400):
+            for items, k in ((reading, 4), (alarm, 1)):
+                counters = {(dev + i, 0): n + 1 for i in range(k)}
+                dev += k
+                s.commit(items, counters)
+                model.update(counters)
+                sliced += s.slicing is not None
+        assert whole == [] and sliced > 100        # folded, and only in slices
+        assert s.counters() == model
+    finally:
+        s.close()
+
+
 def test_a_small_fleet_repeats_within_the_log_and_folds_by_its_size(tmp_path, monkeypatch):
     """Fewer devices than LOG_COUNTERS: a fold writes each of them once for many of their readings, when the
     log reaches LOG_ENTRIES counters; more devices than that: a fold each LOG_COUNTERS distinct counters."""

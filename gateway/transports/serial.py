@@ -93,20 +93,26 @@ class SerialTransport:
             while True:
                 await ready.wait()
                 ready.clear()
-                data = ser.read(4096)
-                frames = []              # one queue operation per read (ingest.deliver_many), order kept
-                for kind, payload in self.deframer.feed(data):
-                    if kind == framing.FRAME:
-                        frames.append((payload, rx, self))
-                    elif kind == framing.TEXT:
-                        self.metrics.text_lines.inc()
-                        # the node's text is data, not log syntax: escaped (no newline can forge a line) and
-                        # limited per port (a babbling or hostile node cannot flood the log)
-                        self.burst.event(f"node_text:{self.spec.name}", "node log on %s: %s", self.spec.name,
-                                         untrusted(payload.strip()), level=logging.INFO, allow=self.node_lines)
-                    else:
-                        frames.append((None, rx, payload))     # noise: counted by reason
-                await self.deliver(frames)
+                # What the line holds is read on, a tty's 4 KB at a time, until it is empty or ingest has no room
+                # (deliver waits then: the rest stays on the line, where the next read's alarms still go ahead).
+                # One read a wake-up made each 4 KB (~170 frames) a commit and an fsync of its own while the
+                # sender waited for room (issue 17). (pyserial with timeout=0: one os.read a call, and a tty's
+                # read flushes what the sender queued into the line discipline first: `in_waiting` does not,
+                # and says 0 with 14 KB there.)
+                while data := ser.read(4096):
+                    frames = []              # one queue operation per read (ingest.deliver_many), order kept
+                    for kind, payload in self.deframer.feed(data):
+                        if kind == framing.FRAME:
+                            frames.append((payload, rx, self))
+                        elif kind == framing.TEXT:
+                            self.metrics.text_lines.inc()
+                            # the node's text is data, not log syntax: escaped (no newline can forge a line) and
+                            # limited per port (a babbling or hostile node cannot flood the log)
+                            self.burst.event(f"node_text:{self.spec.name}", "node log on %s: %s", self.spec.name,
+                                             untrusted(payload.strip()), level=logging.INFO, allow=self.node_lines)
+                        else:
+                            frames.append((None, rx, payload))     # noise: counted by reason
+                    await self.deliver(frames)
         finally:
             loop.remove_reader(fd)
 
