@@ -64,17 +64,17 @@ THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with ma
 #   repeats within the log, and its fold writes each device once for many readings (2,000 devices: 4.4 ->
 #   3.2 µs a reading; 5,000: no gain, 5.9 -> 6.2, too many to repeat, a table small enough for upserts).
 # - LOG_ROWS, 1,024: rows of a few counters each (small groups; a downlink counter alone: Outbox.counters).
-# - FOLD_SLICE, 256: past its bound a log of more keys than this is folded in slices, by the commits of readings
-#   that follow: each upserts the next FOLD_SLICE keys (at least twice as many as it logs) of a snapshot of the
-#   log's keys, and the one that ends the snapshot deletes the rows the snapshot covered. Twice: the keys logged
-#   meanwhile, alarms' commits' included, stay well under the bound, so the log does not reach twice it and a fold
-#   all at once. (With as many as it logs, commits of ~500 new devices - a serial backlog read on while there is
-#   room - reached it every ~0.5 s at 50,000 readings/s over 22,222 devices: folds of ~16,200 keys, 35-60 ms,
-#   that the next alarm waited for; `gasguard bench buses`.) A fold of 2,048 counters at once held ingest 8-18 ms (25,000 devices), and an alarm waiting behind
-#   it; a slice adds ~0.8 ms to a commit (`gasguard bench spool-commit`, 60,000 devices: commit p50 0.5 -> 1.3
+# - FOLD_SLICE, 256: past its bound a log of more keys than this is folded in slices, by the commits of readings that
+#   follow: each upserts the next FOLD_SLICE keys (at least twice as many as it logs) of a snapshot of the log's keys,
+#   and the one that ends the snapshot deletes the rows the snapshot covered. Twice: the keys logged meanwhile, alarms'
+#   commits' included, stay well under the bound, so the log does not reach twice it and a fold all at once. (With as
+#   many as it logs, commits of ~500 new devices - a serial backlog read on while there is room - reached it every ~0.5
+#   s at 50,000 readings/s over 22,222 devices: folds of ~16,200 keys, 35-60 ms, that the next alarm waited for;
+#   `gasguard bench buses`.) A fold of 2,048 counters at once held ingest 8-18 ms (25,000 devices), and an alarm waiting
+#   behind it; a slice adds ~0.8 ms to a commit (`gasguard bench spool-commit`, 60,000 devices: commit p50 0.5 -> 1.3
 #   ms, p99 13.7-14.0 -> 7.7-9.6 ms, max 48-55 -> 10-25 ms; CPU a reading 6.33 -> 6.81 µs). The log overrides the table
-#   (counters()), so a key upserted early is harmless, and a kill between slices leaves the log whole. Past twice
-#   the bounds the log is folded at once, as before.
+#   (counters()), so a key upserted early is harmless, and a kill between slices leaves the log whole. Past twice the
+#   bounds the log is folded at once, as before.
 LOG_COUNTERS = 8192
 LOG_ENTRIES = 32768
 LOG_ROWS = 1024

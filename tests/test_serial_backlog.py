@@ -78,6 +78,35 @@ def test_one_wake_up_reads_the_whole_backlog_without_a_turn_of_the_loop(tmp_path
     assert [framing.wrap(f) for _t, g in got for f in g] == written       # every frame, once, in order
 
 
+def test_a_wake_up_reads_at_most_wake_max_then_gives_the_loop_a_turn(tmp_path, monkeypatch):
+    """What ingest does not queue (a node's text) cannot hold the loop: past WAKE_MAX bytes the transport waits for
+    its next wake-up, and the rest of the line comes then, in order."""
+    monkeypatch.setattr(S, "WAKE_MAX", 4096)
+
+    async def go():
+        turns = [0]
+
+        async def count():
+            while True:
+                turns[0] += 1
+                await asyncio.sleep(0)
+        counter = asyncio.create_task(count())
+        got: list = []
+
+        async def deliver(fs):
+            got.append((turns[0], [raw for raw, _rx, _route in fs]))
+        node = Node(0x00C00004)
+        written = await _run(tmp_path, [node.reading() for _ in range(2000)], deliver,
+                             lambda w: sum(len(g) for _t, g in got) >= len(w))
+        counter.cancel()
+        return written, got
+    written, got = asyncio.run(go())
+    assert len(written) * FRAME_LEN > 2 * 4096, "the pty took less than two tty reads' worth"
+    first = [g for t, g in got if t == got[0][0]]       # (the bound is checked before a read: one more may come)
+    assert sum(map(len, first)) * FRAME_LEN <= 4096 + 4096 and len({t for t, _g in got}) >= 2
+    assert [framing.wrap(f) for _t, g in got for f in g] == written
+
+
 def _daemon(tmp_path) -> Daemon:
     """A daemon that is not started: its ingest queue is what these tests read."""
     make_registry(tmp_path / "registry.db", [])

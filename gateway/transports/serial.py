@@ -20,6 +20,8 @@ from ..burstlog import BurstLog, untrusted
 
 log = logging.getLogger("gasguard.gateway.serial")
 
+WAKE_MAX = 65536     # bytes read a wake-up at most (~2,700 frames; ingest's STREAM_MAX stops frames well before)
+
 
 class SerialTransport:
     def __init__(self, spec, deliver, metrics, burst: BurstLog | None = None, *, node_lines: int = 20,
@@ -93,13 +95,16 @@ class SerialTransport:
             while True:
                 await ready.wait()
                 ready.clear()
-                # What the line holds is read on, a tty's 4 KB at a time, until it is empty or ingest has no room
-                # (deliver waits then: the rest stays on the line, where the next read's alarms still go ahead).
+                # What the line holds is read on, a tty's 4 KB at a time, until it is empty, ingest has no room
+                # (deliver waits then: the rest stays on the line, where the next read's alarms still go ahead)
+                # or WAKE_MAX bytes were read (a node's text, which ingest does not queue, gives the loop a turn).
                 # One read a wake-up made each 4 KB (~170 frames) a commit and an fsync of its own while the
                 # sender waited for room (issue 17). (pyserial with timeout=0: one os.read a call, and a tty's
                 # read flushes what the sender queued into the line discipline first: `in_waiting` does not,
                 # and says 0 with 14 KB there.)
-                while data := ser.read(4096):
+                n = 0
+                while n < WAKE_MAX and (data := ser.read(4096)):
+                    n += len(data)
                     frames = []              # one queue operation per read (ingest.deliver_many), order kept
                     for kind, payload in self.deframer.feed(data):
                         if kind == framing.FRAME:
