@@ -52,9 +52,9 @@ async def _run(tmp_path, frames: list[bytes], deliver, done):
     return written
 
 
-def test_one_wake_up_reads_the_whole_backlog_without_a_turn_of_the_loop(tmp_path):
-    """Each delivery is stamped with the turns of the event loop so far (a task that counts them): the whole
-    backlog is delivered within one turn. (One read a wake-up - the old transport - took a turn a read.)"""
+def _by_turn(tmp_path, frames: list[bytes]):
+    """_run with a delivery recorder: (the frames written, [(the event loop's turns so far, the raw frames)] per
+    delivery), the turns counted by a task that takes one a turn."""
     async def go():
         turns = [0]
 
@@ -67,12 +67,17 @@ def test_one_wake_up_reads_the_whole_backlog_without_a_turn_of_the_loop(tmp_path
 
         async def deliver(fs):
             got.append((turns[0], [raw for raw, _rx, _route in fs]))
-        node = Node(0x00C00001)
-        written = await _run(tmp_path, [node.reading() for _ in range(2000)], deliver,
-                             lambda w: sum(len(g) for _t, g in got) >= len(w))
+        written = await _run(tmp_path, frames, deliver, lambda w: sum(len(g) for _t, g in got) >= len(w))
         counter.cancel()
         return written, got
-    written, got = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_one_wake_up_reads_the_whole_backlog_without_a_turn_of_the_loop(tmp_path):
+    """Each delivery is stamped with the turns of the event loop so far: the whole backlog is delivered within one
+    turn. (One read a wake-up - the old transport - took a turn a read.)"""
+    node = Node(0x00C00001)
+    written, got = _by_turn(tmp_path, [node.reading() for _ in range(2000)])
     assert len(written) * FRAME_LEN > 2 * 4096, "the pty took less than two tty reads' worth"
     assert len(got) >= 2 and len({t for t, _g in got}) == 1, [(t, len(g)) for t, g in got]
     assert [framing.wrap(f) for _t, g in got for f in g] == written       # every frame, once, in order
@@ -82,25 +87,8 @@ def test_a_wake_up_reads_at_most_wake_max_then_gives_the_loop_a_turn(tmp_path, m
     """What ingest does not queue (a node's text) cannot hold the loop: past WAKE_MAX bytes the transport waits for
     its next wake-up, and the rest of the line comes then, in order."""
     monkeypatch.setattr(S, "WAKE_MAX", 4096)
-
-    async def go():
-        turns = [0]
-
-        async def count():
-            while True:
-                turns[0] += 1
-                await asyncio.sleep(0)
-        counter = asyncio.create_task(count())
-        got: list = []
-
-        async def deliver(fs):
-            got.append((turns[0], [raw for raw, _rx, _route in fs]))
-        node = Node(0x00C00004)
-        written = await _run(tmp_path, [node.reading() for _ in range(2000)], deliver,
-                             lambda w: sum(len(g) for _t, g in got) >= len(w))
-        counter.cancel()
-        return written, got
-    written, got = asyncio.run(go())
+    node = Node(0x00C00004)
+    written, got = _by_turn(tmp_path, [node.reading() for _ in range(2000)])
     assert len(written) * FRAME_LEN > 2 * 4096, "the pty took less than two tty reads' worth"
     first = [g for t, g in got if t == got[0][0]]       # (the bound is checked before a read: one more may come)
     assert sum(map(len, first)) * FRAME_LEN <= 4096 + 4096 and len({t for t, _g in got}) >= 2
@@ -116,7 +104,7 @@ def _daemon(tmp_path) -> Daemon:
     return d
 
 
-def test_the_transport_stops_at_the_stream_bound_and_goes_on_when_there_is_room(tmp_path, monkeypatch):
+def test_the_transport_stops_at_the_stream_bound_leaving_the_rest_on_the_line(tmp_path, monkeypatch):
     monkeypatch.setattr(I, "STREAM_MAX", 100)
 
     async def go():
