@@ -85,7 +85,8 @@ def has_alarm(group: list) -> bool:
 
 
 def group_devices(group: list) -> list[int]:
-    """The device id of each frame that has one, in order: the registry read-ahead's (hot path; compiled:
+    """The device id of each frame that has one, in order, from its header (unchecked): the registry
+    read-ahead's, the queue's waiting devices and the verification worker's busy ones (hot path; compiled:
     _lane.devices)."""
     if _frame_devices is not None and type(group) is list:
         devs = _frame_devices(group)
@@ -117,8 +118,7 @@ def alarms_first(group: list, busy=(), room: float = float("inf")) -> tuple[list
 
 def _devices(item) -> list[int]:
     """The devices of a queue entry (one frame, or a read's list of them), by their headers."""
-    frames = item if type(item) is list else (item,)
-    return [h[1] for h in (frame.peek(f[0]) for f in frames if f[0] is not None) if h]
+    return group_devices(item if type(item) is list else [item])
 
 
 class FrameQueue(asyncio.Queue):
@@ -138,7 +138,8 @@ class FrameQueue(asyncio.Queue):
         super()._init(maxsize)
         self.frames = 0
         self.stream_max = min(STREAM_MAX, maxsize) if maxsize > 0 else STREAM_MAX
-        self.room = asyncio.Event()     # set by a get that leaves fewer than stream_max frames (put_stream)
+        self.room = asyncio.Event()     # set by a get that leaves fewer than stream_max frames in line (put_stream)
+        self.stream_waits = 0           # stream transports waiting for room now (put_stream)
         self.ahead: deque = deque()
         # the devices with a frame in the queue, while known: built by the first alarm after a get (a scan of
         # the queue, ~0.3 µs a frame), kept up by puts, dropped at the next get (the take of a group) - so a
@@ -160,15 +161,24 @@ class FrameQueue(asyncio.Queue):
             return out
         item = super()._get()
         self.frames -= len(item) if type(item) is list else 1
-        if self.frames - len(self.ahead) < self.stream_max:
+        if self.in_line() < self.stream_max:
             self.room.set()
         return item
 
+    def in_line(self) -> int:
+        """Frames waiting in the queue proper (not the alarms ahead): what the bounds count."""
+        return self.frames - len(self.ahead)
+
     async def put_stream(self, item) -> None:
-        """A stream transport's put: waits while stream_max frames (or QUEUE_MAX) wait."""
-        while self.frames - len(self.ahead) >= self.stream_max or self.full():
+        """A stream transport's put: waits while stream_max frames wait in line (at most QUEUE_MAX: put_nowait
+        cannot be refused)."""
+        while self.in_line() >= self.stream_max:
             self.room.clear()
-            await self.room.wait()
+            self.stream_waits += 1
+            try:
+                await self.room.wait()
+            finally:
+                self.stream_waits -= 1
         self.put_nowait(item)
 
     def empty(self) -> bool:
@@ -178,7 +188,7 @@ class FrameQueue(asyncio.Queue):
         return self.frames
 
     def full(self) -> bool:
-        return self.frames - len(self.ahead) >= self._maxsize > 0
+        return self.in_line() >= self._maxsize > 0
 
     def put_ahead(self, frames: list) -> list:
         """The alarms of `frames` (one read, in order) that may go ahead are put there (alarms_first, the queued
@@ -506,7 +516,7 @@ class Ingest:
                         self.process(rest)
                         self.beat()
                         continue
-                    devs = [h[1] for h in (frame.peek(raw) for raw, _, _ in rest if raw is not None) if h]
+                    devs = group_devices(rest)
                     for d in devs:
                         self.busy[d] = self.busy.get(d, 0) + 1
                     self.pending.append((rest, now, devs, fut))

@@ -69,7 +69,7 @@ THIN_PAGE_BYTES = 1 << 20   # ... and payload characters: bounded memory with ma
 #   and the one that ends the snapshot deletes the rows the snapshot covered. Twice: the keys logged meanwhile, alarms'
 #   commits' included, stay well under the bound, so the log does not reach twice it and a fold all at once. (With as
 #   many as it logs, commits of ~500 new devices - a serial backlog read on while there is room - reached it every ~0.5
-#   s at 50,000 readings/s over 22,222 devices: folds of ~16,200 keys, 35-60 ms, that the next alarm waited for;
+#   s at 50,000 readings/s over 22,222 devices: folds of 10,000-16,300 keys, 23-60 ms, that the next alarm waited for;
 #   `gasguard bench buses`.) A fold of 2,048 counters at once held ingest 8-18 ms (25,000 devices), and an alarm waiting
 #   behind it; a slice adds ~0.8 ms to a commit (`gasguard bench spool-commit`, 60,000 devices: commit p50 0.5 -> 1.3
 #   ms, p99 13.7-14.0 -> 7.7-9.6 ms, max 48-55 -> 10-25 ms; CPU a reading 6.33 -> 6.81 µs). The log overrides the table

@@ -203,7 +203,7 @@ def test_commits_of_new_devices_with_alarms_between_fold_in_slices_never_all_at_
     """Commits of readings of devices not heard before, more of them than FOLD_SLICE (a serial backlog read on
     while ingest has room: ~500 a commit over 22,222 devices), and an alarm's commit after each (it logs its
     counter and folds nothing under twice the bound): the slices outrun what is logged meanwhile, so the log never
-    reaches twice its bound and is never folded all at once - which held the next alarm 35-60 ms (`gasguard bench
+    reaches twice its bound and is never folded all at once - which held the next alarm 23-60 ms (`gasguard bench
     buses`). Every counter is still there, by counters()."""
     monkeypatch.setattr(spool_mod, "LOG_COUNTERS", 64)
     monkeypatch.setattr(spool_mod, "FOLD_SLICE", 2)
