@@ -91,6 +91,56 @@ def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
         assert reads[0] >= 3 * len(mids), reads[0]
 
 
+@pytest.mark.parametrize("most", [None, 3], ids=["whole-reads", "3-byte-reads"])
+def test_pubacks_among_the_brokers_own_publishes_and_split_across_reads_are_each_handed_over_once(lean, broker, most):
+    """The client subscribes to what it publishes: the broker's PUBLISHes of those messages come between its
+    PUBACKs, in the same reads. Every PUBACK is handed over once and every message comes back once, whole - also
+    when each socket read returns at most 3 bytes, so PUBACKs and PUBLISHes are split across reads and the run of
+    PUBACKs decoded at once (FailoverClient.loop_read) stops mid-packet."""
+    acks = Acks()
+    c = _client(broker, acks, f"mixed-{most}")
+    got: dict[str, bytes] = {}
+    subscribed = threading.Event()
+    c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, got.get(m.topic, b"") + m.payload)
+    c.on_subscribe = lambda *_a: subscribed.set()
+    c.subscribe("t/mixed/#", qos=0)
+    assert subscribed.wait(10)
+    real = mqtt.Client._sock_recv
+
+    def short(self, n):
+        return real(self, n if self is not c or most is None else min(n, most))
+    payloads = {f"t/mixed/{i}": bytes([97 + i % 26]) * (1 + i % 300) for i in range(600)}
+    try:
+        mqtt.Client._sock_recv = short
+        mids = [c.publish(t, p, qos=1).mid for t, p in payloads.items()]
+        wait_until(lambda: acks.count() >= len(set(mids)) and len(got) >= len(payloads), 30,
+                   "every PUBACK and every message back")
+    finally:
+        mqtt.Client._sock_recv = real
+        c.loop_stop()
+        c.disconnect()
+    assert set(acks.by_mid) == set(mids) and set(acks.by_mid.values()) == {1}
+    assert got == payloads
+
+
+def test_a_puback_for_a_message_not_in_flight_is_ignored(lean, broker):
+    """A PUBACK whose id is not in flight (a duplicate, or one for a message paho forgot at a reconnect) hands
+    nothing over; the ones around it are handed over as usual."""
+    acks = Acks()
+    c = _client(broker, acks, "stray")
+    c.loop_stop()                                      # the PUBACKs stay in the socket until the loop reads them
+    mids = [c.publish(f"t/stray/{i}", b"s", qos=1).mid for i in range(3)]
+    stray = max(mids) + 100
+    c._rbuf, c._rpos = bytes([0x40, 2, stray >> 8, stray & 0xFF]), 0     # as if read ahead before the real ones
+    try:
+        c.loop_start()
+        wait_until(lambda: acks.count() >= 3, 10, "the three PUBACKs")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    assert set(acks.by_mid) == set(mids) and stray not in acks.by_mid
+
+
 def test_a_publish_from_another_thread_wakes_paho_at_once(lean, broker):
     """Single publishes from two threads while paho's thread sleeps in select(): each is sent (and acked) at once.
     A lost wake-up would leave a message until paho's 1-second select timeout."""
