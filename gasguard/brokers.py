@@ -274,9 +274,14 @@ class FailoverClient(mqtt.Client):
         decoded here in one loop (_pubacks) instead of paho's three reads, state machine, new packet dict and two
         locks per packet: 16-22 -> 10 µs of paho's thread per retained state the gateway publishes (BENCHMARKS.md,
         seventeenth pass). Every other packet, and one split across reads, is paho's."""
-        if (not LEAN_PAHO or self._max_inflight_messages or self._protocol == mqtt.MQTTProtocolVersion.MQTTv5
-                or self._callback_api_version != mqtt.CallbackAPIVersion.VERSION2):
+        if not LEAN_PAHO:
             return super().loop_read(max_packets)
+        if (self._max_inflight_messages or self._protocol == mqtt.MQTTProtocolVersion.MQTTv5
+                or self._callback_api_version != mqtt.CallbackAPIVersion.VERSION2):
+            rc = super().loop_read(max_packets)            # paho's packet by packet, to the read-ahead's end
+            while rc == _OK and self._rpos < len(self._rbuf) and self._sock is not None:
+                rc = super().loop_read(max_packets)
+            return rc
         if self._sock is None:
             return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
         if self._in_packet["command"] == 0 and self._rpos >= len(self._rbuf):

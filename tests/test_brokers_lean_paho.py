@@ -49,10 +49,11 @@ class Acks:
             return len(self.by_mid)
 
 
-def _client(broker, acks: Acks, cid: str) -> FailoverClient:
+def _client(broker, acks: Acks, cid: str, bound: int = 0) -> FailoverClient:
+    """`bound`: paho's own in-flight bound (0: none, as the gateway's publisher keeps its own)."""
     c = FailoverClient([Endpoint("127.0.0.1", broker.port)], mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
                        clean_session=True)
-    c.max_inflight_messages_set(0)
+    c.max_inflight_messages_set(bound)
     c.on_publish = acks
     c.connects = 0
 
@@ -91,14 +92,17 @@ def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
         assert reads[0] >= 3 * len(mids), reads[0]
 
 
+@pytest.mark.parametrize("bound", [0, 20], ids=["own-bound", "paho-bound"])
 @pytest.mark.parametrize("most", [None, 3], ids=["whole-reads", "3-byte-reads"])
-def test_pubacks_among_the_brokers_own_publishes_and_split_across_reads_are_each_handed_over_once(lean, broker, most):
+def test_pubacks_among_the_brokers_own_publishes_and_split_across_reads_are_each_handed_over_once(lean, broker, most,
+                                                                                                  bound):
     """The client subscribes to what it publishes: the broker's PUBLISHes of those messages come between its
     PUBACKs, in the same reads. Every PUBACK is handed over once and every message comes back once, whole - also
     when each socket read returns at most 3 bytes, so PUBACKs and PUBLISHes are split across reads and the run of
-    PUBACKs decoded at once (FailoverClient.loop_read) stops mid-packet."""
+    PUBACKs decoded at once (FailoverClient.loop_read) stops mid-packet; and with paho's own in-flight bound (the
+    Sparkplug plugin's client), where every packet is paho's but what was read ahead is still read to its end."""
     acks = Acks()
-    c = _client(broker, acks, f"mixed-{most}")
+    c = _client(broker, acks, f"mixed-{most}-{bound}", bound)
     got: dict[str, bytes] = {}
     subscribed = threading.Event()
     c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, got.get(m.topic, b"") + m.payload)
