@@ -41,6 +41,7 @@ DEFAULT_PORT = 1883
 LEAN_PAHO = paho.mqtt.__version__ == "2.2.0"
 READ_CHUNK = 65536                   # bytes a socket read takes at most (paho reads a header a byte at a time)
 WRITE_CHUNK = 65536                  # bytes a send() takes at most (paho sends each packet with one of its own)
+PUBACK_RUN = 256                     # PUBACKs handed over under one hold of paho's message lock (FailoverClient)
 _OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 # a v3.1.1 PUBACK has no reason code or properties: one shared "Success" and one empty set for all
 _PUBACK_OK, _NO_PROPERTIES = ReasonCode(PacketTypes.PUBACK), Properties(PacketTypes.PUBACK)
@@ -318,7 +319,15 @@ class FailoverClient(mqtt.Client):
     def _pubacks(self, buf: bytes, start: int, end: int) -> None:
         """The PUBACKs in buf[start:end] (4 bytes each), as paho's PUBACK handling does them one by one
         (_handle_pubackcomp, _do_on_publish): on_publish, then the message forgotten and its slot freed; an id
-        not in flight is ignored."""
+        not in flight is ignored. The locks are let go every PUBACK_RUN of them: a publish from another thread
+        (an alarm, on a client without an alarms' connection) waits for at most that many, not for a whole
+        reconnect's worth."""
+        for at in range(start, end, 4 * PUBACK_RUN):
+            self._puback_run(buf, at, min(end, at + 4 * PUBACK_RUN))
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+
+    def _puback_run(self, buf: bytes, start: int, end: int) -> None:
         out = self._out_messages
         with self._out_message_mutex:
             on_publish = self.on_publish
@@ -338,8 +347,6 @@ class FailoverClient(mqtt.Client):
                     msg.info._set_as_published()
                     if msg.qos > 0:
                         self._inflight_messages -= 1
-        with self._msgtime_mutex:
-            self._last_bytes_received = mqtt.time_func()
 
     def _handle_pubackcomp(self, cmd):
         """A v3.1.1 PUBACK is a 2-byte message id: paho 2.2 decodes it into a new ReasonCode and Properties each
