@@ -273,7 +273,7 @@ class FailoverClient(mqtt.Client):
 
         A run of PUBACKs at a packet boundary - what a broker sends back for a burst of QoS-1 messages - is
         decoded here in one loop (_pubacks) instead of paho's three reads, state machine, new packet dict and two
-        locks per packet: 16-22 -> 10 µs of paho's thread per retained state the gateway publishes (BENCHMARKS.md,
+        locks per packet: 20-22 -> 10 µs of paho's thread per retained state the gateway publishes (BENCHMARKS.md,
         seventeenth pass). Every other packet, and one split across reads, is paho's."""
         if not LEAN_PAHO:
             return super().loop_read(max_packets)
