@@ -312,41 +312,25 @@ class FailoverClient(mqtt.Client):
             if rc > 0:
                 return self._loop_rc_handle(rc)
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN or self._sock is None:
-                return _OK
-            if self._in_packet["command"] == 0 and self._rpos >= len(self._rbuf):
-                return _OK                                 # the read-ahead is used up: select() says when more came
+                return _OK                                 # (the read-ahead used up: select() says when more came)
 
     def _pubacks(self, buf: bytes, start: int, end: int) -> None:
-        """The PUBACKs in buf[start:end] (4 bytes each), as paho's PUBACK handling does them one by one
-        (_handle_pubackcomp, _do_on_publish): on_publish, then the message forgotten and its slot freed; an id
-        not in flight is ignored. The locks are let go every PUBACK_RUN of them: a publish from another thread
-        (an alarm, on a client without an alarms' connection) waits for at most that many, not for a whole
-        reconnect's worth."""
+        """The PUBACKs in buf[start:end] (4 bytes each), each handed to paho's own _do_on_publish as
+        _handle_pubackcomp hands one (an id not in flight is ignored). paho's message lock is let go every
+        PUBACK_RUN of them: a publish from another thread (an alarm, on a client without an alarms' connection)
+        waits for at most that many, not for a whole reconnect's worth."""
         for at in range(start, end, 4 * PUBACK_RUN):
             self._puback_run(buf, at, min(end, at + 4 * PUBACK_RUN))
         with self._msgtime_mutex:
             self._last_bytes_received = mqtt.time_func()
 
     def _puback_run(self, buf: bytes, start: int, end: int) -> None:
-        out = self._out_messages
+        out, done = self._out_messages, self._do_on_publish
         with self._out_message_mutex:
-            on_publish = self.on_publish
-            with self._in_callback_mutex:
-                for p in range(start, end, 4):
-                    mid = (buf[p + 2] << 8) | buf[p + 3]
-                    if mid not in out:
-                        continue
-                    if on_publish is not None:
-                        try:
-                            on_publish(self, self._userdata, mid, _PUBACK_OK, _NO_PROPERTIES)
-                        except Exception as err:                     # as paho's _do_on_publish
-                            self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
-                            if not self.suppress_exceptions:
-                                raise
-                    msg = out.pop(mid)
-                    msg.info._set_as_published()
-                    if msg.qos > 0:
-                        self._inflight_messages -= 1
+            for p in range(start, end, 4):
+                mid = (buf[p + 2] << 8) | buf[p + 3]
+                if mid in out:                                   # (else not in flight: ignored, as paho does)
+                    done(mid, _PUBACK_OK, _NO_PROPERTIES)
 
     def _handle_pubackcomp(self, cmd):
         """A v3.1.1 PUBACK is a 2-byte message id: paho 2.2 decodes it into a new ReasonCode and Properties each

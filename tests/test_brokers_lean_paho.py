@@ -127,9 +127,12 @@ def test_pubacks_among_the_brokers_own_publishes_and_split_across_reads_are_each
     assert got == payloads
 
 
-def test_a_puback_for_a_message_not_in_flight_is_ignored(lean, broker):
+def test_a_puback_for_a_message_not_in_flight_is_ignored(broker):
     """A PUBACK whose id is not in flight (a duplicate, or one for a message paho forgot at a reconnect) hands
-    nothing over; the ones around it are handed over as usual."""
+    nothing over; the ones around it are handed over as usual. With the cuts on only: the stray PUBACK is put in
+    their read-ahead, which paho alone never reads."""
+    if not brokers.LEAN_PAHO:
+        pytest.skip(f"paho {paho.mqtt.__version__} is not 2.2.0: the cuts are off")
     acks = Acks()
     c = _client(broker, acks, "stray")
     c.loop_stop()                                      # the PUBACKs stay in the socket until the loop reads them
