@@ -13,6 +13,7 @@ attempt, never a wait for that node to come back:
     endpoints = endpoints_from(table)                 # -> [Endpoint]; EndpointError(key, fix) if wrong
     client = FailoverClient(endpoints, mqtt.CallbackAPIVersion.VERSION2, client_id=..., clean_session=...)
     client.start(keepalive=30)                        # connect_async to the first + loop_start
+    client.start(keepalive=30, loop=asyncio_loop)     # or: its network I/O on that asyncio loop (the gateway)
 
 What a client must do on its side is unchanged by a move: paho keeps QoS-1 messages that were in flight and
 re-sends them to the new node after its CONNACK (at-least-once: consumers drop copies by message id or
@@ -23,6 +24,8 @@ sessions (NATS JetStream, EMQX) hands its session to the node it reconnects to (
 
 from __future__ import annotations
 
+import asyncio
+import select
 import socket
 import threading
 import time
@@ -42,6 +45,9 @@ LEAN_PAHO = paho.mqtt.__version__ == "2.2.0"
 READ_CHUNK = 65536                   # bytes a socket read takes at most (paho reads a header a byte at a time)
 WRITE_CHUNK = 65536                  # bytes a send() takes at most (paho sends each packet with one of its own)
 PUBACK_RUN = 256                     # PUBACKs handed over under one hold of paho's message lock (FailoverClient)
+MISC_EVERY = 1.0                     # s between loop_misc calls on an asyncio loop (paho's thread: its select timeout)
+STOP_WRITE_S = 1.0                   # s loop_stop gives what is queued (a DISCONNECT) on an asyncio loop
+_LEFT = (mqtt._ConnectionState.MQTT_CS_DISCONNECTING, mqtt._ConnectionState.MQTT_CS_DISCONNECTED)
 _OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 # a v3.1.1 PUBACK has no reason code or properties: one shared "Success" and one empty set for all
 _PUBACK_OK, _NO_PROPERTIES = ReasonCode(PacketTypes.PUBACK), Properties(PacketTypes.PUBACK)
@@ -162,15 +168,180 @@ class FailoverClient(mqtt.Client):
         self.timed_out = False                    # the last attempt was cut so (read by on_disconnect)
         self._rbuf, self._rpos = b"", 0           # bytes read from the socket, not yet handed to paho (LEAN_PAHO)
         self._wake_pending = False                # a wake-up byte is on its way to paho's thread (LEAN_PAHO)
+        # start(loop=...): the network I/O on an asyncio loop instead of paho's thread (below)
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self._aio_tid = 0                         # the loop's thread
+        self._aio_task: asyncio.Task | None = None
+        self._aio_wake: asyncio.Event | None = None   # the connection was lost, or stop: _aio_run looks now
+        self._aio_flushing = False                # a write of what is queued is scheduled on the loop
+        self._aio_stopped = False
 
     @property
     def endpoint(self) -> Endpoint:
         return self.endpoints[self.index]
 
-    def start(self, keepalive: int) -> None:
+    def start(self, keepalive: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """connect_async to the first endpoint, then paho's network thread (loop_start); with `loop` (called on
+        that loop's thread), the network I/O on that asyncio loop instead (_aio_run)."""
         first = self.endpoints[0]
         self.connect_async(first.host, first.port, keepalive=keepalive)
-        self.loop_start()
+        if loop is None:
+            self.loop_start()
+            return
+        self._aio, self._aio_tid, self._aio_stopped = loop, threading.get_ident(), False
+        self._aio_wake = asyncio.Event()
+        self.on_socket_register_write = self._aio_want_write
+        self.on_socket_unregister_write = self._aio_done_write
+        self._aio_task = loop.create_task(self._aio_run(), name=f"mqtt {self._client_id.decode(errors='replace')}")
+
+    # -- the network I/O on an asyncio loop (start(loop=...): the gateway's publisher) ------------------------
+    # The publisher hands every paho callback to its event loop anyway. With paho's thread beside that loop, the
+    # two took turns at the GIL for every burst of PUBACKs and every publish: a select, a socket-pair byte, a
+    # self-pipe byte and two thread switches each time (two gateways on the issue's workload: 12.4-14.5 ->
+    # 9.7-12.2 µs of CPU a reading; BENCHMARKS.md, eighteenth pass). On the loop, a readable socket is read by
+    # loop_read, what is queued is written once per turn of the loop (_aio_flush) and loop_misc runs every
+    # MISC_EVERY s. Only the blocking TCP/TLS connect runs on a worker thread (the loop's default executor),
+    # so a dead or silent node never holds the loop; paho's backoff between attempts is kept.
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._aio_tid
+
+    async def _aio_run(self) -> None:
+        loop, first = self._aio, True
+        while not self._aio_stopped:
+            if self._sock is None:
+                if self._state in _LEFT:
+                    return                                 # disconnect(): paho's loop_forever ends there too
+                if not first:                              # (a wake-up from the loss itself is not the end of it)
+                    self._aio_wake.clear()
+                    await self._aio_sleep(self._next_delay())
+                    if self._aio_stopped or self._state in _LEFT:
+                        return
+                first = False
+                attempt = loop.run_in_executor(None, self.reconnect)
+                try:
+                    await asyncio.shield(attempt)
+                except OSError:
+                    self._handle_on_connect_fail()         # (inside the except: the callback reads exc_info)
+                    continue
+                except asyncio.CancelledError:             # stopped during the attempt: its socket is closed
+                    attempt.add_done_callback(lambda _f: self._aio_close())
+                    raise
+                if self._aio_stopped:
+                    self._aio_close()
+                    return
+                sock = self._sock
+                if sock is not None:
+                    loop.add_reader(sock, self._aio_read)
+                    self._aio_flush()                      # the CONNECT
+            self._aio_wake.clear()
+            if self._sock is None:
+                continue
+            await self._aio_sleep(MISC_EVERY)
+            if self._sock is not None:
+                self._aio_check(self.loop_misc())          # keepalive, and the CONNACK's deadline (cut)
+
+    async def _aio_sleep(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._aio_wake.wait()
+        except TimeoutError:
+            pass
+
+    def _next_delay(self) -> float:
+        """paho's backoff between attempts (_reconnect_wait: min, doubled each time, up to max; reset by a
+        CONNACK), without its sleep."""
+        with self._reconnect_delay_mutex:
+            d = self._reconnect_delay
+            self._reconnect_delay = self._reconnect_min_delay if d is None else min(d * 2, self._reconnect_max_delay)
+            return self._reconnect_delay
+
+    def _aio_check(self, rc) -> None:
+        if rc != _OK or self._sock is None:
+            self._aio_wake.set()                           # lost: _aio_run reconnects
+
+    def _aio_read(self) -> None:
+        rc = self.loop_read()
+        sock = self._sock
+        # TLS: bytes already decrypted are not in the socket, so epoll would not say so
+        while rc == _OK and sock is not None and getattr(sock, "pending", None) and sock.pending():
+            rc = self.loop_read()
+            sock = self._sock
+        self._aio_check(rc)
+
+    def _aio_write(self) -> None:
+        self._aio_check(self.loop_write())
+
+    def _aio_flush(self) -> None:
+        self._aio_flushing = False                         # (before the write: a packet queued after it schedules one)
+        if self._sock is not None and self._out_packet:
+            self._aio_write()
+
+    def write_now(self) -> None:
+        """On an asyncio loop: what is queued goes out now, not at the loop's next turn (the publisher, after a
+        fill: an alarm is not held behind the rest of a turn)."""
+        if self._aio is not None and self._out_packet and self._sock is not None:
+            self._aio_flush()
+
+    def _aio_want_write(self, _c, _u, sock) -> None:
+        """loop_write could not write everything: the rest when the socket can take it."""
+        if self._on_loop():
+            self._aio.add_writer(sock, self._aio_write)
+        else:                                              # (never: loop_write runs on the loop)
+            self._registered_write = False
+
+    def _aio_done_write(self, _c, _u, sock) -> None:
+        if self._on_loop():
+            self._aio.remove_writer(sock)
+
+    def _aio_forget(self, sock) -> None:
+        """The socket leaves the loop's selector before it is closed (a closed socket's descriptor can be reused
+        by the next one, which the selector would then take for the old)."""
+        try:
+            self._aio.remove_reader(sock)
+            self._aio.remove_writer(sock)
+        except (ValueError, OSError, RuntimeError):        # (closed loop or socket: nothing left registered)
+            pass
+
+    def _aio_close(self) -> None:
+        if self._sock is not None:
+            self._sock_close()
+
+    def wait_published(self, info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
+        """info.wait_for_publish(timeout). On an asyncio loop, whose turn this is, the socket is driven here
+        meanwhile: nothing else would read the PUBACK. Raises as is_published does (not sent, no connection)."""
+        if self._aio is None:
+            info.wait_for_publish(timeout)
+            return info.is_published()
+        deadline = time.monotonic() + timeout
+        while not info.is_published():
+            sock, left = self._sock, deadline - time.monotonic()
+            if sock is None or left <= 0:
+                return False
+            readable, writable, _ = select.select([sock], [sock] if self._out_packet else [], [], left)
+            if writable:
+                self._aio_write()
+            if readable and self._sock is not None:
+                self._aio_read()
+        return True
+
+    def loop_stop(self) -> mqtt.MQTTErrorCode:
+        """paho's, or on an asyncio loop: what is queued (disconnect()'s DISCONNECT, after which paho closes the
+        socket) written now, for up to STOP_WRITE_S - the loop may not turn again - and the socket closed."""
+        if self._aio is None:
+            return super().loop_stop()
+        self._aio_stopped = True
+        deadline = time.monotonic() + STOP_WRITE_S
+        while self._sock is not None and self._out_packet and time.monotonic() < deadline:
+            select.select([], [self._sock], [], max(0.0, deadline - time.monotonic()))
+            self._aio_write()
+        self._aio_close()
+        if self._aio_wake is not None:
+            self._aio_wake.set()
+        task = self._aio_task
+        if task is not None and not task.done() and not self._aio.is_closed():
+            task.cancel()
+        return _OK
 
     def reconnect(self) -> mqtt.MQTTErrorCode:
         if self.attempts and len(self.endpoints) > 1:
@@ -265,6 +436,8 @@ class FailoverClient(mqtt.Client):
     def _sock_close(self) -> None:
         # what was read ahead belongs to the connection that is closing: never to the next one
         self._rbuf, self._rpos = b"", 0
+        if self._aio is not None and self._sock is not None:
+            self._aio_forget(self._sock)
         super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
@@ -411,6 +584,19 @@ class FailoverClient(mqtt.Client):
         """paho wakes its network thread with one byte through a socket pair for every packet queued: a system
         call, and a wake-up of that thread, per publish. One wake-up is enough until the thread has looked at
         the queue again (_loop clears the flag before it does), however many packets are queued meanwhile."""
+        if self._aio is not None:       # on an asyncio loop: written once at the loop's next turn, however many
+            self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+                                     "to_process": len(packet), "packet": packet, "info": info})
+            if not self._aio_flushing:
+                self._aio_flushing = True
+                try:
+                    if self._on_loop():
+                        self._aio.call_soon(self._aio_flush)
+                    else:                      # reconnect()'s CONNECT, on the worker thread
+                        self._aio.call_soon_threadsafe(self._aio_flush)
+                except RuntimeError:           # the loop is closed: loop_stop writes what it can
+                    self._aio_flushing = False
+            return _OK
         if not LEAN_PAHO or self._sockpairW is None or self._thread is None:
             return super()._packet_queue(command, packet, mid, qos, info)
         self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,

@@ -63,6 +63,7 @@ class Config:
     reconnect_max: float = 30.0
     inflight: int = 200
     alarm_connection: bool = True      # [mqtt] alarm_connection: alarms and events on a second connection
+    network_thread: bool = False       # [mqtt] network_thread: each connection's I/O on paho's thread, not the loop
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
     batch_delay: float = 1.0           # oldest reading waits at most this long for company
@@ -151,7 +152,8 @@ _KNOWN = {
     "udp": {"bind", "forwarders", "rcvbuf_kb"},
     "mqtt": {"host", "port", "brokers", "connect_timeout", "puback_timeout", "topic_root", "client_id", "username",
              "password", "tls_ca", "tls_cert", "tls_key",
-             "keepalive", "reconnect_min", "reconnect_max", "inflight", "alarm_connection"},
+             "keepalive", "reconnect_min", "reconnect_max", "inflight", "alarm_connection",
+             "network_thread"},
     "batch": {"count", "bytes", "delay"},
     "ingest": {"verify_worker", "commit_thread"},
     "spool": {"max_mb", "audit", "synchronous"},
@@ -267,6 +269,7 @@ def parse(doc: dict, base: Path = Path(".")) -> Config:
         raise ConfigError("mqtt.reconnect_max", "must be at least mqtt.reconnect_min")
     cfg.inflight = _positive(_get(m, "inflight", int, 200, "mqtt"), "mqtt.inflight")
     cfg.alarm_connection = _get(m, "alarm_connection", bool, True, "mqtt")
+    cfg.network_thread = _get(m, "network_thread", bool, False, "mqtt")
 
     b = _get(doc, "batch", dict, {})
     _unknown(b, "batch")

@@ -1,7 +1,9 @@
 """MQTT side: drains the spool in lane order, aggregates readings, deletes rows on PUBACK.
 
-paho-mqtt 2.x runs its network loop in its own thread; every callback is handed to the asyncio loop with
-call_soon_threadsafe, so all bookkeeping (mid -> spool rows) happens on one thread. paho keeps QoS 1
+Each connection's network I/O runs on the gateway's asyncio loop (FailoverClient.start(loop=...): paho's
+callbacks come on the loop's thread, only the blocking TCP/TLS connect on a worker thread), or with `[mqtt]
+network_thread` on paho's own thread, whose callbacks are handed to the loop with call_soon_threadsafe. Either
+way all bookkeeping (mid -> spool rows) happens on one thread. paho keeps QoS 1
 messages that were in flight when the connection dropped and re-sends them on reconnect, so the mid map
 survives reconnects; after a restart the spool itself is re-sent (at-least-once, ids make it harmless).
 
@@ -32,6 +34,7 @@ import json
 import logging
 import ssl
 import sys
+import threading
 import time
 from collections import deque
 from typing import NamedTuple
@@ -120,6 +123,7 @@ class Publisher:
         self.on_message_cb = on_message
         self.subscriptions: tuple[str, ...] = tuple(subscriptions)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = 0          # the loop's thread (callbacks from it need no call_soon_threadsafe)
         self.main = Link("main", metrics.connected)
         self.alarms = Link("alarms", metrics.alarm_connected) if cfg.alarm_connection else None
         self.cursor = {lane: 0 for lane in range(4)}
@@ -129,7 +133,7 @@ class Publisher:
         self.batch_timer: asyncio.TimerHandle | None = None
         self.states_in_row = 0                   # states sent since the last batch of readings (STATE_RUN)
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
-        self.pubacks: deque = deque()            # (link, mid) from paho's thread, not yet handled (_drain_pubacks)
+        self.pubacks: deque = deque()            # (link, mid) from paho's callback, not yet handled (_drain_pubacks)
         self.puback_pending = False              # a _drain_pubacks is scheduled on the loop
         self.lane_metrics = {lane: (metrics.published.labels(name), metrics.publish_latency.labels(name))
                              for lane, name in enumerate(LANE_NAMES)}
@@ -203,7 +207,7 @@ class Publisher:
             # connection has none: the gateway's status is the main connection's
             c.will_set(self.topics.status, self._status(0, False), qos=1, retain=True)
             c.on_message = lambda _c, _u, m: self._threadsafe(self._on_message, m.topic, m.payload, m.retain)
-        # called by paho's thread inside its `except OSError`: exc_info is the reason (TLS, refused, DNS)
+        # called by paho's thread (or FailoverClient's loop) inside its `except OSError`: exc_info is the reason
         c.on_connect_fail = lambda _c, _u: self._threadsafe(self._on_connect_fail, link, sys.exc_info()[1],
                                                             c.endpoint)
         c.on_connect = lambda *a: self._threadsafe(self._on_connect, link, a[3], c.endpoint)
@@ -212,7 +216,7 @@ class Publisher:
         return c
 
     def _puback_threadsafe(self, link: Link, mid: int) -> None:
-        """On paho's thread: PUBACKs are queued and handed over as one call for all that came meanwhile, not a
+        """From paho's callback: PUBACKs are queued and handed over as one call for all that came meanwhile, not a
         call_soon_threadsafe each (a write to the loop's self-pipe, a wake-up and a handle per PUBACK: ~4 % of the
         gateway's CPU with a retained state every fifth reading, BENCHMARKS.md twelfth pass). Order against the
         other callbacks holds: a PUBACK queued behind a pending hand-over is drained by it, and that was
@@ -229,7 +233,10 @@ class Publisher:
             return
         self.puback_pending = True
         try:
-            loop.call_soon_threadsafe(self._drain_pubacks)
+            if threading.get_ident() == self.loop_thread:    # the connections' I/O on the loop: no wake-up needed
+                loop.call_soon(self._drain_pubacks)
+            else:
+                loop.call_soon_threadsafe(self._drain_pubacks)
         except RuntimeError:          # closed meanwhile
             self.puback_pending = False
 
@@ -249,29 +256,35 @@ class Publisher:
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(fn, *args)
+                if threading.get_ident() == self.loop_thread:
+                    loop.call_soon(fn, *args)
+                else:
+                    loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:
                 pass  # loop shutting down
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.puback_pending = False          # a drain scheduled on an earlier loop died with it
         if self.pubacks:
             self._schedule_drain()
         log.info("connecting to mqtt %s%s%s", ", then ".join(map(str, self.cfg.brokers)),
                  " (TLS)" if self.cfg.tls_ca else "", "; alarms and events on a second connection"
                  if self.alarms is not None else "")
+        # each connection's network I/O on this loop ([mqtt] network_thread false, the default) or on paho's thread
+        io_loop = None if self.cfg.network_thread else self.loop
         for link in self.links():
-            link.client.start(self.cfg.keepalive)
+            link.client.start(self.cfg.keepalive, io_loop)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Graceful: say offline (so the Will is not needed), wait briefly for PUBACKs, disconnect."""
         self.stopping = True
         if self.connected:
             try:
-                self.client.publish(self.topics.status, self._status(self.clock(), False), qos=1,
-                                    retain=True).wait_for_publish(timeout)
+                self.client.wait_published(self.client.publish(self.topics.status, self._status(self.clock(), False),
+                                                               qos=1, retain=True), timeout)
             except (RuntimeError, ValueError):
                 pass
         for link in self.links():     # every one disconnects first: each loop_stop may sit out a reconnect wait
@@ -502,6 +515,8 @@ class Publisher:
                 self._fill(prio, ((ALARM, window), (EVENT, self.cfg.inflight)), window, readings=False)
             upto = ((STATE, self.cfg.inflight),)
         self._fill(self.main, upto, window, readings=True)
+        for link in self.links():     # (on the loop: out now, as paho's thread would have sent them)
+            link.client.write_now()
 
     def _priority_link(self) -> Link | None:
         """The connection that carries alarms and events now; None: neither, for now. One at a time, so that
@@ -666,7 +681,7 @@ class Publisher:
             since = max(link.progress, next(iter(link.inflight.values())).sent)   # (dicts keep send order)
             if now - since < limit:
                 continue
-            link.progress = now                  # once per deadline: the cut takes effect on paho's thread
+            link.progress = now                  # once per deadline: the cut takes effect at the next read
             self.metrics.broker_stalls.labels(link.name).inc()
             log.warning("no PUBACK from mqtt broker %s%s for %.0f s with %d messages in flight: taking the connection "
                         "as lost%s (mqtt.puback_timeout; a frozen node, or a link dropping every packet)",

@@ -69,16 +69,18 @@ def test_the_command_service_reads_the_same_broker_list(tmp_path):
 
 
 
-def test_gateway_skips_a_dead_broker_and_moves_on_when_its_broker_dies(tmp_path):
+@pytest.mark.parametrize("network_thread", [False, True], ids=["on-the-loop", "paho-thread"])
+def test_gateway_skips_a_dead_broker_and_moves_on_when_its_broker_dies(tmp_path, network_thread):
     """brokers = [nothing listening, A, B]: the gateway connects to A; A is SIGKILLed; the readings that
-    arrive meanwhile are spooled and reach B, and the gateway never waits for A to come back."""
+    arrive meanwhile are spooled and reach B, and the gateway never waits for A to come back. Both ways of
+    running the connections' I/O ([mqtt] network_thread)."""
     nodes = [Node(0x00C00000 + i) for i in range(20)]
     make_registry(tmp_path / "registry.db", nodes)
     with Mosquitto(workdir=tmp_path / "a") as a, Mosquitto(workdir=tmp_path / "b") as b:
         sub_b = Subscriber(b.port)
         cfg = Config(gateway_id="gw1", district="d1", registry=tmp_path / "registry.db", spool=tmp_path / "s.db",
                      udp_bind=f"127.0.0.1:{free_port()}", mqtt_client_id="gw1", batch_delay=0.05,
-                     reconnect_min=0.2, reconnect_max=1.0,
+                     reconnect_min=0.2, reconnect_max=1.0, network_thread=network_thread,
                      mqtt_brokers=[Endpoint("127.0.0.1", free_port()), Endpoint("127.0.0.1", a.port),
                                    Endpoint("127.0.0.1", b.port)])
         gw = DaemonThread(Daemon(cfg, plugins=[]))

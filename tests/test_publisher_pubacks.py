@@ -19,7 +19,7 @@ def _publisher(tmp_path, monkeypatch):
     d = Daemon(cfg, plugins=[])
     pub = d.publisher
     for link in pub.links():                         # no broker here: the hand-over alone
-        monkeypatch.setattr(link.client, "start", lambda keepalive: None)
+        monkeypatch.setattr(link.client, "start", lambda keepalive, loop=None: None)
     return d, pub
 
 
