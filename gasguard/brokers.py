@@ -25,6 +25,7 @@ sessions (NATS JetStream, EMQX) hands its session to the node it reconnects to (
 from __future__ import annotations
 
 import asyncio
+import logging
 import select
 import socket
 import threading
@@ -36,6 +37,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("gasguard.brokers")
 
 DEFAULT_PORT = 1883
 # paho 2.2.0's per-message costs, taken off by FailoverClient below (BENCHMARKS.md, fourteenth pass): a QoS-1
@@ -221,12 +224,13 @@ class FailoverClient(mqtt.Client):
                 attempt = loop.run_in_executor(None, self.reconnect)
                 try:
                     await asyncio.shield(attempt)
-                except OSError:
-                    self._handle_on_connect_fail()         # (inside the except: the callback reads exc_info)
-                    continue
                 except asyncio.CancelledError:             # stopped during the attempt: its socket is closed
                     attempt.add_done_callback(lambda _f: self._aio_close())
                     raise
+                except Exception:  # noqa: BLE001 - OSError as paho's loop has it; anything else must not end the
+                    # retries either (paho's thread would die of it, and the gateway never reconnect)
+                    self._handle_on_connect_fail()         # (inside the except: the callback reads exc_info)
+                    continue
                 if self._aio_stopped:
                     self._aio_close()
                     return
@@ -261,16 +265,32 @@ class FailoverClient(mqtt.Client):
             self._aio_wake.set()                           # lost: _aio_run reconnects
 
     def _aio_read(self) -> None:
-        rc = self.loop_read()
-        sock = self._sock
-        # TLS: bytes already decrypted are not in the socket, so epoll would not say so
-        while rc == _OK and sock is not None and getattr(sock, "pending", None) and sock.pending():
+        try:
             rc = self.loop_read()
             sock = self._sock
+            # TLS: bytes already decrypted are not in the socket, so epoll would not say so
+            while rc == _OK and sock is not None and getattr(sock, "pending", None) and sock.pending():
+                rc = self.loop_read()
+                sock = self._sock
+        except Exception as e:  # noqa: BLE001 - the reader would be called again at once, and raise again
+            rc = self._aio_failed("reading", e)
         self._aio_check(rc)
 
     def _aio_write(self) -> None:
-        self._aio_check(self.loop_write())
+        try:
+            rc = self.loop_write()
+        except Exception as e:  # noqa: BLE001 - as in _aio_read
+            rc = self._aio_failed("writing", e)
+        self._aio_check(rc)
+
+    def _aio_failed(self, what: str, e: Exception) -> mqtt.MQTTErrorCode:
+        """An exception out of paho (or a callback) on the loop: the connection is dropped and made again, as
+        after a lost one, instead of a reader raising at every turn of the loop."""
+        log.error("mqtt %s: %s failed (%s: %s); dropping the connection and connecting again", self.endpoint, what,
+                  type(e).__name__, e)
+        if self._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+        return self._loop_rc_handle(mqtt.MQTTErrorCode.MQTT_ERR_UNKNOWN)
 
     def _aio_flush(self) -> None:
         self._aio_flushing = False                         # (before the write: a packet queued after it schedules one)
@@ -584,7 +604,8 @@ class FailoverClient(mqtt.Client):
         """paho wakes its network thread with one byte through a socket pair for every packet queued: a system
         call, and a wake-up of that thread, per publish. One wake-up is enough until the thread has looked at
         the queue again (_loop clears the flag before it does), however many packets are queued meanwhile."""
-        if self._aio is not None:       # on an asyncio loop: written once at the loop's next turn, however many
+        if self._aio is not None and LEAN_PAHO:   # on an asyncio loop: written once at the loop's next turn (paho's
+            # own queueing, any other version, asks for the socket's writability through _aio_want_write instead)
             self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
                                      "to_process": len(packet), "packet": packet, "info": info})
             if not self._aio_flushing:

@@ -182,3 +182,41 @@ def test_on_a_loop_wait_published_drives_the_socket_itself(broker):
         c.disconnect()
         c.loop_stop()
     asyncio.run(main())
+
+
+def test_on_a_loop_an_exception_out_of_a_callback_drops_the_connection_and_it_is_made_again(broker, caplog):
+    """paho re-raises what a callback raises; on the loop that would be a reader raising at every turn. The
+    connection is dropped instead, said in the log, and made again: later messages arrive."""
+    got: list[str] = []
+    connects: list[float] = []
+    subacks: list[float] = []
+
+    def on_message(_c, _u, m):
+        if m.topic == "t/boom":
+            raise RuntimeError("a callback's bug")
+        got.append(m.topic)
+
+    async def main():
+        c = _client([Endpoint("127.0.0.1", broker.port)])
+        c.on_connect = lambda cl, *a: (connects.append(time.monotonic()), cl.subscribe("t/#", qos=1))
+        c.on_message = on_message
+        c.on_subscribe = lambda *a: subacks.append(time.monotonic())
+        c.start(30, asyncio.get_running_loop())
+        await _until(lambda: subacks, 10, "the SUBACK")
+        other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="loop-test-other")
+        other.connect("127.0.0.1", broker.port)
+        other.loop_start()
+        try:
+            other.publish("t/boom", b"1", qos=1).wait_for_publish(5)
+            await _until(lambda: len(subacks) >= 2, 10, "the connection made again, and its SUBACK")
+            other.publish("t/ok", b"2", qos=1).wait_for_publish(5)
+            await _until(lambda: "t/ok" in got, 10, "a message after the reconnect")
+        finally:
+            other.loop_stop()
+            other.disconnect()
+        c.disconnect()
+        c.loop_stop()
+    with caplog.at_level("ERROR", logger="gasguard.brokers"):
+        asyncio.run(main())
+    assert any("a callback's bug" in r.getMessage() and "dropping the connection" in r.getMessage()
+               for r in caplog.records)
