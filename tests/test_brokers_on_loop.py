@@ -7,12 +7,23 @@ import socket
 import threading
 import time
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
 
+from gasguard import brokers
 from gasguard.brokers import Endpoint, FailoverClient
 from gasguard.testing.mosquitto import Mosquitto, free_port
 from gasguard.testing.subscriber import Subscriber
+
+
+@pytest.fixture(params=[True, False], ids=["lean", "plain"])
+def lean(request, monkeypatch):
+    """With paho 2.2.0's cuts (gasguard.brokers.LEAN_PAHO) and without them, as any other paho version runs."""
+    if request.param and not brokers.LEAN_PAHO:
+        pytest.skip(f"paho {paho.mqtt.__version__} is not 2.2.0: the cuts are off")
+    monkeypatch.setattr(brokers, "LEAN_PAHO", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -55,7 +66,7 @@ async def _until(pred, timeout: float, what: str):
         await asyncio.sleep(0.01)
 
 
-def test_on_a_loop_there_is_no_network_thread_and_every_callback_runs_on_the_loop(broker):
+def test_on_a_loop_there_is_no_network_thread_and_every_callback_runs_on_the_loop(broker, lean):
     sub = Subscriber(broker.port, "t/#")
     threads: set[int] = set()
     acked: set[int] = set()
