@@ -307,8 +307,8 @@ class FailoverClient(mqtt.Client):
         """loop_write could not write everything: the rest when the socket can take it."""
         if self._on_loop():
             self._aio.add_writer(sock, self._aio_write)
-        else:                                              # (never: loop_write runs on the loop)
-            self._registered_write = False
+        else:      # paho's own queueing (not LEAN_PAHO) of reconnect()'s CONNECT, on the worker thread: _aio_run
+            self._registered_write = False                 # writes it once the attempt returns
 
     def _aio_done_write(self, _c, _u, sock) -> None:
         if self._on_loop():
