@@ -233,10 +233,7 @@ class Publisher:
             return
         self.puback_pending = True
         try:
-            if threading.get_ident() == self.loop_thread:    # the connections' I/O on the loop: no wake-up needed
-                loop.call_soon(self._drain_pubacks)
-            else:
-                loop.call_soon_threadsafe(self._drain_pubacks)
+            self._soon(loop, self._drain_pubacks)
         except RuntimeError:          # closed meanwhile
             self.puback_pending = False
 
@@ -256,12 +253,17 @@ class Publisher:
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
-                if threading.get_ident() == self.loop_thread:
-                    loop.call_soon(fn, *args)
-                else:
-                    loop.call_soon_threadsafe(fn, *args)
+                self._soon(loop, fn, *args)
             except RuntimeError:
                 pass  # loop shutting down
+
+    def _soon(self, loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+        """fn on the loop: call_soon from the loop's own thread (the connections' I/O on the loop: no self-pipe
+        byte, no wake-up), call_soon_threadsafe from paho's. Raises RuntimeError if the loop is closed."""
+        if threading.get_ident() == self.loop_thread:
+            loop.call_soon(fn, *args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:

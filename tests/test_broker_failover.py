@@ -106,6 +106,13 @@ def test_gateway_skips_a_dead_broker_and_moves_on_when_its_broker_dies(tmp_path,
             sub_b.close()
 
 
+def test_network_thread_is_off_by_default_and_a_boolean(tmp_path):
+    assert parse(_doc({"brokers": ["10.1.0.11:1883"]}), tmp_path).network_thread is False
+    assert parse(_doc({"brokers": ["10.1.0.11:1883"], "network_thread": True}), tmp_path).network_thread is True
+    with pytest.raises(ConfigError, match="mqtt.network_thread"):
+        parse(_doc({"brokers": ["10.1.0.11:1883"], "network_thread": "yes"}), tmp_path)
+
+
 def test_failover_client_goes_round_the_list_and_stays_on_one_endpoint():
     import paho.mqtt.client as mqtt
     eps = [Endpoint("127.0.0.1", free_port()) for _ in range(3)]
