@@ -170,13 +170,14 @@ class FailoverClient(mqtt.Client):
         self.cut_in_a_row = 0                     # consecutive attempts cut so (0 after a CONNACK or another failure)
         self.timed_out = False                    # the last attempt was cut so (read by on_disconnect)
         self._rbuf, self._rpos = b"", 0           # bytes read from the socket, not yet handed to paho (LEAN_PAHO)
-        self._wake_pending = False                # a wake-up byte is on its way to paho's thread (LEAN_PAHO)
+        # what is queued has a write on its way (LEAN_PAHO): a wake-up byte to paho's thread, or on an asyncio loop
+        # a flush scheduled there (_packet_queue)
+        self._wake_pending = False
         # start(loop=...): the network I/O on an asyncio loop instead of paho's thread (below)
         self._aio: asyncio.AbstractEventLoop | None = None
         self._aio_tid = 0                         # the loop's thread
         self._aio_task: asyncio.Task | None = None
         self._aio_wake: asyncio.Event | None = None   # the connection was lost, or stop: _aio_run looks now
-        self._aio_flushing = False                # a write of what is queued is scheduled on the loop
         self._aio_stopped = False
 
     @property
@@ -200,11 +201,11 @@ class FailoverClient(mqtt.Client):
     # -- the network I/O on an asyncio loop (start(loop=...): the gateway's publisher) ------------------------
     # The publisher hands every paho callback to its event loop anyway. With paho's thread beside that loop, the
     # two took turns at the GIL for every burst of PUBACKs and every publish: a select, a socket-pair byte, a
-    # self-pipe byte and two thread switches each time (two gateways on the issue's workload: 12.4-14.5 ->
-    # 9.7-12.2 µs of CPU a reading; BENCHMARKS.md, eighteenth pass). On the loop, a readable socket is read by
-    # loop_read, what is queued is written once per turn of the loop (_aio_flush) and loop_misc runs every
-    # MISC_EVERY s. Only the blocking TCP/TLS connect runs on a worker thread (the loop's default executor),
-    # so a dead or silent node never holds the loop; paho's backoff between attempts is kept.
+    # self-pipe byte and two thread switches each time (two gateways on the issue's workload, 6 alternated pairs:
+    # gateway CPU medians 13.55 -> 12.7 µs a reading; BENCHMARKS.md, eighteenth pass). On the loop, a readable
+    # socket is read by loop_read, what is queued is written once per turn of the loop (_aio_flush) and loop_misc
+    # runs every MISC_EVERY s. Only the blocking TCP/TLS connect runs on a worker thread (the loop's default
+    # executor), so a dead or silent node never holds the loop; paho's backoff between attempts is kept.
 
     def _on_loop(self) -> bool:
         return threading.get_ident() == self._aio_tid
@@ -225,14 +226,14 @@ class FailoverClient(mqtt.Client):
                 try:
                     await asyncio.shield(attempt)
                 except asyncio.CancelledError:             # stopped during the attempt: its socket is closed
-                    attempt.add_done_callback(lambda _f: self._aio_close())
+                    attempt.add_done_callback(lambda _f: self._sock_close())
                     raise
                 except Exception:  # noqa: BLE001 - OSError as paho's loop has it; anything else must not end the
                     # retries either (paho's thread would die of it, and the gateway never reconnect)
                     self._handle_on_connect_fail()         # (inside the except: the callback reads exc_info)
                     continue
                 if self._aio_stopped:
-                    self._aio_close()
+                    self._sock_close()
                     return
                 sock = self._sock
                 if sock is not None:
@@ -293,14 +294,14 @@ class FailoverClient(mqtt.Client):
         return self._loop_rc_handle(mqtt.MQTTErrorCode.MQTT_ERR_UNKNOWN)
 
     def _aio_flush(self) -> None:
-        self._aio_flushing = False                         # (before the write: a packet queued after it schedules one)
+        self._wake_pending = False                         # (before the write: a packet queued after it schedules one)
         if self._sock is not None and self._out_packet:
             self._aio_write()
 
     def write_now(self) -> None:
         """On an asyncio loop: what is queued goes out now, not at the loop's next turn (the publisher, after a
         fill: an alarm is not held behind the rest of a turn)."""
-        if self._aio is not None and self._out_packet and self._sock is not None:
+        if self._aio is not None:
             self._aio_flush()
 
     def _aio_want_write(self, _c, _u, sock) -> None:
@@ -322,10 +323,6 @@ class FailoverClient(mqtt.Client):
             self._aio.remove_writer(sock)
         except (ValueError, OSError, RuntimeError):        # (closed loop or socket: nothing left registered)
             pass
-
-    def _aio_close(self) -> None:
-        if self._sock is not None:
-            self._sock_close()
 
     def wait_published(self, info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
         """info.wait_for_publish(timeout). On an asyncio loop, whose turn this is, the socket is driven here
@@ -355,7 +352,7 @@ class FailoverClient(mqtt.Client):
         while self._sock is not None and self._out_packet and time.monotonic() < deadline:
             select.select([], [self._sock], [], max(0.0, deadline - time.monotonic()))
             self._aio_write()
-        self._aio_close()
+        self._sock_close()
         if self._aio_wake is not None:
             self._aio_wake.set()
         task = self._aio_task
@@ -602,31 +599,30 @@ class FailoverClient(mqtt.Client):
 
     def _packet_queue(self, command, packet, mid, qos, info=None):
         """paho wakes its network thread with one byte through a socket pair for every packet queued: a system
-        call, and a wake-up of that thread, per publish. One wake-up is enough until the thread has looked at
-        the queue again (_loop clears the flag before it does), however many packets are queued meanwhile."""
-        if self._aio is not None and LEAN_PAHO:   # on an asyncio loop: written once at the loop's next turn (paho's
-            # own queueing, any other version, asks for the socket's writability through _aio_want_write instead)
-            self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
-                                     "to_process": len(packet), "packet": packet, "info": info})
-            if not self._aio_flushing:
-                self._aio_flushing = True
+        call, and a wake-up of that thread, per publish. One write on its way is enough until the queue has been
+        looked at again (_loop clears the flag before it does; on an asyncio loop, _aio_flush), however many
+        packets are queued meanwhile. On a loop that write is a flush at its next turn; paho's own queueing (any
+        other paho version) asks for the socket's writability through _aio_want_write instead."""
+        on_loop = self._aio is not None
+        if not LEAN_PAHO or (not on_loop and (self._sockpairW is None or self._thread is None)):
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": info})
+        if not self._wake_pending:
+            self._wake_pending = True
+            if on_loop:
                 try:
                     if self._on_loop():
                         self._aio.call_soon(self._aio_flush)
                     else:                      # reconnect()'s CONNECT, on the worker thread
                         self._aio.call_soon_threadsafe(self._aio_flush)
                 except RuntimeError:           # the loop is closed: loop_stop writes what it can
-                    self._aio_flushing = False
-            return _OK
-        if not LEAN_PAHO or self._sockpairW is None or self._thread is None:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
-                                 "to_process": len(packet), "packet": packet, "info": info})
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._sockpairW.send(b"0")
-            except BlockingIOError:
-                pass                                   # the pair is full of wake-ups already
-        self._call_socket_register_write()
+                    self._wake_pending = False
+            else:
+                try:
+                    self._sockpairW.send(b"0")
+                except BlockingIOError:
+                    pass                       # the pair is full of wake-ups already
+        if not on_loop:
+            self._call_socket_register_write()
         return _OK

@@ -11,22 +11,10 @@ import pytest
 
 from gasguard import brokers
 from gasguard.brokers import Endpoint, FailoverClient
-from gasguard.testing.mosquitto import Mosquitto
 from gasguard.testing.waits import wait_until
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "plain"])
-def lean(request, monkeypatch):
-    if request.param and not brokers.LEAN_PAHO:
-        pytest.skip(f"paho {paho.mqtt.__version__} is not 2.2.0: the cuts are off")
-    monkeypatch.setattr(brokers, "LEAN_PAHO", request.param)
-    return request.param
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Mosquitto(workdir=tmp_path / "broker") as b:
-        yield b
+# the fixtures `lean` (the cuts on and off) and `broker` (a real mosquitto): tests/conftest.py
 
 
 class Acks:

@@ -7,29 +7,16 @@ import socket
 import threading
 import time
 
-import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
 
-from gasguard import brokers
 from gasguard.brokers import Endpoint, FailoverClient
-from gasguard.testing.mosquitto import Mosquitto, free_port
+from gasguard.testing.mosquitto import Mosquitto
 from gasguard.testing.subscriber import Subscriber
+from gasguard.testing.waits import until
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "plain"])
-def lean(request, monkeypatch):
-    """With paho 2.2.0's cuts (gasguard.brokers.LEAN_PAHO) and without them, as any other paho version runs."""
-    if request.param and not brokers.LEAN_PAHO:
-        pytest.skip(f"paho {paho.mqtt.__version__} is not 2.2.0: the cuts are off")
-    monkeypatch.setattr(brokers, "LEAN_PAHO", request.param)
-    return request.param
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Mosquitto(workdir=tmp_path / "broker") as b:
-        yield b
+# the fixtures `lean` (paho 2.2.0's cuts on and off) and `broker` (a real mosquitto): tests/conftest.py
 
 
 def _client(endpoints, connect_timeout=5.0) -> FailoverClient:
@@ -42,28 +29,23 @@ def _client(endpoints, connect_timeout=5.0) -> FailoverClient:
 
 
 class Ticker:
-    """A task ticking every 10 ms: the largest gap between two ticks is how long the loop was held."""
+    """A probe on the loop every 10 ms (a timer, not a wait): the largest gap between two of its calls is how long
+    the loop was held."""
 
     def __init__(self):
+        self.loop = asyncio.get_running_loop()
         self.last = time.monotonic()
         self.worst = 0.0
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.handle = self.loop.call_later(0.01, self._tick)
 
-    async def _run(self):
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            self.worst = max(self.worst, now - self.last)
-            self.last = now
+    def _tick(self):
+        now = time.monotonic()
+        self.worst = max(self.worst, now - self.last)
+        self.last = now
+        self.handle = self.loop.call_later(0.01, self._tick)
 
-
-async def _until(pred, timeout: float, what: str):
-    """Polls pred on the loop (the client's callbacks run on it, so nothing lands between check and wait)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
+    def stop(self):
+        self.handle.cancel()
 
 
 def test_on_a_loop_there_is_no_network_thread_and_every_callback_runs_on_the_loop(broker, lean):
@@ -77,10 +59,10 @@ def test_on_a_loop_there_is_no_network_thread_and_every_callback_runs_on_the_loo
         c.on_connect = lambda *a: threads.add(threading.get_ident())
         c.on_publish = lambda _c, _u, mid, _rc, _p: (threads.add(threading.get_ident()), acked.add(mid))
         c.start(30, asyncio.get_running_loop())
-        await _until(c.is_connected, 10, "the CONNACK")
+        await until(c.is_connected, 10, "the CONNACK")
         assert not [t for t in threading.enumerate() if t.name == "paho-mqtt-client-loop-test"]
         mids = {c.publish(f"t/{i}", b"x" * 300, qos=1).mid for i in range(500)}
-        await _until(lambda: mids <= acked, 10, "500 PUBACKs")
+        await until(lambda: mids <= acked, 10, "500 PUBACKs")
         assert threads == {loop_thread}
         c.disconnect()
         c.loop_stop()
@@ -133,8 +115,8 @@ def test_on_a_loop_a_connect_that_hangs_does_not_hold_the_loop_and_the_next_node
         c.connect_timeout = 1.0
         ticker = Ticker()
         c.start(30, asyncio.get_running_loop())
-        await _until(c.is_connected, 15, "the CONNACK of the second node")
-        ticker.task.cancel()
+        await until(c.is_connected, 15, "the CONNACK of the second node")
+        ticker.stop()
         assert c.endpoint == Endpoint("127.0.0.1", broker.port)
         assert attempts[0][0].port == hung.getsockname()[1]
         assert all(tid != loop_thread for _, tid in attempts)
@@ -166,10 +148,10 @@ def test_on_a_loop_a_lost_node_is_left_after_paho_backoff_and_nothing_in_flight_
             c.on_disconnect = lambda *a: lost_at.append(time.monotonic())
             c.on_connect = lambda *a: back_at.append(time.monotonic())
             c.start(30, asyncio.get_running_loop())
-            await _until(c.is_connected, 10, "the first CONNACK")
+            await until(c.is_connected, 10, "the first CONNACK")
             a.kill()
             mids = {c.publish(f"t/{i}", b"y" * 100, qos=1).mid for i in range(200)}
-            await _until(lambda: mids <= acked, 15, "every message PUBACKed by the second node")
+            await until(lambda: mids <= acked, 15, "every message PUBACKed by the second node")
             assert c.endpoint == Endpoint("127.0.0.1", b.port)
             assert len(back_at) == 2 and back_at[1] - lost_at[0] >= 0.3
             c.disconnect()
@@ -186,7 +168,7 @@ def test_on_a_loop_wait_published_drives_the_socket_itself(broker):
     async def main():
         c = _client([Endpoint("127.0.0.1", broker.port)])
         c.start(30, asyncio.get_running_loop())
-        await _until(c.is_connected, 10, "the CONNACK")
+        await until(c.is_connected, 10, "the CONNACK")
         info = c.publish("t/last", b"offline", qos=1, retain=True)
         assert not info.is_published()
         assert c.wait_published(info, 5.0) and info.is_published()
@@ -213,15 +195,15 @@ def test_on_a_loop_an_exception_out_of_a_callback_drops_the_connection_and_it_is
         c.on_message = on_message
         c.on_subscribe = lambda *a: subacks.append(time.monotonic())
         c.start(30, asyncio.get_running_loop())
-        await _until(lambda: subacks, 10, "the SUBACK")
+        await until(lambda: subacks, 10, "the SUBACK")
         other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="loop-test-other")
         other.connect("127.0.0.1", broker.port)
         other.loop_start()
         try:
             other.publish("t/boom", b"1", qos=1).wait_for_publish(5)
-            await _until(lambda: len(subacks) >= 2, 10, "the connection made again, and its SUBACK")
+            await until(lambda: len(subacks) >= 2, 10, "the connection made again, and its SUBACK")
             other.publish("t/ok", b"2", qos=1).wait_for_publish(5)
-            await _until(lambda: "t/ok" in got, 10, "a message after the reconnect")
+            await until(lambda: "t/ok" in got, 10, "a message after the reconnect")
         finally:
             other.loop_stop()
             other.disconnect()
