@@ -661,7 +661,7 @@ static PyObject *take_one(Lane *self, ctx_t *c, PyObject *raw, PyObject *now_o, 
     if (tokens < 1.0) goto none_sta;
     /* presence (PresenceTable.heard). Nothing can refuse the reading past the rate bucket: a device heard for the
      * first time gets its presence here (PresenceTable.first_heard: its silence, counted as heard). `due`: its
-     * retained state falls due with this reading (PresenceTable.due: first sight or back online, a new state
+     * retained state falls due with this reading (PresenceTable.falls_due: first sight or back online, a new state
      * byte, the refresh); the caller publishes it */
     int due;
     pr = PyDict_GetItemWithError(c->devices, dev_o);
@@ -831,30 +831,31 @@ static PyObject *Lane_take(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     return out;
 }
 
-/* run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush, published, up) -> j
+/* run(group, i, now, shared, rx, undo, counters, routes, rs, states, most, room, flush, published, up) -> j
  * Ingest._prepare's loop over the lane's frames (issue 17), for the frames group[i:j]: each (raw, rx, route) of
  * the transport's `rx` object that take() takes gets, as _prepare's Python loop gives it, an undo entry
  * (dev, previous counter), its counter (counters[(dev, up)] = fcnt), its route (dev, route, rx), its row text in
- * the run being gathered and, when its state falls due, the state's item (published(dev, state byte), appended to
- * items). The run is rs = [texts, bytes, routine, head dev, head msg id], shared with the Python loop; flush() ends
- * it (an Item in items, rs[0] a new list) when the next text would change its routine or pass `most` texts or
+ * the run being gathered and, when its state falls due, what published(dev, state byte) returns appended to
+ * `states` (ingest: the device, its state to be published once the group is committed). The run is rs = [texts,
+ * bytes, routine, head dev, head msg id], shared with the Python loop; flush() ends it (an Item in ingest's items,
+ * rs[0] a new list) when the next text would change its routine or pass `most` texts or
  * `room` bytes. Stops at the first frame take() declines (or not of `rx`, or noise): j is its index, nothing of it
  * changed; the Python loop goes on from there. */
 static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, "
+        PyErr_SetString(PyExc_TypeError, "run(group, i, now, shared, rx, undo, counters, routes, rs, states, most, "
                                          "room, flush, published, up)");
         return NULL;
     }
     PyObject *group = args[0], *now_o = args[2], *shared = args[3], *rx = args[4], *undo = args[5],
-             *counters = args[6], *routes = args[7], *rs = args[8], *items = args[9], *flush = args[12],
+             *counters = args[6], *routes = args[7], *rs = args[8], *states = args[9], *flush = args[12],
              *published = args[13], *up = args[14];
     Py_ssize_t i = PyLong_AsSsize_t(args[1]), most = PyLong_AsSsize_t(args[10]), room = PyLong_AsSsize_t(args[11]);
     if ((i == -1 || most == -1 || room == -1) && PyErr_Occurred()) return NULL;
     if (!PyList_CheckExact(group)) return PyLong_FromSsize_t(i);    /* (a tuple of frames: the Python loop's) */
     if (!PyList_CheckExact(undo) || !PyDict_CheckExact(counters)
         || !PyList_CheckExact(routes) || !PyList_CheckExact(rs) || PyList_GET_SIZE(rs) != 5
-        || !PyList_CheckExact(items)) {
+        || !PyList_CheckExact(states)) {
         PyErr_SetString(PyExc_TypeError, "run: lists, a dict and rs of 5");
         return NULL;
     }
@@ -926,9 +927,9 @@ static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
                 PyObject *nb = (rb == -1 && PyErr_Occurred()) ? NULL : PyLong_FromSsize_t(rb + jn + 1);
                 if (nb == NULL || PyList_SetItem(rs, 1, nb) < 0) ok = 0;      /* (SetItem steals nb) */
             }
-            if (ok && due != Py_None) {     /* its retained state, where the Python loop puts it */
+            if (ok && due != Py_None) {     /* its retained state falls due, where the Python loop marks it */
                 PyObject *it = PyObject_CallFunctionObjArgs(published, dev, due, NULL);
-                if (it == NULL || PyList_Append(items, it) < 0) ok = 0;
+                if (it == NULL || PyList_Append(states, it) < 0) ok = 0;
                 Py_XDECREF(it);
             }
         }
@@ -946,7 +947,7 @@ static PyMethodDef Lane_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Lane_take, METH_FASTCALL,
      "take(raw, now, shared): (dev, fcnt, previous counter, msg id, entry JSON, routine), or None"},
     {"run", (PyCFunction)(void (*)(void))Lane_run, METH_FASTCALL,
-     "run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush, published, up) -> j"},
+     "run(group, i, now, shared, rx, undo, counters, routes, rs, states, most, room, flush, published, up) -> j"},
     {NULL}};
 
 static PyTypeObject LaneType = {

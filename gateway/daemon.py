@@ -94,10 +94,10 @@ class Daemon:
         subscriptions = [self.topics.cmd_sub, *self.observers.subscriptions]
         if hasattr(clock, "advance"):                 # a virtual drill clock moves by messages (gateway/clock.py)
             subscriptions.append(self.topics.drill_clock)
-        self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, subscriptions=subscriptions,
-                                   on_message=self._on_mqtt)
-        self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst, self.observers.snapshot)
         self.presence = PresenceTable(cfg, self.topics)
+        self.publisher = Publisher(cfg, self.spool, self.metrics, clock, __version__, subscriptions=subscriptions,
+                                   on_message=self._on_mqtt, presence=self.presence)
+        self.outbox = Outbox(cfg, self.spool, self.publisher, self.metrics, self.burst, self.observers.snapshot)
         # issue 14: who may command nodes and act on incidents, and the audit record of every act and refusal
         # (opened after the spool and registry, whose refusals at start come first)
         self.gate = open_gate(cfg, on_warning=lambda msg, usage: self.metrics.audit_warnings.inc())
@@ -259,6 +259,7 @@ class Daemon:
             self.metrics.spool_depth.labels(lane).set(n)
         self.metrics.spool_age.set(self.clock() - min(oldest) if oldest else 0)
         self.metrics.spool_bytes.set(self.spool.size)
+        self.metrics.states_due.set(len(self.presence.due))
         online, offline = self.presence.counts()
         self.metrics.devices_online.set(online)
         self.metrics.devices_offline.set(offline)

@@ -6,7 +6,7 @@ every rejection, at ~15 Python calls a frame. This lane does the same work for t
 call: the checks of `Verifier._reading` (MIC at the next counter, rate bucket), `Verifier.accept` (counter and
 replay memory), the entry JSON of `payloads.reading_json` (written from pre-encoded parts, same text) and
 `PresenceTable.heard`. A reading whose retained state falls due (the device back online, a new state byte, the
-refresh) is taken too, and says so: ingest publishes the state (`PresenceTable.published`) where heard would have.
+refresh) is taken too, and says so: ingest marks the state due (`PresenceTable.published`) where heard would have.
 So is a device's first reading (since the fourteenth pass: in-process a first sighting took ~93 µs through the
 general path, ~51 µs through the lane): the lane makes its replay state and presence (`Verifier.state`,
 `PresenceTable.first_heard`) once nothing can refuse it, and its state falls due. Anything else - another frame
@@ -95,12 +95,12 @@ class ReadingLane:
         return "in Python"
 
     def run(self, group: list, i: int, now: float, shared: tuple, rx: dict, undo: list, counters: dict, routes: list,
-            rs: list, items: list, most: int, room: int, flush, published, up: int) -> int:
+            rs: list, states: list, most: int, room: int, flush, published, up: int) -> int:
         """Ingest._prepare's loop over the lane's frames, from group[i] on (the C lane's `run` does the same in one
         call, ~1-2 µs a reading less of Python): each frame of the transport's `rx` that take() takes gets its
         undo entry, counter, route, its text in the run being gathered (rs = [texts, bytes, routine, head dev,
         head msg id], ended by flush() past `most` texts or `room` bytes or at a change of routine) and, when its
-        state falls due, the state's item (published(dev, state byte)). Returns the index of the first frame it
+        state falls due, what published(dev, state byte) returns, appended to `states` (ingest: the device). Returns the index of the first frame it
         did not take (noise, another rx, a frame take() declines): the Python loop goes on from there."""
         take, n = self.take, len(group)
         while i < n:
@@ -116,7 +116,7 @@ class ReadingLane:
             routes.append((dev, route, rx))
             add_to_run(rs, js, routine, dev, mid, most, room, flush)
             if due is not None:
-                items.append(published(dev, due))
+                states.append(published(dev, due))
             i += 1
         return i
 
@@ -167,7 +167,7 @@ class ReadingLane:
         pr = self.presence.devices.get(dev)
         if pr is None or not pr.silence:
             pr = self.presence.first_heard(dev, device)
-        due = st if PresenceTable.due(pr, st, now) else None
+        due = st if PresenceTable.falls_due(pr, st, now) else None
         # accepted: from here on every change the general path would make
         if sta is None:
             sta = verifier.state(dev)

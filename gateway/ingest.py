@@ -225,7 +225,7 @@ def readings_only(group: list) -> bool:
 class _Prepared:
     """One verified group, between its verification and its commit."""
     __slots__ = ("now", "items", "counters", "idents", "undo", "acks", "accepted", "routes", "results",
-                 "down", "observations", "journal", "by_type")
+                 "down", "observations", "journal", "by_type", "states")
 
     def __init__(self, now: float):
         self.now = now
@@ -241,6 +241,7 @@ class _Prepared:
         self.observations: list = []
         self.journal: list = []
         self.by_type: dict = {}       # accepted frames per type (metrics, counted once per group)
+        self.states: list = []        # devices whose retained state fell due (presence.fell_due once committed)
 
     def urgent(self) -> bool:
         """Something in it is waited for (an ack, a command's answer, an alarm's or event's identity): it is
@@ -260,6 +261,7 @@ class _Prepared:
         self.results += g.results
         self.observations += g.observations
         self.journal += g.journal
+        self.states += g.states
         for t, n in g.by_type.items():
             self.by_type[t] = self.by_type.get(t, 0) + n
 
@@ -713,7 +715,8 @@ class Ingest:
         lane = self.lane if pre is None and readable else None   # unreadable: the general path names it
         lane_rx, shared, routes = None, None, g.routes
         lane_run = lane.run if lane else None
-        published = lambda dev, sbyte: presence.published(dev, now, sbyte)   # noqa: E731 - the lane's state item
+        published = lambda dev, sbyte: presence.published(dev, now, sbyte)   # noqa: E731 - the lane's state, due
+        states = g.states
         skip = 0          # frames before this one were taken by the lane's run
         declined = -1     # the frame the lane's run stopped at, of the same rx: take() declined it already
         for i, (raw, rx, route) in enumerate(group):
@@ -730,7 +733,7 @@ class Ingest:
                     except TypeError:      # an integer past 64 bits in a forwarder's rx: the general path
                         shared = None
                 if shared is not None and i != declined:
-                    skip = lane_run(group, i, now, shared, rx, undo, counters, routes, rs, items, most, room, flush,
+                    skip = lane_run(group, i, now, shared, rx, undo, counters, routes, rs, states, most, room, flush,
                                     published, UP)
                     if skip > i:
                         declined = skip   # (noise there is counted above; another rx resets this)
@@ -788,9 +791,8 @@ class Ingest:
                 if item is not None:
                     items.append(item)
                     results.append(res)
-            state = heard(dev, f, now, mid, v.device)
-            if state:
-                items.extend(state)
+            if heard(dev, f, now, mid, v.device):
+                states.append(dev)
             accepted.append((mid, f, v.device, rx, route, repeat))
             routes.append((dev, route, rx))
         if rs[0]:
@@ -814,6 +816,8 @@ class Ingest:
             self.metrics.commands.labels(r).inc()
         # routes first: a device's first frame may be the alarm we are about to ack
         self.presence.routes(g.routes)
+        if g.states:                   # their retained states, for the publisher (presence.py)
+            self.presence.fell_due(g.states, now)
         for typ, n in g.by_type.items():
             self.metrics.accepted.labels(typ).inc(n)
         # acks only now: the alarm is on disk
@@ -821,7 +825,7 @@ class Ingest:
             self.dispatcher.send(dev, fields, "ack", key)
         self.accepted_count += len(g.routes)
         if wake:
-            self.outbox.wake({it.lane for it in g.items})
+            self.outbox.wake({it.lane for it in g.items}, states=bool(g.states))
         # observers last: what they say is about frames that are on disk and on their way to the broker
         self.outbox.put(self.observers.observe(g.observations), now, observed=True)
         self.outbox.make_room(now)

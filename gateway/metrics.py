@@ -48,6 +48,9 @@ class Metrics:
         self.spool_depth = zeroed(Gauge("gasguard_gateway_spool_depth", "Messages waiting in the spool (the reading "
                                         "lane: readings, however many share a row)", ["lane"], registry=r),
                                   *LANE_NAMES)
+        self.states_due = Gauge("gasguard_gateway_states_due", "Devices whose retained online state waits to be "
+                                "published (not spooled: derived from presence, one message however often it fell due)",
+                                registry=r)
         self.spool_age = Gauge("gasguard_gateway_spool_oldest_age_seconds", "Age of the oldest spooled message",
                                registry=r)
         self.spool_bytes = Gauge("gasguard_gateway_spool_bytes", "Approximate spool size", registry=r)

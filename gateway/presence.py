@@ -1,5 +1,15 @@
 """Presence: which devices are online, where each was last heard, and the retained `<dev>/state` they get.
 
+A device's online state (first sight, a new state byte, back online, the refresh) is not spooled: it is derived
+from what presence keeps, so the device is marked due (`due`, once however often it falls due meanwhile) and the
+publisher builds its message from the device's presence as it is when there is room - after the readings ready to
+go, or ahead of them once the oldest has waited publisher.STATE_WAIT (issue 17). Each state costs one message
+however many times it fell due while waiting (a backlog after an outage held one spooled row per device per
+refresh, most of them superseded), and nothing of it is built in ingest's hot path. A kill loses the states still
+due; the next start has no presence either, and each device's state is published again when it is next heard.
+The offline state (gone_quiet) is the exception: nothing re-derives it after a restart, so it is spooled, and
+a state due for the device before it is dropped (superseded).
+
 Kept apart from the replay state (verify.ReplayState: counters and duplicate memory, the security side):
 presence is what the gateway tells the district about a device, never what decides whether a frame is
 accepted. One slotted object per heard device (a district has ~330,000: memory matters).
@@ -60,6 +70,9 @@ class PresenceTable:
         self.n_online = self.n_heard = 0
         self.sweep: list[int] = []         # gone_quiet's walk: a snapshot of the devices, SWEEP_SLICE a tick
         self.sweep_at = 0
+        # devices whose retained state is to be published -> when it first fell due (clock time), oldest first; a
+        # device is in it once (bounded by the devices heard)
+        self.due: dict[int, float] = {}
 
     def get(self, dev: int) -> Presence | None:
         return self.devices.get(dev)
@@ -84,10 +97,11 @@ class PresenceTable:
                 st = devices[dev] = Presence()
             st.via, st.rx = via, rx
 
-    def heard(self, dev: int, f: dict, now: float, mid: str, device=None) -> list[Item]:
-        """Retained <dev>/state: on first sight, on a change of the state byte or back online, else at most
-        every third of the device's offline timeout (so the retained last reading stays fresh without one
-        message per reading)."""
+    def heard(self, dev: int, f: dict, now: float, mid: str, device=None) -> bool:
+        """Does the device's retained <dev>/state fall due with this frame (ingest hands it to fell_due once the
+        frame is committed)? On first sight, on a change of the state byte or back online, else at most every
+        third of the device's offline timeout (so the retained last reading stays fresh without one message per
+        reading)."""
         st = self.devices.get(dev)
         if st is None or not st.silence:
             st = self.first_heard(dev, device)
@@ -98,9 +112,10 @@ class PresenceTable:
             st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
                 f["fcnt"], f["gas"], f["pressure"], f["battery"], f["state"], f.get("inlet"), now)
         # (a frame without a state byte - an alarm, an ack - changes none: the refresh or back online only)
-        if not self.due(st, st.sbyte if sbyte is None else sbyte, now):
-            return []
-        return [self.published(dev, now, sbyte)]
+        if not self.falls_due(st, st.sbyte if sbyte is None else sbyte, now):
+            return False
+        self.published(dev, now, sbyte)
+        return True
 
     def first_heard(self, dev: int, device=None) -> Presence:
         """A device's presence as its first frame is accepted (heard, and the reading lane for a first reading):
@@ -113,22 +128,44 @@ class PresenceTable:
         return st
 
     @staticmethod
-    def due(st: Presence, sbyte: int | None, now: float) -> bool:
+    def falls_due(st: Presence, sbyte: int | None, now: float) -> bool:
         """Does a frame with state byte `sbyte` now publish the device's retained state (heard, and the reading
         lane's Python form; gateway/_lane.c has the same condition)? For a device heard before (its silence set):
         back online, a new state byte, or the refresh due."""
         return not st.online or sbyte != st.sbyte or now - st.pub >= st.silence / 3
 
-    def published(self, dev: int, now: float, sbyte: int | None) -> Item:
-        """The device's retained state, published now (heard; the reading lane for a reading it took whose state
-        falls due): online, with its new state byte and last reading."""
+    def published(self, dev: int, now: float, sbyte: int | None) -> int:
+        """The device's retained state falls due now (heard; the reading lane for a reading it took whose state
+        falls due): online, with its new state byte. Returns `dev` (the lane appends it to the group's states)."""
         st = self.devices[dev]
         if sbyte is not None:
             st.sbyte = sbyte
         if not st.online:
             self.n_online += 1
         st.online, st.pub = True, now
-        return self.state_item(dev, now, st)
+        return dev
+
+    def fell_due(self, devs: list[int], now: float) -> None:
+        """The states of `devs` fell due with frames now committed: to be published (a device already due keeps
+        its place and its time)."""
+        due = self.due
+        for dev in devs:
+            if dev not in due:
+                due[dev] = now
+
+    def next_due(self) -> tuple[float, Item] | None:
+        """The oldest due state as its message, built from the device's presence now (its latest reading), and
+        when it first fell due; None when none is due."""
+        due, devices = self.due, self.devices
+        while due:
+            dev = next(iter(due))
+            since = due.pop(dev)
+            st = devices.get(dev)
+            if st is not None and st.online:       # (gone_quiet drops a device's due state as it goes offline)
+                if not due:
+                    self.due = {}      # a dict keeps its largest table when emptied: a district's 330,000 is ~20 MB
+                return since, self.state_item(dev, st.pub, st)
+        return None
 
     def state_item(self, dev: int, now: float, st: Presence) -> Item:
         gid = self.cfg.gateway_id
@@ -157,6 +194,7 @@ class PresenceTable:
             if st is not None and st.online and now - st.last_seen > st.silence:   # set with the first online state
                 st.online, st.pub = False, now
                 self.n_online -= 1
+                self.due.pop(dev, None)            # its online state, if still due, is superseded
                 out.append((dev, now - st.last_seen, self.state_item(dev, now, st)))
         return out
 

@@ -63,6 +63,11 @@ STATE_RUN = 64        # retained states sent in a row while readings wait; then 
 #                       a tiny offline timeout) held every reading back: 142,467 states ahead of 300,000 spooled
 #                       readings, none of which went out in the run (BENCHMARKS.md, eleventh pass). At most one
 #                       batch of readings per STATE_RUN states while both wait; alarms and events are not affected
+STATE_WAIT = 2.0      # s a device's due online state (presence.due: not spooled) waits behind reading batches that
+#                       are ready; then it goes ahead of them, STATE_RUN at a time. Readings are the facts the command
+#                       grades on; the state is a summary of them that can wait a moment, and one message carries
+#                       however often it fell due meanwhile (issue 17: a burst of first sightings - a gateway's
+#                       start, the bench's 5,000 devices - no longer competes with its own readings)
 TAKE_BACK_AFTER = 5.0  # s the alarms' connection may stay down holding alarms while the main one is up; then
 #                        the main connection re-sends them (a broker that kicks or refuses only that client
 #                        must not hold alarms back; a restarted broker takes both back within ~a reconnect)
@@ -71,7 +76,8 @@ PRIORITY_LANES = (ALARM, EVENT)   # the lanes of the alarms' connection: alarms,
 
 
 class Flight(NamedTuple):
-    """A spooled message awaiting its PUBACK: its rows are seq first..last of `lane` (consecutive)."""
+    """A message awaiting its PUBACK: its spool rows are seq first..last of `lane` (consecutive); first = 0 for a
+    device's online state, which has none (presence.due)."""
     first: int
     last: int
     nbytes: int           # what its rows count in the spool's size (Spool.size)
@@ -114,10 +120,12 @@ class Link:
 
 class Publisher:
     def __init__(self, cfg, spool: Spool, metrics, clock, version: str, *, subscriptions: list[str] = (),
-                 on_message=None):
+                 on_message=None, presence=None):
         """`subscriptions`: the topic filters whose messages go to `on_message(topic, payload bytes)` (on the
-        event loop), subscribed on every connect; fixed when the pipeline is built."""
+        event loop), subscribed on every connect; fixed when the pipeline is built. `presence`: the devices'
+        states due (presence.PresenceTable: due, next_due), published on the main connection."""
         self.cfg, self.spool, self.metrics, self.clock = cfg, spool, metrics, clock
+        self.presence = presence
         self.topics = cfg.topics
         self.version = version
         self.on_message_cb = on_message
@@ -289,6 +297,9 @@ class Publisher:
                                                                qos=1, retain=True), timeout)
             except (RuntimeError, ValueError):
                 pass
+        if self.presence is not None and self.presence.due:
+            log.info("%d devices' online states were not yet published: each is published when its device is "
+                     "next heard after the next start", len(self.presence.due))
         for link in self.links():     # every one disconnects first: each loop_stop may sit out a reconnect wait
             link.client.disconnect()
         for link in self.links():
@@ -420,12 +431,13 @@ class Publisher:
             return   # birth/status/stats, not from the spool (or taken back: _take_back)
         if entry.lane in PRIORITY_LANES:
             link.priority -= 1
-        if not self.acked and self.loop is not None:
-            self.loop.call_soon(self.flush_acked)   # after every PUBACK already queued: one transaction
-        # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
-        # touches rows in flight): deleted as a range, not row by row
-        self.acked.append((entry.lane, entry.first, entry.last))
-        self.acked_bytes += entry.nbytes
+        if entry.first:       # (a device's online state has no rows)
+            if not self.acked and self.loop is not None:
+                self.loop.call_soon(self.flush_acked)   # after every PUBACK already queued: one transaction
+            # a message's rows are consecutive in its lane (batches are taken in seq order, thinning never
+            # touches rows in flight): deleted as a range, not row by row
+            self.acked.append((entry.lane, entry.first, entry.last))
+            self.acked_bytes += entry.nbytes
         published, latency = self.lane_metrics[entry.lane]
         published.inc()
         # one observation per message: a batch of readings counts once, with its oldest reading (the worst
@@ -565,17 +577,19 @@ class Publisher:
         if not link.connected or not self._resent(link):
             return
         batches = 0
+        ready = True          # a batch of readings may be ready (_send_readings said no: not again this pass)
         while link.connected and len(link.inflight) < window:
             row = None
             n = len(link.inflight)
             # after STATE_RUN states in a row, a batch of readings first if one is ready (STATE_RUN)
-            readings_turn = (readings and self.states_in_row >= STATE_RUN and batches < FILL_BATCHES
+            readings_turn = (readings and ready and self.states_in_row >= STATE_RUN and batches < FILL_BATCHES
                              and n < self.cfg.inflight and self._peek(READING) is not None)
             if readings_turn:
                 self.states_in_row = 0          # (a batch waiting for company is tried again after the next run)
                 if self._send_readings():
                     batches += 1
                     continue
+                ready = False
             for lane, limit in upto:
                 if n >= limit:
                     continue
@@ -594,10 +608,20 @@ class Publisher:
                 if self.loop is not None:   # the rest on a later pass: ingest (and a new alarm) go in between
                     self.loop.call_soon(self.wake.set)
                 break
-            if len(link.inflight) >= self.cfg.inflight or not self._send_readings():
+            if len(link.inflight) >= self.cfg.inflight:
                 break
-            self.states_in_row = 0
-            batches += 1
+            # the devices' due states: behind the readings ready to go until the oldest waited STATE_WAIT, then
+            # ahead of them (STATE_RUN at a time: readings_turn above), and whenever no batch is ready
+            due = self.presence.due if self.presence is not None else None
+            if due and self.clock() - next(iter(due.values())) >= STATE_WAIT and self._send_due_state(link):
+                continue
+            if ready and self._send_readings():
+                self.states_in_row = 0
+                batches += 1
+                continue
+            ready = False
+            if not (due and self._send_due_state(link)):
+                break
 
     def _send_one(self, row: Row, link: Link) -> None:
         info = link.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
@@ -605,6 +629,20 @@ class Publisher:
                                          row.t, time.monotonic())
         if row.lane in PRIORITY_LANES:
             link.priority += 1
+
+    def _send_due_state(self, link: Link) -> bool:
+        """Publish the oldest due online state (presence.next_due) on `link`; False if none. Not while spooled
+        states wait (an offline state spooled before it must reach the broker first: it is the older one)."""
+        if self._peek(STATE) is not None:
+            return False
+        nxt = self.presence.next_due()
+        if nxt is None:
+            return False
+        since, it = nxt
+        info = link.client.publish(it.topic, it.payload, qos=1, retain=True)
+        link.inflight[info.mid] = Flight(0, 0, 0, STATE, 1, since, time.monotonic())
+        self.states_in_row += 1
+        return True
 
     def _send_readings(self) -> bool:
         """Publish one batch if it is full, or its oldest reading waited batch.delay. False if nothing sent.

@@ -7,8 +7,10 @@ exist or neither does: a replay can never slip through, and an acked frame is ne
 Rows leave the spool only when the broker's PUBACK for the message carrying them arrives.
 
 Lanes, highest priority first: alarm, event, state, reading (the publisher lets a ready batch of readings past
-a long run of states: publisher.STATE_RUN). Routine readings (no gas level, no fault, no trip) may be thinned
-when the spool passes its size bound; nothing else ever is.
+a long run of states: publisher.STATE_RUN). The state lane holds the devices' offline states and the plugins'
+retained messages; a device's online state is not spooled (derived from presence: gateway/presence.py).
+Routine readings (no gas level, no fault, no trip) may be thinned when the spool passes its size bound; nothing
+else ever is.
 
 The counters are a table plus a log (issue 17): a commit appends its group's counters as ONE packed row of
 `counter_log` (one B-tree insert, not an upsert per device), and the log is folded into `counters` now and

@@ -56,6 +56,8 @@ def _memory(daemon: Daemon) -> dict:
     return {"replay": {d: (s.up, s.tokens, s.t_bucket, s.recent) for d, s in v.states.items()},
             "presence": {d: tuple(getattr(s, k) for k in s.__slots__ if k != "via") + (s.via,)
                          for d, s in p.devices.items()},
+            # the retained states due, in order, with the text each would be published with now
+            "due": [(d, t, p.state_item(d, p.devices[d].pub, p.devices[d]).payload) for d, t in p.due.items()],
             "lru": list(v.registry.cached),
             "accepted": {tuple(s.labels.items()): s.value for m in daemon.metrics.accepted.collect()
                          for s in m.samples if s.name.endswith("_total")},
@@ -267,7 +269,7 @@ def test_the_lane_takes_a_devices_first_reading_and_the_first_after_a_restart(tm
     groups = [[(n.reading(), SERIAL, "serial:tty0") for n in nodes[k:k + 10]] for k in (0, 10, 20)]
     asyncio.run(feed([(a, b)], groups))
     assert taken[0] == len(nodes), f"the lane took {taken[0]} of {len(nodes)} first readings"
-    assert a.presence.counts() == (len(nodes), 0) and a.spool.depth()["state"][0] == len(nodes)
+    assert a.presence.counts() == (len(nodes), 0) and list(a.presence.due) == [n.dev for n in nodes]
     for d in (a, b):
         d.spool.close()
     # restarted on the same spools: the counters come back, nothing else does

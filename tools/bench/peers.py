@@ -255,10 +255,65 @@ def _measure(cables: list, counter, datas: list, n: int, pids: list) -> dict:
     with counter.lock:
         got, last, msgs = len(counter.seen & counter.expected), counter.last_new, counter.messages
     secs = max(1e-9, (last or time.perf_counter()) - t0)
-    return {"readings": n, "received": got, "lost": n - got, "seconds": secs, "per_s": got / secs,
-            "messages": msgs, "cpu_s": cpu, "cpu_us_per_reading": cpu / max(1, got) * 1e6,
-            # this process: the writers and the subscriber, on the same cores as the peer
-            "bench_cpu_us_per_reading": own / max(1, got) * 1e6}
+    res = {"readings": n, "received": got, "lost": n - got, "seconds": secs, "per_s": got / secs,
+           "messages": msgs, "cpu_s": cpu, "cpu_us_per_reading": cpu / max(1, got) * 1e6,
+           # this process: the writers and the subscriber, on the same cores as the peer
+           "bench_cpu_us_per_reading": own / max(1, got) * 1e6, "t_last": last or time.perf_counter()}
+    _until_idle(res, pids, cpu + cpu0)
+    return res
+
+
+def _until_idle(res: dict, pids: list, cpu_at_end: float, quiet_s: float = 0.15, cap_s: float = 10.0) -> None:
+    """After the clock: the peer's processes until their CPU stops growing (under 10 % of a core for `quiet_s`),
+    so that work a peer leaves for after its readings is in a figure too: GasGuard's retained states follow the
+    readings ready to go (issue 17, gateway/publisher.py STATE_WAIT). Adds `idle_after_s` (from the last new
+    reading to the start of the quiet) and `cpu_us_until_idle` (per reading, the run's CPU and what came after)."""
+    step = 0.05
+    last, quiet_since = sum(_cpu_s(p) for p in pids), None
+    deadline = time.monotonic() + cap_s
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now, cpu = time.perf_counter(), sum(_cpu_s(p) for p in pids)
+        if cpu - last < 0.1 * step:
+            quiet_since = quiet_since or now - step
+            if now - quiet_since >= quiet_s:
+                break
+        else:
+            quiet_since = None
+        last = cpu
+    res["idle_after_s"] = max(0.0, (quiet_since or time.perf_counter()) - res["t_last"])
+    res["cpu_us_until_idle"] = (res["cpu_s"] + last - cpu_at_end) / max(1, res["received"]) * 1e6
+
+
+def _retained(port: int, topic: str, timeout: float = 10.0) -> int:
+    """How many retained messages the broker holds under `topic` (a fresh subscriber's retained copies)."""
+    seen: set = set()
+    lock, done = threading.Lock(), threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-retained-{port}")
+
+    def on_message(_c, _u, m):
+        if m.retain:
+            with lock:
+                seen.add(m.topic)
+    c.on_message = on_message
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, 1)
+    # the retained copies come right after the SUBACK, in one burst: a quiet 0.5 s after the last one is the end
+    c.on_subscribe = lambda *a: done.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        if done.wait(timeout):
+            n = -1
+            while True:
+                time.sleep(0.5)
+                with lock:
+                    if len(seen) == n:
+                        break
+                    n = len(seen)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return len(seen)
 
 
 def _write_until(cables: list, datas: list, counter, arrived, n: int) -> float:
@@ -352,7 +407,12 @@ def run_gasguard(wl: Workload, d: Path, datas: list, expected: set, warm: tuple 
             probes.append((framing.wrap(frame.seal({"type": "reading", "dev": PROBE_DEV, "fcnt": bus + 1, "gas": 0,
                                                     "pressure": 0, "battery": 0, "state": 0}, wl.probe.key, UP)),
                            (PROBE_DEV, bus + 1)))
-        return _run_peer(procs, cables, counter, logs, probes, "the GasGuard gateway", 60, datas, warm)
+        res = _run_peer(procs, cables, counter, logs, probes, "the GasGuard gateway", 60, datas, warm)
+        # every device's retained state at the broker (they follow the readings: issue 17), and the probe's on
+        # each bus (a gateway of its own each: its own topics)
+        res["states"] = _retained(broker.port, "gasguard/v1/bench/+/+/state")
+        res["states_expected"] = len(wl.nodes) + len(datas)
+        return res
 
 
 TB_LOGS = {"version": 1, "disable_existing_loggers": False,
@@ -466,10 +526,13 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
                 res["load"] = load()
                 out["runs"].setdefault(peer, []).append(res)
                 warmed = f" after {res['warmed']:,}/{len(wl.warm):,} first readings" if warm else ""
+                states = (f"; {res['states']:,}/{res['states_expected']:,} retained states"
+                          if "states" in res else "")
                 echo(f"  round {r + 1} {peer:12}: {res['received']:,}/{res['readings']:,} distinct readings "
                      f"({res['lost']:,} lost){warmed} in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s; CPU per reading: the peer's "
                      f"processes {res['cpu_us_per_reading']:.1f} µs, the bench's writer and subscriber "
-                     f"{res['bench_cpu_us_per_reading']:.1f} µs  ({res['load']})")
+                     f"{res['bench_cpu_us_per_reading']:.1f} µs; idle {res['idle_after_s']:.2f} s after the last "
+                     f"reading, {res['cpu_us_until_idle']:.1f} µs a reading until then{states}  ({res['load']})")
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
