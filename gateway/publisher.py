@@ -68,9 +68,10 @@ STATE_WAIT = 2.0      # s a device's due online state (presence.due: not spooled
 #                       grades on; the state is a summary of them that can wait a moment, and one message carries
 #                       however often it fell due meanwhile (issue 17: a burst of first sightings - a gateway's
 #                       start, the bench's 5,000 devices - no longer competes with its own readings)
-FILL_STATES = 32      # due online states a fill pass builds and sends (~30 µs each: the message is built here, not
-#                       in ingest); then the rest on a later pass, so a new alarm waits ~1 ms for a pass, not the
-#                       window's worth (200 states, ~6 ms)
+FILL_STATES = 32      # due online states a fill pass builds and sends; then the rest on a later pass. The message
+#                       is built here now, not in ingest (its text 12.45 µs, timeit, and its publish 12.9-15.8 µs
+#                       in-process: BENCHMARKS.md thirteenth and eighteenth passes): a window's worth (200) in one
+#                       pass would hold the loop, and a new alarm, ~5-6 ms; 32 hold it ~1 ms
 TAKE_BACK_AFTER = 5.0  # s the alarms' connection may stay down holding alarms while the main one is up; then
 #                        the main connection re-sends them (a broker that kicks or refuses only that client
 #                        must not hold alarms back; a restarted broker takes both back within ~a reconnect)
