@@ -135,7 +135,7 @@ def test_bench_peers_two_buses_splits_the_devices_and_counts_both_gateways(tmp_p
     # every device's retained state (and the probe's, one for each gateway) at the broker once the gateways were
     # idle, and that work in the CPU counted until then
     assert res["states"] == res["states_expected"] == 22, res
-    assert res["idle_after_s"] >= 0 and res["cpu_us_until_idle"] >= res["cpu_us_per_reading"], res
+    assert res["idle_after_s"] is not None and res["cpu_us_until_idle"] >= res["cpu_us_per_reading"], res
     logs = [tmp_path / "peer.log", tmp_path / "peer-1.log"]
     assert all("starting; spool" in p.read_text() for p in logs)
 

@@ -48,6 +48,7 @@ DEFAULT_HOME = HERE.parents[1] / ".bench-peers"   # the checkout's root (gitigno
 IDLE_S = 10.0          # a peer that delivers nothing new for this long is done (what it lost stays lost)
 RUN_CAP_S = 300.0      # one run never takes longer
 PROBE_DEV = 0x00FFFFF0 # readiness probe: written until it comes out the other end, not counted
+IDLE_CAP_S = 10.0      # s after the clock a peer may stay busy before its CPU is read anyway (_until_idle)
 GG_EXTRA = os.environ.get("GG_PEERS_GATEWAY_EXTRA", "")   # extra gateway.toml lines (A/B runs by hand)
 # the interpreter the gateway runs under, e.g. ".venv/bin/python -m cProfile -o gw.prof" to profile the real process
 GG_PYTHON = os.environ.get("GG_PEERS_GATEWAY_PYTHON", "").split() or [sys.executable]
@@ -263,11 +264,12 @@ def _measure(cables: list, counter, datas: list, n: int, pids: list) -> dict:
     return res
 
 
-def _until_idle(res: dict, pids: list, cpu_at_end: float, quiet_s: float = 0.15, cap_s: float = 10.0) -> None:
+def _until_idle(res: dict, pids: list, cpu_at_end: float, quiet_s: float = 0.15, cap_s: float = IDLE_CAP_S) -> None:
     """After the clock: the peer's processes until their CPU stops growing (under 10 % of a core for `quiet_s`),
     so that work a peer leaves for after its readings is in a figure too: GasGuard's retained states follow the
     readings ready to go (issue 17, gateway/publisher.py STATE_WAIT). Adds `idle_after_s` (from the last new
-    reading to the start of the quiet) and `cpu_us_until_idle` (per reading, the run's CPU and what came after)."""
+    reading to the start of the quiet; None if still busy after `cap_s`: ThingsBoard's serial connector polls) and
+    `cpu_us_until_idle` (per reading, the run's CPU and what came after, up to the quiet or the cap)."""
     step = 0.05
     last, quiet_since = sum(_cpu_s(p) for p in pids), None
     deadline = time.monotonic() + cap_s
@@ -281,7 +283,8 @@ def _until_idle(res: dict, pids: list, cpu_at_end: float, quiet_s: float = 0.15,
         else:
             quiet_since = None
         last = cpu
-    res["idle_after_s"] = max(0.0, (quiet_since or time.perf_counter()) - res["t_last"])
+    idle = quiet_since is not None and time.perf_counter() - quiet_since >= quiet_s
+    res["idle_after_s"] = max(0.0, quiet_since - res["t_last"]) if idle else None    # None: still busy at cap_s
     res["cpu_us_until_idle"] = (res["cpu_s"] + last - cpu_at_end) / max(1, res["received"]) * 1e6
 
 
@@ -528,11 +531,13 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
                 warmed = f" after {res['warmed']:,}/{len(wl.warm):,} first readings" if warm else ""
                 states = (f"; {res['states']:,}/{res['states_expected']:,} retained states"
                           if "states" in res else "")
+                idle = (f"still busy {IDLE_CAP_S:.0f} s after the last reading" if res["idle_after_s"] is None
+                        else f"idle {res['idle_after_s']:.2f} s after the last reading")
                 echo(f"  round {r + 1} {peer:12}: {res['received']:,}/{res['readings']:,} distinct readings "
                      f"({res['lost']:,} lost){warmed} in {res['seconds']:.1f} s = {res['per_s']:,.0f}/s; CPU per reading: the peer's "
                      f"processes {res['cpu_us_per_reading']:.1f} µs, the bench's writer and subscriber "
-                     f"{res['bench_cpu_us_per_reading']:.1f} µs; idle {res['idle_after_s']:.2f} s after the last "
-                     f"reading, {res['cpu_us_until_idle']:.1f} µs a reading until then{states}  ({res['load']})")
+                     f"{res['bench_cpu_us_per_reading']:.1f} µs; {idle}, {res['cpu_us_until_idle']:.1f} µs a "
+                     f"reading until then{states}  ({res['load']})")
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
