@@ -272,11 +272,14 @@ def test_the_lane_takes_a_devices_first_reading_and_the_first_after_a_restart(tm
     assert a.presence.counts() == (len(nodes), 0) and list(a.presence.due) == [n.dev for n in nodes]
     for d in (a, b):
         d.spool.close()
-    # restarted on the same spools: the counters come back, nothing else does
+    # restarted on the same spools: the counters come back, nothing else does - the states that were due (never
+    # published: no broker here) neither, and each device's is due again with its first reading after the restart
     a2, b2 = _daemon(tmp_path, "lane", clock, True, compiled), _daemon(tmp_path, "general", clock, False)
-    assert set(a2.verifier.states) == {n.dev for n in nodes} and not a2.presence.devices
+    assert set(a2.verifier.states) == {n.dev for n in nodes} and not a2.presence.devices and not a2.presence.due
+    assert a2.spool.depth()["state"][0] == 0
     taken = counted(a2)
     asyncio.run(feed([(a2, b2)], [[(n.reading(), SERIAL, "serial:tty0") for n in nodes]]))
     assert taken[0] == len(nodes), f"the lane took {taken[0]} of {len(nodes)} first readings after the restart"
+    assert list(a2.presence.due) == [n.dev for n in nodes]
     assert {s.tokens for s in a2.verifier.states.values()} == {a2.verifier.burst - 1.0}
 
