@@ -153,9 +153,9 @@ class PresenceTable:
             if dev not in due:
                 due[dev] = now
 
-    def next_due(self) -> tuple[float, Item] | None:
-        """The oldest due state as its message, built from the device's presence now (its latest reading), and
-        when it first fell due; None when none is due."""
+    def next_due(self) -> tuple[float, str, str] | None:
+        """The oldest due state as (when it first fell due, topic, text), built from the device's presence now (its
+        latest reading); None when none is due. (No spool Item: it is not spooled, so it needs no row id.)"""
         due, devices = self.due, self.devices
         while due:
             dev = next(iter(due))
@@ -164,17 +164,21 @@ class PresenceTable:
             if st is not None and st.online:       # (gone_quiet drops a device's due state as it goes offline)
                 if not due:
                     self.due = {}      # a dict keeps its largest table when emptied: a district's 330,000 is ~20 MB
-                return since, self.state_item(dev, st.pub, st)
+                return since, self.topics.device(dev, topics.STATE), self.state_text(dev, st.pub, st)
         return None
 
-    def state_item(self, dev: int, now: float, st: Presence) -> Item:
+    def state_text(self, dev: int, now: float, st: Presence) -> str:
+        """The retained <dev>/state message's JSON, as of `now`, from the device's presence."""
         gid = self.cfg.gateway_id
         last = None if st.r_t is None else payloads.last_reading(
             payloads.msg_id(gid, dev, st.r_fcnt), dev, st.r_fcnt, st.r_t, st.r_gas, st.r_pressure, st.r_battery,
             st.r_state, st.r_inlet)
-        body = payloads.state(gid, dev, now, st.online, st.last_seen, last)
-        return Item(STATE, dev, payloads.dumps(body), f"{gid}:{dev:08x}:state:{now:.3f}", now,
-                    topic=self.topics.device(dev, topics.STATE), retain=True)
+        return payloads.dumps(payloads.state(gid, dev, now, st.online, st.last_seen, last))
+
+    def state_item(self, dev: int, now: float, st: Presence) -> Item:
+        """state_text as a spool item (the offline state, which is spooled)."""
+        return Item(STATE, dev, self.state_text(dev, now, st), f"{self.cfg.gateway_id}:{dev:08x}:state:{now:.3f}",
+                    now, topic=self.topics.device(dev, topics.STATE), retain=True)
 
     def gone_quiet(self, now: float) -> list[tuple[int, float, Item]]:
         """Devices silent past their timeout, now marked offline: (dev, seconds silent, their state item).

@@ -648,8 +648,8 @@ class Publisher:
         nxt = self.presence.next_due()
         if nxt is None:
             return False
-        since, it = nxt
-        info = link.client.publish(it.topic, it.payload, qos=1, retain=True)
+        since, topic, text = nxt
+        info = link.client.publish(topic, text, qos=1, retain=True)
         link.inflight[info.mid] = Flight(0, 0, 0, STATE, 1, since, time.monotonic())
         self.states_in_row += 1
         return True

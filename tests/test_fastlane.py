@@ -57,7 +57,7 @@ def _memory(daemon: Daemon) -> dict:
             "presence": {d: tuple(getattr(s, k) for k in s.__slots__ if k != "via") + (s.via,)
                          for d, s in p.devices.items()},
             # the retained states due, in order, with the text each would be published with now
-            "due": [(d, t, p.state_item(d, p.devices[d].pub, p.devices[d]).payload) for d, t in p.due.items()],
+            "due": [(d, t, p.state_text(d, p.devices[d].pub, p.devices[d])) for d, t in p.due.items()],
             "lru": list(v.registry.cached),
             "accepted": {tuple(s.labels.items()): s.value for m in daemon.metrics.accepted.collect()
                          for s in m.samples if s.name.endswith("_total")},
