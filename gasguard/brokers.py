@@ -141,6 +141,16 @@ def endpoints_from(table: dict, prefix: str = "mqtt", default_port: int = DEFAUL
     return [Endpoint(host, _port(table.get("port", default_port), f"{prefix}.port"))]
 
 
+def call_soon_from(loop: asyncio.AbstractEventLoop, loop_thread: int, fn, *args) -> None:
+    """fn on `loop` (whose thread is `loop_thread`): call_soon from that thread itself - no self-pipe byte, no
+    wake-up - and call_soon_threadsafe from any other (paho's network thread, a connect's worker thread). Raises
+    RuntimeError if the loop is closed."""
+    if threading.get_ident() == loop_thread:
+        loop.call_soon(fn, *args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
+
+
 class FailoverClient(mqtt.Client):
     """A paho client over a list of endpoints. Every (re)connect paho makes after the first goes to the
     next endpoint: the last one either refused, timed out (`connect_timeout`) or dropped us.
@@ -611,11 +621,8 @@ class FailoverClient(mqtt.Client):
         if not self._wake_pending:
             self._wake_pending = True
             if on_loop:
-                try:
-                    if self._on_loop():
-                        self._aio.call_soon(self._aio_flush)
-                    else:                      # reconnect()'s CONNECT, on the worker thread
-                        self._aio.call_soon_threadsafe(self._aio_flush)
+                try:                           # (from the worker thread: reconnect()'s CONNECT)
+                    call_soon_from(self._aio, self._aio_tid, self._aio_flush)
                 except RuntimeError:           # the loop is closed: loop_stop writes what it can
                     self._wake_pending = False
             else:

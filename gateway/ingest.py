@@ -41,7 +41,7 @@ from .outbox import Outbox
 from .presence import PresenceTable
 from .micwatch import MicWatch
 from .preverify import PreVerifier
-from .spool import ALARM, EVENT, READING, Item, SpoolError
+from .spool import ALARM, EVENT, READING, STATE, Item, SpoolError
 from .transports import Route
 from .verify import Rejected, Verifier
 
@@ -242,6 +242,14 @@ class _Prepared:
         self.journal: list = []
         self.by_type: dict = {}       # accepted frames per type (metrics, counted once per group)
         self.states: list = []        # devices whose retained state fell due (presence.fell_due once committed)
+
+    def lanes(self) -> set[int]:
+        """The lanes its commit wakes the publisher for: its items', and the state lane when devices' states fell
+        due (not spooled: presence.due, which the publisher drains after the spooled states)."""
+        lanes = {it.lane for it in self.items}
+        if self.states:
+            lanes.add(STATE)
+        return lanes
 
     def urgent(self) -> bool:
         """Something in it is waited for (an ack, a command's answer, an alarm's or event's identity): it is
@@ -662,7 +670,7 @@ class Ingest:
         lanes: set = set()
         for g in groups:
             self._committed(g, wake=False)
-            lanes.update(it.lane for it in g.items)
+            lanes |= g.lanes()
         return lanes
 
     def _rollback(self, g: _Prepared) -> None:
@@ -825,7 +833,7 @@ class Ingest:
             self.dispatcher.send(dev, fields, "ack", key)
         self.accepted_count += len(g.routes)
         if wake:
-            self.outbox.wake({it.lane for it in g.items}, states=bool(g.states))
+            self.outbox.wake(g.lanes())
         # observers last: what they say is about frames that are on disk and on their way to the broker
         self.outbox.put(self.observers.observe(g.observations), now, observed=True)
         self.outbox.make_room(now)

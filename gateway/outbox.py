@@ -64,10 +64,10 @@ class Outbox:
         """The rows up to `mark` are on disk: the publisher may take them."""
         self.spool.synced(mark)
 
-    def wake(self, lanes, states: bool = False) -> None:
-        """New rows in these lanes (or, `states`, devices' retained states fell due: presence.py): the publisher
+    def wake(self, lanes) -> None:
+        """New rows in these lanes (in the state lane, or devices' online states due: presence.py): the publisher
         drains them now (when connected) or on reconnect."""
-        if lanes or states:
+        if lanes:
             self.publisher.notify(lanes)
             self.publisher.kick()
 

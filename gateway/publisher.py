@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 
-from gasguard.brokers import FailoverClient
+from gasguard.brokers import FailoverClient, call_soon_from
 
 from . import payloads
 from .clock import drill_client
@@ -70,8 +70,8 @@ STATE_WAIT = 2.0      # s a device's due online state (presence.due: not spooled
 #                       start, the bench's 5,000 devices - no longer competes with its own readings)
 FILL_STATES = 32      # due online states a fill pass builds and sends; then the rest on a later pass. The message
 #                       is built here now, not in ingest (its text 12.45 µs, timeit, and its publish 12.9-15.8 µs
-#                       in-process: BENCHMARKS.md thirteenth and eighteenth passes): a window's worth (200) in one
-#                       pass would hold the loop, and a new alarm, ~5-6 ms; 32 hold it ~1 ms
+#                       in-process: BENCHMARKS.md thirteenth and eighteenth passes): at those costs a window's worth
+#                       (200) in one pass would hold the loop, and a new alarm, ~5-6 ms; 32 ~1 ms
 TAKE_BACK_AFTER = 5.0  # s the alarms' connection may stay down holding alarms while the main one is up; then
 #                        the main connection re-sends them (a broker that kicks or refuses only that client
 #                        must not hold alarms back; a restarted broker takes both back within ~a reconnect)
@@ -245,7 +245,7 @@ class Publisher:
             return
         self.puback_pending = True
         try:
-            self._soon(loop, self._drain_pubacks)
+            call_soon_from(loop, self.loop_thread, self._drain_pubacks)
         except RuntimeError:          # closed meanwhile
             self.puback_pending = False
 
@@ -265,17 +265,9 @@ class Publisher:
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
-                self._soon(loop, fn, *args)
+                call_soon_from(loop, self.loop_thread, fn, *args)   # (the I/O on the loop: no self-pipe byte)
             except RuntimeError:
                 pass  # loop shutting down
-
-    def _soon(self, loop: asyncio.AbstractEventLoop, fn, *args) -> None:
-        """fn on the loop: call_soon from the loop's own thread (the connections' I/O on the loop: no self-pipe
-        byte, no wake-up), call_soon_threadsafe from paho's. Raises RuntimeError if the loop is closed."""
-        if threading.get_ident() == self.loop_thread:
-            loop.call_soon(fn, *args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -614,13 +606,11 @@ class Publisher:
                 break
             if len(link.inflight) >= self.cfg.inflight:
                 break
-            # the devices' due states: behind the readings ready to go until the oldest waited STATE_WAIT, then
-            # ahead of them (STATE_RUN at a time: readings_turn above), and whenever no batch is ready
-            due = self.presence.due if self.presence is not None else None
-            if due and states >= FILL_STATES:   # the rest on a later pass (FILL_STATES), woken once
-                if states == FILL_STATES and self.loop is not None:
-                    self.loop.call_soon(self.wake.set)
-                states, due = FILL_STATES + 1, None
+            # the devices' due states: after the spooled lanes above (a spooled offline state is older than a due
+            # online one, and must reach the broker first), behind the readings ready to go until the oldest waited
+            # STATE_WAIT, then ahead of them (STATE_RUN at a time: readings_turn above), and whenever no batch is
+            # ready; FILL_STATES a pass
+            due = self.presence.due if self.presence is not None and states < FILL_STATES else None
             if due and self.clock() - next(iter(due.values())) >= STATE_WAIT and self._send_due_state(link):
                 states += 1
                 continue
@@ -632,6 +622,8 @@ class Publisher:
             if not (due and self._send_due_state(link)):
                 break
             states += 1
+        if states >= FILL_STATES and self.presence.due and self.loop is not None:
+            self.loop.call_soon(self.wake.set)  # the rest on a later pass: ingest (and a new alarm) go in between
 
     def _send_one(self, row: Row, link: Link) -> None:
         info = link.client.publish(row.topic, row.payload, qos=1, retain=row.retain)
@@ -641,10 +633,7 @@ class Publisher:
             link.priority += 1
 
     def _send_due_state(self, link: Link) -> bool:
-        """Publish the oldest due online state (presence.next_due) on `link`; False if none. Not while spooled
-        states wait (an offline state spooled before it must reach the broker first: it is the older one)."""
-        if self._peek(STATE) is not None:
-            return False
+        """Publish the oldest due online state (presence.next_due) on `link`; False if none."""
         nxt = self.presence.next_due()
         if nxt is None:
             return False

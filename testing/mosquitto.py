@@ -13,11 +13,13 @@ Persistence is on, so QoS 1 sessions survive a restart like a production broker'
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -241,6 +243,17 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """The broker held with SIGSTOP inside the block, let go after it: its connections stay open and nothing
+        is answered (no PUBACK), so what a client sends meanwhile stays in flight and what it would send next
+        waits."""
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield self
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> "Mosquitto":
         return self.start()

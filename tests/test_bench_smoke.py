@@ -2,6 +2,7 @@
 A smoke test of the benchmark code paths, not a timed test: no figure is asserted against a goal."""
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -133,9 +134,9 @@ def test_bench_peers_two_buses_splits_the_devices_and_counts_both_gateways(tmp_p
     # whose /proc could not be read gives NaN, which fails here)
     assert res["cpu_us_per_reading"] >= 0 and res["bench_cpu_us_per_reading"] >= 0
     # every device's retained state (and the probe's, one for each gateway) at the broker once the gateways were
-    # idle, and that work in the CPU counted until then
+    # idle, and the CPU until then read (NaN where /proc could not be)
     assert res["states"] == res["states_expected"] == 22, res
-    assert res["idle_after_s"] is not None and res["cpu_us_until_idle"] >= res["cpu_us_per_reading"], res
+    assert res["idle_after_s"] is not None and math.isfinite(res["cpu_us_until_idle"]), res
     logs = [tmp_path / "peer.log", tmp_path / "peer-1.log"]
     assert all("starting; spool" in p.read_text() for p in logs)
 

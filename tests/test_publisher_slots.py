@@ -4,9 +4,6 @@ many other messages wait for their PUBACKs. (One connection: `[mqtt] alarm_conne
 connection down; with it, tests/test_publisher_alarm_link.py.) The real daemon, a real mosquitto held with
 SIGSTOP so that no PUBACK comes back while the window fills, then let go: every message arrives once."""
 
-import os
-import signal
-
 import pytest
 
 from gasguard.gateway.publisher import PRIORITY_SLOTS
@@ -35,8 +32,7 @@ def test_states_and_events_leave_the_last_slots_to_alarms(tmp_path, mosquitto):
             rig.runner.call(lambda: d.outbox.put(outs, d.clock()))
 
         wait_until(lambda: rig.runner.call(lambda: not pub.inflight), 10, "the start's messages PUBACKed")
-        os.kill(mosquitto.proc.pid, signal.SIGSTOP)      # no PUBACK from now on: what goes out stays in flight
-        try:
+        with mosquitto.frozen():                          # no PUBACK meanwhile: what goes out stays in flight
             put("state", 3 * PRIORITY_SLOTS, "state")
             put("event", PRIORITY_SLOTS, "event")
             held = rig.runner.call(lanes)
@@ -45,8 +41,6 @@ def test_states_and_events_leave_the_last_slots_to_alarms(tmp_path, mosquitto):
             put("alarm", 3, "alarm")
             held = rig.runner.call(lanes)
             assert held.count(ALARM) == 3, f"alarms waiting for a slot: {held}"
-        finally:
-            os.kill(mosquitto.proc.pid, signal.SIGCONT)
         # let go: everything arrives, once
         want = {f"t:{k}:{i}" for k, n in (("state", 3 * PRIORITY_SLOTS), ("event", PRIORITY_SLOTS),
                                             ("alarm", 3)) for i in range(n)}

@@ -8,9 +8,6 @@ The real daemon on a real mosquitto held with SIGSTOP, so that no PUBACK comes b
 wait of a due state, the devices' silence); the subscriber sees the messages in the order the gateway sent them
 (one connection)."""
 
-import os
-import signal
-
 import pytest
 
 from gasguard.gateway.publisher import STATE_RUN, STATE_WAIT
@@ -45,22 +42,13 @@ def _arrivals(rig: Rig) -> list[tuple]:
     return out
 
 
-def _held(mosquitto):
-    os.kill(mosquitto.proc.pid, signal.SIGSTOP)
-
-
-def _let_go(mosquitto):
-    os.kill(mosquitto.proc.pid, signal.SIGCONT)
-
-
 def test_a_state_that_falls_due_again_while_it_waits_is_one_message_with_the_latest_reading(tmp_path, mosquitto):
     now = [1_800_000_000.0]
     rig = _rig(tmp_path, mosquitto.port, 201, now)
     try:
         d = rig.daemon
         first, others = rig.nodes[0], rig.nodes[1:]
-        _held(mosquitto)
-        try:
+        with mosquitto.frozen():
             # 200 first sightings: a full batch and one state take the window; 199 states wait
             rig.runner.call(lambda: d.process([(n.reading(), RX, "serial:tty0") for n in others]))
             # the first node's state falls due three times: first sight, then two new state bytes
@@ -70,8 +58,6 @@ def test_a_state_that_falls_due_again_while_it_waits_is_one_message_with_the_lat
             due = rig.runner.call(lambda: dict(d.presence.due))
             assert len(due) == 200 and list(due)[-1] == first.dev, len(due)
             assert rig.runner.call(lambda: d.spool.depth()["state"][0]) == 0, "a device's online state was spooled"
-        finally:
-            _let_go(mosquitto)
         rig.sub.wait(lambda ms: {a[1] for a in _arrivals(rig) if a[0] == "state"} >= {n.dev for n in rig.nodes}, 20)
         wait_until(lambda: rig.runner.call(lambda: not d.presence.due and not d.publisher.inflight), 10, "all sent")
         states = [a for a in _arrivals(rig) if a[0] == "state"]
@@ -89,8 +75,7 @@ def test_due_states_follow_the_ready_readings_until_they_waited_state_wait(tmp_p
     rig = _rig(tmp_path, mosquitto.port, 200, now)
     try:
         d = rig.daemon
-        _held(mosquitto)
-        try:
+        with mosquitto.frozen():
             # 600 readings, three of each device: three full batches and 200 first sightings' states. The readings
             # go first: two batches take the window, the third and the states wait
             frames = [(n.reading(), RX, "serial:tty0") for _ in range(3) for n in rig.nodes]
@@ -98,8 +83,6 @@ def test_due_states_follow_the_ready_readings_until_they_waited_state_wait(tmp_p
             assert rig.runner.call(lambda: len(d.presence.due)) == 200
             if waited:
                 now[0] += STATE_WAIT
-        finally:
-            _let_go(mosquitto)
         rig.sub.wait(lambda ms: sum(len(a[1]) for a in _arrivals(rig) if a[0] == "reading") == 600
                      and sum(1 for a in _arrivals(rig) if a[0] == "state") == 200, 20)
         got = _arrivals(rig)
@@ -127,16 +110,13 @@ def test_an_offline_state_reaches_the_broker_before_the_devices_next_online_stat
         rig.runner.call(lambda: d.process([(first.reading(), RX, "serial:tty0")]))
         rig.sub.wait(lambda ms: ("state", first.dev, True, first.fcnt) in _arrivals(rig), 10)
         mark = len(_arrivals(rig))
-        _held(mosquitto)
-        try:
+        with mosquitto.frozen():
             rig.runner.call(lambda: d.process([(n.reading(), RX, "serial:tty0") for n in others for _ in (0, 1)]))
             now[0] += 100_000                      # every device silent past its timeout: offline, spooled
             wait_until(lambda: rig.runner.call(lambda: d.presence.counts()[0]) == 0, 10, "all offline")
             rig.runner.call(lambda: d.process([(first.reading(), RX, "serial:tty0")]))   # and back online: due
             assert rig.runner.call(lambda: list(d.presence.due)) == [first.dev]
             assert rig.runner.call(lambda: d.spool.depth()["state"][0]) == len(rig.nodes)
-        finally:
-            _let_go(mosquitto)
         rig.sub.wait(lambda ms: ("state", first.dev, True, first.fcnt) in _arrivals(rig)[mark:], 20)
         mine = [a for a in _arrivals(rig)[mark:] if a[0] == "state" and a[1] == first.dev]
         assert mine == [("state", first.dev, False, first.fcnt - 1), ("state", first.dev, True, first.fcnt)], mine

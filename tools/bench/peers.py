@@ -272,51 +272,38 @@ def _until_idle(res: dict, pids: list, cpu_at_end: float, quiet_s: float = 0.15,
     `cpu_us_until_idle` (per reading, the run's CPU and what came after, up to the quiet or the cap)."""
     step = 0.05
     last, quiet_since = sum(_cpu_s(p) for p in pids), None
+    res["idle_after_s"] = None                    # still busy at cap_s
     deadline = time.monotonic() + cap_s
     while time.monotonic() < deadline:
         time.sleep(step)
         now, cpu = time.perf_counter(), sum(_cpu_s(p) for p in pids)
-        if cpu - last < 0.1 * step:
-            quiet_since = quiet_since or now - step
-            if now - quiet_since >= quiet_s:
-                break
-        else:
+        if cpu - last >= 0.1 * step:
             quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now - step
+        elif now - quiet_since >= quiet_s:
+            res["idle_after_s"] = max(0.0, quiet_since - res["t_last"])
+            break
         last = cpu
-    idle = quiet_since is not None and time.perf_counter() - quiet_since >= quiet_s
-    res["idle_after_s"] = max(0.0, quiet_since - res["t_last"]) if idle else None    # None: still busy at cap_s
     res["cpu_us_until_idle"] = (res["cpu_s"] + last - cpu_at_end) / max(1, res["received"]) * 1e6
 
 
-def _retained(port: int, topic: str, timeout: float = 10.0) -> int:
-    """How many retained messages the broker holds under `topic` (a fresh subscriber's retained copies)."""
-    seen: set = set()
-    lock, done = threading.Lock(), threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-retained-{port}")
+def _retained(port: int, topic: str, expected: int, timeout: float = 10.0) -> int:
+    """How many retained messages the broker holds under `topic`, up to `expected` (a fresh subscriber's retained
+    copies, waited for until all `expected` came or `timeout`)."""
+    from gasguard.testing.subscriber import Subscriber
+    sub = Subscriber(port, topic)
 
-    def on_message(_c, _u, m):
-        if m.retain:
-            with lock:
-                seen.add(m.topic)
-    c.on_message = on_message
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, 1)
-    # the retained copies come right after the SUBACK, in one burst: a quiet 0.5 s after the last one is the end
-    c.on_subscribe = lambda *a: done.set()
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+    def topics(ms) -> set:
+        return {t for t, _doc, retained in ms if retained}
     try:
-        if done.wait(timeout):
-            n = -1
-            while True:
-                time.sleep(0.5)
-                with lock:
-                    if len(seen) == n:
-                        break
-                    n = len(seen)
+        sub.wait(lambda ms: len(topics(ms)) >= expected, timeout)
+    except TimeoutError:
+        pass                        # fewer: the figure says how many
     finally:
-        c.loop_stop()
-        c.disconnect()
-    return len(seen)
+        sub.close()
+    with sub.lock:
+        return len(topics(sub.messages))
 
 
 def _write_until(cables: list, datas: list, counter, arrived, n: int) -> float:
@@ -413,8 +400,8 @@ def run_gasguard(wl: Workload, d: Path, datas: list, expected: set, warm: tuple 
         res = _run_peer(procs, cables, counter, logs, probes, "the GasGuard gateway", 60, datas, warm)
         # every device's retained state at the broker (they follow the readings: issue 17), and the probe's on
         # each bus (a gateway of its own each: its own topics)
-        res["states"] = _retained(broker.port, "gasguard/v1/bench/+/+/state")
         res["states_expected"] = len(wl.nodes) + len(datas)
+        res["states"] = _retained(broker.port, "gasguard/v1/bench/+/+/state", res["states_expected"])
         return res
 
 
