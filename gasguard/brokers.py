@@ -73,6 +73,23 @@ class _Info(mqtt.MQTTMessageInfo):
             self._condition.notify_all()
 
 
+def publish_packet(topic: bytes, body: bytes, mid: int, retain: bool) -> bytes:
+    """A QoS-1 PUBLISH of MQTT 3.1.1 (§3.3) as paho 2.2.0's _send_publish writes it (no DUP: a first sending), in
+    one expression instead of paho's bytearray appended to field by field and its debug-log calls."""
+    n = 4 + len(topic) + len(body)                 # topic length, topic, message id, payload
+    if n < 128:
+        length = bytes((n,))
+    elif n < 16384:
+        length = bytes(((n & 0x7F) | 0x80, n >> 7))
+    else:
+        out = bytearray()
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        length = bytes(out) + bytes((n,))
+    return bytes((0x32 | retain,)) + length + len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + body
+
+
 class EndpointError(ValueError):
     """A bad broker address: `key` is the configuration key (e.g. "mqtt.brokers[1]"), the message the fix."""
 
@@ -189,6 +206,9 @@ class FailoverClient(mqtt.Client):
         self._aio_task: asyncio.Task | None = None
         self._aio_wake: asyncio.Event | None = None   # the connection was lost, or stop: _aio_run looks now
         self._aio_stopped = False
+        # called with the ids of a run of PUBACKs (a list), instead of on_publish once for each (LEAN_PAHO, MQTT
+        # 3.1.1, no paho in-flight bound): the gateway's publisher takes them as one hand-over (_puback_run)
+        self.on_published_many = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -439,7 +459,10 @@ class FailoverClient(mqtt.Client):
                 return m.info
             self._out_messages[mid] = m
             self._inflight_messages += 1
-            rc = self._send_publish(mid, topic_bytes, body, 1, retain, False, m.info, None)
+            if self._sock is None:                             # (as _send_publish: not connected)
+                rc = mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            else:
+                rc = self._packet_queue(mqtt.PUBLISH, publish_packet(topic_bytes, body, mid, retain), mid, 1, m.info)
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN:      # sent after the next CONNACK, as paho does
                 self._inflight_messages -= 1
                 m.state = mqtt.mqtt_ms_publish
@@ -525,12 +548,37 @@ class FailoverClient(mqtt.Client):
             self._last_bytes_received = mqtt.time_func()
 
     def _puback_run(self, buf: bytes, start: int, end: int) -> None:
-        out, done = self._out_messages, self._do_on_publish
+        out, many = self._out_messages, self.on_published_many
+        if many is None or self._max_inflight_messages:
+            done = self._do_on_publish
+            with self._out_message_mutex:
+                for p in range(start, end, 4):
+                    mid = (buf[p + 2] << 8) | buf[p + 3]
+                    if mid in out:                               # (else not in flight: ignored, as paho does)
+                        done(mid, _PUBACK_OK, _NO_PROPERTIES)
+            return
+        # what paho's _do_on_publish does per message, for the run at once: each message out of flight and its
+        # info published (one wake-up of the waiters on the shared condition), then one callback with every id
+        mids, own, qos1 = [], [], 0
         with self._out_message_mutex:
             for p in range(start, end, 4):
                 mid = (buf[p + 2] << 8) | buf[p + 3]
-                if mid in out:                                   # (else not in flight: ignored, as paho does)
-                    done(mid, _PUBACK_OK, _NO_PROPERTIES)
+                m = out.pop(mid, None)
+                if m is not None:                                # (else not in flight: ignored, as paho does)
+                    mids.append(mid)
+                    qos1 += m.qos > 0
+                    info = m.info
+                    if type(info) is _Info:
+                        info._published = True
+                    else:
+                        own.append(info)                         # paho's own (its publish: a Condition each)
+            self._inflight_messages -= qos1
+        if mids:
+            with _PUBLISHED:
+                _PUBLISHED.notify_all()
+            for info in own:
+                info._set_as_published()
+            many(mids)
 
     def _handle_pubackcomp(self, cmd):
         """A v3.1.1 PUBACK is a 2-byte message id: paho 2.2 decodes it into a new ReasonCode and Properties each

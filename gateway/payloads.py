@@ -59,15 +59,6 @@ def _entry(mid: str, f: dict, t: float, rx: dict, state) -> dict:
     return e
 
 
-def last_reading(mid: str, dev: int, fcnt: int, t: float, gas, pressure, battery, state: int, inlet) -> dict:
-    """A retained state's last reading: the reading's entry without its rx (presence.PresenceTable.state_item,
-    from the fields it keeps per device)."""
-    e = _reading(mid, dev, fcnt, t, gas, pressure, battery, _STATE_FIELDS[state])
-    if inlet is not None:
-        e["inlet_pa"] = inlet
-    return e
-
-
 def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
     """A reading's fields by name (the schema's `reading`): what `reading_fields` makes of a batch's row."""
     return _entry(mid, f, t, rx, frame.state_fields(f["state"]))
@@ -162,9 +153,34 @@ def event(gateway_id: str, district: str, mid: str, f: dict, t: float, rx: dict)
             "rx": rx}
 
 
-def state(gateway_id: str, dev: int, t: float, online: bool, last_seen: float | None, last: dict | None) -> dict:
-    return {"schema": "gasguard.state/1", "gateway": gateway_id, "dev": dev_hex(dev), "t": round(t, 3),
-            "online": online, "last_seen": None if last_seen is None else round(last_seen, 3), "last_reading": last}
+# gasguard.state/1 (schemas/state.schema.json) as text: a gateway publishes one per device heard (first sight, a
+# new state byte, back online, the refresh), ~5 % of the messages of a cold start and nearly one per reading in a
+# district's 15-minute cycle, so it is written from pieces, not built as two dicts and encoded (9 -> ~4 µs; issue
+# 17). It is the object json.dumps would write, key for key and value for value (tests/test_payload_encoding.py):
+# the times are written with their 3 decimals ("%.3f" reads back as round(t, 3): both round the exact value
+# correctly, and repr(round(...)) cost ~1 µs each), the other numbers as json writes them; the id is the gateway's
+# quoted id with ":<dev>:<fcnt>" added, which needs no escaping.
+_STATE_JSON = tuple(json.dumps(f, separators=(",", ":")) for f in _STATE_FIELDS)
+
+
+def _num(x) -> str:
+    return "null" if x is None else repr(x)
+
+
+def state_text(gateway_json: str, dev: int, t: float, online: bool, last_seen: float | None,
+               r_fcnt: int | None = None, r_t: float | None = None, gas=None, pressure=None, battery=None,
+               state: int = 0, inlet=None) -> str:
+    """A device's retained state (`gateway_json`: the gateway's id as JSON text, made once); `r_t` None: no
+    reading yet, else the last reading's fields (state: its byte; inlet None: none), which it carries as a
+    batch's entry does by name, without rx."""
+    h = f"{dev:08x}"
+    last = "null" if r_t is None else (
+        f'{{"id":{gateway_json[:-1]}:{h}:{r_fcnt}","dev":"{h}","fcnt":{r_fcnt},"t":{r_t:.3f},'
+        f'"gas_pct_lel":{_num(gas_percent_lel(gas))},"pressure_pa":{_num(pressure)},"battery_pct":{_num(battery)},'
+        f'"state":{_STATE_JSON[state]}' + ("}" if inlet is None else f',"inlet_pa":{inlet!r}}}'))
+    return (f'{{"schema":"gasguard.state/1","gateway":{gateway_json},"dev":"{h}","t":{t:.3f},'
+            f'"online":{"true" if online else "false"},"last_seen":'
+            f'{"null" if last_seen is None else f"{last_seen:.3f}"},"last_reading":{last}}}')
 
 
 def status(gateway_id: str, district: str, t: float, online: bool, version: str, instance: str | None = None,

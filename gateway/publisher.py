@@ -145,7 +145,7 @@ class Publisher:
         self.batch_timer: asyncio.TimerHandle | None = None
         self.states_in_row = 0                   # states sent since the last batch of readings (STATE_RUN)
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
-        self.pubacks: deque = deque()            # (link, mid) from paho's callback, not yet handled (_drain_pubacks)
+        self.pubacks: deque = deque()            # (link, [mid]) from paho's callbacks, not yet handled (_drain_pubacks)
         self.puback_pending = False              # a _drain_pubacks is scheduled on the loop
         self.lane_metrics = {lane: (metrics.published.labels(name), metrics.publish_latency.labels(name))
                              for lane, name in enumerate(LANE_NAMES)}
@@ -224,16 +224,17 @@ class Publisher:
                                                             c.endpoint)
         c.on_connect = lambda *a: self._threadsafe(self._on_connect, link, a[3], c.endpoint)
         c.on_disconnect = lambda *a: self._threadsafe(self._on_disconnect, link, a[3], c.endpoint, c.timed_out)
-        c.on_publish = lambda _c, _u, mid, _rc, _p: self._puback_threadsafe(link, mid)
+        c.on_publish = lambda _c, _u, mid, _rc, _p: self._puback_threadsafe(link, (mid,))
+        c.on_published_many = lambda mids: self._puback_threadsafe(link, mids)   # a run of PUBACKs at once
         return c
 
-    def _puback_threadsafe(self, link: Link, mid: int) -> None:
-        """From paho's callback: PUBACKs are queued and handed over as one call for all that came meanwhile, not a
-        call_soon_threadsafe each (a write to the loop's self-pipe, a wake-up and a handle per PUBACK: ~4 % of the
-        gateway's CPU with a retained state every fifth reading, BENCHMARKS.md twelfth pass). Order against the
-        other callbacks holds: a PUBACK queued behind a pending hand-over is drained by it, and that was
-        scheduled before anything paho handed over after the PUBACK."""
-        self.pubacks.append((link, mid))
+    def _puback_threadsafe(self, link: Link, mids) -> None:
+        """From paho's callback (one id) or FailoverClient's (a run of them): PUBACKs are queued and handed over as
+        one call for all that came meanwhile, not a call_soon_threadsafe each (a write to the loop's self-pipe, a
+        wake-up and a handle per PUBACK: ~4 % of the gateway's CPU with a retained state every fifth reading,
+        BENCHMARKS.md twelfth pass). Order against the other callbacks holds: a PUBACK queued behind a pending
+        hand-over is drained by it, and that was scheduled before anything paho handed over after the PUBACK."""
+        self.pubacks.append((link, mids))
         if not self.puback_pending:
             self._schedule_drain()
 
@@ -256,7 +257,16 @@ class Publisher:
         q, on_puback = self.pubacks, self._on_puback
         try:
             while q:
-                on_puback(*q.popleft())
+                link, mids = q.popleft()
+                it = iter(mids)
+                try:
+                    for mid in it:
+                        on_puback(link, mid)
+                except BaseException:
+                    rest = list(it)                  # (the one that raised is the loop handler's)
+                    if rest:
+                        q.appendleft((link, rest))
+                    raise
         finally:
             if q and not self.puback_pending:     # one raised: the loop's handler has it; the rest go on
                 self._schedule_drain()

@@ -37,12 +37,21 @@ class Acks:
             return len(self.by_mid)
 
 
-def _client(broker, acks: Acks, cid: str, bound: int = 0) -> FailoverClient:
-    """`bound`: paho's own in-flight bound (0: none, as the gateway's publisher keeps its own)."""
+def _client(broker, acks: Acks, cid: str, bound: int = 0, many: bool = False) -> FailoverClient:
+    """`bound`: paho's own in-flight bound (0: none, as the gateway's publisher keeps its own). `many`: PUBACKs
+    handed over as runs (on_published_many, as the gateway's publisher takes them), each id of a run given to
+    `acks` as paho's on_publish would give it; `c.runs` counts the hand-overs."""
     c = FailoverClient([Endpoint("127.0.0.1", broker.port)], mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
                        clean_session=True)
     c.max_inflight_messages_set(bound)
     c.on_publish = acks
+    c.runs = 0
+    if many:
+        def runs(mids):
+            c.runs += 1
+            for mid in mids:
+                acks(c, None, mid, brokers._PUBACK_OK, brokers._NO_PROPERTIES)
+        c.on_published_many = runs
     c.connects = 0
 
     def on_connect(*_a):
@@ -53,11 +62,13 @@ def _client(broker, acks: Acks, cid: str, bound: int = 0) -> FailoverClient:
     return c
 
 
-def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
+@pytest.mark.parametrize("many", [False, True], ids=["one-by-one", "runs"])
+def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker, many):
     """2,000 QoS-1 publishes queued at once: the broker's PUBACKs arrive many to a TCP read; each message id is
-    acknowledged exactly once, as a success, and with the cuts on paho's reads are far fewer than the PUBACKs."""
+    acknowledged exactly once, as a success, and with the cuts on paho's reads are far fewer than the PUBACKs -
+    and, handed over as runs, so are the hand-overs."""
     acks = Acks()
-    c = _client(broker, acks, "burst")
+    c = _client(broker, acks, "burst", many=many)
     reads = [0]
     real = mqtt.Client._sock_recv
 
@@ -76,21 +87,25 @@ def test_every_puback_of_a_burst_is_handed_over_once_each(lean, broker):
     assert acks.reasons == {(0, "Properties")}
     if lean:
         assert reads[0] < len(mids) / 4, reads[0]     # paho alone: 3 reads a PUBACK and more
+        assert (0 < c.runs < len(mids) / 4) if many else c.runs == 0, c.runs
     else:
         assert reads[0] >= 3 * len(mids), reads[0]
+        assert c.runs == 0                            # (paho's own reading: on_publish, one by one)
 
 
-@pytest.mark.parametrize("bound", [0, 20], ids=["own-bound", "paho-bound"])
+@pytest.mark.parametrize("bound,many", [(0, False), (0, True), (20, True)], ids=["own-bound", "own-bound-runs",
+                                                                                   "paho-bound"])
 @pytest.mark.parametrize("most", [None, 3], ids=["whole-reads", "3-byte-reads"])
 def test_pubacks_among_the_brokers_own_publishes_and_split_across_reads_are_each_handed_over_once(lean, broker, most,
-                                                                                                  bound):
+                                                                                                  bound, many):
     """The client subscribes to what it publishes: the broker's PUBLISHes of those messages come between its
     PUBACKs, in the same reads. Every PUBACK is handed over once and every message comes back once, whole - also
     when each socket read returns at most 3 bytes, so PUBACKs and PUBLISHes are split across reads and the run of
     PUBACKs decoded at once (FailoverClient.loop_read) stops mid-packet; and with paho's own in-flight bound (the
-    Sparkplug plugin's client), where every packet is paho's but what was read ahead is still read to its end."""
+    Sparkplug plugin's client), where every packet is paho's but what was read ahead is still read to its end (and
+    runs are not handed over: paho's bound needs its own per-message path)."""
     acks = Acks()
-    c = _client(broker, acks, f"mixed-{most}-{bound}", bound)
+    c = _client(broker, acks, f"mixed-{most}-{bound}-{many}", bound, many)
     got: dict[str, bytes] = {}
     subscribed = threading.Event()
     c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, got.get(m.topic, b"") + m.payload)
@@ -113,16 +128,19 @@ def test_pubacks_among_the_brokers_own_publishes_and_split_across_reads_are_each
         c.disconnect()
     assert set(acks.by_mid) == set(mids) and set(acks.by_mid.values()) == {1}
     assert got == payloads
+    if bound:
+        assert c.runs == 0
 
 
-def test_a_puback_for_a_message_not_in_flight_is_ignored(broker):
+@pytest.mark.parametrize("many", [False, True], ids=["one-by-one", "runs"])
+def test_a_puback_for_a_message_not_in_flight_is_ignored(broker, many):
     """A PUBACK whose id is not in flight (a duplicate, or one for a message paho forgot at a reconnect) hands
     nothing over; the ones around it are handed over as usual. With the cuts on only: the stray PUBACK is put in
     their read-ahead, which paho alone never reads."""
     if not brokers.LEAN_PAHO:
         pytest.skip(f"paho {paho.mqtt.__version__} is not 2.2.0: the cuts are off")
     acks = Acks()
-    c = _client(broker, acks, "stray")
+    c = _client(broker, acks, "stray", many=many)
     c.loop_stop()                                      # the PUBACKs stay in the socket until the loop reads them
     mids = [c.publish(f"t/stray/{i}", b"s", qos=1).mid for i in range(3)]
     stray = max(mids) + 100
@@ -191,14 +209,15 @@ def test_closing_the_socket_drops_what_was_read_ahead():
     assert (c._rbuf, c._rpos) == (b"", 0)
 
 
-def test_waiting_for_a_publish_works_for_many_messages_at_once(lean, broker):
+@pytest.mark.parametrize("many", [False, True], ids=["one-by-one", "runs"])
+def test_waiting_for_a_publish_works_for_many_messages_at_once(lean, broker, many):
     """8 threads each wait on their own message while its PUBACK is on its way: each returns, published, within
     0.5 s of its own PUBACK (the lean message info shares one condition among all messages; a PUBACK that woke no
     waiter would leave them to wait_for_publish's 1-s poll, and this fails). paho's thread is stopped while they
     publish and start waiting, so no PUBACK is read before they all wait. (Whether notify_all rather than notify
     is needed is not caught here: with the GIL the waiters wake after every flag of the burst is set.)"""
     acks = Acks()
-    c = _client(broker, acks, "waiters")
+    c = _client(broker, acks, "waiters", many=many)
     c.loop_stop()                        # connected; PUBACKs stay unread in the socket
     infos = [c.publish(f"t/wait/{i}", b"w", qos=1) for i in range(8)]
     assert {i.rc for i in infos} == {mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS}
@@ -304,3 +323,25 @@ def test_queued_packets_go_out_joined_and_whole_through_short_writes(lean, broke
         assert sends[0] < len(payloads) * 0.7, sends[0]
     else:
         assert sends[0] >= len(payloads), sends[0]
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_the_lean_publish_packet_is_the_one_paho_writes(retain):
+    """brokers.publish_packet, byte for byte against paho's own _send_publish, for payload sizes around each
+    length of MQTT's remaining-length field (1, 2, 3 and 4 bytes)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="packets")
+    c._sock = object()                          # "connected": _send_publish builds the packet and queues it
+    queued = []
+    c._packet_queue = lambda command, packet, mid, qos, info=None: queued.append(bytes(packet))
+    topic = b"gasguard/v1/d/gw-7/00a1b2c3/state"
+    head = 4 + len(topic)                       # the remaining length of an empty payload
+    try:
+        for n in (head, head + 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 2_200_000):
+            size = n - head
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            for mid in (1, 255, 256, 65535):
+                queued.clear()
+                c._send_publish(mid, topic, body, 1, retain)
+                assert brokers.publish_packet(topic, body, mid, retain) == queued[0], (size, mid)
+    finally:
+        c._sock = None                          # (nothing to close)

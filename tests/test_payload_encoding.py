@@ -61,33 +61,39 @@ def test_dumps_takes_integers_past_64_bits():
     assert json.loads(payloads.reading_json(f, 1.0, rx))[7]["rssi"] == 2 ** 70
 
 
-def test_a_retained_states_last_reading_is_the_readings_entry_without_rx():
-    """PresenceTable.state_item writes the last reading from the fields it keeps per device (payloads.last_reading);
-    the text must be what the standard library makes of the reading's own entry with its rx removed, for every
-    state byte, values not available and an inlet pressure or none."""
+def test_a_retained_state_is_the_stdlib_encoding_of_its_object_with_the_readings_entry_without_rx():
+    """PresenceTable.state_item writes the state from pieces (payloads.state_text), with the last reading from the
+    fields it keeps per device; the text must read back as the state's object, key for key and value for value,
+    whose last reading is the reading's own entry with its rx removed, for every state byte, values not available, an
+    inlet pressure or none, and a gateway id JSON must escape."""
     import random
 
     from gasguard.gateway.config import Config
     from gasguard.gateway.presence import Presence, PresenceTable
     from gasguard.protocol.topics import GatewayTopics
-    cfg = Config(gateway_id="gw-7", district="d", registry="r.db", spool="s.db", mqtt_port=1)
-    table = PresenceTable(cfg, GatewayTopics("gasguard/v1/d/gw-7"))
     r = random.Random(9)
-    for b in range(256):
-        st = Presence()
-        st.online, st.last_seen = r.random() < 0.5, 1764661234.5 + b
-        st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
-            r.randrange(1, 1 << 32), r.choice([None, 0, 17, 1000]), r.choice([None, 2000, 401_325.0]),
-            r.choice([None, 0, 90, 100]), b, r.choice([None, 300, 400_000.5]), 1764661230.1234 + b)
-        f = {"dev": 0x00A1B2C3, "fcnt": st.r_fcnt, "gas": st.r_gas, "pressure": st.r_pressure,
-             "battery": st.r_battery, "state": b, "inlet": st.r_inlet}
-        entry = payloads.reading_entry(payloads.msg_id("gw-7", 0x00A1B2C3, st.r_fcnt), f, st.r_t, {})
-        entry.pop("rx")
-        want = json.dumps(payloads.state("gw-7", 0x00A1B2C3, 1764661300.0, st.online, st.last_seen, entry),
-                          separators=(",", ":"))
-        item = table.state_item(0x00A1B2C3, 1764661300.0, st)
-        assert item.payload == want, b
-        assert item.topic == "gasguard/v1/d/gw-7/00a1b2c3/state" and item.retain
-    st = Presence()                     # never sent a reading: no last reading
-    st.online, st.last_seen = True, 1.5
-    assert json.loads(table.state_item(1, 2.0, st).payload)["last_reading"] is None
+    for gid in ("gw-7", 'gw"7"\\ö'):
+        cfg = Config(gateway_id=gid, district="d", registry="r.db", spool="s.db", mqtt_port=1)
+        table = PresenceTable(cfg, GatewayTopics("gasguard/v1/d/gw-7"))
+        for b in range(256):
+            st = Presence()
+            st.online, st.last_seen = r.random() < 0.5, r.choice([1764661234.5 + b, 1764661234.0004 + b, 7])
+            st.r_fcnt, st.r_gas, st.r_pressure, st.r_battery, st.r_state, st.r_inlet, st.r_t = (
+                r.randrange(1, 1 << 32), r.choice([None, 0, 17, 1000]), r.choice([None, 2000, 401_325.0]),
+                r.choice([None, 0, 90, 100]), b, r.choice([None, 300, 400_000.5]), 1764661230.1234 + b)
+            f = {"dev": 0x00A1B2C3, "fcnt": st.r_fcnt, "gas": st.r_gas, "pressure": st.r_pressure,
+                 "battery": st.r_battery, "state": b, "inlet": st.r_inlet}
+            entry = payloads.reading_entry(payloads.msg_id(gid, 0x00A1B2C3, st.r_fcnt), f, st.r_t, {})
+            entry.pop("rx")
+            now = r.choice([1764661300.0, 1764661300.12349])
+            doc = {"schema": "gasguard.state/1", "gateway": gid, "dev": "00a1b2c3", "t": round(now, 3),
+                   "online": st.online, "last_seen": round(st.last_seen, 3), "last_reading": entry}
+            item = table.state_item(0x00A1B2C3, now, st)
+            got = json.loads(item.payload)
+            assert got == doc and list(got) == list(doc) and list(got["last_reading"]) == list(entry), (gid, b)
+            assert " " not in item.payload          # compact, as every payload
+            assert item.topic == "gasguard/v1/d/gw-7/00a1b2c3/state" and item.retain
+        st = Presence()                     # never sent a reading: no last reading
+        st.online, st.last_seen = True, 1.5
+        doc = json.loads(table.state_item(1, 2.0, st).payload)
+        assert doc["last_reading"] is None and doc["gateway"] == gid

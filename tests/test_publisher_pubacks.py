@@ -1,6 +1,7 @@
 """PUBACKs from paho's thread reach the loop in one hand-over for all that came meanwhile (publisher.py,
-_puback_threadsafe). None is lost: one that comes while there is no running loop (before start, between two
-loops) is handled when the next loop starts, and one whose handling raises does not strand those behind it."""
+_puback_threadsafe), one id at a time from paho or a run of them from FailoverClient. None is lost: one that comes
+while there is no running loop (before start, between two loops) is handled when the next loop starts, and one whose
+handling raises does not strand those behind it, in its run or after."""
 
 import asyncio
 import logging
@@ -49,18 +50,18 @@ def test_pubacks_without_a_running_loop_are_handled_when_the_next_one_starts(tmp
     seen = Handled()
     monkeypatch.setattr(pub, "_on_puback", lambda link, mid: seen.add(mid))
     try:
-        pub._puback_threadsafe(pub.main, 1)          # before start: no loop to hand it to
-        assert not pub.puback_pending and list(pub.pubacks) == [(pub.main, 1)]
+        pub._puback_threadsafe(pub.main, (1,))       # before start: no loop to hand it to
+        assert not pub.puback_pending and list(pub.pubacks) == [(pub.main, (1,))]
 
         async def run(mids, n):
             pub.start()
             for m in mids:
-                pub._puback_threadsafe(pub.main, m)
+                pub._puback_threadsafe(pub.main, (m,))
             await seen.until(n)
         asyncio.run(run([2, 3], 3))
         assert seen == [1, 2, 3] and not pub.pubacks
         pub.puback_pending = True                    # as if a drain was scheduled on the loop that just ended
-        pub.pubacks.append((pub.main, 4))
+        pub.pubacks.append((pub.main, (4,)))
         asyncio.run(run([5], 5))
         assert seen == [1, 2, 3, 4, 5] and not pub.pubacks
     finally:
@@ -80,11 +81,11 @@ def test_a_puback_whose_handling_raises_does_not_strand_the_rest(tmp_path, monke
     try:
         async def run():
             pub.start()
-            for m in (1, 2, 3, 4):
-                pub._puback_threadsafe(pub.main, m)
+            pub._puback_threadsafe(pub.main, [1, 2, 3])     # a run of PUBACKs (FailoverClient.on_published_many)
+            pub._puback_threadsafe(pub.main, (4,))
             await seen.until(3)
         asyncio.run(run())
-        assert seen == [1, 3, 4] and not pub.pubacks
+        assert seen == [1, 3, 4] and not pub.pubacks      # 3: after the one that raised, in the same run
         assert "bad entry" in caplog.text
     finally:
         d.spool.close()

@@ -85,6 +85,13 @@ class Probe:
                 orig_cb(c, u, mid, rc, props)
             link.client.on_publish = on_publish
 
+            def on_many(mids, name=link.name, orig_cb=link.client.on_published_many):
+                now = time.perf_counter()
+                for mid in mids:
+                    self.acked_at[name, mid] = now
+                orig_cb(mids)
+            link.client.on_published_many = on_many
+
         def send_one(row, link):
             orig_send(row, link)
             if row.lane == 0:
