@@ -11,7 +11,8 @@ devices) two full collections of 27 and 43 ms fell in one 5 s run, and they were
 gc.freeze() moves every tracked object into a permanent generation that no collection walks; those objects
 are still freed by reference counting when dropped (per-device state holds no reference cycles). So:
 
-- at start, one full collection (nothing waits yet), then freeze;
+- at start, one full collection (nothing waits yet), then freeze; young collections every YOUNG_EVERY
+  allocations, not CPython's 700;
 - every FREEZE_EVERY s a young collection (generations 0-1, ~1-3 ms: the cycles of recent garbage go first,
   so they are not frozen), then freeze what survived: new devices' state joins the permanent generation;
 - what could leak is a cycle that became garbage after it was frozen. A full collection that unfreezes first
@@ -25,6 +26,12 @@ import gc
 import time
 
 FREEZE_EVERY = 300.0        # s between freezes: a full collection walks at most what was made since (bounded)
+# allocations (net, of container objects) between two young collections; CPython's default is 700. Ingest makes and
+# drops a few tuples and lists per reading, so at 700 a gateway collected ~50 times and walked its young objects each
+# time in a 1-s burst of 50,000 readings (~10 ms of CPU; 2,500 of them new devices whose state survives each walk);
+# at 10,000 it collects ~3 times, each ~1 ms (BENCHMARKS.md, twentieth pass). What a young collection frees is
+# only cycles (reference counting frees the rest): 10,000 objects of those at most wait for it.
+YOUNG_EVERY = 10_000
 FULL_EVERY = 6 * 3600.0     # s between full collections (reclaiming frozen cycles), taken only when idle
 
 
@@ -37,6 +44,7 @@ class Collector:
         self.fulls = 0
 
     def start(self) -> None:
+        gc.set_threshold(YOUNG_EVERY, *gc.get_threshold()[1:])
         gc.collect()
         gc.freeze()
         self.last = self.last_full = self.clock()

@@ -27,8 +27,10 @@ class _Cycle:
 
 @pytest.fixture(autouse=True)
 def _unfrozen():
+    thresholds = gc.get_threshold()
     gc.collect()
     yield
+    gc.set_threshold(*thresholds)
     gc.unfreeze()
     gc.collect()
 
@@ -51,8 +53,10 @@ def test_state_loaded_at_start_is_frozen_and_still_freed_by_reference_counting()
     states = [ReplayState(i) for i in range(2000)] + [Presence() for _ in range(2000)]
     leaf = _Leaf()
     assert _walked(states) == 4000
+    gen1, gen2 = gc.get_threshold()[1:]
     Collector().start()
     assert _walked(states) == 0 and gc.get_freeze_count() >= 4000
+    assert gc.get_threshold() == (gcpause.YOUNG_EVERY, gen1, gen2)    # young collections less often; the rest kept
     probe = weakref.ref(leaf)
     del leaf                                      # no cycle: dropped at once, frozen or not
     assert probe() is None

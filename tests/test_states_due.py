@@ -122,3 +122,33 @@ def test_an_offline_state_reaches_the_broker_before_the_devices_next_online_stat
         assert mine == [("state", first.dev, False, first.fcnt - 1), ("state", first.dev, True, first.fcnt)], mine
     finally:
         rig.close()
+
+
+def test_due_states_leave_oldest_first_and_one_dropped_as_its_device_goes_quiet_is_skipped():
+    """PresenceTable's due states without a broker: next_due hands them over in the order they fell due, once each,
+    and oldest_due is the head's time; one dropped because its device went offline meanwhile (gone_quiet) is skipped,
+    and one dropped and due again since is handed over once, with its new time."""
+    from gasguard.gateway.config import Config
+    from gasguard.gateway.presence import PresenceTable
+    from gasguard.protocol.topics import GatewayTopics
+    cfg = Config(gateway_id="gw-7", district="d", registry="r.db", spool="s.db", mqtt_port=1)
+    table = PresenceTable(cfg, GatewayTopics("gasguard/v1/d/gw-7"))
+    f = {"type": "reading", "fcnt": 1, "gas": 0, "pressure": 2000, "battery": 90, "state": 0}
+    for t, dev in enumerate((1, 2, 3, 4), 100):
+        table.heard(dev, f, float(t), "")
+        table.fell_due([dev], float(t))
+    table.fell_due([1], 200.0)                       # already due: keeps its place and its time
+    assert table.oldest_due() == 100.0 and list(table.due) == [1, 2, 3, 4]
+    table.devices[1].last_seen = table.devices[2].last_seen = -1e9   # silent past their timeout: offline
+    assert [dev for dev, *_ in table.gone_quiet(150.0)] == [1, 2]
+    assert list(table.due) == [3, 4]
+    table.heard(2, f, 160.0, "")                     # back online: due again before its old place was reached
+    table.fell_due([2], 160.0)
+    assert list(table.due) == [3, 4, 2]
+    assert table.oldest_due() == 160.0               # 1's place skipped; 2 at its old place, with its new time
+    got = [table.next_due() for _ in range(4)]
+    # in the order they fell due, each once; the one due again goes at its old place (no later than its turn), and
+    # its new place is skipped
+    assert [(since, topic.split("/")[-2]) for since, topic, _text in got[:3]] == [
+        (160.0, "00000002"), (102.0, "00000003"), (103.0, "00000004")]
+    assert got[3] is None and table.oldest_due() is None and not table.due and not table.due_order
