@@ -27,6 +27,7 @@ import concurrent.futures
 import logging
 import time
 from collections import deque
+from operator import itemgetter
 
 from gasguard import logs
 from gasguard.protocol import counter, frame, topics
@@ -44,6 +45,8 @@ from .preverify import PreVerifier
 from .spool import ALARM, EVENT, READING, STATE, Item, SpoolError
 from .transports import Route
 from .verify import Rejected, Verifier
+
+_RX = itemgetter(1)          # a queued frame's rx: (raw, rx, route)
 
 log = logging.getLogger("gasguard.gateway")
 # a group's headers read in one C call where the lane is compiled (gateway/_lane.c: has_type, devices), else the
@@ -695,10 +698,15 @@ class Ingest:
             g.down = down
         items, counters, idents, undo, acks, accepted = g.items, g.counters, g.idents, g.undo, g.acks, g.accepted
         results, down, by_type = g.results, g.down, g.by_type
-        per_transport: dict = {}
-        for _raw, rx, _route in group:   # counted per group, not per frame (hot path)
-            t = rx.get("transport", "?")
-            per_transport[t] = per_transport.get(t, 0) + 1
+        # counted per group, not per frame (hot path); a group read from one transport shares its rx: counted
+        # without a Python step per frame
+        if group and len(set(map(id, map(_RX, group)))) == 1:
+            per_transport = {group[0][1].get("transport", "?"): len(group)}
+        else:
+            per_transport: dict = {}
+            for _raw, rx, _route in group:
+                t = rx.get("transport", "?")
+                per_transport[t] = per_transport.get(t, 0) + 1
         for t, n in per_transport.items():
             self.metrics.frames_in.labels(t).inc(n)
         verifier, presence = self.verifier, self.presence
@@ -725,11 +733,12 @@ class Ingest:
         lane_run = lane.run if lane else None
         published = lambda dev, sbyte: presence.published(dev, now, sbyte)   # noqa: E731 - the lane's state, due
         states = g.states
-        skip = 0          # frames before this one were taken by the lane's run
         declined = -1     # the frame the lane's run stopped at, of the same rx: take() declined it already
-        for i, (raw, rx, route) in enumerate(group):
-            if i < skip:
-                continue
+        at, end = 0, len(group)
+        while at < end:   # (not a for loop: the lane's run takes many frames at once, and they are not stepped over)
+            i = at
+            at += 1
+            raw, rx, route = group[i]
             if raw is None:
                 self.reject(route if isinstance(route, str) else "noise", None, rx, "line noise")
                 continue
@@ -741,10 +750,10 @@ class Ingest:
                     except TypeError:      # an integer past 64 bits in a forwarder's rx: the general path
                         shared = None
                 if shared is not None and i != declined:
-                    skip = lane_run(group, i, now, shared, rx, undo, counters, routes, rs, states, most, room, flush,
-                                    published, UP)
-                    if skip > i:
-                        declined = skip   # (noise there is counted above; another rx resets this)
+                    taken = lane_run(group, i, now, shared, rx, undo, counters, routes, rs, states, most, room, flush,
+                                     published, UP)
+                    if taken > i:
+                        declined = at = taken   # (noise there is counted above; another rx resets this)
                         continue
             p = pre[i] if pre is not None else None
             try:

@@ -231,3 +231,19 @@ def test_offline_timeout_follows_the_devices_report_period():
     assert offline_timeout(cfg, None) == 900.0
     cfg.offline_missed = 0
     assert offline_timeout(cfg, household) == 900.0
+
+
+def test_a_group_of_frames_from_two_transports_counts_each_transports_frames(rig):
+    """frames_in is counted per group (ingest's hot path): a group whose frames came from one transport is counted
+    at once, one that mixes a serial line's and a forwarder's frames per transport."""
+    rig.start()
+    a, b = rig.nodes
+    serial = {"transport": "serial", "port": "ttyGG0", "rssi": None, "snr": None}
+    udp = {"transport": "udp", "eui": "0102030405060708", "rssi": -80, "snr": 7.5}
+    d = rig.daemon
+    rig.runner.call(lambda: d.process([(a.reading(), serial, "serial:tty0"), (b.reading(), udp, "udp:gw"),
+                                       (a.reading(), serial, "serial:tty0")]))
+    rig.runner.call(lambda: d.process([(b.reading(), udp, "udp:gw"), (b.reading(), udp, "udp:gw")]))
+    assert rig.metric("gasguard_gateway_frames_in_total", transport="serial") == 2
+    assert rig.metric("gasguard_gateway_frames_in_total", transport="udp") == 3
+    assert rig.metric("gasguard_gateway_accepted_total", type="reading") == 5
