@@ -368,6 +368,11 @@ class Spool:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={self.pragma_sync}")
+            # Debian builds SQLite with SECURE_DELETE: every PUBACKed row (a reading row is ~9 KB, on overflow pages)
+            # was overwritten with zeros as it was deleted, pages written to the log and the file once more - a
+            # third of the bytes written (BENCHMARKS.md, twentieth pass). What is deleted here is what the file
+            # holds live anyway (readings, alarms, results; no key), and the file is 0600: off, as SQLite's default
+            self.db.execute("PRAGMA secure_delete=OFF")
             self.db.executescript(_SCHEMA)
             self._migrate()
             if max_pages:   # tests: a tiny "disk" that fills up like a real one
