@@ -274,8 +274,8 @@ class Publisher:
                 self._schedule_drain()
 
     def _count_published(self) -> None:
-        """The messages PUBACKed since the last call, added to each lane's counter at once (an inc per message was
-        ~1 µs of a retained state's ~40)."""
+        """The messages PUBACKed since the last call, added to each lane's counter at once (an inc per message cost
+        ~0.8 µs, timeit: a retained state's PUBACK is one message)."""
         n = self.published_n
         for lane, k in enumerate(n):
             if k:
