@@ -27,10 +27,10 @@ import time
 
 FREEZE_EVERY = 300.0        # s between freezes: a full collection walks at most what was made since (bounded)
 # allocations (net, of container objects) between two young collections; CPython's default is 700. Ingest makes and
-# drops a few tuples and lists per reading, so at 700 a gateway collected ~50 times and walked its young objects each
-# time in a 1-s burst of 50,000 readings (~10 ms of CPU; 2,500 of them new devices whose state survives each walk);
-# at 10,000 it collects ~3 times, each ~1 ms (BENCHMARKS.md, twentieth pass). What a young collection frees is
-# only cycles (reference counting frees the rest): 10,000 objects of those at most wait for it.
+# drops a few tuples and lists per reading, so at 700 a gateway made 48-55 young and 4 middle collections in a 1-s
+# burst of 50,000 readings (~12 ms of CPU: 2,500 new devices' state survives each walk); at 10,000 it made 2, 2.4-6.6
+# ms in all, the longest 1.3-5.8 ms (2 runs; BENCHMARKS.md, twentieth pass). What a young collection frees is only
+# cycles (reference counting frees the rest): 10,000 objects of those at most wait for it.
 YOUNG_EVERY = 10_000
 FULL_EVERY = 6 * 3600.0     # s between full collections (reclaiming frozen cycles), taken only when idle
 

@@ -165,17 +165,16 @@ class PresenceTable:
     def next_due(self) -> tuple[float, str, str] | None:
         """The oldest due state as (when it first fell due, topic, text), built from the device's presence now (its
         latest reading); None when none is due. (No spool Item: it is not spooled, so it needs no row id.)"""
-        due, order, devices = self.due, self.due_order, self.devices
+        due, order = self.due, self.due_order
         while order:
             dev = order.popleft()
             since = due.pop(dev, None)
             if since is None:
-                continue                           # dropped meanwhile (gone_quiet): skipped here
-            st = devices.get(dev)
-            if st is not None and st.online:       # (gone_quiet drops a device's due state as it goes offline)
-                if not due:
-                    self.due = {}      # a dict keeps its largest table when emptied: a district's 330,000 is ~20 MB
-                return since, self.topics.device(dev, topics.STATE), self.state_text(dev, st.pub, st)
+                continue              # dropped as its device went offline (gone_quiet): due states are of online ones
+            if not due:
+                self.due = {}         # a dict keeps its largest table when emptied: a district's 330,000 is ~20 MB
+            st = self.devices[dev]
+            return since, self.topics.device(dev, topics.STATE), self.state_text(dev, st.pub, st)
         return None
 
     def oldest_due(self) -> float | None:

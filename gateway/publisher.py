@@ -631,7 +631,7 @@ class Publisher:
             # STATE_WAIT, then ahead of them (STATE_RUN at a time: readings_turn above), and whenever no batch is
             # ready; FILL_STATES a pass
             due = self.presence.due if self.presence is not None and states < FILL_STATES else None
-            if due and self.clock() - self.presence.oldest_due() >= STATE_WAIT and self._send_due_state(link):
+            if due and self.clock() - self.presence.oldest_due() >= STATE_WAIT and self._send_due_states(link, 1):
                 states += 1
                 continue
             if ready and self._send_readings():
@@ -655,10 +655,6 @@ class Publisher:
                                          row.t, time.monotonic())
         if row.lane in PRIORITY_LANES:
             link.priority += 1
-
-    def _send_due_state(self, link: Link) -> bool:
-        """Publish the oldest due online state (presence.next_due) on `link`; False if none."""
-        return self._send_due_states(link, 1) == 1
 
     def _send_due_states(self, link: Link, most: int) -> int:
         """Publish up to `most` due online states on `link`, oldest first; how many were."""
