@@ -20,7 +20,10 @@ on this shared machine hits every peer alike; the figures are medians over the r
 
 The peers cannot verify GasGuard frames, so they get the same readings as text lines ("dev,fcnt,gas,
 pressure,battery,state"); each is counted by its (dev, fcnt). The rate is distinct readings / (last new
-reading at the subscriber - first byte written). The peers are installed into a bench-only folder
+reading at the subscriber - first byte written). Every peer's broker runs as the district's does (`bench buses`
+and `bench alarms` too): `set_tcp_nodelay true` from `gasguard authority broker-config` (a PUBACK goes at once,
+not after the client's delayed TCP ACK, up to 40 ms) and mosquitto's own autosave interval (the tests' broker
+saves its database every second, and serves nobody while it writes the retained states). The peers are installed into a bench-only folder
 (`.bench-peers/` in the checkout, from `tools/bench/peers_env/`), never into the product's environment.
 """
 
@@ -42,11 +45,15 @@ import click
 import orjson
 import paho.mqtt.client as mqtt
 
+from gasguard.authority.broker import PUBACK_AT_ONCE
+
 HERE = Path(__file__).resolve().parent
 ENV_SRC = HERE / "peers_env"                      # package.json + lock, thingsboard.lock
 DEFAULT_HOME = HERE.parents[1] / ".bench-peers"   # the checkout's root (gitignored)
 IDLE_S = 10.0          # a peer that delivers nothing new for this long is done (what it lost stays lost)
 RUN_CAP_S = 300.0      # one run never takes longer
+# each peer's private broker: the district's setting (authority/broker.py; and autosave=None), the same for every peer
+BROKER = PUBACK_AT_ONCE + "\n"
 PROBE_DEV = 0x00FFFFF0 # readiness probe: written until it comes out the other end, not counted
 IDLE_CAP_S = 10.0      # s after the clock a peer may stay busy before its CPU is read anyway (_until_idle)
 GG_EXTRA = os.environ.get("GG_PEERS_GATEWAY_EXTRA", "")   # extra gateway.toml lines (A/B runs by hand)
@@ -378,7 +385,7 @@ def run_gasguard(wl: Workload, d: Path, datas: list, expected: set, warm: tuple 
     from gasguard.testing.mosquitto import Mosquitto
     d.mkdir(parents=True, exist_ok=True)
     make_registry(d / "registry.db", wl.nodes + [wl.probe])
-    with Mosquitto(workdir=d / "broker") as broker:
+    with Mosquitto(workdir=d / "broker", extra_config=BROKER, autosave=None) as broker:
         counter = Counter(broker.port, "gasguard/v1/bench/+/reading", _gg_keys)
         counter.expected = expected
         procs, cables, logs, probes = [], [], [], []
@@ -417,7 +424,7 @@ def run_thingsboard(home: Path, d: Path, data: bytes, expected: set, warm: tuple
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "config"
     conf.mkdir(exist_ok=True)
-    with Mosquitto(workdir=d / "broker") as broker:
+    with Mosquitto(workdir=d / "broker", extra_config=BROKER, autosave=None) as broker:
         cable = PtyCable(d / "ttyTB")
         stock = json.loads((home / "thingsboard" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
                             / "site-packages" / "thingsboard_gateway" / "config" / "tb_gateway.json").read_text())
@@ -471,7 +478,7 @@ def run_nodered(home: Path, d: Path, data: bytes, expected: set, warm: tuple | N
     d.mkdir(parents=True, exist_ok=True)
     user = d / "userdir"
     user.mkdir(exist_ok=True)
-    with Mosquitto(workdir=d / "broker") as broker:
+    with Mosquitto(workdir=d / "broker", extra_config=BROKER, autosave=None) as broker:
         cable = PtyCable(d / "ttyNR")
         # the serial node splits on newline and keeps the newline: the join concatenates whole lines
         (user / "flows.json").write_text(json.dumps(_nr_flow(os.path.realpath(cable.link), broker.port)))
