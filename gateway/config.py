@@ -66,7 +66,7 @@ class Config:
     network_thread: bool = False       # [mqtt] network_thread: each connection's I/O on paho's thread, not the loop
     batch_count: int = 200             # readings per batch message
     batch_bytes: int = 64_000          # bytes per batch message
-    batch_delay: float = 1.0           # oldest reading waits at most this long for company (while a batch is in flight)
+    batch_delay: float = 1.0           # oldest reading waits at most this long for company
     verify_worker: bool = False        # [ingest] verify_worker: decode + MIC in a worker process (off by default)
     commit_thread: bool = False        # [ingest] commit_thread: a burst's groups of readings fsynced on a thread
     spool_max_bytes: int = 256 * 1024 * 1024

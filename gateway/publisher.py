@@ -143,7 +143,6 @@ class Publisher:
         self.exhausted = {lane: False for lane in range(4)}
         self.batch_wait_since: float | None = None
         self.batch_timer: asyncio.TimerHandle | None = None
-        self.last_batch: tuple[int, Flight] | None = None   # (mid, flight) of the last batch of readings sent
         self.states_in_row = 0                   # states sent since the last batch of readings (STATE_RUN)
         self.acked: list[tuple] = []             # PUBACKed (lane, first, last seq), deleted once per loop pass
         self.pubacks: deque = deque()            # (link, [mid]) from paho's callbacks, not yet handled (_drain_pubacks)
@@ -701,7 +700,7 @@ class Publisher:
         more = self._peek(READING) is not None
         full = more or n >= cap
         now = time.monotonic()
-        if not full and self._batch_unacked():
+        if not full:
             if self.batch_wait_since is None:
                 self.batch_wait_since = now
             if now - self.batch_wait_since < self.cfg.batch_delay:
@@ -714,20 +713,9 @@ class Publisher:
         self.batch_wait_since = None
         body = payloads.batch(self.cfg.gateway_id, self.cfg.district, self.clock(), [r.payload for r in rows])
         info = self.client.publish(self.topics.reading, body, qos=1)
-        self.inflight[info.mid] = flight = Flight(rows[0].seq, rows[-1].seq,
-                                                  size - 200 - len(rows) + ROW_OVERHEAD * len(rows), READING, n,
-                                                  min(r.t for r in rows), now)
-        self.last_batch = (info.mid, flight)
+        self.inflight[info.mid] = Flight(rows[0].seq, rows[-1].seq, size - 200 - len(rows) + ROW_OVERHEAD * len(rows),
+                                         READING, n, min(r.t for r in rows), now)
         return True
-
-    def _batch_unacked(self) -> bool:
-        """Whether the last batch of readings sent still waits for its PUBACK. A batch that is not full waits for
-        company (batch.delay) only while it does: Nagle's rule (RFC 896). When nothing of the lane is in flight
-        a wait gains nothing but latency - the last readings of a burst waited the whole delay behind a link
-        that was idle - and at a high rate the PUBACKs clock the batches, so they stay full. The broker acknowledges
-        QoS-1 messages in the order it received them (MQTT 3.1.1, 4.6), so the last one acked means all were."""
-        last = self.last_batch
-        return last is not None and self.inflight.get(last[0]) is last[1]
 
     async def run(self) -> None:
         """Periodic drain: batches waiting for company, and a reconnect that found a backlog."""
