@@ -500,7 +500,7 @@ def run_nodered(home: Path, d: Path, data: bytes, expected: set, warm: tuple | N
         return _run_peer([proc], [cable], counter, [log], [(PROBE_LINE, (PROBE_DEV, 1))], "Node-RED", 120, [data], warm)
 
 
-def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=DEFAULT_HOME, echo=click.echo,
+def peers_figures(*, devices=5000, readings=100_000, rounds=3, only=PEERS, home=DEFAULT_HOME, echo=click.echo,
                   workdir=None, warm=False) -> dict:
     setup(home, echo)
     wl = Workload(devices, readings, warm)
@@ -552,7 +552,7 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=2, only=PEERS, home=
 @click.command("peers")
 @click.option("--devices", default=5000, show_default=True)
 @click.option("--readings", default=100_000, show_default=True)
-@click.option("--rounds", default=2, show_default=True, help="interleaved rounds (every peer once per round)")
+@click.option("--rounds", default=3, show_default=True, help="interleaved rounds (every peer once per round; odd, so the median is a round's)")
 @click.option("--only", multiple=True, type=click.Choice(PEERS), help="run only these peers (repeatable)")
 @click.option("--home", type=click.Path(path_type=Path), default=DEFAULT_HOME, show_default=True,
               help="where the peers are installed (bench only)")
