@@ -22,9 +22,10 @@ The peers cannot verify GasGuard frames, so they get the same readings as text l
 pressure,battery,state"); each is counted by its (dev, fcnt). The rate is distinct readings / (last new
 reading at the subscriber - first byte written). Every peer's broker runs as the district's does (`bench buses`
 and `bench alarms` too): `set_tcp_nodelay true` from `gasguard authority broker-config` (a PUBACK goes at once,
-not after the client's delayed TCP ACK, up to 40 ms) and mosquitto's own autosave interval (the tests' broker
-saves its database every second, and serves nobody while it writes the retained states). The peers are installed into a bench-only folder
-(`.bench-peers/` in the checkout, from `tools/bench/peers_env/`), never into the product's environment.
+not after the client's delayed TCP ACK: 41 ms here) and mosquitto's own autosave interval (the tests' broker
+saves its database every second, and serves nobody while it writes the retained states). The peers are installed
+into a bench-only folder (`.bench-peers/` in the checkout, from `tools/bench/peers_env/`), never into the
+product's environment.
 """
 
 from __future__ import annotations
@@ -552,7 +553,8 @@ def peers_figures(*, devices=5000, readings=100_000, rounds=3, only=PEERS, home=
 @click.command("peers")
 @click.option("--devices", default=5000, show_default=True)
 @click.option("--readings", default=100_000, show_default=True)
-@click.option("--rounds", default=3, show_default=True, help="interleaved rounds (every peer once per round; odd, so the median is a round's)")
+@click.option("--rounds", default=3, show_default=True,
+              help="interleaved rounds (every peer once per round; odd, so the median is a round's)")
 @click.option("--only", multiple=True, type=click.Choice(PEERS), help="run only these peers (repeatable)")
 @click.option("--home", type=click.Path(path_type=Path), default=DEFAULT_HOME, show_default=True,
               help="where the peers are installed (bench only)")
