@@ -2,14 +2,15 @@
 
 ONE place parses a gateway's reading batch (`readings_of`) and a valve event (`valve_of`): the command
 service's grader and store, and a console working alone (command/web/source.py `ReadingFeed`), all call these.
-The batch format belongs to the gateway (gateway/payloads.py `batch`): `gasguard.readings/2`, a row of columns per
-reading (issue 17: ~100 B a reading instead of ~280), made into the reading's fields by name by the gateway's own
-`payloads.reading_fields`; `gasguard.readings/1`, an object per reading, from gateways not yet upgraded, as it is.
+The batch format belongs to the gateway (gateway/payloads.py `batch`): `gasguard.readings/3` (and /2, whose rows are
+/3 rows), a row of columns per reading (issue 17: ~61 B a reading over a serial port instead of ~280), made into the
+reading's fields by name by the gateway's own `payloads.reading_fields`; `gasguard.readings/1`, an object per
+reading, from gateways not yet upgraded, as it is.
 """
 
 from __future__ import annotations
 
-from gasguard.gateway.payloads import READINGS_SCHEMA, reading_fields
+from gasguard.gateway.payloads import READINGS_SCHEMAS, reading_fields
 from gasguard.protocol import const as C
 
 # EV_VALVE's data: valve u8 (1 closed, 0 open), cause u8 (SPEC 3.3)
@@ -29,11 +30,11 @@ def readings_of(doc: dict) -> list[dict]:
         return []
     if not isinstance(rows, list):
         raise ValueError("a reading batch whose 'readings' is not a list")
-    if doc.get("schema") != READINGS_SCHEMA:
+    if doc.get("schema") not in READINGS_SCHEMAS:
         return rows                       # gasguard.readings/1: the objects themselves
     gw = doc.get("gateway")
     if not isinstance(gw, str):
-        raise ValueError(f"a {READINGS_SCHEMA} batch without its gateway (the readings' ids are made from it)")
+        raise ValueError(f"a {doc['schema']} batch without its gateway (the readings' ids are made from it)")
     return [reading_fields(gw, r) for r in rows]
 
 

@@ -738,7 +738,7 @@ static PyObject *take_one(Lane *self, ctx_t *c, PyObject *raw, PyObject *now_o, 
         int fn = put_dec(fc, fcnt);
         Py_ssize_t tn = PyUnicode_GET_LENGTH(t_txt), rn = PyUnicode_GET_LENGTH(rx_txt),
                    ptn = PyUnicode_GET_LENGTH(pt), itn = it ? PyUnicode_GET_LENGTH(it) : 0;
-        /* gasguard.readings/2's row (payloads.reading_row): ["dev",fcnt,t,gas,pressure,battery,state,rx(,inlet)] */
+        /* gasguard.readings/3's row (payloads.reading_row; rx: the group's text, payloads.rx_cell): ["dev",fcnt,t,gas,pressure,battery,state,rx(,inlet)] */
         Py_ssize_t len = 2 + 8 + 2 + fn + 1 + tn + 1 + gt->n + 1 + ptn + 1 + bt->n + 1 + stt->n + 1 + rn
                          + (it ? 1 + itn : 0) + 1;
         js = PyUnicode_New(len, 127);

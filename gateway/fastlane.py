@@ -29,6 +29,7 @@ import orjson
 from gasguard.protocol.const import FLAG_INLET, MAX_FCNT, MAX_GAP, MIC_LEN, NA16
 from gasguard.protocol.units import pressure_from_wire
 
+from . import payloads
 from .presence import PresenceTable
 from .verify import _B0_HEAD, _R, _READING_HDR, _READING_LEN, _REC, _RI, PADS_MAX, RECENT, mic_at_next
 
@@ -41,7 +42,7 @@ _RECENT_BYTES = RECENT * _REC
 _INLET_HDR = _READING_HDR | FLAG_INLET
 
 # JSON text of each field value, made once (hot path): what orjson writes for the value payloads.reading_json
-# puts there, so the entry's text is the same (the state: its byte, gasguard.readings/2)
+# puts there, so the entry's text is the same (the state: its byte, gasguard.readings/3)
 _STATE_TXT = [str(b) for b in range(256)]
 _GAS_TXT = {g: orjson.dumps(g / 10.0).decode() for g in range(1001)}
 _GAS_TXT[NA16] = "null"
@@ -124,7 +125,7 @@ class ReadingLane:
         """What every frame of a group shares: the msg id's head, the time (its JSON and replay-memory
         forms) and the rx JSON (for the transport's rx dict of this group)."""
         return (f"{gateway_id}:", orjson.dumps(round(now, 3)).decode(), (int(now) & 0xFFFFFFFF).to_bytes(4, "little"),
-                orjson.dumps(rx, option=orjson.OPT_NON_STR_KEYS).decode())
+                orjson.dumps(payloads.rx_cell(rx), option=orjson.OPT_NON_STR_KEYS).decode())
 
     def take(self, raw: bytes, now: float, shared: tuple):
         """A reading taken: (dev, fcnt, previous counter, msg id, entry JSON, routine, due): `due` is the reading's

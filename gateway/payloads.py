@@ -69,13 +69,39 @@ def reading_entry(mid: str, f: dict, t: float, rx: dict) -> dict:
 # the state byte spelled out as six named fields; a /2 row is ~100 B with the same facts. The id and the named
 # state are derived by whoever reads it (`reading_fields`, the one reader: command/readings.py uses it).
 # inlet_pa is there only for a reading that has one (a station's inlet pressure): a row of 8 or 9 items.
+# gasguard.readings/3 (issue 17): /2's rows, but the rx of a reading that came over a wire - a serial port or a LoRa
+# modem on one: `{"transport": T, "port": P, "rssi": null, "snr": null}`, the same for every reading of the port -
+# may be the text "T:P" (rx_cell). It was 60 of a /2 row's ~105 B, written into the spool's rows, the broker's
+# messages and every subscriber's reads (BENCHMARKS.md, twenty-first pass). An rx with anything else (a radio's
+# rssi and snr, a forwarder's id) stays an object. A /2 row is a /3 row: the readers take both (READINGS_SCHEMAS).
 READING_COLUMNS = ("dev", "fcnt", "t", "gas_pct_lel", "pressure_pa", "battery_pct", "state", "rx", "inlet_pa")
-READINGS_SCHEMA = "gasguard.readings/2"
+READINGS_SCHEMA = "gasguard.readings/3"
+READINGS_SCHEMAS = frozenset({"gasguard.readings/2", READINGS_SCHEMA})   # what reading_fields reads
+_WIRE_RX = frozenset({"transport", "port", "rssi", "snr"})
+
+
+def rx_cell(rx: dict):
+    """A row's rx: "transport:port" for a wire's (rssi and snr null, nothing else; a transport name without a
+    colon, a port that is text), else the object itself. `rx_of` gives the object back."""
+    if (rx.keys() == _WIRE_RX and rx["rssi"] is None and rx["snr"] is None and type(rx["port"]) is str
+            and type(rx["transport"]) is str and rx["transport"] and ":" not in rx["transport"]):
+        return f"{rx['transport']}:{rx['port']}"
+    return rx
+
+
+def rx_of(cell) -> dict:
+    """A row's rx cell as the object (rx_cell's inverse). ValueError for text without its colon."""
+    if type(cell) is not str:
+        return cell
+    transport, colon, port = cell.partition(":")
+    if not colon or not transport:
+        raise ValueError(f"a reading row's rx text is 'transport:port', not {cell!r:.80}")
+    return {"transport": transport, "port": port, "rssi": None, "snr": None}
 
 
 def reading_row(f: dict, t: float, rx: dict) -> list:
     row = [dev_hex(f["dev"]), f["fcnt"], round(t, 3), gas_percent_lel(f["gas"]), f["pressure"], f["battery"],
-           f["state"], rx]
+           f["state"], rx_cell(rx)]
     if f.get("inlet") is not None:
         row.append(f["inlet"])
     return row
@@ -89,16 +115,17 @@ def reading_json(f: dict, t: float, rx: dict) -> str:
 
 
 def reading_fields(gateway_id: str, row: list) -> dict:
-    """A /2 batch's row as the reading's fields by name (`reading_entry`'s dict: the id derived, the state byte's
-    named fields). ValueError for a row that is not one (too short or long, a dev that is not hex, a state that
-    is not a byte)."""
+    """A /2 or /3 batch's row as the reading's fields by name (`reading_entry`'s dict: the id derived, the state
+    byte's named fields, the rx an object). ValueError for a row that is not one (too short or long, a dev that is
+    not hex, a state that is not a byte, rx text without its colon)."""
     if not isinstance(row, list) or not 8 <= len(row) <= 9:
-        raise ValueError(f"a reading row of {READINGS_SCHEMA} is a list of 8 or 9 items, not {row!r:.80}")
+        raise ValueError(f"a reading row of gasguard.readings/2 or /3 is a list of 8 or 9 items, not {row!r:.80}")
     e = dict(zip(READING_COLUMNS, row))        # (zip stops at the row's end: inlet_pa only where there is one)
     state = e["state"]
     if not isinstance(state, int) or not 0 <= state <= 255:
         raise ValueError(f"a reading row's state is a byte, not {state!r}")
     e["state"] = _STATE_FIELDS[state]
+    e["rx"] = rx_of(e["rx"])
     return {"id": msg_id(gateway_id, int(e["dev"], 16), e["fcnt"]), **e}
 
 
@@ -108,12 +135,12 @@ _STATE_BYTE = {json.dumps(f, sort_keys=True): b for b, f in reversed(list(enumer
 
 
 def row_of_entry(e: dict) -> list:
-    """A /1 batch's reading object as a /2 row: what a spool written before the upgrade holds is published as /2
+    """A /1 batch's reading object as a /3 row: what a spool written before the upgrade holds is published as /3
     (gateway/spool.py converts it at start). ValueError/KeyError for an object that is not a reading's."""
     st = _STATE_BYTE.get(json.dumps(e["state"], sort_keys=True))
     if st is None:
         raise ValueError(f"a reading whose state is not one the state byte spells: {e['state']!r:.80}")
-    fields = {**e, "state": st, "rx": e.get("rx", {})}
+    fields = {**e, "state": st, "rx": rx_cell(e.get("rx", {}))}
     return [fields[c] for c in READING_COLUMNS if c != "inlet_pa" or c in fields]
 
 

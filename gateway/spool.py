@@ -484,7 +484,8 @@ class Spool:
 
     def _rows_to_v2(self) -> None:
         """Inside _migrate's transaction: the reading rows an older gateway wrote (gasguard.readings/1 objects)
-        rewritten as /2 rows (payloads.row_of_entry), so that every batch the publisher merges is of one format.
+        rewritten as rows (payloads.row_of_entry), so that every batch the publisher merges is of one format (a /2
+        row a gateway of issue 17 wrote is a /3 row as it is).
         Once per spool (meta `reading_rows`); a row that does not parse is left as it was, said once."""
         db, after, done = self.db, 0, 0
         q = ("SELECT seq, payload FROM outbox WHERE lane = ? AND topic IS NULL AND seq > ? ORDER BY seq LIMIT ?")
@@ -507,7 +508,7 @@ class Spool:
             done += len(updates)
             after = rows[-1][0]
         if done:
-            log.info("spool: %d reading rows written by an older gateway rewritten as gasguard.readings/2", done)
+            log.info("spool: %d reading rows written by an older gateway rewritten as gasguard.readings/3 rows", done)
 
     def _measure(self) -> int:
         n, b = self.db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()

@@ -31,7 +31,7 @@ def test_a_batch_is_read_as_the_entries_it_carries_and_a_v1_batch_as_it_is():
           for i in range(3)]
     doc = json.loads(payloads.batch("sub-17", "d", 1764661300.0, [payloads.reading_json(f, 1764661299.5, rx)
                                                                   for f in fs]))
-    assert doc["schema"] == "gasguard.readings/2" and doc["columns"] == list(payloads.READING_COLUMNS)
+    assert doc["schema"] == "gasguard.readings/3" and doc["columns"] == list(payloads.READING_COLUMNS)
     assert readings_of(doc) == [payloads.reading_entry(payloads.msg_id("sub-17", f["dev"], f["fcnt"]), f, 1764661299.5,
                                                        rx) for f in fs]
     v1 = {"schema": "gasguard.readings/1", "gateway": "old-gw", "readings": [{"id": "old-gw:00b00000:5"}]}
@@ -40,10 +40,37 @@ def test_a_batch_is_read_as_the_entries_it_carries_and_a_v1_batch_as_it_is():
 
 @pytest.mark.parametrize("row", [["00b00000", 5, 1.0, 0, 2000, 80, 0], ["00b00000", 5, 1.0, 0, 2000, 80, 0, {}, 1, 2],
                                  ["00b00000", 5, 1.0, 0, 2000, 80, 256, {}], ["zz", 5, 1.0, 0, 2000, 80, 0, {}],
-                                 {"dev": "00b00000"}])
-def test_a_row_that_is_not_one_is_refused_by_name(row):
+                                 ["00b00000", 5, 1.0, 0, 2000, 80, 0, "serial"],
+                                 ["00b00000", 5, 1.0, 0, 2000, 80, 0, ":tty0"], {"dev": "00b00000"}])
+@pytest.mark.parametrize("schema", ["gasguard.readings/2", "gasguard.readings/3"])
+def test_a_row_that_is_not_one_is_refused_by_name(row, schema):
     with pytest.raises(ValueError):
-        readings_of({"schema": "gasguard.readings/2", "gateway": "gw", "readings": [row]})
+        readings_of({"schema": schema, "gateway": "gw", "readings": [row]})
+
+
+WIRE = {"transport": "serial", "port": "tty0", "rssi": None, "snr": None}
+
+
+@pytest.mark.parametrize("rx, cell", [
+    (WIRE, "serial:tty0"),
+    ({"transport": "lora_uart", "port": "/dev/serial/by-id/usb-x:y-if00", "rssi": None, "snr": None},
+     "lora_uart:/dev/serial/by-id/usb-x:y-if00"),                      # a colon in the port: split at the first
+    ({**WIRE, "rssi": -101, "snr": 7.5}, None),                         # a radio's: the object
+    ({"transport": "udp", "gw": "aa555a0000000001", "rssi": -101, "snr": -3.5, "port": "x"}, None),
+    ({**WIRE, "transport": "odd:kind"}, None),                          # the text could not be split back
+    ({**WIRE, "port": 7}, None),
+    ({"transport": "serial", "port": "tty0"}, None),                    # not the four keys
+    ({}, None)])
+def test_a_wires_rx_is_its_text_in_a_row_and_reads_back_as_the_object(rx, cell):
+    """gasguard.readings/3: a serial port's rx ({transport, port, rssi: null, snr: null}) is "transport:port" in a
+    row, 60 -> ~14 B of the row; anything else stays the object. Either way the reader gets the object back, from
+    the general path's text and the compiled lane's alike (tests/test_fastlane.py holds the two texts equal)."""
+    f = {"dev": 0x00B00001, "fcnt": 9, "gas": 10, "pressure": 2000, "battery": 80, "state": 0, "inlet": None}
+    row = json.loads(payloads.reading_json(f, 1764661299.5, rx))
+    assert row[7] == (rx if cell is None else cell)
+    doc = json.loads(payloads.batch("sub-17", "d", 1764661300.0, [payloads.reading_json(f, 1764661299.5, rx)]))
+    assert readings_of(doc)[0]["rx"] == rx
+    assert readings_of({**doc, "schema": "gasguard.readings/2"})[0]["rx"] == rx     # a /2 row is a /3 row
 
 
 def test_dumps_matches_json_for_published_documents_and_keeps_non_string_keys():

@@ -32,7 +32,7 @@ def _entries(dev: int, first: int, n: int, t: float = 1_700_000_000.0, state: in
 
 
 def _fields(entry: str) -> dict:
-    """An entry's fields by name, as consumers read it (gasguard.readings/2: the id made from the gateway's)."""
+    """An entry's fields by name, as consumers read it (gasguard.readings/3: the id made from the gateway's)."""
     return payloads.reading_fields("gw1", json.loads(entry))
 
 
@@ -105,7 +105,7 @@ def test_a_spool_written_before_the_upgrade_keeps_its_rows_and_drains_them_first
         assert rig.runner.call(spool.depth)["reading"] == (5, json.loads(old[0])["t"])
         with sqlite3.connect(rig.spool) as db:
             assert "count" in {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-            # rewritten as /2 rows at the start (the publisher merges rows into one batch format), once
+            # rewritten as rows at the start (the publisher merges rows into one batch format), once
             assert db.execute("SELECT count, payload FROM outbox ORDER BY seq").fetchall() == [(1, e) for e in new]
             assert db.execute("SELECT v FROM meta WHERE k = 'reading_rows'").fetchone() == ("2",)
         assert spool.size == spool._measure()
@@ -175,12 +175,12 @@ def test_rows_of_many_readings_merge_into_batches_by_readings_and_bytes(tmp_path
         want = _groups(sizes, [len(",".join(p)) for p in parts], 200, d.cfg.batch_bytes)
         assert want == [[0], [1], [2], [3], [4, 5, 6, 7, 8]]
         rig.sub.wait(lambda ms: len(rig.sub.raw) >= len(want), 20)
-        # phase 2, connected, by bytes: rows of 10 readings (~1,060 B) under batch.bytes 4,000
-        d.cfg.batch_bytes = 4_000
+        # phase 2, connected, by bytes: rows of 10 readings (~610 B: a serial port's rx as its text) under batch.bytes 2,500
+        d.cfg.batch_bytes = 2_500
         sizes2 = [10] * 7 + [60] + [10] * 2
         items2, parts2 = _rows(dev, sizes2, first=sum(sizes) + 1)
         rig.runner.call(d.outbox.commit, items2)
-        want2 = _groups(sizes2, [len(",".join(p)) for p in parts2], 200, 4_000)
+        want2 = _groups(sizes2, [len(",".join(p)) for p in parts2], 200, 2_500)
         assert want2 == [[0, 1, 2], [3, 4, 5], [6], [7], [8, 9]]
         rig.sub.wait(lambda ms: len(rig.sub.raw) >= len(want) + len(want2), 20)
         wait_until(lambda: rig.metric("gasguard_gateway_published_total", lane="reading") == len(want) + len(want2),
@@ -191,10 +191,10 @@ def test_rows_of_many_readings_merge_into_batches_by_readings_and_bytes(tmp_path
         for body, entries in zip(raw, expect):
             # the same bytes as one entry per row made: each reading's JSON unchanged, joined by commas
             assert body.endswith(('"readings":[' + ",".join(entries) + "]}").encode())
-            assert orjson.loads(body)["schema"] == "gasguard.readings/2"
+            assert orjson.loads(body)["schema"] == "gasguard.readings/3"
         for body in raw[len(want):]:
             doc = orjson.loads(body)
-            assert len(body) <= 4_000 or len(doc["readings"]) == 60       # only the oversize row goes over
+            assert len(body) <= 2_500 or len(doc["readings"]) == 60       # only the oversize row goes over
         # PUBACK deleted every row; the latency is one observation per message; the size is what is left
         wait_until(lambda: rig.runner.call(d.spool.depth)["reading"][0] == 0, 10, "rows deleted on PUBACK")
         assert rig.metric("gasguard_gateway_publish_latency_seconds_count", lane="reading") == len(raw)
@@ -314,7 +314,7 @@ def test_thinned_rows_of_many_readings_publish_what_is_left_once_and_report_it(t
         mosquitto.stop()
         wait_until(lambda: not d.publisher.connected, 10, "the gateway sees the broker gone")
         a, b = 0x00B00008, 0x00B00009
-        items, _ = _rows(a, [100] * 12)                                   # ~127 KB of rows (~106 B a reading)
+        items, _ = _rows(a, [100] * 20)                                   # ~122 KB of rows (~61 B a reading)
         keep = _entries(b, 1, 50, state=0x08)                             # not routine: never thinned
         items.insert(2, _row(keep, b, routine=False))
         rig.runner.call(d.outbox.commit, items)
@@ -322,7 +322,7 @@ def test_thinned_rows_of_many_readings_publish_what_is_left_once_and_report_it(t
         rig.runner.call(d.outbox.make_room, time.time())
         thinned = int(rig.metric("gasguard_gateway_thinned_readings_total"))
         assert thinned > 0 and d.spool.size <= 0.9 * d.cfg.spool_max_bytes
-        left = 1250 - thinned
+        left = 2050 - thinned
         assert rig.runner.call(d.spool.depth)["reading"][0] == left
         mosquitto.start()                                                 # (the report was spooled at once)
         rig.sub.wait(lambda ms: len(rig.sub.reading_ids()) >= left and rig.sub.on("gw1/event"), 20)

@@ -182,7 +182,7 @@ def _gg_keys(payload: bytes):
     rows = orjson.loads(payload)["readings"]
     if rows and type(rows[0]) is dict:      # gasguard.readings/1: an earlier commit's gateway (A/B runs by hand)
         return [(int(r["dev"], 16), r["fcnt"]) for r in rows]
-    return [(int(r[0], 16), r[1]) for r in rows]           # gasguard.readings/2 rows: dev, fcnt, ...
+    return [(int(r[0], 16), r[1]) for r in rows]           # gasguard.readings/2 and /3 rows: dev, fcnt, ...
 
 
 def _line_key(line: str):
