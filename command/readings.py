@@ -3,7 +3,7 @@
 ONE place parses a gateway's reading batch (`readings_of`) and a valve event (`valve_of`): the command
 service's grader and store, and a console working alone (command/web/source.py `ReadingFeed`), all call these.
 The batch format belongs to the gateway (gateway/payloads.py `batch`): `gasguard.readings/3` (and /2, whose rows are
-/3 rows), a row of columns per reading (issue 17: ~61 B a reading over a serial port instead of ~280), made into the
+/3 rows), a row of columns per reading (issue 17: ~60 B a reading over a serial port instead of ~280), made into the
 reading's fields by name by the gateway's own `payloads.reading_fields`; `gasguard.readings/1`, an object per
 reading, from gateways not yet upgraded, as it is.
 """

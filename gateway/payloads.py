@@ -80,6 +80,12 @@ READINGS_SCHEMAS = frozenset({"gasguard.readings/2", READINGS_SCHEMA})   # what 
 _WIRE_RX = frozenset({"transport", "port", "rssi", "snr"})
 
 
+def wire_rx(transport: str, port: str) -> dict:
+    """The rx of a frame read from a wire (a serial port, a LoRa modem on one): no radio figures. The one place its
+    shape is made: the serial transport's rx, and what a row's text of it (rx_cell) reads back as (rx_of)."""
+    return {"transport": transport, "port": port, "rssi": None, "snr": None}
+
+
 def rx_cell(rx: dict):
     """A row's rx: "transport:port" for a wire's (rssi and snr null, nothing else; a transport name without a
     colon, a port that is text), else the object itself. `rx_of` gives the object back."""
@@ -96,7 +102,7 @@ def rx_of(cell) -> dict:
     transport, colon, port = cell.partition(":")
     if not colon or not transport:
         raise ValueError(f"a reading row's rx text is 'transport:port', not {cell!r:.80}")
-    return {"transport": transport, "port": port, "rssi": None, "snr": None}
+    return wire_rx(transport, port)
 
 
 def reading_row(f: dict, t: float, rx: dict) -> list:

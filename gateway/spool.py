@@ -479,10 +479,10 @@ class Spool:
             db.execute("DROP INDEX IF EXISTS outbox_lane")
             db.execute("CREATE INDEX IF NOT EXISTS outbox_lanes ON outbox(lane, seq, count)")
             if db.execute("SELECT 1 FROM meta WHERE k = 'reading_rows'").fetchone() is None:
-                self._rows_to_v2()
+                self._rows_of_v1()
                 db.execute("INSERT INTO meta VALUES ('reading_rows', '2')")
 
-    def _rows_to_v2(self) -> None:
+    def _rows_of_v1(self) -> None:
         """Inside _migrate's transaction: the reading rows an older gateway wrote (gasguard.readings/1 objects)
         rewritten as rows (payloads.row_of_entry), so that every batch the publisher merges is of one format (a /2
         row a gateway of issue 17 wrote is a /3 row as it is).

@@ -29,7 +29,7 @@ def _accepted(rig, typ):
 
 
 def test_past_the_size_bound_routine_readings_are_thinned_and_reported(tmp_path, mosquitto):
-    rig = Rig(tmp_path, mosquitto.port, extra=FAST + "[spool]\nmax_mb = 0.05\n[batch]\ndelay = 0.1\n")
+    rig = Rig(tmp_path, mosquitto.port, extra=FAST + "[spool]\nmax_mb = 0.03\n[batch]\ndelay = 0.1\n")
     skew = [0.0]
     try:
         rig.start(clock=lambda: time.time() + skew[0])

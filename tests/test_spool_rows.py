@@ -175,7 +175,7 @@ def test_rows_of_many_readings_merge_into_batches_by_readings_and_bytes(tmp_path
         want = _groups(sizes, [len(",".join(p)) for p in parts], 200, d.cfg.batch_bytes)
         assert want == [[0], [1], [2], [3], [4, 5, 6, 7, 8]]
         rig.sub.wait(lambda ms: len(rig.sub.raw) >= len(want), 20)
-        # phase 2, connected, by bytes: rows of 10 readings (~610 B: a serial port's rx as its text) under batch.bytes 2,500
+        # phase 2, connected, by bytes: rows of 10 readings (~600 B: a serial port's rx as its text) under batch.bytes 2,500
         d.cfg.batch_bytes = 2_500
         sizes2 = [10] * 7 + [60] + [10] * 2
         items2, parts2 = _rows(dev, sizes2, first=sum(sizes) + 1)
@@ -314,7 +314,7 @@ def test_thinned_rows_of_many_readings_publish_what_is_left_once_and_report_it(t
         mosquitto.stop()
         wait_until(lambda: not d.publisher.connected, 10, "the gateway sees the broker gone")
         a, b = 0x00B00008, 0x00B00009
-        items, _ = _rows(a, [100] * 20)                                   # ~122 KB of rows (~61 B a reading)
+        items, _ = _rows(a, [100] * 20)                                   # ~120 KB of rows (~60 B a reading)
         keep = _entries(b, 1, 50, state=0x08)                             # not routine: never thinned
         items.insert(2, _row(keep, b, routine=False))
         rig.runner.call(d.outbox.commit, items)

@@ -13,6 +13,7 @@ import serial
 
 from gasguard import logs
 from gasguard.protocol import framing
+from gasguard.gateway import payloads
 from gasguard.gateway.transports import DeliverMany
 
 from .. import deframe
@@ -90,7 +91,7 @@ class SerialTransport:
         ready = asyncio.Event()
         fd = ser.fileno()
         loop.add_reader(fd, ready.set)
-        rx = {"transport": self.spec.kind, "port": self.spec.name, "rssi": None, "snr": None}
+        rx = payloads.wire_rx(self.spec.kind, self.spec.name)
         try:
             while True:
                 await ready.wait()
